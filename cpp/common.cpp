@@ -1,0 +1,79 @@
+// Run-time SIMD selection and thread-count policy.
+#include "common.hpp"
+
+#include <algorithm>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace pynomaly {
+
+const char* simd_name(SimdTarget t) {
+    switch (t) {
+        case SimdTarget::avx512: return "avx512";
+        case SimdTarget::avx2: return "avx2";
+        default: return "baseline";
+    }
+}
+
+SimdTarget simd_from_name(const std::string& name) {
+    if (name == "baseline") return SimdTarget::baseline;
+    if (name == "avx2") return SimdTarget::avx2;
+    if (name == "avx512") return SimdTarget::avx512;
+    throw InvalidInput("unknown SIMD target '" + name + "'; accepted: baseline, avx2, avx512");
+}
+
+SimdTarget best_supported_simd() {
+#if defined(__x86_64__) || defined(_M_X64)
+    // __builtin_cpu_supports also checks that the OS saves the wide registers (XCR0).
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return SimdTarget::avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdTarget::avx2;
+#endif
+    return SimdTarget::baseline;
+}
+
+namespace {
+std::atomic<int>& active_slot() {
+    static std::atomic<int> slot{static_cast<int>(best_supported_simd())};
+    return slot;
+}
+}  // namespace
+
+SimdTarget active_simd() { return static_cast<SimdTarget>(active_slot().load(std::memory_order_relaxed)); }
+
+void set_active_simd(SimdTarget t) {
+    if (static_cast<int>(t) > static_cast<int>(best_supported_simd()))
+        throw InvalidInput(std::string("SIMD target '") + simd_name(t) +
+                           "' is not supported by this CPU; the best it supports is '" +
+                           simd_name(best_supported_simd()) + "'");
+    active_slot().store(static_cast<int>(t), std::memory_order_relaxed);
+}
+
+int effective_threads(int requested, int64_t work_items) {
+    int n = requested;
+    if (n <= 0) n = openmp_max_threads();
+    if (work_items < n) n = static_cast<int>(std::max<int64_t>(work_items, 1));
+    return std::max(n, 1);
+}
+
+bool openmp_enabled() {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+}
+
+int openmp_max_threads() {
+#ifdef _OPENMP
+    return omp_get_num_procs();
+#else
+    return 1;
+#endif
+}
+
+}  // namespace pynomaly

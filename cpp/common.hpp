@@ -1,0 +1,60 @@
+// Shared plumbing of the native core: matrix views, the errors it throws, run-time SIMD
+// selection and cooperative cancellation. Knows nothing of Python.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace pynomaly {
+
+// Bad arguments or data. The binding maps it to pynomaly.InvalidInputError (a ValueError).
+struct InvalidInput : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
+// A long call was stopped because the caller asked (Ctrl-C); the binding re-raises the
+// Python exception that the signal handler set.
+struct Cancelled : std::runtime_error {
+    Cancelled() : std::runtime_error("cancelled") {}
+};
+
+// A read-only 2-D view of float32 or float64 data with arbitrary element strides, so that
+// C-ordered, Fortran-ordered and sliced arrays are all read in place.
+struct MatrixView {
+    const void* data = nullptr;
+    int64_t rows = 0;
+    int64_t cols = 0;
+    int64_t row_stride = 0;  // in elements
+    int64_t col_stride = 0;  // in elements
+    bool is_float32 = false;
+
+    template <class T>
+    const T* ptr() const { return static_cast<const T*>(data); }
+};
+
+enum class SimdTarget : int { baseline = 0, avx2 = 1, avx512 = 2 };
+
+const char* simd_name(SimdTarget t);
+SimdTarget simd_from_name(const std::string& name);  // throws InvalidInput
+SimdTarget best_supported_simd();                     // what this CPU and OS can run
+SimdTarget active_simd();                             // what kernels use now
+void set_active_simd(SimdTarget t);                   // throws InvalidInput above best_supported_simd()
+
+// Polled between chunks of a long native call by the thread that made the call; returns true
+// to stop. The binding passes a function that checks Python's pending signals.
+struct CancelCheck {
+    bool (*poll)(void* ctx) = nullptr;
+    void* ctx = nullptr;
+    bool operator()() const { return poll != nullptr && poll(ctx); }
+};
+
+// Threads for a parallel region: never more than the work items, and one when n_threads < 1
+// would be meaningless. The caller decides small batches stay on the calling thread.
+int effective_threads(int requested, int64_t work_items);
+
+bool openmp_enabled();
+int openmp_max_threads();
+
+}  // namespace pynomaly

@@ -1,0 +1,87 @@
+// Isolation forest (Liu, Ting and Zhou 2008): training, the node arrays that define a forest,
+// and scoring. A forest is stored as flat node arrays (the serialised and imported form) and
+// compiled once into a padded complete-tree layout that the SIMD kernels traverse.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common.hpp"
+
+namespace pynomaly {
+
+// Expected path length of an unsuccessful search in a binary search tree of n points, c(n).
+double average_path_length(double n);
+
+struct ForestParams {
+    int n_estimators = 100;
+    int64_t max_samples = 256;  // psi: rows drawn without replacement per tree
+    int64_t max_features = 0;   // features drawn without replacement per tree; 0 = all
+    uint64_t seed = 0;
+};
+
+// The defining form of a forest. Nodes of tree t are [tree_offset[t], tree_offset[t+1]),
+// node 0 of a tree is its root, indices inside a tree are local. Internal node i tests
+// `x[feature[i]] <= threshold[i]` (x rounded to float32, as scikit-learn does) and goes to
+// local node left[i] if true, left[i] + 1 otherwise. A leaf has feature -1 and carries
+// leaf_value = depth + c(samples in leaf), the path length it contributes.
+struct ForestNodes {
+    int64_t n_features = 0;
+    int64_t psi = 0;  // samples per tree; the normaliser is c(psi)
+    std::vector<int32_t> tree_offset;
+    std::vector<int32_t> feature;
+    std::vector<float> threshold;
+    std::vector<int32_t> left;
+    std::vector<double> leaf_value;
+
+    int n_trees() const { return tree_offset.empty() ? 0 : static_cast<int>(tree_offset.size()) - 1; }
+};
+
+class Forest {
+public:
+    // Validates every index (so arrays from a file or another library cannot cause an
+    // out-of-bounds read) and compiles the scoring layout. Throws InvalidInput.
+    explicit Forest(ForestNodes nodes);
+
+    static Forest train(const MatrixView& X, const ForestParams& params, int n_threads,
+                        const CancelCheck& cancel);
+
+    // Anomaly score 2^(-E[h(x)] / c(psi)) per row of X, in (0, 1]. Rows are scored in chunks
+    // on up to n_threads threads; the result does not depend on n_threads or the SIMD target.
+    void score(const MatrixView& X, double* out, int n_threads, const CancelCheck& cancel) const;
+
+    // Sum of path lengths over trees per row (the E[h(x)] numerator), for tests and tools.
+    void path_length_sum(const MatrixView& X, double* out, int n_threads, const CancelCheck& cancel) const;
+
+    const ForestNodes& nodes() const { return nodes_; }
+    int depth() const { return depth_; }
+    bool uses_complete_layout() const { return complete_; }
+
+    // Deepest tree that still uses the padded complete layout; deeper forests (very large
+    // max_samples) are scored by a plain per-node traversal to keep memory bounded.
+    static constexpr int kMaxCompleteDepth = 12;
+
+    // The padded complete layout: per tree, 2^D - 1 internal slots then 2^D leaf slots.
+    // A leaf shallower than D is padded with always-left slots (threshold +inf) and its value
+    // is repeated in every leaf slot below it. feature_scaled holds feature * block_stride,
+    // the offset of that feature's column in a scoring block.
+    struct Compiled {
+        int depth = 0;
+        int64_t internal_per_tree = 0;
+        int64_t block_rows = 0;  // rows per scoring block (multiple of 16) = column stride
+        std::vector<int32_t> feature_scaled;
+        std::vector<float> threshold;
+        std::vector<double> leaf_value;
+    };
+
+private:
+    void compile();
+    void check_input(const MatrixView& X) const;
+
+    ForestNodes nodes_;
+    int depth_ = 0;
+    bool complete_ = false;
+    Compiled compiled_;
+};
+
+}  // namespace pynomaly

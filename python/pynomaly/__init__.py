@@ -1,0 +1,53 @@
+"""pynomaly: native-accelerated anomaly detection with PyOD's conventions.
+
+Importing pynomaly loads only NumPy and the native core; optional integrations (PyOD,
+PyTorch, JAX) are imported when used.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+from ._errors import InvalidInputError, ModelFormatError, NotFittedError, PynomalyError
+from . import _core
+from .iforest import IsolationForest
+
+__version__ = "0.1.0"
+__all__ = [
+    "IsolationForest",
+    "PynomalyError",
+    "InvalidInputError",
+    "NotFittedError",
+    "ModelFormatError",
+    "build_info",
+    "__version__",
+]
+
+
+def build_info() -> dict:
+    """What this build of pynomaly can do.
+
+    Returns a dict with ``simd`` (the SIMD target the kernels use now), ``simd_best`` and
+    ``simd_supported`` (what this CPU can run), ``openmp`` (threads available), ``openmp_procs``,
+    ``compiler`` and ``version``. Set ``PYNOMALY_SIMD=baseline|avx2|avx512`` before import to
+    force a lower target.
+    """
+    info = dict(_core.build_info())
+    info["version"] = __version__
+    return info
+
+
+def _apply_simd_override() -> None:
+    want = _os.environ.get("PYNOMALY_SIMD", "").strip().lower()
+    if want:
+        if want not in ("baseline", "avx2", "avx512"):
+            raise ImportError(f"PYNOMALY_SIMD={want!r} is not a SIMD target; accepted: baseline, avx2, avx512")
+        try:
+            _core.set_simd(want)
+        except InvalidInputError as e:  # valid name, but this CPU cannot run it: keep the best
+            import warnings
+
+            warnings.warn(f"PYNOMALY_SIMD={want!r} ignored: {e}", RuntimeWarning, stacklevel=2)
+
+
+_apply_simd_override()

@@ -1,0 +1,143 @@
+"""pynomaly's model file format, version 1: self-describing, checksummed, no pickle.
+
+Layout (all integers and arrays little-endian, packed, no padding)::
+
+    offset  size         field
+    0       8            magic  b"PYNOMALY"
+    8       4   u32      format version (1)
+    12      8            kind, ASCII padded with NUL: b"IFOREST\\0"
+    20      8   u64      header length H
+    28      H            header: UTF-8 JSON object (below)
+    28+H    ...          arrays, in this order:
+                           tree_offset  int32   [n_trees + 1]
+                           feature      int32   [n_nodes]   (-1 marks a leaf)
+                           threshold    float32 [n_nodes]   (go left if float32(x) <= threshold)
+                           left         int32   [n_nodes]   (right child = left + 1, tree-local)
+                           leaf_value   float64 [n_nodes]   (depth + c(leaf size) at leaves)
+                           train_scores float64 [n_train_scores]
+    end-4   4   u32      CRC-32 (zlib) of every byte before it
+
+Header keys: "params" (the estimator's get_params(), JSON-able values), "n_features", "psi",
+"n_trees", "n_nodes", "max_samples_", "threshold" (float or null), "n_train_scores".
+
+A reader rejects a wrong magic, an unknown version or kind, a length that disagrees with the
+header, and a checksum mismatch; the native core then validates every node index.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import numpy as np
+
+from . import _core
+from ._errors import ModelFormatError
+
+MAGIC = b"PYNOMALY"
+VERSION = 1
+KIND_IFOREST = b"IFOREST\0"
+_PREFIX = struct.Struct("<8sI8sQ")
+
+
+def _json_safe(value):
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return None  # e.g. a RandomState instance: not reproducible from a file anyway
+
+
+def dump_forest(model) -> bytes:
+    forest = model._forest
+    arrays = forest.arrays()
+    scores = model.decision_scores_
+    scores = np.zeros(0) if scores is None else np.ascontiguousarray(scores, dtype="<f8")
+    header = {
+        "params": {k: _json_safe(v) for k, v in model.get_params().items()},
+        "n_features": forest.n_features,
+        "psi": forest.psi,
+        "n_trees": forest.n_trees,
+        "n_nodes": int(arrays["feature"].size),
+        "max_samples_": int(model.max_samples_),
+        "threshold": None if model.threshold_ is None else float(model.threshold_),
+        "n_train_scores": int(scores.size),
+    }
+    hbytes = json.dumps(header, sort_keys=True).encode()
+    parts = [
+        _PREFIX.pack(MAGIC, VERSION, KIND_IFOREST, len(hbytes)),
+        hbytes,
+        arrays["tree_offset"].astype("<i4").tobytes(),
+        arrays["feature"].astype("<i4").tobytes(),
+        arrays["threshold"].astype("<f4").tobytes(),
+        arrays["left"].astype("<i4").tobytes(),
+        arrays["leaf_value"].astype("<f8").tobytes(),
+        scores.tobytes(),
+    ]
+    body = b"".join(parts)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def load_forest(cls, data):
+    try:
+        data = memoryview(data).cast("B")
+    except TypeError:
+        raise ModelFormatError(f"model data must be bytes-like, got {type(data).__name__}") from None
+    if len(data) < _PREFIX.size + 4:
+        raise ModelFormatError(f"model data is truncated ({len(data)} bytes)")
+    magic, version, kind, hlen = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise ModelFormatError("not a pynomaly model (bad magic bytes)")
+    if version != VERSION:
+        raise ModelFormatError(f"unsupported model format version {version}; this pynomaly reads version {VERSION}")
+    if kind != KIND_IFOREST:
+        raise ModelFormatError(f"model kind {kind.rstrip(bytes(1))!r} is not an isolation forest")
+    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+    if zlib.crc32(data[:-4]) != crc:
+        raise ModelFormatError("model data is corrupted or truncated (checksum mismatch)")
+    end = _PREFIX.size + hlen
+    if end > len(data) - 4:
+        raise ModelFormatError("model data is truncated (header)")
+    try:
+        header = json.loads(bytes(data[_PREFIX.size : end]))
+        n_trees, n_nodes, n_scores = int(header["n_trees"]), int(header["n_nodes"]), int(header["n_train_scores"])
+        n_features, psi = int(header["n_features"]), int(header["psi"])
+        params = dict(header["params"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelFormatError(f"model header is invalid: {e}") from None
+    if min(n_trees, n_nodes, n_scores) < 0:
+        raise ModelFormatError("model header has negative sizes")
+    expected = end + 4 * (n_trees + 1) + (4 + 4 + 4 + 8) * n_nodes + 8 * n_scores + 4
+    if expected != len(data):
+        raise ModelFormatError(f"model data has {len(data)} bytes, header implies {expected}")
+
+    pos = end
+
+    def take(dtype, count):
+        nonlocal pos
+        a = np.frombuffer(data, dtype=dtype, count=count, offset=pos)
+        pos += a.nbytes
+        return a
+
+    tree_offset = take("<i4", n_trees + 1)
+    feature = take("<i4", n_nodes)
+    threshold = take("<f4", n_nodes)
+    left = take("<i4", n_nodes)
+    leaf_value = take("<f8", n_nodes)
+    scores = take("<f8", n_scores).copy()
+    try:
+        forest = _core.Forest(n_features, psi, tree_offset, feature, threshold, left, leaf_value)
+    except ValueError as e:
+        raise ModelFormatError(f"model data is inconsistent: {e}") from None
+    try:
+        model = cls(**params)
+    except TypeError as e:
+        raise ModelFormatError(f"model parameters are invalid: {e}") from None
+    model._forest = forest
+    model.max_samples_ = int(header.get("max_samples_", psi))
+    model.n_features_in_ = n_features
+    model.decision_scores_ = scores if n_scores else None
+    model.threshold_ = header["threshold"]
+    model.labels_ = None if model.decision_scores_ is None else (scores > model.threshold_).astype(np.int64)
+    return model

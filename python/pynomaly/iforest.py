@@ -1,0 +1,286 @@
+"""Isolation forest (Liu, Ting and Zhou 2008) over the native core.
+
+Scores are those of the paper and of scikit-learn: ``2 ** (-E[h(x)] / c(psi))`` in (0, 1],
+higher for more anomalous rows, i.e. ``-sklearn.ensemble.IsolationForest.score_samples``.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import secrets
+import struct
+import warnings
+import zlib
+
+import numpy as np
+
+from . import _core
+from ._errors import InvalidInputError, ModelFormatError, NotFittedError
+from ._validation import _FLOATS, as_matrix, check_contamination, resolve_n_jobs
+from .base import BaseDetector
+
+__all__ = ["IsolationForest"]
+
+
+class IsolationForest(BaseDetector):
+    """Isolation forest anomaly detector with PyOD's conventions.
+
+    Parameters
+    ----------
+    n_estimators : int, default 100
+        Number of trees.
+    max_samples : "auto", int or float, default "auto"
+        Rows drawn (without replacement) to grow each tree: ``min(256, n)`` for "auto", an
+        absolute count (capped at n, with a warning), or a fraction of n in (0, 1].
+    max_features : int or float, default 1.0
+        Features drawn (without replacement) for each tree: a count or a fraction of d.
+    contamination : float, default 0.1
+        Expected share of anomalies in (0, 0.5]; sets ``threshold_``.
+    random_state : None, int, numpy RandomState or Generator
+        Seed for reproducible forests. The same seed gives the same forest for any n_jobs.
+    n_jobs : None or int
+        Threads for training and scoring: None means 1, -1 every usable CPU.
+
+    Attributes
+    ----------
+    decision_scores_ : ndarray of shape (n_samples,)
+        Scores of the training rows (higher = more anomalous).
+    threshold_ : float
+        Scores above it are labelled anomalies (``1 - contamination`` percentile of the
+        training scores).
+    labels_ : ndarray of int, shape (n_samples,)
+        0/1 labels of the training rows.
+    max_samples_ : int
+        The rows per tree actually used (psi).
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 100,
+        max_samples="auto",
+        max_features=1.0,
+        contamination: float = 0.1,
+        random_state=None,
+        n_jobs=None,
+    ):
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.max_features = max_features
+        self.contamination = contamination
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def fit(self, X, y=None) -> "IsolationForest":
+        """Grow the forest on X and score its rows; ``y`` is ignored (unsupervised)."""
+        check_contamination(self.contamination)
+        n_estimators = self.n_estimators
+        if isinstance(n_estimators, bool) or not isinstance(n_estimators, numbers.Integral) or n_estimators < 1:
+            raise InvalidInputError(f"n_estimators must be a positive integer, got {n_estimators!r}")
+        X = as_matrix(X)
+        n, d = X.shape
+        if n < 2:
+            raise InvalidInputError(f"X has {n} row; an isolation forest needs at least 2 rows to train")
+        psi = self._resolve_max_samples(n)
+        k = self._resolve_max_features(d)
+        n_jobs = resolve_n_jobs(self.n_jobs)
+        self._forest = _core.Forest.train(X, int(n_estimators), psi, k, _seed_from(self.random_state), n_jobs)
+        self.max_samples_ = psi
+        self.n_features_in_ = d
+        self.decision_scores_ = self._forest.score(X, n_jobs)
+        self._process_decision_scores()
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Anomaly score of each row of X in (0, 1]; higher is more anomalous."""
+        try:
+            forest = self._forest
+        except AttributeError:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first") from None
+        # Fast path: float arrays of any layout go straight to the core, which checks shape
+        # and finiteness itself; a single-row call costs microseconds.
+        if type(X) is not np.ndarray or X.dtype not in _FLOATS or X.ndim != 2:
+            X = as_matrix(X)
+        return forest.score(X, 1 if self.n_jobs is None else resolve_n_jobs(self.n_jobs))
+
+    # -- parameters ------------------------------------------------------------------------
+    def _resolve_max_samples(self, n: int) -> int:
+        m = self.max_samples
+        if isinstance(m, str):
+            if m != "auto":
+                raise InvalidInputError(f"max_samples must be 'auto', an int or a float in (0, 1], got {m!r}")
+            psi = min(256, n)
+        elif isinstance(m, numbers.Integral) and not isinstance(m, bool):
+            if m < 1:
+                raise InvalidInputError(f"max_samples must be at least 1, got {m!r}")
+            if m > n:
+                warnings.warn(f"max_samples ({m}) is greater than the number of rows ({n}); using {n}", UserWarning)
+            psi = min(int(m), n)
+        elif isinstance(m, numbers.Real) and not isinstance(m, bool):
+            if not (0.0 < m <= 1.0):
+                raise InvalidInputError(f"a float max_samples must be in (0, 1], got {m!r}")
+            psi = int(m * n)
+        else:
+            raise InvalidInputError(f"max_samples must be 'auto', an int or a float in (0, 1], got {m!r}")
+        return max(psi, 2)
+
+    def _resolve_max_features(self, d: int) -> int:
+        m = self.max_features
+        if isinstance(m, numbers.Integral) and not isinstance(m, bool):
+            if not (1 <= m <= d):
+                raise InvalidInputError(f"max_features must be between 1 and {d} (the number of features), got {m!r}")
+            return int(m)
+        if isinstance(m, numbers.Real) and not isinstance(m, bool):
+            if not (0.0 < m <= 1.0):
+                raise InvalidInputError(f"a float max_features must be in (0, 1], got {m!r}")
+            return max(1, int(m * d))
+        raise InvalidInputError(f"max_features must be an int or a float in (0, 1], got {m!r}")
+
+    # -- importing models from scikit-learn and PyOD -----------------------------------------
+    @classmethod
+    def from_sklearn(cls, model) -> "IsolationForest":
+        """Convert a fitted ``sklearn.ensemble.IsolationForest`` into a native forest.
+
+        ``decision_function(X)`` of the result equals ``-model.score_samples(X)`` (to rounding
+        of the sum over trees). ``threshold_`` is ``-model.offset_`` so ``predict`` agrees with
+        scikit-learn's; training scores are not known, so ``decision_scores_`` is None.
+        """
+        if not hasattr(model, "estimators_") or not hasattr(model, "estimators_features_"):
+            raise NotFittedError("from_sklearn needs a fitted sklearn.ensemble.IsolationForest")
+        forest = _forest_from_sklearn(model)
+        contamination = model.contamination
+        self = cls(
+            n_estimators=len(model.estimators_),
+            max_samples=model.max_samples,
+            max_features=model.max_features,
+            contamination=0.1 if contamination == "auto" else contamination,
+            random_state=model.random_state,
+            n_jobs=model.n_jobs,
+        )
+        self._forest = forest
+        self.max_samples_ = int(model.max_samples_)
+        self.n_features_in_ = int(model.n_features_in_)
+        self.decision_scores_ = None
+        self.labels_ = None
+        self.threshold_ = float(-model.offset_)
+        return self
+
+    @classmethod
+    def from_pyod(cls, model) -> "IsolationForest":
+        """Convert a fitted ``pyod.models.iforest.IForest`` into a native forest.
+
+        Scores are on the paper's scale: PyOD's ``decision_function(X) + detector_.offset_``.
+        ``decision_scores_`` and ``threshold_`` are PyOD's, shifted the same way, so
+        ``predict`` and ``labels_`` agree with PyOD's.
+        """
+        inner = getattr(model, "detector_", None)
+        if inner is None:
+            raise NotFittedError("from_pyod needs a fitted pyod.models.iforest.IForest")
+        self = cls.from_sklearn(inner)
+        offset = float(inner.offset_)
+        self.contamination = model.contamination
+        self.decision_scores_ = np.asarray(model.decision_scores_, dtype=np.float64) + offset
+        self.threshold_ = float(model.threshold_) + offset
+        self.labels_ = np.asarray(model.labels_, dtype=np.int64)
+        return self
+
+    # -- serialization -------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Serialize the fitted detector (format: see ``pynomaly._format``); no pickle inside."""
+        from ._format import dump_forest
+
+        if not hasattr(self, "_forest"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+        return dump_forest(self)
+
+    @classmethod
+    def from_bytes(cls, data) -> "IsolationForest":
+        """Load a detector written by ``to_bytes``; corrupted or truncated data raise ModelFormatError."""
+        from ._format import load_forest
+
+        return load_forest(cls, data)
+
+    def __getstate__(self):
+        state = {"params": self.get_params()}
+        if hasattr(self, "_forest"):
+            state["model"] = self.to_bytes()
+        return state
+
+    def __setstate__(self, state):
+        if "model" in state:
+            self.__dict__.update(type(self).from_bytes(state["model"]).__dict__)
+        else:
+            self.set_params(**state["params"])
+
+
+def _seed_from(random_state) -> int:
+    if random_state is None:
+        return secrets.randbits(64)
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        if random_state < 0:
+            raise InvalidInputError(f"random_state must be a non-negative integer, got {random_state!r}")
+        return int(random_state) & 0xFFFFFFFFFFFFFFFF
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**63 - 1, dtype=np.int64))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**63 - 1))
+    raise InvalidInputError(f"random_state must be None, an int, a RandomState or a Generator, got {random_state!r}")
+
+
+def _round_down_to_float32(t: np.ndarray) -> np.ndarray:
+    """Largest float32 <= t: for any float32 x, ``x <= t`` iff ``x <= result``."""
+    f = t.astype(np.float32)
+    over = f.astype(np.float64) > t
+    f[over] = np.nextafter(f[over], np.float32(-np.inf))
+    return f
+
+
+def _forest_from_sklearn(model) -> "_core.Forest":
+    """Renumber each scikit-learn tree breadth-first so that children are adjacent."""
+    offsets = [0]
+    feats, thrs, lefts, leaves = [], [], [], []
+    dpl = getattr(model, "_decision_path_lengths", None)
+    apl = getattr(model, "_average_path_length_per_tree", None)
+    for i, (est, features) in enumerate(zip(model.estimators_, model.estimators_features_)):
+        tree = est.tree_
+        cl, cr = tree.children_left, tree.children_right
+        features = np.asarray(features)
+        order = [0]
+        depth = [0]
+        new_left = []
+        for pos in range(tree.node_count):
+            if pos >= len(order):
+                break
+            node = order[pos]
+            if cl[node] != -1:
+                new_left.append(len(order))
+                order.extend((cl[node], cr[node]))
+                depth.extend((depth[pos] + 1, depth[pos] + 1))
+            else:
+                new_left.append(0)
+        order = np.asarray(order)
+        is_leaf = cl[order] == -1
+        f = np.where(is_leaf, -1, features[np.where(is_leaf, 0, tree.feature[order])]).astype(np.int32)
+        t = np.where(is_leaf, 0.0, tree.threshold[order])
+        if dpl is not None and apl is not None:
+            # scikit-learn adds (path length in nodes + c(leaf size)) - 1 per tree: same order here.
+            value = dpl[i][order] + apl[i][order] - 1.0
+        else:
+            value = np.asarray(depth, dtype=np.float64) + np.array(
+                [_core.average_path_length(float(s)) for s in tree.n_node_samples[order]]
+            )
+        feats.append(f)
+        thrs.append(_round_down_to_float32(t))
+        lefts.append(np.asarray(new_left, dtype=np.int32))
+        leaves.append(np.where(is_leaf, value, 0.0))
+        offsets.append(offsets[-1] + len(order))
+    return _core.Forest(
+        int(model.n_features_in_),
+        int(model.max_samples_),
+        np.asarray(offsets, dtype=np.int32),
+        np.concatenate(feats),
+        np.concatenate(thrs),
+        np.concatenate(lefts),
+        np.concatenate(leaves),
+    )

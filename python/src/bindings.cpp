@@ -1,0 +1,195 @@
+// The one binding between Python and the native core. Arguments are converted while the GIL
+// is held; native work then runs with the GIL released. Native errors become the package's
+// exceptions (pynomaly._errors); Ctrl-C during a long call re-raises KeyboardInterrupt.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+
+#include "common.hpp"
+#include "iforest.hpp"
+
+namespace py = pybind11;
+using namespace pynomaly;
+
+namespace {
+
+// Work below this many rows runs with the GIL held and without signal polling: releasing and
+// re-acquiring costs more than scoring a handful of rows.
+constexpr int64_t kSmallBatch = 64;
+
+MatrixView matrix_view(const py::array& X) {
+    if (X.ndim() != 2)
+        throw InvalidInput("X must be 2-dimensional (rows x features), got " + std::to_string(X.ndim()) +
+                           " dimension(s); reshape a single row with X.reshape(1, -1)");
+    MatrixView v;
+    const auto dtype = X.dtype();
+    if (dtype.is(py::dtype::of<float>())) {
+        v.is_float32 = true;
+    } else if (!dtype.is(py::dtype::of<double>())) {
+        throw InvalidInput("X must be float32 or float64, got " + std::string(py::str(dtype)));
+    }
+    const int64_t item = v.is_float32 ? 4 : 8;
+    if (X.strides(0) % item != 0 || X.strides(1) % item != 0)
+        throw InvalidInput("X has strides that are not a multiple of its item size; pass np.ascontiguousarray(X)");
+    v.data = X.data();
+    v.rows = X.shape(0);
+    v.cols = X.shape(1);
+    v.row_stride = X.strides(0) / item;
+    v.col_stride = X.strides(1) / item;
+    return v;
+}
+
+struct SignalPoll {
+    std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+    static bool poll(void* ctx) {
+        auto* self = static_cast<SignalPoll*>(ctx);
+        const auto now = std::chrono::steady_clock::now();
+        if (now - self->last < std::chrono::milliseconds(50)) return false;
+        self->last = now;
+        py::gil_scoped_acquire gil;
+        return PyErr_CheckSignals() != 0;  // sets KeyboardInterrupt (or the handler's error)
+    }
+};
+
+// Runs fn(cancel) with the GIL released for large work and held for small work. A Cancelled
+// from the core means a signal handler raised: surface that Python exception.
+template <class Fn>
+void run_native(int64_t rows, Fn&& fn) {
+    try {
+        if (rows <= kSmallBatch) {
+            fn(CancelCheck{});
+        } else {
+            SignalPoll poll;
+            py::gil_scoped_release release;
+            fn(CancelCheck{&SignalPoll::poll, &poll});
+        }
+    } catch (const Cancelled&) {
+        if (PyErr_Occurred()) throw py::error_already_set();
+        throw py::error_already_set();  // unreachable in practice: poll only stops on an error
+    }
+}
+
+template <class T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+    py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+    std::copy(v.begin(), v.end(), out.mutable_data());
+    return out;
+}
+
+template <class T>
+std::vector<T> from_numpy(const py::array& a, const char* name) {
+    auto arr = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
+    if (!arr || arr.ndim() != 1) throw InvalidInput(std::string("forest array '") + name + "' must be 1-dimensional");
+    return std::vector<T>(arr.data(), arr.data() + arr.size());
+}
+
+py::array_t<double> score_impl(const Forest& f, const py::array& X, int n_jobs, bool sum_only) {
+    const MatrixView v = matrix_view(X);
+    py::array_t<double> out(v.rows);
+    double* o = out.mutable_data();
+    run_native(v.rows, [&](const CancelCheck& c) {
+        if (sum_only)
+            f.path_length_sum(v, o, n_jobs, c);
+        else
+            f.score(v, o, n_jobs, c);
+    });
+    return out;
+}
+
+std::string compiler_name() {
+#if defined(__clang__)
+    return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    return std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+    return "msvc " + std::to_string(_MSC_VER);
+#else
+    return "unknown";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "pynomaly's native core (private; use the pynomaly package)";
+
+    py::object errors = py::module_::import("pynomaly._errors");
+    static py::handle invalid_input = py::object(errors.attr("InvalidInputError")).release();
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const InvalidInput& e) {
+            PyErr_SetString(invalid_input.ptr(), e.what());
+        }
+    });
+
+    m.def("build_info", [] {
+        py::dict d;
+        d["simd"] = simd_name(active_simd());
+        d["simd_best"] = simd_name(best_supported_simd());
+        py::list supported;
+        for (int t = 0; t <= static_cast<int>(best_supported_simd()); ++t)
+            supported.append(simd_name(static_cast<SimdTarget>(t)));
+        d["simd_supported"] = supported;
+        d["openmp"] = openmp_enabled();
+        d["openmp_procs"] = openmp_max_threads();
+        d["compiler"] = compiler_name();
+        return d;
+    }, "What this binary can do: the SIMD target in use, those the CPU supports, OpenMP, compiler.");
+    m.def("set_simd", [](const std::string& name) { set_active_simd(simd_from_name(name)); },
+          "Select the SIMD target used by all kernels (at most the best supported one).");
+
+    py::class_<Forest>(m, "Forest")
+        .def(py::init([](int64_t n_features, int64_t psi, const py::array& tree_offset, const py::array& feature,
+                         const py::array& threshold, const py::array& left, const py::array& leaf_value) {
+                 ForestNodes n;
+                 n.n_features = n_features;
+                 n.psi = psi;
+                 n.tree_offset = from_numpy<int32_t>(tree_offset, "tree_offset");
+                 n.feature = from_numpy<int32_t>(feature, "feature");
+                 n.threshold = from_numpy<float>(threshold, "threshold");
+                 n.left = from_numpy<int32_t>(left, "left");
+                 n.leaf_value = from_numpy<double>(leaf_value, "leaf_value");
+                 py::gil_scoped_release release;
+                 return Forest(std::move(n));
+             }),
+             py::arg("n_features"), py::arg("psi"), py::arg("tree_offset"), py::arg("feature"), py::arg("threshold"),
+             py::arg("left"), py::arg("leaf_value"))
+        .def_static("train",
+                    [](const py::array& X, int n_estimators, int64_t max_samples, int64_t max_features, uint64_t seed,
+                       int n_jobs) {
+                        const MatrixView v = matrix_view(X);
+                        ForestParams p{n_estimators, max_samples, max_features, seed};
+                        std::optional<Forest> f;
+                        run_native(v.rows, [&](const CancelCheck& c) { f.emplace(Forest::train(v, p, n_jobs, c)); });
+                        return std::move(*f);
+                    },
+                    py::arg("X"), py::arg("n_estimators"), py::arg("max_samples"), py::arg("max_features"),
+                    py::arg("seed"), py::arg("n_jobs"))
+        .def("score", [](const Forest& f, const py::array& X, int n_jobs) { return score_impl(f, X, n_jobs, false); },
+             py::arg("X"), py::arg("n_jobs") = 1)
+        .def("path_length_sum",
+             [](const Forest& f, const py::array& X, int n_jobs) { return score_impl(f, X, n_jobs, true); },
+             py::arg("X"), py::arg("n_jobs") = 1)
+        .def_property_readonly("n_features", [](const Forest& f) { return f.nodes().n_features; })
+        .def_property_readonly("psi", [](const Forest& f) { return f.nodes().psi; })
+        .def_property_readonly("n_trees", [](const Forest& f) { return f.nodes().n_trees(); })
+        .def_property_readonly("depth", [](const Forest& f) { return f.depth(); })
+        .def_property_readonly("layout", [](const Forest& f) { return f.uses_complete_layout() ? "complete" : "sparse"; })
+        .def("arrays", [](const Forest& f) {
+            const ForestNodes& n = f.nodes();
+            py::dict d;
+            d["tree_offset"] = to_numpy(n.tree_offset);
+            d["feature"] = to_numpy(n.feature);
+            d["threshold"] = to_numpy(n.threshold);
+            d["left"] = to_numpy(n.left);
+            d["leaf_value"] = to_numpy(n.leaf_value);
+            return d;
+        }, "Copies of the defining node arrays (see ForestNodes).");
+
+    m.def("average_path_length", &average_path_length, py::arg("n"));
+}
