@@ -11,10 +11,14 @@ import os as _os
 from ._errors import InvalidInputError, ModelFormatError, NotFittedError, PynomalyError
 from . import _core
 from .iforest import IsolationForest
+from .neighbors import KNN, LOF, knn  # k-nearest neighbours (issue 3)
 
 __version__ = "0.1.0"
 __all__ = [
     "IsolationForest",
+    "LOF",
+    "KNN",
+    "knn",
     "PynomalyError",
     "InvalidInputError",
     "NotFittedError",
