@@ -19,7 +19,7 @@ namespace {
 
 template <ScreenKind K>
 bool scalar_screen(const float* xq, int64_t d, const float* panel, const float* off, float alpha, const float* thr,
-                   uint32_t* masks) {
+                   uint32_t* masks, float* s_out) {
     bool any = false;
     for (int r = 0; r < kRows; ++r) {
         float acc[kPanel] = {};
@@ -35,7 +35,11 @@ bool scalar_screen(const float* xq, int64_t d, const float* panel, const float* 
             }
         }
         uint32_t m = 0;
-        for (int l = 0; l < kPanel; ++l) m |= uint32_t(alpha * acc[l] + off[l] <= thr[r]) << l;
+        for (int l = 0; l < kPanel; ++l) {
+            const float s = alpha * acc[l] + off[l];
+            s_out[r * kPanel + l] = s;
+            m |= uint32_t(s <= thr[r]) << l;
+        }
         masks[r] = m;
         any |= m != 0;
     }
@@ -48,7 +52,7 @@ bool scalar_screen(const float* xq, int64_t d, const float* panel, const float* 
 // accumulators keep both FMA ports busy without spilling the 16 ymm registers.
 template <ScreenKind K>
 __attribute__((target("avx2,fma"))) bool avx2_screen(const float* xq, int64_t d, const float* panel, const float* off,
-                                                     float alpha, const float* thr, uint32_t* masks) {
+                                                     float alpha, const float* thr, uint32_t* masks, float* s_out) {
     const __m256 va = _mm256_set1_ps(alpha);
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int r = 0; r < kRows; ++r) masks[r] = 0;
@@ -86,6 +90,8 @@ __attribute__((target("avx2,fma"))) bool avx2_screen(const float* xq, int64_t d,
                 const __m256 t = _mm256_set1_ps(thr[rh + q]);
                 const __m256 s0 = _mm256_fmadd_ps(va, accs[2 * q], o0);
                 const __m256 s1 = _mm256_fmadd_ps(va, accs[2 * q + 1], o1);
+                _mm256_storeu_ps(s_out + (rh + q) * kPanel + lh, s0);
+                _mm256_storeu_ps(s_out + (rh + q) * kPanel + lh + 8, s1);
                 const uint32_t m0 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s0, t, _CMP_LE_OQ)));
                 const uint32_t m1 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s1, t, _CMP_LE_OQ)));
                 const uint32_t m = (m0 | (m1 << 8)) << lh;
@@ -103,7 +109,7 @@ __attribute__((target("avx2,fma"))) bool avx2_screen(const float* xq, int64_t d,
 // eight FMAs and each broadcast two.
 template <ScreenKind K>
 PYNOMALY_AVX512 bool avx512_screen(const float* xq, int64_t d, const float* panel, const float* off, float alpha,
-                                   const float* thr, uint32_t* masks) {
+                                   const float* thr, uint32_t* masks, float* s_out) {
     __m512 acc[kRows][2];
     for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t j = 0; j < d; ++j) {
@@ -126,8 +132,11 @@ PYNOMALY_AVX512 bool avx512_screen(const float* xq, int64_t d, const float* pane
     uint32_t any = 0;
     for (int r = 0; r < kRows; ++r) {
         const __m512 t = _mm512_set1_ps(thr[r]);
-        const uint32_t m0 = _mm512_cmp_ps_mask(_mm512_fmadd_ps(va, acc[r][0], o0), t, _CMP_LE_OQ);
-        const uint32_t m1 = _mm512_cmp_ps_mask(_mm512_fmadd_ps(va, acc[r][1], o1), t, _CMP_LE_OQ);
+        const __m512 s0 = _mm512_fmadd_ps(va, acc[r][0], o0), s1 = _mm512_fmadd_ps(va, acc[r][1], o1);
+        _mm512_storeu_ps(s_out + r * kPanel, s0);
+        _mm512_storeu_ps(s_out + r * kPanel + 16, s1);
+        const uint32_t m0 = _mm512_cmp_ps_mask(s0, t, _CMP_LE_OQ);
+        const uint32_t m1 = _mm512_cmp_ps_mask(s1, t, _CMP_LE_OQ);
         masks[r] = m0 | (m1 << 16);
         any |= masks[r];
     }

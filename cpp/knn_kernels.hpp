@@ -16,10 +16,10 @@ constexpr int kRows = 8;
 enum class ScreenKind : int { dot = 0, l1 = 1 };
 
 // For the kRows x kPanel pairs of one panel computes acc = x.y (dot) or sum |x - y| (l1) in
-// float32, then s = alpha * acc + off[l], and sets bit l of masks[r] where s <= thr[r].
-// Returns whether any bit is set. Pure function of its inputs; no state.
+// float32, then s = alpha * acc + off[l], stores it in s_out[r * kPanel + l] and sets bit l of
+// masks[r] where s <= thr[r]. Returns whether any bit is set. No state.
 using ScreenKernel = bool (*)(const float* xq, int64_t d, const float* panel, const float* off, float alpha,
-                              const float* thr, uint32_t* masks);
+                              const float* thr, uint32_t* masks, float* s_out);
 
 ScreenKernel select_screen_kernel(SimdTarget target, ScreenKind kind);
 

@@ -175,7 +175,8 @@ def test_self_query_excludes_self_and_y_query_does_not():
 def test_auto_choice_is_reported():
     from pynomaly.neighbors import choose_algorithm
 
-    assert choose_algorithm(100000, 4) == "kd_tree"
+    assert choose_algorithm(100000, 3) == "kd_tree"
+    assert choose_algorithm(100000, 8) == "brute"
     assert choose_algorithm(100000, 64) == "brute"
     assert choose_algorithm(100000, 4, "cosine") == "brute"
     assert pynomaly.LOF().fit(load("glass")).algorithm_ in ("brute", "kd_tree")
