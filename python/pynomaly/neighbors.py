@@ -161,9 +161,17 @@ class _NeighborDetector(BaseDetector):
 
 def _lrd(dist: np.ndarray, idx: np.ndarray, kdist: np.ndarray) -> np.ndarray:
     # scikit-learn's _local_reachability_density, term for term (including the 1e-10 guard
-    # that keeps rows with k exact duplicates finite).
-    reach = np.maximum(dist, kdist[idx])
+    # that keeps rows with k exact duplicates finite); one n x k temporary, reused in place.
+    reach = kdist[idx]
+    np.maximum(dist, reach, out=reach)
     return 1.0 / (np.mean(reach, axis=1) + 1e-10)
+
+
+def _mean_ratio(lrd: np.ndarray, idx: np.ndarray, lrd_rows: np.ndarray) -> np.ndarray:
+    # mean over neighbours of lrd[neighbour] / lrd[row], as scikit-learn divides then averages.
+    ratios = lrd[idx]
+    ratios /= lrd_rows[:, np.newaxis]
+    return np.mean(ratios, axis=1)
 
 
 class LOF(_NeighborDetector):
@@ -221,7 +229,8 @@ class LOF(_NeighborDetector):
         dist, idx = self._fit_neighbors(X)
         self._kdist = dist[:, -1].copy()
         self._lrd = _lrd(dist, idx, self._kdist)
-        self.decision_scores_ = np.mean(self._lrd[idx] / self._lrd[:, np.newaxis], axis=1)
+        del dist  # keep the peak at two n x k arrays
+        self.decision_scores_ = _mean_ratio(self._lrd, idx, self._lrd)
         self._process_decision_scores()
         return self
 
@@ -234,7 +243,8 @@ class LOF(_NeighborDetector):
             )
         dist, idx = self._query(X)
         lrd_x = _lrd(dist, idx, self._kdist)
-        return np.mean(self._lrd[idx] / lrd_x[:, np.newaxis], axis=1)
+        del dist
+        return _mean_ratio(self._lrd, idx, lrd_x)
 
 
 class KNN(_NeighborDetector):
