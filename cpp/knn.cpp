@@ -368,8 +368,25 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
         }
         for (int64_t l = 0; l < rows; ++l) pny[p] = std::max(pny[p], nyv[p * kPanel + l]);
     }
-    // Data panels per block: keep a block within ~128 KiB (L2) while a query block sweeps it.
-    const int64_t block_panels = std::clamp<int64_t>(131072 / (4 * kPanel * std::max<int64_t>(d, 1)), 4, 256);
+    // The same per group of kGroupPanels panels, tested first so that far regions are skipped
+    // a group at a time.
+    constexpr int64_t kGroupPanels = 8;
+    const int64_t n_super = (n_panels + kGroupPanels - 1) / kGroupPanels;
+    std::vector<float> slo(static_cast<size_t>(n_super * d)), shi(static_cast<size_t>(n_super * d));
+    std::vector<float> sny(n_super, 0.0f);
+    for (int64_t sp = 0; sp < n_super; ++sp) {
+        const int64_t p0 = sp * kGroupPanels, p1 = std::min(n_panels, p0 + kGroupPanels);
+        for (int64_t f = 0; f < d; ++f) {
+            float lo = plo[p0 * d + f], hi = phi[p0 * d + f];
+            for (int64_t p = p0 + 1; p < p1; ++p) lo = std::min(lo, plo[p * d + f]), hi = std::max(hi, phi[p * d + f]);
+            slo[sp * d + f] = lo, shi[sp * d + f] = hi;
+        }
+        for (int64_t p = p0; p < p1; ++p) sny[sp] = std::max(sny[sp], pny[p]);
+    }
+    // Data panels per block: keep a block within ~128 KiB (L2) while a query block sweeps it;
+    // a whole number of panel groups.
+    const int64_t block_panels =
+        std::clamp<int64_t>(131072 / (4 * kPanel * std::max<int64_t>(d, 1)), 8, 256) / kGroupPanels * kGroupPanels;
     const int64_t n_chunks = (nq + kQueryBlock - 1) / kQueryBlock;
     const int64_t n_blocks = (n_panels + block_panels - 1) / block_panels;
 
@@ -457,22 +474,22 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
             for (int64_t r = 0; r < rows; ++r) gnx[g] = std::max(gnx[g], static_cast<double>(nx[g * kRows + r]));
         }
         const bool l1 = sc.kind == ScreenKind::l1;
+        bool use_bounds = true;
+        int64_t tests = 0, pruned = 0;
         // Lower bound of s over a panel for a group: the boxes' distance, less the error bound
         // and the shift in s (see Screen). Summed in float32 (vectorizable), then shaded down
         // by more than that sum's relative rounding error.
         const double shade = 1.0 - static_cast<double>(d + 8) * std::ldexp(1.0, -23);
-        auto panel_bound = [&](int64_t g, int64_t p) {
+        auto box_bound = [&](int64_t g, const float* c, const float* e, float nyf) {
             const float* a = glo.data() + g * d;
             const float* b = ghi.data() + g * d;
-            const float* c = plo.data() + p * d;
-            const float* e = phi.data() + p * d;
             float lb = 0.0f;
             for (int64_t f = 0; f < d; ++f) {
                 const float gap = std::max(0.0f, std::max(c[f] - b[f], a[f] - e[f]));
                 lb += l1 ? gap : gap * gap;
             }
             const double lbd = static_cast<double>(lb) * shade;
-            const double ny = pny[p];
+            const double ny = nyf;
             return l1 ? lbd - sc.C * (gnx[g] + 2.0 * ny) - sc.A : lbd - gnx[g] * (1.0 + sc.C) - 2.0 * sc.C * ny - sc.A;
         };
         // Start with the data block holding the queries themselves (self-join), then wrap.
@@ -484,9 +501,26 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
                 const float* xg = xq.data() + g * kRows * d;
                 float* tg = thr.data() + g * kRows;
                 for (int64_t p = b0; p < b1; ++p) {
-                    float tmax = tg[0];
-                    for (int r = 1; r < kRows; ++r) tmax = std::max(tmax, tg[r]);
-                    if (panel_bound(g, p) > static_cast<double>(tmax)) continue;
+                    if (use_bounds) {
+                        float tmax = tg[0];
+                        for (int r = 1; r < kRows; ++r) tmax = std::max(tmax, tg[r]);
+                        if (p % kGroupPanels == 0) {
+                            const int64_t sp = p / kGroupPanels;
+                            if (box_bound(g, slo.data() + sp * d, shi.data() + sp * d, sny[sp]) >
+                                static_cast<double>(tmax)) {
+                                p += kGroupPanels - 1;
+                                continue;
+                            }
+                        }
+                        ++tests;
+                        if (box_bound(g, plo.data() + p * d, phi.data() + p * d, pny[p]) > static_cast<double>(tmax)) {
+                            ++pruned;
+                            continue;
+                        }
+                        // Data without structure at this scale (e.g. Gaussian, d >= 8): the
+                        // boxes overlap everywhere, so stop paying for the test in this chunk.
+                        if (tests == 4096 && pruned * 64 < tests) use_bounds = false;
+                    }
                     if (!kernel(xg, d, panels.data() + p * d * kPanel, off.data() + p * kPanel, sc.alpha, tg, masks,
                                 tile))
                         continue;

@@ -132,15 +132,19 @@ PYNOMALY_AVX512 bool avx512_screen(const float* xq, int64_t d, const float* pane
     uint32_t any = 0;
     for (int r = 0; r < kRows; ++r) {
         const __m512 t = _mm512_set1_ps(thr[r]);
-        const __m512 s0 = _mm512_fmadd_ps(va, acc[r][0], o0), s1 = _mm512_fmadd_ps(va, acc[r][1], o1);
-        _mm512_storeu_ps(s_out + r * kPanel, s0);
-        _mm512_storeu_ps(s_out + r * kPanel + 16, s1);
-        const uint32_t m0 = _mm512_cmp_ps_mask(s0, t, _CMP_LE_OQ);
-        const uint32_t m1 = _mm512_cmp_ps_mask(s1, t, _CMP_LE_OQ);
+        acc[r][0] = _mm512_fmadd_ps(va, acc[r][0], o0);
+        acc[r][1] = _mm512_fmadd_ps(va, acc[r][1], o1);
+        const uint32_t m0 = _mm512_cmp_ps_mask(acc[r][0], t, _CMP_LE_OQ);
+        const uint32_t m1 = _mm512_cmp_ps_mask(acc[r][1], t, _CMP_LE_OQ);
         masks[r] = m0 | (m1 << 16);
         any |= masks[r];
     }
-    return any != 0;
+    if (any == 0) return false;  // the common case: nothing to store
+    for (int r = 0; r < kRows; ++r) {
+        _mm512_storeu_ps(s_out + r * kPanel, acc[r][0]);
+        _mm512_storeu_ps(s_out + r * kPanel + 16, acc[r][1]);
+    }
+    return true;
 }
 
 #endif  // PYNOMALY_X86

@@ -16,8 +16,8 @@ constexpr int kRows = 8;
 enum class ScreenKind : int { dot = 0, l1 = 1 };
 
 // For the kRows x kPanel pairs of one panel computes acc = x.y (dot) or sum |x - y| (l1) in
-// float32, then s = alpha * acc + off[l], stores it in s_out[r * kPanel + l] and sets bit l of
-// masks[r] where s <= thr[r]. Returns whether any bit is set. No state.
+// float32, then s = alpha * acc + off[l], sets bit l of masks[r] where s <= thr[r], and returns
+// whether any bit is set; only then is s_out[r * kPanel + l] guaranteed to hold s. No state.
 using ScreenKernel = bool (*)(const float* xq, int64_t d, const float* panel, const float* off, float alpha,
                               const float* thr, uint32_t* masks, float* s_out);
 
