@@ -48,6 +48,8 @@ _BUF = 256 * 1024  # receive buffer; frames that do not fit get a buffer of thei
 _MIN_FREE = 16 * 1024
 _LEN = struct.Struct(">I")
 _DTYPES = {"f4": np.dtype("<f4"), "f8": np.dtype("<f8")}
+# The canonical dtype objects: the binding recognises float32/float64 by identity.
+_NATIVE = {"f": np.dtype(np.float32), "d": np.dtype(np.float64)}
 
 
 @dataclass
@@ -110,8 +112,11 @@ class Entry:
             self.name, self.version, self.algorithm, self.n_features, self.threshold, loaded, self.size
         )
 
-    def matrix(self, rows) -> np.ndarray:
-        """The request's rows as an (n, n_features) array; raw bytes are viewed, not copied."""
+    def rows(self, rows):
+        """Validate a request's rows; returns (bytes-like data, n_rows, dtype char 'f' or 'd').
+
+        Raw rows stay a view of the receive buffer; nested lists become float64 once.
+        """
         if type(rows) is Rows:
             dt = _DTYPES.get(rows.dtype)
             if dt is None:
@@ -129,10 +134,7 @@ class Entry:
                     "bad_shape",
                     f"rows data has {len(rows.data)} bytes; shape [{n}, {d}] of {rows.dtype} needs {n * d * dt.itemsize}",
                 )
-            X = np.frombuffer(rows.data, dt).reshape(n, d)
-            if not X.flags.aligned or not dt.isnative:
-                X = X.astype(np.float32 if dt.itemsize == 4 else np.float64)  # unaligned: one copy
-            return X
+            return rows.data, n, dt.char
         if rows is None:
             raise RequestError("bad_request", "detect needs 'rows'")
         if not rows:
@@ -143,7 +145,14 @@ class Entry:
                 raise RequestError(
                     "bad_shape", f"row {i} has {len(r)} values, detector {self.name!r} v{self.version} expects {d}"
                 )
-        return np.array(rows, dtype=np.float64)
+        return np.array(rows, dtype=np.float64).data, len(rows), "d"
+
+    def matrix(self, data, n: int, char: str) -> np.ndarray:
+        """An (n, n_features) array over ``data`` without copying it (unless it is misaligned)."""
+        X = np.frombuffer(data, _NATIVE[char]).reshape(n, self.n_features)
+        if not X.flags.aligned:
+            X = X.copy()  # the core reads whole values: give it aligned ones
+        return X
 
     def score(self, X: np.ndarray) -> np.ndarray:
         return self.detector.decision_function(X)
@@ -438,16 +447,16 @@ class Daemon:
             self.loop.create_task(self._detect_after_load(conn, req))
             return
         try:
-            X = e.matrix(req.rows)
+            data, n, char = e.rows(req.rows)
         except RequestError as err:
             conn.reply_error(req.id, err.code, err.message)
             return
-        self.submit(conn, req, e, X)
+        self.submit(conn, req, e, data, n, char)
 
     async def _detect_after_load(self, conn: "Connection", req: Detect) -> None:
         try:
             e = await self.resolve(req.detector, req.version)
-            X = e.matrix(req.rows)
+            data, n, char = e.rows(req.rows)
         except Exception as err:  # noqa: BLE001 - becomes the client's Error reply
             conn.done(0)
             code, msg = _classify(err)
@@ -455,10 +464,9 @@ class Daemon:
             return
         conn.done(0)
         if not conn.closed:
-            self.submit(conn, req, e, X)
+            self.submit(conn, req, e, data, n, char)
 
-    def submit(self, conn: "Connection", req: Detect, e: Entry, X: np.ndarray) -> None:
-        n = X.shape[0]
+    def submit(self, conn: "Connection", req: Detect, e: Entry, data, n: int, char: str) -> None:
         cfg = self.config
         if self.in_flight >= cfg.max_in_flight or (self.in_flight and self.in_flight_rows + n > cfg.max_in_flight_rows):
             conn.reply_error(
@@ -466,16 +474,20 @@ class Daemon:
             )
             return
         conn.admit(n)
+        item = (conn, req, data, n)
         if n > cfg.coalesce_rows:
+            # Large: scored alone, in the pool, straight from the receive buffer.
+            items = [item]
+            X = e.matrix(data, n, char)
             fut = self.loop.run_in_executor(self.pool, e.score, X)
-            fut.add_done_callback(lambda f: self._scored(e, [(conn, req, X)], f))
+            fut.add_done_callback(lambda f: self._scored(e, items, f))
             return
-        key = (e, X.dtype.char)
+        key = (e, char)
         group = self.pending.get(key)
         if group is None:
-            self.pending[key] = [(conn, req, X)]
+            self.pending[key] = [item]
         else:
-            group.append((conn, req, X))
+            group.append(item)
         if self.flush_handle is None:
             if cfg.coalesce_window > 0:
                 self.flush_handle = self.loop.call_later(cfg.coalesce_window, self.flush)
@@ -486,78 +498,87 @@ class Daemon:
         """Score every queued small request: one native call per (detector version, dtype)."""
         self.flush_handle = None
         pending, self.pending = self.pending, {}
-        for (e, _), items in pending.items():
+        for (e, char), items in pending.items():
             if len(items) == 1:
-                X = items[0][2]
+                X = e.matrix(items[0][2], items[0][3], char)
             else:
-                X = np.concatenate([it[2] for it in items])
+                # One copy of a few hundred bytes per request buys one native call for all.
+                X = e.matrix(b"".join([it[2] for it in items]), sum([it[3] for it in items]), char)
                 self.stats["coalesced_requests"] += len(items)
             if X.shape[0] <= self.config.inline_rows:
                 try:
                     scores = e.score(X)
                 except Exception as err:  # noqa: BLE001
-                    self._scored_error(e, items, err)
+                    self._scored_error(e, items, err, char)
                     continue
                 self._deliver(e, items, scores)
             else:
                 fut = self.loop.run_in_executor(self.pool, e.score, X)
-                fut.add_done_callback(lambda f, e=e, items=items: self._scored(e, items, f))
+                fut.add_done_callback(lambda f, e=e, items=items, char=char: self._scored(e, items, f, char))
 
-    def _scored(self, e: Entry, items: list, fut) -> None:
+    def _scored(self, e: Entry, items: list, fut, char: str = "d") -> None:
         err = fut.exception()
         if err is not None:
-            self._scored_error(e, items, err)
+            self._scored_error(e, items, err, char)
         else:
             self._deliver(e, items, fut.result())
 
-    def _scored_error(self, e: Entry, items: list, err: BaseException) -> None:
+    def _scored_error(self, e: Entry, items: list, err: BaseException, char: str) -> None:
         if len(items) > 1:
             # One bad request (say a NaN) must not fail its neighbours: score them one by one.
             for it in items:
                 try:
-                    s = e.score(it[2])
+                    s = e.score(e.matrix(it[2], it[3], char))
                 except Exception as err1:  # noqa: BLE001
-                    self._scored_error(e, [it], err1)
+                    self._scored_error(e, [it], err1, char)
                 else:
                     self._deliver(e, [it], s)
             return
-        conn, req, X = items[0]
-        conn.done(X.shape[0])
+        conn, req, _, n = items[0]
+        conn.done(n)
         code, msg = _classify(err)
         conn.reply_error(req.id, code, msg)
 
     def _deliver(self, e: Entry, items: list, scores: np.ndarray) -> None:
+        """Reply to each request of a batch; arrays are converted once per batch, then sliced."""
         self.stats["native_calls"] += 1
         self.stats["rows_scored"] += scores.shape[0]
         thr = e.threshold
+        single = len(items) == 1
+        s_bytes = l_bytes = p_bytes = labels = None
         off = 0
-        for conn, req, X in items:
-            n = X.shape[0]
-            s = scores[off : off + n]
-            off += n
+        for conn, req, _, n in items:
+            a, off = off, off + n
             conn.done(n)
             if conn.closed:
                 continue
-            want = req.want
             reply = DetectReply(req.id, e.name, e.version, n, thr)
-            labels = None
-            for w in want:
+            for w in req.want if req.want is not None else wire.WANT_DEFAULT:
                 if w == "scores":
-                    reply.scores = s.data
+                    if s_bytes is None:
+                        s_bytes = scores.data if single else scores.tobytes()
+                    reply.scores = s_bytes if single else s_bytes[8 * a : 8 * off]
                 elif w == "labels":
-                    labels = s > thr
-                    reply.labels = labels.view(np.uint8).data
+                    if l_bytes is None:
+                        labels = scores > thr
+                        l_bytes = labels.view(np.uint8).data if single else labels.tobytes()
+                    reply.labels = l_bytes if single else l_bytes[a:off]
                 elif w == "anomalies":
                     if labels is None:
-                        labels = s > thr
-                    reply.anomalies = np.flatnonzero(labels).astype("<i8").data
+                        labels = scores > thr
+                    reply.anomalies = (np.flatnonzero(labels[a:off])).astype("<i8").data
                 elif w == "probabilities":
                     if e.lo is None:
-                        conn.reply_error(req.id, "unavailable", f"detector {e.name!r} v{e.version} has no training scores to scale probabilities")
+                        conn.reply_error(
+                            req.id, "unavailable",
+                            f"detector {e.name!r} v{e.version} has no training scores to scale probabilities",
+                        )
                         break
-                    span = e.hi - e.lo
-                    p = np.clip((s - e.lo) / span, 0.0, 1.0) if span > 0 else np.zeros(n)
-                    reply.probabilities = p.data
+                    if p_bytes is None:
+                        span = e.hi - e.lo
+                        p = np.clip((scores - e.lo) / span, 0.0, 1.0) if span > 0 else np.zeros(len(scores))
+                        p_bytes = p.data if single else p.tobytes()
+                    reply.probabilities = p_bytes if single else p_bytes[8 * a : 8 * off]
             else:
                 conn.send(reply)
 

@@ -292,10 +292,12 @@ class AsyncClient:
 
     async def _call(self, req, expected: type):
         loop = asyncio.get_running_loop()
-        try:
-            writer = await asyncio.wait_for(self._ensure(), self.timeout)
-        except asyncio.TimeoutError:
-            raise DaemonUnavailableError(f"connecting to the daemon at {self.path} timed out") from None
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            try:
+                writer = await asyncio.wait_for(self._ensure(), self.timeout)
+            except asyncio.TimeoutError:
+                raise DaemonUnavailableError(f"connecting to the daemon at {self.path} timed out") from None
         fut = loop.create_future()
         self._waiting[req.id] = fut
         writer.write(_frame(req))

@@ -43,6 +43,7 @@ __all__ = [
     "Reply",
     "ERROR_CODES",
     "WANT_ALL",
+    "WANT_DEFAULT",
 ]
 
 PROTOCOL_VERSION = 1
@@ -64,8 +65,7 @@ Want = Literal["scores", "labels", "probabilities", "anomalies"]
 WANT_ALL = ("scores", "labels", "probabilities", "anomalies")
 
 
-def _default_want() -> list:
-    return ["scores", "labels"]
+WANT_DEFAULT = ("scores", "labels")
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class Detect(msgspec.Struct, tag="detect", tag_field="op", forbid_unknown_fields
     id: int
     detector: str
     version: Optional[int] = None  # None: the latest active version
-    want: List[Want] = msgspec.field(default_factory=_default_want)
+    want: Optional[List[Want]] = None  # None: ["scores", "labels"]
     rows: Union[Rows, List[List[float]], None] = None  # last, so raw data ends the frame
 
 
@@ -221,7 +221,6 @@ ERROR_CODES = {
     "unknown_detector": "no detector of that name, or no such version (stays open)",
     "unavailable": "the detector exists but cannot be loaded or used for detection (stays open)",
     "busy": "the daemon's in-flight work is at its bound; retry later (stays open)",
-    "shutting_down": "the daemon is draining after SIGTERM (stays open until drained)",
     "internal": "an unexpected server error; logged by the daemon (stays open)",
     "frame_too_large": "the length prefix exceeds the daemon's maximum frame size (then closed)",
     "timeout": "a frame was not completed in time (then closed)",
