@@ -63,11 +63,21 @@ class DaemonProcess:
         return self.log.read_text()
 
 
+_OPEN: list = []
+
+
 def raw_connect(path: str, timeout: float = 5.0) -> socket.socket:
+    """A plain socket to the daemon; closed by close_raw_sockets() after each test."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    _OPEN.append(s)
     s.settimeout(timeout)
     s.connect(path)
     return s
+
+
+def close_raw_sockets() -> None:
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 def recv_exact(s: socket.socket, n: int) -> bytes:

@@ -462,18 +462,24 @@ class Daemon:
             code, msg = _classify(err)
             conn.reply_error(req.id, code, msg)
             return
-        conn.done(0)
-        if not conn.closed:
-            self.submit(conn, req, e, data, n, char)
+        if conn.closed:
+            conn.done(0)
+        else:
+            self.submit(conn, req, e, data, n, char, admitted=True)  # stays admitted until answered
 
-    def submit(self, conn: "Connection", req: Detect, e: Entry, data, n: int, char: str) -> None:
+    def submit(self, conn: "Connection", req: Detect, e: Entry, data, n: int, char: str, admitted: bool = False) -> None:
         cfg = self.config
-        if self.in_flight >= cfg.max_in_flight or (self.in_flight and self.in_flight_rows + n > cfg.max_in_flight_rows):
+        if admitted:  # admitted while its detector loaded: now its rows count too
+            self.in_flight_rows += n
+        elif self.in_flight >= cfg.max_in_flight or (
+            self.in_flight and self.in_flight_rows + n > cfg.max_in_flight_rows
+        ):
             conn.reply_error(
                 req.id, "busy", f"{self.in_flight} requests / {self.in_flight_rows} rows in flight; retry later"
             )
             return
-        conn.admit(n)
+        else:
+            conn.admit(n)
         item = (conn, req, data, n)
         if n > cfg.coalesce_rows:
             # Large: scored alone, in the pool, straight from the receive buffer.
@@ -786,8 +792,12 @@ class Connection(asyncio.BufferedProtocol):
         d.in_flight_rows -= rows
         if self.read_paused and self.in_flight <= d.config.conn_max_in_flight // 2:
             self._set_reading()
+        if self.eof and self.in_flight == 0:
+            d.loop.call_soon(self._close_if_done)  # after the caller has written its reply
+
+    def _close_if_done(self) -> None:
         if self.eof and self.in_flight == 0 and not self.closed:
-            self.transport.close()
+            self.transport.close()  # flushes pending replies first
 
     def _set_reading(self) -> None:
         if self.closed:
