@@ -26,14 +26,16 @@ def train(seed: int, n_estimators: int = 100) -> "pynomaly.IsolationForest":
 
 
 class DaemonProcess:
-    """``python -m pynomaly_daemon`` on a socket in a temp folder, serving a model folder."""
+    """``python -m pynomaly_daemon`` on a socket in a temp folder, serving a model folder
+    (or, with ``models=None``, what ``args`` say, e.g. ``--home DIR``)."""
 
     def __init__(self, tmp: Path, models: Path, *args: str, name: str = "d.sock"):
         self.sock = str(tmp / name)
         self.log = tmp / f"{name}.log"
         self._log_file = open(self.log, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pynomaly_daemon", "--socket", self.sock, "--models", str(models), *args],
+            [sys.executable, "-m", "pynomaly_daemon", "--socket", self.sock,
+             *(["--models", str(models)] if models is not None else []), *args],
             stdout=subprocess.PIPE, stderr=self._log_file, text=True,
         )
         line = self.proc.stdout.readline()

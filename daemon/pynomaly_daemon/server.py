@@ -397,8 +397,10 @@ class Daemon:
                 await self._load(name, v)  # load first, switch after: requests never wait
                 log.info("detector %r: now serving version %d (was %d)", name, v, lt.version)
                 lt.version = v
-        except DetectorNotFound:
-            self.latest.pop(name, None)  # deleted: the next request gets unknown_detector
+        except (DetectorNotFound, DetectorUnavailable) as e:
+            # Deleted or archived: stop serving it; the next request gets the error.
+            log.info("detector %r: no longer served: %s", name, e)
+            self.invalidate(name)
         except Exception as e:  # noqa: BLE001 - a refresh failure keeps the current version
             log.warning("detector %r: refresh failed, keeping v%d: %s", name, lt.version, e)
         finally:
@@ -625,6 +627,9 @@ class Daemon:
                     if e is not None
                     else wire.DetectorInfo(str(r.name), int(r.version), str(r.algorithm), int(r.n_features or 0))
                 )
+                status = getattr(r, "status", None)
+                if status is not None:
+                    out[-1].status = str(getattr(status, "value", status))
             return wire.ListReply(req.id, out)
         if type(req) is wire.Reload:
             names = self.invalidate(req.detector)

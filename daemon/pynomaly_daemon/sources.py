@@ -43,13 +43,18 @@ class DetectorSource(Protocol):
 
 
 def _translate(exc: BaseException) -> BaseException:
-    """Map the repository's exceptions onto the two the daemon distinguishes."""
+    """Map the repository's exceptions onto the two the daemon distinguishes.
+
+    pynomaly.repository raises DetectorNotFoundError (a KeyError); DetectorNotReadyError
+    (not ACTIVE), ArtifactIntegrityError and RepositoryError mean the detector exists but
+    cannot be served now. Matched by name so this module needs no import of the repository.
+    """
     name = type(exc).__name__
     if isinstance(exc, (DetectorNotFound, DetectorUnavailable)):
         return exc
     if "NotFound" in name or isinstance(exc, (KeyError, LookupError, FileNotFoundError)):
         return DetectorNotFound(str(exc).strip("'\""))
-    if "NotReady" in name or "Format" in name or "Signature" in name:
+    if any(k in name for k in ("NotReady", "Integrity", "Format", "Repository", "Signature")):
         return DetectorUnavailable(str(exc))
     return exc
 
@@ -76,15 +81,17 @@ class RepositorySource:
             raise _translate(e) from e
 
     def latest_version(self, name: str) -> int:
-        service = self._service()
-        fn = getattr(service, "latest_version", None)
+        """The version an unversioned request gets: the detector's latest, if it may detect."""
         try:
-            if fn is not None:
-                return int(fn(self.home, name))
-            record, _ = service.load_for_scoring(self.home, name, None)
-            return int(record.version)
-        except Exception as e:  # noqa: BLE001
+            for d in self._service().list_detectors(self.home):
+                if d.name == name:
+                    can = getattr(d, "can_detect", None)
+                    if can is not None and not can():
+                        raise DetectorUnavailable(f"detector {name!r} cannot detect (status {d.status.value})")
+                    return int(d.version)
+        except Exception as e:  # noqa: BLE001 - translated, not swallowed
             raise _translate(e) from e
+        raise DetectorNotFound(f"no detector named {name!r}")
 
     def list(self) -> list:
         try:

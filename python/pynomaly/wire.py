@@ -138,6 +138,7 @@ class DetectorInfo(msgspec.Struct, omit_defaults=True):
     threshold: Optional[float] = None
     loaded: bool = False
     size_bytes: Optional[int] = None
+    status: Optional[str] = None  # the repository's lifecycle status ("active", ...) where known
 
 
 class DetectReply(msgspec.Struct, tag="detect", tag_field="op", omit_defaults=True):
