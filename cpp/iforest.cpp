@@ -28,17 +28,20 @@ double average_path_length(double n) {
 
 namespace {
 
+uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
 // splitmix64: tiny, fast and good enough for drawing samples and thresholds; one stream per
-// tree, derived from the seed and the tree's index, keeps training independent of threads.
+// tree keeps training independent of threads. Each stream starts at a hashed point of the
+// 2^64 cycle: starting points that differ by a multiple of the increment (e.g. seed ^ c*t)
+// would make the trees' streams shifted copies of each other, correlating the trees.
 struct Rng {
     uint64_t state;
-    explicit Rng(uint64_t seed, uint64_t stream) : state(seed ^ (0x9E3779B97F4A7C15ULL * (stream + 1))) { next(); }
-    uint64_t next() {
-        uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        return z ^ (z >> 31);
-    }
+    explicit Rng(uint64_t seed, uint64_t stream) : state(mix64(seed ^ mix64(stream + 0x632BE59BD9B4E019ULL))) {}
+    uint64_t next() { return mix64(state += 0x9E3779B97F4A7C15ULL); }
     double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
     uint64_t below(uint64_t n) {                                                // [0, n), unbiased
         uint64_t limit = ~uint64_t(0) - (~uint64_t(0) % n);
