@@ -28,17 +28,20 @@ double average_path_length(double n) {
 
 namespace {
 
+uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
 // splitmix64: tiny, fast and good enough for drawing samples and thresholds; one stream per
-// tree, derived from the seed and the tree's index, keeps training independent of threads.
+// tree keeps training independent of threads. Each stream starts at a hashed point of the
+// 2^64 cycle: starting points that differ by a multiple of the increment (e.g. seed ^ c*t)
+// would make the trees' streams shifted copies of each other, correlating the trees.
 struct Rng {
     uint64_t state;
-    explicit Rng(uint64_t seed, uint64_t stream) : state(seed ^ (0x9E3779B97F4A7C15ULL * (stream + 1))) { next(); }
-    uint64_t next() {
-        uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        return z ^ (z >> 31);
-    }
+    explicit Rng(uint64_t seed, uint64_t stream) : state(mix64(seed ^ mix64(stream + 0x632BE59BD9B4E019ULL))) {}
+    uint64_t next() { return mix64(state += 0x9E3779B97F4A7C15ULL); }
     double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
     uint64_t below(uint64_t n) {                                                // [0, n), unbiased
         uint64_t limit = ~uint64_t(0) - (~uint64_t(0) % n);
@@ -206,35 +209,36 @@ Forest::Forest(ForestNodes nodes) : nodes_(std::move(nodes)) {
 void Forest::compile() {
     const int D = std::max(depth_, 1);  // a forest of single leaves still gets one padded level
     const int64_t T = nodes_.n_trees();
-    const int64_t I = (int64_t(1) << D) - 1;
-    const double bytes = double(T) * double(I) * 8.0 + double(T) * double(I + 1) * 8.0;
+    const int64_t S = int64_t(1) << D;
+    const double bytes = double(T) * double(S) * 16.0;
     complete_ = D <= kMaxCompleteDepth && bytes <= 512.0 * 1024 * 1024;
     compiled_ = Compiled{};
     compiled_.block_rows = block_rows_for(nodes_.n_features);
     if (!complete_) return;
     Compiled& c = compiled_;
     c.depth = D;
-    c.internal_per_tree = I;
-    c.feature_scaled.assign(T * I, 0);
-    c.threshold.assign(T * I, std::numeric_limits<float>::infinity());  // padding: always left
-    c.leaf_value.assign(T * (I + 1), 0.0);
+    c.slots = S;
+    c.n_trees = T;
+    c.feature_scaled.assign(T * S, 0);
+    c.threshold.assign(T * S, std::numeric_limits<float>::infinity());  // padding: always left
+    c.leaf_value.assign(T * S, 0.0);
     const int64_t B = c.block_rows;
     for (int64_t t = 0; t < T; ++t) {
         const int32_t base = nodes_.tree_offset[t];
-        // Explicit stack: (local node, slot in complete layout, level).
-        std::vector<std::array<int64_t, 3>> stack{{0, 0, 0}};
+        // Explicit stack: (local node, heap slot, level).
+        std::vector<std::array<int64_t, 3>> stack{{0, 1, 0}};
         while (!stack.empty()) {
             auto [node, slot, level] = stack.back();
             stack.pop_back();
             const int32_t g = base + static_cast<int32_t>(node);
             if (nodes_.feature[g] >= 0) {
-                c.feature_scaled[t * I + slot] = static_cast<int32_t>(nodes_.feature[g] * B);
-                c.threshold[t * I + slot] = nodes_.threshold[g];
-                stack.push_back({nodes_.left[g], 2 * slot + 1, level + 1});
-                stack.push_back({nodes_.left[g] + 1, 2 * slot + 2, level + 1});
+                c.feature_scaled[t * S + slot] = static_cast<int32_t>(nodes_.feature[g] * B);
+                c.threshold[t * S + slot] = nodes_.threshold[g];
+                stack.push_back({nodes_.left[g], 2 * slot, level + 1});
+                stack.push_back({nodes_.left[g] + 1, 2 * slot + 1, level + 1});
             } else {
-                const int64_t leaf = ((slot + 1) << (D - level)) - 1 - I;  // always-left descendant
-                c.leaf_value[t * (I + 1) + leaf] = nodes_.leaf_value[g];
+                const int64_t leaf = (slot << (D - level)) - S;  // always-left descendant at level D
+                c.leaf_value[t * S + leaf] = nodes_.leaf_value[g];
             }
         }
     }
@@ -277,7 +281,9 @@ void Forest::path_length_sum(const MatrixView& X, double* out, int n_threads, co
             bad.offer(r0 + pos / X.cols, pos % X.cols);
             return false;
         }
-        if (kernel)
+        if (kernel && n < kFewRows)
+            few_rows_kernel(compiled_, xt.data(), n, acc.data());
+        else if (kernel)
             kernel(compiled_, xt.data(), n, acc.data());
         else
             sparse_block_kernel(nodes_, B, xt.data(), n, acc.data());

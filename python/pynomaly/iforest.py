@@ -170,7 +170,9 @@ class IsolationForest(BaseDetector):
     def from_pyod(cls, model) -> "IsolationForest":
         """Convert a fitted ``pyod.models.iforest.IForest`` into a native forest.
 
-        Scores are on the paper's scale: PyOD's ``decision_function(X) + detector_.offset_``.
+        Scores are on the paper's scale. PyOD's ``decision_function`` is
+        ``-(score_samples - offset_)`` of the wrapped scikit-learn forest, so ours equals
+        ``model.decision_function(X) - model.detector_.offset_``.
         ``decision_scores_`` and ``threshold_`` are PyOD's, shifted the same way, so
         ``predict`` and ``labels_`` agree with PyOD's.
         """
@@ -178,10 +180,10 @@ class IsolationForest(BaseDetector):
         if inner is None:
             raise NotFittedError("from_pyod needs a fitted pyod.models.iforest.IForest")
         self = cls.from_sklearn(inner)
-        offset = float(inner.offset_)
+        shift = -float(inner.offset_)
         self.contamination = model.contamination
-        self.decision_scores_ = np.asarray(model.decision_scores_, dtype=np.float64) + offset
-        self.threshold_ = float(model.threshold_) + offset
+        self.decision_scores_ = np.asarray(model.decision_scores_, dtype=np.float64) + shift
+        self.threshold_ = float(model.threshold_) + shift
         self.labels_ = np.asarray(model.labels_, dtype=np.int64)
         return self
 
