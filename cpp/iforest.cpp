@@ -253,21 +253,11 @@ void Forest::check_input(const MatrixView& X) const {
         throw InvalidInput("too many features for the scoring layout");
 }
 
-// A call of a few rows (the daemon's single-row requests) does not fill a SIMD group: the
-// scalar kernel (4 rows per step) is then ~4x faster than AVX-512 and AVX2 beats AVX-512 up to
-// 8 rows. Every kernel computes bit-identical sums, so this changes speed only.
-static SimdTarget small_block_simd(int64_t rows) {
-    const SimdTarget t = active_simd();
-    if (rows <= 4) return SimdTarget::baseline;
-    if (rows <= 8 && t == SimdTarget::avx512) return SimdTarget::avx2;
-    return t;
-}
-
 void Forest::path_length_sum(const MatrixView& X, double* out, int n_threads, const CancelCheck& cancel) const {
     check_input(X);
     const int64_t B = compiled_.block_rows;
     const int64_t n_chunks = (X.rows + B - 1) / B;
-    const BlockKernel kernel = complete_ ? select_block_kernel(small_block_simd(X.rows)) : nullptr;
+    const BlockKernel kernel = complete_ ? select_block_kernel(active_simd()) : nullptr;
     FirstError bad;
     parallel_chunks(n_chunks, n_threads, cancel, [&](int64_t chunk) {
         // Per-thread scratch, reused across chunks and calls.
