@@ -91,6 +91,11 @@ def test_bad_input_is_refused_clearly(daemon):
         with pytest.raises(DaemonInputError) as e:
             c.detect("cardio", bad)
         assert e.value.code == "bad_value" and "row 1" in e.value.message
+        big = X.copy()
+        big[1500, 2] = np.inf  # a request split across workers still names the right row
+        with pytest.raises(DaemonInputError) as e:
+            c.detect("cardio", big)
+        assert e.value.code == "bad_value" and "row 1500" in e.value.message
         with pytest.raises(DaemonError) as e:
             c.detect("no-such-detector", X[:1])
         assert e.value.code == "unknown_detector" and not isinstance(e.value, ValueError)

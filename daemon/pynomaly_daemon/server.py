@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -49,7 +50,8 @@ _MIN_FREE = 16 * 1024
 _LEN = struct.Struct(">I")
 _DTYPES = {"f4": np.dtype("<f4"), "f8": np.dtype("<f8")}
 # The canonical dtype objects: the binding recognises float32/float64 by identity.
-_NATIVE = {"f": np.dtype(np.float32), "d": np.dtype(np.float64)}
+_NATIVE = {"f4": np.dtype(np.float32), "f8": np.dtype(np.float64)}
+_ITEMSIZE = {"f4": 4, "f8": 8}
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Config:
     coalesce_window: float = 0.0  # 0: coalesce what arrives within one event-loop iteration
     coalesce_rows: int = 64  # requests with more rows are scored alone
     inline_rows: int = 64  # batches with more rows are scored in the thread pool
+    split_rows: int = 512  # a pool batch of at least 2x this many rows is split across workers
     refresh_interval: float = 1.0
     cache_bytes: int = 1 << 30
     workers: int = field(default_factory=lambda: max(2, len(os.sched_getaffinity(0))))
@@ -113,7 +116,7 @@ class Entry:
         )
 
     def rows(self, rows):
-        """Validate a request's rows; returns (bytes-like data, n_rows, dtype char 'f' or 'd').
+        """Validate a request's rows; returns (bytes-like data, n_rows, dtype "f4" or "f8").
 
         Raw rows stay a view of the receive buffer; nested lists become float64 once.
         """
@@ -134,7 +137,7 @@ class Entry:
                     "bad_shape",
                     f"rows data has {len(rows.data)} bytes; shape [{n}, {d}] of {rows.dtype} needs {n * d * dt.itemsize}",
                 )
-            return rows.data, n, dt.char
+            return rows.data, n, rows.dtype
         if rows is None:
             raise RequestError("bad_request", "detect needs 'rows'")
         if not rows:
@@ -145,11 +148,11 @@ class Entry:
                 raise RequestError(
                     "bad_shape", f"row {i} has {len(r)} values, detector {self.name!r} v{self.version} expects {d}"
                 )
-        return np.array(rows, dtype=np.float64).data, len(rows), "d"
+        return np.array(rows, dtype=np.float64).data, len(rows), "f8"
 
-    def matrix(self, data, n: int, char: str) -> np.ndarray:
+    def matrix(self, data, n: int, dtype: str) -> np.ndarray:
         """An (n, n_features) array over ``data`` without copying it (unless it is misaligned)."""
-        X = np.frombuffer(data, _NATIVE[char]).reshape(n, self.n_features)
+        X = np.frombuffer(data, _NATIVE[dtype]).reshape(n, self.n_features)
         if not X.flags.aligned:
             X = X.copy()  # the core reads whole values: give it aligned ones
         return X
@@ -178,6 +181,9 @@ class Daemon:
         self.cache: "collections.OrderedDict[tuple, Entry]" = collections.OrderedDict()
         self.cache_size = 0
         self.latest: dict = {}
+        # (name, requested version or None) -> Entry, for the per-request fast path; cleared
+        # whenever the cache or a latest version changes, refilled by cached().
+        self.hot: dict = {}
         self.loading: dict = {}
         self.conns: set = set()
         self.pending: dict = {}
@@ -189,6 +195,7 @@ class Daemon:
         self.stats = collections.Counter()
         self.errors = collections.Counter()
         self.requests = collections.Counter()
+        self.n_detect = 0  # kept apart from `requests`: counted on the hot path
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = msgspec.msgpack.Decoder(wire.Request)
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -266,6 +273,10 @@ class Daemon:
                 "serving on %s (pid %d, pynomaly %s, %d workers)",
                 self.config.socket_path, os.getpid(), pynomaly.__version__, self.config.workers,
             )
+            # Everything loaded so far lives as long as the daemon: keep it out of the cyclic
+            # collector's full passes, which otherwise stall the loop for milliseconds.
+            gc.collect()
+            gc.freeze()
             print(f"READY {self.config.socket_path}", flush=True)
             await self._stop.wait()
             await self._drain()
@@ -327,20 +338,24 @@ class Daemon:
 
     # -- detectors ------------------------------------------------------------------------
     def cached(self, name: str, version: Optional[int]) -> Optional[Entry]:
-        """The entry for (name, version) if it is loaded, else None (the fast path)."""
-        if version is None:
+        """The entry for (name, version) if it is loaded, else None."""
+        v = version
+        if v is None:
             lt = self.latest.get(name)
             if lt is None:
                 return None
-            if not lt.refreshing and time.monotonic() - lt.checked > self.config.refresh_interval:
-                lt.refreshing = True
-                self.loop.create_task(self._refresh(name, lt))
-            version = lt.version
-        e = self.cache.get((name, version))
+            v = lt.version
+        e = self.cache.get((name, v))
         if e is not None:
-            self.cache.move_to_end((name, version))
-            self.stats["cache_hits"] += 1
+            self.hot[(name, version)] = e
         return e
+
+    def _check_fresh(self, e: Entry, now: float) -> None:
+        """Start a background check for a newer version of e's name when it is due."""
+        lt = self.latest.get(e.name)
+        if lt is not None and not lt.refreshing and now - lt.checked > self.config.refresh_interval:
+            lt.refreshing = True
+            self.loop.create_task(self._refresh(e.name, lt))
 
     async def resolve(self, name: str, version: Optional[int]) -> Entry:
         e = self.cached(name, version)
@@ -351,6 +366,7 @@ class Daemon:
             lt = self.latest.get(name)
             if lt is None or lt.version != v:
                 self.latest[name] = _Latest(v, time.monotonic())
+                self.hot.clear()
             version = v
         e = self.cache.get((name, version))
         if e is not None:
@@ -379,6 +395,7 @@ class Daemon:
         return Entry(record, detector)
 
     def _insert(self, e: Entry) -> None:
+        self.hot.clear()
         key = (e.name, e.version)
         old = self.cache.pop(key, None)
         if old is not None:
@@ -397,6 +414,7 @@ class Daemon:
                 await self._load(name, v)  # load first, switch after: requests never wait
                 log.info("detector %r: now serving version %d (was %d)", name, v, lt.version)
                 lt.version = v
+                self.hot.clear()
         except (DetectorNotFound, DetectorUnavailable) as e:
             # Deleted or archived: stop serving it; the next request gets the error.
             log.info("detector %r: no longer served: %s", name, e)
@@ -408,6 +426,7 @@ class Daemon:
             lt.refreshing = False
 
     def invalidate(self, name: Optional[str]) -> list:
+        self.hot.clear()
         keys = [k for k in self.cache if name is None or k[0] == name]
         for k in keys:
             self.cache_size -= self.cache.pop(k).size
@@ -427,10 +446,7 @@ class Daemon:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             conn.reply_error(_guess_id(body), "bad_request", f"not a valid request: {e}")
             return
-        if type(req) is Detect:
-            self.requests["detect"] += 1
-            self.detect(conn, req)
-        else:
+        if type(req) is not Detect:
             op = type(req).__struct_config__.tag
             self.requests[op] += 1
             if self.in_flight >= self.config.max_in_flight:
@@ -438,6 +454,43 @@ class Daemon:
                 return
             conn.admit(0)
             self.loop.create_task(self._other(conn, req))
+            return
+        self.n_detect += 1
+        # The fast path, written out: a loaded detector and small raw rows, as most requests
+        # are. Anything else takes detect(), which validates the same way with full messages.
+        e = self.hot.get((req.detector, req.version))
+        rows = req.rows
+        if e is not None and type(rows) is Rows:
+            shape = rows.shape
+            size = _ITEMSIZE.get(rows.dtype)
+            if size is not None and len(shape) == 2:
+                n, d = shape
+                cfg = self.config
+                if (0 < n <= cfg.coalesce_rows and d == e.n_features and len(rows.data) == n * d * size
+                        and self.in_flight < cfg.max_in_flight):
+                    conn.in_flight += 1
+                    self.in_flight += 1
+                    self.in_flight_rows += n
+                    if conn.in_flight >= cfg.conn_max_in_flight:
+                        conn._set_reading()
+                    key = (e, rows.dtype)
+                    group = self.pending.get(key)
+                    if group is None:
+                        self.pending[key] = [(conn, req, rows.data, n)]
+                        # A lone connection has no one to coalesce with beyond its own
+                        # pipelined frames: Connection.buffer_updated flushes after parsing.
+                        if self.flush_handle is None and (len(self.conns) > 1 or cfg.coalesce_window > 0):
+                            self._schedule_flush()
+                    else:
+                        group.append((conn, req, rows.data, n))
+                    return
+        self.detect(conn, req)
+
+    def _schedule_flush(self) -> None:
+        if self.config.coalesce_window > 0:
+            self.flush_handle = self.loop.call_later(self.config.coalesce_window, self.flush)
+        else:
+            self.flush_handle = self.loop.call_soon(self.flush)
 
     def detect(self, conn: "Connection", req: Detect) -> None:
         e = self.cached(req.detector, req.version)
@@ -449,16 +502,16 @@ class Daemon:
             self.loop.create_task(self._detect_after_load(conn, req))
             return
         try:
-            data, n, char = e.rows(req.rows)
+            data, n, dtype = e.rows(req.rows)
         except RequestError as err:
             conn.reply_error(req.id, err.code, err.message)
             return
-        self.submit(conn, req, e, data, n, char)
+        self.submit(conn, req, e, data, n, dtype)
 
     async def _detect_after_load(self, conn: "Connection", req: Detect) -> None:
         try:
             e = await self.resolve(req.detector, req.version)
-            data, n, char = e.rows(req.rows)
+            data, n, dtype = e.rows(req.rows)
         except Exception as err:  # noqa: BLE001 - becomes the client's Error reply
             conn.done(0)
             code, msg = _classify(err)
@@ -467,9 +520,9 @@ class Daemon:
         if conn.closed:
             conn.done(0)
         else:
-            self.submit(conn, req, e, data, n, char, admitted=True)  # stays admitted until answered
+            self.submit(conn, req, e, data, n, dtype, admitted=True)  # stays admitted until answered
 
-    def submit(self, conn: "Connection", req: Detect, e: Entry, data, n: int, char: str, admitted: bool = False) -> None:
+    def submit(self, conn: "Connection", req: Detect, e: Entry, data, n: int, dtype: str, admitted: bool = False) -> None:
         cfg = self.config
         if admitted:  # admitted while its detector loaded: now its rows count too
             self.in_flight_rows += n
@@ -485,60 +538,84 @@ class Daemon:
         item = (conn, req, data, n)
         if n > cfg.coalesce_rows:
             # Large: scored alone, in the pool, straight from the receive buffer.
-            items = [item]
-            X = e.matrix(data, n, char)
-            fut = self.loop.run_in_executor(self.pool, e.score, X)
-            fut.add_done_callback(lambda f: self._scored(e, items, f))
+            self._score_in_pool(e, e.matrix(data, n, dtype), [item], dtype)
             return
-        key = (e, char)
+        key = (e, dtype)
         group = self.pending.get(key)
         if group is None:
             self.pending[key] = [item]
         else:
             group.append(item)
         if self.flush_handle is None:
-            if cfg.coalesce_window > 0:
-                self.flush_handle = self.loop.call_later(cfg.coalesce_window, self.flush)
-            else:
-                self.flush_handle = self.loop.call_soon(self.flush)
+            self._schedule_flush()
 
     def flush(self) -> None:
         """Score every queued small request: one native call per (detector version, dtype)."""
         self.flush_handle = None
         pending, self.pending = self.pending, {}
-        for (e, char), items in pending.items():
+        now = time.monotonic()
+        for (e, dtype), items in pending.items():
+            self._check_fresh(e, now)
+            self.stats["cache_hits"] += len(items)
+            if (e.name, e.version) in self.cache:
+                self.cache.move_to_end((e.name, e.version))  # LRU: once per batch, not per request
             if len(items) == 1:
-                X = e.matrix(items[0][2], items[0][3], char)
+                X = e.matrix(items[0][2], items[0][3], dtype)
             else:
                 # One copy of a few hundred bytes per request buys one native call for all.
-                X = e.matrix(b"".join([it[2] for it in items]), sum([it[3] for it in items]), char)
+                X = e.matrix(b"".join([it[2] for it in items]), sum([it[3] for it in items]), dtype)
                 self.stats["coalesced_requests"] += len(items)
             if X.shape[0] <= self.config.inline_rows:
                 try:
                     scores = e.score(X)
                 except Exception as err:  # noqa: BLE001
-                    self._scored_error(e, items, err, char)
+                    self._scored_error(e, items, err, dtype)
                     continue
                 self._deliver(e, items, scores)
             else:
-                fut = self.loop.run_in_executor(self.pool, e.score, X)
-                fut.add_done_callback(lambda f, e=e, items=items, char=char: self._scored(e, items, f, char))
+                self._score_in_pool(e, X, items, dtype)
 
-    def _scored(self, e: Entry, items: list, fut, char: str = "d") -> None:
+    def _score_in_pool(self, e: Entry, X: np.ndarray, items: list, dtype: str) -> None:
+        """Score X in the thread pool, split into row chunks across the workers when it is large
+        and the detector itself runs on one thread (the core releases the GIL: chunks run in
+        parallel). Rows are independent, so the scores equal one call's."""
+        n = X.shape[0]
+        k = min(self.config.workers, n // self.config.split_rows)
+        if k < 2 or getattr(e.detector, "n_jobs", None) not in (None, 1):
+            fut = self.loop.run_in_executor(self.pool, e.score, X)
+            fut.add_done_callback(lambda f: self._scored(e, items, f, dtype))
+            return
+        bounds = np.linspace(0, n, k + 1).astype(int)
+        futs = [self.loop.run_in_executor(self.pool, e.score, X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        whole = asyncio.gather(*futs)
+
+        def done(f):
+            if f.exception() is not None:  # rescore in one call so the error names the right row
+                fut = self.loop.run_in_executor(self.pool, e.score, X)
+                fut.add_done_callback(lambda f1: self._scored(e, items, f1, dtype))
+            else:
+                self._scored(e, items, f, dtype)
+
+        whole.add_done_callback(done)
+
+    def _scored(self, e: Entry, items: list, fut, dtype: str) -> None:
         err = fut.exception()
         if err is not None:
-            self._scored_error(e, items, err, char)
-        else:
-            self._deliver(e, items, fut.result())
+            self._scored_error(e, items, err, dtype)
+            return
+        scores = fut.result()
+        if type(scores) is list:  # chunks of a split request
+            scores = np.concatenate(scores)
+        self._deliver(e, items, scores)
 
-    def _scored_error(self, e: Entry, items: list, err: BaseException, char: str) -> None:
+    def _scored_error(self, e: Entry, items: list, err: BaseException, dtype: str) -> None:
         if len(items) > 1:
             # One bad request (say a NaN) must not fail its neighbours: score them one by one.
             for it in items:
                 try:
-                    s = e.score(e.matrix(it[2], it[3], char))
+                    s = e.score(e.matrix(it[2], it[3], dtype))
                 except Exception as err1:  # noqa: BLE001
-                    self._scored_error(e, [it], err1, char)
+                    self._scored_error(e, [it], err1, dtype)
                 else:
                     self._deliver(e, [it], s)
             return
@@ -550,45 +627,68 @@ class Daemon:
     def _deliver(self, e: Entry, items: list, scores: np.ndarray) -> None:
         """Reply to each request of a batch; arrays are converted once per batch, then sliced."""
         self.stats["native_calls"] += 1
-        self.stats["rows_scored"] += scores.shape[0]
+        total = scores.shape[0]
+        self.stats["rows_scored"] += total
+        self.in_flight -= len(items)
+        self.in_flight_rows -= total
         thr = e.threshold
         single = len(items) == 1
         s_bytes = l_bytes = p_bytes = labels = None
+        encode_into, pack_into = self.encoder.encode_into, _LEN.pack_into
         off = 0
         for conn, req, _, n in items:
             a, off = off, off + n
-            conn.done(n)
+            conn.in_flight -= 1
+            if conn.read_paused or conn.eof:
+                conn.after_done()
             if conn.closed:
                 continue
-            reply = DetectReply(req.id, e.name, e.version, n, thr)
-            for w in req.want if req.want is not None else wire.WANT_DEFAULT:
-                if w == "scores":
-                    if s_bytes is None:
-                        s_bytes = scores.data if single else scores.tobytes()
-                    reply.scores = s_bytes if single else s_bytes[8 * a : 8 * off]
-                elif w == "labels":
-                    if l_bytes is None:
-                        labels = scores > thr
-                        l_bytes = labels.view(np.uint8).data if single else labels.tobytes()
-                    reply.labels = l_bytes if single else l_bytes[a:off]
-                elif w == "anomalies":
-                    if labels is None:
-                        labels = scores > thr
-                    reply.anomalies = (np.flatnonzero(labels[a:off])).astype("<i8").data
-                elif w == "probabilities":
-                    if e.lo is None:
-                        conn.reply_error(
-                            req.id, "unavailable",
-                            f"detector {e.name!r} v{e.version} has no training scores to scale probabilities",
-                        )
-                        break
-                    if p_bytes is None:
-                        span = e.hi - e.lo
-                        p = np.clip((scores - e.lo) / span, 0.0, 1.0) if span > 0 else np.zeros(len(scores))
-                        p_bytes = p.data if single else p.tobytes()
-                    reply.probabilities = p_bytes if single else p_bytes[8 * a : 8 * off]
+            want = req.want
+            if want is None:  # the default, ["scores", "labels"]: the common case, written out
+                if l_bytes is None:
+                    labels = scores > thr
+                    l_bytes = labels.view(np.uint8).data if single else labels.tobytes()
+                if s_bytes is None:
+                    s_bytes = scores.data if single else scores.tobytes()
+                if single:
+                    reply = DetectReply(req.id, e.name, e.version, n, thr, s_bytes, l_bytes)
+                else:
+                    reply = DetectReply(req.id, e.name, e.version, n, thr, s_bytes[8 * a : 8 * off], l_bytes[a:off])
             else:
-                conn.send(reply)
+                reply = DetectReply(req.id, e.name, e.version, n, thr)
+                for w in want:
+                    if w == "scores":
+                        if s_bytes is None:
+                            s_bytes = scores.data if single else scores.tobytes()
+                        reply.scores = s_bytes if single else s_bytes[8 * a : 8 * off]
+                    elif w == "labels":
+                        if l_bytes is None:
+                            labels = scores > thr
+                            l_bytes = labels.view(np.uint8).data if single else labels.tobytes()
+                        reply.labels = l_bytes if single else l_bytes[a:off]
+                    elif w == "anomalies":
+                        if labels is None:
+                            labels = scores > thr
+                        reply.anomalies = (np.flatnonzero(labels[a:off])).astype("<i8").data
+                    elif w == "probabilities":
+                        if e.lo is None:
+                            reply = None
+                            conn.reply_error(
+                                req.id, "unavailable",
+                                f"detector {e.name!r} v{e.version} has no training scores to scale probabilities",
+                            )
+                            break
+                        if p_bytes is None:
+                            span = e.hi - e.lo
+                            p = np.clip((scores - e.lo) / span, 0.0, 1.0) if span > 0 else np.zeros(total)
+                            p_bytes = p.data if single else p.tobytes()
+                        reply.probabilities = p_bytes if single else p_bytes[8 * a : 8 * off]
+                if reply is None:
+                    continue
+            out = bytearray(4)
+            encode_into(reply, out, 4)
+            pack_into(out, 0, len(out) - 4)
+            conn.transport.write(out)
 
     async def _other(self, conn: "Connection", req) -> None:
         try:
@@ -611,7 +711,7 @@ class Daemon:
             s = self.stats
             return wire.StatsReply(
                 req.id, time.monotonic() - self.started, len(self.conns), s["connections_total"], self.in_flight,
-                dict(self.requests), dict(self.errors), s["rows_scored"], s["native_calls"], s["coalesced_requests"],
+                {**self.requests, "detect": self.n_detect}, dict(self.errors), s["rows_scored"], s["native_calls"], s["coalesced_requests"],
                 len(self.cache), self.cache_size, s["cache_hits"], s["cache_misses"],
             )
         if type(req) is wire.Info:
@@ -732,6 +832,9 @@ class Connection(asyncio.BufferedProtocol):
             handle(self, body)  # decoded raw rows may stay views of buf: buf is never rewound
             if self.closed:
                 return
+        d = self.d
+        if d.pending and d.flush_handle is None:
+            d.flush()  # see Daemon.handle: nothing else to wait for
         self.start = p
         if p == end:
             self.partial_since = None
@@ -795,10 +898,14 @@ class Connection(asyncio.BufferedProtocol):
         d = self.d
         d.in_flight -= 1
         d.in_flight_rows -= rows
-        if self.read_paused and self.in_flight <= d.config.conn_max_in_flight // 2:
+        self.after_done()
+
+    def after_done(self) -> None:
+        """A request of this connection was answered: resume reading, or close after EOF."""
+        if self.read_paused and self.in_flight <= self.d.config.conn_max_in_flight // 2:
             self._set_reading()
         if self.eof and self.in_flight == 0:
-            d.loop.call_soon(self._close_if_done)  # after the caller has written its reply
+            self.d.loop.call_soon(self._close_if_done)  # after the caller has written its reply
 
     def _close_if_done(self) -> None:
         if self.eof and self.in_flight == 0 and not self.closed:

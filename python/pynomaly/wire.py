@@ -68,8 +68,12 @@ WANT_ALL = ("scores", "labels", "probabilities", "anomalies")
 WANT_DEFAULT = ("scores", "labels")
 
 
+# Every Struct here is gc=False: messages never form reference cycles, so the cyclic garbage
+# collector need not track the daemon's many short-lived ones.
+
+
 # -- requests ------------------------------------------------------------------------------
-class Rows(msgspec.Struct, forbid_unknown_fields=True):
+class Rows(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """A matrix as raw bytes: ``shape[0] * shape[1]`` little-endian values of ``dtype``.
 
     ``dtype`` is ``"f4"`` (float32) or ``"f8"`` (float64), rows one after another (C order).
@@ -81,7 +85,7 @@ class Rows(msgspec.Struct, forbid_unknown_fields=True):
     data: memoryview
 
 
-class Detect(msgspec.Struct, tag="detect", tag_field="op", forbid_unknown_fields=True):
+class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unknown_fields=True):
     """Score rows with a detector; ``rows`` is a :class:`Rows` or a list of lists of numbers."""
 
     id: int
@@ -91,13 +95,13 @@ class Detect(msgspec.Struct, tag="detect", tag_field="op", forbid_unknown_fields
     rows: Union[Rows, List[List[float]], None] = None  # last, so raw data ends the frame
 
 
-class ListDetectors(msgspec.Struct, tag="list", tag_field="op", forbid_unknown_fields=True):
+class ListDetectors(msgspec.Struct, gc=False, tag="list", tag_field="op", forbid_unknown_fields=True):
     """Every detector the daemon can serve (latest versions)."""
 
     id: int
 
 
-class Info(msgspec.Struct, tag="info", tag_field="op", forbid_unknown_fields=True):
+class Info(msgspec.Struct, gc=False, tag="info", tag_field="op", forbid_unknown_fields=True):
     """Details of one detector (loading it if needed)."""
 
     id: int
@@ -105,19 +109,19 @@ class Info(msgspec.Struct, tag="info", tag_field="op", forbid_unknown_fields=Tru
     version: Optional[int] = None
 
 
-class Health(msgspec.Struct, tag="health", tag_field="op", forbid_unknown_fields=True):
+class Health(msgspec.Struct, gc=False, tag="health", tag_field="op", forbid_unknown_fields=True):
     """Liveness: answered from the event loop without touching detectors."""
 
     id: int
 
 
-class Stats(msgspec.Struct, tag="stats", tag_field="op", forbid_unknown_fields=True):
+class Stats(msgspec.Struct, gc=False, tag="stats", tag_field="op", forbid_unknown_fields=True):
     """Counters since start."""
 
     id: int
 
 
-class Reload(msgspec.Struct, tag="reload", tag_field="op", forbid_unknown_fields=True):
+class Reload(msgspec.Struct, gc=False, tag="reload", tag_field="op", forbid_unknown_fields=True):
     """Drop cached detectors (one, or all when ``detector`` is None) so the next request loads the latest."""
 
     id: int
@@ -128,7 +132,7 @@ Request = Union[Detect, ListDetectors, Info, Health, Stats, Reload]
 
 
 # -- replies -------------------------------------------------------------------------------
-class DetectorInfo(msgspec.Struct, omit_defaults=True):
+class DetectorInfo(msgspec.Struct, gc=False, omit_defaults=True):
     """What the daemon knows about one detector version."""
 
     name: str
@@ -141,7 +145,7 @@ class DetectorInfo(msgspec.Struct, omit_defaults=True):
     status: Optional[str] = None  # the repository's lifecycle status ("active", ...) where known
 
 
-class DetectReply(msgspec.Struct, tag="detect", tag_field="op", omit_defaults=True):
+class DetectReply(msgspec.Struct, gc=False, tag="detect", tag_field="op", omit_defaults=True):
     """Results of a :class:`Detect`, as raw little-endian arrays of ``n_rows`` values.
 
     Only the arrays asked for in ``want`` are present: ``scores`` float64 (higher is more
@@ -160,17 +164,17 @@ class DetectReply(msgspec.Struct, tag="detect", tag_field="op", omit_defaults=Tr
     anomalies: Optional[bytes] = None
 
 
-class ListReply(msgspec.Struct, tag="list", tag_field="op"):
+class ListReply(msgspec.Struct, gc=False, tag="list", tag_field="op"):
     id: int
     detectors: List[DetectorInfo]
 
 
-class InfoReply(msgspec.Struct, tag="info", tag_field="op"):
+class InfoReply(msgspec.Struct, gc=False, tag="info", tag_field="op"):
     id: int
     detector: DetectorInfo
 
 
-class HealthReply(msgspec.Struct, tag="health", tag_field="op"):
+class HealthReply(msgspec.Struct, gc=False, tag="health", tag_field="op"):
     id: int
     status: str  # "ok", or "draining" after SIGTERM
     version: str
@@ -179,7 +183,7 @@ class HealthReply(msgspec.Struct, tag="health", tag_field="op"):
     uptime_s: float
 
 
-class StatsReply(msgspec.Struct, tag="stats", tag_field="op"):
+class StatsReply(msgspec.Struct, gc=False, tag="stats", tag_field="op"):
     """Counters; ``requests`` and ``errors`` map op names and error codes to counts."""
 
     id: int
@@ -198,12 +202,12 @@ class StatsReply(msgspec.Struct, tag="stats", tag_field="op"):
     cache_misses: int
 
 
-class ReloadReply(msgspec.Struct, tag="reload", tag_field="op"):
+class ReloadReply(msgspec.Struct, gc=False, tag="reload", tag_field="op"):
     id: int
     invalidated: List[str]
 
 
-class Error(msgspec.Struct, tag="error", tag_field="op"):
+class Error(msgspec.Struct, gc=False, tag="error", tag_field="op"):
     """A typed failure of one request (``id`` is 0 when the request's id could not be read)."""
 
     id: int
