@@ -76,12 +76,19 @@ def run_redis(tmp: Path, conns: int, seconds: float, rps_hint: float) -> dict:
     row = [r for r in out.stdout.splitlines() if r.startswith('"GET"')][-1]
     f = [float(x.strip('"')) for x in row.split(",")[1:]]
     # "rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-    return {"rps": f[0], "p50_us": f[3] * 1000, "p99_us": f[5] * 1000}
+    return {"rps": f[0], "p50_us": f[3] * 1000, "p99_us": f[5] * 1000, "n": n}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), all its threads."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per load point")
+    ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per load point and round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved daemon/redis rounds per load point")
     ap.add_argument("--dataset", default="cardio")
     ap.add_argument("--batch-repeats", type=int, default=0, help="calls per batch size (default: about 2 s each)")
     args = ap.parse_args()
@@ -121,18 +128,32 @@ def main() -> None:
             subprocess.run(["redis-cli", "-s", str(tmp / "redis.sock"), "set", "key:__rand_int__", "x"],
                            capture_output=True)
 
-        print("\nsingle-row detect (want scores+labels), one request in flight per connection")
-        print(f"{'clients':>7} {'daemon req/s':>13} {'p50 us':>8} {'p99 us':>8} | {'redis GET/s':>12} {'p50 us':>8} "
-              f"{'p99 us':>8} | {'req/s ratio':>11} {'p99 ratio':>9}")
+        print(f"\nsingle-row detect (want scores+labels), one request in flight per connection; "
+              f"{args.rounds} interleaved rounds of {args.seconds:g} s per side, medians")
+        print(f"{'clients':>7} {'daemon req/s':>13} {'p50 us':>7} {'p99 us':>8} {'cpu us/req':>10} | {'redis GET/s':>12} "
+              f"{'p50 us':>7} {'p99 us':>8} {'cpu us/req':>10} | {'req/s ratio':>11} {'p99 ratio':>9}")
+        redis_pid = redis.pid if redis is not None else None
         for conns in CONCURRENCY:
-            d = run_loadgen(loadgen, sock, frame, conns, args.seconds)
-            if redis is not None:
-                rd = run_redis(tmp, conns, args.seconds, 60000)
-                print(f"{conns:>7} {d['rps']:>13,.0f} {d['p50_us']:>8.1f} {d['p99_us']:>8.1f} | {rd['rps']:>12,.0f} "
-                      f"{rd['p50_us']:>8.1f} {rd['p99_us']:>8.1f} | {d['rps'] / rd['rps']:>11.2f} "
-                      f"{d['p99_us'] / rd['p99_us']:>9.2f}")
+            ds, rs = [], []
+            for _ in range(args.rounds):  # alternate, so noise from other processes hits both
+                c0 = _cpu_seconds(daemon.pid)
+                d = run_loadgen(loadgen, sock, frame, conns, args.seconds)
+                d["cpu_us"] = (_cpu_seconds(daemon.pid) - c0) / (d["rps"] * (args.seconds + 0.5)) * 1e6
+                ds.append(d)
+                if redis is not None:
+                    c0 = _cpu_seconds(redis_pid)
+                    rd = run_redis(tmp, conns, args.seconds, ds[-1]["rps"] * 2)
+                    rd["cpu_us"] = (_cpu_seconds(redis_pid) - c0) / rd["n"] * 1e6
+                    rs.append(rd)
+            d = {k: float(np.median([x[k] for x in ds])) for k in ds[0]}
+            line = f"{conns:>7} {d['rps']:>13,.0f} {d['p50_us']:>7.1f} {d['p99_us']:>8.1f} {d['cpu_us']:>10.1f} | "
+            if rs:
+                rd = {k: float(np.median([x[k] for x in rs])) for k in rs[0]}
+                line += (f"{rd['rps']:>12,.0f} {rd['p50_us']:>7.1f} {rd['p99_us']:>8.1f} {rd['cpu_us']:>10.1f} | "
+                         f"{d['rps'] / rd['rps']:>11.2f} {d['p99_us'] / rd['p99_us']:>9.2f}")
             else:
-                print(f"{conns:>7} {d['rps']:>13,.0f} {d['p50_us']:>8.1f} {d['p99_us']:>8.1f} | (redis not installed)")
+                line += "(redis not installed)"
+            print(line)
 
         # In-process single-row cost, the floor of the 1-client latency.
         one = X[:1]
@@ -141,18 +162,22 @@ def main() -> None:
             model.decision_function(one)
         print(f"\nin-process decision_function of one row: {(time.perf_counter() - t) / 2000 * 1e6:.1f} us")
 
-        print("\nbatch detect (want scores) through pynomaly.Client vs in-process decision_function")
-        print(f"{'rows':>7} {'daemon rows/s':>14} {'in-process rows/s':>18} {'ratio':>6}")
+        print("\nbatch detect (want scores) through pynomaly.Client vs in-process decision_function "
+              "(interleaved calls, medians)")
+        print(f"{'rows':>7} {'daemon rows/s':>14} {'in-process rows/s':>18} {'ratio':>6} | "
+              f"{'in-process n_jobs=-1':>20} {'ratio':>6}")
         rng = np.random.default_rng(0)
+        all_cores = pynomaly.IsolationForest.from_bytes(model.to_bytes()).set_params(n_jobs=-1)
         for n in (1_000, 100_000):
             B = X[rng.integers(0, len(X), n)]
             same = c.detect("bench", B, want=["scores"]).scores
             assert np.array_equal(same, model.decision_function(B))
-            reps = args.batch_repeats or max(5, int(2.0 / (n * 1.5e-6)))
-            t_in, t_d = _interleaved_rates(lambda: model.decision_function(B),
-                                           lambda: c.detect("bench", B, want=["scores"]), reps)
-            t_in, t_d = t_in * n, t_d * n
-            print(f"{n:>7} {t_d:>14,.0f} {t_in:>18,.0f} {t_d / t_in:>6.2f}")
+            reps = args.batch_repeats or max(7, int(1.5 / (n * 0.5e-6)))
+            r_in, r_d, r_all = _interleaved_rates(
+                [lambda: model.decision_function(B), lambda: c.detect("bench", B, want=["scores"]),
+                 lambda: all_cores.decision_function(B)], reps)
+            print(f"{n:>7} {r_d * n:>14,.0f} {r_in * n:>18,.0f} {r_d / r_in:>6.2f} | {r_all * n:>20,.0f} "
+                  f"{r_d / r_all:>6.2f}")
         st = c.stats()
         print(f"\ndaemon: {st.native_calls} native calls for {st.rows_scored} rows; "
               f"{st.coalesced_requests} requests were coalesced")
@@ -167,18 +192,16 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _interleaved_rates(fa, fb, reps: int):
-    """Calls per second of fa and fb, alternating calls so that noise from other processes on
-    the shared machine hits both alike; each rate from the median call time."""
-    ta, tb = [], []
+def _interleaved_rates(fns, reps: int):
+    """Calls per second of each function, calling them in turn so that noise from other
+    processes on the shared machine hits all alike; each rate from the median call time."""
+    times = [[] for _ in fns]
     for _ in range(reps):
-        t = time.perf_counter()
-        fa()
-        ta.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        fb()
-        tb.append(time.perf_counter() - t)
-    return 1.0 / float(np.median(ta)), 1.0 / float(np.median(tb))
+        for f, t in zip(fns, times):
+            t0 = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - t0)
+    return [1.0 / float(np.median(t)) for t in times]
 
 
 if __name__ == "__main__":

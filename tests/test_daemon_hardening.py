@@ -115,6 +115,15 @@ def test_idle_connections_are_closed(start, models):
     assert served_correctly(d, models[1])
 
 
+def test_client_survives_idle_close(start, models):
+    """pynomaly.Client reconnects when the daemon closed its idle connection."""
+    d = start("--idle-timeout", "0.2")
+    with pynomaly.Client(d.sock) as c:
+        first = c.detect("cardio", cardio()[:2]).scores
+        time.sleep(0.8)  # the daemon closes the idle connection meanwhile
+        np.testing.assert_array_equal(c.detect("cardio", cardio()[:2]).scores, first)
+
+
 def test_truncated_frame_then_close(start, models):
     d = start()
     for cut in (2, 4, 30):

@@ -262,6 +262,7 @@ class Daemon:
         """Serve until SIGTERM/SIGINT, then drain in-flight requests and return."""
         self.loop = loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        _raise_fd_limit(self.config.max_connections + 256)
         sock = self._bind()
         try:
             self.server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=socket.SOMAXCONN)
@@ -736,6 +737,21 @@ class Daemon:
             log.info("reload%s: dropped %d cached version(s)", f" {req.detector!r}" if req.detector else "", len(names))
             return wire.ReloadReply(req.id, names)
         raise RequestError("bad_request", f"unsupported op {type(req).__name__}")  # pragma: no cover
+
+
+def _raise_fd_limit(want: int) -> None:
+    """Let the process hold max_connections sockets plus its own files (soft limit up to hard)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            if new < want:
+                log.warning("open-file limit %d is below --max-connections + 256; raise it (ulimit -n)", new)
+    except (ImportError, ValueError, OSError) as e:
+        log.warning("cannot raise the open-file limit: %s", e)
 
 
 def _classify(err: BaseException):

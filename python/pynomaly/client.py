@@ -158,27 +158,40 @@ class Client:
         return view
 
     def _call(self, req, expected: type):
+        frame = _frame(req)
         with self._lock:
-            s = self._sock or self._connect()
-            self._sock = s
+            reused = self._sock is not None
             try:
-                s.sendall(_frame(req))
-                while True:
-                    n = _LEN.unpack(self._recv_exact(s, 4))[0]
-                    reply = self._decoder.decode(self._recv_exact(s, n))
-                    if reply.id == req.id:
-                        break
-                    if type(reply) is wire.Error and reply.id == 0:  # connection-level error
-                        break
-            except (OSError, msgspec.DecodeError) as e:
-                self._drop()
-                if isinstance(e, DaemonUnavailableError):
+                reply = self._exchange(frame, req.id)
+            except DaemonUnavailableError as e:
+                # A kept connection the daemon has since closed (idle timeout, restart) fails
+                # on first use: every operation is idempotent, so retry once on a fresh one.
+                if not reused or "timed out" in str(e):
                     raise
-                what = "timed out" if isinstance(e, socket.timeout) else f"failed: {e}"
-                raise DaemonUnavailableError(f"call to the daemon at {self.path} {what}") from None
-            if type(reply) is wire.Error and reply.id == 0:
-                self._drop()
+                reply = self._exchange(frame, req.id)
         return _check(reply, expected)
+
+    def _exchange(self, frame, req_id: int):
+        s = self._sock or self._connect()
+        self._sock = s
+        try:
+            s.sendall(frame)
+            while True:
+                n = _LEN.unpack(self._recv_exact(s, 4))[0]
+                reply = self._decoder.decode(self._recv_exact(s, n))
+                if reply.id == req_id:
+                    break
+                if type(reply) is wire.Error and reply.id == 0:  # connection-level error
+                    break
+        except (OSError, msgspec.DecodeError) as e:
+            self._drop()
+            if isinstance(e, DaemonUnavailableError):
+                raise
+            what = "timed out" if isinstance(e, socket.timeout) else f"failed: {e}"
+            raise DaemonUnavailableError(f"call to the daemon at {self.path} {what}") from None
+        if type(reply) is wire.Error and reply.id == 0:
+            self._drop()
+        return reply
 
     def _drop(self) -> None:
         if self._sock is not None:
