@@ -40,7 +40,9 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daemon(models, tmp_path_factory):
-    d = DaemonProcess(tmp_path_factory.mktemp("sock"), models[0])
+    # Large requests always go to the pool here and are split from 512 rows on, so the split
+    # path is what the 1831-row cases below exercise (other modules keep the defaults).
+    d = DaemonProcess(tmp_path_factory.mktemp("sock"), models[0], "--idle-inline-rows", "0", "--split-rows", "256")
     yield d
     assert d.stop() == 0
 

@@ -153,10 +153,14 @@ def test_too_many_connections(start, models):
 
 def test_bounded_in_flight_work_answers_busy(start, models):
     """Beyond --max-in-flight, requests get 'busy' at once; every request gets exactly one reply."""
-    d = start("--max-in-flight", "1", "--coalesce-rows", "0")  # every detect goes to the thread pool
+    # Every detect goes to the thread pool, so the first of a burst is still in flight when the
+    # others are read.
+    d = start("--max-in-flight", "1", "--coalesce-rows", "0", "--idle-inline-rows", "0")
     model = models[1]
     X = cardio()
     s = raw_connect(d.sock)
+    s.sendall(detect_frame(999, X[:1]))  # load the detector first
+    assert reply(s)["op"] == "detect"
     s.sendall(b"".join(detect_frame(i, X[i : i + 1]) for i in range(1, 31)))
     replies = {}
     for _ in range(30):

@@ -38,6 +38,8 @@ def build_parser(prog: str = "python -m pynomaly_daemon") -> argparse.ArgumentPa
     p.add_argument("--coalesce-rows", type=int, default=d.coalesce_rows, help="requests with more rows are not coalesced")
     p.add_argument("--inline-rows", type=int, default=d.inline_rows,
                    help="batches with more rows are scored in the thread pool")
+    p.add_argument("--idle-inline-rows", type=int, default=d.idle_inline_rows,
+                   help="when nothing else is in flight, requests up to this many rows skip the thread pool")
     p.add_argument("--split-rows", type=int, default=d.split_rows,
                    help="large requests are scored in chunks of at least this many rows, in parallel")
     p.add_argument("--refresh-interval", type=float, default=d.refresh_interval,
@@ -66,6 +68,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
         coalesce_rows=a.coalesce_rows,
         inline_rows=a.inline_rows,
         split_rows=a.split_rows,
+        idle_inline_rows=a.idle_inline_rows,
         refresh_interval=a.refresh_interval,
         cache_bytes=int(a.cache_mb * 2**20),
         workers=a.workers,
