@@ -84,6 +84,25 @@ def test_frame_too_large(start, models):
     assert "frame_too_large" in d.log_text()
 
 
+def test_memory_for_large_frames_is_bounded(start, models):
+    """Clients that announce big frames and send them slowly cannot make the daemon hold more
+    than --max-rx-mb: the one over the bound gets 'overloaded' and is closed."""
+    d = start("--max-rx-mb", "2", "--max-frame-mb", "8")
+    first = raw_connect(d.sock)
+    first.sendall(struct.pack(">I", 1_500_000) + b"\0" * 1000)  # 1.5 MB reserved, body pending
+    second = raw_connect(d.sock)
+    second.sendall(struct.pack(">I", 1_500_000) + b"\0" * 1000)
+    r = reply(second)
+    assert (r["op"], r["code"]) == ("error", "overloaded")
+    assert is_closed(second)
+    assert served_correctly(d, models[1])
+    first.close()  # its reservation is released: a large frame fits again
+    time.sleep(0.2)
+    X = np.tile(cardio(), (4, 1))  # 7324 rows, ~1.2 MB frame
+    with pynomaly.Client(d.sock) as c:
+        np.testing.assert_array_equal(c.detect("cardio", X).scores, models[1].decision_function(X))
+
+
 def test_slow_and_stalled_frames_time_out(start, models):
     d = start("--frame-timeout", "0.4")
     full = detect_frame(1, cardio()[:3])

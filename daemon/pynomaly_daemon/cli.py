@@ -27,6 +27,8 @@ def build_parser(prog: str = "python -m pynomaly_daemon") -> argparse.ArgumentPa
     p.add_argument("--max-connections", type=int, default=d.max_connections)
     p.add_argument("--max-in-flight", type=int, default=d.max_in_flight, help="requests being worked on, all clients")
     p.add_argument("--max-in-flight-rows", type=int, default=d.max_in_flight_rows)
+    p.add_argument("--max-rx-mb", type=float, default=d.max_rx_bytes / 2**20,
+                   help="memory for large frames being received, all clients together")
     p.add_argument("--conn-max-in-flight", type=int, default=d.conn_max_in_flight,
                    help="per connection; reading from it pauses above this")
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout, help="seconds")
@@ -59,6 +61,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
         max_connections=a.max_connections,
         max_in_flight=a.max_in_flight,
         max_in_flight_rows=a.max_in_flight_rows,
+        max_rx_bytes=int(a.max_rx_mb * 2**20),
         conn_max_in_flight=a.conn_max_in_flight,
         idle_timeout=a.idle_timeout,
         frame_timeout=a.frame_timeout,

@@ -65,6 +65,7 @@ class Config:
     max_connections: int = 1024
     max_in_flight: int = 4096  # requests admitted and not yet answered, all connections
     max_in_flight_rows: int = 8_000_000
+    max_rx_bytes: int = 1 << 30  # large frames being received, all connections together
     conn_max_in_flight: int = 256  # per connection: reading pauses above it
     idle_timeout: float = 300.0  # a connection with nothing to do for this long is closed
     frame_timeout: float = 10.0  # a started frame must be complete within this
@@ -191,6 +192,7 @@ class Daemon:
         self.flush_handle = None
         self.in_flight = 0
         self.in_flight_rows = 0
+        self.rx_reserved = 0
         self.draining = False
         self.started = time.monotonic()
         self.stats = collections.Counter()
@@ -804,6 +806,7 @@ class Connection(asyncio.BufferedProtocol):
         self.start = 0  # first byte not yet parsed
         self.end = 0  # first free byte
         self.eof = False
+        self.reserved = 0  # bytes of a dedicated buffer for one large frame, counted in rx_reserved
         self.in_flight = 0
         self.closed = False
         self.read_paused = False
@@ -835,6 +838,8 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.d.conns.discard(self)
+        self.d.rx_reserved -= self.reserved
+        self.reserved = 0
         if self.partial_since is not None and not self.d.draining:
             log.info("%s: connection closed in the middle of a frame (%d bytes)", self.peer, self.end - self.start)
 
@@ -879,6 +884,11 @@ class Connection(asyncio.BufferedProtocol):
         # A frame that does not fit gets its own buffer; so does a large one that would end
         # unaligned (raw rows at the end of a frame are then 8-byte aligned: read in place).
         if len(buf) - p < need or (need > _MIN_FREE and (p + need) % 8):
+            d = self.d
+            if need > _BUF and d.rx_reserved + need > d.config.max_rx_bytes:
+                self.fail("overloaded", f"cannot buffer a {need}-byte frame now: {d.rx_reserved} bytes of "
+                                        f"partial frames are held (limit {d.config.max_rx_bytes}); retry later")
+                return
             self._new_buffer(need)
 
     def _new_buffer(self, need: int) -> None:
@@ -890,6 +900,9 @@ class Connection(asyncio.BufferedProtocol):
         """
         tail = self.view[self.start : self.end]
         size = max(_BUF, need + 8)
+        d = self.d
+        d.rx_reserved += (size if size > _BUF else 0) - self.reserved  # large partial frames, all connections
+        self.reserved = size if size > _BUF else 0
         pad = (-need) % 8
         buf = bytearray(size)
         buf[pad : pad + len(tail)] = tail

@@ -229,6 +229,7 @@ ERROR_CODES = {
     "internal": "an unexpected server error; logged by the daemon (stays open)",
     "frame_too_large": "the length prefix exceeds the daemon's maximum frame size (then closed)",
     "timeout": "a frame was not completed in time (then closed)",
+    "overloaded": "the daemon cannot buffer this large frame now (receive memory bound); retry later (then closed)",
     "too_many_connections": "the daemon's connection limit is reached (then closed)",
     "forbidden": "the peer's uid is not in the daemon's allow-list (then closed)",
 }
