@@ -9,7 +9,9 @@ Shape of the work:
   event-loop iteration (or after ``coalesce_window`` seconds): one native call scores all of
   them. Batches up to ``inline_rows`` rows are scored on the loop thread, because the native
   core keeps the GIL for them anyway and a thread hop costs more than the scoring; larger
-  work goes to a thread pool, where the core releases the GIL and runs in parallel.
+  work goes to a thread pool, where the core releases the GIL and runs in parallel (split
+  into row chunks across the workers), except a request of up to ``idle_inline_rows`` rows
+  when nothing else is in flight, which nobody would overtake in the pool anyway.
 - Detectors come from a source (sources.py), loaded off the loop and kept in an LRU cache
   bounded by bytes; the latest version of a name is re-checked in the background every
   ``refresh_interval`` seconds, so a newly saved version is served without a restart.
