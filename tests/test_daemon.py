@@ -156,6 +156,53 @@ def test_async_client_many_in_flight_are_coalesced(daemon, models):
     assert after.native_calls - before.native_calls < 200
 
 
+def test_large_raw_rows_are_scored_in_place(daemon, models):
+    """pynomaly.Client puts the raw rows last, so the daemon reads them where they landed."""
+    X = cardio()
+    with pynomaly.Client(daemon.sock) as c:
+        before = c.stats().copied_rows
+        for dtype in (np.float64, np.float32):
+            c.detect("cardio", X.astype(dtype))
+        for n in (700, 700, 999, 1000, 1001):  # frames of 117-168 KB, at any position in the stream
+            c.detect("cardio", X[:n])
+            c.detect("cardio", X[:3])
+        assert c.stats().copied_rows == before
+
+
+def test_coalescing_window_across_connections(tmp_path, models):
+    """With a window, single-row requests from separate clients share native calls."""
+    d = DaemonProcess(tmp_path, models[0], "--coalesce-window-ms", "100")
+    model = models[1]["cardio"]
+    X = cardio()
+    barrier = threading.Barrier(16)
+    results = {}
+
+    def one(k: int) -> None:
+        with pynomaly.Client(d.sock) as c:
+            c.health()  # connected before the barrier
+            barrier.wait()
+            results[k] = c.detect("cardio", X[k : k + 1]).scores
+
+    try:
+        with pynomaly.Client(d.sock) as c:
+            c.detect("cardio", X[:1])  # loaded
+            before = c.stats()
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with pynomaly.Client(d.sock) as c:
+            after = c.stats()
+    finally:
+        assert d.stop() == 0
+    for k, s in results.items():
+        np.testing.assert_array_equal(s, model.decision_function(X[k : k + 1]))
+    assert len(results) == 16
+    assert after.native_calls - before.native_calls < 16
+    assert after.coalesced_requests - before.coalesced_requests >= 2
+
+
 def test_hundred_concurrent_clients(daemon, models):
     model = models[1]["cardio"]
     X = cardio()

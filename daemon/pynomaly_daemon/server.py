@@ -49,6 +49,7 @@ log = logging.getLogger("pynomaly_daemon")
 
 _BUF = 256 * 1024  # receive buffer; frames that do not fit get a buffer of their own
 _MIN_FREE = 16 * 1024
+_READ = 64 * 1024  # most bytes one read may put into the shared buffer
 _LEN = struct.Struct(">I")
 _DTYPES = {"f4": np.dtype("<f4"), "f8": np.dtype("<f8")}
 # The canonical dtype objects: the binding recognises float32/float64 by identity.
@@ -545,6 +546,8 @@ class Daemon:
         if n > cfg.coalesce_rows:
             # Large: scored alone, in the pool, straight from the receive buffer.
             X = e.matrix(data, n, dtype)
+            if X.flags.owndata:  # misaligned raw data (or nested lists) had to be copied
+                self.stats["copied_rows"] += n
             if n <= cfg.idle_inline_rows and self.in_flight == 1 and not self.pending:
                 # Nothing else in flight: no one would run while this scores, and the hop to a
                 # pool thread and back (tens of microseconds, more on a busy machine) is saved.
@@ -729,7 +732,7 @@ class Daemon:
             return wire.StatsReply(
                 req.id, time.monotonic() - self.started, len(self.conns), s["connections_total"], self.in_flight,
                 {**self.requests, "detect": self.n_detect}, dict(self.errors), s["rows_scored"], s["native_calls"], s["coalesced_requests"],
-                len(self.cache), self.cache_size, s["cache_hits"], s["cache_misses"],
+                len(self.cache), self.cache_size, s["cache_hits"], s["cache_misses"], s["copied_rows"],
             )
         if type(req) is wire.Info:
             e = await self.resolve(req.detector, req.version)
@@ -846,7 +849,11 @@ class Connection(asyncio.BufferedProtocol):
             log.info("%s: connection closed in the middle of a frame (%d bytes)", self.peer, self.end - self.start)
 
     def get_buffer(self, sizehint: int):
-        return self.view[self.end :]
+        if self.reserved:  # a large frame's own buffer: let the kernel fill all of it
+            return self.view[self.end :]
+        # Reads into the shared buffer are capped, so a frame larger than the cap is always
+        # seen before it is complete and moves to its own aligned buffer (in-place rows).
+        return self.view[self.end : self.end + _READ]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.end += nbytes

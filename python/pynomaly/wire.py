@@ -200,6 +200,7 @@ class StatsReply(msgspec.Struct, gc=False, tag="stats", tag_field="op"):
     cache_bytes: int
     cache_hits: int
     cache_misses: int
+    copied_rows: int  # rows of large requests that could not be scored in place (misaligned)
 
 
 class ReloadReply(msgspec.Struct, gc=False, tag="reload", tag_field="op"):
