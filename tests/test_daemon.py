@@ -203,6 +203,47 @@ def test_coalescing_window_across_connections(tmp_path, models):
     assert after.coalesced_requests - before.coalesced_requests >= 2
 
 
+def test_cache_is_bounded_by_size(tmp_path):
+    """Two detectors that do not fit the cache together: both still answer correctly."""
+    models = tmp_path / "models"
+    a, b = train(0), train(1)
+    save_to_folder(models, "a", a)
+    save_to_folder(models, "b", b)
+    size = len(a.to_bytes())
+    d = DaemonProcess(tmp_path, models, "--cache-mb", str(1.5 * size / 2**20))
+    X = cardio()[:20]
+    try:
+        with pynomaly.Client(d.sock) as c:
+            for name, model in [("a", a), ("b", b), ("a", a), ("b", b)]:
+                np.testing.assert_array_equal(c.detect(name, X).scores, model.decision_function(X))
+                st = c.stats()
+                assert st.cache_entries == 1 and st.cache_bytes <= 1.5 * size
+            assert c.stats().cache_misses >= 4  # each switch reloaded the other one
+    finally:
+        assert d.stop() == 0
+    assert d.log_text().count("cache: evicted") >= 3
+
+
+def test_one_log_line_per_error(daemon):
+    import socket as socket_mod
+
+    before = daemon.log_text().count("\n")
+    with pynomaly.Client(daemon.sock) as c:
+        for bad in (cardio()[:1, :3], cardio()[:2, :4]):
+            with pytest.raises(DaemonInputError):
+                c.detect("cardio", bad)
+        with pytest.raises(DaemonError):
+            c.detect("missing", cardio()[:1])
+    s = socket_mod.socket(socket_mod.AF_UNIX)
+    s.connect(daemon.sock)
+    s.sendall(b"\x00\x00\x00\x01\xc1")  # malformed MessagePack
+    s.recv(1000)
+    s.close()
+    assert wait_until(lambda: daemon.log_text().count("\n") >= before + 4)
+    new = daemon.log_text().splitlines()[before:]
+    assert [line.split(": ")[1] for line in new] == ["bad_shape", "bad_shape", "unknown_detector", "bad_request"]
+
+
 def test_hundred_concurrent_clients(daemon, models):
     model = models[1]["cardio"]
     X = cardio()
