@@ -482,5 +482,5 @@ def test_main_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "pynomaly_daemon", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--socket" in out.stdout and "--home" in out.stdout
     with pytest.raises(SystemExit) as e:
-        pynomaly_daemon.main(["--help"])
+        pynomaly_daemon.main(["--help"], prog="pynomaly serve")
     assert e.value.code == 0

@@ -98,9 +98,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pynomaly_daemon``; ``pynomaly serve`` can call ``main(argv)``."""
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m pynomaly_daemon") -> int:
+    """Entry point of ``python -m pynomaly_daemon``; ``pynomaly serve`` calls
+    ``main(argv, prog="pynomaly serve")`` with the arguments after ``serve``.
+
+    Blocks until SIGTERM/SIGINT has drained the daemon; returns the exit status (0, or 1 with
+    one line on stderr when it cannot start, e.g. another daemon holds the socket).
+    """
+    args = build_parser(prog).parse_args(argv)
     try:
         return run(args)
     except SystemExit as e:
