@@ -478,9 +478,9 @@ def test_import_pynomaly_stays_cheap():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_main_entry_point_help():
+def test_main_entry_point_help(capsys):
     out = subprocess.run([sys.executable, "-m", "pynomaly_daemon", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--socket" in out.stdout and "--home" in out.stdout
     with pytest.raises(SystemExit) as e:
         pynomaly_daemon.main(["--help"], prog="pynomaly serve")
-    assert e.value.code == 0
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: pynomaly serve")
