@@ -55,8 +55,8 @@ def start_daemon(tmp: Path, models: Path) -> subprocess.Popen:
     return p
 
 
-def run_loadgen(loadgen: Path, sock: Path, frame: Path, conns: int, seconds: float) -> dict:
-    out = subprocess.run([str(loadgen), str(sock), str(frame), str(conns), str(seconds)],
+def run_loadgen(loadgen: Path, sock: Path, frame: Path, conns: int, seconds: float, pipeline: int = 1) -> dict:
+    out = subprocess.run([str(loadgen), str(sock), str(frame), str(conns), str(seconds), "0.5", str(pipeline)],
                          capture_output=True, text=True, timeout=seconds + 30)
     if out.returncode != 0:
         raise SystemExit(f"loadgen failed: {out.stderr}")
@@ -66,17 +66,39 @@ def run_loadgen(loadgen: Path, sock: Path, frame: Path, conns: int, seconds: flo
     return {"rps": int(done) / float(secs), "p50_us": float(p50), "p99_us": float(p99)}
 
 
-def run_redis(tmp: Path, conns: int, seconds: float, rps_hint: float) -> dict:
+def run_redis(tmp: Path, conns: int, seconds: float, rps_hint: float, pipeline: int = 1) -> dict:
     sock = tmp / "redis.sock"
     n = max(int(rps_hint * seconds), 20000)
     out = subprocess.run(
-        ["redis-benchmark", "-s", str(sock), "-t", "get", "-c", str(conns), "-n", str(n), "--csv"],
+        ["redis-benchmark", "-s", str(sock), "-t", "get", "-c", str(conns), "-n", str(n), "-P", str(pipeline), "--csv"],
         capture_output=True, text=True, timeout=seconds * 10 + 60,
     )
     row = [r for r in out.stdout.splitlines() if r.startswith('"GET"')][-1]
     f = [float(x.strip('"')) for x in row.split(",")[1:]]
     # "rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
     return {"rps": f[0], "p50_us": f[3] * 1000, "p99_us": f[5] * 1000, "n": n}
+
+
+def _load_point(args, loadgen, sock, frame, daemon, redis, tmp, conns: int, pipeline: int) -> str:
+    """One row of the single-row table: interleaved daemon/Redis rounds, medians."""
+    ds, rs = [], []
+    for _ in range(args.rounds):  # alternate, so noise from other processes hits both
+        c0 = _cpu_seconds(daemon.pid)
+        d = run_loadgen(loadgen, sock, frame, conns, args.seconds, pipeline)
+        d["cpu_us"] = (_cpu_seconds(daemon.pid) - c0) / (d["rps"] * (args.seconds + 0.5)) * 1e6
+        ds.append(d)
+        if redis is not None:
+            c0 = _cpu_seconds(redis.pid)
+            rd = run_redis(tmp, conns, args.seconds, ds[-1]["rps"] * 2, pipeline)
+            rd["cpu_us"] = (_cpu_seconds(redis.pid) - c0) / rd["n"] * 1e6
+            rs.append(rd)
+    d = {k: float(np.median([x[k] for x in ds])) for k in ds[0]}
+    line = f"{conns:>7} {d['rps']:>13,.0f} {d['p50_us']:>7.1f} {d['p99_us']:>8.1f} {d['cpu_us']:>10.1f} | "
+    if not rs:
+        return line + "(redis not installed)"
+    rd = {k: float(np.median([x[k] for x in rs])) for k in rs[0]}
+    return line + (f"{rd['rps']:>12,.0f} {rd['p50_us']:>7.1f} {rd['p99_us']:>8.1f} {rd['cpu_us']:>10.1f} | "
+                   f"{d['rps'] / rd['rps']:>11.2f} {d['p99_us'] / rd['p99_us']:>9.2f}")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -89,6 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=2.0, help="measured seconds per load point and round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved daemon/redis rounds per load point")
+    ap.add_argument("--pipeline", type=int, default=16, help="depth of the pipelined single-row table")
     ap.add_argument("--dataset", default="cardio")
     ap.add_argument("--batch-repeats", type=int, default=0, help="calls per batch size (default: about 2 s each)")
     args = ap.parse_args()
@@ -128,32 +151,18 @@ def main() -> None:
             subprocess.run(["redis-cli", "-s", str(tmp / "redis.sock"), "set", "key:__rand_int__", "x"],
                            capture_output=True)
 
-        print(f"\nsingle-row detect (want scores+labels), one request in flight per connection; "
-              f"{args.rounds} interleaved rounds of {args.seconds:g} s per side, medians")
-        print(f"{'clients':>7} {'daemon req/s':>13} {'p50 us':>7} {'p99 us':>8} {'cpu us/req':>10} | {'redis GET/s':>12} "
-              f"{'p50 us':>7} {'p99 us':>8} {'cpu us/req':>10} | {'req/s ratio':>11} {'p99 ratio':>9}")
-        redis_pid = redis.pid if redis is not None else None
-        for conns in CONCURRENCY:
-            ds, rs = [], []
-            for _ in range(args.rounds):  # alternate, so noise from other processes hits both
-                c0 = _cpu_seconds(daemon.pid)
-                d = run_loadgen(loadgen, sock, frame, conns, args.seconds)
-                d["cpu_us"] = (_cpu_seconds(daemon.pid) - c0) / (d["rps"] * (args.seconds + 0.5)) * 1e6
-                ds.append(d)
-                if redis is not None:
-                    c0 = _cpu_seconds(redis_pid)
-                    rd = run_redis(tmp, conns, args.seconds, ds[-1]["rps"] * 2)
-                    rd["cpu_us"] = (_cpu_seconds(redis_pid) - c0) / rd["n"] * 1e6
-                    rs.append(rd)
-            d = {k: float(np.median([x[k] for x in ds])) for k in ds[0]}
-            line = f"{conns:>7} {d['rps']:>13,.0f} {d['p50_us']:>7.1f} {d['p99_us']:>8.1f} {d['cpu_us']:>10.1f} | "
-            if rs:
-                rd = {k: float(np.median([x[k] for x in rs])) for k in rs[0]}
-                line += (f"{rd['rps']:>12,.0f} {rd['p50_us']:>7.1f} {rd['p99_us']:>8.1f} {rd['cpu_us']:>10.1f} | "
-                         f"{d['rps'] / rd['rps']:>11.2f} {d['p99_us'] / rd['p99_us']:>9.2f}")
+        for pipeline, points in ((1, CONCURRENCY), (args.pipeline, (1, 8))):
+            if pipeline == 1:
+                print(f"\nsingle-row detect (want scores+labels), one request in flight per connection; "
+                      f"{args.rounds} interleaved rounds of {args.seconds:g} s per side, medians")
             else:
-                line += "(redis not installed)"
-            print(line)
+                print(f"\npipelined: {pipeline} single-row requests in flight per connection on both sides "
+                      f"(redis-benchmark -P {pipeline}); latency is per request, from its send")
+            print(f"{'clients':>7} {'daemon req/s':>13} {'p50 us':>7} {'p99 us':>8} {'cpu us/req':>10} | "
+                  f"{'redis GET/s':>12} {'p50 us':>7} {'p99 us':>8} {'cpu us/req':>10} | {'req/s ratio':>11} "
+                  f"{'p99 ratio':>9}")
+            for conns in points:
+                print(_load_point(args, loadgen, sock, frame, daemon, redis, tmp, conns, pipeline))
 
         # In-process single-row cost, the floor of the 1-client latency.
         one = X[:1]

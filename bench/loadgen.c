@@ -1,8 +1,11 @@
 // Load generator for bench_daemon.py: a redis-benchmark-like client for the daemon's frames.
-// One thread, epoll, C connections to a Unix socket; each connection sends one pre-encoded
-// request frame (read from a file), waits for its reply frame, records the latency and sends
-// the next, for S seconds after a short warm-up. Prints: requests errors seconds p50_us p99_us.
-// A reply counts as an error when its MessagePack body is not tagged "detect".
+// One thread, epoll, C connections to a Unix socket; each connection keeps P copies of one
+// pre-encoded request frame (read from a file) in flight (P = 1: send, wait for the reply,
+// send the next, as redis-benchmark does by default; P > 1: pipelined, as redis-benchmark -P),
+// records each reply's latency from its request's send, for S seconds after a short warm-up.
+// Replies of one connection are taken in order (true of identical single-row requests).
+// Prints: requests errors seconds p50_us p99_us. A reply counts as an error when its
+// MessagePack body is not tagged "detect".
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
@@ -25,7 +28,8 @@ static double now_us(void) {
 
 typedef struct {
     int fd;
-    double t0;
+    double t0[256]; /* send times of the requests in flight, a ring */
+    int head, tail;
     unsigned char *buf;
     size_t cap, len;
 } conn_t;
@@ -47,12 +51,14 @@ static void send_all(int fd, const unsigned char *p, size_t n) {
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s SOCKET FRAME_FILE CONNECTIONS SECONDS [WARMUP_SECONDS]\n", argv[0]);
+        fprintf(stderr, "usage: %s SOCKET FRAME_FILE CONNECTIONS SECONDS [WARMUP_SECONDS [PIPELINE]]\n", argv[0]);
         return 2;
     }
     const char *path = argv[1];
     int nconn = atoi(argv[3]);
     double seconds = atof(argv[4]), warmup = argc > 5 ? atof(argv[5]) : 0.5;
+    int pipeline = argc > 6 ? atoi(argv[6]) : 1;
+    if (pipeline < 1 || pipeline > 256) { fprintf(stderr, "PIPELINE must be 1..256\n"); return 2; }
     FILE *f = fopen(argv[2], "rb");
     if (!f) { perror("frame file"); return 2; }
     unsigned char frame[1 << 16];
@@ -73,7 +79,8 @@ int main(int argc, char **argv) {
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     }
     double start = now_us(), measure_from = start + warmup * 1e6, stop = measure_from + seconds * 1e6;
-    for (int i = 0; i < nconn; i++) { cs[i].t0 = now_us(); send_all(cs[i].fd, frame, flen); }
+    for (int i = 0; i < nconn; i++)
+        for (int k = 0; k < pipeline; k++) { cs[i].t0[cs[i].tail++ % 256] = now_us(); send_all(cs[i].fd, frame, flen); }
     uint64_t done = 0, errors = 0;
     struct epoll_event evs[1024];
     int active = nconn;
@@ -96,17 +103,18 @@ int main(int argc, char **argv) {
                 // Body: a map whose first key is "op" (0xa2 'o' 'p') then the tag string.
                 if (blen < 10 || memcmp(c->buf + 5, "\xa2op\xa6" "detect", 10) != 0) errors++;
                 if (t >= measure_from && t < stop) {
-                    double us = t - c->t0;
+                    double us = t - c->t0[c->head % 256];
                     long b = (long)(us * 10);
                     hist[b > BUCKETS ? BUCKETS : b]++;
                     done++;
                 }
                 memmove(c->buf, c->buf + 4 + blen, c->len - 4 - blen);
                 c->len -= 4 + blen;
+                c->head++;
                 if (t < stop) {
-                    c->t0 = now_us();
+                    c->t0[c->tail++ % 256] = now_us();
                     send_all(c->fd, frame, flen);
-                } else {
+                } else if (c->head == c->tail) {
                     active--;
                 }
             }

@@ -655,6 +655,7 @@ class Daemon:
         single = len(items) == 1
         s_bytes = l_bytes = p_bytes = labels = None
         encode_into, pack_into = self.encoder.encode_into, _LEN.pack_into
+        outs = {}
         off = 0
         for conn, req, _, n in items:
             a, off = off, off + n
@@ -705,10 +706,19 @@ class Daemon:
                         reply.probabilities = p_bytes if single else p_bytes[8 * a : 8 * off]
                 if reply is None:
                     continue
-            out = bytearray(4)
-            encode_into(reply, out, 4)
-            pack_into(out, 0, len(out) - 4)
-            conn.transport.write(out)
+            # Replies to one connection (pipelined requests) go out in one write.
+            out = outs.get(conn)
+            if out is None:
+                out = outs[conn] = bytearray(4)
+                at = 0
+            else:
+                at = len(out)
+                out += b"\0\0\0\0"
+            encode_into(reply, out, at + 4)
+            pack_into(out, at, len(out) - at - 4)
+        for conn, out in outs.items():
+            if not conn.closed:
+                conn.transport.write(out)
 
     async def _other(self, conn: "Connection", req) -> None:
         try:
