@@ -40,7 +40,9 @@ class IsolationForest(BaseDetector):
     random_state : None, int, numpy RandomState or Generator
         Seed for reproducible forests. The same seed gives the same forest for any n_jobs.
     n_jobs : None or int
-        Threads for training and scoring: None means 1, -1 every usable CPU.
+        Threads for training and scoring: None means 1, -1 every usable CPU; requests above
+        the usable CPUs are capped. Calls whose rows fit in one block (up to 1024 rows,
+        fewer for wide data) run on the calling thread.
 
     Attributes
     ----------
