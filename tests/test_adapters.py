@@ -241,3 +241,19 @@ def test_predict_proba_linear_and_unify():
     np.testing.assert_allclose(u[:, 1], np.clip(erf((s - t.mean()) / (t.std() * np.sqrt(2))), 0, 1), atol=1e-12)
     with pytest.raises(InvalidInputError, match="linear"):
         m.predict_proba(X, method="softmax")
+
+
+def test_torch_autoencoder_on_cuda_when_present():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device (the autoencoder runs on CPU here)")
+    X, y = load_dataset("thyroid")
+    m = registry.create("TorchAutoEncoder", epochs=10, random_state=0).fit(X)  # device=None picks CUDA
+    assert m.device_.startswith("cuda")
+    assert roc_auc(y, m.decision_scores_) > 0.85
+    blob = m.to_bytes()
+    cls = registry.get("TorchAutoEncoder")
+    np.testing.assert_array_equal(cls.from_bytes(blob).decision_function(X), m.decision_function(X))
+    on_cpu = cls.from_bytes(blob, device="cpu")
+    assert on_cpu.device_ == "cpu"
+    np.testing.assert_allclose(on_cpu.decision_function(X), m.decision_function(X), rtol=1e-4, atol=1e-6)

@@ -243,8 +243,6 @@ def detect(
 
 def _trained_columns(path, feature_names):
     """The trained feature names if the file has all of them (and more), else None."""
-    from .dataio import load_table  # noqa: F401  (the header is read by load_table's reader)
-
     p = Path(path)
     if p.suffix.lower() not in (".csv", ".tsv", ".parquet", ".pq"):
         return None
