@@ -377,3 +377,33 @@ def test_concurrent_processes(tmp_path):
             _, m = repo.load("shared", version=v["version"])
             assert m.get_params()["random_state"] == v["parameters"]["random_state"]
         assert all(len(repo.versions(f"own-{s}")) == 3 for s in range(1, 4))
+
+
+def test_delete_racing_a_save_of_identical_content(tmp_path):
+    """Delete A while B is being saved with byte-identical content (one shared artifact):
+    B's version must still load."""
+    from pynomaly.domain import Detector
+
+    X, _ = load_dataset("glass")
+    model = registry.create("IsolationForest", n_estimators=20, random_state=0).fit(X)
+
+    def trained(name):
+        d = Detector(name=name, algorithm="IsolationForest", parameters={"n_estimators": 20, "random_state": 0})
+        d.mark_trained(n_features=X.shape[1])
+        d.activate()
+        return d
+
+    with Repository(tmp_path) as a, Repository(tmp_path) as b:
+        a.save(trained("A"), model)
+        real_put = Repository.put_artifact
+
+        def put_then_other_process_deletes(self, data):
+            sha = real_put(self, data)  # the file exists: nothing written ...
+            a.delete("A")  # ... and another process deletes the only detector using it
+            assert not self._artifact_path(sha).exists()
+            return sha
+
+        b.put_artifact = put_then_other_process_deletes.__get__(b)
+        b.save(trained("B"), model)
+        _, loaded = b.load("B")
+    np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))

@@ -386,7 +386,14 @@ class Repository:
             ).fetchone()[0]
             self._insert_version(db, detector, sha, fmt, signature, len(blob), threshold, dataset_id)
             self._write_detector(db, detector)
+        self._ensure_artifact(sha, blob)
         return detector
+
+    def _ensure_artifact(self, sha: str, blob: bytes) -> None:
+        """After committing a row that points at ``sha``: if a concurrent delete removed the
+        (shared, identical) file in between, write it again."""
+        if not self._artifact_path(sha).exists():
+            self.put_artifact(blob)
 
     def _insert_version(self, db, d, sha, fmt, signature, size, threshold, dataset_id) -> None:
         db.execute(
@@ -485,7 +492,7 @@ class Repository:
     def delete(self, name: str) -> int:
         """Delete a detector, its versions and results; return how many versions went.
 
-        Artifacts no longer referenced by any row are removed after the transaction.
+        Artifacts no longer referenced by any row are removed within the same transaction.
         """
         with self._transaction() as db:
             r = db.execute("SELECT id FROM detectors WHERE name = ?", (name,)).fetchone()
@@ -503,10 +510,10 @@ class Repository:
                     (s, s),
                 ).fetchone()
             }
-        for s in shas - still:
-            # A concurrent save of byte-identical content could race with this; such a save
-            # sees the file exists, so it is re-written by put_artifact only if still missing.
-            self._artifact_path(s).unlink(missing_ok=True)
+            # Unlinked while holding the write lock: a concurrent save of byte-identical
+            # content commits after this and then finds its file gone (see _ensure_artifact).
+            for s in shas - still:
+                self._artifact_path(s).unlink(missing_ok=True)
         return n
 
     # -- datasets and results ------------------------------------------------------------------
@@ -538,7 +545,8 @@ class Repository:
         """Store a detection result: metadata in SQLite, scores and labels as an artifact."""
         buf = io.BytesIO()
         np.savez(buf, scores=result.scores, labels=result.labels)
-        sha = self.put_artifact(buf.getvalue())
+        blob = buf.getvalue()
+        sha = self.put_artifact(blob)
         m = result.metrics
         with self._transaction() as db:
             db.execute(
@@ -556,6 +564,7 @@ class Repository:
                     result.timestamp.isoformat(),
                 ),
             )
+        self._ensure_artifact(sha, blob)
         return result.id
 
     def results(self, name: str) -> list:
@@ -680,4 +689,5 @@ class Repository:
             ).fetchone()[0]
             self._insert_version(db, d, sha, ver["format"], signature, len(blob), ver["threshold"], None)
             self._write_detector(db, d)
+        self._ensure_artifact(sha, blob)
         return d
