@@ -39,7 +39,7 @@ def _kinds():
         ("pyod.IForest", {"use_native": True, "random_state": 0}, "pyod"),
         ("TorchAutoEncoder", {"epochs": 2, "random_state": 0}, "torch"),
         ("JaxDeepSVDD", {"epochs": 2, "random_state": 0}, "jax"),
-        ("LOF", {"n_neighbors": 10}, "neighbors"),
+        ("LOF", {"n_neighbors": 10, "novelty": True}, "neighbors"),
         ("KNN", {"n_neighbors": 5}, "neighbors"),
     ]
     return [pytest.param(a, p, m, id=a) for a, p, m in kinds]
@@ -91,6 +91,15 @@ def test_loaded_model_equals_saved_model(tmp_path, algorithm, params, module):
     np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
     assert loaded.threshold_ == model.threshold_
+
+
+def test_stored_lof_scores_new_data_by_default(tmp_path):
+    _need("neighbors")
+    X, _ = load_dataset("cardio")
+    det = service.train(tmp_path, "lof", X[:1500], "LOF", {"n_neighbors": 10})
+    assert det.parameters == {"novelty": True, "n_neighbors": 10}
+    r = service.detect(tmp_path, "lof", X[1500:])
+    assert r.scores.shape == (len(X) - 1500,)
 
 
 def test_versions_latest_and_given(tmp_path):

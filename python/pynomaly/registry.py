@@ -15,7 +15,7 @@ import importlib
 
 from ._errors import InvalidInputError
 
-__all__ = ["get", "create", "names", "kind", "is_known"]
+__all__ = ["get", "create", "names", "kind", "is_known", "stored_defaults"]
 
 # name -> (module, class, kind). kind says which optional extra the detector needs.
 _ENTRIES = {
@@ -26,6 +26,10 @@ _ENTRIES = {
     "JaxDeepSVDD": ("pynomaly.adapters.jax", "JaxDeepSVDD", "jax"),
 }
 _PYOD_PREFIX = "pyod."
+
+# Parameters a *stored* detector gets unless given: a stored detector exists to score new data,
+# which LOF only does with novelty=True (applied by pynomaly.service.train, not by create()).
+_STORED_DEFAULTS = {"LOF": {"novelty": True}}
 
 
 def _import_entry(name: str):
@@ -103,6 +107,11 @@ def create(name: str, **params):
         valid = sorted(cls._param_names())
         bad = sorted(set(params) - set(valid))
         raise InvalidInputError(f"{name} has no parameter(s) {bad}; valid parameters: {valid}") from None
+
+
+def stored_defaults(name: str) -> dict:
+    """Parameters :func:`pynomaly.service.train` adds when not given (e.g. LOF novelty=True)."""
+    return dict(_STORED_DEFAULTS.get(name, {}))
 
 
 def _unknown(name) -> InvalidInputError:

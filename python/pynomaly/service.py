@@ -120,7 +120,7 @@ def train(
     """
     from . import registry
 
-    params = dict(params or {})
+    params = {**registry.stored_defaults(algorithm), **(params or {})}
     _report(progress, "loading data")
     X, names, source = load_data(data, columns)
     with _repo(home) as repo:
