@@ -322,6 +322,9 @@ def main(argv=None) -> int:
     try:
         _COMMANDS[args.command](args, home, progress, sys.stdout)
         return 0
+    except BrokenPipeError:  # e.g. `pynomaly list | head -1`: the reader left, not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         progress.close()
         if args.debug:

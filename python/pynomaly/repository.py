@@ -133,6 +133,7 @@ CREATE TABLE IF NOT EXISTS results (
 );
 """
 
+_SCHEMA_VERSION = 1
 _EXPORT_MAGIC = b"PYNOMALY-EXPORT\n"
 _EXPORT_VERSION = 1
 
@@ -197,9 +198,13 @@ class Repository:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
-        with self._transaction():
-            for stmt in filter(str.strip, _SCHEMA.split(";")):
-                self._db.execute(stmt)
+        # Create the schema once (user_version marks it), so opening an existing home takes
+        # no write lock: the daemon and the CLI open it often.
+        if self._db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+            with self._transaction():
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    self._db.execute(stmt)
+                self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     # -- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
