@@ -12,6 +12,17 @@ from ._errors import InvalidInputError, ModelFormatError, NotFittedError, Pynoma
 from . import _core
 from .iforest import IsolationForest
 
+# -- domain model (issue 5): plain classes over NumPy; registry, repository, service and the
+# adapters stay submodules (pynomaly.registry, pynomaly.service, ...) imported when used.
+from .domain import (
+    AnomalyScore,
+    ContaminationRate,
+    DetectionResult,
+    Detector,
+    DetectorNotReadyError,
+    DetectorStatus,
+)
+
 __version__ = "0.1.0"
 __all__ = [
     "IsolationForest",
@@ -20,6 +31,12 @@ __all__ = [
     "NotFittedError",
     "ModelFormatError",
     "build_info",
+    "Detector",
+    "DetectorStatus",
+    "DetectorNotReadyError",
+    "AnomalyScore",
+    "ContaminationRate",
+    "DetectionResult",
     "__version__",
 ]
 

@@ -73,3 +73,31 @@ class BaseDetector:
         c = check_contamination(self.contamination)
         self.threshold_ = float(np.percentile(self.decision_scores_, 100.0 * (1.0 - c)))
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+
+    # -- predict_proba (added with the adapters, issue 5) -----------------------------------
+    def predict_proba(self, X, method: str = "linear") -> np.ndarray:
+        """Probability of each row being an outlier, as PyOD computes it: shape (n, 2).
+
+        ``method="linear"`` scales scores by the training scores' min and max (clipped to
+        [0, 1]); ``"unify"`` applies the Gaussian error function to standardized scores
+        (Kriegel et al. 2011). Column 1 is the outlier probability.
+        """
+        self._check_fitted()
+        train = getattr(self, "decision_scores_", None)
+        if train is None:
+            raise NotFittedError(f"predict_proba needs the training scores, which this {type(self).__name__} lacks")
+        scores = np.asarray(self.decision_function(X), dtype=np.float64)
+        train = np.asarray(train, dtype=np.float64)
+        if method == "linear":
+            lo, hi = float(train.min()), float(train.max())
+            p = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
+            p = np.clip(p, 0.0, 1.0)
+        elif method == "unify":
+            from math import erf, sqrt
+
+            mu, sd = float(train.mean()), float(train.std())
+            z = (scores - mu) / (sd * sqrt(2.0)) if sd > 0 else np.zeros_like(scores)
+            p = np.clip(np.vectorize(erf, otypes=[np.float64])(z), 0.0, 1.0) if z.size else z
+        else:
+            raise InvalidInputError(f"method must be 'linear' or 'unify', got {method!r}")
+        return np.column_stack([1.0 - p, p])
