@@ -11,6 +11,7 @@
 
 #include "common.hpp"
 #include "iforest.hpp"
+#include "scores.hpp"
 
 namespace py = pybind11;
 using namespace pynomaly;
@@ -112,6 +113,91 @@ std::string compiler_name() {
 #endif
 }
 
+
+// ---- scores (cpp/scores.hpp) -------------------------------------------------------------------
+using ScoreArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+ScoreArray score_vector(const py::handle& a, const char* name) {
+    auto arr = ScoreArray::ensure(a);
+    if (!arr) throw InvalidInput(std::string(name) + " must be a numeric array");
+    if (arr.ndim() != 1)
+        throw InvalidInput(std::string(name) + " must be 1-dimensional, got " + std::to_string(arr.ndim()) +
+                           " dimension(s)");
+    return arr;
+}
+
+// Score kernels stream memory: release the GIL unless the call is tiny.
+template <class Fn>
+void run_scores(int64_t n, Fn&& fn) {
+    if (n <= kSmallBatch) {
+        fn();
+    } else {
+        py::gil_scoped_release release;
+        fn();
+    }
+}
+
+template <class Kernel>
+py::array_t<double> map_scores(const py::handle& x, int n_jobs, Kernel&& kernel) {
+    ScoreArray in = score_vector(x, "scores");
+    const int64_t n = in.size();
+    py::array_t<double> out(n);
+    const double* src = in.data();
+    double* dst = out.mutable_data();
+    run_scores(n, [&] { kernel(src, n, dst, n_jobs); });
+    return out;
+}
+
+void bind_scores(py::module_& m) {
+    m.def("score_moments", [](const py::handle& x, int n_jobs) {
+        ScoreArray in = score_vector(x, "scores");
+        ScoreMoments r;
+        run_scores(in.size(), [&] { r = score_moments(in.data(), in.size(), n_jobs); });
+        return py::make_tuple(r.n, r.mean, r.std, r.min, r.max);
+    }, py::arg("scores"), py::arg("n_jobs") = 1, "(n, mean, population std, min, max) of finite scores.");
+    m.def("minmax_scale", [](const py::handle& x, double lo, double hi, int n_jobs) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { minmax_scale(s, n, lo, hi, o, t); });
+    }, py::arg("scores"), py::arg("lo"), py::arg("hi"), py::arg("n_jobs") = 1);
+    m.def("zscore", [](const py::handle& x, double mean, double std, int n_jobs) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { zscore(s, n, mean, std, o, t); });
+    }, py::arg("scores"), py::arg("mean"), py::arg("std"), py::arg("n_jobs") = 1);
+    m.def("unify", [](const py::handle& x, double mean, double std, int n_jobs) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { unify(s, n, mean, std, o, t); });
+    }, py::arg("scores"), py::arg("mean"), py::arg("std"), py::arg("n_jobs") = 1);
+    m.def("ecdf", [](const py::handle& sorted, const py::handle& x, int n_jobs) {
+        ScoreArray ref = score_vector(sorted, "sorted training scores");
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) {
+            ecdf(ref.data(), ref.size(), s, n, o, t);
+        });
+    }, py::arg("sorted"), py::arg("scores"), py::arg("n_jobs") = 1);
+    m.def("ecdf_count", [](const py::handle& sorted, const py::handle& x, int n_jobs) {
+        ScoreArray ref = score_vector(sorted, "sorted training scores");
+        ScoreArray in = score_vector(x, "scores");
+        const int64_t n = in.size();
+        py::array_t<int64_t> out(n);
+        const double* src = in.data();
+        int64_t* dst = out.mutable_data();
+        run_scores(n, [&] { ecdf_count(ref.data(), ref.size(), src, n, dst, n_jobs); });
+        return out;
+    }, py::arg("sorted"), py::arg("scores"), py::arg("n_jobs") = 1);
+    m.def("percentile", [](const py::handle& x, double q, int n_jobs) {
+        ScoreArray in = score_vector(x, "scores");
+        double r = 0;
+        run_scores(in.size(), [&] { r = percentile(in.data(), in.size(), q, n_jobs); });
+        return r;
+    }, py::arg("scores"), py::arg("q"), py::arg("n_jobs") = 1);
+    m.def("contamination_threshold", [](const py::handle& x, double c, int n_jobs) {
+        ScoreArray in = score_vector(x, "scores");
+        double r = 0;
+        run_scores(in.size(), [&] { r = contamination_threshold(in.data(), in.size(), c, n_jobs); });
+        return r;
+    }, py::arg("scores"), py::arg("contamination"), py::arg("n_jobs") = 1);
+    m.def("sorted_scores", [](const py::handle& x, int n_jobs) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { sorted_copy(s, n, o, t); });
+    }, py::arg("scores"), py::arg("n_jobs") = 1);
+}
+// ---- end of scores ------------------------------------------------------------------------------
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -192,4 +278,6 @@ PYBIND11_MODULE(_core, m) {
         }, "Copies of the defining node arrays (see ForestNodes).");
 
     m.def("average_path_length", &average_path_length, py::arg("n"));
+
+    bind_scores(m);  // scores: normalisation, thresholds (cpp/scores.hpp)
 }
