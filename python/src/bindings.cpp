@@ -137,11 +137,24 @@ void run_scores(int64_t n, Fn&& fn) {
     }
 }
 
+// `out` (optional) must be a writable, C-contiguous float64 vector of the input's length; it may
+// be the input itself.
+py::array_t<double> output_for(const py::object& out, int64_t n) {
+    if (out.is_none()) return py::array_t<double>(n);
+    if (!py::isinstance<py::array_t<double>>(out))
+        throw InvalidInput("out must be a float64 numpy array");
+    auto arr = py::reinterpret_borrow<py::array_t<double>>(out);
+    if (arr.ndim() != 1 || arr.size() != n || !(arr.flags() & py::array::c_style) || !arr.writeable())
+        throw InvalidInput("out must be a writable, C-contiguous 1-dimensional float64 array of length " +
+                           std::to_string(n));
+    return arr;
+}
+
 template <class Kernel>
-py::array_t<double> map_scores(const py::handle& x, int n_jobs, Kernel&& kernel) {
+py::array_t<double> map_scores(const py::handle& x, int n_jobs, Kernel&& kernel, const py::object& out_arg = py::none()) {
     ScoreArray in = score_vector(x, "scores");
     const int64_t n = in.size();
-    py::array_t<double> out(n);
+    py::array_t<double> out = output_for(out_arg, n);
     const double* src = in.data();
     double* dst = out.mutable_data();
     run_scores(n, [&] { kernel(src, n, dst, n_jobs); });
@@ -155,15 +168,15 @@ void bind_scores(py::module_& m) {
         run_scores(in.size(), [&] { r = score_moments(in.data(), in.size(), n_jobs); });
         return py::make_tuple(r.n, r.mean, r.std, r.min, r.max);
     }, py::arg("scores"), py::arg("n_jobs") = 1, "(n, mean, population std, min, max) of finite scores.");
-    m.def("minmax_scale", [](const py::handle& x, double lo, double hi, int n_jobs) {
-        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { minmax_scale(s, n, lo, hi, o, t); });
-    }, py::arg("scores"), py::arg("lo"), py::arg("hi"), py::arg("n_jobs") = 1);
-    m.def("zscore", [](const py::handle& x, double mean, double std, int n_jobs) {
-        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { zscore(s, n, mean, std, o, t); });
-    }, py::arg("scores"), py::arg("mean"), py::arg("std"), py::arg("n_jobs") = 1);
-    m.def("unify", [](const py::handle& x, double mean, double std, int n_jobs) {
-        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { unify(s, n, mean, std, o, t); });
-    }, py::arg("scores"), py::arg("mean"), py::arg("std"), py::arg("n_jobs") = 1);
+    m.def("minmax_scale", [](const py::handle& x, double lo, double hi, int n_jobs, const py::object& out) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { minmax_scale(s, n, lo, hi, o, t); }, out);
+    }, py::arg("scores"), py::arg("lo"), py::arg("hi"), py::arg("n_jobs") = 1, py::arg("out") = py::none());
+    m.def("zscore", [](const py::handle& x, double mean, double std, int n_jobs, const py::object& out) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { zscore(s, n, mean, std, o, t); }, out);
+    }, py::arg("scores"), py::arg("mean"), py::arg("std"), py::arg("n_jobs") = 1, py::arg("out") = py::none());
+    m.def("unify", [](const py::handle& x, double mean, double std, int n_jobs, const py::object& out) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { unify(s, n, mean, std, o, t); }, out);
+    }, py::arg("scores"), py::arg("mean"), py::arg("std"), py::arg("n_jobs") = 1, py::arg("out") = py::none());
     m.def("ecdf", [](const py::handle& sorted, const py::handle& x, int n_jobs) {
         ScoreArray ref = score_vector(sorted, "sorted training scores");
         return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) {
