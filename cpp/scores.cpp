@@ -179,12 +179,13 @@ ScoreMoments score_moments(const double* x, int64_t n, int n_threads) {
     const ScoreKernels& kern = score_kernels(active_simd());
     const int64_t nb = (n + kMomentBlock - 1) / kMomentBlock;
     std::vector<BlockStats> blocks(nb);
+    const double shift = std::isfinite(x[0]) ? x[0] : 0.0;  // a non-finite x[0] is reported below
     parallel_ranges(
         nb, n_threads,
         [&](int64_t b, int64_t e) {
             for (int64_t i = b; i < e; ++i) {
                 const int64_t start = i * kMomentBlock;
-                kern.block_stats(x + start, std::min(kMomentBlock, n - start), &blocks[i]);
+                kern.block_stats(x + start, std::min(kMomentBlock, n - start), shift, &blocks[i]);
             }
         },
         kParallelMin / kMomentBlock);
@@ -209,7 +210,7 @@ ScoreMoments score_moments(const double* x, int64_t n, int n_threads) {
     }
     if (!std::isfinite(m2)) throw_bad_value(x, n, "only finite scores have a mean and standard deviation");
     m.n = n;
-    m.mean = mean;
+    m.mean = shift + mean;
     m.std = std::sqrt(m2 / static_cast<double>(n));
     return m;
 }

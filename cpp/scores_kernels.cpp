@@ -27,7 +27,7 @@ constexpr double kErfOne = 6.0;  // erf(x) rounds to 1.0 for x >= 6
 
 // ---- generic (scalar-written) kernels --------------------------------------------------------
 
-PYNOMALY_INLINE void block_stats_impl(const double* x, int64_t n, BlockStats* out) {
+PYNOMALY_INLINE void block_stats_impl(const double* x, int64_t n, double shift, BlockStats* out) {
     // Eight interleaved accumulators: the order of additions is fixed, so any vector width
     // computes the same sums.
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -37,13 +37,13 @@ PYNOMALY_INLINE void block_stats_impl(const double* x, int64_t n, BlockStats* ou
     for (; i + 8 <= n; i += 8)
         for (int j = 0; j < 8; ++j) {
             const double v = x[i + j];
-            acc[j] += v;
+            acc[j] += v - shift;
             lo[j] = v < lo[j] ? v : lo[j];
             hi[j] = v > hi[j] ? v : hi[j];
         }
     for (int j = 0; i + j < n; ++j) {
         const double v = x[i + j];
-        acc[j] += v;
+        acc[j] += v - shift;
         lo[j] = v < lo[j] ? v : lo[j];
         hi[j] = v > hi[j] ? v : hi[j];
     }
@@ -53,11 +53,11 @@ PYNOMALY_INLINE void block_stats_impl(const double* x, int64_t n, BlockStats* ou
     i = 0;
     for (; i + 8 <= n; i += 8)
         for (int j = 0; j < 8; ++j) {
-            const double d = x[i + j] - mean;
+            const double d = (x[i + j] - shift) - mean;
             m2[j] += d * d;
         }
     for (int j = 0; i + j < n; ++j) {
-        const double d = x[i + j] - mean;
+        const double d = (x[i + j] - shift) - mean;
         m2[j] += d * d;
     }
     double mn = lo[0], mx = hi[0];
@@ -136,7 +136,9 @@ PYNOMALY_INLINE void ecdf_count_impl(const double* sorted, int64_t m, const doub
 }
 
 #define PYNOMALY_GENERIC_WRAPPERS(suffix, attr)                                                              \
-    attr void block_stats_##suffix(const double* x, int64_t n, BlockStats* out) { block_stats_impl(x, n, out); } \
+    attr void block_stats_##suffix(const double* x, int64_t n, double shift, BlockStats* out) {                 \
+        block_stats_impl(x, n, shift, out);                                                                   \
+    } \
     attr void minmax_##suffix(const double* x, int64_t n, double s, double o, double* out) {                  \
         minmax_impl(x, n, s, o, out);                                                                         \
     }                                                                                                         \

@@ -12,8 +12,10 @@ namespace pynomaly {
 // Scores per block of score_moments: small enough to stay in L1 for the second look.
 constexpr int64_t kMomentBlock = 2048;
 
+// Sums are of (x - shift): with the shift near the data (its first score) the sums carry the
+// spread, not the offset, so scores like 1e9 + noise keep their digits.
 struct BlockStats {
-    double sum = 0.0;  // sum of the block's scores (8 interleaved accumulators)
+    double sum = 0.0;  // sum of (x - shift) over the block (8 interleaved accumulators)
     double m2 = 0.0;   // sum of squared deviations from the block's mean
     double min = 0.0;
     double max = 0.0;
@@ -21,7 +23,7 @@ struct BlockStats {
 
 struct ScoreKernels {
     // n in [1, kMomentBlock]. A non-finite score makes sum non-finite (the caller then searches).
-    void (*block_stats)(const double* x, int64_t n, BlockStats* out);
+    void (*block_stats)(const double* x, int64_t n, double shift, BlockStats* out);
     // y = clip(x * scale + offset, 0, 1), NaN kept.
     void (*minmax)(const double* x, int64_t n, double scale, double offset, double* out);
     // y = (x - mean) / scale.
