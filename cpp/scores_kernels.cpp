@@ -20,9 +20,12 @@ namespace {
 
 #include "scores_erf_coeffs.inc"
 
-// Interval i of the erf polynomial covers [0.75 i, 0.75 (i + 1)); u = x - its centre.
-alignas(64) constexpr double kErfCenter[8] = {0.375, 1.125, 1.875, 2.625, 3.375, 4.125, 4.875, 5.625};
-constexpr double kErfIntervalsPerUnit = 4.0 / 3.0;
+// Interval i of the erf polynomial covers [0.375 i, 0.375 (i + 1)); u = x - its centre.
+constexpr int kErfIntervals = 16;
+alignas(64) constexpr double kErfCenter[kErfIntervals] = {
+    0.1875, 0.5625, 0.9375, 1.3125, 1.6875, 2.0625, 2.4375, 2.8125,
+    3.1875, 3.5625, 3.9375, 4.3125, 4.6875, 5.0625, 5.4375, 5.8125};
+constexpr double kErfIntervalsPerUnit = 8.0 / 3.0;
 constexpr double kErfOne = 6.0;  // erf(x) rounds to 1.0 for x >= 6
 
 // ---- generic (scalar-written) kernels --------------------------------------------------------
@@ -89,7 +92,7 @@ PYNOMALY_INLINE double unify_one(double s, double mean, double inv) {
     double xc = x > 0.0 ? x : 0.0;  // also maps NaN to 0, like max_pd(x, 0)
     xc = xc < kErfOne ? xc : kErfOne;
     int i = static_cast<int>(xc * kErfIntervalsPerUnit);
-    i = i < 7 ? i : 7;
+    i = i < kErfIntervals - 1 ? i : kErfIntervals - 1;
     const double u = xc - kErfCenter[i];
     double p = kErfCoef[kErfDegree][i];
     for (int k = kErfDegree - 1; k >= 0; --k) p = p * u + kErfCoef[k][i];
@@ -120,18 +123,27 @@ PYNOMALY_INLINE int64_t bracket_impl(const double* x, int64_t n, double lo, doub
 }
 
 PYNOMALY_INLINE void ecdf_count_impl(const double* sorted, int64_t m, const double* x, int64_t n, int64_t* out) {
-    // Branch-free upper bound: the loop runs ceil(log2 m) times whatever the value.
-    for (int64_t i = 0; i < n; ++i) {
-        const double v = x[i];
-        const double* base = sorted;
+    // Branch-free upper bound. The sequence of halvings depends on m only, so kLanes searches
+    // advance in lockstep: their cache misses overlap instead of queueing one after another.
+    constexpr int kLanes = 16;
+    for (int64_t i0 = 0; i0 < n; i0 += kLanes) {
+        const int lanes = static_cast<int>(n - i0 < kLanes ? n - i0 : kLanes);
+        int64_t pos[kLanes];
+        double v[kLanes];
+        for (int j = 0; j < kLanes; ++j) {
+            pos[j] = 0;
+            v[j] = j < lanes ? x[i0 + j] : 0.0;
+        }
         int64_t len = m;
         while (len > 1) {
             const int64_t half = len / 2;
-            base = base[half - 1] <= v ? base + half : base;
+            for (int j = 0; j < kLanes; ++j) pos[j] += sorted[pos[j] + half - 1] <= v[j] ? half : 0;
             len -= half;
         }
-        const int64_t count = (base - sorted) + (base[0] <= v);
-        out[i] = v != v ? -1 : count;
+        for (int j = 0; j < lanes; ++j) {
+            const int64_t count = pos[j] + (sorted[pos[j]] <= v[j]);
+            out[i0 + j] = v[j] != v[j] ? -1 : count;
+        }
     }
 }
 
@@ -167,22 +179,14 @@ int64_t bracket_baseline(const double* x, int64_t n, double lo, double hi, doubl
 PYNOMALY_GENERIC_WRAPPERS(avx2, PYNOMALY_AVX2_ATTR)
 PYNOMALY_GENERIC_WRAPPERS(avx512, PYNOMALY_AVX512_ATTR)
 
-// ---- AVX2: 4 lanes; a coefficient is picked from 8 intervals by two permutes and a blend ----
-
-// Row[i] for each lane's interval i: `perm` selects within a half (4 doubles), `upper` the half.
-PYNOMALY_AVX2_ATTR PYNOMALY_INLINE __m256d pick_avx2(const double* row, __m256i perm, __m256d upper) {
-    const __m256 a = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_load_pd(row)), perm);
-    const __m256 b = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_load_pd(row + 4)), perm);
-    return _mm256_blendv_pd(_mm256_castps_pd(a), _mm256_castps_pd(b), upper);
-}
+// ---- AVX2: 4 lanes; each lane's coefficient is gathered from its interval's table entry ----
 
 PYNOMALY_AVX2_ATTR void unify_avx2(const double* x, int64_t n, double mean, double inv, double* out) {
     const __m256d vmean = _mm256_set1_pd(mean), vinv = _mm256_set1_pd(inv);
     const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), six = _mm256_set1_pd(kErfOne);
     const __m256d per_unit = _mm256_set1_pd(kErfIntervalsPerUnit);
-    const __m256i one64 = _mm256_set1_epi64x(1);
-    int64_t i = 0;
-    for (; i < n; i += 4) {
+    const __m128i last = _mm_set1_epi32(kErfIntervals - 1);
+    for (int64_t i = 0; i < n; i += 4) {
         const int64_t left = n - i;
         __m256d s;
         if (left >= 4) {
@@ -194,14 +198,11 @@ PYNOMALY_AVX2_ATTR void unify_avx2(const double* x, int64_t n, double mean, doub
         }
         const __m256d v = _mm256_mul_pd(_mm256_sub_pd(s, vmean), vinv);
         const __m256d xc = _mm256_min_pd(_mm256_max_pd(v, zero), six);
-        __m128i idx = _mm256_cvttpd_epi32(_mm256_mul_pd(xc, per_unit));
-        idx = _mm_min_epi32(idx, _mm_set1_epi32(7));
-        const __m256d upper = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm_cmpgt_epi32(idx, _mm_set1_epi32(3))));
-        const __m256i e = _mm256_cvtepu32_epi64(_mm_slli_epi32(_mm_and_si128(idx, _mm_set1_epi32(3)), 1));
-        const __m256i perm = _mm256_or_si256(e, _mm256_slli_epi64(_mm256_add_epi64(e, one64), 32));
-        const __m256d u = _mm256_sub_pd(xc, pick_avx2(kErfCenter, perm, upper));
-        __m256d p = pick_avx2(kErfCoef[kErfDegree], perm, upper);
-        for (int k = kErfDegree - 1; k >= 0; --k) p = _mm256_add_pd(_mm256_mul_pd(p, u), pick_avx2(kErfCoef[k], perm, upper));
+        const __m128i idx = _mm_min_epi32(_mm256_cvttpd_epi32(_mm256_mul_pd(xc, per_unit)), last);
+        const __m256d u = _mm256_sub_pd(xc, _mm256_i32gather_pd(kErfCenter, idx, 8));
+        __m256d p = _mm256_i32gather_pd(kErfCoef[kErfDegree], idx, 8);
+        for (int k = kErfDegree - 1; k >= 0; --k)
+            p = _mm256_add_pd(_mm256_mul_pd(p, u), _mm256_i32gather_pd(kErfCoef[k], idx, 8));
         p = _mm256_max_pd(_mm256_min_pd(p, one), zero);
         __m256d r = _mm256_blendv_pd(p, one, _mm256_cmp_pd(v, six, _CMP_GE_OQ));
         r = _mm256_blendv_pd(r, zero, _mm256_cmp_pd(v, zero, _CMP_LE_OQ));
@@ -221,32 +222,58 @@ PYNOMALY_AVX2_ATTR int64_t bracket_avx2(const double* x, int64_t n, double lo, d
     return bracket_impl(x, n, lo, hi, keep, below, nan);
 }
 
-// ---- AVX-512: 8 lanes; one permute picks a coefficient from the 8 intervals -------------------
+// ---- AVX-512: 8 lanes; one two-register permute picks a coefficient from the 16 intervals -----
+
+// G independent vectors per step: a Horner step is a multiply-add latency chain of 17 links,
+// so interleaving G chains keeps both FP ports busy instead of waiting on one chain.
+template <int G>
+PYNOMALY_AVX512_ATTR PYNOMALY_INLINE void unify_group_avx512(const double* x, double* out, __mmask8 tail_mask,
+                                                             __m512d vmean, __m512d vinv, const __m512d* coef,
+                                                             const __m512d* center) {
+    const __m512d zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1.0), six = _mm512_set1_pd(kErfOne);
+    const __m512d per_unit = _mm512_set1_pd(kErfIntervalsPerUnit);
+    const __m512i last = _mm512_set1_epi64(kErfIntervals - 1);
+    __m512d v[G], u[G], p[G];
+    __m512i idx[G];
+    for (int g = 0; g < G; ++g) {
+        const __m512d s = G == 1 ? _mm512_maskz_loadu_pd(tail_mask, x) : _mm512_loadu_pd(x + 8 * g);
+        v[g] = _mm512_mul_pd(_mm512_sub_pd(s, vmean), vinv);
+        const __m512d xc = _mm512_min_pd(_mm512_max_pd(v[g], zero), six);
+        idx[g] = _mm512_min_epi64(_mm512_cvttpd_epi64(_mm512_mul_pd(xc, per_unit)), last);
+        u[g] = _mm512_sub_pd(xc, _mm512_permutex2var_pd(center[0], idx[g], center[1]));
+        p[g] = _mm512_permutex2var_pd(coef[2 * kErfDegree], idx[g], coef[2 * kErfDegree + 1]);
+    }
+    for (int k = kErfDegree - 1; k >= 0; --k)
+        for (int g = 0; g < G; ++g)
+            p[g] = _mm512_add_pd(_mm512_mul_pd(p[g], u[g]),
+                                 _mm512_permutex2var_pd(coef[2 * k], idx[g], coef[2 * k + 1]));
+    for (int g = 0; g < G; ++g) {
+        const __m512d q = _mm512_max_pd(_mm512_min_pd(p[g], one), zero);
+        __m512d r = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v[g], six, _CMP_GE_OQ), q, one);
+        r = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v[g], zero, _CMP_LE_OQ), r, zero);
+        r = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v[g], v[g], _CMP_UNORD_Q), r, v[g]);
+        if (G == 1)
+            _mm512_mask_storeu_pd(out, tail_mask, r);
+        else
+            _mm512_storeu_pd(out + 8 * g, r);
+    }
+}
 
 PYNOMALY_AVX512_ATTR void unify_avx512(const double* x, int64_t n, double mean, double inv, double* out) {
     const __m512d vmean = _mm512_set1_pd(mean), vinv = _mm512_set1_pd(inv);
-    const __m512d zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1.0), six = _mm512_set1_pd(kErfOne);
-    const __m512d per_unit = _mm512_set1_pd(kErfIntervalsPerUnit);
-    const __m512i seven = _mm512_set1_epi64(7);
-    __m512d coef[kErfDegree + 1];
-    for (int k = 0; k <= kErfDegree; ++k) coef[k] = _mm512_load_pd(kErfCoef[k]);
-    const __m512d center = _mm512_load_pd(kErfCenter);
-    for (int64_t i = 0; i < n; i += 8) {
+    // Coefficient k of intervals 0-7 in coef[2k], of intervals 8-15 in coef[2k + 1].
+    __m512d coef[2 * (kErfDegree + 1)];
+    for (int k = 0; k <= kErfDegree; ++k) {
+        coef[2 * k] = _mm512_load_pd(kErfCoef[k]);
+        coef[2 * k + 1] = _mm512_load_pd(kErfCoef[k] + 8);
+    }
+    const __m512d center[2] = {_mm512_load_pd(kErfCenter), _mm512_load_pd(kErfCenter + 8)};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) unify_group_avx512<4>(x + i, out + i, 0xFF, vmean, vinv, coef, center);
+    for (; i < n; i += 8) {
         const int64_t left = n - i;
         const __mmask8 m = left >= 8 ? __mmask8(0xFF) : __mmask8((1u << left) - 1);
-        const __m512d s = _mm512_maskz_loadu_pd(m, x + i);
-        const __m512d v = _mm512_mul_pd(_mm512_sub_pd(s, vmean), vinv);
-        const __m512d xc = _mm512_min_pd(_mm512_max_pd(v, zero), six);
-        const __m512i idx = _mm512_min_epi64(_mm512_cvttpd_epi64(_mm512_mul_pd(xc, per_unit)), seven);
-        const __m512d u = _mm512_sub_pd(xc, _mm512_permutexvar_pd(idx, center));
-        __m512d p = _mm512_permutexvar_pd(idx, coef[kErfDegree]);
-        for (int k = kErfDegree - 1; k >= 0; --k)
-            p = _mm512_add_pd(_mm512_mul_pd(p, u), _mm512_permutexvar_pd(idx, coef[k]));
-        p = _mm512_max_pd(_mm512_min_pd(p, one), zero);
-        __m512d r = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v, six, _CMP_GE_OQ), p, one);
-        r = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v, zero, _CMP_LE_OQ), r, zero);
-        r = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q), r, v);
-        _mm512_mask_storeu_pd(out + i, m, r);
+        unify_group_avx512<1>(x + i, out + i, m, vmean, vinv, coef, center);
     }
 }
 
