@@ -519,3 +519,15 @@ def test_training_stats_cache_follows_refit():
     ref = _pyod_shim(m)
     np.testing.assert_array_equal(m.predict_proba(X), ref.predict_proba(X))
     assert not np.array_equal(p1, m.predict_proba(X))
+
+
+def test_import_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pynomaly, pynomaly.scores, pynomaly.combine; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'sklearn', 'pyod', 'combo'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

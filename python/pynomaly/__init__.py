@@ -12,6 +12,9 @@ from ._errors import InvalidInputError, ModelFormatError, NotFittedError, Pynoma
 from . import _core
 from .iforest import IsolationForest
 
+# -- scores to decisions (issue 4): normalisation, thresholds, combination --------------------
+from . import combine, scores
+
 __version__ = "0.1.0"
 __all__ = [
     "IsolationForest",
@@ -20,6 +23,8 @@ __all__ = [
     "NotFittedError",
     "ModelFormatError",
     "build_info",
+    "scores",
+    "combine",
     "__version__",
 ]
 
