@@ -37,7 +37,7 @@ void zscore(const double* x, int64_t n, double mean, double std, double* out, in
 
 // Gaussian scaling (Kriegel et al. 2011): max(0, erf((x - mean) / (std * sqrt(2)))), clipped to
 // [0, 1], as PyOD's predict_proba(method="unify"). erf is a piecewise polynomial accurate to a
-// few ulp of 1 (absolute error < 1e-15). std == 0 (constant training scores): 1 above the
+// few ulp of 1 (absolute error < 1e-15; see tools/gen_erf_coeffs.py). std == 0 (constant training scores): 1 above the
 // mean, 0 otherwise. NaN stays NaN. out may alias x. Throws InvalidInput as zscore.
 void unify(const double* x, int64_t n, double mean, double std, double* out, int n_threads);
 
@@ -54,7 +54,7 @@ void ecdf(const double* sorted, int64_t m, const double* x, int64_t n, double* o
 // [0, 100] or a NaN score (NumPy would return NaN, which labels nothing).
 double percentile(const double* x, int64_t n, double q, int n_threads);
 
-// The threshold for a contamination rate c in (0, 1): percentile(x, 100 * (1 - c)), computed
+// The threshold for a contamination rate c in [0, 1]: percentile(x, 100 * (1 - c)), computed
 // with the same floating-point steps as PyOD's np.percentile(scores, 100 * (1 - c)).
 double contamination_threshold(const double* x, int64_t n, double contamination, int n_threads);
 
