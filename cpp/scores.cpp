@@ -25,9 +25,19 @@ namespace {
 // streaming 32k doubles (~10 us).
 constexpr int64_t kParallelMin = int64_t(1) << 15;
 
-// Runs body(begin, end) over [0, n) split into one contiguous range per thread (range starts
-// are multiples of 8). Results never depend on the split: every body is elementwise or writes
-// per-item results. Exceptions (allocation) are kept and rethrown after the join.
+// Which thread of the team runs this (0 outside a parallel region): per-thread buffers.
+int current_slot() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// Runs body(begin, end) over [0, n) in chunks (starts are multiples of 8) taken dynamically by
+// up to n_threads threads: about 16 chunks per thread, so a thread on a busy core does less
+// instead of holding everyone up. Results never depend on the split: every body is elementwise
+// or writes per-item results. Exceptions (allocation) are kept and rethrown after the join.
 template <class Body>
 void parallel_ranges(int64_t n, int n_threads, Body&& body, int64_t min_parallel = kParallelMin) {
     const int nt = n < min_parallel ? 1 : effective_threads(n_threads, n / (min_parallel / 2));
@@ -35,20 +45,18 @@ void parallel_ranges(int64_t n, int n_threads, Body&& body, int64_t min_parallel
         body(int64_t(0), n);
         return;
     }
+    int64_t chunk = std::max<int64_t>(min_parallel / 2, n / (int64_t(nt) * 16));
+    chunk = (chunk + 7) / 8 * 8;
+    const int64_t n_chunks = (n + chunk - 1) / chunk;
     std::exception_ptr error;
     std::mutex mu;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-    {
-        const int t = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-    for (int t = 0, team = 1; t < 1; ++t) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
 #endif
-        const int64_t per = (n / team + 7) / 8 * 8;
-        const int64_t b = std::min<int64_t>(n, per * t);
-        const int64_t e = t == team - 1 ? n : std::min<int64_t>(n, b + per);
+    for (int64_t c = 0; c < n_chunks; ++c) {
+        const int64_t b = c * chunk, e = std::min(n, b + chunk);
         try {
-            if (b < e) body(b, e);
+            body(b, e);
         } catch (...) {
             std::lock_guard<std::mutex> lock(mu);
             if (!error) error = std::current_exception();
@@ -133,21 +141,15 @@ void select_pair(const double* x, int64_t n, int64_t k0, int64_t k1, int n_threa
         const int nt = effective_threads(n_threads, n / (kParallelMin / 2));
         std::vector<std::vector<double>> kept(std::max(nt, 1));
         std::vector<int64_t> below(kept.size(), 0), nans(kept.size(), 0);
-        int slot_counter = 0;
-        std::mutex slot_mu;
         parallel_ranges(n, nt, [&](int64_t b, int64_t e) {
-            int slot;
-            {
-                std::lock_guard<std::mutex> lock(slot_mu);
-                slot = slot_counter++;
-            }
+            const int slot = current_slot();
             constexpr int64_t kPiece = 4096;
-            std::vector<double> scratch(kPiece + 8);
+            double scratch[kPiece + 8];
             std::vector<double>& out = kept[slot];
             for (int64_t i = b; i < e; i += kPiece) {
                 const int64_t len = std::min(kPiece, e - i);
-                const int64_t k = kern.bracket(x + i, len, lo, hi, scratch.data(), &below[slot], &nans[slot]);
-                out.insert(out.end(), scratch.begin(), scratch.begin() + k);
+                const int64_t k = kern.bracket(x + i, len, lo, hi, scratch, &below[slot], &nans[slot]);
+                out.insert(out.end(), scratch, scratch + k);
             }
         });
         int64_t n_below = 0, n_nan = 0, n_kept = 0;
