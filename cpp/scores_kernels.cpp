@@ -228,9 +228,44 @@ PYNOMALY_AVX2_ATTR void unify_avx2(const double* x, int64_t n, double mean, doub
     }
 }
 
-PYNOMALY_AVX2_ATTR int64_t bracket_avx2(const double* x, int64_t n, double lo, double hi, double* keep, int64_t* below,
-                     int64_t* nan) {
-    return bracket_impl(x, n, lo, hi, keep, below, nan);
+// For each 4-bit mask, the 32-bit lane indices that move the selected doubles to the front.
+struct CompressTable {
+    alignas(32) int32_t idx[16][8];
+    constexpr CompressTable() : idx() {
+        for (int m = 0; m < 16; ++m) {
+            int k = 0;
+            for (int j = 0; j < 4; ++j)
+                if (m & (1 << j)) {
+                    idx[m][2 * k] = 2 * j;
+                    idx[m][2 * k + 1] = 2 * j + 1;
+                    ++k;
+                }
+            for (; k < 4; ++k) idx[m][2 * k] = idx[m][2 * k + 1] = 0;
+        }
+    }
+};
+constexpr CompressTable kCompress4;
+
+PYNOMALY_AVX2_ATTR int64_t bracket_avx2(const double* x, int64_t n, double lo, double hi, double* keep,
+                                        int64_t* below, int64_t* nan) {
+    const __m256d vlo = _mm256_set1_pd(lo), vhi = _mm256_set1_pd(hi);
+    int64_t k = 0, b = 0, nn = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const __m256d v = _mm256_loadu_pd(x + i);
+        const int in = _mm256_movemask_pd(
+            _mm256_and_pd(_mm256_cmp_pd(v, vlo, _CMP_GE_OQ), _mm256_cmp_pd(v, vhi, _CMP_LE_OQ)));
+        b += __builtin_popcount(_mm256_movemask_pd(_mm256_cmp_pd(v, vlo, _CMP_LT_OQ)));
+        nn += __builtin_popcount(_mm256_movemask_pd(_mm256_cmp_pd(v, v, _CMP_UNORD_Q)));
+        // Move the kept doubles to the front with one permute, store all four (keep has spare
+        // slots), advance by how many were kept.
+        const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress4.idx[in]));
+        _mm256_storeu_pd(keep + k, _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), perm)));
+        k += __builtin_popcount(in);
+    }
+    *below += b;
+    *nan += nn;
+    return k + bracket_impl(x + i, n - i, lo, hi, keep + k, below, nan);
 }
 
 // ---- AVX-512: 8 lanes; one two-register permute picks a coefficient from the 16 intervals -----
