@@ -69,8 +69,9 @@ void run_native(int64_t rows, Fn&& fn) {
             fn(CancelCheck{&SignalPoll::poll, &poll});
         }
     } catch (const Cancelled&) {
-        if (PyErr_Occurred()) throw py::error_already_set();
-        throw py::error_already_set();  // unreachable in practice: poll only stops on an error
+        // The poll stops only when a signal handler raised; keep that exception.
+        if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+        throw py::error_already_set();
     }
 }
 
