@@ -183,12 +183,36 @@ int64_t bracket_baseline(const double* x, int64_t n, double lo, double hi, doubl
 PYNOMALY_GENERIC_WRAPPERS(avx2, PYNOMALY_AVX2_ATTR)
 PYNOMALY_GENERIC_WRAPPERS(avx512, PYNOMALY_AVX512_ATTR)
 
-// ---- AVX2: 4 lanes; each lane's coefficient is loaded from its interval's table entry ------
-// (Scalar loads assembled into a vector: AVX2 gathers were slower than this on the machines we
-// measured, and AVX2 has no two-register permute over 16 doubles.)
+// ---- AVX2: 4 lanes; coefficients come from an interval-major copy of the table ------------
+// Each lane's interval row holds its 13 coefficients and its centre; four rows loaded side by
+// side and transposed (8 shuffles per 4 coefficients) give the per-lane coefficient vectors.
+// AVX2 has no permute over 16 doubles, and gathers were slower than this on the CPUs we tried.
 
-PYNOMALY_AVX2_ATTR PYNOMALY_INLINE __m256d pick_avx2(const double* row, const int* i) {
-    return _mm256_set_pd(row[i[3]], row[i[2]], row[i[1]], row[i[0]]);
+static_assert(kErfDegree + 2 <= 16, "row layout: coefficients 0..degree, centre, padding");
+
+struct ErfRows {
+    alignas(32) double row[kErfIntervals][16];
+    constexpr ErfRows() : row() {
+        for (int i = 0; i < kErfIntervals; ++i) {
+            for (int k = 0; k <= kErfDegree; ++k) row[i][k] = kErfCoef[k][i];
+            row[i][kErfDegree + 1] = kErfCenter[i];
+        }
+    }
+};
+constexpr ErfRows kErfRows;
+
+// Columns 4g .. 4g + 3 of the four lanes' rows, one vector per column.
+PYNOMALY_AVX2_ATTR PYNOMALY_INLINE void erf_columns_avx2(const int* idx, int g, __m256d* c) {
+    const __m256d r0 = _mm256_load_pd(kErfRows.row[idx[0]] + 4 * g);
+    const __m256d r1 = _mm256_load_pd(kErfRows.row[idx[1]] + 4 * g);
+    const __m256d r2 = _mm256_load_pd(kErfRows.row[idx[2]] + 4 * g);
+    const __m256d r3 = _mm256_load_pd(kErfRows.row[idx[3]] + 4 * g);
+    const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    c[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    c[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    c[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    c[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
 }
 
 PYNOMALY_AVX2_ATTR void unify_avx2(const double* x, int64_t n, double mean, double inv, double* out) {
@@ -196,6 +220,7 @@ PYNOMALY_AVX2_ATTR void unify_avx2(const double* x, int64_t n, double mean, doub
     const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), six = _mm256_set1_pd(kErfOne);
     const __m256d per_unit = _mm256_set1_pd(kErfIntervalsPerUnit);
     const __m128i last = _mm_set1_epi32(kErfIntervals - 1);
+    constexpr int kTop = kErfDegree / 4;  // the column group holding the highest coefficient
     for (int64_t i = 0; i < n; i += 4) {
         const int64_t left = n - i;
         __m256d s;
@@ -211,9 +236,14 @@ PYNOMALY_AVX2_ATTR void unify_avx2(const double* x, int64_t n, double mean, doub
         alignas(16) int idx[4];
         _mm_store_si128(reinterpret_cast<__m128i*>(idx),
                         _mm_min_epi32(_mm256_cvttpd_epi32(_mm256_mul_pd(xc, per_unit)), last));
-        const __m256d u = _mm256_sub_pd(xc, pick_avx2(kErfCenter, idx));
-        __m256d p = pick_avx2(kErfCoef[kErfDegree], idx);
-        for (int k = kErfDegree - 1; k >= 0; --k) p = _mm256_add_pd(_mm256_mul_pd(p, u), pick_avx2(kErfCoef[k], idx));
+        __m256d c[4];
+        erf_columns_avx2(idx, kTop, c);  // holds the top coefficient and the centre
+        const __m256d u = _mm256_sub_pd(xc, c[(kErfDegree + 1) % 4]);
+        __m256d p = c[kErfDegree % 4];
+        for (int k = kErfDegree - 1; k >= 0; --k) {
+            if (k % 4 == 3) erf_columns_avx2(idx, k / 4, c);
+            p = _mm256_add_pd(_mm256_mul_pd(p, u), c[k % 4]);
+        }
         p = _mm256_max_pd(_mm256_min_pd(p, one), zero);
         __m256d r = _mm256_blendv_pd(p, one, _mm256_cmp_pd(v, six, _CMP_GE_OQ));
         r = _mm256_blendv_pd(r, zero, _mm256_cmp_pd(v, zero, _CMP_LE_OQ));
