@@ -28,7 +28,9 @@ class BaseDetector:
 
     ``threshold`` (default None) is a decision setting, not a constructor parameter: set it,
     after or before fit, to label scores above a fixed value instead of a contamination rate.
-    Setting ``contamination`` again returns to rate-based thresholds.
+    Setting ``contamination`` again returns to rate-based thresholds. Being no constructor
+    parameter, it is not part of ``get_params`` (so ``sklearn.base.clone`` keeps working and does
+    not copy it) nor of ``to_bytes`` (which stores ``threshold_`` itself).
     """
 
     threshold = None
