@@ -22,6 +22,8 @@ from .domain import (
     DetectorNotReadyError,
     DetectorStatus,
 )
+# -- scores to decisions (issue 4): normalisation, thresholds, combination --------------------
+from . import combine, scores
 
 __version__ = "0.1.0"
 __all__ = [
@@ -37,6 +39,8 @@ __all__ = [
     "AnomalyScore",
     "ContaminationRate",
     "DetectionResult",
+    "scores",
+    "combine",
     "__version__",
 ]
 

@@ -183,8 +183,10 @@ class IsolationForest(BaseDetector):
             raise NotFittedError("from_pyod needs a fitted pyod.models.iforest.IForest")
         self = cls.from_sklearn(inner)
         shift = -float(inner.offset_)
-        self.contamination = model.contamination
+        # Training scores first: assigning contamination to a fitted detector re-derives its
+        # threshold from them (then PyOD's own threshold and labels are kept).
         self.decision_scores_ = np.asarray(model.decision_scores_, dtype=np.float64) + shift
+        self.contamination = model.contamination
         self.threshold_ = float(model.threshold_) + shift
         self.labels_ = np.asarray(model.labels_, dtype=np.int64)
         return self
