@@ -9,7 +9,6 @@
 #include <limits>
 #include <mutex>
 #include <string>
-#include <unordered_set>
 
 #include "iforest_kernels.hpp"
 
@@ -104,6 +103,28 @@ int64_t load_block_t(const MatrixView& X, int64_t r0, int64_t n, int64_t B, floa
 
 int64_t load_block(const MatrixView& X, int64_t r0, int64_t n, int64_t B, float* xt) {
     return X.is_float32 ? load_block_t<float>(X, r0, n, B, xt) : load_block_t<double>(X, r0, n, B, xt);
+}
+
+// Copies the sampled rows and features of X into a row-major float32 matrix; returns the
+// first position (i * k + j) whose value is not finite in float32, or -1.
+template <class T>
+int64_t gather_sample(const MatrixView& X, const std::vector<int64_t>& rows, const std::vector<int64_t>& fmap,
+                      float* out) {
+    const T* base = X.ptr<T>();
+    const int64_t k = static_cast<int64_t>(fmap.size());
+    bool ok = true;
+    for (size_t i = 0; i < rows.size(); ++i) {
+        const T* row = base + rows[i] * X.row_stride;
+        float* o = out + i * k;
+        for (int64_t j = 0; j < k; ++j) {
+            o[j] = static_cast<float>(row[fmap[j] * X.col_stride]);
+            ok &= std::fabs(o[j]) <= FLT_MAX;
+        }
+    }
+    if (ok) return -1;
+    for (int64_t p = 0; p < static_cast<int64_t>(rows.size()) * k; ++p)
+        if (!(std::fabs(out[p]) <= FLT_MAX)) return p;
+    return -1;
 }
 
 int64_t block_rows_for(int64_t n_features) {
@@ -309,6 +330,11 @@ struct TreeBuilder {
         for (int64_t i = 0; i < psi; ++i) idx[i] = i;
         std::vector<int64_t> cand(k);
         std::vector<Pending> pending{{0, psi, 0}};
+        pending.reserve(2 * psi);
+        feature.reserve(2 * psi);
+        threshold.reserve(2 * psi);
+        left.reserve(2 * psi);
+        leaf_value.reserve(2 * psi);
         for (size_t node = 0; node < pending.size(); ++node) {
             const Pending p = pending[node];
             const int64_t size = p.end - p.start;
@@ -380,30 +406,38 @@ Forest Forest::train(const MatrixView& X, const ForestParams& params, int n_thre
         for (int64_t j = 0; j < k && k < d; ++j) std::swap(fmap[j], fmap[j + rng.below(d - j)]);
         fmap.resize(k);
         std::sort(fmap.begin(), fmap.end());
-        // Rows: all of them when psi == n, else Floyd's sampling without replacement.
+        // Rows: all of them when psi == n, else Floyd's sampling without replacement, with a
+        // per-thread bitmap of n bits (cleared again bit by bit) instead of a hash set.
         std::vector<int64_t> rows;
         rows.reserve(psi);
         if (psi == n) {
             for (int64_t i = 0; i < n; ++i) rows.push_back(i);
         } else {
-            std::unordered_set<int64_t> seen;
-            seen.reserve(static_cast<size_t>(psi) * 2);
+            thread_local std::vector<uint64_t> seen;
+            if (seen.size() < static_cast<size_t>((n + 63) / 64)) seen.assign((n + 63) / 64, 0);
+            auto test_and_set = [&](int64_t r) {
+                const uint64_t bit = uint64_t(1) << (r & 63);
+                const bool was = seen[r >> 6] & bit;
+                seen[r >> 6] |= bit;
+                return was;
+            };
             for (int64_t j = n - psi; j < n; ++j) {
                 int64_t r = static_cast<int64_t>(rng.below(static_cast<uint64_t>(j + 1)));
-                if (!seen.insert(r).second) { r = j; seen.insert(j); }
+                if (test_and_set(r)) {
+                    r = j;
+                    test_and_set(j);
+                }
                 rows.push_back(r);
             }
+            for (int64_t r : rows) seen[r >> 6] = 0;
         }
         std::vector<float> sample(static_cast<size_t>(psi * k));
-        for (int64_t i = 0; i < psi; ++i)
-            for (int64_t j = 0; j < k; ++j) {
-                const float v = static_cast<float>(value_at(X, rows[i], fmap[j]));
-                if (!(std::fabs(v) <= FLT_MAX)) {
-                    bad.offer(rows[i], fmap[j]);
-                    return false;
-                }
-                sample[i * k + j] = v;
-            }
+        const int64_t bad_at = X.is_float32 ? gather_sample<float>(X, rows, fmap, sample.data())
+                                            : gather_sample<double>(X, rows, fmap, sample.data());
+        if (bad_at >= 0) {
+            bad.offer(rows[bad_at / k], fmap[bad_at % k]);
+            return false;
+        }
         TreeBuilder b{sample.data(), k, fmap.data(), max_depth, rng, {}, {}, {}, {}};
         b.build(psi);
         tree_feature[t] = std::move(b.feature);

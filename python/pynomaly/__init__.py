@@ -12,6 +12,19 @@ from ._errors import InvalidInputError, ModelFormatError, NotFittedError, Pynoma
 from . import _core
 from .iforest import IsolationForest
 
+# -- domain model (issue 5): plain classes over NumPy; registry, repository, service and the
+# adapters stay submodules (pynomaly.registry, pynomaly.service, ...) imported when used.
+from .domain import (
+    AnomalyScore,
+    ContaminationRate,
+    DetectionResult,
+    Detector,
+    DetectorNotReadyError,
+    DetectorStatus,
+)
+# -- scores to decisions (issue 4): normalisation, thresholds, combination --------------------
+from . import combine, scores
+
 __version__ = "0.1.0"
 __all__ = [
     "IsolationForest",
@@ -20,6 +33,14 @@ __all__ = [
     "NotFittedError",
     "ModelFormatError",
     "build_info",
+    "Detector",
+    "DetectorStatus",
+    "DetectorNotReadyError",
+    "AnomalyScore",
+    "ContaminationRate",
+    "DetectionResult",
+    "scores",
+    "combine",
     "__version__",
     # daemon clients (issue 6), imported on first use: see __getattr__
     "Client",

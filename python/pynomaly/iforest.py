@@ -40,7 +40,9 @@ class IsolationForest(BaseDetector):
     random_state : None, int, numpy RandomState or Generator
         Seed for reproducible forests. The same seed gives the same forest for any n_jobs.
     n_jobs : None or int
-        Threads for training and scoring: None means 1, -1 every usable CPU.
+        Threads for training and scoring: None means 1, -1 every usable CPU; requests above
+        the usable CPUs are capped. Calls whose rows fit in one block (up to 1024 rows,
+        fewer for wide data) run on the calling thread.
 
     Attributes
     ----------
@@ -181,8 +183,10 @@ class IsolationForest(BaseDetector):
             raise NotFittedError("from_pyod needs a fitted pyod.models.iforest.IForest")
         self = cls.from_sklearn(inner)
         shift = -float(inner.offset_)
-        self.contamination = model.contamination
+        # Training scores first: assigning contamination to a fitted detector re-derives its
+        # threshold from them (then PyOD's own threshold and labels are kept).
         self.decision_scores_ = np.asarray(model.decision_scores_, dtype=np.float64) + shift
+        self.contamination = model.contamination
         self.threshold_ = float(model.threshold_) + shift
         self.labels_ = np.asarray(model.labels_, dtype=np.int64)
         return self
