@@ -40,6 +40,7 @@ import msgspec
 import numpy as np
 
 import pynomaly
+from pynomaly import scores as _scores
 from pynomaly import wire
 from pynomaly.wire import Detect, DetectReply, Error, Rows, default_socket_path
 
@@ -95,7 +96,7 @@ class RequestError(Exception):
 class Entry:
     """A loaded detector version, ready to score."""
 
-    __slots__ = ("name", "version", "algorithm", "n_features", "threshold", "detector", "size", "lo", "hi")
+    __slots__ = ("name", "version", "algorithm", "n_features", "threshold", "detector", "size", "train_stats")
 
     def __init__(self, record, detector):
         self.name = str(record.name)
@@ -108,12 +109,10 @@ class Entry:
             self.size = len(detector.to_bytes())
         except Exception:  # noqa: BLE001 - a detector without to_bytes: size unknown
             self.size = 0
-        # PyOD's 'linear' probabilities: training scores min-max scaled, clipped to [0, 1].
+        # PyOD's 'linear' probabilities (predict_proba's default): the training scores'
+        # summary once, then pynomaly.scores.linear per batch, bit-equal to predict_proba.
         train = getattr(detector, "decision_scores_", None)
-        if train is not None and len(train):
-            self.lo, self.hi = float(np.min(train)), float(np.max(train))
-        else:
-            self.lo = self.hi = None
+        self.train_stats = _scores.describe(train) if train is not None and len(train) else None
 
     def info(self, loaded: bool = True) -> wire.DetectorInfo:
         return wire.DetectorInfo(
@@ -281,7 +280,7 @@ class Daemon:
                 self.config.socket_path, os.getpid(), pynomaly.__version__, self.config.workers,
             )
             # Everything loaded so far lives as long as the daemon: keep it out of the cyclic
-            # collector's full passes, which otherwise stall the loop for milliseconds.
+            # collector's full passes, which walk every tracked object while the loop waits.
             gc.collect()
             gc.freeze()
             print(f"READY {self.config.socket_path}", flush=True)
@@ -692,7 +691,7 @@ class Daemon:
                             labels = scores > thr
                         reply.anomalies = (np.flatnonzero(labels[a:off])).astype("<i8").data
                     elif w == "probabilities":
-                        if e.lo is None:
+                        if e.train_stats is None:
                             reply = None
                             conn.reply_error(
                                 req.id, "unavailable",
@@ -700,8 +699,7 @@ class Daemon:
                             )
                             break
                         if p_bytes is None:
-                            span = e.hi - e.lo
-                            p = np.clip((scores - e.lo) / span, 0.0, 1.0) if span > 0 else np.zeros(total)
+                            p = _scores.linear(scores, e.train_stats)
                             p_bytes = p.data if single else p.tobytes()
                         reply.probabilities = p_bytes if single else p_bytes[8 * a : 8 * off]
                 if reply is None:

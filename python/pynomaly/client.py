@@ -55,7 +55,7 @@ class Detection(msgspec.Struct, frozen=True):
     """What ``detect`` returns: arrays of one value per row (None where not asked for).
 
     ``scores`` float64 (higher is more anomalous), ``labels`` int64 0/1 (as ``predict``),
-    ``probabilities`` float64 in [0, 1] (PyOD's 'linear' method), ``anomalies`` int64 indices
+    ``probabilities`` float64 in [0, 1] (``predict_proba(X)[:, 1]``, PyOD's 'linear'), ``anomalies`` int64 indices
     of rows labelled 1; ``threshold`` and the detector ``version`` that scored them.
     """
 
