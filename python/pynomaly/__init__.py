@@ -42,6 +42,9 @@ __all__ = [
     "scores",
     "combine",
     "__version__",
+    # daemon clients (issue 6), imported on first use: see __getattr__
+    "Client",
+    "AsyncClient",
 ]
 
 
@@ -56,6 +59,21 @@ def build_info() -> dict:
     info = dict(_core.build_info())
     info["version"] = __version__
     return info
+
+
+# -- daemon clients (issue 6): loaded on first attribute access so `import pynomaly` stays cheap.
+_LAZY = {"Client": "client", "AsyncClient": "client", "DaemonError": "client", "Detection": "client"}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'pynomaly' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def _apply_simd_override() -> None:
