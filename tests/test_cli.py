@@ -277,3 +277,39 @@ def test_progress_only_on_a_terminal():
     assert pipe.getvalue() == ""
     out = tty.getvalue()
     assert "loading data" in out and "training [" in out and " 50%" in out and "saving" not in out
+
+
+def test_serve_hands_over_to_the_daemon(tmp_path):
+    """`pynomaly serve` runs the daemon on the --home repository; a client gets the same
+    scores as in-process scoring of the stored detector."""
+    import signal
+
+    import pynomaly
+    from pynomaly import service
+
+    home = tmp_path / "home"
+    run("quickstart", home=home)
+    assert "--socket" in run("serve", "--help", home=home).stdout
+    sock = tmp_path / "d.sock"
+    e = dict(os.environ)
+    e.pop("PYNOMALY_HOME", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pynomaly", "--home", str(home), "serve", "--socket", str(sock)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        from pynomaly.datasets import load_cardio
+
+        X, _ = load_cardio()
+        _, model = service.load_for_scoring(str(home), "cardio-quickstart")
+        with pynomaly.Client(str(sock)) as client:
+            got = client.detect("cardio-quickstart", X[:50])
+        np.testing.assert_array_equal(got.scores, model.decision_function(X[:50]))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert code == 0

@@ -148,6 +148,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="train on the bundled cardio dataset, store, detect, report")
     q.add_argument("--detector", default="cardio-quickstart")
+
+    # The daemon parses its own options (see `pynomaly serve --help` and PROTOCOL.md).
+    sv = sub.add_parser("serve", help="serve stored detectors to local processes over a Unix socket", add_help=False)
+    sv.add_argument("daemon_args", nargs=argparse.REMAINDER)
     return p
 
 
@@ -300,7 +304,20 @@ def _cmd_quickstart(args, home, progress, out):
     out.write(f"next: pynomaly show {det.name}   |   pynomaly detect --detector {det.name} --data FILE\n")
 
 
+def _cmd_serve(args, home, progress, out):
+    # Imported only here: the package never imports the daemon, the command line hands over.
+    from pynomaly_daemon import main as serve
+
+    argv = list(args.daemon_args)
+    if home and "--home" not in argv and "--models" not in argv:
+        argv += ["--home", home]
+    code = serve(argv, prog="pynomaly serve")
+    if code:
+        raise SystemExit(code)
+
+
 _COMMANDS = {
+    "serve": _cmd_serve,
     "train": _cmd_train,
     "detect": _cmd_detect,
     "list": _cmd_list,
@@ -314,9 +331,26 @@ _COMMANDS = {
 }
 
 
+def _parse(argv):
+    """Parse the command line; everything after `serve` goes to the daemon untouched (argparse
+    would otherwise claim options such as --help for itself)."""
+    parser = _build_parser()
+    if "serve" in argv:
+        i = argv.index("serve")
+        try:
+            args, rest = parser.parse_known_args(argv[: i + 1])
+        except SystemExit:
+            args, rest = None, None
+        if args is not None and args.command == "serve" and not rest:
+            args.daemon_args = argv[i + 1 :]
+            return args
+    return parser.parse_args(argv)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (also used as ``sys.exit`` code)."""
-    args = _build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(argv)
     home = args.home if args.home else None
     progress = _Progress()
     try:

@@ -28,9 +28,11 @@ MatrixView matrix_view(const py::array& X) {
                            " dimension(s); reshape a single row with X.reshape(1, -1)");
     MatrixView v;
     const auto dtype = X.dtype();
-    if (dtype.is(py::dtype::of<float>())) {
+    // Equality, not identity: an equal dtype object (e.g. "=f8") is the same type; a
+    // non-native byte order is not equal and is converted by the Python layer.
+    if (dtype.equal(py::dtype::of<float>())) {
         v.is_float32 = true;
-    } else if (!dtype.is(py::dtype::of<double>())) {
+    } else if (!dtype.equal(py::dtype::of<double>())) {
         throw InvalidInput("X must be float32 or float64, got " + std::string(py::str(dtype)));
     }
     const int64_t item = v.is_float32 ? 4 : 8;
