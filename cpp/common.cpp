@@ -54,8 +54,10 @@ void set_active_simd(SimdTarget t) {
 }
 
 int effective_threads(int requested, int64_t work_items) {
+    // More threads than processors only adds switching for CPU-bound kernels, and an absurd
+    // request (n_jobs=10**6) would make the OpenMP runtime abort when thread creation fails.
     int n = requested;
-    if (n <= 0) n = openmp_max_threads();
+    if (n <= 0 || n > openmp_max_threads()) n = openmp_max_threads();
     if (work_items < n) n = static_cast<int>(std::max<int64_t>(work_items, 1));
     return std::max(n, 1);
 }

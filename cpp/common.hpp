@@ -50,8 +50,8 @@ struct CancelCheck {
     bool operator()() const { return poll != nullptr && poll(ctx); }
 };
 
-// Threads for a parallel region: never more than the work items, and one when n_threads < 1
-// would be meaningless. The caller decides small batches stay on the calling thread.
+// Threads for a parallel region: the request, capped at the processors this process may use
+// and at the number of work items; a request < 1 means all processors.
 int effective_threads(int requested, int64_t work_items);
 
 bool openmp_enabled();

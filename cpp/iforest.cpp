@@ -9,7 +9,6 @@
 #include <limits>
 #include <mutex>
 #include <string>
-#include <unordered_set>
 
 #include "iforest_kernels.hpp"
 
@@ -28,17 +27,20 @@ double average_path_length(double n) {
 
 namespace {
 
+uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
 // splitmix64: tiny, fast and good enough for drawing samples and thresholds; one stream per
-// tree, derived from the seed and the tree's index, keeps training independent of threads.
+// tree keeps training independent of threads. Each stream starts at a hashed point of the
+// 2^64 cycle: starting points that differ by a multiple of the increment (e.g. seed ^ c*t)
+// would make the trees' streams shifted copies of each other, correlating the trees.
 struct Rng {
     uint64_t state;
-    explicit Rng(uint64_t seed, uint64_t stream) : state(seed ^ (0x9E3779B97F4A7C15ULL * (stream + 1))) { next(); }
-    uint64_t next() {
-        uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        return z ^ (z >> 31);
-    }
+    explicit Rng(uint64_t seed, uint64_t stream) : state(mix64(seed ^ mix64(stream + 0x632BE59BD9B4E019ULL))) {}
+    uint64_t next() { return mix64(state += 0x9E3779B97F4A7C15ULL); }
     double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
     uint64_t below(uint64_t n) {                                                // [0, n), unbiased
         uint64_t limit = ~uint64_t(0) - (~uint64_t(0) % n);
@@ -101,6 +103,28 @@ int64_t load_block_t(const MatrixView& X, int64_t r0, int64_t n, int64_t B, floa
 
 int64_t load_block(const MatrixView& X, int64_t r0, int64_t n, int64_t B, float* xt) {
     return X.is_float32 ? load_block_t<float>(X, r0, n, B, xt) : load_block_t<double>(X, r0, n, B, xt);
+}
+
+// Copies the sampled rows and features of X into a row-major float32 matrix; returns the
+// first position (i * k + j) whose value is not finite in float32, or -1.
+template <class T>
+int64_t gather_sample(const MatrixView& X, const std::vector<int64_t>& rows, const std::vector<int64_t>& fmap,
+                      float* out) {
+    const T* base = X.ptr<T>();
+    const int64_t k = static_cast<int64_t>(fmap.size());
+    bool ok = true;
+    for (size_t i = 0; i < rows.size(); ++i) {
+        const T* row = base + rows[i] * X.row_stride;
+        float* o = out + i * k;
+        for (int64_t j = 0; j < k; ++j) {
+            o[j] = static_cast<float>(row[fmap[j] * X.col_stride]);
+            ok &= std::fabs(o[j]) <= FLT_MAX;
+        }
+    }
+    if (ok) return -1;
+    for (int64_t p = 0; p < static_cast<int64_t>(rows.size()) * k; ++p)
+        if (!(std::fabs(out[p]) <= FLT_MAX)) return p;
+    return -1;
 }
 
 int64_t block_rows_for(int64_t n_features) {
@@ -206,35 +230,36 @@ Forest::Forest(ForestNodes nodes) : nodes_(std::move(nodes)) {
 void Forest::compile() {
     const int D = std::max(depth_, 1);  // a forest of single leaves still gets one padded level
     const int64_t T = nodes_.n_trees();
-    const int64_t I = (int64_t(1) << D) - 1;
-    const double bytes = double(T) * double(I) * 8.0 + double(T) * double(I + 1) * 8.0;
+    const int64_t S = int64_t(1) << D;
+    const double bytes = double(T) * double(S) * 16.0;
     complete_ = D <= kMaxCompleteDepth && bytes <= 512.0 * 1024 * 1024;
     compiled_ = Compiled{};
     compiled_.block_rows = block_rows_for(nodes_.n_features);
     if (!complete_) return;
     Compiled& c = compiled_;
     c.depth = D;
-    c.internal_per_tree = I;
-    c.feature_scaled.assign(T * I, 0);
-    c.threshold.assign(T * I, std::numeric_limits<float>::infinity());  // padding: always left
-    c.leaf_value.assign(T * (I + 1), 0.0);
+    c.slots = S;
+    c.n_trees = T;
+    c.feature_scaled.assign(T * S, 0);
+    c.threshold.assign(T * S, std::numeric_limits<float>::infinity());  // padding: always left
+    c.leaf_value.assign(T * S, 0.0);
     const int64_t B = c.block_rows;
     for (int64_t t = 0; t < T; ++t) {
         const int32_t base = nodes_.tree_offset[t];
-        // Explicit stack: (local node, slot in complete layout, level).
-        std::vector<std::array<int64_t, 3>> stack{{0, 0, 0}};
+        // Explicit stack: (local node, heap slot, level).
+        std::vector<std::array<int64_t, 3>> stack{{0, 1, 0}};
         while (!stack.empty()) {
             auto [node, slot, level] = stack.back();
             stack.pop_back();
             const int32_t g = base + static_cast<int32_t>(node);
             if (nodes_.feature[g] >= 0) {
-                c.feature_scaled[t * I + slot] = static_cast<int32_t>(nodes_.feature[g] * B);
-                c.threshold[t * I + slot] = nodes_.threshold[g];
-                stack.push_back({nodes_.left[g], 2 * slot + 1, level + 1});
-                stack.push_back({nodes_.left[g] + 1, 2 * slot + 2, level + 1});
+                c.feature_scaled[t * S + slot] = static_cast<int32_t>(nodes_.feature[g] * B);
+                c.threshold[t * S + slot] = nodes_.threshold[g];
+                stack.push_back({nodes_.left[g], 2 * slot, level + 1});
+                stack.push_back({nodes_.left[g] + 1, 2 * slot + 1, level + 1});
             } else {
-                const int64_t leaf = ((slot + 1) << (D - level)) - 1 - I;  // always-left descendant
-                c.leaf_value[t * (I + 1) + leaf] = nodes_.leaf_value[g];
+                const int64_t leaf = (slot << (D - level)) - S;  // always-left descendant at level D
+                c.leaf_value[t * S + leaf] = nodes_.leaf_value[g];
             }
         }
     }
@@ -267,7 +292,9 @@ void Forest::path_length_sum(const MatrixView& X, double* out, int n_threads, co
             bad.offer(r0 + pos / X.cols, pos % X.cols);
             return false;
         }
-        if (kernel)
+        if (kernel && n < kFewRows)
+            few_rows_kernel(compiled_, xt.data(), n, acc.data());
+        else if (kernel)
             kernel(compiled_, xt.data(), n, acc.data());
         else
             sparse_block_kernel(nodes_, B, xt.data(), n, acc.data());
@@ -303,6 +330,11 @@ struct TreeBuilder {
         for (int64_t i = 0; i < psi; ++i) idx[i] = i;
         std::vector<int64_t> cand(k);
         std::vector<Pending> pending{{0, psi, 0}};
+        pending.reserve(2 * psi);
+        feature.reserve(2 * psi);
+        threshold.reserve(2 * psi);
+        left.reserve(2 * psi);
+        leaf_value.reserve(2 * psi);
         for (size_t node = 0; node < pending.size(); ++node) {
             const Pending p = pending[node];
             const int64_t size = p.end - p.start;
@@ -374,30 +406,38 @@ Forest Forest::train(const MatrixView& X, const ForestParams& params, int n_thre
         for (int64_t j = 0; j < k && k < d; ++j) std::swap(fmap[j], fmap[j + rng.below(d - j)]);
         fmap.resize(k);
         std::sort(fmap.begin(), fmap.end());
-        // Rows: all of them when psi == n, else Floyd's sampling without replacement.
+        // Rows: all of them when psi == n, else Floyd's sampling without replacement, with a
+        // per-thread bitmap of n bits (cleared again bit by bit) instead of a hash set.
         std::vector<int64_t> rows;
         rows.reserve(psi);
         if (psi == n) {
             for (int64_t i = 0; i < n; ++i) rows.push_back(i);
         } else {
-            std::unordered_set<int64_t> seen;
-            seen.reserve(static_cast<size_t>(psi) * 2);
+            thread_local std::vector<uint64_t> seen;
+            if (seen.size() < static_cast<size_t>((n + 63) / 64)) seen.assign((n + 63) / 64, 0);
+            auto test_and_set = [&](int64_t r) {
+                const uint64_t bit = uint64_t(1) << (r & 63);
+                const bool was = seen[r >> 6] & bit;
+                seen[r >> 6] |= bit;
+                return was;
+            };
             for (int64_t j = n - psi; j < n; ++j) {
                 int64_t r = static_cast<int64_t>(rng.below(static_cast<uint64_t>(j + 1)));
-                if (!seen.insert(r).second) { r = j; seen.insert(j); }
+                if (test_and_set(r)) {
+                    r = j;
+                    test_and_set(j);
+                }
                 rows.push_back(r);
             }
+            for (int64_t r : rows) seen[r >> 6] = 0;
         }
         std::vector<float> sample(static_cast<size_t>(psi * k));
-        for (int64_t i = 0; i < psi; ++i)
-            for (int64_t j = 0; j < k; ++j) {
-                const float v = static_cast<float>(value_at(X, rows[i], fmap[j]));
-                if (!(std::fabs(v) <= FLT_MAX)) {
-                    bad.offer(rows[i], fmap[j]);
-                    return false;
-                }
-                sample[i * k + j] = v;
-            }
+        const int64_t bad_at = X.is_float32 ? gather_sample<float>(X, rows, fmap, sample.data())
+                                            : gather_sample<double>(X, rows, fmap, sample.data());
+        if (bad_at >= 0) {
+            bad.offer(rows[bad_at / k], fmap[bad_at % k]);
+            return false;
+        }
         TreeBuilder b{sample.data(), k, fmap.data(), max_depth, rng, {}, {}, {}, {}};
         b.build(psi);
         tree_feature[t] = std::move(b.feature);

@@ -61,14 +61,18 @@ public:
     // max_samples) are scored by a plain per-node traversal to keep memory bounded.
     static constexpr int kMaxCompleteDepth = 12;
 
-    // The padded complete layout: per tree, 2^D - 1 internal slots then 2^D leaf slots.
+    // The padded complete layout, a 1-based heap per tree: slot 1 is the root, the children
+    // of slot s are 2s and 2s + 1, so level l occupies slots [2^l, 2^(l+1)) and slot 0 is
+    // unused. That alignment lets SIMD kernels hold levels 0-3, 4 and 5 in registers and index
+    // them by permutes with no arithmetic. Each tree has 2^D internal slots then 2^D leaf slots.
     // A leaf shallower than D is padded with always-left slots (threshold +inf) and its value
-    // is repeated in every leaf slot below it. feature_scaled holds feature * block_stride,
-    // the offset of that feature's column in a scoring block.
+    // is stored at its always-left descendant. feature_scaled holds feature * block_rows, the
+    // offset of that feature's column in a scoring block.
     struct Compiled {
         int depth = 0;
-        int64_t internal_per_tree = 0;
+        int64_t slots = 0;       // 2^depth: internal slots per tree (and leaf slots per tree)
         int64_t block_rows = 0;  // rows per scoring block (multiple of 16) = column stride
+        int64_t n_trees = 0;
         std::vector<int32_t> feature_scaled;
         std::vector<float> threshold;
         std::vector<double> leaf_value;

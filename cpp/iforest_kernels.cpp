@@ -1,8 +1,13 @@
-// Isolation-forest traversal kernels. Every kernel walks the padded complete layout (see
-// Forest::Compiled) for exactly `depth` levels: node = 2 * node + 1 + (x > threshold), with
-// no data-dependent branches. The SIMD kernels advance 8 or 16 rows per tree step; the top
-// levels of each tree are held in registers (permutes), deeper levels are gathered.
-// x86 kernels are compiled with target attributes so the rest of the library stays baseline.
+// Isolation-forest traversal kernels. Every kernel walks the padded complete layout (a 1-based
+// heap per tree, see Forest::Compiled) for exactly `depth` levels: slot = 2 * slot +
+// (x > threshold), with no data-dependent branches. The SIMD kernels advance 8 or 16 rows per
+// tree step and keep several groups of rows in flight so the long gather latencies overlap.
+// The top levels of each tree are read from registers by permutes (the heap's level alignment
+// makes the slot number the permute index), level 0 and 1 read x with contiguous loads
+// (every row of a group is at one of at most two nodes), deeper levels gather.
+// Every kernel adds the trees' path lengths to a row in tree order, in float64, so all
+// kernels give bit-identical sums. x86 kernels are compiled with target attributes so the
+// rest of the library stays baseline.
 #include "iforest_kernels.hpp"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -14,160 +19,197 @@ namespace pynomaly {
 
 namespace {
 
+using Compiled = Forest::Compiled;
+
 template <int D>
-void scalar_kernel(const Forest::Compiled& c, const float* xt, int64_t n_rows, double* acc) {
-    constexpr int64_t I = (int64_t(1) << D) - 1;
-    const int64_t T = static_cast<int64_t>(c.threshold.size()) / I;
-    const int64_t padded = (n_rows + 3) / 4 * 4;
-    for (int64_t t = 0; t < T; ++t) {
-        const int32_t* f = c.feature_scaled.data() + t * I;
-        const float* th = c.threshold.data() + t * I;
-        const double* lv = c.leaf_value.data() + t * (I + 1);
+void scalar_kernel(const Compiled& c, const float* xt, int64_t n_rows, double* acc) {
+    constexpr int64_t S = int64_t(1) << D;
+    const int64_t padded = (n_rows + 3) / 4 * 4;  // blocks are zero-padded to 16 rows
+    for (int64_t t = 0; t < c.n_trees; ++t) {
+        const int32_t* f = c.feature_scaled.data() + t * S;
+        const float* th = c.threshold.data() + t * S;
+        const double* lv = c.leaf_value.data() + t * S - S;
         // Four rows at once: independent dependency chains keep the core busy.
         for (int64_t i = 0; i < padded; i += 4) {
-            uint32_t a = 0, b = 0, cc = 0, d = 0;
+            uint32_t a = 1, b = 1, cc = 1, d = 1;
+#pragma GCC unroll 16
             for (int l = 0; l < D; ++l) {
-                a = 2 * a + 1 + (xt[f[a] + i] > th[a]);
-                b = 2 * b + 1 + (xt[f[b] + i + 1] > th[b]);
-                cc = 2 * cc + 1 + (xt[f[cc] + i + 2] > th[cc]);
-                d = 2 * d + 1 + (xt[f[d] + i + 3] > th[d]);
+                a = 2 * a + (xt[f[a] + i] > th[a]);
+                b = 2 * b + (xt[f[b] + i + 1] > th[b]);
+                cc = 2 * cc + (xt[f[cc] + i + 2] > th[cc]);
+                d = 2 * d + (xt[f[d] + i + 3] > th[d]);
             }
-            acc[i] += lv[a - I];
-            acc[i + 1] += lv[b - I];
-            acc[i + 2] += lv[cc - I];
-            acc[i + 3] += lv[d - I];
+            acc[i] += lv[a];
+            acc[i + 1] += lv[b];
+            acc[i + 2] += lv[cc];
+            acc[i + 3] += lv[d];
         }
     }
 }
 
 #ifdef PYNOMALY_X86
 
-template <int D>
-__attribute__((target("avx2,fma"))) void avx2_kernel(const Forest::Compiled& c, const float* xt, int64_t n_rows,
-                                                     double* acc) {
-    constexpr int64_t I = (int64_t(1) << D) - 1;
-    const int64_t T = static_cast<int64_t>(c.threshold.size()) / I;
-    const int64_t groups = (n_rows + 7) / 8;
+template <int D, int G>
+__attribute__((target("avx2,fma"))) inline void avx2_groups(const int32_t* f, const float* th, const double* lv,
+                                                            const float* xt, int64_t g0, double* acc) {
+    constexpr int64_t S = int64_t(1) << D;
     const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i one = _mm256_set1_epi32(1);
-    const __m256i leaf_base = _mm256_set1_epi32(static_cast<int32_t>(I));
-    alignas(32) float top_t[8];
-    alignas(32) int32_t top_f[8];
-    for (int64_t t = 0; t < T; ++t) {
-        const int32_t* f = c.feature_scaled.data() + t * I;
-        const float* th = c.threshold.data() + t * I;
-        const double* lv = c.leaf_value.data() + t * (I + 1);
-        // Levels 0..2 (nodes 0..6) live in one register each for thresholds and features.
-        for (int j = 0; j < 8; ++j) {
-            top_t[j] = j < I ? th[j] : 0.0f;
-            top_f[j] = j < I ? f[j] : 0;
-        }
-        const __m256 rt = _mm256_load_ps(top_t);
-        const __m256i rf = _mm256_load_si256(reinterpret_cast<const __m256i*>(top_f));
-        for (int64_t g = 0; g < groups; ++g) {
-            const __m256i lane = _mm256_add_epi32(iota, _mm256_set1_epi32(static_cast<int32_t>(g * 8)));
-            // Level 0: every row is at the root, so x is a contiguous load.
-            __m256 xv = _mm256_loadu_ps(xt + f[0] + g * 8);
-            __m256i right = _mm256_castps_si256(_mm256_cmp_ps(xv, _mm256_set1_ps(th[0]), _CMP_GT_OQ));
-            __m256i idx = _mm256_sub_epi32(one, right);
-            for (int l = 1; l < D; ++l) {
-                __m256 tv;
-                __m256i fv;
-                if (l < 3) {
-                    tv = _mm256_permutevar8x32_ps(rt, idx);
-                    fv = _mm256_permutevar8x32_epi32(rf, idx);
-                } else {
-                    tv = _mm256_i32gather_ps(th, idx, 4);
-                    fv = _mm256_i32gather_epi32(f, idx, 4);
-                }
-                xv = _mm256_i32gather_ps(xt, _mm256_add_epi32(fv, lane), 4);
-                right = _mm256_castps_si256(_mm256_cmp_ps(xv, tv, _CMP_GT_OQ));
-                idx = _mm256_sub_epi32(_mm256_add_epi32(_mm256_add_epi32(idx, idx), one), right);
+    // Slots 0..7 (levels 0..2) in one register each for thresholds and features.
+    const __m256i top_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(S)), iota);
+    const __m256 rt = _mm256_maskload_ps(th, top_mask);
+    const __m256i rf = _mm256_maskload_epi32(f, top_mask);
+    __m256i idx[G];  // gathers use base xt + r per group, so no per-group lane register
+#pragma GCC unroll 8
+    for (int k = 0; k < G; ++k) {
+        const int64_t r = (g0 + k) * 8;
+        const __m256 xv = _mm256_loadu_ps(xt + f[1] + r);
+        const __m256i right = _mm256_castps_si256(_mm256_cmp_ps(xv, _mm256_set1_ps(th[1]), _CMP_GT_OQ));
+        idx[k] = _mm256_sub_epi32(_mm256_set1_epi32(2), right);  // right is -1 where true
+    }
+#pragma GCC unroll 16
+    for (int l = 1; l < D; ++l) {
+#pragma GCC unroll 8
+        for (int k = 0; k < G; ++k) {
+            __m256 tv, xv;
+            if (l < 3) {
+                tv = _mm256_permutevar8x32_ps(rt, idx[k]);
+                const __m256i fv = _mm256_permutevar8x32_epi32(rf, idx[k]);
+                xv = _mm256_i32gather_ps(xt + (g0 + k) * 8, _mm256_add_epi32(fv, iota), 4);
+            } else {
+                tv = _mm256_i32gather_ps(th, idx[k], 4);
+                const __m256i fv = _mm256_i32gather_epi32(f, idx[k], 4);
+                xv = _mm256_i32gather_ps(xt + (g0 + k) * 8, _mm256_add_epi32(fv, iota), 4);
             }
-            const __m256i leaf = _mm256_sub_epi32(idx, leaf_base);
-            const __m256d v0 = _mm256_i32gather_pd(lv, _mm256_castsi256_si128(leaf), 8);
-            const __m256d v1 = _mm256_i32gather_pd(lv, _mm256_extracti128_si256(leaf, 1), 8);
-            double* a = acc + g * 8;
-            _mm256_storeu_pd(a, _mm256_add_pd(_mm256_loadu_pd(a), v0));
-            _mm256_storeu_pd(a + 4, _mm256_add_pd(_mm256_loadu_pd(a + 4), v1));
+            const __m256i right = _mm256_castps_si256(_mm256_cmp_ps(xv, tv, _CMP_GT_OQ));
+            idx[k] = _mm256_sub_epi32(_mm256_add_epi32(idx[k], idx[k]), right);
         }
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < G; ++k) {
+        const __m256d v0 = _mm256_i32gather_pd(lv, _mm256_castsi256_si128(idx[k]), 8);
+        const __m256d v1 = _mm256_i32gather_pd(lv, _mm256_extracti128_si256(idx[k], 1), 8);
+        double* a = acc + (g0 + k) * 8;
+        _mm256_storeu_pd(a, _mm256_add_pd(_mm256_loadu_pd(a), v0));
+        _mm256_storeu_pd(a + 4, _mm256_add_pd(_mm256_loadu_pd(a + 4), v1));
+    }
+}
+
+template <int D>
+__attribute__((target("avx2,fma"))) void avx2_kernel(const Compiled& c, const float* xt, int64_t n_rows, double* acc) {
+    constexpr int64_t S = int64_t(1) << D;
+    constexpr int G = 8;
+    const int64_t groups = (n_rows + 7) / 8;
+    for (int64_t t = 0; t < c.n_trees; ++t) {
+        const int32_t* f = c.feature_scaled.data() + t * S;
+        const float* th = c.threshold.data() + t * S;
+        const double* lv = c.leaf_value.data() + t * S - S;  // indexed by the final slot
+        int64_t g = 0;
+        for (; g + G <= groups; g += G) avx2_groups<D, G>(f, th, lv, xt, g, acc);
+        for (; g < groups; ++g) avx2_groups<D, 1>(f, th, lv, xt, g, acc);
     }
 }
 
 #define PYNOMALY_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 
-template <int D>
-PYNOMALY_AVX512 void avx512_kernel(const Forest::Compiled& c, const float* xt, int64_t n_rows, double* acc) {
-    constexpr int64_t I = (int64_t(1) << D) - 1;
-    const int64_t T = static_cast<int64_t>(c.threshold.size()) / I;
-    const int64_t groups = (n_rows + 15) / 16;
+struct Avx512Tree {
+    const int32_t* f;
+    const float* th;
+    const double* lv;  // indexed by the final slot
+    __m512 t0, t1, t2, t3;     // thresholds of slots 0-15 | 16-31 | 32-47, 48-63
+    __m512i f0, f1, f2, f3;    // features of the same slots
+};
+
+template <int D, int G>
+PYNOMALY_AVX512 inline void avx512_groups(const Avx512Tree& tr, const float* xt, int64_t g0, double* acc) {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i one = _mm512_set1_epi32(1);
-    alignas(64) float top_t[64];
-    alignas(64) int32_t top_f[64];
-    for (int64_t t = 0; t < T; ++t) {
-        const int32_t* f = c.feature_scaled.data() + t * I;
-        const float* th = c.threshold.data() + t * I;
-        const double* lv = c.leaf_value.data() + t * (I + 1);
-        // Levels 0..5 (nodes 0..62) in registers: nodes 0..14 | 15..30 | 31..62 (two registers).
-        for (int j = 0; j < 64; ++j) {
-            const int node = j < 15 ? j : (j < 16 ? -1 : j - 1);  // slot 15 is padding
-            top_t[j] = node >= 0 && node < I ? th[node] : 0.0f;
-            top_f[j] = node >= 0 && node < I ? f[node] : 0;
+    const float* x1 = xt + tr.f[1];
+    // Each group gathers relative to its own rows (base pointer xt + r), so one shared index
+    // offset (iota) replaces a per-group lane register: more groups fit in registers.
+    __m512i idx[G];
+    __mmask16 right[G];
+#pragma GCC unroll 16
+    for (int k = 0; k < G; ++k) {
+        const int64_t r = (g0 + k) * 16;
+        // Level 0: every row is at the root, so x is one contiguous load.
+        right[k] = _mm512_cmp_ps_mask(_mm512_loadu_ps(x1 + r), _mm512_set1_ps(tr.th[1]), _CMP_GT_OQ);
+        idx[k] = _mm512_mask_add_epi32(_mm512_set1_epi32(2), right[k], _mm512_set1_epi32(2), one);
+    }
+    if constexpr (D > 1) {
+        // Level 1: each row is at slot 2 or 3: two contiguous loads and a blend.
+        const float* x2 = xt + tr.f[2];
+        const float* x3 = xt + tr.f[3];
+        const __m512 th2 = _mm512_set1_ps(tr.th[2]), th3 = _mm512_set1_ps(tr.th[3]);
+#pragma GCC unroll 16
+        for (int k = 0; k < G; ++k) {
+            const int64_t r = (g0 + k) * 16;
+            const __m512 xv = _mm512_mask_blend_ps(right[k], _mm512_loadu_ps(x2 + r), _mm512_loadu_ps(x3 + r));
+            const __mmask16 rr = _mm512_cmp_ps_mask(xv, _mm512_mask_blend_ps(right[k], th2, th3), _CMP_GT_OQ);
+            idx[k] = _mm512_add_epi32(idx[k], idx[k]);
+            idx[k] = _mm512_mask_add_epi32(idx[k], rr, idx[k], one);
         }
-        const __m512 t0 = _mm512_load_ps(top_t), t1 = _mm512_load_ps(top_t + 16);
-        const __m512 t2 = _mm512_load_ps(top_t + 32), t3 = _mm512_load_ps(top_t + 48);
-        const __m512i f0 = _mm512_load_si512(top_f), f1 = _mm512_load_si512(top_f + 16);
-        const __m512i f2 = _mm512_load_si512(top_f + 32), f3 = _mm512_load_si512(top_f + 48);
-        const __m512 th1 = _mm512_set1_ps(I > 1 ? th[1] : 0.0f), th2 = _mm512_set1_ps(I > 2 ? th[2] : 0.0f);
-        const float* x1 = xt + (I > 1 ? f[1] : 0);
-        const float* x2 = xt + (I > 2 ? f[2] : 0);
-        const float* x0 = xt + f[0];
-        const __m512 th0 = _mm512_set1_ps(th[0]);
-        for (int64_t g = 0; g < groups; ++g) {
-            const int64_t r = g * 16;
-            const __m512i lane = _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(r)));
-            // Level 0: all rows at the root -> contiguous load. Level 1: one of two nodes ->
-            // two contiguous loads and a blend. Deeper levels gather x.
-            __mmask16 right = _mm512_cmp_ps_mask(_mm512_loadu_ps(x0 + r), th0, _CMP_GT_OQ);
-            __m512i idx = _mm512_mask_add_epi32(one, right, one, one);
-            if (D > 1) {
-                const __m512 xv = _mm512_mask_blend_ps(right, _mm512_loadu_ps(x1 + r), _mm512_loadu_ps(x2 + r));
-                const __m512 tv = _mm512_mask_blend_ps(right, th1, th2);
-                const __mmask16 r1 = _mm512_cmp_ps_mask(xv, tv, _CMP_GT_OQ);
-                idx = _mm512_add_epi32(_mm512_add_epi32(idx, idx), one);
-                idx = _mm512_mask_add_epi32(idx, r1, idx, one);
+    }
+#pragma GCC unroll 16
+    for (int l = 2; l < D; ++l) {
+#pragma GCC unroll 16
+        for (int k = 0; k < G; ++k) {
+            __m512 tv;
+            __m512i fv;
+            if (l < 4) {  // slots 4..15: permute index is the slot itself
+                tv = _mm512_permutexvar_ps(idx[k], tr.t0);
+                fv = _mm512_permutexvar_epi32(idx[k], tr.f0);
+            } else if (l == 4) {  // slots 16..31: the permute reads the low 4 bits
+                tv = _mm512_permutexvar_ps(idx[k], tr.t1);
+                fv = _mm512_permutexvar_epi32(idx[k], tr.f1);
+            } else if (l == 5) {  // slots 32..63: two-table permute reads the low 5 bits
+                tv = _mm512_permutex2var_ps(tr.t2, idx[k], tr.t3);
+                fv = _mm512_permutex2var_epi32(tr.f2, idx[k], tr.f3);
+            } else {
+                tv = _mm512_i32gather_ps(idx[k], tr.th, 4);
+                fv = _mm512_i32gather_epi32(idx[k], tr.f, 4);
             }
-            for (int l = 2; l < D; ++l) {
-                __m512 tv;
-                __m512i fv;
-                if (l < 4) {
-                    tv = _mm512_permutexvar_ps(idx, t0);
-                    fv = _mm512_permutexvar_epi32(idx, f0);
-                } else if (l == 4) {
-                    const __m512i k = _mm512_sub_epi32(idx, _mm512_set1_epi32(15));
-                    tv = _mm512_permutexvar_ps(k, t1);
-                    fv = _mm512_permutexvar_epi32(k, f1);
-                } else if (l == 5) {
-                    const __m512i k = _mm512_sub_epi32(idx, _mm512_set1_epi32(31));
-                    tv = _mm512_permutex2var_ps(t2, k, t3);
-                    fv = _mm512_permutex2var_epi32(f2, k, f3);
-                } else {
-                    tv = _mm512_i32gather_ps(idx, th, 4);
-                    fv = _mm512_i32gather_epi32(idx, f, 4);
-                }
-                const __m512 xv = _mm512_i32gather_ps(_mm512_add_epi32(fv, lane), xt, 4);
-                const __mmask16 rr = _mm512_cmp_ps_mask(xv, tv, _CMP_GT_OQ);
-                idx = _mm512_add_epi32(_mm512_add_epi32(idx, idx), one);
-                idx = _mm512_mask_add_epi32(idx, rr, idx, one);
-            }
-            const __m512i leaf = _mm512_sub_epi32(idx, _mm512_set1_epi32(static_cast<int32_t>(I)));
-            const __m512d v0 = _mm512_i32gather_pd(_mm512_castsi512_si256(leaf), lv, 8);
-            const __m512d v1 = _mm512_i32gather_pd(_mm512_extracti32x8_epi32(leaf, 1), lv, 8);
-            double* a = acc + r;
-            _mm512_storeu_pd(a, _mm512_add_pd(_mm512_loadu_pd(a), v0));
-            _mm512_storeu_pd(a + 8, _mm512_add_pd(_mm512_loadu_pd(a + 8), v1));
+            const __m512 xv = _mm512_i32gather_ps(_mm512_add_epi32(fv, iota), xt + (g0 + k) * 16, 4);
+            const __mmask16 rr = _mm512_cmp_ps_mask(xv, tv, _CMP_GT_OQ);
+            idx[k] = _mm512_add_epi32(idx[k], idx[k]);
+            idx[k] = _mm512_mask_add_epi32(idx[k], rr, idx[k], one);
         }
+    }
+#pragma GCC unroll 16
+    for (int k = 0; k < G; ++k) {
+        const __m512d v0 = _mm512_i32gather_pd(_mm512_castsi512_si256(idx[k]), tr.lv, 8);
+        const __m512d v1 = _mm512_i32gather_pd(_mm512_extracti32x8_epi32(idx[k], 1), tr.lv, 8);
+        double* a = acc + (g0 + k) * 16;
+        _mm512_storeu_pd(a, _mm512_add_pd(_mm512_loadu_pd(a), v0));
+        _mm512_storeu_pd(a + 8, _mm512_add_pd(_mm512_loadu_pd(a + 8), v1));
+    }
+}
+
+template <int D>
+PYNOMALY_AVX512 void avx512_kernel(const Compiled& c, const float* xt, int64_t n_rows, double* acc) {
+    constexpr int64_t S = int64_t(1) << D;
+    constexpr int G = 8;
+    const int64_t groups = (n_rows + 15) / 16;
+    // Masked loads: a shallow tree has fewer than 64 slots.
+    auto mask_from = [](int64_t first) -> __mmask16 {
+        const int64_t n = S - first;
+        return n <= 0 ? 0 : (n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1));
+    };
+    for (int64_t t = 0; t < c.n_trees; ++t) {
+        Avx512Tree tr;
+        tr.f = c.feature_scaled.data() + t * S;
+        tr.th = c.threshold.data() + t * S;
+        tr.lv = c.leaf_value.data() + t * S - S;
+        tr.t0 = _mm512_maskz_loadu_ps(mask_from(0), tr.th);
+        tr.t1 = _mm512_maskz_loadu_ps(mask_from(16), tr.th + 16);
+        tr.t2 = _mm512_maskz_loadu_ps(mask_from(32), tr.th + 32);
+        tr.t3 = _mm512_maskz_loadu_ps(mask_from(48), tr.th + 48);
+        tr.f0 = _mm512_maskz_loadu_epi32(mask_from(0), tr.f);
+        tr.f1 = _mm512_maskz_loadu_epi32(mask_from(16), tr.f + 16);
+        tr.f2 = _mm512_maskz_loadu_epi32(mask_from(32), tr.f + 32);
+        tr.f3 = _mm512_maskz_loadu_epi32(mask_from(48), tr.f + 48);
+        int64_t g = 0;
+        for (; g + G <= groups; g += G) avx512_groups<D, G>(tr, xt, g, acc);
+        for (; g < groups; ++g) avx512_groups<D, 1>(tr, xt, g, acc);
     }
 }
 
@@ -177,21 +219,57 @@ PYNOMALY_AVX512 void avx512_kernel(const Forest::Compiled& c, const float* xt, i
     {nullptr,       kernel<1>,  kernel<2>,  kernel<3>, kernel<4>,  kernel<5>, kernel<6>,              \
      kernel<7>,     kernel<8>,  kernel<9>,  kernel<10>, kernel<11>, kernel<12>}
 
-void dispatch(const Forest::Compiled& c, const float* xt, int64_t n_rows, double* acc, const BlockKernel* table) {
-    table[c.depth](c, xt, n_rows, acc);
-}
+static_assert(Forest::kMaxCompleteDepth == 12, "depth tables cover depths 1..12");
 
 const BlockKernel kScalar[] = PYNOMALY_DEPTH_TABLE(scalar_kernel);
-void scalar_entry(const Forest::Compiled& c, const float* xt, int64_t n, double* acc) { dispatch(c, xt, n, acc, kScalar); }
+void scalar_entry(const Compiled& c, const float* xt, int64_t n, double* acc) { kScalar[c.depth](c, xt, n, acc); }
 
 #ifdef PYNOMALY_X86
 const BlockKernel kAvx2[] = PYNOMALY_DEPTH_TABLE(avx2_kernel);
 const BlockKernel kAvx512[] = PYNOMALY_DEPTH_TABLE(avx512_kernel);
-void avx2_entry(const Forest::Compiled& c, const float* xt, int64_t n, double* acc) { dispatch(c, xt, n, acc, kAvx2); }
-void avx512_entry(const Forest::Compiled& c, const float* xt, int64_t n, double* acc) { dispatch(c, xt, n, acc, kAvx512); }
+void avx2_entry(const Compiled& c, const float* xt, int64_t n, double* acc) { kAvx2[c.depth](c, xt, n, acc); }
+void avx512_entry(const Compiled& c, const float* xt, int64_t n, double* acc) { kAvx512[c.depth](c, xt, n, acc); }
 #endif
 
-static_assert(Forest::kMaxCompleteDepth == 12, "depth tables cover depths 1..12");
+// A handful of rows (a single-row call): lanes would be mostly empty, so walk the trees of one
+// row four at a time instead; the four chains overlap in the core. Sums in tree order.
+template <int D>
+void few_rows_kernel(const Compiled& c, const float* xt, int64_t n_rows, double* acc) {
+    constexpr int64_t S = int64_t(1) << D;
+    const int32_t* F = c.feature_scaled.data();
+    const float* TH = c.threshold.data();
+    const double* LV = c.leaf_value.data() - S;
+    const int64_t T = c.n_trees;
+    for (int64_t i = 0; i < n_rows; ++i) {
+        const float* x = xt + i;
+        double sum = 0.0;
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) {
+            const int64_t o0 = t * S, o1 = o0 + S, o2 = o1 + S, o3 = o2 + S;
+            uint32_t a = 1, b = 1, cc = 1, d = 1;
+#pragma GCC unroll 16
+            for (int l = 0; l < D; ++l) {
+                a = 2 * a + (x[F[o0 + a]] > TH[o0 + a]);
+                b = 2 * b + (x[F[o1 + b]] > TH[o1 + b]);
+                cc = 2 * cc + (x[F[o2 + cc]] > TH[o2 + cc]);
+                d = 2 * d + (x[F[o3 + d]] > TH[o3 + d]);
+            }
+            sum += LV[o0 + a];
+            sum += LV[o1 + b];
+            sum += LV[o2 + cc];
+            sum += LV[o3 + d];
+        }
+        for (; t < T; ++t) {
+            const int64_t o = t * S;
+            uint32_t a = 1;
+            for (int l = 0; l < D; ++l) a = 2 * a + (x[F[o + a]] > TH[o + a]);
+            sum += LV[o + a];
+        }
+        acc[i] += sum;
+    }
+}
+
+const BlockKernel kFewRowsTable[] = PYNOMALY_DEPTH_TABLE(few_rows_kernel);
 
 }  // namespace
 
@@ -202,6 +280,10 @@ BlockKernel select_block_kernel(SimdTarget target) {
 #endif
     (void)target;
     return scalar_entry;
+}
+
+void few_rows_kernel(const Forest::Compiled& c, const float* xt, int64_t n_rows, double* acc) {
+    kFewRowsTable[c.depth](c, xt, n_rows, acc);
 }
 
 void sparse_block_kernel(const ForestNodes& nodes, int64_t block_rows, const float* xt, int64_t n_rows,

@@ -14,6 +14,10 @@ using BlockKernel = void (*)(const Forest::Compiled& c, const float* xt, int64_t
 
 BlockKernel select_block_kernel(SimdTarget target);
 
+// For fewer than kFewRows rows (e.g. a single-row call): one row at a time, trees interleaved.
+constexpr int64_t kFewRows = 16;
+void few_rows_kernel(const Forest::Compiled& c, const float* xt, int64_t n_rows, double* acc);
+
 // Plain per-node traversal of the defining arrays, for forests too deep for the complete layout.
 void sparse_block_kernel(const ForestNodes& nodes, int64_t block_rows, const float* xt, int64_t n_rows,
                          double* acc);

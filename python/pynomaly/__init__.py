@@ -13,6 +13,19 @@ from . import _core
 from .iforest import IsolationForest
 from .neighbors import KNN, LOF, knn  # k-nearest neighbours (issue 3)
 
+# -- domain model (issue 5): plain classes over NumPy; registry, repository, service and the
+# adapters stay submodules (pynomaly.registry, pynomaly.service, ...) imported when used.
+from .domain import (
+    AnomalyScore,
+    ContaminationRate,
+    DetectionResult,
+    Detector,
+    DetectorNotReadyError,
+    DetectorStatus,
+)
+# -- scores to decisions (issue 4): normalisation, thresholds, combination --------------------
+from . import combine, scores
+
 __version__ = "0.1.0"
 __all__ = [
     "IsolationForest",
@@ -24,7 +37,18 @@ __all__ = [
     "NotFittedError",
     "ModelFormatError",
     "build_info",
+    "Detector",
+    "DetectorStatus",
+    "DetectorNotReadyError",
+    "AnomalyScore",
+    "ContaminationRate",
+    "DetectionResult",
+    "scores",
+    "combine",
     "__version__",
+    # daemon clients (issue 6), imported on first use: see __getattr__
+    "Client",
+    "AsyncClient",
 ]
 
 
@@ -39,6 +63,21 @@ def build_info() -> dict:
     info = dict(_core.build_info())
     info["version"] = __version__
     return info
+
+
+# -- daemon clients (issue 6): loaded on first attribute access so `import pynomaly` stays cheap.
+_LAZY = {"Client": "client", "AsyncClient": "client", "DaemonError": "client", "Detection": "client"}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'pynomaly' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def _apply_simd_override() -> None:

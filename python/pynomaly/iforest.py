@@ -40,7 +40,9 @@ class IsolationForest(BaseDetector):
     random_state : None, int, numpy RandomState or Generator
         Seed for reproducible forests. The same seed gives the same forest for any n_jobs.
     n_jobs : None or int
-        Threads for training and scoring: None means 1, -1 every usable CPU.
+        Threads for training and scoring: None means 1, -1 every usable CPU; requests above
+        the usable CPUs are capped. Calls whose rows fit in one block (up to 1024 rows,
+        fewer for wide data) run on the calling thread.
 
     Attributes
     ----------
@@ -170,7 +172,9 @@ class IsolationForest(BaseDetector):
     def from_pyod(cls, model) -> "IsolationForest":
         """Convert a fitted ``pyod.models.iforest.IForest`` into a native forest.
 
-        Scores are on the paper's scale: PyOD's ``decision_function(X) + detector_.offset_``.
+        Scores are on the paper's scale. PyOD's ``decision_function`` is
+        ``-(score_samples - offset_)`` of the wrapped scikit-learn forest, so ours equals
+        ``model.decision_function(X) - model.detector_.offset_``.
         ``decision_scores_`` and ``threshold_`` are PyOD's, shifted the same way, so
         ``predict`` and ``labels_`` agree with PyOD's.
         """
@@ -178,10 +182,12 @@ class IsolationForest(BaseDetector):
         if inner is None:
             raise NotFittedError("from_pyod needs a fitted pyod.models.iforest.IForest")
         self = cls.from_sklearn(inner)
-        offset = float(inner.offset_)
+        shift = -float(inner.offset_)
+        # Training scores first: assigning contamination to a fitted detector re-derives its
+        # threshold from them (then PyOD's own threshold and labels are kept).
+        self.decision_scores_ = np.asarray(model.decision_scores_, dtype=np.float64) + shift
         self.contamination = model.contamination
-        self.decision_scores_ = np.asarray(model.decision_scores_, dtype=np.float64) + offset
-        self.threshold_ = float(model.threshold_) + offset
+        self.threshold_ = float(model.threshold_) + shift
         self.labels_ = np.asarray(model.labels_, dtype=np.int64)
         return self
 

@@ -12,6 +12,7 @@
 #include "common.hpp"
 #include "iforest.hpp"
 #include "knn.hpp"
+#include "scores.hpp"
 
 namespace py = pybind11;
 using namespace pynomaly;
@@ -28,9 +29,11 @@ MatrixView matrix_view(const py::array& X) {
                            " dimension(s); reshape a single row with X.reshape(1, -1)");
     MatrixView v;
     const auto dtype = X.dtype();
-    if (dtype.is(py::dtype::of<float>())) {
+    // Equality, not identity: an equal dtype object (e.g. "=f8") is the same type; a
+    // non-native byte order is not equal and is converted by the Python layer.
+    if (dtype.equal(py::dtype::of<float>())) {
         v.is_float32 = true;
-    } else if (!dtype.is(py::dtype::of<double>())) {
+    } else if (!dtype.equal(py::dtype::of<double>())) {
         throw InvalidInput("X must be float32 or float64, got " + std::string(py::str(dtype)));
     }
     const int64_t item = v.is_float32 ? 4 : 8;
@@ -69,8 +72,9 @@ void run_native(int64_t rows, Fn&& fn) {
             fn(CancelCheck{&SignalPoll::poll, &poll});
         }
     } catch (const Cancelled&) {
-        if (PyErr_Occurred()) throw py::error_already_set();
-        throw py::error_already_set();  // unreachable in practice: poll only stops on an error
+        // The poll stops only when a signal handler raised; keep that exception.
+        if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+        throw py::error_already_set();
     }
 }
 
@@ -112,6 +116,105 @@ std::string compiler_name() {
     return "unknown";
 #endif
 }
+
+
+// ---- scores (cpp/scores.hpp) -------------------------------------------------------------------
+using ScoreArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+ScoreArray score_vector(const py::handle& a, const char* name) {
+    auto arr = ScoreArray::ensure(a);
+    if (!arr) throw InvalidInput(std::string(name) + " must be a numeric array");
+    if (arr.ndim() != 1)
+        throw InvalidInput(std::string(name) + " must be 1-dimensional, got " + std::to_string(arr.ndim()) +
+                           " dimension(s)");
+    return arr;
+}
+
+// Score kernels stream memory: release the GIL unless the call is tiny. No Ctrl-C polling:
+// 10M scores take tens of milliseconds (a sort for sorted_scores, done once per model).
+template <class Fn>
+void run_scores(int64_t n, Fn&& fn) {
+    if (n <= kSmallBatch) {
+        fn();
+    } else {
+        py::gil_scoped_release release;
+        fn();
+    }
+}
+
+// `out` (optional) must be a writable, C-contiguous float64 vector of the input's length; it may
+// be the input itself.
+py::array_t<double> output_for(const py::object& out, int64_t n) {
+    if (out.is_none()) return py::array_t<double>(n);
+    if (!py::isinstance<py::array_t<double>>(out))
+        throw InvalidInput("out must be a float64 numpy array");
+    auto arr = py::reinterpret_borrow<py::array_t<double>>(out);
+    if (arr.ndim() != 1 || arr.size() != n || !(arr.flags() & py::array::c_style) || !arr.writeable())
+        throw InvalidInput("out must be a writable, C-contiguous 1-dimensional float64 array of length " +
+                           std::to_string(n));
+    return arr;
+}
+
+template <class Kernel>
+py::array_t<double> map_scores(const py::handle& x, int n_jobs, Kernel&& kernel, const py::object& out_arg = py::none()) {
+    ScoreArray in = score_vector(x, "scores");
+    const int64_t n = in.size();
+    py::array_t<double> out = output_for(out_arg, n);
+    const double* src = in.data();
+    double* dst = out.mutable_data();
+    run_scores(n, [&] { kernel(src, n, dst, n_jobs); });
+    return out;
+}
+
+void bind_scores(py::module_& m) {
+    m.def("score_moments", [](const py::handle& x, int n_jobs) {
+        ScoreArray in = score_vector(x, "scores");
+        ScoreMoments r;
+        run_scores(in.size(), [&] { r = score_moments(in.data(), in.size(), n_jobs); });
+        return py::make_tuple(r.n, r.mean, r.std, r.min, r.max);
+    }, py::arg("scores"), py::arg("n_jobs") = 1, "(n, mean, population std, min, max) of finite scores.");
+    m.def("minmax_scale", [](const py::handle& x, double lo, double hi, int n_jobs, const py::object& out) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { minmax_scale(s, n, lo, hi, o, t); }, out);
+    }, py::arg("scores"), py::arg("lo"), py::arg("hi"), py::arg("n_jobs") = 1, py::arg("out") = py::none());
+    m.def("zscore", [](const py::handle& x, double mean, double std, int n_jobs, const py::object& out) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { zscore(s, n, mean, std, o, t); }, out);
+    }, py::arg("scores"), py::arg("mean"), py::arg("std"), py::arg("n_jobs") = 1, py::arg("out") = py::none());
+    m.def("unify", [](const py::handle& x, double mean, double std, int n_jobs, const py::object& out) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { unify(s, n, mean, std, o, t); }, out);
+    }, py::arg("scores"), py::arg("mean"), py::arg("std"), py::arg("n_jobs") = 1, py::arg("out") = py::none());
+    m.def("ecdf", [](const py::handle& sorted, const py::handle& x, int n_jobs) {
+        ScoreArray ref = score_vector(sorted, "sorted training scores");
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) {
+            ecdf(ref.data(), ref.size(), s, n, o, t);
+        });
+    }, py::arg("sorted"), py::arg("scores"), py::arg("n_jobs") = 1);
+    m.def("ecdf_count", [](const py::handle& sorted, const py::handle& x, int n_jobs) {
+        ScoreArray ref = score_vector(sorted, "sorted training scores");
+        ScoreArray in = score_vector(x, "scores");
+        const int64_t n = in.size();
+        py::array_t<int64_t> out(n);
+        const double* src = in.data();
+        int64_t* dst = out.mutable_data();
+        run_scores(n, [&] { ecdf_count(ref.data(), ref.size(), src, n, dst, n_jobs); });
+        return out;
+    }, py::arg("sorted"), py::arg("scores"), py::arg("n_jobs") = 1);
+    m.def("percentile", [](const py::handle& x, double q, int n_jobs) {
+        ScoreArray in = score_vector(x, "scores");
+        double r = 0;
+        run_scores(in.size(), [&] { r = percentile(in.data(), in.size(), q, n_jobs); });
+        return r;
+    }, py::arg("scores"), py::arg("q"), py::arg("n_jobs") = 1);
+    m.def("contamination_threshold", [](const py::handle& x, double c, int n_jobs) {
+        ScoreArray in = score_vector(x, "scores");
+        double r = 0;
+        run_scores(in.size(), [&] { r = contamination_threshold(in.data(), in.size(), c, n_jobs); });
+        return r;
+    }, py::arg("scores"), py::arg("contamination"), py::arg("n_jobs") = 1);
+    m.def("sorted_scores", [](const py::handle& x, int n_jobs) {
+        return map_scores(x, n_jobs, [&](const double* s, int64_t n, double* o, int t) { sorted_copy(s, n, o, t); });
+    }, py::arg("scores"), py::arg("n_jobs") = 1);
+}
+// ---- end of scores ------------------------------------------------------------------------------
 
 }  // namespace
 
@@ -193,6 +296,8 @@ PYBIND11_MODULE(_core, m) {
         }, "Copies of the defining node arrays (see ForestNodes).");
 
     m.def("average_path_length", &average_path_length, py::arg("n"));
+
+    bind_scores(m);  // scores: normalisation, thresholds (cpp/scores.hpp)
 
     // ---- k-nearest neighbours (cpp/knn.hpp): pynomaly.knn, LOF and KNN ---------------------
     m.def("knn",

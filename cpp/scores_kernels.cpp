@@ -1,0 +1,397 @@
+// Score kernels, one set per SIMD target, chosen at run time (see scores_kernels.hpp).
+// Plain loops are written once (always-inline functions below) and compiled into each target's
+// wrapper, where the compiler vectorises them with that target's instructions; erf (unify) and
+// the selection bracket are written with intrinsics because compilers do not vectorise table
+// selection or compress-stores. No FMA anywhere: every target rounds the same operations.
+#include "scores_kernels.hpp"
+
+#include <cmath>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define PYNOMALY_X86 1
+#endif
+
+#define PYNOMALY_INLINE inline __attribute__((always_inline))
+
+namespace pynomaly {
+
+namespace {
+
+#include "scores_erf_coeffs.inc"
+
+// Interval i of the erf polynomial covers [0.375 i, 0.375 (i + 1)); u = x - its centre.
+constexpr int kErfIntervals = 16;
+alignas(64) constexpr double kErfCenter[kErfIntervals] = {
+    0.1875, 0.5625, 0.9375, 1.3125, 1.6875, 2.0625, 2.4375, 2.8125,
+    3.1875, 3.5625, 3.9375, 4.3125, 4.6875, 5.0625, 5.4375, 5.8125};
+constexpr double kErfIntervalsPerUnit = 8.0 / 3.0;
+constexpr double kErfOne = 6.0;  // erf(x) rounds to 1.0 for x >= 6
+
+// ---- generic (scalar-written) kernels --------------------------------------------------------
+
+PYNOMALY_INLINE void block_stats_impl(const double* x, int64_t n, double shift, BlockStats* out) {
+    // Eight interleaved accumulators: the order of additions is fixed, so any vector width
+    // computes the same sums.
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double lo[8], hi[8];
+    for (int j = 0; j < 8; ++j) lo[j] = hi[j] = x[0];
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; ++j) {
+            const double v = x[i + j];
+            acc[j] += v - shift;
+            lo[j] = v < lo[j] ? v : lo[j];
+            hi[j] = v > hi[j] ? v : hi[j];
+        }
+    for (int j = 0; i + j < n; ++j) {
+        const double v = x[i + j];
+        acc[j] += v - shift;
+        lo[j] = v < lo[j] ? v : lo[j];
+        hi[j] = v > hi[j] ? v : hi[j];
+    }
+    const double sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    const double mean = sum / static_cast<double>(n);
+    double m2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    i = 0;
+    for (; i + 8 <= n; i += 8) {
+        // This pass reads L1; meanwhile ask for the next block (a prefetch past the end of
+        // the scores is harmless), so memory keeps streaming instead of idling.
+        __builtin_prefetch(x + kMomentBlock + i);
+        for (int j = 0; j < 8; ++j) {
+            const double d = (x[i + j] - shift) - mean;
+            m2[j] += d * d;
+        }
+    }
+    for (int j = 0; i + j < n; ++j) {
+        const double d = (x[i + j] - shift) - mean;
+        m2[j] += d * d;
+    }
+    double mn = lo[0], mx = hi[0];
+    for (int j = 1; j < 8; ++j) {
+        mn = lo[j] < mn ? lo[j] : mn;
+        mx = hi[j] > mx ? hi[j] : mx;
+    }
+    out->sum = sum;
+    out->m2 = ((m2[0] + m2[1]) + (m2[2] + m2[3])) + ((m2[4] + m2[5]) + (m2[6] + m2[7]));
+    out->min = mn;
+    out->max = mx;
+}
+
+PYNOMALY_INLINE void minmax_impl(const double* x, int64_t n, double scale, double offset, double* out) {
+    for (int64_t i = 0; i < n; ++i) {
+        double y = x[i] * scale + offset;
+        y = y < 0.0 ? 0.0 : y;  // comparisons are false for NaN: NaN stays NaN, as np.clip
+        y = y > 1.0 ? 1.0 : y;
+        out[i] = y;
+    }
+}
+
+PYNOMALY_INLINE void zscore_impl(const double* x, int64_t n, double mean, double scale, double* out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - mean) / scale;
+}
+
+PYNOMALY_INLINE double unify_one(double s, double mean, double inv) {
+    const double x = (s - mean) * inv;
+    double xc = x > 0.0 ? x : 0.0;  // also maps NaN to 0, like max_pd(x, 0)
+    xc = xc < kErfOne ? xc : kErfOne;
+    int i = static_cast<int>(xc * kErfIntervalsPerUnit);
+    i = i < kErfIntervals - 1 ? i : kErfIntervals - 1;
+    const double u = xc - kErfCenter[i];
+    double p = kErfCoef[kErfDegree][i];
+    for (int k = kErfDegree - 1; k >= 0; --k) p = p * u + kErfCoef[k][i];
+    p = p < 1.0 ? p : 1.0;
+    p = p > 0.0 ? p : 0.0;
+    double r = x >= kErfOne ? 1.0 : p;
+    r = x <= 0.0 ? 0.0 : r;
+    return x != x ? x : r;
+}
+
+PYNOMALY_INLINE void unify_impl(const double* x, int64_t n, double mean, double inv, double* out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = unify_one(x[i], mean, inv);
+}
+
+PYNOMALY_INLINE int64_t bracket_impl(const double* x, int64_t n, double lo, double hi, double* keep, int64_t* below,
+                                     int64_t* nan) {
+    int64_t k = 0, b = 0, nn = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const double v = x[i];
+        keep[k] = v;  // written always, kept only when inside: no branch to mispredict
+        k += (v >= lo) & (v <= hi);
+        b += v < lo;
+        nn += v != v;
+    }
+    *below += b;
+    *nan += nn;
+    return k;
+}
+
+PYNOMALY_INLINE void ecdf_count_impl(const double* sorted, int64_t m, const double* x, int64_t n, int64_t* out) {
+    // Branch-free upper bound. The sequence of halvings depends on m only, so kLanes searches
+    // advance in lockstep: their cache misses overlap instead of queueing one after another.
+    constexpr int kLanes = 16;
+    for (int64_t i0 = 0; i0 < n; i0 += kLanes) {
+        const int lanes = static_cast<int>(n - i0 < kLanes ? n - i0 : kLanes);
+        int64_t pos[kLanes];
+        double v[kLanes];
+        for (int j = 0; j < kLanes; ++j) {
+            pos[j] = 0;
+            v[j] = j < lanes ? x[i0 + j] : 0.0;
+        }
+        int64_t len = m;
+        while (len > 1) {
+            const int64_t half = len / 2;
+            for (int j = 0; j < kLanes; ++j) pos[j] += sorted[pos[j] + half - 1] <= v[j] ? half : 0;
+            len -= half;
+        }
+        for (int j = 0; j < lanes; ++j) {
+            const int64_t count = pos[j] + (sorted[pos[j]] <= v[j]);
+            out[i0 + j] = v[j] != v[j] ? -1 : count;
+        }
+    }
+}
+
+#define PYNOMALY_GENERIC_WRAPPERS(suffix, attr)                                                              \
+    attr void block_stats_##suffix(const double* x, int64_t n, double shift, BlockStats* out) {                 \
+        block_stats_impl(x, n, shift, out);                                                                   \
+    } \
+    attr void minmax_##suffix(const double* x, int64_t n, double s, double o, double* out) {                  \
+        minmax_impl(x, n, s, o, out);                                                                         \
+    }                                                                                                         \
+    attr void zscore_##suffix(const double* x, int64_t n, double m, double s, double* out) {                  \
+        zscore_impl(x, n, m, s, out);                                                                         \
+    }                                                                                                         \
+    attr void ecdf_count_##suffix(const double* s, int64_t m, const double* x, int64_t n, int64_t* out) {     \
+        ecdf_count_impl(s, m, x, n, out);                                                                     \
+    }
+
+PYNOMALY_GENERIC_WRAPPERS(baseline, )
+
+void unify_baseline(const double* x, int64_t n, double mean, double inv, double* out) {
+    unify_impl(x, n, mean, inv, out);
+}
+int64_t bracket_baseline(const double* x, int64_t n, double lo, double hi, double* keep, int64_t* below,
+                         int64_t* nan) {
+    return bracket_impl(x, n, lo, hi, keep, below, nan);
+}
+
+#ifdef PYNOMALY_X86
+
+#define PYNOMALY_AVX2_ATTR __attribute__((target("avx2,fma")))
+#define PYNOMALY_AVX512_ATTR __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+
+PYNOMALY_GENERIC_WRAPPERS(avx2, PYNOMALY_AVX2_ATTR)
+PYNOMALY_GENERIC_WRAPPERS(avx512, PYNOMALY_AVX512_ATTR)
+
+// ---- AVX2: 4 lanes; coefficients come from an interval-major copy of the table ------------
+// Each lane's interval row holds its 13 coefficients and its centre; four rows loaded side by
+// side and transposed (8 shuffles per 4 coefficients) give the per-lane coefficient vectors.
+// AVX2 has no permute over 16 doubles, and gathers were slower than this on the CPUs we tried.
+
+static_assert(kErfDegree + 2 <= 16, "row layout: coefficients 0..degree, centre, padding");
+
+struct ErfRows {
+    alignas(32) double row[kErfIntervals][16];
+    constexpr ErfRows() : row() {
+        for (int i = 0; i < kErfIntervals; ++i) {
+            for (int k = 0; k <= kErfDegree; ++k) row[i][k] = kErfCoef[k][i];
+            row[i][kErfDegree + 1] = kErfCenter[i];
+        }
+    }
+};
+constexpr ErfRows kErfRows;
+
+// Columns 4g .. 4g + 3 of the four lanes' rows, one vector per column.
+PYNOMALY_AVX2_ATTR PYNOMALY_INLINE void erf_columns_avx2(const int* idx, int g, __m256d* c) {
+    const __m256d r0 = _mm256_load_pd(kErfRows.row[idx[0]] + 4 * g);
+    const __m256d r1 = _mm256_load_pd(kErfRows.row[idx[1]] + 4 * g);
+    const __m256d r2 = _mm256_load_pd(kErfRows.row[idx[2]] + 4 * g);
+    const __m256d r3 = _mm256_load_pd(kErfRows.row[idx[3]] + 4 * g);
+    const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    c[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    c[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    c[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    c[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+PYNOMALY_AVX2_ATTR void unify_avx2(const double* x, int64_t n, double mean, double inv, double* out) {
+    const __m256d vmean = _mm256_set1_pd(mean), vinv = _mm256_set1_pd(inv);
+    const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), six = _mm256_set1_pd(kErfOne);
+    const __m256d per_unit = _mm256_set1_pd(kErfIntervalsPerUnit);
+    const __m128i last = _mm_set1_epi32(kErfIntervals - 1);
+    constexpr int kTop = kErfDegree / 4;  // the column group holding the highest coefficient
+    for (int64_t i = 0; i < n; i += 4) {
+        const int64_t left = n - i;
+        __m256d s;
+        if (left >= 4) {
+            s = _mm256_loadu_pd(x + i);
+        } else {
+            alignas(32) double tmp[4] = {0, 0, 0, 0};
+            for (int64_t j = 0; j < left; ++j) tmp[j] = x[i + j];
+            s = _mm256_load_pd(tmp);
+        }
+        const __m256d v = _mm256_mul_pd(_mm256_sub_pd(s, vmean), vinv);
+        const __m256d xc = _mm256_min_pd(_mm256_max_pd(v, zero), six);
+        alignas(16) int idx[4];
+        _mm_store_si128(reinterpret_cast<__m128i*>(idx),
+                        _mm_min_epi32(_mm256_cvttpd_epi32(_mm256_mul_pd(xc, per_unit)), last));
+        __m256d c[4];
+        erf_columns_avx2(idx, kTop, c);  // holds the top coefficient and the centre
+        const __m256d u = _mm256_sub_pd(xc, c[(kErfDegree + 1) % 4]);
+        __m256d p = c[kErfDegree % 4];
+        for (int k = kErfDegree - 1; k >= 0; --k) {
+            if (k % 4 == 3) erf_columns_avx2(idx, k / 4, c);
+            p = _mm256_add_pd(_mm256_mul_pd(p, u), c[k % 4]);
+        }
+        p = _mm256_max_pd(_mm256_min_pd(p, one), zero);
+        __m256d r = _mm256_blendv_pd(p, one, _mm256_cmp_pd(v, six, _CMP_GE_OQ));
+        r = _mm256_blendv_pd(r, zero, _mm256_cmp_pd(v, zero, _CMP_LE_OQ));
+        r = _mm256_blendv_pd(r, v, _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
+        if (left >= 4) {
+            _mm256_storeu_pd(out + i, r);
+        } else {
+            alignas(32) double tmp[4];
+            _mm256_store_pd(tmp, r);
+            for (int64_t j = 0; j < left; ++j) out[i + j] = tmp[j];
+        }
+    }
+}
+
+// For each 4-bit mask, the 32-bit lane indices that move the selected doubles to the front.
+struct CompressTable {
+    alignas(32) int32_t idx[16][8];
+    constexpr CompressTable() : idx() {
+        for (int m = 0; m < 16; ++m) {
+            int k = 0;
+            for (int j = 0; j < 4; ++j)
+                if (m & (1 << j)) {
+                    idx[m][2 * k] = 2 * j;
+                    idx[m][2 * k + 1] = 2 * j + 1;
+                    ++k;
+                }
+            for (; k < 4; ++k) idx[m][2 * k] = idx[m][2 * k + 1] = 0;
+        }
+    }
+};
+constexpr CompressTable kCompress4;
+
+PYNOMALY_AVX2_ATTR int64_t bracket_avx2(const double* x, int64_t n, double lo, double hi, double* keep,
+                                        int64_t* below, int64_t* nan) {
+    const __m256d vlo = _mm256_set1_pd(lo), vhi = _mm256_set1_pd(hi);
+    int64_t k = 0, b = 0, nn = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const __m256d v = _mm256_loadu_pd(x + i);
+        const int in = _mm256_movemask_pd(
+            _mm256_and_pd(_mm256_cmp_pd(v, vlo, _CMP_GE_OQ), _mm256_cmp_pd(v, vhi, _CMP_LE_OQ)));
+        b += __builtin_popcount(_mm256_movemask_pd(_mm256_cmp_pd(v, vlo, _CMP_LT_OQ)));
+        nn += __builtin_popcount(_mm256_movemask_pd(_mm256_cmp_pd(v, v, _CMP_UNORD_Q)));
+        // Move the kept doubles to the front with one permute, store all four (keep has spare
+        // slots), advance by how many were kept.
+        const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress4.idx[in]));
+        _mm256_storeu_pd(keep + k, _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), perm)));
+        k += __builtin_popcount(in);
+    }
+    *below += b;
+    *nan += nn;
+    return k + bracket_impl(x + i, n - i, lo, hi, keep + k, below, nan);
+}
+
+// ---- AVX-512: 8 lanes; one two-register permute picks a coefficient from the 16 intervals -----
+
+// G independent vectors per step: a Horner step is a multiply-add latency chain of 17 links,
+// so interleaving G chains keeps both FP ports busy instead of waiting on one chain.
+template <int G>
+PYNOMALY_AVX512_ATTR PYNOMALY_INLINE void unify_group_avx512(const double* x, double* out, __mmask8 tail_mask,
+                                                             __m512d vmean, __m512d vinv, const __m512d* coef,
+                                                             const __m512d* center) {
+    const __m512d zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1.0), six = _mm512_set1_pd(kErfOne);
+    const __m512d per_unit = _mm512_set1_pd(kErfIntervalsPerUnit);
+    const __m512i last = _mm512_set1_epi64(kErfIntervals - 1);
+    __m512d v[G], u[G], p[G];
+    __m512i idx[G];
+    for (int g = 0; g < G; ++g) {
+        const __m512d s = G == 1 ? _mm512_maskz_loadu_pd(tail_mask, x) : _mm512_loadu_pd(x + 8 * g);
+        v[g] = _mm512_mul_pd(_mm512_sub_pd(s, vmean), vinv);
+        const __m512d xc = _mm512_min_pd(_mm512_max_pd(v[g], zero), six);
+        idx[g] = _mm512_min_epi64(_mm512_cvttpd_epi64(_mm512_mul_pd(xc, per_unit)), last);
+        u[g] = _mm512_sub_pd(xc, _mm512_permutex2var_pd(center[0], idx[g], center[1]));
+        p[g] = _mm512_permutex2var_pd(coef[2 * kErfDegree], idx[g], coef[2 * kErfDegree + 1]);
+    }
+    for (int k = kErfDegree - 1; k >= 0; --k)
+        for (int g = 0; g < G; ++g)
+            p[g] = _mm512_add_pd(_mm512_mul_pd(p[g], u[g]),
+                                 _mm512_permutex2var_pd(coef[2 * k], idx[g], coef[2 * k + 1]));
+    for (int g = 0; g < G; ++g) {
+        const __m512d q = _mm512_max_pd(_mm512_min_pd(p[g], one), zero);
+        __m512d r = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v[g], six, _CMP_GE_OQ), q, one);
+        r = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v[g], zero, _CMP_LE_OQ), r, zero);
+        r = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v[g], v[g], _CMP_UNORD_Q), r, v[g]);
+        if (G == 1)
+            _mm512_mask_storeu_pd(out, tail_mask, r);
+        else
+            _mm512_storeu_pd(out + 8 * g, r);
+    }
+}
+
+PYNOMALY_AVX512_ATTR void unify_avx512(const double* x, int64_t n, double mean, double inv, double* out) {
+    const __m512d vmean = _mm512_set1_pd(mean), vinv = _mm512_set1_pd(inv);
+    // Coefficient k of intervals 0-7 in coef[2k], of intervals 8-15 in coef[2k + 1].
+    __m512d coef[2 * (kErfDegree + 1)];
+    for (int k = 0; k <= kErfDegree; ++k) {
+        coef[2 * k] = _mm512_load_pd(kErfCoef[k]);
+        coef[2 * k + 1] = _mm512_load_pd(kErfCoef[k] + 8);
+    }
+    const __m512d center[2] = {_mm512_load_pd(kErfCenter), _mm512_load_pd(kErfCenter + 8)};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) unify_group_avx512<4>(x + i, out + i, 0xFF, vmean, vinv, coef, center);
+    for (; i < n; i += 8) {
+        const int64_t left = n - i;
+        const __mmask8 m = left >= 8 ? __mmask8(0xFF) : __mmask8((1u << left) - 1);
+        unify_group_avx512<1>(x + i, out + i, m, vmean, vinv, coef, center);
+    }
+}
+
+PYNOMALY_AVX512_ATTR int64_t bracket_avx512(const double* x, int64_t n, double lo, double hi, double* keep,
+                                            int64_t* below, int64_t* nan) {
+    const __m512d vlo = _mm512_set1_pd(lo), vhi = _mm512_set1_pd(hi);
+    int64_t k = 0, b = 0, nn = 0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m512d v = _mm512_loadu_pd(x + i);
+        const __mmask8 in = _mm512_cmp_pd_mask(v, vlo, _CMP_GE_OQ) & _mm512_cmp_pd_mask(v, vhi, _CMP_LE_OQ);
+        b += __builtin_popcount(_mm512_cmp_pd_mask(v, vlo, _CMP_LT_OQ));
+        nn += __builtin_popcount(_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q));
+        // Register compress then a full store (keep has 8 spare slots): much faster than a
+        // compress-store to memory on several CPUs.
+        _mm512_storeu_pd(keep + k, _mm512_maskz_compress_pd(in, v));
+        k += __builtin_popcount(in);
+    }
+    *below += b;
+    *nan += nn;
+    return k + bracket_impl(x + i, n - i, lo, hi, keep + k, below, nan);
+}
+
+#endif  // PYNOMALY_X86
+
+const ScoreKernels kBaseline{block_stats_baseline, minmax_baseline, zscore_baseline,
+                             unify_baseline,       bracket_baseline, ecdf_count_baseline};
+#ifdef PYNOMALY_X86
+const ScoreKernels kAvx2{block_stats_avx2, minmax_avx2, zscore_avx2, unify_avx2, bracket_avx2, ecdf_count_avx2};
+const ScoreKernels kAvx512{block_stats_avx512, minmax_avx512,  zscore_avx512,
+                           unify_avx512,       bracket_avx512, ecdf_count_avx512};
+#endif
+
+}  // namespace
+
+const ScoreKernels& score_kernels(SimdTarget target) {
+#ifdef PYNOMALY_X86
+    if (target == SimdTarget::avx512) return kAvx512;
+    if (target == SimdTarget::avx2) return kAvx2;
+#endif
+    (void)target;
+    return kBaseline;
+}
+
+}  // namespace pynomaly

@@ -1,0 +1,193 @@
+"""Reading data matrices from files and writing detection results.
+
+Inputs: CSV (header optional), NumPy ``.npy`` (2-D) and ``.npz`` (array ``X``, or the only
+array), Parquet when pyarrow is installed. ``columns`` selects features by name (or by index,
+for files without names). Non-numeric columns are named in the error.
+Outputs: CSV, JSON or Parquet, chosen by the file extension.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import InvalidInputError
+
+__all__ = ["load_table", "write_result"]
+
+_MISSING = {"", "na", "nan", "null", "none"}
+
+
+def load_table(path, columns=None):
+    """Read a numeric matrix from a file.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.csv``, ``.npy``, ``.npz`` or ``.parquet`` file.
+    columns : sequence of str or int, optional
+        Features to keep, by name (CSV header, Parquet) or 0-based index; default all.
+
+    Returns
+    -------
+    X : ndarray, float64, shape (n_rows, n_features)
+    names : list of str
+        Column names (``"x0", "x1", ...`` when the file has none).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"data file {str(path)!r} does not exist")
+    ext = path.suffix.lower()
+    bad = []
+    if ext in (".csv", ".txt", ".tsv"):
+        X, names, bad = _read_csv(path, delimiter="\t" if ext == ".tsv" else ",")
+    elif ext == ".npy":
+        X = _check_2d(np.load(path, allow_pickle=False), path)
+        names = [f"x{i}" for i in range(X.shape[1])]
+    elif ext == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if "X" in z.files:
+                X = z["X"]
+            elif len(z.files) == 1:
+                X = z[z.files[0]]
+            else:
+                raise InvalidInputError(f"{path.name} holds arrays {z.files}; name the data array 'X'")
+        X = _check_2d(X, path)
+        names = [f"x{i}" for i in range(X.shape[1])]
+    elif ext in (".parquet", ".pq"):
+        return _read_parquet(path, columns)
+    else:
+        raise InvalidInputError(f"cannot read {path.name}: accepted formats are .csv, .tsv, .npy, .npz, .parquet")
+    X, names = _select(X, names, columns)
+    bad = [n for n in names if n in bad]
+    if bad:
+        raise InvalidInputError(
+            f"{path.name} has non-numeric column(s) {bad}; select numeric columns (--columns) or encode them"
+        )
+    if X.dtype.kind not in "biuf":
+        raise InvalidInputError(f"{path.name} holds {X.dtype} data; numeric data is required")
+    return _finite(X.astype(np.float64, copy=False), names, path), names
+
+
+def _check_2d(X, path):
+    if X.ndim != 2:
+        raise InvalidInputError(f"{path.name} holds a {X.ndim}-D array; a 2-D array (rows x features) is required")
+    return X
+
+
+def _select(X, names, columns):
+    if columns is None:
+        return X, list(names)
+    idx = []
+    for c in columns:
+        if isinstance(c, str) and c in names:
+            idx.append(names.index(c))
+        elif isinstance(c, (int, np.integer)) or (isinstance(c, str) and c.lstrip("-").isdigit()):
+            i = int(c)
+            if not -len(names) <= i < len(names):
+                raise InvalidInputError(f"column index {i} is out of range for {len(names)} columns")
+            idx.append(i % len(names))
+        else:
+            raise InvalidInputError(f"no column {c!r}; columns are {names}")
+    if not idx:
+        raise InvalidInputError("columns selects no column")
+    return X[:, idx], [names[i] for i in idx]
+
+
+def _finite(X, names, path):
+    bad = ~np.isfinite(X).all(axis=0)
+    if bad.any():
+        cols = [names[i] for i in np.flatnonzero(bad)]
+        raise InvalidInputError(f"{path.name}: column(s) {cols} contain missing or infinite values; fill or drop them")
+    return X
+
+
+def _read_csv(path: Path, delimiter: str):
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+    if not rows:
+        raise InvalidInputError(f"{path.name} is empty")
+    header = None
+    if not all(_is_number(v) for v in rows[0]):
+        header, rows = [h.strip() for h in rows[0]], rows[1:]
+    if not rows:
+        raise InvalidInputError(f"{path.name} has a header but no data rows")
+    width = len(header) if header else len(rows[0])
+    for i, r in enumerate(rows):
+        if len(r) != width:
+            line = i + (2 if header else 1)
+            raise InvalidInputError(f"{path.name}: line {line} has {len(r)} fields, expected {width}")
+    names = header or [f"x{i}" for i in range(width)]
+    cols = list(zip(*rows))
+    X = np.empty((len(rows), width), dtype=np.float64)
+    bad = []
+    for j, col in enumerate(cols):
+        try:
+            X[:, j] = [float("nan") if v.strip().lower() in _MISSING else float(v) for v in col]
+        except ValueError:
+            bad.append(names[j])
+    # Non-numeric columns are an error only when selected: an id or a label column next to
+    # the features is common, and `columns` is how to leave it out.
+    return X, names, bad
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return v.strip().lower() in _MISSING
+
+
+def _read_parquet(path: Path, columns):
+    from .adapters import require
+
+    pq = require("pyarrow.parquet", "parquet")
+    import pyarrow.types as pat
+
+    schema = pq.read_schema(path)
+    names = list(schema.names)
+    _, sel = _select(np.empty((0, len(names))), names, columns)
+    bad = [n for n in sel if not (pat.is_integer(schema.field(n).type) or pat.is_floating(schema.field(n).type) or pat.is_boolean(schema.field(n).type))]
+    if bad:
+        raise InvalidInputError(
+            f"{path.name} has non-numeric column(s) {bad}; select numeric columns with --columns or encode them"
+        )
+    table = pq.read_table(path, columns=sel)
+    X = np.column_stack([table.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in sel])
+    return _finite(X, sel, path), sel
+
+
+def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict) -> None:
+    """Write per-row scores and labels to ``path`` (format from the extension: .csv, .json,
+    .parquet); JSON also carries ``summary``. The file appears atomically."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if ext == ".csv":
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["index", "score", "label"])
+                w.writerows(zip(range(len(scores)), (repr(float(s)) for s in scores), (int(v) for v in labels)))
+        elif ext == ".json":
+            with open(tmp, "w") as f:
+                json.dump({"summary": summary, "scores": [float(s) for s in scores], "labels": [int(v) for v in labels]}, f)
+        elif ext in (".parquet", ".pq"):
+            from .adapters import require
+
+            pa = require("pyarrow", "parquet")
+            import pyarrow.parquet as pq
+
+            table = pa.table({"index": np.arange(len(scores)), "score": scores, "label": labels})
+            pq.write_table(table, tmp)
+        else:
+            raise InvalidInputError(f"cannot write {path.name}: accepted output formats are .csv, .json, .parquet")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

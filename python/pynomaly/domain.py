@@ -1,0 +1,311 @@
+"""The domain model: a detector with a lifecycle, validated value objects, columnar results.
+
+This module depends on nothing else in pynomaly except the error hierarchy, so every layer
+(estimators, repository, service, CLI, daemon) may use it.
+
+Lifecycle of a :class:`Detector`::
+
+    CREATED --mark_trained--> TRAINED --activate--> ACTIVE --archive--> ARCHIVED
+       |                        ^  |                  |                    |
+       +--mark_failed--> FAILED-+  +-----archive------+                    |
+                                   ^--mark_trained (retrain: next version)-+ (from TRAINED/ACTIVE)
+    ARCHIVED --activate--> ACTIVE  (restore)
+
+Only an ACTIVE detector can detect, and an ACTIVE detector has always been trained (it has a
+version >= 1 and ``trained_at``): the invariant is kept by the transitions, so ``can_detect()``
+is simply ``status is ACTIVE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import hashlib
+import math
+import numbers
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Optional
+
+import numpy as np
+
+from ._errors import PynomalyError
+
+__all__ = [
+    "Detector",
+    "DetectorStatus",
+    "AnomalyScore",
+    "ContaminationRate",
+    "DetectionResult",
+    "DetectorNotReadyError",
+    "InvalidTransitionError",
+    "fingerprint",
+]
+
+
+class DetectorNotReadyError(PynomalyError):
+    """A detector was asked to detect while it cannot (not trained, not active, archived, failed)."""
+
+
+class InvalidTransitionError(PynomalyError, ValueError):
+    """A lifecycle transition that the detector's current status does not allow."""
+
+
+class DetectorStatus(str, enum.Enum):
+    """Where a detector is in its lifecycle (stored as the lower-case value)."""
+
+    CREATED = "created"
+    TRAINED = "trained"
+    ACTIVE = "active"
+    ARCHIVED = "archived"
+    FAILED = "failed"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclasses.dataclass
+class Detector:
+    """A named detector, its parameters and where it is in its lifecycle.
+
+    The fitted model itself is not part of the entity: the repository stores it as an
+    artifact per version, and :func:`pynomaly.service.load_for_scoring` returns both.
+
+    Parameters
+    ----------
+    name : str
+        Unique, human-chosen name (the CLI's ``--detector``).
+    algorithm : str
+        Registry name, e.g. ``"IsolationForest"``, ``"pyod.ECOD"``, ``"TorchAutoEncoder"``.
+    parameters : dict
+        Keyword arguments given to the algorithm (JSON-able values).
+    """
+
+    name: str
+    algorithm: str
+    parameters: dict = dataclasses.field(default_factory=dict)
+    id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    status: DetectorStatus = DetectorStatus.CREATED
+    created_at: datetime = dataclasses.field(default_factory=_now)
+    trained_at: Optional[datetime] = None
+    version: int = 0  # 0 = never trained; the latest trained version otherwise
+    n_features: Optional[int] = None
+    feature_names: Optional[list] = None
+    data_fingerprint: Optional[str] = None
+    error: Optional[str] = None  # why training failed, when FAILED
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise InvalidTransitionError(f"a detector needs a non-empty name, got {self.name!r}")
+        if not isinstance(self.algorithm, str) or not self.algorithm:
+            raise InvalidTransitionError(f"a detector needs an algorithm name, got {self.algorithm!r}")
+        self.status = DetectorStatus(self.status)
+
+    # -- queries -------------------------------------------------------------------------
+    def can_detect(self) -> bool:
+        """True when the detector is ACTIVE (which implies it has been trained)."""
+        return self.status is DetectorStatus.ACTIVE
+
+    def ensure_can_detect(self) -> None:
+        """Raise :class:`DetectorNotReadyError` unless :meth:`can_detect`, saying why."""
+        if self.can_detect():
+            return
+        why = {
+            DetectorStatus.CREATED: "it has not been trained yet",
+            DetectorStatus.TRAINED: "it is trained but not active; activate it first",
+            DetectorStatus.ARCHIVED: "it is archived; activate it to use it again",
+            DetectorStatus.FAILED: f"its training failed ({self.error or 'no reason recorded'})",
+        }[self.status]
+        raise DetectorNotReadyError(f"detector {self.name!r} cannot detect: {why}")
+
+    # -- transitions ---------------------------------------------------------------------
+    def mark_trained(self, *, n_features: int, feature_names=None, data_fingerprint=None, when=None) -> None:
+        """Record a successful training: the next version, TRAINED (retraining an ACTIVE one too)."""
+        self._require("mark_trained", DetectorStatus.CREATED, DetectorStatus.FAILED, DetectorStatus.TRAINED, DetectorStatus.ACTIVE)
+        if isinstance(n_features, bool) or not isinstance(n_features, numbers.Integral) or n_features < 1:
+            raise InvalidTransitionError(f"n_features must be a positive integer, got {n_features!r}")
+        if feature_names is not None:
+            feature_names = [str(f) for f in feature_names]
+            if len(feature_names) != n_features:
+                raise InvalidTransitionError(
+                    f"{len(feature_names)} feature names given for {n_features} features"
+                )
+        self.n_features = int(n_features)
+        self.feature_names = feature_names
+        self.data_fingerprint = data_fingerprint
+        self.trained_at = when or _now()
+        self.version += 1
+        self.error = None
+        self.status = DetectorStatus.TRAINED
+
+    def mark_failed(self, reason: str) -> None:
+        """Record that the first training failed (a failed retrain leaves the detector as it was)."""
+        self._require("mark_failed", DetectorStatus.CREATED, DetectorStatus.FAILED)
+        self.error = str(reason)
+        self.status = DetectorStatus.FAILED
+
+    def activate(self) -> None:
+        """Make a trained (or archived) detector available for detection."""
+        self._require("activate", DetectorStatus.TRAINED, DetectorStatus.ACTIVE, DetectorStatus.ARCHIVED)
+        if self.version < 1 or self.trained_at is None:  # keeps "active implies trained"
+            raise InvalidTransitionError(f"detector {self.name!r} has no trained version to activate")
+        self.status = DetectorStatus.ACTIVE
+
+    def archive(self) -> None:
+        """Retire a trained detector: it keeps its versions but no longer detects."""
+        self._require("archive", DetectorStatus.TRAINED, DetectorStatus.ACTIVE, DetectorStatus.ARCHIVED)
+        self.status = DetectorStatus.ARCHIVED
+
+    def _require(self, action: str, *allowed: DetectorStatus) -> None:
+        if self.status not in allowed:
+            names = ", ".join(s.value for s in allowed)
+            raise InvalidTransitionError(
+                f"cannot {action} detector {self.name!r} while it is {self.status.value}; allowed from: {names}"
+            )
+
+    # -- plain data ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-able dict (datetimes as ISO 8601 strings, status as its value)."""
+        d = dataclasses.asdict(self)
+        d["status"] = self.status.value
+        d["created_at"] = self.created_at.isoformat()
+        d["trained_at"] = self.trained_at.isoformat() if self.trained_at else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Detector":
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        d["created_at"] = datetime.fromisoformat(d["created_at"])
+        if d.get("trained_at"):
+            d["trained_at"] = datetime.fromisoformat(d["trained_at"])
+        return cls(**d)
+
+
+def _check_unit(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidTransitionError(f"{name} must be a real number in [0, 1], got {value!r}")
+    v = float(value)
+    if not (0.0 <= v <= 1.0):  # also rejects NaN
+        raise InvalidTransitionError(f"{name} must be in [0, 1], got {value!r}")
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class AnomalyScore:
+    """A normalised anomaly score and the confidence in it, both in [0, 1]."""
+
+    value: float
+    confidence: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "value", _check_unit("AnomalyScore.value", self.value))
+        object.__setattr__(self, "confidence", _check_unit("AnomalyScore.confidence", self.confidence))
+
+
+@dataclasses.dataclass(frozen=True)
+class ContaminationRate:
+    """The expected share of anomalies, in (0, 0.5] (PyOD's ``contamination``)."""
+
+    value: float
+
+    def __post_init__(self):
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0.0 < float(v) <= 0.5):
+            raise InvalidTransitionError(f"contamination must be a float in (0, 0.5], got {v!r}")
+        object.__setattr__(self, "value", float(v))
+
+    def __float__(self) -> float:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DetectionResult:
+    """The outcome of scoring a batch: columnar arrays plus a few numbers.
+
+    ``scores`` (float64, higher = more anomalous) and ``labels`` (int64, 1 = anomaly) stay
+    NumPy arrays; per-row :class:`AnomalyScore` objects are built only when ``anomalies`` is
+    read (for people, not for the hot path).
+    """
+
+    detector_id: str
+    detector_version: int
+    threshold: float
+    scores: np.ndarray
+    labels: np.ndarray
+    processing_time_ms: float
+    dataset_id: Optional[str] = None
+    timestamp: datetime = dataclasses.field(default_factory=_now)
+    id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self):
+        scores = np.asarray(self.scores, dtype=np.float64)
+        labels = np.asarray(self.labels, dtype=np.int64)
+        if scores.ndim != 1 or labels.shape != scores.shape:
+            raise InvalidTransitionError(
+                f"scores and labels must be 1-D arrays of the same length, got {scores.shape} and {labels.shape}"
+            )
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "labels", labels)
+
+    @property
+    def metrics(self) -> dict:
+        """``total_samples``, ``anomalies_detected``, ``anomaly_rate``, ``processing_time_ms``."""
+        n = int(self.scores.shape[0])
+        k = int(np.count_nonzero(self.labels))
+        return {
+            "total_samples": n,
+            "anomalies_detected": k,
+            "anomaly_rate": k / n if n else 0.0,
+            "processing_time_ms": float(self.processing_time_ms),
+        }
+
+    @functools.cached_property
+    def anomalies(self) -> list:
+        """``[(sample_index, AnomalyScore), ...]`` for the rows labelled 1, most anomalous first.
+
+        ``value`` is the score scaled linearly to [0, 1] over this batch (PyOD's 'linear'
+        ``predict_proba``); ``confidence`` is the share of this batch's rows scoring at most
+        as high (1.0 for the top row).
+        """
+        idx = np.flatnonzero(self.labels)
+        if idx.size == 0:
+            return []
+        s = self.scores
+        lo, hi = float(s.min()), float(s.max())
+        span = hi - lo
+        sorted_scores = np.sort(s)
+        rank = np.searchsorted(sorted_scores, s[idx], side="right") / s.size
+        value = np.clip((s[idx] - lo) / span, 0.0, 1.0) if span > 0 else np.ones(idx.size)
+        order = np.argsort(-s[idx], kind="stable")
+        return [(int(idx[i]), AnomalyScore(float(value[i]), float(rank[i]))) for i in order]
+
+    def summary(self) -> dict:
+        """A JSON-able summary: ids, threshold, metrics and timestamp (no per-row data)."""
+        return {
+            "id": self.id,
+            "detector_id": self.detector_id,
+            "detector_version": self.detector_version,
+            "dataset_id": self.dataset_id,
+            "threshold": float(self.threshold) if math.isfinite(self.threshold) else None,
+            "timestamp": self.timestamp.isoformat(),
+            **self.metrics,
+        }
+
+
+def fingerprint(X: np.ndarray) -> str:
+    """A content hash of a data matrix (shape, dtype and values): 32 hex characters."""
+    X = np.ascontiguousarray(X)
+    h = hashlib.sha256()
+    h.update(f"{X.dtype.str}|{X.shape}".encode())
+    h.update(memoryview(X).cast("B"))
+    return h.hexdigest()[:32]
+
+
+def elapsed_ms(t0: float) -> float:
+    """Milliseconds since ``t0`` (a ``time.perf_counter()`` reading)."""
+    return 1e3 * (time.perf_counter() - t0)
+

@@ -1,0 +1,698 @@
+"""The embedded repository: detectors, their versions, datasets and results under one folder.
+
+Layout of the home folder (``PYNOMALY_HOME``, else the user's data folder)::
+
+    pynomaly.db            SQLite (WAL): detectors, detector_versions, datasets, results
+    artifacts/ab/<sha>.zst artifacts, zstd-compressed, named by the SHA-256 of their content
+    secret.key             32 random bytes (mode 0600): the HMAC key for pickled artifacts
+
+Artifact formats, per detector kind (``artifact_format`` of the class, default "native"):
+native detectors their own ``to_bytes`` (no pickle); torch a ``torch.save`` of tensors read
+back with ``weights_only=True``; JAX an ``.npz`` read with ``allow_pickle=False``; PyOD a
+pickle, which is only unpickled after its HMAC signature (kept in the database) checks out.
+
+Durability: an artifact is written to a temporary file, fsynced and renamed into place before
+one SQLite transaction (``BEGIN IMMEDIATE``) records the version, so a process killed at any
+point leaves the previous version loadable (at worst an unreferenced artifact file remains).
+Version numbers are assigned inside that transaction, so several processes may save at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import sqlite3
+import stat
+import struct
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import InvalidInputError, ModelFormatError, PynomalyError
+from .domain import DetectionResult, Detector, DetectorStatus
+
+__all__ = [
+    "Repository",
+    "default_home",
+    "DetectorNotFoundError",
+    "ArtifactIntegrityError",
+    "RepositoryError",
+]
+
+
+class RepositoryError(PynomalyError):
+    """The home folder or its database cannot be used."""
+
+
+class DetectorNotFoundError(PynomalyError, KeyError):
+    """No detector (or no such version of it) under that name."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ArtifactIntegrityError(PynomalyError):
+    """An artifact is missing, corrupted, or its signature does not match: it is refused."""
+
+
+def default_home() -> Path:
+    """``$PYNOMALY_HOME``, else the per-user data folder (XDG on Linux, Application Support
+    on macOS, %LOCALAPPDATA% on Windows) + ``pynomaly``."""
+    env = os.environ.get("PYNOMALY_HOME")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "pynomaly"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS detectors (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    algorithm TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    trained_at TEXT,
+    version INTEGER NOT NULL,
+    n_features INTEGER,
+    feature_names TEXT,
+    data_fingerprint TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS detector_versions (
+    detector_id TEXT NOT NULL REFERENCES detectors(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    algorithm TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    artifact TEXT NOT NULL,
+    format TEXT NOT NULL,
+    signature TEXT,
+    size INTEGER NOT NULL,
+    n_features INTEGER,
+    feature_names TEXT,
+    data_fingerprint TEXT,
+    threshold REAL,
+    dataset_id TEXT,
+    trained_at TEXT NOT NULL,
+    PRIMARY KEY (detector_id, version)
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    source TEXT,
+    n_rows INTEGER NOT NULL,
+    n_columns INTEGER NOT NULL,
+    column_names TEXT,
+    fingerprint TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (fingerprint, source)
+);
+CREATE TABLE IF NOT EXISTS results (
+    id TEXT PRIMARY KEY,
+    detector_id TEXT NOT NULL REFERENCES detectors(id) ON DELETE CASCADE,
+    detector_version INTEGER NOT NULL,
+    dataset_id TEXT,
+    threshold REAL,
+    total_samples INTEGER NOT NULL,
+    anomalies_detected INTEGER NOT NULL,
+    processing_time_ms REAL,
+    scores_artifact TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+_SCHEMA_VERSION = 1
+_EXPORT_MAGIC = b"PYNOMALY-EXPORT\n"
+_EXPORT_VERSION = 1
+
+
+def _zstd():
+    import zstandard
+
+    return zstandard
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
+    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+class Repository:
+    """Detectors, versions, datasets and results stored under a home folder.
+
+    Parameters
+    ----------
+    home : str, Path or None
+        The folder (created, mode 0700, if absent); None means :func:`default_home`.
+
+    Use as a context manager or call :meth:`close`. Each instance owns one SQLite connection;
+    open one per thread or process.
+    """
+
+    def __init__(self, home=None):
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        try:
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (self.home / "artifacts").mkdir(exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise RepositoryError(f"cannot create the pynomaly home folder {str(self.home)!r}: {e}") from None
+        self._db = sqlite3.connect(self.home / "pynomaly.db", timeout=60.0, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 60000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        # Create the schema once (user_version marks it), so opening an existing home takes
+        # no write lock: the daemon and the CLI open it often.
+        if self._db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+            with self._transaction():
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    self._db.execute(stmt)
+                self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    class _Tx:
+        def __init__(self, db):
+            self.db = db
+
+        def __enter__(self):
+            self.db.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb):
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+    def _transaction(self):
+        return Repository._Tx(self._db)
+
+    # -- artifacts -----------------------------------------------------------------------------
+    def _artifact_path(self, sha: str) -> Path:
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ArtifactIntegrityError(f"bad artifact id {sha!r}")
+        return self.home / "artifacts" / sha[:2] / f"{sha}.zst"
+
+    def put_artifact(self, data: bytes) -> str:
+        """Store bytes (zstd-compressed) under their SHA-256; return it. Idempotent."""
+        sha = hashlib.sha256(data).hexdigest()
+        path = self._artifact_path(sha)
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            _atomic_write(path, _zstd().ZstdCompressor(level=6).compress(data))
+        return sha
+
+    def get_artifact(self, sha: str) -> bytes:
+        """The bytes stored under ``sha``; refused when missing or not matching their hash."""
+        path = self._artifact_path(sha)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactIntegrityError(f"artifact {sha[:12]} is missing from {path.parent}") from None
+        try:
+            data = _zstd().ZstdDecompressor().decompress(raw)
+        except Exception as e:
+            raise ArtifactIntegrityError(f"artifact {sha[:12]} is corrupted (cannot decompress: {e})") from None
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise ArtifactIntegrityError(f"artifact {sha[:12]} was modified: its content does not match its hash")
+        return data
+
+    # -- signing (pickled artifacts only) ------------------------------------------------------
+    def _key(self) -> bytes:
+        path = self.home / "secret.key"
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            # Create under a temporary name, then link: concurrent creators agree on one key.
+            tmp = self.home / f".key-{os.getpid()}-{uuid.uuid4().hex}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, os.urandom(32))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+            st = path.stat()
+        if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise RepositoryError(
+                f"{path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+            )
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise RepositoryError(f"{path} is not a pynomaly key (expected 32 bytes, found {len(key)})")
+        return key
+
+    def _sign(self, sha: str, algorithm: str) -> str:
+        msg = f"pynomaly-artifact/1\0{algorithm}\0{sha}".encode()
+        return hmac.new(self._key(), msg, hashlib.sha256).hexdigest()
+
+    def _verify(self, sha: str, algorithm: str, signature) -> bool:
+        return isinstance(signature, str) and hmac.compare_digest(self._sign(sha, algorithm), signature)
+
+    # -- detectors -----------------------------------------------------------------------------
+    def _row_to_detector(self, r) -> Detector:
+        return Detector(
+            id=r["id"],
+            name=r["name"],
+            algorithm=r["algorithm"],
+            parameters=json.loads(r["parameters"]),
+            status=DetectorStatus(r["status"]),
+            created_at=datetime.fromisoformat(r["created_at"]),
+            trained_at=datetime.fromisoformat(r["trained_at"]) if r["trained_at"] else None,
+            version=r["version"],
+            n_features=r["n_features"],
+            feature_names=json.loads(r["feature_names"]) if r["feature_names"] else None,
+            data_fingerprint=r["data_fingerprint"],
+            error=r["error"],
+        )
+
+    def get(self, name: str) -> Detector:
+        """The detector called ``name``; DetectorNotFoundError if there is none."""
+        r = self._db.execute("SELECT * FROM detectors WHERE name = ?", (name,)).fetchone()
+        if r is None:
+            raise DetectorNotFoundError(f"no detector named {name!r} in {self.home}")
+        return self._row_to_detector(r)
+
+    def exists(self, name: str) -> bool:
+        """Whether a detector called ``name`` exists."""
+        return self._db.execute("SELECT 1 FROM detectors WHERE name = ?", (name,)).fetchone() is not None
+
+    def list(self) -> list:
+        """All detectors, by name."""
+        return [self._row_to_detector(r) for r in self._db.execute("SELECT * FROM detectors ORDER BY name")]
+
+    def _write_detector(self, db, d: Detector) -> None:
+        db.execute(
+            "INSERT INTO detectors (id, name, algorithm, parameters, status, created_at, trained_at, version,"
+            " n_features, feature_names, data_fingerprint, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(id) DO UPDATE SET algorithm=excluded.algorithm, parameters=excluded.parameters,"
+            " status=excluded.status, trained_at=excluded.trained_at, version=excluded.version,"
+            " n_features=excluded.n_features, feature_names=excluded.feature_names,"
+            " data_fingerprint=excluded.data_fingerprint, error=excluded.error",
+            (
+                d.id,
+                d.name,
+                d.algorithm,
+                json.dumps(d.parameters),
+                d.status.value,
+                d.created_at.isoformat(),
+                d.trained_at.isoformat() if d.trained_at else None,
+                d.version,
+                d.n_features,
+                json.dumps(d.feature_names) if d.feature_names is not None else None,
+                d.data_fingerprint,
+                d.error,
+            ),
+        )
+
+    def _adopt_existing(self, db, d: Detector) -> None:
+        """Give ``d`` the id of a stored detector with the same name (another process may have
+        created it since ``d`` was made), so saving continues that detector's versions."""
+        r = db.execute("SELECT id, created_at FROM detectors WHERE name = ?", (d.name,)).fetchone()
+        if r is not None and r["id"] != d.id:
+            d.id = r["id"]
+            d.created_at = datetime.fromisoformat(r["created_at"])
+
+    def put(self, detector: Detector) -> Detector:
+        """Insert or update the detector's own row (status, error, ...), not its versions."""
+        with self._transaction() as db:
+            self._adopt_existing(db, detector)
+            self._write_detector(db, detector)
+        return detector
+
+    def save(self, detector: Detector, model, *, dataset_id=None) -> Detector:
+        """Store a fitted model as the detector's next version and the detector as given.
+
+        The caller has applied the lifecycle (``mark_trained`` and usually ``activate``); the
+        version number is assigned here, atomically, and written back to ``detector``.
+        """
+        fmt = getattr(model, "artifact_format", "native")
+        try:
+            blob = model.to_bytes()
+        except AttributeError:
+            raise InvalidInputError(f"{type(model).__name__} cannot be stored: it has no to_bytes()") from None
+        sha = self.put_artifact(blob)  # durable before the row that points at it exists
+        signature = self._sign(sha, detector.algorithm) if fmt == "pickle" else None
+        threshold = getattr(model, "threshold_", None)
+        with self._transaction() as db:
+            self._adopt_existing(db, detector)
+            self._write_detector(db, detector)  # first save: the row must exist for the FK
+            detector.version = db.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM detector_versions WHERE detector_id = ?", (detector.id,)
+            ).fetchone()[0]
+            self._insert_version(db, detector, sha, fmt, signature, len(blob), threshold, dataset_id)
+            self._write_detector(db, detector)
+        self._ensure_artifact(sha, blob)
+        return detector
+
+    def _ensure_artifact(self, sha: str, blob: bytes) -> None:
+        """After committing a row that points at ``sha``: if a concurrent delete removed the
+        (shared, identical) file in between, write it again."""
+        if not self._artifact_path(sha).exists():
+            self.put_artifact(blob)
+
+    def _insert_version(self, db, d, sha, fmt, signature, size, threshold, dataset_id) -> None:
+        db.execute(
+            "INSERT INTO detector_versions (detector_id, version, algorithm, parameters, artifact, format,"
+            " signature, size, n_features, feature_names, data_fingerprint, threshold, dataset_id, trained_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                d.id,
+                d.version,
+                d.algorithm,
+                json.dumps(d.parameters),
+                sha,
+                fmt,
+                signature,
+                size,
+                d.n_features,
+                json.dumps(d.feature_names) if d.feature_names is not None else None,
+                d.data_fingerprint,
+                None if threshold is None else float(threshold),
+                dataset_id,
+                (d.trained_at or datetime.now(timezone.utc)).isoformat(),
+            ),
+        )
+
+    def versions(self, name: str) -> list:
+        """Metadata of every stored version of ``name`` (dicts, oldest first)."""
+        d = self.get(name)
+        rows = self._db.execute(
+            "SELECT * FROM detector_versions WHERE detector_id = ? ORDER BY version", (d.id,)
+        ).fetchall()
+        out = []
+        for r in rows:
+            v = dict(r)
+            v["parameters"] = json.loads(v["parameters"])
+            v["feature_names"] = json.loads(v["feature_names"]) if v["feature_names"] else None
+            out.append(v)
+        return out
+
+    def _version_row(self, d: Detector, version):
+        if version is None:
+            r = self._db.execute(
+                "SELECT * FROM detector_versions WHERE detector_id = ? ORDER BY version DESC LIMIT 1", (d.id,)
+            ).fetchone()
+            if r is None:
+                raise DetectorNotFoundError(f"detector {d.name!r} has no trained version")
+        else:
+            r = self._db.execute(
+                "SELECT * FROM detector_versions WHERE detector_id = ? AND version = ?", (d.id, int(version))
+            ).fetchone()
+            if r is None:
+                raise DetectorNotFoundError(f"detector {d.name!r} has no version {version}")
+        return r
+
+    def load(self, name: str, version=None, **load_kwargs):
+        """The detector and its fitted model: ``(Detector, model)``.
+
+        ``version`` None loads the latest. ``load_kwargs`` go to the class's ``from_bytes``
+        (e.g. ``module=`` for a torch detector wrapping a user's network). The returned
+        Detector's ``version`` is the loaded one. Artifacts that fail their hash or HMAC
+        check raise ArtifactIntegrityError.
+        """
+        from . import registry
+
+        d = self.get(name)
+        r = self._version_row(d, version)
+        blob = self.get_artifact(r["artifact"])
+        if r["format"] == "pickle" and not self._verify(r["artifact"], r["algorithm"], r["signature"]):
+            raise ArtifactIntegrityError(
+                f"artifact of {name!r} version {r['version']} is not signed by this repository's key; refusing to unpickle it"
+            )
+        cls = registry.get(r["algorithm"])
+        try:
+            model = cls.from_bytes(blob, **load_kwargs)
+        except ModelFormatError as e:
+            raise ArtifactIntegrityError(f"artifact of {name!r} version {r['version']} cannot be read: {e}") from None
+        d.version = r["version"]
+        d.algorithm = r["algorithm"]
+        d.parameters = json.loads(r["parameters"])
+        d.n_features = r["n_features"]
+        d.feature_names = json.loads(r["feature_names"]) if r["feature_names"] else None
+        d.data_fingerprint = r["data_fingerprint"]
+        d.trained_at = datetime.fromisoformat(r["trained_at"])
+        return d, model
+
+    def set_status(self, name: str, action: str) -> Detector:
+        """Apply a lifecycle action ("archive" or "activate") and store it."""
+        with self._transaction() as db:
+            r = db.execute("SELECT * FROM detectors WHERE name = ?", (name,)).fetchone()
+            if r is None:
+                raise DetectorNotFoundError(f"no detector named {name!r} in {self.home}")
+            d = self._row_to_detector(r)
+            getattr(d, action)()
+            self._write_detector(db, d)
+        return d
+
+    def delete(self, name: str) -> int:
+        """Delete a detector, its versions and results; return how many versions went.
+
+        Artifacts no longer referenced by any row are removed within the same transaction.
+        """
+        with self._transaction() as db:
+            r = db.execute("SELECT id FROM detectors WHERE name = ?", (name,)).fetchone()
+            if r is None:
+                raise DetectorNotFoundError(f"no detector named {name!r} in {self.home}")
+            shas = {x[0] for x in db.execute("SELECT artifact FROM detector_versions WHERE detector_id = ?", (r["id"],))}
+            shas |= {x[0] for x in db.execute("SELECT scores_artifact FROM results WHERE detector_id = ?", (r["id"],))}
+            n = db.execute("SELECT COUNT(*) FROM detector_versions WHERE detector_id = ?", (r["id"],)).fetchone()[0]
+            db.execute("DELETE FROM detectors WHERE id = ?", (r["id"],))
+            still = {
+                s
+                for s in shas
+                if db.execute(
+                    "SELECT 1 FROM detector_versions WHERE artifact = ? UNION SELECT 1 FROM results WHERE scores_artifact = ?",
+                    (s, s),
+                ).fetchone()
+            }
+            # Unlinked while holding the write lock: a concurrent save of byte-identical
+            # content commits after this and then finds its file gone (see _ensure_artifact).
+            for s in shas - still:
+                self._artifact_path(s).unlink(missing_ok=True)
+        return n
+
+    # -- datasets and results ------------------------------------------------------------------
+    def add_dataset(self, name: str, source, shape, column_names, fingerprint: str) -> str:
+        """Record a dataset (deduplicated by fingerprint and source); return its id."""
+        with self._transaction() as db:
+            r = db.execute(
+                "SELECT id FROM datasets WHERE fingerprint = ? AND source IS ?", (fingerprint, source)
+            ).fetchone()
+            if r is not None:
+                return r["id"]
+            did = uuid.uuid4().hex
+            db.execute(
+                "INSERT INTO datasets VALUES (?,?,?,?,?,?,?,?)",
+                (did, name, source, int(shape[0]), int(shape[1]), json.dumps(list(column_names or [])), fingerprint, _now_iso()),
+            )
+            return did
+
+    def datasets(self) -> list:
+        """Every recorded dataset, as dicts."""
+        out = []
+        for r in self._db.execute("SELECT * FROM datasets ORDER BY created_at"):
+            v = dict(r)
+            v["column_names"] = json.loads(v["column_names"]) if v["column_names"] else []
+            out.append(v)
+        return out
+
+    def save_result(self, result: DetectionResult) -> str:
+        """Store a detection result: metadata in SQLite, scores and labels as an artifact."""
+        buf = io.BytesIO()
+        np.savez(buf, scores=result.scores, labels=result.labels)
+        blob = buf.getvalue()
+        sha = self.put_artifact(blob)
+        m = result.metrics
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO results VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    result.id,
+                    result.detector_id,
+                    result.detector_version,
+                    result.dataset_id,
+                    float(result.threshold),
+                    m["total_samples"],
+                    m["anomalies_detected"],
+                    m["processing_time_ms"],
+                    sha,
+                    result.timestamp.isoformat(),
+                ),
+            )
+        self._ensure_artifact(sha, blob)
+        return result.id
+
+    def results(self, name: str) -> list:
+        """Metadata of the stored detection results of ``name`` (dicts, oldest first)."""
+        d = self.get(name)
+        rows = self._db.execute("SELECT * FROM results WHERE detector_id = ? ORDER BY created_at", (d.id,))
+        return [dict(r) for r in rows]
+
+    def load_result(self, result_id: str) -> DetectionResult:
+        """A stored DetectionResult with its scores and labels."""
+        r = self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
+        if r is None:
+            raise DetectorNotFoundError(f"no detection result {result_id!r}")
+        with np.load(io.BytesIO(self.get_artifact(r["scores_artifact"])), allow_pickle=False) as z:
+            scores, labels = z["scores"], z["labels"]
+        return DetectionResult(
+            id=r["id"],
+            detector_id=r["detector_id"],
+            detector_version=r["detector_version"],
+            dataset_id=r["dataset_id"],
+            threshold=r["threshold"],
+            scores=scores,
+            labels=labels,
+            processing_time_ms=r["processing_time_ms"],
+            timestamp=datetime.fromisoformat(r["created_at"]),
+        )
+
+    # -- export / import -----------------------------------------------------------------------
+    def export(self, name: str, path, version=None) -> Path:
+        """Write one self-contained, checksummed file holding a detector version.
+
+        Layout: ``PYNOMALY-EXPORT\\n``, u32 format version, u64 header length, JSON header
+        (detector and version metadata, artifact hash and signature), the zstd-compressed
+        artifact, then the SHA-256 of everything before it.
+        """
+        d = self.get(name)
+        r = self._version_row(d, version)
+        blob = self.get_artifact(r["artifact"])
+        packed = _zstd().ZstdCompressor(level=6).compress(blob)
+        header = {
+            "detector": {
+                "name": d.name,
+                "algorithm": r["algorithm"],
+                "parameters": json.loads(r["parameters"]),
+                "created_at": d.created_at.isoformat(),
+            },
+            "version": {
+                k: r[k]
+                for k in ("version", "format", "signature", "size", "n_features", "data_fingerprint", "threshold", "trained_at")
+            },
+            "feature_names": json.loads(r["feature_names"]) if r["feature_names"] else None,
+            "artifact_sha256": r["artifact"],
+            "artifact_compressed_size": len(packed),
+        }
+        hb = json.dumps(header, sort_keys=True).encode()
+        body = _EXPORT_MAGIC + struct.pack("<IQ", _EXPORT_VERSION, len(hb)) + hb + packed
+        path = Path(path)
+        _atomic_write(path, body + hashlib.sha256(body).digest())
+        return path
+
+    def import_(self, path, name=None, *, trust_pickle: bool = False) -> Detector:
+        """Add the detector version in an exported file as the next version of ``name``
+        (default: the exported name), active.
+
+        Files are checked end to end (checksum, artifact hash). A pickled (PyOD) artifact must
+        be signed by this repository's key; one from elsewhere is refused unless
+        ``trust_pickle`` (then it is re-signed here: only for files from a source you trust).
+        """
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise InvalidInputError(f"cannot read {str(path)!r}: {e}") from None
+        n0 = len(_EXPORT_MAGIC) + 12
+        if len(raw) < n0 + 32 or not raw.startswith(_EXPORT_MAGIC):
+            raise ArtifactIntegrityError(f"{path.name} is not a pynomaly export file")
+        body, digest = raw[:-32], raw[-32:]
+        if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
+            raise ArtifactIntegrityError(f"{path.name} is corrupted or was modified (checksum mismatch)")
+        fv, hl = struct.unpack("<IQ", body[len(_EXPORT_MAGIC) : n0])
+        if fv != _EXPORT_VERSION:
+            raise ArtifactIntegrityError(f"{path.name} has export format {fv}; this pynomaly reads {_EXPORT_VERSION}")
+        header = json.loads(body[n0 : n0 + hl])
+        try:
+            blob = _zstd().ZstdDecompressor().decompress(body[n0 + hl :])
+        except Exception as e:
+            raise ArtifactIntegrityError(f"{path.name}: artifact cannot be decompressed ({e})") from None
+        sha = hashlib.sha256(blob).hexdigest()
+        if sha != header["artifact_sha256"]:
+            raise ArtifactIntegrityError(f"{path.name}: artifact does not match its hash")
+        meta, ver = header["detector"], header["version"]
+        if ver["format"] == "pickle" and not self._verify(sha, meta["algorithm"], ver["signature"]) and not trust_pickle:
+            raise ArtifactIntegrityError(
+                f"{path.name} holds a pickled model signed by another repository's key; import it with"
+                " trust_pickle=True (CLI: --trust-pickle) only if you trust where it came from"
+            )
+        from . import registry
+
+        registry.get(meta["algorithm"])  # unknown algorithms are refused before anything is stored
+        name = name or meta["name"]
+        try:
+            d = self.get(name)
+        except DetectorNotFoundError:
+            d = Detector(name=name, algorithm=meta["algorithm"], parameters=meta["parameters"])
+        if d.status in (DetectorStatus.ARCHIVED,):
+            d.activate()
+        d.algorithm, d.parameters = meta["algorithm"], meta["parameters"]
+        d.mark_trained(
+            n_features=ver["n_features"],
+            feature_names=header.get("feature_names"),
+            data_fingerprint=ver["data_fingerprint"],
+            when=datetime.fromisoformat(ver["trained_at"]),
+        )
+        d.activate()
+        self.put_artifact(blob)
+        signature = self._sign(sha, meta["algorithm"]) if ver["format"] == "pickle" else None
+        with self._transaction() as db:
+            self._adopt_existing(db, d)
+            self._write_detector(db, d)
+            d.version = db.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM detector_versions WHERE detector_id = ?", (d.id,)
+            ).fetchone()[0]
+            self._insert_version(db, d, sha, ver["format"], signature, len(blob), ver["threshold"], None)
+            self._write_detector(db, d)
+        self._ensure_artifact(sha, blob)
+        return d

@@ -1,0 +1,236 @@
+"""The daemon's wire format: the msgspec Structs that cross the Unix socket, defined once.
+
+The client (``pynomaly.client``) and the server (``pynomaly_daemon``) both use these types;
+PROTOCOL.md at the top of the repository describes the same bytes for clients written in
+other languages. A frame is a 4-byte big-endian body length followed by a MessagePack body;
+each body is a map whose ``"op"`` key says which Struct it is (msgspec's tagged union).
+
+Arrays travel as raw little-endian bytes: rows as float32 or float64 with an explicit
+``shape``, results as float64 scores, uint8 labels, float64 probabilities and int64 anomaly
+indices. Keeping ``data`` the last field of the last field of a request lets the daemon read
+it in place, aligned (see PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Optional, Union
+
+import os
+
+import msgspec
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAX_FRAME_DEFAULT",
+    "HEADER",
+    "default_socket_path",
+    "Rows",
+    "Detect",
+    "ListDetectors",
+    "Info",
+    "Health",
+    "Stats",
+    "Reload",
+    "Request",
+    "DetectorInfo",
+    "DetectReply",
+    "ListReply",
+    "InfoReply",
+    "HealthReply",
+    "StatsReply",
+    "ReloadReply",
+    "Error",
+    "Reply",
+    "ERROR_CODES",
+    "WANT_ALL",
+    "WANT_DEFAULT",
+]
+
+PROTOCOL_VERSION = 1
+HEADER = 4  # bytes of the big-endian length prefix
+MAX_FRAME_DEFAULT = 64 * 1024 * 1024
+
+
+
+def default_socket_path() -> str:
+    """Where the daemon listens unless told otherwise: ``$XDG_RUNTIME_DIR/pynomaly/daemon.sock``,
+    else ``/tmp/pynomaly-<uid>/daemon.sock`` (the folder is created with mode 0700)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base):
+        return os.path.join(base, "pynomaly", "daemon.sock")
+    return os.path.join("/tmp", f"pynomaly-{os.getuid()}", "daemon.sock")
+
+
+Want = Literal["scores", "labels", "probabilities", "anomalies"]
+WANT_ALL = ("scores", "labels", "probabilities", "anomalies")
+
+
+WANT_DEFAULT = ("scores", "labels")
+
+
+# Every Struct here is gc=False: messages never form reference cycles, so the cyclic garbage
+# collector need not track the daemon's many short-lived ones.
+
+
+# -- requests ------------------------------------------------------------------------------
+class Rows(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """A matrix as raw bytes: ``shape[0] * shape[1]`` little-endian values of ``dtype``.
+
+    ``dtype`` is ``"f4"`` (float32) or ``"f8"`` (float64), rows one after another (C order).
+    The daemon decodes ``data`` as a view of its receive buffer, so it is never copied.
+    """
+
+    dtype: str
+    shape: List[int]
+    data: memoryview
+
+
+class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unknown_fields=True):
+    """Score rows with a detector; ``rows`` is a :class:`Rows` or a list of lists of numbers."""
+
+    id: int
+    detector: str
+    version: Optional[int] = None  # None: the latest active version
+    want: Optional[List[Want]] = None  # None: ["scores", "labels"]
+    rows: Union[Rows, List[List[float]], None] = None  # last, so raw data ends the frame
+
+
+class ListDetectors(msgspec.Struct, gc=False, tag="list", tag_field="op", forbid_unknown_fields=True):
+    """Every detector the daemon can serve (latest versions)."""
+
+    id: int
+
+
+class Info(msgspec.Struct, gc=False, tag="info", tag_field="op", forbid_unknown_fields=True):
+    """Details of one detector (loading it if needed)."""
+
+    id: int
+    detector: str
+    version: Optional[int] = None
+
+
+class Health(msgspec.Struct, gc=False, tag="health", tag_field="op", forbid_unknown_fields=True):
+    """Liveness: answered from the event loop without touching detectors."""
+
+    id: int
+
+
+class Stats(msgspec.Struct, gc=False, tag="stats", tag_field="op", forbid_unknown_fields=True):
+    """Counters since start."""
+
+    id: int
+
+
+class Reload(msgspec.Struct, gc=False, tag="reload", tag_field="op", forbid_unknown_fields=True):
+    """Drop cached detectors (one, or all when ``detector`` is None) so the next request loads the latest."""
+
+    id: int
+    detector: Optional[str] = None
+
+
+Request = Union[Detect, ListDetectors, Info, Health, Stats, Reload]
+
+
+# -- replies -------------------------------------------------------------------------------
+class DetectorInfo(msgspec.Struct, gc=False, omit_defaults=True):
+    """What the daemon knows about one detector version."""
+
+    name: str
+    version: int
+    algorithm: str
+    n_features: int
+    threshold: Optional[float] = None
+    loaded: bool = False
+    size_bytes: Optional[int] = None
+    status: Optional[str] = None  # the repository's lifecycle status ("active", ...) where known
+
+
+class DetectReply(msgspec.Struct, gc=False, tag="detect", tag_field="op", omit_defaults=True):
+    """Results of a :class:`Detect`, as raw little-endian arrays of ``n_rows`` values.
+
+    Only the arrays asked for in ``want`` are present: ``scores`` float64 (higher is more
+    anomalous), ``labels`` uint8 0/1 (``score > threshold``), ``probabilities`` float64 in
+    [0, 1], ``anomalies`` int64 indices of rows labelled 1.
+    """
+
+    id: int
+    detector: str
+    version: int
+    n_rows: int
+    threshold: float
+    scores: Optional[bytes] = None
+    labels: Optional[bytes] = None
+    probabilities: Optional[bytes] = None
+    anomalies: Optional[bytes] = None
+
+
+class ListReply(msgspec.Struct, gc=False, tag="list", tag_field="op"):
+    id: int
+    detectors: List[DetectorInfo]
+
+
+class InfoReply(msgspec.Struct, gc=False, tag="info", tag_field="op"):
+    id: int
+    detector: DetectorInfo
+
+
+class HealthReply(msgspec.Struct, gc=False, tag="health", tag_field="op"):
+    id: int
+    status: str  # "ok", or "draining" after SIGTERM
+    version: str
+    protocol: int
+    pid: int
+    uptime_s: float
+
+
+class StatsReply(msgspec.Struct, gc=False, tag="stats", tag_field="op"):
+    """Counters; ``requests`` and ``errors`` map op names and error codes to counts."""
+
+    id: int
+    uptime_s: float
+    connections: int
+    connections_total: int
+    in_flight: int
+    requests: Dict[str, int]
+    errors: Dict[str, int]
+    rows_scored: int
+    native_calls: int
+    coalesced_requests: int
+    cache_entries: int
+    cache_bytes: int
+    cache_hits: int
+    cache_misses: int
+    copied_rows: int  # rows of large requests that could not be scored in place (misaligned)
+
+
+class ReloadReply(msgspec.Struct, gc=False, tag="reload", tag_field="op"):
+    id: int
+    invalidated: List[str]
+
+
+class Error(msgspec.Struct, gc=False, tag="error", tag_field="op"):
+    """A typed failure of one request (``id`` is 0 when the request's id could not be read)."""
+
+    id: int
+    code: str
+    message: str
+
+
+Reply = Union[DetectReply, ListReply, InfoReply, HealthReply, StatsReply, ReloadReply, Error]
+
+# Every code an Error may carry, with whether the connection stays open after it.
+ERROR_CODES = {
+    "bad_request": "the frame is not valid MessagePack or not a valid request (connection stays open)",
+    "bad_shape": "rows have the wrong shape, size or number of features (stays open)",
+    "bad_dtype": "rows dtype is not 'f4' or 'f8' (stays open)",
+    "bad_value": "rows contain NaN or infinity, or another value the detector refuses (stays open)",
+    "unknown_detector": "no detector of that name, or no such version (stays open)",
+    "unavailable": "the detector exists but cannot be loaded or used for detection (stays open)",
+    "busy": "the daemon's in-flight work is at its bound; retry later (stays open)",
+    "internal": "an unexpected server error; logged by the daemon (stays open)",
+    "frame_too_large": "the length prefix exceeds the daemon's maximum frame size (then closed)",
+    "timeout": "a frame was not completed in time (then closed)",
+    "overloaded": "the daemon cannot buffer this large frame now (receive memory bound); retry later (then closed)",
+    "too_many_connections": "the daemon's connection limit is reached (then closed)",
+    "forbidden": "the peer's uid is not in the daemon's allow-list (then closed)",
+}

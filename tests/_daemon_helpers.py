@@ -1,0 +1,123 @@
+"""Shared by the daemon tests: real fitted detectors in a model folder and a real daemon process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import pynomaly
+from pynomaly.datasets import load_cardio
+
+
+def cardio() -> np.ndarray:
+    return load_cardio()[0]
+
+
+def train(seed: int, n_estimators: int = 100) -> "pynomaly.IsolationForest":
+    return pynomaly.IsolationForest(n_estimators=n_estimators, contamination=0.1, random_state=seed).fit(cardio())
+
+
+class DaemonProcess:
+    """``python -m pynomaly_daemon`` on a socket in a temp folder, serving a model folder
+    (or, with ``models=None``, what ``args`` say, e.g. ``--home DIR``)."""
+
+    def __init__(self, tmp: Path, models: Path, *args: str, name: str = "d.sock"):
+        self.sock = str(tmp / name)
+        self.log = tmp / f"{name}.log"
+        self._log_file = open(self.log, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pynomaly_daemon", "--socket", self.sock,
+             *(["--models", str(models)] if models is not None else []), *args],
+            stdout=subprocess.PIPE, stderr=self._log_file, text=True,
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
+            self._log_file.close()
+            raise RuntimeError(f"daemon did not start ({line!r}): {self.log.read_text()}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
+            self._log_file.close()
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+_OPEN: list = []
+
+
+def raw_connect(path: str, timeout: float = 5.0) -> socket.socket:
+    """A plain socket to the daemon; closed by close_raw_sockets() after each test."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    _OPEN.append(s)
+    s.settimeout(timeout)
+    s.connect(path)
+    return s
+
+
+def close_raw_sockets() -> None:
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def recv_exact(s: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise EOFError(f"connection closed after {len(out)} of {n} bytes")
+        out += chunk
+    return bytes(out)
+
+
+def read_frame(s: socket.socket) -> bytes:
+    (n,) = struct.unpack(">I", recv_exact(s, 4))
+    return recv_exact(s, n)
+
+
+def is_closed(s: socket.socket, timeout: float = 5.0) -> bool:
+    """True when the peer closed the connection (EOF or reset) within timeout."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def wait_until(cond, timeout: float = 10.0, step: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def healthy(path: str) -> bool:
+    """A fresh client is served: health answers and a detect equals in-process scoring."""
+    with pynomaly.Client(path, timeout=10) as c:
+        return c.health().status in ("ok", "draining")

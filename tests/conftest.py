@@ -1,0 +1,41 @@
+"""Shared fixtures: the real datasets in ../shared/datasets (skipped with a reason if absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pynomaly
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("PYNOMALY_DATASETS", REPO.parent / "shared" / "datasets"))
+
+# name -> rows; the suite uses every dataset, larger ones only where the test stays quick.
+ALL_DATASETS = sorted(p.stem for p in DATASETS.glob("*.npz")) if DATASETS.is_dir() else []
+SMALL_DATASETS = [n for n in ALL_DATASETS if n not in ("http", "smtp", "aloi", "shuttle")]
+
+SIMD_TARGETS = pynomaly.build_info()["simd_supported"]
+
+
+def load_dataset(name: str):
+    path = DATASETS / f"{name}.npz"
+    if not path.exists():
+        pytest.skip(f"dataset {name} not found under {DATASETS} (set PYNOMALY_DATASETS)")
+    with np.load(path) as d:
+        return d["X"], d["y"].astype(np.int64)
+
+
+def needs_datasets():
+    if not ALL_DATASETS:
+        pytest.skip(f"no datasets under {DATASETS} (set PYNOMALY_DATASETS)")
+
+
+@pytest.fixture
+def simd_target(request):
+    """Run a test under one SIMD target and restore the best one afterwards."""
+    pynomaly._core.set_simd(request.param)
+    yield request.param
+    pynomaly._core.set_simd(pynomaly.build_info()["simd_best"])

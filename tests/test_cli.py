@@ -1,0 +1,315 @@
+"""The pynomaly command end to end (in subprocesses, on real datasets) and data loading."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pynomaly._errors import InvalidInputError
+from pynomaly.dataio import load_table, write_result
+
+from _datasets_issue5 import load_dataset
+
+
+def run(*args, home=None, env=None, check=True):
+    e = dict(os.environ)
+    e.pop("PYNOMALY_HOME", None)
+    e.update(env or {})
+    cmd = [sys.executable, "-m", "pynomaly"] + (["--home", str(home)] if home else []) + [str(a) for a in args]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def read_csv(path: Path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: Path, X, y=None, header=True, extra_text_column=False):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        names = [f"f{i}" for i in range(X.shape[1])]
+        if header:
+            w.writerow(["row_id"] + names + (["kind"] if extra_text_column else []))
+        for i, r in enumerate(X):
+            w.writerow([i] + [repr(float(v)) for v in r] + (["anomaly" if y[i] else "normal"] if extra_text_column else []))
+    return [f"f{i}" for i in range(X.shape[1])]
+
+
+@pytest.fixture
+def cardio_csv(tmp_path):
+    X, y = load_dataset("cardio")
+    path = tmp_path / "cardio.csv"
+    names = write_csv(path, X, y, extra_text_column=True)
+    return path, X, y, names
+
+
+def test_train_detect_list_show_export_import_delete(tmp_path, cardio_csv):
+    path, X, y, names = cardio_csv
+    home = tmp_path / "home"
+    # a text column is named in the error; one line, no traceback, exit 1
+    p = run("train", "--detector", "cardio", "--data", path, home=home, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "non-numeric column(s) ['kind']" in p.stderr
+    cols = ",".join(names)
+    p = run("train", "--detector", "cardio", "--data", path, "--columns", cols,
+            "--param", "n_estimators=200", "--param", "random_state=0", home=home)
+    assert "trained cardio v1 (IsolationForest) on 21 features" in p.stdout
+    # detect selects the trained columns by name; output formats by extension
+    out_csv, out_json = tmp_path / "scores.csv", tmp_path / "scores.json"
+    p = run("detect", "--detector", "cardio", "--data", path, "--output", out_csv, home=home)
+    assert "1831 rows" in p.stdout and "most anomalous rows" in p.stdout
+    rows = read_csv(out_csv)
+    scores = np.array([float(r["score"]) for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    assert len(rows) == len(X)
+    import pynomaly
+
+    ref = pynomaly.IsolationForest(n_estimators=200, random_state=0).fit(X)
+    np.testing.assert_allclose(scores, ref.decision_function(X), rtol=1e-15)
+    np.testing.assert_array_equal(labels, ref.predict(X))
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, scores) > 0.85
+    p = run("detect", "--detector", "cardio", "--data", path, "--contamination", "0.05", "--output", out_json,
+            "--json", home=home)
+    summary = json.loads(p.stdout)
+    assert abs(summary["anomalies_detected"] - 0.05 * len(X)) <= 2
+    doc = json.loads(out_json.read_text())
+    assert len(doc["scores"]) == len(X) and sum(doc["labels"]) == summary["anomalies_detected"]
+    # list / show
+    p = run("list", home=home)
+    assert p.stdout.splitlines()[0].split()[:3] == ["NAME", "ALGORITHM", "STATUS"]
+    assert "cardio" in p.stdout and "active" in p.stdout
+    info = json.loads(run("show", "cardio", "--json", home=home).stdout)
+    assert info["version"] == 1 and info["feature_names"] == names and len(info["results"]) == 2
+    assert "FORMAT" in run("show", "cardio", home=home).stdout
+    # retrain: next version
+    run("train", "--detector", "cardio", "--data", path, "--columns", cols, "--param", "random_state=1", home=home)
+    assert json.loads(run("show", "cardio", "--json", home=home).stdout)["version"] == 2
+    # export version 1 and import it elsewhere: same scores
+    f = tmp_path / "cardio.pnx"
+    run("export", "cardio", f, "--version", "1", home=home)
+    p = run("import", f, "--name", "edge", home=tmp_path / "edge")
+    assert "imported edge v1" in p.stdout
+    out2 = tmp_path / "edge.csv"
+    run("detect", "--detector", "edge", "--data", path, "--output", out2, home=tmp_path / "edge")
+    np.testing.assert_array_equal([float(r["score"]) for r in read_csv(out2)], scores)
+    # archive / activate / delete
+    run("archive", "cardio", home=home)
+    p = run("detect", "--detector", "cardio", "--data", path, home=home, check=False)
+    assert p.returncode == 1 and "archived" in p.stderr
+    run("activate", "cardio", home=home)
+    assert "deleted cardio (2 version(s))" in run("delete", "cardio", home=home).stdout
+    assert "no detectors yet" in run("list", home=home).stdout
+
+
+def test_errors_are_one_line_and_debug_shows_traceback(tmp_path):
+    p = run("detect", "--detector", "nope", "--data", tmp_path / "x.csv", home=tmp_path, check=False)
+    assert p.returncode == 1 and p.stderr.startswith("pynomaly: error:") and "Traceback" not in p.stderr
+    X, _ = load_dataset("cardio")
+    np.save(tmp_path / "x.npy", X)
+    p = run("detect", "--detector", "nope", "--data", tmp_path / "x.npy", home=tmp_path, check=False)
+    assert p.returncode == 1 and "no detector named 'nope'" in p.stderr
+    p = run("--debug", "detect", "--detector", "nope", "--data", tmp_path / "x.npy", home=tmp_path, check=False)
+    assert p.returncode == 1 and "Traceback" in p.stderr
+    p = run("train", "--detector", "x", "--data", tmp_path / "x.npy", "--param", "oops", home=tmp_path, check=False)
+    assert p.returncode == 2 and "KEY=VALUE" in p.stderr
+    p = run("train", "--detector", "x", "--data", tmp_path / "x.npy", "--algorithm", "Nope", home=tmp_path, check=False)
+    assert p.returncode == 1 and "unknown algorithm 'Nope'" in p.stderr
+    p = run("train", "--detector", "x", "--data", tmp_path / "x.npy", "--param", "n_trees=5", home=tmp_path, check=False)
+    assert p.returncode == 1 and "no parameter(s) ['n_trees']" in p.stderr
+    p = run("detect", "--detector", "x", "--data", tmp_path / "x.npy", "--threshold", "1", "--contamination", "0.1",
+            home=tmp_path, check=False)
+    assert p.returncode == 2
+
+
+def test_npz_input_and_optional_algorithms(tmp_path):
+    X, y = load_dataset("thyroid")
+    np.savez(tmp_path / "thyroid.npz", X=X, y=y)
+    run("train", "--detector", "t", "--data", tmp_path / "thyroid.npz", "--param", "random_state=0", home=tmp_path)
+    p = run("detect", "--detector", "t", "--data", tmp_path / "thyroid.npz", "--threshold", "0.6", "--json", home=tmp_path)
+    assert json.loads(p.stdout)["threshold"] == 0.6
+    pytest.importorskip("pyod")
+    run("train", "--detector", "e", "--data", tmp_path / "thyroid.npz", "--algorithm", "pyod.ECOD", home=tmp_path)
+    pytest.importorskip("torch")
+    run("train", "--detector", "ae", "--data", tmp_path / "thyroid.npz", "--algorithm", "TorchAutoEncoder",
+        "--param", "epochs=2", "--param", "hidden_neurons=[8, 4]", "--param", "random_state=0", home=tmp_path)
+    info = json.loads(run("show", "ae", "--json", home=tmp_path).stdout)
+    assert info["parameters"]["hidden_neurons"] == [8, 4] and info["versions"][0]["format"] == "torch"
+    out = tmp_path / "ae.json"
+    run("detect", "--detector", "ae", "--data", tmp_path / "thyroid.npz", "--output", out, home=tmp_path)
+    assert len(json.loads(out.read_text())["scores"]) == len(X)
+
+
+def test_quickstart_with_a_fresh_default_home(tmp_path):
+    env = {"HOME": str(tmp_path), "XDG_DATA_HOME": ""}  # no PYNOMALY_HOME: the user data folder
+    p = run("quickstart", env=env)
+    assert "cardio" in p.stdout and "ROC-AUC" in p.stdout and "flagged" in p.stdout
+    home = tmp_path / ".local" / "share" / "pynomaly"
+    if sys.platform.startswith("linux"):
+        assert (home / "pynomaly.db").exists()
+    assert "cardio-quickstart" in run("list", env=env).stdout
+    p = run("quickstart", env=env)  # again: the next version of the same detector
+    assert "v2" in p.stdout
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("pynomaly")
+    if not exe.exists():
+        pytest.skip("pynomaly is not installed as a package here (no console script next to python)")
+    p = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "quickstart" in p.stdout
+
+
+# -- data loading ----------------------------------------------------------------------------------
+def test_csv_with_and_without_header(tmp_path):
+    X, _ = load_dataset("glass")
+    write_csv(tmp_path / "h.csv", X)
+    A, names = load_table(tmp_path / "h.csv")
+    assert names[0] == "row_id" and A.shape == (X.shape[0], X.shape[1] + 1)
+    np.testing.assert_array_equal(A[:, 1:], X)
+    B, names = load_table(tmp_path / "h.csv", columns=["f2", "f0"])
+    np.testing.assert_array_equal(B, X[:, [2, 0]])
+    assert names == ["f2", "f0"]
+    np.savetxt(tmp_path / "n.csv", X, delimiter=",")
+    C, names = load_table(tmp_path / "n.csv", columns=["1", 0])
+    np.testing.assert_array_equal(C, X[:, [1, 0]])
+    assert names == ["x1", "x0"]
+    with pytest.raises(InvalidInputError, match="no column 'zzz'"):
+        load_table(tmp_path / "h.csv", columns=["zzz"])
+    with pytest.raises(InvalidInputError, match="out of range"):
+        load_table(tmp_path / "n.csv", columns=[99])
+
+
+def test_csv_errors_name_the_problem(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,c\n1,x,2\n3,y,4\n")
+    with pytest.raises(InvalidInputError, match=r"non-numeric column\(s\) \['b'\]"):
+        load_table(tmp_path / "t.csv")
+    A, _ = load_table(tmp_path / "t.csv", columns=["a", "c"])
+    np.testing.assert_array_equal(A, [[1, 2], [3, 4]])
+    (tmp_path / "m.csv").write_text("a,b\n1,\n3,4\n")
+    with pytest.raises(InvalidInputError, match=r"\['b'\] contain missing"):
+        load_table(tmp_path / "m.csv")
+    (tmp_path / "r.csv").write_text("a,b\n1,2\n3\n")
+    with pytest.raises(InvalidInputError, match="line 3 has 1 fields, expected 2"):
+        load_table(tmp_path / "r.csv")
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(InvalidInputError, match="empty"):
+        load_table(tmp_path / "e.csv")
+    (tmp_path / "h.csv").write_text("a,b\n")
+    with pytest.raises(InvalidInputError, match="no data rows"):
+        load_table(tmp_path / "h.csv")
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        load_table(tmp_path / "missing.csv")
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(InvalidInputError, match="accepted formats"):
+        load_table(tmp_path / "x.xlsx")
+
+
+def test_numpy_files(tmp_path):
+    X, y = load_dataset("wbc")
+    np.save(tmp_path / "a.npy", X)
+    np.testing.assert_array_equal(load_table(tmp_path / "a.npy")[0], X)
+    np.savez(tmp_path / "b.npz", X=X, y=y)
+    np.testing.assert_array_equal(load_table(tmp_path / "b.npz", columns=[0, 3])[0], X[:, [0, 3]])
+    np.savez(tmp_path / "c.npz", data=X)
+    np.testing.assert_array_equal(load_table(tmp_path / "c.npz")[0], X)
+    np.savez(tmp_path / "d.npz", a=X, b=X)
+    with pytest.raises(InvalidInputError, match="name the data array 'X'"):
+        load_table(tmp_path / "d.npz")
+    np.save(tmp_path / "e.npy", y)
+    with pytest.raises(InvalidInputError, match="1-D array"):
+        load_table(tmp_path / "e.npy")
+    np.save(tmp_path / "f.npy", np.array([["a", "b"]]))
+    with pytest.raises(InvalidInputError, match="numeric data is required"):
+        load_table(tmp_path / "f.npy")
+
+
+def test_parquet_in_and_out(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    X, _ = load_dataset("glass")
+    table = pa.table({**{f"f{i}": X[:, i] for i in range(X.shape[1])}, "label": ["n"] * len(X), "n": np.arange(len(X))})
+    pq.write_table(table, tmp_path / "g.parquet")
+    with pytest.raises(InvalidInputError, match=r"non-numeric column\(s\) \['label'\]"):
+        load_table(tmp_path / "g.parquet")
+    A, names = load_table(tmp_path / "g.parquet", columns=[f"f{i}" for i in range(X.shape[1])])
+    np.testing.assert_array_equal(A, X)
+    B, names = load_table(tmp_path / "g.parquet", columns=["n", "f1"])
+    np.testing.assert_array_equal(B, np.column_stack([np.arange(len(X)), X[:, 1]]))
+    scores = np.linspace(0, 1, 5)
+    write_result(tmp_path / "o.parquet", scores, (scores > 0.5).astype(int), {})
+    t = pq.read_table(tmp_path / "o.parquet")
+    np.testing.assert_array_equal(t.column("score").to_numpy(), scores)
+    assert t.column("label").to_pylist() == [0, 0, 0, 1, 1]
+    with pytest.raises(InvalidInputError, match="accepted output formats"):
+        write_result(tmp_path / "o.xlsx", scores, scores > 0.5, {})
+    assert not (tmp_path / "o.xlsx").exists()
+
+
+def test_progress_only_on_a_terminal():
+    import io
+
+    from pynomaly.cli import _Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        p = _Progress(stream)
+        p("loading data")
+        p("training", 0.5)
+        p.close()
+        p("saving")  # after close: nothing more is drawn
+    assert pipe.getvalue() == ""
+    out = tty.getvalue()
+    assert "loading data" in out and "training [" in out and " 50%" in out and "saving" not in out
+
+
+def test_serve_hands_over_to_the_daemon(tmp_path):
+    """`pynomaly serve` runs the daemon on the --home repository; a client gets the same
+    scores as in-process scoring of the stored detector."""
+    import signal
+
+    import pynomaly
+    from pynomaly import service
+
+    home = tmp_path / "home"
+    run("quickstart", home=home)
+    assert "--socket" in run("serve", "--help", home=home).stdout
+    sock = tmp_path / "d.sock"
+    e = dict(os.environ)
+    e.pop("PYNOMALY_HOME", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pynomaly", "--home", str(home), "serve", "--socket", str(sock)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY"), (line, proc.stderr.read() if proc.poll() is not None else "")
+        from pynomaly.datasets import load_cardio
+
+        X, _ = load_cardio()
+        _, model = service.load_for_scoring(str(home), "cardio-quickstart")
+        with pynomaly.Client(str(sock)) as client:
+            got = client.detect("cardio-quickstart", X[:50])
+        np.testing.assert_array_equal(got.scores, model.decision_function(X[:50]))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert code == 0

@@ -1,0 +1,441 @@
+"""IsolationForest: exactness against scikit-learn and PyOD, accuracy on real data,
+determinism, SIMD targets, input handling and serialization."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import pynomaly
+from pynomaly import InvalidInputError, IsolationForest, ModelFormatError, NotFittedError, PynomalyError
+
+from conftest import ALL_DATASETS, SIMD_TARGETS, SMALL_DATASETS, load_dataset
+
+sklearn_ensemble = pytest.importorskip("sklearn.ensemble")
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+
+def _blobs(n=2000, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    X[: n // 50] += 6.0  # a few clear outliers
+    return X
+
+
+# -- exactness: imported peers' forests score exactly as the peers do ------------------------
+@pytest.mark.parametrize("name", ALL_DATASETS)
+def test_from_sklearn_scores_equal_score_samples(name):
+    X, _ = load_dataset(name)
+    sk = sklearn_ensemble.IsolationForest(random_state=1).fit(X)
+    ours = IsolationForest.from_sklearn(sk)
+    np.testing.assert_allclose(ours.decision_function(X), -sk.score_samples(X), rtol=0, atol=1e-12)
+    # predict agrees with scikit-learn's (-1 outlier / 1 inlier)
+    np.testing.assert_array_equal(ours.predict(X), (sk.predict(X) == -1).astype(int))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(max_features=0.5),
+        dict(max_samples=0.9, n_estimators=20),  # deep trees: sparse layout on big sets
+        dict(max_samples=64, max_features=3, n_estimators=37),
+        dict(max_samples=3000, n_estimators=10),  # depth 12, the deepest complete layout
+    ],
+)
+@pytest.mark.parametrize("name", ["cardio", "satellite", "annthyroid"])
+def test_from_sklearn_exact_with_options(name, kwargs):
+    X, _ = load_dataset(name)
+    if isinstance(kwargs.get("max_samples"), int):
+        kwargs = {**kwargs, "max_samples": min(kwargs["max_samples"], len(X))}
+    sk = sklearn_ensemble.IsolationForest(random_state=3, **kwargs).fit(X)
+    ours = IsolationForest.from_sklearn(sk)
+    np.testing.assert_allclose(ours.decision_function(X), -sk.score_samples(X), rtol=0, atol=1e-12)
+    Xf = np.asfortranarray(X[::2].astype(np.float32))  # float32, Fortran order, no copy needed
+    np.testing.assert_allclose(ours.decision_function(Xf), -sk.score_samples(Xf), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ALL_DATASETS)
+def test_from_pyod_equals_pyod_shifted_by_offset(name):
+    pyod_iforest = pytest.importorskip("pyod.models.iforest")
+    X, _ = load_dataset(name)
+    pm = pyod_iforest.IForest(random_state=2).fit(X)
+    ours = IsolationForest.from_pyod(pm)
+    offset = pm.detector_.offset_
+    np.testing.assert_allclose(ours.decision_function(X), pm.decision_function(X) - offset, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(ours.predict(X), pm.predict(X))
+    np.testing.assert_array_equal(ours.labels_, pm.labels_)
+
+
+# -- accuracy of our own forest on real data --------------------------------------------------
+def test_roc_auc_matches_sklearn_on_real_datasets():
+    if not ALL_DATASETS:
+        pytest.skip("no datasets available")
+    ours_mean, theirs_mean, worst = [], [], []
+    for name in ALL_DATASETS:
+        X, y = load_dataset(name)
+        if name == "http":  # 567k rows: a fixed random half keeps the test quick
+            idx = np.random.default_rng(0).choice(len(X), 150_000, replace=False)
+            X, y = X[idx], y[idx]
+        a = np.mean([roc_auc_score(y, IsolationForest(random_state=s, n_jobs=-1).fit(X).decision_scores_) for s in range(5)])
+        b = np.mean(
+            [roc_auc_score(y, -sklearn_ensemble.IsolationForest(random_state=s, n_jobs=-1).fit(X).score_samples(X)) for s in range(5)]
+        )
+        ours_mean.append(a)
+        theirs_mean.append(b)
+        worst.append((a - b, name))
+    assert np.mean(ours_mean) >= np.mean(theirs_mean) - 0.005, (np.mean(ours_mean), np.mean(theirs_mean))
+    assert min(worst)[0] >= -0.03, min(worst)
+
+
+# -- determinism and SIMD targets -------------------------------------------------------------
+@pytest.mark.parametrize("name", ["shuttle", "cardio", "musk"])
+def test_same_seed_same_forest_for_any_n_jobs(name):
+    X, _ = load_dataset(name)
+    a = IsolationForest(random_state=7, n_jobs=1).fit(X)
+    b = IsolationForest(random_state=7, n_jobs=2).fit(X)
+    np.testing.assert_array_equal(a.decision_scores_, b.decision_scores_)
+    for k, v in a._forest.arrays().items():
+        np.testing.assert_array_equal(v, b._forest.arrays()[k], err_msg=k)
+    np.testing.assert_array_equal(a.decision_function(X[::3]), b.decision_function(X[::3]))
+
+
+def test_different_seeds_differ():
+    X = _blobs()
+    a = IsolationForest(random_state=1).fit(X).decision_scores_
+    b = IsolationForest(random_state=2).fit(X).decision_scores_
+    assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("simd_target", SIMD_TARGETS, indirect=True)
+@pytest.mark.parametrize("name", ["satellite", "mnist", "shuttle", "glass"])
+def test_every_simd_target_gives_baseline_scores(simd_target, name):
+    X, _ = load_dataset(name)
+    m = IsolationForest(random_state=0).fit(X)
+    sk = sklearn_ensemble.IsolationForest(random_state=0, max_samples=0.5, n_estimators=10).fit(X[:4000])
+    got = [m.decision_function(X), IsolationForest.from_sklearn(sk).decision_function(X)]
+    pynomaly._core.set_simd("baseline")
+    want = [m.decision_function(X), IsolationForest.from_sklearn(sk).decision_function(X)]
+    pynomaly._core.set_simd(simd_target)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-12)
+
+
+def test_simd_environment_variable_forces_target(tmp_path):
+    import subprocess
+    import sys
+
+    for target in SIMD_TARGETS:
+        out = subprocess.run(
+            [sys.executable, "-c", "import pynomaly; print(pynomaly.build_info()['simd'])"],
+            env={**__import__("os").environ, "PYNOMALY_SIMD": target},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == target
+    bad = subprocess.run(
+        [sys.executable, "-c", "import pynomaly"],
+        env={**__import__("os").environ, "PYNOMALY_SIMD": "sse9"},
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "PYNOMALY_SIMD" in bad.stderr
+
+
+def test_build_info():
+    info = pynomaly.build_info()
+    assert info["simd"] in info["simd_supported"]
+    assert info["simd_supported"][0] == "baseline"
+    assert isinstance(info["openmp"], bool) and info["compiler"]
+
+
+# -- the estimator contract ------------------------------------------------------------------
+def test_pyod_conventions():
+    X = _blobs()
+    m = IsolationForest(contamination=0.05, random_state=0)
+    assert m.fit(X) is m
+    s = m.decision_scores_
+    assert s.shape == (len(X),) and np.all((s > 0) & (s <= 1))
+    assert m.threshold_ == pytest.approx(np.percentile(s, 95))
+    np.testing.assert_array_equal(m.labels_, (s > m.threshold_).astype(int))
+    np.testing.assert_array_equal(m.predict(X), m.labels_)
+    np.testing.assert_array_equal(m.fit_predict(X), m.labels_)
+    # the planted outliers score highest
+    assert s[: len(X) // 50].mean() > np.percentile(s, 99) - 0.05
+    assert m.predict(X).dtype.kind == "i"
+
+
+def test_params_and_sklearn_tools():
+    from sklearn.base import clone
+
+    m = IsolationForest(n_estimators=10, max_samples=32, random_state=0)
+    assert m.get_params()["max_samples"] == 32
+    c = clone(m)
+    assert c.get_params() == m.get_params() and c is not m
+    m.set_params(n_estimators=5)
+    assert m.n_estimators == 5
+    with pytest.raises(InvalidInputError, match="no parameter"):
+        m.set_params(bogus=1)
+    assert "IsolationForest(" in repr(m)
+
+
+def test_max_samples_and_features_resolution():
+    X = _blobs(500, 6)
+    assert IsolationForest(random_state=0).fit(X).max_samples_ == 256
+    assert IsolationForest(max_samples=0.5, random_state=0).fit(X).max_samples_ == 250
+    with pytest.warns(UserWarning, match="greater than the number of rows"):
+        assert IsolationForest(max_samples=1000, random_state=0).fit(X).max_samples_ == 500
+    m = IsolationForest(max_features=2, random_state=0).fit(X)
+    used = set(m._forest.arrays()["feature"]) - {-1}
+    assert len(used) <= 6
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(contamination=0.0), "contamination"),
+        (dict(contamination=0.6), "contamination"),
+        (dict(n_estimators=0), "n_estimators"),
+        (dict(max_samples="all"), "max_samples"),
+        (dict(max_samples=1.5), "max_samples"),
+        (dict(max_features=0), "max_features"),
+        (dict(max_features=99), "max_features"),
+        (dict(random_state=-1), "random_state"),
+        (dict(n_jobs=0), "n_jobs"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(InvalidInputError, match=match):
+        IsolationForest(**kwargs).fit(_blobs(100, 3))
+
+
+# -- input handling -----------------------------------------------------------------------
+def test_accepted_input_layouts_score_identically():
+    X = _blobs(1500, 5)
+    m = IsolationForest(random_state=0).fit(X)
+    ref = m.decision_function(X)
+    Xf = np.asfortranarray(X)
+    strided = np.zeros((1500, 10))
+    strided[:, ::2] = X
+    variants = [Xf, strided[:, ::2], X.tolist(), X.astype(np.float32).astype(np.float64)]
+    for v in variants[:3]:
+        np.testing.assert_array_equal(m.decision_function(v), ref)
+    # ints and bools are converted once
+    Xi = (X * 100).astype(np.int32)
+    mi = IsolationForest(random_state=0).fit(Xi)
+    np.testing.assert_array_equal(mi.decision_function(Xi), mi.decision_function(Xi.astype(np.float64)))
+    # reversed rows (negative stride)
+    np.testing.assert_array_equal(m.decision_function(X[::-1]), ref[::-1])
+
+
+def test_float32_input_equals_float64_rounded():
+    X = _blobs(1000, 4)
+    m = IsolationForest(random_state=0).fit(X)
+    np.testing.assert_array_equal(m.decision_function(X.astype(np.float32)), m.decision_function(X))
+
+
+def test_pandas_dataframe():
+    pd = pytest.importorskip("pandas")
+    X = _blobs(300, 3)
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    m = IsolationForest(random_state=0).fit(df)
+    np.testing.assert_array_equal(m.decision_function(df), m.decision_function(X))
+    df["s"] = ["x"] * len(df)
+    with pytest.raises(InvalidInputError, match=r"non-numeric column\(s\) \['s'\]"):
+        m.fit(df)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e300])
+@pytest.mark.parametrize("where", ["fit", "score"])
+def test_non_finite_values_are_rejected(bad, where):
+    X = _blobs(3000, 4)
+    m = IsolationForest(random_state=0).fit(X)
+    X2 = X.copy()
+    X2[2500, 3] = bad
+    with pytest.raises(InvalidInputError, match="row 2500, column 3"):
+        if where == "fit":
+            IsolationForest(random_state=0).fit(X2)
+        else:
+            m.decision_function(X2)
+    with pytest.raises(InvalidInputError, match="row 0, column 1"):
+        one = X[:1].copy()
+        one[0, 1] = bad
+        m.decision_function(one)
+
+
+def test_shape_and_type_errors():
+    m = IsolationForest(random_state=0).fit(_blobs(200, 4))
+    with pytest.raises(InvalidInputError, match="3 features, but the forest was fitted with 4"):
+        m.decision_function(np.zeros((5, 3)))
+    with pytest.raises(InvalidInputError, match="0 rows"):
+        m.decision_function(np.zeros((0, 4)))
+    with pytest.raises(InvalidInputError, match="reshape"):
+        m.decision_function(np.zeros(4))
+    with pytest.raises(InvalidInputError, match="must be numeric"):
+        m.decision_function(np.array([["a", "b", "c", "d"]]))
+    with pytest.raises(InvalidInputError, match="cannot be read"):
+        m.decision_function([[1, 2, 3, 4], [1, 2]])
+    with pytest.raises(InvalidInputError, match="0 features"):
+        IsolationForest().fit(np.zeros((10, 0)))
+    with pytest.raises(InvalidInputError, match="0 rows"):
+        IsolationForest().fit(np.zeros((0, 3)))
+    with pytest.raises(InvalidInputError, match="at least 2 rows"):
+        IsolationForest().fit(np.zeros((1, 3)))
+    assert issubclass(InvalidInputError, ValueError) and issubclass(InvalidInputError, PynomalyError)
+
+
+def test_unfitted_model():
+    m = IsolationForest()
+    for call in (m.decision_function, m.predict):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            call(np.zeros((2, 2)))
+    with pytest.raises(NotFittedError):
+        m.to_bytes()
+
+
+def test_constant_and_duplicate_data():
+    X = np.ones((100, 3))
+    m = IsolationForest(random_state=0).fit(X)
+    assert np.all(np.isfinite(m.decision_scores_)) and np.ptp(m.decision_scores_) == 0
+    X2 = np.vstack([np.zeros((500, 2)), [[5.0, 5.0]]])
+    s = IsolationForest(random_state=0).fit(X2).decision_scores_
+    assert s[-1] > s[0]
+
+
+def test_large_input_memory_stays_flat():
+    # 2M rows scored in chunks: the result is the only large allocation.
+    X = _blobs(2000, 4)
+    m = IsolationForest(n_estimators=10, random_state=0).fit(X)
+    big = np.broadcast_to(X[:1], (2_000_000, 4))  # zero-stride rows: no memory behind them
+    s = m.decision_function(big)
+    assert s.shape == (2_000_000,) and np.all(s == s[0])
+
+
+# -- serialization --------------------------------------------------------------------------
+def test_bytes_round_trip_and_pickle():
+    X = _blobs()
+    m = IsolationForest(n_estimators=50, max_features=0.5, contamination=0.05, random_state=3).fit(X)
+    b = m.to_bytes()
+    assert b[:8] == b"PYNOMALY"
+    m2 = IsolationForest.from_bytes(b)
+    np.testing.assert_array_equal(m2.decision_function(X), m.decision_function(X))
+    np.testing.assert_array_equal(m2.decision_scores_, m.decision_scores_)
+    assert m2.threshold_ == m.threshold_ and m2.get_params() == m.get_params()
+    np.testing.assert_array_equal(m2.labels_, m.labels_)
+    m3 = pickle.loads(pickle.dumps(m))
+    np.testing.assert_array_equal(m3.decision_function(X), m.decision_function(X))
+    u = pickle.loads(pickle.dumps(IsolationForest(n_estimators=7)))
+    assert u.n_estimators == 7 and not hasattr(u, "_forest")
+    sk = sklearn_ensemble.IsolationForest(random_state=0).fit(X)
+    imported = IsolationForest.from_bytes(IsolationForest.from_sklearn(sk).to_bytes())
+    np.testing.assert_allclose(imported.decision_function(X), -sk.score_samples(X), atol=1e-12, rtol=0)
+
+
+def test_corrupted_bytes_are_rejected():
+    b = IsolationForest(n_estimators=5, random_state=0).fit(_blobs(300, 3)).to_bytes()
+    with pytest.raises(ModelFormatError, match="magic"):
+        IsolationForest.from_bytes(b"X" + b[1:])
+    for cut in (0, 10, 40, len(b) // 2, len(b) - 1):
+        with pytest.raises(ModelFormatError):
+            IsolationForest.from_bytes(b[:cut])
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        flipped = bytearray(b)
+        i = int(rng.integers(len(b)))
+        flipped[i] ^= 1 << int(rng.integers(8))
+        with pytest.raises(ModelFormatError):
+            IsolationForest.from_bytes(bytes(flipped))
+    with pytest.raises(ModelFormatError, match="version"):
+        IsolationForest.from_bytes(b[:8] + (99).to_bytes(4, "little") + b[12:])
+    with pytest.raises(ModelFormatError, match="bytes-like"):
+        IsolationForest.from_bytes("not bytes")
+
+
+def test_malicious_node_arrays_are_rejected_by_the_core():
+    """A file with a valid checksum but hostile indices must not read out of bounds."""
+    from pynomaly import _format
+    import json, struct, zlib
+
+    m = IsolationForest(n_estimators=2, random_state=0).fit(_blobs(300, 3))
+    arrays = m._forest.arrays()
+    cases = {
+        "feature out of range": ("feature", lambda a: a.__setitem__(0, 1000)),
+        "child indices out of range": ("left", lambda a: a.__setitem__(0, 10_000)),
+        "child before parent (cycle)": ("left", lambda a: a.__setitem__(0, 0)),
+        "negative feature": ("feature", lambda a: a.__setitem__(0, -5)),
+    }
+    for what, (key, mutate) in cases.items():
+        arrs = {k: v.copy() for k, v in arrays.items()}
+        mutate(arrs[key])
+
+        class Fake:
+            pass
+
+        fake = Fake()
+        fake._forest = type("F", (), {"arrays": lambda self: arrs, "n_features": 3, "psi": 256, "n_trees": 2})()
+        fake.decision_scores_ = None
+        fake.max_samples_ = 256
+        fake.threshold_ = 0.5
+        fake.get_params = m.get_params
+        blob = _format.dump_forest(fake)
+        with pytest.raises(ModelFormatError, match="inconsistent"):
+            IsolationForest.from_bytes(blob)
+
+
+# -- threads ---------------------------------------------------------------------------------
+def test_ctrl_c_stops_a_long_call():
+    import _thread
+    import threading
+    import time
+
+    X = _blobs(2000, 16)
+    m = IsolationForest(n_estimators=100, random_state=0).fit(X)
+    big = np.broadcast_to(X[:1], (25_000_000, 16))  # zero-stride rows, no memory: many seconds of work
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        m.decision_function(big)
+    elapsed = time.perf_counter() - t0
+    timer.cancel()
+    assert elapsed < 5.0, elapsed  # stopped early, not after the whole call
+    # the model still works afterwards
+    assert m.decision_function(X[:3]).shape == (3,)
+
+
+def _numpy_path_length_sum(forest, X):
+    """Plain NumPy reference: walk the defining node arrays, all rows of a tree at once."""
+    a = forest.arrays()
+    x32 = X.astype(np.float32)
+    total = np.zeros(len(X))
+    for t in range(forest.n_trees):
+        lo, hi = a["tree_offset"][t], a["tree_offset"][t + 1]
+        feat, thr, left, leaf = (a[k][lo:hi] for k in ("feature", "threshold", "left", "leaf_value"))
+        node = np.zeros(len(X), dtype=np.int64)
+        while True:
+            inner = feat[node] >= 0
+            if not inner.any():
+                break
+            rows = np.flatnonzero(inner)
+            n = node[rows]
+            go_right = x32[rows, feat[n]] > thr[n]
+            node[rows] = left[n] + go_right
+        total += leaf[node]
+    return total
+
+
+@pytest.mark.parametrize("simd_target", SIMD_TARGETS, indirect=True)
+@pytest.mark.parametrize("max_samples", [2, 3, 5, 9, 17, 33, 65, 129, 256, 1000, 3000, 5000])
+def test_kernels_equal_numpy_reference_for_every_depth(simd_target, max_samples):
+    X, _ = load_dataset("pendigits")  # 6870 x 16
+    m = IsolationForest(n_estimators=23, max_samples=max_samples, random_state=max_samples).fit(X)
+    f = m._forest
+    assert f.layout == ("complete" if f.depth <= 12 else "sparse")
+    ref = _numpy_path_length_sum(f, X)
+    np.testing.assert_allclose(f.path_length_sum(X), ref, rtol=1e-13, atol=0)
+    # a handful of rows takes the few-rows path; it must agree bit for bit with the block path
+    block = f.path_length_sum(X[:100])
+    for n in (1, 3, 15, 16, 17):
+        np.testing.assert_array_equal(f.path_length_sum(X[:n]), block[:n])

@@ -1,0 +1,423 @@
+"""The embedded repository: round trips for every algorithm kind, versions, lifecycle,
+integrity (hashes, HMAC on pickles), crash safety and several processes at once."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pynomaly import registry, service
+from pynomaly.domain import DetectorNotReadyError, DetectorStatus
+from pynomaly.repository import (
+    ArtifactIntegrityError,
+    DetectorNotFoundError,
+    Repository,
+    RepositoryError,
+    default_home,
+)
+
+from _datasets_issue5 import load_dataset
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _kinds():
+    kinds = [
+        ("IsolationForest", {"n_estimators": 50, "random_state": 0}, None),
+        ("pyod.ECOD", {}, "pyod"),
+        ("pyod.IForest", {"use_native": True, "random_state": 0}, "pyod"),
+        ("TorchAutoEncoder", {"epochs": 2, "random_state": 0}, "torch"),
+        ("JaxDeepSVDD", {"epochs": 2, "random_state": 0}, "jax"),
+        ("LOF", {"n_neighbors": 10, "novelty": True}, "neighbors"),
+        ("KNN", {"n_neighbors": 5}, "neighbors"),
+    ]
+    return [pytest.param(a, p, m, id=a) for a, p, m in kinds]
+
+
+def _need(module):
+    if module == "neighbors":
+        try:
+            registry.get("LOF")
+        except Exception:
+            pytest.skip("pynomaly.neighbors (LOF/KNN) is not in this build yet")
+    elif module:
+        pytest.importorskip(module)
+
+
+@pytest.mark.parametrize("algorithm, params, module", _kinds())
+def test_round_trip_scores_identically(tmp_path, algorithm, params, module):
+    _need(module)
+    X, _ = load_dataset("cardio")
+    det = service.train(tmp_path, "d", X, algorithm, params)
+    assert det.version == 1 and det.status is DetectorStatus.ACTIVE and det.n_features == X.shape[1]
+    with Repository(tmp_path) as repo:
+        stored, model = repo.load("d")
+        fmt = repo.versions("d")[0]["format"]
+    assert stored.algorithm == algorithm and stored.parameters == params
+    assert fmt == {"native": "native", "pyod": "pickle", "torch": "torch", "jax": "jax"}[registry.kind(algorithm)]
+    # every kind is seeded: a fresh model with the same parameters is the reference
+    again = registry.create(algorithm, **params).fit(X)
+    np.testing.assert_allclose(model.decision_function(X), again.decision_function(X), rtol=1e-5)
+    # scoring through the service uses the stored model
+    r = service.detect(tmp_path, "d", X[:100], save=False)
+    np.testing.assert_array_equal(r.scores, model.decision_function(X[:100]))
+
+
+@pytest.mark.parametrize("algorithm, params, module", _kinds())
+def test_loaded_model_equals_saved_model(tmp_path, algorithm, params, module):
+    _need(module)
+    X, _ = load_dataset("thyroid")
+    model = registry.create(algorithm, **params).fit(X)
+    from pynomaly.domain import Detector
+
+    d = Detector(name="m", algorithm=algorithm, parameters=params)
+    d.mark_trained(n_features=X.shape[1])
+    d.activate()
+    with Repository(tmp_path) as repo:
+        repo.save(d, model)
+    with Repository(tmp_path) as repo:  # a new connection, as another process would
+        _, loaded = repo.load("m")
+    np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    assert loaded.threshold_ == model.threshold_
+
+
+def test_stored_lof_scores_new_data_by_default(tmp_path):
+    _need("neighbors")
+    X, _ = load_dataset("cardio")
+    det = service.train(tmp_path, "lof", X[:1500], "LOF", {"n_neighbors": 10})
+    assert det.parameters == {"novelty": True, "n_neighbors": 10}
+    r = service.detect(tmp_path, "lof", X[1500:])
+    assert r.scores.shape == (len(X) - 1500,)
+
+
+def test_versions_latest_and_given(tmp_path):
+    X, _ = load_dataset("cardio")
+    v1 = service.train(tmp_path, "d", X, params={"random_state": 1})
+    v2 = service.train(tmp_path, "d", X, params={"random_state": 2})
+    assert (v1.version, v2.version) == (1, 2) and v1.id == v2.id
+    ref1 = registry.create("IsolationForest", random_state=1).fit(X).decision_function(X)
+    ref2 = registry.create("IsolationForest", random_state=2).fit(X).decision_function(X)
+    with Repository(tmp_path) as repo:
+        d, latest = repo.load("d")
+        assert d.version == 2
+        d1, first = repo.load("d", version=1)
+        assert d1.version == 1 and d1.parameters == {"random_state": 1}
+        assert [v["version"] for v in repo.versions("d")] == [1, 2]
+        with pytest.raises(DetectorNotFoundError, match="no version 3"):
+            repo.load("d", version=3)
+    np.testing.assert_array_equal(latest.decision_function(X), ref2)
+    np.testing.assert_array_equal(first.decision_function(X), ref1)
+    r = service.detect(tmp_path, "d", X, version=1, save=False)
+    assert r.detector_version == 1
+
+
+def test_failed_training_is_recorded_and_retrain_failure_keeps_previous(tmp_path):
+    X, _ = load_dataset("cardio")
+    with pytest.raises(ValueError, match="n_estimators"):
+        service.train(tmp_path, "bad", X, params={"n_estimators": 0})
+    with Repository(tmp_path) as repo:
+        d = repo.get("bad")
+    assert d.status is DetectorStatus.FAILED and "n_estimators" in d.error
+    with pytest.raises(DetectorNotReadyError, match="failed"):
+        service.load_for_scoring(tmp_path, "bad")
+    service.train(tmp_path, "bad", X, params={"random_state": 0})  # a retry succeeds
+    assert service.show(tmp_path, "bad")["status"] == "active"
+    with pytest.raises(ValueError):
+        service.train(tmp_path, "bad", X, params={"n_estimators": -1})
+    det, _ = service.load_for_scoring(tmp_path, "bad")
+    assert det.version == 1 and det.status is DetectorStatus.ACTIVE
+
+
+def test_archive_activate_delete(tmp_path):
+    X, _ = load_dataset("cardio")
+    service.train(tmp_path, "d", X, params={"random_state": 0})
+    service.train(tmp_path, "keep", X, params={"random_state": 0})  # same content: shared artifact
+    assert service.archive(tmp_path, "d").status is DetectorStatus.ARCHIVED
+    with pytest.raises(DetectorNotReadyError, match="archived"):
+        service.detect(tmp_path, "d", X)
+    with pytest.raises(ValueError, match="archived"):
+        service.train(tmp_path, "d", X)
+    service.activate(tmp_path, "d")
+    service.detect(tmp_path, "d", X)  # stores a result (and its scores artifact)
+    artifacts = tmp_path / "artifacts"
+    before = sorted(p.name for p in artifacts.rglob("*.zst"))
+    assert service.delete(tmp_path, "d") == 1
+    after = sorted(p.name for p in artifacts.rglob("*.zst"))
+    assert len(after) == len(before) - 1  # the result's scores went; the shared model stayed
+    with pytest.raises(DetectorNotFoundError, match="no detector named 'd'"):
+        service.show(tmp_path, "d")
+    with pytest.raises(DetectorNotFoundError):
+        service.delete(tmp_path, "d")
+    _, m = service.load_for_scoring(tmp_path, "keep")
+    assert m.decision_function(X[:3]).shape == (3,)
+    assert [d.name for d in service.list_detectors(tmp_path)] == ["keep"]
+
+
+def test_datasets_and_results_are_recorded(tmp_path):
+    X, _ = load_dataset("cardio")
+    service.train(tmp_path, "d", X, params={"random_state": 0})
+    r = service.detect(tmp_path, "d", X, contamination=0.05)
+    assert abs(r.metrics["anomalies_detected"] - 0.05 * len(X)) <= 2
+    with Repository(tmp_path) as repo:
+        (meta,) = repo.results("d")
+        back = repo.load_result(meta["id"])
+        ds = repo.datasets()
+    np.testing.assert_array_equal(back.scores, r.scores)
+    np.testing.assert_array_equal(back.labels, r.labels)
+    assert meta["anomalies_detected"] == r.metrics["anomalies_detected"] and back.threshold == r.threshold
+    assert len(ds) == 1 and ds[0]["n_rows"] == X.shape[0] and ds[0]["n_columns"] == X.shape[1]
+    assert meta["dataset_id"] == ds[0]["id"]
+    with pytest.raises(ValueError, match="either threshold or contamination"):
+        service.detect(tmp_path, "d", X, threshold=0.5, contamination=0.1)
+    with pytest.raises(ValueError, match="trained on 21"):
+        service.detect(tmp_path, "d", X[:, :5])
+
+
+# -- integrity -----------------------------------------------------------------------------------
+def test_modified_artifact_is_refused(tmp_path):
+    X, _ = load_dataset("cardio")
+    service.train(tmp_path, "d", X, params={"random_state": 0})
+    (path,) = list((tmp_path / "artifacts").rglob("*.zst"))
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactIntegrityError):
+        service.load_for_scoring(tmp_path, "d")
+    path.unlink()
+    with pytest.raises(ArtifactIntegrityError, match="missing"):
+        service.load_for_scoring(tmp_path, "d")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_tampered_pickle_is_refused_before_unpickling(tmp_path):
+    pytest.importorskip("pyod")
+    X, _ = load_dataset("cardio")
+    service.train(tmp_path, "p", X, "pyod.ECOD")
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(_Payload(str(marker)))
+    with Repository(tmp_path) as repo:
+        sha = repo.put_artifact(evil)  # a well-formed, content-addressed artifact ...
+    db = sqlite3.connect(tmp_path / "pynomaly.db")
+    with db:  # ... swapped in behind the repository's back
+        db.execute("UPDATE detector_versions SET artifact = ?", (sha,))
+    db.close()
+    with pytest.raises(ArtifactIntegrityError, match="not signed"):
+        service.load_for_scoring(tmp_path, "p")
+    assert not marker.exists()
+
+
+def test_key_file_is_private_and_checked(tmp_path):
+    pytest.importorskip("pyod")
+    X, _ = load_dataset("cardio")
+    service.train(tmp_path, "p", X, "pyod.ECOD")
+    key = tmp_path / "secret.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+    key.chmod(0o644)
+    with pytest.raises(RepositoryError, match="chmod 600"):
+        service.load_for_scoring(tmp_path, "p")
+    key.chmod(0o600)
+    key.write_bytes(os.urandom(32))  # another key: the stored signature no longer matches
+    with pytest.raises(ArtifactIntegrityError, match="not signed"):
+        service.load_for_scoring(tmp_path, "p")
+
+
+def test_export_import_native_and_checksum(tmp_path):
+    X, _ = load_dataset("cardio")
+    service.train(tmp_path / "a", "d", X, params={"random_state": 0})
+    service.train(tmp_path / "a", "d", X, params={"random_state": 9})
+    f = service.export(tmp_path / "a", "d", tmp_path / "d.pnx", version=1)
+    det = service.import_detector(tmp_path / "b", f)
+    assert det.name == "d" and det.version == 1 and det.status is DetectorStatus.ACTIVE
+    _, src = service.load_for_scoring(tmp_path / "a", "d", version=1)
+    _, dst = service.load_for_scoring(tmp_path / "b", "d")
+    np.testing.assert_array_equal(src.decision_function(X), dst.decision_function(X))
+    again = service.import_detector(tmp_path / "b", f)  # importing again: the next version
+    assert again.version == 2
+    renamed = service.import_detector(tmp_path / "b", f, "edge")
+    assert renamed.name == "edge" and renamed.version == 1
+    raw = bytearray(f.read_bytes())
+    for pos in (5, len(raw) // 2, len(raw) - 1):
+        bad = bytearray(raw)
+        bad[pos] ^= 0x01
+        (tmp_path / "bad.pnx").write_bytes(bytes(bad))
+        with pytest.raises(ArtifactIntegrityError):
+            service.import_detector(tmp_path / "c", tmp_path / "bad.pnx")
+    (tmp_path / "short.pnx").write_bytes(raw[:40])
+    with pytest.raises(ArtifactIntegrityError):
+        service.import_detector(tmp_path / "c", tmp_path / "short.pnx")
+    assert service.list_detectors(tmp_path / "c") == []
+
+
+def test_export_import_pickle_needs_trust_elsewhere(tmp_path):
+    pytest.importorskip("pyod")
+    X, _ = load_dataset("cardio")
+    service.train(tmp_path / "a", "p", X, "pyod.ECOD")
+    f = service.export(tmp_path / "a", "p", tmp_path / "p.pnx")
+    service.import_detector(tmp_path / "a", f, "same-home")  # same key: accepted
+    with pytest.raises(ArtifactIntegrityError, match="trust_pickle"):
+        service.import_detector(tmp_path / "b", f)
+    det = service.import_detector(tmp_path / "b", f, trust_pickle=True)
+    _, a = service.load_for_scoring(tmp_path / "a", "p")
+    _, b = service.load_for_scoring(tmp_path / "b", det.name)  # re-signed with b's key
+    np.testing.assert_array_equal(a.decision_function(X), b.decision_function(X))
+
+
+def test_default_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYNOMALY_HOME", str(tmp_path / "h"))
+    assert default_home() == tmp_path / "h"
+    monkeypatch.delenv("PYNOMALY_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert default_home() == tmp_path / "xdg" / "pynomaly"
+    with Repository() as repo:
+        assert repo.home == default_home() and repo.home.is_dir()
+
+
+def test_unusable_home_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RepositoryError, match="cannot create the pynomaly home folder"):
+        Repository(tmp_path / "file" / "home")
+
+
+# -- crash safety and concurrency ------------------------------------------------------------------
+_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    import numpy as np
+    import pynomaly.repository as R
+    from pynomaly import service
+    home, where, data = sys.argv[1], sys.argv[2], sys.argv[3]
+    X = np.load(data)["X"]
+
+    def hang(*a, **k):
+        print("in-save", flush=True)
+        time.sleep(600)
+
+    if where == "artifact":          # killed while the artifact file is being written
+        os.fsync = hang
+    elif where == "transaction":     # killed inside the SQLite transaction, after the INSERT
+        orig = R.Repository._insert_version
+        def insert_then_hang(self, *a, **k):
+            orig(self, *a, **k)
+            hang()
+        R.Repository._insert_version = insert_then_hang
+    service.train(home, "d", X, params={"random_state": 2})
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["artifact", "transaction"])
+def test_writer_killed_mid_save_leaves_previous_version(tmp_path, where):
+    X, _ = load_dataset("cardio")
+    service.train(tmp_path, "d", X, params={"random_state": 1})
+    _, before = service.load_for_scoring(tmp_path, "d")
+    from _datasets_issue5 import dataset_path
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path), where, str(dataset_path("cardio"))],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "in-save"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    det, after = service.load_for_scoring(tmp_path, "d")
+    assert det.version == 1 and det.status is DetectorStatus.ACTIVE
+    np.testing.assert_array_equal(after.decision_function(X), before.decision_function(X))
+    with Repository(tmp_path) as repo:
+        assert [v["version"] for v in repo.versions("d")] == [1]
+    assert service.train(tmp_path, "d", X, params={"random_state": 2}).version == 2  # and life goes on
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from pynomaly import service
+    home, seed = sys.argv[1], int(sys.argv[2])
+    X = np.random.default_rng(seed).standard_normal((300, 4))
+    for i in range(3):
+        det = service.train(home, "shared", X, params={"n_estimators": 10, "random_state": seed * 10 + i})
+        _, m = service.load_for_scoring(home, "shared")
+        assert m.decision_function(X[:5]).shape == (5,)
+        service.train(home, f"own-{seed}", X, params={"n_estimators": 10, "random_state": i})
+        service.list_detectors(home)
+    print("done", flush=True)
+    """
+)
+
+
+def test_concurrent_processes(tmp_path):
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path), str(s)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for s in range(1, 4)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert out.strip() == "done"
+    with Repository(tmp_path) as repo:
+        versions = repo.versions("shared")
+        assert [v["version"] for v in versions] == list(range(1, 10))  # none lost, none twice
+        assert sorted(d.name for d in repo.list()) == ["own-1", "own-2", "own-3", "shared"]
+        for v in versions:
+            _, m = repo.load("shared", version=v["version"])
+            assert m.get_params()["random_state"] == v["parameters"]["random_state"]
+        assert all(len(repo.versions(f"own-{s}")) == 3 for s in range(1, 4))
+
+
+def test_delete_racing_a_save_of_identical_content(tmp_path):
+    """Delete A while B is being saved with byte-identical content (one shared artifact):
+    B's version must still load."""
+    from pynomaly.domain import Detector
+
+    X, _ = load_dataset("glass")
+    model = registry.create("IsolationForest", n_estimators=20, random_state=0).fit(X)
+
+    def trained(name):
+        d = Detector(name=name, algorithm="IsolationForest", parameters={"n_estimators": 20, "random_state": 0})
+        d.mark_trained(n_features=X.shape[1])
+        d.activate()
+        return d
+
+    with Repository(tmp_path) as a, Repository(tmp_path) as b:
+        a.save(trained("A"), model)
+        real_put = Repository.put_artifact
+
+        calls = []
+
+        def put_then_other_process_deletes(self, data):
+            sha = real_put(self, data)  # the file exists: nothing written ...
+            if not calls:
+                a.delete("A")  # ... and another process deletes the only detector using it
+                assert not self._artifact_path(sha).exists()
+            calls.append(sha)
+            return sha
+
+        b.put_artifact = put_then_other_process_deletes.__get__(b)
+        b.save(trained("B"), model)
+        _, loaded = b.load("B")
+    assert len(calls) == 2  # the second call re-wrote the file
+    np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))
