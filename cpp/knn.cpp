@@ -339,7 +339,8 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
     std::vector<float> nyv(n);
     std::vector<int64_t> order(n);  // packed position -> original row
     for (int64_t i = 0; i < n; ++i) order[i] = i;
-    spatial_order(data, 0, n, order);
+    // A few queries (scoring a handful of new rows) cannot repay the O(n log n) sort.
+    if (!queries || nq >= 256) spatial_order(data, 0, n, order);
     {
         std::vector<double> row(d);
         for (int64_t i = 0; i < n; ++i) {

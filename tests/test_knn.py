@@ -114,6 +114,7 @@ def test_every_metric_and_simd_target_is_exact(simd_target, metric):
     check_rows(X, 7, metric, "brute", rows)
     Y = X[::5] + 0.01
     check_rows(X, 7, metric, "brute", np.arange(len(Y)), Y=Y)
+    check_rows(X, 7, metric, "brute", np.arange(20), Y=Y[:20])  # few queries: data left unsorted
     if metric != "cosine":
         Xl = load("annthyroid")  # d = 6, many duplicates
         check_rows(Xl, 12, metric, "kd_tree", np.arange(0, len(Xl), 37))
