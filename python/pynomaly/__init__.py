@@ -11,6 +11,7 @@ import os as _os
 from ._errors import InvalidInputError, ModelFormatError, NotFittedError, PynomalyError
 from . import _core
 from .iforest import IsolationForest
+from .neighbors import KNN, LOF, knn  # k-nearest neighbours (issue 3)
 
 # -- domain model (issue 5): plain classes over NumPy; registry, repository, service and the
 # adapters stay submodules (pynomaly.registry, pynomaly.service, ...) imported when used.
@@ -28,6 +29,9 @@ from . import combine, scores
 __version__ = "0.1.0"
 __all__ = [
     "IsolationForest",
+    "LOF",
+    "KNN",
+    "knn",
     "PynomalyError",
     "InvalidInputError",
     "NotFittedError",

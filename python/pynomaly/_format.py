@@ -20,6 +20,17 @@ Layout (all integers and arrays little-endian, packed, no padding)::
 Header keys: "params" (the estimator's get_params(), JSON-able values), "n_features", "psi",
 "n_trees", "n_nodes", "max_samples_", "threshold" (float or null), "n_train_scores".
 
+Neighbour detectors (kinds b"LOF\\0\\0\\0\\0\\0" and b"KNN\\0\\0\\0\\0\\0") use the same frame; their arrays
+are the training rows, then per-row float64 arrays::
+
+                           train_X      float32 or float64 ("dtype" in the header) [n_train * n_features]
+                           train_scores float64 [n_train]
+                           lrd, kdist   float64 [n_train] each (LOF only: local reachability
+                                                density and k-distance of each training row)
+
+with header keys "params", "n_train", "n_features", "dtype" ("<f4" or "<f8"), "threshold",
+"algorithm".
+
 A reader rejects a wrong magic, an unknown version or kind, a length that disagrees with the
 header, and a checksum mismatch; the native core then validates every node index.
 """
@@ -49,6 +60,47 @@ def _json_safe(value):
     return None  # e.g. a RandomState instance: not reproducible from a file anyway
 
 
+def pack(kind: bytes, header: dict, parts) -> bytes:
+    """Frame a model: prefix, JSON header, raw array bytes, CRC-32 of everything before it."""
+    hbytes = json.dumps(header, sort_keys=True).encode()
+    body = b"".join([_PREFIX.pack(MAGIC, VERSION, kind, len(hbytes)), hbytes, *parts])
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def unpack(data, kind: bytes, what: str):
+    """Check the frame of a model of `kind` and return (header dict, memoryview, offset of arrays).
+
+    Raises ModelFormatError for a wrong magic, version or kind, a checksum mismatch or a bad
+    header; the caller checks the array lengths against the header.
+    """
+    try:
+        data = memoryview(data).cast("B")
+    except TypeError:
+        raise ModelFormatError(f"model data must be bytes-like, got {type(data).__name__}") from None
+    if len(data) < _PREFIX.size + 4:
+        raise ModelFormatError(f"model data is truncated ({len(data)} bytes)")
+    magic, version, found, hlen = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise ModelFormatError("not a pynomaly model (bad magic bytes)")
+    if version != VERSION:
+        raise ModelFormatError(f"unsupported model format version {version}; this pynomaly reads version {VERSION}")
+    if found != kind:
+        raise ModelFormatError(f"model kind {found.rstrip(bytes(1))!r} is not {what}")
+    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+    if zlib.crc32(data[:-4]) != crc:
+        raise ModelFormatError("model data is corrupted or truncated (checksum mismatch)")
+    end = _PREFIX.size + hlen
+    if end > len(data) - 4:
+        raise ModelFormatError("model data is truncated (header)")
+    try:
+        header = json.loads(bytes(data[_PREFIX.size : end]))
+        if not isinstance(header, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise ModelFormatError(f"model header is invalid: {e}") from None
+    return header, data, end
+
+
 def dump_forest(model) -> bytes:
     forest = model._forest
     arrays = forest.arrays()
@@ -64,10 +116,7 @@ def dump_forest(model) -> bytes:
         "threshold": None if model.threshold_ is None else float(model.threshold_),
         "n_train_scores": int(scores.size),
     }
-    hbytes = json.dumps(header, sort_keys=True).encode()
     parts = [
-        _PREFIX.pack(MAGIC, VERSION, KIND_IFOREST, len(hbytes)),
-        hbytes,
         arrays["tree_offset"].astype("<i4").tobytes(),
         arrays["feature"].astype("<i4").tobytes(),
         arrays["threshold"].astype("<f4").tobytes(),
@@ -75,32 +124,12 @@ def dump_forest(model) -> bytes:
         arrays["leaf_value"].astype("<f8").tobytes(),
         scores.tobytes(),
     ]
-    body = b"".join(parts)
-    return body + struct.pack("<I", zlib.crc32(body))
+    return pack(KIND_IFOREST, header, parts)
 
 
 def load_forest(cls, data):
+    header, data, end = unpack(data, KIND_IFOREST, "an isolation forest")
     try:
-        data = memoryview(data).cast("B")
-    except TypeError:
-        raise ModelFormatError(f"model data must be bytes-like, got {type(data).__name__}") from None
-    if len(data) < _PREFIX.size + 4:
-        raise ModelFormatError(f"model data is truncated ({len(data)} bytes)")
-    magic, version, kind, hlen = _PREFIX.unpack_from(data, 0)
-    if magic != MAGIC:
-        raise ModelFormatError("not a pynomaly model (bad magic bytes)")
-    if version != VERSION:
-        raise ModelFormatError(f"unsupported model format version {version}; this pynomaly reads version {VERSION}")
-    if kind != KIND_IFOREST:
-        raise ModelFormatError(f"model kind {kind.rstrip(bytes(1))!r} is not an isolation forest")
-    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
-    if zlib.crc32(data[:-4]) != crc:
-        raise ModelFormatError("model data is corrupted or truncated (checksum mismatch)")
-    end = _PREFIX.size + hlen
-    if end > len(data) - 4:
-        raise ModelFormatError("model data is truncated (header)")
-    try:
-        header = json.loads(bytes(data[_PREFIX.size : end]))
         n_trees, n_nodes, n_scores = int(header["n_trees"]), int(header["n_nodes"]), int(header["n_train_scores"])
         n_features, psi = int(header["n_features"]), int(header["psi"])
         params = dict(header["params"])
@@ -140,4 +169,64 @@ def load_forest(cls, data):
     model.decision_scores_ = scores if n_scores else None
     model.threshold_ = header["threshold"]
     model.labels_ = None if model.decision_scores_ is None else (scores > model.threshold_).astype(np.int64)
+    return model
+
+
+# ---- neighbour detectors (LOF, KNN) ------------------------------------------------------------
+KIND_LOF = b"LOF\0\0\0\0\0"
+KIND_KNN = b"KNN\0\0\0\0\0"
+
+
+def dump_neighbors(model, kind: bytes) -> bytes:
+    X = model._fit_X
+    dtype = "<f4" if X.dtype == np.float32 else "<f8"
+    header = {
+        "params": {k: _json_safe(v) for k, v in model.get_params().items()},
+        "n_train": int(X.shape[0]),
+        "n_features": int(X.shape[1]),
+        "dtype": dtype,
+        "threshold": float(model.threshold_),
+        "algorithm": model.algorithm_,
+    }
+    parts = [np.ascontiguousarray(X, dtype=dtype).tobytes(), np.ascontiguousarray(model.decision_scores_, "<f8").tobytes()]
+    if kind == KIND_LOF:
+        parts += [np.ascontiguousarray(model._lrd, "<f8").tobytes(), np.ascontiguousarray(model._kdist, "<f8").tobytes()]
+    return pack(kind, header, parts)
+
+
+def load_neighbors(cls, data, kind: bytes, what: str):
+    header, data, pos = unpack(data, kind, what)
+    try:
+        n, d, dtype = int(header["n_train"]), int(header["n_features"]), str(header["dtype"])
+        params, threshold, algorithm = dict(header["params"]), float(header["threshold"]), str(header["algorithm"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelFormatError(f"model header is invalid: {e}") from None
+    if dtype not in ("<f4", "<f8") or n < 1 or d < 1:
+        raise ModelFormatError(f"model header is invalid: n_train={n}, n_features={d}, dtype={dtype!r}")
+    n_rows_arrays = 3 if kind == KIND_LOF else 1
+    expected = pos + n * d * (4 if dtype == "<f4" else 8) + 8 * n * n_rows_arrays + 4
+    if expected != len(data):
+        raise ModelFormatError(f"model data has {len(data)} bytes, header implies {expected}")
+
+    def take(dt, count):
+        nonlocal pos
+        a = np.frombuffer(data, dtype=dt, count=count, offset=pos).copy()
+        pos += a.nbytes
+        return a
+
+    X = take(dtype, n * d).reshape(n, d).astype(np.float32 if dtype == "<f4" else np.float64, copy=False)
+    scores = take("<f8", n)
+    try:
+        model = cls(**params)
+    except TypeError as e:
+        raise ModelFormatError(f"model parameters are invalid: {e}") from None
+    model._fit_X = X
+    model.n_features_in_ = d
+    model.algorithm_ = algorithm
+    model.decision_scores_ = scores
+    if kind == KIND_LOF:
+        model._lrd = take("<f8", n)
+        model._kdist = take("<f8", n)
+    model.threshold_ = threshold
+    model.labels_ = (scores > threshold).astype(np.int64)
     return model

@@ -11,6 +11,7 @@
 
 #include "common.hpp"
 #include "iforest.hpp"
+#include "knn.hpp"
 #include "scores.hpp"
 
 namespace py = pybind11;
@@ -297,4 +298,36 @@ PYBIND11_MODULE(_core, m) {
     m.def("average_path_length", &average_path_length, py::arg("n"));
 
     bind_scores(m);  // scores: normalisation, thresholds (cpp/scores.hpp)
+
+    // ---- k-nearest neighbours (cpp/knn.hpp): pynomaly.knn, LOF and KNN ---------------------
+    m.def("knn",
+          [](const py::array& X, int64_t k, const py::object& Y, const std::string& metric,
+             const std::string& algorithm, int n_jobs) {
+              const MatrixView xv = matrix_view(X);
+              std::optional<MatrixView> yv;
+              if (!Y.is_none()) yv = matrix_view(Y.cast<py::array>());
+              const Metric me = metric_from_name(metric);
+              KnnAlgorithm al = knn_algorithm_from_name(algorithm);
+              const int64_t nq = yv ? yv->rows : xv.rows;
+              const int64_t available = yv ? xv.rows : xv.rows - 1;
+              if (k < 1 || k > available)  // let the core word the error before allocating q x k
+                  knn_search(xv, yv ? &*yv : nullptr, k, me, al, n_jobs, CancelCheck{}, nullptr, nullptr);
+              py::array_t<double> dist({nq, k});
+              py::array_t<int64_t> idx({nq, k});
+              double* dp = dist.mutable_data();
+              int64_t* ip = idx.mutable_data();
+              run_native(nq + xv.rows, [&](const CancelCheck& c) {
+                  al = knn_search(xv, yv ? &*yv : nullptr, k, me, al, n_jobs, c, dp, ip);
+              });
+              return py::make_tuple(dist, idx, knn_algorithm_name(al));
+          },
+          py::arg("X"), py::arg("k"), py::arg("Y") = py::none(), py::arg("metric") = "euclidean",
+          py::arg("algorithm") = "auto", py::arg("n_jobs") = 1,
+          "Exact k nearest neighbours: (distances, indices, algorithm used); see cpp/knn.hpp.");
+    m.def("knn_choose_algorithm",
+          [](int64_t n, int64_t d, const std::string& metric) {
+              return std::string(knn_algorithm_name(choose_knn_algorithm(n, d, metric_from_name(metric))));
+          },
+          py::arg("n"), py::arg("d"), py::arg("metric") = "euclidean");
+    // ---- end of k-nearest neighbours ---------------------------------------------------------
 }

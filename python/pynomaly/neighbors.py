@@ -1,0 +1,311 @@
+"""Exact k-nearest neighbours (:func:`knn`) and the detectors built on it: :class:`LOF` and :class:`KNN`.
+
+The search runs in the native core (cpp/knn.cpp): float32-screened brute force with exact
+float64 verification, or a KD-tree at low dimension. Neighbour sets are the true ones, ties go
+to the lower index, and results do not depend on ``n_jobs``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _core
+from ._errors import InvalidInputError, NotFittedError
+from ._validation import as_matrix, check_contamination, resolve_n_jobs
+from .base import BaseDetector
+
+__all__ = ["knn", "choose_algorithm", "LOF", "KNN"]
+
+_METRICS = ("euclidean", "sqeuclidean", "manhattan", "cosine")
+_ALGORITHMS = ("auto", "brute", "kd_tree")
+
+
+def _check_k(k, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise InvalidInputError(f"{name} must be a positive integer, got {k!r}")
+    if k < 1:
+        raise InvalidInputError(f"{name} must be at least 1, got {k!r}")
+    return int(k)
+
+
+def _check_choice(value, name: str, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidInputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _search(X, k: int, Y, metric: str, algorithm: str, n_jobs: int):
+    """(distances, indices, algorithm used) from the core; X and Y already validated."""
+    if Y is not None and Y.shape[1] != X.shape[1]:
+        raise InvalidInputError(
+            f"Y has {Y.shape[1]} features but X has {X.shape[1]}; both must have the same number of features"
+        )
+    return _core.knn(X, k, Y, metric, algorithm, n_jobs)
+
+
+def knn(X, k, Y=None, metric="euclidean", algorithm="auto", n_jobs=None):
+    """Exact k nearest neighbours.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+        The rows searched (float32 and float64 arrays of any layout are read in place).
+    k : int
+        Neighbours per query, 1 <= k <= n (k <= n - 1 when Y is None).
+    Y : array-like of shape (m, d), optional
+        The queries. None queries X itself, excluding each row from its own neighbours
+        (scikit-learn's ``kneighbors()`` without arguments).
+    metric : {"euclidean", "sqeuclidean", "manhattan", "cosine"}
+    algorithm : {"auto", "brute", "kd_tree"}
+        "auto" picks by n, d and metric (see :func:`choose_algorithm`).
+    n_jobs : None or int
+        Threads: None means 1, -1 every usable CPU. Results do not depend on it.
+
+    Returns
+    -------
+    distances : ndarray of float64, shape (m, k)
+        Each row ascending; exact (computed directly in float64).
+    indices : ndarray of int64, shape (m, k)
+        Rows of X; among equal distances the lower index comes first.
+    """
+    X = as_matrix(X)
+    if Y is not None:
+        Y = as_matrix(Y, name="Y")
+    k = _check_k(k)
+    metric = _check_choice(metric, "metric", _METRICS)
+    algorithm = _check_choice(algorithm, "algorithm", _ALGORITHMS)
+    dist, idx, _ = _search(X, k, Y, metric, algorithm, resolve_n_jobs(n_jobs))
+    return dist, idx
+
+
+def choose_algorithm(n: int, d: int, metric: str = "euclidean") -> str:
+    """The algorithm ``algorithm="auto"`` uses for n rows of d features ("brute" or "kd_tree")."""
+    return _core.knn_choose_algorithm(int(n), int(d), _check_choice(metric, "metric", _METRICS))
+
+
+class _NeighborDetector(BaseDetector):
+    """Shared fitting state of LOF and KNN: the training rows and the parameter checks."""
+
+    _kind = b""
+    _what = ""
+
+    def _check_params(self):
+        check_contamination(self.contamination)
+        k = _check_k(self.n_neighbors, "n_neighbors")
+        _check_choice(self.metric, "metric", _METRICS)
+        _check_choice(self.algorithm, "algorithm", _ALGORITHMS)
+        return k, resolve_n_jobs(self.n_jobs)
+
+    def _fit_neighbors(self, X):
+        k, n_jobs = self._check_params()
+        X = as_matrix(X)
+        n = X.shape[0]
+        if k >= n:
+            raise InvalidInputError(
+                f"n_neighbors={k} needs at least {k + 1} rows (each row's neighbours exclude itself); X has {n}"
+            )
+        # Our own copy: the model must not change when the caller later edits X in place.
+        self._fit_X = np.array(X, order="C", copy=True)
+        self.n_features_in_ = X.shape[1]
+        dist, idx, self.algorithm_ = _search(self._fit_X, k, None, self.metric, self.algorithm, n_jobs)
+        return dist, idx
+
+    def _query(self, X):
+        try:
+            fit_X = self._fit_X
+        except AttributeError:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first") from None
+        X = as_matrix(X)
+        if X.shape[1] != self.n_features_in_:
+            raise InvalidInputError(
+                f"X has {X.shape[1]} features, but this {type(self).__name__} was fitted with {self.n_features_in_}"
+            )
+        k, n_jobs = self._check_params()
+        algorithm = self.algorithm
+        if algorithm == "auto" and X.shape[0] < 1024:
+            # A tree is rebuilt per call (it is not kept); for a few rows a scan is cheaper.
+            algorithm = "brute"
+        dist, idx, _ = _search(fit_X, k, X, self.metric, algorithm, n_jobs)
+        return dist, idx
+
+    # -- serialization -------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Serialize the fitted detector (format: see ``pynomaly._format``); no pickle inside."""
+        from ._format import dump_neighbors
+
+        if not hasattr(self, "_fit_X"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+        return dump_neighbors(self, self._kind)
+
+    @classmethod
+    def from_bytes(cls, data):
+        """Load a detector written by ``to_bytes``; corrupted or truncated data raise ModelFormatError."""
+        from ._format import load_neighbors
+
+        return load_neighbors(cls, data, cls._kind, cls._what)
+
+    def __getstate__(self):
+        state = {"params": self.get_params()}
+        if hasattr(self, "_fit_X"):
+            state["model"] = self.to_bytes()
+        return state
+
+    def __setstate__(self, state):
+        if "model" in state:
+            self.__dict__.update(type(self).from_bytes(state["model"]).__dict__)
+        else:
+            self.set_params(**state["params"])
+
+
+def _lrd(dist: np.ndarray, idx: np.ndarray, kdist: np.ndarray) -> np.ndarray:
+    # scikit-learn's _local_reachability_density, term for term (including the 1e-10 guard
+    # that keeps rows with k exact duplicates finite); one n x k temporary, reused in place.
+    reach = kdist[idx]
+    np.maximum(dist, reach, out=reach)
+    return 1.0 / (np.mean(reach, axis=1) + 1e-10)
+
+
+def _mean_ratio(lrd: np.ndarray, idx: np.ndarray, lrd_rows: np.ndarray) -> np.ndarray:
+    # mean over neighbours of lrd[neighbour] / lrd[row], as scikit-learn divides then averages.
+    ratios = lrd[idx]
+    ratios /= lrd_rows[:, np.newaxis]
+    return np.mean(ratios, axis=1)
+
+
+class LOF(_NeighborDetector):
+    """Local Outlier Factor (Breunig et al. 2000) with PyOD's conventions.
+
+    Scores follow scikit-learn's definition exactly (k-distance, reachability distance, local
+    reachability density with its 1e-10 guard): ``decision_scores_`` equals
+    ``-LocalOutlierFactor(n_neighbors).fit(X).negative_outlier_factor_``.
+
+    Parameters
+    ----------
+    n_neighbors : int, default 20
+        k; must be below the number of training rows.
+    metric : {"euclidean", "sqeuclidean", "manhattan", "cosine"}, default "euclidean"
+    algorithm : {"auto", "brute", "kd_tree"}, default "auto"
+    novelty : bool, default False
+        As in scikit-learn: False (outlier detection) scores only the training rows
+        (``decision_scores_``, ``labels_``); ``decision_function``/``predict`` on data then
+        raise. True (novelty detection) scores new rows against the training rows:
+        ``decision_function(X)`` equals ``-LocalOutlierFactor(novelty=True).score_samples(X)``.
+    contamination : float, default 0.1
+    n_jobs : None or int
+
+    Attributes
+    ----------
+    decision_scores_, threshold_, labels_ : PyOD's meaning (higher score = more anomalous)
+    algorithm_ : str
+        The neighbour search used ("brute" or "kd_tree").
+    n_features_in_ : int
+    """
+
+    _kind = b"LOF\0\0\0\0\0"
+    _what = "a LOF detector"
+
+    def __init__(
+        self,
+        n_neighbors: int = 20,
+        metric: str = "euclidean",
+        algorithm: str = "auto",
+        novelty: bool = False,
+        contamination: float = 0.1,
+        n_jobs=None,
+    ):
+        self.n_neighbors = n_neighbors
+        self.metric = metric
+        self.algorithm = algorithm
+        self.novelty = novelty
+        self.contamination = contamination
+        self.n_jobs = n_jobs
+
+    def fit(self, X, y=None) -> "LOF":
+        """Find each training row's neighbours and its LOF; ``y`` is ignored."""
+        if not isinstance(self.novelty, (bool, np.bool_)):
+            raise InvalidInputError(f"novelty must be True or False, got {self.novelty!r}")
+        dist, idx = self._fit_neighbors(X)
+        self._kdist = dist[:, -1].copy()
+        self._lrd = _lrd(dist, idx, self._kdist)
+        del dist  # keep the peak at two n x k arrays
+        self.decision_scores_ = _mean_ratio(self._lrd, idx, self._lrd)
+        self._process_decision_scores()
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """LOF of each row of X as a new point (novelty=True only); higher is more anomalous."""
+        if hasattr(self, "_fit_X") and not self.novelty:
+            raise InvalidInputError(
+                "LOF(novelty=False) scores only its training rows: read decision_scores_ and labels_, "
+                "or fit LOF(novelty=True) to score new data"
+            )
+        dist, idx = self._query(X)
+        lrd_x = _lrd(dist, idx, self._kdist)
+        del dist
+        return _mean_ratio(self._lrd, idx, lrd_x)
+
+
+class KNN(_NeighborDetector):
+    """k-nearest-neighbour distance detector, equal to PyOD's ``pyod.models.knn.KNN``.
+
+    The score of a row is the distance to its k-th neighbour ("largest"), or the mean or
+    median of the distances to its k neighbours. Training rows exclude themselves; new rows
+    are searched among the training rows (a training row passed again finds itself at 0).
+
+    Parameters
+    ----------
+    n_neighbors : int, default 5
+    method : {"largest", "mean", "median"}, default "largest"
+    metric : {"euclidean", "sqeuclidean", "manhattan", "cosine"}, default "euclidean"
+    algorithm : {"auto", "brute", "kd_tree"}, default "auto"
+    contamination : float, default 0.1
+    n_jobs : None or int
+
+    Attributes
+    ----------
+    decision_scores_, threshold_, labels_ : PyOD's meaning (higher score = more anomalous)
+    algorithm_ : str
+    n_features_in_ : int
+    """
+
+    _kind = b"KNN\0\0\0\0\0"
+    _what = "a KNN detector"
+
+    def __init__(
+        self,
+        n_neighbors: int = 5,
+        method: str = "largest",
+        metric: str = "euclidean",
+        algorithm: str = "auto",
+        contamination: float = 0.1,
+        n_jobs=None,
+    ):
+        self.n_neighbors = n_neighbors
+        self.method = method
+        self.metric = metric
+        self.algorithm = algorithm
+        self.contamination = contamination
+        self.n_jobs = n_jobs
+
+    def _reduce(self, dist: np.ndarray) -> np.ndarray:
+        if self.method == "largest":
+            return dist[:, -1].copy()
+        if self.method == "mean":
+            return np.mean(dist, axis=1)
+        return np.median(dist, axis=1)
+
+    def fit(self, X, y=None) -> "KNN":
+        """Score each training row by its distances to its k nearest other rows; ``y`` is ignored."""
+        _check_choice(self.method, "method", ("largest", "mean", "median"))
+        dist, _ = self._fit_neighbors(X)
+        self.decision_scores_ = self._reduce(dist)
+        self._process_decision_scores()
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Score of each row of X against the training rows; higher is more anomalous."""
+        _check_choice(self.method, "method", ("largest", "mean", "median"))
+        dist, _ = self._query(X)
+        return self._reduce(dist)
