@@ -11,10 +11,8 @@
 #include <string>
 
 #include "iforest_kernels.hpp"
+#include "parallel.hpp"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace pynomaly {
 
@@ -144,45 +142,6 @@ struct FirstError {
     }
     bool any() const { return row != std::numeric_limits<int64_t>::max(); }
 };
-
-// Runs body(chunk) for chunks [0, n_chunks) on up to n_threads threads, dynamically scheduled.
-// Only the calling thread polls `cancel` (it is the one that may touch the interpreter);
-// every thread stops taking chunks once a stop is flagged. Exceptions never leave the region.
-template <class Body>
-void parallel_chunks(int64_t n_chunks, int n_threads, const CancelCheck& cancel, Body&& body) {
-    std::atomic<bool> stop{false};
-    bool cancelled = false;
-    std::exception_ptr error;
-    std::mutex error_mu;
-    auto run_one = [&](int64_t c, bool is_caller) {
-        if (stop.load(std::memory_order_relaxed)) return;
-        if (is_caller && cancel()) {
-            cancelled = true;
-            stop.store(true);
-            return;
-        }
-        try {
-            if (!body(c)) stop.store(true);
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(error_mu);
-            if (!error) error = std::current_exception();
-            stop.store(true);
-        }
-    };
-    const int nt = n_chunks > 1 ? effective_threads(n_threads, n_chunks) : 1;
-    if (nt <= 1) {
-        for (int64_t c = 0; c < n_chunks && !stop.load(std::memory_order_relaxed); ++c) run_one(c, true);
-    } else {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-        for (int64_t c = 0; c < n_chunks; ++c) run_one(c, omp_get_thread_num() == 0);
-#else
-        for (int64_t c = 0; c < n_chunks; ++c) run_one(c, true);
-#endif
-    }
-    if (error) std::rethrow_exception(error);
-    if (cancelled) throw Cancelled();
-}
 
 }  // namespace
 

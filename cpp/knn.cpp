@@ -19,10 +19,7 @@
 #include <vector>
 
 #include "knn_kernels.hpp"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "parallel.hpp"
 
 namespace pynomaly {
 
@@ -62,44 +59,6 @@ KnnAlgorithm choose_knn_algorithm(int64_t n, int64_t d, Metric metric) {
 namespace {
 
 // ---- shared pieces ------------------------------------------------------------------------
-
-template <class Body>
-void parallel_chunks(int64_t n_chunks, int n_threads, const CancelCheck& cancel, Body&& body) {
-    // Same contract as iforest.cpp's: only the calling thread polls `cancel`, exceptions never
-    // leave the region, every thread stops taking chunks once a stop is flagged.
-    std::atomic<bool> stop{false};
-    bool cancelled = false;
-    std::exception_ptr error;
-    std::mutex error_mu;
-    auto run_one = [&](int64_t c, bool is_caller) {
-        if (stop.load(std::memory_order_relaxed)) return;
-        if (is_caller && cancel()) {
-            cancelled = true;
-            stop.store(true);
-            return;
-        }
-        try {
-            body(c);
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(error_mu);
-            if (!error) error = std::current_exception();
-            stop.store(true);
-        }
-    };
-    const int nt = n_chunks > 1 ? effective_threads(n_threads, n_chunks) : 1;
-    if (nt <= 1) {
-        for (int64_t c = 0; c < n_chunks && !stop.load(std::memory_order_relaxed); ++c) run_one(c, true);
-    } else {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-        for (int64_t c = 0; c < n_chunks; ++c) run_one(c, omp_get_thread_num() == 0);
-#else
-        for (int64_t c = 0; c < n_chunks; ++c) run_one(c, true);
-#endif
-    }
-    if (error) std::rethrow_exception(error);
-    if (cancelled) throw Cancelled();
-}
 
 // Row r of a view, read into double (in place for any layout; one row at a time).
 void read_row(const MatrixView& X, int64_t r, double* out) {

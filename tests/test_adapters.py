@@ -15,7 +15,7 @@ from pynomaly import registry
 from pynomaly._errors import InvalidInputError, ModelFormatError
 from pynomaly.adapters import MissingExtraError
 
-from _datasets_issue5 import load_dataset, roc_auc
+from conftest import load_dataset, roc_auc
 
 
 # -- lazy imports and missing extras -----------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from pynomaly._errors import InvalidInputError
 from pynomaly.dataio import load_table, write_result
 
-from _datasets_issue5 import load_dataset
+from conftest import load_dataset
 
 
 def run(*args, home=None, env=None, check=True):

@@ -27,7 +27,7 @@ from pynomaly.repository import (
     default_home,
 )
 
-from _datasets_issue5 import load_dataset
+from conftest import load_dataset
 
 TESTS = Path(__file__).resolve().parent
 
@@ -330,7 +330,7 @@ def test_writer_killed_mid_save_leaves_previous_version(tmp_path, where):
     X, _ = load_dataset("cardio")
     service.train(tmp_path, "d", X, params={"random_state": 1})
     _, before = service.load_for_scoring(tmp_path, "d")
-    from _datasets_issue5 import dataset_path
+    from conftest import dataset_path
 
     proc = subprocess.Popen(
         [sys.executable, "-c", _WRITER, str(tmp_path), where, str(dataset_path("cardio"))],
