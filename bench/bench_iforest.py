@@ -91,7 +91,12 @@ def report(title, results, unit, higher_is_better=False):
     ours = results["pynomaly"]
     for name, v in results.items():
         ratio = (v / ours) if not higher_is_better else (ours / v)
-        extra = "" if name == "pynomaly" else f"   pynomaly is {ratio:6.1f}x faster"
+        if name == "pynomaly":
+            extra = ""
+        elif ratio >= 1:
+            extra = f"   pynomaly is {ratio:6.1f}x faster"
+        else:
+            extra = f"   pynomaly is {1 / ratio:6.1f}x slower"
         print(f"  {name:10s} {v:12.3f} {unit}{extra}")
 
 
