@@ -81,9 +81,9 @@ def test_two_threads_both_work_after_other_openmp_runtimes(first):
         out = subprocess.run([sys.executable, "-c", PROBE, *first], capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        if r["busiest"][1] >= 0.7 * r["wall"]:
+        if r["busiest"][1] >= 0.6 * r["wall"]:
             break
-    assert r["busiest"][0] >= 0.7 * r["wall"] and r["busiest"][1] >= 0.7 * r["wall"], r
+    assert r["busiest"][0] >= 0.6 * r["wall"] and r["busiest"][1] >= 0.6 * r["wall"], r
 
 
 def test_gil_is_released_during_native_work():
