@@ -272,9 +272,16 @@ double value_at(const MatrixView& X, int64_t r, int64_t c) {
 // visits self-queries in this order and scans each query block's own region first, so every
 // query's threshold is near its final value after the first data block, and almost nothing
 // else passes the screen. It only changes speed: results are ranked by (key, original index).
-void spatial_order(const MatrixView& X, int64_t begin, int64_t end, std::vector<int64_t>& order) {
+// With `split_depth` > 0, stops that many levels down and appends the unsorted segments to
+// `segments` instead of recursing (the caller sorts them in parallel).
+void spatial_order(const MatrixView& X, int64_t begin, int64_t end, std::vector<int64_t>& order, int split_depth = 0,
+                   std::vector<std::pair<int64_t, int64_t>>* segments = nullptr) {
     const int64_t len = end - begin;
     if (len <= 32) return;
+    if (segments && split_depth == 0) {
+        segments->push_back({begin, end});
+        return;
+    }
     const int64_t d = X.cols, step = std::max<int64_t>(len / 64, 1);
     int64_t dim = 0;
     double widest = -1.0;
@@ -291,8 +298,8 @@ void spatial_order(const MatrixView& X, int64_t begin, int64_t end, std::vector<
         const double va = value_at(X, a, dim), vb = value_at(X, b, dim);
         return va < vb || (va == vb && a < b);
     });
-    spatial_order(X, begin, mid, order);
-    spatial_order(X, mid, end, order);
+    spatial_order(X, begin, mid, order, split_depth - 1, segments);
+    spatial_order(X, mid, end, order, split_depth - 1, segments);
 }
 
 void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, Metric metric, int n_threads,
@@ -316,7 +323,16 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
     std::vector<int64_t> order(n);  // packed position -> original row
     for (int64_t i = 0; i < n; ++i) order[i] = i;
     // A few queries (scoring a handful of new rows) cannot repay the O(n log n) sort.
-    if (!queries || nq >= 256) spatial_order(data, 0, n, order);
+    if (!queries || nq >= 256) {
+        // The top three levels on this thread, then the eight subtrees on the threads: each
+        // segment is sorted exactly as the serial recursion would, so the order (which only
+        // affects speed anyway) does not depend on n_threads.
+        std::vector<std::pair<int64_t, int64_t>> segments;
+        spatial_order(data, 0, n, order, 3, &segments);
+        parallel_chunks(static_cast<int64_t>(segments.size()), n_threads, cancel, [&](int64_t c) {
+            spatial_order(data, segments[c].first, segments[c].second, order);
+        });
+    }
     TRACE("sorted");
     {
         std::vector<double> row(d);
