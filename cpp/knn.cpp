@@ -17,6 +17,11 @@
 #include <limits>
 #include <mutex>
 #include <vector>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+static double TRACE_T(){return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();}
+#define TRACE(msg) do { if (std::getenv("KNN_TRACE")) std::fprintf(stderr, "%s %.4f\n", msg, TRACE_T()); } while (0)
 
 #include "knn_kernels.hpp"
 #include "parallel.hpp"
@@ -113,6 +118,16 @@ struct ExactMetric {
         return s;
     }
     double output(double key) const { return metric == Metric::euclidean ? std::sqrt(key) : key; }
+    // key() for four rows of squared euclidean at once, each summed in the same order as key()
+    // (bit-identical): one row's sum is a chain of dependent adds, four interleave.
+    void sq_key4(const double* a, const double* const b[4], double out[4]) const {
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+        for (int64_t j = 0; j < d; ++j) {
+            const double t0 = a[j] - b[0][j], t1 = a[j] - b[1][j], t2 = a[j] - b[2][j], t3 = a[j] - b[3][j];
+            s0 += t0 * t0, s1 += t1 * t1, s2 += t2 * t2, s3 += t3 * t3;
+        }
+        out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+    }
 };
 
 double l2norm(const double* a, int64_t d) {
@@ -257,9 +272,16 @@ double value_at(const MatrixView& X, int64_t r, int64_t c) {
 // visits self-queries in this order and scans each query block's own region first, so every
 // query's threshold is near its final value after the first data block, and almost nothing
 // else passes the screen. It only changes speed: results are ranked by (key, original index).
-void spatial_order(const MatrixView& X, int64_t begin, int64_t end, std::vector<int64_t>& order) {
+// With `split_depth` > 0, stops that many levels down and appends the unsorted segments to
+// `segments` instead of recursing (the caller sorts them in parallel).
+void spatial_order(const MatrixView& X, int64_t begin, int64_t end, std::vector<int64_t>& order, int split_depth = 0,
+                   std::vector<std::pair<int64_t, int64_t>>* segments = nullptr) {
     const int64_t len = end - begin;
     if (len <= 32) return;
+    if (segments && split_depth == 0) {
+        segments->push_back({begin, end});
+        return;
+    }
     const int64_t d = X.cols, step = std::max<int64_t>(len / 64, 1);
     int64_t dim = 0;
     double widest = -1.0;
@@ -276,8 +298,8 @@ void spatial_order(const MatrixView& X, int64_t begin, int64_t end, std::vector<
         const double va = value_at(X, a, dim), vb = value_at(X, b, dim);
         return va < vb || (va == vb && a < b);
     });
-    spatial_order(X, begin, mid, order);
-    spatial_order(X, mid, end, order);
+    spatial_order(X, begin, mid, order, split_depth - 1, segments);
+    spatial_order(X, mid, end, order, split_depth - 1, segments);
 }
 
 void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, Metric metric, int n_threads,
@@ -285,7 +307,9 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
     const int64_t n = data.rows, d = data.cols;
     const MatrixView& Q = queries ? *queries : data;
     const int64_t nq = Q.rows;
+    TRACE("bf start");
     const Screen sc = make_screen(data, queries, metric);
+    TRACE("screen");
     const ExactMetric em{metric, d};
     const ScreenKernel kernel = select_screen_kernel(active_simd(), sc.kind);
 
@@ -299,7 +323,17 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
     std::vector<int64_t> order(n);  // packed position -> original row
     for (int64_t i = 0; i < n; ++i) order[i] = i;
     // A few queries (scoring a handful of new rows) cannot repay the O(n log n) sort.
-    if (!queries || nq >= 256) spatial_order(data, 0, n, order);
+    if (!queries || nq >= 256) {
+        // The top three levels on this thread, then the eight subtrees on the threads: each
+        // segment is sorted exactly as the serial recursion would, so the order (which only
+        // affects speed anyway) does not depend on n_threads.
+        std::vector<std::pair<int64_t, int64_t>> segments;
+        spatial_order(data, 0, n, order, 3, &segments);
+        parallel_chunks(static_cast<int64_t>(segments.size()), n_threads, cancel, [&](int64_t c) {
+            spatial_order(data, segments[c].first, segments[c].second, order);
+        });
+    }
+    TRACE("sorted");
     {
         std::vector<double> row(d);
         for (int64_t i = 0; i < n; ++i) {
@@ -330,6 +364,7 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
     }
     // The same per group of kGroupPanels panels, tested first so that far regions are skipped
     // a group at a time.
+    TRACE("packed");
     constexpr int64_t kGroupPanels = 8;
     const int64_t n_super = (n_panels + kGroupPanels - 1) / kGroupPanels;
     std::vector<float> slo(static_cast<size_t>(n_super * d)), shi(static_cast<size_t>(n_super * d));
@@ -343,10 +378,12 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
         }
         for (int64_t p = p0; p < p1; ++p) sny[sp] = std::max(sny[sp], pny[p]);
     }
-    // Data panels per block: keep a block within ~128 KiB (L2) while a query block sweeps it;
-    // a whole number of panel groups.
+    // Data panels per block: keep a block within ~32 KiB so that it stays in L1 (48 KiB here)
+    // with the query group while a query block sweeps it (8 groups per block). 128 KiB blocks
+    // (L2) were ~7% slower at d = 32 (panel loads from L2 limit the kernel) and the same at
+    // d = 8; a whole number of panel groups.
     const int64_t block_panels =
-        std::clamp<int64_t>(131072 / (4 * kPanel * std::max<int64_t>(d, 1)), 8, 256) / kGroupPanels * kGroupPanels;
+        std::clamp<int64_t>(32768 / (4 * kPanel * std::max<int64_t>(d, 1)), 8, 256) / kGroupPanels * kGroupPanels;
     const int64_t n_chunks = (nq + kQueryBlock - 1) / kQueryBlock;
     const int64_t n_blocks = (n_panels + block_panels - 1) / block_panels;
 
@@ -354,6 +391,7 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
     // Screen). A little over 2C and 2A so that evaluating it in float32 stays an upper bound.
     const float c2 = static_cast<float>(2.5 * sc.C), a2 = static_cast<float>(2.5 * sc.A) + FLT_MIN;
 
+    TRACE("boxes");
     parallel_chunks(n_chunks, n_threads, cancel, [&](int64_t chunk) {
         const int64_t q0 = chunk * kQueryBlock;
         const int64_t qn = std::min(kQueryBlock, nq - q0);
@@ -502,15 +540,47 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
                 }
             }
         }
-        std::vector<double> yrow(d);
-        for (int64_t i = 0; i < qn; ++i) {
-            TopK heap{dist + qrow[i] * k, idx + qrow[i] * k, k};
-            prune(i);
+        // Exact verification. The candidates' rows are scattered over the input, so each one is
+        // a cache miss: the rows of query i + 1 are prefetched while query i is verified, and
+        // float64 rows with unit column stride are read in place instead of copied.
+        for (int64_t i = 0; i < qn; ++i) prune(i);
+        const bool in_place = !data.is_float32 && data.col_stride == 1;
+        const int64_t item = data.is_float32 ? 4 : 8;
+        const char* base = static_cast<const char*>(data.data);
+        auto prefetch_rows = [&](int64_t i) {
             for (const Cand& e : cand[i]) {
+                const char* r = base + order[e.pos] * data.row_stride * item;
+                const int64_t bytes = ((d - 1) * data.col_stride + 1) * item;
+                for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(r + b);
+            }
+        };
+        if (qn > 0) prefetch_rows(0);
+        std::vector<double> yrow(d);
+        const bool by_four = in_place && (metric == Metric::euclidean || metric == Metric::sqeuclidean);
+        for (int64_t i = 0; i < qn; ++i) {
+            if (i + 1 < qn) prefetch_rows(i + 1);
+            TopK heap{dist + qrow[i] * k, idx + qrow[i] * k, k};
+            size_t c0 = 0;
+            if (by_four) {
+                // The heap's result is the k smallest (key, index) pairs whatever the order of
+                // the offers, so grouping them changes nothing.
+                const double* rows[4];
+                double keys[4];
+                for (; c0 + 4 <= cand[i].size(); c0 += 4) {
+                    for (int u = 0; u < 4; ++u) rows[u] = data.ptr<double>() + order[cand[i][c0 + u].pos] * data.row_stride;
+                    em.sq_key4(xd.data() + i * d, rows, keys);
+                    for (int u = 0; u < 4; ++u) heap.offer(keys[u], order[cand[i][c0 + u].pos]);
+                }
+            }
+            for (size_t c = c0; c < cand[i].size(); ++c) {
+                const Cand& e = cand[i][c];
                 const int64_t j = order[e.pos];
-                read_row(data, j, yrow.data());
-                heap.offer(em.key(xd.data() + i * d, yrow.data(), qnorm[i], metric == Metric::cosine ? dnorm[j] : 0.0),
-                           j);
+                const double* y = yrow.data();
+                if (in_place)
+                    y = data.ptr<double>() + j * data.row_stride;
+                else
+                    read_row(data, j, yrow.data());
+                heap.offer(em.key(xd.data() + i * d, y, qnorm[i], metric == Metric::cosine ? dnorm[j] : 0.0), j);
             }
             heap.finish(em);
         }
@@ -653,7 +723,9 @@ KnnAlgorithm knn_search(const MatrixView& data, const MatrixView* queries, int64
         throw InvalidInput("k (n_neighbors) = " + std::to_string(k) + " but only " + std::to_string(available) +
                            (queries ? " rows are" : " other rows are") +
                            " available as neighbours; k must be at most " + std::to_string(available));
+    TRACE("start");
     check_finite(data, "X");
+    TRACE("finite");
     if (queries) check_finite(*queries, "Y");
     if (algorithm == KnnAlgorithm::automatic) algorithm = choose_knn_algorithm(n, data.cols, metric);
     if (algorithm == KnnAlgorithm::kd_tree && metric == Metric::cosine)
@@ -662,6 +734,7 @@ KnnAlgorithm knn_search(const MatrixView& data, const MatrixView* queries, int64
         kd_tree_search(data, queries, k, metric, n_threads, cancel, dist, idx);
     else
         brute_force(data, queries, k, metric, n_threads, cancel, dist, idx);
+    TRACE("done");
     return algorithm;
 }
 
