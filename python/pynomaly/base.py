@@ -247,3 +247,23 @@ def _check_threshold(value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
         raise InvalidInputError(f"threshold must be a finite number (or None for the contamination rate), got {value!r}")
     return float(value)
+
+
+class PickleAsBytes:
+    """Pickle a native detector through its own ``to_bytes``/``from_bytes`` format, so a pickle
+    holds no pickled arrays or native objects. ``_fitted_marker`` names the attribute that
+    exists once the detector is fitted; an unfitted detector pickles its parameters only."""
+
+    _fitted_marker = ""
+
+    def __getstate__(self):
+        state = {"params": self.get_params()}
+        if hasattr(self, self._fitted_marker):
+            state["model"] = self.to_bytes()
+        return state
+
+    def __setstate__(self, state):
+        if "model" in state:
+            self.__dict__.update(type(self).from_bytes(state["model"]).__dict__)
+        else:
+            self.set_params(**state["params"])

@@ -18,12 +18,12 @@ import numpy as np
 from . import _core
 from ._errors import InvalidInputError, ModelFormatError, NotFittedError
 from ._validation import _FLOATS, as_matrix, check_contamination, resolve_n_jobs
-from .base import BaseDetector
+from .base import BaseDetector, PickleAsBytes
 
 __all__ = ["IsolationForest"]
 
 
-class IsolationForest(BaseDetector):
+class IsolationForest(PickleAsBytes, BaseDetector):
     """Isolation forest anomaly detector with PyOD's conventions.
 
     Parameters
@@ -57,6 +57,8 @@ class IsolationForest(BaseDetector):
         The rows per tree actually used (psi).
     n_features_in_ : int
     """
+
+    _fitted_marker = "_forest"
 
     def __init__(
         self,
@@ -206,18 +208,6 @@ class IsolationForest(BaseDetector):
         from ._format import load_forest
 
         return load_forest(cls, data)
-
-    def __getstate__(self):
-        state = {"params": self.get_params()}
-        if hasattr(self, "_forest"):
-            state["model"] = self.to_bytes()
-        return state
-
-    def __setstate__(self, state):
-        if "model" in state:
-            self.__dict__.update(type(self).from_bytes(state["model"]).__dict__)
-        else:
-            self.set_params(**state["params"])
 
 
 def _seed_from(random_state) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 from . import _core
 from ._errors import InvalidInputError, NotFittedError
 from ._validation import as_matrix, check_contamination, resolve_n_jobs
-from .base import BaseDetector
+from .base import BaseDetector, PickleAsBytes
 
 __all__ = ["knn", "choose_algorithm", "LOF", "KNN"]
 
@@ -85,9 +85,10 @@ def choose_algorithm(n: int, d: int, metric: str = "euclidean") -> str:
     return _core.knn_choose_algorithm(int(n), int(d), _check_choice(metric, "metric", _METRICS))
 
 
-class _NeighborDetector(BaseDetector):
+class _NeighborDetector(PickleAsBytes, BaseDetector):
     """Shared fitting state of LOF and KNN: the training rows and the parameter checks."""
 
+    _fitted_marker = "_fit_X"
     _kind = b""
     _what = ""
 
@@ -145,18 +146,6 @@ class _NeighborDetector(BaseDetector):
         from ._format import load_neighbors
 
         return load_neighbors(cls, data, cls._kind, cls._what)
-
-    def __getstate__(self):
-        state = {"params": self.get_params()}
-        if hasattr(self, "_fit_X"):
-            state["model"] = self.to_bytes()
-        return state
-
-    def __setstate__(self, state):
-        if "model" in state:
-            self.__dict__.update(type(self).from_bytes(state["model"]).__dict__)
-        else:
-            self.set_params(**state["params"])
 
 
 def _lrd(dist: np.ndarray, idx: np.ndarray, kdist: np.ndarray) -> np.ndarray:
