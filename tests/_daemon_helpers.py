@@ -25,6 +25,16 @@ def train(seed: int, n_estimators: int = 100) -> "pynomaly.IsolationForest":
     return pynomaly.IsolationForest(n_estimators=n_estimators, contamination=0.1, random_state=seed).fit(cardio())
 
 
+def cardio_model_folder(tmp_path_factory) -> "tuple[Path, pynomaly.IsolationForest]":
+    """A model folder holding version 1 of detector "cardio" (seed 0), and that model."""
+    from pynomaly_daemon import save_to_folder
+
+    root = tmp_path_factory.mktemp("models")
+    model = train(0)
+    save_to_folder(root, "cardio", model)
+    return root, model
+
+
 class DaemonProcess:
     """``python -m pynomaly_daemon`` on a socket in a temp folder, serving a model folder
     (or, with ``models=None``, what ``args`` say, e.g. ``--home DIR``)."""

@@ -16,7 +16,7 @@ import pytest
 
 import pynomaly
 
-from _daemon_helpers import DaemonProcess, cardio, close_raw_sockets, is_closed, raw_connect, read_frame, train, wait_until
+from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, close_raw_sockets, is_closed, raw_connect, read_frame, wait_until
 
 pynomaly_daemon = pytest.importorskip("pynomaly_daemon")
 
@@ -29,10 +29,7 @@ def _close_sockets():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    model = train(0)
-    pynomaly_daemon.save_to_folder(root, "cardio", model)
-    return root, model
+    return cardio_model_folder(tmp_path_factory)
 
 
 @pytest.fixture

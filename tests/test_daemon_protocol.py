@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _daemon_helpers import DaemonProcess, cardio, close_raw_sockets, is_closed, raw_connect, read_frame, train
+from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, close_raw_sockets, is_closed, raw_connect, read_frame
 
 pynomaly_daemon = pytest.importorskip("pynomaly_daemon")
 
@@ -30,9 +30,7 @@ def _close_sockets():
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    model = train(0)
-    pynomaly_daemon.save_to_folder(root, "cardio", model)
+    root, model = cardio_model_folder(tmp_path_factory)
     d = DaemonProcess(tmp_path_factory.mktemp("sock"), root, "--frame-timeout", "1")
     yield d, model
     assert d.stop() == 0
