@@ -145,9 +145,9 @@ def test_async_client_many_in_flight_are_coalesced(daemon, models):
     np.testing.assert_array_equal(np.concatenate([r.scores for r in rs]), model.decision_function(X))
     np.testing.assert_array_equal(rb.scores, model.decision_function(cardio()))
     np.testing.assert_array_equal(rsm.scores, model.decision_function(X[:2]))
-    # 300 requests sent at once on one connection: most were scored together.
+    # 300 calls made in one iteration go out in one write: most were scored together.
     assert after.coalesced_requests - before.coalesced_requests >= 100
-    assert after.native_calls - before.native_calls < 200
+    assert after.native_calls - before.native_calls < 50
 
 
 def test_large_raw_rows_are_scored_in_place(daemon, models):

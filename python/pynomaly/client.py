@@ -258,6 +258,10 @@ class AsyncClient:
         self._waiting: dict = {}
         self._connecting: Optional[asyncio.Future] = None
         self._decoder = msgspec.msgpack.Decoder(wire.Reply)
+        # Frames of the calls made in one event-loop iteration go out in one write: one
+        # syscall for a gather() of many calls, and the daemon reads (and coalesces) them together.
+        self._outbox: list = []
+        self._outbox_writer = None
 
     async def _ensure(self) -> asyncio.StreamWriter:
         if self._writer is not None and not self._writer.is_closing():
@@ -313,13 +317,24 @@ class AsyncClient:
                 raise DaemonUnavailableError(f"connecting to the daemon at {self.path} timed out") from None
         fut = loop.create_future()
         self._waiting[req.id] = fut
-        writer.write(_frame(req))
+        if writer is not self._outbox_writer:  # the first call this iteration, or a new connection
+            self._send_outbox()
+            self._outbox_writer = writer
+            loop.call_soon(self._send_outbox)
+        self._outbox.append(_frame(req))
         try:
             reply = await asyncio.wait_for(fut, self.timeout)
         except asyncio.TimeoutError:
             self._waiting.pop(req.id, None)
             raise DaemonUnavailableError(f"call to the daemon at {self.path} timed out") from None
         return _check(reply, expected)
+
+    def _send_outbox(self) -> None:
+        writer, frames = self._outbox_writer, self._outbox
+        self._outbox_writer, self._outbox = None, []
+        # A closing writer's calls were failed by its read loop.
+        if frames and not writer.is_closing():
+            writer.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     async def close(self) -> None:
         """Close the connection (a later call opens a new one)."""
