@@ -20,6 +20,17 @@ SMALL_DATASETS = [n for n in ALL_DATASETS if n not in ("http", "smtp", "aloi", "
 SIMD_TARGETS = pynomaly.build_info()["simd_supported"]
 
 
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C as an interactive run has it: a process started in the background (nohup, `&`
+    in a script) inherits SIGINT ignored, and then _thread.interrupt_main does nothing."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def dataset_path(name: str) -> Path:
     path = DATASETS / f"{name}.npz"
     if not path.exists():

@@ -385,7 +385,7 @@ def test_malicious_node_arrays_are_rejected_by_the_core():
 
 
 # -- threads ---------------------------------------------------------------------------------
-def test_ctrl_c_stops_a_long_call():
+def test_ctrl_c_stops_a_long_call(ctrl_c):
     import _thread
     import threading
     import time

@@ -218,7 +218,7 @@ def test_non_finite_values_are_rejected(bad, word, where):
     assert "row 7, column 2" in str(e.value) and str(e.value).startswith(where)
 
 
-def test_ctrl_c_stops_a_long_search():
+def test_ctrl_c_stops_a_long_search(ctrl_c):
     X = np.random.default_rng(0).standard_normal((150_000, 64)).astype(np.float32)
     timer = threading.Timer(0.5, _thread.interrupt_main)
     start = time.perf_counter()
