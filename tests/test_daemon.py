@@ -163,6 +163,23 @@ def test_large_raw_rows_are_scored_in_place(daemon, models):
         assert c.stats().copied_rows == before
 
 
+@pytest.mark.parametrize("n", [1, 390, 391, 2000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("version", [None, 3, 2**40])
+def test_large_rows_are_sent_from_where_they_lie(n, dtype, version):
+    """The clients send large raw rows without copying them into the frame; the bytes on the
+    wire are exactly the encoded request's."""
+    from pynomaly.client import _SCATTER_BYTES, _frame, _frame_parts, _rows
+
+    X = np.random.default_rng(n).standard_normal((n, 21)).astype(dtype)
+    req = wire.Detect(7, "a-detector", version, ["scores", "anomalies"], _rows(X))
+    head, rows = _frame_parts(req)
+    assert (rows is None) == (X.nbytes < _SCATTER_BYTES)
+    assert bytes(head) + (b"" if rows is None else bytes(rows)) == bytes(_frame(req))
+    lists = wire.Detect(8, "a-detector", version, None, X[:2].tolist())
+    assert _frame_parts(lists) == (_frame(lists), None)
+
+
 def test_coalescing_window_across_connections(tmp_path, models):
     """With a window, single-row requests from separate clients share native calls."""
     d = DaemonProcess(tmp_path, models[0], "--coalesce-window-ms", "100")
