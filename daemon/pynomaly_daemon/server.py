@@ -921,7 +921,9 @@ class Connection(asyncio.BufferedProtocol):
         d.rx_reserved += (size if size > _BUF else 0) - self.reserved  # large partial frames, all connections
         self.reserved = size if size > _BUF else 0
         pad = (-need) % 8
-        buf = bytearray(size)
+        # Not zeroed (the kernel fills it before anything is parsed): a large frame's buffer
+        # is then written once, not twice, and NumPy asks for huge pages where it can.
+        buf = np.empty(size, np.uint8)
         buf[pad : pad + len(tail)] = tail
         self.buf, self.view = buf, memoryview(buf)
         self.start, self.end = pad, pad + len(tail)
