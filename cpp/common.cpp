@@ -56,9 +56,13 @@ void set_active_simd(SimdTarget t) {
 int effective_threads(int requested, int64_t work_items) {
     // More threads than processors only adds switching for CPU-bound kernels, and an absurd
     // request (n_jobs=10**6) would make the OpenMP runtime abort when thread creation fails.
+    // One thread needs no answer from the OS: asking costs a sched_getaffinity call, about a
+    // quarter of scoring a single row.
+    if (requested == 1 || work_items <= 1) return 1;
+    const int procs = openmp_max_threads();
     int n = requested;
-    if (n <= 0 || n > openmp_max_threads()) n = openmp_max_threads();
-    if (work_items < n) n = static_cast<int>(std::max<int64_t>(work_items, 1));
+    if (n <= 0 || n > procs) n = procs;
+    if (work_items < n) n = static_cast<int>(work_items);
     return std::max(n, 1);
 }
 
