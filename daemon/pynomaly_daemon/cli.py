@@ -38,6 +38,8 @@ def build_parser(prog: str = "python -m pynomaly_daemon") -> argparse.ArgumentPa
     p.add_argument("--coalesce-window-ms", type=float, default=d.coalesce_window * 1000,
                    help="wait this long to coalesce small requests (0: within one event-loop iteration)")
     p.add_argument("--coalesce-rows", type=int, default=d.coalesce_rows, help="requests with more rows are not coalesced")
+    p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                   help="serve every request through the Python path (the native one answers the same, sooner)")
     p.add_argument("--inline-rows", type=int, default=d.inline_rows,
                    help="batches with more rows are scored in the thread pool")
     p.add_argument("--idle-inline-rows", type=int, default=d.idle_inline_rows,
@@ -70,6 +72,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
         coalesce_window=a.coalesce_window_ms / 1000.0,
         coalesce_rows=a.coalesce_rows,
         inline_rows=a.inline_rows,
+        fast_path=a.fast_path,
         split_rows=a.split_rows,
         idle_inline_rows=a.idle_inline_rows,
         refresh_interval=a.refresh_interval,

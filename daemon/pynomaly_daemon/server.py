@@ -12,6 +12,12 @@ Shape of the work:
   work goes to a thread pool, where the core releases the GIL and runs in parallel (split
   into row chunks across the workers), except a request of up to ``idle_inline_rows`` rows
   when nothing else is in flight, which nobody would overtake in the pool anyway.
+- The common request, a small raw-rows ``detect`` for a loaded pynomaly IsolationForest, is
+  served by native code (``pynomaly._core.fast_detect``, python/src/fastpath.cpp) straight
+  from the receive buffer: parsed, scored in batches of up to ``coalesce_rows`` rows per
+  connection read and answered without Python per request. It stops at the first frame it
+  does not fully understand and leaves that one to the path above, so both give the same
+  answers; a ``coalesce_window`` (coalescing across connections) turns it off.
 - Detectors come from a source (sources.py), loaded off the loop and kept in an LRU cache
   bounded by bytes; the latest version of a name is re-checked in the background every
   ``refresh_interval`` seconds, so a newly saved version is served without a restart.
@@ -40,7 +46,9 @@ import msgspec
 import numpy as np
 
 import pynomaly
+from pynomaly import _core
 from pynomaly import scores as _scores
+from pynomaly.iforest import IsolationForest
 from pynomaly import wire
 from pynomaly.wire import Detect, DetectReply, Error, Rows, default_socket_path
 
@@ -81,6 +89,7 @@ class Config:
     split_rows: int = 512  # a pool batch of at least 2x this many rows is split across workers
     idle_inline_rows: int = 2048  # a request this small is scored on the loop when nothing else is in flight
     refresh_interval: float = 1.0
+    fast_path: bool = True  # native serving of small raw-rows detects (off with a coalesce_window)
     cache_bytes: int = 1 << 30
     workers: int = field(default_factory=lambda: max(2, len(os.sched_getaffinity(0))))
 
@@ -96,7 +105,7 @@ class RequestError(Exception):
 class Entry:
     """A loaded detector version, ready to score."""
 
-    __slots__ = ("name", "version", "algorithm", "n_features", "threshold", "detector", "size", "train_stats")
+    __slots__ = ("name", "version", "algorithm", "n_features", "threshold", "detector", "size", "train_stats", "fast")
 
     def __init__(self, record, detector):
         self.name = str(record.name)
@@ -113,6 +122,13 @@ class Entry:
         # summary once, then pynomaly.scores.linear per batch, bit-equal to predict_proba.
         train = getattr(detector, "decision_scores_", None)
         self.train_stats = _scores.describe(train) if train is not None and len(train) else None
+        # What the native fast path needs: a core forest (any n_jobs: scores do not depend on it).
+        forest = getattr(detector, "_forest", None) if type(detector) is IsolationForest else None
+        self.fast = (
+            (forest, self.n_features, self.threshold, self.name.encode(), self.version)
+            if forest is not None and forest.n_features == self.n_features
+            else None
+        )
 
     def info(self, loaded: bool = True) -> wire.DetectorInfo:
         return wire.DetectorInfo(
@@ -201,6 +217,11 @@ class Daemon:
         self.errors = collections.Counter()
         self.requests = collections.Counter()
         self.n_detect = 0  # kept apart from `requests`: counted on the hot path
+        # Largest request and batch the native path serves (0: off). A coalescing window asks
+        # for batches across connections, which only the Python path forms.
+        self.fast_rows = (
+            min(config.coalesce_rows, config.inline_rows) if config.fast_path and config.coalesce_window <= 0 else 0
+        )
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = msgspec.msgpack.Decoder(wire.Request)
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -574,10 +595,7 @@ class Daemon:
         pending, self.pending = self.pending, {}
         now = time.monotonic()
         for (e, dtype), items in pending.items():
-            self._check_fresh(e, now)
-            self.stats["cache_hits"] += len(items)
-            if (e.name, e.version) in self.cache:
-                self.cache.move_to_end((e.name, e.version))  # LRU: once per batch, not per request
+            self._used(e, len(items), now)
             if len(items) == 1:
                 X = e.matrix(items[0][2], items[0][3], dtype)
             else:
@@ -593,6 +611,31 @@ class Daemon:
                 self._deliver(e, items, scores)
             else:
                 self._score_in_pool(e, X, items, dtype)
+
+    def _used(self, e: Entry, n_requests: int, now: float) -> None:
+        """Bookkeeping for a batch of requests served from the cache: hits, LRU, freshness."""
+        self._check_fresh(e, now)
+        self.stats["cache_hits"] += n_requests
+        if (e.name, e.version) in self.cache:
+            self.cache.move_to_end((e.name, e.version))  # LRU: once per batch, not per request
+
+    def serve_fast(self, conn: "Connection", p: int, end: int) -> int:
+        """Let the native path answer the small detects at conn's buffer[p:end]; returns where
+        it stopped (a frame for the Python path, an incomplete one, or end)."""
+        p, replies, e, n_req, n_rows, n_calls, n_coalesced = _core.fast_detect(
+            conn.view, p, end, self.config.max_frame, self.fast_rows, self.hot
+        )
+        if n_req:
+            self.n_detect += n_req
+            st = self.stats
+            st["native_path_requests"] += n_req
+            st["native_calls"] += n_calls
+            st["rows_scored"] += n_rows
+            if n_coalesced:
+                st["coalesced_requests"] += n_coalesced
+            self._used(e, n_req, time.monotonic())
+            conn.transport.write(replies)
+        return p
 
     def _score_in_pool(self, e: Entry, X: np.ndarray, items: list, dtype: str) -> None:
         """Score X in the thread pool, split into row chunks across the workers when it is large
@@ -740,7 +783,7 @@ class Daemon:
             return wire.StatsReply(
                 req.id, time.monotonic() - self.started, len(self.conns), s["connections_total"], self.in_flight,
                 {**self.requests, "detect": self.n_detect}, dict(self.errors), s["rows_scored"], s["native_calls"], s["coalesced_requests"],
-                len(self.cache), self.cache_size, s["cache_hits"], s["cache_misses"], s["copied_rows"],
+                len(self.cache), self.cache_size, s["cache_hits"], s["cache_misses"], s["copied_rows"], s["native_path_requests"],
             )
         if type(req) is wire.Info:
             e = await self.resolve(req.detector, req.version)
@@ -869,7 +912,12 @@ class Connection(asyncio.BufferedProtocol):
         buf, view, p, end = self.buf, self.view, self.start, self.end
         max_frame = self.d.config.max_frame
         handle = self.d.handle
+        serve_fast = self.d.serve_fast if self.d.fast_rows else None
         while end - p >= 4:
+            if serve_fast is not None:
+                p = serve_fast(self, p, end)
+                if end - p < 4:
+                    break
             n = _LEN.unpack_from(buf, p)[0]
             if n > max_frame:
                 self.start = p

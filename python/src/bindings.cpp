@@ -218,6 +218,8 @@ void bind_scores(py::module_& m) {
 
 }  // namespace
 
+void register_fastpath(py::module_& m);  // python/src/fastpath.cpp: the daemon's native path
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pynomaly's native core (private; use the pynomaly package)";
 
@@ -330,4 +332,6 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("n"), py::arg("d"), py::arg("metric") = "euclidean");
     // ---- end of k-nearest neighbours ---------------------------------------------------------
+
+    register_fastpath(m);
 }

@@ -1,0 +1,354 @@
+"""The daemon's native fast path (python/src/fastpath.cpp, ``pynomaly._core.fast_detect``).
+
+It must answer exactly as the Python path would, byte for byte, and leave every frame it does
+not fully understand to that path: compared here against msgspec's decoding and encoding of
+the same frames, on hand-picked edge cases and on hypothesis-generated frames, and end to end
+against a daemon started with ``--no-fast-path``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pynomaly
+from pynomaly import _core, wire
+
+from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, close_raw_sockets, raw_connect, read_frame
+
+pynomaly_daemon = pytest.importorskip("pynomaly_daemon")
+from pynomaly_daemon.server import Entry  # noqa: E402
+
+MAX_FRAME = 1 << 20
+MAX_ROWS = 64
+
+
+class _Record:
+    def __init__(self, name, version, n_features):
+        self.name, self.version, self.algorithm, self.n_features = name, version, "IsolationForest", n_features
+
+
+@pytest.fixture(scope="module")
+def model():
+    return pynomaly.IsolationForest(n_estimators=50, contamination=0.1, random_state=0).fit(cardio())
+
+
+@pytest.fixture(scope="module")
+def hot(model):
+    e = Entry(_Record("cardio", 3, 21), model)
+    other = Entry(_Record("ünïcode-" + "x" * 40, 7, 21), model)
+    return {("cardio", None): e, ("cardio", 3): e, (other.name, None): other}
+
+
+def body(op="detect", id=1, detector="cardio", rows=None, **fields) -> dict:
+    b = {"op": op, "id": id, "detector": detector}
+    b.update(fields)
+    if rows is not None:
+        b["rows"] = rows
+    return b
+
+
+def raw(X, dtype="f8") -> dict:
+    X = np.ascontiguousarray(X, dtype="<f4" if dtype == "f4" else "<f8")
+    return {"dtype": dtype, "shape": list(X.shape), "data": X.tobytes()}
+
+
+def framed(obj) -> bytes:
+    b = obj if isinstance(obj, (bytes, bytearray)) else msgpack.packb(obj, use_bin_type=True)
+    return struct.pack(">I", len(b)) + b
+
+
+def serve(frames: bytes, hot, max_rows=MAX_ROWS, start=0):
+    buf = bytearray(b"\0" * start + frames)
+    return _core.fast_detect(memoryview(buf), start, len(buf), MAX_FRAME, max_rows, hot)
+
+
+def expected_reply(model, e, req: wire.Detect) -> bytes:
+    """What the Python path sends for req: the same DetectReply, encoded by msgspec."""
+    X = np.frombuffer(req.rows.data, "<f4" if req.rows.dtype == "f4" else "<f8").reshape(req.rows.shape)
+    s = model.decision_function(X)
+    want = ["scores", "labels"] if req.want is None else req.want
+    r = wire.DetectReply(req.id, e.name, e.version, len(X), e.threshold)
+    if "scores" in want:
+        r.scores = s.tobytes()
+    if "labels" in want:
+        r.labels = (s > e.threshold).astype(np.uint8).tobytes()
+    return framed(msgspec.msgpack.encode(r))
+
+
+IDS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1,
+       -1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63)]
+
+
+@pytest.mark.parametrize("req_id", IDS)
+def test_reply_bytes_equal_msgspec_for_every_integer_width(model, hot, req_id):
+    X = cardio()[:3]
+    f = framed(body(id=req_id, rows=raw(X)))
+    pos, replies, entry, n_req, n_rows, calls, coalesced = serve(f, hot)
+    assert (pos, n_req, n_rows, calls, coalesced) == (len(f), 1, 3, 1, 0)
+    assert entry is hot[("cardio", None)]
+    req = msgspec.msgpack.decode(f[4:], type=wire.Request)
+    assert replies == expected_reply(model, entry, req)
+
+
+@pytest.mark.parametrize("want", [None, [], ["scores"], ["labels"], ["labels", "scores"], ["scores", "scores"]])
+@pytest.mark.parametrize("dtype", ["f4", "f8"])
+@pytest.mark.parametrize("version", [None, 3])
+def test_many_frames_one_call_replies_equal_msgspec(model, hot, want, dtype, version):
+    X = cardio()
+    rng = np.random.default_rng(len(str(want)))
+    sizes = [1, 2, 7, 1, 30, 5, 64, 1, 1]
+    frames, reqs, at = [], [], 0
+    for i, n in enumerate(sizes):
+        fields = {"want": want} if want is not None or i % 2 else {}
+        if version is not None:
+            fields["version"] = version
+        f = framed(body(id=1000 + i, rows=raw(X[rng.integers(0, len(X), n)], dtype), **fields))
+        frames.append(f)
+        reqs.append(msgspec.msgpack.decode(f[4:], type=wire.Request))
+    stream = b"".join(frames)
+    pos, replies, entry, n_req, n_rows, calls, coalesced = serve(stream, hot, start=5)
+    assert pos == 5 + len(stream) and n_req == len(sizes) and n_rows == sum(sizes)
+    # Batches of at most 64 rows, in order: [1,2,7,1,30,5] [64] [1,1]
+    assert calls == 3 and coalesced == 6 + 2
+    assert replies == b"".join(expected_reply(model, entry, r) for r in reqs)
+
+
+def test_detector_names_of_every_string_width(model):
+    hot = {}
+    frames = b""
+    for i, length in enumerate([1, 31, 32, 255, 256, 70000]):
+        name = ("é" * length)[:length] if length < 1000 else "n" * length
+        e = Entry(_Record(name, i + 1, 21), model)
+        hot[(name, None)] = e
+        f = framed(body(id=i, detector=name, rows=raw(cardio()[:2])))
+        pos, replies, entry, *_ = serve(f, hot)
+        assert pos == len(f) and entry is e
+        assert replies == expected_reply(model, e, msgspec.msgpack.decode(f[4:], type=wire.Request))
+        frames += f
+    # One call serves one detector: it stops where the next name begins.
+    pos, _, entry, n_req, *_ = serve(frames, hot)
+    assert n_req == 1 and entry is hot[("é", None)]
+
+
+def _left_alone(hot, good: bytes, bad: bytes, max_rows=MAX_ROWS):
+    """The good frame is served, the bad one (and what follows) is left to the Python path."""
+    pos, replies, entry, n_req, *_ = serve(good + bad + good, hot, max_rows)
+    assert (pos, n_req) == (len(good), 1), bad[:60]
+
+
+X3 = cardio()[:3]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        framed({"op": "health", "id": 5}),
+        framed({"op": "list", "id": 5}),
+        framed(body(rows=X3.tolist())),  # nested lists: msgspec's validation
+        framed(body(rows=raw(X3), extra=1)),  # unknown field: an error reply
+        framed(body(rows={**raw(X3), "extra": 1})),
+        framed(body(rows=raw(X3), want=["probabilities"])),
+        framed(body(rows=raw(X3), want=["scores", "anomalies"])),
+        framed(body(rows=raw(X3), want=["nonsense"])),
+        framed(body(rows=raw(X3), want="scores")),
+        framed(body(rows=raw(cardio()[:65]))),  # more rows than the fast path takes
+        framed(body(rows=raw(X3[:, :20]))),  # wrong number of features
+        framed(body(rows={"dtype": "f8", "shape": [3, 21], "data": X3.tobytes()[:-8]})),
+        framed(body(rows={"dtype": "f8", "shape": [0, 21], "data": b""})),
+        framed(body(rows={"dtype": "f8", "shape": [3, 21, 1], "data": X3.tobytes()})),
+        framed(body(rows={"dtype": "f8", "shape": [-3, 21], "data": X3.tobytes()})),
+        framed(body(rows={"dtype": "i8", "shape": [3, 21], "data": X3.astype("<i8").tobytes()})),
+        framed(body(rows={"dtype": "f8", "shape": [3, 21], "data": X3.tobytes().decode("latin1")})),
+        framed(body(rows={"dtype": "f8", "shape": [3, 21]})),
+        framed(body()),  # no rows
+        framed(body(rows=raw(np.where(np.eye(3, 21) > 0, np.nan, X3)))),
+        framed(body(rows=raw(np.where(np.eye(3, 21) > 0, np.inf, X3)))),
+        framed(body(rows=raw(np.where(np.eye(3, 21) > 0, 1e300, X3)))),  # beyond float32
+        framed(body(rows=raw(np.where(np.eye(3, 21) > 0, np.nan, X3), "f4"))),
+        framed(body(detector="unknown", rows=raw(X3))),
+        framed(body(rows=raw(X3), version=4)),  # a version not loaded
+        framed(body(rows=raw(X3), version="3")),
+        framed(body(id=1.0, rows=raw(X3))),
+        framed(body(id="1", rows=raw(X3))),
+        framed(body(detector=b"cardio", rows=raw(X3))),
+        framed({"id": 1, "detector": "cardio", "rows": raw(X3)}),  # no op
+        framed({"op": "detect", "detector": "cardio", "rows": raw(X3)}),  # no id
+        framed(msgpack.packb(body(rows=raw(X3)), use_bin_type=True) + b"\xc0"),  # trailing bytes
+        framed(msgpack.packb([1, 2, 3])),
+        framed(msgpack.packb(body(rows=raw(X3)), use_bin_type=True).replace(b"cardio", b"cardi\xff")),  # not UTF-8
+        framed(b"\xc1"),
+        framed(b""),
+        struct.pack(">I", MAX_FRAME + 1) + msgpack.packb(body(rows=raw(X3)), use_bin_type=True),
+    ],
+)
+def test_frames_left_to_the_python_path(hot, bad):
+    _left_alone(hot, framed(body(rows=raw(X3))), bad)
+
+
+def test_an_incomplete_frame_waits_for_more_bytes(hot):
+    good = framed(body(rows=raw(X3)))
+    for cut in (1, 2, 3, 4, 5, len(good) // 2, len(good) - 1):
+        pos, _, _, n_req, *_ = serve(good + good[:cut], hot)
+        assert (pos, n_req) == (len(good), 1)
+
+
+def test_duplicate_keys_are_left_to_the_python_path(hot):
+    good = msgpack.packb(body(rows=raw(X3)), use_bin_type=True)
+    assert good[0] == 0x84
+    dup_id = b"\x85" + good[1:] + msgpack.packb("id") + msgpack.packb(2)
+    dup_dtype = msgpack.packb(body(rows={"dtype": "f8", "shape": [3, 21], "data": X3.tobytes()}), use_bin_type=True)
+    dup_dtype = dup_dtype.replace(b"\x83\xa5dtype", b"\x84\xa5dtype\xa2f8\xa5dtype", 1)
+    for bad in (dup_id, dup_dtype):
+        _left_alone(hot, framed(good), framed(bad))
+
+
+def test_a_smaller_row_limit_is_honoured(hot):
+    good = framed(body(rows=raw(X3[:1])))
+    _left_alone(hot, good, framed(body(rows=raw(cardio()[:9]))), max_rows=8)
+
+
+def test_an_entry_without_a_native_forest_is_left_alone(model):
+    lof = pynomaly.LOF(n_neighbors=5).fit(cardio()[:200])
+    hot = {("lof", None): Entry(_Record("lof", 1, 21), lof)}
+    assert hot[("lof", None)].fast is None
+    pos, replies, entry, n_req, *_ = serve(framed(body(detector="lof", rows=raw(X3))), hot)
+    assert (pos, replies, entry, n_req) == (0, None, None, 0)
+
+
+def test_bad_arguments_are_refused(hot):
+    buf = bytearray(framed(body(rows=raw(X3))))
+    for pos, end in [(-1, len(buf)), (5, 4), (0, len(buf) + 1)]:
+        with pytest.raises(pynomaly.InvalidInputError):
+            _core.fast_detect(memoryview(buf), pos, end, MAX_FRAME, MAX_ROWS, hot)
+
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=True), st.text(max_size=12),
+    st.binary(max_size=40), st.lists(st.integers(-5, 70), max_size=3),
+)
+_keys = st.sampled_from(["op", "id", "detector", "version", "want", "rows", "dtype", "shape", "data", "x"])
+
+
+@st.composite
+def _frames(draw):
+    """Detect bodies: most valid (ids, wants, versions, dtypes, sizes vary), the rest with one
+    or more things broken: a value, an unknown or replaced field, a flipped byte."""
+    broken = draw(st.integers(0, 3)) == 0
+    n = draw(st.integers(1, 4))
+    dtype = draw(st.sampled_from(["f8", "f4"]))
+    X = cardio()[:n]
+    if broken and draw(st.booleans()):
+        X = X[:, : draw(st.sampled_from([20, 21]))] * draw(st.sampled_from([1.0, np.nan, np.inf, 1e39]))
+    with np.errstate(over="ignore"):  # 1e39 becomes inf in float32: a value to refuse
+        rows = raw(X, dtype)
+    b = body(id=draw(st.integers(-(2**63), 2**64 - 1)), rows=rows)
+    if draw(st.booleans()):
+        b["want"] = draw(st.one_of(st.none(), st.lists(st.sampled_from(["scores", "labels"]), max_size=3)))
+    if draw(st.booleans()):
+        b["version"] = draw(st.sampled_from([None, 3]))
+    if broken:
+        if draw(st.booleans()):
+            b["detector"] = draw(st.sampled_from(["nope", "cardio"]))
+            b["want"] = draw(st.sampled_from([["anomalies"], ["scores", "probabilities"], None]))
+            b["version"] = draw(st.sampled_from([None, 3, 4, -1]))
+            rows["dtype"] = draw(st.sampled_from(["f8", "f4", "f2"]))
+        for _ in range(draw(st.integers(0, 2))):
+            target = b if draw(st.booleans()) else rows
+            target[draw(_keys)] = draw(_values)
+    data = msgpack.packb(b, use_bin_type=True)
+    if broken and draw(st.booleans()):  # flip a byte
+        i = draw(st.integers(0, len(data) - 1))
+        data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1 :]
+    return data
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_frames(), min_size=1, max_size=4))
+def test_fuzz_serves_only_what_msgspec_accepts_and_answers_alike(model, hot, bodies):
+    stream = b"".join(framed(b) for b in bodies)
+    pos, replies, entry, n_req, n_rows, calls, _ = serve(stream, hot)
+    # Replay the frames the native path consumed: each must be a Detect that msgspec accepts
+    # and the Python path would serve, and the replies must be the Python path's bytes.
+    at, served, expected = 0, 0, b""
+    for b in bodies:
+        if at >= pos:
+            break
+        req = msgspec.msgpack.decode(b, type=wire.Request)
+        assert type(req) is wire.Detect and type(req.rows) is wire.Rows
+        assert req.detector == "cardio" and req.version in (None, 3)  # what `hot` serves
+        assert req.want is None or set(req.want) <= {"scores", "labels"}  # what expected_reply builds
+        expected += expected_reply(model, entry, req)
+        at += 4 + len(b)
+        served += 1
+    assert at == pos and n_req == served
+    assert (replies or b"") == expected
+
+
+# -- end to end: the same stream through a daemon with and without the native path ------------
+
+@pytest.fixture(scope="module")
+def daemons(tmp_path_factory):
+    root, model = cardio_model_folder(tmp_path_factory)
+    fast = DaemonProcess(tmp_path_factory.mktemp("fast"), root)
+    slow = DaemonProcess(tmp_path_factory.mktemp("slow"), root, "--no-fast-path")
+    yield fast, slow, model
+    close_raw_sockets()
+    assert fast.stop() == 0 and slow.stop() == 0
+
+
+def _exchange(sock_path: str, stream: bytes, n_replies: int) -> dict:
+    s = raw_connect(sock_path)
+    s.sendall(stream)
+    out = {}
+    for _ in range(n_replies):
+        r = msgpack.unpackb(read_frame(s), raw=False)
+        out[r["id"]] = r
+    s.close()
+    return out
+
+
+def test_daemon_answers_alike_with_and_without_the_native_path(daemons):
+    fast, slow, model = daemons
+    X = cardio()
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(1, 401):
+        kind = rng.integers(0, 10)
+        n = int(rng.integers(1, 80))
+        B = X[rng.integers(0, len(X), n)]
+        if kind == 0:
+            b = body(id=i, rows=B.tolist())
+        elif kind == 1:
+            b = body(id=i, rows=raw(np.where(rng.random(B.shape) < 0.01, np.nan, B)))
+        elif kind == 2:
+            b = body(id=i, rows=raw(B), want=["anomalies", "probabilities", "scores"])
+        elif kind == 3:
+            b = {"op": "info", "id": i, "detector": "cardio"}
+        elif kind == 4:
+            b = body(id=i, rows=raw(B, "f4"), want=["labels"])
+        else:
+            b = body(id=i, rows=raw(B), **({"version": 1} if kind == 5 else {}))
+        frames.append(framed(b))
+    stream = b"".join(frames)
+    for d in (fast, slow):  # load the detector, so that the native path can serve
+        _exchange(d.sock, framed(body(id=0, rows=raw(X[:1]))), 1)
+    got_fast = _exchange(fast.sock, stream, len(frames))
+    got_slow = _exchange(slow.sock, stream, len(frames))
+    assert got_fast.keys() == got_slow.keys() == set(range(1, 401))
+    for i in got_fast:
+        a, b = got_fast[i], got_slow[i]
+        if a.get("op") == "info":
+            a["detector"].pop("loaded", None), b["detector"].pop("loaded", None)
+        assert a == b, i
+    # The native path served the small raw requests of one daemon, none of the other's.
+    with pynomaly.Client(fast.sock) as c:
+        assert c.stats().native_path_requests >= 100
+    with pynomaly.Client(slow.sock) as c:
+        assert c.stats().native_path_requests == 0
