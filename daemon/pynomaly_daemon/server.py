@@ -879,6 +879,7 @@ class Connection(asyncio.BufferedProtocol):
         self.end = 0  # first free byte
         self.eof = False
         self.reserved = 0  # bytes of a dedicated buffer for one large frame, counted in rx_reserved
+        self.frame_end = 0  # where the partial frame at `start` ends, once its length is known
         self.in_flight = 0
         self.closed = False
         self.read_paused = False
@@ -919,8 +920,9 @@ class Connection(asyncio.BufferedProtocol):
         if self.reserved:  # a large frame's own buffer: let the kernel fill all of it
             return self.view[self.end :]
         # Reads into the shared buffer are capped, so a frame larger than the cap is always
-        # seen before it is complete and moves to its own aligned buffer (in-place rows).
-        return self.view[self.end : self.end + _READ]
+        # seen before it is complete and moves to its own aligned buffer (in-place rows). Once
+        # it is placed, the rest of it comes in one read.
+        return self.view[self.end : max(self.end + _READ, self.frame_end)]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.end += nbytes
@@ -950,6 +952,7 @@ class Connection(asyncio.BufferedProtocol):
         if d.pending and d.flush_handle is None:
             d.flush()  # see Daemon.handle: nothing else to wait for
         self.start = p
+        self.frame_end = 0
         if p == end:
             self.partial_since = None
             if len(buf) - end < _MIN_FREE:
@@ -971,6 +974,7 @@ class Connection(asyncio.BufferedProtocol):
                                         f"partial frames are held (limit {d.config.max_rx_bytes}); retry later")
                 return
             self._new_buffer(need)
+        self.frame_end = self.start + need
 
     def _new_buffer(self, need: int) -> None:
         """Move the unparsed tail into a fresh buffer with room for the whole frame.

@@ -116,6 +116,7 @@ def _frame(req) -> bytearray:
 # Raw rows at least this large are sent from where they lie instead of being copied into the
 # frame: at 100k x 21 float64 rows the copy took longer than a third of the scoring.
 _SCATTER_BYTES = 64 * 1024
+_SNDBUF = 4 << 20
 _EMPTY_BIN = b"\xc4\x00"  # MessagePack bin 8 of length 0
 
 
@@ -177,6 +178,10 @@ class Client:
     def _connect(self) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout)
+        try:  # room for a large request in one send (the kernel caps it at net.core.wmem_max)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+        except OSError:
+            pass
         try:
             s.connect(self.path)
         except OSError as e:
