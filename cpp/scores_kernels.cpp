@@ -91,15 +91,28 @@ PYNOMALY_INLINE void zscore_impl(const double* x, int64_t n, double mean, double
     for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - mean) / scale;
 }
 
+// erf's degree-12 polynomial on u by Estrin's scheme: its longest chain is 4 multiply-adds
+// (Horner's is 12), so more lanes are in flight at once. Every target (doubles, AVX2 and
+// AVX-512 vectors) runs this same expression, so the results are the same bits on all of them;
+// the error stays below 5e-16 (tests/test_scores.py checks 2e-15 against SciPy).
+static_assert(kErfDegree == 12, "erf_poly is written out for degree 12");
+
+template <class V, class Coef>
+PYNOMALY_INLINE V erf_poly(V u, const Coef& c) {
+    const V u2 = u * u, u4 = u2 * u2, u8 = u4 * u4;
+    const V r0 = (c(0) + c(1) * u) + (c(2) + c(3) * u) * u2;
+    const V r1 = (c(4) + c(5) * u) + (c(6) + c(7) * u) * u2;
+    const V r2 = (c(8) + c(9) * u) + (c(10) + c(11) * u) * u2;
+    return (r0 + r1 * u4) + (r2 + c(12) * u4) * u8;
+}
+
 PYNOMALY_INLINE double unify_one(double s, double mean, double inv) {
     const double x = (s - mean) * inv;
     double xc = x > 0.0 ? x : 0.0;  // also maps NaN to 0, like max_pd(x, 0)
     xc = xc < kErfOne ? xc : kErfOne;
     int i = static_cast<int>(xc * kErfIntervalsPerUnit);
     i = i < kErfIntervals - 1 ? i : kErfIntervals - 1;
-    const double u = xc - kErfCenter[i];
-    double p = kErfCoef[kErfDegree][i];
-    for (int k = kErfDegree - 1; k >= 0; --k) p = p * u + kErfCoef[k][i];
+    double p = erf_poly(xc - kErfCenter[i], [i](int k) { return kErfCoef[k][i]; });
     p = p < 1.0 ? p : 1.0;
     p = p > 0.0 ? p : 0.0;
     double r = x >= kErfOne ? 1.0 : p;
@@ -183,78 +196,83 @@ int64_t bracket_baseline(const double* x, int64_t n, double lo, double hi, doubl
 PYNOMALY_GENERIC_WRAPPERS(avx2, PYNOMALY_AVX2_ATTR)
 PYNOMALY_GENERIC_WRAPPERS(avx512, PYNOMALY_AVX512_ATTR)
 
-// ---- AVX2: 4 lanes; coefficients come from an interval-major copy of the table ------------
-// Each lane's interval row holds its 13 coefficients and its centre; four rows loaded side by
-// side and transposed (8 shuffles per 4 coefficients) give the per-lane coefficient vectors.
-// AVX2 has no permute over 16 doubles, and gathers were slower than this on the CPUs we tried.
+// ---- AVX2: 4 lanes; coefficients come from a table of interval pairs -------------------------
+// AVX2 has no permute over 16 doubles (AVX-512's route), its gathers were slow, and
+// transposing four lanes' coefficient rows costs 8 shuffles per 4 coefficients, all on one
+// port. Instead a table holds, for every pair of intervals (a, b), the pairs (c_k[a], c_k[b]):
+// lanes 0-1 and 2-3 each load one 16-byte pair per coefficient, no shuffles. 16 x 16 pairs x
+// 14 values x 16 bytes = 56 KiB; clustered scores touch a few of them.
 
-static_assert(kErfDegree + 2 <= 16, "row layout: coefficients 0..degree, centre, padding");
+static_assert(kErfDegree + 2 <= 16, "pair layout: coefficients 0..degree, then the centre");
 
-struct ErfRows {
-    alignas(32) double row[kErfIntervals][16];
-    constexpr ErfRows() : row() {
-        for (int i = 0; i < kErfIntervals; ++i) {
-            for (int k = 0; k <= kErfDegree; ++k) row[i][k] = kErfCoef[k][i];
-            row[i][kErfDegree + 1] = kErfCenter[i];
-        }
+struct ErfPairs {
+    alignas(64) double v[kErfIntervals][kErfIntervals][kErfDegree + 2][2];
+    constexpr ErfPairs() : v() {
+        for (int a = 0; a < kErfIntervals; ++a)
+            for (int b = 0; b < kErfIntervals; ++b) {
+                for (int k = 0; k <= kErfDegree; ++k) {
+                    v[a][b][k][0] = kErfCoef[k][a];
+                    v[a][b][k][1] = kErfCoef[k][b];
+                }
+                v[a][b][kErfDegree + 1][0] = kErfCenter[a];
+                v[a][b][kErfDegree + 1][1] = kErfCenter[b];
+            }
     }
 };
-constexpr ErfRows kErfRows;
+constexpr ErfPairs kErfPairs;
 
-// Columns 4g .. 4g + 3 of the four lanes' rows, one vector per column.
-PYNOMALY_AVX2_ATTR PYNOMALY_INLINE void erf_columns_avx2(const int* idx, int g, __m256d* c) {
-    const __m256d r0 = _mm256_load_pd(kErfRows.row[idx[0]] + 4 * g);
-    const __m256d r1 = _mm256_load_pd(kErfRows.row[idx[1]] + 4 * g);
-    const __m256d r2 = _mm256_load_pd(kErfRows.row[idx[2]] + 4 * g);
-    const __m256d r3 = _mm256_load_pd(kErfRows.row[idx[3]] + 4 * g);
-    const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-    const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-    c[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
-    c[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
-    c[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
-    c[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+// Four lanes of unify: standardised values, clamped to [0, 6], and their coefficient pairs.
+struct ErfLanes {
+    __m256d v, xc;
+    const double (*lo)[2];  // pairs of lanes 0-1, indexed by coefficient
+    const double (*hi)[2];  // pairs of lanes 2-3
+};
+
+PYNOMALY_AVX2_ATTR PYNOMALY_INLINE void erf_lanes_avx2(__m256d s, __m256d vmean, __m256d vinv, ErfLanes& l) {
+    l.v = _mm256_mul_pd(_mm256_sub_pd(s, vmean), vinv);
+    l.xc = _mm256_min_pd(_mm256_max_pd(l.v, _mm256_setzero_pd()), _mm256_set1_pd(kErfOne));
+    alignas(16) int idx[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(idx),
+                    _mm_min_epi32(_mm256_cvttpd_epi32(_mm256_mul_pd(l.xc, _mm256_set1_pd(kErfIntervalsPerUnit))),
+                                  _mm_set1_epi32(kErfIntervals - 1)));
+    l.lo = kErfPairs.v[idx[0]][idx[1]];
+    l.hi = kErfPairs.v[idx[2]][idx[3]];
+}
+
+PYNOMALY_AVX2_ATTR PYNOMALY_INLINE __m256d erf_coef_avx2(const ErfLanes& l, int k) {
+    return _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_load_pd(l.lo[k])), _mm_load_pd(l.hi[k]), 1);
+}
+
+// erf's polynomial clipped to [0, 1], then the saturated ends and NaN passed through.
+PYNOMALY_AVX2_ATTR PYNOMALY_INLINE __m256d erf_finish_avx2(const ErfLanes& l, __m256d p) {
+    const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
+    p = _mm256_max_pd(_mm256_min_pd(p, one), zero);
+    __m256d r = _mm256_blendv_pd(p, one, _mm256_cmp_pd(l.v, _mm256_set1_pd(kErfOne), _CMP_GE_OQ));
+    r = _mm256_blendv_pd(r, zero, _mm256_cmp_pd(l.v, zero, _CMP_LE_OQ));
+    return _mm256_blendv_pd(r, l.v, _mm256_cmp_pd(l.v, l.v, _CMP_UNORD_Q));
+}
+
+PYNOMALY_AVX2_ATTR PYNOMALY_INLINE __m256d erf_poly_avx2(const ErfLanes& l) {
+    return erf_poly(_mm256_sub_pd(l.xc, erf_coef_avx2(l, kErfDegree + 1)),
+                    [&l](int k) PYNOMALY_AVX2_ATTR { return erf_coef_avx2(l, k); });
 }
 
 PYNOMALY_AVX2_ATTR void unify_avx2(const double* x, int64_t n, double mean, double inv, double* out) {
     const __m256d vmean = _mm256_set1_pd(mean), vinv = _mm256_set1_pd(inv);
-    const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), six = _mm256_set1_pd(kErfOne);
-    const __m256d per_unit = _mm256_set1_pd(kErfIntervalsPerUnit);
-    const __m128i last = _mm_set1_epi32(kErfIntervals - 1);
-    constexpr int kTop = kErfDegree / 4;  // the column group holding the highest coefficient
-    for (int64_t i = 0; i < n; i += 4) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        ErfLanes a;
+        erf_lanes_avx2(_mm256_loadu_pd(x + i), vmean, vinv, a);
+        _mm256_storeu_pd(out + i, erf_finish_avx2(a, erf_poly_avx2(a)));
+    }
+    for (; i < n; i += 4) {
         const int64_t left = n - i;
-        __m256d s;
-        if (left >= 4) {
-            s = _mm256_loadu_pd(x + i);
-        } else {
-            alignas(32) double tmp[4] = {0, 0, 0, 0};
-            for (int64_t j = 0; j < left; ++j) tmp[j] = x[i + j];
-            s = _mm256_load_pd(tmp);
-        }
-        const __m256d v = _mm256_mul_pd(_mm256_sub_pd(s, vmean), vinv);
-        const __m256d xc = _mm256_min_pd(_mm256_max_pd(v, zero), six);
-        alignas(16) int idx[4];
-        _mm_store_si128(reinterpret_cast<__m128i*>(idx),
-                        _mm_min_epi32(_mm256_cvttpd_epi32(_mm256_mul_pd(xc, per_unit)), last));
-        __m256d c[4];
-        erf_columns_avx2(idx, kTop, c);  // holds the top coefficient and the centre
-        const __m256d u = _mm256_sub_pd(xc, c[(kErfDegree + 1) % 4]);
-        __m256d p = c[kErfDegree % 4];
-        for (int k = kErfDegree - 1; k >= 0; --k) {
-            if (k % 4 == 3) erf_columns_avx2(idx, k / 4, c);
-            p = _mm256_add_pd(_mm256_mul_pd(p, u), c[k % 4]);
-        }
-        p = _mm256_max_pd(_mm256_min_pd(p, one), zero);
-        __m256d r = _mm256_blendv_pd(p, one, _mm256_cmp_pd(v, six, _CMP_GE_OQ));
-        r = _mm256_blendv_pd(r, zero, _mm256_cmp_pd(v, zero, _CMP_LE_OQ));
-        r = _mm256_blendv_pd(r, v, _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
-        if (left >= 4) {
-            _mm256_storeu_pd(out + i, r);
-        } else {
-            alignas(32) double tmp[4];
-            _mm256_store_pd(tmp, r);
-            for (int64_t j = 0; j < left; ++j) out[i + j] = tmp[j];
-        }
+        alignas(32) double tmp[4] = {0, 0, 0, 0};
+        for (int64_t j = 0; j < left && j < 4; ++j) tmp[j] = x[i + j];
+        ErfLanes a;
+        erf_lanes_avx2(_mm256_load_pd(tmp), vmean, vinv, a);
+        _mm256_store_pd(tmp, erf_finish_avx2(a, erf_poly_avx2(a)));
+        for (int64_t j = 0; j < left && j < 4; ++j) out[i + j] = tmp[j];
     }
 }
 
@@ -300,8 +318,8 @@ PYNOMALY_AVX2_ATTR int64_t bracket_avx2(const double* x, int64_t n, double lo, d
 
 // ---- AVX-512: 8 lanes; one two-register permute picks a coefficient from the 16 intervals -----
 
-// G independent vectors per step: a Horner step is a multiply-add latency chain of 17 links,
-// so interleaving G chains keeps both FP ports busy instead of waiting on one chain.
+// G independent vectors per step: even Estrin's scheme is a chain of dependent multiply-adds,
+// so interleaving G of them keeps both FP ports busy instead of waiting on one chain.
 template <int G>
 PYNOMALY_AVX512_ATTR PYNOMALY_INLINE void unify_group_avx512(const double* x, double* out, __mmask8 tail_mask,
                                                              __m512d vmean, __m512d vinv, const __m512d* coef,
@@ -317,12 +335,13 @@ PYNOMALY_AVX512_ATTR PYNOMALY_INLINE void unify_group_avx512(const double* x, do
         const __m512d xc = _mm512_min_pd(_mm512_max_pd(v[g], zero), six);
         idx[g] = _mm512_min_epi64(_mm512_cvttpd_epi64(_mm512_mul_pd(xc, per_unit)), last);
         u[g] = _mm512_sub_pd(xc, _mm512_permutex2var_pd(center[0], idx[g], center[1]));
-        p[g] = _mm512_permutex2var_pd(coef[2 * kErfDegree], idx[g], coef[2 * kErfDegree + 1]);
     }
-    for (int k = kErfDegree - 1; k >= 0; --k)
-        for (int g = 0; g < G; ++g)
-            p[g] = _mm512_add_pd(_mm512_mul_pd(p[g], u[g]),
-                                 _mm512_permutex2var_pd(coef[2 * k], idx[g], coef[2 * k + 1]));
+    for (int g = 0; g < G; ++g) {
+        const __m512i ig = idx[g];
+        p[g] = erf_poly(u[g], [coef, ig](int k) PYNOMALY_AVX512_ATTR {
+            return _mm512_permutex2var_pd(coef[2 * k], ig, coef[2 * k + 1]);
+        });
+    }
     for (int g = 0; g < G; ++g) {
         const __m512d q = _mm512_max_pd(_mm512_min_pd(p[g], one), zero);
         __m512d r = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v[g], six, _CMP_GE_OQ), q, one);
