@@ -244,8 +244,10 @@ void Forest::path_length_sum(const MatrixView& X, double* out, int n_threads, co
         thread_local std::vector<float> xt;
         thread_local std::vector<double> acc;
         xt.resize(static_cast<size_t>(X.cols * B));
-        acc.assign(static_cast<size_t>(B), 0.0);
         const int64_t r0 = chunk * B, n = std::min(B, X.rows - r0);
+        // The block's rows rounded up to the kernels' 16-row groups, not B: a single-row call
+        // zeroes 16 values, not a whole block.
+        acc.assign(static_cast<size_t>((n + 15) / 16 * 16), 0.0);
         const int64_t pos = load_block(X, r0, n, B, xt.data());
         if (pos >= 0) {
             bad.offer(r0 + pos / X.cols, pos % X.cols);

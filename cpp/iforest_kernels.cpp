@@ -232,7 +232,8 @@ void avx512_entry(const Compiled& c, const float* xt, int64_t n, double* acc) { 
 #endif
 
 // A handful of rows (a single-row call): lanes would be mostly empty, so walk the trees of one
-// row four at a time instead; the four chains overlap in the core. Sums in tree order.
+// row eight at a time instead; the eight chains of dependent loads overlap in the core (four
+// left it waiting on load latency: 1.5x slower). Sums in tree order.
 template <int D>
 void few_rows_kernel(const Compiled& c, const float* xt, int64_t n_rows, double* acc) {
     constexpr int64_t S = int64_t(1) << D;
@@ -244,20 +245,20 @@ void few_rows_kernel(const Compiled& c, const float* xt, int64_t n_rows, double*
         const float* x = xt + i;
         double sum = 0.0;
         int64_t t = 0;
-        for (; t + 4 <= T; t += 4) {
-            const int64_t o0 = t * S, o1 = o0 + S, o2 = o1 + S, o3 = o2 + S;
-            uint32_t a = 1, b = 1, cc = 1, d = 1;
+        // Each group's leaves are added one tree at a time, in tree order, onto the running
+        // sum: the same additions in the same order as every other kernel.
+        for (; t + 8 <= T; t += 8) {
+            uint32_t node[8];
+            for (int g = 0; g < 8; ++g) node[g] = 1;
 #pragma GCC unroll 16
             for (int l = 0; l < D; ++l) {
-                a = 2 * a + (x[F[o0 + a]] > TH[o0 + a]);
-                b = 2 * b + (x[F[o1 + b]] > TH[o1 + b]);
-                cc = 2 * cc + (x[F[o2 + cc]] > TH[o2 + cc]);
-                d = 2 * d + (x[F[o3 + d]] > TH[o3 + d]);
+#pragma GCC unroll 8
+                for (int g = 0; g < 8; ++g) {
+                    const int64_t o = (t + g) * S;
+                    node[g] = 2 * node[g] + (x[F[o + node[g]]] > TH[o + node[g]]);
+                }
             }
-            sum += LV[o0 + a];
-            sum += LV[o1 + b];
-            sum += LV[o2 + cc];
-            sum += LV[o3 + d];
+            for (int g = 0; g < 8; ++g) sum += LV[(t + g) * S + node[g]];
         }
         for (; t < T; ++t) {
             const int64_t o = t * S;
