@@ -349,6 +349,6 @@ def test_daemon_answers_alike_with_and_without_the_native_path(daemons):
         assert a == b, i
     # The native path served the small raw requests of one daemon, none of the other's.
     with pynomaly.Client(fast.sock) as c:
-        assert c.stats().native_path_requests >= 100
+        assert c.stats().fast_path_requests >= 100
     with pynomaly.Client(slow.sock) as c:
-        assert c.stats().native_path_requests == 0
+        assert c.stats().fast_path_requests == 0

@@ -629,7 +629,7 @@ class Daemon:
         if n_req:
             self.n_detect += n_req
             st = self.stats
-            st["native_path_requests"] += n_req
+            st["fast_path_requests"] += n_req
             st["native_calls"] += n_calls
             st["rows_scored"] += n_rows
             if n_coalesced:
@@ -799,7 +799,7 @@ class Daemon:
             return wire.StatsReply(
                 req.id, time.monotonic() - self.started, len(self.conns), s["connections_total"], self.in_flight,
                 {**self.requests, "detect": self.n_detect}, dict(self.errors), s["rows_scored"], s["native_calls"], s["coalesced_requests"],
-                len(self.cache), self.cache_size, s["cache_hits"], s["cache_misses"], s["copied_rows"], s["native_path_requests"],
+                len(self.cache), self.cache_size, s["cache_hits"], s["cache_misses"], s["copied_rows"], s["fast_path_requests"],
             )
         if type(req) is wire.Info:
             e = await self.resolve(req.detector, req.version)

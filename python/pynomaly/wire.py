@@ -201,7 +201,7 @@ class StatsReply(msgspec.Struct, gc=False, tag="stats", tag_field="op"):
     cache_hits: int
     cache_misses: int
     copied_rows: int  # rows of large requests that could not be scored in place (misaligned)
-    native_path_requests: int = 0  # detect requests answered by the daemon's native fast path
+    fast_path_requests: int = 0  # detect requests answered by the daemon's native fast path
 
 
 class ReloadReply(msgspec.Struct, gc=False, tag="reload", tag_field="op"):
