@@ -640,8 +640,8 @@ class Daemon:
             else:
                 # Replies leave at the end of the loop iteration, after every ready connection
                 # was read, as Redis does: each client then wakes once for all its replies and
-                # the daemon is not preempted by a client it just woke (64 clients: 73k -> see
-                # bench/RESULTS.md).
+                # the daemon is not preempted by a client it just woke (64 clients: 73k -> 88k
+                # req/s in one A/B on the loaded VM).
                 if not self.fast_out:
                     self.loop.call_soon(self._send_fast_replies)
                 self.fast_out.append((conn, replies))
