@@ -8,7 +8,9 @@ against a daemon started with ``--no-fast-path``.
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 
 import msgpack
 import msgspec
@@ -20,6 +22,7 @@ from hypothesis import strategies as st
 import pynomaly
 from pynomaly import _core, wire
 
+from conftest import REPO
 from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, close_raw_sockets, raw_connect, read_frame
 
 pynomaly_daemon = pytest.importorskip("pynomaly_daemon")
@@ -289,6 +292,25 @@ def test_fuzz_serves_only_what_msgspec_accepts_and_answers_alike(model, hot, bod
         served += 1
     assert at == pos and n_req == served
     assert (replies or b"") == expected
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_parser_fuzzed_under_address_sanitizer(tmp_path):
+    """The C++ parser alone (cpp/tests/fuzz_fastpath_wire.cpp): 100k valid and mutated bodies,
+    each in a heap buffer of its exact size, under AddressSanitizer and UBSan."""
+    exe = tmp_path / "fuzz"
+    build = subprocess.run(
+        ["g++", "-std=c++17", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+         "-Wall", "-Wextra", "-Werror", "-Ipython/src", "cpp/tests/fuzz_fastpath_wire.cpp", "-o", str(exe)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    if build.returncode != 0 and ("asan" in build.stderr or "ubsan" in build.stderr):
+        pytest.skip(f"no sanitizer runtime for g++ here: {build.stderr.strip()[-200:]}")
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe), "100000"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    parsed, tried = (int(v) for v in run.stdout.split()[1::2])
+    assert tried == 100000 and parsed > 20000  # the valid quarter, and mutants that stay valid
 
 
 # -- end to end: the same stream through a daemon with and without the native path ------------
