@@ -17,9 +17,11 @@ namespace pynomaly {
 
 namespace {
 
-template <ScreenKind K>
-bool scalar_screen(const float* xq, int64_t d, const float* panel, const float* off, float alpha, const float* thr,
-                   uint32_t* masks, float* s_out) {
+// Sym: also the transposed compare of SymScreenKernel (the accumulators are shared).
+template <ScreenKind K, bool Sym>
+bool scalar_tile(const float* xq, int64_t d, const float* panel, const float* off, const float* offq, float alpha,
+                 const float* thr, const float* thr_panel, uint32_t* masks, uint32_t* tmasks, float* s_out,
+                 float* t_out) {
     bool any = false;
     for (int r = 0; r < kRows; ++r) {
         float acc[kPanel] = {};
@@ -34,28 +36,47 @@ bool scalar_screen(const float* xq, int64_t d, const float* panel, const float* 
                     acc[l] += std::fabs(xv - p[l]);
             }
         }
-        uint32_t m = 0;
+        uint32_t m = 0, tm = 0;
         for (int l = 0; l < kPanel; ++l) {
             const float s = alpha * acc[l] + off[l];
             s_out[r * kPanel + l] = s;
             m |= uint32_t(s <= thr[r]) << l;
+            if constexpr (Sym) {
+                const float t = alpha * acc[l] + offq[r];
+                t_out[r * kPanel + l] = t;
+                tm |= uint32_t(t <= thr_panel[l]) << l;
+            }
         }
         masks[r] = m;
         any |= m != 0;
+        if constexpr (Sym) {
+            tmasks[r] = tm;
+            any |= tm != 0;
+        }
     }
     return any;
+}
+
+template <ScreenKind K>
+bool scalar_screen(const float* xq, int64_t d, const float* panel, const float* off, float alpha, const float* thr,
+                   uint32_t* masks, float* s_out) {
+    return scalar_tile<K, false>(xq, d, panel, off, nullptr, alpha, thr, nullptr, masks, nullptr, s_out, nullptr);
 }
 
 #ifdef PYNOMALY_X86
 
 // Four query rows x 16 data rows (two ymm) per pass; four passes cover the 8 x 32 tile. Eight
 // accumulators keep both FMA ports busy without spilling the 16 ymm registers.
-template <ScreenKind K>
-__attribute__((target("avx2,fma"))) bool avx2_screen(const float* xq, int64_t d, const float* panel, const float* off,
-                                                     float alpha, const float* thr, uint32_t* masks, float* s_out) {
+template <ScreenKind K, bool Sym>
+__attribute__((target("avx2,fma"))) bool avx2_tile(const float* xq, int64_t d, const float* panel, const float* off,
+                                                   const float* offq, float alpha, const float* thr,
+                                                   const float* thr_panel, uint32_t* masks, uint32_t* tmasks,
+                                                   float* s_out, float* t_out) {
     const __m256 va = _mm256_set1_ps(alpha);
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int r = 0; r < kRows; ++r) masks[r] = 0;
+    if constexpr (Sym)
+        for (int r = 0; r < kRows; ++r) tmasks[r] = 0;
     bool any = false;
     for (int rh = 0; rh < kRows; rh += 4) {
         for (int lh = 0; lh < kPanel; lh += 16) {
@@ -97,19 +118,39 @@ __attribute__((target("avx2,fma"))) bool avx2_screen(const float* xq, int64_t d,
                 const uint32_t m = (m0 | (m1 << 8)) << lh;
                 masks[rh + q] |= m;
                 any |= m != 0;
+                if constexpr (Sym) {
+                    const __m256 oq = _mm256_set1_ps(offq[rh + q]);
+                    const __m256 t0 = _mm256_fmadd_ps(va, accs[2 * q], oq);
+                    const __m256 t1 = _mm256_fmadd_ps(va, accs[2 * q + 1], oq);
+                    _mm256_storeu_ps(t_out + (rh + q) * kPanel + lh, t0);
+                    _mm256_storeu_ps(t_out + (rh + q) * kPanel + lh + 8, t1);
+                    const __m256 tp0 = _mm256_loadu_ps(thr_panel + lh), tp1 = _mm256_loadu_ps(thr_panel + lh + 8);
+                    const uint32_t n0 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(t0, tp0, _CMP_LE_OQ)));
+                    const uint32_t n1 = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(t1, tp1, _CMP_LE_OQ)));
+                    const uint32_t tm = (n0 | (n1 << 8)) << lh;
+                    tmasks[rh + q] |= tm;
+                    any |= tm != 0;
+                }
             }
         }
     }
     return any;
 }
 
+template <ScreenKind K>
+__attribute__((target("avx2,fma"))) bool avx2_screen(const float* xq, int64_t d, const float* panel, const float* off,
+                                                     float alpha, const float* thr, uint32_t* masks, float* s_out) {
+    return avx2_tile<K, false>(xq, d, panel, off, nullptr, alpha, thr, nullptr, masks, nullptr, s_out, nullptr);
+}
+
 #define PYNOMALY_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 
 // All 8 query rows x 32 data rows (two zmm) at once: 16 accumulators, each panel load feeding
 // eight FMAs and each broadcast two.
-template <ScreenKind K>
-PYNOMALY_AVX512 bool avx512_screen(const float* xq, int64_t d, const float* panel, const float* off, float alpha,
-                                   const float* thr, uint32_t* masks, float* s_out) {
+template <ScreenKind K, bool Sym>
+PYNOMALY_AVX512 bool avx512_tile(const float* xq, int64_t d, const float* panel, const float* off, const float* offq,
+                                 float alpha, const float* thr, const float* thr_panel, uint32_t* masks,
+                                 uint32_t* tmasks, float* s_out, float* t_out) {
     __m512 acc[kRows][2];
     for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t j = 0; j < d; ++j) {
@@ -130,6 +171,25 @@ PYNOMALY_AVX512 bool avx512_screen(const float* xq, int64_t d, const float* pane
     const __m512 va = _mm512_set1_ps(alpha);
     const __m512 o0 = _mm512_loadu_ps(off), o1 = _mm512_loadu_ps(off + 16);
     uint32_t any = 0;
+    if constexpr (Sym) {
+        // The transposed compare first, while the accumulators are still raw; t is recomputed
+        // (same FMA, same bits) for the rare tile that must store it, to keep 16 zmm free.
+        const __m512 tp0 = _mm512_loadu_ps(thr_panel), tp1 = _mm512_loadu_ps(thr_panel + 16);
+        for (int r = 0; r < kRows; ++r) {
+            const __m512 oq = _mm512_set1_ps(offq[r]);
+            const uint32_t m0 = _mm512_cmp_ps_mask(_mm512_fmadd_ps(va, acc[r][0], oq), tp0, _CMP_LE_OQ);
+            const uint32_t m1 = _mm512_cmp_ps_mask(_mm512_fmadd_ps(va, acc[r][1], oq), tp1, _CMP_LE_OQ);
+            tmasks[r] = m0 | (m1 << 16);
+            any |= tmasks[r];
+        }
+        if (any != 0)
+            for (int r = 0; r < kRows; ++r) {
+                const __m512 oq = _mm512_set1_ps(offq[r]);
+                _mm512_storeu_ps(t_out + r * kPanel, _mm512_fmadd_ps(va, acc[r][0], oq));
+                _mm512_storeu_ps(t_out + r * kPanel + 16, _mm512_fmadd_ps(va, acc[r][1], oq));
+            }
+    }
+    uint32_t any_rows = 0;
     for (int r = 0; r < kRows; ++r) {
         const __m512 t = _mm512_set1_ps(thr[r]);
         acc[r][0] = _mm512_fmadd_ps(va, acc[r][0], o0);
@@ -137,14 +197,20 @@ PYNOMALY_AVX512 bool avx512_screen(const float* xq, int64_t d, const float* pane
         const uint32_t m0 = _mm512_cmp_ps_mask(acc[r][0], t, _CMP_LE_OQ);
         const uint32_t m1 = _mm512_cmp_ps_mask(acc[r][1], t, _CMP_LE_OQ);
         masks[r] = m0 | (m1 << 16);
-        any |= masks[r];
+        any_rows |= masks[r];
     }
-    if (any == 0) return false;  // the common case: nothing to store
-    for (int r = 0; r < kRows; ++r) {
-        _mm512_storeu_ps(s_out + r * kPanel, acc[r][0]);
-        _mm512_storeu_ps(s_out + r * kPanel + 16, acc[r][1]);
-    }
-    return true;
+    if (any_rows != 0)
+        for (int r = 0; r < kRows; ++r) {
+            _mm512_storeu_ps(s_out + r * kPanel, acc[r][0]);
+            _mm512_storeu_ps(s_out + r * kPanel + 16, acc[r][1]);
+        }
+    return (any | any_rows) != 0;  // the common case: nothing passed, nothing stored
+}
+
+template <ScreenKind K>
+PYNOMALY_AVX512 bool avx512_screen(const float* xq, int64_t d, const float* panel, const float* off, float alpha,
+                                   const float* thr, uint32_t* masks, float* s_out) {
+    return avx512_tile<K, false>(xq, d, panel, off, nullptr, alpha, thr, nullptr, masks, nullptr, s_out, nullptr);
 }
 
 #endif  // PYNOMALY_X86
@@ -160,6 +226,18 @@ ScreenKernel select_screen_kernel(SimdTarget target, ScreenKind kind) {
     (void)target;
 #endif
     return dot ? scalar_screen<ScreenKind::dot> : scalar_screen<ScreenKind::l1>;
+}
+
+SymScreenKernel select_sym_screen_kernel(SimdTarget target, ScreenKind kind) {
+    const bool dot = kind == ScreenKind::dot;
+#ifdef PYNOMALY_X86
+    if (target == SimdTarget::avx512)
+        return dot ? avx512_tile<ScreenKind::dot, true> : avx512_tile<ScreenKind::l1, true>;
+    if (target == SimdTarget::avx2) return dot ? avx2_tile<ScreenKind::dot, true> : avx2_tile<ScreenKind::l1, true>;
+#else
+    (void)target;
+#endif
+    return dot ? scalar_tile<ScreenKind::dot, true> : scalar_tile<ScreenKind::l1, true>;
 }
 
 }  // namespace pynomaly
