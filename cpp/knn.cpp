@@ -400,19 +400,21 @@ Packed pack_rows(const MatrixView& data, bool sort, const Screen& sc, Metric met
     return pk;
 }
 
-// Bounding box and largest norm of each group of kRows rows of xq (qn rows, row-major).
+// Bounding box and largest norm of each group of kRows rows: at(i, f) is feature f of row i
+// (qn rows), nxq[i] its norm.
 struct GroupBoxes {
     std::vector<float> lo, hi;
     std::vector<double> nx;
-    GroupBoxes(const float* xq, const float* nxq, int64_t qn, int64_t d) {
+    template <class At>
+    GroupBoxes(At at, const float* nxq, int64_t qn, int64_t d) {
         const int64_t groups = (qn + kRows - 1) / kRows;
         lo.resize(static_cast<size_t>(groups * d)), hi.resize(static_cast<size_t>(groups * d)), nx.assign(groups, 0.0);
         for (int64_t g = 0; g < groups; ++g) {
             const int64_t rows = std::min<int64_t>(kRows, qn - g * kRows);
             for (int64_t f = 0; f < d; ++f) {
-                float l = xq[g * kRows * d + f], h = l;
+                float l = at(g * kRows, f), h = l;
                 for (int64_t r = 1; r < rows; ++r) {
-                    const float v = xq[(g * kRows + r) * d + f];
+                    const float v = at(g * kRows + r, f);
                     l = std::min(l, v), h = std::max(h, v);
                 }
                 lo[g * d + f] = l, hi[g * d + f] = h;
@@ -542,7 +544,7 @@ void query_scan(const MatrixView& data, const MatrixView& Q, int64_t k, const Sc
         }
         uint32_t masks[kRows];
         alignas(64) float tile[kRows * kPanel];
-        const GroupBoxes gb(xq.data(), nx.data(), qn, d);
+        const GroupBoxes gb([&](int64_t i, int64_t f) { return xq[i * d + f]; }, nx.data(), qn, d);
         bool use_bounds = true;
         int64_t tests = 0, pruned = 0;
         for (int64_t bi = 0; bi < n_blocks; ++bi) {
@@ -633,35 +635,48 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
     const int64_t n = pk.n, d = pk.d, n_panels = pk.n_panels;
     if (n > std::numeric_limits<int32_t>::max())
         throw InvalidInput("the brute-force self-join supports at most 2^31 - 1 rows, got " + std::to_string(n));
-    const ScreenKernel kernel = select_screen_kernel(active_simd(), sc.kind);
     const SymScreenKernel sym_kernel = select_sym_screen_kernel(active_simd(), sc.kind);
     const TileBound bound(sc, d);
-    const int64_t band_panels = pk.block_panels, band_rows = band_panels * kPanel;
+    const int64_t band_panels = std::getenv("SYM_BAND") ? std::atoi(std::getenv("SYM_BAND")) : pk.block_panels, band_rows = band_panels * kPanel;  // TUNE
     const int64_t n_bands = (n_panels + band_panels - 1) / band_panels;
     constexpr float kInf = std::numeric_limits<float>::infinity();
 
-    // Per packed row: its threshold (-inf for padding rows: they never pass) and its candidates.
+    // Per packed row: its threshold (-inf for padding rows: they never pass), the k smallest
+    // upper bounds met so far (a max-heap, +inf until k were met) and its candidates. Any k-th
+    // smallest upper bound over k other rows is a valid threshold (at least the row's true k-th
+    // key in these units), and so is the smaller of two valid ones: the heap keeps the
+    // threshold current at O(log k) per candidate, so a full list is compacted by one pass
+    // (drop s > threshold) instead of a selection over its bounds.
     std::vector<float> thr(static_cast<size_t>(n_panels * kPanel), -kInf);
+    std::vector<float> best(static_cast<size_t>(n * k), kInf);
     std::vector<std::vector<SelfCand>> cand(n);
-    // Lists are pruned at capacity; room for k + 16 keeps the scan's lists within ~36 x 8 bytes
-    // per row at k = 20; the room doubles when ties keep a list full (O(m log m) for m ties).
-    std::vector<uint32_t> cap(n, static_cast<uint32_t>(k + 16));
-    auto prune = [&](int64_t y, std::vector<float>& su) {
+    // Room for k + 16 keeps the lists within ~36 x 8 bytes per row at k = 20; it doubles when
+    // ties keep a list full after compaction (O(m log m) for m ties, never O(m^2)).
+    std::vector<uint32_t> cap(n, static_cast<uint32_t>(k + (std::getenv("SYM_ROOM") ? std::atoi(std::getenv("SYM_ROOM")) : 16)));  // TUNE
+    auto compact = [&](int64_t y) {
         auto& c = cand[y];
-        su.resize(c.size());
-        for (size_t i = 0; i < c.size(); ++i) su[i] = sc.upper(c[i].s, pk.nyv[y], pk.nyv[c[i].pos]);
-        std::nth_element(su.begin(), su.begin() + (k - 1), su.end());
-        const float t = su[k - 1];
+        const float t = thr[y];
         c.erase(std::remove_if(c.begin(), c.end(), [t](const SelfCand& e) { return e.s > t; }), c.end());
         if (c.size() > static_cast<size_t>(k) + (cap[y] - k) / 2) cap[y] = static_cast<uint32_t>(k + 2 * (cap[y] - k));
-        return t;
     };
-    // Any k-th smallest upper bound over k other rows is a valid threshold (it is at least the
-    // row's true k-th key in these units); keeping the smaller of two valid ones stays valid.
-    auto push = [&](int64_t y, float sv, int64_t x, std::vector<float>& su) {
+    auto push = [&](int64_t y, float sv, int64_t x) {
+        const float su = sc.upper(sv, pk.nyv[y], pk.nyv[x]);
+        float* h = best.data() + y * k;
+        if (su < h[0]) {  // replace the largest of the k, then sift it down
+            int64_t c = 0;
+            for (;;) {
+                int64_t l = 2 * c + 1;
+                if (l >= k) break;
+                if (l + 1 < k && h[l + 1] > h[l]) ++l;
+                if (!(h[l] > su)) break;
+                h[c] = h[l], c = l;
+            }
+            h[c] = su;
+            thr[y] = std::min(thr[y], h[0]);
+        }
         auto& c = cand[y];
         c.push_back({sv, static_cast<int32_t>(x)});
-        if (c.size() >= cap[y]) thr[y] = std::min(thr[y], prune(y, su));
+        if (c.size() >= cap[y]) compact(y);
     };
 
     // A row's neighbours in the spatial order are near it: the k-th smallest upper bound among
@@ -695,22 +710,19 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
     // for data whose boxes overlap everywhere). Only the task owning band I as its row side
     // touches these.
     std::vector<int64_t> tests(n_bands, 0), pruned(n_bands, 0);
+    const GroupBoxes gb([&](int64_t i, int64_t f) { return pk.coord(i, f); }, pk.nyv.data(), n, d);
+    float never[kPanel];
+    std::fill_n(never, kPanel, -kInf);
     std::vector<char> use_bounds(n_bands, 1);
     auto run_pair = [&](int64_t I, int64_t J) {
         const bool diag = I == J;  // within one band each pair is met twice: screen one way only
-        const int64_t r0 = I * band_rows, qn = std::min(n, r0 + band_rows) - r0;
-        const int64_t groups = (qn + kRows - 1) / kRows;
-        std::vector<float> xq(static_cast<size_t>(groups * kRows * d), 0.0f);  // band I row-major
-        for (int64_t i = 0; i < qn; ++i)
-            for (int64_t f = 0; f < d; ++f) xq[i * d + f] = pk.coord(r0 + i, f);
-        const GroupBoxes gb(xq.data(), pk.nyv.data() + r0, qn, d);
+        const int64_t r0 = I * band_rows, groups = (std::min(n, r0 + band_rows) - r0 + kRows - 1) / kRows;
         const int64_t p0 = J * band_panels, p1 = std::min(n_panels, p0 + band_panels);
         uint32_t masks[kRows], tmasks[kRows];
         alignas(64) float tile[kRows * kPanel], ttile[kRows * kPanel];
-        std::vector<float> su;
-        for (int64_t g = 0; g < groups; ++g) {
-            const int64_t x0 = r0 + g * kRows;  // packed position of the group's first row
-            const float* xg = xq.data() + g * kRows * d;
+        for (int64_t g = r0 / kRows; g < r0 / kRows + groups; ++g) {
+            const int64_t x0 = g * kRows;  // packed position of the group's first row
+            const float* xg = pk.panel(x0 / kPanel) + x0 % kPanel;
             float* tg = thr.data() + x0;
             const float* ga = gb.lo.data() + g * d;
             const float* gh = gb.hi.data() + g * d;
@@ -745,14 +757,10 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
                     }
                     if (tests[I] == 4096 && pruned[I] * 64 < tests[I]) use_bounds[I] = 0;
                 }
-                const float* offp = pk.off.data() + p * kPanel;
-                if (diag) {
-                    if (!kernel(xg, d, pk.panel(p), offp, sc.alpha, tg, masks, tile)) continue;
-                    std::fill_n(tmasks, kRows, 0u);
-                } else if (!sym_kernel(xg, d, pk.panel(p), offp, pk.off.data() + x0, sc.alpha, tg,
-                                       thr.data() + p * kPanel, masks, tmasks, tile, ttile)) {
+                // On the diagonal the transposed compare runs against -inf: it never passes.
+                if (!sym_kernel(xg, d, pk.panel(p), pk.off.data() + p * kPanel, pk.off.data() + x0, sc.alpha, tg,
+                                diag ? never : thr.data() + p * kPanel, masks, tmasks, tile, ttile))
                     continue;
-                }
                 for (int r = 0; r < kRows; ++r) {
                     const int64_t x = x0 + r;
                     if (x >= n) break;
@@ -761,14 +769,14 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
                         const int64_t y = p * kPanel + l;
                         if (y >= n || y == x) continue;
                         const float sv = tile[r * kPanel + l];
-                        if (sv <= thr[x]) push(x, sv, y, su);  // else the threshold fell in this tile
+                        if (sv <= thr[x]) push(x, sv, y);  // else the threshold fell in this tile
                     }
                     for (uint32_t m = tmasks[r]; m; m &= m - 1) {
                         const int l = __builtin_ctz(m);
                         const int64_t y = p * kPanel + l;
                         if (y >= n) continue;
                         const float sv = ttile[r * kPanel + l];
-                        if (sv <= thr[y]) push(y, sv, x, su);
+                        if (sv <= thr[y]) push(y, sv, x);
                     }
                 }
             }
@@ -795,10 +803,8 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
     const int64_t n_chunks = (n + kQueryBlock - 1) / kQueryBlock;
     parallel_chunks(n_chunks, n_threads, cancel, [&](int64_t chunk) {
         const int64_t q0 = chunk * kQueryBlock, q1 = std::min(n, q0 + kQueryBlock);
-        std::vector<float> su;
         std::vector<double> x(d), yrow(d);
-        for (int64_t pos = q0; pos < q1; ++pos)
-            if (cand[pos].size() > static_cast<size_t>(k)) prune(pos, su);  // at least k: see above
+        for (int64_t pos = q0; pos < q1; ++pos) compact(pos);
         prefetch_rows(data, pk, cand[q0]);
         for (int64_t pos = q0; pos < q1; ++pos) {
             if (pos + 1 < q1) prefetch_rows(data, pk, cand[pos + 1]);

@@ -17,7 +17,8 @@ namespace pynomaly {
 
 namespace {
 
-// Sym: also the transposed compare of SymScreenKernel (the accumulators are shared).
+// Sym: the queries in panel layout and the transposed compare of SymScreenKernel (the
+// accumulators are shared).
 template <ScreenKind K, bool Sym>
 bool scalar_tile(const float* xq, int64_t d, const float* panel, const float* off, const float* offq, float alpha,
                  const float* thr, const float* thr_panel, uint32_t* masks, uint32_t* tmasks, float* s_out,
@@ -25,9 +26,8 @@ bool scalar_tile(const float* xq, int64_t d, const float* panel, const float* of
     bool any = false;
     for (int r = 0; r < kRows; ++r) {
         float acc[kPanel] = {};
-        const float* x = xq + r * d;
         for (int64_t j = 0; j < d; ++j) {
-            const float xv = x[j];
+            const float xv = Sym ? xq[j * kPanel + r] : xq[r * d + j];
             const float* p = panel + j * kPanel;
             for (int l = 0; l < kPanel; ++l) {
                 if constexpr (K == ScreenKind::dot)
@@ -82,15 +82,17 @@ __attribute__((target("avx2,fma"))) bool avx2_tile(const float* xq, int64_t d, c
         for (int lh = 0; lh < kPanel; lh += 16) {
             __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
                    a31 = a00;
-            const float* x0 = xq + rh * d;
-            const float* x1 = x0 + d;
-            const float* x2 = x1 + d;
-            const float* x3 = x2 + d;
+            // Query r, feature j at x[j * fs + r * rs]: rows contiguous, or (Sym) panel layout.
+            const int64_t rs = Sym ? 1 : d, fs = Sym ? kPanel : 1;
+            const float* x0 = xq + rh * rs;
+            const float* x1 = x0 + rs;
+            const float* x2 = x1 + rs;
+            const float* x3 = x2 + rs;
             for (int64_t j = 0; j < d; ++j) {
                 const __m256 p0 = _mm256_loadu_ps(panel + j * kPanel + lh);
                 const __m256 p1 = _mm256_loadu_ps(panel + j * kPanel + lh + 8);
-                const __m256 b0 = _mm256_broadcast_ss(x0 + j), b1 = _mm256_broadcast_ss(x1 + j);
-                const __m256 b2 = _mm256_broadcast_ss(x2 + j), b3 = _mm256_broadcast_ss(x3 + j);
+                const __m256 b0 = _mm256_broadcast_ss(x0 + j * fs), b1 = _mm256_broadcast_ss(x1 + j * fs);
+                const __m256 b2 = _mm256_broadcast_ss(x2 + j * fs), b3 = _mm256_broadcast_ss(x3 + j * fs);
                 if constexpr (K == ScreenKind::dot) {
                     a00 = _mm256_fmadd_ps(b0, p0, a00), a01 = _mm256_fmadd_ps(b0, p1, a01);
                     a10 = _mm256_fmadd_ps(b1, p0, a10), a11 = _mm256_fmadd_ps(b1, p1, a11);
@@ -158,7 +160,7 @@ PYNOMALY_AVX512 bool avx512_tile(const float* xq, int64_t d, const float* panel,
         const __m512 p1 = _mm512_loadu_ps(panel + j * kPanel + 16);
 #pragma GCC unroll 8
         for (int r = 0; r < kRows; ++r) {
-            const __m512 b = _mm512_set1_ps(xq[r * d + j]);
+            const __m512 b = _mm512_set1_ps(Sym ? xq[j * kPanel + r] : xq[r * d + j]);
             if constexpr (K == ScreenKind::dot) {
                 acc[r][0] = _mm512_fmadd_ps(b, p0, acc[r][0]);
                 acc[r][1] = _mm512_fmadd_ps(b, p1, acc[r][1]);
