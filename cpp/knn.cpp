@@ -15,7 +15,9 @@
 #include <cfloat>
 #include <cmath>
 #include <limits>
+#include <condition_variable>
 #include <mutex>
+#include <tuple>
 #include <vector>
 #include <chrono>
 #include <cstdio>
@@ -618,12 +620,72 @@ void query_scan(const MatrixView& data, const MatrixView& Q, int64_t k, const Sc
 // and products), so the error bound, the upper bound and the threshold logic carry over.
 //
 // Candidates now arrive for a row from the tasks of every band pair it is part of, so every
-// row keeps its list and threshold for the whole scan (8 bytes per candidate, lists pruned as
-// in the query scan). Tasks that run at the same time own disjoint bands: the pairs (I, I + o)
-// of one offset o are run in two rounds (the I with I / o even, then odd), which touch disjoint
-// bands, with a join between rounds. No locks and no shared writes, and every list sees the
-// same pushes in the same order whatever n_threads. Offsets run in increasing order, so a
-// row's near region (in the spatial order) is screened first and its threshold falls early.
+// row keeps its candidates and threshold for the whole scan: the k with the smallest upper
+// bounds in a max-heap (12 bytes each), whose top is the threshold, plus the rare extras whose
+// lower bound is still within it (near-ties within the error bound). Any k-th smallest upper
+// bound over k distinct other rows is a valid threshold (at least the row's true k-th key in
+// these units), so every true neighbour passes the screen and is kept: in the heap, or as an
+// extra when a smaller bound displaces it. Tasks that run at the same time own disjoint bands
+// (BandPairs), so rows are written by one thread at a time without locks; the order in which
+// a row meets its candidates may depend on the threads, its exact neighbours do not. Offsets
+// run in increasing order, so a row's near region (in the spatial order) is screened first.
+
+// The band pairs (I, I + o), o = 0, 1, ..., handed out to threads so that running tasks never
+// share a band: a task owns every row of its two bands (lists, thresholds) while it runs.
+// Pairs are enumerated in that order by a cursor (no list of them: B^2 / 2 pairs for B bands).
+class BandPairs {
+public:
+    explicit BandPairs(int64_t n_bands) : n_(n_bands), taken_(static_cast<size_t>(n_bands * (n_bands + 1) / 2)),
+                                          busy_(n_bands, 0) {}
+    int64_t size() const { return static_cast<int64_t>(taken_.size()); }
+    // Claims a pair for the scope of the object (released on exceptions too, so that no other
+    // thread waits for it forever).
+    struct Claim {
+        BandPairs& bp;
+        int64_t I, J;
+        explicit Claim(BandPairs& b) : bp(b) { std::tie(I, J) = bp.claim(); }
+        ~Claim() { bp.release(I, J); }
+        Claim(const Claim&) = delete;
+        Claim& operator=(const Claim&) = delete;
+    };
+
+private:
+    struct Cursor {
+        size_t i = 0;
+        int64_t o = 0, I = 0;
+        void next(int64_t n) {
+            ++i;
+            if (++I + o >= n) ++o, I = 0;
+        }
+    };
+    std::pair<int64_t, int64_t> claim() {
+        std::unique_lock<std::mutex> lock(mu_);
+        for (;;) {
+            while (first_.i < taken_.size() && taken_[first_.i]) first_.next(n_);
+            // Pairs skipped here are taken or conflict with one of the few running tasks: the
+            // scan is short.
+            for (Cursor c = first_; c.i < taken_.size(); c.next(n_)) {
+                if (taken_[c.i] || busy_[c.I] || busy_[c.I + c.o]) continue;
+                taken_[c.i] = true, busy_[c.I] = busy_[c.I + c.o] = 1;
+                return {c.I, c.I + c.o};
+            }
+            freed_.wait(lock);
+        }
+    }
+    void release(int64_t I, int64_t J) {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            busy_[I] = busy_[J] = 0;
+        }
+        freed_.notify_all();
+    }
+    int64_t n_;
+    std::vector<bool> taken_;
+    std::vector<char> busy_;
+    Cursor first_;
+    std::mutex mu_;
+    std::condition_variable freed_;
+};
 
 struct SelfCand {
     float s;      // screened value (a lower bound of the shifted exact key)
@@ -641,55 +703,63 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
     const int64_t n_bands = (n_panels + band_panels - 1) / band_panels;
     constexpr float kInf = std::numeric_limits<float>::infinity();
 
-    // Per packed row: its threshold (-inf for padding rows: they never pass), the k smallest
-    // upper bounds met so far (a max-heap, +inf until k were met) and its candidates. Any k-th
-    // smallest upper bound over k other rows is a valid threshold (at least the row's true k-th
-    // key in these units), and so is the smaller of two valid ones: the heap keeps the
-    // threshold current at O(log k) per candidate, so a full list is compacted by one pass
-    // (drop s > threshold) instead of a selection over its bounds.
-    std::vector<float> thr(static_cast<size_t>(n_panels * kPanel), -kInf);
-    std::vector<float> best(static_cast<size_t>(n * k), kInf);
-    std::vector<std::vector<SelfCand>> cand(n);
-    // Room for k + 16 keeps the lists within ~36 x 8 bytes per row at k = 20; it doubles when
-    // ties keep a list full after compaction (O(m log m) for m ties, never O(m^2)).
-    std::vector<uint32_t> cap(n, static_cast<uint32_t>(k + (std::getenv("SYM_ROOM") ? std::atoi(std::getenv("SYM_ROOM")) : 16)));  // TUNE
-    auto compact = [&](int64_t y) {
-        auto& c = cand[y];
-        const float t = thr[y];
-        c.erase(std::remove_if(c.begin(), c.end(), [t](const SelfCand& e) { return e.s > t; }), c.end());
-        if (c.size() > static_cast<size_t>(k) + (cap[y] - k) / 2) cap[y] = static_cast<uint32_t>(k + 2 * (cap[y] - k));
+    struct Entry {
+        float su, s;
+        int32_t pos;
     };
+    std::vector<Entry> heap(static_cast<size_t>(n * k), Entry{kInf, kInf, -1});
+    std::vector<std::vector<SelfCand>> extra(n);
+    // Per packed row, the heap's top: contiguous for the kernel (-inf for padding rows).
+    std::vector<float> thr(static_cast<size_t>(n_panels * kPanel), -kInf);
+    std::fill_n(thr.begin(), n, kInf);
+    auto keep_extra = [&](int64_t y, float s, int32_t pos) {
+        auto& c = extra[y];
+        if (c.size() == c.capacity() && !c.empty()) {
+            // Drop what the threshold has passed before growing; grow when ties keep it full,
+            // so m ties cost O(m log m), never O(m^2).
+            const float t = thr[y];
+            c.erase(std::remove_if(c.begin(), c.end(), [t](const SelfCand& e) { return e.s > t; }), c.end());
+            if (c.size() * 2 > c.capacity()) c.reserve(2 * c.capacity());
+        }
+        c.push_back({s, pos});
+    };
+    // Row y meets row x with screened value sv <= thr[y].
     auto push = [&](int64_t y, float sv, int64_t x) {
         const float su = sc.upper(sv, pk.nyv[y], pk.nyv[x]);
-        float* h = best.data() + y * k;
-        if (su < h[0]) {  // replace the largest of the k, then sift it down
-            int64_t c = 0;
-            for (;;) {
-                int64_t l = 2 * c + 1;
-                if (l >= k) break;
-                if (l + 1 < k && h[l + 1] > h[l]) ++l;
-                if (!(h[l] > su)) break;
-                h[c] = h[l], c = l;
-            }
-            h[c] = su;
-            thr[y] = std::min(thr[y], h[0]);
+        Entry* h = heap.data() + y * k;
+        if (!(su < h[0].su)) {
+            keep_extra(y, sv, static_cast<int32_t>(x));
+            return;
         }
-        auto& c = cand[y];
-        c.push_back({sv, static_cast<int32_t>(x)});
-        if (c.size() >= cap[y]) compact(y);
+        const Entry out = h[0];
+        int64_t c = 0;  // sift the new entry down from the root
+        for (;;) {
+            int64_t l = 2 * c + 1;
+            if (l >= k) break;
+            if (l + 1 < k && h[l + 1].su > h[l].su) ++l;
+            if (!(h[l].su > su)) break;
+            h[c] = h[l], c = l;
+        }
+        h[c] = Entry{su, sv, static_cast<int32_t>(x)};
+        thr[y] = h[0].su;
+        if (out.pos >= 0 && out.s <= thr[y]) keep_extra(y, out.s, out.pos);
     };
 
-    // A row's neighbours in the spatial order are near it: the k-th smallest upper bound among
-    // up to 2k of them is a threshold close to the final one before the scan starts. They are
-    // not candidates yet (the scan meets them again).
+    // Seeds: a row's neighbours in the spatial order are near it, so its heap starts with the
+    // 2k rows around it (computed here in scalar float32, covered by the same error bound) and
+    // its threshold is close to the final one before the scan starts. The scan skips these
+    // pairs (window), so that no row is counted twice in a heap.
+    auto window_lo = [&](int64_t pos) { return std::max<int64_t>(0, std::min(pos - k, n - 2 * k - 1)); };
+    auto in_window = [&](int64_t pos, int64_t j) {
+        const int64_t lo = window_lo(pos);
+        return j >= lo && j < lo + 2 * k + 1;
+    };
     constexpr int64_t kSeedChunk = 1024;
     parallel_chunks((n + kSeedChunk - 1) / kSeedChunk, n_threads, cancel, [&](int64_t c) {
-        std::vector<float> x(d), su;
+        std::vector<float> x(d);
         for (int64_t pos = c * kSeedChunk; pos < std::min(n, (c + 1) * kSeedChunk); ++pos) {
             for (int64_t f = 0; f < d; ++f) x[f] = pk.coord(pos, f);
-            const int64_t lo = std::max<int64_t>(0, std::min(pos - k, n - 2 * k - 1));
-            const int64_t hi = std::min(n, lo + 2 * k + 1);
-            su.clear();
+            const int64_t lo = window_lo(pos), hi = std::min(n, lo + 2 * k + 1);
             for (int64_t j = lo; j < hi; ++j) {
                 if (j == pos) continue;
                 float acc = 0.0f;
@@ -697,11 +767,9 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
                     for (int64_t f = 0; f < d; ++f) acc += x[f] * pk.coord(j, f);
                 else
                     for (int64_t f = 0; f < d; ++f) acc += std::fabs(x[f] - pk.coord(j, f));
-                su.push_back(sc.upper(sc.alpha * acc + pk.off[j], pk.nyv[pos], pk.nyv[j]));
+                const float sv = sc.alpha * acc + pk.off[j];
+                if (sv <= thr[pos]) push(pos, sv, j);
             }
-            std::nth_element(su.begin(), su.begin() + (k - 1), su.end());  // k <= n - 1 = rows offered
-            thr[pos] = su[k - 1];
-            cand[pos].reserve(cap[pos]);
         }
     });
     TRACE("seeded");
@@ -767,14 +835,14 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
                     for (uint32_t m = masks[r]; m; m &= m - 1) {
                         const int l = __builtin_ctz(m);
                         const int64_t y = p * kPanel + l;
-                        if (y >= n || y == x) continue;
+                        if (y >= n || y == x || in_window(x, y)) continue;
                         const float sv = tile[r * kPanel + l];
                         if (sv <= thr[x]) push(x, sv, y);  // else the threshold fell in this tile
                     }
                     for (uint32_t m = tmasks[r]; m; m &= m - 1) {
                         const int l = __builtin_ctz(m);
                         const int64_t y = p * kPanel + l;
-                        if (y >= n) continue;
+                        if (y >= n || in_window(y, x)) continue;
                         const float sv = ttile[r * kPanel + l];
                         if (sv <= thr[y]) push(y, sv, x);
                     }
@@ -782,38 +850,39 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
             }
         }
     };
-    std::vector<std::pair<int64_t, int64_t>> pairs;
-    auto run_round = [&]() {
-        parallel_chunks(static_cast<int64_t>(pairs.size()), n_threads, cancel,
-                        [&](int64_t c) { run_pair(pairs[c].first, pairs[c].second); });
-    };
-    for (int64_t I = 0; I < n_bands; ++I) pairs.push_back({I, I});
-    run_round();
-    for (int64_t o = 1; o < n_bands; ++o) {
-        for (int64_t phase = 0; phase < 2; ++phase) {
-            pairs.clear();
-            for (int64_t I = 0; I + o < n_bands; ++I)
-                if ((I / o) % 2 == phase) pairs.push_back({I, I + o});
-            if (!pairs.empty()) run_round();
-        }
-    }
+    // Every band pair once, nearest offsets first; each chunk of the threaded loop claims the
+    // first unclaimed pair whose two bands no running task holds (waiting only when every pair
+    // left conflicts), so there is no barrier to stall on a descheduled thread.
+    BandPairs bp(n_bands);
+    parallel_chunks(bp.size(), n_threads, cancel, [&](int64_t) {
+        const BandPairs::Claim claim(bp);
+        run_pair(claim.I, claim.J);
+    });
     TRACE("scanned");
 
-    // Exact verification, row by row in the packed order.
+    // Exact verification, row by row in the packed order: the heap and the extras still within
+    // the threshold.
     const int64_t n_chunks = (n + kQueryBlock - 1) / kQueryBlock;
     parallel_chunks(n_chunks, n_threads, cancel, [&](int64_t chunk) {
         const int64_t q0 = chunk * kQueryBlock, q1 = std::min(n, q0 + kQueryBlock);
-        std::vector<double> x(d), yrow(d);
-        for (int64_t pos = q0; pos < q1; ++pos) compact(pos);
-        prefetch_rows(data, pk, cand[q0]);
+        std::vector<std::vector<SelfCand>> cand(q1 - q0);
         for (int64_t pos = q0; pos < q1; ++pos) {
-            if (pos + 1 < q1) prefetch_rows(data, pk, cand[pos + 1]);
+            auto& c = cand[pos - q0];
+            const Entry* h = heap.data() + pos * k;
+            for (int64_t i = 0; i < k; ++i) c.push_back({h[i].s, h[i].pos});  // full: 2k >= k seeds
+            for (const SelfCand& e : extra[pos])
+                if (e.s <= thr[pos]) c.push_back(e);
+            std::vector<SelfCand>().swap(extra[pos]);
+        }
+        std::vector<double> x(d), yrow(d);
+        prefetch_rows(data, pk, cand[0]);
+        for (int64_t pos = q0; pos < q1; ++pos) {
+            if (pos + 1 < q1) prefetch_rows(data, pk, cand[pos + 1 - q0]);
             const int64_t row = pk.order[pos];
             read_row(data, row, x.data());
-            TopK heap{dist + row * k, idx + row * k, k};
-            verify_candidates(data, pk, em, x.data(), em.metric == Metric::cosine ? pk.dnorm[row] : 0.0, cand[pos],
-                              heap, yrow);
-            std::vector<SelfCand>().swap(cand[pos]);
+            TopK top{dist + row * k, idx + row * k, k};
+            verify_candidates(data, pk, em, x.data(), em.metric == Metric::cosine ? pk.dnorm[row] : 0.0,
+                              cand[pos - q0], top, yrow);
         }
     });
 }
