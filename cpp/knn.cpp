@@ -217,8 +217,17 @@ struct Screen {
     // A screened pair's upper bound in the same units: s + c2 * (nx + ny) + a2, with c2 and a2 a
     // little over 2C and 2A so that evaluating it in float32 stays an upper bound. Symmetric in
     // the two rows, so it also bounds the transposed pairs of a self-join.
+    //
+    // Cosine's zero rows are the exception: a zero row is at distance 1 from every row
+    // (scikit-learn's convention), i.e. 2 in these units, while its screening coordinates are 0
+    // and the screen sees |0 - y|^2 = |y|^2 (at most 1). s stays a lower bound (1 or 0 below
+    // 2), but s plus the margin does not bound the key from above; 2 does, less the query's norm
+    // (the shift), so any pair with a zero norm gets 2 plus the margin.
     float c2 = 0.0f, a2 = 0.0f;
-    float upper(float s, float nx, float ny) const { return s + c2 * (nx + ny) + a2; }
+    float upper(float s, float nx, float ny) const {
+        if (metric == Metric::cosine && (nx == 0.0f || ny == 0.0f)) s = 2.0f;
+        return s + c2 * (nx + ny) + a2;
+    }
 };
 
 Screen make_screen(const MatrixView& data, const MatrixView* queries, Metric metric) {
@@ -699,7 +708,7 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
         throw InvalidInput("the brute-force self-join supports at most 2^31 - 1 rows, got " + std::to_string(n));
     const SymScreenKernel sym_kernel = select_sym_screen_kernel(active_simd(), sc.kind);
     const TileBound bound(sc, d);
-    const int64_t band_panels = std::getenv("SYM_BAND") ? std::atoi(std::getenv("SYM_BAND")) : pk.block_panels, band_rows = band_panels * kPanel;  // TUNE
+    const int64_t band_panels = pk.block_panels, band_rows = band_panels * kPanel;
     const int64_t n_bands = (n_panels + band_panels - 1) / band_panels;
     constexpr float kInf = std::numeric_limits<float>::infinity();
 
@@ -712,23 +721,59 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
     // Per packed row, the heap's top: contiguous for the kernel (-inf for padding rows).
     std::vector<float> thr(static_cast<size_t>(n_panels * kPanel), -kInf);
     std::fill_n(thr.begin(), n, kInf);
-    auto keep_extra = [&](int64_t y, float s, int32_t pos) {
-        auto& c = extra[y];
-        if (c.size() == c.capacity() && !c.empty()) {
-            // Drop what the threshold has passed before growing; grow when ties keep it full,
-            // so m ties cost O(m log m), never O(m^2).
-            const float t = thr[y];
-            c.erase(std::remove_if(c.begin(), c.end(), [t](const SelfCand& e) { return e.s > t; }), c.end());
-            if (c.size() * 2 > c.capacity()) c.reserve(2 * c.capacity());
+    // Exact keys for rows in exact mode, straight into the row's output heap.
+    const bool cosine = em.metric == Metric::cosine;
+    std::vector<char> exact(n, 0);
+    // float64 rows with unit column stride are read in place, others through the caller's
+    // buffers (two rows of d).
+    const bool in_place = !data.is_float32 && data.col_stride == 1;
+    auto offer_exact = [&](int64_t y, int64_t x, TopK& top, std::vector<double>& buf) {
+        const int64_t ry = pk.order[y], rx = pk.order[x];
+        const double *a, *b;
+        if (in_place) {
+            a = data.ptr<double>() + ry * data.row_stride, b = data.ptr<double>() + rx * data.row_stride;
+        } else {
+            buf.resize(2 * d);
+            read_row(data, ry, buf.data()), read_row(data, rx, buf.data() + d);
+            a = buf.data(), b = buf.data() + d;
         }
-        c.push_back({s, pos});
+        top.offer(em.key(a, b, cosine ? pk.dnorm[ry] : 0.0, cosine ? pk.dnorm[rx] : 0.0), rx);
     };
-    // Row y meets row x with screened value sv <= thr[y].
-    auto push = [&](int64_t y, float sv, int64_t x) {
+    // Ties (duplicate rows: one row of mammography has 3329 copies) keep up to m extras per
+    // row, and every row of a tie group has them at once: m^2 entries. A row whose extras
+    // reach kExtraLimit after compaction switches to exact mode: its candidates so far are
+    // verified into its output heap, and from then on each candidate is verified as it comes,
+    // so memory stays O(n (k + kExtraLimit)) and the work is that of verifying at the end.
+    constexpr size_t kExtraLimit = 32;
+    auto to_exact = [&](int64_t y, std::vector<double>& buf) {
+        exact[y] = 1;
+        const int64_t ry = pk.order[y];
+        TopK top{dist + ry * k, idx + ry * k, k};
+        const Entry* h = heap.data() + y * k;
+        for (int64_t i = 0; i < k; ++i) offer_exact(y, h[i].pos, top, buf);  // full: seeded with >= k
+        for (const SelfCand& e : extra[y])
+            if (e.s <= thr[y]) offer_exact(y, e.pos, top, buf);
+        std::vector<SelfCand>().swap(extra[y]);
+    };
+    auto keep_extra = [&](int64_t y, float s, int32_t pos, std::vector<double>& buf) {
+        auto& c = extra[y];
+        c.push_back({s, pos});
+        if (c.size() < kExtraLimit) return;
+        const float t = thr[y];  // drop what the threshold has passed
+        c.erase(std::remove_if(c.begin(), c.end(), [t](const SelfCand& e) { return e.s > t; }), c.end());
+        if (c.size() >= kExtraLimit / 2) to_exact(y, buf);
+    };
+    // Row y meets row x with screened value sv <= thr[y]; buf: the caller's scratch.
+    auto push = [&](int64_t y, float sv, int64_t x, std::vector<double>& buf) {
         const float su = sc.upper(sv, pk.nyv[y], pk.nyv[x]);
         Entry* h = heap.data() + y * k;
-        if (!(su < h[0].su)) {
-            keep_extra(y, sv, static_cast<int32_t>(x));
+        if (exact[y]) {
+            const int64_t ry = pk.order[y];
+            TopK top{dist + ry * k, idx + ry * k, k, k};
+            offer_exact(y, x, top, buf);
+            if (!(su < h[0].su)) return;
+        } else if (!(su < h[0].su)) {
+            keep_extra(y, sv, static_cast<int32_t>(x), buf);
             return;
         }
         const Entry out = h[0];
@@ -742,7 +787,7 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
         }
         h[c] = Entry{su, sv, static_cast<int32_t>(x)};
         thr[y] = h[0].su;
-        if (out.pos >= 0 && out.s <= thr[y]) keep_extra(y, out.s, out.pos);
+        if (!exact[y] && out.pos >= 0 && out.s <= thr[y]) keep_extra(y, out.s, out.pos, buf);
     };
 
     // Seeds: a row's neighbours in the spatial order are near it, so its heap starts with the
@@ -757,6 +802,7 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
     constexpr int64_t kSeedChunk = 1024;
     parallel_chunks((n + kSeedChunk - 1) / kSeedChunk, n_threads, cancel, [&](int64_t c) {
         std::vector<float> x(d);
+        std::vector<double> buf;
         for (int64_t pos = c * kSeedChunk; pos < std::min(n, (c + 1) * kSeedChunk); ++pos) {
             for (int64_t f = 0; f < d; ++f) x[f] = pk.coord(pos, f);
             const int64_t lo = window_lo(pos), hi = std::min(n, lo + 2 * k + 1);
@@ -768,7 +814,7 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
                 else
                     for (int64_t f = 0; f < d; ++f) acc += std::fabs(x[f] - pk.coord(j, f));
                 const float sv = sc.alpha * acc + pk.off[j];
-                if (sv <= thr[pos]) push(pos, sv, j);
+                if (sv <= thr[pos]) push(pos, sv, j, buf);
             }
         }
     });
@@ -779,6 +825,15 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
     // touches these.
     std::vector<int64_t> tests(n_bands, 0), pruned(n_bands, 0);
     const GroupBoxes gb([&](int64_t i, int64_t f) { return pk.coord(i, f); }, pk.nyv.data(), n, d);
+    // Each band's box and largest norm, from its panels'.
+    std::vector<float> blo(static_cast<size_t>(n_bands * d), kInf), bhi(static_cast<size_t>(n_bands * d), -kInf);
+    std::vector<double> bny(n_bands, 0.0);
+    for (int64_t p = 0; p < n_panels; ++p) {
+        const int64_t b = p / band_panels;
+        for (int64_t f = 0; f < d; ++f)
+            blo[b * d + f] = std::min(blo[b * d + f], pk.plo[p * d + f]), bhi[b * d + f] = std::max(bhi[b * d + f], pk.phi[p * d + f]);
+        bny[b] = std::max(bny[b], static_cast<double>(pk.pny[p]));
+    }
     float never[kPanel];
     std::fill_n(never, kPanel, -kInf);
     std::vector<char> use_bounds(n_bands, 1);
@@ -788,6 +843,26 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
         const int64_t p0 = J * band_panels, p1 = std::min(n_panels, p0 + band_panels);
         uint32_t masks[kRows], tmasks[kRows];
         alignas(64) float tile[kRows * kPanel], ttile[kRows * kPanel];
+        std::vector<double> buf;
+        // The largest threshold of each panel of band J (and of each group of kGroupPanels),
+        // taken once: thresholds only fall, so these stay upper bounds for the box tests.
+        std::vector<float> pmax, smax;
+        if (use_bounds[I] && !diag) {
+            pmax.assign(p1 - p0, -kInf), smax.assign((p1 - p0 + kGroupPanels - 1) / kGroupPanels, -kInf);
+            for (int64_t p = p0; p < p1; ++p) {
+                for (int l = 0; l < kPanel; ++l) pmax[p - p0] = std::max(pmax[p - p0], thr[p * kPanel + l]);
+                smax[(p - p0) / kGroupPanels] = std::max(smax[(p - p0) / kGroupPanels], pmax[p - p0]);
+            }
+            // The whole pair at once: bands are compact in the spatial order, so on data with
+            // structure most far pairs end here.
+            float imax = -kInf, jmax = -kInf;
+            for (int64_t i = r0; i < std::min(n, r0 + band_rows); ++i) imax = std::max(imax, thr[i]);
+            for (float t : smax) jmax = std::max(jmax, t);
+            const double lb = bound.box(blo.data() + I * d, bhi.data() + I * d, blo.data() + J * d, bhi.data() + J * d);
+            if (bound.lower(lb, bny[I], bny[J]) > static_cast<double>(imax) &&
+                bound.lower(lb, bny[J], bny[I]) > static_cast<double>(jmax))
+                return;
+        }
         for (int64_t g = r0 / kRows; g < r0 / kRows + groups; ++g) {
             const int64_t x0 = g * kRows;  // packed position of the group's first row
             const float* xg = pk.panel(x0 / kPanel) + x0 % kPanel;
@@ -798,28 +873,24 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
                 if (use_bounds[I]) {
                     // Skipped only when neither way can pass: the rows' thresholds against the
                     // tile's bound, and (off the diagonal) the panel rows' against the swapped one.
-                    const float* tp = thr.data() + p * kPanel;
                     float tmax = tg[0];
                     for (int r = 1; r < kRows; ++r) tmax = std::max(tmax, tg[r]);
-                    auto skip = [&](double lb, double ny, const float* trows, int64_t count) {
+                    auto skip = [&](double lb, double ny, float tpmax) {
                         if (bound.lower(lb, gb.nx[g], ny) <= static_cast<double>(tmax)) return false;
-                        if (diag) return true;
-                        float tpmax = trows[0];
-                        for (int64_t l = 1; l < count; ++l) tpmax = std::max(tpmax, trows[l]);
-                        return bound.lower(lb, ny, gb.nx[g]) > static_cast<double>(tpmax);
+                        return diag || bound.lower(lb, ny, gb.nx[g]) > static_cast<double>(tpmax);
                     };
+                    // Band J starts on a panel group (band_panels is a multiple of kGroupPanels).
                     if (p % kGroupPanels == 0) {
                         const int64_t sp = p / kGroupPanels;
                         const double lb = bound.box(ga, gh, pk.slo.data() + sp * d, pk.shi.data() + sp * d);
-                        const int64_t count = (std::min(p1, p + kGroupPanels) - p) * kPanel;
-                        if (skip(lb, pk.sny[sp], tp, count)) {
+                        if (skip(lb, pk.sny[sp], diag ? -kInf : smax[(p - p0) / kGroupPanels])) {
                             p += kGroupPanels - 1;
                             continue;
                         }
                     }
                     ++tests[I];
                     const double lb = bound.box(ga, gh, pk.plo.data() + p * d, pk.phi.data() + p * d);
-                    if (skip(lb, pk.pny[p], tp, kPanel)) {
+                    if (skip(lb, pk.pny[p], diag ? -kInf : pmax[p - p0])) {
                         ++pruned[I];
                         continue;
                     }
@@ -837,14 +908,14 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
                         const int64_t y = p * kPanel + l;
                         if (y >= n || y == x || in_window(x, y)) continue;
                         const float sv = tile[r * kPanel + l];
-                        if (sv <= thr[x]) push(x, sv, y);  // else the threshold fell in this tile
+                        if (sv <= thr[x]) push(x, sv, y, buf);  // else the threshold fell in this tile
                     }
                     for (uint32_t m = tmasks[r]; m; m &= m - 1) {
                         const int l = __builtin_ctz(m);
                         const int64_t y = p * kPanel + l;
                         if (y >= n || in_window(y, x)) continue;
                         const float sv = ttile[r * kPanel + l];
-                        if (sv <= thr[y]) push(y, sv, x);
+                        if (sv <= thr[y]) push(y, sv, x, buf);
                     }
                 }
             }
@@ -867,6 +938,7 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
         const int64_t q0 = chunk * kQueryBlock, q1 = std::min(n, q0 + kQueryBlock);
         std::vector<std::vector<SelfCand>> cand(q1 - q0);
         for (int64_t pos = q0; pos < q1; ++pos) {
+            if (exact[pos]) continue;
             auto& c = cand[pos - q0];
             const Entry* h = heap.data() + pos * k;
             for (int64_t i = 0; i < k; ++i) c.push_back({h[i].s, h[i].pos});  // full: 2k >= k seeds
@@ -879,6 +951,10 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
         for (int64_t pos = q0; pos < q1; ++pos) {
             if (pos + 1 < q1) prefetch_rows(data, pk, cand[pos + 1 - q0]);
             const int64_t row = pk.order[pos];
+            if (exact[pos]) {
+                TopK{dist + row * k, idx + row * k, k, k}.finish(em);
+                continue;
+            }
             read_row(data, row, x.data());
             TopK top{dist + row * k, idx + row * k, k};
             verify_candidates(data, pk, em, x.data(), em.metric == Metric::cosine ? pk.dnorm[row] : 0.0,
