@@ -1,6 +1,8 @@
 // Exact k-nearest-neighbour search (knn_search): argument checks, the blocked brute-force driver
 // (float32 screening with a proven error bound, exact float64 verification of the candidates),
 // the KD-tree for low dimension, per-query top-k heaps and the threaded driver over query blocks.
+// The self-join (queries = data, LOF's fit) screens each float32 tile both ways, so it does about
+// half the FMAs of the query scan (self_join_scan).
 //
 // Why screening is exact: for every pair the float32 kernel computes s, and we bound the
 // difference between s and the exact float64 key by E = C * (|x|^2 + |y|^2) + A (norms of the
