@@ -281,6 +281,8 @@ def test_self_join_heavy_ties_are_exact(n_jobs):
     for k in (5, 20, 60):
         check_rows(X, k, "euclidean", "brute", rows, n_jobs=n_jobs)
     check_rows(X, 20, "manhattan", "brute", rows, n_jobs=n_jobs)
+    # Exact mode reads rows through copies when they are not float64 with unit stride.
+    check_rows(np.asfortranarray(X.astype(np.float32)), 20, "euclidean", "brute", rows, n_jobs=n_jobs)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "manhattan", "cosine"])
