@@ -263,11 +263,12 @@ def test_self_join_is_exact_across_bands_and_threads(simd_target, metric):
     for n, d in [(3100, 8), (1100, 40)]:
         X = rng.standard_normal((n, d))
         X[rng.choice(n, 300, replace=False)] = X[rng.choice(n, 300, replace=False)]
-        first = check_rows(X, 12, metric, "brute", np.arange(n), n_jobs=1)
-        for n_jobs in (2, 3):
-            dist, idx = pynomaly.knn(X, 12, metric=metric, algorithm="brute", n_jobs=n_jobs)
-            np.testing.assert_array_equal(dist, first[0])
-            np.testing.assert_array_equal(idx, first[1])
+        for k in (12, 80):  # the symmetric scan, and the one-way self-join past k = 64
+            first = check_rows(X, k, metric, "brute", np.arange(0, n, 3), n_jobs=1)
+            for n_jobs in (2, 3):
+                dist, idx = pynomaly.knn(X, k, metric=metric, algorithm="brute", n_jobs=n_jobs)
+                np.testing.assert_array_equal(dist, first[0])
+                np.testing.assert_array_equal(idx, first[1])
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
@@ -281,15 +282,17 @@ def test_self_join_heavy_ties_are_exact(n_jobs):
     for k in (5, 20, 60):
         check_rows(X, k, "euclidean", "brute", rows, n_jobs=n_jobs)
     check_rows(X, 20, "manhattan", "brute", rows, n_jobs=n_jobs)
+    check_rows(X, 100, "euclidean", "brute", rows, n_jobs=n_jobs)  # k > 64: the one-way self-join
     # Exact mode reads rows through copies when they are not float64 with unit stride.
     check_rows(np.asfortranarray(X.astype(np.float32)), 20, "euclidean", "brute", rows, n_jobs=n_jobs)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "manhattan", "cosine"])
-@pytest.mark.parametrize("n, d", [(2, 1), (3, 2), (33, 4), (40, 3), (64, 8), (65, 8)])
+@pytest.mark.parametrize("n, d", [(2, 1), (3, 2), (33, 4), (40, 3), (64, 8), (65, 8), (150, 5), (300, 3)])
 def test_self_join_with_k_up_to_n_minus_1(metric, n, d):
     """k close to n: the spatial seed window (2k + 1 rows) is wider than the data (main before
-    the self-join pass read past its buffers here and returned garbage indices)."""
+    the self-join pass read past its buffers here and returned garbage indices); k > 64 takes
+    the one-way self-join."""
     X = np.random.default_rng(n).standard_normal((n, d))
     for k in sorted({1, max(1, n // 2), n - 1}):
         check_rows(X, k, metric, "brute", np.arange(n))
