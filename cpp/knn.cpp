@@ -1,6 +1,8 @@
 // Exact k-nearest-neighbour search (knn_search): argument checks, the blocked brute-force driver
 // (float32 screening with a proven error bound, exact float64 verification of the candidates),
 // the KD-tree for low dimension, per-query top-k heaps and the threaded driver over query blocks.
+// The self-join (queries = data, LOF's fit) screens each float32 tile both ways, so it does about
+// half the FMAs of the query scan (self_join_scan).
 //
 // Why screening is exact: for every pair the float32 kernel computes s, and we bound the
 // difference between s and the exact float64 key by E = C * (|x|^2 + |y|^2) + A (norms of the
@@ -15,7 +17,9 @@
 #include <cfloat>
 #include <cmath>
 #include <limits>
+#include <condition_variable>
 #include <mutex>
+#include <tuple>
 #include <vector>
 #include <chrono>
 #include <cstdio>
@@ -212,6 +216,20 @@ struct Screen {
     float offset(double ny) const {
         return kind == ScreenKind::dot ? static_cast<float>(ny * (1.0 - C)) : static_cast<float>(-C * ny);
     }
+    // A screened pair's upper bound in the same units: s + c2 * (nx + ny) + a2, with c2 and a2 a
+    // little over 2C and 2A so that evaluating it in float32 stays an upper bound. Symmetric in
+    // the two rows, so it also bounds the transposed pairs of a self-join.
+    //
+    // Cosine's zero rows are the exception: a zero row is at distance 1 from every row
+    // (scikit-learn's convention), i.e. 2 in these units, while its screening coordinates are 0
+    // and the screen sees |0 - y|^2 = |y|^2 (at most 1). s stays a lower bound (1 or 0 below
+    // 2), but s plus the margin does not bound the key from above; 2 does, less the query's norm
+    // (the shift), so any pair with a zero norm gets 2 plus the margin.
+    float c2 = 0.0f, a2 = 0.0f;
+    float upper(float s, float nx, float ny) const {
+        if (metric == Metric::cosine && (nx == 0.0f || ny == 0.0f)) s = 2.0f;
+        return s + c2 * (nx + ny) + a2;
+    }
 };
 
 Screen make_screen(const MatrixView& data, const MatrixView* queries, Metric metric) {
@@ -259,6 +277,7 @@ Screen make_screen(const MatrixView& data, const MatrixView* queries, Metric met
     // Centring in float64 errs by up to 2^-53 of the raw magnitude per coordinate: negligible
     // unless the data sit far from the origin relative to their spread, where it dominates.
     if (metric != Metric::cosine) s.A += 8.0 * static_cast<double>(d) * std::ldexp(rawmax * s.scale, -52);
+    s.c2 = static_cast<float>(2.5 * s.C), s.a2 = static_cast<float>(2.5 * s.A) + FLT_MIN;
     return s;
 }
 
@@ -302,96 +321,206 @@ void spatial_order(const MatrixView& X, int64_t begin, int64_t end, std::vector<
     spatial_order(X, mid, end, order, split_depth - 1, segments);
 }
 
-void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, Metric metric, int n_threads,
-                 const CancelCheck& cancel, double* dist, int64_t* idx) {
-    const int64_t n = data.rows, d = data.cols;
-    const MatrixView& Q = queries ? *queries : data;
-    const int64_t nq = Q.rows;
-    TRACE("bf start");
-    const Screen sc = make_screen(data, queries, metric);
-    TRACE("screen");
-    const ExactMetric em{metric, d};
-    const ScreenKernel kernel = select_screen_kernel(active_simd(), sc.kind);
+// The data rows in float32 panels (the only O(n d) copy of the data), in a spatial order when it
+// pays, with what every scan reads: per-row offsets and norms, and the bounding boxes (in
+// screening coordinates) and largest norms of each panel and each group of kGroupPanels panels.
+constexpr int64_t kGroupPanels = 8;
 
-    // Data in float32 panels (the only O(n d) copy), with per-row offsets; padding rows get an
-    // offset of +inf so they never pass a finite threshold.
-    const int64_t n_panels = (n + kPanel - 1) / kPanel;
-    std::vector<float> panels(static_cast<size_t>(n_panels * d * kPanel), 0.0f);
-    std::vector<float> off(static_cast<size_t>(n_panels * kPanel), std::numeric_limits<float>::infinity());
-    std::vector<double> dnorm(metric == Metric::cosine ? n : 0);
-    std::vector<float> nyv(n);
-    std::vector<int64_t> order(n);  // packed position -> original row
-    for (int64_t i = 0; i < n; ++i) order[i] = i;
-    // A few queries (scoring a handful of new rows) cannot repay the O(n log n) sort.
-    if (!queries || nq >= 256) {
+struct Packed {
+    int64_t n = 0, d = 0, n_panels = 0;
+    std::vector<float> panels;   // panel p: d x kPanel floats, feature-major
+    std::vector<float> off;      // per packed row; +inf for padding rows, which never pass
+    std::vector<float> nyv;      // per packed row: its norm in the error bound
+    std::vector<double> dnorm;   // cosine only: L2 norm per original row
+    std::vector<int64_t> order;  // packed position -> original row
+    std::vector<float> plo, phi, pny, slo, shi, sny;
+    int64_t block_panels = 0;    // data panels per block of a scan (whole panel groups)
+    const float* panel(int64_t p) const { return panels.data() + p * d * kPanel; }
+    float coord(int64_t pos, int64_t f) const { return panels[(pos / kPanel) * d * kPanel + f * kPanel + pos % kPanel]; }
+};
+
+Packed pack_rows(const MatrixView& data, bool sort, const Screen& sc, Metric metric, int n_threads,
+                 const CancelCheck& cancel) {
+    Packed pk;
+    const int64_t n = data.rows, d = data.cols;
+    pk.n = n, pk.d = d, pk.n_panels = (n + kPanel - 1) / kPanel;
+    const int64_t n_panels = pk.n_panels;
+    pk.panels.assign(static_cast<size_t>(n_panels * d * kPanel), 0.0f);
+    pk.off.assign(static_cast<size_t>(n_panels * kPanel), std::numeric_limits<float>::infinity());
+    pk.dnorm.resize(metric == Metric::cosine ? n : 0);
+    pk.nyv.assign(static_cast<size_t>(n_panels * kPanel), 0.0f);
+    pk.order.resize(n);
+    for (int64_t i = 0; i < n; ++i) pk.order[i] = i;
+    if (sort) {
         // The top three levels on this thread, then the eight subtrees on the threads: each
         // segment is sorted exactly as the serial recursion would, so the order (which only
         // affects speed anyway) does not depend on n_threads.
         std::vector<std::pair<int64_t, int64_t>> segments;
-        spatial_order(data, 0, n, order, 3, &segments);
+        spatial_order(data, 0, n, pk.order, 3, &segments);
         parallel_chunks(static_cast<int64_t>(segments.size()), n_threads, cancel, [&](int64_t c) {
-            spatial_order(data, segments[c].first, segments[c].second, order);
+            spatial_order(data, segments[c].first, segments[c].second, pk.order);
         });
     }
     TRACE("sorted");
     {
         std::vector<double> row(d);
         for (int64_t i = 0; i < n; ++i) {
-            read_row(data, order[i], row.data());
+            read_row(data, pk.order[i], row.data());
             const int64_t p = i / kPanel, l = i % kPanel;
-            const double ny = sc.transform(row.data(), panels.data() + p * d * kPanel + l, kPanel);
-            off[i] = sc.offset(ny);
-            nyv[i] = static_cast<float>(ny);
-            if (metric == Metric::cosine) dnorm[order[i]] = l2norm(row.data(), d);
+            const double ny = sc.transform(row.data(), pk.panels.data() + p * d * kPanel + l, kPanel);
+            pk.off[i] = sc.offset(ny);
+            pk.nyv[i] = static_cast<float>(ny);
+            if (metric == Metric::cosine) pk.dnorm[pk.order[i]] = l2norm(row.data(), d);
         }
     }
-    // Bounding box (in screening coordinates) and largest norm of each panel: rows are in the
-    // spatial order, so panels are compact and a whole panel can be skipped for a group of
-    // queries when even its nearest corner cannot pass any of their thresholds. At low
-    // dimension this prunes most panels (a KD-tree's effect without its pointer chasing); at
+    // Rows are in the spatial order, so panels are compact and a whole panel can be skipped for
+    // a group of queries when even its nearest corner cannot pass any of their thresholds. At
+    // low dimension this prunes most panels (a KD-tree's effect without its pointer chasing); at
     // high dimension it costs one O(d) test per 8 x 32 tile.
-    std::vector<float> plo(static_cast<size_t>(n_panels * d)), phi(static_cast<size_t>(n_panels * d));
-    std::vector<float> pny(n_panels, 0.0f);
+    pk.plo.resize(static_cast<size_t>(n_panels * d)), pk.phi.resize(static_cast<size_t>(n_panels * d));
+    pk.pny.assign(n_panels, 0.0f);
     for (int64_t p = 0; p < n_panels; ++p) {
         const int64_t rows = std::min<int64_t>(kPanel, n - p * kPanel);
         for (int64_t f = 0; f < d; ++f) {
-            const float* col = panels.data() + p * d * kPanel + f * kPanel;
+            const float* col = pk.panel(p) + f * kPanel;
             float lo = col[0], hi = col[0];
             for (int64_t l = 1; l < rows; ++l) lo = std::min(lo, col[l]), hi = std::max(hi, col[l]);
-            plo[p * d + f] = lo, phi[p * d + f] = hi;
+            pk.plo[p * d + f] = lo, pk.phi[p * d + f] = hi;
         }
-        for (int64_t l = 0; l < rows; ++l) pny[p] = std::max(pny[p], nyv[p * kPanel + l]);
+        for (int64_t l = 0; l < rows; ++l) pk.pny[p] = std::max(pk.pny[p], pk.nyv[p * kPanel + l]);
     }
     // The same per group of kGroupPanels panels, tested first so that far regions are skipped
     // a group at a time.
     TRACE("packed");
-    constexpr int64_t kGroupPanels = 8;
     const int64_t n_super = (n_panels + kGroupPanels - 1) / kGroupPanels;
-    std::vector<float> slo(static_cast<size_t>(n_super * d)), shi(static_cast<size_t>(n_super * d));
-    std::vector<float> sny(n_super, 0.0f);
+    pk.slo.resize(static_cast<size_t>(n_super * d)), pk.shi.resize(static_cast<size_t>(n_super * d));
+    pk.sny.assign(n_super, 0.0f);
     for (int64_t sp = 0; sp < n_super; ++sp) {
         const int64_t p0 = sp * kGroupPanels, p1 = std::min(n_panels, p0 + kGroupPanels);
         for (int64_t f = 0; f < d; ++f) {
-            float lo = plo[p0 * d + f], hi = phi[p0 * d + f];
-            for (int64_t p = p0 + 1; p < p1; ++p) lo = std::min(lo, plo[p * d + f]), hi = std::max(hi, phi[p * d + f]);
-            slo[sp * d + f] = lo, shi[sp * d + f] = hi;
+            float lo = pk.plo[p0 * d + f], hi = pk.phi[p0 * d + f];
+            for (int64_t p = p0 + 1; p < p1; ++p) lo = std::min(lo, pk.plo[p * d + f]), hi = std::max(hi, pk.phi[p * d + f]);
+            pk.slo[sp * d + f] = lo, pk.shi[sp * d + f] = hi;
         }
-        for (int64_t p = p0; p < p1; ++p) sny[sp] = std::max(sny[sp], pny[p]);
+        for (int64_t p = p0; p < p1; ++p) pk.sny[sp] = std::max(pk.sny[sp], pk.pny[p]);
     }
     // Data panels per block: keep a block within ~32 KiB so that it stays in L1 (48 KiB here)
     // with the query group while a query block sweeps it (8 groups per block). 128 KiB blocks
     // (L2) were ~7% slower at d = 32 (panel loads from L2 limit the kernel) and the same at
     // d = 8; a whole number of panel groups.
-    const int64_t block_panels =
+    pk.block_panels =
         std::clamp<int64_t>(32768 / (4 * kPanel * std::max<int64_t>(d, 1)), 8, 256) / kGroupPanels * kGroupPanels;
+    return pk;
+}
+
+// Bounding box and largest norm of each group of kRows rows: at(i, f) is feature f of row i
+// (qn rows), nxq[i] its norm.
+struct GroupBoxes {
+    std::vector<float> lo, hi;
+    std::vector<double> nx;
+    template <class At>
+    GroupBoxes(At at, const float* nxq, int64_t qn, int64_t d) {
+        const int64_t groups = (qn + kRows - 1) / kRows;
+        lo.resize(static_cast<size_t>(groups * d)), hi.resize(static_cast<size_t>(groups * d)), nx.assign(groups, 0.0);
+        for (int64_t g = 0; g < groups; ++g) {
+            const int64_t rows = std::min<int64_t>(kRows, qn - g * kRows);
+            for (int64_t f = 0; f < d; ++f) {
+                float l = at(g * kRows, f), h = l;
+                for (int64_t r = 1; r < rows; ++r) {
+                    const float v = at(g * kRows + r, f);
+                    l = std::min(l, v), h = std::max(h, v);
+                }
+                lo[g * d + f] = l, hi[g * d + f] = h;
+            }
+            for (int64_t r = 0; r < rows; ++r) nx[g] = std::max(nx[g], static_cast<double>(nxq[g * kRows + r]));
+        }
+    }
+};
+
+// Lower bound of the screened value s over a tile: the distance between the queries' box
+// [a, b] and the rows' box [c, e], less the error bound and the shift in s (see Screen); nq and
+// ny are the largest norms of the queries and the rows. The box distance is symmetric, so with
+// nq and ny swapped it bounds the transposed values of a self-join tile. Summed in float32
+// (vectorizable), then shaded down by more than that sum's relative rounding error.
+struct TileBound {
+    const Screen& sc;
+    int64_t d;
+    double shade;
+    TileBound(const Screen& s, int64_t dim) : sc(s), d(dim), shade(1.0 - static_cast<double>(dim + 8) * std::ldexp(1.0, -23)) {}
+    double box(const float* a, const float* b, const float* c, const float* e) const {
+        const bool l1 = sc.kind == ScreenKind::l1;
+        float lb = 0.0f;
+        for (int64_t f = 0; f < d; ++f) {
+            const float gap = std::max(0.0f, std::max(c[f] - b[f], a[f] - e[f]));
+            lb += l1 ? gap : gap * gap;
+        }
+        return static_cast<double>(lb) * shade;
+    }
+    double lower(double lbd, double nq, double ny) const {
+        return sc.kind == ScreenKind::l1 ? lbd - sc.C * (nq + 2.0 * ny) - sc.A
+                                         : lbd - nq * (1.0 + sc.C) - 2.0 * sc.C * ny - sc.A;
+    }
+};
+
+// Exact verification of one query's candidates (packed positions) into its heap, in float64.
+// The candidates' rows are scattered over the input, so each one is a cache miss: the caller
+// prefetches the next query's rows (prefetch_rows) while this one is verified, and float64 rows
+// with unit column stride are read in place instead of copied.
+template <class Cands>
+void prefetch_rows(const MatrixView& data, const Packed& pk, const Cands& cand) {
+    const int64_t item = data.is_float32 ? 4 : 8;
+    const char* base = static_cast<const char*>(data.data);
+    const int64_t bytes = ((data.cols - 1) * data.col_stride + 1) * item;
+    for (const auto& e : cand) {
+        const char* r = base + pk.order[e.pos] * data.row_stride * item;
+        for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(r + b);
+    }
+}
+
+template <class Cands>
+void verify_candidates(const MatrixView& data, const Packed& pk, const ExactMetric& em, const double* x, double xnorm,
+                       const Cands& cand, TopK& heap, std::vector<double>& yrow) {
+    const int64_t d = data.cols;
+    const bool in_place = !data.is_float32 && data.col_stride == 1;
+    const bool by_four = in_place && (em.metric == Metric::euclidean || em.metric == Metric::sqeuclidean);
+    size_t c0 = 0;
+    if (by_four) {
+        // The heap's result is the k smallest (key, index) pairs whatever the order of the
+        // offers, so grouping them changes nothing.
+        const double* rows[4];
+        double keys[4];
+        for (; c0 + 4 <= cand.size(); c0 += 4) {
+            for (int u = 0; u < 4; ++u) rows[u] = data.ptr<double>() + pk.order[cand[c0 + u].pos] * data.row_stride;
+            em.sq_key4(x, rows, keys);
+            for (int u = 0; u < 4; ++u) heap.offer(keys[u], pk.order[cand[c0 + u].pos]);
+        }
+    }
+    yrow.resize(d);
+    for (size_t c = c0; c < cand.size(); ++c) {
+        const int64_t j = pk.order[cand[c].pos];
+        const double* y = yrow.data();
+        if (in_place)
+            y = data.ptr<double>() + j * data.row_stride;
+        else
+            read_row(data, j, yrow.data());
+        heap.offer(em.key(x, y, xnorm, em.metric == Metric::cosine ? pk.dnorm[j] : 0.0), j);
+    }
+    heap.finish(em);
+}
+
+// One-way scan: OpenMP over blocks of kQueryBlock queries, each swept over every data block,
+// candidates kept per query of the block and verified at its end. With `self` the queries are
+// the data rows (Q is data), taken in the packed order, each excluded from its own neighbours:
+// the self-join for large k (see brute_force).
+void query_scan(const MatrixView& data, const MatrixView& Q, bool self, int64_t k, const Screen& sc,
+                const ExactMetric& em, const Packed& pk, int n_threads, const CancelCheck& cancel, double* dist,
+                int64_t* idx) {
+    const int64_t n = pk.n, d = pk.d, nq = Q.rows, n_panels = pk.n_panels;
+    const Metric metric = sc.metric;
+    const ScreenKernel kernel = select_screen_kernel(active_simd(), sc.kind);
+    const TileBound bound(sc, d);
     const int64_t n_chunks = (nq + kQueryBlock - 1) / kQueryBlock;
-    const int64_t n_blocks = (n_panels + block_panels - 1) / block_panels;
-
-    // Every candidate's upper bound in the kernel's units: s + c2 * (nx + ny) + a2 (see
-    // Screen). A little over 2C and 2A so that evaluating it in float32 stays an upper bound.
-    const float c2 = static_cast<float>(2.5 * sc.C), a2 = static_cast<float>(2.5 * sc.A) + FLT_MIN;
-
-    TRACE("boxes");
+    const int64_t n_blocks = (n_panels + pk.block_panels - 1) / pk.block_panels;
     parallel_chunks(n_chunks, n_threads, cancel, [&](int64_t chunk) {
         const int64_t q0 = chunk * kQueryBlock;
         const int64_t qn = std::min(kQueryBlock, nq - q0);
@@ -411,29 +540,27 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
             int64_t pos;
         };
         std::vector<std::vector<Cand>> cand(qn);
-        // Self-queries go in the spatial order; qrow[i] is the query's row (in Q and the output).
+        // Self-queries go in the packed (spatial) order; qrow[i] is the query's row (in Q and the output).
         std::vector<int64_t> qrow(qn);
-        for (int64_t i = 0; i < qn; ++i) qrow[i] = queries ? q0 + i : order[q0 + i];
+        for (int64_t i = 0; i < qn; ++i) qrow[i] = self ? pk.order[q0 + i] : q0 + i;
         std::vector<size_t> cap(qn, static_cast<size_t>(2 * k + 32));
         // A self-query's neighbours in the spatial order are near it: the k-th smallest upper
-        // bound among 2k of them is a threshold close to the final one before the scan starts.
-        // They are not candidates yet (the scan will meet them again).
+        // bound among 2k of them (fewer when n <= 2k) is a threshold close to the final one
+        // before the scan starts. They are not candidates yet (the scan will meet them again).
         std::vector<float> seed_su;
         auto seed_threshold = [&](int64_t pos, const float* x, float nxq) {
-            const int64_t lo = std::max<int64_t>(0, std::min(pos - k, n - 2 * k - 1));
+            const int64_t lo = std::max<int64_t>(0, std::min(pos - k, n - 2 * k - 1)), hi = std::min(n, lo + 2 * k + 1);
             seed_su.clear();
-            for (int64_t j = lo; j < lo + 2 * k + 1; ++j) {
+            for (int64_t j = lo; j < hi; ++j) {
                 if (j == pos) continue;
-                const float* col = panels.data() + (j / kPanel) * d * kPanel + (j % kPanel);
                 float acc = 0.0f;
                 if (sc.kind == ScreenKind::dot)
-                    for (int64_t f = 0; f < d; ++f) acc += x[f] * col[f * kPanel];
+                    for (int64_t f = 0; f < d; ++f) acc += x[f] * pk.coord(j, f);
                 else
-                    for (int64_t f = 0; f < d; ++f) acc += std::fabs(x[f] - col[f * kPanel]);
-                const float sv = sc.alpha * acc + off[j];
-                seed_su.push_back(sv + c2 * (nxq + nyv[j]) + a2);
+                    for (int64_t f = 0; f < d; ++f) acc += std::fabs(x[f] - pk.coord(j, f));
+                seed_su.push_back(sc.upper(sc.alpha * acc + pk.off[j], nxq, pk.nyv[j]));
             }
-            std::nth_element(seed_su.begin(), seed_su.begin() + (k - 1), seed_su.end());
+            std::nth_element(seed_su.begin(), seed_su.begin() + (k - 1), seed_su.end());  // k <= n - 1 offered
             return seed_su[k - 1];
         };
         auto prune = [&](int64_t qi) {
@@ -450,68 +577,39 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
             read_row(Q, qrow[i], row);
             nx[i] = static_cast<float>(sc.transform(row, xq.data() + i * d, 1));
             qnorm[i] = metric == Metric::cosine ? l2norm(row, d) : 0.0;
-            thr[i] = std::numeric_limits<float>::infinity();
+            thr[i] = self ? seed_threshold(q0 + i, xq.data() + i * d, nx[i]) : std::numeric_limits<float>::infinity();
             cand[i].reserve(cap[i]);
-            if (!queries) thr[i] = seed_threshold(q0 + i, xq.data() + i * d, nx[i]);
         }
         uint32_t masks[kRows];
         alignas(64) float tile[kRows * kPanel];
-        // Each group's box and largest norm, for the panel test.
-        std::vector<float> glo(static_cast<size_t>(groups * d)), ghi(static_cast<size_t>(groups * d));
-        std::vector<double> gnx(groups, 0.0);
-        for (int64_t g = 0; g < groups; ++g) {
-            const int64_t rows = std::min<int64_t>(kRows, qn - g * kRows);
-            for (int64_t f = 0; f < d; ++f) {
-                float lo = xq[g * kRows * d + f], hi = lo;
-                for (int64_t r = 1; r < rows; ++r) {
-                    const float v = xq[(g * kRows + r) * d + f];
-                    lo = std::min(lo, v), hi = std::max(hi, v);
-                }
-                glo[g * d + f] = lo, ghi[g * d + f] = hi;
-            }
-            for (int64_t r = 0; r < rows; ++r) gnx[g] = std::max(gnx[g], static_cast<double>(nx[g * kRows + r]));
-        }
-        const bool l1 = sc.kind == ScreenKind::l1;
+        const GroupBoxes gb([&](int64_t i, int64_t f) { return xq[i * d + f]; }, nx.data(), qn, d);
         bool use_bounds = true;
         int64_t tests = 0, pruned = 0;
-        // Lower bound of s over a panel for a group: the boxes' distance, less the error bound
-        // and the shift in s (see Screen). Summed in float32 (vectorizable), then shaded down
-        // by more than that sum's relative rounding error.
-        const double shade = 1.0 - static_cast<double>(d + 8) * std::ldexp(1.0, -23);
-        auto box_bound = [&](int64_t g, const float* c, const float* e, float nyf) {
-            const float* a = glo.data() + g * d;
-            const float* b = ghi.data() + g * d;
-            float lb = 0.0f;
-            for (int64_t f = 0; f < d; ++f) {
-                const float gap = std::max(0.0f, std::max(c[f] - b[f], a[f] - e[f]));
-                lb += l1 ? gap : gap * gap;
-            }
-            const double lbd = static_cast<double>(lb) * shade;
-            const double ny = nyf;
-            return l1 ? lbd - sc.C * (gnx[g] + 2.0 * ny) - sc.A : lbd - gnx[g] * (1.0 + sc.C) - 2.0 * sc.C * ny - sc.A;
-        };
         // Start with the data block holding the queries themselves (self-join), then wrap.
-        const int64_t first_block = queries ? 0 : (q0 / kPanel) / block_panels;
+        const int64_t first_block = self ? (q0 / kPanel) / pk.block_panels : 0;
         for (int64_t bi = 0; bi < n_blocks; ++bi) {
-            const int64_t b0 = ((first_block + bi) % n_blocks) * block_panels;
-            const int64_t b1 = std::min(n_panels, b0 + block_panels);
+            const int64_t b0 = ((first_block + bi) % n_blocks) * pk.block_panels;
+            const int64_t b1 = std::min(n_panels, b0 + pk.block_panels);
             for (int64_t g = 0; g < groups; ++g) {
                 const float* xg = xq.data() + g * kRows * d;
                 float* tg = thr.data() + g * kRows;
+                const float* ga = gb.lo.data() + g * d;
+                const float* gh = gb.hi.data() + g * d;
                 for (int64_t p = b0; p < b1; ++p) {
                     if (use_bounds) {
                         float tmax = tg[0];
                         for (int r = 1; r < kRows; ++r) tmax = std::max(tmax, tg[r]);
                         if (p % kGroupPanels == 0) {
                             const int64_t sp = p / kGroupPanels;
-                            if (box_bound(g, slo.data() + sp * d, shi.data() + sp * d, sny[sp]) >
-                                static_cast<double>(tmax)) {
+                            const double lb = bound.box(ga, gh, pk.slo.data() + sp * d, pk.shi.data() + sp * d);
+                            if (bound.lower(lb, gb.nx[g], pk.sny[sp]) > static_cast<double>(tmax)) {
                                 p += kGroupPanels - 1;
                                 continue;
                             }
                         }
                         ++tests;
-                        if (box_bound(g, plo.data() + p * d, phi.data() + p * d, pny[p]) > static_cast<double>(tmax)) {
+                        const double lb = bound.box(ga, gh, pk.plo.data() + p * d, pk.phi.data() + p * d);
+                        if (bound.lower(lb, gb.nx[g], pk.pny[p]) > static_cast<double>(tmax)) {
                             ++pruned;
                             continue;
                         }
@@ -519,9 +617,7 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
                         // boxes overlap everywhere, so stop paying for the test in this chunk.
                         if (tests == 4096 && pruned * 64 < tests) use_bounds = false;
                     }
-                    if (!kernel(xg, d, panels.data() + p * d * kPanel, off.data() + p * kPanel, sc.alpha, tg, masks,
-                                tile))
-                        continue;
+                    if (!kernel(xg, d, pk.panel(p), pk.off.data() + p * kPanel, sc.alpha, tg, masks, tile)) continue;
                     for (int r = 0; r < kRows; ++r) {
                         uint32_t m = masks[r];
                         const int64_t qi = g * kRows + r;
@@ -529,62 +625,393 @@ void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, M
                             const int l = __builtin_ctz(m);
                             m &= m - 1;
                             const int64_t j = p * kPanel + l;  // packed position
-                            if (j >= n || (!queries && j == q0 + qi)) continue;
+                            if (j >= n || (self && j == q0 + qi)) continue;
                             const float sv = tile[r * kPanel + l];
                             if (!(sv <= tg[r])) continue;  // the threshold fell earlier in this tile
                             auto& c = cand[qi];
-                            c.push_back({sv, sv + c2 * (nx[qi] + nyv[j]) + a2, j});
+                            c.push_back({sv, sc.upper(sv, nx[qi], pk.nyv[j]), j});
                             if (c.size() >= cap[qi]) tg[r] = prune(qi);
                         }
                     }
                 }
             }
         }
-        // Exact verification. The candidates' rows are scattered over the input, so each one is
-        // a cache miss: the rows of query i + 1 are prefetched while query i is verified, and
-        // float64 rows with unit column stride are read in place instead of copied.
         for (int64_t i = 0; i < qn; ++i) prune(i);
-        const bool in_place = !data.is_float32 && data.col_stride == 1;
-        const int64_t item = data.is_float32 ? 4 : 8;
-        const char* base = static_cast<const char*>(data.data);
-        auto prefetch_rows = [&](int64_t i) {
-            for (const Cand& e : cand[i]) {
-                const char* r = base + order[e.pos] * data.row_stride * item;
-                const int64_t bytes = ((d - 1) * data.col_stride + 1) * item;
-                for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(r + b);
-            }
-        };
-        if (qn > 0) prefetch_rows(0);
+        if (qn > 0) prefetch_rows(data, pk, cand[0]);
         std::vector<double> yrow(d);
-        const bool by_four = in_place && (metric == Metric::euclidean || metric == Metric::sqeuclidean);
         for (int64_t i = 0; i < qn; ++i) {
-            if (i + 1 < qn) prefetch_rows(i + 1);
+            if (i + 1 < qn) prefetch_rows(data, pk, cand[i + 1]);
             TopK heap{dist + qrow[i] * k, idx + qrow[i] * k, k};
-            size_t c0 = 0;
-            if (by_four) {
-                // The heap's result is the k smallest (key, index) pairs whatever the order of
-                // the offers, so grouping them changes nothing.
-                const double* rows[4];
-                double keys[4];
-                for (; c0 + 4 <= cand[i].size(); c0 += 4) {
-                    for (int u = 0; u < 4; ++u) rows[u] = data.ptr<double>() + order[cand[i][c0 + u].pos] * data.row_stride;
-                    em.sq_key4(xd.data() + i * d, rows, keys);
-                    for (int u = 0; u < 4; ++u) heap.offer(keys[u], order[cand[i][c0 + u].pos]);
-                }
-            }
-            for (size_t c = c0; c < cand[i].size(); ++c) {
-                const Cand& e = cand[i][c];
-                const int64_t j = order[e.pos];
-                const double* y = yrow.data();
-                if (in_place)
-                    y = data.ptr<double>() + j * data.row_stride;
-                else
-                    read_row(data, j, yrow.data());
-                heap.offer(em.key(xd.data() + i * d, y, qnorm[i], metric == Metric::cosine ? dnorm[j] : 0.0), j);
-            }
-            heap.finish(em);
+            verify_candidates(data, pk, em, xd.data() + i * d, qnorm[i], cand[i], heap, yrow);
         }
     });
+}
+
+// ---- the self-join: each tile screened both ways ----------------------------------------------
+//
+// With the queries being the data rows themselves, the pair (x, y) has the same distance as
+// (y, x): a tile of kRows rows of band I against a panel of band J (I < J) feeds both the
+// rows' candidate lists and, with the panel rows' own thresholds, the panel rows' lists
+// (SymScreenKernel), so only the band pairs I <= J are screened: about half the FMAs of
+// screening every query against every row. The transposed value t = alpha * acc + off[x] is
+// what the query scan would compute for query y and data row x (the same float32 coordinates
+// and products), so the error bound, the upper bound and the threshold logic carry over.
+//
+// Candidates now arrive for a row from the tasks of every band pair it is part of, so every
+// row keeps its candidates and threshold for the whole scan: the k with the smallest upper
+// bounds in a max-heap (12 bytes each), whose top is the threshold, plus the rare extras whose
+// lower bound is still within it (near-ties within the error bound). Any k-th smallest upper
+// bound over k distinct other rows is a valid threshold (at least the row's true k-th key in
+// these units), so every true neighbour passes the screen and is kept: in the heap, or as an
+// extra when a smaller bound displaces it. Tasks that run at the same time own disjoint bands
+// (BandPairs), so rows are written by one thread at a time without locks; the order in which
+// a row meets its candidates may depend on the threads, its exact neighbours do not. Offsets
+// run in increasing order, so a row's near region (in the spatial order) is screened first.
+
+// The band pairs (I, I + o), o = 0, 1, ..., handed out to threads so that running tasks never
+// share a band: a task owns every row of its two bands (lists, thresholds) while it runs.
+// Pairs are enumerated in that order by a cursor (no list of them: B^2 / 2 pairs for B bands).
+class BandPairs {
+public:
+    explicit BandPairs(int64_t n_bands) : n_(n_bands), taken_(static_cast<size_t>(n_bands * (n_bands + 1) / 2)),
+                                          busy_(n_bands, 0) {}
+    int64_t size() const { return static_cast<int64_t>(taken_.size()); }
+    // Claims a pair for the scope of the object (released on exceptions too, so that no other
+    // thread waits for it forever).
+    struct Claim {
+        BandPairs& bp;
+        int64_t I, J;
+        explicit Claim(BandPairs& b) : bp(b) { std::tie(I, J) = bp.claim(); }
+        ~Claim() { bp.release(I, J); }
+        Claim(const Claim&) = delete;
+        Claim& operator=(const Claim&) = delete;
+    };
+
+private:
+    struct Cursor {
+        size_t i = 0;
+        int64_t o = 0, I = 0;
+        void next(int64_t n) {
+            ++i;
+            if (++I + o >= n) ++o, I = 0;
+        }
+    };
+    std::pair<int64_t, int64_t> claim() {
+        std::unique_lock<std::mutex> lock(mu_);
+        for (;;) {
+            while (first_.i < taken_.size() && taken_[first_.i]) first_.next(n_);
+            // Pairs skipped here are taken or conflict with one of the few running tasks: the
+            // scan is short.
+            for (Cursor c = first_; c.i < taken_.size(); c.next(n_)) {
+                if (taken_[c.i] || busy_[c.I] || busy_[c.I + c.o]) continue;
+                taken_[c.i] = true, busy_[c.I] = busy_[c.I + c.o] = 1;
+                return {c.I, c.I + c.o};
+            }
+            freed_.wait(lock);
+        }
+    }
+    void release(int64_t I, int64_t J) {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            busy_[I] = busy_[J] = 0;
+        }
+        freed_.notify_all();
+    }
+    int64_t n_;
+    std::vector<bool> taken_;
+    std::vector<char> busy_;
+    Cursor first_;
+    std::mutex mu_;
+    std::condition_variable freed_;
+};
+
+struct SelfCand {
+    float s;      // screened value (a lower bound of the shifted exact key)
+    int32_t pos;  // packed position of the other row
+};
+
+void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const ExactMetric& em, const Packed& pk,
+                    int n_threads, const CancelCheck& cancel, double* dist, int64_t* idx) {
+    const int64_t n = pk.n, d = pk.d, n_panels = pk.n_panels;
+    if (n > std::numeric_limits<int32_t>::max())
+        throw InvalidInput("the brute-force self-join supports at most 2^31 - 1 rows, got " + std::to_string(n));
+    const SymScreenKernel sym_kernel = select_sym_screen_kernel(active_simd(), sc.kind);
+    const TileBound bound(sc, d);
+    const int64_t band_panels = pk.block_panels, band_rows = band_panels * kPanel;
+    const int64_t n_bands = (n_panels + band_panels - 1) / band_panels;
+    constexpr float kInf = std::numeric_limits<float>::infinity();
+
+    struct Entry {
+        float su, s;
+        int32_t pos;
+    };
+    std::vector<Entry> heap(static_cast<size_t>(n * k), Entry{kInf, kInf, -1});
+    std::vector<std::vector<SelfCand>> extra(n);
+    // Per packed row, the heap's top: contiguous for the kernel (-inf for padding rows).
+    std::vector<float> thr(static_cast<size_t>(n_panels * kPanel), -kInf);
+    std::fill_n(thr.begin(), n, kInf);
+    // Exact keys for rows in exact mode, straight into the row's output heap.
+    const bool cosine = em.metric == Metric::cosine;
+    std::vector<char> exact(n, 0);
+    // float64 rows with unit column stride are read in place, others through the caller's
+    // buffers (two rows of d).
+    const bool in_place = !data.is_float32 && data.col_stride == 1;
+    auto offer_exact = [&](int64_t y, int64_t x, TopK& top, std::vector<double>& buf) {
+        const int64_t ry = pk.order[y], rx = pk.order[x];
+        const double *a, *b;
+        if (in_place) {
+            a = data.ptr<double>() + ry * data.row_stride, b = data.ptr<double>() + rx * data.row_stride;
+        } else {
+            buf.resize(2 * d);
+            read_row(data, ry, buf.data()), read_row(data, rx, buf.data() + d);
+            a = buf.data(), b = buf.data() + d;
+        }
+        top.offer(em.key(a, b, cosine ? pk.dnorm[ry] : 0.0, cosine ? pk.dnorm[rx] : 0.0), rx);
+    };
+    // Ties (duplicate rows: one row of mammography has 3329 copies) keep up to m extras per
+    // row, and every row of a tie group has them at once: m^2 entries. A row whose extras
+    // reach kExtraLimit after compaction switches to exact mode: its candidates so far are
+    // verified into its output heap, and from then on each candidate is verified as it comes,
+    // so memory stays O(n (k + kExtraLimit)) and the work is that of verifying at the end.
+    constexpr size_t kExtraLimit = 32;
+    auto to_exact = [&](int64_t y, std::vector<double>& buf) {
+        exact[y] = 1;
+        const int64_t ry = pk.order[y];
+        TopK top{dist + ry * k, idx + ry * k, k};
+        const Entry* h = heap.data() + y * k;
+        for (int64_t i = 0; i < k; ++i) offer_exact(y, h[i].pos, top, buf);  // full: seeded with >= k
+        for (const SelfCand& e : extra[y])
+            if (e.s <= thr[y]) offer_exact(y, e.pos, top, buf);
+        std::vector<SelfCand>().swap(extra[y]);
+    };
+    auto keep_extra = [&](int64_t y, float s, int32_t pos, std::vector<double>& buf) {
+        auto& c = extra[y];
+        c.push_back({s, pos});
+        if (c.size() < kExtraLimit) return;
+        const float t = thr[y];  // drop what the threshold has passed
+        c.erase(std::remove_if(c.begin(), c.end(), [t](const SelfCand& e) { return e.s > t; }), c.end());
+        if (c.size() >= kExtraLimit / 2) to_exact(y, buf);
+    };
+    // Row y meets row x with screened value sv <= thr[y]; buf: the caller's scratch.
+    auto push = [&](int64_t y, float sv, int64_t x, std::vector<double>& buf) {
+        const float su = sc.upper(sv, pk.nyv[y], pk.nyv[x]);
+        Entry* h = heap.data() + y * k;
+        if (exact[y]) {
+            const int64_t ry = pk.order[y];
+            TopK top{dist + ry * k, idx + ry * k, k, k};
+            offer_exact(y, x, top, buf);
+            if (!(su < h[0].su)) return;
+        } else if (!(su < h[0].su)) {
+            keep_extra(y, sv, static_cast<int32_t>(x), buf);
+            return;
+        }
+        const Entry out = h[0];
+        int64_t c = 0;  // sift the new entry down from the root
+        for (;;) {
+            int64_t l = 2 * c + 1;
+            if (l >= k) break;
+            if (l + 1 < k && h[l + 1].su > h[l].su) ++l;
+            if (!(h[l].su > su)) break;
+            h[c] = h[l], c = l;
+        }
+        h[c] = Entry{su, sv, static_cast<int32_t>(x)};
+        thr[y] = h[0].su;
+        if (!exact[y] && out.pos >= 0 && out.s <= thr[y]) keep_extra(y, out.s, out.pos, buf);
+    };
+
+    // Seeds: a row's neighbours in the spatial order are near it, so its heap starts with the
+    // 2k rows around it (computed here in scalar float32, covered by the same error bound) and
+    // its threshold is close to the final one before the scan starts. The scan skips these
+    // pairs (window), so that no row is counted twice in a heap.
+    auto window_lo = [&](int64_t pos) { return std::max<int64_t>(0, std::min(pos - k, n - 2 * k - 1)); };
+    auto in_window = [&](int64_t pos, int64_t j) {
+        const int64_t lo = window_lo(pos);
+        return j >= lo && j < lo + 2 * k + 1;
+    };
+    constexpr int64_t kSeedChunk = 1024;
+    parallel_chunks((n + kSeedChunk - 1) / kSeedChunk, n_threads, cancel, [&](int64_t c) {
+        std::vector<float> x(d);
+        std::vector<double> buf;
+        for (int64_t pos = c * kSeedChunk; pos < std::min(n, (c + 1) * kSeedChunk); ++pos) {
+            for (int64_t f = 0; f < d; ++f) x[f] = pk.coord(pos, f);
+            const int64_t lo = window_lo(pos), hi = std::min(n, lo + 2 * k + 1);
+            for (int64_t j = lo; j < hi; ++j) {
+                if (j == pos) continue;
+                float acc = 0.0f;
+                if (sc.kind == ScreenKind::dot)
+                    for (int64_t f = 0; f < d; ++f) acc += x[f] * pk.coord(j, f);
+                else
+                    for (int64_t f = 0; f < d; ++f) acc += std::fabs(x[f] - pk.coord(j, f));
+                const float sv = sc.alpha * acc + pk.off[j];
+                if (sv <= thr[pos]) push(pos, sv, j, buf);
+            }
+        }
+    });
+    TRACE("seeded");
+
+    // Whether the panel-box test pays, decided per band as in the query scan (it is switched off
+    // for data whose boxes overlap everywhere). Only the task owning band I as its row side
+    // touches these.
+    std::vector<int64_t> tests(n_bands, 0), pruned(n_bands, 0);
+    const GroupBoxes gb([&](int64_t i, int64_t f) { return pk.coord(i, f); }, pk.nyv.data(), n, d);
+    // Each band's box and largest norm, from its panels'.
+    std::vector<float> blo(static_cast<size_t>(n_bands * d), kInf), bhi(static_cast<size_t>(n_bands * d), -kInf);
+    std::vector<double> bny(n_bands, 0.0);
+    for (int64_t p = 0; p < n_panels; ++p) {
+        const int64_t b = p / band_panels;
+        for (int64_t f = 0; f < d; ++f)
+            blo[b * d + f] = std::min(blo[b * d + f], pk.plo[p * d + f]), bhi[b * d + f] = std::max(bhi[b * d + f], pk.phi[p * d + f]);
+        bny[b] = std::max(bny[b], static_cast<double>(pk.pny[p]));
+    }
+    float never[kPanel];
+    std::fill_n(never, kPanel, -kInf);
+    std::vector<char> use_bounds(n_bands, 1);
+    auto run_pair = [&](int64_t I, int64_t J) {
+        const bool diag = I == J;  // within one band each pair is met twice: screen one way only
+        const int64_t r0 = I * band_rows, groups = (std::min(n, r0 + band_rows) - r0 + kRows - 1) / kRows;
+        const int64_t p0 = J * band_panels, p1 = std::min(n_panels, p0 + band_panels);
+        uint32_t masks[kRows], tmasks[kRows];
+        alignas(64) float tile[kRows * kPanel], ttile[kRows * kPanel];
+        std::vector<double> buf;
+        // The largest threshold of each panel of band J (and of each group of kGroupPanels),
+        // taken once: thresholds only fall, so these stay upper bounds for the box tests.
+        std::vector<float> pmax, smax;
+        if (use_bounds[I] && !diag) {
+            pmax.assign(p1 - p0, -kInf), smax.assign((p1 - p0 + kGroupPanels - 1) / kGroupPanels, -kInf);
+            for (int64_t p = p0; p < p1; ++p) {
+                for (int l = 0; l < kPanel; ++l) pmax[p - p0] = std::max(pmax[p - p0], thr[p * kPanel + l]);
+                smax[(p - p0) / kGroupPanels] = std::max(smax[(p - p0) / kGroupPanels], pmax[p - p0]);
+            }
+            // The whole pair at once: bands are compact in the spatial order, so on data with
+            // structure most far pairs end here.
+            float imax = -kInf, jmax = -kInf;
+            for (int64_t i = r0; i < std::min(n, r0 + band_rows); ++i) imax = std::max(imax, thr[i]);
+            for (float t : smax) jmax = std::max(jmax, t);
+            const double lb = bound.box(blo.data() + I * d, bhi.data() + I * d, blo.data() + J * d, bhi.data() + J * d);
+            if (bound.lower(lb, bny[I], bny[J]) > static_cast<double>(imax) &&
+                bound.lower(lb, bny[J], bny[I]) > static_cast<double>(jmax))
+                return;
+        }
+        for (int64_t g = r0 / kRows; g < r0 / kRows + groups; ++g) {
+            const int64_t x0 = g * kRows;  // packed position of the group's first row
+            const float* xg = pk.panel(x0 / kPanel) + x0 % kPanel;
+            float* tg = thr.data() + x0;
+            const float* ga = gb.lo.data() + g * d;
+            const float* gh = gb.hi.data() + g * d;
+            for (int64_t p = p0; p < p1; ++p) {
+                if (use_bounds[I]) {
+                    // Skipped only when neither way can pass: the rows' thresholds against the
+                    // tile's bound, and (off the diagonal) the panel rows' against the swapped one.
+                    float tmax = tg[0];
+                    for (int r = 1; r < kRows; ++r) tmax = std::max(tmax, tg[r]);
+                    auto skip = [&](double lb, double ny, float tpmax) {
+                        if (bound.lower(lb, gb.nx[g], ny) <= static_cast<double>(tmax)) return false;
+                        return diag || bound.lower(lb, ny, gb.nx[g]) > static_cast<double>(tpmax);
+                    };
+                    // Band J starts on a panel group (band_panels is a multiple of kGroupPanels).
+                    if (p % kGroupPanels == 0) {
+                        const int64_t sp = p / kGroupPanels;
+                        const double lb = bound.box(ga, gh, pk.slo.data() + sp * d, pk.shi.data() + sp * d);
+                        if (skip(lb, pk.sny[sp], diag ? -kInf : smax[(p - p0) / kGroupPanels])) {
+                            p += kGroupPanels - 1;
+                            continue;
+                        }
+                    }
+                    ++tests[I];
+                    const double lb = bound.box(ga, gh, pk.plo.data() + p * d, pk.phi.data() + p * d);
+                    if (skip(lb, pk.pny[p], diag ? -kInf : pmax[p - p0])) {
+                        ++pruned[I];
+                        continue;
+                    }
+                    if (tests[I] == 4096 && pruned[I] * 64 < tests[I]) use_bounds[I] = 0;
+                }
+                // On the diagonal the transposed compare runs against -inf: it never passes.
+                if (!sym_kernel(xg, d, pk.panel(p), pk.off.data() + p * kPanel, pk.off.data() + x0, sc.alpha, tg,
+                                diag ? never : thr.data() + p * kPanel, masks, tmasks, tile, ttile))
+                    continue;
+                for (int r = 0; r < kRows; ++r) {
+                    const int64_t x = x0 + r;
+                    if (x >= n) break;
+                    for (uint32_t m = masks[r]; m; m &= m - 1) {
+                        const int l = __builtin_ctz(m);
+                        const int64_t y = p * kPanel + l;
+                        if (y >= n || y == x || in_window(x, y)) continue;
+                        const float sv = tile[r * kPanel + l];
+                        if (sv <= thr[x]) push(x, sv, y, buf);  // else the threshold fell in this tile
+                    }
+                    for (uint32_t m = tmasks[r]; m; m &= m - 1) {
+                        const int l = __builtin_ctz(m);
+                        const int64_t y = p * kPanel + l;
+                        if (y >= n || in_window(y, x)) continue;
+                        const float sv = ttile[r * kPanel + l];
+                        if (sv <= thr[y]) push(y, sv, x, buf);
+                    }
+                }
+            }
+        }
+    };
+    // Every band pair once, nearest offsets first; each chunk of the threaded loop claims the
+    // first unclaimed pair whose two bands no running task holds (waiting only when every pair
+    // left conflicts), so there is no barrier to stall on a descheduled thread.
+    BandPairs bp(n_bands);
+    parallel_chunks(bp.size(), n_threads, cancel, [&](int64_t) {
+        const BandPairs::Claim claim(bp);
+        run_pair(claim.I, claim.J);
+    });
+    TRACE("scanned");
+
+    // Exact verification, row by row in the packed order: the heap and the extras still within
+    // the threshold.
+    const int64_t n_chunks = (n + kQueryBlock - 1) / kQueryBlock;
+    parallel_chunks(n_chunks, n_threads, cancel, [&](int64_t chunk) {
+        const int64_t q0 = chunk * kQueryBlock, q1 = std::min(n, q0 + kQueryBlock);
+        std::vector<std::vector<SelfCand>> cand(q1 - q0);
+        for (int64_t pos = q0; pos < q1; ++pos) {
+            if (exact[pos]) continue;
+            auto& c = cand[pos - q0];
+            const Entry* h = heap.data() + pos * k;
+            for (int64_t i = 0; i < k; ++i) c.push_back({h[i].s, h[i].pos});  // full: 2k >= k seeds
+            for (const SelfCand& e : extra[pos])
+                if (e.s <= thr[pos]) c.push_back(e);
+            std::vector<SelfCand>().swap(extra[pos]);
+        }
+        std::vector<double> x(d), yrow(d);
+        prefetch_rows(data, pk, cand[0]);
+        for (int64_t pos = q0; pos < q1; ++pos) {
+            if (pos + 1 < q1) prefetch_rows(data, pk, cand[pos + 1 - q0]);
+            const int64_t row = pk.order[pos];
+            if (exact[pos]) {
+                TopK{dist + row * k, idx + row * k, k, k}.finish(em);
+                continue;
+            }
+            read_row(data, row, x.data());
+            TopK top{dist + row * k, idx + row * k, k};
+            verify_candidates(data, pk, em, x.data(), em.metric == Metric::cosine ? pk.dnorm[row] : 0.0,
+                              cand[pos - q0], top, yrow);
+        }
+    });
+}
+
+void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, Metric metric, int n_threads,
+                 const CancelCheck& cancel, double* dist, int64_t* idx) {
+    TRACE("bf start");
+    const Screen sc = make_screen(data, queries, metric);
+    TRACE("screen");
+    const ExactMetric em{metric, data.cols};
+    // A few queries (scoring a handful of new rows) cannot repay the O(n log n) sort.
+    const Packed pk = pack_rows(data, !queries || queries->rows >= 256, sc, metric, n_threads, cancel);
+    TRACE("boxes");
+    // The symmetric self-join pays per candidate with a heap operation where the one-way scan
+    // appends and selects lazily; candidates grow with k (about k ln(n / k) per row), so past
+    // k = 64 the one-way scan is faster (n = 20k, d = 16, 1 thread: 0.21 vs 0.34 s at k = 20,
+    // 0.44 vs 0.51 s at k = 50, 0.86 vs 0.79 s at k = 100, 1.73 vs 1.25 s at k = 200).
+    constexpr int64_t kSymmetricMaxK = 64;
+    if (queries)
+        query_scan(data, *queries, false, k, sc, em, pk, n_threads, cancel, dist, idx);
+    else if (k > kSymmetricMaxK)
+        query_scan(data, data, true, k, sc, em, pk, n_threads, cancel, dist, idx);
+    else
+        self_join_scan(data, k, sc, em, pk, n_threads, cancel, dist, idx);
 }
 
 // ---- KD-tree ---------------------------------------------------------------------------------

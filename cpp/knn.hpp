@@ -24,7 +24,8 @@ KnnAlgorithm choose_knn_algorithm(int64_t n, int64_t d, Metric metric);
 // distance then index, into dist/idx (q x k, C order). Distances are exact in float64: the
 // neighbour set is the true one and ties are broken by the lower index, so results do not depend
 // on n_threads, the algorithm or the SIMD target. Memory beyond the outputs is O(n * d) for
-// packed copies plus fixed-size per-thread blocks. Returns the algorithm used.
+// packed copies plus fixed-size per-thread blocks, and for the brute-force self-join O(n * k)
+// for per-row candidate heaps (12 bytes per neighbour). Returns the algorithm used.
 // Throws InvalidInput for k out of range, non-finite values or mismatched features.
 KnnAlgorithm knn_search(const MatrixView& data, const MatrixView* queries, int64_t k, Metric metric,
                         KnnAlgorithm algorithm, int n_threads, const CancelCheck& cancel, double* dist,

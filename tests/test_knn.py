@@ -232,3 +232,78 @@ def test_ctrl_c_stops_a_long_search(ctrl_c):
     assert time.perf_counter() - start < 15.0
     # And the engine is usable afterwards.
     assert pynomaly.knn(X[:100], 3)[1].shape == (100, 3)
+
+
+# ---- the brute-force self-join (cpp/knn.cpp, self_join_scan): each float32 tile is screened
+# both ways, rows collect candidates from every band pair, ties switch rows to exact mode. -----
+
+
+@pytest.mark.parametrize("name, max_rows", [("pendigits", 7000), ("satellite", 7000), ("shuttle", 9000),
+                                            ("letter", 2000)])
+@pytest.mark.parametrize("metric", ["euclidean", "manhattan"])
+def test_self_join_equals_query_path_on_real_data(name, max_rows, metric):
+    """The self-join against the separate-query scan (screened one way only) on the same rows:
+    without duplicate rows each row's nearest is itself at 0, then the self-join's k."""
+    X = np.unique(load(name, max_rows), axis=0)  # several bands: 1024 rows at d = 9, 256 at d = 32+
+    k = 15
+    qd, qi = pynomaly.knn(X, k + 1, Y=X, metric=metric, algorithm="brute", n_jobs=2)
+    np.testing.assert_array_equal(qi[:, 0], np.arange(len(X)))
+    for n_jobs in (1, 2, 3):
+        sd, si = pynomaly.knn(X, k, metric=metric, algorithm="brute", n_jobs=n_jobs)
+        np.testing.assert_array_equal(si, qi[:, 1:])
+        np.testing.assert_array_equal(sd, qd[:, 1:])
+
+
+@pytest.mark.parametrize("simd_target", SIMD, indirect=True)
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "manhattan", "cosine"])
+def test_self_join_is_exact_across_bands_and_threads(simd_target, metric):
+    """Gaussian rows over several bands (1024 rows at d = 8, 256 at d = 40) with duplicated rows
+    scattered in: every row against the reference, the same bits for any n_jobs."""
+    rng = np.random.default_rng(11)
+    for n, d in [(3100, 8), (1100, 40)]:
+        X = rng.standard_normal((n, d))
+        X[rng.choice(n, 300, replace=False)] = X[rng.choice(n, 300, replace=False)]
+        for k in (12, 80):  # the symmetric scan, and the one-way self-join past k = 64
+            first = check_rows(X, k, metric, "brute", np.arange(0, n, 3), n_jobs=1)
+            for n_jobs in (2, 3):
+                dist, idx = pynomaly.knn(X, k, metric=metric, algorithm="brute", n_jobs=n_jobs)
+                np.testing.assert_array_equal(dist, first[0])
+                np.testing.assert_array_equal(idx, first[1])
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_self_join_heavy_ties_are_exact(n_jobs):
+    """mammography has one row repeated 3329 times: those rows verify their candidates as they
+    come (exact mode); the answer is the lowest indices among the copies, as the reference's."""
+    X = load("mammography", 20000)
+    u, inverse, counts = np.unique(X, axis=0, return_inverse=True, return_counts=True)
+    big = np.flatnonzero(inverse.ravel() == np.argmax(counts))
+    rows = np.concatenate([big[:40], big[-40:], np.arange(0, len(X), 97)])
+    for k in (5, 20, 60):
+        check_rows(X, k, "euclidean", "brute", rows, n_jobs=n_jobs)
+    check_rows(X, 20, "manhattan", "brute", rows, n_jobs=n_jobs)
+    check_rows(X, 100, "euclidean", "brute", rows, n_jobs=n_jobs)  # k > 64: the one-way self-join
+    # Exact mode reads rows through copies when they are not float64 with unit stride.
+    check_rows(np.asfortranarray(X.astype(np.float32)), 20, "euclidean", "brute", rows, n_jobs=n_jobs)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "manhattan", "cosine"])
+@pytest.mark.parametrize("n, d", [(2, 1), (3, 2), (33, 4), (40, 3), (64, 8), (65, 8), (150, 5), (300, 3)])
+def test_self_join_with_k_up_to_n_minus_1(metric, n, d):
+    """k close to n: the spatial seed window (2k + 1 rows) is wider than the data (main before
+    the self-join pass read past its buffers here and returned garbage indices); k > 64 takes
+    the one-way self-join."""
+    X = np.random.default_rng(n).standard_normal((n, d))
+    for k in sorted({1, max(1, n // 2), n - 1}):
+        check_rows(X, k, metric, "brute", np.arange(n))
+
+
+def test_cosine_zero_rows_are_at_distance_one_from_everything():
+    """A zero row is at cosine distance 1 from every row (scikit-learn's convention); with ties
+    everywhere the lowest indices win, on the self-join and on separate queries."""
+    rng = np.random.default_rng(5)
+    X = rng.integers(0, 3, size=(2500, 3)).astype(np.float64)  # ~90 zero rows, many parallel rows
+    X[::50] = 0.0
+    check_rows(X, 30, "cosine", "brute", np.arange(len(X)), n_jobs=2)
+    Y = np.vstack([np.zeros((3, 3)), X[:200]])
+    check_rows(X, 30, "cosine", "brute", np.arange(len(Y)), Y=Y)

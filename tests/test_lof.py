@@ -242,3 +242,14 @@ def test_bad_input_raises_clear_errors(cls):
     else:
         with pytest.raises(InvalidInputError, match="novelty"):
             LOF(novelty="yes").fit(X)
+
+
+@pytest.mark.parametrize("d", [8, 32])
+def test_lof_on_several_bands_of_the_self_join_equals_sklearn(d):
+    # Enough rows for many band pairs of the self-join (1024 rows a band at d = 8, 256 at d = 32),
+    # so that most neighbours arrive through the transposed side of a tile.
+    X = np.random.default_rng(d).standard_normal((6000, d))
+    expected = -sklearn_lof(X, 20).negative_outlier_factor_
+    base = LOF(n_jobs=1, algorithm="brute").fit(X).decision_scores_
+    np.testing.assert_allclose(base, expected, rtol=1e-9)
+    np.testing.assert_array_equal(LOF(n_jobs=3, algorithm="brute").fit(X).decision_scores_, base)
