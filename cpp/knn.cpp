@@ -16,16 +16,11 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
-#include <limits>
 #include <condition_variable>
+#include <limits>
 #include <mutex>
 #include <tuple>
 #include <vector>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
-static double TRACE_T(){return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();}
-#define TRACE(msg) do { if (std::getenv("KNN_TRACE")) std::fprintf(stderr, "%s %.4f\n", msg, TRACE_T()); } while (0)
 
 #include "knn_kernels.hpp"
 #include "parallel.hpp"
@@ -361,7 +356,6 @@ Packed pack_rows(const MatrixView& data, bool sort, const Screen& sc, Metric met
             spatial_order(data, segments[c].first, segments[c].second, pk.order);
         });
     }
-    TRACE("sorted");
     {
         std::vector<double> row(d);
         for (int64_t i = 0; i < n; ++i) {
@@ -391,7 +385,6 @@ Packed pack_rows(const MatrixView& data, bool sort, const Screen& sc, Metric met
     }
     // The same per group of kGroupPanels panels, tested first so that far regions are skipped
     // a group at a time.
-    TRACE("packed");
     const int64_t n_super = (n_panels + kGroupPanels - 1) / kGroupPanels;
     pk.slo.resize(static_cast<size_t>(n_super * d)), pk.shi.resize(static_cast<size_t>(n_super * d));
     pk.sny.assign(n_super, 0.0f);
@@ -847,7 +840,6 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
             }
         }
     });
-    TRACE("seeded");
 
     // Whether the panel-box test pays, decided per band as in the query scan (it is switched off
     // for data whose boxes overlap everywhere). Only the task owning band I as its row side
@@ -958,7 +950,6 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
         const BandPairs::Claim claim(bp);
         run_pair(claim.I, claim.J);
     });
-    TRACE("scanned");
 
     // Exact verification, row by row in the packed order: the heap and the extras still within
     // the threshold.
@@ -994,13 +985,10 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
 
 void brute_force(const MatrixView& data, const MatrixView* queries, int64_t k, Metric metric, int n_threads,
                  const CancelCheck& cancel, double* dist, int64_t* idx) {
-    TRACE("bf start");
     const Screen sc = make_screen(data, queries, metric);
-    TRACE("screen");
     const ExactMetric em{metric, data.cols};
     // A few queries (scoring a handful of new rows) cannot repay the O(n log n) sort.
     const Packed pk = pack_rows(data, !queries || queries->rows >= 256, sc, metric, n_threads, cancel);
-    TRACE("boxes");
     // The symmetric self-join pays per candidate with a heap operation where the one-way scan
     // appends and selects lazily; candidates grow with k (about k ln(n / k) per row), so past
     // k = 64 the one-way scan is faster (n = 20k, d = 16, 1 thread: 0.21 vs 0.34 s at k = 20,
@@ -1150,9 +1138,7 @@ KnnAlgorithm knn_search(const MatrixView& data, const MatrixView* queries, int64
         throw InvalidInput("k (n_neighbors) = " + std::to_string(k) + " but only " + std::to_string(available) +
                            (queries ? " rows are" : " other rows are") +
                            " available as neighbours; k must be at most " + std::to_string(available));
-    TRACE("start");
     check_finite(data, "X");
-    TRACE("finite");
     if (queries) check_finite(*queries, "Y");
     if (algorithm == KnnAlgorithm::automatic) algorithm = choose_knn_algorithm(n, data.cols, metric);
     if (algorithm == KnnAlgorithm::kd_tree && metric == Metric::cosine)
@@ -1161,7 +1147,6 @@ KnnAlgorithm knn_search(const MatrixView& data, const MatrixView* queries, int64
         kd_tree_search(data, queries, k, metric, n_threads, cancel, dist, idx);
     else
         brute_force(data, queries, k, metric, n_threads, cancel, dist, idx);
-    TRACE("done");
     return algorithm;
 }
 
