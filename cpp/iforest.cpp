@@ -190,7 +190,7 @@ void Forest::compile() {
     const int D = std::max(depth_, 1);  // a forest of single leaves still gets one padded level
     const int64_t T = nodes_.n_trees();
     const int64_t S = int64_t(1) << D;
-    const double bytes = double(T) * double(S) * 16.0;
+    const double bytes = double(T) * double(S) * 24.0;  // feature, threshold, leaf, test pair
     complete_ = D <= kMaxCompleteDepth && bytes <= 512.0 * 1024 * 1024;
     compiled_ = Compiled{};
     compiled_.block_rows = block_rows_for(nodes_.n_features);
@@ -202,6 +202,7 @@ void Forest::compile() {
     c.feature_scaled.assign(T * S, 0);
     c.threshold.assign(T * S, std::numeric_limits<float>::infinity());  // padding: always left
     c.leaf_value.assign(T * S, 0.0);
+    c.tests.assign(T * S, Compiled::Test{0, std::numeric_limits<float>::infinity()});
     const int64_t B = c.block_rows;
     for (int64_t t = 0; t < T; ++t) {
         const int32_t base = nodes_.tree_offset[t];
@@ -214,6 +215,7 @@ void Forest::compile() {
             if (nodes_.feature[g] >= 0) {
                 c.feature_scaled[t * S + slot] = static_cast<int32_t>(nodes_.feature[g] * B);
                 c.threshold[t * S + slot] = nodes_.threshold[g];
+                c.tests[t * S + slot] = {c.feature_scaled[t * S + slot], nodes_.threshold[g]};
                 stack.push_back({nodes_.left[g], 2 * slot, level + 1});
                 stack.push_back({nodes_.left[g] + 1, 2 * slot + 1, level + 1});
             } else {

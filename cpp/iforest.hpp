@@ -76,6 +76,14 @@ public:
         std::vector<int32_t> feature_scaled;
         std::vector<float> threshold;
         std::vector<double> leaf_value;
+        // The same tests side by side, for the few-rows kernel: a single-row call usually finds
+        // the forest out of cache, and one line per visited node instead of two is what its
+        // latency is made of.
+        struct Test {
+            int32_t feature_scaled;
+            float threshold;
+        };
+        std::vector<Test> tests;
     };
 
 private:

@@ -237,8 +237,7 @@ void avx512_entry(const Compiled& c, const float* xt, int64_t n, double* acc) { 
 template <int D>
 void few_rows_kernel(const Compiled& c, const float* xt, int64_t n_rows, double* acc) {
     constexpr int64_t S = int64_t(1) << D;
-    const int32_t* F = c.feature_scaled.data();
-    const float* TH = c.threshold.data();
+    const Compiled::Test* N = c.tests.data();
     const double* LV = c.leaf_value.data() - S;
     const int64_t T = c.n_trees;
     for (int64_t i = 0; i < n_rows; ++i) {
@@ -254,8 +253,8 @@ void few_rows_kernel(const Compiled& c, const float* xt, int64_t n_rows, double*
             for (int l = 0; l < D; ++l) {
 #pragma GCC unroll 8
                 for (int g = 0; g < 8; ++g) {
-                    const int64_t o = (t + g) * S;
-                    node[g] = 2 * node[g] + (x[F[o + node[g]]] > TH[o + node[g]]);
+                    const Compiled::Test n = N[(t + g) * S + node[g]];
+                    node[g] = 2 * node[g] + (x[n.feature_scaled] > n.threshold);
                 }
             }
             for (int g = 0; g < 8; ++g) sum += LV[(t + g) * S + node[g]];
@@ -263,7 +262,7 @@ void few_rows_kernel(const Compiled& c, const float* xt, int64_t n_rows, double*
         for (; t < T; ++t) {
             const int64_t o = t * S;
             uint32_t a = 1;
-            for (int l = 0; l < D; ++l) a = 2 * a + (x[F[o + a]] > TH[o + a]);
+            for (int l = 0; l < D; ++l) a = 2 * a + (x[N[o + a].feature_scaled] > N[o + a].threshold);
             sum += LV[o + a];
         }
         acc[i] += sum;
