@@ -35,16 +35,19 @@ def best_of(fn, repeat=3):
     return best, out
 
 
-def latency(fns: dict, rows, calls):
-    """Median and p99 microseconds of single-row calls; the functions take turns call by call,
-    so a slow spell of this shared VM (its speed drifts by up to 2x over minutes) hits all alike."""
+def latency(fns: dict, rows, calls, block=250):
+    """Median and p99 microseconds of single-row calls. The functions take turns in blocks of
+    `block` calls, so a slow spell of this shared VM (its speed drifts by up to 2x over minutes)
+    hits all alike, while within a block each runs as a loop of its own calls would (turns call
+    by call would also make each evict the other's model from the caches)."""
     times = {name: [] for name in fns}
-    for i in range(calls):
-        x = rows[i % len(rows)][None, :]
+    for b0 in range(0, calls, block):
         for name, fn in fns.items():
-            t = time.perf_counter_ns()
-            fn(x)
-            times[name].append(time.perf_counter_ns() - t)
+            for i in range(b0, min(b0 + block, calls)):
+                x = rows[i % len(rows)][None, :]
+                t = time.perf_counter_ns()
+                fn(x)
+                times[name].append(time.perf_counter_ns() - t)
     out = {}
     for name, ts in times.items():
         ts.sort()
