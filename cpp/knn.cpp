@@ -334,6 +334,21 @@ struct Packed {
     float coord(int64_t pos, int64_t f) const { return panels[(pos / kPanel) * d * kPanel + f * kPanel + pos % kPanel]; }
 };
 
+// A self-query's seed window: the 2k + 1 packed positions around pos (shifted at the ends;
+// fewer when n <= 2k), which are near it in the spatial order.
+int64_t seed_window_lo(int64_t pos, int64_t n, int64_t k) { return std::max<int64_t>(0, std::min(pos - k, n - 2 * k - 1)); }
+
+// The screened value of one pair, in scalar float32 (the seeds): query coordinates x in screen
+// units against packed row j; covered by the same error bound as the kernels' value.
+float screened_pair(const Screen& sc, const Packed& pk, const float* x, int64_t j) {
+    float acc = 0.0f;
+    if (sc.kind == ScreenKind::dot)
+        for (int64_t f = 0; f < sc.d; ++f) acc += x[f] * pk.coord(j, f);
+    else
+        for (int64_t f = 0; f < sc.d; ++f) acc += std::fabs(x[f] - pk.coord(j, f));
+    return sc.alpha * acc + pk.off[j];
+}
+
 Packed pack_rows(const MatrixView& data, bool sort, const Screen& sc, Metric metric, int n_threads,
                  const CancelCheck& cancel) {
     Packed pk;
@@ -542,17 +557,10 @@ void query_scan(const MatrixView& data, const MatrixView& Q, bool self, int64_t 
         // before the scan starts. They are not candidates yet (the scan will meet them again).
         std::vector<float> seed_su;
         auto seed_threshold = [&](int64_t pos, const float* x, float nxq) {
-            const int64_t lo = std::max<int64_t>(0, std::min(pos - k, n - 2 * k - 1)), hi = std::min(n, lo + 2 * k + 1);
+            const int64_t lo = seed_window_lo(pos, n, k), hi = std::min(n, lo + 2 * k + 1);
             seed_su.clear();
-            for (int64_t j = lo; j < hi; ++j) {
-                if (j == pos) continue;
-                float acc = 0.0f;
-                if (sc.kind == ScreenKind::dot)
-                    for (int64_t f = 0; f < d; ++f) acc += x[f] * pk.coord(j, f);
-                else
-                    for (int64_t f = 0; f < d; ++f) acc += std::fabs(x[f] - pk.coord(j, f));
-                seed_su.push_back(sc.upper(sc.alpha * acc + pk.off[j], nxq, pk.nyv[j]));
-            }
+            for (int64_t j = lo; j < hi; ++j)
+                if (j != pos) seed_su.push_back(sc.upper(screened_pair(sc, pk, x, j), nxq, pk.nyv[j]));
             std::nth_element(seed_su.begin(), seed_su.begin() + (k - 1), seed_su.end());  // k <= n - 1 offered
             return seed_su[k - 1];
         };
@@ -816,9 +824,8 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
     // 2k rows around it (computed here in scalar float32, covered by the same error bound) and
     // its threshold is close to the final one before the scan starts. The scan skips these
     // pairs (window), so that no row is counted twice in a heap.
-    auto window_lo = [&](int64_t pos) { return std::max<int64_t>(0, std::min(pos - k, n - 2 * k - 1)); };
     auto in_window = [&](int64_t pos, int64_t j) {
-        const int64_t lo = window_lo(pos);
+        const int64_t lo = seed_window_lo(pos, n, k);
         return j >= lo && j < lo + 2 * k + 1;
     };
     constexpr int64_t kSeedChunk = 1024;
@@ -827,15 +834,10 @@ void self_join_scan(const MatrixView& data, int64_t k, const Screen& sc, const E
         std::vector<double> buf;
         for (int64_t pos = c * kSeedChunk; pos < std::min(n, (c + 1) * kSeedChunk); ++pos) {
             for (int64_t f = 0; f < d; ++f) x[f] = pk.coord(pos, f);
-            const int64_t lo = window_lo(pos), hi = std::min(n, lo + 2 * k + 1);
+            const int64_t lo = seed_window_lo(pos, n, k), hi = std::min(n, lo + 2 * k + 1);
             for (int64_t j = lo; j < hi; ++j) {
                 if (j == pos) continue;
-                float acc = 0.0f;
-                if (sc.kind == ScreenKind::dot)
-                    for (int64_t f = 0; f < d; ++f) acc += x[f] * pk.coord(j, f);
-                else
-                    for (int64_t f = 0; f < d; ++f) acc += std::fabs(x[f] - pk.coord(j, f));
-                const float sv = sc.alpha * acc + pk.off[j];
+                const float sv = screened_pair(sc, pk, x.data(), j);
                 if (sv <= thr[pos]) push(pos, sv, j, buf);
             }
         }

@@ -92,6 +92,21 @@ def close_raw_sockets() -> None:
         _OPEN.pop().close()
 
 
+def frame(obj) -> bytes:
+    """One frame as PROTOCOL.md describes it, built with plain msgpack (no pynomaly code): the
+    4-byte big-endian length, then the body (obj, or obj encoded when it is not bytes yet)."""
+    import msgpack
+
+    body = obj if isinstance(obj, (bytes, bytearray)) else msgpack.packb(obj, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+def raw_rows(X, dtype: str = "f8") -> dict:
+    """A detect request's ``rows`` as raw little-endian values ("f4" or "f8")."""
+    X = np.ascontiguousarray(X, "<f4" if dtype == "f4" else "<f8")
+    return {"dtype": dtype, "shape": list(X.shape), "data": X.tobytes()}
+
+
 def recv_exact(s: socket.socket, n: int) -> bytes:
     out = bytearray()
     while len(out) < n:

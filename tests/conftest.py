@@ -20,6 +20,15 @@ SMALL_DATASETS = [n for n in ALL_DATASETS if n not in ("http", "smtp", "aloi", "
 SIMD_TARGETS = pynomaly.build_info()["simd_supported"]
 
 
+@pytest.fixture(autouse=True)
+def _close_raw_sockets():
+    """Raw sockets opened by the daemon tests (_daemon_helpers.raw_connect) close after each test."""
+    yield
+    import _daemon_helpers
+
+    _daemon_helpers.close_raw_sockets()
+
+
 @pytest.fixture
 def ctrl_c():
     """Ctrl-C as an interactive run has it: a process started in the background (nohup, `&`

@@ -23,7 +23,7 @@ import pynomaly
 from pynomaly import _core, wire
 
 from conftest import REPO
-from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, close_raw_sockets, raw_connect, read_frame
+from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, frame, raw_connect, raw_rows, read_frame
 
 pynomaly_daemon = pytest.importorskip("pynomaly_daemon")
 from pynomaly_daemon.server import Entry  # noqa: E402
@@ -57,16 +57,6 @@ def body(op="detect", id=1, detector="cardio", rows=None, **fields) -> dict:
     return b
 
 
-def raw(X, dtype="f8") -> dict:
-    X = np.ascontiguousarray(X, dtype="<f4" if dtype == "f4" else "<f8")
-    return {"dtype": dtype, "shape": list(X.shape), "data": X.tobytes()}
-
-
-def framed(obj) -> bytes:
-    b = obj if isinstance(obj, (bytes, bytearray)) else msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(b)) + b
-
-
 def serve(frames: bytes, hot, max_rows=MAX_ROWS, start=0):
     buf = bytearray(b"\0" * start + frames)
     return _core.fast_detect(memoryview(buf), start, len(buf), MAX_FRAME, max_rows, hot)
@@ -82,7 +72,7 @@ def expected_reply(model, e, req: wire.Detect) -> bytes:
         r.scores = s.tobytes()
     if "labels" in want:
         r.labels = (s > e.threshold).astype(np.uint8).tobytes()
-    return framed(msgspec.msgpack.encode(r))
+    return frame(msgspec.msgpack.encode(r))
 
 
 IDS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1,
@@ -92,7 +82,7 @@ IDS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**6
 @pytest.mark.parametrize("req_id", IDS)
 def test_reply_bytes_equal_msgspec_for_every_integer_width(model, hot, req_id):
     X = cardio()[:3]
-    f = framed(body(id=req_id, rows=raw(X)))
+    f = frame(body(id=req_id, rows=raw_rows(X)))
     pos, replies, entry, n_req, n_rows, calls, coalesced = serve(f, hot)
     assert (pos, n_req, n_rows, calls, coalesced) == (len(f), 1, 3, 1, 0)
     assert entry is hot[("cardio", None)]
@@ -112,7 +102,7 @@ def test_many_frames_one_call_replies_equal_msgspec(model, hot, want, dtype, ver
         fields = {"want": want} if want is not None or i % 2 else {}
         if version is not None:
             fields["version"] = version
-        f = framed(body(id=1000 + i, rows=raw(X[rng.integers(0, len(X), n)], dtype), **fields))
+        f = frame(body(id=1000 + i, rows=raw_rows(X[rng.integers(0, len(X), n)], dtype), **fields))
         frames.append(f)
         reqs.append(msgspec.msgpack.decode(f[4:], type=wire.Request))
     stream = b"".join(frames)
@@ -130,7 +120,7 @@ def test_detector_names_of_every_string_width(model):
         name = ("é" * length)[:length] if length < 1000 else "n" * length
         e = Entry(_Record(name, i + 1, 21), model)
         hot[(name, None)] = e
-        f = framed(body(id=i, detector=name, rows=raw(cardio()[:2])))
+        f = frame(body(id=i, detector=name, rows=raw_rows(cardio()[:2])))
         pos, replies, entry, *_ = serve(f, hot)
         assert pos == len(f) and entry is e
         assert replies == expected_reply(model, e, msgspec.msgpack.decode(f[4:], type=wire.Request))
@@ -152,84 +142,87 @@ X3 = cardio()[:3]
 @pytest.mark.parametrize(
     "bad",
     [
-        framed({"op": "health", "id": 5}),
-        framed({"op": "list", "id": 5}),
-        framed(body(rows=X3.tolist())),  # nested lists: msgspec's validation
-        framed(body(rows=raw(X3), extra=1)),  # unknown field: an error reply
-        framed(body(rows={**raw(X3), "extra": 1})),
-        framed(body(rows=raw(X3), want=["probabilities"])),
-        framed(body(rows=raw(X3), want=["scores", "anomalies"])),
-        framed(body(rows=raw(X3), want=["nonsense"])),
-        framed(body(rows=raw(X3), want="scores")),
-        framed(body(rows=raw(cardio()[:65]))),  # more rows than the fast path takes
-        framed(body(rows=raw(X3[:, :20]))),  # wrong number of features
-        framed(body(rows={"dtype": "f8", "shape": [3, 21], "data": X3.tobytes()[:-8]})),
-        framed(body(rows={"dtype": "f8", "shape": [0, 21], "data": b""})),
-        framed(body(rows={"dtype": "f8", "shape": [3, 21, 1], "data": X3.tobytes()})),
-        framed(body(rows={"dtype": "f8", "shape": [-3, 21], "data": X3.tobytes()})),
-        framed(body(rows={"dtype": "i8", "shape": [3, 21], "data": X3.astype("<i8").tobytes()})),
-        framed(body(rows={"dtype": "f8", "shape": [3, 21], "data": X3.tobytes().decode("latin1")})),
-        framed(body(rows={"dtype": "f8", "shape": [3, 21]})),
-        framed(body()),  # no rows
-        framed(body(rows=raw(np.where(np.eye(3, 21) > 0, np.nan, X3)))),
-        framed(body(rows=raw(np.where(np.eye(3, 21) > 0, np.inf, X3)))),
-        framed(body(rows=raw(np.where(np.eye(3, 21) > 0, 1e300, X3)))),  # beyond float32
-        framed(body(rows=raw(np.where(np.eye(3, 21) > 0, np.nan, X3), "f4"))),
-        framed(body(detector="unknown", rows=raw(X3))),
-        framed(body(rows=raw(X3), version=4)),  # a version not loaded
-        framed(body(rows=raw(X3), version="3")),
-        framed(body(id=1.0, rows=raw(X3))),
-        framed(body(id="1", rows=raw(X3))),
-        framed(body(detector=b"cardio", rows=raw(X3))),
-        framed({"id": 1, "detector": "cardio", "rows": raw(X3)}),  # no op
-        framed({"op": "detect", "detector": "cardio", "rows": raw(X3)}),  # no id
-        framed(msgpack.packb(body(rows=raw(X3)), use_bin_type=True) + b"\xc0"),  # trailing bytes
-        framed(msgpack.packb([1, 2, 3])),
-        framed(msgpack.packb(body(rows=raw(X3)), use_bin_type=True).replace(b"cardio", b"cardi\xff")),  # not UTF-8
-        framed(b"\xc1"),
-        framed(b""),
-        struct.pack(">I", MAX_FRAME + 1) + msgpack.packb(body(rows=raw(X3)), use_bin_type=True),
+        frame({"op": "health", "id": 5}),
+        frame({"op": "list", "id": 5}),
+        frame(body(rows=X3.tolist())),  # nested lists: msgspec's validation
+        frame(body(rows=raw_rows(X3), extra=1)),  # unknown field: an error reply
+        frame(body(rows={**raw_rows(X3), "extra": 1})),
+        frame(body(rows=raw_rows(X3), want=["probabilities"])),
+        frame(body(rows=raw_rows(X3), want=["scores", "anomalies"])),
+        frame(body(rows=raw_rows(X3), want=["nonsense"])),
+        frame(body(rows=raw_rows(X3), want="scores")),
+        frame(body(rows=raw_rows(cardio()[:65]))),  # more rows than the fast path takes
+        frame(body(rows=raw_rows(X3[:, :20]))),  # wrong number of features
+        frame(body(rows={"dtype": "f8", "shape": [3, 21], "data": X3.tobytes()[:-8]})),
+        frame(body(rows={"dtype": "f8", "shape": [0, 21], "data": b""})),
+        frame(body(rows={"dtype": "f8", "shape": [3, 21, 1], "data": X3.tobytes()})),
+        frame(body(rows={"dtype": "f8", "shape": [-3, 21], "data": X3.tobytes()})),
+        frame(body(rows={"dtype": "i8", "shape": [3, 21], "data": X3.astype("<i8").tobytes()})),
+        frame(body(rows={"dtype": "f8", "shape": [3, 21], "data": X3.tobytes().decode("latin1")})),
+        frame(body(rows={"dtype": "f8", "shape": [3, 21]})),
+        frame(body()),  # no rows
+        frame(body(rows=raw_rows(np.where(np.eye(3, 21) > 0, np.nan, X3)))),
+        frame(body(rows=raw_rows(np.where(np.eye(3, 21) > 0, np.inf, X3)))),
+        frame(body(rows=raw_rows(np.where(np.eye(3, 21) > 0, 1e300, X3)))),  # beyond float32
+        frame(body(rows=raw_rows(np.where(np.eye(3, 21) > 0, np.nan, X3), "f4"))),
+        frame(body(detector="unknown", rows=raw_rows(X3))),
+        frame(body(rows=raw_rows(X3), version=4)),  # a version not loaded
+        frame(body(rows=raw_rows(X3), version="3")),
+        frame(body(id=1.0, rows=raw_rows(X3))),
+        frame(body(id="1", rows=raw_rows(X3))),
+        frame(body(detector=b"cardio", rows=raw_rows(X3))),
+        frame({"id": 1, "detector": "cardio", "rows": raw_rows(X3)}),  # no op
+        frame({"op": "detect", "detector": "cardio", "rows": raw_rows(X3)}),  # no id
+        frame(msgpack.packb(body(rows=raw_rows(X3)), use_bin_type=True) + b"\xc0"),  # trailing bytes
+        frame(msgpack.packb([1, 2, 3])),
+        frame(msgpack.packb(body(rows=raw_rows(X3)), use_bin_type=True).replace(b"cardio", b"cardi\xff")),  # not UTF-8
+        frame(b"\xc1"),
+        frame(b""),
+        struct.pack(">I", MAX_FRAME + 1) + msgpack.packb(body(rows=raw_rows(X3)), use_bin_type=True),
     ],
 )
 def test_frames_left_to_the_python_path(hot, bad):
-    _left_alone(hot, framed(body(rows=raw(X3))), bad)
+    _left_alone(hot, frame(body(rows=raw_rows(X3))), bad)
 
 
 def test_an_incomplete_frame_waits_for_more_bytes(hot):
-    good = framed(body(rows=raw(X3)))
+    good = frame(body(rows=raw_rows(X3)))
     for cut in (1, 2, 3, 4, 5, len(good) // 2, len(good) - 1):
         pos, _, _, n_req, *_ = serve(good + good[:cut], hot)
         assert (pos, n_req) == (len(good), 1)
 
 
 def test_duplicate_keys_are_left_to_the_python_path(hot):
-    good = msgpack.packb(body(rows=raw(X3)), use_bin_type=True)
+    good = msgpack.packb(body(rows=raw_rows(X3)), use_bin_type=True)
     assert good[0] == 0x84
     dup_id = b"\x85" + good[1:] + msgpack.packb("id") + msgpack.packb(2)
     dup_dtype = msgpack.packb(body(rows={"dtype": "f8", "shape": [3, 21], "data": X3.tobytes()}), use_bin_type=True)
     dup_dtype = dup_dtype.replace(b"\x83\xa5dtype", b"\x84\xa5dtype\xa2f8\xa5dtype", 1)
     for bad in (dup_id, dup_dtype):
-        _left_alone(hot, framed(good), framed(bad))
+        _left_alone(hot, frame(good), frame(bad))
 
 
 def test_a_smaller_row_limit_is_honoured(hot):
-    good = framed(body(rows=raw(X3[:1])))
-    _left_alone(hot, good, framed(body(rows=raw(cardio()[:9]))), max_rows=8)
+    good = frame(body(rows=raw_rows(X3[:1])))
+    _left_alone(hot, good, frame(body(rows=raw_rows(cardio()[:9]))), max_rows=8)
 
 
 def test_an_entry_without_a_native_forest_is_left_alone(model):
     lof = pynomaly.LOF(n_neighbors=5).fit(cardio()[:200])
     hot = {("lof", None): Entry(_Record("lof", 1, 21), lof)}
     assert hot[("lof", None)].fast is None
-    pos, replies, entry, n_req, *_ = serve(framed(body(detector="lof", rows=raw(X3))), hot)
+    pos, replies, entry, n_req, *_ = serve(frame(body(detector="lof", rows=raw_rows(X3))), hot)
     assert (pos, replies, entry, n_req) == (0, None, None, 0)
 
 
 def test_bad_arguments_are_refused(hot):
-    buf = bytearray(framed(body(rows=raw(X3))))
+    buf = bytearray(frame(body(rows=raw_rows(X3))))
     for pos, end in [(-1, len(buf)), (5, 4), (0, len(buf) + 1)]:
         with pytest.raises(pynomaly.InvalidInputError):
             _core.fast_detect(memoryview(buf), pos, end, MAX_FRAME, MAX_ROWS, hot)
+    for max_frame, max_rows in [(-1, MAX_ROWS), (MAX_FRAME, 0), (MAX_FRAME, -1)]:
+        with pytest.raises(pynomaly.InvalidInputError, match="max_rows"):
+            _core.fast_detect(memoryview(buf), 0, len(buf), max_frame, max_rows, hot)
 
 
 _values = st.one_of(
@@ -250,7 +243,7 @@ def _frames(draw):
     if broken and draw(st.booleans()):
         X = X[:, : draw(st.sampled_from([20, 21]))] * draw(st.sampled_from([1.0, np.nan, np.inf, 1e39]))
     with np.errstate(over="ignore"):  # 1e39 becomes inf in float32: a value to refuse
-        rows = raw(X, dtype)
+        rows = raw_rows(X, dtype)
     b = body(id=draw(st.integers(-(2**63), 2**64 - 1)), rows=rows)
     if draw(st.booleans()):
         b["want"] = draw(st.one_of(st.none(), st.lists(st.sampled_from(["scores", "labels"]), max_size=3)))
@@ -275,7 +268,7 @@ def _frames(draw):
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_frames(), min_size=1, max_size=4))
 def test_fuzz_serves_only_what_msgspec_accepts_and_answers_alike(model, hot, bodies):
-    stream = b"".join(framed(b) for b in bodies)
+    stream = b"".join(frame(b) for b in bodies)
     pos, replies, entry, n_req, n_rows, calls, _ = serve(stream, hot)
     # Replay the frames the native path consumed: each must be a Detect that msgspec accepts
     # and the Python path would serve, and the replies must be the Python path's bytes.
@@ -321,7 +314,6 @@ def daemons(tmp_path_factory):
     fast = DaemonProcess(tmp_path_factory.mktemp("fast"), root)
     slow = DaemonProcess(tmp_path_factory.mktemp("slow"), root, "--no-fast-path")
     yield fast, slow, model
-    close_raw_sockets()
     assert fast.stop() == 0 and slow.stop() == 0
 
 
@@ -348,19 +340,19 @@ def test_daemon_answers_alike_with_and_without_the_native_path(daemons):
         if kind == 0:
             b = body(id=i, rows=B.tolist())
         elif kind == 1:
-            b = body(id=i, rows=raw(np.where(rng.random(B.shape) < 0.01, np.nan, B)))
+            b = body(id=i, rows=raw_rows(np.where(rng.random(B.shape) < 0.01, np.nan, B)))
         elif kind == 2:
-            b = body(id=i, rows=raw(B), want=["anomalies", "probabilities", "scores"])
+            b = body(id=i, rows=raw_rows(B), want=["anomalies", "probabilities", "scores"])
         elif kind == 3:
             b = {"op": "info", "id": i, "detector": "cardio"}
         elif kind == 4:
-            b = body(id=i, rows=raw(B, "f4"), want=["labels"])
+            b = body(id=i, rows=raw_rows(B, "f4"), want=["labels"])
         else:
-            b = body(id=i, rows=raw(B), **({"version": 1} if kind == 5 else {}))
-        frames.append(framed(b))
+            b = body(id=i, rows=raw_rows(B), **({"version": 1} if kind == 5 else {}))
+        frames.append(frame(b))
     stream = b"".join(frames)
     for d in (fast, slow):  # load the detector, so that the native path can serve
-        _exchange(d.sock, framed(body(id=0, rows=raw(X[:1]))), 1)
+        _exchange(d.sock, frame(body(id=0, rows=raw_rows(X[:1]))), 1)
     got_fast = _exchange(fast.sock, stream, len(frames))
     got_slow = _exchange(slow.sock, stream, len(frames))
     assert got_fast.keys() == got_slow.keys() == set(range(1, 401))

@@ -16,15 +16,10 @@ import pytest
 
 import pynomaly
 
-from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, close_raw_sockets, is_closed, raw_connect, read_frame, wait_until
+from _daemon_helpers import (DaemonProcess, cardio, cardio_model_folder, frame, is_closed, raw_connect, raw_rows,
+                             read_frame, wait_until)
 
 pynomaly_daemon = pytest.importorskip("pynomaly_daemon")
-
-
-@pytest.fixture(autouse=True)
-def _close_sockets():
-    yield
-    close_raw_sockets()
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +41,8 @@ def start(tmp_path, models):
         assert d.stop() == 0
 
 
-def frame(obj) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
 def detect_frame(i: int, X: np.ndarray, **extra) -> bytes:
-    X = np.ascontiguousarray(X, "<f8")
-    return frame({"op": "detect", "id": i, "detector": "cardio", **extra,
-                  "rows": {"dtype": "f8", "shape": list(X.shape), "data": X.tobytes()}})
+    return frame({"op": "detect", "id": i, "detector": "cardio", **extra, "rows": raw_rows(X)})
 
 
 def reply(s) -> dict:

@@ -17,15 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, close_raw_sockets, is_closed, raw_connect, read_frame
+from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, frame, is_closed, raw_connect, raw_rows, read_frame
 
 pynomaly_daemon = pytest.importorskip("pynomaly_daemon")
-
-
-@pytest.fixture(autouse=True)
-def _close_sockets():
-    yield
-    close_raw_sockets()
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +30,8 @@ def served(tmp_path_factory):
     assert d.stop() == 0
 
 
-def frame(obj) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
 def read_reply(s: socket.socket) -> dict:
     return msgpack.unpackb(read_frame(s), raw=False)
-
-
-def f8_rows(X: np.ndarray) -> dict:
-    X = np.ascontiguousarray(X, dtype="<f8")
-    return {"dtype": "f8", "shape": list(X.shape), "data": X.tobytes()}
 
 
 def test_health_example_bytes_from_protocol_md(served):
@@ -66,7 +50,7 @@ def test_foreign_client_from_protocol(served):
     # Several requests pipelined in one write; replies matched by id.
     reqs = [
         {"op": "detect", "id": 1, "detector": "cardio", "want": ["scores", "labels", "anomalies", "probabilities"],
-         "rows": f8_rows(X[:100])},
+         "rows": raw_rows(X[:100])},
         {"op": "detect", "id": 2, "detector": "cardio", "want": ["scores"],
          "rows": {"dtype": "f4", "shape": [3, 21], "data": np.ascontiguousarray(X[:3], "<f4").tobytes()}},
         {"id": 3, "op": "detect", "detector": "cardio", "version": None, "rows": X[5:7].tolist()},  # op not first
@@ -74,7 +58,7 @@ def test_foreign_client_from_protocol(served):
         {"op": "info", "id": 5, "detector": "cardio"},
         {"op": "stats", "id": 6},
         {"op": "reload", "id": 7, "detector": None},
-        {"op": "detect", "id": 8, "detector": "cardio", "rows": f8_rows(X[:2, :4])},
+        {"op": "detect", "id": 8, "detector": "cardio", "rows": raw_rows(X[:2, :4])},
         {"op": "explode", "id": 9},
     ]
     s.sendall(b"".join(frame(r) for r in reqs))
@@ -106,7 +90,7 @@ def test_foreign_client_from_protocol(served):
     assert replies[9] == {"op": "error", "id": 9, "code": "bad_request", "message": replies[9]["message"]}
 
     # shutdown(SHUT_WR): replies to what was sent still arrive, then EOF.
-    s.sendall(frame({"op": "detect", "id": 10, "detector": "cardio", "rows": f8_rows(X[:1000])}))
+    s.sendall(frame({"op": "detect", "id": 10, "detector": "cardio", "rows": raw_rows(X[:1000])}))
     s.shutdown(socket.SHUT_WR)
     assert read_reply(s)["id"] == 10
     assert is_closed(s)
@@ -146,7 +130,7 @@ def test_each_bad_request_gets_its_error_and_the_connection_stays(served, obj, c
     r = read_reply(s)
     assert r["op"] == "error" and r["code"] == code and r["message"]
     assert r["id"] == (1 if isinstance(obj, dict) and "id" in obj else 0)
-    s.sendall(frame({"op": "detect", "id": 2, "detector": "cardio", "rows": f8_rows(cardio()[:1])}))
+    s.sendall(frame({"op": "detect", "id": 2, "detector": "cardio", "rows": raw_rows(cardio()[:1])}))
     assert read_reply(s)["id"] == 2
     s.close()
 
@@ -172,7 +156,7 @@ def test_malformed_msgpack_and_misaligned_raw_rows(served):
 
 def _healthy(d) -> None:
     s = raw_connect(d.sock)
-    s.sendall(frame({"op": "detect", "id": 77, "detector": "cardio", "rows": f8_rows(cardio()[:2])}))
+    s.sendall(frame({"op": "detect", "id": 77, "detector": "cardio", "rows": raw_rows(cardio()[:2])}))
     r = read_reply(s)
     assert r["id"] == 77 and r["op"] == "detect"
     s.close()

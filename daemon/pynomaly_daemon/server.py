@@ -634,7 +634,7 @@ class Daemon:
             st["rows_scored"] += n_rows
             if n_coalesced:
                 st["coalesced_requests"] += n_coalesced
-            self._used(e, n_req, time.monotonic())
+            self._used(e, n_req, conn.last_rx)  # the time of this read
             if len(self.conns) == 1:
                 conn.transport.write(replies)
             else:

@@ -43,17 +43,21 @@ def _convert(X, name: str) -> np.ndarray:
         if bad:
             raise InvalidInputError(f"{name} has non-numeric column(s) {bad}; encode or drop them first")
         X = X.to_numpy()
+    arr = numeric_array(X, name)
+    return arr if arr.dtype in _FLOATS else arr.astype(np.float64)  # bool, ints, float16/longdouble
+
+
+def numeric_array(obj, name: str) -> np.ndarray:
+    """``np.asarray(obj)``, refused with InvalidInputError unless it is bool, int or float."""
     try:
-        arr = np.asarray(X)
+        arr = np.asarray(obj)
     except (TypeError, ValueError) as e:  # ragged lists and the like
         raise InvalidInputError(f"{name} cannot be read as a numeric array: {e}") from None
-    if arr.dtype in _FLOATS:
-        return arr
-    if arr.dtype.kind in "biuf":  # bool, ints, float16/longdouble
-        return arr.astype(np.float64)
-    raise InvalidInputError(
-        f"{name} must be numeric (float, int or bool), got dtype {arr.dtype}; encode or drop non-numeric data first"
-    )
+    if arr.dtype.kind not in "biuf":
+        raise InvalidInputError(
+            f"{name} must be numeric (float, int or bool), got dtype {arr.dtype}; encode or drop non-numeric data first"
+        )
+    return arr
 
 
 def _is_numeric_dtype(dt) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _core
 from ._errors import InvalidInputError, NotFittedError
-from ._validation import as_matrix
+from ._validation import as_matrix, numeric_array
 from .base import BaseDetector
 
 __all__ = ["standardize", "average", "maximization", "median", "aom", "moa", "Ensemble"]
@@ -29,12 +29,7 @@ _METHODS = ("average", "maximization", "median", "aom", "moa")
 
 
 def _score_matrix(S, name: str = "S") -> np.ndarray:
-    try:
-        arr = np.asarray(S)
-    except (TypeError, ValueError) as e:
-        raise InvalidInputError(f"{name} cannot be read as a numeric array: {e}") from None
-    if arr.dtype.kind not in "biuf":
-        raise InvalidInputError(f"{name} must be numeric, got dtype {arr.dtype}")
+    arr = numeric_array(S, name)
     if arr.ndim != 2:
         raise InvalidInputError(f"{name} must be 2-dimensional (rows x detectors), got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import _core
 from ._errors import InvalidInputError
-from ._validation import check_contamination, resolve_n_jobs
+from ._validation import check_contamination, numeric_array, resolve_n_jobs
 
 __all__ = [
     "ScoreStats",
@@ -68,12 +68,7 @@ class ScoreStats:
 def _vector(scores, name: str = "scores") -> np.ndarray:
     if type(scores) is np.ndarray and scores.dtype == np.float64 and scores.ndim == 1:
         return scores
-    try:
-        arr = np.asarray(scores)
-    except (TypeError, ValueError) as e:
-        raise InvalidInputError(f"{name} cannot be read as a numeric array: {e}") from None
-    if arr.dtype.kind not in "biuf":
-        raise InvalidInputError(f"{name} must be numeric, got dtype {arr.dtype}")
+    arr = numeric_array(scores, name)
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.ravel()  # PyOD-style column vectors
     if arr.ndim != 1:

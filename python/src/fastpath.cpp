@@ -117,6 +117,8 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
     const py::buffer_info info = buffer.request();
     if (info.ndim != 1 || info.itemsize != 1 || pos < 0 || pos > end || end > info.size)
         throw InvalidInput("fast_detect: a 1-D byte buffer and 0 <= pos <= end <= len(buffer) are required");
+    if (max_frame < 0 || max_rows < 1)
+        throw InvalidInput("fast_detect: max_frame >= 0 and max_rows >= 1 are required");
     const auto* base = static_cast<const uint8_t*>(info.ptr);
     std::string out;
     Served served;
