@@ -303,7 +303,7 @@ def test_serve_hands_over_to_the_daemon(tmp_path):
         from pynomaly.datasets import load_cardio
 
         X, _ = load_cardio()
-        _, model = service.load_for_scoring(str(home), "cardio-quickstart")
+        model = service.load_for_scoring(str(home), "cardio-quickstart").model
         with pynomaly.Client(str(sock)) as client:
             got = client.detect("cardio-quickstart", X[:50])
         np.testing.assert_array_equal(got.scores, model.decision_function(X[:50]))

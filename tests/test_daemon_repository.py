@@ -20,7 +20,7 @@ def test_daemon_serves_the_repository(tmp_path):
     home = tmp_path / "home"
     X = cardio()
     service.train(home, "cardio", X, "IsolationForest", {"random_state": 0, "n_estimators": 50})
-    _, model1 = service.load_for_scoring(home, "cardio")
+    model1 = service.load_for_scoring(home, "cardio").model
     d = DaemonProcess(tmp_path, None, "--home", str(home), "--refresh-interval", "0.1")
     try:
         with pynomaly.Client(d.sock) as c:
@@ -31,7 +31,7 @@ def test_daemon_serves_the_repository(tmp_path):
             assert (info.name, info.version, info.n_features, info.status) == ("cardio", 1, 21, "active")
             # Retrained: version 2 is served without a restart.
             service.train(home, "cardio", X, "IsolationForest", {"random_state": 1, "n_estimators": 50})
-            _, model2 = service.load_for_scoring(home, "cardio")
+            model2 = service.load_for_scoring(home, "cardio").model
             assert wait_until(lambda: c.detect("cardio", X[:1]).version == 2)
             np.testing.assert_array_equal(c.detect("cardio", X[:300]).scores, model2.decision_function(X[:300]))
             np.testing.assert_array_equal(c.detect("cardio", X[:5], version=1).scores, model1.decision_function(X[:5]))

@@ -62,7 +62,7 @@ def test_round_trip_scores_identically(tmp_path, algorithm, params, module):
     det = service.train(tmp_path, "d", X, algorithm, params)
     assert det.version == 1 and det.status is DetectorStatus.ACTIVE and det.n_features == X.shape[1]
     with Repository(tmp_path) as repo:
-        stored, model = repo.load("d")
+        stored, model = service.load_model(repo, "d")
         fmt = repo.versions("d")[0]["format"]
     assert stored.algorithm == algorithm and stored.parameters == params
     assert fmt == {"native": "native", "pyod": "pickle", "torch": "torch", "jax": "jax"}[registry.kind(algorithm)]
@@ -85,9 +85,9 @@ def test_loaded_model_equals_saved_model(tmp_path, algorithm, params, module):
     d.mark_trained(n_features=X.shape[1])
     d.activate()
     with Repository(tmp_path) as repo:
-        repo.save(d, model)
+        repo.add_version(d, model.to_bytes(), format=getattr(model, "artifact_format", "native"), threshold=model.threshold_)
     with Repository(tmp_path) as repo:  # a new connection, as another process would
-        _, loaded = repo.load("m")
+        _, loaded = service.load_model(repo, "m")
     np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
     assert loaded.threshold_ == model.threshold_
@@ -110,13 +110,13 @@ def test_versions_latest_and_given(tmp_path):
     ref1 = registry.create("IsolationForest", random_state=1).fit(X).decision_function(X)
     ref2 = registry.create("IsolationForest", random_state=2).fit(X).decision_function(X)
     with Repository(tmp_path) as repo:
-        d, latest = repo.load("d")
+        d, latest = service.load_model(repo, "d")
         assert d.version == 2
-        d1, first = repo.load("d", version=1)
+        d1, first = service.load_model(repo, "d", version=1)
         assert d1.version == 1 and d1.parameters == {"random_state": 1}
         assert [v["version"] for v in repo.versions("d")] == [1, 2]
         with pytest.raises(DetectorNotFoundError, match="no version 3"):
-            repo.load("d", version=3)
+            service.load_model(repo, "d", version=3)
     np.testing.assert_array_equal(latest.decision_function(X), ref2)
     np.testing.assert_array_equal(first.decision_function(X), ref1)
     r = service.detect(tmp_path, "d", X, version=1, save=False)
@@ -136,7 +136,7 @@ def test_failed_training_is_recorded_and_retrain_failure_keeps_previous(tmp_path
     assert service.show(tmp_path, "bad")["status"] == "active"
     with pytest.raises(ValueError):
         service.train(tmp_path, "bad", X, params={"n_estimators": -1})
-    det, _ = service.load_for_scoring(tmp_path, "bad")
+    det, _ = service.load_model(tmp_path, "bad")
     assert det.version == 1 and det.status is DetectorStatus.ACTIVE
 
 
@@ -160,7 +160,7 @@ def test_archive_activate_delete(tmp_path):
         service.show(tmp_path, "d")
     with pytest.raises(DetectorNotFoundError):
         service.delete(tmp_path, "d")
-    _, m = service.load_for_scoring(tmp_path, "keep")
+    m = service.load_for_scoring(tmp_path, "keep").model
     assert m.decision_function(X[:3]).shape == (3,)
     assert [d.name for d in service.list_detectors(tmp_path)] == ["keep"]
 
@@ -247,8 +247,8 @@ def test_export_import_native_and_checksum(tmp_path):
     f = service.export(tmp_path / "a", "d", tmp_path / "d.pnx", version=1)
     det = service.import_detector(tmp_path / "b", f)
     assert det.name == "d" and det.version == 1 and det.status is DetectorStatus.ACTIVE
-    _, src = service.load_for_scoring(tmp_path / "a", "d", version=1)
-    _, dst = service.load_for_scoring(tmp_path / "b", "d")
+    src = service.load_for_scoring(tmp_path / "a", "d", version=1).model
+    dst = service.load_for_scoring(tmp_path / "b", "d").model
     np.testing.assert_array_equal(src.decision_function(X), dst.decision_function(X))
     again = service.import_detector(tmp_path / "b", f)  # importing again: the next version
     assert again.version == 2
@@ -276,8 +276,8 @@ def test_export_import_pickle_needs_trust_elsewhere(tmp_path):
     with pytest.raises(ArtifactIntegrityError, match="trust_pickle"):
         service.import_detector(tmp_path / "b", f)
     det = service.import_detector(tmp_path / "b", f, trust_pickle=True)
-    _, a = service.load_for_scoring(tmp_path / "a", "p")
-    _, b = service.load_for_scoring(tmp_path / "b", det.name)  # re-signed with b's key
+    a = service.load_for_scoring(tmp_path / "a", "p").model
+    b = service.load_for_scoring(tmp_path / "b", det.name).model  # re-signed with b's key
     np.testing.assert_array_equal(a.decision_function(X), b.decision_function(X))
 
 
@@ -329,7 +329,7 @@ _WRITER = textwrap.dedent(
 def test_writer_killed_mid_save_leaves_previous_version(tmp_path, where):
     X, _ = load_dataset("cardio")
     service.train(tmp_path, "d", X, params={"random_state": 1})
-    _, before = service.load_for_scoring(tmp_path, "d")
+    before = service.load_for_scoring(tmp_path, "d").model
     from conftest import dataset_path
 
     proc = subprocess.Popen(
@@ -342,7 +342,7 @@ def test_writer_killed_mid_save_leaves_previous_version(tmp_path, where):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
-    det, after = service.load_for_scoring(tmp_path, "d")
+    det, after = service.load_model(tmp_path, "d")
     assert det.version == 1 and det.status is DetectorStatus.ACTIVE
     np.testing.assert_array_equal(after.decision_function(X), before.decision_function(X))
     with Repository(tmp_path) as repo:
@@ -359,7 +359,7 @@ _WORKER = textwrap.dedent(
     X = np.random.default_rng(seed).standard_normal((300, 4))
     for i in range(3):
         det = service.train(home, "shared", X, params={"n_estimators": 10, "random_state": seed * 10 + i})
-        _, m = service.load_for_scoring(home, "shared")
+        m = service.load_for_scoring(home, "shared").model
         assert m.decision_function(X[:5]).shape == (5,)
         service.train(home, f"own-{seed}", X, params={"n_estimators": 10, "random_state": i})
         service.list_detectors(home)
@@ -383,7 +383,7 @@ def test_concurrent_processes(tmp_path):
         assert [v["version"] for v in versions] == list(range(1, 10))  # none lost, none twice
         assert sorted(d.name for d in repo.list()) == ["own-1", "own-2", "own-3", "shared"]
         for v in versions:
-            _, m = repo.load("shared", version=v["version"])
+            _, m = service.load_model(repo, "shared", version=v["version"])
             assert m.get_params()["random_state"] == v["parameters"]["random_state"]
         assert all(len(repo.versions(f"own-{s}")) == 3 for s in range(1, 4))
 
@@ -403,7 +403,7 @@ def test_delete_racing_a_save_of_identical_content(tmp_path):
         return d
 
     with Repository(tmp_path) as a, Repository(tmp_path) as b:
-        a.save(trained("A"), model)
+        a.add_version(trained("A"), model.to_bytes())
         real_put = Repository.put_artifact
 
         calls = []
@@ -417,7 +417,7 @@ def test_delete_racing_a_save_of_identical_content(tmp_path):
             return sha
 
         b.put_artifact = put_then_other_process_deletes.__get__(b)
-        b.save(trained("B"), model)
-        _, loaded = b.load("B")
+        b.add_version(trained("B"), model.to_bytes())
+        _, loaded = service.load_model(b, "B")
     assert len(calls) == 2  # the second call re-wrote the file
     np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import os as _os
 
-from ._errors import InvalidInputError, ModelFormatError, NotFittedError, PynomalyError
+from ._errors import (
+    ArtifactIntegrityError,
+    DetectorNotFoundError,
+    InvalidInputError,
+    ModelFormatError,
+    NotFittedError,
+    PynomalyError,
+    RepositoryError,
+)
 from . import _core
 from .iforest import IsolationForest
 from .neighbors import KNN, LOF, knn  # k-nearest neighbours (issue 3)
@@ -36,6 +44,9 @@ __all__ = [
     "InvalidInputError",
     "NotFittedError",
     "ModelFormatError",
+    "DetectorNotFoundError",
+    "ArtifactIntegrityError",
+    "RepositoryError",
     "build_info",
     "Detector",
     "DetectorStatus",

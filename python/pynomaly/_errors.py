@@ -19,3 +19,18 @@ class NotFittedError(PynomalyError, ValueError, AttributeError):
 
 class ModelFormatError(PynomalyError, ValueError):
     """Serialized model bytes are truncated, corrupted, or of an unknown format/version."""
+
+
+class RepositoryError(PynomalyError):
+    """The home folder or its database cannot be used."""
+
+
+class DetectorNotFoundError(PynomalyError, KeyError):
+    """No detector (or no such version of it) under that name."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ArtifactIntegrityError(PynomalyError):
+    """An artifact or model file is missing, corrupted, or its signature does not match: it is refused."""

@@ -49,6 +49,10 @@ from ._errors import ModelFormatError
 MAGIC = b"PYNOMALY"
 VERSION = 1
 KIND_IFOREST = b"IFOREST\0"
+KIND_LOF = b"LOF\0\0\0\0\0"
+KIND_KNN = b"KNN\0\0\0\0\0"
+# Registry name of each kind: how a bare model file says what it holds.
+ALGORITHM_OF_KIND = {KIND_IFOREST: "IsolationForest", KIND_LOF: "LOF", KIND_KNN: "KNN"}
 _PREFIX = struct.Struct("<8sI8sQ")
 
 
@@ -65,6 +69,15 @@ def pack(kind: bytes, header: dict, parts) -> bytes:
     hbytes = json.dumps(header, sort_keys=True).encode()
     body = b"".join([_PREFIX.pack(MAGIC, VERSION, kind, len(hbytes)), hbytes, *parts])
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def algorithm_of(data) -> "str | None":
+    """The registry name of the native model in ``data`` (by its magic and kind), or None."""
+    head = bytes(memoryview(data)[: _PREFIX.size]) if len(data) >= _PREFIX.size else b""
+    if len(head) < _PREFIX.size:
+        return None
+    magic, _, kind, _ = _PREFIX.unpack(head)
+    return ALGORITHM_OF_KIND.get(kind) if magic == MAGIC else None
 
 
 def unpack(data, kind: bytes, what: str):

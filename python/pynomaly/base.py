@@ -185,6 +185,11 @@ class BaseDetector:
         scores = self.decision_function(X)
         return _scores.proba(scores, stats, method), self._confidence_of(scores)
 
+    def confidence_of(self, scores) -> np.ndarray:
+        """ExCeeD confidence of the labels of scores already computed by ``decision_function``
+        (what :meth:`predict_confidence` gives, without scoring again)."""
+        return self._confidence_of(np.asarray(scores, dtype=np.float64))
+
     # -- cached statistics of the training scores ------------------------------------------
     def _score_cache_get(self) -> dict:
         cache = self.__dict__.get("_score_cache")

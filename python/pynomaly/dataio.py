@@ -62,7 +62,7 @@ def load_table(path, columns=None):
         return _read_parquet(path, columns)
     else:
         raise InvalidInputError(f"cannot read {path.name}: accepted formats are .csv, .tsv, .npy, .npz, .parquet")
-    X, names = _select(X, names, columns)
+    X, names = select_columns(X, names, columns)
     bad = [n for n in names if n in bad]
     if bad:
         raise InvalidInputError(
@@ -79,7 +79,8 @@ def _check_2d(X, path):
     return X
 
 
-def _select(X, names, columns):
+def select_columns(X, names, columns):
+    """Columns of X chosen by name or index: ``(X[:, chosen], chosen names)``; None keeps all."""
     if columns is None:
         return X, list(names)
     idx = []
@@ -151,7 +152,7 @@ def _read_parquet(path: Path, columns):
 
     schema = pq.read_schema(path)
     names = list(schema.names)
-    _, sel = _select(np.empty((0, len(names))), names, columns)
+    _, sel = select_columns(np.empty((0, len(names))), names, columns)
     bad = [n for n in sel if not (pat.is_integer(schema.field(n).type) or pat.is_floating(schema.field(n).type) or pat.is_boolean(schema.field(n).type))]
     if bad:
         raise InvalidInputError(

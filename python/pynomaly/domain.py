@@ -35,6 +35,8 @@ from ._errors import PynomalyError
 
 __all__ = [
     "Detector",
+    "DetectorVersion",
+    "ScoreStats",
     "DetectorStatus",
     "AnomalyScore",
     "ContaminationRate",
@@ -185,6 +187,73 @@ class Detector:
         return cls(**d)
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoreStats:
+    """Summary of training scores that the score transforms are fitted on (pynomaly.scores).
+
+    Attributes
+    ----------
+    n : int
+        Number of training scores.
+    mean, std : float
+        Mean and population standard deviation (``np.mean``, ``np.std`` with ddof=0).
+    min, max : float
+        Smallest and largest training score.
+    """
+
+    n: int
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorVersion:
+    """One trained version of a detector, as a value: what scoring with it needs to know.
+
+    Built once when a version is loaded for scoring (:func:`pynomaly.service.load_for_scoring`)
+    and shared by every face that serves it.
+
+    Attributes
+    ----------
+    name, version, algorithm : the detector's name, this version's number and its registry name
+    n_features : int
+    feature_names : tuple of str or None
+    threshold : float
+        Scores above it are labelled anomalies (``threshold_`` of the fitted model).
+    training_stats : ScoreStats or None
+        Summary of the training scores (for probabilities); None when the model has none.
+    contamination : float or None
+        The share of anomalies the threshold was derived from, when known.
+    detector_id : str or None
+        The repository's id of the detector, when it came from one.
+    """
+
+    name: str
+    version: int
+    algorithm: str
+    n_features: int
+    threshold: float
+    feature_names: Optional[tuple] = None
+    training_stats: Optional[ScoreStats] = None
+    contamination: Optional[float] = None
+    detector_id: Optional[str] = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidTransitionError(f"a detector version needs a name, got {self.name!r}")
+        if isinstance(self.version, bool) or not isinstance(self.version, numbers.Integral):
+            raise InvalidTransitionError(f"version must be an integer, got {self.version!r}")
+        if isinstance(self.n_features, bool) or not isinstance(self.n_features, numbers.Integral) or self.n_features < 1:
+            raise InvalidTransitionError(f"n_features must be a positive integer, got {self.n_features!r}")
+        object.__setattr__(self, "version", int(self.version))
+        object.__setattr__(self, "n_features", int(self.n_features))
+        object.__setattr__(self, "threshold", float(self.threshold))
+        if self.feature_names is not None:
+            object.__setattr__(self, "feature_names", tuple(str(f) for f in self.feature_names))
+
+
 def _check_unit(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidTransitionError(f"{name} must be a real number in [0, 1], got {value!r}")
@@ -240,6 +309,8 @@ class DetectionResult:
     dataset_id: Optional[str] = None
     timestamp: datetime = dataclasses.field(default_factory=_now)
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    probabilities: Optional[np.ndarray] = None  # outlier probability per row, when asked for
+    confidence: Optional[np.ndarray] = None  # ExCeeD confidence of each label, when asked for
 
     def __post_init__(self):
         scores = np.asarray(self.scores, dtype=np.float64)
@@ -250,6 +321,18 @@ class DetectionResult:
             )
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "labels", labels)
+        for name in ("probabilities", "confidence"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value, dtype=np.float64)
+                if value.shape != scores.shape:
+                    raise InvalidTransitionError(f"{name} must have one value per row, got shape {value.shape}")
+                object.__setattr__(self, name, value)
+
+    @property
+    def anomaly_indices(self) -> np.ndarray:
+        """Indices (int64, ascending) of the rows labelled 1."""
+        return np.flatnonzero(self.labels).astype(np.int64)
 
     @property
     def metrics(self) -> dict:

@@ -11,6 +11,7 @@ import numbers
 
 import numpy as np
 
+from . import _format
 from . import _core
 from ._errors import InvalidInputError, NotFittedError
 from ._validation import as_matrix, check_contamination, resolve_n_jobs
@@ -192,7 +193,7 @@ class LOF(_NeighborDetector):
     n_features_in_ : int
     """
 
-    _kind = b"LOF\0\0\0\0\0"
+    _kind = _format.KIND_LOF
     _what = "a LOF detector"
 
     def __init__(
@@ -259,7 +260,7 @@ class KNN(_NeighborDetector):
     n_features_in_ : int
     """
 
-    _kind = b"KNN\0\0\0\0\0"
+    _kind = _format.KIND_KNN
     _what = "a KNN detector"
 
     def __init__(

@@ -15,7 +15,7 @@ import importlib
 
 from ._errors import InvalidInputError
 
-__all__ = ["get", "create", "names", "kind", "is_known", "stored_defaults"]
+__all__ = ["get", "create", "names", "kind", "is_known", "stored_defaults", "reports_progress"]
 
 # name -> (module, class, kind). kind says which optional extra the detector needs.
 _ENTRIES = {
@@ -107,6 +107,11 @@ def create(name: str, **params):
         valid = sorted(cls._param_names())
         bad = sorted(set(params) - set(valid))
         raise InvalidInputError(f"{name} has no parameter(s) {bad}; valid parameters: {valid}") from None
+
+
+def reports_progress(name: str) -> bool:
+    """Whether the detector's ``fit`` takes a ``progress`` callback (the epoch-based ones)."""
+    return kind(name) in ("torch", "jax")
 
 
 def stored_defaults(name: str) -> dict:

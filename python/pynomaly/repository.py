@@ -19,6 +19,7 @@ Version numbers are assigned inside that transaction, so several processes may s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -31,34 +32,23 @@ import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from ._errors import InvalidInputError, ModelFormatError, PynomalyError
+from ._errors import ArtifactIntegrityError, DetectorNotFoundError, InvalidInputError, RepositoryError
 from .domain import DetectionResult, Detector, DetectorStatus
 
 __all__ = [
     "Repository",
+    "Export",
+    "read_export",
+    "write_export",
     "default_home",
     "DetectorNotFoundError",
     "ArtifactIntegrityError",
     "RepositoryError",
 ]
-
-
-class RepositoryError(PynomalyError):
-    """The home folder or its database cannot be used."""
-
-
-class DetectorNotFoundError(PynomalyError, KeyError):
-    """No detector (or no such version of it) under that name."""
-
-    def __str__(self):  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-class ArtifactIntegrityError(PynomalyError):
-    """An artifact is missing, corrupted, or its signature does not match: it is refused."""
 
 
 def default_home() -> Path:
@@ -369,27 +359,27 @@ class Repository:
             self._write_detector(db, detector)
         return detector
 
-    def save(self, detector: Detector, model, *, dataset_id=None) -> Detector:
-        """Store a fitted model as the detector's next version and the detector as given.
+    def add_version(self, detector: Detector, blob: bytes, *, format: str = "native", threshold=None,
+                    dataset_id=None) -> Detector:
+        """Store a model's bytes as the detector's next version, and the detector as given.
 
         The caller has applied the lifecycle (``mark_trained`` and usually ``activate``); the
         version number is assigned here, atomically, and written back to ``detector``.
+        ``format`` is the model class's ``artifact_format``; "pickle" blobs are signed with
+        this home's key.
         """
-        fmt = getattr(model, "artifact_format", "native")
-        try:
-            blob = model.to_bytes()
-        except AttributeError:
-            raise InvalidInputError(f"{type(model).__name__} cannot be stored: it has no to_bytes()") from None
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise InvalidInputError(f"a stored model must be bytes, got {type(blob).__name__}")
+        blob = bytes(blob)
         sha = self.put_artifact(blob)  # durable before the row that points at it exists
-        signature = self._sign(sha, detector.algorithm) if fmt == "pickle" else None
-        threshold = getattr(model, "threshold_", None)
+        signature = self._sign(sha, detector.algorithm) if format == "pickle" else None
         with self._transaction() as db:
             self._adopt_existing(db, detector)
             self._write_detector(db, detector)  # first save: the row must exist for the FK
             detector.version = db.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM detector_versions WHERE detector_id = ?", (detector.id,)
             ).fetchone()[0]
-            self._insert_version(db, detector, sha, fmt, signature, len(blob), threshold, dataset_id)
+            self._insert_version(db, detector, sha, format, signature, len(blob), threshold, dataset_id)
             self._write_detector(db, detector)
         self._ensure_artifact(sha, blob)
         return detector
@@ -452,16 +442,15 @@ class Repository:
                 raise DetectorNotFoundError(f"detector {d.name!r} has no version {version}")
         return r
 
-    def load(self, name: str, version=None, **load_kwargs):
-        """The detector and its fitted model: ``(Detector, model)``.
+    def load_artifact(self, name: str, version=None):
+        """A stored version's metadata and model bytes: ``(Detector, bytes)``.
 
-        ``version`` None loads the latest. ``load_kwargs`` go to the class's ``from_bytes``
-        (e.g. ``module=`` for a torch detector wrapping a user's network). The returned
-        Detector's ``version`` is the loaded one. Artifacts that fail their hash or HMAC
-        check raise ArtifactIntegrityError.
+        ``version`` None is the latest. The returned Detector describes the loaded version
+        (its ``version``, ``algorithm``, ``parameters``, features and training time). The
+        bytes have passed their hash check, and a pickled artifact its HMAC check; turning
+        them into a model is the service's work (:func:`pynomaly.service.load_model`).
+        Raises DetectorNotFoundError or ArtifactIntegrityError.
         """
-        from . import registry
-
         d = self.get(name)
         r = self._version_row(d, version)
         blob = self.get_artifact(r["artifact"])
@@ -469,11 +458,6 @@ class Repository:
             raise ArtifactIntegrityError(
                 f"artifact of {name!r} version {r['version']} is not signed by this repository's key; refusing to unpickle it"
             )
-        cls = registry.get(r["algorithm"])
-        try:
-            model = cls.from_bytes(blob, **load_kwargs)
-        except ModelFormatError as e:
-            raise ArtifactIntegrityError(f"artifact of {name!r} version {r['version']} cannot be read: {e}") from None
         d.version = r["version"]
         d.algorithm = r["algorithm"]
         d.parameters = json.loads(r["parameters"])
@@ -481,7 +465,7 @@ class Repository:
         d.feature_names = json.loads(r["feature_names"]) if r["feature_names"] else None
         d.data_fingerprint = r["data_fingerprint"]
         d.trained_at = datetime.fromisoformat(r["trained_at"])
-        return d, model
+        return d, blob
 
     def set_status(self, name: str, action: str) -> Detector:
         """Apply a lifecycle action ("archive" or "activate") and store it."""
@@ -607,92 +591,112 @@ class Repository:
         """
         d = self.get(name)
         r = self._version_row(d, version)
-        blob = self.get_artifact(r["artifact"])
-        packed = _zstd().ZstdCompressor(level=6).compress(blob)
-        header = {
-            "detector": {
-                "name": d.name,
-                "algorithm": r["algorithm"],
-                "parameters": json.loads(r["parameters"]),
-                "created_at": d.created_at.isoformat(),
-            },
-            "version": {
-                k: r[k]
-                for k in ("version", "format", "signature", "size", "n_features", "data_fingerprint", "threshold", "trained_at")
-            },
-            "feature_names": json.loads(r["feature_names"]) if r["feature_names"] else None,
-            "artifact_sha256": r["artifact"],
-            "artifact_compressed_size": len(packed),
+        version_fields = {
+            k: r[k] for k in ("version", "format", "signature", "n_features", "data_fingerprint", "threshold", "trained_at")
         }
-        hb = json.dumps(header, sort_keys=True).encode()
-        body = _EXPORT_MAGIC + struct.pack("<IQ", _EXPORT_VERSION, len(hb)) + hb + packed
-        path = Path(path)
-        _atomic_write(path, body + hashlib.sha256(body).digest())
-        return path
-
-    def import_(self, path, name=None, *, trust_pickle: bool = False) -> Detector:
-        """Add the detector version in an exported file as the next version of ``name``
-        (default: the exported name), active.
-
-        Files are checked end to end (checksum, artifact hash). A pickled (PyOD) artifact must
-        be signed by this repository's key; one from elsewhere is refused unless
-        ``trust_pickle`` (then it is re-signed here: only for files from a source you trust).
-        """
-        path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise InvalidInputError(f"cannot read {str(path)!r}: {e}") from None
-        n0 = len(_EXPORT_MAGIC) + 12
-        if len(raw) < n0 + 32 or not raw.startswith(_EXPORT_MAGIC):
-            raise ArtifactIntegrityError(f"{path.name} is not a pynomaly export file")
-        body, digest = raw[:-32], raw[-32:]
-        if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
-            raise ArtifactIntegrityError(f"{path.name} is corrupted or was modified (checksum mismatch)")
-        fv, hl = struct.unpack("<IQ", body[len(_EXPORT_MAGIC) : n0])
-        if fv != _EXPORT_VERSION:
-            raise ArtifactIntegrityError(f"{path.name} has export format {fv}; this pynomaly reads {_EXPORT_VERSION}")
-        header = json.loads(body[n0 : n0 + hl])
-        try:
-            blob = _zstd().ZstdDecompressor().decompress(body[n0 + hl :])
-        except Exception as e:
-            raise ArtifactIntegrityError(f"{path.name}: artifact cannot be decompressed ({e})") from None
-        sha = hashlib.sha256(blob).hexdigest()
-        if sha != header["artifact_sha256"]:
-            raise ArtifactIntegrityError(f"{path.name}: artifact does not match its hash")
-        meta, ver = header["detector"], header["version"]
-        if ver["format"] == "pickle" and not self._verify(sha, meta["algorithm"], ver["signature"]) and not trust_pickle:
-            raise ArtifactIntegrityError(
-                f"{path.name} holds a pickled model signed by another repository's key; import it with"
-                " trust_pickle=True (CLI: --trust-pickle) only if you trust where it came from"
-            )
-        from . import registry
-
-        registry.get(meta["algorithm"])  # unknown algorithms are refused before anything is stored
-        name = name or meta["name"]
-        try:
-            d = self.get(name)
-        except DetectorNotFoundError:
-            d = Detector(name=name, algorithm=meta["algorithm"], parameters=meta["parameters"])
-        if d.status in (DetectorStatus.ARCHIVED,):
-            d.activate()
-        d.algorithm, d.parameters = meta["algorithm"], meta["parameters"]
-        d.mark_trained(
-            n_features=ver["n_features"],
-            feature_names=header.get("feature_names"),
-            data_fingerprint=ver["data_fingerprint"],
-            when=datetime.fromisoformat(ver["trained_at"]),
+        return write_export(
+            path,
+            name=d.name,
+            algorithm=r["algorithm"],
+            parameters=json.loads(r["parameters"]),
+            created_at=d.created_at.isoformat(),
+            feature_names=json.loads(r["feature_names"]) if r["feature_names"] else None,
+            blob=self.get_artifact(r["artifact"]),
+            **version_fields,
         )
-        d.activate()
-        self.put_artifact(blob)
-        signature = self._sign(sha, meta["algorithm"]) if ver["format"] == "pickle" else None
-        with self._transaction() as db:
-            self._adopt_existing(db, d)
-            self._write_detector(db, d)
-            d.version = db.execute(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM detector_versions WHERE detector_id = ?", (d.id,)
-            ).fetchone()[0]
-            self._insert_version(db, d, sha, ver["format"], signature, len(blob), ver["threshold"], None)
-            self._write_detector(db, d)
-        self._ensure_artifact(sha, blob)
-        return d
+
+    def signed_here(self, export: "Export") -> bool:
+        """Whether a pickled export was signed with this home's key (so it came from here)."""
+        return self._verify(export.sha256, export.algorithm, export.signature)
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """The content of an export file (see :meth:`Repository.export`), checked end to end."""
+
+    name: str
+    algorithm: str
+    parameters: dict
+    format: str
+    signature: Optional[str]
+    n_features: int
+    feature_names: Optional[list]
+    data_fingerprint: Optional[str]
+    threshold: Optional[float]
+    trained_at: datetime
+    blob: bytes
+    sha256: str
+
+
+def read_export(path) -> Export:
+    """Read and check an export file (checksum, format version, artifact hash).
+
+    Raises InvalidInputError when it cannot be read and ArtifactIntegrityError when it is not
+    an intact export file. Nothing is unpickled or built here.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InvalidInputError(f"cannot read {str(path)!r}: {e}") from None
+    n0 = len(_EXPORT_MAGIC) + 12
+    if len(raw) < n0 + 32 or not raw.startswith(_EXPORT_MAGIC):
+        raise ArtifactIntegrityError(f"{path.name} is not a pynomaly export file")
+    body, digest = raw[:-32], raw[-32:]
+    if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
+        raise ArtifactIntegrityError(f"{path.name} is corrupted or was modified (checksum mismatch)")
+    fv, hl = struct.unpack("<IQ", body[len(_EXPORT_MAGIC) : n0])
+    if fv != _EXPORT_VERSION:
+        raise ArtifactIntegrityError(f"{path.name} has export format {fv}; this pynomaly reads {_EXPORT_VERSION}")
+    try:
+        header = json.loads(body[n0 : n0 + hl])
+        meta, ver = header["detector"], header["version"]
+        blob = _zstd().ZstdDecompressor().decompress(body[n0 + hl :])
+    except Exception as e:
+        raise ArtifactIntegrityError(f"{path.name}: cannot be read ({type(e).__name__}: {e})") from None
+    sha = hashlib.sha256(blob).hexdigest()
+    if sha != header["artifact_sha256"]:
+        raise ArtifactIntegrityError(f"{path.name}: artifact does not match its hash")
+    return Export(
+        name=meta["name"],
+        algorithm=meta["algorithm"],
+        parameters=meta["parameters"],
+        format=ver["format"],
+        signature=ver["signature"],
+        n_features=ver["n_features"],
+        feature_names=header.get("feature_names"),
+        data_fingerprint=ver["data_fingerprint"],
+        threshold=ver["threshold"],
+        trained_at=datetime.fromisoformat(ver["trained_at"]),
+        blob=blob,
+        sha256=sha,
+    )
+
+
+def write_export(path, *, name: str, algorithm: str, parameters: dict, blob: bytes, n_features: int,
+                 threshold=None, format: str = "native", signature=None, version: int = 1, feature_names=None,
+                 data_fingerprint=None, trained_at=None, created_at=None) -> Path:
+    """Write one self-contained, checksummed export file (atomically) and return its path.
+
+    Layout: ``PYNOMALY-EXPORT\\n``, u32 format version, u64 header length, JSON header
+    (detector and version metadata, artifact hash and signature), the zstd-compressed
+    artifact, then the SHA-256 of everything before it. :func:`read_export` reads it back.
+    """
+    now = _now_iso()
+    packed = _zstd().ZstdCompressor(level=6).compress(blob)
+    header = {
+        "detector": {"name": name, "algorithm": algorithm, "parameters": parameters, "created_at": created_at or now},
+        "version": {
+            "version": version, "format": format, "signature": signature, "size": len(blob),
+            "n_features": n_features, "data_fingerprint": data_fingerprint, "threshold": threshold,
+            "trained_at": trained_at or now,
+        },
+        "feature_names": feature_names,
+        "artifact_sha256": hashlib.sha256(blob).hexdigest(),
+        "artifact_compressed_size": len(packed),
+    }
+    hb = json.dumps(header, sort_keys=True).encode()
+    body = _EXPORT_MAGIC + struct.pack("<IQ", _EXPORT_VERSION, len(hb)) + hb + packed
+    path = Path(path)
+    _atomic_write(path, body + hashlib.sha256(body).digest())
+    return path

@@ -20,13 +20,12 @@ would be meaningless). Constant training scores never divide by zero: see each f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import _core
 from ._errors import InvalidInputError
 from ._validation import check_contamination, numeric_array, resolve_n_jobs
+from .domain import ScoreStats  # a plain value: the domain defines it, the transforms use it
 
 __all__ = [
     "ScoreStats",
@@ -42,27 +41,6 @@ __all__ = [
     "confidence",
     "proba",
 ]
-
-
-@dataclass(frozen=True)
-class ScoreStats:
-    """Summary of training scores that the transforms are fitted on.
-
-    Attributes
-    ----------
-    n : int
-        Number of training scores.
-    mean, std : float
-        Mean and population standard deviation (``np.mean``, ``np.std`` with ddof=0).
-    min, max : float
-        Smallest and largest training score.
-    """
-
-    n: int
-    mean: float
-    std: float
-    min: float
-    max: float
 
 
 def _vector(scores, name: str = "scores") -> np.ndarray:

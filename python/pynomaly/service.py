@@ -1,16 +1,15 @@
 """Use cases: train, detect, list, show, archive, delete, export, import — one implementation
-for every face (the CLI now, the daemon later). Plain functions; they return data and raise
+for every face (the CLI, the daemon, the HTTP API). Plain functions; they return data and raise
 pynomaly errors, and never print.
 
 Every function takes ``home`` (a folder, or None for ``PYNOMALY_HOME`` / the user data
 folder) or an open :class:`~pynomaly.repository.Repository`.
 
-For the daemon:
-
-- :func:`load_for_scoring` ``(home, name, version=None) -> (Detector, fitted_detector)``
-  loads an ACTIVE detector's model once; score with ``fitted.decision_function(X)`` and
-  compare with ``fitted.threshold_`` (or call :func:`score_batch`).
-- :func:`list_detectors` ``(home) -> list[Detector]``.
+Detection is one thing, whichever face asks: :func:`load_for_scoring` (or
+:func:`load_file_for_scoring` for a bare model file) returns a :class:`Scorer`, and
+``Scorer.detect(X, want=...)`` is the only place where scores become labels, probabilities,
+confidences and anomaly indices. Faces that batch requests (the daemon) call
+``Scorer.score`` once per batch and ``Scorer.decide`` on the scores.
 """
 
 from __future__ import annotations
@@ -22,16 +21,28 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._errors import InvalidInputError
+from ._errors import ArtifactIntegrityError, DetectorNotFoundError, InvalidInputError, ModelFormatError
 from ._validation import as_matrix
-from .domain import ContaminationRate, DetectionResult, Detector, DetectorStatus, fingerprint
-from .repository import DetectorNotFoundError, Repository
+from .domain import (
+    ContaminationRate,
+    DetectionResult,
+    Detector,
+    DetectorNotReadyError,
+    DetectorStatus,
+    DetectorVersion,
+    fingerprint,
+)
+from .repository import Repository, read_export, write_export
 
 __all__ = [
+    "Scorer",
+    "Decisions",
+    "WANT_ALL",
     "train",
     "detect",
-    "score_batch",
     "load_for_scoring",
+    "load_file_for_scoring",
+    "load_model",
     "list_detectors",
     "show",
     "archive",
@@ -39,10 +50,16 @@ __all__ = [
     "delete",
     "export",
     "import_detector",
+    "export_model",
     "load_data",
+    "home_path",
 ]
 
 Progress = Optional[Callable[[str, Optional[float]], None]]
+
+# What a detection can return besides the threshold; scores and labels unless asked otherwise.
+WANT_ALL = ("scores", "labels", "probabilities", "confidence", "anomalies")
+WANT_DEFAULT = ("scores", "labels")
 
 
 @contextlib.contextmanager
@@ -55,6 +72,12 @@ def _repo(home):
             yield r
         finally:
             r.close()
+
+
+def home_path(home) -> Path:
+    """The folder a ``home`` argument means (created if absent)."""
+    with _repo(home) as repo:
+        return repo.home
 
 
 def _report(progress: Progress, stage: str, fraction=None) -> None:
@@ -75,9 +98,9 @@ def load_data(data, columns=None):
     if names is None:
         names = [f"x{i}" for i in range(X.shape[1])]
     if columns is not None:
-        from .dataio import _select
+        from .dataio import select_columns
 
-        X, names = _select(X, names, list(columns))
+        X, names = select_columns(X, names, list(columns))
     return X, names, None
 
 
@@ -138,72 +161,264 @@ def train(
         fp = fingerprint(X)
         dataset_id = repo.add_dataset(Path(source).name if source else "array", source, X.shape, names, fp)
         _report(progress, "training", 0.0)
-        if hasattr(model, "__dict__") and registry.kind(algorithm) in ("torch", "jax"):
-            model._progress = lambda f: _report(progress, "training", f)
         try:
-            model.fit(X)
+            if registry.reports_progress(algorithm):
+                model.fit(X, progress=lambda f: _report(progress, "training", f))
+            else:
+                model.fit(X)
         except BaseException as e:
             if first:
                 detector.mark_failed(f"{type(e).__name__}: {e}")
                 repo.put(detector)
             raise
-        finally:
-            model.__dict__.pop("_progress", None)
         _report(progress, "saving")
         detector.algorithm, detector.parameters = algorithm, params
         detector.mark_trained(n_features=X.shape[1], feature_names=names, data_fingerprint=fp)
         if activate:
             detector.activate()
-        return repo.save(detector, model, dataset_id=dataset_id)
+        return repo.add_version(
+            detector, model.to_bytes(), format=getattr(model, "artifact_format", "native"),
+            threshold=getattr(model, "threshold_", None), dataset_id=dataset_id,
+        )
 
 
-def load_for_scoring(home, name: str, version=None, **load_kwargs):
-    """Load a detector that can detect and its fitted model: ``(Detector, fitted_detector)``.
+# -- one way to detect ---------------------------------------------------------------------
+class Decisions:
+    """What a detection produced from one batch of scores (the arrays asked for, else None).
 
-    ``version`` None is the latest. Raises DetectorNotFoundError, DetectorNotReadyError (not
-    ACTIVE) or ArtifactIntegrityError. Meant to be called once and the model kept: scoring is
-    then ``fitted.decision_function(X)``, labels ``scores > fitted.threshold_``.
+    ``labels`` is a bool array (``scores > threshold``); faces convert it as their format
+    needs (the wire sends uint8, :class:`~pynomaly.DetectionResult` holds int64).
+    """
+
+    __slots__ = ("threshold", "scores", "labels", "probabilities", "confidence", "anomalies")
+
+    def __init__(self, threshold, scores, labels=None, probabilities=None, confidence=None, anomalies=None):
+        self.threshold = threshold
+        self.scores = scores
+        self.labels = labels
+        self.probabilities = probabilities
+        self.confidence = confidence
+        self.anomalies = anomalies
+
+
+class Scorer:
+    """A detector version loaded for scoring: the version as a value, the model, and the rule.
+
+    Attributes
+    ----------
+    version : DetectorVersion
+        Name, version, algorithm, features, threshold and training statistics (frozen).
+    model : fitted detector
+        Any registry kind (native, PyOD, torch, JAX).
+    native : pynomaly._core.ServedForest or None
+        For a native isolation forest, the typed object the daemon's native path scores with
+        (same forest, threshold, name and version); None for every other kind.
+
+    Build one with :func:`load_for_scoring`, :func:`load_file_for_scoring` or
+    :meth:`Scorer.of` (for a model in hand); keep it and call :meth:`detect` per batch.
+    """
+
+    __slots__ = ("version", "model", "native", "_size")
+
+    def __init__(self, version: DetectorVersion, model):
+        if not hasattr(model, "threshold_"):
+            raise DetectorNotReadyError(f"detector {version.name!r} v{version.version} is not trained")
+        self.version = version
+        self.model = model
+        serving = getattr(model, "serving_handle", None)
+        self.native = serving(version.name, version.version) if serving is not None else None
+        self._size = None
+
+    @classmethod
+    def of(cls, model, name: str, version: int = 1, *, algorithm: Optional[str] = None, feature_names=None,
+           detector_id: Optional[str] = None) -> "Scorer":
+        """A Scorer for a fitted model in hand (``algorithm`` defaults to its class name)."""
+        stats = None
+        train_scores = getattr(model, "decision_scores_", None)
+        if train_scores is not None and len(train_scores):
+            from . import scores as _scores
+
+            stats = _scores.describe(train_scores)
+        contamination = getattr(model, "contamination", None)
+        if getattr(model, "threshold", None) is not None or not isinstance(contamination, (int, float)):
+            contamination = None
+        value = DetectorVersion(
+            name=name,
+            version=version,
+            algorithm=algorithm or type(model).__name__,
+            n_features=int(model.n_features_in_),
+            threshold=float(model.threshold_),
+            feature_names=feature_names,
+            training_stats=stats,
+            contamination=contamination,
+            detector_id=detector_id,
+        )
+        return cls(value, model)
+
+    @property
+    def size_bytes(self) -> int:
+        """Size of the model's stored form (0 if it has none); computed once."""
+        if self._size is None:
+            try:
+                self._size = len(self.model.to_bytes())
+            except Exception:  # noqa: BLE001 - a model that cannot serialize: size unknown
+                self._size = 0
+        return self._size
+
+    def score(self, X) -> np.ndarray:
+        """Anomaly scores of the rows of X (float64, higher is more anomalous).
+
+        X must have the version's number of features; other checks (NaN, dtype) are the
+        model's, with its messages.
+        """
+        v = self.version
+        if X.ndim != 2 or X.shape[1] != v.n_features:
+            raise InvalidInputError(
+                f"data has {X.shape[1] if X.ndim == 2 else '?'} features; detector {v.name!r} v{v.version} "
+                f"was trained on {v.n_features}" + (f" ({', '.join(v.feature_names)})" if v.feature_names else "")
+            )
+        return np.asarray(self.model.decision_function(X), dtype=np.float64)
+
+    def threshold_for(self, scores: np.ndarray, *, threshold=None, contamination=None) -> float:
+        """The decision threshold: ``threshold``, else the ``contamination`` quantile of these
+        scores (equal to ``np.percentile``), else the version's own."""
+        if threshold is not None and contamination is not None:
+            raise InvalidInputError("give either threshold or contamination, not both")
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)) or not np.isfinite(threshold):
+                raise InvalidInputError(f"threshold must be a finite number, got {threshold!r}")
+            return float(threshold)
+        if contamination is not None:
+            from . import scores as _scores
+
+            return _scores.threshold(scores, ContaminationRate(contamination).value)
+        return self.version.threshold
+
+    def decide(self, scores: np.ndarray, want=WANT_DEFAULT, *, threshold=None, contamination=None) -> Decisions:
+        """Turn scores into what ``want`` names (see :data:`WANT_ALL`): the one place where
+        a label is ``score > threshold`` and a probability is PyOD's 'linear' scaling of the
+        training scores."""
+        t = self.threshold_for(scores, threshold=threshold, contamination=contamination)
+        out = Decisions(t, scores if "scores" in want else None)
+        if "labels" in want or "anomalies" in want or "confidence" in want:
+            labels = scores > t
+            if "labels" in want:
+                out.labels = labels
+            if "anomalies" in want:
+                out.anomalies = np.flatnonzero(labels).astype(np.int64)
+        if "probabilities" in want:
+            stats = self.version.training_stats
+            if stats is None:
+                v = self.version
+                raise DetectorNotReadyError(
+                    f"detector {v.name!r} v{v.version} has no training scores to scale probabilities"
+                )
+            from . import scores as _scores
+
+            out.probabilities = _scores.linear(scores, stats)
+        if "confidence" in want:
+            confidence_of = getattr(self.model, "confidence_of", None)
+            if confidence_of is None:
+                raise DetectorNotReadyError(f"detector {self.version.name!r} cannot give confidences")
+            out.confidence = confidence_of(scores)
+        return out
+
+    def detect(self, X, want=WANT_DEFAULT, *, threshold=None, contamination=None, dataset_id=None) -> DetectionResult:
+        """Score X and return a :class:`~pynomaly.DetectionResult` with what ``want`` names
+        (scores and labels always; ``probabilities`` and ``confidence`` when asked for)."""
+        unknown = [w for w in want if w not in WANT_ALL]
+        if unknown:
+            raise InvalidInputError(f"want must name some of {list(WANT_ALL)}, got {list(want)!r}")
+        X = as_matrix(X)
+        t0 = time.perf_counter()
+        scores = self.score(X)
+        d = self.decide(scores, ("scores", "labels", *want), threshold=threshold, contamination=contamination)
+        return DetectionResult(
+            detector_id=self.version.detector_id or self.version.name,
+            detector_version=self.version.version,
+            dataset_id=dataset_id,
+            threshold=d.threshold,
+            scores=scores,
+            labels=d.labels.astype(np.int64),
+            processing_time_ms=1e3 * (time.perf_counter() - t0),
+            probabilities=d.probabilities,
+            confidence=d.confidence,
+        )
+
+
+def _model_from_bytes(algorithm: str, blob: bytes, what: str, **load_kwargs):
+    from . import registry
+
+    cls = registry.get(algorithm)
+    try:
+        return cls.from_bytes(blob, **load_kwargs)
+    except ModelFormatError as e:
+        raise ArtifactIntegrityError(f"{what} cannot be read: {e}") from None
+
+
+def load_model(home, name: str, version=None, **load_kwargs):
+    """A stored version and its fitted model, whatever the detector's status: ``(Detector, model)``.
+
+    ``version`` None is the latest; ``load_kwargs`` go to the class's ``from_bytes`` (e.g.
+    ``module=`` for a torch detector wrapping a user's network). Raises DetectorNotFoundError
+    or ArtifactIntegrityError.
     """
     with _repo(home) as repo:
-        repo.get(name).ensure_can_detect()
-        detector, model = repo.load(name, version, **load_kwargs)
+        detector, blob = repo.load_artifact(name, version)
+    model = _model_from_bytes(detector.algorithm, blob, f"artifact of {name!r} version {detector.version}", **load_kwargs)
     return detector, model
 
 
-def score_batch(detector: Detector, model, X, *, threshold=None, contamination=None, dataset_id=None) -> DetectionResult:
-    """Score X with a loaded model; the threshold is ``threshold``, else the ``contamination``
-    quantile of these scores, else the model's ``threshold_``."""
-    detector.ensure_can_detect()
-    if threshold is not None and contamination is not None:
-        raise InvalidInputError("give either threshold or contamination, not both")
-    X = as_matrix(X)
-    if detector.n_features is not None and X.shape[1] != detector.n_features:
-        raise InvalidInputError(
-            f"data has {X.shape[1]} features; detector {detector.name!r} was trained on {detector.n_features}"
-            + (f" ({', '.join(detector.feature_names)})" if detector.feature_names else "")
-        )
-    t0 = time.perf_counter()
-    scores = np.asarray(model.decision_function(X), dtype=np.float64)
-    if threshold is not None:
-        t = float(threshold)
-        if not np.isfinite(t):
-            raise InvalidInputError(f"threshold must be a finite number, got {threshold!r}")
-    elif contamination is not None:
-        c = ContaminationRate(contamination).value
-        t = float(np.percentile(scores, 100.0 * (1.0 - c)))
-    else:
-        t = float(model.threshold_)
-    labels = (scores > t).astype(np.int64)
-    ms = 1e3 * (time.perf_counter() - t0)
-    return DetectionResult(
+def _version_of(detector: Detector, model) -> DetectorVersion:
+    return Scorer.of(
+        model, detector.name, detector.version, algorithm=detector.algorithm, feature_names=detector.feature_names,
         detector_id=detector.id,
-        detector_version=detector.version,
-        dataset_id=dataset_id,
-        threshold=t,
-        scores=scores,
-        labels=labels,
-        processing_time_ms=ms,
-    )
+    ).version
+
+
+def load_for_scoring(home, name: str, version=None, **load_kwargs) -> Scorer:
+    """Load a detector that can detect, ready to score: a :class:`Scorer`.
+
+    ``version`` None is the latest. Raises DetectorNotFoundError, DetectorNotReadyError (not
+    ACTIVE) or ArtifactIntegrityError. Meant to be called once and the Scorer kept.
+    """
+    with _repo(home) as repo:
+        repo.get(name).ensure_can_detect()
+        detector, model = load_model(repo, name, version, **load_kwargs)
+    return Scorer(_version_of(detector, model), model)
+
+
+def load_file_for_scoring(path, name: str, version: int, *, trust_pickle: bool = False, **load_kwargs) -> Scorer:
+    """A :class:`Scorer` for a model file outside any repository (the daemon's ``--models``).
+
+    Two kinds of file are read: a native model's own bytes (``to_bytes()`` of IsolationForest,
+    LOF or KNN, recognised by its magic bytes) and an export file (``pynomaly export``, any
+    algorithm). An export holding a pickled (PyOD) model is refused unless ``trust_pickle``:
+    a file with no signature from a known key is only unpickled when its owner says so.
+    Raises DetectorNotFoundError (no such file) or ArtifactIntegrityError.
+    """
+    from ._format import algorithm_of
+
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise DetectorNotFoundError(f"detector {name!r} has no version {version} ({path.name})") from None
+    algorithm = algorithm_of(blob)
+    feature_names = None
+    if algorithm is None:
+        try:
+            exp = read_export(path)
+        except ArtifactIntegrityError:
+            raise ArtifactIntegrityError(f"{path} is neither a pynomaly model file nor an export file") from None
+        if exp.format == "pickle" and not trust_pickle:
+            raise ArtifactIntegrityError(
+                f"{path} holds a pickled ({exp.algorithm}) model; serve it only from a folder you trust "
+                "(daemon: --trust-pickle)"
+            )
+        algorithm, blob, feature_names = exp.algorithm, exp.blob, exp.feature_names
+    model = _model_from_bytes(algorithm, blob, str(path), **load_kwargs)
+    return Scorer.of(model, name, version, algorithm=algorithm, feature_names=feature_names)
 
 
 def detect(
@@ -226,16 +441,17 @@ def detect(
     """
     _report(progress, "loading detector")
     with _repo(home) as repo:
-        detector, model = load_for_scoring(repo, name, version)
+        scorer = load_for_scoring(repo, name, version)
         _report(progress, "loading data")
-        if columns is None and isinstance(data, (str, Path)) and detector.feature_names:
-            columns = _trained_columns(data, detector.feature_names)
+        feature_names = scorer.version.feature_names
+        if columns is None and isinstance(data, (str, Path)) and feature_names:
+            columns = _trained_columns(data, list(feature_names))
         X, names, source = load_data(data, columns)
         _report(progress, "scoring")
         dataset_id = None
         if save:
             dataset_id = repo.add_dataset(Path(source).name if source else "array", source, X.shape, names, fingerprint(X))
-        result = score_batch(detector, model, X, threshold=threshold, contamination=contamination, dataset_id=dataset_id)
+        result = scorer.detect(X, threshold=threshold, contamination=contamination, dataset_id=dataset_id)
         if save:
             repo.save_result(result)
     return result
@@ -306,6 +522,55 @@ def export(home, name: str, path, version=None) -> Path:
 
 
 def import_detector(home, path, name=None, *, trust_pickle: bool = False) -> Detector:
-    """Import an exported file as the next version of ``name`` (default: its own name)."""
+    """Import an exported file as the next version of ``name`` (default: its own name), active.
+
+    Files are checked end to end (checksum, artifact hash). A pickled (PyOD) artifact must be
+    signed by this repository's key; one from elsewhere is refused unless ``trust_pickle``
+    (then it is re-signed here: only for files from a source you trust).
+    """
+    from . import registry
+
+    exp = read_export(path)
     with _repo(home) as repo:
-        return repo.import_(path, name, trust_pickle=trust_pickle)
+        if exp.format == "pickle" and not trust_pickle and not repo.signed_here(exp):
+            raise ArtifactIntegrityError(
+                f"{Path(path).name} holds a pickled model signed by another repository's key; import it with"
+                " trust_pickle=True (CLI: --trust-pickle) only if you trust where it came from"
+            )
+        registry.get(exp.algorithm)  # unknown algorithms are refused before anything is stored
+        name = name or exp.name
+        try:
+            d = repo.get(name)
+        except DetectorNotFoundError:
+            d = Detector(name=name, algorithm=exp.algorithm, parameters=exp.parameters)
+        if d.status is DetectorStatus.ARCHIVED:
+            d.activate()
+        d.algorithm, d.parameters = exp.algorithm, exp.parameters
+        d.mark_trained(
+            n_features=exp.n_features,
+            feature_names=exp.feature_names,
+            data_fingerprint=exp.data_fingerprint,
+            when=exp.trained_at,
+        )
+        d.activate()
+        return repo.add_version(d, exp.blob, format=exp.format, threshold=exp.threshold)
+
+
+def export_model(model, path, name: str, algorithm: str, *, version: int = 1, feature_names=None) -> Path:
+    """Write a fitted model in hand as an export file, as :func:`export` writes a stored one
+    (readable by :func:`import_detector` and by the daemon's ``--models`` folders).
+
+    A pickled (PyOD) model is written unsigned: whoever reads it must trust the file.
+    """
+    import json
+
+    params = model.get_params() if hasattr(model, "get_params") else {}
+    try:
+        json.dumps(params)
+    except (TypeError, ValueError):  # e.g. a user's torch module: code, not data
+        params = {}
+    return write_export(
+        path, name=name, algorithm=algorithm, parameters=params,
+        blob=model.to_bytes(), n_features=int(model.n_features_in_), threshold=float(model.threshold_),
+        format=getattr(model, "artifact_format", "native"), version=int(version), feature_names=feature_names,
+    )

@@ -9,6 +9,14 @@
 // know, a value the Python path would refuse, a detector that is not loaded, an incomplete
 // frame. So it never answers differently from the Python path; it only answers sooner.
 // The wire format itself (parsing, encoding) is fastpath_wire.hpp.
+//
+// Why it lives in pynomaly._core and what it may know: it speaks pynomaly.wire's protocol,
+// which belongs to the package (the client and the daemon share it), and it scores
+// ServedForest objects, a type of this module built by pynomaly.service.Scorer. It reads no
+// daemon data: the daemon passes a plain dict of ServedForest values, and everything it needs
+// of a detector (forest, threshold, name, version) is typed here. A separate extension for
+// the daemon would need the Forest type across two modules (pybind11's shared internals) and
+// a second build for the same few hundred lines.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -27,8 +35,9 @@ using namespace pynomaly::fastwire;
 namespace {
 
 // ---- the served detector -----------------------------------------------------------------------
-struct Served {
-    py::handle entry;  // the daemon's Entry (borrowed from its `hot` dict while we run)
+// One detector version as the native path serves it; immutable once built.
+struct ServedForest {
+    py::object owner;  // the Python Forest object, kept alive while this exists
     const Forest* forest = nullptr;
     int64_t n_features = 0;
     double threshold = 0;
@@ -36,13 +45,13 @@ struct Served {
     int64_t version = 0;
 };
 
-// The Entry for a request from the daemon's `hot` dict ((name, version or None) -> Entry), if
-// it is loaded and has a native forest (Entry.fast); else false.
-bool lookup(const py::dict& hot, const Request& q, Served& s) {
+// The ServedForest for a request from the daemon's dict ((name, version or None) -> ServedForest),
+// or nullptr when it is not loaded (the Python path then loads it and answers).
+const ServedForest* lookup(const py::dict& served, const Request& q, PyObject*& handle) {
     PyObject* name = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(q.name), q.name_len, nullptr);
     if (name == nullptr) {  // not UTF-8: msgspec refuses it with a message
         PyErr_Clear();
-        return false;
+        return nullptr;
     }
     py::object key_name = py::reinterpret_steal<py::object>(name);
     py::object version = py::none();
@@ -51,21 +60,15 @@ bool lookup(const py::dict& hot, const Request& q, Served& s) {
         else version = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(q.version));
     }
     py::tuple key = py::make_tuple(key_name, version);
-    PyObject* entry = PyDict_GetItemWithError(hot.ptr(), key.ptr());  // borrowed
-    if (entry == nullptr) {
+    PyObject* value = PyDict_GetItemWithError(served.ptr(), key.ptr());  // borrowed
+    if (value == nullptr) {
         PyErr_Clear();
-        return false;
+        return nullptr;
     }
-    py::object fast = py::reinterpret_borrow<py::object>(entry).attr("fast");
-    if (fast.is_none()) return false;
-    py::tuple t = fast.cast<py::tuple>();  // (forest, n_features, threshold, name bytes, version)
-    s.entry = entry;
-    s.forest = &t[0].cast<const Forest&>();
-    s.n_features = t[1].cast<int64_t>();
-    s.threshold = t[2].cast<double>();
-    s.name = t[3].cast<std::string>();
-    s.version = t[4].cast<int64_t>();
-    return true;
+    py::handle h(value);
+    if (!py::isinstance<ServedForest>(h)) throw py::type_error("fast_detect: served values must be ServedForest objects");
+    handle = value;
+    return &h.cast<const ServedForest&>();
 }
 
 struct Batch {
@@ -77,7 +80,7 @@ struct Batch {
 };
 
 // Scores a batch with one native call and appends one reply frame per request.
-bool score_batch(Batch& b, const Served& s, std::string& out) {
+bool score_batch(Batch& b, const ServedForest& s, std::string& out) {
     const int64_t item = b.f32 ? 4 : 8;
     b.rows.resize(static_cast<size_t>(b.n_rows * s.n_features * item) + 8);
     // Aligned for the element type: the vector's storage is suitably aligned for any scalar.
@@ -108,12 +111,13 @@ bool score_batch(Batch& b, const Served& s, std::string& out) {
     return true;
 }
 
-// fast_detect(buffer, pos, end, max_frame, max_rows, hot)
-//   -> (pos, replies: bytes | None, entry | None, requests, rows, native_calls, coalesced)
+// fast_detect(buffer, pos, end, max_frame, max_rows, served)
+//   -> (pos, replies: bytes | None, ServedForest | None, requests, rows, native_calls, coalesced)
 // Serves the fast requests from buffer[pos:end] and returns where it stopped. All of them are
-// for one Entry (it stops where the detector changes), returned for the daemon's bookkeeping.
+// for one ServedForest (it stops where the detector changes), returned for the caller's
+// bookkeeping.
 py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_t max_frame, int64_t max_rows,
-                      const py::dict& hot) {
+                      const py::dict& served_dict) {
     const py::buffer_info info = buffer.request();
     if (info.ndim != 1 || info.itemsize != 1 || pos < 0 || pos > end || end > info.size)
         throw InvalidInput("fast_detect: a 1-D byte buffer and 0 <= pos <= end <= len(buffer) are required");
@@ -121,7 +125,8 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
         throw InvalidInput("fast_detect: max_frame >= 0 and max_rows >= 1 are required");
     const auto* base = static_cast<const uint8_t*>(info.ptr);
     std::string out;
-    Served served;
+    const ServedForest* served = nullptr;
+    PyObject* served_handle = nullptr;
     Request first;
     bool have_served = false;
     Batch batch;
@@ -132,7 +137,7 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
     // stops there and the Python path answers them).
     auto flush = [&]() -> bool {
         if (batch.requests.empty()) return true;
-        const bool scored = score_batch(batch, served, out);
+        const bool scored = score_batch(batch, *served, out);
         if (scored) {
             n_requests += static_cast<int64_t>(batch.requests.size());
             n_rows += batch.n_rows;
@@ -151,13 +156,14 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
         Request q;
         if (!parse_detect(h + 4, len, q, max_rows)) break;
         if (!have_served) {
-            if (!lookup(hot, q, served)) break;
+            served = lookup(served_dict, q, served_handle);
+            if (served == nullptr) break;
             have_served = true;
             first = q;
         } else if (!same_key(q, first)) {
             break;  // another detector (or version): the caller's next call serves it
         }
-        if (q.d != served.n_features || !all_finite(q)) break;
+        if (q.d != served->n_features || !all_finite(q)) break;
         if (!batch.requests.empty() && (q.f32 != batch.f32 || batch.n_rows + q.n > max_rows)) {
             if (!flush()) {
                 pos = batch_start;
@@ -173,14 +179,34 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
     if (!flush()) pos = batch_start;
 
     py::object replies = out.empty() ? py::object(py::none()) : py::object(py::bytes(out.data(), out.size()));
-    py::object entry = n_requests ? py::reinterpret_borrow<py::object>(served.entry) : py::object(py::none());
+    py::object entry = n_requests ? py::reinterpret_borrow<py::object>(served_handle) : py::object(py::none());
     return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced);
 }
 
 }  // namespace
 
 void register_fastpath(py::module_& m) {
+    py::class_<ServedForest>(m, "ServedForest",
+                             "One isolation-forest version as the daemon's native path serves it (immutable).")
+        .def(py::init([](const py::object& forest, int64_t n_features, double threshold, const std::string& name,
+                         int64_t version) {
+                 ServedForest s;
+                 s.forest = &forest.cast<const Forest&>();  // TypeError for anything else
+                 if (n_features != s.forest->nodes().n_features)
+                     throw InvalidInput("ServedForest: n_features does not match the forest's");
+                 s.owner = forest;
+                 s.n_features = n_features;
+                 s.threshold = threshold;
+                 s.name = name;
+                 s.version = version;
+                 return s;
+             }),
+             py::arg("forest"), py::arg("n_features"), py::arg("threshold"), py::arg("name"), py::arg("version"))
+        .def_property_readonly("name", [](const ServedForest& s) { return s.name; })
+        .def_property_readonly("version", [](const ServedForest& s) { return s.version; })
+        .def_property_readonly("n_features", [](const ServedForest& s) { return s.n_features; })
+        .def_property_readonly("threshold", [](const ServedForest& s) { return s.threshold; });
     m.def("fast_detect", &fast_detect, py::arg("buffer"), py::arg("pos"), py::arg("end"), py::arg("max_frame"),
-          py::arg("max_rows"), py::arg("hot"),
+          py::arg("max_rows"), py::arg("served"),
           "The daemon's native path for small raw-rows detect requests (see python/src/fastpath.cpp).");
 }

@@ -280,6 +280,10 @@ inline bool all_finite(const Request& q) {
     return true;
 }
 
+// The decision rule, as pynomaly.service.Scorer.decide states it: a row is an anomaly when its
+// score is above the threshold (tests/test_daemon_fastpath.py checks the bytes against it).
+inline bool is_anomaly(double score, double threshold) { return score > threshold; }
+
 // One reply frame (4-byte big-endian length, then the map) for request q, whose scores are
 // scores[0 .. q.n): the fields of DetectReply in its order, absent arrays omitted.
 inline void put_reply(std::string& out, const Request& q, const std::string& name, int64_t version,
@@ -311,7 +315,7 @@ inline void put_reply(std::string& out, const Request& q, const std::string& nam
     if (q.labels) {
         put_key(out, "labels");
         put_bin_header(out, static_cast<size_t>(q.n));
-        for (int64_t i = 0; i < q.n; ++i) out.push_back(scores[i] > threshold ? '\1' : '\0');
+        for (int64_t i = 0; i < q.n; ++i) out.push_back(is_anomaly(scores[i], threshold) ? '\1' : '\0');
     }
     const uint64_t body = out.size() - frame_at - 4;
     for (int i = 0; i < 4; ++i) out[frame_at + i] = static_cast<char>((body >> (8 * (3 - i))) & 0xff);

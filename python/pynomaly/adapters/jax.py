@@ -22,10 +22,9 @@ import secrets
 import numpy as np
 
 from .._errors import InvalidInputError, ModelFormatError, NotFittedError
-from .._validation import as_matrix, check_contamination
-from ..base import BaseDetector
+from .._validation import as_matrix
 from . import require
-from .torch import _check_pos_float, _check_pos_int, _standardization
+from ._neural import NeuralDetector, check_pos_int, standardization
 
 __all__ = ["JaxDeepSVDD"]
 
@@ -46,7 +45,7 @@ def _mlp_apply(params, x):
     return x @ params[-1]
 
 
-class JaxDeepSVDD(BaseDetector):
+class JaxDeepSVDD(NeuralDetector):
     """Deep SVDD anomaly detector in JAX (score = squared distance to the centre).
 
     Parameters
@@ -83,16 +82,10 @@ class JaxDeepSVDD(BaseDetector):
         init_params=None,
         standardize: bool = True,
     ):
-        self.hidden_neurons = hidden_neurons
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.contamination = contamination
-        self.random_state = random_state
+        self._init_training(hidden_neurons, epochs, batch_size, learning_rate, weight_decay, contamination,
+                            random_state, standardize)
         self.apply_fn = apply_fn
         self.init_params = init_params
-        self.standardize = standardize
 
     def _apply(self):
         return self.apply_fn if self.apply_fn is not None else _mlp_apply
@@ -102,7 +95,7 @@ class JaxDeepSVDD(BaseDetector):
             if self.init_params is None:
                 raise InvalidInputError("apply_fn needs init_params (the initial parameter pytree)")
             return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=jnp.float32), self.init_params)
-        widths = [_check_pos_int("hidden_neurons[i]", h) for h in (self.hidden_neurons or ())]
+        widths = [check_pos_int("hidden_neurons[i]", h) for h in (self.hidden_neurons or ())]
         if not widths:
             raise InvalidInputError("hidden_neurons must list at least one layer width, e.g. (64, 32)")
         keys = jax.random.split(jax.random.PRNGKey(seed), len(widths))
@@ -112,21 +105,17 @@ class JaxDeepSVDD(BaseDetector):
             prev = w
         return params
 
-    def fit(self, X, y=None) -> "JaxDeepSVDD":
-        """Train on X (``y`` ignored) and score its rows."""
+    def fit(self, X, y=None, *, progress=None) -> "JaxDeepSVDD":
+        """Train on X (``y`` ignored) and score its rows; ``progress(fraction)`` is called after each epoch."""
         jax, jnp = _jax()
-        check_contamination(self.contamination)
-        epochs = _check_pos_int("epochs", self.epochs)
-        batch = _check_pos_int("batch_size", self.batch_size)
-        lr = _check_pos_float("learning_rate", self.learning_rate)
-        wd = _check_pos_float("weight_decay", self.weight_decay, allow_zero=True)
+        epochs, batch, lr, wd = self._training_params()
         if self.random_state is not None and (
             isinstance(self.random_state, bool) or not isinstance(self.random_state, numbers.Integral)
         ):
             raise InvalidInputError(f"random_state must be None or an int, got {self.random_state!r}")
         X = as_matrix(X)
         n, d = X.shape
-        self.mean_, self.std_ = _standardization(X, self.standardize)
+        self.mean_, self.std_ = standardization(X, self.standardize)
         seed = secrets.randbits(31) if self.random_state is None else int(self.random_state) % (2**31)
         data = jnp.asarray(((X - self.mean_) / self.std_).astype(np.float32))
         apply = self._apply()
@@ -157,7 +146,6 @@ class JaxDeepSVDD(BaseDetector):
         m = jax.tree_util.tree_map(jnp.zeros_like, params)
         v = jax.tree_util.tree_map(jnp.zeros_like, params)
         rng = np.random.default_rng(seed)
-        progress = getattr(self, "_progress", None)
         t = 0
         for epoch in range(epochs):
             order = rng.permutation(n)
@@ -271,6 +259,5 @@ class JaxDeepSVDD(BaseDetector):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_progress", None)
         state.pop("_score_jit", None)
         return state

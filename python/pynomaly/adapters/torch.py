@@ -16,15 +16,14 @@ from __future__ import annotations
 import copy
 import io
 import json
-import numbers
 import secrets
 
 import numpy as np
 
 from .._errors import InvalidInputError, ModelFormatError, NotFittedError
-from .._validation import as_matrix, check_contamination
-from ..base import BaseDetector
+from .._validation import as_matrix
 from . import require
+from ._neural import NeuralDetector, check_pos_int, standardization
 
 __all__ = ["TorchAutoEncoder"]
 
@@ -35,20 +34,7 @@ def _torch():
     return require("torch", "torch")
 
 
-def _check_pos_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise InvalidInputError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
-def _check_pos_float(name, v, allow_zero=False):
-    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
-    if not ok or not np.isfinite(v):
-        raise InvalidInputError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {v!r}")
-    return float(v)
-
-
-class TorchAutoEncoder(BaseDetector):
+class TorchAutoEncoder(NeuralDetector):
     """Autoencoder anomaly detector in PyTorch (score = mean squared reconstruction error).
 
     Parameters
@@ -85,29 +71,19 @@ class TorchAutoEncoder(BaseDetector):
         module=None,
         standardize: bool = True,
     ):
-        self.hidden_neurons = hidden_neurons
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.contamination = contamination
-        self.random_state = random_state
+        self._init_training(hidden_neurons, epochs, batch_size, learning_rate, weight_decay, contamination,
+                            random_state, standardize)
         self.device = device
         self.module = module
-        self.standardize = standardize
 
     # -- training ----------------------------------------------------------------------------
-    def fit(self, X, y=None) -> "TorchAutoEncoder":
-        """Train on X (``y`` ignored) and score its rows."""
+    def fit(self, X, y=None, *, progress=None) -> "TorchAutoEncoder":
+        """Train on X (``y`` ignored) and score its rows; ``progress(fraction)`` is called after each epoch."""
         torch = _torch()
-        check_contamination(self.contamination)
-        epochs = _check_pos_int("epochs", self.epochs)
-        batch = _check_pos_int("batch_size", self.batch_size)
-        lr = _check_pos_float("learning_rate", self.learning_rate)
-        wd = _check_pos_float("weight_decay", self.weight_decay, allow_zero=True)
+        epochs, batch, lr, wd = self._training_params()
         X = as_matrix(X)
         n, d = X.shape
-        self.mean_, self.std_ = _standardization(X, self.standardize)
+        self.mean_, self.std_ = standardization(X, self.standardize)
         device = _device(torch, self.device)
         seed = secrets.randbits(63) if self.random_state is None else int(self.random_state)
         with torch.random.fork_rng(devices=[]):
@@ -117,7 +93,6 @@ class TorchAutoEncoder(BaseDetector):
         data = torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32)).to(device)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=wd)
-        progress = getattr(self, "_progress", None)
         net.train()
         for epoch in range(epochs):
             order = torch.randperm(n, generator=gen).to(device)
@@ -144,7 +119,7 @@ class TorchAutoEncoder(BaseDetector):
             if not isinstance(self.module, torch.nn.Module):
                 raise InvalidInputError(f"module must be a torch.nn.Module, got {type(self.module).__name__}")
             return copy.deepcopy(self.module)
-        widths = [_check_pos_int("hidden_neurons[i]", h) for h in (self.hidden_neurons or ())]
+        widths = [check_pos_int("hidden_neurons[i]", h) for h in (self.hidden_neurons or ())]
         if not widths:
             raise InvalidInputError("hidden_neurons must list at least one layer width, e.g. (64, 32)")
         layers, prev = [], d
@@ -243,21 +218,6 @@ class TorchAutoEncoder(BaseDetector):
         self.threshold_ = float(header["threshold"])
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
         return self
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_progress", None)
-        return state
-
-
-def _standardization(X: np.ndarray, on: bool):
-    d = X.shape[1]
-    if not on:
-        return np.zeros(d), np.ones(d)
-    mean = X.mean(axis=0, dtype=np.float64)
-    std = X.std(axis=0, dtype=np.float64)
-    std[~(std > 0)] = 1.0  # constant columns stay at 0 instead of dividing by zero
-    return mean, std
 
 
 def _device(torch, want):

@@ -1,0 +1,141 @@
+"""pynomaly.service's Scorer: the one place where scores become labels, probabilities,
+confidences and anomaly indices, checked against the estimators' own methods (PyOD's meanings)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import pynomaly
+from pynomaly import service
+from pynomaly.domain import DetectorNotReadyError, DetectorVersion
+from pynomaly.service import Scorer
+
+from conftest import load_dataset
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, _ = load_dataset("cardio")
+    return X[:1200], X[1200:]
+
+
+@pytest.fixture(scope="module")
+def forest(data):
+    return pynomaly.IsolationForest(n_estimators=50, contamination=0.05, random_state=0).fit(data[0])
+
+
+def test_detect_equals_the_estimators_own_methods(forest, data):
+    X = data[1]
+    s = Scorer.of(forest, "f", 2)
+    r = s.detect(X, ("scores", "labels", "probabilities", "confidence", "anomalies"))
+    np.testing.assert_array_equal(r.scores, forest.decision_function(X))
+    np.testing.assert_array_equal(r.labels, forest.predict(X))
+    np.testing.assert_array_equal(r.probabilities, forest.predict_proba(X)[:, 1])
+    np.testing.assert_array_equal(r.confidence, forest.predict_confidence(X))
+    np.testing.assert_array_equal(r.anomaly_indices, np.flatnonzero(forest.predict(X)))
+    assert r.threshold == forest.threshold_ and r.detector_version == 2
+    assert r.labels.dtype == np.int64 and r.anomaly_indices.dtype == np.int64
+
+
+def test_default_want_gives_scores_and_labels_only(forest, data):
+    r = Scorer.of(forest, "f").detect(data[1])
+    assert r.probabilities is None and r.confidence is None
+
+
+def test_threshold_and_contamination_overrides(forest, data):
+    X = data[1]
+    s = Scorer.of(forest, "f")
+    scores = forest.decision_function(X)
+    r = s.detect(X, threshold=0.5)
+    np.testing.assert_array_equal(r.labels, (scores > 0.5).astype(np.int64))
+    r = s.detect(X, contamination=0.2)
+    assert r.threshold == np.percentile(scores, 80.0)
+    with pytest.raises(ValueError, match="either threshold or contamination"):
+        s.detect(X, threshold=0.5, contamination=0.1)
+    with pytest.raises(ValueError, match="finite"):
+        s.detect(X, threshold=float("nan"))
+    with pytest.raises(ValueError, match="contamination"):
+        s.detect(X, contamination=0.9)
+
+
+def test_wrong_features_and_unknown_wants_are_refused(forest, data):
+    s = Scorer.of(forest, "f", feature_names=[f"c{i}" for i in range(data[0].shape[1])])
+    with pytest.raises(ValueError, match=r"trained on 21 \(c0, c1"):
+        s.detect(data[1][:, :5])
+    with pytest.raises(ValueError, match="want must name"):
+        s.detect(data[1], ("scores", "everything"))
+    with pytest.raises(ValueError, match="NaN|finite"):
+        s.detect(np.full((2, 21), np.nan))
+
+
+def test_probabilities_need_training_scores(data):
+    from sklearn.ensemble import IsolationForest as SkIF
+
+    imported = pynomaly.IsolationForest.from_sklearn(SkIF(n_estimators=20, random_state=0).fit(data[0]))
+    s = Scorer.of(imported, "sk")
+    assert s.version.training_stats is None
+    with pytest.raises(DetectorNotReadyError, match="no training scores to scale probabilities"):
+        s.detect(data[1], ("probabilities",))
+    assert s.detect(data[1]).scores.shape == (len(data[1]),)
+
+
+def test_version_is_a_frozen_value(forest):
+    v = Scorer.of(forest, "f", 3, feature_names=["a"] * 21).version
+    assert isinstance(v, DetectorVersion) and v.feature_names == ("a",) * 21
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        v.threshold = 0.0
+    assert v.training_stats.n == 1200 and v.contamination == 0.05
+
+
+def test_native_handle_only_for_native_forests(forest, data):
+    assert Scorer.of(forest, "f", 1).native.threshold == forest.threshold_
+    lof = pynomaly.LOF(n_neighbors=10, novelty=True).fit(data[0][:300])
+    assert Scorer.of(lof, "l", 1).native is None
+
+
+def test_load_for_scoring_refuses_what_cannot_detect(tmp_path, data):
+    service.train(tmp_path, "d", data[0], params={"n_estimators": 20, "random_state": 0})
+    s = service.load_for_scoring(tmp_path, "d")
+    assert (s.version.name, s.version.version, s.version.algorithm) == ("d", 1, "IsolationForest")
+    assert s.version.feature_names == tuple(f"x{i}" for i in range(21))
+    service.archive(tmp_path, "d")
+    with pytest.raises(DetectorNotReadyError):
+        service.load_for_scoring(tmp_path, "d")
+    with pytest.raises(pynomaly.DetectorNotFoundError):
+        service.load_for_scoring(tmp_path, "nope")
+
+
+def test_detect_through_the_service_stores_the_scorers_result(tmp_path, data):
+    service.train(tmp_path, "d", data[0], params={"n_estimators": 20, "random_state": 0})
+    r = service.detect(tmp_path, "d", data[1])
+    expected = service.load_for_scoring(tmp_path, "d").detect(data[1])
+    np.testing.assert_array_equal(r.scores, expected.scores)
+    np.testing.assert_array_equal(r.labels, expected.labels)
+    stored = service.show(tmp_path, "d")
+    assert r.detector_id == stored["id"] and stored["results"][0]["id"] == r.id
+
+
+def test_model_files_outside_a_repository(tmp_path, forest, data):
+    """Native model bytes and export files are served alike; pickles only when trusted."""
+    (tmp_path / "1.pnm").write_bytes(forest.to_bytes())
+    a = service.load_file_for_scoring(tmp_path / "1.pnm", "f", 1)
+    service.export_model(forest, tmp_path / "2.pnm", "f", "IsolationForest", version=2)
+    b = service.load_file_for_scoring(tmp_path / "2.pnm", "f", 2)
+    np.testing.assert_array_equal(a.score(data[1]), b.score(data[1]))
+    (tmp_path / "3.pnm").write_bytes(b"not a model")
+    with pytest.raises(pynomaly.ArtifactIntegrityError, match="neither"):
+        service.load_file_for_scoring(tmp_path / "3.pnm", "f", 3)
+    with pytest.raises(pynomaly.DetectorNotFoundError):
+        service.load_file_for_scoring(tmp_path / "4.pnm", "f", 4)
+    pytest.importorskip("pyod")
+    from pynomaly import registry
+
+    ecod = registry.create("pyod.ECOD").fit(data[0])
+    service.export_model(ecod, tmp_path / "5.pnm", "e", "pyod.ECOD")
+    with pytest.raises(pynomaly.ArtifactIntegrityError, match="pickled"):
+        service.load_file_for_scoring(tmp_path / "5.pnm", "e", 5)
+    e = service.load_file_for_scoring(tmp_path / "5.pnm", "e", 5, trust_pickle=True)
+    np.testing.assert_array_equal(e.score(data[1]), ecod.decision_function(data[1]))
