@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-import struct
 import threading
 from typing import Optional, Sequence
 
@@ -30,7 +29,7 @@ from ._validation import as_matrix
 
 __all__ = ["Client", "AsyncClient", "Detection", "DaemonError", "DaemonInputError", "DaemonUnavailableError"]
 
-_LEN = struct.Struct(">I")
+_LEN = wire.FRAME_LENGTH
 _INPUT_CODES = {"bad_request", "bad_shape", "bad_dtype", "bad_value"}
 
 
@@ -103,14 +102,7 @@ def _check(reply, expected: type):
     return reply
 
 
-_ENCODER = msgspec.msgpack.Encoder()
-
-
-def _frame(req) -> bytearray:
-    out = bytearray(4)
-    _ENCODER.encode_into(req, out, 4)
-    _LEN.pack_into(out, 0, len(out) - 4)
-    return out
+_frame = wire.frame
 
 
 # Raw rows at least this large are sent from where they lie instead of being copied into the
@@ -153,7 +145,47 @@ def _sendall_parts(s: socket.socket, head, rows) -> None:
             parts[0] = parts[0][sent:]
 
 
-class Client:
+class _Operations:
+    """The six operations, defined once: each builds its request and says which reply it
+    expects and how to turn it into a result. :class:`Client` sends it and returns the result;
+    :class:`AsyncClient` returns a coroutine of it (so its methods are awaited)."""
+
+    def _request(self, req, expected: type, result):  # pragma: no cover - each client defines it
+        raise NotImplementedError
+
+    def detect(self, detector: str, X, *, version: Optional[int] = None,
+               want: Sequence[str] = ("scores", "labels")) -> Detection:
+        """Score the rows of X (2-D, numeric) with a served detector.
+
+        ``want`` picks the arrays returned: any of "scores", "labels", "probabilities",
+        "anomalies". float32 and float64 arrays travel as raw bytes; other input is converted
+        to float64 first, as in-process scoring does. Refused input raises DaemonInputError.
+        """
+        req = wire.Detect(next(self._ids), detector, version, _want(want), _rows(X))
+        return self._request(req, wire.DetectReply, _detection)
+
+    def list(self) -> list:
+        """Every detector the daemon serves, as ``wire.DetectorInfo`` (latest versions)."""
+        return self._request(wire.ListDetectors(next(self._ids)), wire.ListReply, lambda r: r.detectors)
+
+    def info(self, detector: str, version: Optional[int] = None) -> wire.DetectorInfo:
+        """Details of one detector version (the latest by default)."""
+        return self._request(wire.Info(next(self._ids), detector, version), wire.InfoReply, lambda r: r.detector)
+
+    def health(self) -> wire.HealthReply:
+        """Liveness and version of the daemon."""
+        return self._request(wire.Health(next(self._ids)), wire.HealthReply, None)
+
+    def stats(self) -> wire.StatsReply:
+        """The daemon's counters."""
+        return self._request(wire.Stats(next(self._ids)), wire.StatsReply, None)
+
+    def reload(self, detector: Optional[str] = None) -> list:
+        """Drop cached versions (of one detector, or all) so the next request serves the latest."""
+        return self._request(wire.Reload(next(self._ids), detector), wire.ReloadReply, lambda r: r.invalidated)
+
+
+class Client(_Operations):
     """Blocking client of the daemon; thread-safe (one request at a time per client).
 
     Parameters
@@ -253,40 +285,12 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- operations --------------------------------------------------------------------
-    def detect(self, detector: str, X, *, version: Optional[int] = None,
-               want: Sequence[str] = ("scores", "labels")) -> Detection:
-        """Score the rows of X (2-D, numeric) with a served detector.
-
-        ``want`` picks the arrays returned: any of "scores", "labels", "probabilities",
-        "anomalies". float32 and float64 arrays travel as raw bytes; other input is converted
-        to float64 first, as in-process scoring does. Refused input raises DaemonInputError.
-        """
-        req = wire.Detect(next(self._ids), detector, version, _want(want), _rows(X))
-        return _detection(self._call(req, wire.DetectReply))
-
-    def list(self) -> list:
-        """Every detector the daemon serves, as ``wire.DetectorInfo`` (latest versions)."""
-        return self._call(wire.ListDetectors(next(self._ids)), wire.ListReply).detectors
-
-    def info(self, detector: str, version: Optional[int] = None) -> wire.DetectorInfo:
-        """Details of one detector version (the latest by default)."""
-        return self._call(wire.Info(next(self._ids), detector, version), wire.InfoReply).detector
-
-    def health(self) -> wire.HealthReply:
-        """Liveness and version of the daemon."""
-        return self._call(wire.Health(next(self._ids)), wire.HealthReply)
-
-    def stats(self) -> wire.StatsReply:
-        """The daemon's counters."""
-        return self._call(wire.Stats(next(self._ids)), wire.StatsReply)
-
-    def reload(self, detector: Optional[str] = None) -> list:
-        """Drop cached versions (of one detector, or all) so the next request serves the latest."""
-        return self._call(wire.Reload(next(self._ids), detector), wire.ReloadReply).invalidated
+    def _request(self, req, expected: type, result):
+        reply = self._call(req, expected)
+        return reply if result is None else result(reply)
 
 
-class AsyncClient:
+class AsyncClient(_Operations):
     """asyncio client with the methods of :class:`Client` as coroutines.
 
     Many calls may be in flight at once on its one connection; replies are matched by id.
@@ -404,28 +408,6 @@ class AsyncClient:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def detect(self, detector: str, X, *, version: Optional[int] = None,
-                     want: Sequence[str] = ("scores", "labels")) -> Detection:
-        """See :meth:`Client.detect`."""
-        req = wire.Detect(next(self._ids), detector, version, _want(want), _rows(X))
-        return _detection(await self._call(req, wire.DetectReply))
-
-    async def list(self) -> list:
-        """See :meth:`Client.list`."""
-        return (await self._call(wire.ListDetectors(next(self._ids)), wire.ListReply)).detectors
-
-    async def info(self, detector: str, version: Optional[int] = None) -> wire.DetectorInfo:
-        """See :meth:`Client.info`."""
-        return (await self._call(wire.Info(next(self._ids), detector, version), wire.InfoReply)).detector
-
-    async def health(self) -> wire.HealthReply:
-        """See :meth:`Client.health`."""
-        return await self._call(wire.Health(next(self._ids)), wire.HealthReply)
-
-    async def stats(self) -> wire.StatsReply:
-        """See :meth:`Client.stats`."""
-        return await self._call(wire.Stats(next(self._ids)), wire.StatsReply)
-
-    async def reload(self, detector: Optional[str] = None) -> list:
-        """See :meth:`Client.reload`."""
-        return (await self._call(wire.Reload(next(self._ids), detector), wire.ReloadReply)).invalidated
+    async def _request(self, req, expected: type, result):
+        reply = await self._call(req, expected)
+        return reply if result is None else result(reply)
