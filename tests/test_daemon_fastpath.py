@@ -25,16 +25,17 @@ from pynomaly import _core, wire
 from conftest import REPO
 from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, frame, raw_connect, raw_rows, read_frame
 
+from pynomaly.service import Scorer
+
 pynomaly_daemon = pytest.importorskip("pynomaly_daemon")
-from pynomaly_daemon.server import Entry  # noqa: E402
 
 MAX_FRAME = 1 << 20
 MAX_ROWS = 64
 
 
-class _Record:
-    def __init__(self, name, version, n_features):
-        self.name, self.version, self.algorithm, self.n_features = name, version, "IsolationForest", n_features
+def served(model, name, version):
+    """The typed native object the daemon's native path scores with, built by the Scorer."""
+    return Scorer.of(model, name, version).native
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def hot(model):
-    e = Entry(_Record("cardio", 3, 21), model)
-    other = Entry(_Record("ünïcode-" + "x" * 40, 7, 21), model)
+    e = served(model, "cardio", 3)
+    other = served(model, "ünïcode-" + "x" * 40, 7)
     return {("cardio", None): e, ("cardio", 3): e, (other.name, None): other}
 
 
@@ -118,7 +119,7 @@ def test_detector_names_of_every_string_width(model):
     frames = b""
     for i, length in enumerate([1, 31, 32, 255, 256, 70000]):
         name = ("é" * length)[:length] if length < 1000 else "n" * length
-        e = Entry(_Record(name, i + 1, 21), model)
+        e = served(model, name, i + 1)
         hot[(name, None)] = e
         f = frame(body(id=i, detector=name, rows=raw_rows(cardio()[:2])))
         pos, replies, entry, *_ = serve(f, hot)
@@ -209,10 +210,11 @@ def test_a_smaller_row_limit_is_honoured(hot):
 
 def test_an_entry_without_a_native_forest_is_left_alone(model):
     lof = pynomaly.LOF(n_neighbors=5).fit(cardio()[:200])
-    hot = {("lof", None): Entry(_Record("lof", 1, 21), lof)}
-    assert hot[("lof", None)].fast is None
-    pos, replies, entry, n_req, *_ = serve(frame(body(detector="lof", rows=raw_rows(X3))), hot)
+    assert Scorer.of(lof, "lof", 1).native is None  # so the daemon puts nothing in its native dict
+    pos, replies, entry, n_req, *_ = serve(frame(body(detector="lof", rows=raw_rows(X3))), {})
     assert (pos, replies, entry, n_req) == (0, None, None, 0)
+    with pytest.raises(TypeError, match="ServedForest"):
+        serve(frame(body(detector="lof", rows=raw_rows(X3))), {("lof", None): Scorer.of(lof, "lof", 1)})
 
 
 def test_bad_arguments_are_refused(hot):
@@ -366,3 +368,53 @@ def test_daemon_answers_alike_with_and_without_the_native_path(daemons):
         assert c.stats().fast_path_requests >= 100
     with pynomaly.Client(slow.sock) as c:
         assert c.stats().fast_path_requests == 0
+
+
+class _Transport:
+    def __init__(self):
+        self.written = bytearray()
+
+    def write(self, data):
+        self.written += data
+
+
+class _Conn:
+    closed = read_paused = eof = False
+
+    def __init__(self):
+        self.transport = _Transport()
+
+
+def python_path_replies(scorer, stream: bytes, dtype: str) -> bytes:
+    """What the daemon's Python path writes for these frames, scored as one batch: the same
+    modules the daemon runs (request validation, the Scorer, pynomaly_daemon.replies)."""
+    from pynomaly_daemon.batching import matrix, request_rows
+    from pynomaly_daemon.replies import Pending, detect_replies
+
+    conn, items, pos = _Conn(), [], 0
+    while pos < len(stream):
+        (n,) = struct.unpack_from(">I", stream, pos)
+        req = msgspec.msgpack.decode(stream[pos + 4 : pos + 4 + n], type=wire.Request)
+        data, rows, _ = request_rows(scorer.version, req.rows)
+        items.append(Pending(conn, req, data, rows))
+        pos += 4 + n
+    X = matrix(b"".join(bytes(it.data) for it in items), sum(it.n for it in items), scorer.version.n_features, dtype)
+    detect_replies(scorer, items, scorer.score(X), msgspec.msgpack.Encoder(), lambda c, n: None,
+                   lambda *a: pytest.fail(f"unexpected error reply {a}"))
+    return bytes(conn.transport.written)
+
+
+@pytest.mark.parametrize("want", [None, ["scores"], ["labels"], ["labels", "scores"]])
+@pytest.mark.parametrize("dtype", ["f4", "f8"])
+def test_fast_path_replies_equal_the_python_paths(model, want, dtype):
+    """Byte for byte, for every field the native path writes, against the daemon's own
+    Python path (not a re-implementation of it)."""
+    scorer = Scorer.of(model, "cardio", 3)
+    X = cardio()
+    frames = b"".join(
+        frame(body(id=7 + i, rows=raw_rows(X[i * 5 : i * 5 + n], dtype), **({"want": want} if want else {})))
+        for i, n in enumerate([1, 3, 8, 1, 20])
+    )
+    pos, replies, served_forest, n_req, *_ = serve(frames, {("cardio", None): scorer.native})
+    assert pos == len(frames) and n_req == 5 and served_forest is scorer.native
+    assert replies == python_path_replies(scorer, frames, dtype)

@@ -1,119 +1,77 @@
 """Where the daemon gets detectors from: a small seam with two implementations.
 
-A source answers three questions: ``get(name, version)`` (a fitted detector and its record),
-``latest_version(name)`` and ``list()``. :class:`RepositorySource` asks pynomaly's service
-layer (the SQLite repository under a home folder); :class:`FolderSource` reads model files
-exported with ``to_bytes()`` from ``DIR/<name>/<version>.pnm``, for edge boxes that ship
-detectors as plain files. Sources are synchronous; the daemon calls them from its threads.
+A source answers three questions: ``get(name, version)`` (a :class:`pynomaly.service.Scorer`),
+``latest_version(name)`` and ``list()`` (``pynomaly.wire.DetectorInfo`` of each latest version).
+:class:`RepositorySource` asks pynomaly's service layer (the repository under a home folder);
+:class:`FolderSource` reads model files from ``DIR/<name>/<version>.pnm``, for edge boxes that
+ship detectors as plain files. Both hand back Scorers built by the service, so every kind of
+detector is served the same way from either. Sources are synchronous; the daemon calls them
+from its threads.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Protocol, Tuple
+from typing import List, Optional, Protocol
 
+from pynomaly import service, wire
 
-class DetectorNotFound(LookupError):
-    """No detector of that name, or no such version."""
-
-
-class DetectorUnavailable(RuntimeError):
-    """The detector exists but cannot be used for detection (not trained, not active, unreadable)."""
-
-
-@dataclass(frozen=True)
-class SourceRecord:
-    """The least the daemon needs to know about a stored detector version."""
-
-    name: str
-    version: int
-    algorithm: str
-    n_features: int
+from .errors import DetectorNotFound, DetectorUnavailable
 
 
 class DetectorSource(Protocol):
-    def get(self, name: str, version: Optional[int] = None) -> Tuple[Any, Any]: ...
+    def get(self, name: str, version: Optional[int] = None) -> service.Scorer: ...
 
     def latest_version(self, name: str) -> int: ...
 
-    def list(self) -> List[Any]: ...
-
-
-def _translate(exc: BaseException) -> BaseException:
-    """Map the repository's exceptions onto the two the daemon distinguishes.
-
-    pynomaly.repository raises DetectorNotFoundError (a KeyError); DetectorNotReadyError
-    (not ACTIVE), ArtifactIntegrityError and RepositoryError mean the detector exists but
-    cannot be served now. Matched by name so this module needs no import of the repository.
-    """
-    name = type(exc).__name__
-    if isinstance(exc, (DetectorNotFound, DetectorUnavailable)):
-        return exc
-    if "NotFound" in name or isinstance(exc, (KeyError, LookupError, FileNotFoundError)):
-        return DetectorNotFound(str(exc).strip("'\""))
-    if any(k in name for k in ("NotReady", "Integrity", "Format", "Repository", "Signature")):
-        return DetectorUnavailable(str(exc))
-    return exc
+    def list(self) -> List[wire.DetectorInfo]: ...
 
 
 class RepositorySource:
-    """Detectors of the repository under ``home``, through ``pynomaly.service``.
-
-    The service module is imported on first use, so the daemon starts (and can serve a
-    :class:`FolderSource`) even where the repository layer is not installed.
-    """
+    """Detectors of the repository under ``home``, through ``pynomaly.service``."""
 
     def __init__(self, home: Optional[str] = None):
         self.home = home
 
-    def _service(self):
-        from pynomaly import service  # lazy: the repository layer and its dependencies
-
-        return service
-
-    def get(self, name: str, version: Optional[int] = None):
-        try:
-            return self._service().load_for_scoring(self.home, name, version)
-        except Exception as e:  # noqa: BLE001 - translated, not swallowed
-            raise _translate(e) from e
+    def get(self, name: str, version: Optional[int] = None) -> service.Scorer:
+        return service.load_for_scoring(self.home, name, version)
 
     def latest_version(self, name: str) -> int:
         """The version an unversioned request gets: the detector's latest, if it may detect."""
-        try:
-            for d in self._service().list_detectors(self.home):
-                if d.name == name:
-                    can = getattr(d, "can_detect", None)
-                    if can is not None and not can():
-                        raise DetectorUnavailable(f"detector {name!r} cannot detect (status {d.status.value})")
-                    return int(d.version)
-        except Exception as e:  # noqa: BLE001 - translated, not swallowed
-            raise _translate(e) from e
+        for d in service.list_detectors(self.home):
+            if d.name == name:
+                if not d.can_detect():
+                    raise DetectorUnavailable(f"detector {name!r} cannot detect (status {d.status.value})")
+                return int(d.version)
         raise DetectorNotFound(f"no detector named {name!r}")
 
     def list(self) -> list:
-        try:
-            return list(self._service().list_detectors(self.home))
-        except Exception as e:  # noqa: BLE001
-            raise _translate(e) from e
+        return [
+            wire.DetectorInfo(d.name, int(d.version), d.algorithm, int(d.n_features or 0), status=d.status.value)
+            for d in service.list_detectors(self.home)
+        ]
 
 
-_KINDS = {b"IFOREST\0": ("IsolationForest", "IsolationForest")}
 _VERSION_FILE = re.compile(r"^(\d+)\.pnm$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class FolderSource:
-    """Detectors stored as ``DIR/<name>/<version>.pnm`` files written by ``to_bytes()``.
+    """Detectors stored as ``DIR/<name>/<version>.pnm`` files.
 
-    The latest version of a name is its highest version number. Writers should write a new
-    version to a temporary name and rename it into place, so a reader never sees half a file.
+    A file is a native model's ``to_bytes()`` (IsolationForest, LOF, KNN) or an export file
+    (``pynomaly export``, any algorithm: PyOD, torch, JAX too). Export files holding a pickled
+    (PyOD) model are served only with ``trust_pickle`` (``--trust-pickle``): nothing is
+    unpickled from a folder its owner has not vouched for. The latest version of a name is
+    its highest version number. Writers should write a new version to a temporary name and
+    rename it into place (:func:`save_to_folder` does), so a reader never sees half a file.
     """
 
-    def __init__(self, root):
+    def __init__(self, root, *, trust_pickle: bool = False):
         self.root = Path(root)
+        self.trust_pickle = trust_pickle
 
     def _dir(self, name: str) -> Path:
         if not isinstance(name, str) or not _NAME.match(name):
@@ -134,25 +92,11 @@ class FolderSource:
     def latest_version(self, name: str) -> int:
         return self._versions(name)[-1]
 
-    def get(self, name: str, version: Optional[int] = None):
-        import pynomaly
-
+    def get(self, name: str, version: Optional[int] = None) -> service.Scorer:
         if version is None:
             version = self.latest_version(name)
         path = self._dir(name) / f"{int(version)}.pnm"
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
-            raise DetectorNotFound(f"detector {name!r} has no version {version}") from None
-        kind = _KINDS.get(blob[12:20])
-        if kind is None:
-            raise DetectorUnavailable(f"{path} is not a model file this daemon can load")
-        try:
-            detector = getattr(pynomaly, kind[1]).from_bytes(blob)
-        except pynomaly.ModelFormatError as e:
-            raise DetectorUnavailable(f"{path}: {e}") from None
-        record = SourceRecord(name, int(version), kind[0], int(detector.n_features_in_))
-        return record, detector
+        return service.load_file_for_scoring(path, name, int(version), trust_pickle=self.trust_pickle)
 
     def list(self) -> list:
         out = []
@@ -164,17 +108,20 @@ class FolderSource:
             if not _NAME.match(name):
                 continue
             try:
-                out.append(self.get(name)[0])
-            except (DetectorNotFound, DetectorUnavailable):
+                v = self.get(name).version
+            except Exception:  # noqa: BLE001 - an unreadable detector is not listed; get() explains
                 continue
+            out.append(wire.DetectorInfo(v.name, v.version, v.algorithm, v.n_features))
         return out
 
 
-def save_to_folder(root, name: str, detector, version: Optional[int] = None) -> int:
-    """Write ``detector.to_bytes()`` as the next (or given) version of ``name``; returns the version.
+def save_to_folder(root, name: str, detector, version: Optional[int] = None, *, algorithm: Optional[str] = None) -> int:
+    """Write a fitted detector as the next (or given) version of ``name``; returns the version.
 
-    The file is written to a temporary name, fsynced and renamed, so a daemon reading the
-    folder at the same time sees either the previous versions only or the complete new one.
+    Native detectors are written as their own ``to_bytes()``; any other kind (give its
+    registry ``algorithm``, e.g. "pyod.ECOD", "TorchAutoEncoder") as an export file. The file
+    is written to a temporary name, fsynced and renamed, so a daemon reading the folder at the
+    same time sees either the previous versions only or the complete new one.
     """
     src = FolderSource(root)
     d = src._dir(name)
@@ -184,10 +131,15 @@ def save_to_folder(root, name: str, detector, version: Optional[int] = None) -> 
             version = src.latest_version(name) + 1
         except DetectorNotFound:
             version = 1
-    tmp = d / f".{version}.pnm.tmp"
-    with open(tmp, "wb") as f:
-        f.write(detector.to_bytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, d / f"{version}.pnm")
+    final = d / f"{int(version)}.pnm"
+    if getattr(detector, "artifact_format", "native") == "native" and algorithm is None:
+        blob = detector.to_bytes()
+        tmp = d / f".{version}.pnm.tmp"
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    else:
+        service.export_model(detector, final, name, algorithm or type(detector).__name__, version=int(version))
     return int(version)

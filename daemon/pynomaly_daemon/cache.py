@@ -1,0 +1,161 @@
+"""Loaded detectors: an LRU cache of Scorers bounded by bytes, the latest version of each name,
+and the background refresh that notices a newly saved version.
+
+Two dicts serve the per-request lookups without awaiting anything: ``hot`` maps (name,
+requested version or None) to a Scorer, ``native`` maps the same keys to the Scorer's
+``ServedForest`` for the daemon's native path. Both are emptied whenever a cached entry or a
+latest version changes and refilled by :meth:`ModelCache.cached`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Optional
+
+from pynomaly import DetectorNotReadyError
+
+from .errors import DetectorNotFound, DetectorUnavailable
+
+log = logging.getLogger("pynomaly_daemon")
+
+
+class _Latest:
+    __slots__ = ("version", "checked", "refreshing")
+
+    def __init__(self, version: int, checked: float):
+        self.version = version
+        self.checked = checked
+        self.refreshing = False
+
+
+class ModelCache:
+    """Scorers of one source, loaded in a thread pool and kept while they fit in ``max_bytes``."""
+
+    def __init__(self, source, run, *, max_bytes: int, refresh_interval: float, counters):
+        self.source = source
+        self._run = run  # run(fn, *args) -> awaitable, in the daemon's thread pool
+        self.max_bytes = max_bytes
+        self.refresh_interval = refresh_interval
+        self.counters = counters
+        self.entries: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
+        self.size = 0
+        self.latest: dict = {}
+        self.hot: dict = {}
+        self.native: dict = {}
+        self._loading: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _forget_lookups(self) -> None:
+        self.hot.clear()
+        self.native.clear()
+
+    def cached(self, name: str, version: Optional[int]):
+        """The Scorer for (name, version) if it is loaded, else None (remembered in ``hot``)."""
+        v = version
+        if v is None:
+            lt = self.latest.get(name)
+            if lt is None:
+                return None
+            v = lt.version
+        s = self.entries.get((name, v))
+        if s is not None:
+            self.hot[(name, version)] = s
+            if s.native is not None:
+                self.native[(name, version)] = s.native
+        return s
+
+    def used(self, name: str, version: int, n_requests: int, now: float) -> None:
+        """Bookkeeping for requests served from the cache: hits, LRU order, freshness."""
+        self.counters["cache_hits"] += n_requests
+        key = (name, version)
+        if key in self.entries:
+            self.entries.move_to_end(key)  # LRU: once per batch, not per request
+        lt = self.latest.get(name)
+        if lt is not None and not lt.refreshing and now - lt.checked > self.refresh_interval:
+            lt.refreshing = True
+            asyncio.get_running_loop().create_task(self._refresh(name, lt))
+
+    async def resolve(self, name: str, version: Optional[int]):
+        """The Scorer for (name, version or latest), loading it if needed."""
+        s = self.cached(name, version)
+        if s is not None:
+            return s
+        if version is None:
+            v = await self._run(self.source.latest_version, name)
+            lt = self.latest.get(name)
+            if lt is None or lt.version != v:
+                self.latest[name] = _Latest(v, time.monotonic())
+                self._forget_lookups()
+            version = v
+        s = self.entries.get((name, version))
+        if s is not None:
+            return s
+        return await self._load(name, version)
+
+    async def _load(self, name: str, version: int):
+        key = (name, version)
+        fut = self._loading.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        self.counters["cache_misses"] += 1
+        fut = self._run(self._load_sync, name, version)
+        self._loading[key] = fut
+        try:
+            s = await fut
+        finally:
+            del self._loading[key]
+        self._insert(s)
+        return s
+
+    def _load_sync(self, name: str, version: int):
+        s = self.source.get(name, version)
+        s.size_bytes  # computed here, in the pool, not on the event loop
+        return s
+
+    def _insert(self, s) -> None:
+        self._forget_lookups()
+        key = (s.version.name, s.version.version)
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.size -= old.size_bytes
+        self.entries[key] = s
+        self.size += s.size_bytes
+        while self.size > self.max_bytes and len(self.entries) > 1:
+            (name, v), ev = self.entries.popitem(last=False)
+            self.size -= ev.size_bytes
+            log.info("cache: evicted %s v%d (%d bytes)", name, v, ev.size_bytes)
+
+    async def _refresh(self, name: str, lt: _Latest) -> None:
+        try:
+            v = await self._run(self.source.latest_version, name)
+            if v != lt.version:
+                await self._load(name, v)  # load first, switch after: requests never wait
+                log.info("detector %r: now serving version %d (was %d)", name, v, lt.version)
+                lt.version = v
+                self._forget_lookups()
+        except (DetectorNotFound, DetectorUnavailable, DetectorNotReadyError) as e:
+            # Deleted or archived: stop serving it; the next request gets the error.
+            log.info("detector %r: no longer served: %s", name, e)
+            self.invalidate(name)
+        except Exception as e:  # noqa: BLE001 - a refresh failure keeps the current version
+            log.warning("detector %r: refresh failed, keeping v%d: %s", name, lt.version, e)
+        finally:
+            lt.checked = time.monotonic()
+            lt.refreshing = False
+
+    def invalidate(self, name: Optional[str]) -> list:
+        """Drop the cached versions of ``name`` (all names when None); returns "name@version"s."""
+        self._forget_lookups()
+        keys = [k for k in self.entries if name is None or k[0] == name]
+        for k in keys:
+            self.size -= self.entries.pop(k).size_bytes
+        if name is None:
+            self.latest.clear()
+        else:
+            self.latest.pop(name, None)
+        return sorted({f"{k[0]}@{k[1]}" for k in keys})

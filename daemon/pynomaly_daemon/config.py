@@ -1,0 +1,113 @@
+"""The daemon's configuration: every setting once, with its command-line flag and help.
+
+:class:`Config` is the typed value the daemon reads; :func:`build_parser` and
+:func:`config_from_args` are derived from its fields' metadata, so a new setting is one field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pynomaly import wire
+
+_MB = 2**20
+
+
+def _opt(default, help: str, *, flag: Optional[str] = None, scale: float = 1.0, type=None, unit: str = "",
+         factory=None):
+    """A setting: ``flag`` (default ``--field-name``); the command line gives ``value / scale``
+    in ``unit`` (e.g. megabytes for a byte count)."""
+    meta = {"help": help, "flag": flag, "scale": scale, "type": type, "unit": unit}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _default_workers() -> int:
+    return max(2, len(os.sched_getaffinity(0)))
+
+
+@dataclass
+class Config:
+    """Everything the daemon can be told; each field is one command-line option."""
+
+    socket_path: str = _opt("", "socket path (default: pynomaly.wire.default_socket_path())", flag="--socket")
+    socket_group: Optional[str] = _opt(None, "also let this group connect (socket mode 0660 instead of 0600)",
+                                       flag="--group", type=str)
+    allowed_uids: Optional[frozenset] = _opt(None, "accept only peers with this uid (SO_PEERCRED); repeatable",
+                                             flag="--allow-uid", type=int)
+    max_frame: int = _opt(wire.MAX_FRAME_DEFAULT, "largest frame accepted", flag="--max-frame-mb", scale=_MB, unit="MB")
+    max_connections: int = _opt(1024, "connections served at once")
+    max_in_flight: int = _opt(4096, "requests admitted and not yet answered, all clients")
+    max_in_flight_rows: int = _opt(8_000_000, "rows admitted and not yet answered, all clients")
+    max_rx_bytes: int = _opt(1 << 30, "memory for large frames being received, all clients together",
+                             flag="--max-rx-mb", scale=_MB, unit="MB")
+    conn_max_in_flight: int = _opt(256, "per connection; reading from it pauses above this")
+    idle_timeout: float = _opt(300.0, "seconds a connection with nothing to do stays open")
+    frame_timeout: float = _opt(10.0, "seconds to complete a started frame")
+    write_timeout: float = _opt(30.0, "seconds a client may leave replies unread")
+    drain_timeout: float = _opt(10.0, "seconds to drain after SIGTERM")
+    coalesce_window: float = _opt(0.0, "wait this long to coalesce small requests (0: within one event-loop iteration)",
+                                  flag="--coalesce-window-ms", scale=1e-3, unit="ms")
+    coalesce_rows: int = _opt(64, "requests with more rows are not coalesced")
+    inline_rows: int = _opt(64, "batches with more rows are scored in the thread pool")
+    split_rows: int = _opt(512, "large requests are scored in chunks of at least this many rows, in parallel")
+    idle_inline_rows: int = _opt(2048, "when nothing else is in flight, requests up to this many rows skip the thread pool")
+    refresh_interval: float = _opt(1.0, "seconds between checks for a newer version of a served detector")
+    fast_path: bool = _opt(True, "serve every request through the Python path (the native one answers the same, sooner)",
+                           flag="--no-fast-path")
+    trust_pickle: bool = _opt(False, "with --models: serve export files holding pickled (PyOD) models; "
+                                     "only for a folder whose files you trust")
+    cache_bytes: int = _opt(1 << 30, "memory for loaded detectors", flag="--cache-mb", scale=_MB, unit="MB")
+    workers: int = _opt(None, "scoring threads", factory=_default_workers)
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def build_parser(prog: str = "python -m pynomaly_daemon") -> argparse.ArgumentParser:
+    """The daemon's options, one per :class:`Config` field, plus where detectors come from."""
+    d = Config()
+    p = argparse.ArgumentParser(prog=prog, description="Serve stored pynomaly detectors over a Unix socket.")
+    p.add_argument("--home", default=None, help="repository home folder (default: $PYNOMALY_HOME, else the user's data dir)")
+    p.add_argument("--models", default=None, metavar="DIR",
+                   help="serve model files DIR/<name>/<version>.pnm (native models or export files) instead of the repository")
+    for f in dataclasses.fields(Config):
+        meta, flag, default = f.metadata, _flag(f), getattr(d, f.name)
+        if f.name == "socket_path":
+            p.add_argument(flag, dest=f.name, default=None, help=f"socket path (default {wire.default_socket_path()})")
+        elif f.name == "allowed_uids":
+            p.add_argument(flag, dest=f.name, type=int, action="append", default=None, metavar="UID", help=meta["help"])
+        elif f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=meta["help"])
+        else:
+            kind = meta["type"] or type(default)
+            shown = default / meta["scale"] if default is not None and meta["scale"] != 1.0 else default
+            if meta["scale"] != 1.0:
+                kind = float
+            unit = f" ({meta['unit']})" if meta["unit"] else ""
+            p.add_argument(flag, dest=f.name, type=kind, default=shown, help=f"{meta['help']}{unit}; default {shown}")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> Config:
+    """The :class:`Config` for parsed arguments (values scaled back to their units)."""
+    values = {}
+    for f in dataclasses.fields(Config):
+        v = getattr(a, f.name)
+        if f.name == "socket_path":
+            v = os.path.abspath(v or wire.default_socket_path())
+        elif f.name == "allowed_uids":
+            v = frozenset(v) if v else None
+        elif f.metadata["scale"] != 1.0 and v is not None:
+            v = f.metadata["scale"] * v
+            if f.type in ("int", int):
+                v = int(v)
+        values[f.name] = v
+    return Config(**values)

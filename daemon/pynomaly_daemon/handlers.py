@@ -1,0 +1,65 @@
+"""The operations other than ``detect``: one coroutine each, ``handler(daemon, request) -> reply``,
+and the table that maps each request type to its handler. ``detect`` has its own paths
+(server.py, batching.py, the native path) because it is the hot one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pynomaly
+from pynomaly import wire
+
+
+def detector_info(scorer, loaded: bool = True) -> wire.DetectorInfo:
+    """What ``info`` and ``list`` say about a loaded Scorer."""
+    v = scorer.version
+    return wire.DetectorInfo(v.name, v.version, v.algorithm, v.n_features, v.threshold, loaded, scorer.size_bytes)
+
+
+async def health(d, req: wire.Health) -> wire.HealthReply:
+    return wire.HealthReply(
+        req.id, "draining" if d.draining else "ok", pynomaly.__version__, wire.PROTOCOL_VERSION,
+        os.getpid(), time.monotonic() - d.started,
+    )
+
+
+async def stats(d, req: wire.Stats) -> wire.StatsReply:
+    c = d.counters
+    return wire.StatsReply(
+        req.id, time.monotonic() - d.started, len(d.conns), c["connections_total"], d.admission.requests,
+        {**d.requests, "detect": d.n_detect}, dict(d.errors), c["rows_scored"], c["native_calls"],
+        c["coalesced_requests"], len(d.cache), d.cache.size, c["cache_hits"], c["cache_misses"], c["copied_rows"],
+        c["fast_path_requests"],
+    )
+
+
+async def info(d, req: wire.Info) -> wire.InfoReply:
+    return wire.InfoReply(req.id, detector_info(await d.cache.resolve(req.detector, req.version)))
+
+
+async def list_detectors(d, req: wire.ListDetectors) -> wire.ListReply:
+    out = []
+    for rec in await d.run(d.cache.source.list):
+        s = d.cache.entries.get((rec.name, rec.version))
+        if s is not None:
+            status, rec = rec.status, detector_info(s)
+            rec.status = status
+        out.append(rec)
+    return wire.ListReply(req.id, out)
+
+
+async def reload(d, req: wire.Reload) -> wire.ReloadReply:
+    names = d.cache.invalidate(req.detector)
+    d.log.info("reload%s: dropped %d cached version(s)", f" {req.detector!r}" if req.detector else "", len(names))
+    return wire.ReloadReply(req.id, names)
+
+
+HANDLERS = {
+    wire.Health: health,
+    wire.Stats: stats,
+    wire.Info: info,
+    wire.ListDetectors: list_detectors,
+    wire.Reload: reload,
+}

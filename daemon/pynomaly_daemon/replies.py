@@ -1,0 +1,93 @@
+"""Reply encoding: a batch's scores become one DetectReply per request, and replies to the same
+connection go out in one write. What the arrays hold (labels, probabilities) is decided by the
+Scorer, once per batch; this module only slices and frames them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pynomaly import DetectorNotReadyError, wire
+from pynomaly.wire import DetectReply
+
+_DEFAULT = frozenset(wire.WANT_DEFAULT)
+
+
+class Pending:
+    """One admitted detect request: its connection, the request, its rows' bytes and count."""
+
+    __slots__ = ("conn", "req", "data", "n")
+
+    def __init__(self, conn, req, data, n: int):
+        self.conn = conn
+        self.req = req
+        self.data = data
+        self.n = n
+
+
+def detect_replies(scorer, items: list, scores: np.ndarray, encoder, release, reply_error) -> None:
+    """Answer each request of a batch scored together (``scores`` holds their rows in order).
+
+    Arrays are converted to bytes once per batch, then sliced per request. ``release(conn, n)``
+    ends each request's admission; ``reply_error(conn, id, code, message)`` answers one that
+    asked for what this detector cannot give (probabilities without training scores).
+    """
+    v = scorer.version
+    single = len(items) == 1
+    wants = set()
+    for it in items:
+        w = it.req.want
+        wants.update(_DEFAULT if w is None else w)
+    probabilities = None
+    if "probabilities" in wants:
+        try:
+            probabilities = scorer.decide(scores, ("probabilities",)).probabilities
+        except DetectorNotReadyError as e:
+            probabilities = e
+    d = scorer.decide(scores, ("labels",))
+    thr = d.threshold
+    labels = d.labels
+    s_bytes = l_bytes = p_bytes = None
+    append_frame = wire.append_frame
+    outs = {}
+    off = 0
+    for it in items:
+        conn, req, n = it.conn, it.req, it.n
+        a, off = off, off + n
+        release(conn, n)
+        if conn.closed:
+            continue
+        want = req.want
+        reply = DetectReply(req.id, v.name, v.version, n, thr)
+        if want is None:
+            want = wire.WANT_DEFAULT
+        failed = False
+        for w in want:
+            if w == "scores":
+                if s_bytes is None:
+                    s_bytes = scores.data if single else scores.tobytes()
+                reply.scores = s_bytes if single else s_bytes[8 * a : 8 * off]
+            elif w == "labels":
+                if l_bytes is None:
+                    l_bytes = labels.view(np.uint8).data if single else labels.tobytes()
+                reply.labels = l_bytes if single else l_bytes[a:off]
+            elif w == "anomalies":
+                reply.anomalies = np.flatnonzero(labels[a:off]).astype("<i8").data
+            elif w == "probabilities":
+                if isinstance(probabilities, Exception):
+                    reply_error(conn, req.id, "unavailable", str(probabilities))
+                    failed = True
+                    break
+                if p_bytes is None:
+                    p_bytes = probabilities.data if single else probabilities.tobytes()
+                reply.probabilities = p_bytes if single else p_bytes[8 * a : 8 * off]
+        if failed:
+            continue
+        # Replies to one connection (pipelined requests) go out in one write.
+        out = outs.get(conn)
+        if out is None:
+            out = outs[conn] = bytearray()
+        append_frame(out, reply, encoder)
+    for conn, out in outs.items():
+        if not conn.closed:
+            conn.transport.write(out)
