@@ -274,40 +274,20 @@ def _cmd_lifecycle(args, home, progress, out):
 
 
 def _cmd_quickstart(args, home, progress, out):
-    import numpy as np
+    from .quickstart import run
 
-    from . import build_info, service
-    from .datasets import load_cardio
-    from .quickstart import roc_auc
-    from .repository import Repository
-
-    X, y = load_cardio()
-    info = build_info()
-    out.write(f"pynomaly {info['version']}  simd={info['simd']}  openmp={info['openmp']}\n")
-    out.write(f"dataset: cardio (UCI Cardiotocography via ODDS), {X.shape[0]} rows x {X.shape[1]} features\n")
-    with Repository(home) as repo:
-        t0 = time.perf_counter()
-        det = service.train(repo, args.detector, X, "IsolationForest",
-                            {"contamination": 0.1, "random_state": 42}, progress=progress)
-        t1 = time.perf_counter()
-        result = service.detect(repo, args.detector, X, progress=progress)
-        progress.close()
-        out.write(f"trained and stored detector {det.name!r} v{det.version} in {1e3 * (t1 - t0):.0f} ms "
-                  f"(repository: {repo.home})\n")
-    flagged = np.flatnonzero(result.labels)
-    out.write(f"threshold {result.threshold:.4f}: {len(flagged)} of {len(X)} rows flagged as anomalies, "
-              f"scored in {result.metrics['processing_time_ms']:.2f} ms\n")
-    out.write(f"precision of flagged rows against the labels: {y[flagged].mean():.3f}; "
-              f"ROC-AUC {roc_auc(y, result.scores):.3f}\n")
-    top = result.anomalies[:5]
-    out.write("top 5 rows: " + ", ".join(f"#{i} (score {result.scores[i]:.3f}, label {y[i]})" for i, _ in top) + "\n")
-    out.write(f"next: pynomaly show {det.name}   |   pynomaly detect --detector {det.name} --data FILE\n")
+    run(home, args.detector, progress=progress, out=out)
 
 
 def _cmd_serve(args, home, progress, out):
-    # Imported only here: the package never imports the daemon, the command line hands over.
-    from pynomaly_daemon import main as serve
+    # The package never imports the daemon: the command runs the face registered under the
+    # `pynomaly.commands` entry point "serve" (pynomaly_daemon.cli:main).
+    from importlib.metadata import entry_points
 
+    found = entry_points(group="pynomaly.commands", name="serve")
+    if not found:
+        raise SystemExit("pynomaly: the daemon is not installed (no 'serve' in the pynomaly.commands entry points)")
+    serve = next(iter(found)).load()
     argv = list(args.daemon_args)
     if home and "--home" not in argv and "--models" not in argv:
         argv += ["--home", home]
