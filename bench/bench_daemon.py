@@ -43,10 +43,24 @@ def load_dataset(name: str) -> np.ndarray:
     return np.load(path)["X"].astype(np.float64), path.stem
 
 
-def start_daemon(tmp: Path, models: Path) -> subprocess.Popen:
+def cpu_model() -> str:
+    """The CPU's model name (what `lscpu` prints), for the first line of every result."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def start_daemon(tmp: Path, models: Path, extra=()) -> subprocess.Popen:
     sock = tmp / "daemon.sock"
     p = subprocess.Popen(
-        [sys.executable, "-m", "pynomaly_daemon", "--socket", str(sock), "--models", str(models), "--log-level", "WARNING"],
+        [sys.executable, "-m", "pynomaly_daemon", "--socket", str(sock), "--models", str(models), "--log-level", "WARNING",
+         *extra],
         stdout=subprocess.PIPE, stderr=open(tmp / "daemon.log", "w"), text=True,
     )
     line = p.stdout.readline()
@@ -115,12 +129,13 @@ def main() -> None:
     ap.add_argument("--dataset", default="cardio")
     ap.add_argument("--sections", default="single,pipelined,batch", help="comma-separated parts to run")
     ap.add_argument("--batch-repeats", type=int, default=0, help="calls per batch size (default: about 2 s each)")
+    ap.add_argument("--daemon-args", default="", help="extra daemon options, e.g. --daemon-args=--no-fast-path")
     args = ap.parse_args()
 
     X, name = load_dataset(args.dataset)
     info = pynomaly.build_info()
-    print(f"pynomaly {info['version']}  simd={info['simd']}  openmp={info['openmp']}  cpus={os.cpu_count()}  "
-          f"dataset={name} {X.shape}")
+    print(f"# cpu: {cpu_model()}; pynomaly {info['version']} ({Path(pynomaly.__file__).parent})  simd={info['simd']}  "
+          f"openmp={info['openmp']}  cpus={os.cpu_count()}  dataset={name} {X.shape}  daemon args: {args.daemon_args!r}")
     model = pynomaly.IsolationForest(random_state=0).fit(X)
 
     tmp = Path(tempfile.mkdtemp(prefix="pynomaly-bench-"))
@@ -134,7 +149,7 @@ def main() -> None:
         subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(loadgen), str(HERE / "loadgen.c")], check=True)
         frame = tmp / "frame.bin"
         frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], _rows(X[:1]))))
-        daemon = start_daemon(tmp, tmp / "models")
+        daemon = start_daemon(tmp, tmp / "models", args.daemon_args.split())
         sock = tmp / "daemon.sock"
         c = pynomaly.Client(str(sock))
         r = c.detect("bench", X[:1])

@@ -131,15 +131,5 @@ def save_to_folder(root, name: str, detector, version: Optional[int] = None, *, 
             version = src.latest_version(name) + 1
         except DetectorNotFound:
             version = 1
-    final = d / f"{int(version)}.pnm"
-    if getattr(detector, "artifact_format", "native") == "native" and algorithm is None:
-        blob = detector.to_bytes()
-        tmp = d / f".{version}.pnm.tmp"
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    else:
-        service.export_model(detector, final, name, algorithm or type(detector).__name__, version=int(version))
+    service.write_model_file(detector, d / f"{int(version)}.pnm", name, algorithm, version=int(version))
     return int(version)

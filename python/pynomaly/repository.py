@@ -148,7 +148,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
     tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
     try:
@@ -233,7 +233,7 @@ class Repository:
         path = self._artifact_path(sha)
         if not path.exists():
             path.parent.mkdir(exist_ok=True, mode=0o700)
-            _atomic_write(path, _zstd().ZstdCompressor(level=6).compress(data))
+            atomic_write(path, _zstd().ZstdCompressor(level=6).compress(data))
         return sha
 
     def get_artifact(self, sha: str) -> bytes:
@@ -698,5 +698,5 @@ def write_export(path, *, name: str, algorithm: str, parameters: dict, blob: byt
     hb = json.dumps(header, sort_keys=True).encode()
     body = _EXPORT_MAGIC + struct.pack("<IQ", _EXPORT_VERSION, len(hb)) + hb + packed
     path = Path(path)
-    _atomic_write(path, body + hashlib.sha256(body).digest())
+    atomic_write(path, body + hashlib.sha256(body).digest())
     return path

@@ -32,7 +32,7 @@ from .domain import (
     DetectorVersion,
     fingerprint,
 )
-from .repository import Repository, read_export, write_export
+from .repository import Repository, atomic_write, read_export, write_export
 
 __all__ = [
     "Scorer",
@@ -51,6 +51,7 @@ __all__ = [
     "export",
     "import_detector",
     "export_model",
+    "write_model_file",
     "load_data",
     "home_path",
 ]
@@ -574,3 +575,17 @@ def export_model(model, path, name: str, algorithm: str, *, version: int = 1, fe
         blob=model.to_bytes(), n_features=int(model.n_features_in_), threshold=float(model.threshold_),
         format=getattr(model, "artifact_format", "native"), version=int(version), feature_names=feature_names,
     )
+
+
+def write_model_file(model, path, name: str, algorithm: Optional[str] = None, *, version: int = 1) -> Path:
+    """Write a fitted model as one file that :func:`load_file_for_scoring` reads, atomically
+    (readers see the old file or the whole new one).
+
+    A native model without an ``algorithm`` is written as its own bytes (``to_bytes()``);
+    any other (give its registry ``algorithm``) as an export file.
+    """
+    path = Path(path)
+    if getattr(model, "artifact_format", "native") == "native" and algorithm is None:
+        atomic_write(path, model.to_bytes())
+        return path
+    return export_model(model, path, name, algorithm or type(model).__name__, version=version)
