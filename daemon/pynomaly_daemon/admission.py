@@ -20,17 +20,23 @@ class Admission:
         self.max_rows = max_rows
         self.conn_max = conn_max
 
-    def refusal(self, rows: int = 0) -> Optional[str]:
-        """Why a request of ``rows`` rows cannot be taken now (the "busy" message), or None.
+    def try_admit(self, conn, rows: int) -> Optional[str]:
+        """Admit a request of ``conn`` with ``rows`` rows, or return why not (the "busy"
+        message); its reading pauses at the per-connection bound.
 
         A lone request is always taken, however many rows: the row bound limits what waits
         together, not the largest request (the frame limit does that)."""
         if self.requests >= self.max_requests or (rows and self.requests and self.rows + rows > self.max_rows):
             return f"{self.requests} requests / {self.rows} rows in flight; retry later"
+        conn.in_flight += 1
+        self.requests += 1
+        self.rows += rows
+        if conn.in_flight >= self.conn_max:
+            conn.update_reading()
         return None
 
     def admit(self, conn, rows: int) -> None:
-        """Count a request of ``conn``; its reading pauses at the per-connection bound."""
+        """Count a request of ``conn`` unconditionally (see :meth:`try_admit`)."""
         conn.in_flight += 1
         self.requests += 1
         self.rows += rows

@@ -88,28 +88,28 @@ class Batcher:
         self.pending: dict = {}
         self.flush_handle = None
         self.loop = None
-        self.many_connections = lambda: False  # set by the daemon: more than one client connected
+        self.conns = ()  # the daemon's connections (set by the daemon): with others, wait for them
 
-    def queue(self, scorer, dtype: str, item: Pending) -> None:
-        """Queue a small admitted request for the next flush."""
-        key = (scorer, dtype)
-        group = self.pending.get(key)
-        if group is None:
-            self.pending[key] = [item]
-            # A lone connection has no one to coalesce with beyond its own pipelined frames:
-            # Connection.buffer_updated flushes after parsing.
-            if self.flush_handle is None and (self.many_connections() or self.config.coalesce_window > 0):
-                self._schedule_flush()
-        else:
-            group.append(item)
+    def submit(self, scorer, item: Pending, dtype: str, *, in_read: bool) -> None:
+        """Score an admitted request: queued when small, alone when large.
 
-    def submit(self, scorer, item: Pending, dtype: str) -> None:
-        """Score an admitted request: queued when small, alone when large."""
+        ``in_read``: submitted while a connection's read is being parsed; the read's end then
+        flushes (Connection.buffer_updated), so a lone client's pipelined frames form one batch
+        and nothing waits for another loop iteration (measured: a call_soon per request cost
+        a fifth of the Python path's single-client rate).
+        """
         cfg = self.config
         if item.n <= cfg.coalesce_rows:
-            self.queue(scorer, dtype, item)
-            if self.flush_handle is None:
-                self._schedule_flush()
+            key = (scorer, dtype)
+            group = self.pending.get(key)
+            if group is None:
+                self.pending[key] = [item]
+                # With other clients connected (or a window), wait for them: the flush runs
+                # after every ready connection was read.
+                if self.flush_handle is None and (not in_read or len(self.conns) > 1 or cfg.coalesce_window > 0):
+                    self._schedule_flush()
+            else:
+                group.append(item)
             return
         X = matrix(item.data, item.n, scorer.version.n_features, dtype)
         if X.flags.owndata:  # misaligned raw data (or nested lists) had to be copied
@@ -142,7 +142,12 @@ class Batcher:
                 X = matrix(b"".join([it.data for it in items]), sum([it.n for it in items]), v.n_features, dtype)
                 self.counters["coalesced_requests"] += len(items)
             if X.shape[0] <= self.config.inline_rows:
-                self._score_now(scorer, X, items, dtype)
+                try:
+                    scores = scorer.score(X)
+                except Exception as err:  # noqa: BLE001 - answered per request
+                    self._failed(scorer, items, err, dtype)
+                else:
+                    self._deliver(scorer, items, scores)
             else:
                 self._score_in_pool(scorer, X, items, dtype)
 

@@ -80,7 +80,8 @@ def build_parser(prog: str = "python -m pynomaly_daemon") -> argparse.ArgumentPa
     for f in dataclasses.fields(Config):
         meta, flag, default = f.metadata, _flag(f), getattr(d, f.name)
         if f.name == "socket_path":
-            p.add_argument(flag, dest=f.name, default=None, help=f"socket path (default {wire.default_socket_path()})")
+            p.add_argument(flag, dest=f.name, default=None, metavar="PATH",
+                           help=f"socket path (default {wire.default_socket_path()})")
         elif f.name == "allowed_uids":
             p.add_argument(flag, dest=f.name, type=int, action="append", default=None, metavar="UID", help=meta["help"])
         elif f.type in ("bool", bool):
@@ -91,7 +92,9 @@ def build_parser(prog: str = "python -m pynomaly_daemon") -> argparse.ArgumentPa
             if meta["scale"] != 1.0:
                 kind = float
             unit = f" ({meta['unit']})" if meta["unit"] else ""
-            p.add_argument(flag, dest=f.name, type=kind, default=shown, help=f"{meta['help']}{unit}; default {shown}")
+            metavar = flag.lstrip("-").upper().replace("-", "_")
+            p.add_argument(flag, dest=f.name, type=kind, default=shown, metavar=metavar,
+                           help=f"{meta['help']}{unit}; default {shown}")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 

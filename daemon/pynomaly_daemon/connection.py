@@ -111,7 +111,7 @@ class Connection(asyncio.BufferedProtocol):
                 return
         batcher = self.d.batcher
         if batcher.pending and batcher.flush_handle is None:
-            batcher.flush()  # see Batcher.queue: nothing else to wait for
+            batcher.flush()  # see Batcher.submit: nothing else to wait for
         self.start = p
         self.frame_end = 0
         if p == end:

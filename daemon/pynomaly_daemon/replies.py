@@ -10,7 +10,6 @@ import numpy as np
 from pynomaly import DetectorNotReadyError, wire
 from pynomaly.wire import DetectReply
 
-_DEFAULT = frozenset(wire.WANT_DEFAULT)
 
 
 class Pending:
@@ -34,19 +33,17 @@ def detect_replies(scorer, items: list, scores: np.ndarray, encoder, release, re
     """
     v = scorer.version
     single = len(items) == 1
-    wants = set()
+    probabilities = None
     for it in items:
         w = it.req.want
-        wants.update(_DEFAULT if w is None else w)
-    probabilities = None
-    if "probabilities" in wants:
-        try:
-            probabilities = scorer.decide(scores, ("probabilities",)).probabilities
-        except DetectorNotReadyError as e:
-            probabilities = e
-    d = scorer.decide(scores, ("labels",))
-    thr = d.threshold
-    labels = d.labels
+        if w is not None and "probabilities" in w:
+            try:
+                probabilities = scorer.probabilities(scores)
+            except DetectorNotReadyError as e:
+                probabilities = e
+            break
+    thr = v.threshold
+    labels = scorer.labels(scores)
     s_bytes = l_bytes = p_bytes = None
     append_frame = wire.append_frame
     outs = {}
@@ -58,9 +55,18 @@ def detect_replies(scorer, items: list, scores: np.ndarray, encoder, release, re
         if conn.closed:
             continue
         want = req.want
-        reply = DetectReply(req.id, v.name, v.version, n, thr)
-        if want is None:
-            want = wire.WANT_DEFAULT
+        if want is None:  # the default, scores and labels: the common case, written out
+            if s_bytes is None:
+                s_bytes = scores.data if single else scores.tobytes()
+            if l_bytes is None:
+                l_bytes = labels.view(np.uint8).data if single else labels.tobytes()
+            if single:
+                reply = DetectReply(req.id, v.name, v.version, n, thr, s_bytes, l_bytes)
+            else:
+                reply = DetectReply(req.id, v.name, v.version, n, thr, s_bytes[8 * a : 8 * off], l_bytes[a:off])
+            want = ()
+        else:
+            reply = DetectReply(req.id, v.name, v.version, n, thr)
         failed = False
         for w in want:
             if w == "scores":

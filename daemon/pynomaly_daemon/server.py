@@ -74,8 +74,8 @@ class Daemon:
         self.decoder = msgspec.msgpack.Decoder(wire.Request)
         self.batcher = Batcher(config, self.pool, self.admission, self.cache, self.counters, self.encoder,
                                lambda conn, req_id, code, msg: conn.reply_error(req_id, code, msg))
-        self.batcher.many_connections = lambda: len(self.conns) > 1
         self.conns: set = set()
+        self.batcher.conns = self.conns
         self.rx_reserved = 0
         self.draining = False
         self.started = time.monotonic()
@@ -247,20 +247,19 @@ class Daemon:
         else:
             self.other(conn, req)
 
-    def _busy(self, conn: Connection, req_id: int, rows: int) -> bool:
-        why = self.admission.refusal(rows)
+    def _admit(self, conn: Connection, req_id: int, rows: int) -> bool:
+        why = self.admission.try_admit(conn, rows)
         if why is None:
-            return False
+            return True
         conn.reply_error(req_id, "busy", why)
-        return True
+        return False
 
     def detect(self, conn: Connection, req: Detect) -> None:
         self.n_detect += 1
         cache = self.cache
         scorer = cache.hot.get((req.detector, req.version)) or cache.cached(req.detector, req.version)
         if scorer is None:
-            if not self._busy(conn, req.id, 0):
-                self.admission.admit(conn, 0)
+            if self._admit(conn, req.id, 0):
                 self.loop.create_task(self._detect_after_load(conn, req))
             return
         try:
@@ -268,10 +267,11 @@ class Daemon:
         except RequestError as err:
             conn.reply_error(req.id, err.code, err.message)
             return
-        if self._busy(conn, req.id, n):
-            return
-        self.admission.admit(conn, n)
-        self.batcher.submit(scorer, Pending(conn, req, data, n), dtype)
+        why = self.admission.try_admit(conn, n)
+        if why is None:
+            self.batcher.submit(scorer, Pending(conn, req, data, n), dtype, in_read=True)
+        else:
+            conn.reply_error(req.id, "busy", why)
 
     async def _detect_after_load(self, conn: Connection, req: Detect) -> None:
         try:
@@ -286,13 +286,12 @@ class Daemon:
             self.admission.release(conn, 0)
         else:
             self.admission.add_rows(n)  # admitted while its detector loaded: now its rows count too
-            self.batcher.submit(scorer, Pending(conn, req, data, n), dtype)
+            self.batcher.submit(scorer, Pending(conn, req, data, n), dtype, in_read=False)
 
     def other(self, conn: Connection, req) -> None:
         """Every op but detect: admitted like a request of no rows, answered by its handler."""
         self.requests[type(req).__struct_config__.tag] += 1
-        if not self._busy(conn, req.id, 0):
-            self.admission.admit(conn, 0)
+        if self._admit(conn, req.id, 0):
             self.loop.create_task(self._answer(conn, req))
 
     async def _answer(self, conn: Connection, req) -> None:

@@ -278,7 +278,10 @@ class Scorer:
                 f"data has {X.shape[1] if X.ndim == 2 else '?'} features; detector {v.name!r} v{v.version} "
                 f"was trained on {v.n_features}" + (f" ({', '.join(v.feature_names)})" if v.feature_names else "")
             )
-        return np.asarray(self.model.decision_function(X), dtype=np.float64)
+        scores = self.model.decision_function(X)
+        if type(scores) is not np.ndarray or scores.dtype != np.float64:
+            scores = np.asarray(scores, dtype=np.float64)
+        return scores
 
     def threshold_for(self, scores: np.ndarray, *, threshold=None, contamination=None) -> float:
         """The decision threshold: ``threshold``, else the ``contamination`` quantile of these
@@ -295,28 +298,35 @@ class Scorer:
             return _scores.threshold(scores, ContaminationRate(contamination).value)
         return self.version.threshold
 
+    def labels(self, scores: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+        """The decision rule, stated once: a row is an anomaly when its score is above the
+        threshold (the version's own unless given). A bool array."""
+        return scores > (self.version.threshold if threshold is None else threshold)
+
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Outlier probability of each score: PyOD's 'linear' scaling of the training scores
+        (``predict_proba(X)[:, 1]``). Raises DetectorNotReadyError without training scores."""
+        stats = self.version.training_stats
+        if stats is None:
+            v = self.version
+            raise DetectorNotReadyError(f"detector {v.name!r} v{v.version} has no training scores to scale probabilities")
+        from . import scores as _scores
+
+        return _scores.linear(scores, stats)
+
     def decide(self, scores: np.ndarray, want=WANT_DEFAULT, *, threshold=None, contamination=None) -> Decisions:
-        """Turn scores into what ``want`` names (see :data:`WANT_ALL`): the one place where
-        a label is ``score > threshold`` and a probability is PyOD's 'linear' scaling of the
-        training scores."""
+        """Turn scores into what ``want`` names (see :data:`WANT_ALL`), with :meth:`labels`
+        and :meth:`probabilities`; ``confidence`` is the model's ExCeeD confidence."""
         t = self.threshold_for(scores, threshold=threshold, contamination=contamination)
         out = Decisions(t, scores if "scores" in want else None)
-        if "labels" in want or "anomalies" in want or "confidence" in want:
-            labels = scores > t
+        if "labels" in want or "anomalies" in want:
+            labels = self.labels(scores, t)
             if "labels" in want:
                 out.labels = labels
             if "anomalies" in want:
                 out.anomalies = np.flatnonzero(labels).astype(np.int64)
         if "probabilities" in want:
-            stats = self.version.training_stats
-            if stats is None:
-                v = self.version
-                raise DetectorNotReadyError(
-                    f"detector {v.name!r} v{v.version} has no training scores to scale probabilities"
-                )
-            from . import scores as _scores
-
-            out.probabilities = _scores.linear(scores, stats)
+            out.probabilities = self.probabilities(scores)
         if "confidence" in want:
             confidence_of = getattr(self.model, "confidence_of", None)
             if confidence_of is None:
