@@ -421,3 +421,27 @@ def test_delete_racing_a_save_of_identical_content(tmp_path):
         _, loaded = service.load_model(b, "B")
     assert len(calls) == 2  # the second call re-wrote the file
     np.testing.assert_array_equal(loaded.decision_function(X), model.decision_function(X))
+
+
+def test_a_retrain_replaces_a_corrupted_artifact_of_the_same_content(tmp_path):
+    """Issue 16.1: the same data and parameters give byte-identical artifacts; a stored one that
+    was damaged since must not be reused by the new version."""
+    X, _ = load_dataset("cardio")
+    params = {"n_estimators": 20, "random_state": 7}
+    service.train(tmp_path, "x", X, params=params)
+    files = list((tmp_path / "artifacts").rglob("*.zst"))
+    assert len(files) == 1
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncated on disk
+    with pytest.raises(ArtifactIntegrityError):
+        service.load_for_scoring(tmp_path, "x")
+    assert service.train(tmp_path, "x", X, params=params).version == 2
+    s = service.load_for_scoring(tmp_path, "x")  # v2, same content name, now intact again
+    assert s.version.version == 2 and s.score(X[:5]).shape == (5,)
+    _, v1 = service.load_model(tmp_path, "x", 1)  # and v1, which shares the file, is readable too
+    np.testing.assert_array_equal(v1.decision_function(X[:5]), s.score(X[:5]))
+
+
+def test_documented_submodules_work_after_a_plain_import():
+    """Issue 16.11: ``import pynomaly; pynomaly.service.load_for_scoring`` as the README shows."""
+    code = "import pynomaly, sys; assert 'pynomaly.service' not in sys.modules; pynomaly.service.load_for_scoring; pynomaly.registry.get"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -80,12 +80,21 @@ def build_info() -> dict:
 _LAZY = {"Client": "client", "AsyncClient": "client", "DaemonError": "client", "Detection": "client"}
 
 
+# Submodules the README uses as ``pynomaly.<name>`` after a plain ``import pynomaly``; imported
+# on first access (the service layer pulls in SQLite and zstandard, which scoring never needs).
+_LAZY_MODULES = ("service", "registry", "repository", "wire", "client", "dataio", "datasets", "adapters", "domain")
+
+
 def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_MODULES:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'pynomaly' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f".{mod}", __name__), name)
     globals()[name] = value
     return value

@@ -228,13 +228,27 @@ class Repository:
         return self.home / "artifacts" / sha[:2] / f"{sha}.zst"
 
     def put_artifact(self, data: bytes) -> str:
-        """Store bytes (zstd-compressed) under their SHA-256; return it. Idempotent."""
+        """Store bytes (zstd-compressed) under their SHA-256; return it. Idempotent.
+
+        A file already stored under that name is kept only when it holds these bytes: one
+        that was truncated or corrupted since is replaced (atomically), so a new version
+        never points at a damaged file that merely has the right name.
+        """
         sha = hashlib.sha256(data).hexdigest()
         path = self._artifact_path(sha)
-        if not path.exists():
+        if not path.exists() or not self._holds(path, sha):
             path.parent.mkdir(exist_ok=True, mode=0o700)
             atomic_write(path, _zstd().ZstdCompressor(level=6).compress(data))
         return sha
+
+    @staticmethod
+    def _holds(path: Path, sha: str) -> bool:
+        """Whether the artifact file at ``path`` decompresses to bytes whose SHA-256 is ``sha``."""
+        try:
+            data = _zstd().ZstdDecompressor().decompress(path.read_bytes())
+        except Exception:  # noqa: BLE001 - unreadable or corrupted: it does not hold them
+            return False
+        return hashlib.sha256(data).hexdigest() == sha
 
     def get_artifact(self, sha: str) -> bytes:
         """The bytes stored under ``sha``; refused when missing or not matching their hash."""
