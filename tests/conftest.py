@@ -17,6 +17,15 @@ DATASETS = Path(os.environ.get("PYNOMALY_DATASETS", REPO.parent / "shared" / "da
 ALL_DATASETS = sorted(p.stem for p in DATASETS.glob("*.npz")) if DATASETS.is_dir() else []
 SMALL_DATASETS = [n for n in ALL_DATASETS if n not in ("http", "smtp", "aloi", "shuttle")]
 
+
+def dataset_params(names):
+    """``names`` for ``pytest.mark.parametrize``; without datasets, one parameter that shows
+    as a skip with the reason (an empty list would only say "got empty parameter set")."""
+    if names:
+        return list(names)
+    return [pytest.param(None, marks=pytest.mark.skip(
+        reason=f"no datasets under {DATASETS} (set PYNOMALY_DATASETS)"), id="no-datasets")]
+
 SIMD_TARGETS = pynomaly.build_info()["simd_supported"]
 
 

@@ -11,7 +11,7 @@ import pytest
 import pynomaly
 from pynomaly import InvalidInputError, IsolationForest, ModelFormatError, NotFittedError, PynomalyError
 
-from conftest import ALL_DATASETS, SIMD_TARGETS, SMALL_DATASETS, load_dataset
+from conftest import ALL_DATASETS, SIMD_TARGETS, SMALL_DATASETS, dataset_params, load_dataset
 
 sklearn_ensemble = pytest.importorskip("sklearn.ensemble")
 from sklearn.metrics import roc_auc_score  # noqa: E402
@@ -25,7 +25,7 @@ def _blobs(n=2000, d=8, seed=0):
 
 
 # -- exactness: imported peers' forests score exactly as the peers do ------------------------
-@pytest.mark.parametrize("name", ALL_DATASETS)
+@pytest.mark.parametrize("name", dataset_params(ALL_DATASETS))
 def test_from_sklearn_scores_equal_score_samples(name):
     X, _ = load_dataset(name)
     sk = sklearn_ensemble.IsolationForest(random_state=1).fit(X)
@@ -56,7 +56,7 @@ def test_from_sklearn_exact_with_options(name, kwargs):
     np.testing.assert_allclose(ours.decision_function(Xf), -sk.score_samples(Xf), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ALL_DATASETS)
+@pytest.mark.parametrize("name", dataset_params(ALL_DATASETS))
 def test_from_pyod_equals_pyod_shifted_by_offset(name):
     pyod_iforest = pytest.importorskip("pyod.models.iforest")
     X, _ = load_dataset(name)

@@ -76,3 +76,17 @@ def test_the_service_and_adapters_use_no_private_names_of_other_modules():
     text = (PKG / "service.py").read_text()
     assert "_select" not in text and "._progress" not in text
     assert not hits(module_imports(PKG / "adapters" / "jax.py"), ["pynomaly.adapters.torch"])
+
+
+def test_without_datasets_every_test_is_still_collected_with_a_reason(tmp_path):
+    """Issue 16.13: a parametrisation over absent datasets must not collapse into an empty
+    parameter set (pytest then shows "[NOTSET]" and no reason)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYNOMALY_DATASETS": str(tmp_path / "none")}
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(REPO / "tests")],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "[NOTSET]" not in out.stdout
