@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -313,3 +314,40 @@ def test_serve_hands_over_to_the_daemon(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert code == 0
+
+
+def test_every_command_and_option_says_what_it_is():
+    """Issue 16.12: each command has a description and each of its options a help text."""
+    from pynomaly.cli import _build_parser
+
+    parser = _build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        if name == "serve":  # the daemon's own parser answers `pynomaly serve --help`
+            continue
+        assert p.description, name
+        for a in p._actions:
+            if not isinstance(a, argparse._HelpAction):
+                assert a.help, f"{name} {a.option_strings or a.dest}"
+
+
+def test_delete_asks_on_a_terminal(tmp_path):
+    """Issue 16.12: on a terminal, delete asks first; --yes (and scripts, with no terminal) do not."""
+    import pty
+
+    X, _ = load_dataset("cardio")
+    data = tmp_path / "x.npy"
+    np.save(data, X[:300])
+    run("train", "--detector", "d", "--data", data, "--param", "n_estimators=10", home=tmp_path)
+    e = dict(os.environ)
+    e.pop("PYNOMALY_HOME", None)
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "pynomaly", "--home", str(tmp_path), "delete", "d"],
+                         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+    os.close(slave)
+    os.write(master, b"n\n")
+    out, err = p.communicate(timeout=60)
+    os.close(master)
+    assert p.returncode == 0 and "not deleted" in out, (out, err)
+    assert "d " in run("list", home=tmp_path).stdout
+    assert "deleted d (1 version(s))" in run("delete", "d", "--yes", home=tmp_path).stdout

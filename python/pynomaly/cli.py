@@ -110,32 +110,33 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the stored detector as JSON")
 
     d = sub.add_parser("detect", help="score a data file with a stored detector")
-    d.add_argument("--detector", required=True)
-    d.add_argument("--data", required=True)
+    d.add_argument("--detector", required=True, help="name of a stored, active detector")
+    d.add_argument("--data", required=True, help="rows to score: .csv, .npy, .npz or .parquet")
     d.add_argument("--version", type=int, help="detector version (default: latest)")
     g = d.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, help="label rows scoring above this")
     g.add_argument("--contamination", type=float, help="label this share of the rows (0, 0.5]")
     d.add_argument("--output", help="write per-row scores and labels (.csv, .json or .parquet)")
-    d.add_argument("--columns", type=_columns)
+    d.add_argument("--columns", type=_columns, help="comma-separated feature columns (names or indices); default: "
+                   "the columns the detector was trained on, by name, when the file has them")
     d.add_argument("--top", type=int, default=5, help="how many top anomalies to print (default 5)")
     d.add_argument("--no-save", action="store_true", help="do not record the result in the repository")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     ls = sub.add_parser("list", help="list stored detectors")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print the detectors as JSON")
 
     s = sub.add_parser("show", help="show a detector, its versions and results")
-    s.add_argument("name")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("name", help="detector name")
+    s.add_argument("--json", action="store_true", help="print as JSON")
 
     e = sub.add_parser("export", help="write a detector version to one self-contained file")
-    e.add_argument("name")
-    e.add_argument("file")
-    e.add_argument("--version", type=int)
+    e.add_argument("name", help="detector name")
+    e.add_argument("file", help="the file to write")
+    e.add_argument("--version", type=int, help="detector version (default: latest)")
 
     i = sub.add_parser("import", help="import an exported file as the next version of a detector")
-    i.add_argument("file")
+    i.add_argument("file", help="a file written by `pynomaly export`")
     i.add_argument("--name", help="detector name (default: the exported one)")
     i.add_argument("--trust-pickle", action="store_true",
                    help="accept a pickled (PyOD) model signed elsewhere; only for files you trust")
@@ -143,11 +144,21 @@ def _build_parser() -> argparse.ArgumentParser:
     for verb, text in (("archive", "retire a detector (keeps its versions)"),
                        ("activate", "make an archived detector detect again"),
                        ("delete", "delete a detector with all its versions and results")):
-        x = sub.add_parser(verb, help=text)
-        x.add_argument("name")
+        x = sub.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
+        x.add_argument("name", help="detector name")
+        if verb == "delete":
+            x.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal")
 
-    q = sub.add_parser("quickstart", help="train on the bundled cardio dataset, store, detect, report")
-    q.add_argument("--detector", default="cardio-quickstart")
+    q = sub.add_parser("quickstart", help="train on the bundled cardio dataset, store, detect, report",
+                       description="Train an isolation forest on the bundled cardio dataset (UCI "
+                       "Cardiotocography via ODDS), store it in the home folder, detect with it and report.")
+    q.add_argument("--detector", default="cardio-quickstart", help="name to store it under (default cardio-quickstart)")
+
+    # Each command's own --help opens with what it does (the line `pynomaly --help` shows).
+    for action in sub._choices_actions:
+        parser = sub.choices[action.dest]
+        if parser.description is None:
+            parser.description = action.help[0].upper() + action.help[1:] + "."
 
     # The daemon parses its own options (see `pynomaly serve --help` and PROTOCOL.md).
     sv = sub.add_parser("serve", help="serve stored detectors to local processes over a Unix socket", add_help=False)
@@ -266,6 +277,12 @@ def _cmd_lifecycle(args, home, progress, out):
     from . import service
 
     if args.command == "delete":
+        if not args.yes and sys.stdin.isatty():
+            n_versions = len(service.show(home, args.name)["versions"])
+            answer = input(f"delete {args.name!r} with its {n_versions} version(s) and results? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                out.write("not deleted\n")
+                return
         n = service.delete(home, args.name)
         out.write(f"deleted {args.name} ({n} version(s))\n")
     else:

@@ -19,6 +19,8 @@ def run(home=None, detector: str = "cardio-quickstart", *, progress=None, out=No
     info = build_info()
     out.write(f"pynomaly {info['version']}  simd={info['simd']}  openmp={info['openmp']}\n")
     out.write(f"dataset: cardio (UCI Cardiotocography via ODDS), {X.shape[0]} rows x {X.shape[1]} features\n")
+    out.write(f"storing detector {detector!r} in {service.home_path(home)}\n")
+    out.flush()
     t0 = time.perf_counter()
     det = service.train(home, detector, X, "IsolationForest", {"contamination": 0.1, "random_state": 42},
                         progress=progress)
@@ -26,8 +28,7 @@ def run(home=None, detector: str = "cardio-quickstart", *, progress=None, out=No
     result = service.detect(home, detector, X, progress=progress)
     if progress is not None and hasattr(progress, "close"):
         progress.close()
-    out.write(f"trained and stored detector {det.name!r} v{det.version} in {1e3 * (t1 - t0):.0f} ms "
-              f"(repository: {service.home_path(home)})\n")
+    out.write(f"trained and stored detector {det.name!r} v{det.version} in {1e3 * (t1 - t0):.0f} ms\n")
     flagged = np.flatnonzero(result.labels)
     out.write(f"threshold {result.threshold:.4f}: {len(flagged)} of {len(X)} rows flagged as anomalies, "
               f"scored in {result.metrics['processing_time_ms']:.2f} ms\n")
