@@ -351,3 +351,31 @@ def test_delete_asks_on_a_terminal(tmp_path):
     assert p.returncode == 0 and "not deleted" in out, (out, err)
     assert "d " in run("list", home=tmp_path).stdout
     assert "deleted d (1 version(s))" in run("delete", "d", "--yes", home=tmp_path).stdout
+
+
+def test_output_problems_are_refused_before_any_work(tmp_path):
+    """Issue 16.3/16.7: a result that cannot be written is refused before the detection runs
+    (and is stored), naming the real problem."""
+    X, _ = load_dataset("cardio")
+    data = tmp_path / "x.npy"
+    np.save(data, X[:300])
+    run("train", "--detector", "d", "--data", data, "--param", "n_estimators=10", home=tmp_path)
+    bad = {
+        str(tmp_path / "missing" / "out.csv"): "folder",
+        str(tmp_path / "out.xlsx"): "accepted output formats",
+        str(tmp_path): "accepted output formats",
+    }
+    for out, words in bad.items():
+        p = run("detect", "--detector", "d", "--data", data, "--output", out, home=tmp_path, check=False)
+        assert p.returncode == 1 and words in p.stderr and ".tmp" not in p.stderr, p.stderr
+    env = {"PYTHONPATH": str(tmp_path / "nopyarrow")}
+    (tmp_path / "nopyarrow").mkdir()
+    (tmp_path / "nopyarrow" / "pyarrow.py").write_text("raise ImportError('no pyarrow here')\n")
+    p = run("detect", "--detector", "d", "--data", data, "--output", tmp_path / "r.parquet", home=tmp_path, env=env,
+            check=False)
+    assert p.returncode == 1 and "needs pyarrow" in p.stderr and "detector" not in p.stderr.split("needs")[0]
+    from pynomaly import service
+
+    assert service.show(tmp_path, "d")["results"] == []  # nothing was stored by the refused runs
+    p = run("detect", "--detector", "d", "--data", tmp_path, home=tmp_path, check=False)
+    assert p.returncode == 1 and "is a folder" in p.stderr

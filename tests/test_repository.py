@@ -124,12 +124,15 @@ def test_versions_latest_and_given(tmp_path):
 
 
 def test_failed_training_is_recorded_and_retrain_failure_keeps_previous(tmp_path):
+    """A failure during the fit itself (here PyOD refusing its own parameter) records the
+    detector FAILED with the reason; a retry succeeds; a failed retrain keeps the versions."""
+    pytest.importorskip("pyod")
     X, _ = load_dataset("cardio")
-    with pytest.raises(ValueError, match="n_estimators"):
-        service.train(tmp_path, "bad", X, params={"n_estimators": 0})
+    with pytest.raises(ValueError):
+        service.train(tmp_path, "bad", X, "pyod.KNN", {"n_neighbors": 5000})
     with Repository(tmp_path) as repo:
         d = repo.get("bad")
-    assert d.status is DetectorStatus.FAILED and "n_estimators" in d.error
+    assert d.status is DetectorStatus.FAILED and "n_neighbors" in d.error
     with pytest.raises(DetectorNotReadyError, match="failed"):
         service.load_for_scoring(tmp_path, "bad")
     service.train(tmp_path, "bad", X, params={"random_state": 0})  # a retry succeeds
@@ -138,6 +141,42 @@ def test_failed_training_is_recorded_and_retrain_failure_keeps_previous(tmp_path
         service.train(tmp_path, "bad", X, params={"n_estimators": -1})
     det, _ = service.load_model(tmp_path, "bad")
     assert det.version == 1 and det.status is DetectorStatus.ACTIVE
+
+
+def test_what_can_be_checked_first_leaves_nothing_behind(tmp_path):
+    """Issue 16.3/16.4: a bad parameter value, or a fit that cannot fit in memory, is refused
+    before any write: no detector row, no dataset row."""
+    X, _ = load_dataset("cardio")
+    with pytest.raises(ValueError, match="n_estimators"):
+        service.train(tmp_path, "typo", X, params={"n_estimators": "1OO"})
+    with pytest.raises(ValueError, match=r"needs about .* of memory; .* are available"):
+        service.train(tmp_path, "huge", X, params={"n_estimators": 100_000_000})
+    with pytest.raises(ValueError, match="n_neighbors"):
+        service.train(tmp_path, "k", X[:10], "LOF", {"n_neighbors": 20})
+    assert service.list_detectors(tmp_path) == []
+    with Repository(tmp_path) as repo:
+        assert repo.datasets() == []
+
+
+def test_a_killed_first_training_leaves_no_row(tmp_path):
+    """Issue 16.3: nothing is stored until the fit is done."""
+    code = textwrap.dedent(f"""
+        import numpy as np, sys
+        from pynomaly import service
+        X = np.random.default_rng(0).standard_normal((400_000, 8))
+        print("fitting", flush=True)
+        service.train({str(tmp_path)!r}, "slow", X, params={{"n_estimators": 3000}})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "fitting"
+        time.sleep(1.0)
+        assert proc.poll() is None, "the fit ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.stdout.close()
+    assert service.list_detectors(tmp_path) == []
 
 
 def test_archive_activate_delete(tmp_path):

@@ -104,6 +104,12 @@ class BaseDetector:
         return f"{type(self).__name__}({args})"
 
     # -- PyOD's contract -----------------------------------------------------------------
+    def check_fit(self, n_rows: int, n_features: int) -> None:
+        """Check, before any work, what a ``fit`` on data of this shape can check: the
+        parameters, and where a detector can estimate it, the memory the fit would need.
+        Raises InvalidInputError; ``fit`` makes the same checks itself."""
+        check_contamination(self.contamination)
+
     def fit(self, X, y=None):  # pragma: no cover - every detector overrides it
         raise NotImplementedError
 
@@ -272,3 +278,32 @@ class PickleAsBytes:
             self.__dict__.update(type(self).from_bytes(state["model"]).__dict__)
         else:
             self.set_params(**state["params"])
+
+
+def available_memory() -> "int | None":
+    """Bytes of memory the system can still give this process (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(need: int, what: str, advice: str) -> None:
+    """Refuse a fit whose estimated memory ``need`` exceeds what is available, saying both."""
+    have = available_memory()
+    if have is not None and need > have:
+        raise InvalidInputError(
+            f"{what} needs about {_human(need)} of memory; {_human(have)} are available: {advice}"
+        )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover

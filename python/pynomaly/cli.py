@@ -207,8 +207,10 @@ def _cmd_train(args, home, progress, out):
 
 def _cmd_detect(args, home, progress, out):
     from . import service
-    from .dataio import write_result
+    from .dataio import check_result_path, write_result
 
+    if args.output:
+        check_result_path(args.output)  # before any work or write: the result is not stored twice
     result = service.detect(home, args.detector, args.data, version=args.version, threshold=args.threshold,
                             contamination=args.contamination, columns=args.columns, save=not args.no_save,
                             progress=progress)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ._errors import InvalidInputError
 
-__all__ = ["load_table", "write_result"]
+__all__ = ["load_table", "write_result", "check_result_path"]
 
 _MISSING = {"", "na", "nan", "null", "none"}
 
@@ -39,6 +39,8 @@ def load_table(path, columns=None):
         Column names (``"x0", "x1", ...`` when the file has none).
     """
     path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"{str(path)!r} is a folder; give a data file (.csv, .tsv, .npy, .npz, .parquet)")
     if not path.is_file():
         raise InvalidInputError(f"data file {str(path)!r} does not exist")
     ext = path.suffix.lower()
@@ -163,10 +165,38 @@ def _read_parquet(path: Path, columns):
     return _finite(X, sel, path), sel
 
 
+_RESULT_FORMATS = (".csv", ".json", ".parquet", ".pq")
+
+
+def check_result_path(path) -> Path:
+    """Check, before any work, that a result can be written to ``path``: a known format, an
+    existing folder, and for Parquet the pyarrow package. Raises InvalidInputError."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in _RESULT_FORMATS:
+        raise InvalidInputError(f"cannot write {path.name}: accepted output formats are .csv, .json, .parquet")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidInputError(f"cannot write {str(path)!r}: the folder {str(folder)!r} does not exist")
+    if path.is_dir():
+        raise InvalidInputError(f"cannot write {str(path)!r}: it is a folder")
+    if not os.access(folder, os.W_OK):
+        raise InvalidInputError(f"cannot write {str(path)!r}: the folder {str(folder)!r} is not writable")
+    if ext in (".parquet", ".pq"):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise InvalidInputError(
+                f"writing {path.name} (Parquet) needs pyarrow: pip install 'pynomaly[parquet]', "
+                "or write .csv or .json"
+            ) from None
+    return path
+
+
 def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict) -> None:
     """Write per-row scores and labels to ``path`` (format from the extension: .csv, .json,
     .parquet); JSON also carries ``summary``. The file appears atomically."""
-    path = Path(path)
+    path = check_result_path(path)
     ext = path.suffix.lower()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -18,7 +18,7 @@ import numpy as np
 from . import _core
 from ._errors import InvalidInputError, ModelFormatError, NotFittedError
 from ._validation import _FLOATS, as_matrix, check_contamination, resolve_n_jobs
-from .base import BaseDetector, PickleAsBytes
+from .base import BaseDetector, PickleAsBytes, check_memory
 
 __all__ = ["IsolationForest"]
 
@@ -76,20 +76,37 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def fit(self, X, y=None) -> "IsolationForest":
-        """Grow the forest on X and score its rows; ``y`` is ignored (unsupervised)."""
+    def _fit_plan(self, n: int, d: int):
+        """Checked ``(n_estimators, psi, max_features, n_jobs)`` for a fit on n x d data."""
         check_contamination(self.contamination)
         n_estimators = self.n_estimators
         if isinstance(n_estimators, bool) or not isinstance(n_estimators, numbers.Integral) or n_estimators < 1:
             raise InvalidInputError(f"n_estimators must be a positive integer, got {n_estimators!r}")
-        X = as_matrix(X)
-        n, d = X.shape
         if n < 2:
             raise InvalidInputError(f"X has {n} row; an isolation forest needs at least 2 rows to train")
         psi = self._resolve_max_samples(n)
         k = self._resolve_max_features(d)
         n_jobs = resolve_n_jobs(self.n_jobs)
-        self._forest = _core.Forest.train(X, int(n_estimators), psi, k, _seed_from(self.random_state), n_jobs)
+        # Each tree holds at most 2 psi - 1 nodes (feature, threshold, child, leaf value: 20
+        # bytes) and, for scoring, a complete layout of 2^(depth + 1) slots (16 bytes each);
+        # the training rows are scored too (8 bytes each). Refused before any allocation:
+        # n_estimators=10**8 otherwise grows until the machine runs out.
+        slots = 2 << max(1, int(psi - 1).bit_length())
+        need = int(n_estimators) * (40 * psi + 16 * slots) + 8 * n
+        check_memory(need, f"an isolation forest of {n_estimators} trees with max_samples={psi}",
+                     "lower n_estimators or max_samples")
+        return int(n_estimators), psi, k, n_jobs
+
+    def check_fit(self, n_rows: int, n_features: int) -> None:
+        """See :meth:`BaseDetector.check_fit`: parameters, rows, and the forest's memory."""
+        self._fit_plan(int(n_rows), int(n_features))
+
+    def fit(self, X, y=None) -> "IsolationForest":
+        """Grow the forest on X and score its rows; ``y`` is ignored (unsupervised)."""
+        X = as_matrix(X)
+        n, d = X.shape
+        n_estimators, psi, k, n_jobs = self._fit_plan(n, d)
+        self._forest = _core.Forest.train(X, n_estimators, psi, k, _seed_from(self.random_state), n_jobs)
         self.max_samples_ = psi
         self.n_features_in_ = d
         self.decision_scores_ = self._forest.score(X, n_jobs)

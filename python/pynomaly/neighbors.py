@@ -15,7 +15,7 @@ from . import _format
 from . import _core
 from ._errors import InvalidInputError, NotFittedError
 from ._validation import as_matrix, check_contamination, resolve_n_jobs
-from .base import BaseDetector, PickleAsBytes
+from .base import BaseDetector, PickleAsBytes, check_memory
 
 __all__ = ["knn", "choose_algorithm", "LOF", "KNN"]
 
@@ -100,14 +100,24 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
         _check_choice(self.algorithm, "algorithm", _ALGORITHMS)
         return k, resolve_n_jobs(self.n_jobs)
 
-    def _fit_neighbors(self, X):
-        k, n_jobs = self._check_params()
-        X = as_matrix(X)
-        n = X.shape[0]
+    def check_fit(self, n_rows: int, n_features: int) -> None:
+        """See :meth:`BaseDetector.check_fit`: parameters, rows, and the neighbour lists' memory."""
+        k, _ = self._check_params()
+        n = int(n_rows)
         if k >= n:
             raise InvalidInputError(
                 f"n_neighbors={k} needs at least {k + 1} rows (each row's neighbours exclude itself); X has {n}"
             )
+        # A copy of the rows, then distances and indices of k neighbours per row (twice at the
+        # peak, while the scores are derived).
+        check_memory(n * (8 * int(n_features) + 32 * k), f"{type(self).__name__} on {n} rows with n_neighbors={k}",
+                     "use fewer rows or a smaller n_neighbors")
+
+    def _fit_neighbors(self, X):
+        k, n_jobs = self._check_params()
+        X = as_matrix(X)
+        n = X.shape[0]
+        self.check_fit(n, X.shape[1])
         # Our own copy: the model must not change when the caller later edits X in place.
         self._fit_X = np.array(X, order="C", copy=True)
         self.n_features_in_ = X.shape[1]

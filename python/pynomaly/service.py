@@ -148,7 +148,11 @@ def train(
     _report(progress, "loading data")
     X, names, source = load_data(data, columns)
     with _repo(home) as repo:
-        model = registry.create(algorithm, **params)  # unknown names and parameters fail before any write
+        # What can be checked is checked before any work or write: unknown names and
+        # parameters, parameter values, the memory the fit needs. Nothing is stored until the
+        # fit is done, so a refused or killed first training leaves no trace.
+        model = registry.create(algorithm, **params)
+        model.check_fit(*X.shape)
         try:
             detector = repo.get(name)
         except DetectorNotFoundError:
@@ -158,9 +162,6 @@ def train(
         first = detector.version == 0
         if first:
             detector.algorithm, detector.parameters = algorithm, params
-            repo.put(detector)
-        fp = fingerprint(X)
-        dataset_id = repo.add_dataset(Path(source).name if source else "array", source, X.shape, names, fp)
         _report(progress, "training", 0.0)
         try:
             if registry.reports_progress(algorithm):
@@ -173,6 +174,8 @@ def train(
                 repo.put(detector)
             raise
         _report(progress, "saving")
+        fp = fingerprint(X)
+        dataset_id = repo.add_dataset(Path(source).name if source else "array", source, X.shape, names, fp)
         detector.algorithm, detector.parameters = algorithm, params
         detector.mark_trained(n_features=X.shape[1], feature_names=names, data_fingerprint=fp)
         if activate:

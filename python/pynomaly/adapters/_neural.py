@@ -54,6 +54,10 @@ class NeuralDetector(BaseDetector):
         self.random_state = random_state
         self.standardize = standardize
 
+    def check_fit(self, n_rows: int, n_features: int) -> None:
+        """See :meth:`BaseDetector.check_fit`: the training parameters."""
+        self._training_params()
+
     def _training_params(self):
         """The checked ``(epochs, batch_size, learning_rate, weight_decay)``; contamination too."""
         check_contamination(self.contamination)
