@@ -379,3 +379,44 @@ def test_output_problems_are_refused_before_any_work(tmp_path):
     assert service.show(tmp_path, "d")["results"] == []  # nothing was stored by the refused runs
     p = run("detect", "--detector", "d", "--data", tmp_path, home=tmp_path, check=False)
     assert p.returncode == 1 and "is a folder" in p.stderr
+
+
+def test_messages_that_used_to_mislead(tmp_path):
+    """Issue 16.7: a ';'-separated CSV is read; a non-UTF-8 file, a damaged database and a
+    damaged row are named with what to do; PyOD's import noise stays off stdout."""
+    X, _ = load_dataset("cardio")
+    semi = tmp_path / "semi.csv"
+    semi.write_text("a;b;c\n" + "\n".join(";".join(repr(float(v)) for v in r[:3]) for r in X[:50]) + "\n")
+    Xs, names = load_table(semi)
+    assert names == ["a", "b", "c"] and Xs.shape == (50, 3)
+    np.testing.assert_array_equal(Xs, X[:50, :3])
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("caf\xe9,b\n1,2\n".encode("latin-1"))
+    with pytest.raises(InvalidInputError, match="not UTF-8 text .*byte 0xe9"):
+        load_table(latin)
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "pynomaly.db").write_bytes(b"this is not a database at all" * 100)
+    p = run("list", home=home, check=False)
+    assert p.returncode == 1 and str(home / "pynomaly.db") in p.stderr and "move it aside" in p.stderr
+
+    good = tmp_path / "good"
+    data = tmp_path / "x.npy"
+    np.save(data, X[:200])
+    run("train", "--detector", "d", "--data", data, "--param", "n_estimators=5", home=good)
+    import sqlite3
+
+    db = sqlite3.connect(good / "pynomaly.db")
+    db.execute("UPDATE detectors SET parameters = ? WHERE name = 'd'", (b"\xc0\xff{",))
+    db.commit()
+    db.close()
+    p = run("list", home=good, check=False)
+    assert p.returncode == 1 and "row of detector 'd'" in p.stderr and "damaged" in p.stderr, p.stderr
+
+    shim = tmp_path / "notorch"
+    shim.mkdir()
+    (shim / "torch.py").write_text("raise ImportError('no torch here')\n")
+    p = run("train", "--detector", "n", "--data", data, "--algorithm", "pyod.NoSuch", home=tmp_path / "h2",
+            env={"PYTHONPATH": str(shim)}, check=False)
+    assert p.returncode == 1 and "NoSuch" in p.stderr and p.stdout == "", (p.stdout, p.stderr)

@@ -109,9 +109,28 @@ def _finite(X, names, path):
     return X
 
 
+def _sniff_delimiter(first_line: str, default: str) -> str:
+    """The delimiter of a text table whose first line is given: ``default`` when it appears
+    there, else the first of ; TAB | that does (a ';'-separated file used to be read as one
+    non-numeric column named 'a;b;c')."""
+    if default in first_line:
+        return default
+    for d in (";", "\t", "|"):
+        if d in first_line:
+            return d
+    return default
+
+
 def _read_csv(path: Path, delimiter: str):
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            delimiter = _sniff_delimiter(f.readline(), delimiter)
+            f.seek(0)
+            rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(
+            f"{path.name} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
     if not rows:
         raise InvalidInputError(f"{path.name} is empty")
     header = None

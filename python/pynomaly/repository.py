@@ -182,19 +182,26 @@ class Repository:
             (self.home / "artifacts").mkdir(exist_ok=True, mode=0o700)
         except OSError as e:
             raise RepositoryError(f"cannot create the pynomaly home folder {str(self.home)!r}: {e}") from None
-        self._db = sqlite3.connect(self.home / "pynomaly.db", timeout=60.0, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 60000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        # Create the schema once (user_version marks it), so opening an existing home takes
-        # no write lock: the daemon and the CLI open it often.
-        if self._db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
-            with self._transaction():
-                for stmt in filter(str.strip, _SCHEMA.split(";")):
-                    self._db.execute(stmt)
-                self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        db_path = self.home / "pynomaly.db"
+        try:
+            self._db = sqlite3.connect(db_path, timeout=60.0, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout = 60000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            # Create the schema once (user_version marks it), so opening an existing home takes
+            # no write lock: the daemon and the CLI open it often.
+            if self._db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+                with self._transaction():
+                    for stmt in filter(str.strip, _SCHEMA.split(";")):
+                        self._db.execute(stmt)
+                    self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise RepositoryError(
+                f"the repository database {str(db_path)!r} cannot be used ({e}); if it is damaged, move it "
+                "aside (the artifacts/ folder keeps the models' bytes) and restore it from a backup"
+            ) from None
 
     # -- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -304,6 +311,15 @@ class Repository:
 
     # -- detectors -----------------------------------------------------------------------------
     def _row_to_detector(self, r) -> Detector:
+        try:
+            return self._detector_of(r)
+        except (ValueError, TypeError, KeyError) as e:  # json, dates, enum: a damaged row
+            raise RepositoryError(
+                f"the row of detector {r['name']!r} in {str(self.home / 'pynomaly.db')!r} is damaged "
+                f"({type(e).__name__}: {e}); delete it (pynomaly delete {r['name']}) or restore the database"
+            ) from None
+
+    def _detector_of(self, r) -> Detector:
         return Detector(
             id=r["id"],
             name=r["name"],

@@ -8,7 +8,9 @@ one (``pynomaly.IsolationForest.from_pyod``), which gives the same labels, much 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import pickle
 import pkgutil
 import re
@@ -40,7 +42,10 @@ def pyod_class(name: str):
             continue
         tried.append(mod_name)
         try:
-            mod = importlib.import_module(f"pyod.models.{mod_name}")
+            # Some PyOD modules print "please install torch first" when their optional
+            # dependency is missing: that is PyOD's noise, not a message for our users.
+            with contextlib.redirect_stdout(io.StringIO()):
+                mod = importlib.import_module(f"pyod.models.{mod_name}")
         except Exception:  # some PyOD modules need libraries that are not installed
             continue
         cls = getattr(mod, name, None)
