@@ -484,3 +484,47 @@ def test_documented_submodules_work_after_a_plain_import():
     """Issue 16.11: ``import pynomaly; pynomaly.service.load_for_scoring`` as the README shows."""
     code = "import pynomaly, sys; assert 'pynomaly.service' not in sys.modules; pynomaly.service.load_for_scoring; pynomaly.registry.get"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_version_number_is_never_given_twice_and_doctor_reports_what_was_lost(tmp_path):
+    """Issue 16.2: the database loses its latest versions (as with a removed -wal file under a
+    killed writer); the next training must not reuse their numbers for other models, and
+    doctor reports the loss and the orphaned artifacts, and repairs without losing anything."""
+    X, _ = load_dataset("cardio")
+    for seed in (1, 2, 3):
+        service.train(tmp_path, "x", X, params={"n_estimators": 10, "random_state": seed})
+    db = sqlite3.connect(tmp_path / "pynomaly.db")
+    db.execute("DELETE FROM detector_versions WHERE version >= 2")
+    db.execute("UPDATE detectors SET version = 1 WHERE name = 'x'")
+    db.commit()
+    db.close()
+    found = service.doctor(tmp_path)
+    assert found["lost_versions"] == [{"detector": "x", "versions": [2, 3]}]
+    assert len(found["orphan_artifacts"]) == 2 and not found["missing_artifacts"] and not found["repaired"]
+    assert service.train(tmp_path, "x", X, params={"n_estimators": 10, "random_state": 4}).version == 4
+    service.delete(tmp_path, "x")  # across a delete too: x v1 named a model once, never another
+    assert service.train(tmp_path, "x", X, params={"n_estimators": 10, "random_state": 5}).version == 5
+    fixed = service.doctor(tmp_path, repair=True)
+    assert len(fixed["repaired"]) >= 2 and not any(Path(p).exists() for p in fixed["orphan_artifacts"])
+    assert len(list((tmp_path / "lost+found").glob("*.zst"))) >= 2  # moved, not deleted
+    again = service.doctor(tmp_path)
+    assert not again["orphan_artifacts"] and not again["damaged_artifacts"]
+
+
+def test_doctor_finds_missing_and_damaged_artifacts_and_unfinished_rows(tmp_path):
+    X, _ = load_dataset("cardio")
+    service.train(tmp_path, "a", X, params={"n_estimators": 10, "random_state": 1})
+    service.train(tmp_path, "b", X, params={"n_estimators": 10, "random_state": 2})
+    with Repository(tmp_path) as repo:
+        va, vb = repo.versions("a")[0]["artifact"], repo.versions("b")[0]["artifact"]
+        repo._artifact_path(va).unlink()
+        repo._artifact_path(vb).write_bytes(b"junk")
+    db = sqlite3.connect(tmp_path / "pynomaly.db")  # what an older pynomaly left after a killed first train
+    db.execute("INSERT INTO detectors (id, name, algorithm, parameters, status, created_at, version)"
+               " VALUES ('zz', 'half', 'IsolationForest', '{}', 'created', '2026-01-01T00:00:00+00:00', 0)")
+    db.commit()
+    db.close()
+    found = service.doctor(tmp_path, repair=True)
+    assert [m["used_by"] for m in found["missing_artifacts"]] == [["a v1"]]
+    assert [m["used_by"] for m in found["damaged_artifacts"]] == [["b v1"]]
+    assert found["unfinished"] == ["half"] and "half" not in [d.name for d in service.list_detectors(tmp_path)]

@@ -149,6 +149,11 @@ def _build_parser() -> argparse.ArgumentParser:
         if verb == "delete":
             x.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal")
 
+    dr = sub.add_parser("doctor", help="check the home folder: database, artifacts, version numbers")
+    dr.add_argument("--repair", action="store_true",
+                    help="fix what can be fixed without losing anything (orphans go to lost+found/)")
+    dr.add_argument("--json", action="store_true", help="print the findings as JSON")
+
     q = sub.add_parser("quickstart", help="train on the bundled cardio dataset, store, detect, report",
                        description="Train an isolation forest on the bundled cardio dataset (UCI "
                        "Cardiotocography via ODDS), store it in the home folder, detect with it and report.")
@@ -315,6 +320,27 @@ def _cmd_serve(args, home, progress, out):
         raise SystemExit(code)
 
 
+def _cmd_doctor(args, home, progress, out):
+    from . import service
+
+    found = service.doctor(home, repair=args.repair)
+    if args.json:
+        out.write(json.dumps(found, indent=2) + "\n")
+    else:
+        problems = {k: v for k, v in found.items() if v and k != "repaired"}
+        for key, items in problems.items():
+            out.write(f"{key.replace('_', ' ')}: {len(items)}\n")
+            for item in items[:20]:
+                out.write(f"  {item}\n")
+        for action in found["repaired"]:
+            out.write(f"repaired: {action}\n")
+        if not problems:
+            out.write("no problems found\n")
+    serious = ("database", "missing_artifacts", "damaged_artifacts", "lost_versions")
+    if any(found[k] for k in serious):
+        raise SystemExit(1)
+
+
 _COMMANDS = {
     "serve": _cmd_serve,
     "train": _cmd_train,
@@ -327,6 +353,7 @@ _COMMANDS = {
     "activate": _cmd_lifecycle,
     "delete": _cmd_lifecycle,
     "quickstart": _cmd_quickstart,
+    "doctor": _cmd_doctor,
 }
 
 

@@ -406,13 +406,42 @@ class Repository:
         with self._transaction() as db:
             self._adopt_existing(db, detector)
             self._write_detector(db, detector)  # first save: the row must exist for the FK
-            detector.version = db.execute(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM detector_versions WHERE detector_id = ?", (detector.id,)
-            ).fetchone()[0]
+            detector.version = self._next_version(db, detector)
             self._insert_version(db, detector, sha, format, signature, len(blob), threshold, dataset_id)
             self._write_detector(db, detector)
         self._ensure_artifact(sha, blob)
         return detector
+
+    # -- version numbers that never go back -----------------------------------------------
+    # The highest version ever given to each name is also kept in a file beside the database
+    # (rewritten atomically while the write lock is held), so a database that lost its latest
+    # rows (a removed -wal file, a restored backup) cannot hand out a number again: a
+    # (name, version) pair names one model for the life of the home, across deletes too.
+    def _marks_path(self) -> Path:
+        return self.home / "version-marks.json"
+
+    def version_marks(self) -> dict:
+        """Name -> highest version ever assigned in this home."""
+        try:
+            marks = json.loads(self._marks_path().read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise RepositoryError(
+                f"{str(self._marks_path())!r} is damaged ({e}); `pynomaly doctor --repair` rebuilds it"
+            ) from None
+        return marks if isinstance(marks, dict) else {}
+
+    def _next_version(self, db, detector: Detector) -> int:
+        in_db = db.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM detector_versions WHERE detector_id = ?", (detector.id,)
+        ).fetchone()[0]
+        marks = self.version_marks()
+        version = max(int(in_db), int(marks.get(detector.name, 0))) + 1
+        marks[detector.name] = version
+        # Durable before the commit: a crash in between leaves a gap, never a reused number.
+        atomic_write(self._marks_path(), json.dumps(marks, sort_keys=True).encode())
+        return version
 
     def _ensure_artifact(self, sha: str, blob: bytes) -> None:
         """After committing a row that points at ``sha``: if a concurrent delete removed the
@@ -534,6 +563,83 @@ class Repository:
             for s in shas - still:
                 self._artifact_path(s).unlink(missing_ok=True)
         return n
+
+    # -- checks ------------------------------------------------------------------------------
+    def check(self, repair: bool = False) -> dict:
+        """Look for everything that can be wrong with this home; with ``repair``, fix what can
+        be fixed without losing anything.
+
+        Returns a dict of findings (lists, empty when fine): ``database`` (SQLite's integrity
+        check), ``missing_artifacts`` and ``damaged_artifacts`` (versions or results whose bytes
+        are gone or do not match their hash: restore them from a backup, or delete the
+        detector), ``orphan_artifacts`` (files no row points at: a crash between writing the
+        file and the row, or rows the database lost), ``lost_versions`` (numbers the version
+        marks say were given but the database no longer has), ``unfinished`` (detectors never
+        trained: rows an older pynomaly left when a first training was killed), ``temp_files``
+        and ``repaired`` (what ``repair`` did: orphans are moved to ``lost+found/``, never
+        deleted; unfinished rows and temporary files are removed; the version marks are
+        raised to what the database holds).
+        """
+        out = {k: [] for k in ("database", "missing_artifacts", "damaged_artifacts", "orphan_artifacts",
+                               "lost_versions", "unfinished", "temp_files", "repaired")}
+        result = [r[0] for r in self._db.execute("PRAGMA integrity_check")]
+        if result != ["ok"]:
+            out["database"] = result
+        referenced = {}
+        for r in self._db.execute(
+            "SELECT d.name, v.version, v.artifact FROM detector_versions v JOIN detectors d ON d.id = v.detector_id"
+        ):
+            referenced.setdefault(r["artifact"], []).append(f"{r['name']} v{r['version']}")
+        for r in self._db.execute(
+            "SELECT d.name, r.id, r.scores_artifact FROM results r JOIN detectors d ON d.id = r.detector_id"
+        ):
+            referenced.setdefault(r["scores_artifact"], []).append(f"{r['name']} result {r['id'][:8]}")
+        for sha, users in sorted(referenced.items()):
+            path = self._artifact_path(sha)
+            if not path.exists():
+                out["missing_artifacts"].append({"artifact": sha, "used_by": users})
+            elif not self._holds(path, sha):
+                out["damaged_artifacts"].append({"artifact": sha, "used_by": users})
+        root = self.home / "artifacts"
+        for path in sorted(root.glob("*/*")):
+            if path.name.startswith(".tmp-"):
+                out["temp_files"].append(str(path))
+            elif path.suffix == ".zst" and path.stem not in referenced:
+                out["orphan_artifacts"].append(str(path))
+        marks = self.version_marks()
+        latest = {r["name"]: r["v"] for r in self._db.execute(
+            "SELECT d.name, COALESCE(MAX(v.version), 0) AS v FROM detectors d "
+            "LEFT JOIN detector_versions v ON v.detector_id = d.id GROUP BY d.id")}
+        for name, mark in sorted(marks.items()):
+            if name in latest and mark > latest[name]:
+                out["lost_versions"].append({"detector": name, "versions": list(range(latest[name] + 1, mark + 1))})
+        for r in self._db.execute(
+            "SELECT name FROM detectors d WHERE version = 0 AND status = 'created' "
+            "AND NOT EXISTS (SELECT 1 FROM detector_versions v WHERE v.detector_id = d.id)"
+        ):
+            out["unfinished"].append(r["name"])
+        if repair:
+            self._repair(out, marks, latest)
+        return out
+
+    def _repair(self, found: dict, marks: dict, latest: dict) -> None:
+        done = found["repaired"]
+        lost = self.home / "lost+found"
+        for p in found["orphan_artifacts"]:
+            lost.mkdir(exist_ok=True, mode=0o700)
+            os.replace(p, lost / Path(p).name)
+            done.append(f"moved orphan {Path(p).name} to {lost}")
+        for p in found["temp_files"]:
+            Path(p).unlink(missing_ok=True)
+            done.append(f"removed temporary file {p}")
+        with self._transaction() as db:
+            for name in found["unfinished"]:
+                db.execute("DELETE FROM detectors WHERE name = ? AND version = 0 AND status = 'created'", (name,))
+                done.append(f"removed unfinished detector {name!r} (never trained)")
+            fixed = {**marks, **{n: max(v, marks.get(n, 0)) for n, v in latest.items()}}
+            if fixed != marks:
+                atomic_write(self._marks_path(), json.dumps(fixed, sort_keys=True).encode())
+                done.append("raised the version marks to the versions stored")
 
     # -- datasets and results ------------------------------------------------------------------
     def add_dataset(self, name: str, source, shape, column_names, fingerprint: str) -> str:

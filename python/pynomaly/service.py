@@ -54,6 +54,7 @@ __all__ = [
     "write_model_file",
     "load_data",
     "home_path",
+    "doctor",
 ]
 
 Progress = Optional[Callable[[str, Optional[float]], None]]
@@ -602,3 +603,10 @@ def write_model_file(model, path, name: str, algorithm: Optional[str] = None, *,
         atomic_write(path, model.to_bytes())
         return path
     return export_model(model, path, name, algorithm or type(model).__name__, version=version)
+
+
+def doctor(home, repair: bool = False) -> dict:
+    """Check a home (database, artifacts, version numbers); with ``repair``, fix what can be
+    fixed without losing anything. See :meth:`pynomaly.repository.Repository.check`."""
+    with _repo(home) as repo:
+        return repo.check(repair=repair)
