@@ -420,3 +420,16 @@ def test_messages_that_used_to_mislead(tmp_path):
     p = run("train", "--detector", "n", "--data", data, "--algorithm", "pyod.NoSuch", home=tmp_path / "h2",
             env={"PYTHONPATH": str(shim)}, check=False)
     assert p.returncode == 1 and "NoSuch" in p.stderr and p.stdout == "", (p.stdout, p.stderr)
+
+
+def test_progress_can_be_forced_for_logs(tmp_path):
+    """Issue 16.10: --progress reports stages as plain lines when stderr is not a terminal,
+    the result file's writing included."""
+    X, _ = load_dataset("cardio")
+    data = tmp_path / "x.npy"
+    np.save(data, X)
+    p = run("--progress", "train", "--detector", "d", "--data", data, "--param", "n_estimators=20", home=tmp_path)
+    assert "training" in p.stderr and "saving" in p.stderr and "\r" not in p.stderr
+    p = run("--progress", "detect", "--detector", "d", "--data", data, "--output", tmp_path / "o.csv", home=tmp_path)
+    assert "scoring" in p.stderr and "writing" in p.stderr
+    assert run("train", "--detector", "d", "--data", data, home=tmp_path).stderr == ""  # not asked, not a terminal

@@ -19,25 +19,38 @@ __all__ = ["main"]
 
 # -- progress on a terminal -----------------------------------------------------------------
 class _Progress:
-    """A one-line progress display on stderr, only when stderr is a terminal.
+    """Progress on stderr: a redrawn one-line display on a terminal; with ``force`` (the
+    ``--progress`` option) on any stream too, as plain lines a log keeps (a line per stage
+    and at most one every ``every`` seconds within a stage).
 
-    Called as ``progress(stage, fraction_or_None)``; a background thread redraws it so a long
-    native call (which reports no fraction) still shows the elapsed time.
+    Called as ``progress(stage, fraction_or_None)``; on a terminal a background thread redraws
+    it so a long native call (which reports no fraction) still shows the elapsed time.
     """
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, force: bool = False, every: float = 5.0):
         self.stream = stream or sys.stderr
-        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.enabled = self.tty or force
+        self.every = every
         self.stage, self.fraction, self.t0 = "", None, time.monotonic()
+        self._last_line = 0.0
         self._stop = threading.Event()
         self._thread = None
 
     def __call__(self, stage, fraction=None):
         if not self.enabled:
             return
-        if stage != self.stage:
+        new_stage = stage != self.stage
+        if new_stage:
             self.t0 = time.monotonic()
         self.stage, self.fraction = stage, fraction
+        if not self.tty:
+            now = time.monotonic()
+            if new_stage or now - self._last_line >= self.every or fraction == 1.0:
+                self._last_line = now
+                self.stream.write(self._line() + "\n")
+                self.stream.flush()
+            return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
@@ -47,16 +60,17 @@ class _Progress:
         while not self._stop.wait(0.2):
             self._draw()
 
-    def _draw(self):
+    def _line(self) -> str:
         spent = time.monotonic() - self.t0
         if self.fraction is None:
-            spin = "|/-\\"[int(spent * 5) % 4]
-            line = f"{self.stage} {spin} {spent:5.1f}s"
-        else:
-            width = 30
-            filled = int(round(width * min(max(self.fraction, 0.0), 1.0)))
-            line = f"{self.stage} [{'#' * filled}{'.' * (width - filled)}] {100 * self.fraction:3.0f}% {spent:5.1f}s"
-        self.stream.write("\r\033[K" + line)
+            spin = "|/-\\"[int(spent * 5) % 4] if self.tty else "..."
+            return f"{self.stage} {spin} {spent:5.1f}s"
+        width = 30
+        filled = int(round(width * min(max(self.fraction, 0.0), 1.0)))
+        return f"{self.stage} [{'#' * filled}{'.' * (width - filled)}] {100 * self.fraction:3.0f}% {spent:5.1f}s"
+
+    def _draw(self):
+        self.stream.write("\r\033[K" + self._line())
         self.stream.flush()
 
     def close(self):
@@ -64,9 +78,9 @@ class _Progress:
             self._stop.set()
             self._thread.join()
             self._thread = None
-            self.enabled = False  # the command is done: later stages print nothing
             self.stream.write("\r\033[K")
             self.stream.flush()
+        self.enabled = False  # the command is done: later stages print nothing
 
 
 # -- argument parsing -----------------------------------------------------------------------
@@ -97,6 +111,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--home", help="repository folder (default: $PYNOMALY_HOME or the user data folder)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--progress", action="store_true",
+                   help="report progress on stderr even when it is not a terminal (as lines, for logs)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a detector on a data file and store it (next version)")
@@ -219,9 +235,10 @@ def _cmd_detect(args, home, progress, out):
     result = service.detect(home, args.detector, args.data, version=args.version, threshold=args.threshold,
                             contamination=args.contamination, columns=args.columns, save=not args.no_save,
                             progress=progress)
-    progress.close()
     if args.output:
+        progress("writing " + str(args.output))
         write_result(args.output, result.scores, result.labels, result.summary())
+    progress.close()
     if args.json:
         out.write(json.dumps(result.summary(), indent=2) + "\n")
     else:
@@ -378,7 +395,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
     home = args.home if args.home else None
-    progress = _Progress()
+    progress = _Progress(force=args.progress)
     try:
         _COMMANDS[args.command](args, home, progress, sys.stdout)
         return 0
