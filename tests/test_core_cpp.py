@@ -104,3 +104,16 @@ def test_portable_baseline_builds_and_agrees_on_aarch64(tmp_path):
         target, got = _parse(out.stdout)
         assert target == expect  # NEON is part of AArch64: the default there
         assert got == want, (arg, got, want)
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
+                    reason="needs the aarch64 cross compiler (Debian: g++-aarch64-linux-gnu)")
+def test_neon_kernel_equals_reference_walk_on_aarch64(tmp_path):
+    exe = _build("aarch64-linux-gnu-g++", tmp_path / "check_arm", extra=["-static"],
+                 main="cpp/tests/iforest_kernels_check.cpp")
+    if shutil.which("qemu-aarch64") is None:
+        pytest.skip("built for aarch64; running it needs qemu-aarch64 (Debian: qemu-user)")
+    for target, kernels in (("neon", ["neon-hybrid", "portable", "few-rows"]), ("baseline", ["portable", "few-rows"])):
+        out = subprocess.run(["qemu-aarch64", str(exe), target], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout + out.stderr
+        _kernels_ok(out.stdout, target, kernels)
