@@ -1,4 +1,4 @@
-// Block scoring kernels for the isolation forest, one per SIMD target, chosen at run time.
+// Block scoring kernels for the isolation forest, several per SIMD target, one chosen per CPU at run time.
 #pragma once
 
 #include <cstring>
