@@ -7,6 +7,11 @@ and ratios (peer time / pynomaly time: > 1 means pynomaly is faster).
 
     python bench/bench_iforest.py                 # everything (a few minutes)
     python bench/bench_iforest.py --quick         # smaller sizes, for a smoke run
+    python bench/bench_iforest.py --scoring-only --kernels auto,portable
+        # only 1-thread scoring, our kernels (forced in turn) interleaved with scikit-learn
+    PYNOMALY_SIMD=baseline python bench/bench_iforest.py   # the portable kernel
+
+The first line names the CPU and the isolation-forest kernel chosen at run time (and why).
 """
 
 from __future__ import annotations
@@ -23,6 +28,24 @@ import numpy as np
 import pynomaly
 
 DATASETS = Path(os.environ.get("PYNOMALY_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as lscpu and /proc/cpuinfo give it (plus vendor family/model)."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                info.setdefault(k.strip(), v.strip())
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    name = info.get("model name") or info.get("CPU part", "unknown CPU")
+    if "cpu family" in info:
+        name += f" (family {info['cpu family']} model {info.get('model', '?')})"
+    return name
 
 
 def best_of(fn, repeat=3):
@@ -120,13 +143,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--latency-calls", type=int, default=10_000)
+    ap.add_argument("--scoring-only", action="store_true", help="only 1-thread scoring against scikit-learn")
+    ap.add_argument("--kernels", default="auto", help="comma-separated iforest kernels to force in turn "
+                    "(see build_info()['iforest_kernels']); 'auto' is the run-time choice")
+    ap.add_argument("--rounds", type=int, default=3, help="--scoring-only: rounds, each timing everyone once")
     args = ap.parse_args()
     n_train, n_score = (20_000, 200_000) if args.quick else (100_000, 1_000_000)
     info = pynomaly.build_info()
+    print(f"# CPU: {cpu_model()}; iforest kernel: {info['iforest_kernel']} ({info['iforest_kernel_reason']})")
     print(f"# pynomaly {info['version']}: simd={info['simd']} (best {info['simd_best']}), openmp={info['openmp']}, "
           f"{info['compiler']}; python {sys.version.split()[0]}, numpy {np.__version__}, cpus={os.cpu_count()}")
     print(f"# train {n_train} x 16, score {n_score} x 16 float64, 100 trees, psi=256")
     Xtr, Xte = synthetic(n_train, 16, 0), synthetic(n_score, 16, 1)
+    if args.scoring_only:
+        return scoring_only(args, Xtr, Xte)
 
     for threads in (1, 2):
         peers = make_peers(threads)
@@ -172,6 +202,32 @@ def main():
         ours = times["pynomaly"]
         row = ", ".join(f"{k} {v:.3f}s" + ("" if k == "pynomaly" else f" ({v / ours:.1f}x)") for k, v in times.items())
         print(f"  {name:8s} {X.shape[0]:7d} x {X.shape[1]:3d}: {row}")
+
+
+def scoring_only(args, Xtr, Xte):
+    """1-thread scoring throughput of each forced kernel and scikit-learn, interleaved: every
+    round times scikit-learn once and each kernel (best of 3) right after, so a slow spell of
+    this shared VM hits both sides of a ratio alike. Prints each round's ratios."""
+    from sklearn.ensemble import IsolationForest as SkIF
+
+    n = len(Xte)
+    ours = pynomaly.IsolationForest(n_estimators=100, max_samples=256, random_state=0, n_jobs=1).fit(Xtr)
+    sk = SkIF(n_estimators=100, max_samples=256, random_state=0, n_jobs=1).fit(Xtr)
+    kernels = args.kernels.split(",")
+    ratios = {k: [] for k in kernels}
+    print("\n[1 thread] scoring throughput, M rows/s (ratio = pynomaly / scikit-learn, same round)")
+    for r in range(args.rounds):
+        t_sk, _ = best_of(lambda: sk.score_samples(Xte), 1)
+        line = f"  round {r + 1}: sklearn {n / t_sk / 1e6:.3f}"
+        for k in kernels:
+            pynomaly._core.set_iforest_kernel(k)
+            t, _ = best_of(lambda: ours.decision_function(Xte), 3)
+            ratios[k].append(t_sk / t)
+            line += f"  {k} {n / t / 1e6:.3f} ({t_sk / t:.1f}x)"
+        pynomaly._core.set_iforest_kernel("auto")
+        print(line, flush=True)
+    for k, rs in ratios.items():
+        print(f"  {k:12s} ratio to scikit-learn: median {statistics.median(rs):.1f}x, min {min(rs):.1f}x, max {max(rs):.1f}x")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ const char* simd_name(SimdTarget t) {
     switch (t) {
         case SimdTarget::avx512: return "avx512";
         case SimdTarget::avx2: return "avx2";
+        case SimdTarget::neon: return "neon";
         default: return "baseline";
     }
 }
@@ -21,7 +22,8 @@ SimdTarget simd_from_name(const std::string& name) {
     if (name == "baseline") return SimdTarget::baseline;
     if (name == "avx2") return SimdTarget::avx2;
     if (name == "avx512") return SimdTarget::avx512;
-    throw InvalidInput("unknown SIMD target '" + name + "'; accepted: baseline, avx2, avx512");
+    if (name == "neon") return SimdTarget::neon;
+    throw InvalidInput("unknown SIMD target '" + name + "'; accepted: baseline, avx2, avx512, neon");
 }
 
 SimdTarget best_supported_simd() {
@@ -32,9 +34,18 @@ SimdTarget best_supported_simd() {
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
         return SimdTarget::avx512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdTarget::avx2;
+#elif defined(__aarch64__)
+    return SimdTarget::neon;  // Advanced SIMD is mandatory in AArch64
 #endif
     return SimdTarget::baseline;
 }
+
+bool simd_includes(SimdTarget active, SimdTarget needs) {
+    if (needs == SimdTarget::baseline || needs == active) return true;
+    return active == SimdTarget::avx512 && needs == SimdTarget::avx2;
+}
+
+bool simd_supported(SimdTarget t) { return simd_includes(best_supported_simd(), t); }
 
 namespace {
 std::atomic<int>& active_slot() {
@@ -46,7 +57,7 @@ std::atomic<int>& active_slot() {
 SimdTarget active_simd() { return static_cast<SimdTarget>(active_slot().load(std::memory_order_relaxed)); }
 
 void set_active_simd(SimdTarget t) {
-    if (static_cast<int>(t) > static_cast<int>(best_supported_simd()))
+    if (!simd_supported(t))
         throw InvalidInput(std::string("SIMD target '") + simd_name(t) +
                            "' is not supported by this CPU; the best it supports is '" +
                            simd_name(best_supported_simd()) + "'");

@@ -34,13 +34,17 @@ struct MatrixView {
     const T* ptr() const { return static_cast<const T*>(data); }
 };
 
-enum class SimdTarget : int { baseline = 0, avx2 = 1, avx512 = 2 };
+// x86 targets are ordered (avx512 can run avx2 code); neon is aarch64's, always present there.
+enum class SimdTarget : int { baseline = 0, avx2 = 1, avx512 = 2, neon = 3 };
+constexpr int kSimdTargets = 4;
 
 const char* simd_name(SimdTarget t);
 SimdTarget simd_from_name(const std::string& name);  // throws InvalidInput
 SimdTarget best_supported_simd();                     // what this CPU and OS can run
+bool simd_supported(SimdTarget t);                    // baseline, and what best_supported_simd() includes
+bool simd_includes(SimdTarget active, SimdTarget needs);  // may code for `needs` run when `active` is chosen?
 SimdTarget active_simd();                             // what kernels use now
-void set_active_simd(SimdTarget t);                   // throws InvalidInput above best_supported_simd()
+void set_active_simd(SimdTarget t);                   // throws InvalidInput unless simd_supported(t)
 
 // Polled between chunks of a long native call by the thread that made the call; returns true
 // to stop. The binding passes a function that checks Python's pending signals.

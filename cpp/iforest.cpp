@@ -190,7 +190,7 @@ void Forest::compile() {
     const int D = std::max(depth_, 1);  // a forest of single leaves still gets one padded level
     const int64_t T = nodes_.n_trees();
     const int64_t S = int64_t(1) << D;
-    const double bytes = double(T) * double(S) * 24.0;  // feature, threshold, leaf, test pair
+    const double bytes = double(T) * double(S) * 32.0;  // feature, threshold, leaf, test pair, key pair
     complete_ = D <= kMaxCompleteDepth && bytes <= 512.0 * 1024 * 1024;
     compiled_ = Compiled{};
     compiled_.block_rows = block_rows_for(nodes_.n_features);
@@ -199,6 +199,7 @@ void Forest::compile() {
     c.depth = D;
     c.slots = S;
     c.n_trees = T;
+    c.n_features = nodes_.n_features;
     c.feature_scaled.assign(T * S, 0);
     c.threshold.assign(T * S, std::numeric_limits<float>::infinity());  // padding: always left
     c.leaf_value.assign(T * S, 0.0);
@@ -224,6 +225,12 @@ void Forest::compile() {
             }
         }
     }
+    c.key_nodes.resize(static_cast<size_t>(2 * T * S));
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t s = 0; s < S; ++s) {
+            c.key_nodes[2 * t * S + s] = static_cast<uint32_t>(c.feature_scaled[t * S + s]);
+            c.key_nodes[2 * t * S + S + s] = order_key(c.threshold[t * S + s]);
+        }
 }
 
 void Forest::check_input(const MatrixView& X) const {
@@ -239,7 +246,8 @@ void Forest::path_length_sum(const MatrixView& X, double* out, int n_threads, co
     check_input(X);
     const int64_t B = compiled_.block_rows;
     const int64_t n_chunks = (X.rows + B - 1) / B;
-    const BlockKernel kernel = complete_ ? select_block_kernel(active_simd()) : nullptr;
+    const IforestDispatch dispatch = iforest_dispatch(active_simd());
+    const BlockKernel kernel = complete_ && !dispatch.reference ? dispatch.block : nullptr;
     FirstError bad;
     parallel_chunks(n_chunks, n_threads, cancel, [&](int64_t chunk) {
         // Per-thread scratch, reused across chunks and calls.
@@ -255,7 +263,7 @@ void Forest::path_length_sum(const MatrixView& X, double* out, int n_threads, co
             bad.offer(r0 + pos / X.cols, pos % X.cols);
             return false;
         }
-        if (kernel && n < kFewRows)
+        if (kernel && n < dispatch.few_rows_min)
             few_rows_kernel(compiled_, xt.data(), n, acc.data());
         else if (kernel)
             kernel(compiled_, xt.data(), n, acc.data());

@@ -73,6 +73,7 @@ public:
         int64_t slots = 0;       // 2^depth: internal slots per tree (and leaf slots per tree)
         int64_t block_rows = 0;  // rows per scoring block (multiple of 16) = column stride
         int64_t n_trees = 0;
+        int64_t n_features = 0;
         std::vector<int32_t> feature_scaled;
         std::vector<float> threshold;
         std::vector<double> leaf_value;
@@ -84,7 +85,12 @@ public:
             float threshold;
         };
         std::vector<Test> tests;
+        // For the scalar-chain kernels: per tree, the S feature offsets then the S thresholds as
+        // order-preserving integer keys (see order_key in iforest_kernels.cpp), so a tree's
+        // nodes are one array addressed from one register.
+        std::vector<uint32_t> key_nodes;
     };
+    const Compiled& compiled() const { return compiled_; }  // for kernel tests and calibration
 
 private:
     void compile();

@@ -68,7 +68,11 @@ def build_info() -> dict:
 
     Returns a dict with ``simd`` (the SIMD target the kernels use now), ``simd_best`` and
     ``simd_supported`` (what this CPU can run), ``openmp`` (threads available), ``openmp_procs``,
-    ``compiler`` and ``version``. Set ``PYNOMALY_SIMD=baseline|avx2|avx512`` before import to
+    ``compiler`` and ``version``; ``iforest_kernel`` (the isolation forest's scoring kernel for
+    the active target), ``iforest_kernel_reason`` (why: the only kernel for the target, or the
+    fastest in a calibration of about a millisecond run once per process and target, with the
+    measured times), ``iforest_kernels`` (those the target can run, for tests) and
+    ``iforest_kernel_forced``. Set ``PYNOMALY_SIMD=baseline|avx2|avx512|neon`` before import to
     force a lower target.
     """
     info = dict(_core.build_info())
@@ -103,8 +107,8 @@ def __getattr__(name: str):
 def _apply_simd_override() -> None:
     want = _os.environ.get("PYNOMALY_SIMD", "").strip().lower()
     if want:
-        if want not in ("baseline", "avx2", "avx512"):
-            raise ImportError(f"PYNOMALY_SIMD={want!r} is not a SIMD target; accepted: baseline, avx2, avx512")
+        if want not in ("baseline", "avx2", "avx512", "neon"):
+            raise ImportError(f"PYNOMALY_SIMD={want!r} is not a SIMD target; accepted: baseline, avx2, avx512, neon")
         try:
             _core.set_simd(want)
         except InvalidInputError as e:  # valid name, but this CPU cannot run it: keep the best

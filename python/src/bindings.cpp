@@ -11,6 +11,7 @@
 
 #include "common.hpp"
 #include "iforest.hpp"
+#include "iforest_kernels.hpp"
 #include "knn.hpp"
 #include "scores.hpp"
 
@@ -238,9 +239,16 @@ PYBIND11_MODULE(_core, m) {
         d["simd"] = simd_name(active_simd());
         d["simd_best"] = simd_name(best_supported_simd());
         py::list supported;
-        for (int t = 0; t <= static_cast<int>(best_supported_simd()); ++t)
-            supported.append(simd_name(static_cast<SimdTarget>(t)));
+        for (int t = 0; t < kSimdTargets; ++t)
+            if (simd_supported(static_cast<SimdTarget>(t))) supported.append(simd_name(static_cast<SimdTarget>(t)));
         d["simd_supported"] = supported;
+        // The isolation forest's block kernel is measured, not implied by the ISA: the first
+        // call for a target calibrates (about a millisecond) and caches the choice.
+        const IforestKernelChoice& ik = iforest_kernel_choice(active_simd());
+        d["iforest_kernel"] = ik.name;
+        d["iforest_kernel_reason"] = ik.reason;
+        d["iforest_kernels"] = iforest_kernel_names(active_simd());
+        d["iforest_kernel_forced"] = forced_iforest_kernel();
         d["openmp"] = openmp_enabled();
         d["openmp_procs"] = openmp_max_threads();
         d["compiler"] = compiler_name();
@@ -248,6 +256,8 @@ PYBIND11_MODULE(_core, m) {
     }, "What this binary can do: the SIMD target in use, those the CPU supports, OpenMP, compiler.");
     m.def("set_simd", [](const std::string& name) { set_active_simd(simd_from_name(name)); },
           "Select the SIMD target used by all kernels (at most the best supported one).");
+    m.def("set_iforest_kernel", [](const std::string& name) { force_iforest_kernel(name); }, py::arg("name"),
+          "Force one isolation-forest kernel by name (see build_info()['iforest_kernels']); 'auto' undoes it.");
 
     py::class_<Forest>(m, "Forest")
         .def(py::init([](int64_t n_features, int64_t psi, const py::array& tree_offset, const py::array& feature,
