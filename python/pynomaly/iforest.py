@@ -88,11 +88,11 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         k = self._resolve_max_features(d)
         n_jobs = resolve_n_jobs(self.n_jobs)
         # Each tree holds at most 2 psi - 1 nodes (feature, threshold, child, leaf value: 20
-        # bytes) and, for scoring, a complete layout of 2^(depth + 1) slots (16 bytes each);
+        # bytes) and, for scoring, a complete layout of 2^(depth + 1) slots (32 bytes each);
         # the training rows are scored too (8 bytes each). Refused before any allocation:
         # n_estimators=10**8 otherwise grows until the machine runs out.
         slots = 2 << max(1, int(psi - 1).bit_length())
-        need = int(n_estimators) * (40 * psi + 16 * slots) + 8 * n
+        need = int(n_estimators) * (40 * psi + 32 * slots) + 8 * n
         check_memory(need, f"an isolation forest of {n_estimators} trees with max_samples={psi}",
                      "lower n_estimators or max_samples")
         return int(n_estimators), psi, k, n_jobs
