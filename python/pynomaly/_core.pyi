@@ -1,0 +1,100 @@
+"""
+pynomaly's native core (private; use the pynomaly package)
+"""
+from __future__ import annotations
+import numpy
+import numpy.typing
+import typing
+import typing_extensions
+__all__: list[str] = ['Forest', 'ServedForest', 'average_path_length', 'build_info', 'contamination_threshold', 'ecdf', 'ecdf_count', 'fast_detect', 'knn', 'knn_choose_algorithm', 'minmax_scale', 'percentile', 'score_moments', 'set_iforest_kernel', 'set_simd', 'sorted_scores', 'unify', 'zscore']
+class Forest:
+    @staticmethod
+    def train(X: numpy.ndarray, n_estimators: typing.SupportsInt | typing.SupportsIndex, max_samples: typing.SupportsInt | typing.SupportsIndex, max_features: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex) -> Forest:
+        ...
+    def __init__(self, n_features: typing.SupportsInt | typing.SupportsIndex, psi: typing.SupportsInt | typing.SupportsIndex, tree_offset: numpy.ndarray, feature: numpy.ndarray, threshold: numpy.ndarray, left: numpy.ndarray, leaf_value: numpy.ndarray) -> None:
+        ...
+    def arrays(self) -> dict:
+        """
+        Copies of the defining node arrays (see ForestNodes).
+        """
+    def path_length_sum(self, X: numpy.ndarray, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    def score(self, X: numpy.ndarray, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    @property
+    def depth(self) -> int:
+        ...
+    @property
+    def layout(self) -> str:
+        ...
+    @property
+    def n_features(self) -> int:
+        ...
+    @property
+    def n_trees(self) -> int:
+        ...
+    @property
+    def psi(self) -> int:
+        ...
+class ServedForest:
+    """
+    One isolation-forest version as the daemon's native path serves it (immutable).
+    """
+    def __init__(self, forest: typing.Any, n_features: typing.SupportsInt | typing.SupportsIndex, threshold: typing.SupportsFloat | typing.SupportsIndex, name: str, version: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def n_features(self) -> int:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def threshold(self) -> float:
+        ...
+    @property
+    def version(self) -> int:
+        ...
+def average_path_length(n: typing.SupportsFloat | typing.SupportsIndex) -> float:
+    ...
+def build_info() -> dict:
+    """
+    What this binary can do: the SIMD target in use, those the CPU supports, OpenMP, compiler.
+    """
+def contamination_threshold(scores: typing.Any, contamination: typing.SupportsFloat | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> float:
+    ...
+def ecdf(sorted: typing.Any, scores: typing.Any, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.float64]:
+    ...
+def ecdf_count(sorted: typing.Any, scores: typing.Any, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.int64]:
+    ...
+def fast_detect(buffer: typing_extensions.Buffer, pos: typing.SupportsInt | typing.SupportsIndex, end: typing.SupportsInt | typing.SupportsIndex, max_frame: typing.SupportsInt | typing.SupportsIndex, max_rows: typing.SupportsInt | typing.SupportsIndex, served: dict) -> tuple:
+    """
+    The daemon's native path for small raw-rows detect requests (see python/src/fastpath.cpp).
+    """
+def knn(X: numpy.ndarray, k: typing.SupportsInt | typing.SupportsIndex, Y: typing.Any = None, metric: str = 'euclidean', algorithm: str = 'auto', n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> tuple[numpy.typing.NDArray[numpy.float64], numpy.typing.NDArray[numpy.int64], str]:
+    """
+    Exact k nearest neighbours: (distances, indices, algorithm used); see cpp/knn.hpp.
+    """
+def knn_choose_algorithm(n: typing.SupportsInt | typing.SupportsIndex, d: typing.SupportsInt | typing.SupportsIndex, metric: str = 'euclidean') -> str:
+    ...
+def minmax_scale(scores: typing.Any, lo: typing.SupportsFloat | typing.SupportsIndex, hi: typing.SupportsFloat | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1, out: typing.Any = None) -> numpy.typing.NDArray[numpy.float64]:
+    ...
+def percentile(scores: typing.Any, q: typing.SupportsFloat | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> float:
+    ...
+def score_moments(scores: typing.Any, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> tuple[int, float, float, float, float]:
+    """
+    (n, mean, population std, min, max) of finite scores.
+    """
+def set_iforest_kernel(name: str) -> None:
+    """
+    Force one isolation-forest kernel by name (see build_info()['iforest_kernels']); 'auto' undoes it.
+    """
+def set_simd(arg0: str) -> None:
+    """
+    Select the SIMD target used by all kernels (at most the best supported one).
+    """
+def sorted_scores(scores: typing.Any, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.float64]:
+    ...
+def unify(scores: typing.Any, mean: typing.SupportsFloat | typing.SupportsIndex, std: typing.SupportsFloat | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1, out: typing.Any = None) -> numpy.typing.NDArray[numpy.float64]:
+    ...
+def zscore(scores: typing.Any, mean: typing.SupportsFloat | typing.SupportsIndex, std: typing.SupportsFloat | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1, out: typing.Any = None) -> numpy.typing.NDArray[numpy.float64]:
+    ...
