@@ -48,10 +48,16 @@ void set_active_simd(SimdTarget t);                   // throws InvalidInput unl
 
 // Polled between chunks of a long native call by the thread that made the call; returns true
 // to stop. The binding passes a function that checks Python's pending signals.
+// The same thread may also be told how far the call has come (a fraction in [0, 1]) just
+// before each poll; the binding turns it into the caller's progress callback.
 struct CancelCheck {
     bool (*poll)(void* ctx) = nullptr;
     void* ctx = nullptr;
+    void (*report)(void* ctx, double fraction) = nullptr;
     bool operator()() const { return poll != nullptr && poll(ctx); }
+    void progress(double fraction) const {
+        if (report != nullptr) report(ctx, fraction);
+    }
 };
 
 // Threads for a parallel region: the request, capped at the processors this process may use

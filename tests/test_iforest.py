@@ -609,3 +609,24 @@ def test_kernels_equal_numpy_reference_for_every_depth(simd_target, max_samples)
     block = f.path_length_sum(X[:100])
     for n in (1, 3, 15, 16, 17):
         np.testing.assert_array_equal(f.path_length_sum(X[:n]), block[:n])
+
+
+def test_fit_reports_progress_per_tree_and_can_be_stopped_by_it():
+    """Issue 16.10: the native fit reports the share of trees grown, from the calling thread;
+    the forest is the same with or without a progress callback."""
+    X = np.random.default_rng(3).standard_normal((20_000, 8))
+    seen = []
+    model = pynomaly.IsolationForest(n_estimators=3000, random_state=0).fit(X, progress=seen.append)
+    assert seen and all(0.0 <= f <= 1.0 for f in seen) and seen == sorted(seen)
+    plain = pynomaly.IsolationForest(n_estimators=3000, random_state=0).fit(X)
+    np.testing.assert_array_equal(model.decision_scores_, plain.decision_scores_)
+
+    class Stop(Exception):
+        pass
+
+    def stop(fraction):
+        if fraction > 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        pynomaly.IsolationForest(n_estimators=20_000, random_state=0).fit(X, progress=stop)

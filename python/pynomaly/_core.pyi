@@ -9,8 +9,10 @@ import typing_extensions
 __all__: list[str] = ['Forest', 'ServedForest', 'average_path_length', 'build_info', 'contamination_threshold', 'ecdf', 'ecdf_count', 'fast_detect', 'knn', 'knn_choose_algorithm', 'minmax_scale', 'percentile', 'score_moments', 'set_iforest_kernel', 'set_simd', 'sorted_scores', 'unify', 'zscore']
 class Forest:
     @staticmethod
-    def train(X: numpy.ndarray, n_estimators: typing.SupportsInt | typing.SupportsIndex, max_samples: typing.SupportsInt | typing.SupportsIndex, max_features: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex) -> Forest:
-        ...
+    def train(X: numpy.ndarray, n_estimators: typing.SupportsInt | typing.SupportsIndex, max_samples: typing.SupportsInt | typing.SupportsIndex, max_features: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex, progress: typing.Any = None) -> Forest:
+        """
+        Grow a forest; progress(fraction of trees grown) is called from this thread, at most every 50 ms.
+        """
     def __init__(self, n_features: typing.SupportsInt | typing.SupportsIndex, psi: typing.SupportsInt | typing.SupportsIndex, tree_offset: numpy.ndarray, feature: numpy.ndarray, threshold: numpy.ndarray, left: numpy.ndarray, leaf_value: numpy.ndarray) -> None:
         ...
     def arrays(self) -> dict:

@@ -101,12 +101,16 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         """See :meth:`BaseDetector.check_fit`: parameters, rows, and the forest's memory."""
         self._fit_plan(int(n_rows), int(n_features))
 
-    def fit(self, X, y=None) -> "IsolationForest":
-        """Grow the forest on X and score its rows; ``y`` is ignored (unsupervised)."""
+    def fit(self, X, y=None, *, progress=None) -> "IsolationForest":
+        """Grow the forest on X and score its rows; ``y`` is ignored (unsupervised).
+
+        ``progress(fraction)``, when given, is called with the share of trees grown (from the
+        calling thread, at most every 50 ms); an exception it raises stops the fit.
+        """
         X = as_matrix(X)
         n, d = X.shape
         n_estimators, psi, k, n_jobs = self._fit_plan(n, d)
-        self._forest = _core.Forest.train(X, n_estimators, psi, k, _seed_from(self.random_state), n_jobs)
+        self._forest = _core.Forest.train(X, n_estimators, psi, k, _seed_from(self.random_state), n_jobs, progress)
         self.max_samples_ = psi
         self.n_features_in_ = d
         self.decision_scores_ = self._forest.score(X, n_jobs)

@@ -110,8 +110,10 @@ def create(name: str, **params):
 
 
 def reports_progress(name: str) -> bool:
-    """Whether the detector's ``fit`` takes a ``progress`` callback (the epoch-based ones)."""
-    return kind(name) in ("torch", "jax")
+    """Whether the detector's ``fit`` takes a ``progress(fraction)`` callback."""
+    import inspect
+
+    return "progress" in inspect.signature(get(name).fit).parameters
 
 
 def stored_defaults(name: str) -> dict:

@@ -50,27 +50,44 @@ MatrixView matrix_view(const py::array& X) {
 
 struct SignalPoll {
     std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+    const py::object* progress = nullptr;  // the caller's progress(fraction) callback, or none
+    double fraction = -1.0, reported = -1.0;
+    // At most every 50 ms, with the GIL: signals first, then the progress callback (whose
+    // exception, like a signal handler's, stops the call and is re-raised).
     static bool poll(void* ctx) {
         auto* self = static_cast<SignalPoll*>(ctx);
         const auto now = std::chrono::steady_clock::now();
         if (now - self->last < std::chrono::milliseconds(50)) return false;
         self->last = now;
         py::gil_scoped_acquire gil;
-        return PyErr_CheckSignals() != 0;  // sets KeyboardInterrupt (or the handler's error)
+        if (PyErr_CheckSignals() != 0) return true;  // sets KeyboardInterrupt (or the handler's error)
+        if (self->progress != nullptr && self->fraction > self->reported) {
+            self->reported = self->fraction;
+            PyObject* arg = PyFloat_FromDouble(self->fraction);
+            if (arg == nullptr) return true;
+            PyObject* r = PyObject_CallOneArg(self->progress->ptr(), arg);
+            Py_DECREF(arg);
+            if (r == nullptr) return true;
+            Py_DECREF(r);
+        }
+        return false;
     }
+    static void report(void* ctx, double fraction) { static_cast<SignalPoll*>(ctx)->fraction = fraction; }
 };
 
 // Runs fn(cancel) with the GIL released for large work and held for small work. A Cancelled
-// from the core means a signal handler raised: surface that Python exception.
+// from the core means a signal handler (or the progress callback) raised: surface that
+// Python exception. `progress`, when not None, is called with the fraction done.
 template <class Fn>
-void run_native(int64_t rows, Fn&& fn) {
+void run_native(int64_t rows, Fn&& fn, const py::object& progress = py::none()) {
     try {
-        if (rows <= kSmallBatch) {
+        if (rows <= kSmallBatch && progress.is_none()) {
             fn(CancelCheck{});
         } else {
             SignalPoll poll;
+            if (!progress.is_none()) poll.progress = &progress;
             py::gil_scoped_release release;
-            fn(CancelCheck{&SignalPoll::poll, &poll});
+            fn(CancelCheck{&SignalPoll::poll, &poll, &SignalPoll::report});
         }
     } catch (const Cancelled&) {
         // The poll stops only when a signal handler raised; keep that exception.
@@ -277,15 +294,17 @@ PYBIND11_MODULE(_core, m) {
              py::arg("left"), py::arg("leaf_value"))
         .def_static("train",
                     [](const py::array& X, int n_estimators, int64_t max_samples, int64_t max_features, uint64_t seed,
-                       int n_jobs) {
+                       int n_jobs, const py::object& progress) {
                         const MatrixView v = matrix_view(X);
                         ForestParams p{n_estimators, max_samples, max_features, seed};
                         std::optional<Forest> f;
-                        run_native(v.rows, [&](const CancelCheck& c) { f.emplace(Forest::train(v, p, n_jobs, c)); });
+                        run_native(
+                            v.rows, [&](const CancelCheck& c) { f.emplace(Forest::train(v, p, n_jobs, c)); }, progress);
                         return std::move(*f);
                     },
                     py::arg("X"), py::arg("n_estimators"), py::arg("max_samples"), py::arg("max_features"),
-                    py::arg("seed"), py::arg("n_jobs"))
+                    py::arg("seed"), py::arg("n_jobs"), py::arg("progress") = py::none(),
+                    "Grow a forest; progress(fraction of trees grown) is called from this thread, at most every 50 ms.")
         .def("score", [](const Forest& f, const py::array& X, int n_jobs) { return score_impl(f, X, n_jobs, false); },
              py::arg("X"), py::arg("n_jobs") = 1)
         .def("path_length_sum",
