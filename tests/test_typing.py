@@ -33,6 +33,33 @@ def test_the_stub_names_exactly_what_the_extension_has():
         assert members - {"__init__"} == actual, cls.name
 
 
+def _doc_params(obj) -> list:
+    """Parameter names from a pybind11 docstring's signature line, e.g. "f(x: int, k: int = 1)"."""
+    import re
+
+    line = (obj.__doc__ or "").strip().splitlines()[0]
+    inside = line[line.index("(") + 1 : line.rindex(")")] if "(" in line else ""
+    return [m.group(1) for m in re.finditer(r"(?:^|, )(\w+):", inside) if m.group(1) != "self"]
+
+
+def test_the_stub_signatures_match_the_extensions():
+    tree = ast.parse((REPO / "python" / "pynomaly" / "_core.pyi").read_text())
+
+    def stub_params(fn: ast.FunctionDef) -> list:
+        return [a.arg for a in fn.args.args if a.arg != "self"]
+
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            assert stub_params(node) == _doc_params(getattr(_core, node.name)), node.name
+        elif isinstance(node, ast.ClassDef):
+            cls = getattr(_core, node.name)
+            for m in node.body:
+                if isinstance(m, ast.FunctionDef) and m.name != "__init__":
+                    if any(isinstance(d, ast.Name) and d.id == "property" for d in m.decorator_list):
+                        continue
+                    assert stub_params(m) == _doc_params(getattr(cls, m.name)), f"{node.name}.{m.name}"
+
+
 def test_mypy_sees_the_types():
     pytest.importorskip("mypy")
     out = subprocess.run(
