@@ -87,6 +87,7 @@ def test_every_kind_is_served_bit_equal_to_in_process(served, source, algorithm,
     np.testing.assert_array_equal(one.scores, expected[name].detect(rows[:1]).scores)
     assert many.threshold == e.threshold and many.version == 1
     assert info.algorithm == algorithm and info.n_features == new.shape[1]
+    assert info.status == ("active" if source == "home" else None)  # issue 16.12: as list() says
 
 
 def test_a_pickled_model_in_a_folder_needs_trust(served, tmp_path):

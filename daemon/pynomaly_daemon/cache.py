@@ -23,12 +23,13 @@ log = logging.getLogger("pynomaly_daemon")
 
 
 class _Latest:
-    __slots__ = ("version", "checked", "refreshing")
+    __slots__ = ("version", "checked", "refreshing", "warned_for")
 
     def __init__(self, version: int, checked: float):
         self.version = version
         self.checked = checked
         self.refreshing = False
+        self.warned_for = None  # the older version a refresh found (logged once)
 
 
 class ModelCache:
@@ -133,7 +134,15 @@ class ModelCache:
     async def _refresh(self, name: str, lt: _Latest) -> None:
         try:
             v = await self._run(self.source.latest_version, name)
-            if v != lt.version:
+            if v < lt.version:
+                # The source went back (its database lost versions, a backup was restored):
+                # never switch to an older model silently. Keep serving what was asked for,
+                # say so once, and let an operator decide (doctor, then reload).
+                if lt.warned_for != v:
+                    lt.warned_for = v
+                    log.error("detector %r: the latest version went back from %d to %d; still serving v%d. "
+                              "Run `pynomaly doctor`, then reload to serve v%d", name, lt.version, v, lt.version, v)
+            elif v != lt.version:
                 await self._load(name, v)  # load first, switch after: requests never wait
                 log.info("detector %r: now serving version %d (was %d)", name, v, lt.version)
                 lt.version = v

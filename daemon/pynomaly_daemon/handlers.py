@@ -15,7 +15,8 @@ from pynomaly import wire
 def detector_info(scorer, loaded: bool = True) -> wire.DetectorInfo:
     """What ``info`` and ``list`` say about a loaded Scorer."""
     v = scorer.version
-    return wire.DetectorInfo(v.name, v.version, v.algorithm, v.n_features, v.threshold, loaded, scorer.size_bytes)
+    return wire.DetectorInfo(v.name, v.version, v.algorithm, v.n_features, v.threshold, loaded, scorer.size_bytes,
+                             v.status)
 
 
 async def health(d, req: wire.Health) -> wire.HealthReply:

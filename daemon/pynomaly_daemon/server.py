@@ -107,7 +107,11 @@ class Daemon:
         """
         path = self.config.socket_path
         d = os.path.dirname(path) or "."
-        os.makedirs(d, mode=0o700, exist_ok=True)
+        if os.path.abspath(path) == os.path.abspath(default_socket_path()):
+            os.makedirs(d, mode=0o700, exist_ok=True)  # the default runtime folder is ours to create
+        elif not os.path.isdir(d):
+            # A folder given explicitly is the user's: a typo must not create /nonexistent/dir as root.
+            raise SystemExit(f"pynomaly daemon: the socket's folder {d} does not exist; create it first")
         lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

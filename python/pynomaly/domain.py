@@ -228,6 +228,8 @@ class DetectorVersion:
         The share of anomalies the threshold was derived from, when known.
     detector_id : str or None
         The repository's id of the detector, when it came from one.
+    status : str or None
+        The detector's lifecycle status when this version was loaded (from a repository), else None.
     """
 
     name: str
@@ -239,6 +241,7 @@ class DetectorVersion:
     training_stats: Optional[ScoreStats] = None
     contamination: Optional[float] = None
     detector_id: Optional[str] = None
+    status: Optional[str] = None  # the detector's lifecycle status when loaded ("active"), where it has one
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:

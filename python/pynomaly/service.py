@@ -236,7 +236,7 @@ class Scorer:
 
     @classmethod
     def of(cls, model, name: str, version: int = 1, *, algorithm: Optional[str] = None, feature_names=None,
-           detector_id: Optional[str] = None) -> "Scorer":
+           detector_id: Optional[str] = None, status: Optional[str] = None) -> "Scorer":
         """A Scorer for a fitted model in hand (``algorithm`` defaults to its class name)."""
         stats = None
         train_scores = getattr(model, "decision_scores_", None)
@@ -257,6 +257,7 @@ class Scorer:
             training_stats=stats,
             contamination=contamination,
             detector_id=detector_id,
+            status=status,
         )
         return cls(value, model)
 
@@ -387,7 +388,7 @@ def load_model(home, name: str, version=None, **load_kwargs):
 def _version_of(detector: Detector, model) -> DetectorVersion:
     return Scorer.of(
         model, detector.name, detector.version, algorithm=detector.algorithm, feature_names=detector.feature_names,
-        detector_id=detector.id,
+        detector_id=detector.id, status=detector.status.value,
     ).version
 
 
