@@ -116,7 +116,7 @@ def test_foreign_client_from_protocol(served):
         ({"op": "detect", "id": 1, "detector": "cardio", "want": ["everything"], "rows": [[0.0] * 21]}, "bad_request"),
         ({"op": "detect", "id": 1, "detector": "nope", "rows": [[0.0] * 21]}, "unknown_detector"),
         ({"op": "detect", "id": 1, "detector": "cardio", "version": 5, "rows": [[0.0] * 21]}, "unknown_detector"),
-        ({"op": "detect", "id": 1, "detector": "../../etc", "rows": [[0.0] * 21]}, "unknown_detector"),
+        ({"op": "detect", "id": 1, "detector": "../../etc", "rows": [[0.0] * 21]}, "bad_request"),  # not a name
         ({"op": "health", "id": 1, "extra": True}, "bad_request"),
         ({"op": "health"}, "bad_request"),
         ({"id": 1}, "bad_request"),
@@ -243,3 +243,32 @@ def test_fuzz_random_byte_streams(served, stream):
         s.close()
     _healthy(d)
     assert d.proc.poll() is None
+
+
+def test_hostile_names_and_numbers_are_refused_briefly(served):
+    """Issue 16.5/16.6: a 1 MB name (with NUL bytes), a path as a name, a version beyond SQLite's
+    integers, negative ids and versions: each gets bad_request, the reply and the log line stay
+    short, and the connection stays usable."""
+    d, _ = served
+    s = raw_connect(d.sock)
+    before = len(d.log_text())
+    cases = [
+        {"op": "detect", "id": 1, "detector": "x\x00" * 500_000, "rows": [[0.0]]},
+        {"op": "detect", "id": 2, "detector": "../../etc/x", "rows": [[0.0]]},
+        {"op": "detect", "id": 3, "detector": "cardio", "version": 2**64 - 1, "rows": [[0.0]]},
+        {"op": "detect", "id": 4, "detector": "cardio", "version": -5, "rows": [[0.0]]},
+        {"op": "info", "id": 5, "detector": "cardio", "version": 2**63},
+        {"op": "health", "id": -1},
+        {"op": "detect", "id": 6, "detector": "cardio", "rows": {"dtype": "f" * 100_000, "shape": [1, 1], "data": b"x"}},
+    ]
+    for obj in cases:
+        s.sendall(frame(obj))
+        reply = msgpack.unpackb(read_frame(s), raw=False)
+        assert reply["op"] == "error" and reply["code"] in ("bad_request", "bad_dtype"), reply
+        assert reply["id"] == (obj["id"] if obj["id"] >= 0 else 0)
+        assert len(reply["message"]) < 400, len(reply["message"])
+    s.sendall(frame({"op": "health", "id": 9}))
+    assert msgpack.unpackb(read_frame(s), raw=False)["status"] == "ok"
+    new_log = d.log_text()[before:]
+    assert max(len(line) for line in new_log.splitlines()) < 600
+    assert "internal" not in new_log

@@ -139,3 +139,27 @@ def test_model_files_outside_a_repository(tmp_path, forest, data):
         service.load_file_for_scoring(tmp_path / "5.pnm", "e", 5)
     e = service.load_file_for_scoring(tmp_path / "5.pnm", "e", 5, trust_pickle=True)
     np.testing.assert_array_equal(e.score(data[1]), ecod.decision_function(data[1]))
+
+
+@pytest.mark.parametrize("bad", ["../../etc/x", "", "a b", "x" * 129, "-lead", "na\x00me", "é"])
+def test_names_follow_one_rule_everywhere(tmp_path, data, bad):
+    """Issue 16.5: what a name is, refused alike by the service, the CLI and the model folders,
+    with a short escaped prefix of the name in the message."""
+    from pynomaly.domain import InvalidNameError
+
+    with pytest.raises(InvalidNameError, match="is not a detector name") as e:
+        service.train(tmp_path, bad, data[0][:100], params={"n_estimators": 5})
+    assert len(str(e.value)) < 300
+    assert service.list_detectors(tmp_path) == []
+    import pynomaly_daemon
+
+    with pytest.raises(pynomaly.DetectorNotFoundError):
+        pynomaly_daemon.FolderSource(tmp_path).get(bad)
+
+
+def test_a_long_name_is_shown_as_a_short_prefix():
+    from pynomaly.domain import check_name
+
+    with pytest.raises(ValueError) as e:
+        check_name("x\x00" * 500_000)
+    assert "1000000 characters" in str(e.value) and len(str(e.value)) < 300

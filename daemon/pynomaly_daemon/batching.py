@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from pynomaly.domain import shown
 from pynomaly.wire import Rows
 
 from .errors import RequestError, classify
@@ -38,7 +39,7 @@ def request_rows(version, rows):
     if type(rows) is Rows:
         dt = _DTYPES.get(rows.dtype)
         if dt is None:
-            raise RequestError("bad_dtype", f"rows dtype must be 'f4' or 'f8', got {rows.dtype!r}")
+            raise RequestError("bad_dtype", f"rows dtype must be 'f4' or 'f8', got {shown(rows.dtype)}")
         shape = rows.shape
         if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
             raise RequestError("bad_shape", f"rows shape must be [n_rows >= 1, n_features >= 1], got {shape}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional, Protocol
 
 from pynomaly import service, wire
+from pynomaly.domain import NAME_PATTERN, shown
 
 from .errors import DetectorNotFound, DetectorUnavailable
 
@@ -55,7 +56,7 @@ class RepositorySource:
 
 
 _VERSION_FILE = re.compile(r"^(\d+)\.pnm$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(NAME_PATTERN)  # the one rule for names (pynomaly.domain)
 
 
 class FolderSource:
@@ -75,7 +76,7 @@ class FolderSource:
 
     def _dir(self, name: str) -> Path:
         if not isinstance(name, str) or not _NAME.match(name):
-            raise DetectorNotFound(f"no detector named {name!r} (names are letters, digits, '.', '_', '-')")
+            raise DetectorNotFound(f"no detector named {shown(name)} (names are letters, digits, '.', '_', '-')")
         return self.root / name
 
     def _versions(self, name: str) -> list:

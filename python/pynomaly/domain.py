@@ -34,6 +34,9 @@ import numpy as np
 from ._errors import PynomalyError
 
 __all__ = [
+    "NAME_PATTERN",
+    "check_name",
+    "shown",
     "Detector",
     "DetectorVersion",
     "ScoreStats",
@@ -43,6 +46,7 @@ __all__ = [
     "DetectionResult",
     "DetectorNotReadyError",
     "InvalidTransitionError",
+    "InvalidNameError",
     "fingerprint",
 ]
 
@@ -53,6 +57,10 @@ class DetectorNotReadyError(PynomalyError):
 
 class InvalidTransitionError(PynomalyError, ValueError):
     """A lifecycle transition that the detector's current status does not allow."""
+
+
+class InvalidNameError(PynomalyError, ValueError):
+    """A detector name outside :data:`NAME_PATTERN`."""
 
 
 class DetectorStatus(str, enum.Enum):
@@ -67,6 +75,34 @@ class DetectorStatus(str, enum.Enum):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# What a detector name is, everywhere (CLI, service, repository, daemon, model folders): 1 to 128
+# characters, letters, digits, '.', '_' and '-', starting with a letter or digit. Safe as a file
+# name, in a log line and in a URL path; documented in README.md and PROTOCOL.md.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_NAME = __import__("re").compile(NAME_PATTERN)
+
+
+def shown(text, limit: int = 40) -> str:
+    """Client- or user-supplied text as it may appear in a message or log: a short escaped
+    prefix (``repr``), with its full length when it was cut."""
+    if not isinstance(text, str):
+        return repr(text)[:limit]
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def check_name(name) -> str:
+    """``name`` if it is a valid detector name (see :data:`NAME_PATTERN`), else
+    InvalidNameError saying what a name is."""
+    if isinstance(name, str) and _NAME.match(name):
+        return name
+    raise InvalidNameError(
+        f"{shown(name)} is not a detector name: names are 1 to 128 characters, letters, digits, "
+        "'.', '_' and '-', starting with a letter or digit"
+    )
 
 
 @dataclasses.dataclass

@@ -30,6 +30,7 @@ from .domain import (
     DetectorNotReadyError,
     DetectorStatus,
     DetectorVersion,
+    check_name,
     fingerprint,
 )
 from .repository import Repository, atomic_write, read_export, write_export
@@ -145,6 +146,7 @@ def train(
     """
     from . import registry
 
+    check_name(name)
     params = {**registry.stored_defaults(algorithm), **(params or {})}
     _report(progress, "loading data")
     X, names, source = load_data(data, columns)
@@ -547,6 +549,7 @@ def import_detector(home, path, name=None, *, trust_pickle: bool = False) -> Det
     from . import registry
 
     exp = read_export(path)
+    name = check_name(name or exp.name)
     with _repo(home) as repo:
         if exp.format == "pickle" and not trust_pickle and not repo.signed_here(exp):
             raise ArtifactIntegrityError(
@@ -554,7 +557,6 @@ def import_detector(home, path, name=None, *, trust_pickle: bool = False) -> Det
                 " trust_pickle=True (CLI: --trust-pickle) only if you trust where it came from"
             )
         registry.get(exp.algorithm)  # unknown algorithms are refused before anything is stored
-        name = name or exp.name
         try:
             d = repo.get(name)
         except DetectorNotFoundError:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Dict, List, Literal, Optional, Union
+from typing import Annotated, Dict, List, Literal, Optional, Union
 
 import msgspec
 
 from . import _core
+from .domain import NAME_PATTERN
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -92,6 +93,13 @@ def default_socket_path() -> str:
     return os.path.join("/tmp", f"pynomaly-{os.getuid()}", "daemon.sock")
 
 
+# What PROTOCOL.md promises, enforced by the one typed decoder (so every path refuses alike):
+# ids are unsigned 64-bit, versions unsigned and within SQLite's integers, names as
+# pynomaly.domain.NAME_PATTERN says.
+RequestId = Annotated[int, msgspec.Meta(ge=0)]  # MessagePack holds at most 2**64 - 1
+VersionNumber = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+DetectorName = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+
 Want = Literal["scores", "labels", "probabilities", "anomalies"]
 WANT_ALL = ("scores", "labels", "probabilities", "anomalies")
 
@@ -119,9 +127,9 @@ class Rows(msgspec.Struct, gc=False, forbid_unknown_fields=True):
 class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unknown_fields=True):
     """Score rows with a detector; ``rows`` is a :class:`Rows` or a list of lists of numbers."""
 
-    id: int
-    detector: str
-    version: Optional[int] = None  # None: the latest active version
+    id: RequestId
+    detector: DetectorName
+    version: Optional[VersionNumber] = None  # None: the latest active version
     want: Optional[List[Want]] = None  # None: ["scores", "labels"]
     rows: Union[Rows, List[List[float]], None] = None  # last, so raw data ends the frame
 
@@ -129,34 +137,34 @@ class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unkn
 class ListDetectors(msgspec.Struct, gc=False, tag="list", tag_field="op", forbid_unknown_fields=True):
     """Every detector the daemon can serve (latest versions)."""
 
-    id: int
+    id: RequestId
 
 
 class Info(msgspec.Struct, gc=False, tag="info", tag_field="op", forbid_unknown_fields=True):
     """Details of one detector (loading it if needed)."""
 
-    id: int
-    detector: str
-    version: Optional[int] = None
+    id: RequestId
+    detector: DetectorName
+    version: Optional[VersionNumber] = None
 
 
 class Health(msgspec.Struct, gc=False, tag="health", tag_field="op", forbid_unknown_fields=True):
     """Liveness: answered from the event loop without touching detectors."""
 
-    id: int
+    id: RequestId
 
 
 class Stats(msgspec.Struct, gc=False, tag="stats", tag_field="op", forbid_unknown_fields=True):
     """Counters since start."""
 
-    id: int
+    id: RequestId
 
 
 class Reload(msgspec.Struct, gc=False, tag="reload", tag_field="op", forbid_unknown_fields=True):
     """Drop cached detectors (one, or all when ``detector`` is None) so the next request loads the latest."""
 
-    id: int
-    detector: Optional[str] = None
+    id: RequestId
+    detector: Optional[DetectorName] = None
 
 
 Request = Union[Detect, ListDetectors, Info, Health, Stats, Reload]

@@ -96,6 +96,18 @@ struct Reader {
     }
 };
 
+// A detector name as pynomaly.domain.NAME_PATTERN says: 1 to 128 of [A-Za-z0-9._-], starting
+// with a letter or digit. Others are the typed decoder's to refuse.
+inline bool valid_name(const uint8_t* s, uint32_t len) {
+    if (len < 1 || len > 128) return false;
+    for (uint32_t i = 0; i < len; ++i) {
+        const uint8_t c = s[i];
+        const bool alnum = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+        if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-'))) return false;
+    }
+    return true;
+}
+
 inline bool equals(const uint8_t* s, uint32_t len, const char* lit) {
     return len == std::strlen(lit) && std::memcmp(s, lit, len) == 0;
 }
@@ -182,15 +194,16 @@ inline bool parse_detect(const uint8_t* body, uint32_t len, Request& q, int64_t 
                 if (!r.str(s, sl) || !equals(s, sl, "detect")) return false;
                 break;
             }
-            case 2:
-                if (!r.integer(q.id_neg, q.id)) return false;
+            case 2:  // unsigned, as pynomaly.wire.RequestId: a negative id is the Python path's to refuse
+                if (!r.integer(q.id_neg, q.id) || q.id_neg) return false;
                 break;
             case 4:
-                if (!r.str(q.name, q.name_len)) return false;
+                if (!r.str(q.name, q.name_len) || !valid_name(q.name, q.name_len)) return false;
                 break;
             case 8:
-                if (!r.nil()) {
-                    if (!r.integer(q.version_neg, q.version)) return false;
+                if (!r.nil()) {  // 0 <= version < 2^63, as pynomaly.wire.VersionNumber
+                    if (!r.integer(q.version_neg, q.version) || q.version_neg || q.version > 0x7fffffffffffffffULL)
+                        return false;
                     q.has_version = true;
                 }
                 break;
