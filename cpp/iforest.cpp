@@ -233,6 +233,14 @@ void Forest::compile() {
         }
 }
 
+int64_t Forest::memory_bytes() const {
+    auto bytes = [](const auto& v) { return static_cast<int64_t>(v.capacity() * sizeof(v[0])); };
+    const Compiled& c = compiled_;
+    return static_cast<int64_t>(sizeof(Forest)) + bytes(nodes_.tree_offset) + bytes(nodes_.feature) +
+           bytes(nodes_.threshold) + bytes(nodes_.left) + bytes(nodes_.leaf_value) + bytes(c.feature_scaled) +
+           bytes(c.threshold) + bytes(c.leaf_value) + bytes(c.tests) + bytes(c.key_nodes);
+}
+
 void Forest::check_input(const MatrixView& X) const {
     if (X.cols != nodes_.n_features)
         throw InvalidInput("X has " + std::to_string(X.cols) + " features, but the forest was fitted with " +

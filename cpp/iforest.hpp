@@ -55,6 +55,9 @@ public:
 
     const ForestNodes& nodes() const { return nodes_; }
     int depth() const { return depth_; }
+    // Bytes this forest holds: the defining arrays and the compiled scoring layouts (what a
+    // server caching it really keeps, about 3x its serialized size).
+    int64_t memory_bytes() const;
     bool uses_complete_layout() const { return complete_; }
 
     // Deepest tree that still uses the padded complete layout; deeper forests (very large

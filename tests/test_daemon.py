@@ -220,7 +220,7 @@ def test_cache_is_bounded_by_size(tmp_path):
     a, b = train(0), train(1)
     save_to_folder(models, "a", a)
     save_to_folder(models, "b", b)
-    size = len(a.to_bytes())
+    size = pynomaly.service.Scorer.of(a, "a").size_bytes  # what a cached version is charged (issue 16.9)
     d = DaemonProcess(tmp_path, models, "--cache-mb", str(1.5 * size / 2**20))
     X = cardio()[:20]
     try:
@@ -495,3 +495,30 @@ def test_main_entry_point_help(capsys):
     with pytest.raises(SystemExit) as e:
         pynomaly_daemon.main(["--help"], prog="pynomaly serve")
     assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: pynomaly serve")
+
+
+def test_the_cache_counts_real_memory_and_drops_superseded_versions(tmp_path):
+    """Issue 16.9: a cached version is charged what it holds (the compiled forest, not its
+    file size), and a version superseded by a newer latest one is dropped unless a request
+    named it by number."""
+    models = tmp_path / "models"
+    m1 = train(0, 100)
+    save_to_folder(models, "m", m1)
+    d = DaemonProcess(tmp_path, models, "--refresh-interval", "0.05")
+    try:
+        with pynomaly.Client(d.sock) as c:
+            c.detect("m", cardio()[:2])
+            st = c.stats()
+            assert st.cache_entries == 1 and st.cache_bytes >= 2 * len(m1.to_bytes())
+            in_process = pynomaly.service.Scorer.of(m1, "m").size_bytes  # the fitted one holds its labels_ too
+            assert 0.8 * in_process <= st.cache_bytes <= in_process
+            for seed in (1, 2, 3):
+                save_to_folder(models, "m", train(seed, 100))
+                assert wait_until(lambda: c.detect("m", cardio()[:2]).version == seed + 1, timeout=10)
+            assert c.stats().cache_entries == 1  # v1..v3 went as soon as the next one served
+            c.detect("m", cardio()[:2], version=2)  # asked for by number: kept
+            save_to_folder(models, "m", train(4, 100))
+            assert wait_until(lambda: c.detect("m", cardio()[:2]).version == 5, timeout=10)
+            assert c.stats().cache_entries == 2
+    finally:
+        d.stop()

@@ -46,6 +46,10 @@ class ModelCache:
         self.latest: dict = {}
         self.hot: dict = {}
         self.native: dict = {}
+        # Versions some request named by number; any other version is dropped as soon as a
+        # newer latest one is served (it used to stay until the byte bound: 107 superseded
+        # versions after 107 saves).
+        self.pinned: set = set()
         self._loading: dict = {}
 
     def __len__(self) -> int:
@@ -65,6 +69,8 @@ class ModelCache:
             v = lt.version
         s = self.entries.get((name, v))
         if s is not None:
+            if version is not None:
+                self.pinned.add((name, v))  # asked for by number: kept when a newer one arrives
             self.hot[(name, version)] = s
             if s.native is not None:
                 self.native[(name, version)] = s.native
@@ -86,6 +92,8 @@ class ModelCache:
         s = self.cached(name, version)
         if s is not None:
             return s
+        if version is not None:
+            self.pinned.add((name, version))
         if version is None:
             v = await self._run(self.source.latest_version, name)
             lt = self.latest.get(name)
@@ -129,6 +137,7 @@ class ModelCache:
         while self.size > self.max_bytes and len(self.entries) > 1:
             (name, v), ev = self.entries.popitem(last=False)
             self.size -= ev.size_bytes
+            self.pinned.discard((name, v))
             log.info("cache: evicted %s v%d (%d bytes)", name, v, ev.size_bytes)
 
     async def _refresh(self, name: str, lt: _Latest) -> None:
@@ -145,8 +154,13 @@ class ModelCache:
             elif v != lt.version:
                 await self._load(name, v)  # load first, switch after: requests never wait
                 log.info("detector %r: now serving version %d (was %d)", name, v, lt.version)
-                lt.version = v
+                old, lt.version = lt.version, v
                 self._forget_lookups()
+                if (name, old) not in self.pinned:
+                    gone = self.entries.pop((name, old), None)
+                    if gone is not None:
+                        self.size -= gone.size_bytes
+                        log.info("cache: dropped superseded %s v%d (%d bytes)", name, old, gone.size_bytes)
         except (DetectorNotFound, DetectorUnavailable, DetectorNotReadyError) as e:
             # Deleted or archived: stop serving it; the next request gets the error.
             log.info("detector %r: no longer served: %s", name, e)
@@ -163,6 +177,7 @@ class ModelCache:
         keys = [k for k in self.entries if name is None or k[0] == name]
         for k in keys:
             self.size -= self.entries.pop(k).size_bytes
+            self.pinned.discard(k)
         if name is None:
             self.latest.clear()
         else:

@@ -30,6 +30,11 @@ class Forest:
     def layout(self) -> str:
         ...
     @property
+    def memory_bytes(self) -> int:
+        """
+        Bytes held: node arrays and compiled scoring layouts.
+        """
+    @property
     def n_features(self) -> int:
         ...
     @property

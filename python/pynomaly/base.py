@@ -191,6 +191,17 @@ class BaseDetector:
         scores = self.decision_function(X)
         return _scores.proba(scores, stats, method), self._confidence_of(scores)
 
+    def memory_bytes(self) -> int:
+        """Bytes this fitted detector holds in memory (its arrays; native detectors add their
+        core structures): what a server caching it is charged."""
+        total = 0
+        for value in self.__dict__.values():
+            if isinstance(value, np.ndarray):
+                total += value.nbytes
+            elif isinstance(value, dict):  # the cached training-score statistics
+                total += sum(v.nbytes for v in value.values() if isinstance(v, np.ndarray))
+        return total
+
     def confidence_of(self, scores) -> np.ndarray:
         """ExCeeD confidence of the labels of scores already computed by ``decision_function``
         (what :meth:`predict_confidence` gives, without scoring again)."""

@@ -214,6 +214,11 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         self.labels_ = np.asarray(model.labels_, dtype=np.int64)
         return self
 
+    def memory_bytes(self) -> int:
+        """Bytes held: the native forest (nodes and compiled scoring layouts) and the arrays."""
+        forest = self.__dict__.get("_forest")
+        return super().memory_bytes() + (forest.memory_bytes if forest is not None else 0)
+
     def serving_handle(self, name: str, version: int) -> "_core.ServedForest":
         """The native object a server scores this fitted forest with (the daemon's native
         path): the forest, ``threshold_``, and the name and version it is served under."""

@@ -265,12 +265,19 @@ class Scorer:
 
     @property
     def size_bytes(self) -> int:
-        """Size of the model's stored form (0 if it has none); computed once."""
+        """Memory the loaded model holds (its ``memory_bytes()``; for a model without it, its
+        stored form's size); computed once. What a cache of Scorers is charged."""
         if self._size is None:
+            measure = getattr(self.model, "memory_bytes", None)
             try:
-                self._size = len(self.model.to_bytes())
-            except Exception:  # noqa: BLE001 - a model that cannot serialize: size unknown
-                self._size = 0
+                size = measure() if measure is not None else 0
+                if getattr(self.model, "artifact_format", "native") != "native" or measure is None:
+                    # torch/JAX weights and PyOD's model live outside our arrays: count their
+                    # stored form as a floor.
+                    size += len(self.model.to_bytes())
+            except Exception:  # noqa: BLE001 - a model that cannot say or serialize: size unknown
+                size = 0
+            self._size = int(size)
         return self._size
 
     def score(self, X) -> np.ndarray:

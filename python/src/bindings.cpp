@@ -314,6 +314,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("psi", [](const Forest& f) { return f.nodes().psi; })
         .def_property_readonly("n_trees", [](const Forest& f) { return f.nodes().n_trees(); })
         .def_property_readonly("depth", [](const Forest& f) { return f.depth(); })
+        .def_property_readonly("memory_bytes", [](const Forest& f) { return f.memory_bytes(); },
+                               "Bytes held: node arrays and compiled scoring layouts.")
         .def_property_readonly("layout", [](const Forest& f) { return f.uses_complete_layout() ? "complete" : "sparse"; })
         .def("arrays", [](const Forest& f) {
             const ForestNodes& n = f.nodes();
