@@ -4,7 +4,8 @@ and the background refresh that notices a newly saved version.
 Two dicts serve the per-request lookups without awaiting anything: ``hot`` maps (name,
 requested version or None) to a Scorer, ``native`` maps the same keys to the Scorer's
 ``ServedForest`` for the daemon's native path. Both are emptied whenever a cached entry or a
-latest version changes and refilled by :meth:`ModelCache.cached`.
+latest version changes and refilled by :meth:`ModelCache.cached`; ``native_sink`` (the native
+connection loop, when it runs) mirrors ``native``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ModelCache:
         self.latest: dict = {}
         self.hot: dict = {}
         self.native: dict = {}
+        self.native_sink = None  # set_model(name, version, served) / clear_models(): netloop.NetPump
         self._loading: dict = {}
 
     def __len__(self) -> int:
@@ -53,6 +55,8 @@ class ModelCache:
     def _forget_lookups(self) -> None:
         self.hot.clear()
         self.native.clear()
+        if self.native_sink is not None:
+            self.native_sink.clear_models()
 
     def cached(self, name: str, version: Optional[int]):
         """The Scorer for (name, version) if it is loaded, else None (remembered in ``hot``)."""
@@ -65,8 +69,10 @@ class ModelCache:
         s = self.entries.get((name, v))
         if s is not None:
             self.hot[(name, version)] = s
-            if s.native is not None:
+            if s.native is not None and (name, version) not in self.native:
                 self.native[(name, version)] = s.native
+                if self.native_sink is not None:
+                    self.native_sink.set_model(name, version, s.native)
         return s
 
     def used(self, name: str, version: int, n_requests: int, now: float) -> None:
@@ -129,6 +135,13 @@ class ModelCache:
             (name, v), ev = self.entries.popitem(last=False)
             self.size -= ev.size_bytes
             log.info("cache: evicted %s v%d (%d bytes)", name, v, ev.size_bytes)
+        if key in self.entries:
+            # Served natively from now on, not from the next request that looks it up: frames
+            # the native loop has already read would otherwise all take the Python path.
+            self.cached(key[0], key[1])
+            lt = self.latest.get(key[0])
+            if lt is not None and lt.version == key[1]:
+                self.cached(key[0], None)
 
     async def _refresh(self, name: str, lt: _Latest) -> None:
         try:

@@ -31,6 +31,10 @@ def _default_workers() -> int:
     return max(2, len(os.sched_getaffinity(0)))
 
 
+def _default_net_threads() -> int:
+    return len(os.sched_getaffinity(0))
+
+
 @dataclass
 class Config:
     """Everything the daemon can be told; each field is one command-line option."""
@@ -60,6 +64,11 @@ class Config:
     refresh_interval: float = _opt(1.0, "seconds between checks for a newer version of a served detector")
     fast_path: bool = _opt(True, "serve every request through the Python path (the native one answers the same, sooner)",
                            flag="--no-fast-path")
+    native_loop: bool = _opt(True, "serve connections from the Python event loop (uvloop) instead of the native "
+                                   "connection loop (which answers the same, with less CPU per request)",
+                             flag="--no-native-loop")
+    net_threads: int = _opt(None, "threads of the native connection loop (one epoll set each)",
+                            factory=_default_net_threads)
     trust_pickle: bool = _opt(False, "with --models: serve export files holding pickled (PyOD) models; "
                                      "only for a folder whose files you trust")
     cache_bytes: int = _opt(1 << 30, "memory for loaded detectors", flag="--cache-mb", scale=_MB, unit="MB")
