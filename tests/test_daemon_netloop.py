@@ -9,6 +9,7 @@ misbehaving client against both loops; the cases here are the loop's own.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -24,6 +25,7 @@ import pytest
 import pynomaly
 from pynomaly import wire
 
+from conftest import REPO
 from _daemon_helpers import (DaemonProcess, cardio, cardio_model_folder, frame, is_closed, raw_connect, raw_rows,
                              read_frame, wait_until)
 
@@ -139,6 +141,25 @@ def test_the_native_loop_serves_by_default(pair):
     assert after.requests["detect"] == before.requests["detect"] + 5
     assert after.rows_scored == before.rows_scored + 10
     assert after.connections >= 1 and after.connections_total > before.connections_total - 1
+
+
+def test_requests_up_to_idle_inline_rows_are_scored_by_the_loop(pair):
+    """A 1000-row raw request is answered by the loop thread itself (rows read in place), byte
+    for byte as the Python path answers it; one with a NaN is handed over and named."""
+    native, python, model = pair
+    X = cardio()[:1000]
+    f = frame(detect(77, X, want=["labels", "scores"]))
+    with pynomaly.Client(native.sock) as c:
+        before = c.stats()
+        assert exchange(native.sock, f, 1) == exchange(python.sock, f, 1)
+        after = c.stats()
+        assert after.fast_path_requests == before.fast_path_requests + 1
+        assert after.rows_scored == before.rows_scored + 1000
+        bad = X.copy()
+        bad[999, 3] = np.nan
+        with pytest.raises(pynomaly.client.DaemonInputError) as e:
+            c.detect("cardio", bad)
+        assert e.value.code == "bad_value" and "row 999" in e.value.message
 
 
 def test_mixed_pipelined_frames_answer_byte_for_byte_as_the_python_path(pair):
@@ -367,3 +388,26 @@ def test_one_thread_or_several_answer_alike(start, pair):
         for got in results:
             assert got.keys() == expected.keys()
             assert all(same_reply(got[i], expected[i]) for i in got)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+@pytest.mark.parametrize("sanitizers", ["address,undefined", "thread"])
+def test_loop_alone_under_sanitizers(tmp_path, sanitizers):
+    """The loop without Python (cpp/tests/stress_netloop.cpp): a host thread, clients that
+    pipeline, cut frames anywhere, vanish mid-frame, a model swapped under them, and stop()
+    under load, built with AddressSanitizer + UBSan and with ThreadSanitizer."""
+    exe = tmp_path / "stress"
+    build = subprocess.run(
+        ["g++", "-std=c++17", "-O1", "-g", f"-fsanitize={sanitizers}", "-fno-sanitize-recover=all", "-Wall", "-Wextra",
+         "-Werror", "-Wno-maybe-uninitialized", "-ffp-contract=off", "-pthread", "-Icpp", "-Ipython/src",
+         "cpp/tests/stress_netloop.cpp", "python/src/netloop.cpp", "cpp/common.cpp", "cpp/iforest.cpp",
+         "cpp/iforest_kernels.cpp", "-o", str(exe)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    if build.returncode != 0 and ("asan" in build.stderr or "tsan" in build.stderr or "ubsan" in build.stderr):
+        pytest.skip(f"no sanitizer runtime for g++ here: {build.stderr.strip()[-200:]}")
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([str(exe), "16", "120"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    word, checked, handed = run.stdout.split()
+    assert word == "ok" and int(checked) == 16 * 120 and int(handed) > 0

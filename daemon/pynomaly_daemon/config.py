@@ -60,7 +60,8 @@ class Config:
     coalesce_rows: int = _opt(64, "requests with more rows are not coalesced")
     inline_rows: int = _opt(64, "batches with more rows are scored in the thread pool")
     split_rows: int = _opt(512, "large requests are scored in chunks of at least this many rows, in parallel")
-    idle_inline_rows: int = _opt(2048, "when nothing else is in flight, requests up to this many rows skip the thread pool")
+    idle_inline_rows: int = _opt(2048, "requests up to this many rows skip the thread pool: scored by the native "
+                                       "loop's thread (raw rows), or on the uvloop path when nothing else is in flight")
     refresh_interval: float = _opt(1.0, "seconds between checks for a newer version of a served detector")
     fast_path: bool = _opt(True, "serve every request through the Python path (the native one answers the same, sooner)",
                            flag="--no-fast-path")

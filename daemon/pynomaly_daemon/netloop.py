@@ -17,6 +17,7 @@ import time
 from pynomaly import _core
 
 from .connection import Replies
+from .errors import classify
 
 log = logging.getLogger("pynomaly_daemon")
 
@@ -81,9 +82,12 @@ class NetPump:
         self.d = daemon
         self.sock = sock
         uids = sorted(cfg.allowed_uids) if cfg.allowed_uids is not None else None
-        self.net = _core.NetLoop(sock.fileno(), cfg.net_threads, cfg.max_frame, daemon.fast_rows, cfg.max_connections,
-                                 cfg.conn_max_in_flight, cfg.max_rx_bytes, cfg.idle_timeout, cfg.frame_timeout,
-                                 cfg.write_timeout, uids)
+        # Raw-row requests the fast path could answer but for their size are scored by the
+        # loop thread up to --idle-inline-rows (the rows that skip the pool on the uvloop path):
+        # 1k rows then cost no hop to Python and back. Larger ones go to the pool, split.
+        self.net = _core.NetLoop(sock.fileno(), cfg.net_threads, cfg.max_frame, daemon.fast_rows,
+                                 cfg.idle_inline_rows, cfg.max_connections, cfg.conn_max_in_flight, cfg.max_rx_bytes,
+                                 cfg.idle_timeout, cfg.frame_timeout, cfg.write_timeout, uids)
         self.conns: dict = {}
         self._changed: dict = {}
         self._sync_handle = None
@@ -128,7 +132,11 @@ class NetPump:
                     conn = self.conns[cid] = NativeConnection(self, cid, ev[3])
                 conn.taken += 1
                 self.changed(conn)
-                handle(conn, memoryview(ev[2]))
+                try:
+                    handle(conn, memoryview(ev[2]))
+                except Exception as err:  # noqa: BLE001 - the rest of the batch is still answered
+                    code, msg = classify(err)
+                    conn.reply_error(0, code, msg)
             elif kind == _CLOSED:
                 conn = self.conns.pop(cid, None)
                 if conn is not None:

@@ -55,16 +55,21 @@ inline void add(Batch& b, const Request& q) {
 // names the bad row. The requests' data must still be readable (they point into a buffer).
 inline bool score_batch(Batch& b, const Served& s, std::string& out) {
     const int64_t item = b.f32 ? 4 : 8;
-    b.rows.resize(static_cast<size_t>(b.n_rows * s.n_features * item) + 8);
-    // Aligned for the element type: the vector's storage is suitably aligned for any scalar.
-    unsigned char* at = b.rows.data();
-    for (const Request& q : b.requests) {
-        const size_t bytes = static_cast<size_t>(q.n * q.d * item);
-        std::memcpy(at, q.data, bytes);
-        at += bytes;
+    const void* rows = b.requests.size() == 1 ? b.requests[0].data : nullptr;
+    if (rows == nullptr || reinterpret_cast<uintptr_t>(rows) % static_cast<uintptr_t>(item) != 0) {
+        // Several requests, or values the core may not read in place (misaligned): one copy,
+        // aligned for the element type (a vector's storage is aligned for any scalar).
+        b.rows.resize(static_cast<size_t>(b.n_rows * s.n_features * item) + 8);
+        unsigned char* at = b.rows.data();
+        for (const Request& q : b.requests) {
+            const size_t bytes = static_cast<size_t>(q.n * q.d * item);
+            std::memcpy(at, q.data, bytes);
+            at += bytes;
+        }
+        rows = b.rows.data();
     }
     MatrixView v;
-    v.data = b.rows.data();
+    v.data = rows;
     v.rows = b.n_rows;
     v.cols = s.n_features;
     v.row_stride = s.n_features;

@@ -353,7 +353,7 @@ struct Worker {
             if (!after_read(c, n)) return;
             c.big_have += static_cast<size_t>(n);
             if (c.big_have == c.big->size) {
-                handoff(c, std::move(c.big));
+                serve_alone(c, std::move(c.big));
                 release_reserve(c);
                 c.big_have = 0;
                 c.partial_since = -1;
@@ -409,14 +409,18 @@ struct Worker {
             if (c.end - p - 4 < len) break;
             const unsigned char* body = buf + p + 4;
             Request q;
-            const Model* m = nullptr;
-            if (cfg.fast_rows > 0 && fastwire::parse_detect(body, len, q, cfg.fast_rows) && (m = lookup(q)) != nullptr &&
-                q.d == m->s.n_features && fastwire::all_finite(q)) {
+            const Model* m = servable(body, len, q);
+            if (m != nullptr && q.n <= cfg.fast_rows) {
                 if (batch_model != nullptr && (m != batch_model || !fastwire::fits(batch, q, cfg.fast_rows)))
                     flush_batch(c);
                 batch_model = m;
                 fastwire::add(batch, q);
                 batch_frames.emplace_back(p + 4, len);
+            } else if (m != nullptr) {
+                flush_batch(c);
+                auto b = Block::make(len);  // aligned, so the rows are scored where they lie
+                std::memcpy(b->data, body, len);
+                serve_alone(c, std::move(b));
             } else {
                 flush_batch(c);  // its replies first: the frames before this one were read first
                 auto b = Block::make(len);
@@ -460,6 +464,48 @@ struct Worker {
         c.start = c.end = 0;
     }
 
+    // The model that answers a frame the loop may score itself, with the frame parsed into q;
+    // nullptr for any other frame (the host's).
+    const Model* servable(const unsigned char* body, uint32_t len, Request& q) const {
+        if (cfg.fast_rows <= 0 || !fastwire::parse_detect(body, len, q, std::max(cfg.fast_rows, cfg.alone_rows)))
+            return nullptr;
+        const Model* m = lookup(q);
+        if (m == nullptr || q.d != m->s.n_features || !fastwire::all_finite(q)) return nullptr;
+        return m;
+    }
+
+    // A whole frame in a block of its own: scored here when the loop may (one native call, the
+    // rows read in place), else handed over without a copy.
+    void serve_alone(Conn& c, std::unique_ptr<Block> b) {
+        Request q;
+        const Model* m = servable(b->data, static_cast<uint32_t>(b->size), q);
+        if (m == nullptr) {
+            handoff(c, std::move(b));
+            return;
+        }
+        batch_model = m;
+        fastwire::add(batch, q);
+        if (!score(c)) handoff(c, std::move(b));
+        batch.clear();
+        batch_frames.clear();
+        batch_model = nullptr;
+    }
+
+    // Scores the batch into c's replies, with the counts; false when the core refuses the rows.
+    bool score(Conn& c) {
+        const Model* m = batch_model;
+        const size_t k = batch.requests.size();
+        if (!fastwire::score_batch(batch, m->s, c.out)) return false;
+        Counters& n = L.counters;
+        n.requests.fetch_add(k, std::memory_order_relaxed);
+        n.rows.fetch_add(static_cast<uint64_t>(batch.n_rows), std::memory_order_relaxed);
+        n.calls.fetch_add(1, std::memory_order_relaxed);
+        if (k > 1) n.coalesced.fetch_add(k, std::memory_order_relaxed);
+        const_cast<Model*>(m)->hits.fetch_add(k, std::memory_order_relaxed);
+        mark_dirty(c);
+        return true;
+    }
+
     void release_reserve(Conn& c) {
         if (c.reserved) {
             L.rx_reserved.fetch_sub(static_cast<int64_t>(c.reserved));
@@ -470,17 +516,7 @@ struct Worker {
     // Scores the batched fast frames of c, or hands them over if the core refuses them.
     void flush_batch(Conn& c) {
         if (batch.requests.empty()) return;
-        const Model* m = batch_model;
-        const size_t k = batch.requests.size();
-        if (fastwire::score_batch(batch, m->s, c.out)) {
-            Counters& n = L.counters;
-            n.requests.fetch_add(k, std::memory_order_relaxed);
-            n.rows.fetch_add(static_cast<uint64_t>(batch.n_rows), std::memory_order_relaxed);
-            n.calls.fetch_add(1, std::memory_order_relaxed);
-            if (k > 1) n.coalesced.fetch_add(k, std::memory_order_relaxed);
-            const_cast<Model*>(m)->hits.fetch_add(k, std::memory_order_relaxed);
-            mark_dirty(c);
-        } else {
+        if (!score(c)) {
             for (const auto& f : batch_frames) {
                 auto b = Block::make(f.second);
                 std::memcpy(b->data, c.in.get() + f.first, f.second);

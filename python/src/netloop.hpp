@@ -39,6 +39,9 @@ struct Config {
     int threads = 1;
     int64_t max_frame = 64 << 20;
     int64_t fast_rows = 64;  // largest request and batch the loop scores itself (0: hand all over)
+    // Larger raw-row requests up to this many rows are scored by the loop thread too, alone and
+    // in place: a 1k-row request then costs no hop to the host and back (0: hand them over).
+    int64_t alone_rows = 0;
     int64_t max_connections = 1024;
     int64_t conn_max_in_flight = 256;  // frames handed over and not answered, per connection
     int64_t max_rx_bytes = 1 << 30;

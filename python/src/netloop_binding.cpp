@@ -44,7 +44,7 @@ struct Graveyard {
 
 class NetLoop {
 public:
-    NetLoop(int listen_fd, int threads, int64_t max_frame, int64_t fast_rows, int64_t max_connections,
+    NetLoop(int listen_fd, int threads, int64_t max_frame, int64_t fast_rows, int64_t alone_rows, int64_t max_connections,
             int64_t conn_max_in_flight, int64_t max_rx_bytes, double idle_timeout, double frame_timeout,
             double write_timeout, std::optional<std::vector<uint32_t>> allowed_uids)
         : grave_(std::make_shared<Graveyard>()) {
@@ -53,6 +53,7 @@ public:
         c.threads = threads;
         c.max_frame = max_frame;
         c.fast_rows = fast_rows;
+        c.alone_rows = alone_rows;
         c.max_connections = max_connections;
         c.conn_max_in_flight = conn_max_in_flight;
         c.max_rx_bytes = max_rx_bytes;
@@ -181,9 +182,9 @@ void register_netloop(py::module_& m) {
     py::class_<NetLoop>(m, "NetLoop",
                         "The daemon's native connection loop (python/src/netloop.hpp); driven by "
                         "pynomaly_daemon.netloop.")
-        .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double,
+        .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double,
                       std::optional<std::vector<uint32_t>>>(),
-             py::arg("listen_fd"), py::arg("threads"), py::arg("max_frame"), py::arg("fast_rows"),
+             py::arg("listen_fd"), py::arg("threads"), py::arg("max_frame"), py::arg("fast_rows"), py::arg("alone_rows"),
              py::arg("max_connections"), py::arg("conn_max_in_flight"), py::arg("max_rx_bytes"),
              py::arg("idle_timeout"), py::arg("frame_timeout"), py::arg("write_timeout"), py::arg("allowed_uids"))
         .def("start", &NetLoop::start)
