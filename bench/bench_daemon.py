@@ -4,8 +4,10 @@
 
 1. Single-row ``detect``: requests/s and p50/p99 latency at 1, 8 and 64 concurrent clients,
    driven by bench/loadgen.c (compiled here with the system C compiler): one thread, epoll,
-   one request in flight per connection, as redis-benchmark drives Redis. The same run
-   measures ``redis-benchmark -t get`` over a Unix socket at the same concurrency.
+   one request in flight per connection (or 16, pipelined). The same run drives Redis ``GET``
+   of a 3-byte value over a Unix socket with the same load generator in its RESP mode, so both
+   servers face one lean client; ``redis-benchmark -t get`` (a heavier client, which flatters
+   the ratio) is reported alongside for reference (``--no-redis-benchmark`` skips it).
 2. Batch ``detect`` of 1k and 100k rows through ``pynomaly.Client`` in rows/s, against
    in-process ``decision_function`` on the same rows and detector.
 
@@ -69,8 +71,9 @@ def start_daemon(tmp: Path, models: Path, extra=()) -> subprocess.Popen:
     return p
 
 
-def run_loadgen(loadgen: Path, sock: Path, frame: Path, conns: int, seconds: float, pipeline: int = 1) -> dict:
-    out = subprocess.run([str(loadgen), str(sock), str(frame), str(conns), str(seconds), "0.5", str(pipeline)],
+def run_loadgen(loadgen: Path, sock: Path, frame: Path, conns: int, seconds: float, pipeline: int = 1,
+                mode: str = "frame") -> dict:
+    out = subprocess.run([str(loadgen), str(sock), str(frame), str(conns), str(seconds), "0.5", str(pipeline), mode],
                          capture_output=True, text=True, timeout=seconds + 30)
     if out.returncode != 0:
         raise SystemExit(f"loadgen failed: {out.stderr}")
@@ -93,9 +96,11 @@ def run_redis(tmp: Path, conns: int, seconds: float, rps_hint: float, pipeline: 
     return {"rps": f[0], "p50_us": f[3] * 1000, "p99_us": f[5] * 1000, "n": n}
 
 
-def _load_point(args, loadgen, sock, frame, daemon, redis, tmp, conns: int, pipeline: int) -> str:
-    """One row of the single-row table: interleaved daemon/Redis rounds, medians."""
-    ds, rs = [], []
+def _load_point(args, loadgen, sock, frame, resp, daemon, redis, tmp, conns: int, pipeline: int) -> str:
+    """One row of the single-row table: interleaved daemon/Redis rounds (the same load generator
+    for both, then redis-benchmark), medians; the spread of the per-round ratios says how noisy
+    the machine was."""
+    ds, rs, bs = [], [], []
     for _ in range(args.rounds):  # alternate, so noise from other processes hits both
         c0 = _cpu_seconds(daemon.pid)
         d = run_loadgen(loadgen, sock, frame, conns, args.seconds, pipeline)
@@ -103,16 +108,24 @@ def _load_point(args, loadgen, sock, frame, daemon, redis, tmp, conns: int, pipe
         ds.append(d)
         if redis is not None:
             c0 = _cpu_seconds(redis.pid)
-            rd = run_redis(tmp, conns, args.seconds, ds[-1]["rps"] * 2, pipeline)
-            rd["cpu_us"] = (_cpu_seconds(redis.pid) - c0) / rd["n"] * 1e6
+            rd = run_loadgen(loadgen, tmp / "redis.sock", resp, conns, args.seconds, pipeline, "resp")
+            rd["cpu_us"] = (_cpu_seconds(redis.pid) - c0) / (rd["rps"] * (args.seconds + 0.5)) * 1e6
             rs.append(rd)
+            if args.redis_benchmark:
+                bs.append(run_redis(tmp, conns, args.seconds, ds[-1]["rps"] * 2, pipeline))
     d = {k: float(np.median([x[k] for x in ds])) for k in ds[0]}
     line = f"{conns:>7} {d['rps']:>13,.0f} {d['p50_us']:>7.1f} {d['p99_us']:>8.1f} {d['cpu_us']:>10.1f} | "
     if not rs:
         return line + "(redis not installed)"
     rd = {k: float(np.median([x[k] for x in rs])) for k in rs[0]}
-    return line + (f"{rd['rps']:>12,.0f} {rd['p50_us']:>7.1f} {rd['p99_us']:>8.1f} {rd['cpu_us']:>10.1f} | "
-                   f"{d['rps'] / rd['rps']:>11.2f} {d['p99_us'] / rd['p99_us']:>9.2f}")
+    ratios = [a["rps"] / b["rps"] for a, b in zip(ds, rs)]
+    line += (f"{rd['rps']:>12,.0f} {rd['p50_us']:>7.1f} {rd['p99_us']:>8.1f} {rd['cpu_us']:>10.1f} | "
+             f"{d['rps'] / rd['rps']:>11.2f} {d['p99_us'] / rd['p99_us']:>9.2f} "
+             f"{min(ratios):>5.2f}-{max(ratios):<5.2f}")
+    if bs:
+        b = {k: float(np.median([x[k] for x in bs])) for k in ("rps", "p99_us")}
+        line += f" | {b['rps']:>12,.0f} {b['p99_us']:>8.1f} {d['rps'] / b['rps']:>6.2f}"
+    return line
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -130,6 +143,8 @@ def main() -> None:
     ap.add_argument("--sections", default="single,pipelined,batch", help="comma-separated parts to run")
     ap.add_argument("--batch-repeats", type=int, default=0, help="calls per batch size (default: about 2 s each)")
     ap.add_argument("--daemon-args", default="", help="extra daemon options, e.g. --daemon-args=--no-fast-path")
+    ap.add_argument("--no-redis-benchmark", dest="redis_benchmark", action="store_false",
+                    help="drive Redis with the load generator only (skip the redis-benchmark columns)")
     args = ap.parse_args()
 
     X, name = load_dataset(args.dataset)
@@ -149,6 +164,8 @@ def main() -> None:
         subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(loadgen), str(HERE / "loadgen.c")], check=True)
         frame = tmp / "frame.bin"
         frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], _rows(X[:1]))))
+        resp = tmp / "get.resp"
+        resp.write_bytes(b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n")  # GET key, answered $3 xxx
         daemon = start_daemon(tmp, tmp / "models", args.daemon_args.split())
         sock = tmp / "daemon.sock"
         c = pynomaly.Client(str(sock))
@@ -164,8 +181,9 @@ def main() -> None:
                 if (tmp / "redis.sock").exists():
                     break
                 time.sleep(0.05)
-            subprocess.run(["redis-cli", "-s", str(tmp / "redis.sock"), "set", "key:__rand_int__", "x"],
-                           capture_output=True)
+            for key in ("key", "key:__rand_int__"):  # the load generator's and redis-benchmark's
+                subprocess.run(["redis-cli", "-s", str(tmp / "redis.sock"), "set", key, "xxx"], capture_output=True,
+                               check=True)
 
         sections = set(args.sections.split(","))
         for pipeline, points in ((1, CONCURRENCY), (args.pipeline, (1, 8))):
@@ -177,11 +195,15 @@ def main() -> None:
             else:
                 print(f"\npipelined: {pipeline} single-row requests in flight per connection on both sides "
                       f"(redis-benchmark -P {pipeline}); latency is per request, from its send")
+            print("daemon and redis both driven by bench/loadgen.c (frames / RESP GET); ratio range: min-max of "
+                  "the per-round req/s ratios" + ("; last columns: redis-benchmark -t get, and the daemon's "
+                                                   "req/s against it" if args.redis_benchmark else ""))
             print(f"{'clients':>7} {'daemon req/s':>13} {'p50 us':>7} {'p99 us':>8} {'cpu us/req':>10} | "
                   f"{'redis GET/s':>12} {'p50 us':>7} {'p99 us':>8} {'cpu us/req':>10} | {'req/s ratio':>11} "
-                  f"{'p99 ratio':>9}")
+                  f"{'p99 ratio':>9} {'range':>11}" + (f" | {'r-bench GET/s':>12} {'p99 us':>8} {'ratio':>6}"
+                                                       if args.redis_benchmark else ""))
             for conns in points:
-                print(_load_point(args, loadgen, sock, frame, daemon, redis, tmp, conns, pipeline))
+                print(_load_point(args, loadgen, sock, frame, resp, daemon, redis, tmp, conns, pipeline), flush=True)
 
         # In-process single-row cost, the floor of the 1-client latency.
         one = X[:1]

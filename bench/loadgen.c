@@ -4,8 +4,12 @@
 // send the next, as redis-benchmark does by default; P > 1: pipelined, as redis-benchmark -P),
 // records each reply's latency from its request's send, for S seconds after a short warm-up.
 // Replies of one connection are taken in order (true of identical single-row requests).
-// Prints: requests errors seconds p50_us p99_us. A reply counts as an error when its
-// MessagePack body is not tagged "detect".
+// Prints: requests errors seconds p50_us p99_us.
+// MODE "frame" (default): the daemon's length-prefixed frames; a reply counts as an error when
+// its MessagePack body is not tagged "detect". MODE "resp": the frame file holds a RESP command
+// (e.g. `*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n`) and each reply is one RESP value; anything but a
+// non-nil bulk string (`$N\r\n...\r\n`) counts as an error. One client for both servers, so
+// neither side's ratio is flattered by a heavier client (redis-benchmark costs more per request).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
@@ -51,7 +55,8 @@ static void send_all(int fd, const unsigned char *p, size_t n) {
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s SOCKET FRAME_FILE CONNECTIONS SECONDS [WARMUP_SECONDS [PIPELINE]]\n", argv[0]);
+        fprintf(stderr, "usage: %s SOCKET FRAME_FILE CONNECTIONS SECONDS [WARMUP_SECONDS [PIPELINE [frame|resp]]]\n",
+                argv[0]);
         return 2;
     }
     const char *path = argv[1];
@@ -59,6 +64,8 @@ int main(int argc, char **argv) {
     double seconds = atof(argv[4]), warmup = argc > 5 ? atof(argv[5]) : 0.5;
     int pipeline = argc > 6 ? atoi(argv[6]) : 1;
     if (pipeline < 1 || pipeline > 256) { fprintf(stderr, "PIPELINE must be 1..256\n"); return 2; }
+    int resp = argc > 7 && strcmp(argv[7], "resp") == 0;
+    if (argc > 7 && !resp && strcmp(argv[7], "frame") != 0) { fprintf(stderr, "MODE must be frame or resp\n"); return 2; }
     FILE *f = fopen(argv[2], "rb");
     if (!f) { perror("frame file"); return 2; }
     unsigned char frame[1 << 16];
@@ -93,23 +100,46 @@ int main(int argc, char **argv) {
             ssize_t k = read(c->fd, c->buf + c->len, c->cap - c->len);
             if (k <= 0) { fprintf(stderr, "connection closed by the daemon\n"); return 3; }
             c->len += (size_t)k;
-            while (c->len >= 4) {
-                uint32_t blen = ((uint32_t)c->buf[0] << 24) | ((uint32_t)c->buf[1] << 16) | ((uint32_t)c->buf[2] << 8) | c->buf[3];
-                if (c->len < 4 + (size_t)blen) {
-                    if (4 + (size_t)blen > c->cap) { c->cap = 4 + blen; c->buf = realloc(c->buf, c->cap); }
-                    break;
+            for (;;) {
+                /* One whole reply at the front of the buffer: its size, and whether it is an error. */
+                size_t rlen = 0;
+                int bad = 0;
+                if (!resp) {
+                    if (c->len < 4) break;
+                    uint32_t blen = ((uint32_t)c->buf[0] << 24) | ((uint32_t)c->buf[1] << 16) | ((uint32_t)c->buf[2] << 8) | c->buf[3];
+                    if (c->len < 4 + (size_t)blen) {
+                        if (4 + (size_t)blen > c->cap) { c->cap = 4 + blen; c->buf = realloc(c->buf, c->cap); }
+                        break;
+                    }
+                    rlen = 4 + (size_t)blen;
+                    // Body: a map whose first key is "op" (0xa2 'o' 'p') then the tag string.
+                    bad = blen < 10 || memcmp(c->buf + 5, "\xa2op\xa6" "detect", 10) != 0;
+                } else {
+                    unsigned char *nl = c->len ? memchr(c->buf, '\n', c->len) : NULL;
+                    if (!nl) break;
+                    size_t line = (size_t)(nl - c->buf) + 1;
+                    if (c->buf[0] == '$' && c->buf[1] != '-') {
+                        size_t blen = (size_t)strtoul((char *)c->buf + 1, NULL, 10);
+                        if (c->len < line + blen + 2) {
+                            if (line + blen + 2 > c->cap) { c->cap = line + blen + 2; c->buf = realloc(c->buf, c->cap); }
+                            break;
+                        }
+                        rlen = line + blen + 2;
+                    } else {
+                        rlen = line;  /* +OK, -ERR, :n, $-1: one line, and not what GET of a set key answers */
+                        bad = 1;
+                    }
                 }
                 double t = now_us();
-                // Body: a map whose first key is "op" (0xa2 'o' 'p') then the tag string.
-                if (blen < 10 || memcmp(c->buf + 5, "\xa2op\xa6" "detect", 10) != 0) errors++;
+                if (bad) errors++;
                 if (t >= measure_from && t < stop) {
                     double us = t - c->t0[c->head % 256];
                     long b = (long)(us * 10);
                     hist[b > BUCKETS ? BUCKETS : b]++;
                     done++;
                 }
-                memmove(c->buf, c->buf + 4 + blen, c->len - 4 - blen);
-                c->len -= 4 + blen;
+                memmove(c->buf, c->buf + rlen, c->len - rlen);
+                c->len -= rlen;
                 c->head++;
                 if (t < stop) {
                     c->t0[c->tail++ % 256] = now_us();

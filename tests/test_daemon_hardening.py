@@ -1,6 +1,7 @@
 """Clients that misbehave: each gets an error reply or a clean close, and everyone else is served.
 
-Every case starts a real daemon with the limit under test made small.
+Every case starts a real daemon with the limit under test made small, once with the native
+connection loop (the default) and once with ``--no-native-loop`` (uvloop's connections).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ def models(tmp_path_factory):
     return cardio_model_folder(tmp_path_factory)
 
 
-@pytest.fixture
-def start(tmp_path, models):
+@pytest.fixture(params=["native-loop", "uvloop"])
+def start(request, tmp_path, models):
     started = []
+    loop_args = ("--no-native-loop",) if request.param == "uvloop" else ()
 
     def _start(*args: str) -> DaemonProcess:
-        d = DaemonProcess(tmp_path, models[0], *args, name=f"d{len(started)}.sock")
+        d = DaemonProcess(tmp_path, models[0], *loop_args, *args, name=f"d{len(started)}.sock")
         started.append(d)
         return d
 

@@ -4,7 +4,8 @@ and the background refresh that notices a newly saved version.
 Two dicts serve the per-request lookups without awaiting anything: ``hot`` maps (name,
 requested version or None) to a Scorer, ``native`` maps the same keys to the Scorer's
 ``ServedForest`` for the daemon's native path. Both are emptied whenever a cached entry or a
-latest version changes and refilled by :meth:`ModelCache.cached`.
+latest version changes and refilled by :meth:`ModelCache.cached`; ``native_sink`` (the native
+connection loop, when it runs) mirrors ``native``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class ModelCache:
         # newer latest one is served (it used to stay until the byte bound: 107 superseded
         # versions after 107 saves).
         self.pinned: set = set()
+        self.native_sink = None  # set_model(name, version, served) / clear_models(): netloop.NetPump
         self._loading: dict = {}
 
     def __len__(self) -> int:
@@ -58,6 +60,8 @@ class ModelCache:
     def _forget_lookups(self) -> None:
         self.hot.clear()
         self.native.clear()
+        if self.native_sink is not None:
+            self.native_sink.clear_models()
 
     def cached(self, name: str, version: Optional[int]):
         """The Scorer for (name, version) if it is loaded, else None (remembered in ``hot``)."""
@@ -72,8 +76,10 @@ class ModelCache:
             if version is not None:
                 self.pinned.add((name, v))  # asked for by number: kept when a newer one arrives
             self.hot[(name, version)] = s
-            if s.native is not None:
+            if s.native is not None and (name, version) not in self.native:
                 self.native[(name, version)] = s.native
+                if self.native_sink is not None:
+                    self.native_sink.set_model(name, version, s.native)
         return s
 
     def used(self, name: str, version: int, n_requests: int, now: float) -> None:
@@ -139,6 +145,13 @@ class ModelCache:
             self.size -= ev.size_bytes
             self.pinned.discard((name, v))
             log.info("cache: evicted %s v%d (%d bytes)", name, v, ev.size_bytes)
+        if key in self.entries:
+            # Served natively from now on, not from the next request that looks it up: frames
+            # the native loop has already read would otherwise all take the Python path.
+            self.cached(key[0], key[1])
+            lt = self.latest.get(key[0])
+            if lt is not None and lt.version == key[1]:
+                self.cached(key[0], None)
 
     async def _refresh(self, name: str, lt: _Latest) -> None:
         try:

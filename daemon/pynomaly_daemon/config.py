@@ -31,6 +31,10 @@ def _default_workers() -> int:
     return max(2, len(os.sched_getaffinity(0)))
 
 
+def _default_net_threads() -> int:
+    return len(os.sched_getaffinity(0))
+
+
 @dataclass
 class Config:
     """Everything the daemon can be told; each field is one command-line option."""
@@ -56,10 +60,16 @@ class Config:
     coalesce_rows: int = _opt(64, "requests with more rows are not coalesced")
     inline_rows: int = _opt(64, "batches with more rows are scored in the thread pool")
     split_rows: int = _opt(512, "large requests are scored in chunks of at least this many rows, in parallel")
-    idle_inline_rows: int = _opt(2048, "when nothing else is in flight, requests up to this many rows skip the thread pool")
+    idle_inline_rows: int = _opt(2048, "requests up to this many rows skip the thread pool: scored by the native "
+                                       "loop's thread (raw rows), or on the uvloop path when nothing else is in flight")
     refresh_interval: float = _opt(1.0, "seconds between checks for a newer version of a served detector")
     fast_path: bool = _opt(True, "serve every request through the Python path (the native one answers the same, sooner)",
                            flag="--no-fast-path")
+    native_loop: bool = _opt(True, "serve connections from the Python event loop (uvloop) instead of the native "
+                                   "connection loop (which answers the same, with less CPU per request)",
+                             flag="--no-native-loop")
+    net_threads: int = _opt(None, "threads of the native connection loop (one epoll set each)",
+                            factory=_default_net_threads)
     trust_pickle: bool = _opt(False, "with --models: serve export files holding pickled (PyOD) models; "
                                      "only for a folder whose files you trust")
     cache_bytes: int = _opt(1 << 30, "memory for loaded detectors", flag="--cache-mb", scale=_MB, unit="MB")

@@ -28,7 +28,22 @@ _READ = 64 * 1024  # most bytes one read may put into the shared buffer
 _LEN = wire.FRAME_LENGTH
 
 
-class Connection(asyncio.BufferedProtocol):
+class Replies:
+    """Writing replies to a client, for every kind of connection (this module's, and the native
+    loop's in netloop.py): needs ``d``, ``peer``, ``closed`` and ``transport.write``."""
+
+    def send(self, msg) -> None:
+        if self.closed:
+            return
+        self.transport.write(wire.frame(msg, self.d.encoder))
+
+    def reply_error(self, req_id: int, code: str, message: str) -> None:
+        self.d.errors[code] += 1
+        log.warning("%s: %s: %s", self.peer, code, message)
+        self.send(Error(req_id, code, message))
+
+
+class Connection(Replies, asyncio.BufferedProtocol):
     """One client. Reads frames into its own buffer and hands each body to the daemon."""
 
     def __init__(self, daemon: Daemon):
@@ -195,16 +210,6 @@ class Connection(asyncio.BufferedProtocol):
         elif not want_pause and self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-
-    def send(self, msg) -> None:
-        if self.closed:
-            return
-        self.transport.write(wire.frame(msg, self.d.encoder))
-
-    def reply_error(self, req_id: int, code: str, message: str) -> None:
-        self.d.errors[code] += 1
-        log.warning("%s: %s: %s", self.peer, code, message)
-        self.send(Error(req_id, code, message))
 
     def fail(self, code: str, message: str) -> None:
         """Send a final error and close: the stream cannot be resynchronised."""

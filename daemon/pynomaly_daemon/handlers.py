@@ -27,12 +27,13 @@ async def health(d, req: wire.Health) -> wire.HealthReply:
 
 
 async def stats(d, req: wire.Stats) -> wire.StatsReply:
-    c = d.counters
+    c, n = d.counters, d.native_counters()  # the native connection loop counts its own requests
     return wire.StatsReply(
-        req.id, time.monotonic() - d.started, len(d.conns), c["connections_total"], d.admission.requests,
-        {**d.requests, "detect": d.n_detect}, dict(d.errors), c["rows_scored"], c["native_calls"],
-        c["coalesced_requests"], len(d.cache), d.cache.size, c["cache_hits"], c["cache_misses"], c["copied_rows"],
-        c["fast_path_requests"],
+        req.id, time.monotonic() - d.started, d.n_connections(), c["connections_total"] + n["connections_total"],
+        d.admission.requests, {**d.requests, "detect": d.n_detect + n["requests"]}, dict(d.errors),
+        c["rows_scored"] + n["rows"], c["native_calls"] + n["calls"], c["coalesced_requests"] + n["coalesced"],
+        len(d.cache), d.cache.size, c["cache_hits"], c["cache_misses"], c["copied_rows"],
+        c["fast_path_requests"] + n["requests"],
     )
 
 

@@ -5,7 +5,11 @@ The rooms, each owning one concern:
 - ``config.py``: every setting once (the command line is derived from it);
 - ``server.py`` (here): the socket, signals, timeouts, drain, and the dispatch of each parsed
   request: ``detect`` to the paths below, every other op through ``handlers.HANDLERS``;
-- ``connection.py``: one client: reading frames into its buffer, backpressure, writing;
+- ``netloop.py``: the native connection loop (C++ epoll threads in ``pynomaly._core``), which
+  owns the clients' sockets when it runs (the default; ``--no-native-loop``), answers the fast
+  requests itself and hands every other frame to ``handle`` below;
+- ``connection.py``: one client of the uvloop path: reading frames into its buffer,
+  backpressure, writing;
 - ``admission.py``: the one admit/release of in-flight work and the "busy" rule;
 - ``batching.py``: coalescing small requests, scoring large ones in the pool;
 - ``replies.py``: a batch's scores into DetectReply frames;
@@ -50,6 +54,7 @@ from .config import Config
 from .connection import Connection
 from .errors import RequestError, classify
 from .handlers import HANDLERS
+from .netloop import NetPump
 from .replies import Pending
 
 log = logging.getLogger("pynomaly_daemon")
@@ -87,12 +92,25 @@ class Daemon:
         )
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.server = None
+        # The native loop serves connections when the fast path may (it is the fast path's
+        # home); otherwise, and with --no-native-loop, uvloop does.
+        self.netloop: Optional[NetPump] = None
         self.lock_fd = None
         self._stop: Optional[asyncio.Event] = None
 
     @property
     def source(self):
         return self.cache.source
+
+    def n_connections(self) -> int:
+        return len(self.conns) + (self.netloop.net.connections if self.netloop is not None else 0)
+
+    def native_counters(self) -> dict:
+        """What the native loop counted (zeros without it): connections, connections_total,
+        requests, rows, calls, coalesced."""
+        if self.netloop is None:
+            return collections.Counter()
+        return self.netloop.counters()
 
     def run(self, fn, *args):
         """Run a blocking function in the daemon's thread pool; an awaitable of its result."""
@@ -165,14 +183,21 @@ class Daemon:
         _raise_fd_limit(self.config.max_connections + 256)
         sock = self._bind()
         try:
-            self.server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=socket.SOMAXCONN)
+            if self.config.native_loop and self.fast_rows:
+                self.netloop = NetPump(self, sock)
+                self.cache.native_sink = self.netloop
+                self.netloop.start(loop)
+            else:
+                self.server = await loop.create_unix_server(lambda: Connection(self), sock=sock,
+                                                            backlog=socket.SOMAXCONN)
             loop.add_signal_handler(signal.SIGTERM, self._on_stop, "SIGTERM")
             loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
             loop.add_signal_handler(signal.SIGHUP, self._on_reload)
             sweeper = loop.create_task(self._sweep())
             log.info(
-                "serving on %s (pid %d, pynomaly %s, %d workers)",
+                "serving on %s (pid %d, pynomaly %s, %d workers, %s)",
                 self.config.socket_path, os.getpid(), pynomaly.__version__, self.config.workers,
+                f"native loop of {self.config.net_threads} thread(s)" if self.netloop else "uvloop connections",
             )
             # Everything loaded so far lives as long as the daemon: keep it out of the cyclic
             # collector's full passes, which walk every tracked object while the loop waits.
@@ -183,6 +208,9 @@ class Daemon:
             await self._drain()
             sweeper.cancel()
         finally:
+            if self.netloop is not None:
+                self.netloop.stop()
+                sock.close()  # uvloop's server owns it otherwise
             self._unbind()
             self.pool.shutdown(wait=True)
         log.info("stopped")
@@ -190,10 +218,13 @@ class Daemon:
     def _on_stop(self, signame: str) -> None:
         if self.draining:
             return
-        log.info("%s: draining %d connection(s), %d request(s) in flight", signame, len(self.conns),
+        log.info("%s: draining %d connection(s), %d request(s) in flight", signame, self.n_connections(),
                  self.admission.requests)
         self.draining = True
-        self.server.close()  # no new connections; existing ones are answered
+        if self.netloop is not None:
+            self.netloop.net.drain()  # no new connections; existing ones are answered
+        else:
+            self.server.close()
         try:
             os.unlink(self.config.socket_path)
         except FileNotFoundError:
@@ -207,6 +238,12 @@ class Daemon:
     async def _drain(self) -> None:
         """Answer everything already received, then close each connection once it is quiet."""
         deadline = time.monotonic() + self.config.drain_timeout
+        if self.netloop is not None:  # the loop closes each connection once it is quiet
+            while self.netloop.net.connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            left = self.netloop.stop()
+            if left:
+                log.warning("%d connection(s) closed by the drain deadline", left)
         while self.conns and time.monotonic() < deadline:
             now = time.monotonic()
             for c in list(self.conns):

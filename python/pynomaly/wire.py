@@ -30,6 +30,7 @@ __all__ = [
     "append_frame",
     "frame",
     "fast_detect",
+    "NetLoop",
     "default_socket_path",
     "Rows",
     "Detect",
@@ -81,6 +82,9 @@ def frame(msg, encoder: msgspec.msgpack.Encoder = _ENCODER) -> bytearray:
 # Structs: python/src/fastpath.cpp. It scores _core.ServedForest objects (see
 # pynomaly.service.Scorer.native).
 fast_detect = _core.fast_detect
+# The daemon's native connection loop (python/src/netloop.hpp): epoll threads that serve the
+# protocol's sockets, answer what fast_detect would and hand every other frame to the daemon.
+NetLoop = _core.NetLoop
 
 
 

@@ -237,6 +237,7 @@ void bind_scores(py::module_& m) {
 }  // namespace
 
 void register_fastpath(py::module_& m);  // python/src/fastpath.cpp: the daemon's native path
+void register_netloop(py::module_& m);   // python/src/netloop_binding.cpp: its connection loop
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pynomaly's native core (private; use the pynomaly package)";
@@ -365,4 +366,5 @@ PYBIND11_MODULE(_core, m) {
     // ---- end of k-nearest neighbours ---------------------------------------------------------
 
     register_fastpath(m);
+    register_netloop(m);
 }

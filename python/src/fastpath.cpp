@@ -25,6 +25,8 @@
 #include <vector>
 
 #include "common.hpp"
+#include "fastpath.hpp"
+#include "fastpath_serve.hpp"
 #include "fastpath_wire.hpp"
 #include "iforest.hpp"
 
@@ -34,20 +36,9 @@ using namespace pynomaly::fastwire;
 
 namespace {
 
-// ---- the served detector -----------------------------------------------------------------------
-// One detector version as the native path serves it; immutable once built.
-struct ServedForest {
-    py::object owner;  // the Python Forest object, kept alive while this exists
-    const Forest* forest = nullptr;
-    int64_t n_features = 0;
-    double threshold = 0;
-    std::string name;  // UTF-8
-    int64_t version = 0;
-};
-
 // The ServedForest for a request from the daemon's dict ((name, version or None) -> ServedForest),
 // or nullptr when it is not loaded (the Python path then loads it and answers).
-const ServedForest* lookup(const py::dict& served, const Request& q, PyObject*& handle) {
+const Served* lookup(const py::dict& served, const Request& q, PyObject*& handle) {
     PyObject* name = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(q.name), q.name_len, nullptr);
     if (name == nullptr) {  // not UTF-8: msgspec refuses it with a message
         PyErr_Clear();
@@ -68,47 +59,7 @@ const ServedForest* lookup(const py::dict& served, const Request& q, PyObject*& 
     py::handle h(value);
     if (!py::isinstance<ServedForest>(h)) throw py::type_error("fast_detect: served values must be ServedForest objects");
     handle = value;
-    return &h.cast<const ServedForest&>();
-}
-
-struct Batch {
-    std::vector<Request> requests;
-    std::vector<unsigned char> rows;  // the requests' rows, aligned and contiguous
-    std::vector<double> scores;
-    int64_t n_rows = 0;
-    bool f32 = false;
-};
-
-// Scores a batch with one native call and appends one reply frame per request.
-bool score_batch(Batch& b, const ServedForest& s, std::string& out) {
-    const int64_t item = b.f32 ? 4 : 8;
-    b.rows.resize(static_cast<size_t>(b.n_rows * s.n_features * item) + 8);
-    // Aligned for the element type: the vector's storage is suitably aligned for any scalar.
-    unsigned char* at = b.rows.data();
-    for (const Request& q : b.requests) {
-        const size_t bytes = static_cast<size_t>(q.n * q.d * item);
-        std::memcpy(at, q.data, bytes);
-        at += bytes;
-    }
-    MatrixView v;
-    v.data = b.rows.data();
-    v.rows = b.n_rows;
-    v.cols = s.n_features;
-    v.row_stride = s.n_features;
-    v.col_stride = 1;
-    v.is_float32 = b.f32;
-    b.scores.resize(static_cast<size_t>(b.n_rows));
-    try {
-        s.forest->score(v, b.scores.data(), 1, CancelCheck{});
-    } catch (const InvalidInput&) {
-        return false;  // the Python path scores these one by one and names the bad row
-    }
-    int64_t row = 0;
-    for (const Request& q : b.requests) {
-        put_reply(out, q, s.name, s.version, s.threshold, b.scores.data() + row);
-        row += q.n;
-    }
-    return true;
+    return &h.cast<const ServedForest&>().s;
 }
 
 // fast_detect(buffer, pos, end, max_frame, max_rows, served)
@@ -125,7 +76,7 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
         throw InvalidInput("fast_detect: max_frame >= 0 and max_rows >= 1 are required");
     const auto* base = static_cast<const uint8_t*>(info.ptr);
     std::string out;
-    const ServedForest* served = nullptr;
+    const Served* served = nullptr;
     PyObject* served_handle = nullptr;
     Request first;
     bool have_served = false;
@@ -144,8 +95,7 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
             n_calls += 1;
             if (batch.requests.size() > 1) n_coalesced += static_cast<int64_t>(batch.requests.size());
         }
-        batch.requests.clear();
-        batch.n_rows = 0;
+        batch.clear();
         return scored;
     };
 
@@ -164,16 +114,14 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
             break;  // another detector (or version): the caller's next call serves it
         }
         if (q.d != served->n_features || !all_finite(q)) break;
-        if (!batch.requests.empty() && (q.f32 != batch.f32 || batch.n_rows + q.n > max_rows)) {
+        if (!fits(batch, q, max_rows)) {
             if (!flush()) {
                 pos = batch_start;
                 break;
             }
             batch_start = pos;
         }
-        if (batch.requests.empty()) batch.f32 = q.f32;
-        batch.requests.push_back(q);
-        batch.n_rows += q.n;
+        add(batch, q);
         pos += 4 + static_cast<int64_t>(len);
     }
     if (!flush()) pos = batch_start;
@@ -190,22 +138,23 @@ void register_fastpath(py::module_& m) {
                              "One isolation-forest version as the daemon's native path serves it (immutable).")
         .def(py::init([](const py::object& forest, int64_t n_features, double threshold, const std::string& name,
                          int64_t version) {
-                 ServedForest s;
+                 ServedForest sf;
+                 Served& s = sf.s;
                  s.forest = &forest.cast<const Forest&>();  // TypeError for anything else
                  if (n_features != s.forest->nodes().n_features)
                      throw InvalidInput("ServedForest: n_features does not match the forest's");
-                 s.owner = forest;
+                 sf.owner = forest;
                  s.n_features = n_features;
                  s.threshold = threshold;
                  s.name = name;
                  s.version = version;
-                 return s;
+                 return sf;
              }),
              py::arg("forest"), py::arg("n_features"), py::arg("threshold"), py::arg("name"), py::arg("version"))
-        .def_property_readonly("name", [](const ServedForest& s) { return s.name; })
-        .def_property_readonly("version", [](const ServedForest& s) { return s.version; })
-        .def_property_readonly("n_features", [](const ServedForest& s) { return s.n_features; })
-        .def_property_readonly("threshold", [](const ServedForest& s) { return s.threshold; });
+        .def_property_readonly("name", [](const ServedForest& f) { return f.s.name; })
+        .def_property_readonly("version", [](const ServedForest& f) { return f.s.version; })
+        .def_property_readonly("n_features", [](const ServedForest& f) { return f.s.n_features; })
+        .def_property_readonly("threshold", [](const ServedForest& f) { return f.s.threshold; });
     m.def("fast_detect", &fast_detect, py::arg("buffer"), py::arg("pos"), py::arg("end"), py::arg("max_frame"),
           py::arg("max_rows"), py::arg("served"),
           "The daemon's native path for small raw-rows detect requests (see python/src/fastpath.cpp).");

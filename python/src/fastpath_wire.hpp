@@ -334,4 +334,22 @@ inline void put_reply(std::string& out, const Request& q, const std::string& nam
     for (int i = 0; i < 4; ++i) out[frame_at + i] = static_cast<char>((body >> (8 * (3 - i))) & 0xff);
 }
 
+// One Error reply frame, as msgspec encodes pynomaly.wire.Error(id, code, message): the
+// connection-level errors the native loop answers itself (frame_too_large, timeout, ...).
+inline void put_error(std::string& out, uint64_t id, const std::string& code, const std::string& message) {
+    const size_t frame_at = out.size();
+    out.append(4, '\0');
+    out.push_back(static_cast<char>(0x84));
+    put_key(out, "op");
+    put_key(out, "error");
+    put_key(out, "id");
+    put_int(out, false, id);
+    put_key(out, "code");
+    put_str(out, code.data(), code.size());
+    put_key(out, "message");
+    put_str(out, message.data(), message.size());
+    const uint64_t body = out.size() - frame_at - 4;
+    for (int i = 0; i < 4; ++i) out[frame_at + i] = static_cast<char>((body >> (8 * (3 - i))) & 0xff);
+}
+
 }  // namespace pynomaly::fastwire

@@ -1,0 +1,180 @@
+"""Connections served by the native connection loop (``pynomaly.wire.NetLoop``,
+python/src/netloop.hpp): epoll threads in C++ own the sockets, answer the small raw-row
+``detect`` frames of loaded isolation forests themselves and hand every other frame here.
+
+:class:`NativeConnection` is such a connection as the Python path sees it (``Daemon.handle``,
+admission, batching and replies use it like a :class:`~.connection.Connection`; its writes go
+back out through the loop on the same socket). :class:`NetPump` moves events between the loop
+and the daemon: handed-over frames, closes and log lines, the served models, the loop's hit
+counts for the cache, and the counts the loop needs for backpressure and closing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pynomaly import wire
+
+from .connection import Replies
+from .errors import classify
+
+log = logging.getLogger("pynomaly_daemon")
+
+_FRAME, _CLOSED, _LOG = 0, 1, 2
+_HITS_INTERVAL = 0.05  # seconds between reports of the loop's hits to the cache (its LRU and refresh)
+
+
+class _Writer:
+    """The ``transport`` of a native connection: its bytes go out through the loop."""
+
+    __slots__ = ("net", "id", "conn")
+
+    def __init__(self, net, conn_id: int, conn):
+        self.net, self.id, self.conn = net, conn_id, conn
+
+    def write(self, data) -> None:
+        if not self.conn.closed:
+            self.net.send(self.id, data)
+
+
+class NativeConnection(Replies):
+    """A connection of the native loop with requests on the Python path.
+
+    The loop pauses reading from it on its own counts (what the Python path still has to
+    answer, replies not read), so the asyncio reading switches below do nothing.
+    """
+
+    read_paused = False
+    eof = False
+
+    def __init__(self, pump: "NetPump", conn_id: int, peer: str):
+        self.d = pump.d
+        self.pump = pump
+        self.id = conn_id
+        self.peer = peer
+        self.closed = False
+        self._in_flight = 0
+        self.taken = 0  # frames taken from the loop since the last update
+        self.transport = _Writer(pump.net, conn_id, self)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, n: int) -> None:
+        self._in_flight = n
+        self.pump.changed(self)
+
+    def update_reading(self) -> None:
+        pass
+
+    def after_done(self) -> None:
+        pass
+
+
+class NetPump:
+    """Runs the native loop for a daemon on its listening socket (see the module docstring)."""
+
+    def __init__(self, daemon, sock):
+        cfg = daemon.config
+        self.d = daemon
+        self.sock = sock
+        uids = sorted(cfg.allowed_uids) if cfg.allowed_uids is not None else None
+        # Raw-row requests the fast path could answer but for their size are scored by the
+        # loop thread up to --idle-inline-rows (the rows that skip the pool on the uvloop path):
+        # 1k rows then cost no hop to Python and back. Larger ones go to the pool, split.
+        self.net = wire.NetLoop(sock.fileno(), cfg.net_threads, cfg.max_frame, daemon.fast_rows,
+                                cfg.idle_inline_rows, cfg.max_connections, cfg.conn_max_in_flight, cfg.max_rx_bytes,
+                                cfg.idle_timeout, cfg.frame_timeout, cfg.write_timeout, uids)
+        self.conns: dict = {}
+        self._changed: dict = {}
+        self._sync_handle = None
+        self._hits_handle = None
+        self.loop = None
+
+    def start(self, loop) -> None:
+        self.loop = loop
+        loop.add_reader(self.net.notify_fd, self.on_events)
+        self.net.start()
+        self._hits_handle = loop.call_later(_HITS_INTERVAL, self._report_hits)
+
+    def stop(self) -> int:
+        """Close every connection still open and join the loop's threads; returns how many were open."""
+        left = self.net.connections
+        if self.loop is not None:
+            self.loop.remove_reader(self.net.notify_fd)
+            if self._hits_handle is not None:
+                self._hits_handle.cancel()
+        self.net.stop()
+        for conn in self.conns.values():
+            conn.closed = True
+        self.conns.clear()
+        return left
+
+    # -- the served models: the cache's native lookups, mirrored into the loop -------------
+    def set_model(self, name: str, version, served) -> None:
+        self.net.set_model(name, version, served)
+
+    def clear_models(self) -> None:
+        self.net.clear_models()
+
+    # -- events from the loop -----------------------------------------------------------------
+    def on_events(self) -> None:
+        d = self.d
+        handle = d.handle
+        for ev in self.net.take():
+            kind, cid = ev[0], ev[1]
+            if kind == _FRAME:
+                conn = self.conns.get(cid)
+                if conn is None:
+                    conn = self.conns[cid] = NativeConnection(self, cid, ev[3])
+                conn.taken += 1
+                self.changed(conn)
+                try:
+                    handle(conn, memoryview(ev[2]))
+                except Exception as err:  # noqa: BLE001 - the rest of the batch is still answered
+                    code, msg = classify(err)
+                    conn.reply_error(0, code, msg)
+            elif kind == _CLOSED:
+                conn = self.conns.pop(cid, None)
+                if conn is not None:
+                    conn.closed = True
+                    self._changed.pop(cid, None)
+            else:
+                level, code, message, peer = ev[2], ev[3], ev[4], ev[5]
+                if code:
+                    d.errors[code] += 1
+                    log.log(level, "%s: %s: %s", peer, code, message)
+                else:
+                    log.log(level, "%s: %s", peer, message)
+        batcher = d.batcher
+        if batcher.pending and batcher.flush_handle is None:
+            batcher.flush()  # as Connection.buffer_updated: nothing else to wait for
+
+    def changed(self, conn: NativeConnection) -> None:
+        """conn's counts changed: tell the loop after the current callback, so that the replies
+        that callback writes reach the loop before the counts that let it close the connection."""
+        self._changed[conn.id] = conn
+        if self._sync_handle is None:
+            self._sync_handle = self.loop.call_soon(self._sync)
+
+    def _sync(self) -> None:
+        self._sync_handle = None
+        changed, self._changed = self._changed, {}
+        update = self.net.update
+        for conn in changed.values():
+            if not conn.closed:
+                update(conn.id, conn.taken, conn._in_flight)
+            conn.taken = 0
+
+    def _report_hits(self) -> None:
+        now = time.monotonic()
+        used = self.d.cache.used
+        for name, version, n in self.net.take_hits():
+            used(name, version, n, now)
+        self._hits_handle = self.loop.call_later(_HITS_INTERVAL, self._report_hits)
+
+    def counters(self) -> dict:
+        return self.net.counters()

@@ -1,0 +1,17 @@
+// The typed detector object the daemon's native paths score (fastpath.cpp, netloop_binding.cpp):
+// built by pynomaly.service.Scorer, it keeps the Python Forest that owns the trees alive.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include "fastpath_serve.hpp"
+
+namespace pynomaly {
+
+// One detector version as the native path serves it; immutable once built.
+struct ServedForest {
+    pybind11::object owner;  // the Python Forest object, kept alive while this exists
+    fastwire::Served s;
+};
+
+}  // namespace pynomaly

@@ -1,0 +1,92 @@
+// The fast path's scoring step, shared by both callers of the native path: fastpath.cpp (the
+// uvloop daemon hands it a receive buffer) and netloop.cpp (the native connection loop). A
+// batch of parsed small detects for one detector is scored with one native call and answered
+// with one reply frame per request, byte-identical to msgspec's (fastpath_wire.hpp). No Python
+// here: the loop threads call it without the GIL.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+#include "fastpath_wire.hpp"
+#include "iforest.hpp"
+
+namespace pynomaly::fastwire {
+
+// What the native path needs of one served detector version; immutable once built. The
+// forest is owned elsewhere (by the Python Forest object), which outlives every user of this.
+struct Served {
+    const Forest* forest = nullptr;
+    int64_t n_features = 0;
+    double threshold = 0;
+    std::string name;  // UTF-8
+    int64_t version = 0;
+};
+
+struct Batch {
+    std::vector<Request> requests;
+    std::vector<unsigned char> rows;  // the requests' rows, aligned and contiguous
+    std::vector<double> scores;
+    int64_t n_rows = 0;
+    bool f32 = false;
+
+    void clear() {
+        requests.clear();
+        n_rows = 0;
+    }
+};
+
+// Whether q may join batch b (same dtype, within max_rows); an empty batch takes anything.
+inline bool fits(const Batch& b, const Request& q, int64_t max_rows) {
+    return b.requests.empty() || (q.f32 == b.f32 && b.n_rows + q.n <= max_rows);
+}
+
+inline void add(Batch& b, const Request& q) {
+    if (b.requests.empty()) b.f32 = q.f32;
+    b.requests.push_back(q);
+    b.n_rows += q.n;
+}
+
+// Scores a batch with one native call and appends one reply frame per request. False when the
+// core refuses the rows (nothing appended): the Python path then scores them one by one and
+// names the bad row. The requests' data must still be readable (they point into a buffer).
+inline bool score_batch(Batch& b, const Served& s, std::string& out) {
+    const int64_t item = b.f32 ? 4 : 8;
+    const void* rows = b.requests.size() == 1 ? b.requests[0].data : nullptr;
+    if (rows == nullptr || reinterpret_cast<uintptr_t>(rows) % static_cast<uintptr_t>(item) != 0) {
+        // Several requests, or values the core may not read in place (misaligned): one copy,
+        // aligned for the element type (a vector's storage is aligned for any scalar).
+        b.rows.resize(static_cast<size_t>(b.n_rows * s.n_features * item) + 8);
+        unsigned char* at = b.rows.data();
+        for (const Request& q : b.requests) {
+            const size_t bytes = static_cast<size_t>(q.n * q.d * item);
+            std::memcpy(at, q.data, bytes);
+            at += bytes;
+        }
+        rows = b.rows.data();
+    }
+    MatrixView v;
+    v.data = rows;
+    v.rows = b.n_rows;
+    v.cols = s.n_features;
+    v.row_stride = s.n_features;
+    v.col_stride = 1;
+    v.is_float32 = b.f32;
+    b.scores.resize(static_cast<size_t>(b.n_rows));
+    try {
+        s.forest->score(v, b.scores.data(), 1, CancelCheck{});
+    } catch (const InvalidInput&) {
+        return false;
+    }
+    int64_t row = 0;
+    for (const Request& q : b.requests) {
+        put_reply(out, q, s.name, s.version, s.threshold, b.scores.data() + row);
+        row += q.n;
+    }
+    return true;
+}
+
+}  // namespace pynomaly::fastwire

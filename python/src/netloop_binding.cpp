@@ -1,0 +1,202 @@
+// The glue between the native connection loop (netloop.hpp, Python-free) and the Python daemon
+// (daemon/pynomaly_daemon/netloop.py): Python values in and out, the GIL released while the
+// loop threads are joined, and the lifetime of the Python objects the loop's models point into.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "fastpath.hpp"
+#include "netloop.hpp"
+
+namespace py = pybind11;
+using namespace pynomaly;
+
+namespace {
+
+// A handed-over frame body as a Python buffer (memoryview(frame) is a view, not a copy): the
+// daemon decodes it in place and raw rows stay views of it while they are scored.
+struct NetFrame {
+    std::unique_ptr<netloop::Block> block;
+};
+
+// Python objects whose native models were dropped, maybe on a loop thread, which may not touch
+// them: released by the host thread, under the GIL, on its next call.
+struct Graveyard {
+    std::mutex mu;
+    std::vector<PyObject*> dead;
+
+    void bury(PyObject* o) {
+        std::lock_guard<std::mutex> g(mu);
+        dead.push_back(o);
+    }
+    void release() {  // with the GIL
+        std::vector<PyObject*> d;
+        {
+            std::lock_guard<std::mutex> g(mu);
+            d.swap(dead);
+        }
+        for (PyObject* o : d) Py_DECREF(o);
+    }
+};
+
+class NetLoop {
+public:
+    NetLoop(int listen_fd, int threads, int64_t max_frame, int64_t fast_rows, int64_t alone_rows, int64_t max_connections,
+            int64_t conn_max_in_flight, int64_t max_rx_bytes, double idle_timeout, double frame_timeout,
+            double write_timeout, std::optional<std::vector<uint32_t>> allowed_uids)
+        : grave_(std::make_shared<Graveyard>()) {
+        netloop::Config c;
+        c.listen_fd = listen_fd;
+        c.threads = threads;
+        c.max_frame = max_frame;
+        c.fast_rows = fast_rows;
+        c.alone_rows = alone_rows;
+        c.max_connections = max_connections;
+        c.conn_max_in_flight = conn_max_in_flight;
+        c.max_rx_bytes = max_rx_bytes;
+        c.idle_timeout = idle_timeout;
+        c.frame_timeout = frame_timeout;
+        c.write_timeout = write_timeout;
+        if (allowed_uids) {
+            c.check_uids = true;
+            c.allowed_uids = *allowed_uids;
+        }
+        loop_ = std::make_unique<netloop::Loop>(c);
+    }
+    ~NetLoop() {
+        {
+            py::gil_scoped_release release;
+            loop_->stop();
+        }
+        loop_.reset();
+        grave_->release();
+    }
+
+    void start() { loop_->start(); }
+    int notify_fd() const { return loop_->notify_fd(); }
+
+    // [(0, conn, frame, peer) | (1, conn) | (2, conn, level, code, message, peer)]
+    py::list take() {
+        grave_->release();
+        std::vector<netloop::Event> evs = loop_->take();
+        py::list out(evs.size());
+        size_t i = 0;
+        for (auto& e : evs) {
+            py::object item;
+            switch (e.kind) {
+                case netloop::Event::Frame:
+                    item = py::make_tuple(0, e.conn, NetFrame{std::move(e.body)}, e.peer);
+                    break;
+                case netloop::Event::Closed:
+                    item = py::make_tuple(1, e.conn);
+                    break;
+                case netloop::Event::Log:
+                    item = py::make_tuple(2, e.conn, e.level, e.code, e.message, e.peer);
+                    break;
+            }
+            out[i++] = item;
+        }
+        return out;
+    }
+
+    void send(uint64_t conn, const py::buffer& data) {
+        const py::buffer_info b = data.request();
+        loop_->send(conn, std::string(static_cast<const char*>(b.ptr), static_cast<size_t>(b.size * b.itemsize)));
+    }
+
+    void update(uint64_t conn, int64_t taken, int64_t in_flight) { loop_->update(conn, taken, in_flight); }
+
+    void set_model(const std::string& name, std::optional<py::int_> version, const py::object& served) {
+        const ServedForest& sf = served.cast<const ServedForest&>();  // TypeError for anything else
+        bool neg = false;
+        uint64_t v = 0;
+        if (version) {
+            const py::int_& ver = *version;
+            neg = ver < py::int_(0);
+            v = neg ? static_cast<uint64_t>(-ver.cast<int64_t>()) : ver.cast<uint64_t>();
+        }
+        // The model keeps the ServedForest (and so its Forest) alive; its last owner may be a
+        // loop thread, so the Python reference is released through the graveyard.
+        PyObject* owner = served.ptr();
+        Py_INCREF(owner);
+        std::shared_ptr<Graveyard> grave = grave_;
+        auto* m = new netloop::Model();
+        m->s = sf.s;
+        netloop::ModelPtr ptr(m, [grave, owner](netloop::Model* p) {
+            delete p;
+            grave->bury(owner);
+        });
+        loop_->set_model(netloop::Loop::model_key(reinterpret_cast<const uint8_t*>(name.data()), name.size(),
+                                                  version.has_value(), neg, v),
+                         std::move(ptr));
+    }
+
+    void clear_models() { loop_->clear_models(); }
+
+    // [(name, version, requests served since the last call)]
+    py::list take_hits() {
+        grave_->release();  // called every few tens of ms: dropped models do not wait for a frame
+        py::list out;
+        for (auto& h : loop_->take_hits()) out.append(py::make_tuple(h.first->s.name, h.first->s.version, h.second));
+        return out;
+    }
+
+    py::dict counters() const {
+        const netloop::Counters& c = loop_->counters();
+        py::dict d;
+        d["connections"] = c.connections.load();
+        d["connections_total"] = c.connections_total.load();
+        d["requests"] = c.requests.load();
+        d["rows"] = c.rows.load();
+        d["calls"] = c.calls.load();
+        d["coalesced"] = c.coalesced.load();
+        return d;
+    }
+    int64_t connections() const { return loop_->counters().connections.load(); }
+    void drain() { loop_->drain(); }
+    void stop() {
+        {
+            py::gil_scoped_release release;
+            loop_->stop();
+        }
+        grave_->release();
+    }
+
+private:
+    std::shared_ptr<Graveyard> grave_;
+    std::unique_ptr<netloop::Loop> loop_;
+};
+
+}  // namespace
+
+void register_netloop(py::module_& m) {
+    py::class_<NetFrame>(m, "_NetFrame", py::buffer_protocol(), "A frame body handed over by the connection loop.")
+        .def_buffer([](NetFrame& f) {
+            return py::buffer_info(f.block->data, 1, py::format_descriptor<uint8_t>::format(), 1,
+                                   {static_cast<py::ssize_t>(f.block->size)}, {static_cast<py::ssize_t>(1)});
+        })
+        .def("__len__", [](const NetFrame& f) { return f.block->size; });
+    py::class_<NetLoop>(m, "NetLoop",
+                        "The daemon's native connection loop (python/src/netloop.hpp); driven by "
+                        "pynomaly_daemon.netloop.")
+        .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double,
+                      std::optional<std::vector<uint32_t>>>(),
+             py::arg("listen_fd"), py::arg("threads"), py::arg("max_frame"), py::arg("fast_rows"), py::arg("alone_rows"),
+             py::arg("max_connections"), py::arg("conn_max_in_flight"), py::arg("max_rx_bytes"),
+             py::arg("idle_timeout"), py::arg("frame_timeout"), py::arg("write_timeout"), py::arg("allowed_uids"))
+        .def("start", &NetLoop::start)
+        .def_property_readonly("notify_fd", &NetLoop::notify_fd)
+        .def("take", &NetLoop::take)
+        .def("send", &NetLoop::send, py::arg("conn"), py::arg("data"))
+        .def("update", &NetLoop::update, py::arg("conn"), py::arg("taken"), py::arg("in_flight"))
+        .def("set_model", &NetLoop::set_model, py::arg("name"), py::arg("version"), py::arg("served"))
+        .def("clear_models", &NetLoop::clear_models)
+        .def("take_hits", &NetLoop::take_hits)
+        .def("counters", &NetLoop::counters)
+        .def_property_readonly("connections", &NetLoop::connections)
+        .def("drain", &NetLoop::drain)
+        .def("stop", &NetLoop::stop);
+}
