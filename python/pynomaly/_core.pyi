@@ -2,11 +2,12 @@
 pynomaly's native core (private; use the pynomaly package)
 """
 from __future__ import annotations
+import collections.abc
 import numpy
 import numpy.typing
 import typing
 import typing_extensions
-__all__: list[str] = ['Forest', 'ServedForest', 'average_path_length', 'build_info', 'contamination_threshold', 'ecdf', 'ecdf_count', 'fast_detect', 'knn', 'knn_choose_algorithm', 'minmax_scale', 'percentile', 'score_moments', 'set_iforest_kernel', 'set_simd', 'sorted_scores', 'unify', 'zscore']
+__all__: list[str] = ['Forest', 'NetLoop', 'ServedForest', 'average_path_length', 'build_info', 'contamination_threshold', 'ecdf', 'ecdf_count', 'fast_detect', 'knn', 'knn_choose_algorithm', 'minmax_scale', 'percentile', 'score_moments', 'set_iforest_kernel', 'set_simd', 'sorted_scores', 'unify', 'zscore']
 class Forest:
     @staticmethod
     def train(X: numpy.ndarray, n_estimators: typing.SupportsInt | typing.SupportsIndex, max_samples: typing.SupportsInt | typing.SupportsIndex, max_features: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex, progress: typing.Any = None) -> Forest:
@@ -60,6 +61,44 @@ class ServedForest:
         ...
     @property
     def version(self) -> int:
+        ...
+class _NetFrame:
+    """
+    A frame body handed over by the connection loop.
+    """
+    def __len__(self) -> int:
+        ...
+class NetLoop:
+    """
+    The daemon's native connection loop (python/src/netloop.hpp); driven by pynomaly_daemon.netloop.
+    """
+    def __init__(self, listen_fd: typing.SupportsInt | typing.SupportsIndex, threads: typing.SupportsInt | typing.SupportsIndex, max_frame: typing.SupportsInt | typing.SupportsIndex, fast_rows: typing.SupportsInt | typing.SupportsIndex, alone_rows: typing.SupportsInt | typing.SupportsIndex, max_connections: typing.SupportsInt | typing.SupportsIndex, conn_max_in_flight: typing.SupportsInt | typing.SupportsIndex, max_rx_bytes: typing.SupportsInt | typing.SupportsIndex, idle_timeout: typing.SupportsFloat | typing.SupportsIndex, frame_timeout: typing.SupportsFloat | typing.SupportsIndex, write_timeout: typing.SupportsFloat | typing.SupportsIndex, allowed_uids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex] | None) -> None:
+        ...
+    def clear_models(self) -> None:
+        ...
+    def counters(self) -> dict:
+        ...
+    def drain(self) -> None:
+        ...
+    def send(self, conn: typing.SupportsInt | typing.SupportsIndex, data: typing_extensions.Buffer) -> None:
+        ...
+    def set_model(self, name: str, version: int | None, served: typing.Any) -> None:
+        ...
+    def start(self) -> None:
+        ...
+    def stop(self) -> None:
+        ...
+    def take(self) -> list:
+        ...
+    def take_hits(self) -> list:
+        ...
+    def update(self, conn: typing.SupportsInt | typing.SupportsIndex, taken: typing.SupportsInt | typing.SupportsIndex, in_flight: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def connections(self) -> int:
+        ...
+    @property
+    def notify_fd(self) -> int:
         ...
 def average_path_length(n: typing.SupportsFloat | typing.SupportsIndex) -> float:
     ...
