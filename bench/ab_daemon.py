@@ -14,7 +14,6 @@ side A ("this build"); `--baseline-python` runs side B.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -25,10 +24,8 @@ from pathlib import Path
 import numpy as np
 
 import pynomaly
-from pynomaly import wire
-from pynomaly.client import _frame, _rows
 
-from bench_daemon import HERE, cpu_model, load_dataset, run_loadgen
+from bench_daemon import cpu_model, load_dataset, prepare, run_loadgen
 
 
 def start(python: str, tmp: Path, models: Path, name: str, extra=()) -> "tuple[subprocess.Popen, Path]":
@@ -63,13 +60,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pynomaly-ab-"))
     procs = []
     try:
-        from pynomaly_daemon import save_to_folder
-
-        save_to_folder(tmp / "models", "bench", model)
-        loadgen = tmp / "loadgen"
-        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(loadgen), str(HERE / "loadgen.c")], check=True)
-        frame = tmp / "frame.bin"
-        frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], _rows(X[:1]))))
+        loadgen, frame = prepare(tmp, model, X)
         extra = args.daemon_args.split()
         a, sock_a = start(sys.executable, tmp, tmp / "models", "a", extra)
         b, sock_b = start(args.baseline_python, tmp, tmp / "models", "b", extra)

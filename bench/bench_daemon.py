@@ -58,6 +58,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def prepare(tmp: Path, model, X) -> "tuple[Path, Path]":
+    """A model folder holding ``model`` as "bench" under tmp/models, the compiled load
+    generator, and the single-row request frame it sends: ``(loadgen, frame)``."""
+    from pynomaly_daemon import save_to_folder
+
+    save_to_folder(tmp / "models", "bench", model)
+    loadgen = tmp / "loadgen"
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(loadgen), str(HERE / "loadgen.c")], check=True)
+    frame = tmp / "frame.bin"
+    frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], _rows(X[:1]))))
+    return loadgen, frame
+
+
 def start_daemon(tmp: Path, models: Path, extra=()) -> subprocess.Popen:
     sock = tmp / "daemon.sock"
     p = subprocess.Popen(
@@ -157,13 +170,7 @@ def main() -> None:
     redis = None
     daemon = None
     try:
-        from pynomaly_daemon import save_to_folder
-
-        save_to_folder(tmp / "models", "bench", model)
-        loadgen = tmp / "loadgen"
-        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(loadgen), str(HERE / "loadgen.c")], check=True)
-        frame = tmp / "frame.bin"
-        frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], _rows(X[:1]))))
+        loadgen, frame = prepare(tmp, model, X)
         resp = tmp / "get.resp"
         resp.write_bytes(b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n")  # GET key, answered $3 xxx
         daemon = start_daemon(tmp, tmp / "models", args.daemon_args.split())

@@ -143,12 +143,7 @@ class Batcher:
                 X = matrix(b"".join([it.data for it in items]), sum([it.n for it in items]), v.n_features, dtype)
                 self.counters["coalesced_requests"] += len(items)
             if X.shape[0] <= self.config.inline_rows:
-                try:
-                    scores = scorer.score(X)
-                except Exception as err:  # noqa: BLE001 - answered per request
-                    self._failed(scorer, items, err, dtype)
-                else:
-                    self._deliver(scorer, items, scores)
+                self._score_now(scorer, X, items, dtype)
             else:
                 self._score_in_pool(scorer, X, items, dtype)
 

@@ -73,8 +73,6 @@ class ModelCache:
             v = lt.version
         s = self.entries.get((name, v))
         if s is not None:
-            if version is not None:
-                self.pinned.add((name, v))  # asked for by number: kept when a newer one arrives
             self.hot[(name, version)] = s
             if s.native is not None and (name, version) not in self.native:
                 self.native[(name, version)] = s.native
@@ -98,8 +96,7 @@ class ModelCache:
         s = self.cached(name, version)
         if s is not None:
             return s
-        if version is not None:
-            self.pinned.add((name, version))
+        explicit = version is not None
         if version is None:
             v = await self._run(self.source.latest_version, name)
             lt = self.latest.get(name)
@@ -108,9 +105,11 @@ class ModelCache:
                 self._forget_lookups()
             version = v
         s = self.entries.get((name, version))
-        if s is not None:
-            return s
-        return await self._load(name, version)
+        if s is None:
+            s = await self._load(name, version)
+        if explicit:  # only versions that exist: a client cannot grow this set with made-up numbers
+            self.pinned.add((name, version))
+        return s
 
     async def _load(self, name: str, version: int):
         key = (name, version)

@@ -299,6 +299,8 @@ class Daemon:
         self.n_detect += 1
         cache = self.cache
         scorer = cache.hot.get((req.detector, req.version)) or cache.cached(req.detector, req.version)
+        if req.version is not None and scorer is not None:
+            cache.pinned.add((req.detector, req.version))  # asked for by number: kept when superseded
         if scorer is None:
             if self._admit(conn, req.id, 0):
                 self.loop.create_task(self._detect_after_load(conn, req))
