@@ -630,3 +630,9 @@ def test_fit_reports_progress_per_tree_and_can_be_stopped_by_it():
 
     with pytest.raises(Stop):
         pynomaly.IsolationForest(n_estimators=20_000, random_state=0).fit(X, progress=stop)
+
+
+def test_a_progress_that_is_not_callable_is_refused_before_the_core():
+    X = np.random.default_rng(0).standard_normal((50, 3))
+    with pytest.raises(pynomaly.InvalidInputError, match="progress must be a callable"):
+        pynomaly.IsolationForest(n_estimators=5).fit(X, progress="50%")

@@ -530,3 +530,15 @@ def test_doctor_finds_missing_and_damaged_artifacts_and_unfinished_rows(tmp_path
     assert [m["used_by"] for m in found["missing_artifacts"]] == [["a v1"]]
     assert [m["used_by"] for m in found["damaged_artifacts"]] == [["b v1"]]
     assert found["unfinished"] == ["half"] and "half" not in [d.name for d in service.list_detectors(tmp_path)]
+
+
+def test_doctor_rebuilds_damaged_version_marks(tmp_path):
+    X, _ = load_dataset("cardio")
+    service.train(tmp_path, "a", X, params={"n_estimators": 5, "random_state": 1})
+    service.train(tmp_path, "a", X, params={"n_estimators": 5, "random_state": 2})
+    (tmp_path / "version-marks.json").write_text("{not json")
+    with pytest.raises(RepositoryError, match="doctor --repair"):
+        service.train(tmp_path, "a", X, params={"n_estimators": 5, "random_state": 3})
+    found = service.doctor(tmp_path, repair=True)
+    assert found["version_marks"] and any("marks" in r for r in found["repaired"])
+    assert service.train(tmp_path, "a", X, params={"n_estimators": 5, "random_state": 3}).version == 3

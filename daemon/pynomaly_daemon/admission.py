@@ -35,14 +35,6 @@ class Admission:
             conn.update_reading()
         return None
 
-    def admit(self, conn, rows: int) -> None:
-        """Count a request of ``conn`` unconditionally (see :meth:`try_admit`)."""
-        conn.in_flight += 1
-        self.requests += 1
-        self.rows += rows
-        if conn.in_flight >= self.conn_max:
-            conn.update_reading()
-
     def add_rows(self, rows: int) -> None:
         """Rows of a request admitted before they were known (its detector was loading)."""
         self.rows += rows

@@ -107,6 +107,8 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         ``progress(fraction)``, when given, is called with the share of trees grown (from the
         calling thread, at most every 50 ms); an exception it raises stops the fit.
         """
+        if progress is not None and not callable(progress):
+            raise InvalidInputError(f"progress must be a callable taking a fraction, got {type(progress).__name__}")
         X = as_matrix(X)
         n, d = X.shape
         n_estimators, psi, k, n_jobs = self._fit_plan(n, d)

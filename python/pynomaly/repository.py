@@ -19,7 +19,6 @@ Version numbers are assigned inside that transaction, so several processes may s
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import io
@@ -27,28 +26,29 @@ import json
 import os
 import sqlite3
 import stat
-import struct
 import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from ._errors import ArtifactIntegrityError, DetectorNotFoundError, InvalidInputError, RepositoryError
+from ._files import atomic_write, zstd
 from .domain import DetectionResult, Detector, DetectorStatus
+from .exportfile import Export, write_export
 
 __all__ = [
     "Repository",
-    "Export",
-    "read_export",
-    "write_export",
     "default_home",
     "DetectorNotFoundError",
     "ArtifactIntegrityError",
     "RepositoryError",
 ]
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
 
 
 def default_home() -> Path:
@@ -124,43 +124,6 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 _SCHEMA_VERSION = 1
-_EXPORT_MAGIC = b"PYNOMALY-EXPORT\n"
-_EXPORT_VERSION = 1
-
-
-def _zstd():
-    import zstandard
-
-    return zstandard
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 class Repository:
@@ -245,14 +208,14 @@ class Repository:
         path = self._artifact_path(sha)
         if not path.exists() or not self._holds(path, sha):
             path.parent.mkdir(exist_ok=True, mode=0o700)
-            atomic_write(path, _zstd().ZstdCompressor(level=6).compress(data))
+            atomic_write(path, zstd().ZstdCompressor(level=6).compress(data))
         return sha
 
     @staticmethod
     def _holds(path: Path, sha: str) -> bool:
         """Whether the artifact file at ``path`` decompresses to bytes whose SHA-256 is ``sha``."""
         try:
-            data = _zstd().ZstdDecompressor().decompress(path.read_bytes())
+            data = zstd().ZstdDecompressor().decompress(path.read_bytes())
         except Exception:  # noqa: BLE001 - unreadable or corrupted: it does not hold them
             return False
         return hashlib.sha256(data).hexdigest() == sha
@@ -265,7 +228,7 @@ class Repository:
         except FileNotFoundError:
             raise ArtifactIntegrityError(f"artifact {sha[:12]} is missing from {path.parent}") from None
         try:
-            data = _zstd().ZstdDecompressor().decompress(raw)
+            data = zstd().ZstdDecompressor().decompress(raw)
         except Exception as e:
             raise ArtifactIntegrityError(f"artifact {sha[:12]} is corrupted (cannot decompress: {e})") from None
         if hashlib.sha256(data).hexdigest() != sha:
@@ -570,7 +533,8 @@ class Repository:
         be fixed without losing anything.
 
         Returns a dict of findings (lists, empty when fine): ``database`` (SQLite's integrity
-        check), ``missing_artifacts`` and ``damaged_artifacts`` (versions or results whose bytes
+        check), ``version_marks`` (the marks file is damaged), ``missing_artifacts`` and
+        ``damaged_artifacts`` (versions or results whose bytes
         are gone or do not match their hash: restore them from a backup, or delete the
         detector), ``orphan_artifacts`` (files no row points at: a crash between writing the
         file and the row, or rows the database lost), ``lost_versions`` (numbers the version
@@ -581,7 +545,7 @@ class Repository:
         raised to what the database holds).
         """
         out = {k: [] for k in ("database", "missing_artifacts", "damaged_artifacts", "orphan_artifacts",
-                               "lost_versions", "unfinished", "temp_files", "repaired")}
+                               "lost_versions", "version_marks", "unfinished", "temp_files", "repaired")}
         result = [r[0] for r in self._db.execute("PRAGMA integrity_check")]
         if result != ["ok"]:
             out["database"] = result
@@ -606,7 +570,11 @@ class Repository:
                 out["temp_files"].append(str(path))
             elif path.suffix == ".zst" and path.stem not in referenced:
                 out["orphan_artifacts"].append(str(path))
-        marks = self.version_marks()
+        try:
+            marks = self.version_marks()
+        except RepositoryError as e:  # damaged: repair rebuilds it from the versions stored
+            out["version_marks"] = [str(e)]
+            marks = {}
         latest = {r["name"]: r["v"] for r in self._db.execute(
             "SELECT d.name, COALESCE(MAX(v.version), 0) AS v FROM detectors d "
             "LEFT JOIN detector_versions v ON v.detector_id = d.id GROUP BY d.id")}
@@ -637,7 +605,7 @@ class Repository:
                 db.execute("DELETE FROM detectors WHERE name = ? AND version = 0 AND status = 'created'", (name,))
                 done.append(f"removed unfinished detector {name!r} (never trained)")
             fixed = {**marks, **{n: max(v, marks.get(n, 0)) for n, v in latest.items()}}
-            if fixed != marks:
+            if fixed != marks or found["version_marks"]:
                 atomic_write(self._marks_path(), json.dumps(fixed, sort_keys=True).encode())
                 done.append("raised the version marks to the versions stored")
 
@@ -744,95 +712,3 @@ class Repository:
     def signed_here(self, export: "Export") -> bool:
         """Whether a pickled export was signed with this home's key (so it came from here)."""
         return self._verify(export.sha256, export.algorithm, export.signature)
-
-
-@dataclasses.dataclass(frozen=True)
-class Export:
-    """The content of an export file (see :meth:`Repository.export`), checked end to end."""
-
-    name: str
-    algorithm: str
-    parameters: dict
-    format: str
-    signature: Optional[str]
-    n_features: int
-    feature_names: Optional[list]
-    data_fingerprint: Optional[str]
-    threshold: Optional[float]
-    trained_at: datetime
-    blob: bytes
-    sha256: str
-
-
-def read_export(path) -> Export:
-    """Read and check an export file (checksum, format version, artifact hash).
-
-    Raises InvalidInputError when it cannot be read and ArtifactIntegrityError when it is not
-    an intact export file. Nothing is unpickled or built here.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise InvalidInputError(f"cannot read {str(path)!r}: {e}") from None
-    n0 = len(_EXPORT_MAGIC) + 12
-    if len(raw) < n0 + 32 or not raw.startswith(_EXPORT_MAGIC):
-        raise ArtifactIntegrityError(f"{path.name} is not a pynomaly export file")
-    body, digest = raw[:-32], raw[-32:]
-    if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
-        raise ArtifactIntegrityError(f"{path.name} is corrupted or was modified (checksum mismatch)")
-    fv, hl = struct.unpack("<IQ", body[len(_EXPORT_MAGIC) : n0])
-    if fv != _EXPORT_VERSION:
-        raise ArtifactIntegrityError(f"{path.name} has export format {fv}; this pynomaly reads {_EXPORT_VERSION}")
-    try:
-        header = json.loads(body[n0 : n0 + hl])
-        meta, ver = header["detector"], header["version"]
-        blob = _zstd().ZstdDecompressor().decompress(body[n0 + hl :])
-    except Exception as e:
-        raise ArtifactIntegrityError(f"{path.name}: cannot be read ({type(e).__name__}: {e})") from None
-    sha = hashlib.sha256(blob).hexdigest()
-    if sha != header["artifact_sha256"]:
-        raise ArtifactIntegrityError(f"{path.name}: artifact does not match its hash")
-    return Export(
-        name=meta["name"],
-        algorithm=meta["algorithm"],
-        parameters=meta["parameters"],
-        format=ver["format"],
-        signature=ver["signature"],
-        n_features=ver["n_features"],
-        feature_names=header.get("feature_names"),
-        data_fingerprint=ver["data_fingerprint"],
-        threshold=ver["threshold"],
-        trained_at=datetime.fromisoformat(ver["trained_at"]),
-        blob=blob,
-        sha256=sha,
-    )
-
-
-def write_export(path, *, name: str, algorithm: str, parameters: dict, blob: bytes, n_features: int,
-                 threshold=None, format: str = "native", signature=None, version: int = 1, feature_names=None,
-                 data_fingerprint=None, trained_at=None, created_at=None) -> Path:
-    """Write one self-contained, checksummed export file (atomically) and return its path.
-
-    Layout: ``PYNOMALY-EXPORT\\n``, u32 format version, u64 header length, JSON header
-    (detector and version metadata, artifact hash and signature), the zstd-compressed
-    artifact, then the SHA-256 of everything before it. :func:`read_export` reads it back.
-    """
-    now = _now_iso()
-    packed = _zstd().ZstdCompressor(level=6).compress(blob)
-    header = {
-        "detector": {"name": name, "algorithm": algorithm, "parameters": parameters, "created_at": created_at or now},
-        "version": {
-            "version": version, "format": format, "signature": signature, "size": len(blob),
-            "n_features": n_features, "data_fingerprint": data_fingerprint, "threshold": threshold,
-            "trained_at": trained_at or now,
-        },
-        "feature_names": feature_names,
-        "artifact_sha256": hashlib.sha256(blob).hexdigest(),
-        "artifact_compressed_size": len(packed),
-    }
-    hb = json.dumps(header, sort_keys=True).encode()
-    body = _EXPORT_MAGIC + struct.pack("<IQ", _EXPORT_VERSION, len(hb)) + hb + packed
-    path = Path(path)
-    atomic_write(path, body + hashlib.sha256(body).digest())
-    return path

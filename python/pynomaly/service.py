@@ -33,7 +33,9 @@ from .domain import (
     check_name,
     fingerprint,
 )
-from .repository import Repository, atomic_write, read_export, write_export
+from ._files import atomic_write
+from .exportfile import read_export, write_export
+from .repository import Repository
 
 __all__ = [
     "Scorer",

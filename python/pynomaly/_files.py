@@ -1,0 +1,42 @@
+"""Writing files that readers may open at any moment: atomically, durably. Used by the
+repository, the export files and the model files of the daemon's folders."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+def zstd():
+    """The zstandard module (imported when first needed: scoring never needs it)."""
+    import zstandard
+
+    return zstandard
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (POSIX; a no-op elsewhere)."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
