@@ -33,3 +33,16 @@ def test_bad_values_are_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--max-connections", "many"])
     assert "invalid int value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--max-frame-mb", "-1"], ["--frame-timeout", "0"], ["--workers", "0"],
+                                  ["--net-threads", "-2"], ["--idle-timeout", "nan"], ["--cache-mb", "inf"]])
+def test_numbers_out_of_range_are_refused_before_the_daemon_starts(argv):
+    with pytest.raises(SystemExit, match=f"{argv[0]} must be a finite number"):
+        config_from_args(build_parser().parse_args(argv))
+
+
+def test_zero_where_zero_means_something():
+    c = config_from_args(build_parser().parse_args(["--coalesce-window-ms", "0", "--drain-timeout", "0",
+                                                     "--idle-inline-rows", "0"]))
+    assert c.coalesce_window == 0 and c.drain_timeout == 0 and c.idle_inline_rows == 0

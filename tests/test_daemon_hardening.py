@@ -77,6 +77,9 @@ def test_memory_for_large_frames_is_bounded(start, models):
     d = start("--max-rx-mb", "2", "--max-frame-mb", "8")
     first = raw_connect(d.sock)
     first.sendall(struct.pack(">I", 1_500_000) + b"\0" * 1000)  # 1.5 MB reserved, body pending
+    # The native loop may read the two connections on different threads: let the first
+    # reservation be made before the second asks (a loaded machine reordered them once).
+    time.sleep(0.2)
     second = raw_connect(d.sock)
     second.sendall(struct.pack(">I", 1_500_000) + b"\0" * 1000)
     r = reply(second)

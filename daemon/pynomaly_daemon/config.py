@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,10 +19,11 @@ _MB = 2**20
 
 
 def _opt(default, help: str, *, flag: Optional[str] = None, scale: float = 1.0, type=None, unit: str = "",
-         factory=None):
+         factory=None, zero_ok: bool = False):
     """A setting: ``flag`` (default ``--field-name``); the command line gives ``value / scale``
-    in ``unit`` (e.g. megabytes for a byte count)."""
-    meta = {"help": help, "flag": flag, "scale": scale, "type": type, "unit": unit}
+    in ``unit`` (e.g. megabytes for a byte count). A number must be finite and positive
+    (``zero_ok``: or 0)."""
+    meta = {"help": help, "flag": flag, "scale": scale, "type": type, "unit": unit, "zero_ok": zero_ok}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -54,14 +56,15 @@ class Config:
     idle_timeout: float = _opt(300.0, "seconds a connection with nothing to do stays open")
     frame_timeout: float = _opt(10.0, "seconds to complete a started frame")
     write_timeout: float = _opt(30.0, "seconds a client may leave replies unread")
-    drain_timeout: float = _opt(10.0, "seconds to drain after SIGTERM")
+    drain_timeout: float = _opt(10.0, "seconds to drain after SIGTERM", zero_ok=True)
     coalesce_window: float = _opt(0.0, "wait this long to coalesce small requests (0: within one event-loop iteration)",
-                                  flag="--coalesce-window-ms", scale=1e-3, unit="ms")
-    coalesce_rows: int = _opt(64, "requests with more rows are not coalesced")
-    inline_rows: int = _opt(64, "batches with more rows are scored in the thread pool")
+                                  flag="--coalesce-window-ms", scale=1e-3, unit="ms", zero_ok=True)
+    coalesce_rows: int = _opt(64, "requests with more rows are not coalesced", zero_ok=True)
+    inline_rows: int = _opt(64, "batches with more rows are scored in the thread pool", zero_ok=True)
     split_rows: int = _opt(512, "large requests are scored in chunks of at least this many rows, in parallel")
     idle_inline_rows: int = _opt(2048, "requests up to this many rows skip the thread pool: scored by the native "
-                                       "loop's thread (raw rows), or on the uvloop path when nothing else is in flight")
+                                       "loop's thread (raw rows), or on the uvloop path when nothing else is in flight",
+                                 zero_ok=True)
     refresh_interval: float = _opt(1.0, "seconds between checks for a newer version of a served detector")
     fast_path: bool = _opt(True, "serve every request through the Python path (the native one answers the same, sooner)",
                            flag="--no-fast-path")
@@ -74,6 +77,19 @@ class Config:
                                      "only for a folder whose files you trust")
     cache_bytes: int = _opt(1 << 30, "memory for loaded detectors", flag="--cache-mb", scale=_MB, unit="MB")
     workers: int = _opt(None, "scoring threads", factory=_default_workers)
+
+    def __post_init__(self):
+        # One check for every numeric setting, before any of it reaches the loops or the core
+        # (a negative --max-frame-mb or a zero --frame-timeout would otherwise be taken as is).
+        for f in dataclasses.fields(self):
+            if f.type not in ("int", "float"):
+                continue
+            v = getattr(self, f.name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or v < 0 or (v == 0 and not f.metadata["zero_ok"]):
+                shown = v / f.metadata["scale"] if ok else v
+                need = ">= 0" if f.metadata["zero_ok"] else "> 0"
+                raise ValueError(f"{_flag(f)} must be a finite number {need}, got {shown!r}")
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -120,7 +136,10 @@ def config_from_args(a: argparse.Namespace) -> Config:
             v = frozenset(v) if v else None
         elif f.metadata["scale"] != 1.0 and v is not None:
             v = f.metadata["scale"] * v
-            if f.type in ("int", int):
+            if f.type in ("int", int) and math.isfinite(v):
                 v = int(v)
         values[f.name] = v
-    return Config(**values)
+    try:
+        return Config(**values)
+    except ValueError as e:
+        raise SystemExit(f"pynomaly daemon: {e}") from None
