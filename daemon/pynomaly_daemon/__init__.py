@@ -11,7 +11,7 @@ from .cli import build_parser, main
 from .config import Config
 from .errors import DetectorNotFound, DetectorUnavailable, RequestError
 from .server import Daemon
-from .sources import FolderSource, RepositorySource, save_to_folder
+from pynomaly.serving import FolderSource, RepositorySource, save_to_folder
 
 __all__ = [
     "Config",

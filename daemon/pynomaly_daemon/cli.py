@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from .config import build_parser, config_from_args
 from .server import Daemon
-from .sources import FolderSource, RepositorySource
+from pynomaly.serving import FolderSource, RepositorySource
 
 __all__ = ["main", "build_parser", "run"]
 

@@ -8,16 +8,13 @@ import logging
 import pynomaly
 from pynomaly import ArtifactIntegrityError, DetectorNotFoundError, DetectorNotReadyError, PynomalyError
 from pynomaly import RepositoryError
+from pynomaly.serving import DetectorUnavailable  # exists but cannot detect; shared with the HTTP API
 
 log = logging.getLogger("pynomaly_daemon")
 
 # No detector of that name, or no such version: the package's own error, under the name the
 # daemon has always exported.
 DetectorNotFound = DetectorNotFoundError
-
-
-class DetectorUnavailable(PynomalyError):
-    """The detector exists but cannot be used for detection (not trained, not active, unreadable)."""
 
 
 class RequestError(PynomalyError):

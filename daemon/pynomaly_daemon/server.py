@@ -13,8 +13,9 @@ The rooms, each owning one concern:
 - ``admission.py``: the one admit/release of in-flight work and the "busy" rule;
 - ``batching.py``: coalescing small requests, scoring large ones in the pool;
 - ``replies.py``: a batch's scores into DetectReply frames;
-- ``cache.py``: loaded Scorers (LRU by bytes), latest versions and their refresh;
-- ``sources.py``: where Scorers come from (a repository home or a ``--models`` folder);
+- ``pynomaly.serving`` (shared with the HTTP API): the cache of loaded Scorers (LRU by bytes),
+  latest versions and their refresh, and the sources Scorers come from (a repository home or a
+  ``--models`` folder);
 - ``errors.py``: the daemon's exceptions and their wire error codes.
 
 Detection itself is pynomaly.service.Scorer's: the daemon never turns scores into labels or
@@ -49,7 +50,7 @@ from pynomaly.wire import Detect, default_socket_path  # noqa: F401 - default_so
 
 from .admission import Admission
 from .batching import Batcher, request_rows
-from .cache import ModelCache
+from pynomaly.serving import ModelCache
 from .config import Config
 from .connection import Connection
 from .errors import RequestError, classify

@@ -1,4 +1,4 @@
-"""Loaded detectors: an LRU cache of Scorers bounded by bytes, the latest version of each name,
+"""Loaded detectors for a serving face (the daemon, the HTTP API): an LRU cache of Scorers bounded by bytes, the latest version of each name,
 and the background refresh that notices a newly saved version.
 
 Two dicts serve the per-request lookups without awaiting anything: ``hot`` maps (name,
@@ -16,11 +16,10 @@ import logging
 import time
 from typing import Optional
 
-from pynomaly import DetectorNotReadyError
+from ..domain import DetectorNotReadyError
+from .sources import DetectorNotFound, DetectorUnavailable
 
-from .errors import DetectorNotFound, DetectorUnavailable
-
-log = logging.getLogger("pynomaly_daemon")
+log = logging.getLogger("pynomaly.serving")
 
 
 class _Latest:
@@ -38,7 +37,7 @@ class ModelCache:
 
     def __init__(self, source, run, *, max_bytes: int, refresh_interval: float, counters):
         self.source = source
-        self._run = run  # run(fn, *args) -> awaitable, in the daemon's thread pool
+        self._run = run  # run(fn, *args) -> awaitable, in the face's thread pool
         self.max_bytes = max_bytes
         self.refresh_interval = refresh_interval
         self.counters = counters

@@ -1,12 +1,13 @@
-"""Where the daemon gets detectors from: a small seam with two implementations.
+"""Where a serving face (the daemon, the HTTP API) gets detectors from: a small seam with two
+implementations.
 
 A source answers three questions: ``get(name, version)`` (a :class:`pynomaly.service.Scorer`),
 ``latest_version(name)`` and ``list()`` (``pynomaly.wire.DetectorInfo`` of each latest version).
 :class:`RepositorySource` asks pynomaly's service layer (the repository under a home folder);
 :class:`FolderSource` reads model files from ``DIR/<name>/<version>.pnm``, for edge boxes that
 ship detectors as plain files. Both hand back Scorers built by the service, so every kind of
-detector is served the same way from either. Sources are synchronous; the daemon calls them
-from its threads.
+detector is served the same way from either. Sources are synchronous; faces call them from
+their threads.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import re
 from pathlib import Path
 from typing import List, Optional, Protocol
 
-from pynomaly import service, wire
-from pynomaly.domain import NAME_PATTERN, shown
+from .. import service, wire
+from .._errors import DetectorNotFoundError as DetectorNotFound
+from .._errors import PynomalyError
+from ..domain import NAME_PATTERN, shown
 
-from .errors import DetectorNotFound, DetectorUnavailable
+
+class DetectorUnavailable(PynomalyError):
+    """The detector exists but cannot be used for detection (not trained, not active, unreadable)."""
 
 
 class DetectorSource(Protocol):
