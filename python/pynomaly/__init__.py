@@ -10,12 +10,15 @@ import os as _os
 
 from ._errors import (
     ArtifactIntegrityError,
+    DatasetNotFoundError,
     DetectorNotFoundError,
     InvalidInputError,
     ModelFormatError,
     NotFittedError,
+    NotFoundError,
     PynomalyError,
     RepositoryError,
+    ResultNotFoundError,
 )
 from . import _core
 from .iforest import IsolationForest
@@ -44,7 +47,10 @@ __all__ = [
     "InvalidInputError",
     "NotFittedError",
     "ModelFormatError",
+    "NotFoundError",
     "DetectorNotFoundError",
+    "DatasetNotFoundError",
+    "ResultNotFoundError",
     "ArtifactIntegrityError",
     "RepositoryError",
     "build_info",

@@ -25,11 +25,23 @@ class RepositoryError(PynomalyError):
     """The home folder or its database cannot be used."""
 
 
-class DetectorNotFoundError(PynomalyError, KeyError):
-    """No detector (or no such version of it) under that name."""
+class NotFoundError(PynomalyError, KeyError):
+    """Something asked for by name or id is not stored (a detector, a version, a dataset, a result)."""
 
     def __str__(self):  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DetectorNotFoundError(NotFoundError):
+    """No detector (or no such version of it) under that name."""
+
+
+class DatasetNotFoundError(NotFoundError):
+    """No stored dataset with that id (or only its description is stored, not its rows)."""
+
+
+class ResultNotFoundError(NotFoundError):
+    """No stored detection result with that id."""
 
 
 class ArtifactIntegrityError(PynomalyError):

@@ -30,12 +30,14 @@ import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from ._errors import ArtifactIntegrityError, DetectorNotFoundError, InvalidInputError, RepositoryError
+from ._errors import ArtifactIntegrityError, DatasetNotFoundError, DetectorNotFoundError, InvalidInputError, RepositoryError
+from ._errors import ResultNotFoundError
 from ._files import atomic_write, zstd
-from .domain import DetectionResult, Detector, DetectorStatus
+from .domain import DetectionResult, Detector, DetectorStatus, shown
 from .exportfile import Export, write_export
 
 __all__ = [
@@ -121,9 +123,15 @@ CREATE TABLE IF NOT EXISTS results (
     scores_artifact TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dataset_data (
+    dataset_id TEXT PRIMARY KEY REFERENCES datasets(id) ON DELETE CASCADE,
+    artifact TEXT NOT NULL
+);
 """
 
-_SCHEMA_VERSION = 1
+# 2: dataset_data (stored rows of uploaded datasets). Every statement above is idempotent, so
+# an older home is brought up to date by running them again.
+_SCHEMA_VERSION = 2
 
 
 class Repository:
@@ -513,14 +521,7 @@ class Repository:
             shas |= {x[0] for x in db.execute("SELECT scores_artifact FROM results WHERE detector_id = ?", (r["id"],))}
             n = db.execute("SELECT COUNT(*) FROM detector_versions WHERE detector_id = ?", (r["id"],)).fetchone()[0]
             db.execute("DELETE FROM detectors WHERE id = ?", (r["id"],))
-            still = {
-                s
-                for s in shas
-                if db.execute(
-                    "SELECT 1 FROM detector_versions WHERE artifact = ? UNION SELECT 1 FROM results WHERE scores_artifact = ?",
-                    (s, s),
-                ).fetchone()
-            }
+            still = {s for s in shas if self._referenced(db, s)}
             # Unlinked while holding the write lock: a concurrent save of byte-identical
             # content commits after this and then finds its file gone (see _ensure_artifact).
             for s in shas - still:
@@ -558,6 +559,8 @@ class Repository:
             "SELECT d.name, r.id, r.scores_artifact FROM results r JOIN detectors d ON d.id = r.detector_id"
         ):
             referenced.setdefault(r["scores_artifact"], []).append(f"{r['name']} result {r['id'][:8]}")
+        for r in self._db.execute("SELECT dataset_id, artifact FROM dataset_data"):
+            referenced.setdefault(r["artifact"], []).append(f"dataset {r['dataset_id'][:8]}")
         for sha, users in sorted(referenced.items()):
             path = self._artifact_path(sha)
             if not path.exists():
@@ -610,29 +613,76 @@ class Repository:
                 done.append("raised the version marks to the versions stored")
 
     # -- datasets and results ------------------------------------------------------------------
-    def add_dataset(self, name: str, source, shape, column_names, fingerprint: str) -> str:
-        """Record a dataset (deduplicated by fingerprint and source); return its id."""
+    def add_dataset(self, name: str, source, shape, column_names, fingerprint: str, rows: Optional[bytes] = None) -> str:
+        """Record a dataset (deduplicated by fingerprint and source); return its id.
+
+        ``rows`` (the data's bytes, see ``service.store_dataset``) are stored as an artifact
+        with it, so that the dataset can be scored or trained on later by its id.
+        """
+        sha = self.put_artifact(rows) if rows is not None else None
         with self._transaction() as db:
             r = db.execute(
                 "SELECT id FROM datasets WHERE fingerprint = ? AND source IS ?", (fingerprint, source)
             ).fetchone()
             if r is not None:
-                return r["id"]
-            did = uuid.uuid4().hex
-            db.execute(
-                "INSERT INTO datasets VALUES (?,?,?,?,?,?,?,?)",
-                (did, name, source, int(shape[0]), int(shape[1]), json.dumps(list(column_names or [])), fingerprint, _now_iso()),
-            )
-            return did
+                did = r["id"]
+            else:
+                did = uuid.uuid4().hex
+                db.execute(
+                    "INSERT INTO datasets VALUES (?,?,?,?,?,?,?,?)",
+                    (did, name, source, int(shape[0]), int(shape[1]), json.dumps(list(column_names or [])), fingerprint,
+                     _now_iso()),
+                )
+            if sha is not None:
+                db.execute("INSERT OR REPLACE INTO dataset_data VALUES (?, ?)", (did, sha))
+        if sha is not None:
+            self._ensure_artifact(sha, rows)
+        return did
+
+    def _dataset_dict(self, r) -> dict:
+        v = dict(r)
+        v["column_names"] = json.loads(v["column_names"]) if v["column_names"] else []
+        v["stored"] = v.pop("artifact", None) is not None
+        return v
+
+    _DATASET_SELECT = "SELECT d.*, x.artifact FROM datasets d LEFT JOIN dataset_data x ON x.dataset_id = d.id"
 
     def datasets(self) -> list:
-        """Every recorded dataset, as dicts."""
-        out = []
-        for r in self._db.execute("SELECT * FROM datasets ORDER BY created_at"):
-            v = dict(r)
-            v["column_names"] = json.loads(v["column_names"]) if v["column_names"] else []
-            out.append(v)
-        return out
+        """Every recorded dataset, as dicts (``stored``: whether its rows are kept)."""
+        return [self._dataset_dict(r) for r in self._db.execute(self._DATASET_SELECT + " ORDER BY d.created_at")]
+
+    def dataset(self, dataset_id: str) -> dict:
+        """One recorded dataset's metadata; DatasetNotFoundError when there is none."""
+        r = self._db.execute(self._DATASET_SELECT + " WHERE d.id = ?", (str(dataset_id),)).fetchone()
+        if r is None:
+            raise DatasetNotFoundError(f"no dataset {shown(dataset_id)}")
+        return self._dataset_dict(r)
+
+    def dataset_rows(self, dataset_id: str) -> bytes:
+        """The stored bytes of a dataset's rows; DatasetNotFoundError when only its description
+        was recorded (data scored from a file or array is not kept)."""
+        self.dataset(dataset_id)
+        r = self._db.execute("SELECT artifact FROM dataset_data WHERE dataset_id = ?", (str(dataset_id),)).fetchone()
+        if r is None:
+            raise DatasetNotFoundError(f"dataset {dataset_id} was recorded without its rows; upload it to keep them")
+        return self.get_artifact(r["artifact"])
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Forget a dataset and its stored rows (results that used it keep its id)."""
+        with self._transaction() as db:
+            r = db.execute("SELECT artifact FROM dataset_data WHERE dataset_id = ?", (str(dataset_id),)).fetchone()
+            if db.execute("DELETE FROM datasets WHERE id = ?", (str(dataset_id),)).rowcount == 0:
+                raise DatasetNotFoundError(f"no dataset {shown(dataset_id)}")
+            if r is not None and not self._referenced(db, r["artifact"]):
+                self._artifact_path(r["artifact"]).unlink(missing_ok=True)
+
+    @staticmethod
+    def _referenced(db, sha: str) -> bool:
+        return db.execute(
+            "SELECT 1 FROM detector_versions WHERE artifact = ? UNION SELECT 1 FROM results WHERE scores_artifact = ? "
+            "UNION SELECT 1 FROM dataset_data WHERE artifact = ?",
+            (sha, sha, sha),
+        ).fetchone() is not None
 
     def save_result(self, result: DetectionResult) -> str:
         """Store a detection result: metadata in SQLite, scores and labels as an artifact."""
@@ -670,7 +720,7 @@ class Repository:
         """A stored DetectionResult with its scores and labels."""
         r = self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
         if r is None:
-            raise DetectorNotFoundError(f"no detection result {result_id!r}")
+            raise ResultNotFoundError(f"no detection result {shown(result_id)}")
         with np.load(io.BytesIO(self.get_artifact(r["scores_artifact"])), allow_pickle=False) as z:
             scores, labels = z["scores"], z["labels"]
         return DetectionResult(

@@ -15,6 +15,7 @@ confidences and anomaly indices. Faces that batch requests (the daemon) call
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -56,6 +57,13 @@ __all__ = [
     "export_model",
     "write_model_file",
     "load_data",
+    "store_dataset",
+    "list_datasets",
+    "dataset",
+    "dataset_rows",
+    "delete_dataset",
+    "result",
+    "results",
     "home_path",
     "doctor",
 ]
@@ -119,8 +127,10 @@ def train(
     columns=None,
     activate: bool = True,
     progress: Progress = None,
+    dataset_id: Optional[str] = None,
 ) -> Detector:
-    """Train a detector on ``data`` and store it as the next version of ``name``.
+    """Train a detector on ``data`` (or the stored dataset ``dataset_id``) and store it as the
+    next version of ``name``.
 
     Parameters
     ----------
@@ -151,8 +161,11 @@ def train(
     check_name(name)
     params = {**registry.stored_defaults(algorithm), **(params or {})}
     _report(progress, "loading data")
-    X, names, source = load_data(data, columns)
     with _repo(home) as repo:
+        if dataset_id is not None:
+            X, names = dataset_rows(repo, dataset_id, columns)
+        else:
+            X, names, source = load_data(data, columns)
         # What can be checked is checked before any work or write: unknown names and
         # parameters, parameter values, the memory the fit needs. Nothing is stored until the
         # fit is done, so a refused or killed first training leaves no trace.
@@ -180,7 +193,8 @@ def train(
             raise
         _report(progress, "saving")
         fp = fingerprint(X)
-        dataset_id = repo.add_dataset(Path(source).name if source else "array", source, X.shape, names, fp)
+        if dataset_id is None:
+            dataset_id = repo.add_dataset(Path(source).name if source else "array", source, X.shape, names, fp)
         detector.algorithm, detector.parameters = algorithm, params
         detector.mark_trained(n_features=X.shape[1], feature_names=names, data_fingerprint=fp)
         if activate:
@@ -459,24 +473,35 @@ def detect(
     columns=None,
     save: bool = True,
     progress: Progress = None,
+    dataset_id: Optional[str] = None,
+    scorer: Optional[Scorer] = None,
 ) -> DetectionResult:
-    """Score ``data`` with detector ``name`` (latest or given version) and, with ``save``,
-    store the result (metadata plus a scores artifact) and the dataset's description.
+    """Score ``data`` (or the stored dataset ``dataset_id``) with detector ``name`` (latest or
+    given version) and, with ``save``, store the result (metadata plus a scores artifact) and
+    the dataset's description.
 
-    The CSV columns a detector was trained on are selected by name when ``columns`` is not
-    given and the file has them.
+    The columns a detector was trained on are selected by name when ``columns`` is not given
+    and the file (or stored dataset) has them. A face that keeps loaded detectors passes its
+    ``scorer`` for ``name``; it is then not loaded again.
     """
     _report(progress, "loading detector")
     with _repo(home) as repo:
-        scorer = load_for_scoring(repo, name, version)
+        if scorer is None:
+            scorer = load_for_scoring(repo, name, version)
         _report(progress, "loading data")
         feature_names = scorer.version.feature_names
-        if columns is None and isinstance(data, (str, Path)) and feature_names:
-            columns = _trained_columns(data, list(feature_names))
-        X, names, source = load_data(data, columns)
+        if dataset_id is not None:
+            if columns is None and feature_names:
+                stored = repo.dataset(dataset_id)["column_names"]
+                if set(feature_names) <= set(stored) and list(feature_names) != stored:
+                    columns = list(feature_names)
+            X, names = dataset_rows(repo, dataset_id, columns)
+        else:
+            if columns is None and isinstance(data, (str, Path)) and feature_names:
+                columns = _trained_columns(data, list(feature_names))
+            X, names, source = load_data(data, columns)
         _report(progress, "scoring")
-        dataset_id = None
-        if save:
+        if save and dataset_id is None:
             dataset_id = repo.add_dataset(Path(source).name if source else "array", source, X.shape, names, fingerprint(X))
         result = scorer.detect(X, threshold=threshold, contamination=contamination, dataset_id=dataset_id)
         if save:
@@ -505,6 +530,73 @@ def _trained_columns(path, feature_names):
     if set(feature_names) <= set(header) and list(feature_names) != header:
         return list(feature_names)
     return None
+
+
+def store_dataset(home, data, name: Optional[str] = None, *, columns=None) -> dict:
+    """Keep a dataset's rows in the repository, to train or detect on later by its id.
+
+    ``data`` is a file (.csv, .tsv, .npy, .npz, .parquet) or an array-like; ``name``
+    defaults to the file's name. Rows must be finite numbers (checked before anything is
+    stored). Returns the dataset's metadata (``id``, ``name``, ``n_rows``, ``n_columns``,
+    ``column_names``, ...); the same rows stored twice under the same name get the same id.
+    """
+    X, names, source = load_data(data, columns)
+    if X.shape[0] == 0:
+        raise InvalidInputError("the dataset has no rows")
+    if name is None:
+        name = Path(source).name if source else "array"
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(X, dtype=np.float64), allow_pickle=False)
+    with _repo(home) as repo:
+        did = repo.add_dataset(str(name), f"stored:{name}", X.shape, names, fingerprint(X), rows=buf.getvalue())
+        return repo.dataset(did)
+
+
+def list_datasets(home) -> list:
+    """Metadata of every recorded dataset (``stored`` says whether its rows are kept)."""
+    with _repo(home) as repo:
+        return repo.datasets()
+
+
+def dataset(home, dataset_id: str) -> dict:
+    """One dataset's metadata; DatasetNotFoundError when unknown."""
+    with _repo(home) as repo:
+        return repo.dataset(dataset_id)
+
+
+def dataset_rows(home, dataset_id: str, columns=None):
+    """``(X, column_names)`` of a stored dataset (``columns`` selects by name or index)."""
+    with _repo(home) as repo:
+        meta = repo.dataset(dataset_id)
+        blob = repo.dataset_rows(dataset_id)
+    try:
+        X = np.load(io.BytesIO(blob), allow_pickle=False)
+    except ValueError as e:
+        raise ArtifactIntegrityError(f"dataset {dataset_id} cannot be read: {e}") from None
+    names = list(meta["column_names"]) or [f"x{i}" for i in range(X.shape[1])]
+    if columns is not None:
+        from .dataio import select_columns
+
+        X, names = select_columns(X, names, list(columns))
+    return X, names
+
+
+def delete_dataset(home, dataset_id: str) -> None:
+    """Forget a dataset and its stored rows."""
+    with _repo(home) as repo:
+        repo.delete_dataset(dataset_id)
+
+
+def result(home, result_id: str) -> DetectionResult:
+    """A stored detection result with its scores and labels; ResultNotFoundError when unknown."""
+    with _repo(home) as repo:
+        return repo.load_result(result_id)
+
+
+def results(home, name: str) -> list:
+    """Metadata of detector ``name``'s stored results, oldest first."""
+    with _repo(home) as repo:
+        return repo.results(name)
 
 
 def list_detectors(home) -> list:
