@@ -26,12 +26,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o666) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one.
+
+    ``mode`` is the new file's permissions before the umask (0o600 for secrets: the file
+    never exists with wider ones, not even for a moment).
+    """
     path = Path(path)
     tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
     try:
-        with open(tmp, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

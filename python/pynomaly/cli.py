@@ -181,9 +181,11 @@ def _build_parser() -> argparse.ArgumentParser:
         if parser.description is None:
             parser.description = action.help[0].upper() + action.help[1:] + "."
 
-    # The daemon parses its own options (see `pynomaly serve --help` and PROTOCOL.md).
-    sv = sub.add_parser("serve", help="serve stored detectors to local processes over a Unix socket", add_help=False)
-    sv.add_argument("daemon_args", nargs=argparse.REMAINDER)
+    # Faces installed beside the package parse their own options (`pynomaly serve --help`,
+    # `pynomaly api --help`); see _FACES.
+    for face, text in _FACES.items():
+        sv = sub.add_parser(face, help=text, add_help=False)
+        sv.add_argument("face_args", nargs=argparse.REMAINDER)
     return p
 
 
@@ -320,19 +322,29 @@ def _cmd_quickstart(args, home, progress, out):
     run(home, args.detector, progress=progress, out=out)
 
 
-def _cmd_serve(args, home, progress, out):
-    # The package never imports the daemon: the command runs the face registered under the
-    # `pynomaly.commands` entry point "serve" (pynomaly_daemon.cli:main).
+# Commands that live in other packages of the wheel (the package never imports its faces):
+# each is found under the `pynomaly.commands` entry point of its name.
+_FACES = {
+    "serve": "serve stored detectors to local processes over a Unix socket",
+    "api": "serve stored detectors over HTTP (Open Inference Protocol v2, detection API; extra: http)",
+    "token": "create tokens for the HTTP API (extra: http)",
+}
+_FACE_PACKAGES = {"serve": "the daemon", "api": "the HTTP face (pip install 'pynomaly[http]')",
+                  "token": "the HTTP face (pip install 'pynomaly[http]')"}
+
+
+def _cmd_face(args, home, progress, out):
     from importlib.metadata import entry_points
 
-    found = entry_points(group="pynomaly.commands", name="serve")
+    found = entry_points(group="pynomaly.commands", name=args.command)
     if not found:
-        raise SystemExit("pynomaly: the daemon is not installed (no 'serve' in the pynomaly.commands entry points)")
-    serve = next(iter(found)).load()
-    argv = list(args.daemon_args)
+        raise SystemExit(f"pynomaly: {_FACE_PACKAGES[args.command]} is not installed "
+                         f"(no {args.command!r} in the pynomaly.commands entry points)")
+    run = next(iter(found)).load()
+    argv = list(args.face_args)
     if home and "--home" not in argv and "--models" not in argv:
-        argv += ["--home", home]
-    code = serve(argv, prog="pynomaly serve")
+        argv = ["--home", home, *argv] if args.command == "token" else [*argv, "--home", home]
+    code = run(argv, prog=f"pynomaly {args.command}")
     if code:
         raise SystemExit(code)
 
@@ -359,7 +371,9 @@ def _cmd_doctor(args, home, progress, out):
 
 
 _COMMANDS = {
-    "serve": _cmd_serve,
+    "serve": _cmd_face,
+    "api": _cmd_face,
+    "token": _cmd_face,
     "train": _cmd_train,
     "detect": _cmd_detect,
     "list": _cmd_list,
@@ -375,18 +389,19 @@ _COMMANDS = {
 
 
 def _parse(argv):
-    """Parse the command line; everything after `serve` goes to the daemon untouched (argparse
-    would otherwise claim options such as --help for itself)."""
+    """Parse the command line; everything after a face's name (serve, api, token) goes to the
+    face untouched (argparse would otherwise claim options such as --help for itself)."""
     parser = _build_parser()
-    if "serve" in argv:
-        i = argv.index("serve")
-        try:
-            args, rest = parser.parse_known_args(argv[: i + 1])
-        except SystemExit:
-            args, rest = None, None
-        if args is not None and args.command == "serve" and not rest:
-            args.daemon_args = argv[i + 1 :]
-            return args
+    for i, word in enumerate(argv):
+        if word in _FACES:
+            try:
+                args, rest = parser.parse_known_args(argv[: i + 1])
+            except SystemExit:
+                break
+            if args.command == word and not rest:
+                args.face_args = argv[i + 1 :]
+                return args
+            break
     return parser.parse_args(argv)
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "load_model",
     "list_detectors",
     "show",
+    "versions",
     "archive",
     "activate",
     "delete",
@@ -614,6 +615,12 @@ def show(home, name: str) -> dict:
         out["versions"] = repo.versions(name)
         out["results"] = repo.results(name)
         return out
+
+
+def versions(home, name: str) -> list:
+    """Metadata of every stored version of ``name`` (dicts, oldest first)."""
+    with _repo(home) as repo:
+        return repo.versions(name)
 
 
 def archive(home, name: str) -> Detector:

@@ -1,0 +1,363 @@
+"""The ASGI app: Open Inference Protocol v2 on plain Starlette routes (the per-request path
+that load meets), the detection API on FastAPI (its OpenAPI page at ``/docs``), one error
+format for both, and the state they share.
+
+Detection goes through the service layer's :class:`~pynomaly.service.Scorer`, kept in the
+same :class:`~pynomaly.serving.ModelCache` as the daemon's: this face adds HTTP, not a
+second way to detect. Small requests are scored on the event loop (a thread hand-off costs
+more than scoring a few rows: the native core takes microseconds); larger ones in a thread
+pool, where the native core runs without the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import time
+import zlib
+from typing import Optional
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pynomaly import service
+from pynomaly._errors import ArtifactIntegrityError, NotFoundError, PynomalyError, RepositoryError
+from pynomaly.domain import DetectorNotReadyError
+from pynomaly.serving import DetectorUnavailable, ModelCache, RepositorySource
+
+from . import tensors
+from .settings import Settings
+from .tokens import ANONYMOUS, ForbiddenError, Principal, TokenError, Verifier, bearer
+
+log = logging.getLogger("pynomaly_api")
+
+SERVER_NAME = "pynomaly"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+class HTTPError(Exception):
+    """An error answered with this status and message (no traceback, ever)."""
+
+    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def status_of(err: BaseException):
+    """``(status, message, headers)`` for an exception raised while answering a request."""
+    if isinstance(err, HTTPError):
+        return err.status, err.message, err.headers
+    if isinstance(err, TokenError):
+        return 401, str(err), {"WWW-Authenticate": 'Bearer realm="pynomaly"'}
+    if isinstance(err, ForbiddenError):
+        return 403, str(err), None
+    if isinstance(err, NotFoundError):
+        return 404, str(err), None
+    if isinstance(err, (DetectorNotReadyError, DetectorUnavailable)):
+        return 409, str(err), None
+    if isinstance(err, (ArtifactIntegrityError, RepositoryError)):
+        log.error("storage error: %s", err)
+        return 500, f"storage error: {err}", None
+    if isinstance(err, (ValueError, PynomalyError)):  # bad input: InvalidInputError, TensorError, ...
+        return 400, str(err), None
+    if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
+        return 504, "the request took longer than the server's request timeout", None
+    log.error("internal error", exc_info=err)
+    return 500, f"internal error ({type(err).__name__}); the server log has the details", None
+
+
+def error_response(err: BaseException) -> Response:
+    status, message, headers = status_of(err)
+    return Response(tensors.encode({"error": message}), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+class ServerState:
+    """What every request handler shares: settings, token checks, the Scorer cache, threads."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.home = service.home_path(settings.home)
+        self.verifier = (
+            Verifier(self.home, settings.public_keys, issuer=settings.issuer, audience=settings.audience,
+                     role_claim=settings.role_claim)
+            if settings.auth else None
+        )
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.threads or os.cpu_count() or 1, thread_name_prefix="pynomaly-api")
+        self.cache = ModelCache(RepositorySource(str(self.home)), self.run, max_bytes=settings.cache_bytes,
+                                refresh_interval=settings.refresh_interval_s,
+                                counters={"cache_hits": 0, "cache_misses": 0})
+        self.ready = True
+
+    def run(self, fn, *args):
+        """``fn(*args)`` in the scoring threads, as an awaitable."""
+        return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def authorize(self, request: Request, action: str) -> Principal:
+        """The caller, allowed to do ``action``; TokenError (401) or ForbiddenError (403)."""
+        if self.verifier is None:
+            return ANONYMOUS
+        p = self.verifier.verify(bearer(request.headers.get("authorization")))
+        p.require(action)
+        return p
+
+    async def scorer(self, name: str, version: Optional[int]) -> service.Scorer:
+        cache = self.cache
+        s = cache.hot.get((name, version)) or cache.cached(name, version)
+        if s is None:
+            return await cache.resolve(name, version)
+        if version is not None:
+            cache.pinned.add((name, version))  # asked for by number: kept when superseded
+        return s
+
+    def close(self) -> None:
+        self.ready = False
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def state_of(request: Request) -> ServerState:
+    return request.app.state.pynomaly
+
+
+# -- request bodies -------------------------------------------------------------------------
+_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes (413 beyond, also after decompression)."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            n = int(length)
+        except ValueError:
+            raise HTTPError(400, "Content-Length must be an integer") from None
+        if n > limit:
+            raise HTTPError(413, f"the body has {n} bytes; this server accepts at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"the body is larger than this server accepts ({limit} bytes)")
+        chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    encoding = request.headers.get("content-encoding")
+    if encoding and encoding.lower() != "identity":
+        wbits = _ENCODINGS.get(encoding.lower())
+        if wbits is None:
+            raise HTTPError(415, f"Content-Encoding {encoding[:20]!r} is not accepted (gzip, deflate)")
+        d = zlib.decompressobj(wbits)
+        try:
+            body = d.decompress(body, limit + 1)
+        except zlib.error as e:
+            raise HTTPError(400, f"the body is not valid {encoding}: {e}") from None
+        if len(body) > limit or d.unconsumed_tail:
+            raise HTTPError(413, f"the body is larger than this server accepts ({limit} bytes) once decompressed")
+    return body
+
+
+if hasattr(asyncio, "timeout"):  # Python 3.11+
+    deadline = asyncio.timeout
+else:
+    @contextlib.asynccontextmanager
+    async def deadline(seconds: float):
+        """asyncio.timeout for Pythons before 3.11: cancel the task at the deadline."""
+        task = asyncio.current_task()
+        fired = []
+        handle = asyncio.get_running_loop().call_later(seconds, lambda: (fired.append(1), task.cancel()))
+        try:
+            yield
+        except asyncio.CancelledError:
+            if fired:
+                raise asyncio.TimeoutError() from None
+            raise
+        finally:
+            handle.cancel()
+
+
+def parse_version(text: Optional[str]) -> Optional[int]:
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or len(text) > 19 or int(text) < 1:
+        raise HTTPError(400, f"model version must be a positive integer, got {text[:20]!r}")
+    return int(text)
+
+
+# -- Open Inference Protocol v2 --------------------------------------------------------------
+def _json(doc, status: int = 200) -> Response:
+    return Response(tensors.encode(doc), status_code=status, media_type="application/json")
+
+
+async def health_live(request: Request) -> Response:
+    return _json({"live": True})
+
+
+async def health_ready(request: Request) -> Response:
+    ready = state_of(request).ready
+    return _json({"ready": ready}, 200 if ready else 503)
+
+
+async def server_metadata(request: Request) -> Response:
+    from pynomaly import __version__
+
+    return _json({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
+
+
+def _model_metadata(scorer: service.Scorer, versions) -> dict:
+    v = scorer.version
+    return {
+        "name": v.name,
+        "versions": [str(x) for x in versions],
+        "platform": f"pynomaly_{v.algorithm}",
+        "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, v.n_features]}],
+        "outputs": [{"name": n, "datatype": dt, "shape": [-1]} for n, (dt, _) in tensors.OUTPUTS.items()],
+        "parameters": {"threshold": v.threshold, "algorithm": v.algorithm,
+                       "feature_names": list(v.feature_names) if v.feature_names else None},
+    }
+
+
+async def model_metadata(request: Request) -> Response:
+    try:
+        st = state_of(request)
+        st.authorize(request, "read")
+        name = request.path_params["name"]
+        version = parse_version(request.path_params.get("version"))
+        scorer = await st.scorer(name, version)
+        if version is None:
+            versions = [r["version"] for r in await st.run(service.versions, st.home, name)]
+        else:
+            versions = [version]
+        return _json(_model_metadata(scorer, versions))
+    except Exception as e:  # noqa: BLE001 - every failure is answered in the protocol's error format
+        return error_response(e)
+
+
+async def model_ready(request: Request) -> Response:
+    try:
+        st = state_of(request)
+        st.authorize(request, "read")
+        await st.scorer(request.path_params["name"], parse_version(request.path_params.get("version")))
+        return _json({"name": request.path_params["name"], "ready": True})
+    except Exception as e:  # noqa: BLE001
+        return error_response(e)
+
+
+def _answer(scorer: service.Scorer, req: tensors.InferRequest):
+    """Score the request's rows and pick its outputs (runs on the loop or in a thread)."""
+    scores = scorer.score(req.rows)
+    p = req.parameters
+    d = scorer.decide(scores, req.outputs, threshold=p.get("threshold"), contamination=p.get("contamination"))
+    return {name: getattr(d, name) for name in req.outputs}
+
+
+# What an infer body may be labelled: JSON, JSON with binary data after it, or what a client
+# sends when it does not say (curl -d: form-urlencoded; some clients: text/plain).
+_JSON_TYPES = ("application/json", "application/octet-stream", "application/x-www-form-urlencoded", "text/plain")
+
+
+async def infer(request: Request) -> Response:
+    st = state_of(request)
+    try:
+        async with deadline(st.settings.request_timeout_s):
+            st.authorize(request, "detect")
+            ctype = request.headers.get("content-type")
+            if ctype and not ctype.lower().startswith(_JSON_TYPES):
+                raise HTTPError(415, f"Content-Type {ctype[:60]!r} is not accepted: send an inference request as "
+                                "JSON (application/json), with binary tensor data after it if you like")
+            name = request.path_params["name"]
+            scorer = await st.scorer(name, parse_version(request.path_params.get("version")))
+            body = await read_body(request, st.settings.max_body_bytes)
+            req = tensors.decode_infer(body, request.headers.get("inference-header-content-length"),
+                                       scorer.version.n_features)
+            if req.rows.size <= st.settings.inline_cells:
+                outputs = _answer(scorer, req)
+            else:
+                outputs = await st.run(_answer, scorer, req)
+            v = scorer.version
+            st.cache.used(v.name, v.version, 1, time.monotonic())
+            out, hlen = tensors.encode_infer(v.name, v.version, req.id, outputs, req.binary)
+        if hlen is None:
+            return Response(out, media_type="application/json")
+        return Response(out, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(hlen)})
+    except Exception as e:  # noqa: BLE001 - answered in the protocol's error format
+        return error_response(e)
+
+
+def oip_routes() -> list:
+    return [
+        Route("/v2/health/live", health_live, methods=["GET"]),
+        Route("/v2/health/ready", health_ready, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/models/{name}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+    ]
+
+
+# -- the app --------------------------------------------------------------------------------
+def create_app(settings: Optional[Settings] = None):
+    """The ASGI app for ``settings`` (default: from ``PYNOMALY_API_SETTINGS``)."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from . import detection
+
+    settings = (settings or Settings.from_env()).check()
+    state = ServerState(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        state.close()
+
+    app = FastAPI(
+        title="pynomaly",
+        summary="Anomaly detection over HTTP: Open Inference Protocol v2 and the detection API",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.pynomaly = state
+    # The protocol's routes first: matched before FastAPI's, without its per-request machinery.
+    for route in reversed(oip_routes()):
+        app.router.routes.insert(0, route)
+    app.include_router(detection.router)
+
+    async def on_error(request, exc):
+        return error_response(exc)
+
+    async def on_validation(request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
+            for e in exc.errors()[:5]
+        )
+        return error_response(HTTPError(400, f"bad request: {problems}"))
+
+    async def on_http(request, exc: StarletteHTTPException):
+        return error_response(HTTPError(exc.status_code, str(exc.detail), getattr(exc, "headers", None)))
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_error)
+    for cls in (PynomalyError, ValueError, TokenError, ForbiddenError, HTTPError, asyncio.TimeoutError):
+        app.add_exception_handler(cls, on_error)
+    return app
+
+
+def _version() -> str:
+    from pynomaly import __version__
+
+    return __version__
+
+
+__all__ = ["create_app", "ServerState", "HTTPError", "read_body", "status_of"]

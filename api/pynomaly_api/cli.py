@@ -1,0 +1,151 @@
+"""``pynomaly api`` (the HTTP server) and ``pynomaly token`` (tokens for it): the commands the
+``pynomaly`` CLI finds through the ``pynomaly.commands`` entry points."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from typing import Optional, Sequence
+
+from .settings import ENV, Settings
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?", text.strip().lower())
+    if m is None or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 64M, 2G, 1048576)")
+    return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[m.group(2)])
+
+
+def _public_key(text: str):
+    kid, sep, path = text.partition("=")
+    if not sep:
+        from pathlib import Path
+
+        kid, path = Path(text).stem, text
+    return kid, path
+
+
+def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve stored detectors over HTTP: the Open Inference Protocol v2 (/v2/...) and the "
+        "detection API (/api/v1/..., OpenAPI page at /docs). Clients send 'Authorization: Bearer <token>' "
+        "(pynomaly token create); health endpoints are open.",
+    )
+    p.add_argument("--home", help="repository folder (default: $PYNOMALY_HOME or the user data folder)")
+    p.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host})")
+    p.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
+    p.add_argument("--uds", help="listen on this Unix socket instead of host:port")
+    p.add_argument("--workers", type=int, default=d.workers, help="server processes (default 1)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="check no tokens: every caller is admin (refused off loopback, see --allow-open-network)")
+    p.add_argument("--allow-open-network", action="store_true",
+                   help="allow --no-auth on a non-loopback address (only behind something that authenticates)")
+    p.add_argument("--jwt-public-key", action="append", type=_public_key, default=[], metavar="[KID=]PEM",
+                   help="accept tokens signed by this identity provider key (RS256, ES256/384/512, EdDSA); "
+                   "repeatable; the kid defaults to the file's name without extension")
+    p.add_argument("--jwt-issuer", default=d.issuer, help=f"required iss claim (default {d.issuer})")
+    p.add_argument("--jwt-audience", default=d.audience, help=f"required aud claim (default {d.audience})")
+    p.add_argument("--jwt-role-claim", default=d.role_claim, help="claim holding the role (default role)")
+    p.add_argument("--max-body", type=_size, default=d.max_body_bytes, metavar="SIZE",
+                   help="largest request body accepted, e.g. 64M (default 256M)")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="SECONDS",
+                   help=f"answer 504 after this long (default {d.request_timeout_s:g})")
+    p.add_argument("--cache", type=_size, default=d.cache_bytes, metavar="SIZE",
+                   help="memory for loaded detectors (default 2G)")
+    p.add_argument("--threads", type=int, default=d.threads, help="scoring threads (default: one per CPU)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        home=args.home, host=args.host, port=args.port, uds=args.uds, workers=args.workers, auth=not args.no_auth,
+        allow_open_network=args.allow_open_network, public_keys=dict(args.jwt_public_key), issuer=args.jwt_issuer,
+        audience=args.jwt_audience, role_claim=args.jwt_role_claim, max_body_bytes=args.max_body,
+        request_timeout_s=args.request_timeout, cache_bytes=args.cache, threads=args.threads,
+    ).check()
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly api") -> int:
+    """Run the HTTP server until SIGINT/SIGTERM; returns the exit code."""
+    import os
+
+    try:
+        import uvicorn
+    except ImportError:
+        sys.stderr.write(f"{prog}: the HTTP extra is not installed: pip install 'pynomaly[http]'\n")
+        return 2
+    args = build_parser(prog).parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+        if settings.auth:
+            from .tokens import ensure_secret
+            from pynomaly import service
+
+            ensure_secret(service.home_path(settings.home))  # before the workers start: one secret for all
+    except Exception as e:  # noqa: BLE001 - one clear line
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 2
+    os.environ[ENV] = settings.to_env()
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    uvicorn.run(
+        "pynomaly_api.app:create_app", factory=True, host=settings.host, port=settings.port, uds=settings.uds,
+        workers=settings.workers, log_level=args.log_level, access_log=False, server_header=False,
+        timeout_keep_alive=30, timeout_graceful_shutdown=30,
+        loop="uvloop" if _has("uvloop") else "asyncio", http="httptools" if _has("httptools") else "h11",
+    )
+    return 0
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# -- pynomaly token ---------------------------------------------------------------------------
+def token_parser(prog: str = "pynomaly token") -> argparse.ArgumentParser:
+    from .tokens import ROLES
+
+    p = argparse.ArgumentParser(prog=prog, description="Tokens for the HTTP API (signed with the home's secret).")
+    p.add_argument("--home", help="repository folder (default: $PYNOMALY_HOME or the user data folder)")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = sub.add_parser("create", help="create a token and print it (alone on the last line)")
+    c.add_argument("--user", required=True, help="who the token is for (its subject)")
+    c.add_argument("--role", required=True, choices=ROLES, help="viewer | operator | admin")
+    c.add_argument("--ttl", default="24h", help="lifetime, e.g. 15m, 24h, 30d (default 24h)")
+    c.add_argument("--issuer", default=Settings.issuer, help="iss claim (default: the server's default)")
+    c.add_argument("--audience", default=Settings.audience, help="aud claim (default: the server's default)")
+    r = sub.add_parser("rotate", help="add a new signing secret; --retire old ones (their tokens stop working)")
+    r.add_argument("--retire", action="append", default=[], metavar="KID", help="secret to remove (repeatable)")
+    sub.add_parser("keys", help="list the signing secrets' ids (never the secrets)")
+    return p
+
+
+def token_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly token") -> int:
+    from pynomaly import service
+
+    from . import tokens
+
+    args = token_parser(prog).parse_args(argv)
+    try:
+        home = service.home_path(args.home)
+        if args.action == "create":
+            token, expires = tokens.create_token(home, args.user, args.role, tokens.parse_ttl(args.ttl),
+                                                 issuer=args.issuer, audience=args.audience)
+            sys.stdout.write(f"# {args.role} token for {args.user}, expires {expires.isoformat()}\n{token}\n")
+        elif args.action == "rotate":
+            kids = tokens.rotate(home, args.retire)
+            sys.stdout.write(f"signing with {kids[-1]}; also accepted: {', '.join(kids[:-1]) or 'none'}\n")
+        else:
+            for k in tokens.read_secrets(home):
+                sys.stdout.write(f"{k['kid']}  created {k['created']}\n")
+        return 0
+    except Exception as e:  # noqa: BLE001 - one clear line
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 1

@@ -1,0 +1,335 @@
+"""The detection API (JSON, under ``/api/v1``): detectors and their versions, datasets,
+detections and their stored results, training, import/export and tokens.
+
+Each endpoint checks the caller's role, then calls one service function. Work that touches
+the repository or trains runs in the server's threads; detection uses the server's cached
+Scorer, as the inference protocol's routes do.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from pynomaly import service
+from pynomaly.domain import DetectionResult, check_name
+
+from .app import HTTPError, ServerState, read_body, state_of
+from .tokens import ROLES, Principal, create_token, parse_ttl
+
+router = APIRouter(prefix="/api/v1")
+_bearer = HTTPBearer(auto_error=False, description="a token from `pynomaly token create`")
+
+
+def allow(action: str):
+    """A dependency: the caller, if its role may do ``action`` (401/403 otherwise)."""
+
+    def check(request: Request, _: Optional[HTTPAuthorizationCredentials] = Depends(_bearer)) -> Principal:
+        return state_of(request).authorize(request, action)
+
+    return check
+
+
+def _name(name: str) -> str:
+    return check_name(name)
+
+
+# -- schemas ---------------------------------------------------------------------------------
+class Anomaly(BaseModel):
+    sample_index: int
+    score: float
+    confidence: float = Field(description="share of this batch's rows scoring at most as high")
+
+
+class Metrics(BaseModel):
+    total_samples: int
+    anomalies_detected: int
+    anomaly_rate: float
+    processing_time_ms: float
+
+
+class DetectionOut(BaseModel):
+    detection_id: str
+    detector: Optional[str] = None
+    detector_id: str
+    version: int
+    dataset_id: Optional[str] = None
+    threshold: float
+    created_at: str
+    anomalies: List[Anomaly]
+    metrics: Metrics
+    scores: Optional[List[float]] = None
+
+
+class DetectIn(BaseModel):
+    detector: str
+    version: Optional[int] = Field(None, ge=1)
+    dataset_id: Optional[str] = None
+    data: Optional[List[List[float]]] = Field(None, description="rows to score inline (instead of dataset_id)")
+    columns: Optional[List[str]] = None
+    threshold: Optional[float] = None
+    contamination: Optional[float] = None
+    save: bool = True
+    include_scores: bool = Field(False, description="return every row's score too")
+
+
+class TrainIn(BaseModel):
+    dataset_id: str
+    algorithm: str = "IsolationForest"
+    params: Dict[str, Any] = Field(default_factory=dict)
+    columns: Optional[List[str]] = None
+    activate: bool = True
+
+
+class TokenIn(BaseModel):
+    user: str
+    role: str = Field(description=" | ".join(ROLES))
+    ttl: str = "24h"
+
+
+def detection_out(result: DetectionResult, name: Optional[str], include_scores: bool = False) -> dict:
+    scores = result.scores
+    return {
+        "detection_id": result.id,
+        "detector": name,
+        "detector_id": result.detector_id,
+        "version": result.detector_version,
+        "dataset_id": result.dataset_id,
+        "threshold": result.threshold,
+        "created_at": result.timestamp.isoformat(),
+        "anomalies": [
+            {"sample_index": int(i), "score": float(scores[i]), "confidence": float(a.confidence)}
+            for i, a in result.anomalies
+        ],
+        "metrics": result.metrics,
+        "scores": scores.tolist() if include_scores else None,
+    }
+
+
+# -- detectors -------------------------------------------------------------------------------
+@router.get("/detectors", summary="List detectors")
+async def list_detectors(request: Request, _: Principal = Depends(allow("read"))) -> List[dict]:
+    st = state_of(request)
+    return [d.to_dict() for d in await st.run(service.list_detectors, st.home)]
+
+
+@router.get("/detectors/{name}", summary="A detector with its versions and results")
+async def show_detector(name: str, request: Request, _: Principal = Depends(allow("read"))) -> dict:
+    st = state_of(request)
+    return await st.run(service.show, st.home, _name(name))
+
+
+@router.get("/detectors/{name}/versions", summary="A detector's versions")
+async def detector_versions(name: str, request: Request, _: Principal = Depends(allow("read"))) -> List[dict]:
+    st = state_of(request)
+    return await st.run(service.versions, st.home, _name(name))
+
+
+@router.get("/detectors/{name}/results", summary="A detector's stored detection results (newest last)")
+async def detector_results(name: str, request: Request, _: Principal = Depends(allow("read"))) -> List[dict]:
+    st = state_of(request)
+    return await st.run(service.results, st.home, _name(name))
+
+
+async def _lifecycle(request: Request, fn, name: str) -> dict:
+    st = state_of(request)
+    d = await st.run(fn, st.home, _name(name))
+    st.cache.invalidate(name)  # this process at once; other workers at their next refresh
+    return d.to_dict()
+
+
+@router.post("/detectors/{name}/archive", summary="Retire a detector (keeps its versions)")
+async def archive(name: str, request: Request, _: Principal = Depends(allow("manage"))) -> dict:
+    return await _lifecycle(request, service.archive, name)
+
+
+@router.post("/detectors/{name}/activate", summary="Make a detector detect again")
+async def activate(name: str, request: Request, _: Principal = Depends(allow("manage"))) -> dict:
+    return await _lifecycle(request, service.activate, name)
+
+
+@router.delete("/detectors/{name}", summary="Delete a detector with its versions and results")
+async def delete(name: str, request: Request, _: Principal = Depends(allow("manage"))) -> dict:
+    st = state_of(request)
+    n = await st.run(service.delete, st.home, _name(name))
+    st.cache.invalidate(name)
+    return {"deleted": name, "versions": n}
+
+
+@router.post("/detectors/{name}/train", summary="Train the next version of a detector on a stored dataset")
+async def train(name: str, body: TrainIn, request: Request, _: Principal = Depends(allow("train"))) -> dict:
+    st = state_of(request)
+    d = await st.run(lambda: service.train(st.home, _name(name), None, body.algorithm, body.params,
+                                           columns=body.columns, activate=body.activate, dataset_id=body.dataset_id))
+    return d.to_dict()
+
+
+@router.get("/detectors/{name}/export", summary="A detector version as one export file",
+            response_class=Response)
+async def export(name: str, request: Request, version: Optional[int] = Query(None, ge=1),
+                 _: Principal = Depends(allow("manage"))) -> Response:
+    st = state_of(request)
+
+    def write() -> bytes:
+        with tempfile.TemporaryDirectory(prefix="pynomaly-export-") as tmp:
+            path = Path(tmp) / f"{name}.pnx"
+            service.export(st.home, _name(name), path, version)
+            return path.read_bytes()
+
+    blob = await st.run(write)
+    return Response(blob, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.pnx"'})
+
+
+@router.post("/detectors/import", summary="Import an export file (the request body) as a detector's next version")
+async def import_detector(request: Request, name: Optional[str] = None, trust_pickle: bool = False,
+                          _: Principal = Depends(allow("manage"))) -> dict:
+    st = state_of(request)
+    blob = await read_body(request, st.settings.max_body_bytes)
+    if not blob:
+        raise HTTPError(400, "the body is empty: send the bytes of a file written by `pynomaly export`")
+
+    def load():
+        with tempfile.TemporaryDirectory(prefix="pynomaly-import-") as tmp:
+            path = Path(tmp) / "upload.pnx"
+            path.write_bytes(blob)
+            return service.import_detector(st.home, path, name, trust_pickle=trust_pickle)
+
+    d = await st.run(load)
+    st.cache.invalidate(d.name)
+    return d.to_dict()
+
+
+# -- datasets --------------------------------------------------------------------------------
+_SUFFIXES = (".csv", ".tsv", ".npy", ".npz", ".parquet")
+_TYPES = {
+    "text/csv": ".csv",
+    "text/tab-separated-values": ".tsv",
+    "application/x-npy": ".npy",
+    "application/vnd.apache.parquet": ".parquet",
+    "application/x-parquet": ".parquet",
+}
+
+
+def _suffix(filename: Optional[str], content_type: str) -> str:
+    if filename:
+        s = Path(filename).suffix.lower()
+        if s in _SUFFIXES:
+            return s
+        raise HTTPError(415, f"{Path(filename).name[:80]!r}: upload a .csv, .tsv, .npy, .npz or .parquet file")
+    s = _TYPES.get(content_type)
+    if s is None:
+        raise HTTPError(415, f"Content-Type {content_type[:60]!r} is not a dataset: send multipart/form-data with a "
+                        "file, or text/csv, application/x-npy or application/vnd.apache.parquet with ?name=")
+    return s
+
+
+@router.post("/datasets", summary="Upload a dataset (CSV, Parquet, .npy or .npz); returns its id",
+             status_code=201)
+async def upload_dataset(request: Request, name: Optional[str] = Query(None, max_length=200),
+                         _: Principal = Depends(allow("upload"))) -> dict:
+    st = state_of(request)
+    body = await read_body(request, st.settings.max_body_bytes)
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    filename = name
+    if ctype == "multipart/form-data":
+        request._body = body  # parse what was read within the limit
+        form = await request.form(max_files=1, max_fields=4)
+        try:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPError(400, "the form has no file field named 'file'")
+            filename = name or (form.get("name") if isinstance(form.get("name"), str) else None) or upload.filename
+            data = await upload.read()
+        finally:
+            await form.close()
+    else:
+        data = body
+    if not data:
+        raise HTTPError(400, "the uploaded file is empty")
+    suffix = _suffix(filename, ctype)
+
+    def store():
+        fd, tmp = tempfile.mkstemp(prefix="pynomaly-upload-", suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return service.store_dataset(st.home, tmp, name=Path(filename).name if filename else f"upload{suffix}")
+        finally:
+            os.unlink(tmp)
+
+    return await st.run(store)
+
+
+@router.get("/datasets", summary="List datasets")
+async def list_datasets(request: Request, _: Principal = Depends(allow("read"))) -> List[dict]:
+    st = state_of(request)
+    return await st.run(service.list_datasets, st.home)
+
+
+@router.get("/datasets/{dataset_id}", summary="A dataset's description")
+async def show_dataset(dataset_id: str, request: Request, _: Principal = Depends(allow("read"))) -> dict:
+    st = state_of(request)
+    return await st.run(service.dataset, st.home, dataset_id)
+
+
+@router.delete("/datasets/{dataset_id}", summary="Delete a stored dataset")
+async def delete_dataset(dataset_id: str, request: Request, _: Principal = Depends(allow("manage"))) -> dict:
+    st = state_of(request)
+    await st.run(service.delete_dataset, st.home, dataset_id)
+    return {"deleted": dataset_id}
+
+
+# -- detection -------------------------------------------------------------------------------
+@router.post("/detect", summary="Detect anomalies in a stored dataset or inline rows", response_model=DetectionOut,
+             response_model_exclude_none=True)
+async def detect(body: DetectIn, request: Request, _: Principal = Depends(allow("detect"))) -> dict:
+    st: ServerState = state_of(request)
+    if (body.dataset_id is None) == (body.data is None):
+        raise HTTPError(400, "give either dataset_id or data (rows), not both")
+    name = _name(body.detector)
+    scorer = await st.scorer(name, body.version)
+    data = None
+    if body.data is not None:
+        data = np.asarray(body.data, dtype=np.float64) if body.data else np.empty((0, scorer.version.n_features))
+        if data.ndim != 2:
+            raise HTTPError(400, "data must be a list of rows of the same length")
+    result = await st.run(lambda: service.detect(
+        st.home, name, data, version=scorer.version.version, threshold=body.threshold,
+        contamination=body.contamination, columns=body.columns, save=body.save, dataset_id=body.dataset_id,
+        scorer=scorer))
+    return detection_out(result, name, body.include_scores)
+
+
+@router.get("/results/{result_id}", summary="A stored detection result", response_model=DetectionOut,
+            response_model_exclude_none=True)
+async def get_result(result_id: str, request: Request, include_scores: bool = False,
+                     _: Principal = Depends(allow("read"))) -> dict:
+    st = state_of(request)
+
+    def load():
+        r = service.result(st.home, result_id)
+        name = next((d.name for d in service.list_detectors(st.home) if d.id == r.detector_id), None)
+        return r, name
+
+    r, name = await st.run(load)
+    return detection_out(r, name, include_scores)
+
+
+# -- tokens ----------------------------------------------------------------------------------
+@router.post("/tokens", summary="Create a token for a user and role", status_code=201)
+async def new_token(body: TokenIn, request: Request, _: Principal = Depends(allow("tokens"))) -> dict:
+    st = state_of(request)
+    if st.verifier is None:
+        raise HTTPError(409, "this server runs without authentication (--no-auth): it checks no tokens")
+    token, expires = create_token(st.home, body.user, body.role, parse_ttl(body.ttl), issuer=st.settings.issuer,
+                                  audience=st.settings.audience)
+    return {"token": token, "user": body.user, "role": body.role, "expires_at": expires.isoformat()}

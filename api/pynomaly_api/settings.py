@@ -1,0 +1,77 @@
+"""The HTTP server's settings: declared once, read from the command line or the environment.
+
+``pynomaly api --workers N`` starts N processes that each build the app from
+``PYNOMALY_API_SETTINGS`` (this dataclass as JSON), so every worker runs with the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import math
+import os
+from typing import Dict, Optional
+
+ENV = "PYNOMALY_API_SETTINGS"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    home: Optional[str] = None  # repository folder (None: $PYNOMALY_HOME or the user data folder)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    uds: Optional[str] = None  # listen on a Unix socket instead of host:port
+    workers: int = 1
+    auth: bool = True  # False: no tokens checked, every caller is admin (loopback or a socket only)
+    allow_open_network: bool = False  # let auth=False bind to a non-loopback address anyway
+    public_keys: Dict[str, str] = dataclasses.field(default_factory=dict)  # kid -> PEM file (IdP tokens)
+    issuer: str = "pynomaly"
+    audience: str = "pynomaly-api"
+    role_claim: str = "role"
+    max_body_bytes: int = 256 * 1024 * 1024
+    request_timeout_s: float = 60.0
+    cache_bytes: int = 2 * 1024 ** 3
+    refresh_interval_s: float = 1.0  # how soon a newly saved version is served
+    threads: int = 0  # scoring threads for large requests (0: the number of CPUs)
+    inline_cells: int = 16384  # requests with at most this many values are scored on the event loop
+
+    def check(self) -> "Settings":
+        """Self, or ValueError naming the first setting that cannot work."""
+        if not (0 < self.port < 65536) and self.uds is None:
+            raise ValueError(f"--port must be 1..65535, got {self.port}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        for name in ("max_body_bytes", "cache_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("request_timeout_s", "refresh_interval_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
+        if self.threads < 0 or self.inline_cells < 0:
+            raise ValueError("threads and inline_cells must be 0 or more")
+        if not self.auth and self.uds is None and not _loopback(self.host) and not self.allow_open_network:
+            raise ValueError(
+                f"refusing to serve {self.host} without authentication: anyone who can reach it could train, "
+                "delete and read every detector. Drop --no-auth (and give clients tokens: `pynomaly token create`), "
+                "bind to 127.0.0.1, or add --allow-open-network if something in front of this server authenticates"
+            )
+        return self
+
+    def to_env(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        raw = os.environ.get(ENV)
+        return cls(**json.loads(raw)).check() if raw else cls().check()
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

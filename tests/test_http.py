@@ -1,0 +1,626 @@
+"""The HTTP face against a real server process: Open Inference Protocol v2 (JSON and binary,
+with tritonclient as the real client and with requests built from the specification), the
+detection API, tokens and roles, hostile bodies, concurrent clients."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gzip
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the http extra is not installed (pip install '.[http]')")
+jwt = pytest.importorskip("jwt")
+
+from pynomaly import service  # noqa: E402
+
+from _daemon_helpers import cardio  # noqa: E402
+from _http_helpers import ApiServer, make_token  # noqa: E402
+from conftest import dataset_path  # noqa: E402
+
+KINDS = [
+    ("IsolationForest", {"n_estimators": 50, "random_state": 0}, None),
+    ("LOF", {"n_neighbors": 10, "novelty": True}, None),
+    ("KNN", {"n_neighbors": 5}, None),
+    ("pyod.ECOD", {}, "pyod"),
+    ("TorchAutoEncoder", {"epochs": 2, "random_state": 0}, "torch"),
+    ("JaxDeepSVDD", {"epochs": 2, "random_state": 0}, "jax"),
+]
+
+
+def _name(algorithm: str) -> str:
+    return algorithm.replace(".", "-").lower()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A home with every available kind of detector, a server on it, and a token per role."""
+    X = cardio()
+    home = tmp_path_factory.mktemp("home")
+    kinds = []
+    for algorithm, params, module in KINDS:
+        if module is not None:
+            try:
+                __import__(module)
+            except ImportError:
+                continue
+        service.train(home, _name(algorithm), X[:1500], algorithm, params)
+        kinds.append(algorithm)
+    tokens = {role: make_token(home, role, user=f"{role}-user") for role in ("viewer", "operator", "admin")}
+    server = ApiServer(home, "--max-body", "8M")
+    try:
+        yield server, home, tokens, X[1500:1700], kinds
+    finally:
+        server.stop()
+
+
+def infer_body(X, datatype="FP64", name="input", **extra) -> dict:
+    return {"inputs": [{"name": name, "shape": list(X.shape), "datatype": datatype, "data": X.reshape(-1).tolist()}],
+            **extra}
+
+
+def outputs_of(doc) -> dict:
+    return {o["name"]: np.asarray(o["data"]) for o in doc["outputs"]}
+
+
+# -- Open Inference Protocol v2 ---------------------------------------------------------------
+def test_health_and_server_metadata_are_open(served):
+    server = served[0]
+    assert server.json("GET", "/v2/health/live") == (200, {"live": True})
+    assert server.json("GET", "/v2/health/ready") == (200, {"ready": True})
+    status, meta = server.json("GET", "/v2")
+    assert status == 200 and meta["name"] == "pynomaly" and "binary_tensor_data" in meta["extensions"]
+
+
+def test_model_metadata_describes_inputs_and_outputs(served):
+    server, home, tokens, X, _ = served
+    status, meta = server.json("GET", "/v2/models/isolationforest", token=tokens["viewer"])
+    assert status == 200
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, X.shape[1]]}]
+    assert {(o["name"], o["datatype"]) for o in meta["outputs"]} >= {("scores", "FP64"), ("labels", "BOOL"),
+                                                                      ("probabilities", "FP64")}
+    assert meta["versions"] == ["1"]
+    assert server.json("GET", "/v2/models/isolationforest/versions/1", token=tokens["viewer"])[0] == 200
+    assert server.json("GET", "/v2/models/isolationforest/ready", token=tokens["viewer"])[0] == 200
+    assert server.json("GET", "/v2/models/nope/ready", token=tokens["viewer"])[0] == 404
+
+
+@pytest.mark.parametrize("algorithm", [k[0] for k in KINDS])
+def test_json_infer_is_bit_equal_to_in_process_scoring(served, algorithm):
+    server, home, tokens, X, kinds = served
+    if algorithm not in kinds:
+        pytest.skip(f"{algorithm}: its extra is not installed")
+    name = _name(algorithm)
+    want = service.load_for_scoring(home, name).detect(X, ("probabilities",))
+    body = infer_body(X, outputs=[{"name": "scores"}, {"name": "labels"}, {"name": "probabilities"}], id="req-7")
+    status, doc = server.json("POST", f"/v2/models/{name}/infer", body, token=tokens["operator"])
+    assert status == 200, doc
+    assert doc["model_name"] == name and doc["model_version"] == "1" and doc["id"] == "req-7"
+    out = outputs_of(doc)
+    assert np.array_equal(out["scores"], want.scores)  # bit-equal: floats sent shortest-exact
+    assert np.array_equal(out["labels"], want.labels.astype(bool))
+    assert np.array_equal(out["probabilities"], want.probabilities)
+
+
+def test_tritonclient_json_and_binary(served):
+    th = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    server, home, tokens, X, _ = served
+    scorer = service.load_for_scoring(home, "isolationforest")
+    client = th.InferenceServerClient(server.url)
+    auth = {"Authorization": f"Bearer {tokens['operator']}"}
+    # tritonclient adds Inference-Header-Content-Length to the dict it is given and keeps it
+    # there: each call gets a fresh one, or a JSON request after a binary one carries a stale
+    # header length (which the server rightly refuses).
+    headers = dict(auth)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("isolationforest", headers=headers)
+    assert client.get_model_metadata("isolationforest", headers=headers)["inputs"][0]["shape"] == [-1, X.shape[1]]
+    for binary in (True, False):
+        for datatype, dtype in (("FP64", np.float64), ("FP32", np.float32), ("INT32", np.int32)):
+            rows = (X * 10).astype(dtype) if datatype == "INT32" else X.astype(dtype)
+            inp = th.InferInput("input", list(rows.shape), datatype)
+            inp.set_data_from_numpy(rows, binary_data=binary)
+            outs = [th.InferRequestedOutput(n, binary_data=binary) for n in ("scores", "labels", "probabilities")]
+            r = client.infer("isolationforest", [inp], outputs=outs, headers=dict(auth))
+            want = scorer.detect(rows.astype(np.float64), ("probabilities",))
+            assert np.array_equal(r.as_numpy("scores"), want.scores), (binary, datatype)
+            assert np.array_equal(r.as_numpy("labels"), want.labels.astype(bool))
+            assert np.array_equal(r.as_numpy("probabilities"), want.probabilities)
+    # No outputs named: tritonclient asks for all of them as binary (binary_data_output).
+    inp = th.InferInput("input", list(X.shape), "FP64")
+    inp.set_data_from_numpy(X)
+    r = client.infer("isolationforest", [inp], headers=dict(auth), model_version="1")
+    assert np.array_equal(r.as_numpy("scores"), scorer.detect(X).scores)
+    # Compressed requests, as tritonclient sends them.
+    r = client.infer("isolationforest", [inp], headers=dict(auth), request_compression_algorithm="gzip")
+    assert np.array_equal(r.as_numpy("scores"), scorer.detect(X).scores)
+    with pytest.raises(th.InferenceServerException, match="401"):
+        client.infer("isolationforest", [inp])
+    client.close()
+
+
+def test_binary_request_built_from_the_specification(served):
+    server, home, tokens, X, _ = served
+    head = json.dumps({
+        "inputs": [{"name": "x", "shape": list(X.shape), "datatype": "FP64",
+                    "parameters": {"binary_data_size": X.nbytes}}],
+        "outputs": [{"name": "scores", "parameters": {"binary_data": True}}, {"name": "labels"}],
+    }).encode()
+    status, headers, body = server.request(
+        "POST", "/v2/models/isolationforest/infer", head + X.astype("<f8").tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"},
+        token=tokens["operator"])
+    assert status == 200, body
+    n = int(headers["inference-header-content-length"])
+    doc = json.loads(body[:n])
+    size = doc["outputs"][0]["parameters"]["binary_data_size"]
+    scores = np.frombuffer(body[n:n + size], dtype="<f8")
+    want = service.load_for_scoring(home, "isolationforest").detect(X)
+    assert np.array_equal(scores, want.scores) and len(body) == n + size
+    assert np.array_equal(np.asarray(doc["outputs"][1]["data"]), want.labels.astype(bool))
+
+
+def test_threshold_and_contamination_parameters(served):
+    server, home, tokens, X, _ = served
+    scorer = service.load_for_scoring(home, "isolationforest")
+    for params in ({"threshold": 0.5}, {"contamination": 0.2}):
+        status, doc = server.json("POST", "/v2/models/isolationforest/infer", infer_body(X, parameters=params),
+                                  token=tokens["operator"])
+        assert status == 200
+        want = scorer.detect(X, **params)
+        assert np.array_equal(outputs_of(doc)["labels"], want.labels.astype(bool))
+
+
+def _raw_infer(server, token, head: bytes, tail: bytes = b"", hlen=None, **headers):
+    h = dict(headers)
+    if hlen is not None:
+        h["Inference-Header-Content-Length"] = str(hlen)
+    return server.request("POST", "/v2/models/isolationforest/infer", head + tail, headers=h, token=token)
+
+
+@pytest.mark.parametrize("case", [
+    "not_json", "no_inputs", "two_inputs", "unknown_datatype", "bytes_datatype", "wrong_features", "count_mismatch",
+    "huge_shape", "negative_shape", "three_dims", "strings", "nan_binary", "truncated_binary", "header_past_body",
+    "header_not_int", "wrong_byte_count", "extra_bytes", "binary_without_header", "unknown_output", "bad_threshold",
+    "ragged", "int_out_of_range",
+])
+def test_hostile_infer_bodies_get_400_with_a_reason(served, case):
+    server, home, tokens, X, _ = served
+    t = tokens["operator"]
+    d = X.shape[1]
+    row = X[:2]
+
+    def binary_head(shape, size, datatype="FP64"):
+        return json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": datatype,
+                                       "parameters": {"binary_data_size": size}}]}).encode()
+
+    raw = row.astype("<f8").tobytes()
+    cases = {
+        "not_json": (b"{not json", b"", None),
+        "no_inputs": (json.dumps({"inputs": []}).encode(), b"", None),
+        "two_inputs": (json.dumps({"inputs": infer_body(row)["inputs"] * 2}).encode(), b"", None),
+        "unknown_datatype": (json.dumps(infer_body(row, "FP128")).encode(), b"", None),
+        "bytes_datatype": (json.dumps(infer_body(row, "BYTES")).encode(), b"", None),
+        "wrong_features": (json.dumps(infer_body(X[:2, :5])).encode(), b"", None),
+        "count_mismatch": (json.dumps({"inputs": [{"name": "x", "shape": [3, d], "datatype": "FP64",
+                                                   "data": row.reshape(-1).tolist()}]}).encode(), b"", None),
+        "huge_shape": (binary_head([10 ** 15, d], 8 * d * 10 ** 15), raw, None),
+        "negative_shape": (json.dumps({"inputs": [{"name": "x", "shape": [-1, d], "datatype": "FP64",
+                                                   "data": row.reshape(-1).tolist()}]}).encode(), b"", None),
+        "three_dims": (json.dumps({"inputs": [{"name": "x", "shape": [1, 2, d], "datatype": "FP64",
+                                               "data": row.reshape(-1).tolist()}]}).encode(), b"", None),
+        "strings": (json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64",
+                                            "data": ["a", "b"]}]}).encode(), b"", None),
+        "nan_binary": (binary_head([2, d], len(raw)), np.full((2, d), np.nan).tobytes(), "auto"),
+        "truncated_binary": (binary_head([2, d], len(raw)), raw[:-5], "auto"),
+        "header_past_body": (binary_head([2, d], len(raw)), raw, 10 ** 6),
+        "header_not_int": (binary_head([2, d], len(raw)), raw, "12abc"),
+        "wrong_byte_count": (binary_head([2, d], len(raw) - 8), raw[:-8], "auto"),
+        "extra_bytes": (binary_head([2, d], len(raw)), raw + b"xx", "auto"),
+        "binary_without_header": (binary_head([2, d], len(raw)), raw, None),
+        "unknown_output": (json.dumps(infer_body(row, outputs=[{"name": "secrets"}])).encode(), b"", None),
+        "bad_threshold": (json.dumps(infer_body(row, parameters={"threshold": "high"})).encode(), b"", None),
+        "ragged": (json.dumps({"inputs": [{"name": "x", "shape": [2, d], "datatype": "FP64",
+                                           "data": [[1.0] * d, [1.0] * (d - 1)]}]}).encode(), b"", None),
+        "int_out_of_range": (json.dumps({"inputs": [{"name": "x", "shape": [1, d], "datatype": "INT8",
+                                                     "data": [300] * d}]}).encode(), b"", None),
+    }
+    head, tail, hlen = cases[case]
+    if hlen == "auto":
+        hlen = len(head)
+    status, headers, body = _raw_infer(server, t, head, tail, hlen)
+    assert status == 400, (case, status, body)
+    msg = json.loads(body)["error"]
+    assert msg and "Traceback" not in msg
+    # ... and the server keeps serving.
+    assert server.json("POST", "/v2/models/isolationforest/infer", infer_body(row), token=t)[0] == 200
+
+
+def test_not_found_too_large_and_wrong_content_type(served):
+    server, home, tokens, X, _ = served
+    t = tokens["operator"]
+    body = infer_body(X[:1])
+    assert server.json("POST", "/v2/models/nope/infer", body, token=t)[0] == 404
+    assert server.json("POST", "/v2/models/isolationforest/versions/9/infer", body, token=t)[0] == 404
+    assert server.json("POST", "/v2/models/isolationforest/versions/x1/infer", body, token=t)[0] == 400
+    assert server.json("POST", "/v2/models/..%2F..%2Fetc/infer", body, token=t)[0] == 404
+    big = b"{" + b" " * (9 * 1024 * 1024) + b"}"  # the fixture's server accepts 8M
+    status, _, raw = server.request("POST", "/v2/models/isolationforest/infer", big, token=t)
+    assert status == 413 and b"at most" in raw
+    bomb = gzip.compress(b" " * (20 * 1024 * 1024))
+    status, _, raw = server.request("POST", "/v2/models/isolationforest/infer", bomb,
+                                    headers={"Content-Encoding": "gzip"}, token=t)
+    assert status == 413 and b"decompressed" in raw
+    status, _, raw = server.request("POST", "/v2/models/isolationforest/infer", b"a,b\n1,2\n",
+                                    headers={"Content-Type": "text/csv"}, token=t)
+    assert status == 415
+    status, _, raw = server.request("POST", "/v2/models/isolationforest/infer", b"{}",
+                                    headers={"Content-Encoding": "br"}, token=t)
+    assert status == 415
+
+
+def test_concurrent_clients_each_get_their_own_answer(served):
+    server, home, tokens, X, _ = served
+    scorer = service.load_for_scoring(home, "isolationforest")
+
+    def one(i):
+        rows = X[i % 50: i % 50 + 1 + i % 7]
+        status, doc = server.json("POST", "/v2/models/isolationforest/infer", infer_body(rows),
+                                  token=tokens["operator"])
+        return status, outputs_of(doc)["scores"], scorer.detect(rows).scores
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        for status, got, want in pool.map(one, range(200)):
+            assert status == 200 and np.array_equal(got, want)
+
+
+# -- tokens ------------------------------------------------------------------------------------
+def _claims(**over):
+    now = int(time.time())
+    c = {"sub": "mallory", "role": "admin", "iat": now, "nbf": now, "exp": now + 600, "iss": "pynomaly",
+         "aud": "pynomaly-api"}
+    c.update(over)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def _secret(home):
+    keys = json.loads((home / "api-keys.json").read_text())["keys"]
+    import base64
+
+    return keys[-1]["kid"], base64.b64decode(keys[-1]["secret"])
+
+
+@pytest.mark.parametrize("case", ["expired", "not_yet", "tampered", "wrong_key", "wrong_audience", "wrong_issuer",
+                                  "alg_none", "unknown_kid", "no_exp", "bad_role", "garbage", "not_bearer", "missing"])
+def test_bad_tokens_get_401(served, case):
+    server, home, tokens, X, _ = served
+    kid, secret = _secret(home)
+    sign = lambda claims, key=secret, alg="HS256", k=kid: jwt.encode(claims, key, algorithm=alg, headers={"kid": k})  # noqa: E731
+    good = tokens["admin"]
+    header = None
+    if case == "expired":
+        token = sign(_claims(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200, nbf=int(time.time()) - 7200))
+    elif case == "not_yet":
+        token = sign(_claims(nbf=int(time.time()) + 3600))
+    elif case == "tampered":
+        h, p, s = good.split(".")
+        claims = json.loads(jwt.utils.base64url_decode(p))
+        claims["role"] = "admin"
+        claims["sub"] = "someone-else"
+        token = ".".join([h, jwt.utils.base64url_encode(json.dumps(claims).encode()).decode(), s])
+    elif case == "wrong_key":
+        token = sign(_claims(), key=b"k" * 32)
+    elif case == "wrong_audience":
+        token = sign(_claims(aud="another-service"))
+    elif case == "wrong_issuer":
+        token = sign(_claims(iss="someone"))
+    elif case == "alg_none":
+        token = jwt.encode(_claims(), None, algorithm="none", headers={"kid": kid})
+    elif case == "unknown_kid":
+        token = sign(_claims(), k="0000")
+    elif case == "no_exp":
+        token = sign(_claims(exp=None))
+    elif case == "bad_role":
+        token = sign(_claims(role="root"))
+    elif case == "garbage":
+        token = "not.a.token"
+    elif case == "not_bearer":
+        token, header = None, f"Basic {good}"
+    else:
+        token = None
+    headers = {"Authorization": header} if header else {}
+    status, hdrs, body = server.request("GET", "/api/v1/detectors", headers=headers, token=token)
+    assert status == 401, (case, body)
+    assert "bearer" in hdrs.get("www-authenticate", "").lower()
+    assert json.loads(body)["error"]
+    status, _, _ = server.request("POST", "/v2/models/isolationforest/infer", json.dumps(infer_body(X[:1])).encode(),
+                                  headers=headers, token=token)
+    assert status == 401
+
+
+def test_algorithm_confusion_with_a_public_key_is_refused(tmp_path):
+    """A server that accepts an identity provider's RS256 key refuses HS256 tokens 'signed'
+    with that public key's bytes (the classic confusion), and accepts the provider's own."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    pems = {}
+    for kid, key in (("idp-rsa", rsa_key), ("idp-ed", ed_key)):
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        (tmp_path / f"{kid}.pem").write_bytes(pem)
+        pems[kid] = pem
+    home = tmp_path / "home"
+    service.train(home, "d", cardio()[:300], "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    server = ApiServer(home, "--jwt-public-key", str(tmp_path / "idp-rsa.pem"), "--jwt-public-key",
+                       f"idp-ed={tmp_path / 'idp-ed.pem'}", "--jwt-issuer", "https://idp.example",
+                       "--jwt-audience", "detectors")
+    try:
+        claims = _claims(iss="https://idp.example", aud="detectors", role="viewer")
+        ok_rsa = jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "idp-rsa"})
+        ok_ed = jwt.encode(claims, ed_key, algorithm="EdDSA", headers={"kid": "idp-ed"})
+        assert server.request("GET", "/api/v1/detectors", token=ok_rsa)[0] == 200
+        assert server.request("GET", "/api/v1/detectors", token=ok_ed)[0] == 200
+        import hmac, hashlib, base64  # noqa: E401 - the attack, by hand (PyJWT refuses to sign it)
+
+        def b64(b):
+            return base64.urlsafe_b64encode(b).rstrip(b"=")
+
+        head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "idp-rsa"}).encode())
+        body = b64(json.dumps(dict(claims, role="admin")).encode())
+        sig = b64(hmac.new(pems["idp-rsa"], head + b"." + body, hashlib.sha256).digest())
+        forged = b".".join([head, body, sig]).decode()
+        status, _, raw = server.request("GET", "/api/v1/detectors", token=forged)
+        assert status == 401 and b"algorithm" in raw
+        # The home's own tokens name another issuer and audience than this server requires.
+        assert server.request("GET", "/api/v1/detectors", token=make_token(home, "viewer"))[0] == 401
+    finally:
+        server.stop()
+
+
+def test_secret_file_is_private_and_rotation_keeps_old_tokens_until_retired(tmp_path):
+    home = tmp_path / "home"
+    service.train(home, "d", cardio()[:300], "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    old = make_token(home, "viewer")
+    assert stat.S_IMODE(os.stat(home / "api-keys.json").st_mode) == 0o600
+    server = ApiServer(home)
+    try:
+        assert server.request("GET", "/api/v1/detectors", token=old)[0] == 200
+        old_kid = jwt.get_unverified_header(old)["kid"]
+        subprocess.run([sys.executable, "-m", "pynomaly", "--home", str(home), "token", "rotate"], check=True,
+                       capture_output=True)
+        new = make_token(home, "viewer")
+        assert jwt.get_unverified_header(new)["kid"] != old_kid
+        assert server.request("GET", "/api/v1/detectors", token=new)[0] == 200  # no restart needed
+        assert server.request("GET", "/api/v1/detectors", token=old)[0] == 200
+        subprocess.run([sys.executable, "-m", "pynomaly", "--home", str(home), "token", "rotate", "--retire", old_kid],
+                       check=True, capture_output=True)
+        time.sleep(1.2)  # the server looks at the keys file at most once a second
+        assert server.request("GET", "/api/v1/detectors", token=old)[0] == 401
+        assert server.request("GET", "/api/v1/detectors", token=new)[0] == 200
+        assert stat.S_IMODE(os.stat(home / "api-keys.json").st_mode) == 0o600
+    finally:
+        server.stop()
+
+
+def test_token_command_prints_the_token_alone_on_its_last_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pynomaly", "--home", str(tmp_path), "token", "create", "--user",
+                          "ci", "--role", "operator", "--ttl", "15m"], capture_output=True, text=True, check=True)
+    token = out.stdout.strip().splitlines()[-1]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["sub"] == "ci" and claims["role"] == "operator" and 850 < claims["exp"] - claims["iat"] <= 900
+    bad = subprocess.run([sys.executable, "-m", "pynomaly", "--home", str(tmp_path), "token", "create", "--user",
+                          "ci", "--role", "operator", "--ttl", "forever"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "duration" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_open_network_without_authentication_is_refused(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pynomaly", "--home", str(tmp_path), "api", "--no-auth", "--host",
+                          "0.0.0.0", "--port", "1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "without authentication" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_no_auth_on_loopback_serves_everyone_as_admin(tmp_path):
+    home = tmp_path / "home"
+    service.train(home, "d", cardio()[:300], "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    server = ApiServer(home, "--no-auth")
+    try:
+        assert server.json("GET", "/api/v1/detectors")[0] == 200
+        assert server.json("POST", "/api/v1/detectors/d/archive")[0] == 200
+    finally:
+        server.stop()
+
+
+# -- roles: every role against every endpoint ------------------------------------------------------
+ENDPOINTS = [
+    # (method, path, body, action)
+    ("GET", "/v2/models/isolationforest", None, "read"),
+    ("GET", "/v2/models/isolationforest/ready", None, "read"),
+    ("POST", "/v2/models/isolationforest/infer", "infer", "detect"),
+    ("GET", "/api/v1/detectors", None, "read"),
+    ("GET", "/api/v1/detectors/isolationforest", None, "read"),
+    ("GET", "/api/v1/detectors/isolationforest/versions", None, "read"),
+    ("GET", "/api/v1/detectors/isolationforest/results", None, "read"),
+    ("GET", "/api/v1/datasets", None, "read"),
+    ("POST", "/api/v1/detect", "detect", "detect"),
+    ("POST", "/api/v1/datasets?name=rows.csv", "csv", "upload"),
+    ("POST", "/api/v1/detectors/roles-target/train", "train", "train"),
+    ("POST", "/api/v1/detectors/roles-target/archive", None, "manage"),
+    ("POST", "/api/v1/detectors/roles-target/activate", None, "manage"),
+    ("GET", "/api/v1/detectors/roles-target/export", None, "manage"),
+    ("POST", "/api/v1/tokens", "token", "tokens"),
+    ("DELETE", "/api/v1/detectors/roles-target", None, "manage"),
+]
+ALLOWED = {"viewer": {"read"}, "operator": {"read", "detect", "upload"},
+           "admin": {"read", "detect", "upload", "train", "manage", "tokens"}}
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
+def test_every_role_against_every_endpoint(served, role):
+    server, home, tokens, X, _ = served
+    ds = service.store_dataset(home, X, "roles.npy")
+    service.train(home, "roles-target", X, "IsolationForest", {"n_estimators": 5, "random_state": 0})
+    bodies = {
+        "infer": json.dumps(infer_body(X[:2])).encode(),
+        "detect": json.dumps({"detector": "isolationforest", "data": X[:3].tolist(), "save": False}).encode(),
+        "csv": b"a,b\n1,2\n3,4\n",
+        "train": json.dumps({"dataset_id": ds["id"], "params": {"n_estimators": 5}}).encode(),
+        "token": json.dumps({"user": "x", "role": "viewer"}).encode(),
+    }
+    types = {"csv": "text/csv"}
+    for method, path, body, action in ENDPOINTS:
+        headers = {"Content-Type": types.get(body, "application/json")} if body else {}
+        status, _, raw = server.request(method, path, bodies.get(body), headers=headers, token=tokens[role])
+        if action in ALLOWED[role]:
+            assert status in (200, 201), (role, method, path, status, raw[:300])
+        else:
+            assert status == 403, (role, method, path, status, raw[:300])
+            assert role in json.loads(raw)["error"]
+
+
+# -- the detection API -------------------------------------------------------------------------------
+def test_upload_detect_and_read_back_a_real_dataset(served, tmp_path):
+    server, home, tokens, X, _ = served
+    with np.load(dataset_path("cardio")) as z:
+        data = z["X"]
+    csv = tmp_path / "cardio.csv"
+    names = [f"f{i}" for i in range(data.shape[1])]
+    np.savetxt(csv, data, delimiter=",", header=",".join(names), comments="", fmt="%.17g")
+    # As a form upload (what a browser sends).
+    boundary = "pynomaly-test-boundary"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cardio.csv\"\r\n"
+            f"Content-Type: text/csv\r\n\r\n").encode() + csv.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    status, _, raw = server.request("POST", "/api/v1/datasets", form, token=tokens["operator"],
+                                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 201, raw
+    ds = json.loads(raw)
+    assert ds["n_rows"] == data.shape[0] and ds["column_names"] == names and ds["stored"]
+    service.train(home, "cardio-api", data, "IsolationForest", {"n_estimators": 50, "random_state": 1})
+    status, det = server.json("POST", "/api/v1/detect", {"detector": "cardio-api", "dataset_id": ds["id"],
+                                                         "contamination": 0.05}, token=tokens["operator"])
+    assert status == 200, det
+    want = service.load_for_scoring(home, "cardio-api").detect(data, contamination=0.05)
+    assert det["metrics"]["total_samples"] == data.shape[0]
+    assert det["metrics"]["anomalies_detected"] == int(want.labels.sum())
+    assert sorted(a["sample_index"] for a in det["anomalies"]) == want.anomaly_indices.tolist()
+    assert all(a["score"] == want.scores[a["sample_index"]] for a in det["anomalies"])
+    scores = [a["score"] for a in det["anomalies"]]
+    assert scores == sorted(scores, reverse=True)  # most anomalous first
+    status, back = server.json("GET", f"/api/v1/results/{det['detection_id']}?include_scores=true",
+                               token=tokens["viewer"])
+    assert status == 200 and back["detector"] == "cardio-api" and np.array_equal(back["scores"], want.scores)
+    history = server.json("GET", "/api/v1/detectors/cardio-api/results", token=tokens["viewer"])[1]
+    assert det["detection_id"] in [r["id"] for r in history]
+    # Inline rows give the same scores.
+    status, inline = server.json("POST", "/api/v1/detect", {"detector": "cardio-api", "data": data[:20].tolist(),
+                                                            "include_scores": True}, token=tokens["operator"])
+    assert status == 200 and np.array_equal(inline["scores"], want.scores[:20])
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz", "parquet"])
+def test_upload_binary_formats_by_content_type_or_name(served, tmp_path, kind):
+    server, home, tokens, X, _ = served
+    path = tmp_path / f"rows.{kind}"
+    if kind == "npy":
+        np.save(path, X)
+    elif kind == "npz":
+        np.savez(path, X=X)
+    else:
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({f"c{i}": X[:, i] for i in range(X.shape[1])}), path)
+    status, _, raw = server.request("POST", f"/api/v1/datasets?name=rows.{kind}", path.read_bytes(),
+                                    headers={"Content-Type": "application/octet-stream"}, token=tokens["operator"])
+    assert status == 201, raw
+    X_back, _ = service.dataset_rows(home, json.loads(raw)["id"])
+    assert np.array_equal(X_back, X)
+
+
+@pytest.mark.parametrize("case", ["empty", "not_numeric", "wrong_name", "lying_name", "no_type"])
+def test_bad_uploads_get_a_clear_error_and_store_nothing(served, case):
+    server, home, tokens, X, _ = served
+    before = len(service.list_datasets(home))
+    body, path, ctype, want = {
+        "empty": (b"", "/api/v1/datasets?name=a.csv", "text/csv", 400),
+        "not_numeric": (b"a,b\n1,x\n", "/api/v1/datasets?name=a.csv", "text/csv", 400),
+        "wrong_name": (b"1,2\n", "/api/v1/datasets?name=a.exe", "application/octet-stream", 415),
+        "lying_name": (b"1,2\n3,4\n", "/api/v1/datasets?name=a.npy", "application/octet-stream", 400),
+        "no_type": (b"1,2\n", "/api/v1/datasets", "application/octet-stream", 415),
+    }[case]
+    status, _, raw = server.request("POST", path, body, headers={"Content-Type": ctype}, token=tokens["operator"])
+    assert status == want, raw
+    assert "Traceback" not in json.loads(raw)["error"]
+    assert len(service.list_datasets(home)) == before
+
+
+def test_train_archive_activate_export_import_delete(served, tmp_path):
+    server, home, tokens, X, _ = served
+    admin = tokens["admin"]
+    ds = service.store_dataset(home, X, "life.npy")
+    status, d = server.json("POST", "/api/v1/detectors/life/train",
+                            {"dataset_id": ds["id"], "params": {"n_estimators": 20, "random_state": 3}}, token=admin)
+    assert status == 200 and d["version"] == 1 and d["status"] == "active"
+    want = pytest.importorskip("pynomaly").IsolationForest(n_estimators=20, random_state=3, contamination=0.1).fit(X)
+    status, doc = server.json("POST", "/v2/models/life/infer", infer_body(X[:5]), token=admin)
+    assert np.array_equal(outputs_of(doc)["scores"], want.decision_function(X[:5]))
+    assert server.json("POST", "/api/v1/detectors/life/archive", token=admin)[1]["status"] == "archived"
+    status, err = server.json("POST", "/v2/models/life/infer", infer_body(X[:5]), token=admin)
+    assert status == 409 and "archived" in err["error"]
+    assert server.json("POST", "/api/v1/detectors/life/activate", token=admin)[1]["status"] == "active"
+    assert server.json("POST", "/v2/models/life/infer", infer_body(X[:5]), token=admin)[0] == 200
+    status, _, blob = server.request("GET", "/api/v1/detectors/life/export", token=admin)
+    assert status == 200 and blob
+    status, d2 = server.json("POST", "/api/v1/detectors/import?name=life-copy", blob, token=admin,
+                             headers={"Content-Type": "application/octet-stream"})
+    assert status == 200 and d2["name"] == "life-copy"
+    status, doc = server.json("POST", "/v2/models/life-copy/infer", infer_body(X[:5]), token=admin)
+    assert np.array_equal(outputs_of(doc)["scores"], want.decision_function(X[:5]))
+    assert server.json("DELETE", "/api/v1/detectors/life", token=admin)[0] == 200
+    assert server.json("POST", "/v2/models/life/infer", infer_body(X[:5]), token=admin)[0] == 404
+    assert server.json("GET", "/api/v1/detectors/life", token=admin)[0] == 404
+    assert server.json("GET", "/api/v1/results/0000", token=admin)[0] == 404
+    assert server.json("POST", "/api/v1/detect", {"detector": "life-copy"}, token=admin)[0] == 400
+    status, err = server.json("POST", "/api/v1/detectors/bad%20name/train", {"dataset_id": ds["id"]}, token=admin)
+    assert status == 400 and "not a detector name" in err["error"]
+
+
+def test_a_version_saved_elsewhere_is_served_within_a_second(served):
+    server, home, tokens, X, _ = served
+    service.train(home, "fresh", X, "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    t = tokens["operator"]
+    first = outputs_of(server.json("POST", "/v2/models/fresh/infer", infer_body(X[:3]), token=t)[1])["scores"]
+    service.train(home, "fresh", X, "IsolationForest", {"n_estimators": 10, "random_state": 1})
+    want = service.load_for_scoring(home, "fresh").detect(X[:3]).scores
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, doc = server.json("POST", "/v2/models/fresh/infer", infer_body(X[:3]), token=t)
+        if doc["model_version"] == "2":
+            break
+        time.sleep(0.1)
+    assert doc["model_version"] == "2" and np.array_equal(outputs_of(doc)["scores"], want)
+    assert not np.array_equal(first, want)
+
+
+def test_openapi_page_lists_the_detection_api(served):
+    server = served[0]
+    status, spec = server.json("GET", "/openapi.json")
+    assert status == 200 and "/api/v1/detect" in spec["paths"] and "/api/v1/datasets" in spec["paths"]
+    assert server.request("GET", "/docs")[0] == 200
+
+
+def test_importing_pynomaly_does_not_import_the_http_stack():
+    code = ("import sys, pynomaly, pynomaly.service, pynomaly.serving, pynomaly.cli\n"
+            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('fastapi', 'starlette', 'uvicorn', 'jwt', 'pydantic', 'pynomaly_api'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
