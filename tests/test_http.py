@@ -624,3 +624,66 @@ def test_importing_pynomaly_does_not_import_the_http_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
+
+
+# -- large binary requests: scored block by block while they arrive ---------------------------------
+def _binary_request(rows, datatype="FP64", dtype="<f8"):
+    raw = np.ascontiguousarray(rows).astype(dtype).tobytes()
+    head = json.dumps({"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": datatype,
+                                   "parameters": {"binary_data_size": len(raw)}}],
+                       "outputs": [{"name": "scores", "parameters": {"binary_data": True}}, {"name": "labels"}],
+                       "parameters": {"contamination": 0.1}}).encode()
+    return head, raw
+
+
+@pytest.mark.parametrize("datatype, dtype", [("FP64", "<f8"), ("FP32", "<f4"), ("INT16", "<i2")])
+def test_large_binary_requests_equal_in_process_scoring(served, datatype, dtype):
+    server, home, tokens, X, _ = served
+    rows = cardio()[np.arange(40_000) % 1831] * (100 if datatype == "INT16" else 1)
+    head, raw = _binary_request(rows, datatype, dtype)
+    assert len(head) + len(raw) > 1 << 20  # streamed, in several blocks
+    for name in ("isolationforest", "lof", "knn"):
+        status, headers, body = server.request(
+            "POST", f"/v2/models/{name}/infer", head + raw, token=tokens["operator"],
+            headers={"Inference-Header-Content-Length": str(len(head))})
+        assert status == 200, body[:300]
+        n = int(headers["inference-header-content-length"])
+        doc = json.loads(body[:n])
+        want = service.load_for_scoring(home, name).detect(np.frombuffer(raw, dtype).reshape(rows.shape).astype(float),
+                                                            contamination=0.1)
+        assert np.array_equal(np.frombuffer(body[n:], "<f8"), want.scores), name
+        assert np.array_equal(np.asarray(doc["outputs"][1]["data"]), want.labels.astype(bool))
+
+
+def test_large_binary_request_with_bad_rows_or_a_short_body(served):
+    import socket
+
+    server, home, tokens, X, _ = served
+    rows = cardio()[np.arange(40_000) % 1831].copy()
+    rows[35_000, 3] = np.nan  # in a late block
+    head, raw = _binary_request(rows)
+    status, _, body = _raw_infer(server, tokens["operator"], head, raw, len(head))
+    assert status == 400 and (b"NaN" in body or b"finite" in body), body[:300]
+    # A client that stops sending halfway (Content-Length says more) and closes its side.
+    head, raw = _binary_request(cardio()[np.arange(40_000) % 1831])
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall((f"POST /v2/models/isolationforest/infer HTTP/1.1\r\nHost: x\r\n"
+                   f"Authorization: Bearer {tokens['operator']}\r\nInference-Header-Content-Length: {len(head)}\r\n"
+                   f"Content-Length: {len(head) + len(raw)}\r\n\r\n").encode() + head + raw[: len(raw) // 2])
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(30)
+        s.recv(65536)  # whatever the server says (or nothing): it must not hang or die
+    assert server.json("POST", "/v2/models/isolationforest/infer", infer_body(X[:2]), token=tokens["operator"])[0] == 200
+    assert server.proc.poll() is None
+
+
+def test_large_request_with_json_data_and_a_header_length(served):
+    """A header length equal to the whole body (JSON data, no binary part) is read whole."""
+    server, home, tokens, X, _ = served
+    rows = cardio()[np.arange(12_000) % 1831]
+    body = json.dumps(infer_body(rows)).encode()
+    assert len(body) > 1 << 20
+    status, _, raw = _raw_infer(server, tokens["operator"], body, b"", len(body))
+    assert status == 200, raw[:200]
+    got = outputs_of(json.loads(raw))["scores"]
+    assert np.array_equal(got, service.load_for_scoring(home, "isolationforest").detect(rows).scores)

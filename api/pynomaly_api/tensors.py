@@ -78,7 +78,8 @@ class InferRequest:
         self.input_name = input_name
 
 
-def _header_length(value: Optional[str], body_length: int) -> Optional[int]:
+def header_length(value: Optional[str], body_length: int) -> Optional[int]:
+    """The JSON header's length from ``Inference-Header-Content-Length`` (None when absent), checked."""
     if value is None:
         return None
     try:
@@ -106,15 +107,8 @@ def _count(shape: Tuple[int, ...]) -> int:
     return n
 
 
-def decode_infer(body: bytes, header_length: Optional[str], n_features: int) -> InferRequest:
-    """Read an infer request for a detector of ``n_features`` features.
-
-    The one input is a 2-D tensor ``[rows, n_features]`` (a 1-D one of ``n_features`` values
-    is one row) of any numeric datatype; it is converted to float64 (exactly, for every
-    datatype but the 64-bit integers beyond 2**53). Raises TensorError with the reason.
-    """
-    hlen = _header_length(header_length, len(body))
-    head = body if hlen is None else memoryview(body)[:hlen]
+def _parse_head(head, hlen: Optional[int]):
+    """The request's JSON, its one input and that input's dtype and shape (checked)."""
     try:
         req = _decode(head)
     except msgspec.ValidationError as e:
@@ -131,42 +125,93 @@ def decode_infer(body: bytes, header_length: Optional[str], n_features: int) -> 
     if dtype is None:
         raise TensorError(f"input {inp.name!r}: datatype {inp.datatype[:20]!r} is not accepted; use one of "
                           f"{', '.join(DTYPES)}")
-    shape = _shape(inp)
-    count = _count(shape)
-    offset = hlen if hlen is not None else len(body)
+    return req, inp, dtype, _shape(inp)
+
+
+def _binary_size(inp: _Input, dtype: np.dtype, count: int, hlen: Optional[int], body_length: int) -> Optional[int]:
+    """The input's binary_data_size, checked against its shape and the body; None for JSON data."""
     size = (inp.parameters or {}).get("binary_data_size")
-    if size is not None:
-        if hlen is None:
-            raise TensorError("binary tensor data needs the Inference-Header-Content-Length header")
-        if type(size) is not int or size < 0:
-            raise TensorError(f"input {inp.name!r}: binary_data_size must be a non-negative integer")
-        if inp.data is not None:
-            raise TensorError(f"input {inp.name!r} has both data and binary_data_size")
-        if size != count * dtype.itemsize:
-            raise TensorError(f"input {inp.name!r}: shape {list(shape)} of {inp.datatype} needs "
-                              f"{count * dtype.itemsize} bytes, binary_data_size says {size}")
-        if offset + size != len(body):
-            raise TensorError(f"the body holds {len(body) - offset} bytes after the JSON header; the inputs "
-                              f"declare {size}")
-        flat = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
-    else:
-        if hlen is not None and hlen != len(body):
-            raise TensorError(f"the body has {len(body) - hlen} bytes after the JSON header but no input "
+    if size is None:
+        if hlen is not None and hlen != body_length:
+            raise TensorError(f"the body has {body_length - hlen} bytes after the JSON header but no input "
                               "declares binary_data_size")
         if inp.data is None:
             raise TensorError(f"input {inp.name!r} has no data (and no binary_data_size)")
-        flat = _json_data(inp, dtype, count)
+        return None
+    if hlen is None:
+        raise TensorError("binary tensor data needs the Inference-Header-Content-Length header")
+    if type(size) is not int or size < 0:
+        raise TensorError(f"input {inp.name!r}: binary_data_size must be a non-negative integer")
+    if inp.data is not None:
+        raise TensorError(f"input {inp.name!r} has both data and binary_data_size")
+    if size != count * dtype.itemsize:
+        raise TensorError(f"input {inp.name!r}: shape {list(inp.shape)} of {inp.datatype} needs "
+                          f"{count * dtype.itemsize} bytes, binary_data_size says {size}")
+    if hlen + size != body_length:
+        raise TensorError(f"the body holds {body_length - hlen} bytes after the JSON header; the inputs declare {size}")
+    return size
+
+
+def _matrix_shape(inp: _Input, shape: Tuple[int, ...], count: int, n_features: int) -> Tuple[int, int]:
     if len(shape) == 1:
         shape = (1, shape[0]) if count else (0, n_features)
     elif len(shape) != 2:
         raise TensorError(f"input {inp.name!r}: shape must be [rows, {n_features}], got {list(shape)}")
     if shape[1] != n_features:
         raise TensorError(f"input {inp.name!r}: the detector takes {n_features} features, got shape {list(shape)}")
-    rows = flat.reshape(shape)
+    return shape
+
+
+def decode_infer(body: bytes, header_length_value: Optional[str], n_features: int) -> InferRequest:
+    """Read an infer request for a detector of ``n_features`` features.
+
+    The one input is a 2-D tensor ``[rows, n_features]`` (a 1-D one of ``n_features`` values
+    is one row) of any numeric datatype; it is converted to float64 (exactly, for every
+    datatype but the 64-bit integers beyond 2**53). Raises TensorError with the reason.
+    """
+    hlen = header_length(header_length_value, len(body))
+    req, inp, dtype, shape = _parse_head(body if hlen is None else memoryview(body)[:hlen], hlen)
+    count = _count(shape)
+    size = _binary_size(inp, dtype, count, hlen, len(body))
+    if size is not None:
+        flat = np.frombuffer(body, dtype=dtype, count=count, offset=hlen)
+    else:
+        flat = _json_data(inp, dtype, count)
+    rows = flat.reshape(_matrix_shape(inp, shape, count, n_features))
     if rows.dtype != np.float64 or not rows.flags.aligned:
         rows = rows.astype(np.float64)
     outputs, binary = _outputs(req)
     return InferRequest(req.id, rows, outputs, binary, req.parameters or {}, inp.name)
+
+
+class BinaryPlan:
+    """What the JSON header of a binary request says about the bytes that follow it: the
+    request (``rows`` None until read), the rows' dtype and count (for reading them in blocks)."""
+
+    __slots__ = ("request", "dtype", "n_rows", "n_features")
+
+    def __init__(self, request, dtype, n_rows, n_features):
+        self.request, self.dtype, self.n_rows, self.n_features = request, dtype, n_rows, n_features
+
+    def rows(self, raw) -> np.ndarray:
+        """float64 rows of a block of whole rows' bytes."""
+        block = np.frombuffer(raw, dtype=self.dtype).reshape(-1, self.n_features)
+        return block.astype(np.float64) if block.dtype != np.float64 or not block.flags.aligned else block
+
+
+def plan_binary(head: bytes, hlen: int, body_length: int, n_features: int) -> Optional[BinaryPlan]:
+    """For a request whose JSON header (``head``, ``hlen`` bytes) is read before the rest of
+    its ``body_length`` bytes: the plan for reading its rows as they arrive, or None when its
+    input is not binary data (then the whole body is read and :func:`decode_infer` used)."""
+    req, inp, dtype, shape = _parse_head(head, hlen)
+    if (inp.parameters or {}).get("binary_data_size") is None:
+        return None
+    count = _count(shape)
+    _binary_size(inp, dtype, count, hlen, body_length)
+    n_rows, _ = _matrix_shape(inp, shape, count, n_features)
+    outputs, binary = _outputs(req)
+    return BinaryPlan(InferRequest(req.id, None, outputs, binary, req.parameters or {}, inp.name), dtype, n_rows,
+                      n_features)
 
 
 def _json_data(inp: _Input, dtype: np.dtype, count: int) -> np.ndarray:
@@ -248,5 +293,5 @@ def encode(doc) -> bytes:
     return _encode(doc)
 
 
-__all__ = ["DTYPES", "OUTPUTS", "DEFAULT_OUTPUTS", "TensorError", "InferRequest", "decode_infer", "encode_infer",
-           "encode"]
+__all__ = ["DTYPES", "OUTPUTS", "DEFAULT_OUTPUTS", "TensorError", "InferRequest", "BinaryPlan", "decode_infer",
+           "plan_binary", "encode_infer", "encode"]

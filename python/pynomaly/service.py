@@ -297,6 +297,14 @@ class Scorer:
             self._size = int(size)
         return self._size
 
+    @property
+    def rows_independent(self) -> bool:
+        """Whether a row's score depends on that row alone (and the fitted model), so that a
+        batch may be scored in blocks and the scores joined: true of the native detectors
+        (isolation forest, LOF's and KNN's novelty scores). Faces use it to score rows while
+        the rest of a large request is still arriving."""
+        return getattr(self.model, "artifact_format", None) == "native"
+
     def score(self, X) -> np.ndarray:
         """Anomaly scores of the rows of X (float64, higher is more anomalous).
 
