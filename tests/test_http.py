@@ -687,3 +687,42 @@ def test_large_request_with_json_data_and_a_header_length(served):
     assert status == 200, raw[:200]
     got = outputs_of(json.loads(raw))["scores"]
     assert np.array_equal(got, service.load_for_scoring(home, "isolationforest").detect(rows).scores)
+
+
+def test_several_workers_and_a_unix_socket(tmp_path):
+    import http.client
+    import socket as socketlib
+
+    home = tmp_path / "home"
+    X = cardio()
+    service.train(home, "d", X[:500], "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    want = service.load_for_scoring(home, "d").detect(X[:3]).scores
+    token = make_token(home, "operator")
+    server = ApiServer(home, "--workers", "2")
+    try:
+        for _ in range(6):  # spread over both processes; each answers the same
+            status, doc = server.json("POST", "/v2/models/d/infer", infer_body(X[:3]), token=token)
+            assert status == 200 and np.array_equal(outputs_of(doc)["scores"], want)
+    finally:
+        assert server.stop() == 0
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socketlib.socket(socketlib.AF_UNIX)
+            self.sock.connect(str(tmp_path / "api.sock"))
+
+    proc = subprocess.Popen([sys.executable, "-m", "pynomaly", "--home", str(home), "api", "--uds",
+                             str(tmp_path / "api.sock")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "api.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        conn = UnixConnection("localhost", timeout=30)
+        conn.request("POST", "/v2/models/d/infer", json.dumps(infer_body(X[:3])),
+                     headers={"Authorization": f"Bearer {token}"})
+        r = conn.getresponse()
+        assert r.status == 200 and np.array_equal(outputs_of(json.loads(r.read()))["scores"], want)
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -13,6 +13,7 @@ from conftest import REPO
 
 PKG = REPO / "python" / "pynomaly"
 DAEMON = REPO / "daemon" / "pynomaly_daemon"
+API = REPO / "api" / "pynomaly_api"
 
 
 def imports(path: Path, package: str) -> set:
@@ -34,7 +35,7 @@ def imports(path: Path, package: str) -> set:
 
 
 def module_imports(path: Path) -> set:
-    root = PKG if PKG in path.parents else DAEMON
+    root = next(r for r in (PKG, DAEMON, API) if r in path.parents)
     rel = path.relative_to(root.parent).with_suffix("")
     package = ".".join(rel.parts[:-1])
     return imports(path, package)
@@ -45,15 +46,24 @@ def hits(names: set, forbidden) -> list:
 
 
 @pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
-def test_the_package_never_imports_the_daemon(path):
+def test_the_package_never_imports_its_faces(path):
+    assert not hits(module_imports(path), ["pynomaly_daemon", "pynomaly_api"])
+
+
+BELOW_THE_SERVICE = ["pynomaly._core", "pynomaly.iforest", "pynomaly.neighbors", "pynomaly.scores",
+                     "pynomaly.repository", "pynomaly.registry", "pynomaly._format", "pynomaly.base"]
+
+
+@pytest.mark.parametrize("path", sorted(DAEMON.rglob("*.py")) + sorted(API.rglob("*.py")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_faces_use_the_service_not_the_layers_below(path):
+    assert not hits(module_imports(path), BELOW_THE_SERVICE)
+
+
+@pytest.mark.parametrize("path", sorted(API.rglob("*.py")), ids=lambda p: p.name)
+def test_the_faces_do_not_import_each_other(path):
     assert not hits(module_imports(path), ["pynomaly_daemon"])
-
-
-@pytest.mark.parametrize("path", sorted(DAEMON.rglob("*.py")), ids=lambda p: p.name)
-def test_the_daemon_uses_the_service_not_the_layers_below(path):
-    below = ["pynomaly._core", "pynomaly.iforest", "pynomaly.neighbors", "pynomaly.scores", "pynomaly.repository",
-             "pynomaly.registry", "pynomaly._format", "pynomaly.base"]
-    assert not hits(module_imports(path), below)
+    assert not hits(module_imports(DAEMON / "server.py"), ["pynomaly_api"])
 
 
 def test_the_cli_reaches_the_repository_only_through_the_service():
