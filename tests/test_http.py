@@ -726,3 +726,54 @@ def test_several_workers_and_a_unix_socket(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_slow_client_gets_504_and_others_are_served_meanwhile(tmp_path):
+    import socket
+
+    home = tmp_path / "home"
+    X = cardio()
+    service.train(home, "d", X[:500], "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    token = make_token(home, "operator")
+    server = ApiServer(home, "--request-timeout", "1")
+    try:
+        body = json.dumps(infer_body(X[:2])).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall((f"POST /v2/models/d/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:10])  # and then nothing
+            assert server.json("POST", "/v2/models/d/infer", infer_body(X[:2]), token=token)[0] == 200
+            s.settimeout(30)
+            reply = b""
+            while b"}" not in reply:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 504") and b"longer than" in reply
+        assert server.json("POST", "/v2/models/d/infer", infer_body(X[:2]), token=token)[0] == 200
+    finally:
+        server.stop()
+
+
+def test_deadline_raises_timeout_only_for_its_own_cancel():
+    import asyncio
+
+    from pynomaly_api.app import deadline
+
+    async def main():
+        with pytest.raises(TimeoutError):
+            with deadline(0.05):
+                await asyncio.sleep(5)
+        with deadline(5):
+            await asyncio.sleep(0.01)  # finishes in time: nothing raised
+        task = asyncio.current_task()
+        other = asyncio.get_running_loop().call_later(0.05, task.cancel)
+        with pytest.raises(asyncio.CancelledError):  # someone else's cancel stays a cancel
+            with deadline(5):
+                await asyncio.sleep(5)
+        other.cancel()
+        if hasattr(task, "uncancel"):
+            task.uncancel()
+        await asyncio.sleep(0)  # still usable
+
+    asyncio.run(main())

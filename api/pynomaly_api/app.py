@@ -1,6 +1,6 @@
-"""The ASGI app: Open Inference Protocol v2 on plain Starlette routes (the per-request path
-that load meets), the detection API on FastAPI (its OpenAPI page at ``/docs``), one error
-format for both, and the state they share.
+"""The ASGI app: Open Inference Protocol v2 on a plain Starlette app (the per-request path
+that load meets), the detection API on FastAPI mounted under it (its OpenAPI page at
+``/docs``), one error format for both, and the state they share.
 
 Detection goes through the service layer's :class:`~pynomaly.service.Scorer`, kept in the
 same :class:`~pynomaly.serving.ModelCache` as the daemon's: this face adds HTTP, not a
@@ -22,9 +22,10 @@ import zlib
 import numpy as np
 from typing import Optional
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from pynomaly import service
 from pynomaly._errors import ArtifactIntegrityError, NotFoundError, PynomalyError, RepositoryError
@@ -104,9 +105,13 @@ class ServerState:
 
     def authorize(self, request: Request, action: str) -> Principal:
         """The caller, allowed to do ``action``; TokenError (401) or ForbiddenError (403)."""
+        return self.allow(request.headers.get("authorization"), action)
+
+    def allow(self, authorization: Optional[str], action: str) -> Principal:
+        """The caller an ``Authorization`` header value names, allowed to do ``action``."""
         if self.verifier is None:
             return ANONYMOUS
-        p = self.verifier.verify(bearer(request.headers.get("authorization")))
+        p = self.verifier.verify(bearer(authorization))
         p.require(action)
         return p
 
@@ -132,7 +137,7 @@ def state_of(request: Request) -> ServerState:
 _ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
-def _content_length(headers, limit: int) -> Optional[int]:
+def _content_length(headers, limit: int) -> Optional[int]:  # headers: any mapping with .get
     """The declared body length (None when not declared); 413 beyond ``limit``."""
     length = headers.get("content-length")
     if length is None:
@@ -149,14 +154,17 @@ def _content_length(headers, limit: int) -> Optional[int]:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, at most ``limit`` bytes (413 beyond, also after decompression)."""
     _content_length(request.headers, limit)
+    return await _read_body(request.stream(), limit, request.headers.get("content-encoding"))
+
+
+async def _read_body(stream, limit: int, encoding: Optional[str]) -> bytes:
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in stream:
         size += len(chunk)
         if size > limit:
             raise HTTPError(413, f"the body is larger than this server accepts ({limit} bytes)")
         chunks.append(chunk)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = request.headers.get("content-encoding")
     if encoding and encoding.lower() != "identity":
         wbits = _ENCODINGS.get(encoding.lower())
         if wbits is None:
@@ -171,23 +179,36 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-if hasattr(asyncio, "timeout"):  # Python 3.11+
-    deadline = asyncio.timeout
-else:
-    @contextlib.asynccontextmanager
-    async def deadline(seconds: float):
-        """asyncio.timeout for Pythons before 3.11: cancel the task at the deadline."""
-        task = asyncio.current_task()
-        fired = []
-        handle = asyncio.get_running_loop().call_later(seconds, lambda: (fired.append(1), task.cancel()))
-        try:
-            yield
-        except asyncio.CancelledError:
-            if fired:
-                raise asyncio.TimeoutError() from None
-            raise
-        finally:
-            handle.cancel()
+class deadline:
+    """``with deadline(seconds):`` inside a coroutine: cancel it after ``seconds`` and raise
+    TimeoutError there. What ``asyncio.timeout`` does, as a plain context manager with one
+    timer (a tenth of its cost per request; this runs on every request), and on every Python.
+    """
+
+    __slots__ = ("seconds", "handle", "task", "fired")
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        self.task = asyncio.current_task()
+        self.fired = False
+        self.handle = asyncio.get_running_loop().call_later(self.seconds, self._fire)
+        return self
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+    def __exit__(self, exc_type, exc, tb):
+        self.handle.cancel()
+        if self.fired:
+            uncancel = getattr(self.task, "uncancel", None)  # 3.11+: this cancel was ours
+            if uncancel is not None:
+                uncancel()
+            if exc_type is asyncio.CancelledError:
+                raise TimeoutError(f"the request took longer than {self.seconds:g} s") from None
+        return False
 
 
 def parse_version(text: Optional[str]) -> Optional[int]:
@@ -280,11 +301,27 @@ STREAM_BYTES = 1 << 20
 BLOCK_BYTES = 1 << 20
 
 
-async def _scored_while_arriving(st: ServerState, request: Request, scorer: service.Scorer, hlen: int,
-                                 length: int):
+class ClientGone(Exception):
+    """The client disconnected before its request was read."""
+
+
+async def body_chunks(receive):
+    """The chunks of a request body from an ASGI ``receive``."""
+    while True:
+        m = await receive()
+        if m["type"] == "http.disconnect":
+            raise ClientGone("the client disconnected before sending its whole request")
+        body = m.get("body", b"")
+        if body:
+            yield body
+        if not m.get("more_body", False):
+            return
+
+
+async def _scored_while_arriving(st: ServerState, receive, scorer: service.Scorer, hlen: int, length: int):
     """``(InferRequest, scores)`` of a binary request read and scored block by block, or
     ``(None, body)`` when its header shows JSON data after all (read whole, for decode_infer)."""
-    stream = request.stream()
+    stream = body_chunks(receive)
     pending = bytearray()
     async for chunk in stream:
         pending += chunk
@@ -332,32 +369,48 @@ async def _scored_while_arriving(st: ServerState, request: Request, scorer: serv
     return req, (np.concatenate(scores) if scores else np.empty(0))
 
 
-async def infer(request: Request) -> Response:
-    st = state_of(request)
+# The headers an infer request may carry that matter here, read in one pass over the raw list
+# (Starlette's Headers scans it again for every lookup).
+_INFER_HEADERS = frozenset({b"authorization", b"content-type", b"content-length", b"content-encoding",
+                            b"inference-header-content-length"})
+
+
+async def _respond(send, body: bytes, content_type: bytes, extra=()) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def infer(scope, receive, send) -> None:
+    """``POST /v2/models/{name}[/versions/{v}]/infer``: a plain ASGI endpoint (no Request or
+    Response objects: this is the path that load meets)."""
+    st: ServerState = scope["app"].state.pynomaly
     try:
-        async with deadline(st.settings.request_timeout_s):
-            st.authorize(request, "detect")
-            ctype = request.headers.get("content-type")
+        with deadline(st.settings.request_timeout_s):
+            h = {k: v.decode("latin-1") for k, v in scope["headers"] if k in _INFER_HEADERS}
+            st.allow(h.get(b"authorization"), "detect")
+            ctype = h.get(b"content-type")
             if ctype and not ctype.lower().startswith(_JSON_TYPES):
                 raise HTTPError(415, f"Content-Type {ctype[:60]!r} is not accepted: send an inference request as "
                                 "JSON (application/json), with binary tensor data after it if you like")
-            name = request.path_params["name"]
-            scorer = await st.scorer(name, parse_version(request.path_params.get("version")))
-            headers = request.headers
-            hlen = headers.get("inference-header-content-length")
-            length = _content_length(headers, st.settings.max_body_bytes)
+            params = scope["path_params"]
+            scorer = await st.scorer(params["name"], parse_version(params.get("version")))
+            hlen = h.get(b"inference-header-content-length")
+            limit = st.settings.max_body_bytes
+            length = _content_length({"content-length": h.get(b"content-length")}, limit)
+            encoding = h.get(b"content-encoding")
             req = body = None
             if (hlen is not None and length is not None and length >= STREAM_BYTES and scorer.rows_independent
-                    and not headers.get("content-encoding")):
+                    and not encoding):
                 n = tensors.header_length(hlen, length)
-                req, scores = await _scored_while_arriving(st, request, scorer, n, length)
+                req, scores = await _scored_while_arriving(st, receive, scorer, n, length)
                 if req is None:
                     body = scores
                 else:
                     outputs = _answer(scorer, req, scores)
             if req is None:
                 if body is None:
-                    body = await read_body(request, st.settings.max_body_bytes)
+                    body = await _read_body(body_chunks(receive), limit, encoding)
                 req = tensors.decode_infer(body, hlen, scorer.version.n_features)
                 if req.rows.size <= st.settings.inline_cells:
                     outputs = _answer(scorer, req)
@@ -366,16 +419,32 @@ async def infer(request: Request) -> Response:
             v = scorer.version
             st.cache.used(v.name, v.version, 1, time.monotonic())
             out, hlen = tensors.encode_infer(v.name, v.version, req.id, outputs, req.binary)
-        if hlen is None:
-            return Response(out, media_type="application/json")
-        return Response(out, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(hlen)})
     except Exception as e:  # noqa: BLE001 - answered in the protocol's error format
-        return error_response(e)
+        await error_response(e)(scope, receive, send)
+        return
+    if hlen is None:
+        await _respond(send, out, b"application/json")
+    else:
+        await _respond(send, out, b"application/octet-stream", [(b"inference-header-content-length", b"%d" % hlen)])
+
+
+class _ASGIEndpoint:
+    """An endpoint that a Route calls as a plain ASGI app (Starlette wraps functions in
+    Request/Response objects)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    async def __call__(self, scope, receive, send):
+        await self.fn(scope, receive, send)
 
 
 def oip_routes() -> list:
+    """The protocol's routes, the busiest first (routes are matched in order)."""
+    raw_infer = _ASGIEndpoint(infer)
     return [
+        Route("/v2/models/{name}/infer", raw_infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", raw_infer, methods=["POST"]),
         Route("/v2/health/live", health_live, methods=["GET"]),
         Route("/v2/health/ready", health_ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
@@ -383,8 +452,6 @@ def oip_routes() -> list:
         Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
     ]
 
 
@@ -405,17 +472,19 @@ def create_app(settings: Optional[Settings] = None):
         yield
         state.close()
 
-    app = FastAPI(
+    # The protocol's routes on a bare Starlette app, the detection API on FastAPI mounted under
+    # it: inference requests never pass through FastAPI's router (which, among other things,
+    # asks OpenTelemetry for its providers on every request when that is installed).
+    api = FastAPI(
         title="pynomaly",
-        summary="Anomaly detection over HTTP: Open Inference Protocol v2 and the detection API",
+        summary="Anomaly detection over HTTP: Open Inference Protocol v2 (/v2/..., see the protocol's "
+        "specification) and the detection API",
         version=_version(),
-        lifespan=lifespan,
     )
+    api.state.pynomaly = state
+    api.include_router(detection.router)
+    app = Starlette(routes=[*oip_routes(), Mount("/", app=api)], lifespan=lifespan)
     app.state.pynomaly = state
-    # The protocol's routes first: matched before FastAPI's, without its per-request machinery.
-    for route in reversed(oip_routes()):
-        app.router.routes.insert(0, route)
-    app.include_router(detection.router)
 
     async def on_error(request, exc):
         return error_response(exc)
@@ -430,11 +499,11 @@ def create_app(settings: Optional[Settings] = None):
     async def on_http(request, exc: StarletteHTTPException):
         return error_response(HTTPError(exc.status_code, str(exc.detail), getattr(exc, "headers", None)))
 
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_error)
-    for cls in (PynomalyError, ValueError, TokenError, ForbiddenError, HTTPError, asyncio.TimeoutError):
-        app.add_exception_handler(cls, on_error)
+    api.add_exception_handler(RequestValidationError, on_validation)
+    for a in (api, app):
+        a.add_exception_handler(StarletteHTTPException, on_http)
+        for cls in (Exception, PynomalyError, ValueError, TokenError, ForbiddenError, HTTPError, asyncio.TimeoutError):
+            a.add_exception_handler(cls, on_error)
     return app
 
 
