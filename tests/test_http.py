@@ -450,6 +450,7 @@ ENDPOINTS = [
     ("GET", "/api/v1/detectors/isolationforest/versions", None, "read"),
     ("GET", "/api/v1/detectors/isolationforest/results", None, "read"),
     ("GET", "/api/v1/datasets", None, "read"),
+    ("GET", "/api/v1/stats", None, "read"),
     ("POST", "/api/v1/detect", "detect", "detect"),
     ("POST", "/api/v1/datasets?name=rows.csv", "csv", "upload"),
     ("POST", "/api/v1/detectors/roles-target/train", "train", "train"),
@@ -642,6 +643,7 @@ def test_large_binary_requests_equal_in_process_scoring(served, datatype, dtype)
     rows = cardio()[np.arange(40_000) % 1831] * (100 if datatype == "INT16" else 1)
     head, raw = _binary_request(rows, datatype, dtype)
     assert len(head) + len(raw) > 1 << 20  # streamed, in several blocks
+    streamed = server.json("GET", "/api/v1/stats", token=tokens["viewer"])[1]["counters"]["streamed_requests"]
     for name in ("isolationforest", "lof", "knn"):
         status, headers, body = server.request(
             "POST", f"/v2/models/{name}/infer", head + raw, token=tokens["operator"],
@@ -653,6 +655,15 @@ def test_large_binary_requests_equal_in_process_scoring(served, datatype, dtype)
                                                             contamination=0.1)
         assert np.array_equal(np.frombuffer(body[n:], "<f8"), want.scores), name
         assert np.array_equal(np.asarray(doc["outputs"][1]["data"]), want.labels.astype(bool))
+    # ... and all three were scored block by block while they arrived (rows score independently).
+    stats = server.json("GET", "/api/v1/stats", token=tokens["viewer"])[1]
+    assert stats["counters"]["streamed_requests"] == streamed + 3
+    if "pyod.ECOD" in served[4]:  # a PyOD model is read whole, then scored
+        status, _, _ = server.request("POST", "/v2/models/pyod-ecod/infer", head + raw, token=tokens["operator"],
+                                      headers={"Inference-Header-Content-Length": str(len(head))})
+        assert status == 200
+        assert server.json("GET", "/api/v1/stats", token=tokens["viewer"])[1]["counters"]["streamed_requests"] == \
+            streamed + 3
 
 
 def test_large_binary_request_with_bad_rows_or_a_short_body(served):

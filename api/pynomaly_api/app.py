@@ -94,9 +94,11 @@ class ServerState:
         )
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.threads or os.cpu_count() or 1, thread_name_prefix="pynomaly-api")
+        # What the server has done since it started (GET /api/v1/stats; per process).
+        self.counters = {"cache_hits": 0, "cache_misses": 0, "infer_requests": 0, "infer_errors": 0,
+                         "rows_scored": 0, "streamed_requests": 0, "started": time.time()}
         self.cache = ModelCache(RepositorySource(str(self.home)), self.run, max_bytes=settings.cache_bytes,
-                                refresh_interval=settings.refresh_interval_s,
-                                counters={"cache_hits": 0, "cache_misses": 0})
+                                refresh_interval=settings.refresh_interval_s, counters=self.counters)
         self.ready = True
 
     def run(self, fn, *args):
@@ -407,6 +409,7 @@ async def infer(scope, receive, send) -> None:
                 if req is None:
                     body = scores
                 else:
+                    st.counters["streamed_requests"] += 1
                     outputs = _answer(scorer, req, scores)
             if req is None:
                 if body is None:
@@ -418,8 +421,12 @@ async def infer(scope, receive, send) -> None:
                     outputs = await st.run(_answer, scorer, req)
             v = scorer.version
             st.cache.used(v.name, v.version, 1, time.monotonic())
+            c = st.counters
+            c["infer_requests"] += 1
+            c["rows_scored"] += len(next(iter(outputs.values()))) if outputs else 0
             out, hlen = tensors.encode_infer(v.name, v.version, req.id, outputs, req.binary)
     except Exception as e:  # noqa: BLE001 - answered in the protocol's error format
+        st.counters["infer_errors"] += 1
         await error_response(e)(scope, receive, send)
         return
     if hlen is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -322,6 +323,22 @@ async def get_result(result_id: str, request: Request, include_scores: bool = Fa
 
     r, name = await st.run(load)
     return detection_out(r, name, include_scores)
+
+
+# -- the server ----------------------------------------------------------------------------------
+@router.get("/stats", summary="This server process's counters and loaded detectors")
+async def stats(request: Request, _: Principal = Depends(allow("read"))) -> dict:
+    st = state_of(request)
+    c = dict(st.counters)
+    return {
+        "pid": os.getpid(),
+        "uptime_s": time.time() - c.pop("started"),
+        "counters": c,
+        "loaded": [{"name": n, "version": v, "bytes": s.size_bytes} for (n, v), s in st.cache.entries.items()],
+        "cache_bytes": st.cache.size,
+        "cache_limit_bytes": st.cache.max_bytes,
+        "auth": st.verifier is not None,
+    }
 
 
 # -- tokens ----------------------------------------------------------------------------------

@@ -303,7 +303,7 @@ class Scorer:
         batch may be scored in blocks and the scores joined: true of the native detectors
         (isolation forest, LOF's and KNN's novelty scores). Faces use it to score rows while
         the rest of a large request is still arriving."""
-        return getattr(self.model, "artifact_format", None) == "native"
+        return getattr(self.model, "artifact_format", "native") == "native"
 
     def score(self, X) -> np.ndarray:
         """Anomaly scores of the rows of X (float64, higher is more anomalous).
