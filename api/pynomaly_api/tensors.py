@@ -33,6 +33,7 @@ OUTPUTS = {
     "confidence": ("FP64", np.dtype("<f8")),
 }
 DEFAULT_OUTPUTS = ("scores", "labels")
+_FP64 = DTYPES["FP64"]
 MAX_DIMS = 8
 
 
@@ -216,6 +217,11 @@ def plan_binary(head: bytes, hlen: int, body_length: int, n_features: int) -> Op
 
 def _json_data(inp: _Input, dtype: np.dtype, count: int) -> np.ndarray:
     data = inp.data
+    if dtype is _FP64 and type(data) is list and len(data) == count and (not data or type(data[0]) is float):
+        try:  # the commonest body: a flat list of floats
+            return np.array(data, dtype=np.float64)
+        except (ValueError, TypeError):
+            pass  # a string or a list further in: the checks below say what is wrong
     if not isinstance(data, list):
         raise TensorError(f"input {inp.name!r}: data must be an array of numbers")
     if data and isinstance(data[0], list):  # nested (the spec allows it): flatten row-major
