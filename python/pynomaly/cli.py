@@ -175,7 +175,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         "(--key-file PATH, created if absent; --key-command CMD; or $PYNOMALY_KEY)")
 
     k = sub.add_parser("keys", help="key rotation of an encrypted home")
-    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION",
+                            help="rotate: a new key-encryption key; reencrypt: a new data key")
     kr = ksub.add_parser("rotate", help="wrap the data key with a new key-encryption key (no data is rewritten)",
                          description="Wrap the data key with a new key-encryption key; no data is rewritten. "
                                      "Needs the current key (--key-file, --key-command or $PYNOMALY_KEY) and the new one.")

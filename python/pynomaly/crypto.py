@@ -14,7 +14,7 @@ What is sealed with the current data key, AES-256-GCM with a fresh 96-bit nonce 
   associated data binding the blob to its content hash and to its context (for a model
   version, the detector's name and version): a file moved to another name, or a row
   repointed at another detector's blob, fails authentication;
-- sensitive database fields (dataset sources and column names, thresholds): text
+- sensitive database fields (dataset names and source paths, thresholds): text
   ``enc1:`` + base64 of ``key id | nonce | ciphertext+tag``, bound to their table, column
   and row.
 
@@ -241,7 +241,9 @@ class HomeCipher:
     rotated away keeps working with the data keys it holds.
     """
 
-    _deks: dict = {}  # (home, key id) -> data key, shared by every Repository of the process
+    # (home, key id, key source) -> data key, shared by the Repositories of the process that were
+    # given the same key source (one without a key, or with another, unwraps for itself).
+    _deks: dict = {}
     _lock = threading.Lock()
 
     def __init__(self, home, source: Optional[KeySource] = None):
@@ -278,7 +280,9 @@ class HomeCipher:
         return self.source.load()
 
     def dek(self, key_id: str) -> bytes:
-        ident = (str(self.home.resolve()), key_id)
+        if self.source is None:
+            raise _missing(self.home)
+        ident = (str(self.home.resolve()), key_id, self.source.kind, self.source.value)
         with HomeCipher._lock:
             got = HomeCipher._deks.get(ident)
         if got is not None:
@@ -290,6 +294,10 @@ class HomeCipher:
         with HomeCipher._lock:
             HomeCipher._deks[ident] = dek
         return dek
+
+    def _remember(self, source: KeySource, key_id: str, dek: bytes) -> None:
+        with HomeCipher._lock:
+            HomeCipher._deks[(str(self.home.resolve()), key_id, source.kind, source.value)] = dek
 
     def current(self) -> str:
         return self.ring()["current"]
@@ -372,9 +380,12 @@ class HomeCipher:
         new_source.check_outside(self.home)
         ring = dict(self.ring())
         new_kek = new_source.load()
-        ring["keys"] = {kid: _wrap(new_kek, kid, self.dek(kid)) for kid in ring["keys"]}
+        deks = {kid: self.dek(kid) for kid in ring["keys"]}
+        ring["keys"] = {kid: _wrap(new_kek, kid, dek) for kid, dek in deks.items()}
         _write_keyring(self.home, ring)
         self.source = new_source
+        for kid, dek in deks.items():
+            self._remember(new_source, kid, dek)
         return sorted(ring["keys"])
 
     def begin_new_key(self) -> str:

@@ -11,8 +11,8 @@ Layout of the home folder (``PYNOMALY_HOME``, else the user's data folder)::
 An encrypted home (``pynomaly init --encrypt``) keeps each artifact as
 ``artifacts/ab/<sha>.<context tag>.pne``: sealed with AES-256-GCM, bound to its content hash
 and to its context (a model version's detector name and version, a result's id), so one blob
-per context; dataset sources and column names and every stored threshold are sealed fields.
-Names, versions and statuses stay readable: listing needs no key.
+per context; dataset names and sources and every stored threshold are sealed fields. Names,
+versions, statuses and feature names (the model's schema) stay readable: listing needs no key.
 
 Artifact formats, per detector kind (``artifact_format`` of the class, default "native"):
 native detectors their own ``to_bytes`` (no pickle); torch a ``torch.save`` of tensors read
@@ -228,7 +228,6 @@ class Repository:
         """Every sealed column: (table, column, key columns, how a row names itself)."""
         return (
             ("datasets", "source", ("id",)),
-            ("datasets", "column_names", ("id",)),
             ("datasets", "name", ("id",)),
             ("detector_versions", "threshold", ("detector_id", "version")),
             ("results", "threshold", ("id",)),
@@ -842,7 +841,7 @@ class Repository:
             db.execute(
                 "INSERT INTO datasets VALUES (?,?,?,?,?,?,?,?)",
                 (did, self._seal(name, w("name")), self._seal(source, w("source")), int(shape[0]), int(shape[1]),
-                 self._seal(json.dumps(list(column_names or [])), w("column_names")), fingerprint, _now_iso()),
+                 json.dumps(list(column_names or [])), fingerprint, _now_iso()),
             )
             return did
 
@@ -851,7 +850,7 @@ class Repository:
         out = []
         for r in self._db.execute("SELECT * FROM datasets ORDER BY created_at"):
             v = dict(r)
-            for col in ("name", "source", "column_names"):
+            for col in ("name", "source"):
                 v[col] = self._open(v[col], self._where("datasets", col, (v["id"],)))
             v["column_names"] = json.loads(v["column_names"]) if v["column_names"] else []
             out.append(v)

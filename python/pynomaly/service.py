@@ -59,6 +59,7 @@ __all__ = [
     "home_path",
     "doctor",
     "init_home",
+    "check_key",
     "key_source",
     "rotate_key",
     "reencrypt",
@@ -699,6 +700,13 @@ def is_encrypted(home) -> bool:
     """Whether ``home`` is an encrypted home."""
     with _repo(home) as repo:
         return repo.encrypted
+
+
+def check_key(home) -> None:
+    """For an encrypted home, raise KeyRequiredError (naming what is missing or wrong) unless
+    its key is given; nothing for a plain home."""
+    with _repo(home) as repo:
+        repo.require_key()
 
 
 def rotate_key(home, new_key) -> list:
