@@ -79,6 +79,8 @@ def append(db, home, *, actor: str, action: str, target: str = "", origin: str =
     returns it as a dict. The head mark is rewritten before the caller commits."""
     if not isinstance(action, str) or not action:
         raise InvalidInputError("audit action must be a non-empty string")
+    if detail is not None and not isinstance(detail, dict):
+        raise InvalidInputError(f"audit detail must be a dict, got {type(detail).__name__}")
     try:
         detail_text = json.dumps(detail, sort_keys=True, default=str) if detail else None
     except (TypeError, ValueError) as e:
