@@ -155,8 +155,17 @@ def test_encrypted_home_from_the_command_line(tmp_path, data):
     assert p.returncode == 1 and "does not open" in p.stderr
     run("detect", "--detector", "d", "--data", data, home=home, env={"PYNOMALY_KEY": key2.read_text().strip()})
     assert "re-encrypted" in run("--key-file", key2, "keys", "reencrypt", home=home).stdout
-    got = json.loads(run("audit", "--json", home=home).stdout)
+    # The trail of an encrypted home: who, where and how sealed (needs the key to read), except
+    # what was written without the key (the refused train); the chain outlives re-encryption.
+    p = run("audit", home=home, check=False)
+    assert p.returncode == 1 and "no key was given" in p.stderr
+    got = json.loads(run("--key-file", key2, "audit", "--json", home=home).stdout)
     assert [e["action"] for e in got] == ["init.encrypt", "train", "train", "export", "export", "keys.rotate",
                                           "detect", "detect", "keys.reencrypt"]
     assert [e["outcome"] == "ok" for e in got] == [True, False, True, False, True, True, False, True, True]
-    assert run("audit", "verify", home=home).returncode == 0
+    assert all(e["actor"].startswith(f"uid={os.getuid()}") for e in got)
+    db = sqlite3.connect(home / "pynomaly.db")
+    stored = dict(db.execute("SELECT seq, actor FROM audit").fetchall())
+    db.close()
+    assert stored[3].startswith("enc1:") and stored[2].startswith("uid=")
+    assert run("--key-file", key2, "audit", "verify", home=home).returncode == 0

@@ -300,3 +300,20 @@ def test_importing_pynomaly_does_not_import_cryptography(tmp_path):
             "service.train(sys.argv[1], 'd', np.random.default_rng(0).standard_normal((200, 3))); "
             "service.load_for_scoring(sys.argv[1], 'd'); assert 'cryptography' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "h")], check=True)
+
+
+def test_the_audit_trail_of_an_encrypted_home_is_sealed_and_survives_reencryption(keyed):
+    home, _ = keyed
+    for who in ("token:alice", "token:bob", "token:carol"):
+        service.audit_record(home, actor=who, action="token.create", target="x", origin="http 10.1.2.3")
+    assert b"alice" not in all_bytes(home) and b"10.1.2.3" not in all_bytes(home)
+    service.reencrypt(home)
+    assert service.audit_verify(home)["ok"]
+    assert [e["actor"] for e in service.audit_entries(home)] == ["token:alice", "token:bob", "token:carol"]
+    db = sqlite3.connect(home / "pynomaly.db")
+    a1, a2 = (r[0] for r in db.execute("SELECT actor FROM audit ORDER BY seq LIMIT 2"))
+    db.execute("UPDATE audit SET actor = ? WHERE seq = 1", (a2,))  # bob's sealed name moved onto entry 1
+    db.commit()
+    db.close()
+    found = service.audit_verify(home)
+    assert not found["ok"] and "entry 1 was modified" in found["problems"][0]

@@ -7,6 +7,13 @@ breaks the chain. The newest entry's number and hash are also kept in ``audit-he
 beside the database (written while the write lock is held), so deleting the newest entries is
 seen too. The application only appends; nothing here edits or deletes an entry.
 
+In an encrypted home the fields that name people and places (``actor``, ``target``,
+``origin``, ``outcome``, ``detail``) are sealed like the repository's other sensitive fields;
+the number, time and action stay readable. The chain is computed over the opened values, so
+re-encrypting the home under a new data key leaves it intact, and reading or verifying the
+trail of an encrypted home needs its key. An entry written without the key at hand (the
+refusal of a command that lacked it) is stored in clear.
+
 Faces call :func:`pynomaly.service.audit_record`; this module is the storage under it.
 """
 
@@ -20,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
-from ._errors import InvalidInputError
+from ._errors import ArtifactIntegrityError, InvalidInputError
 from ._files import atomic_write
 
 __all__ = ["SCHEMA", "append", "entries", "verify", "parse_since", "default_actor", "GENESIS"]
@@ -42,6 +49,12 @@ CREATE TABLE IF NOT EXISTS audit (
 
 GENESIS = "0" * 64
 _FIELDS = ("seq", "at", "actor", "action", "target", "origin", "outcome", "detail", "prev")
+SEALED = ("actor", "target", "origin", "outcome", "detail")  # in an encrypted home
+
+
+def where(column: str, seq) -> str:
+    """What a sealed audit field is bound to (as the repository's other sealed fields)."""
+    return f"audit.{column}\0{seq}"
 
 
 def _hash(row: dict) -> str:
@@ -74,9 +87,10 @@ def _text(value, what: str, limit: int = 4096) -> str:
 
 
 def append(db, home, *, actor: str, action: str, target: str = "", origin: str = "", outcome: str = "ok",
-           detail: Optional[dict] = None) -> dict:
+           detail: Optional[dict] = None, seal=None) -> dict:
     """Append one entry inside the caller's write transaction (``db`` holds the write lock);
-    returns it as a dict. The head mark is rewritten before the caller commits."""
+    returns it as a dict. The head mark is rewritten before the caller commits. ``seal``
+    (value, where) -> stored text seals the :data:`SEALED` fields (an encrypted home)."""
     if not isinstance(action, str) or not action:
         raise InvalidInputError("audit action must be a non-empty string")
     if detail is not None and not isinstance(detail, dict):
@@ -98,10 +112,14 @@ def append(db, home, *, actor: str, action: str, target: str = "", origin: str =
         "prev": last[1] if last else GENESIS,
     }
     row["hash"] = _hash(row)
+    stored = dict(row)
+    if seal is not None:
+        for k in SEALED:
+            stored[k] = seal(row[k], where(k, row["seq"]))
     db.execute(
         "INSERT INTO audit (seq, at, actor, action, target, origin, outcome, detail, prev, hash)"
         " VALUES (?,?,?,?,?,?,?,?,?,?)",
-        tuple(row[k] for k in (*_FIELDS, "hash")),
+        tuple(stored[k] for k in (*_FIELDS, "hash")),
     )
     atomic_write(_head_path(home), json.dumps({"seq": row["seq"], "hash": row["hash"]}).encode())
     return row
@@ -127,14 +145,18 @@ def parse_since(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def _row(r) -> dict:
+def _row(r, open_=None) -> dict:
     out = {k: r[k] for k in (*_FIELDS, "hash")}
+    if open_ is not None:
+        for k in SEALED:
+            out[k] = open_(out[k], where(k, out["seq"]))
     return out
 
 
-def entries(db, since: Optional[datetime] = None) -> list:
-    """Entries (dicts, oldest first), those at or after ``since`` when given."""
-    rows = [_row(r) for r in db.execute("SELECT * FROM audit ORDER BY seq")]
+def entries(db, since: Optional[datetime] = None, open_=None) -> list:
+    """Entries (dicts, oldest first), those at or after ``since`` when given. ``open_``
+    (stored, where) -> value opens sealed fields."""
+    rows = [_row(r, open_) for r in db.execute("SELECT * FROM audit ORDER BY seq")]
     if since is not None:
         rows = [r for r in rows if _at(r) is None or _at(r) >= since]
     for r in rows:
@@ -149,7 +171,7 @@ def _at(r) -> Optional[datetime]:
         return None
 
 
-def verify(db, home) -> dict:
+def verify(db, home, open_=None) -> dict:
     """Check the chain: ``{"ok": bool, "entries": n, "problems": [str, ...]}``.
 
     Found: an entry whose hash does not match its fields (edited), whose ``prev`` is not the
@@ -160,7 +182,14 @@ def verify(db, home) -> dict:
     prev_hash, prev_seq, n = GENESIS, 0, 0
     by_seq = {}
     for r in db.execute("SELECT * FROM audit ORDER BY seq"):
-        row = _row(r)
+        try:
+            row = _row(r, open_)
+        except ArtifactIntegrityError as e:  # a sealed field edited: authentication fails
+            problems.append(f"entry {r['seq']} was modified: {e}")
+            prev_hash, prev_seq = r["hash"], r["seq"]
+            n += 1
+            by_seq[r["seq"]] = r["hash"]
+            continue
         n += 1
         if row["seq"] != prev_seq + 1:
             problems.append(f"entries {prev_seq + 1}..{row['seq'] - 1} are missing (deleted)")

@@ -231,6 +231,7 @@ class Repository:
             ("datasets", "name", ("id",)),
             ("detector_versions", "threshold", ("detector_id", "version")),
             ("results", "threshold", ("id",)),
+            *(("audit", col, ("seq",)) for col in _audit.SEALED),
         )
 
     def reencrypt(self, progress=None) -> dict:
@@ -295,23 +296,32 @@ class Repository:
 
     @staticmethod
     def _where(table: str, column: str, key_values) -> str:
+        if table == "audit":
+            return _audit.where(column, *key_values)
         return f"{table}.{column}\0" + "\0".join(str(v) for v in key_values)
 
     # -- audit ---------------------------------------------------------------------------------
     def audit_append(self, *, actor: str, action: str, target: str = "", origin: str = "", outcome: str = "ok",
                      detail=None) -> dict:
         """Append an entry to the audit log (see :mod:`pynomaly.audit`); returns it."""
+        seal = None
+        if self._cipher is not None:
+            try:
+                self._cipher.require()
+                seal = self._cipher.seal_field
+            except KeyRequiredError:  # e.g. the refusal of a command that lacked the key
+                seal = None
         with self._transaction() as db:
             return _audit.append(db, self.home, actor=actor, action=action, target=target, origin=origin,
-                                 outcome=outcome, detail=detail)
+                                 outcome=outcome, detail=detail, seal=seal)
 
     def audit_entries(self, since=None) -> list:
         """Audit entries, oldest first (those at or after the datetime ``since``)."""
-        return _audit.entries(self._db, since)
+        return _audit.entries(self._db, since, None if self._cipher is None else self._cipher.open_field)
 
     def audit_verify(self) -> dict:
         """Check the audit chain; see :func:`pynomaly.audit.verify`."""
-        return _audit.verify(self._db, self.home)
+        return _audit.verify(self._db, self.home, None if self._cipher is None else self._cipher.open_field)
 
     # -- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -382,11 +392,20 @@ class Repository:
         each context has its own file.
         """
         sha = hashlib.sha256(data).hexdigest()
+        if self._cipher is not None and not self._db.in_transaction:
+            # Sealing writes hold the write lock, so a re-encryption's last pass (made under
+            # it) cannot miss a file sealed with a key it is about to drop.
+            with self._transaction():
+                self._put(data, sha, context)
+        else:
+            self._put(data, sha, context)
+        return sha
+
+    def _put(self, data: bytes, sha: str, context: str) -> None:
         path = self._artifact_path(sha, context)
         if not path.exists() or not self._holds(path, sha, context):
             path.parent.mkdir(exist_ok=True, mode=0o700)
             atomic_write(path, self._pack(data, sha, context))
-        return sha
 
     def _holds(self, path: Path, sha: str, context: str = "") -> bool:
         """Whether the artifact file at ``path`` opens to bytes whose SHA-256 is ``sha``."""
