@@ -114,6 +114,10 @@ def test_detect_role_may_read_not_administer(daemon):
 
 
 def test_no_role_is_refused_everything_and_the_connection_stays(daemon):
+    # The detector loaded and answered natively first (the native loop serves it from then on),
+    # so what follows shows that the native path does not answer a peer without the role.
+    assert wait_until(lambda: as_peer(daemon.sock, DETECT_UID, DETECT_UID, [detect(1)])[0]["op"] == "detect"
+                      and stats_as_root(daemon)["fast_path_requests"] > 0)
     before = stats_as_root(daemon)
     replies = as_peer(daemon.sock, NOBODY_UID, NOBODY_UID,
                       [detect(1), detect(2, 300), {"op": "health", "id": 3}, {"op": "reload", "id": 4}, detect(5)])

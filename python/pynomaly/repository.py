@@ -321,7 +321,10 @@ class Repository:
 
     def audit_verify(self) -> dict:
         """Check the audit chain; see :func:`pynomaly.audit.verify`."""
-        return _audit.verify(self._db, self.home, None if self._cipher is None else self._cipher.open_field)
+        # Under the write lock: an append writes the head mark before its commit, so reading
+        # the rows and the mark while one is half-way would see a mark ahead of the rows.
+        with self._transaction() as db:
+            return _audit.verify(db, self.home, None if self._cipher is None else self._cipher.open_field)
 
     # -- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
