@@ -1,7 +1,7 @@
 """Roles on the socket (``--role``), against real peers with different uids and gids.
 
-The daemon runs as root (the test's user); each peer is a forked child that drops to another
-uid and gid (setgroups/setgid/setuid) before it connects, so SO_PEERCRED reports real
+The daemon runs as root (the test's user); each peer is a process that drops to another uid
+and gid (setgroups/setgid/setuid) before it connects, so SO_PEERCRED reports real
 credentials. Every case runs on the native connection loop (whose fast path must not answer a
 peer without the detect role) and on the uvloop path. Skipped when not root.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 
 import msgpack
@@ -23,7 +25,7 @@ service = pytest.importorskip("pynomaly.service")
 pytest.importorskip("pynomaly_daemon")
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0,
-                                reason="peers with other uids need root (setuid in a forked child)")
+                                reason="peers with other uids need root (setuid in the peer process)")
 
 DETECT_UID = 54321          # detect role by uid
 GROUP_GID = 54400           # detect role by gid
@@ -32,40 +34,47 @@ NOBODY_UID = 54323          # no role
 ADMIN_UID = 54324           # admin role
 
 
+# The peer: a fresh interpreter started as root (so it can start at all: the interpreter lives
+# under /root) that imports what it needs, then drops to the peer's uid and gid before it
+# connects. Not a fork of the test process: threads of JAX or torch loaded by other tests make
+# fork unsafe there.
+_PEER = """
+import json, os, socket, struct, sys
+import msgpack
+sock_path, uid, gid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+requests = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
+os.setgroups([])
+os.setgid(gid)
+os.setuid(uid)
+assert os.getuid() == uid and os.getgid() == gid
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(20)
+s.connect(sock_path)
+def exact(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError("closed")
+        b += c
+    return b
+out = []
+for req in requests:
+    body = msgpack.packb(req, use_bin_type=True)
+    s.sendall(struct.pack(">I", len(body)) + body)
+    reply = msgpack.unpackb(exact(struct.unpack(">I", exact(4))[0]), raw=False)
+    out.append({k: (v.hex() if isinstance(v, bytes) else v) for k, v in reply.items()})
+s.close()
+sys.stdout.write(json.dumps(out))
+"""
+
+
 def as_peer(sock_path: str, uid: int, gid: int, requests: list) -> list:
     """Send ``requests`` (dicts) on one connection as uid/gid, one at a time; the replies."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the peer: only system calls and msgpack from here on
-        code = 0
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(20)
-            s.connect(sock_path)
-            out = []
-            for req in requests:
-                s.sendall(frame(req))
-                reply = msgpack.unpackb(read_frame(s), raw=False)
-                out.append({k: (v if not isinstance(v, bytes) else v.hex()) for k, v in reply.items()})
-            s.close()
-            data = json.dumps(out).encode()
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            data = json.dumps({"child_error": f"{type(e).__name__}: {e}"}).encode()
-            code = 1
-        with os.fdopen(w, "wb") as f:
-            f.write(data)
-        os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    got = json.loads(data)
-    assert not (isinstance(got, dict) and "child_error" in got), got
-    return got
+    p = subprocess.run([sys.executable, "-c", _PEER, sock_path, str(uid), str(gid)],
+                       input=msgpack.packb(requests, use_bin_type=True), capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    return json.loads(p.stdout)
 
 
 @pytest.fixture(scope="module")
