@@ -296,8 +296,7 @@ class Repository:
 
     @staticmethod
     def _where(table: str, column: str, key_values) -> str:
-        if table == "audit":
-            return _audit.where(column, *key_values)
+        # The same form as pynomaly.audit.where for the audit table's sealed fields.
         return f"{table}.{column}\0" + "\0".join(str(v) for v in key_values)
 
     # -- audit ---------------------------------------------------------------------------------
