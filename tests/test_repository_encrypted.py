@@ -121,7 +121,8 @@ def test_listing_needs_no_key_and_everything_else_names_what_is_missing(keyed, m
     after = sorted(p.name for p in home.rglob("*") if p.is_file() and not p.name.startswith("pynomaly.db"))
     assert after == before and [d.version for d in service.list_detectors(home)] == [1]
     # Keys that are not keys.
-    for bad, said in (("c2hvcnQ=", "5 bytes after base64"), ("not base64!", "not base64")):
+    for bad, said in (("c2hvcnQ=", "5 bytes after base64"), ("not base64!", "not base64"),
+                      ("password-password-password-12345", "32 bytes that are not base64")):  # not a raw key
         monkeypatch.setenv("PYNOMALY_KEY", bad)
         with pytest.raises(KeyRequiredError, match=said):
             service.load_for_scoring(home, "d")

@@ -76,8 +76,10 @@ def new_key_text() -> str:
     return base64.b64encode(os.urandom(32)).decode() + "\n"
 
 
-def decode_key(raw, where: str) -> bytes:
-    """The 32-byte key in ``raw`` (base64 text of 32 bytes, or the 32 bytes themselves)."""
+def decode_key(raw, where: str, *, allow_raw: bool = True) -> bytes:
+    """The 32-byte key in ``raw``: base64 text of 32 bytes, or (``allow_raw``: from a file or
+    a command) the 32 bytes themselves. A 32-character variable is not taken as a key: it is
+    far more likely a password than 32 random bytes."""
     if isinstance(raw, str):
         raw = raw.encode()
     text = raw.strip()
@@ -86,7 +88,7 @@ def decode_key(raw, where: str) -> bytes:
     except (binascii.Error, ValueError):
         key = None
     if key is None or len(key) != 32:
-        if len(raw) == 32:  # the raw bytes themselves (base64 of 32 bytes is 44 characters)
+        if len(raw) == 32 and allow_raw:  # the raw bytes themselves (base64 of 32 bytes is 44 characters)
             return bytes(raw)
         got = f"{len(key)} bytes after base64" if key is not None else f"{len(raw)} bytes that are not base64"
         raise KeyRequiredError(
@@ -123,13 +125,19 @@ class KeySource:
             raise KeyRequiredError(f"the key file {self.value} is inside the home {home} it protects; keep it elsewhere")
 
     def load(self) -> bytes:
-        """The 32-byte key (read once per process and source)."""
+        """The 32-byte key (read once per process and source; a key file again when it changed)."""
         ident = (self.kind, self.value)
+        if self.kind == "file":
+            try:
+                st = Path(self.value).expanduser().stat()
+                ident += (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                pass  # _read says what is wrong
         with KeySource._lock:
             key = KeySource._cache.get(ident)
         if key is not None:
             return key
-        key = decode_key(self._read(), self.describe())
+        key = decode_key(self._read(), self.describe(), allow_raw=self.kind != "env")
         with KeySource._lock:
             KeySource._cache[ident] = key
         return key
