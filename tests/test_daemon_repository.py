@@ -92,3 +92,26 @@ def test_an_explicit_socket_folder_is_never_created(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "does not exist" in p.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_daemon_serves_an_encrypted_home_and_refuses_to_start_without_its_key(tmp_path):
+    pytest.importorskip("cryptography")
+    from pynomaly import KeyRequiredError  # noqa: F401 - the error the start-up check names
+
+    home, key = tmp_path / "home", tmp_path / "kek"
+    service.create_key_file(key)
+    service.init_home(home, encrypt=True, key=service.key_source(key_file=key))
+    X = cardio()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYNOMALY_KEY_FILE", str(key))
+        service.train(home, "cardio", X, "IsolationForest", {"random_state": 0, "n_estimators": 50})
+        model = service.load_for_scoring(home, "cardio").model
+    with pytest.raises(RuntimeError, match="is encrypted and no key was given"):
+        DaemonProcess(tmp_path, None, "--home", str(home), name="nokey.sock")
+    d = DaemonProcess(tmp_path, None, "--home", str(home), "--key-file", str(key))
+    try:
+        with pynomaly.Client(d.sock) as c:
+            np.testing.assert_array_equal(c.detect("cardio", X[:5]).scores, model.decision_function(X[:5]))
+            np.testing.assert_array_equal(c.detect("cardio", X).scores, model.decision_function(X))
+    finally:
+        assert d.stop() == 0

@@ -788,3 +788,17 @@ def test_deadline_raises_timeout_only_for_its_own_cancel():
         await asyncio.sleep(0)  # still usable
 
     asyncio.run(main())
+
+
+def test_the_api_and_token_commands_say_what_each_option_is():
+    import argparse
+
+    from pynomaly_api.cli import build_parser, token_parser
+
+    for parser in (build_parser(), token_parser()):
+        assert parser.description
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for p in [parser, *(c for s in subs for c in s.choices.values())]:
+            for a in p._actions:
+                if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+                    assert a.help, f"{p.prog} {a.option_strings or a.dest}"

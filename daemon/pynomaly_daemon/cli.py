@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
+
+from pynomaly import PynomalyError, service
 
 from .config import build_parser, config_from_args
 from .server import Daemon
@@ -27,6 +30,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         if config.trust_pickle:
             raise SystemExit("pynomaly daemon: --trust-pickle applies to --models folders only")
+        # An encrypted home's key: --key-file/--key-command, else the environment as the CLI
+        # reads it. Checked now, so a missing or wrong key stops the start with its reason
+        # rather than failing each request.
+        if config.key_file:
+            os.environ["PYNOMALY_KEY_FILE"] = config.key_file
+        if config.key_command:
+            os.environ["PYNOMALY_KEY_COMMAND"] = config.key_command
+        try:
+            service.check_key(args.home)
+        except PynomalyError as e:
+            raise SystemExit(f"pynomaly daemon: {e}") from None
         source = RepositorySource(args.home)
     daemon = Daemon(source, config)
     try:

@@ -15,15 +15,18 @@ from typing import Optional
 
 from pynomaly import wire
 
+from .roles import parse_roles
+
 _MB = 2**20
 
 
 def _opt(default, help: str, *, flag: Optional[str] = None, scale: float = 1.0, type=None, unit: str = "",
-         factory=None, zero_ok: bool = False):
+         factory=None, zero_ok: bool = False, metavar: Optional[str] = None):
     """A setting: ``flag`` (default ``--field-name``); the command line gives ``value / scale``
     in ``unit`` (e.g. megabytes for a byte count). A number must be finite and positive
     (``zero_ok``: or 0)."""
-    meta = {"help": help, "flag": flag, "scale": scale, "type": type, "unit": unit, "zero_ok": zero_ok}
+    meta = {"help": help, "flag": flag, "scale": scale, "type": type, "unit": unit, "zero_ok": zero_ok,
+            "metavar": metavar}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -46,6 +49,17 @@ class Config:
                                        flag="--group", type=str)
     allowed_uids: Optional[frozenset] = _opt(None, "accept only peers with this uid (SO_PEERCRED); repeatable",
                                              flag="--allow-uid", type=int)
+    roles: Optional[tuple] = _opt(None, "give peers a role: ROLE=WHO[,WHO...], ROLE detect (detect, list, info, "
+                                        "health, stats) or admin (everything, e.g. reload); WHO a uid, a user name, "
+                                        "@gid or @group; repeatable. With roles, a peer without one is refused "
+                                        "every op (the daemon's own uid is admin)",
+                                  flag="--role", type=str, metavar="ROLE=WHO")
+    roles_file: Optional[str] = _opt(None, "read roles from a file: one ROLE=WHO[,WHO...] line each, # comments",
+                                     type=str, metavar="PATH")
+    key_file: Optional[str] = _opt(None, "an encrypted home's key-encryption key file (default $PYNOMALY_KEY_FILE, "
+                                         "$PYNOMALY_KEY_COMMAND, $PYNOMALY_KEY)", type=str, metavar="PATH")
+    key_command: Optional[str] = _opt(None, "a command printing an encrypted home's key-encryption key",
+                                      type=str, metavar="CMD")
     max_frame: int = _opt(wire.MAX_FRAME_DEFAULT, "largest frame accepted", flag="--max-frame-mb", scale=_MB, unit="MB")
     max_connections: int = _opt(1024, "connections served at once")
     max_in_flight: int = _opt(4096, "requests admitted and not yet answered, all clients")
@@ -79,6 +93,11 @@ class Config:
     workers: int = _opt(None, "scoring threads", factory=_default_workers)
 
     def __post_init__(self):
+        # The roles are checked (users and groups looked up) once, here; the daemon reads
+        # `access` (None: no roles, everyone connected may do everything).
+        self.access = parse_roles(self.roles, self.roles_file)
+        if self.key_file and self.key_command:
+            raise ValueError("give either --key-file or --key-command, not both")
         # One check for every numeric setting, before any of it reaches the loops or the core
         # (a negative --max-frame-mb or a zero --frame-timeout would otherwise be taken as is).
         for f in dataclasses.fields(self):
@@ -108,8 +127,12 @@ def build_parser(prog: str = "python -m pynomaly_daemon") -> argparse.ArgumentPa
         if f.name == "socket_path":
             p.add_argument(flag, dest=f.name, default=None, metavar="PATH",
                            help=f"socket path (default {wire.default_socket_path()})")
-        elif f.name == "allowed_uids":
-            p.add_argument(flag, dest=f.name, type=int, action="append", default=None, metavar="UID", help=meta["help"])
+        elif f.name in ("allowed_uids", "roles"):
+            p.add_argument(flag, dest=f.name, type=meta["type"], action="append", default=None,
+                           metavar=meta["metavar"] or "UID", help=meta["help"])
+        elif meta["metavar"] is not None:
+            p.add_argument(flag, dest=f.name, type=meta["type"], default=default, metavar=meta["metavar"],
+                           help=meta["help"])
         elif f.type in ("bool", bool):
             p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=meta["help"])
         else:
@@ -134,6 +157,8 @@ def config_from_args(a: argparse.Namespace) -> Config:
             v = os.path.abspath(v or wire.default_socket_path())
         elif f.name == "allowed_uids":
             v = frozenset(v) if v else None
+        elif f.name == "roles":
+            v = tuple(v) if v else None
         elif f.metadata["scale"] != 1.0 and v is not None:
             v = f.metadata["scale"] * v
             if f.type in ("int", int) and math.isfinite(v):

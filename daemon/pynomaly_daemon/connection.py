@@ -30,7 +30,19 @@ _LEN = wire.FRAME_LENGTH
 
 class Replies:
     """Writing replies to a client, for every kind of connection (this module's, and the native
-    loop's in netloop.py): needs ``d``, ``peer``, ``closed`` and ``transport.write``."""
+    loop's in netloop.py): needs ``d``, ``peer``, ``closed`` and ``transport.write``; and the
+    peer's credentials ``uid`` and ``gid`` (None when unknown) with ``may_detect``, whether its
+    role lets it detect (then the native path may answer it)."""
+
+    uid = None
+    gid = None
+    may_detect = True
+
+    def set_peer(self, pid, uid, gid) -> None:
+        self.uid, self.gid = uid, gid
+        self.peer = f"pid={pid} uid={uid}" if uid is not None else "client"
+        access = self.d.access
+        self.may_detect = access is None or access.allows(uid, gid, "detect")
 
     def send(self, msg) -> None:
         if self.closed:
@@ -40,6 +52,8 @@ class Replies:
     def reply_error(self, req_id: int, code: str, message: str) -> None:
         self.d.errors[code] += 1
         log.warning("%s: %s: %s", self.peer, code, message)
+        if code == "forbidden":
+            self.d.record_refusal(self.peer, self.uid, self.gid, message)
         self.send(Error(req_id, code, message))
 
 
@@ -73,9 +87,9 @@ class Connection(Replies, asyncio.BufferedProtocol):
         uid = None
         try:
             pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            self.peer = f"pid={pid} uid={uid}"
+            self.set_peer(pid, uid, gid)
         except (OSError, AttributeError):  # not Linux: no peer credentials
-            pass
+            self.set_peer(None, None, None)
         d.conns.add(self)
         allowed = d.config.allowed_uids
         if allowed is not None and uid not in allowed:
@@ -106,7 +120,7 @@ class Connection(Replies, asyncio.BufferedProtocol):
         buf, view, p, end = self.buf, self.view, self.start, self.end
         max_frame = self.d.config.max_frame
         handle = self.d.handle
-        serve_fast = self.d.serve_fast if self.d.fast_rows else None
+        serve_fast = self.d.serve_fast if self.d.fast_rows and self.may_detect else None
         while end - p >= 4:
             if serve_fast is not None:
                 p = serve_fast(self, p, end)

@@ -48,10 +48,11 @@ class NativeConnection(Replies):
     read_paused = False
     eof = False
 
-    def __init__(self, pump: "NetPump", conn_id: int, peer: str):
+    def __init__(self, pump: "NetPump", conn_id: int, peer: str, uid: int, gid: int):
         self.d = pump.d
         self.pump = pump
         self.id = conn_id
+        self.set_peer(None, uid if uid >= 0 else None, gid if gid >= 0 else None)
         self.peer = peer
         self.closed = False
         self._in_flight = 0
@@ -82,12 +83,15 @@ class NetPump:
         self.d = daemon
         self.sock = sock
         uids = sorted(cfg.allowed_uids) if cfg.allowed_uids is not None else None
+        # With roles, the loop answers detects itself only for peers whose role allows them;
+        # every frame of any other peer goes to the Python path, which refuses what it must.
+        fast_uids, fast_gids = cfg.access.detectors() if cfg.access is not None else (None, None)
         # Raw-row requests the fast path could answer but for their size are scored by the
         # loop thread up to --idle-inline-rows (the rows that skip the pool on the uvloop path):
         # 1k rows then cost no hop to Python and back. Larger ones go to the pool, split.
         self.net = wire.NetLoop(sock.fileno(), cfg.net_threads, cfg.max_frame, daemon.fast_rows,
                                 cfg.idle_inline_rows, cfg.max_connections, cfg.conn_max_in_flight, cfg.max_rx_bytes,
-                                cfg.idle_timeout, cfg.frame_timeout, cfg.write_timeout, uids)
+                                cfg.idle_timeout, cfg.frame_timeout, cfg.write_timeout, uids, fast_uids, fast_gids)
         self.conns: dict = {}
         self._changed: dict = {}
         self._sync_handle = None
@@ -129,7 +133,7 @@ class NetPump:
             if kind == _FRAME:
                 conn = self.conns.get(cid)
                 if conn is None:
-                    conn = self.conns[cid] = NativeConnection(self, cid, ev[3])
+                    conn = self.conns[cid] = NativeConnection(self, cid, ev[3], ev[4], ev[5])
                 conn.taken += 1
                 self.changed(conn)
                 try:
@@ -147,6 +151,8 @@ class NetPump:
                 if code:
                     d.errors[code] += 1
                     log.log(level, "%s: %s: %s", peer, code, message)
+                    if code == "forbidden":  # the allow-list, enforced by the loop
+                        d.record_refusal(peer, ev[6] if ev[6] >= 0 else None, ev[7] if ev[7] >= 0 else None, message)
                 else:
                     log.log(level, "%s: %s", peer, message)
         batcher = d.batcher

@@ -3,6 +3,9 @@
 The rooms, each owning one concern:
 
 - ``config.py``: every setting once (the command line is derived from it);
+- ``roles.py``: who may do what (``--role``): checked per request in ``handle`` below; the
+  native paths answer only peers whose role lets them detect;
+- ``audit.py``: refused requests and administrative ops into the home's audit trail;
 - ``server.py`` (here): the socket, signals, timeouts, drain, and the dispatch of each parsed
   request: ``detect`` to the paths below, every other op through ``handlers.HANDLERS``;
 - ``netloop.py``: the native connection loop (C++ epoll threads in ``pynomaly._core``), which
@@ -49,6 +52,7 @@ from pynomaly import wire
 from pynomaly.wire import Detect, default_socket_path  # noqa: F401 - default_socket_path is re-exported
 
 from .admission import Admission
+from .audit import Auditor
 from .batching import Batcher, request_rows
 from pynomaly.serving import ModelCache
 from .config import Config
@@ -68,6 +72,7 @@ class Daemon:
 
     def __init__(self, source, config: Config):
         self.config = config
+        self.access = config.access  # roles (roles.Roles), or None: everyone may do everything
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="pynomaly-score")
         self.counters = collections.Counter()
         self.errors = collections.Counter()
@@ -98,6 +103,11 @@ class Daemon:
         self.netloop: Optional[NetPump] = None
         self.lock_fd = None
         self._stop: Optional[asyncio.Event] = None
+        self.auditor = Auditor(self, getattr(source, "home", None), audited=hasattr(source, "home"))
+
+    def record_refusal(self, peer: str, uid, gid, message: str) -> None:
+        """A ``forbidden`` reply (the allow-list or a role): into the audit trail."""
+        self.auditor.refused(peer, uid, gid, message)
 
     @property
     def source(self):
@@ -285,9 +295,20 @@ class Daemon:
             conn.reply_error(_guess_id(body), "bad_request", f"not a valid request: {e}")
             return
         if type(req) is Detect:
-            self.detect(conn, req)
-        else:
-            self.other(conn, req)
+            if conn.may_detect:
+                self.detect(conn, req)
+            else:
+                self.n_detect += 1  # stats count detect requests, refused ones too
+                conn.reply_error(req.id, "forbidden", self.access.refusal(conn.uid, conn.gid, "detect"))
+            return
+        access = self.access
+        if access is not None:
+            op = type(req).__struct_config__.tag
+            if not access.allows(conn.uid, conn.gid, op):
+                self.requests[op] += 1
+                conn.reply_error(req.id, "forbidden", access.refusal(conn.uid, conn.gid, op))
+                return
+        self.other(conn, req)
 
     def _admit(self, conn: Connection, req_id: int, rows: int) -> bool:
         why = self.admission.try_admit(conn, rows)
@@ -351,6 +372,9 @@ class Daemon:
             return
         self.admission.release(conn, 0)
         conn.send(reply)
+        if type(req) is wire.Reload:  # the one administrative op so far
+            self.auditor.record(conn, "reload", req.detector or "*", "ok",
+                                {"invalidated": list(reply.invalidated)})
 
     def serve_fast(self, conn: Connection, p: int, end: int) -> int:
         """Let the native path answer the small detects at conn's buffer[p:end]; returns where

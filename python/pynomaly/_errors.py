@@ -46,3 +46,7 @@ class ResultNotFoundError(NotFoundError):
 
 class ArtifactIntegrityError(PynomalyError):
     """An artifact or model file is missing, corrupted, or its signature does not match: it is refused."""
+
+
+class KeyRequiredError(RepositoryError):
+    """An encrypted home's key is missing, unreadable or wrong: the message names what is missing."""

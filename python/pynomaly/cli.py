@@ -1,5 +1,8 @@
 """The ``pynomaly`` command: train, detect, list, show, export, import, archive, activate,
-delete and quickstart, over :mod:`pynomaly.service`.
+delete, quickstart, init, keys and audit, over :mod:`pynomaly.service`.
+
+Every state-changing command (and one refused for a missing or wrong key) is recorded in the
+home's audit trail with its outcome (:func:`pynomaly.service.audit_record`).
 
 Thin on purpose: parse arguments, call the service, format what it returns. Errors are one
 line on stderr and exit status 1 (2 for usage errors, 130 on Ctrl-C); ``--debug`` shows the
@@ -113,6 +116,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--progress", action="store_true",
                    help="report progress on stderr even when it is not a terminal (as lines, for logs)")
+    p.add_argument("--key-file", metavar="PATH",
+                   help="an encrypted home's key-encryption key: a file (mode 0600, outside the home) holding the "
+                        "base64 of 32 random bytes (default: $PYNOMALY_KEY_FILE, $PYNOMALY_KEY_COMMAND, $PYNOMALY_KEY)")
+    p.add_argument("--key-command", metavar="CMD",
+                   help="a command that prints the key-encryption key (e.g. a KMS or systemd-creds call)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a detector on a data file and store it (next version)")
@@ -150,12 +158,40 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("name", help="detector name")
     e.add_argument("file", help="the file to write")
     e.add_argument("--version", type=int, help="detector version (default: latest)")
+    e.add_argument("--export-key-file", metavar="PATH",
+                   help="encrypt the file to this key (base64 of 32 bytes; created, mode 0600, if absent); "
+                        "required for a detector of an encrypted home")
 
     i = sub.add_parser("import", help="import an exported file as the next version of a detector")
     i.add_argument("file", help="a file written by `pynomaly export`")
     i.add_argument("--name", help="detector name (default: the exported one)")
     i.add_argument("--trust-pickle", action="store_true",
                    help="accept a pickled (PyOD) model signed elsewhere; only for files you trust")
+    i.add_argument("--export-key-file", metavar="PATH", help="the key an encrypted export file was written to")
+
+    n = sub.add_parser("init", help="create the home folder; --encrypt makes it an encrypted one")
+    n.add_argument("--encrypt", action="store_true",
+                   help="seal models, results and sensitive fields with a data key wrapped by the key-encryption key "
+                        "(--key-file PATH, created if absent; --key-command CMD; or $PYNOMALY_KEY)")
+
+    k = sub.add_parser("keys", help="key rotation of an encrypted home")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION",
+                            help="rotate: a new key-encryption key; reencrypt: a new data key")
+    kr = ksub.add_parser("rotate", help="wrap the data key with a new key-encryption key (no data is rewritten)",
+                         description="Wrap the data key with a new key-encryption key; no data is rewritten. "
+                                     "Needs the current key (--key-file, --key-command or $PYNOMALY_KEY) and the new one.")
+    kr.add_argument("--new-key-file", metavar="PATH", help="the new key's file (created, mode 0600, if absent)")
+    kr.add_argument("--new-key-command", metavar="CMD", help="a command printing the new key")
+    ksub.add_parser("reencrypt", help="seal everything under a new data key (resumable: rerun after a crash)",
+                    description="Seal every artifact and field under a new data key, then forget the old one. "
+                                "Resumable: after a crash, run it again.")
+
+    au = sub.add_parser("audit", help="show the audit trail, or check its hash chain (audit verify)",
+                        description="Show the audit trail (who did what, when, from where, outcome); "
+                                    "`pynomaly audit verify` checks its hash chain and exits 1 on a break.")
+    au.add_argument("action", nargs="?", choices=["verify"], help="verify: check the chain")
+    au.add_argument("--since", help="entries at or after an ISO date/time (2026-11-30T12:00) or an age (30m, 12h, 7d)")
+    au.add_argument("--json", action="store_true", help="print as JSON")
 
     for verb, text in (("archive", "retire a detector (keeps its versions)"),
                        ("activate", "make an archived detector detect again"),
@@ -285,18 +321,99 @@ def _cmd_show(args, home, progress, out):
                   f"{info['results'][-1]['anomalies_detected']} of {info['results'][-1]['total_samples']} rows flagged\n")
 
 
+def _export_key(path, create: bool, out):
+    from . import service
+
+    if path is None:
+        return None
+    from pathlib import Path
+
+    if create and not Path(path).expanduser().exists():
+        service.create_key_file(path)
+        out.write(f"wrote a new export key to {path} (mode 0600); the importer needs it\n")
+    return service.key_source(key_file=path).load()
+
+
 def _cmd_export(args, home, progress, out):
     from . import service
 
-    path = service.export(home, args.name, args.file, args.version)
-    out.write(f"exported {args.name} to {path}\n")
+    key = _export_key(args.export_key_file, True, out)
+    path = service.export(home, args.name, args.file, args.version, key=key)
+    out.write(f"exported {args.name} to {path}" + (" (encrypted)" if key else "") + "\n")
 
 
 def _cmd_import(args, home, progress, out):
     from . import service
 
-    det = service.import_detector(home, args.file, args.name, trust_pickle=args.trust_pickle)
+    key = _export_key(args.export_key_file, False, out)
+    det = service.import_detector(home, args.file, args.name, trust_pickle=args.trust_pickle, key=key)
     out.write(f"imported {det.name} v{det.version} ({det.algorithm})\n")
+
+
+def _cmd_init(args, home, progress, out):
+    from pathlib import Path
+
+    from . import service
+
+    key = None
+    if args.encrypt:
+        if args.key_file and not Path(args.key_file).expanduser().exists():
+            service.create_key_file(args.key_file)
+            out.write(f"wrote a new key-encryption key to {args.key_file} (mode 0600); keep it (and a copy) "
+                      "outside the home: without it the home cannot be read\n")
+        key = service.key_source(args.key_file, args.key_command)
+    path = service.init_home(home, encrypt=args.encrypt, key=key)
+    out.write(f"{'encrypted ' if args.encrypt else ''}home ready at {path}\n")
+
+
+def _cmd_keys(args, home, progress, out):
+    from pathlib import Path
+
+    from . import service
+
+    if args.keys_command == "rotate":
+        if args.new_key_file and not Path(args.new_key_file).expanduser().exists():
+            service.create_key_file(args.new_key_file)
+            out.write(f"wrote a new key-encryption key to {args.new_key_file} (mode 0600)\n")
+        new = service.key_source(args.new_key_file, args.new_key_command, prefix="PYNOMALY_NEW_")
+        if new is None:
+            raise SystemExit("pynomaly: keys rotate needs the new key: --new-key-file PATH (created if absent), "
+                             "--new-key-command CMD, or $PYNOMALY_NEW_KEY")
+        ids = service.rotate_key(home, new)
+        out.write(f"data key(s) {', '.join(ids)} now wrapped by {new.describe()}; the old key no longer opens "
+                  "this home\n")
+    else:
+        done = service.reencrypt(home, progress=progress)
+        progress.close()
+        out.write(f"re-encrypted {done['files']} file(s) and {done['fields']} field(s) under data key {done['key']}; "
+                  f"retired {', '.join(done['retired']) or 'nothing'}\n")
+
+
+def _cmd_audit(args, home, progress, out):
+    from . import service
+
+    if args.action == "verify":
+        found = service.audit_verify(home)
+        if args.json:
+            out.write(json.dumps(found, indent=2) + "\n")
+        elif found["ok"]:
+            out.write(f"audit trail intact: {found['entries']} entries\n")
+        else:
+            for p in found["problems"]:
+                out.write(f"BROKEN: {p}\n")
+        if not found["ok"]:
+            raise SystemExit(1)
+        return
+    entries = service.audit_entries(home, since=args.since)
+    if args.json:
+        out.write(json.dumps(entries, indent=2) + "\n")
+        return
+    rows = [(e["seq"], e["at"][:19], e["actor"], e["action"], e["target"] or "-", e["origin"] or "-", e["outcome"])
+            for e in entries]
+    if rows:
+        out.write(_table(rows, ("SEQ", "WHEN (UTC)", "WHO", "WHAT", "TARGET", "FROM", "OUTCOME")) + "\n")
+    else:
+        out.write("no audit entries" + (f" since {args.since}" if args.since else "") + "\n")
 
 
 def _cmd_lifecycle(args, home, progress, out):
@@ -385,7 +502,83 @@ _COMMANDS = {
     "delete": _cmd_lifecycle,
     "quickstart": _cmd_quickstart,
     "doctor": _cmd_doctor,
+    "init": _cmd_init,
+    "keys": _cmd_keys,
+    "audit": _cmd_audit,
 }
+
+
+# What each state-changing command records in the audit trail: the action and its target.
+def _audited(args):
+    c = args.command
+    if c == "train":
+        return "train", args.detector
+    if c == "detect" and not args.no_save:
+        return "detect", args.detector
+    if c in ("archive", "activate", "delete"):
+        return c, args.name
+    if c == "export":
+        return "export", f"{args.name} -> {args.file}"
+    if c == "import":
+        return "import", f"{args.file} -> {args.name or '(its own name)'}"
+    if c == "init" and args.encrypt:
+        return "init.encrypt", ""
+    if c == "keys":
+        return f"keys.{args.keys_command}", ""
+    if c == "doctor" and args.repair:
+        return "doctor.repair", ""
+    if c == "quickstart":
+        return "train", args.detector
+    return None
+
+
+def _record(args, home, outcome: str) -> None:
+    """Append the command's audit entry; a home that cannot take it gets a warning, not a failure."""
+    what = _audited(args)
+    if what is None:
+        return
+    from . import service
+
+    try:
+        import socket
+
+        service.audit_record(home, action=what[0], target=what[1], origin=f"cli host={socket.gethostname()}",
+                             outcome=outcome)
+    except Exception as e:  # noqa: BLE001 - the command's own outcome stands
+        sys.stderr.write(f"pynomaly: warning: not recorded in the audit trail: {e}\n")
+
+
+class _KeyEnv:
+    """``--key-file``/``--key-command`` for the length of one command: set in the environment,
+    where every repository the command opens (and a daemon it starts) finds them."""
+
+    def __init__(self, args):
+        self.set = {}
+        if args.key_file and args.key_command:
+            raise SystemExit("pynomaly: give either --key-file or --key-command, not both")
+        if args.key_file:
+            self.set = {"PYNOMALY_KEY_FILE": args.key_file, "PYNOMALY_KEY_COMMAND": None, "PYNOMALY_KEY": None}
+        elif args.key_command:
+            self.set = {"PYNOMALY_KEY_COMMAND": args.key_command, "PYNOMALY_KEY_FILE": None, "PYNOMALY_KEY": None}
+
+    def __enter__(self):
+        import os
+
+        self.old = {k: os.environ.get(k) for k in self.set}
+        for k, v in self.set.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def __exit__(self, *exc):
+        import os
+
+        for k, v in self.old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _parse(argv):
@@ -412,7 +605,16 @@ def main(argv=None) -> int:
     home = args.home if args.home else None
     progress = _Progress(force=args.progress)
     try:
-        _COMMANDS[args.command](args, home, progress, sys.stdout)
+        with _KeyEnv(args):
+            try:
+                _COMMANDS[args.command](args, home, progress, sys.stdout)
+            except SystemExit as e:
+                _record(args, home, "ok" if e.code in (None, 0) else f"error: exit status {e.code}")
+                raise
+            except BaseException as e:
+                _record(args, home, f"error: {(str(e) or type(e).__name__).splitlines()[0][:200]}")
+                raise
+            _record(args, home, "ok")
         return 0
     except BrokenPipeError:  # e.g. `pynomaly list | head -1`: the reader left, not an error
         sys.stderr.close()

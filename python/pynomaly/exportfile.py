@@ -4,6 +4,10 @@
 Layout: ``PYNOMALY-EXPORT\\n``, u32 format version, u64 header length, JSON header (detector and
 version metadata, artifact hash and signature), the zstd-compressed artifact, then the SHA-256
 of everything before it. Reading checks it end to end; nothing is unpickled or built here.
+
+An encrypted export (written with a ``key``: what an encrypted home writes) is
+``PYNOMALY-EXPORT-AES\n``, u32 version, a 12-byte nonce, then the whole plain export file
+sealed with AES-256-GCM under that key (the magic and version as associated data).
 """
 
 from __future__ import annotations
@@ -12,18 +16,55 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import os
 import struct
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from ._errors import ArtifactIntegrityError, InvalidInputError
+from ._errors import ArtifactIntegrityError, InvalidInputError, KeyRequiredError
 from ._files import atomic_write, zstd
 
 __all__ = ["Export", "read_export", "write_export"]
 
 _EXPORT_MAGIC = b"PYNOMALY-EXPORT\n"
 _EXPORT_VERSION = 1
+_SEALED_MAGIC = b"PYNOMALY-EXPORT-AES\n"
+_SEALED_VERSION = 1
+
+
+def _seal(body: bytes, key: bytes) -> bytes:
+    from .crypto import _aesgcm
+
+    head = _SEALED_MAGIC + struct.pack("<I", _SEALED_VERSION)
+    nonce = os.urandom(12)
+    return head + nonce + _aesgcm(key).encrypt(nonce, body, head)
+
+
+def _unseal(raw: bytes, key, name: str) -> bytes:
+    from .crypto import _aesgcm, _invalid_tag
+
+    if key is None:
+        raise KeyRequiredError(
+            f"{name} is an encrypted export; give the key it was exported to (CLI: --export-key-file PATH)"
+        )
+    n0 = len(_SEALED_MAGIC) + 4
+    (v,) = struct.unpack("<I", raw[len(_SEALED_MAGIC) : n0])
+    if v != _SEALED_VERSION:
+        raise ArtifactIntegrityError(f"{name} has encrypted export format {v}; this pynomaly reads {_SEALED_VERSION}")
+    try:
+        return _aesgcm(key).decrypt(raw[n0 : n0 + 12], raw[n0 + 12 :], raw[:n0])
+    except _invalid_tag():
+        raise ArtifactIntegrityError(f"{name}: wrong export key, or the file was modified") from None
+
+
+def is_sealed(path) -> bool:
+    """Whether the file at ``path`` is an encrypted export."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_SEALED_MAGIC)) == _SEALED_MAGIC
+    except OSError:
+        return False
 
 
 def _now_iso() -> str:
@@ -48,17 +89,21 @@ class Export:
     sha256: str
 
 
-def read_export(path) -> Export:
+def read_export(path, key: Optional[bytes] = None) -> Export:
     """Read and check an export file (checksum, format version, artifact hash).
 
-    Raises InvalidInputError when it cannot be read and ArtifactIntegrityError when it is not
-    an intact export file. Nothing is unpickled or built here.
+    ``key``: the 32-byte key an encrypted export was written to. Raises InvalidInputError
+    when it cannot be read, KeyRequiredError for an encrypted export without a key, and
+    ArtifactIntegrityError when it is not an intact export file (or the key is wrong).
+    Nothing is unpickled or built here.
     """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise InvalidInputError(f"cannot read {str(path)!r}: {e}") from None
+    if raw.startswith(_SEALED_MAGIC) and len(raw) >= len(_SEALED_MAGIC) + 4 + 12 + 16:
+        raw = _unseal(raw, key, path.name)
     n0 = len(_EXPORT_MAGIC) + 12
     if len(raw) < n0 + 32 or not raw.startswith(_EXPORT_MAGIC):
         raise ArtifactIntegrityError(f"{path.name} is not a pynomaly export file")
@@ -95,12 +140,13 @@ def read_export(path) -> Export:
 
 def write_export(path, *, name: str, algorithm: str, parameters: dict, blob: bytes, n_features: int,
                  threshold=None, format: str = "native", signature=None, version: int = 1, feature_names=None,
-                 data_fingerprint=None, trained_at=None, created_at=None) -> Path:
+                 data_fingerprint=None, trained_at=None, created_at=None, key: Optional[bytes] = None) -> Path:
     """Write one self-contained, checksummed export file (atomically) and return its path.
 
     Layout: ``PYNOMALY-EXPORT\\n``, u32 format version, u64 header length, JSON header
     (detector and version metadata, artifact hash and signature), the zstd-compressed
     artifact, then the SHA-256 of everything before it. :func:`read_export` reads it back.
+    With ``key`` (32 bytes) the file is that, sealed with AES-256-GCM (see the module's doc).
     """
     now = _now_iso()
     packed = zstd().ZstdCompressor(level=6).compress(blob)
@@ -118,5 +164,6 @@ def write_export(path, *, name: str, algorithm: str, parameters: dict, blob: byt
     hb = json.dumps(header, sort_keys=True).encode()
     body = _EXPORT_MAGIC + struct.pack("<IQ", _EXPORT_VERSION, len(hb)) + hb + packed
     path = Path(path)
-    atomic_write(path, body + hashlib.sha256(body).digest())
+    data = body + hashlib.sha256(body).digest()
+    atomic_write(path, data if key is None else _seal(data, key))
     return path

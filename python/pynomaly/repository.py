@@ -5,6 +5,14 @@ Layout of the home folder (``PYNOMALY_HOME``, else the user's data folder)::
     pynomaly.db            SQLite (WAL): detectors, detector_versions, datasets, results
     artifacts/ab/<sha>.zst artifacts, zstd-compressed, named by the SHA-256 of their content
     secret.key             32 random bytes (mode 0600): the HMAC key for pickled artifacts
+    keyring.json           encrypted homes only: the data keys, wrapped (see pynomaly.crypto)
+    audit-head.json        number and hash of the newest audit entry (see pynomaly.audit)
+
+An encrypted home (``pynomaly init --encrypt``) keeps each artifact as
+``artifacts/ab/<sha>.<context tag>.pne``: sealed with AES-256-GCM, bound to its content hash
+and to its context (a model version's detector name and version, a result's id), so one blob
+per context; dataset names and sources and every stored threshold are sealed fields. Names,
+versions, statuses and feature names (the model's schema) stay readable: listing needs no key.
 
 Artifact formats, per detector kind (``artifact_format`` of the class, default "native"):
 native detectors their own ``to_bytes`` (no pickle); torch a ``torch.save`` of tensors read
@@ -34,9 +42,11 @@ from typing import Optional
 
 import numpy as np
 
-from ._errors import ArtifactIntegrityError, DatasetNotFoundError, DetectorNotFoundError, InvalidInputError, RepositoryError
-from ._errors import ResultNotFoundError
+from . import audit as _audit
+from ._errors import ArtifactIntegrityError, DatasetNotFoundError, DetectorNotFoundError, InvalidInputError
+from ._errors import KeyRequiredError, RepositoryError, ResultNotFoundError
 from ._files import atomic_write, zstd
+from .crypto import HomeCipher, KeySource, context_tag, create_keyring, is_encrypted, key_source
 from .domain import DetectionResult, Detector, DetectorStatus, shown
 from .exportfile import Export, write_export
 
@@ -129,9 +139,11 @@ CREATE TABLE IF NOT EXISTS dataset_data (
 );
 """
 
-# 2: dataset_data (stored rows of uploaded datasets). Every statement above is idempotent, so
-# an older home is brought up to date by running them again.
-_SCHEMA_VERSION = 2
+_SCHEMA += ";" + _audit.SCHEMA
+
+# 2: the audit table; 3: dataset_data (stored rows of uploaded datasets). Every statement is
+# idempotent, so an older home is brought up to date by running them again.
+_SCHEMA_VERSION = 3
 
 
 class Repository:
@@ -141,13 +153,18 @@ class Repository:
     ----------
     home : str, Path or None
         The folder (created, mode 0700, if absent); None means :func:`default_home`.
+    key : KeySource, optional
+        Where an encrypted home's key-encryption key comes from; default: the environment
+        (``PYNOMALY_KEY_FILE``, ``PYNOMALY_KEY_COMMAND``, ``PYNOMALY_KEY``). Asked for only
+        when sealed data is read or written (listing needs none).
 
     Use as a context manager or call :meth:`close`. Each instance owns one SQLite connection;
     open one per thread or process.
     """
 
-    def __init__(self, home=None):
+    def __init__(self, home=None, *, key: "KeySource | None" = None):
         self.home = Path(home).expanduser() if home is not None else default_home()
+        self._key_source = key
         try:
             self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
             (self.home / "artifacts").mkdir(exist_ok=True, mode=0o700)
@@ -173,6 +190,148 @@ class Repository:
                 f"the repository database {str(db_path)!r} cannot be used ({e}); if it is damaged, move it "
                 "aside (the artifacts/ folder keeps the models' bytes) and restore it from a backup"
             ) from None
+        self._cipher = HomeCipher(self.home, key if key is not None else key_source()) if is_encrypted(self.home) else None
+
+    # -- encryption ----------------------------------------------------------------------------
+    @property
+    def encrypted(self) -> bool:
+        """Whether this home seals its data (``pynomaly init --encrypt``)."""
+        return self._cipher is not None
+
+    def require_key(self) -> None:
+        """For an encrypted home, raise KeyRequiredError now (before any work) unless its key
+        is given and opens every data key; nothing for a plain home."""
+        if self._cipher is not None:
+            self._cipher.require()
+
+    def _seal(self, value, where: str):
+        return value if self._cipher is None else self._cipher.seal_field(value, where)
+
+    def _open(self, value, where: str):
+        return value if self._cipher is None else self._cipher.open_field(value, where)
+
+    def encrypt_home(self, key: KeySource) -> None:
+        """Make this (empty) home encrypted, its data key wrapped by the key from ``key``."""
+        if self._cipher is not None:
+            raise RepositoryError(f"the home {self.home} is already encrypted")
+        used = [t for t in ("detectors", "datasets", "results")
+                if self._db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() is not None]
+        if used or any((self.home / "artifacts").glob("*/*")):
+            raise RepositoryError(
+                f"the home {self.home} already holds data ({', '.join(used) or 'artifacts'}); encrypt a new home "
+                "instead (pynomaly --home NEW init --encrypt) and move detectors over with export and import"
+            )
+        key.check_outside(self.home)
+        create_keyring(self.home, key.load())
+        self._cipher = HomeCipher(self.home, key)
+        self._key_source = key
+
+    def rewrap_key(self, new_key: KeySource) -> list:
+        """Wrap the data keys with a new key-encryption key; the artifacts stay as they are."""
+        if self._cipher is None:
+            raise RepositoryError(f"the home {self.home} is not encrypted (pynomaly init --encrypt)")
+        return self._cipher.rewrap(new_key)
+
+    def _sealed_fields(self):
+        """Every sealed column: (table, column, key columns, how a row names itself)."""
+        return (
+            ("datasets", "source", ("id",)),
+            ("datasets", "name", ("id",)),
+            ("detector_versions", "threshold", ("detector_id", "version")),
+            ("results", "threshold", ("id",)),
+            *(("audit", col, ("seq",)) for col in _audit.SEALED),
+        )
+
+    def reencrypt(self, progress=None) -> dict:
+        """Seal everything under a new data key, then forget the old ones.
+
+        Resumable: the new key is recorded (with the old ones kept) before anything is
+        rewritten; each file is replaced atomically and each table's fields in one
+        transaction; the old keys are dropped only once a pass, made under the write lock,
+        finds nothing sealed with them. Run it again after a crash: it carries on.
+        Returns ``{"key": new id, "files": n rewritten, "fields": n, "retired": [ids]}``.
+        """
+        c = self._cipher
+        if c is None:
+            raise RepositoryError(f"the home {self.home} is not encrypted (pynomaly init --encrypt)")
+        new = c.begin_new_key()
+        files = fields = 0
+        while True:
+            n_files = self._reseal_files(new, progress)
+            with self._transaction() as db:
+                n_fields = self._reseal_fields(db, new)
+                # Under the write lock: writers seal inside their transactions, so nothing
+                # old can appear between this last pass and dropping the old keys.
+                if n_files == 0 or self._reseal_files(new, progress) == 0:
+                    retired = c.finish_new_key()
+                    return {"key": new, "files": files + n_files, "fields": fields + n_fields, "retired": retired}
+            files += n_files
+            fields += n_fields
+
+    def _reseal_files(self, key_id: str, progress=None) -> int:
+        n = 0
+        for path in sorted((self.home / "artifacts").glob("*/*.pne")):
+            sha, tag = self._split_name(path)
+            if sha is None:
+                continue
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            if HomeCipher.artifact_key_id(raw) == key_id:
+                continue
+            packed = self._cipher.open_artifact(raw, sha, tag, f"artifact {path.name}")
+            atomic_write(path, self._cipher.seal_artifact(packed, sha, tag))
+            n += 1
+            if progress is not None:
+                progress(f"re-encrypted {path.name}")
+        return n
+
+    def _reseal_fields(self, db, key_id: str) -> int:
+        n = 0
+        for table, column, keys in self._sealed_fields():
+            for r in db.execute(f"SELECT {', '.join(keys)}, {column} AS v FROM {table}").fetchall():
+                kid = HomeCipher.field_key_id(r["v"])
+                if kid is None or kid == key_id:
+                    continue
+                where = self._where(table, column, [r[k] for k in keys])
+                value = self._cipher.open_field(r["v"], where)
+                cond = " AND ".join(f"{k} = ?" for k in keys)
+                db.execute(f"UPDATE {table} SET {column} = ? WHERE {cond}",
+                           (self._cipher.seal_field(value, where), *[r[k] for k in keys]))
+                n += 1
+        return n
+
+    @staticmethod
+    def _where(table: str, column: str, key_values) -> str:
+        # The same form as pynomaly.audit.where for the audit table's sealed fields.
+        return f"{table}.{column}\0" + "\0".join(str(v) for v in key_values)
+
+    # -- audit ---------------------------------------------------------------------------------
+    def audit_append(self, *, actor: str, action: str, target: str = "", origin: str = "", outcome: str = "ok",
+                     detail=None) -> dict:
+        """Append an entry to the audit log (see :mod:`pynomaly.audit`); returns it."""
+        seal = None
+        if self._cipher is not None:
+            try:
+                self._cipher.require()
+                seal = self._cipher.seal_field
+            except KeyRequiredError:  # e.g. the refusal of a command that lacked the key
+                seal = None
+        with self._transaction() as db:
+            return _audit.append(db, self.home, actor=actor, action=action, target=target, origin=origin,
+                                 outcome=outcome, detail=detail, seal=seal)
+
+    def audit_entries(self, since=None) -> list:
+        """Audit entries, oldest first (those at or after the datetime ``since``)."""
+        return _audit.entries(self._db, since, None if self._cipher is None else self._cipher.open_field)
+
+    def audit_verify(self) -> dict:
+        """Check the audit chain; see :func:`pynomaly.audit.verify`."""
+        # Under the write lock: an append writes the head mark before its commit, so reading
+        # the rows and the mark while one is half-way would see a mark ahead of the rows.
+        with self._transaction() as db:
+            return _audit.verify(db, self.home, None if self._cipher is None else self._cipher.open_field)
 
     # -- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -200,41 +359,94 @@ class Repository:
         return Repository._Tx(self._db)
 
     # -- artifacts -----------------------------------------------------------------------------
-    def _artifact_path(self, sha: str) -> Path:
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+    def _artifact_path(self, sha: str, context: str = "") -> Path:
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ArtifactIntegrityError(f"bad artifact id {sha!r}")
+        if self._cipher is not None:
+            return self.home / "artifacts" / sha[:2] / f"{sha}.{context_tag(context)}.pne"
         return self.home / "artifacts" / sha[:2] / f"{sha}.zst"
 
-    def put_artifact(self, data: bytes) -> str:
+    @staticmethod
+    def _split_name(path: Path):
+        """``(sha, context tag)`` of an encrypted artifact's file name, else ``(None, None)``."""
+        parts = path.name.split(".")
+        if len(parts) == 3 and parts[2] == "pne" and len(parts[0]) == 64 and len(parts[1]) == 32:
+            return parts[0], parts[1]
+        return None, None
+
+    @staticmethod
+    def version_context(name: str, version) -> str:
+        """The context a model version's artifact is bound to: its detector name and version."""
+        return f"model\0{name}\0{int(version)}"
+
+    @staticmethod
+    def dataset_context(dataset_id: str) -> str:
+        """The context a stored dataset's rows are bound to."""
+        return f"dataset:{dataset_id}"
+
+    @staticmethod
+    def result_context(result_id: str) -> str:
+        """The context a stored result's scores are bound to."""
+        return f"result\0{result_id}"
+
+    def _pack(self, data: bytes, sha: str, context: str) -> bytes:
+        packed = zstd().ZstdCompressor(level=6).compress(data)
+        if self._cipher is not None:
+            packed = self._cipher.seal_artifact(packed, sha, context_tag(context))
+        return packed
+
+    def put_artifact(self, data: bytes, context: str = "") -> str:
         """Store bytes (zstd-compressed) under their SHA-256; return it. Idempotent.
 
         A file already stored under that name is kept only when it holds these bytes: one
         that was truncated or corrupted since is replaced (atomically), so a new version
         never points at a damaged file that merely has the right name.
+
+        In an encrypted home the bytes are sealed, bound to their hash and to ``context`` (a
+        string naming what they belong to; :meth:`get_artifact` must be given the same), and
+        each context has its own file.
         """
         sha = hashlib.sha256(data).hexdigest()
-        path = self._artifact_path(sha)
-        if not path.exists() or not self._holds(path, sha):
-            path.parent.mkdir(exist_ok=True, mode=0o700)
-            atomic_write(path, zstd().ZstdCompressor(level=6).compress(data))
+        if self._cipher is not None and not self._db.in_transaction:
+            # Sealing writes hold the write lock, so a re-encryption's last pass (made under
+            # it) cannot miss a file sealed with a key it is about to drop.
+            with self._transaction():
+                self._put(data, sha, context)
+        else:
+            self._put(data, sha, context)
         return sha
 
-    @staticmethod
-    def _holds(path: Path, sha: str) -> bool:
-        """Whether the artifact file at ``path`` decompresses to bytes whose SHA-256 is ``sha``."""
+    def _put(self, data: bytes, sha: str, context: str) -> None:
+        path = self._artifact_path(sha, context)
+        if not path.exists() or not self._holds(path, sha, context):
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            atomic_write(path, self._pack(data, sha, context))
+
+    def _holds(self, path: Path, sha: str, context: str = "") -> bool:
+        """Whether the artifact file at ``path`` opens to bytes whose SHA-256 is ``sha``."""
         try:
-            data = zstd().ZstdDecompressor().decompress(path.read_bytes())
+            data = self._unpack(path.read_bytes(), sha, context, path.name)
+        except KeyRequiredError:
+            raise
         except Exception:  # noqa: BLE001 - unreadable or corrupted: it does not hold them
             return False
         return hashlib.sha256(data).hexdigest() == sha
 
-    def get_artifact(self, sha: str) -> bytes:
-        """The bytes stored under ``sha``; refused when missing or not matching their hash."""
-        path = self._artifact_path(sha)
+    def _unpack(self, raw: bytes, sha: str, context: str, what: str) -> bytes:
+        if self._cipher is not None:
+            raw = self._cipher.open_artifact(raw, sha, context_tag(context), what)
+        return zstd().ZstdDecompressor().decompress(raw)
+
+    def get_artifact(self, sha: str, context: str = "") -> bytes:
+        """The bytes stored under ``sha`` (and ``context``, in an encrypted home); refused
+        when missing, not matching their hash, or (encrypted) failing authentication."""
+        path = self._artifact_path(sha, context)
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             raise ArtifactIntegrityError(f"artifact {sha[:12]} is missing from {path.parent}") from None
+        if self._cipher is not None:
+            raw = self._cipher.open_artifact(raw, sha, context_tag(context), f"artifact {sha[:12]}")
         try:
             data = zstd().ZstdDecompressor().decompress(raw)
         except Exception as e:
@@ -372,6 +584,8 @@ class Repository:
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise InvalidInputError(f"a stored model must be bytes, got {type(blob).__name__}")
         blob = bytes(blob)
+        if self._cipher is not None:
+            return self._add_sealed_version(detector, blob, format, threshold, dataset_id)
         sha = self.put_artifact(blob)  # durable before the row that points at it exists
         signature = self._sign(sha, detector.algorithm) if format == "pickle" else None
         with self._transaction() as db:
@@ -381,6 +595,23 @@ class Repository:
             self._insert_version(db, detector, sha, format, signature, len(blob), threshold, dataset_id)
             self._write_detector(db, detector)
         self._ensure_artifact(sha, blob)
+        return detector
+
+    def _add_sealed_version(self, detector: Detector, blob: bytes, format: str, threshold, dataset_id) -> Detector:
+        # The artifact is bound to the version number, which is known only inside the
+        # transaction: it is written (durably) there, before the commit of the row pointing at
+        # it. A crash in between leaves an unreferenced file (doctor's orphan), never a row
+        # without its bytes.
+        self.require_key()  # before the version number is taken
+        sha = hashlib.sha256(blob).hexdigest()
+        signature = self._sign(sha, detector.algorithm) if format == "pickle" else None
+        with self._transaction() as db:
+            self._adopt_existing(db, detector)
+            self._write_detector(db, detector)
+            detector.version = self._next_version(db, detector)
+            self.put_artifact(blob, self.version_context(detector.name, detector.version))
+            self._insert_version(db, detector, sha, format, signature, len(blob), threshold, dataset_id)
+            self._write_detector(db, detector)
         return detector
 
     # -- version numbers that never go back -----------------------------------------------
@@ -437,7 +668,8 @@ class Repository:
                 d.n_features,
                 json.dumps(d.feature_names) if d.feature_names is not None else None,
                 d.data_fingerprint,
-                None if threshold is None else float(threshold),
+                self._seal(None if threshold is None else float(threshold),
+                           self._where("detector_versions", "threshold", (d.id, d.version))),
                 dataset_id,
                 (d.trained_at or datetime.now(timezone.utc)).isoformat(),
             ),
@@ -454,6 +686,8 @@ class Repository:
             v = dict(r)
             v["parameters"] = json.loads(v["parameters"])
             v["feature_names"] = json.loads(v["feature_names"]) if v["feature_names"] else None
+            v["threshold"] = self._open(v["threshold"], self._where("detector_versions", "threshold",
+                                                                    (v["detector_id"], v["version"])))
             out.append(v)
         return out
 
@@ -483,7 +717,7 @@ class Repository:
         """
         d = self.get(name)
         r = self._version_row(d, version)
-        blob = self.get_artifact(r["artifact"])
+        blob = self.get_artifact(r["artifact"], self.version_context(d.name, r["version"]))
         if r["format"] == "pickle" and not self._verify(r["artifact"], r["algorithm"], r["signature"]):
             raise ArtifactIntegrityError(
                 f"artifact of {name!r} version {r['version']} is not signed by this repository's key; refusing to unpickle it"
@@ -517,16 +751,40 @@ class Repository:
             r = db.execute("SELECT id FROM detectors WHERE name = ?", (name,)).fetchone()
             if r is None:
                 raise DetectorNotFoundError(f"no detector named {name!r} in {self.home}")
-            shas = {x[0] for x in db.execute("SELECT artifact FROM detector_versions WHERE detector_id = ?", (r["id"],))}
-            shas |= {x[0] for x in db.execute("SELECT scores_artifact FROM results WHERE detector_id = ?", (r["id"],))}
+            gone = {self._artifact_path(x[0], self.version_context(name, x[1])) for x in db.execute(
+                "SELECT artifact, version FROM detector_versions WHERE detector_id = ?", (r["id"],))}
+            gone |= {self._artifact_path(x[0], self.result_context(x[1])) for x in db.execute(
+                "SELECT scores_artifact, id FROM results WHERE detector_id = ?", (r["id"],))}
             n = db.execute("SELECT COUNT(*) FROM detector_versions WHERE detector_id = ?", (r["id"],)).fetchone()[0]
             db.execute("DELETE FROM detectors WHERE id = ?", (r["id"],))
-            still = {s for s in shas if self._referenced(db, s)}
+            # A plain home shares one file among rows with identical bytes: keep those others use.
+            still = set(self._referenced(db))
             # Unlinked while holding the write lock: a concurrent save of byte-identical
             # content commits after this and then finds its file gone (see _ensure_artifact).
-            for s in shas - still:
-                self._artifact_path(s).unlink(missing_ok=True)
+            for path in gone - still:
+                path.unlink(missing_ok=True)
         return n
+
+    def _referenced(self, db) -> dict:
+        """Artifact file path -> (sha, context, [what uses it]) for every row."""
+        out = {}
+        for r in db.execute(
+            "SELECT d.name, v.version, v.artifact FROM detector_versions v JOIN detectors d ON d.id = v.detector_id"
+        ):
+            ctx = self.version_context(r["name"], r["version"])
+            entry = out.setdefault(self._artifact_path(r["artifact"], ctx), (r["artifact"], ctx, []))
+            entry[2].append(f"{r['name']} v{r['version']}")
+        for r in db.execute(
+            "SELECT d.name, r.id, r.scores_artifact FROM results r JOIN detectors d ON d.id = r.detector_id"
+        ):
+            ctx = self.result_context(r["id"])
+            entry = out.setdefault(self._artifact_path(r["scores_artifact"], ctx), (r["scores_artifact"], ctx, []))
+            entry[2].append(f"{r['name']} result {r['id'][:8]}")
+        for r in db.execute("SELECT dataset_id, artifact FROM dataset_data"):
+            ctx = self.dataset_context(r["dataset_id"])
+            entry = out.setdefault(self._artifact_path(r["artifact"], ctx), (r["artifact"], ctx, []))
+            entry[2].append(f"dataset {r['dataset_id'][:8]}")
+        return out
 
     # -- checks ------------------------------------------------------------------------------
     def check(self, repair: bool = False) -> dict:
@@ -550,28 +808,17 @@ class Repository:
         result = [r[0] for r in self._db.execute("PRAGMA integrity_check")]
         if result != ["ok"]:
             out["database"] = result
-        referenced = {}
-        for r in self._db.execute(
-            "SELECT d.name, v.version, v.artifact FROM detector_versions v JOIN detectors d ON d.id = v.detector_id"
-        ):
-            referenced.setdefault(r["artifact"], []).append(f"{r['name']} v{r['version']}")
-        for r in self._db.execute(
-            "SELECT d.name, r.id, r.scores_artifact FROM results r JOIN detectors d ON d.id = r.detector_id"
-        ):
-            referenced.setdefault(r["scores_artifact"], []).append(f"{r['name']} result {r['id'][:8]}")
-        for r in self._db.execute("SELECT dataset_id, artifact FROM dataset_data"):
-            referenced.setdefault(r["artifact"], []).append(f"dataset {r['dataset_id'][:8]}")
-        for sha, users in sorted(referenced.items()):
-            path = self._artifact_path(sha)
+        referenced = self._referenced(self._db)
+        for path, (sha, ctx, users) in sorted(referenced.items()):
             if not path.exists():
                 out["missing_artifacts"].append({"artifact": sha, "used_by": users})
-            elif not self._holds(path, sha):
+            elif not self._holds(path, sha, ctx):
                 out["damaged_artifacts"].append({"artifact": sha, "used_by": users})
         root = self.home / "artifacts"
         for path in sorted(root.glob("*/*")):
             if path.name.startswith(".tmp-"):
                 out["temp_files"].append(str(path))
-            elif path.suffix == ".zst" and path.stem not in referenced:
+            elif path.suffix in (".zst", ".pne") and path not in referenced:
                 out["orphan_artifacts"].append(str(path))
         try:
             marks = self.version_marks()
@@ -619,33 +866,43 @@ class Repository:
         ``rows`` (the data's bytes, see ``service.store_dataset``) are stored as an artifact
         with it, so that the dataset can be scored or trained on later by its id.
         """
-        sha = self.put_artifact(rows) if rows is not None else None
+        self.require_key()
         with self._transaction() as db:
-            r = db.execute(
-                "SELECT id FROM datasets WHERE fingerprint = ? AND source IS ?", (fingerprint, source)
-            ).fetchone()
-            if r is not None:
-                did = r["id"]
-            else:
+            did = None
+            if self._cipher is None:
+                r = db.execute(
+                    "SELECT id FROM datasets WHERE fingerprint = ? AND source IS ?", (fingerprint, source)
+                ).fetchone()
+                did = r["id"] if r is not None else None
+            else:  # sealed sources differ each time: compare them opened
+                for r in db.execute("SELECT id, source FROM datasets WHERE fingerprint = ?", (fingerprint,)).fetchall():
+                    if self._open(r["source"], self._where("datasets", "source", (r["id"],))) == source:
+                        did = r["id"]
+                        break
+            if did is None:
                 did = uuid.uuid4().hex
+                w = lambda col: self._where("datasets", col, (did,))  # noqa: E731
                 db.execute(
                     "INSERT INTO datasets VALUES (?,?,?,?,?,?,?,?)",
-                    (did, name, source, int(shape[0]), int(shape[1]), json.dumps(list(column_names or [])), fingerprint,
-                     _now_iso()),
+                    (did, self._seal(name, w("name")), self._seal(source, w("source")), int(shape[0]),
+                     int(shape[1]), json.dumps(list(column_names or [])), fingerprint, _now_iso()),
                 )
-            if sha is not None:
+            if rows is not None:
+                # Written inside the transaction (a sealing write holds the write lock, see
+                # reencrypt); a crash before the commit leaves an orphan file, which doctor finds.
+                sha = self.put_artifact(rows, self.dataset_context(did))
                 db.execute("INSERT OR REPLACE INTO dataset_data VALUES (?, ?)", (did, sha))
-        if sha is not None:
-            self._ensure_artifact(sha, rows)
-        return did
+            return did
+
+    _DATASET_SELECT = "SELECT d.*, x.artifact FROM datasets d LEFT JOIN dataset_data x ON x.dataset_id = d.id"
 
     def _dataset_dict(self, r) -> dict:
         v = dict(r)
+        for col in ("name", "source"):
+            v[col] = self._open(v[col], self._where("datasets", col, (v["id"],)))
         v["column_names"] = json.loads(v["column_names"]) if v["column_names"] else []
         v["stored"] = v.pop("artifact", None) is not None
         return v
-
-    _DATASET_SELECT = "SELECT d.*, x.artifact FROM datasets d LEFT JOIN dataset_data x ON x.dataset_id = d.id"
 
     def datasets(self) -> list:
         """Every recorded dataset, as dicts (``stored``: whether its rows are kept)."""
@@ -665,7 +922,7 @@ class Repository:
         r = self._db.execute("SELECT artifact FROM dataset_data WHERE dataset_id = ?", (str(dataset_id),)).fetchone()
         if r is None:
             raise DatasetNotFoundError(f"dataset {dataset_id} was recorded without its rows; upload it to keep them")
-        return self.get_artifact(r["artifact"])
+        return self.get_artifact(r["artifact"], self.dataset_context(str(dataset_id)))
 
     def delete_dataset(self, dataset_id: str) -> None:
         """Forget a dataset and its stored rows (results that used it keep its id)."""
@@ -673,25 +930,25 @@ class Repository:
             r = db.execute("SELECT artifact FROM dataset_data WHERE dataset_id = ?", (str(dataset_id),)).fetchone()
             if db.execute("DELETE FROM datasets WHERE id = ?", (str(dataset_id),)).rowcount == 0:
                 raise DatasetNotFoundError(f"no dataset {shown(dataset_id)}")
-            if r is not None and not self._referenced(db, r["artifact"]):
-                self._artifact_path(r["artifact"]).unlink(missing_ok=True)
-
-    @staticmethod
-    def _referenced(db, sha: str) -> bool:
-        return db.execute(
-            "SELECT 1 FROM detector_versions WHERE artifact = ? UNION SELECT 1 FROM results WHERE scores_artifact = ? "
-            "UNION SELECT 1 FROM dataset_data WHERE artifact = ?",
-            (sha, sha, sha),
-        ).fetchone() is not None
+            if r is not None:
+                path = self._artifact_path(r["artifact"], self.dataset_context(str(dataset_id)))
+                if path not in self._referenced(db):  # a plain home shares one file among identical bytes
+                    path.unlink(missing_ok=True)
 
     def save_result(self, result: DetectionResult) -> str:
         """Store a detection result: metadata in SQLite, scores and labels as an artifact."""
         buf = io.BytesIO()
         np.savez(buf, scores=result.scores, labels=result.labels)
         blob = buf.getvalue()
-        sha = self.put_artifact(blob)
+        context = self.result_context(result.id)
+        self.require_key()
+        # Plain: the file is durable before the row. Sealed: written inside the transaction
+        # (see reencrypt: every sealing write holds the write lock).
+        sha = self.put_artifact(blob, context) if self._cipher is None else hashlib.sha256(blob).hexdigest()
         m = result.metrics
         with self._transaction() as db:
+            if self._cipher is not None:
+                self.put_artifact(blob, context)
             db.execute(
                 "INSERT INTO results VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -699,7 +956,7 @@ class Repository:
                     result.detector_id,
                     result.detector_version,
                     result.dataset_id,
-                    float(result.threshold),
+                    self._seal(float(result.threshold), self._where("results", "threshold", (result.id,))),
                     m["total_samples"],
                     m["anomalies_detected"],
                     m["processing_time_ms"],
@@ -707,28 +964,35 @@ class Repository:
                     result.timestamp.isoformat(),
                 ),
             )
-        self._ensure_artifact(sha, blob)
+        if self._cipher is None:
+            self._ensure_artifact(sha, blob)
         return result.id
 
     def results(self, name: str) -> list:
         """Metadata of the stored detection results of ``name`` (dicts, oldest first)."""
         d = self.get(name)
         rows = self._db.execute("SELECT * FROM results WHERE detector_id = ? ORDER BY created_at", (d.id,))
-        return [dict(r) for r in rows]
+        out = []
+        for r in rows:
+            v = dict(r)
+            v["threshold"] = self._open(v["threshold"], self._where("results", "threshold", (v["id"],)))
+            out.append(v)
+        return out
 
     def load_result(self, result_id: str) -> DetectionResult:
         """A stored DetectionResult with its scores and labels."""
         r = self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
         if r is None:
             raise ResultNotFoundError(f"no detection result {shown(result_id)}")
-        with np.load(io.BytesIO(self.get_artifact(r["scores_artifact"])), allow_pickle=False) as z:
+        blob = self.get_artifact(r["scores_artifact"], self.result_context(r["id"]))
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             scores, labels = z["scores"], z["labels"]
         return DetectionResult(
             id=r["id"],
             detector_id=r["detector_id"],
             detector_version=r["detector_version"],
             dataset_id=r["dataset_id"],
-            threshold=r["threshold"],
+            threshold=self._open(r["threshold"], self._where("results", "threshold", (r["id"],))),
             scores=scores,
             labels=labels,
             processing_time_ms=r["processing_time_ms"],
@@ -736,18 +1000,27 @@ class Repository:
         )
 
     # -- export / import -----------------------------------------------------------------------
-    def export(self, name: str, path, version=None) -> Path:
+    def export(self, name: str, path, version=None, *, key: "bytes | None" = None) -> Path:
         """Write one self-contained, checksummed file holding a detector version.
 
         Layout: ``PYNOMALY-EXPORT\\n``, u32 format version, u64 header length, JSON header
         (detector and version metadata, artifact hash and signature), the zstd-compressed
-        artifact, then the SHA-256 of everything before it.
+        artifact, then the SHA-256 of everything before it. With ``key`` (32 bytes) the file
+        is sealed to that key (see :func:`pynomaly.exportfile.write_export`); an encrypted
+        home refuses to write a plain one.
         """
+        if self._cipher is not None and key is None:
+            raise KeyRequiredError(
+                f"{name!r} lives in an encrypted home; an export of it must be encrypted too: give the key to "
+                "encrypt it to (CLI: --export-key-file PATH, a file holding the base64 of 32 random bytes)"
+            )
         d = self.get(name)
         r = self._version_row(d, version)
         version_fields = {
-            k: r[k] for k in ("version", "format", "signature", "n_features", "data_fingerprint", "threshold", "trained_at")
+            k: r[k] for k in ("version", "format", "signature", "n_features", "data_fingerprint", "trained_at")
         }
+        version_fields["threshold"] = self._open(
+            r["threshold"], self._where("detector_versions", "threshold", (d.id, r["version"])))
         return write_export(
             path,
             name=d.name,
@@ -755,7 +1028,8 @@ class Repository:
             parameters=json.loads(r["parameters"]),
             created_at=d.created_at.isoformat(),
             feature_names=json.loads(r["feature_names"]) if r["feature_names"] else None,
-            blob=self.get_artifact(r["artifact"]),
+            blob=self.get_artifact(r["artifact"], self.version_context(d.name, r["version"])),
+            key=key,
             **version_fields,
         )
 

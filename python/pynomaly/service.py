@@ -67,6 +67,14 @@ __all__ = [
     "results",
     "home_path",
     "doctor",
+    "init_home",
+    "check_key",
+    "key_source",
+    "rotate_key",
+    "reencrypt",
+    "audit_record",
+    "audit_entries",
+    "audit_verify",
 ]
 
 Progress = Optional[Callable[[str, Optional[float]], None]]
@@ -168,8 +176,10 @@ def train(
         else:
             X, names, source = load_data(data, columns)
         # What can be checked is checked before any work or write: unknown names and
-        # parameters, parameter values, the memory the fit needs. Nothing is stored until the
-        # fit is done, so a refused or killed first training leaves no trace.
+        # parameters, parameter values, the memory the fit needs, an encrypted home's key.
+        # Nothing is stored until the fit is done, so a refused or killed first training
+        # leaves no trace.
+        repo.require_key()
         model = registry.create(algorithm, **params)
         model.check_fit(*X.shape)
         try:
@@ -649,24 +659,30 @@ def delete(home, name: str) -> int:
         return repo.delete(name)
 
 
-def export(home, name: str, path, version=None) -> Path:
-    """Write detector ``name`` (latest or given version) to one self-contained file."""
+def export(home, name: str, path, version=None, *, key: Optional[bytes] = None) -> Path:
+    """Write detector ``name`` (latest or given version) to one self-contained file.
+
+    ``key`` (32 bytes) encrypts the file to that key; an encrypted home requires one
+    (KeyRequiredError otherwise), so its models never leave it in clear.
+    """
     with _repo(home) as repo:
-        return repo.export(name, path, version)
+        return repo.export(name, path, version, key=key)
 
 
-def import_detector(home, path, name=None, *, trust_pickle: bool = False) -> Detector:
+def import_detector(home, path, name=None, *, trust_pickle: bool = False, key: Optional[bytes] = None) -> Detector:
     """Import an exported file as the next version of ``name`` (default: its own name), active.
 
     Files are checked end to end (checksum, artifact hash). A pickled (PyOD) artifact must be
     signed by this repository's key; one from elsewhere is refused unless ``trust_pickle``
-    (then it is re-signed here: only for files from a source you trust).
+    (then it is re-signed here: only for files from a source you trust). ``key``: the key an
+    encrypted export was written to.
     """
     from . import registry
 
-    exp = read_export(path)
+    exp = read_export(path, key)
     name = check_name(name or exp.name)
     with _repo(home) as repo:
+        repo.require_key()
         if exp.format == "pickle" and not trust_pickle and not repo.signed_here(exp):
             raise ArtifactIntegrityError(
                 f"{Path(path).name} holds a pickled model signed by another repository's key; import it with"
@@ -729,3 +745,137 @@ def doctor(home, repair: bool = False) -> dict:
     fixed without losing anything. See :meth:`pynomaly.repository.Repository.check`."""
     with _repo(home) as repo:
         return repo.check(repair=repair)
+
+
+# -- encryption at rest --------------------------------------------------------------------
+def key_source(key_file=None, key_command=None, *, prefix: str = "PYNOMALY_"):
+    """Where a key comes from: ``key_file`` or ``key_command``, else the environment
+    (``PYNOMALY_KEY_FILE``, ``PYNOMALY_KEY_COMMAND``, ``PYNOMALY_KEY``; another ``prefix``
+    reads e.g. ``PYNOMALY_NEW_KEY``); None when nothing says. See :mod:`pynomaly.crypto`."""
+    from .crypto import key_source as _key_source
+
+    return _key_source(key_file, key_command, prefix=prefix)
+
+
+def create_key_file(path) -> Path:
+    """Write a new random key (base64 of 32 bytes) to ``path``, mode 0600; refuses to overwrite."""
+    import os
+
+    from .crypto import new_key_text
+
+    path = Path(path).expanduser()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InvalidInputError(f"{path} exists already; not overwriting a key") from None
+    except OSError as e:
+        raise InvalidInputError(f"cannot create the key file {path}: {e}") from None
+    try:
+        os.write(fd, new_key_text().encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def init_home(home, *, encrypt: bool = False, key=None) -> Path:
+    """Create a home; with ``encrypt``, make it an encrypted one whose data key is wrapped by
+    the key from ``key`` (a :func:`key_source`; default: the environment).
+
+    Only an empty home can be made encrypted (move detectors over with export and import).
+    """
+    from ._errors import KeyRequiredError
+
+    if encrypt:
+        key = key or key_source()
+        if key is None:
+            raise KeyRequiredError(
+                "an encrypted home needs a key-encryption key kept outside it: --key-file PATH (created if absent), "
+                "--key-command CMD, or PYNOMALY_KEY (base64 of 32 random bytes)"
+            )
+    repo = home if isinstance(home, Repository) else Repository(home, key=key)
+    try:
+        if encrypt:
+            repo.encrypt_home(key)
+        return repo.home
+    finally:
+        if repo is not home:
+            repo.close()
+
+
+def is_encrypted(home) -> bool:
+    """Whether ``home`` is an encrypted home."""
+    with _repo(home) as repo:
+        return repo.encrypted
+
+
+def check_key(home) -> None:
+    """For an encrypted home, raise KeyRequiredError (naming what is missing or wrong) unless
+    its key is given; nothing for a plain home."""
+    with _repo(home) as repo:
+        repo.require_key()
+
+
+def rotate_key(home, new_key) -> list:
+    """Wrap the home's data key(s) with the key from ``new_key`` (a :func:`key_source`);
+    nothing else is rewritten. Needs the current key too. Returns the data key ids."""
+    with _repo(home) as repo:
+        return repo.rewrap_key(new_key)
+
+
+def reencrypt(home, progress: Progress = None) -> dict:
+    """Seal every artifact and field of an encrypted home under a new data key (resumable;
+    see :meth:`pynomaly.repository.Repository.reencrypt`)."""
+    with _repo(home) as repo:
+        return repo.reencrypt(progress=None if progress is None else (lambda msg: progress(msg, None)))
+
+
+# -- the audit trail -----------------------------------------------------------------------
+def audit_record(home, *, actor: Optional[str] = None, action: str, target: str = "", origin: str = "",
+                 outcome: str = "ok", detail: Optional[dict] = None) -> dict:
+    """Append one entry to the home's audit trail; every face calls this for each
+    state-changing action and each refused access.
+
+    Parameters
+    ----------
+    home : folder, None or Repository
+    actor : str, optional
+        Who: ``"uid=1000(alice)"``, ``"token:alice"``, ...; default this process's user.
+    action : str
+        What: ``"train"``, ``"activate"``, ``"archive"``, ``"delete"``, ``"import"``,
+        ``"export"``, ``"keys.rotate"``, ``"keys.reencrypt"``, ``"token.create"``,
+        ``"refused"``, ... (at most 64 characters).
+    target : str
+        What it was done to (a detector name, ``"name@version"``, an op).
+    origin : str
+        From where: ``"cli host=..."``, ``"daemon peer pid=.. uid=.."``, ``"http 10.0.0.7"``.
+    outcome : str
+        ``"ok"``, ``"forbidden"``, or ``"error: <message>"``.
+    detail : dict, optional
+        Anything else, JSON-serialisable.
+
+    Returns the entry (a dict with ``seq``, ``at``, ``hash``, ...). Entries are hash-chained:
+    see :func:`audit_verify`.
+    """
+    from .audit import default_actor
+
+    with _repo(home) as repo:
+        return repo.audit_append(actor=actor or default_actor(), action=action, target=target, origin=origin,
+                                 outcome=outcome, detail=detail)
+
+
+def audit_entries(home, since=None) -> list:
+    """Audit entries (dicts, oldest first); ``since``: a datetime, an ISO date/time or an age
+    such as ``"12h"`` or ``"7d"``."""
+    from .audit import parse_since
+
+    if isinstance(since, str):
+        since = parse_since(since)
+    with _repo(home) as repo:
+        return repo.audit_entries(since)
+
+
+def audit_verify(home) -> dict:
+    """Check the audit chain: ``{"ok": bool, "entries": n, "problems": [...]}``."""
+    with _repo(home) as repo:
+        return repo.audit_verify()

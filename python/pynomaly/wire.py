@@ -276,5 +276,6 @@ ERROR_CODES = {
     "timeout": "a frame was not completed in time (then closed)",
     "overloaded": "the daemon cannot buffer this large frame now (receive memory bound); retry later (then closed)",
     "too_many_connections": "the daemon's connection limit is reached (then closed)",
-    "forbidden": "the peer's uid is not in the daemon's allow-list (then closed)",
+    "forbidden": "the peer may not do this: its uid is not in the allow-list (id 0, then closed), or its role "
+                 "does not allow the op (stays open)",
 }

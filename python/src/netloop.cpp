@@ -61,6 +61,8 @@ struct Conn {
     uint64_t id = 0;
     int fd = -1;
     std::string peer;
+    int64_t uid = -1, gid = -1;  // SO_PEERCRED (-1: unknown)
+    bool may_fast = true;         // the loop may answer this peer's detects (its role allows them)
     std::unique_ptr<unsigned char[]> in;  // kBuf bytes
     size_t start = 0, end = 0;            // unparsed bytes in[start, end)
     std::unique_ptr<Block> big;           // a large frame being received into its own memory
@@ -123,7 +125,8 @@ struct Loop::Impl {
         }
         if (was_empty) signal_fd(host_fd);
     }
-    void log(uint64_t conn, const std::string& peer, int level, std::string code, std::string message) {
+    void log(uint64_t conn, const std::string& peer, int level, std::string code, std::string message,
+             int64_t uid = -1, int64_t gid = -1) {
         Event e;
         e.kind = Event::Log;
         e.conn = conn;
@@ -131,6 +134,8 @@ struct Loop::Impl {
         e.code = std::move(code);
         e.message = std::move(message);
         e.peer = peer;
+        e.uid = uid;
+        e.gid = gid;
         emit(std::move(e));
     }
     Worker& owner(uint64_t conn) { return *workers[conn % workers.size()]; }
@@ -306,6 +311,14 @@ struct Worker {
             socklen_t len = sizeof cred;
             const bool have_cred = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
             c->peer = have_cred ? "pid=" + std::to_string(cred.pid) + " uid=" + std::to_string(cred.uid) : "client";
+            if (have_cred) {
+                c->uid = cred.uid;
+                c->gid = cred.gid;
+            }
+            if (cfg.check_fast) {
+                auto in = [](const std::vector<uint32_t>& v, uint32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+                c->may_fast = have_cred && (in(cfg.fast_uids, cred.uid) || in(cfg.fast_gids, cred.gid));
+            }
             L.counters.connections_total.fetch_add(1, std::memory_order_relaxed);
             const int64_t open = L.counters.connections.fetch_add(1, std::memory_order_relaxed) + 1;
             Conn& k = *c;
@@ -409,7 +422,7 @@ struct Worker {
             if (c.end - p - 4 < len) break;
             const unsigned char* body = buf + p + 4;
             Request q;
-            const Model* m = servable(body, len, q);
+            const Model* m = c.may_fast ? servable(body, len, q) : nullptr;
             if (m != nullptr && q.n <= cfg.fast_rows) {
                 if (batch_model != nullptr && (m != batch_model || !fastwire::fits(batch, q, cfg.fast_rows)))
                     flush_batch(c);
@@ -478,7 +491,7 @@ struct Worker {
     // rows read in place), else handed over without a copy.
     void serve_alone(Conn& c, std::unique_ptr<Block> b) {
         Request q;
-        const Model* m = servable(b->data, static_cast<uint32_t>(b->size), q);
+        const Model* m = c.may_fast ? servable(b->data, static_cast<uint32_t>(b->size), q) : nullptr;
         if (m == nullptr) {
             handoff(c, std::move(b));
             return;
@@ -534,6 +547,8 @@ struct Worker {
         e.conn = c.id;
         e.body = std::move(body);
         e.peer = c.peer;
+        e.uid = c.uid;
+        e.gid = c.gid;
         L.emit(std::move(e));
         ++c.queued;
         update_events(c);
@@ -603,7 +618,7 @@ struct Worker {
     // A final error reply, then the close: the stream cannot be resynchronised.
     void fail(Conn& c, const std::string& code, const std::string& message) {
         if (c.closing) return;
-        L.log(c.id, c.peer, kLogWarning, code, message);
+        L.log(c.id, c.peer, kLogWarning, code, message, c.uid, c.gid);
         fastwire::put_error(c.out, 0, code, message);
         c.closing = true;
         c.closing_since = now;

@@ -12,7 +12,9 @@
 // What the loop enforces itself, as the Python path does (PROTOCOL.md): the maximum frame size,
 // the receive-memory bound for large frames, the frame, idle and write timeouts, backpressure
 // (no reading from a client with too much queued or unread), the connection limit and the
-// peer-uid allow-list, and a graceful drain. Everything it logs or counts as an error goes to
+// peer-uid allow-list, and a graceful drain. With roles (check_fast), it answers detects itself
+// only for peers whose uid or gid may detect; every frame of another peer goes to the host,
+// which applies the roles (PROTOCOL.md). Everything it logs or counts as an error goes to
 // the host as an event, so the daemon keeps one log and one set of counters.
 #pragma once
 
@@ -48,6 +50,8 @@ struct Config {
     double idle_timeout = 300, frame_timeout = 10, write_timeout = 30;  // seconds
     bool check_uids = false;
     std::vector<uint32_t> allowed_uids;
+    bool check_fast = false;  // roles: only peers in fast_uids or fast_gids are served by the loop
+    std::vector<uint32_t> fast_uids, fast_gids;
 };
 
 // A frame body handed to the host, in memory of its own placed so that the body ends on an
@@ -68,6 +72,7 @@ struct Event {
     std::string code;             // Log: the wire error code it counts as, or empty
     std::string message;          // Log
     std::string peer;             // Frame and Log: "pid=... uid=..."
+    int64_t uid = -1, gid = -1;   // Frame and Log: the peer's credentials (-1: unknown)
 };
 
 struct Counters {

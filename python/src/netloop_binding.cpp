@@ -46,7 +46,8 @@ class NetLoop {
 public:
     NetLoop(int listen_fd, int threads, int64_t max_frame, int64_t fast_rows, int64_t alone_rows, int64_t max_connections,
             int64_t conn_max_in_flight, int64_t max_rx_bytes, double idle_timeout, double frame_timeout,
-            double write_timeout, std::optional<std::vector<uint32_t>> allowed_uids)
+            double write_timeout, std::optional<std::vector<uint32_t>> allowed_uids,
+            std::optional<std::vector<uint32_t>> fast_uids, std::optional<std::vector<uint32_t>> fast_gids)
         : grave_(std::make_shared<Graveyard>()) {
         netloop::Config c;
         c.listen_fd = listen_fd;
@@ -64,6 +65,11 @@ public:
             c.check_uids = true;
             c.allowed_uids = *allowed_uids;
         }
+        if (fast_uids || fast_gids) {  // roles: the loop answers only the peers that may detect
+            c.check_fast = true;
+            if (fast_uids) c.fast_uids = *fast_uids;
+            if (fast_gids) c.fast_gids = *fast_gids;
+        }
         loop_ = std::make_unique<netloop::Loop>(c);
     }
     ~NetLoop() {
@@ -78,7 +84,7 @@ public:
     void start() { loop_->start(); }
     int notify_fd() const { return loop_->notify_fd(); }
 
-    // [(0, conn, frame, peer) | (1, conn) | (2, conn, level, code, message, peer)]
+    // [(0, conn, frame, peer, uid, gid) | (1, conn) | (2, conn, level, code, message, peer, uid, gid)]
     py::list take() {
         grave_->release();
         std::vector<netloop::Event> evs = loop_->take();
@@ -88,13 +94,13 @@ public:
             py::object item;
             switch (e.kind) {
                 case netloop::Event::Frame:
-                    item = py::make_tuple(0, e.conn, NetFrame{std::move(e.body)}, e.peer);
+                    item = py::make_tuple(0, e.conn, NetFrame{std::move(e.body)}, e.peer, e.uid, e.gid);
                     break;
                 case netloop::Event::Closed:
                     item = py::make_tuple(1, e.conn);
                     break;
                 case netloop::Event::Log:
-                    item = py::make_tuple(2, e.conn, e.level, e.code, e.message, e.peer);
+                    item = py::make_tuple(2, e.conn, e.level, e.code, e.message, e.peer, e.uid, e.gid);
                     break;
             }
             out[i++] = item;
@@ -183,10 +189,12 @@ void register_netloop(py::module_& m) {
                         "The daemon's native connection loop (python/src/netloop.hpp); driven by "
                         "pynomaly_daemon.netloop.")
         .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double,
+                      std::optional<std::vector<uint32_t>>, std::optional<std::vector<uint32_t>>,
                       std::optional<std::vector<uint32_t>>>(),
              py::arg("listen_fd"), py::arg("threads"), py::arg("max_frame"), py::arg("fast_rows"), py::arg("alone_rows"),
              py::arg("max_connections"), py::arg("conn_max_in_flight"), py::arg("max_rx_bytes"),
-             py::arg("idle_timeout"), py::arg("frame_timeout"), py::arg("write_timeout"), py::arg("allowed_uids"))
+             py::arg("idle_timeout"), py::arg("frame_timeout"), py::arg("write_timeout"), py::arg("allowed_uids"),
+             py::arg("fast_uids") = py::none(), py::arg("fast_gids") = py::none())
         .def("start", &NetLoop::start)
         .def_property_readonly("notify_fd", &NetLoop::notify_fd)
         .def("take", &NetLoop::take)
