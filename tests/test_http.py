@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the http extra is not installed (pip install '.[http]')")
 jwt = pytest.importorskip("jwt")
 
+import pynomaly  # noqa: E402
 from pynomaly import service  # noqa: E402
 
 from _daemon_helpers import cardio  # noqa: E402
@@ -802,3 +803,92 @@ def test_the_api_and_token_commands_say_what_each_option_is():
             for a in p._actions:
                 if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
                     assert a.help, f"{p.prog} {a.option_strings or a.dest}"
+
+
+# -- the audit trail and encrypted homes (issue 15) ---------------------------------------------------
+def test_state_changes_and_refusals_over_http_are_in_the_audit_trail(tmp_path):
+    home = tmp_path / "home"
+    X = cardio()
+    service.train(home, "a", X[:500], "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    admin, viewer = make_token(home, "admin", user="ann"), make_token(home, "viewer", user="vic")
+    server = ApiServer(home)
+    try:
+        ds = server.json("POST", "/api/v1/datasets?name=rows.npy", _npy(X[:300]), token=admin,
+                         headers={"Content-Type": "application/octet-stream"})[1]
+        assert server.json("POST", "/api/v1/detectors/b/train", {"dataset_id": ds["id"], "params": {"n_estimators": 5}},
+                           token=admin)[0] == 200
+        assert server.json("POST", "/api/v1/detect", {"detector": "b", "dataset_id": ds["id"]}, token=admin)[0] == 200
+        assert server.json("POST", "/api/v1/detectors/a/archive", token=admin)[0] == 200
+        assert server.json("POST", "/api/v1/detectors/nope/archive", token=admin)[0] == 404
+        assert server.json("POST", "/api/v1/tokens", {"user": "x", "role": "viewer"}, token=admin)[0] == 201
+        assert server.json("DELETE", "/api/v1/detectors/b", token=viewer)[0] == 403
+        for _ in range(5):  # a burst of bad tokens: recorded once, the rest counted
+            assert server.json("GET", "/api/v1/detectors", token="bad.token.here")[0] == 401
+    finally:
+        server.stop()
+    entries = service.audit_entries(home)
+    by_action = {}
+    for e in entries:
+        by_action.setdefault(e["action"], []).append(e)
+    ours = [e for e in entries if e["origin"].startswith("http ")]
+    assert {("dataset.store", "ok"), ("train", "ok"), ("detect", "ok"), ("archive", "ok"), ("token.create", "ok")} <= \
+        {(e["action"], e["outcome"]) for e in ours}
+    assert all(e["actor"] == "token:ann" for e in ours if e["action"] in ("train", "archive", "token.create"))
+    failed = [e for e in ours if e["action"] == "archive" and e["target"] == "nope"]
+    assert failed and failed[0]["outcome"].startswith("error:")
+    refused = [e for e in ours if e["action"] == "refused"]
+    assert any(e["actor"] == "token:vic" and e["outcome"] == "forbidden" for e in refused)
+    unauth = [e for e in refused if e["outcome"] == "unauthenticated"]
+    assert 1 <= len(unauth) <= 2  # the burst of five is rate-limited to one entry a second
+    assert service.audit_verify(home)["ok"]
+    # The token command records too.
+    assert any(e["action"] == "token.create" and e["origin"].startswith("cli ") for e in entries)
+
+
+def _npy(X) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, X)
+    return buf.getvalue()
+
+
+def test_an_encrypted_home_is_served_with_its_key_and_refused_without(tmp_path):
+    pytest.importorskip("cryptography")
+    home, key = tmp_path / "home", tmp_path / "kek"
+    service.create_key_file(key)
+    service.init_home(home, encrypt=True, key=service.key_source(key_file=key))
+    X = cardio()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYNOMALY_KEY_FILE", str(key))
+        service.train(home, "enc", X, "IsolationForest", {"random_state": 0, "n_estimators": 20})
+        want = service.load_for_scoring(home, "enc").detect(X[:50]).scores
+        token = make_token(home, "admin")
+    out = subprocess.run([sys.executable, "-m", "pynomaly", "--home", str(home), "api", "--port", "1"],
+                         capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items()
+                                                                            if not k.startswith("PYNOMALY_KEY")})
+    assert out.returncode == 2 and "encrypted" in out.stderr and "Traceback" not in out.stderr
+    server = ApiServer(home, "--key-file", str(key))
+    try:
+        status, doc = server.json("POST", "/v2/models/enc/infer", infer_body(X[:50]), token=token)
+        assert status == 200 and np.array_equal(outputs_of(doc)["scores"], want)
+        ds = server.json("POST", "/api/v1/datasets?name=secret.npy", _npy(X[:100]), token=token,
+                         headers={"Content-Type": "application/octet-stream"})[1]
+        status, det = server.json("POST", "/api/v1/detect", {"detector": "enc", "dataset_id": ds["id"]}, token=token)
+        assert status == 200 and det["metrics"]["total_samples"] == 100
+    finally:
+        server.stop()
+    # The upload is sealed like the rest of the home: its name (a sealed field) is nowhere in
+    # clear, where a plain home shows it, and its rows open only with the key.
+    def holds(root, needle):
+        return any(needle in p.read_bytes() for p in root.rglob("*") if p.is_file())
+
+    plain = tmp_path / "plain"
+    service.store_dataset(plain, X[:100], "secret.npy")
+    assert holds(plain, b"secret.npy")
+    assert not holds(home, b"secret.npy")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYNOMALY_KEY_FILE", str(key))
+        assert np.array_equal(service.dataset_rows(home, ds["id"])[0], X[:100])
+    with pytest.raises(pynomaly.PynomalyError, match="encrypted"):
+        service.dataset_rows(home, ds["id"])

@@ -100,6 +100,9 @@ class ServerState:
                          "rows_scored": 0, "streamed_requests": 0, "started": time.time()}
         self.cache = ModelCache(RepositorySource(str(self.home)), self.run, max_bytes=settings.cache_bytes,
                                 refresh_interval=settings.refresh_interval_s, counters=self.counters)
+        from .audit import Auditor
+
+        self.audit = Auditor(self.home, self.run)
         self.ready = True
 
     def run(self, fn, *args):
@@ -108,14 +111,21 @@ class ServerState:
 
     def authorize(self, request: Request, action: str) -> Principal:
         """The caller, allowed to do ``action``; TokenError (401) or ForbiddenError (403)."""
-        return self.allow(request.headers.get("authorization"), action)
+        return self.allow(request.headers.get("authorization"), action, request.scope)
 
-    def allow(self, authorization: Optional[str], action: str) -> Principal:
-        """The caller an ``Authorization`` header value names, allowed to do ``action``."""
+    def allow(self, authorization: Optional[str], action: str, scope) -> Principal:
+        """The caller an ``Authorization`` header value names, allowed to do ``action``;
+        refusals go to the audit trail (``scope``: the request's, for where it came from)."""
         if self.verifier is None:
             return ANONYMOUS
-        p = self.verifier.verify(bearer(authorization))
-        p.require(action)
+        p = None
+        try:
+            p = self.verifier.verify(bearer(authorization))
+            p.require(action)
+        except (TokenError, ForbiddenError) as e:
+            self.audit.refused(scope.get("client"), p.subject if p is not None else None,
+                               403 if isinstance(e, ForbiddenError) else 401, str(e), scope.get("path", ""))
+            raise
         return p
 
     async def scorer(self, name: str, version: Optional[int]) -> service.Scorer:
@@ -393,7 +403,7 @@ async def infer(scope, receive, send) -> None:
     try:
         with deadline(st.settings.request_timeout_s):
             h = {k: v.decode("latin-1") for k, v in scope["headers"] if k in _INFER_HEADERS}
-            st.allow(h.get(b"authorization"), "detect")
+            st.allow(h.get(b"authorization"), "detect", scope)
             ctype = h.get(b"content-type")
             if ctype and not ctype.lower().startswith(_JSON_TYPES):
                 raise HTTPError(415, f"Content-Type {ctype[:60]!r} is not accepted: send an inference request as "

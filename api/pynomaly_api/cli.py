@@ -58,7 +58,10 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
     p.add_argument("--cache", type=_size, default=d.cache_bytes, metavar="SIZE",
                    help="memory for loaded detectors (default 2G)")
     p.add_argument("--threads", type=int, default=d.threads, help="scoring threads (default: one per CPU)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--key-file", help="an encrypted home's key file (default: $PYNOMALY_KEY_FILE, $PYNOMALY_KEY)")
+    p.add_argument("--key-command", help="a command that prints an encrypted home's key (e.g. a KMS call)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log level (default info)")
     return p
 
 
@@ -83,6 +86,16 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly api") -> in
     args = build_parser(prog).parse_args(argv)
     try:
         settings = settings_from_args(args)
+        # An encrypted home's key, as the daemon takes it: passed to the workers through the
+        # environment the CLI reads, and checked now, so that a missing or wrong key stops the
+        # start with its reason instead of failing each request.
+        if args.key_file:
+            os.environ["PYNOMALY_KEY_FILE"] = args.key_file
+        if args.key_command:
+            os.environ["PYNOMALY_KEY_COMMAND"] = args.key_command
+        from pynomaly import service as _service
+
+        _service.check_key(settings.home)
         if settings.auth:
             from .tokens import ensure_secret
             from pynomaly import service
@@ -136,11 +149,18 @@ def token_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly token
     try:
         home = service.home_path(args.home)
         if args.action == "create":
-            token, expires = tokens.create_token(home, args.user, args.role, tokens.parse_ttl(args.ttl),
-                                                 issuer=args.issuer, audience=args.audience)
+            what = ("token.create", f"{args.user} ({args.role})")
+            try:
+                token, expires = tokens.create_token(home, args.user, args.role, tokens.parse_ttl(args.ttl),
+                                                     issuer=args.issuer, audience=args.audience)
+            except Exception as e:
+                _audit(home, *what, f"error: {e}")
+                raise
+            _audit(home, *what, "ok", {"ttl": args.ttl})
             sys.stdout.write(f"# {args.role} token for {args.user}, expires {expires.isoformat()}\n{token}\n")
         elif args.action == "rotate":
             kids = tokens.rotate(home, args.retire)
+            _audit(home, "token.rotate", kids[-1], "ok", {"retired": list(args.retire)})
             sys.stdout.write(f"signing with {kids[-1]}; also accepted: {', '.join(kids[:-1]) or 'none'}\n")
         else:
             for k in tokens.read_secrets(home):
@@ -149,3 +169,12 @@ def token_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly token
     except Exception as e:  # noqa: BLE001 - one clear line
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 1
+
+
+def _audit(home, action: str, target: str, outcome: str, detail=None) -> None:
+    import socket
+
+    from pynomaly import service
+
+    service.audit_record(home, action=action, target=target, origin=f"cli host={socket.gethostname()}",
+                         outcome=outcome, detail=detail)

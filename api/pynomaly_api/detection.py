@@ -23,7 +23,7 @@ from starlette.responses import Response
 from pynomaly import service
 from pynomaly.domain import DetectionResult, check_name
 
-from .app import HTTPError, ServerState, read_body, state_of
+from .app import HTTPError, ServerState, read_body, state_of, status_of
 from .tokens import ROLES, Principal, create_token, parse_ttl
 
 router = APIRouter(prefix="/api/v1")
@@ -41,6 +41,20 @@ def allow(action: str):
 
 def _name(name: str) -> str:
     return check_name(name)
+
+
+async def audited(request: Request, who: Principal, action: str, target: str, work, detail=None):
+    """``await work()``, recorded in the audit trail with its outcome (ok, or the error's
+    message) before the answer goes out."""
+    st = state_of(request)
+    try:
+        result = await work()
+    except Exception as e:
+        status, message, _ = status_of(e)
+        await st.audit.record(who, request.client, action, target, f"error: {message}"[:300], {"status": status})
+        raise
+    await st.audit.record(who, request.client, action, target, "ok", detail(result) if callable(detail) else detail)
+    return result
 
 
 # -- schemas ---------------------------------------------------------------------------------
@@ -140,43 +154,57 @@ async def detector_results(name: str, request: Request, _: Principal = Depends(a
     return await st.run(service.results, st.home, _name(name))
 
 
-async def _lifecycle(request: Request, fn, name: str) -> dict:
+async def _lifecycle(request: Request, who: Principal, verb: str, fn, name: str) -> dict:
     st = state_of(request)
-    d = await st.run(fn, st.home, _name(name))
-    st.cache.invalidate(name)  # this process at once; other workers at their next refresh
-    return d.to_dict()
+
+    async def work():
+        d = await st.run(fn, st.home, _name(name))
+        st.cache.invalidate(name)  # this process at once; other workers at their next refresh
+        return d.to_dict()
+
+    return await audited(request, who, verb, name, work)
 
 
 @router.post("/detectors/{name}/archive", summary="Retire a detector (keeps its versions)")
-async def archive(name: str, request: Request, _: Principal = Depends(allow("manage"))) -> dict:
-    return await _lifecycle(request, service.archive, name)
+async def archive(name: str, request: Request, who: Principal = Depends(allow("manage"))) -> dict:
+    return await _lifecycle(request, who, "archive", service.archive, name)
 
 
 @router.post("/detectors/{name}/activate", summary="Make a detector detect again")
-async def activate(name: str, request: Request, _: Principal = Depends(allow("manage"))) -> dict:
-    return await _lifecycle(request, service.activate, name)
+async def activate(name: str, request: Request, who: Principal = Depends(allow("manage"))) -> dict:
+    return await _lifecycle(request, who, "activate", service.activate, name)
 
 
 @router.delete("/detectors/{name}", summary="Delete a detector with its versions and results")
-async def delete(name: str, request: Request, _: Principal = Depends(allow("manage"))) -> dict:
+async def delete(name: str, request: Request, who: Principal = Depends(allow("manage"))) -> dict:
     st = state_of(request)
-    n = await st.run(service.delete, st.home, _name(name))
-    st.cache.invalidate(name)
-    return {"deleted": name, "versions": n}
+
+    async def work():
+        n = await st.run(service.delete, st.home, _name(name))
+        st.cache.invalidate(name)
+        return {"deleted": name, "versions": n}
+
+    return await audited(request, who, "delete", name, work)
 
 
 @router.post("/detectors/{name}/train", summary="Train the next version of a detector on a stored dataset")
-async def train(name: str, body: TrainIn, request: Request, _: Principal = Depends(allow("train"))) -> dict:
+async def train(name: str, body: TrainIn, request: Request, who: Principal = Depends(allow("train"))) -> dict:
     st = state_of(request)
-    d = await st.run(lambda: service.train(st.home, _name(name), None, body.algorithm, body.params,
-                                           columns=body.columns, activate=body.activate, dataset_id=body.dataset_id))
-    return d.to_dict()
+
+    async def work():
+        d = await st.run(lambda: service.train(st.home, _name(name), None, body.algorithm, body.params,
+                                               columns=body.columns, activate=body.activate,
+                                               dataset_id=body.dataset_id))
+        return d.to_dict()
+
+    return await audited(request, who, "train", name, work,
+                         lambda d: {"version": d["version"], "algorithm": body.algorithm, "dataset_id": body.dataset_id})
 
 
 @router.get("/detectors/{name}/export", summary="A detector version as one export file",
             response_class=Response)
 async def export(name: str, request: Request, version: Optional[int] = Query(None, ge=1),
-                 _: Principal = Depends(allow("manage"))) -> Response:
+                 who: Principal = Depends(allow("manage"))) -> Response:
     st = state_of(request)
 
     def write() -> bytes:
@@ -185,14 +213,14 @@ async def export(name: str, request: Request, version: Optional[int] = Query(Non
             service.export(st.home, _name(name), path, version)
             return path.read_bytes()
 
-    blob = await st.run(write)
+    blob = await audited(request, who, "export", f"{name}@{version or 'latest'}", lambda: st.run(write))
     return Response(blob, media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{name}.pnx"'})
 
 
 @router.post("/detectors/import", summary="Import an export file (the request body) as a detector's next version")
 async def import_detector(request: Request, name: Optional[str] = None, trust_pickle: bool = False,
-                          _: Principal = Depends(allow("manage"))) -> dict:
+                          who: Principal = Depends(allow("manage"))) -> dict:
     st = state_of(request)
     blob = await read_body(request, st.settings.max_body_bytes)
     if not blob:
@@ -204,7 +232,8 @@ async def import_detector(request: Request, name: Optional[str] = None, trust_pi
             path.write_bytes(blob)
             return service.import_detector(st.home, path, name, trust_pickle=trust_pickle)
 
-    d = await st.run(load)
+    d = await audited(request, who, "import", name or "(its exported name)", lambda: st.run(load),
+                      lambda d: {"name": d.name, "version": d.version, "trust_pickle": trust_pickle})
     st.cache.invalidate(d.name)
     return d.to_dict()
 
@@ -236,7 +265,7 @@ def _suffix(filename: Optional[str], content_type: str) -> str:
 @router.post("/datasets", summary="Upload a dataset (CSV, Parquet, .npy or .npz); returns its id",
              status_code=201)
 async def upload_dataset(request: Request, name: Optional[str] = Query(None, max_length=200),
-                         _: Principal = Depends(allow("upload"))) -> dict:
+                         who: Principal = Depends(allow("upload"))) -> dict:
     st = state_of(request)
     body = await read_body(request, st.settings.max_body_bytes)
     ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
@@ -267,7 +296,8 @@ async def upload_dataset(request: Request, name: Optional[str] = Query(None, max
         finally:
             os.unlink(tmp)
 
-    return await st.run(store)
+    return await audited(request, who, "dataset.store", filename or f"upload{suffix}", lambda: st.run(store),
+                         lambda d: {"id": d["id"], "rows": d["n_rows"], "columns": d["n_columns"]})
 
 
 @router.get("/datasets", summary="List datasets")
@@ -283,16 +313,16 @@ async def show_dataset(dataset_id: str, request: Request, _: Principal = Depends
 
 
 @router.delete("/datasets/{dataset_id}", summary="Delete a stored dataset")
-async def delete_dataset(dataset_id: str, request: Request, _: Principal = Depends(allow("manage"))) -> dict:
+async def delete_dataset(dataset_id: str, request: Request, who: Principal = Depends(allow("manage"))) -> dict:
     st = state_of(request)
-    await st.run(service.delete_dataset, st.home, dataset_id)
+    await audited(request, who, "dataset.delete", dataset_id, lambda: st.run(service.delete_dataset, st.home, dataset_id))
     return {"deleted": dataset_id}
 
 
 # -- detection -------------------------------------------------------------------------------
 @router.post("/detect", summary="Detect anomalies in a stored dataset or inline rows", response_model=DetectionOut,
              response_model_exclude_none=True)
-async def detect(body: DetectIn, request: Request, _: Principal = Depends(allow("detect"))) -> dict:
+async def detect(body: DetectIn, request: Request, who: Principal = Depends(allow("detect"))) -> dict:
     st: ServerState = state_of(request)
     if (body.dataset_id is None) == (body.data is None):
         raise HTTPError(400, "give either dataset_id or data (rows), not both")
@@ -303,10 +333,17 @@ async def detect(body: DetectIn, request: Request, _: Principal = Depends(allow(
         data = np.asarray(body.data, dtype=np.float64) if body.data else np.empty((0, scorer.version.n_features))
         if data.ndim != 2:
             raise HTTPError(400, "data must be a list of rows of the same length")
-    result = await st.run(lambda: service.detect(
-        st.home, name, data, version=scorer.version.version, threshold=body.threshold,
-        contamination=body.contamination, columns=body.columns, save=body.save, dataset_id=body.dataset_id,
-        scorer=scorer))
+    def work():
+        return st.run(lambda: service.detect(
+            st.home, name, data, version=scorer.version.version, threshold=body.threshold,
+            contamination=body.contamination, columns=body.columns, save=body.save, dataset_id=body.dataset_id,
+            scorer=scorer))
+
+    if body.save:  # a stored result is a change to the home: recorded, as the CLI records it
+        result = await audited(request, who, "detect", f"{name}@{scorer.version.version}", work,
+                               lambda r: {"result": r.id, "rows": int(r.scores.shape[0])})
+    else:
+        result = await work()
     return detection_out(result, name, body.include_scores)
 
 
@@ -343,10 +380,15 @@ async def stats(request: Request, _: Principal = Depends(allow("read"))) -> dict
 
 # -- tokens ----------------------------------------------------------------------------------
 @router.post("/tokens", summary="Create a token for a user and role", status_code=201)
-async def new_token(body: TokenIn, request: Request, _: Principal = Depends(allow("tokens"))) -> dict:
+async def new_token(body: TokenIn, request: Request, who: Principal = Depends(allow("tokens"))) -> dict:
     st = state_of(request)
     if st.verifier is None:
         raise HTTPError(409, "this server runs without authentication (--no-auth): it checks no tokens")
-    token, expires = create_token(st.home, body.user, body.role, parse_ttl(body.ttl), issuer=st.settings.issuer,
-                                  audience=st.settings.audience)
+
+    async def work():
+        return create_token(st.home, body.user, body.role, parse_ttl(body.ttl), issuer=st.settings.issuer,
+                            audience=st.settings.audience)
+
+    token, expires = await audited(request, who, "token.create", f"{body.user} ({body.role})", work,
+                                   {"ttl": body.ttl})
     return {"token": token, "user": body.user, "role": body.role, "expires_at": expires.isoformat()}

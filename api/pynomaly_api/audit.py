@@ -1,0 +1,77 @@
+"""What the HTTP face writes into the home's audit trail (``pynomaly.service.audit_record``):
+every state-changing call (train, archive, activate, delete, import, export, dataset uploads
+and deletes, saved detections, token creation) with its outcome, and every refused access
+(401 and 403).
+
+Entries are written from the server's threads, never on the event loop. Refusals are
+recorded at most once per caller (token subject, else client address) and second; the ones
+left out are counted in the next entry's detail (``"suppressed"``), so a client hammering
+the server with bad tokens cannot flood the home with writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+from pynomaly import service
+
+log = logging.getLogger("pynomaly_api")
+
+_REFUSAL_INTERVAL = 1.0  # seconds between recorded refusals of one caller
+
+
+def origin_of(client) -> str:
+    """``"http 127.0.0.1:50412"`` from an ASGI ``client`` (host, port) pair, or a Unix socket."""
+    if not client:
+        return "http (unix socket)"
+    return f"http {client[0]}:{client[1]}"
+
+
+def actor_of(principal) -> str:
+    return f"token:{principal.subject}" if principal is not None else "anonymous"
+
+
+class Auditor:
+    def __init__(self, home, run):
+        self.home = home
+        self._run = run  # run(fn, *args) -> awaitable, in the server's threads
+        self._last: dict = {}  # caller -> (time of the last recorded refusal, refusals left out since)
+
+    def _write(self, entry: dict) -> None:
+        try:
+            service.audit_record(self.home, **entry)
+        except Exception as e:  # noqa: BLE001 - the server keeps serving; the log keeps the record
+            log.warning("audit trail: cannot record %s %s: %s", entry.get("action"), entry.get("target"), e)
+
+    def submit(self, **entry) -> None:
+        """Record an entry in the background (fire and forget, in the server's threads)."""
+        try:
+            self._run(self._write, entry)
+        except RuntimeError:  # no running loop (shutting down): write it here
+            self._write(entry)
+
+    async def record(self, principal, client, action: str, target: str, outcome: str = "ok",
+                     detail: Optional[dict] = None) -> None:
+        """Record a state-changing call and wait until it is written (a caller told "done"
+        can find it in the trail)."""
+        await self._run(self._write, {"actor": actor_of(principal), "action": action, "target": str(target)[:200],
+                                      "origin": origin_of(client), "outcome": outcome, "detail": detail})
+
+    def refused(self, client, who: Optional[str], status: int, message: str, path: str) -> None:
+        caller = who or (client[0] if client else "unix")
+        now = time.monotonic()
+        last, left_out = self._last.get(caller, (-1e9, 0))
+        if now - last < _REFUSAL_INTERVAL:
+            self._last[caller] = (last, left_out + 1)
+            return
+        self._last[caller] = (now, 0)
+        if len(self._last) > 4096:  # many callers: forget the old ones
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < _REFUSAL_INTERVAL}
+        detail = {"message": message[:300], "status": status}
+        if left_out:
+            detail["suppressed"] = left_out
+        self.submit(actor=f"token:{who}" if who else "unauthenticated", action="refused", target=path[:200],
+                    origin=origin_of(client), outcome="forbidden" if status == 403 else "unauthenticated",
+                    detail=detail)
