@@ -32,6 +32,14 @@ class Replies:
     """Writing replies to a client, for every kind of connection (this module's, and the native
     loop's in netloop.py): needs ``d``, ``peer``, ``closed`` and ``transport.write``."""
 
+    # Whether descriptors passed with SCM_RIGHTS reach the daemon (the native loop's
+    # connections). uvloop reads with recv(), so the kernel closes them: no memfd here.
+    passes_fds = False
+
+    def take_fd(self):
+        """The next descriptor the client passed (sharedmem.FdQueue), or None."""
+        return None
+
     def send(self, msg) -> None:
         if self.closed:
             return

@@ -45,7 +45,7 @@ import msgspec
 
 import pynomaly
 from pynomaly import wire
-from pynomaly.wire import Detect, default_socket_path  # noqa: F401 - default_socket_path is re-exported
+from pynomaly.wire import Detect, Rows, default_socket_path  # noqa: F401 - default_socket_path is re-exported
 
 from .admission import Admission
 from .batching import Batcher, request_rows
@@ -56,6 +56,7 @@ from .errors import RequestError, classify
 from .handlers import HANDLERS
 from .netloop import NetPump
 from .replies import Pending
+from .sharedmem import map_rows, names_memfd
 
 log = logging.getLogger("pynomaly_daemon")
 
@@ -281,12 +282,39 @@ class Daemon:
         try:
             req = self.decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            if conn.passes_fds and names_memfd(body):  # its descriptor is not the next frame's
+                fd = conn.take_fd()
+                if fd is not None:
+                    os.close(fd)
             conn.reply_error(_guess_id(body), "bad_request", f"not a valid request: {e}")
             return
         if type(req) is Detect:
+            rows = req.rows
+            if type(rows) is Rows and rows.memfd is not None and not self._map_shared(conn, req, rows):
+                return
             self.detect(conn, req)
         else:
             self.other(conn, req)
+
+    def _map_shared(self, conn, req: Detect, rows: Rows) -> bool:
+        """Take conn's next descriptor for a detect that names a memfd and map its rows in place
+        of ``data``; False after an error reply. The descriptor is closed either way (the
+        mapping keeps the memory)."""
+        fd = conn.take_fd()
+        if fd is None:
+            why = ("no descriptor came with this frame (pass the memfd with SCM_RIGHTS in the same sendmsg)"
+                   if conn.passes_fds else "shared memory needs the native connection loop (not --no-native-loop)")
+            conn.reply_error(req.id, "bad_request", why)
+            return False
+        try:
+            rows.data = map_rows(fd, rows, self.config.max_shm_bytes)
+            rows.memfd = None
+            return True
+        except RequestError as err:
+            conn.reply_error(req.id, err.code, err.message)
+            return False
+        finally:
+            os.close(fd)
 
     def _admit(self, conn: Connection, req_id: int, rows: int) -> bool:
         why = self.admission.try_admit(conn, rows)
