@@ -20,6 +20,7 @@ import fcntl
 import itertools
 import os
 import socket
+import struct
 import threading
 from typing import Optional, Sequence, Union
 
@@ -272,7 +273,8 @@ class Client(_Operations):
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._decoder = msgspec.msgpack.Decoder(wire.Reply)
-        self._buf = bytearray(64 * 1024)
+        self._buf = bytearray(64 * 1024)  # received bytes: [_rx_start, _rx_end) not yet parsed
+        self._rx_start = self._rx_end = 0
 
     # -- plumbing ----------------------------------------------------------------------
     def _connect(self) -> socket.socket:
@@ -287,19 +289,43 @@ class Client(_Operations):
         except OSError as e:
             s.close()
             raise DaemonUnavailableError(f"no pynomaly daemon at {self.path}: {e}") from None
+        # Once connected, the kernel applies the timeout (SO_RCVTIMEO/SO_SNDTIMEO) on a blocking
+        # socket: each send and receive is then one system call, where Python's own timeout
+        # polls before every one (a 1k-row detect went from 3 polls + 3 calls to 2 calls).
+        tv = struct.pack("ll", int(self.timeout), int((self.timeout % 1) * 1e6))
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            s.settimeout(None)
+        except OSError:  # keep Python's timeout
+            pass
+        self._rx_start = self._rx_end = 0
         return s
 
-    def _recv_exact(self, s: socket.socket, n: int) -> memoryview:
-        if len(self._buf) < n:
-            self._buf = bytearray(n)
-        view = memoryview(self._buf)[:n]
-        got = 0
-        while got < n:
-            k = s.recv_into(view[got:], n - got)
+    def _recv_frame(self, s: socket.socket) -> memoryview:
+        """The next frame body, usually read together with its length in one recv; bytes of a
+        later frame stay for the next call."""
+        buf, start, end = self._buf, self._rx_start, self._rx_end
+        while True:
+            have = end - start
+            need = 4
+            if have >= 4:
+                need += _LEN.unpack_from(buf, start)[0]
+                if have >= need:
+                    self._rx_start, self._rx_end = (start + need, end) if start + need < end else (0, 0)
+                    return memoryview(buf)[start + 4 : start + need]
+            if start + need > len(buf):  # make room: a fresh buffer (views of the old may live on)
+                fresh = bytearray(max(need, len(buf)))
+                fresh[:have] = buf[start:end]
+                self._buf = buf = fresh
+                start, end = 0, have
+            try:
+                k = s.recv_into(memoryview(buf)[end:])
+            except BlockingIOError:  # SO_RCVTIMEO ran out
+                raise socket.timeout("timed out") from None
             if k == 0:
                 raise DaemonUnavailableError("the daemon closed the connection")
-            got += k
-        return view
+            end += k
 
     def _call(self, req, expected: type, fd: Optional[int] = None):
         frame = _frame_parts(req)
@@ -321,8 +347,7 @@ class Client(_Operations):
         try:
             _sendall_parts(s, *frame, fd)
             while True:
-                n = _LEN.unpack(self._recv_exact(s, 4))[0]
-                reply = self._decoder.decode(self._recv_exact(s, n))
+                reply = self._decoder.decode(self._recv_frame(s))
                 if reply.id == req_id:
                     break
                 if type(reply) is wire.Error and reply.id == 0:  # connection-level error
@@ -331,7 +356,8 @@ class Client(_Operations):
             self._drop()
             if isinstance(e, DaemonUnavailableError):
                 raise
-            what = "timed out" if isinstance(e, socket.timeout) else f"failed: {e}"
+            # BlockingIOError: a send ran past SO_SNDTIMEO
+            what = "timed out" if isinstance(e, (socket.timeout, BlockingIOError)) else f"failed: {e}"
             raise DaemonUnavailableError(f"call to the daemon at {self.path} {what}") from None
         if type(reply) is wire.Error and reply.id == 0:
             self._drop()
