@@ -345,3 +345,29 @@ def test_uvloop_path_refuses_shared_memory(tmp_path, models):
             np.testing.assert_array_equal(c.detect("cardio", X).scores, models[1].decision_function(X))
     finally:
         assert d.stop() == 0
+
+
+def test_client_falls_back_to_the_frame_when_the_kernel_will_not_seal(daemon, models, monkeypatch):
+    """F_SEAL_WRITE can fail with EBUSY while fresh pages hold transient references: the
+    client then sends the rows in the frame, and the result is the same."""
+    import errno
+
+    from pynomaly import client as client_module
+
+    real = fcntl.fcntl
+    calls = []
+
+    def busy(fd, cmd, *args):
+        if cmd == fcntl.F_ADD_SEALS:
+            calls.append(fd)
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real(fd, cmd, *args)
+
+    monkeypatch.setattr(client_module.fcntl, "fcntl", busy)
+    X = cardio()[:300]
+    expected = models[1].decision_function(X)
+    mine = len(os.listdir("/proc/self/fd"))
+    with pynomaly.Client(daemon.sock, timeout=10, shared_memory=1) as c:
+        np.testing.assert_array_equal(c.detect("cardio", X).scores, expected)
+    assert len(calls) == 3
+    assert len(os.listdir("/proc/self/fd")) == mine  # the unsealed memfd was closed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import errno
 import fcntl
 import itertools
 import os
@@ -100,9 +101,14 @@ def _shm_min_rows(shared_memory: Union[bool, int]) -> int:
     raise ValueError(f"shared_memory must be True, False or a number of rows >= 1, got {shared_memory!r}")
 
 
-def _sealed_memfd(X: np.ndarray) -> int:
+def _sealed_memfd(X: np.ndarray) -> Optional[int]:
     """A memfd holding X's bytes, sealed so that neither side can change or shrink it: the
-    daemon maps it and scores the rows where they lie (PROTOCOL.md, "Shared memory")."""
+    daemon maps it and scores the rows where they lie (PROTOCOL.md, "Shared memory").
+
+    None when the kernel will not seal it now: F_SEAL_WRITE fails with EBUSY while freshly
+    written pages still hold transient references (seen once in a benchmark run); the rows then
+    go in the frame, as without the option.
+    """
     fd = os.memfd_create("pynomaly-rows", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         data = memoryview(X).cast("B")
@@ -110,11 +116,18 @@ def _sealed_memfd(X: np.ndarray) -> int:
         done = 0
         while done < len(data):  # write(), not a mapping: F_SEAL_WRITE needs no writable mapping
             done += os.pwrite(fd, data[done:], done)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        for attempt in range(3):
+            try:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+                return fd
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+        os.close(fd)
+        return None
     except BaseException:
         os.close(fd)
         raise
-    return fd
 
 
 def _fd_message(fd: int) -> list:
@@ -383,6 +396,8 @@ class Client(_Operations):
         # The memfd is made here and closed once the call is over (the daemon has its own
         # mapping by then, and closes its descriptor after mapping).
         fd = None if shared is None else _sealed_memfd(shared)
+        if shared is not None and fd is None:
+            req = msgspec.structs.replace(req, rows=_rows(shared))
         try:
             reply = self._call(req, expected, fd)
         finally:
@@ -551,6 +566,8 @@ class AsyncClient(_Operations):
 
     async def _request(self, req, expected: type, result, shared=None):
         fd = None if shared is None else _sealed_memfd(shared)
+        if shared is not None and fd is None:
+            req = msgspec.structs.replace(req, rows=_rows(shared))
         try:
             reply = await self._call(req, expected, fd)
         finally:
