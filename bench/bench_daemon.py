@@ -155,6 +155,9 @@ def main() -> None:
     ap.add_argument("--dataset", default="cardio")
     ap.add_argument("--sections", default="single,pipelined,batch", help="comma-separated parts to run")
     ap.add_argument("--batch-repeats", type=int, default=0, help="calls per batch size (default: about 2 s each)")
+    ap.add_argument("--batch-sizes", default="1000,100000", help="comma-separated rows per batch request")
+    ap.add_argument("--shared-memory", action="store_true",
+                    help="batch table: also time the same requests with the rows in a memfd (Client(shared_memory=1))")
     ap.add_argument("--daemon-args", default="", help="extra daemon options, e.g. --daemon-args=--no-fast-path")
     ap.add_argument("--no-redis-benchmark", dest="redis_benchmark", action="store_false",
                     help="drive Redis with the load generator only (skip the redis-benchmark columns)")
@@ -163,6 +166,7 @@ def main() -> None:
     X, name = load_dataset(args.dataset)
     info = pynomaly.build_info()
     print(f"# cpu: {cpu_model()}; pynomaly {info['version']} ({Path(pynomaly.__file__).parent})  simd={info['simd']}  "
+          f"iforest_kernel={info.get('iforest_kernel')}  "
           f"openmp={info['openmp']}  cpus={os.cpu_count()}  dataset={name} {X.shape}  daemon args: {args.daemon_args!r}")
     model = pynomaly.IsolationForest(random_state=0).fit(X)
 
@@ -225,22 +229,33 @@ def main() -> None:
         # requests across its workers. In-process is timed both ways, so the ratio that counts
         # (against in-process on every CPU, the daemon's share of the machine) is in the table.
         every = pynomaly.IsolationForest(random_state=0, n_jobs=-1).fit(X)
+        shm = pynomaly.Client(str(sock), shared_memory=1) if args.shared_memory else None
         print("\nbatch detect (want scores) through pynomaly.Client vs in-process decision_function "
-              "at n_jobs=1 and n_jobs=-1 (interleaved calls, medians)")
+              "at n_jobs=1 and n_jobs=-1 (interleaved calls, medians)"
+              + ("; 'shm': the same through Client(shared_memory=1), rows in a sealed memfd" if shm else ""))
         print(f"{'rows':>7} {'daemon rows/s':>14} {'in-proc 1 thr':>14} {'in-proc all':>12} "
-              f"{'ratio vs 1 thr':>14} {'ratio vs all':>12}")
+              f"{'ratio vs 1 thr':>14} {'ratio vs all':>12}"
+              + (f" {'shm rows/s':>12} {'shm vs 1 thr':>12} {'shm vs all':>10}" if shm else ""))
         rng = np.random.default_rng(0)
-        for n in (1_000, 100_000):
+        for n in (int(v) for v in args.batch_sizes.split(",")):
             B = X[rng.integers(0, len(X), n)]
             same = c.detect("bench", B, want=["scores"]).scores
             assert np.array_equal(same, model.decision_function(B))
             assert np.array_equal(same, every.decision_function(B))
+            fns = [lambda: model.decision_function(B), lambda: every.decision_function(B),
+                   lambda: c.detect("bench", B, want=["scores"])]
+            if shm:
+                assert np.array_equal(shm.detect("bench", B, want=["scores"]).scores, same)
+                fns.append(lambda: shm.detect("bench", B, want=["scores"]))
             reps = args.batch_repeats or max(7, int(1.5 / (n * 0.5e-6)))
-            r_1, r_all, r_d = _interleaved_rates(
-                [lambda: model.decision_function(B), lambda: every.decision_function(B),
-                 lambda: c.detect("bench", B, want=["scores"])], reps)
-            print(f"{n:>7} {r_d * n:>14,.0f} {r_1 * n:>14,.0f} {r_all * n:>12,.0f} "
-                  f"{r_d / r_1:>14.2f} {r_d / r_all:>12.2f}")
+            rates = _interleaved_rates(fns, reps)
+            r_1, r_all, r_d = rates[:3]
+            line = (f"{n:>7} {r_d * n:>14,.0f} {r_1 * n:>14,.0f} {r_all * n:>12,.0f} "
+                    f"{r_d / r_1:>14.2f} {r_d / r_all:>12.2f}")
+            if shm:
+                r_s = rates[3]
+                line += f" {r_s * n:>12,.0f} {r_s / r_1:>12.2f} {r_s / r_all:>10.2f}"
+            print(line, flush=True)
         st = c.stats()
         print(f"\ndaemon: {st.native_calls} native calls for {st.rows_scored} rows; "
               f"{st.coalesced_requests} requests were coalesced")

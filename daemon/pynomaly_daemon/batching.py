@@ -44,6 +44,8 @@ def request_rows(version, rows):
         if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
             raise RequestError("bad_shape", f"rows shape must be [n_rows >= 1, n_features >= 1], got {shape}")
         n, d = shape
+        if rows.data is None:  # a memfd the connection could not supply (sharedmem.py maps the others)
+            raise RequestError("bad_request", "rows needs 'data' (or 'memfd' with a descriptor passed with the frame)")
         if d != version.n_features:
             raise RequestError(
                 "bad_shape", f"rows have {d} features, detector {version.name!r} v{version.version} expects {version.n_features}"

@@ -66,6 +66,8 @@ class Config:
     max_in_flight_rows: int = _opt(8_000_000, "rows admitted and not yet answered, all clients")
     max_rx_bytes: int = _opt(1 << 30, "memory for large frames being received, all clients together",
                              flag="--max-rx-mb", scale=_MB, unit="MB")
+    max_shm_bytes: int = _opt(1 << 32, "largest rows one detect may pass in a memfd (mapped, not copied)",
+                              flag="--max-shm-mb", scale=_MB, unit="MB")
     conn_max_in_flight: int = _opt(256, "per connection; reading from it pauses above this")
     idle_timeout: float = _opt(300.0, "seconds a connection with nothing to do stays open")
     frame_timeout: float = _opt(10.0, "seconds to complete a started frame")

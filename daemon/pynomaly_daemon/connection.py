@@ -44,6 +44,14 @@ class Replies:
         access = self.d.access
         self.may_detect = access is None or access.allows(uid, gid, "detect")
 
+    # Whether descriptors passed with SCM_RIGHTS reach the daemon (the native loop's
+    # connections). uvloop reads with recv(), so the kernel closes them: no memfd here.
+    passes_fds = False
+
+    def take_fd(self):
+        """The next descriptor the client passed (sharedmem.FdQueue), or None."""
+        return None
+
     def send(self, msg) -> None:
         if self.closed:
             return

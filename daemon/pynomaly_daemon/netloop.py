@@ -18,6 +18,7 @@ from pynomaly import wire
 
 from .connection import Replies
 from .errors import classify
+from .sharedmem import MAX_FDS, FdQueue
 
 log = logging.getLogger("pynomaly_daemon")
 
@@ -47,6 +48,7 @@ class NativeConnection(Replies):
 
     read_paused = False
     eof = False
+    passes_fds = True
 
     def __init__(self, pump: "NetPump", conn_id: int, peer: str, uid: int, gid: int):
         self.d = pump.d
@@ -58,6 +60,10 @@ class NativeConnection(Replies):
         self._in_flight = 0
         self.taken = 0  # frames taken from the loop since the last update
         self.transport = _Writer(pump.net, conn_id, self)
+        self.fds = FdQueue()
+
+    def take_fd(self):
+        return self.fds.take()
 
     @property
     def in_flight(self) -> int:
@@ -114,6 +120,7 @@ class NetPump:
         self.net.stop()
         for conn in self.conns.values():
             conn.closed = True
+            conn.fds.close()
         self.conns.clear()
         return left
 
@@ -136,6 +143,11 @@ class NetPump:
                     conn = self.conns[cid] = NativeConnection(self, cid, ev[3], ev[4], ev[5])
                 conn.taken += 1
                 self.changed(conn)
+                if ev[6] and not conn.fds.add(ev[6]):
+                    self._refuse(conn, f"too many file descriptors: at most {MAX_FDS} may wait for the "
+                                       "frames that name them (one per shared-memory detect)")
+                if conn.closed:
+                    continue
                 try:
                     handle(conn, memoryview(ev[2]))
                 except Exception as err:  # noqa: BLE001 - the rest of the batch is still answered
@@ -145,6 +157,7 @@ class NetPump:
                 conn = self.conns.pop(cid, None)
                 if conn is not None:
                     conn.closed = True
+                    conn.fds.close()
                     self._changed.pop(cid, None)
             else:
                 level, code, message, peer = ev[2], ev[3], ev[4], ev[5]
@@ -158,6 +171,13 @@ class NetPump:
         batcher = d.batcher
         if batcher.pending and batcher.flush_handle is None:
             batcher.flush()  # as Connection.buffer_updated: nothing else to wait for
+
+    def _refuse(self, conn: NativeConnection, message: str) -> None:
+        """A final error, then the loop closes the connection once it is written."""
+        conn.reply_error(0, "bad_request", message)
+        conn.closed = True  # later frames of this read are not served
+        conn.fds.close()
+        self.net.close(conn.id)
 
     def changed(self, conn: NativeConnection) -> None:
         """conn's counts changed: tell the loop after the current callback, so that the replies

@@ -49,7 +49,7 @@ import msgspec
 
 import pynomaly
 from pynomaly import wire
-from pynomaly.wire import Detect, default_socket_path  # noqa: F401 - default_socket_path is re-exported
+from pynomaly.wire import Detect, Rows, default_socket_path  # noqa: F401 - default_socket_path is re-exported
 
 from .admission import Admission
 from .audit import Auditor
@@ -61,6 +61,7 @@ from .errors import RequestError, classify
 from .handlers import HANDLERS
 from .netloop import NetPump
 from .replies import Pending
+from .sharedmem import map_rows, names_memfd
 
 log = logging.getLogger("pynomaly_daemon")
 
@@ -292,12 +293,24 @@ class Daemon:
         try:
             req = self.decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            if conn.passes_fds and names_memfd(body):  # its descriptor is not the next frame's
+                fd = conn.take_fd()
+                if fd is not None:
+                    os.close(fd)
             conn.reply_error(_guess_id(body), "bad_request", f"not a valid request: {e}")
             return
         if type(req) is Detect:
+            rows = req.rows
+            shared = type(rows) is Rows and rows.memfd is not None
             if conn.may_detect:
+                if shared and not self._map_shared(conn, req, rows):
+                    return
                 self.detect(conn, req)
             else:
+                if shared:  # its descriptor is taken (and closed) all the same: later frames pair with theirs
+                    fd = conn.take_fd()
+                    if fd is not None:
+                        os.close(fd)
                 self.n_detect += 1  # stats count detect requests, refused ones too
                 conn.reply_error(req.id, "forbidden", self.access.refusal(conn.uid, conn.gid, "detect"))
             return
@@ -309,6 +322,26 @@ class Daemon:
                 conn.reply_error(req.id, "forbidden", access.refusal(conn.uid, conn.gid, op))
                 return
         self.other(conn, req)
+
+    def _map_shared(self, conn, req: Detect, rows: Rows) -> bool:
+        """Take conn's next descriptor for a detect that names a memfd and map its rows in place
+        of ``data``; False after an error reply. The descriptor is closed either way (the
+        mapping keeps the memory)."""
+        fd = conn.take_fd()
+        if fd is None:
+            why = ("no descriptor came with this frame (pass the memfd with SCM_RIGHTS in the same sendmsg)"
+                   if conn.passes_fds else "shared memory needs the native connection loop (not --no-native-loop)")
+            conn.reply_error(req.id, "bad_request", why)
+            return False
+        try:
+            rows.data = map_rows(fd, rows, self.config.max_shm_bytes)
+            rows.memfd = None
+            return True
+        except RequestError as err:
+            conn.reply_error(req.id, err.code, err.message)
+            return False
+        finally:
+            os.close(fd)
 
     def _admit(self, conn: Connection, req_id: int, rows: int) -> bool:
         why = self.admission.try_admit(conn, rows)

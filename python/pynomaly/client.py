@@ -14,11 +14,16 @@ connection at once (replies are matched to requests by id).
 
 from __future__ import annotations
 
+import array
 import asyncio
+import errno
+import fcntl
 import itertools
+import os
 import socket
+import struct
 import threading
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import msgspec
 import numpy as np
@@ -67,9 +72,66 @@ class Detection(msgspec.Struct, frozen=True):
     anomalies: Optional[np.ndarray] = None
 
 
+def _matrix(X) -> np.ndarray:
+    return np.ascontiguousarray(as_matrix(X))
+
+
+def _dtype(X: np.ndarray) -> str:
+    return "f4" if X.dtype == np.float32 else "f8"
+
+
 def _rows(X) -> wire.Rows:
-    X = np.ascontiguousarray(as_matrix(X))
-    return wire.Rows("f4" if X.dtype == np.float32 else "f8", list(X.shape), memoryview(X).cast("B"))
+    X = _matrix(X)
+    return wire.Rows(_dtype(X), list(X.shape), memoryview(X).cast("B"))
+
+
+# shared_memory=True: batches from this many rows go through a memfd (bench/RESULTS.md,
+# "Shared memory": below it the memfd's own setup costs more than the copies it saves).
+SHARED_MEMORY_MIN_ROWS = 10_000
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+
+
+def _shm_min_rows(shared_memory: Union[bool, int]) -> int:
+    if shared_memory is True:
+        return SHARED_MEMORY_MIN_ROWS
+    if shared_memory is False or shared_memory is None:
+        return 0
+    if isinstance(shared_memory, int) and shared_memory >= 1:
+        return shared_memory
+    raise ValueError(f"shared_memory must be True, False or a number of rows >= 1, got {shared_memory!r}")
+
+
+def _sealed_memfd(X: np.ndarray) -> Optional[int]:
+    """A memfd holding X's bytes, sealed so that neither side can change or shrink it: the
+    daemon maps it and scores the rows where they lie (PROTOCOL.md, "Shared memory").
+
+    None when the kernel will not seal it now: F_SEAL_WRITE fails with EBUSY while freshly
+    written pages still hold transient references (seen once in a benchmark run); the rows then
+    go in the frame, as without the option.
+    """
+    fd = os.memfd_create("pynomaly-rows", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        data = memoryview(X).cast("B")
+        os.ftruncate(fd, len(data))
+        done = 0
+        while done < len(data):  # write(), not a mapping: F_SEAL_WRITE needs no writable mapping
+            done += os.pwrite(fd, data[done:], done)
+        for attempt in range(3):
+            try:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+                return fd
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _fd_message(fd: int) -> list:
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
 
 
 def _want(want) -> list:
@@ -120,7 +182,7 @@ def _frame_parts(req):
     of the same request with empty data, its empty bin header widened to a bin 32 header.
     """
     rows = getattr(req, "rows", None)
-    if type(rows) is not wire.Rows or len(rows.data) < _SCATTER_BYTES:
+    if type(rows) is not wire.Rows or rows.data is None or len(rows.data) < _SCATTER_BYTES:
         return _frame(req), None
     data = rows.data
     head = _frame(msgspec.structs.replace(req, rows=msgspec.structs.replace(rows, data=memoryview(b""))))
@@ -131,7 +193,12 @@ def _frame_parts(req):
     return head, data
 
 
-def _sendall_parts(s: socket.socket, head, rows) -> None:
+def _sendall_parts(s: socket.socket, head, rows, fd: Optional[int] = None) -> None:
+    if fd is not None:  # the memfd goes with the frame's first bytes (and the frame is small)
+        sent = s.sendmsg([head], _fd_message(fd))
+        if sent < len(head):
+            s.sendall(memoryview(head)[sent:])
+        return
     if rows is None:
         s.sendall(head)
         return
@@ -150,7 +217,9 @@ class _Operations:
     expects and how to turn it into a result. :class:`Client` sends it and returns the result;
     :class:`AsyncClient` returns a coroutine of it (so its methods are awaited)."""
 
-    def _request(self, req, expected: type, result):  # pragma: no cover - each client defines it
+    _shm_rows = 0
+
+    def _request(self, req, expected: type, result, shared=None):  # pragma: no cover - each client's
         raise NotImplementedError
 
     def detect(self, detector: str, X, *, version: Optional[int] = None,
@@ -160,8 +229,14 @@ class _Operations:
         ``want`` picks the arrays returned: any of "scores", "labels", "probabilities",
         "anomalies". float32 and float64 arrays travel as raw bytes; other input is converted
         to float64 first, as in-process scoring does. Refused input raises DaemonInputError.
+        With the client's ``shared_memory`` on, large batches go in a sealed memfd.
         """
-        req = wire.Detect(next(self._ids), detector, version, _want(want), _rows(X))
+        X = _matrix(X)
+        want = _want(want)
+        if self._shm_rows and X.shape[0] >= self._shm_rows:
+            req = wire.Detect(next(self._ids), detector, version, want, wire.Rows(_dtype(X), list(X.shape), memfd=0))
+            return self._request(req, wire.DetectReply, _detection, X)
+        req = wire.Detect(next(self._ids), detector, version, want, _rows(X))
         return self._request(req, wire.DetectReply, _detection)
 
     def list(self) -> list:
@@ -195,16 +270,24 @@ class Client(_Operations):
     timeout : float, default 30
         Seconds a call may take, connecting included; on timeout the connection is dropped
         (its state is unknown) and the next call reconnects.
+    shared_memory : bool or int, default False
+        Send the rows of large ``detect`` batches in a sealed memfd passed over the socket
+        instead of in the frame (PROTOCOL.md, "Shared memory"; Linux, and a daemon on its native
+        connection loop). True: batches of at least ``SHARED_MEMORY_MIN_ROWS`` rows; an int:
+        batches of at least that many rows.
     """
 
-    def __init__(self, path: Optional[str] = None, *, timeout: float = 30.0):
+    def __init__(self, path: Optional[str] = None, *, timeout: float = 30.0,
+                 shared_memory: Union[bool, int] = False):
         self.path = path or wire.default_socket_path()
         self.timeout = timeout
+        self._shm_rows = _shm_min_rows(shared_memory)
         self._sock: Optional[socket.socket] = None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._decoder = msgspec.msgpack.Decoder(wire.Reply)
-        self._buf = bytearray(64 * 1024)
+        self._buf = bytearray(64 * 1024)  # received bytes: [_rx_start, _rx_end) not yet parsed
+        self._rx_start = self._rx_end = 0
 
     # -- plumbing ----------------------------------------------------------------------
     def _connect(self) -> socket.socket:
@@ -219,42 +302,65 @@ class Client(_Operations):
         except OSError as e:
             s.close()
             raise DaemonUnavailableError(f"no pynomaly daemon at {self.path}: {e}") from None
+        # Once connected, the kernel applies the timeout (SO_RCVTIMEO/SO_SNDTIMEO) on a blocking
+        # socket: each send and receive is then one system call, where Python's own timeout
+        # polls before every one (a 1k-row detect went from 3 polls + 3 calls to 2 calls).
+        tv = struct.pack("ll", int(self.timeout), int((self.timeout % 1) * 1e6))
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            s.settimeout(None)
+        except OSError:  # keep Python's timeout
+            pass
+        self._rx_start = self._rx_end = 0
         return s
 
-    def _recv_exact(self, s: socket.socket, n: int) -> memoryview:
-        if len(self._buf) < n:
-            self._buf = bytearray(n)
-        view = memoryview(self._buf)[:n]
-        got = 0
-        while got < n:
-            k = s.recv_into(view[got:], n - got)
+    def _recv_frame(self, s: socket.socket) -> memoryview:
+        """The next frame body, usually read together with its length in one recv; bytes of a
+        later frame stay for the next call."""
+        buf, start, end = self._buf, self._rx_start, self._rx_end
+        while True:
+            have = end - start
+            need = 4
+            if have >= 4:
+                need += _LEN.unpack_from(buf, start)[0]
+                if have >= need:
+                    self._rx_start, self._rx_end = (start + need, end) if start + need < end else (0, 0)
+                    return memoryview(buf)[start + 4 : start + need]
+            if start + need > len(buf):  # make room: a fresh buffer (views of the old may live on)
+                fresh = bytearray(max(need, len(buf)))
+                fresh[:have] = buf[start:end]
+                self._buf = buf = fresh
+                start, end = 0, have
+            try:
+                k = s.recv_into(memoryview(buf)[end:])
+            except BlockingIOError:  # SO_RCVTIMEO ran out
+                raise socket.timeout("timed out") from None
             if k == 0:
                 raise DaemonUnavailableError("the daemon closed the connection")
-            got += k
-        return view
+            end += k
 
-    def _call(self, req, expected: type):
+    def _call(self, req, expected: type, fd: Optional[int] = None):
         frame = _frame_parts(req)
         with self._lock:
             reused = self._sock is not None
             try:
-                reply = self._exchange(frame, req.id)
+                reply = self._exchange(frame, req.id, fd)
             except DaemonUnavailableError as e:
                 # A kept connection the daemon has since closed (idle timeout, restart) fails
                 # on first use: every operation is idempotent, so retry once on a fresh one.
                 if not reused or "timed out" in str(e):
                     raise
-                reply = self._exchange(frame, req.id)
+                reply = self._exchange(frame, req.id, fd)
         return _check(reply, expected)
 
-    def _exchange(self, frame, req_id: int):
+    def _exchange(self, frame, req_id: int, fd: Optional[int] = None):
         s = self._sock or self._connect()
         self._sock = s
         try:
-            _sendall_parts(s, *frame)
+            _sendall_parts(s, *frame, fd)
             while True:
-                n = _LEN.unpack(self._recv_exact(s, 4))[0]
-                reply = self._decoder.decode(self._recv_exact(s, n))
+                reply = self._decoder.decode(self._recv_frame(s))
                 if reply.id == req_id:
                     break
                 if type(reply) is wire.Error and reply.id == 0:  # connection-level error
@@ -263,7 +369,8 @@ class Client(_Operations):
             self._drop()
             if isinstance(e, DaemonUnavailableError):
                 raise
-            what = "timed out" if isinstance(e, socket.timeout) else f"failed: {e}"
+            # BlockingIOError: a send ran past SO_SNDTIMEO
+            what = "timed out" if isinstance(e, (socket.timeout, BlockingIOError)) else f"failed: {e}"
             raise DaemonUnavailableError(f"call to the daemon at {self.path} {what}") from None
         if type(reply) is wire.Error and reply.id == 0:
             self._drop()
@@ -285,8 +392,17 @@ class Client(_Operations):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _request(self, req, expected: type, result):
-        reply = self._call(req, expected)
+    def _request(self, req, expected: type, result, shared=None):
+        # The memfd is made here and closed once the call is over (the daemon has its own
+        # mapping by then, and closes its descriptor after mapping).
+        fd = None if shared is None else _sealed_memfd(shared)
+        if shared is not None and fd is None:
+            req = msgspec.structs.replace(req, rows=_rows(shared))
+        try:
+            reply = self._call(req, expected, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
         return reply if result is None else result(reply)
 
 
@@ -294,12 +410,14 @@ class AsyncClient(_Operations):
     """asyncio client with the methods of :class:`Client` as coroutines.
 
     Many calls may be in flight at once on its one connection; replies are matched by id.
-    Create and use it inside one event loop.
+    Create and use it inside one event loop. ``shared_memory`` as for :class:`Client`.
     """
 
-    def __init__(self, path: Optional[str] = None, *, timeout: float = 30.0):
+    def __init__(self, path: Optional[str] = None, *, timeout: float = 30.0,
+                 shared_memory: Union[bool, int] = False):
         self.path = path or wire.default_socket_path()
         self.timeout = timeout
+        self._shm_rows = _shm_min_rows(shared_memory)
         self._ids = itertools.count(1)
         self._writer: Optional[asyncio.StreamWriter] = None
         self._reader_task: Optional[asyncio.Task] = None
@@ -355,7 +473,7 @@ class AsyncClient(_Operations):
                 if not fut.done():
                     fut.set_exception(error)
 
-    async def _call(self, req, expected: type):
+    async def _call(self, req, expected: type, fd: Optional[int] = None):
         loop = asyncio.get_running_loop()
         writer = self._writer
         if writer is None or writer.is_closing():
@@ -370,15 +488,53 @@ class AsyncClient(_Operations):
             self._outbox_writer = writer
             loop.call_soon(self._send_outbox)
         head, rows = _frame_parts(req)
-        self._outbox.append(head)
-        if rows is not None:
-            self._outbox.append(rows)
+        if fd is not None:
+            try:
+                await asyncio.wait_for(self._send_with_fd(writer, head, fd), self.timeout)
+            except asyncio.TimeoutError:
+                self._waiting.pop(req.id, None)
+                raise DaemonUnavailableError(f"call to the daemon at {self.path} timed out") from None
+            except OSError as e:
+                self._waiting.pop(req.id, None)
+                writer.close()
+                raise DaemonUnavailableError(f"call to the daemon at {self.path} failed: {e}") from None
+        else:
+            self._outbox.append(head)
+            if rows is not None:
+                self._outbox.append(rows)
         try:
             reply = await asyncio.wait_for(fut, self.timeout)
         except asyncio.TimeoutError:
             self._waiting.pop(req.id, None)
             raise DaemonUnavailableError(f"call to the daemon at {self.path} timed out") from None
         return _check(reply, expected)
+
+    async def _send_with_fd(self, writer, head, fd: int) -> None:
+        """Send a (small) frame with a descriptor: straight on the socket, since asyncio's
+        transports carry no ancillary data. The frame's bytes must not interleave with another
+        frame's, so this waits until the transport has nothing queued and then sends without
+        yielding; what sendmsg leaves over goes through the transport, still in order."""
+        if self._outbox_writer is writer:
+            self._send_outbox()
+        transport = writer.transport
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM,
+                             fileno=os.dup(writer.get_extra_info("socket").fileno()))
+        try:  # the dup shares the transport's non-blocking mode: sendmsg never blocks the loop
+            while True:
+                if writer.is_closing():
+                    raise ConnectionResetError("the connection closed")
+                if transport.get_write_buffer_size() == 0:
+                    try:
+                        sent = sock.sendmsg([head], _fd_message(fd))
+                    except BlockingIOError:
+                        sent = -1
+                    if sent >= 0:
+                        if sent < len(head):
+                            writer.write(memoryview(head)[sent:])
+                        return
+                await asyncio.sleep(0.0005)
+        finally:
+            sock.close()
 
     def _send_outbox(self) -> None:
         writer, frames = self._outbox_writer, self._outbox
@@ -408,6 +564,13 @@ class AsyncClient(_Operations):
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def _request(self, req, expected: type, result):
-        reply = await self._call(req, expected)
+    async def _request(self, req, expected: type, result, shared=None):
+        fd = None if shared is None else _sealed_memfd(shared)
+        if shared is not None and fd is None:
+            req = msgspec.structs.replace(req, rows=_rows(shared))
+        try:
+            reply = await self._call(req, expected, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
         return reply if result is None else result(reply)

@@ -116,16 +116,19 @@ WANT_DEFAULT = ("scores", "labels")
 
 
 # -- requests ------------------------------------------------------------------------------
-class Rows(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class Rows(msgspec.Struct, gc=False, forbid_unknown_fields=True, omit_defaults=True):
     """A matrix as raw bytes: ``shape[0] * shape[1]`` little-endian values of ``dtype``.
 
     ``dtype`` is ``"f4"`` (float32) or ``"f8"`` (float64), rows one after another (C order).
     The daemon decodes ``data`` as a view of its receive buffer, so it is never copied.
+    Instead of ``data``, ``memfd`` (0) says the values are at the start of a sealed memfd
+    passed with the frame (PROTOCOL.md, "Shared memory"); exactly one of the two is given.
     """
 
     dtype: str
     shape: List[int]
-    data: memoryview
+    data: Optional[memoryview] = None  # omitted only when memfd is given
+    memfd: Optional[Annotated[int, msgspec.Meta(ge=0, le=0)]] = None
 
 
 class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unknown_fields=True):

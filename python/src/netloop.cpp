@@ -27,7 +27,10 @@ using fastwire::Request;
 
 namespace {
 
-constexpr size_t kBuf = 64 * 1024;         // receive buffer per connection; larger frames get a Block
+// Receive buffer per connection; larger frames get a Block. 128 KiB holds a 1k-row request of up
+// to 16 float64 features, which is then parsed and scored from here, read by one recvmsg. Pages
+// of it are touched only as far as a connection's frames reach (compaction moves data to the front).
+constexpr size_t kBuf = 128 * 1024;
 constexpr size_t kMinFree = 16 * 1024;     // compact the buffer below this much free room
 constexpr size_t kReserveFrom = 256 * 1024;  // frames from this size count against max_rx_bytes
 constexpr size_t kHighWater = 64 * 1024;   // unsent replies above this: stop reading (asyncio's default)
@@ -66,6 +69,7 @@ struct Conn {
     std::unique_ptr<unsigned char[]> in;  // kBuf bytes
     size_t start = 0, end = 0;            // unparsed bytes in[start, end)
     std::unique_ptr<Block> big;           // a large frame being received into its own memory
+    Fds fds;                              // descriptors received, not yet handed over with a frame
     size_t big_have = 0, reserved = 0;
     std::string out;
     size_t out_off = 0;
@@ -80,7 +84,7 @@ struct Conn {
 };
 
 struct Command {
-    enum Kind { Send, Update, Drain, Stop } kind;
+    enum Kind { Send, Update, Close, Drain, Stop } kind;
     explicit Command(Kind k) : kind(k) {}
     uint64_t conn = 0;
     std::string bytes;
@@ -90,6 +94,19 @@ struct Command {
 using Table = std::unordered_map<std::string, ModelPtr>;
 
 }  // namespace
+
+Fds& Fds::operator=(Fds&& o) noexcept {
+    if (this != &o) {
+        close_all();
+        fds.swap(o.fds);
+    }
+    return *this;
+}
+
+void Fds::close_all() {
+    for (int fd : fds) ::close(fd);
+    fds.clear();
+}
 
 std::unique_ptr<Block> Block::make(size_t n) {
     auto b = std::make_unique<Block>();
@@ -266,6 +283,11 @@ struct Worker {
                     mark_dirty(*k);
                     break;
                 }
+                case Command::Close: {
+                    Conn* k = find(c.conn);
+                    if (k != nullptr) shut(*k);
+                    break;
+                }
                 case Command::Update: {
                     Conn* k = find(c.conn);
                     if (k == nullptr) break;
@@ -361,28 +383,67 @@ struct Worker {
     }
 
     void on_readable(Conn& c) {
-        if (c.big) {
-            const ssize_t n = ::read(c.fd, c.big->data + c.big_have, c.big->size - c.big_have);
+        if (!c.big) {
+            if (kBuf - c.end < kMinFree) compact(c);
+            const ssize_t n = receive(c, c.in.get() + c.end, kBuf - c.end);
             if (!after_read(c, n)) return;
-            c.big_have += static_cast<size_t>(n);
-            if (c.big_have == c.big->size) {
-                serve_alone(c, std::move(c.big));
-                release_reserve(c);
-                c.big_have = 0;
-                c.partial_since = -1;
-                update_events(c);
-            }
-            return;
+            c.end += static_cast<size_t>(n);
+            parse(c);
+            // A large frame just moved to memory of its own: the rest of it has usually
+            // arrived too, so read it now rather than after another epoll_wait.
+            if (!c.big || c.closing) return;
         }
-        if (kBuf - c.end < kMinFree) compact(c);
-        const ssize_t n = ::read(c.fd, c.in.get() + c.end, kBuf - c.end);
+        const ssize_t n = receive(c, c.big->data + c.big_have, c.big->size - c.big_have);
         if (!after_read(c, n)) return;
-        c.end += static_cast<size_t>(n);
-        parse(c);
+        c.big_have += static_cast<size_t>(n);
+        if (c.big_have == c.big->size) {
+            serve_alone(c, std::move(c.big));
+            release_reserve(c);
+            c.big_have = 0;
+            c.partial_since = -1;
+            update_events(c);
+        }
+    }
+
+    // read(2) that keeps the descriptors a client passes with SCM_RIGHTS (PROTOCOL.md, "Shared
+    // memory") in c.fds, in the order they came, for the host. A plain read would make the
+    // kernel close them; more than kMaxFds held, or more than fit the control buffer (the
+    // kernel closes those), refuse the client: -2, after fail().
+    ssize_t receive(Conn& c, unsigned char* to, size_t n) {
+        alignas(cmsghdr) char ctl[CMSG_SPACE(sizeof(int) * kMaxFds)];
+        iovec iov{to, n};
+        msghdr m{};
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        m.msg_control = ctl;
+        m.msg_controllen = sizeof ctl;
+        const ssize_t r = ::recvmsg(c.fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (r < 0 || m.msg_controllen == 0) return r;
+        bool other = false;
+        for (cmsghdr* h = CMSG_FIRSTHDR(&m); h != nullptr; h = CMSG_NXTHDR(&m, h)) {
+            if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS) {
+                const size_t k = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                const unsigned char* p = CMSG_DATA(h);
+                for (size_t i = 0; i < k; ++i) {
+                    int fd;
+                    std::memcpy(&fd, p + i * sizeof(int), sizeof fd);
+                    c.fds.fds.push_back(fd);
+                }
+            } else {
+                other = true;  // no other kind is asked for (no SO_PASSCRED): not expected
+            }
+        }
+        if ((m.msg_flags & MSG_CTRUNC) || c.fds.fds.size() > kMaxFds || other) {
+            fail(c, "bad_request", "too many file descriptors: at most " + std::to_string(kMaxFds) +
+                                       " may wait for the frames that name them (one per shared-memory detect)");
+            return -2;
+        }
+        return r;
     }
 
     // Handles EOF and errors of a read; true when n bytes arrived.
     bool after_read(Conn& c, ssize_t n) {
+        if (n == -2) return false;  // refused by receive()
         if (n > 0) {
             c.last_rx = now;
             return true;
@@ -430,10 +491,13 @@ struct Worker {
                 fastwire::add(batch, q);
                 batch_frames.emplace_back(p + 4, len);
             } else if (m != nullptr) {
+                // Scored alone, where it lies in the receive buffer: no copy of the frame
+                // (score_batch copies the rows only if they are misaligned for their type).
                 flush_batch(c);
-                auto b = Block::make(len);  // aligned, so the rows are scored where they lie
-                std::memcpy(b->data, body, len);
-                serve_alone(c, std::move(b));
+                batch_model = m;
+                fastwire::add(batch, q);
+                batch_frames.emplace_back(p + 4, len);
+                flush_batch(c);
             } else {
                 flush_batch(c);  // its replies first: the frames before this one were read first
                 auto b = Block::make(len);
@@ -546,6 +610,7 @@ struct Worker {
         e.kind = Event::Frame;
         e.conn = c.id;
         e.body = std::move(body);
+        e.fds = std::move(c.fds);  // the host pairs them with the frames that name them, in order
         e.peer = c.peer;
         e.uid = c.uid;
         e.gid = c.gid;
@@ -620,11 +685,18 @@ struct Worker {
         if (c.closing) return;
         L.log(c.id, c.peer, kLogWarning, code, message, c.uid, c.gid);
         fastwire::put_error(c.out, 0, code, message);
+        shut(c);
+    }
+
+    // No more reading: close once the replies already queued are written.
+    void shut(Conn& c) {
+        if (c.closing) return;
         c.closing = true;
         c.closing_since = now;
         c.partial_since = -1;
         c.start = c.end = 0;
         c.big.reset();
+        c.fds.close_all();
         release_reserve(c);
         update_events(c);
         mark_dirty(c);
@@ -639,6 +711,7 @@ struct Worker {
         (void)lost;
         epoll_ctl(ep, EPOLL_CTL_DEL, c.fd, nullptr);
         ::close(c.fd);
+        c.fds.close_all();
         release_reserve(c);
         L.counters.connections.fetch_sub(1, std::memory_order_relaxed);
         Event e;
@@ -715,6 +788,12 @@ void Loop::send(uint64_t conn, std::string bytes) {
     Command c(Command::Send);
     c.conn = conn;
     c.bytes = std::move(bytes);
+    impl_->owner(conn).post(std::move(c));
+}
+
+void Loop::close(uint64_t conn) {
+    Command c(Command::Close);
+    c.conn = conn;
     impl_->owner(conn).post(std::move(c));
 }
 

@@ -63,11 +63,34 @@ struct Block {
     static std::unique_ptr<Block> make(size_t n);
 };
 
+// File descriptors a client passed with SCM_RIGHTS (a memfd of rows, PROTOCOL.md "Shared
+// memory"), owned: closed when dropped, unless released to their next owner.
+struct Fds {
+    std::vector<int> fds;
+    Fds() = default;
+    Fds(Fds&& o) noexcept : fds(std::move(o.fds)) { o.fds.clear(); }
+    Fds& operator=(Fds&& o) noexcept;
+    Fds(const Fds&) = delete;
+    Fds& operator=(const Fds&) = delete;
+    ~Fds() { close_all(); }
+    void close_all();
+    std::vector<int> release() {
+        std::vector<int> out;
+        out.swap(fds);
+        return out;
+    }
+};
+
+// Most descriptors a connection may have received and not yet handed over with a frame; a
+// client that sends more, or more in one message, is refused and closed.
+constexpr size_t kMaxFds = 8;
+
 struct Event {
     enum Kind : int { Frame = 0, Closed = 1, Log = 2 };
     Kind kind = Frame;
     uint64_t conn = 0;
     std::unique_ptr<Block> body;  // Frame
+    Fds fds;                      // Frame: the descriptors received since the last frame handed over
     int level = 0;                // Log: Python logging levels (20 info, 30 warning)
     std::string code;             // Log: the wire error code it counts as, or empty
     std::string message;          // Log
@@ -96,6 +119,9 @@ public:
     // how many of its handed-over frames the host has taken and how many it still answers.
     void send(uint64_t conn, std::string bytes);
     void update(uint64_t conn, int64_t taken, int64_t in_flight);
+    // Close a connection once the replies already sent for it are written (the host's final
+    // error, e.g. for descriptors it refuses).
+    void close(uint64_t conn);
 
     // Served detectors by request key (model_key); the loop hands over frames of other keys.
     static std::string model_key(const uint8_t* name, size_t len, bool has_version, bool neg, uint64_t version);

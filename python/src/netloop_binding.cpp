@@ -84,7 +84,8 @@ public:
     void start() { loop_->start(); }
     int notify_fd() const { return loop_->notify_fd(); }
 
-    // [(0, conn, frame, peer, uid, gid) | (1, conn) | (2, conn, level, code, message, peer, uid, gid)]
+    // [(0, conn, frame, peer, uid, gid, fds) | (1, conn) | (2, conn, level, code, message, peer, uid, gid)];
+    // fds: the descriptors the client passed since the last frame, now the caller's to close.
     py::list take() {
         grave_->release();
         std::vector<netloop::Event> evs = loop_->take();
@@ -94,7 +95,8 @@ public:
             py::object item;
             switch (e.kind) {
                 case netloop::Event::Frame:
-                    item = py::make_tuple(0, e.conn, NetFrame{std::move(e.body)}, e.peer, e.uid, e.gid);
+                    item = py::make_tuple(0, e.conn, NetFrame{std::move(e.body)}, e.peer, e.uid, e.gid,
+                                          e.fds.release());
                     break;
                 case netloop::Event::Closed:
                     item = py::make_tuple(1, e.conn);
@@ -114,6 +116,7 @@ public:
     }
 
     void update(uint64_t conn, int64_t taken, int64_t in_flight) { loop_->update(conn, taken, in_flight); }
+    void close(uint64_t conn) { loop_->close(conn); }
 
     void set_model(const std::string& name, std::optional<py::int_> version, const py::object& served) {
         const ServedForest& sf = served.cast<const ServedForest&>();  // TypeError for anything else
@@ -200,6 +203,7 @@ void register_netloop(py::module_& m) {
         .def("take", &NetLoop::take)
         .def("send", &NetLoop::send, py::arg("conn"), py::arg("data"))
         .def("update", &NetLoop::update, py::arg("conn"), py::arg("taken"), py::arg("in_flight"))
+        .def("close", &NetLoop::close, py::arg("conn"))
         .def("set_model", &NetLoop::set_model, py::arg("name"), py::arg("version"), py::arg("served"))
         .def("clear_models", &NetLoop::clear_models)
         .def("take_hits", &NetLoop::take_hits)
