@@ -416,6 +416,9 @@ def create_app(settings: Optional[Settings] = None):
     for route in reversed(oip_routes()):
         app.router.routes.insert(0, route)
     app.include_router(detection.router)
+    from . import web  # the web pages (issue 11): sign-in at /, pages under /ui/
+
+    web.mount(app)
 
     async def on_error(request, exc):
         return error_response(exc)
