@@ -431,7 +431,8 @@ def _result_view(home, result_id: str) -> dict:
                                 "threshold": float(r.threshold)})
     view["start"] = int(np.searchsorted(stops, r.threshold))
     view["steps"] = int(stops.size - 1)
-    top = np.argsort(-scores, kind="stable")[:TOP_ROWS]
+    top = np.argpartition(-scores, TOP_ROWS - 1)[:TOP_ROWS] if n > TOP_ROWS else np.arange(n)
+    top = top[np.lexsort((top, -scores[top]))]  # highest score first, ties by row
     X = names = None
     if r.dataset_id:
         try:
