@@ -99,6 +99,37 @@ def test_sign_in_with_an_api_token_and_sign_out(site):
     assert status == 303 and h["location"].startswith("/?next=/ui/detectors")
 
 
+def test_the_sign_in_page_says_only_its_own_messages(site):
+    server, *_ = site
+    c = WebClient(server)
+    _, _, page = c.get("/?why=Your+account+is+locked.+Call+555-0100")
+    assert "555-0100" not in page and error_text(page) is None
+    c.cookies["pynomaly_session"] = "expired.or.forged"
+    status, h, _ = c.get("/ui/detectors")
+    assert status == 303 and h["location"].endswith("&why=expired")
+    _, _, page = c.get(h["location"])
+    assert "session has ended" in error_text(page)
+
+
+def test_without_authentication_every_page_serves_as_admin(tmp_path):
+    service.train(tmp_path, "tiny", np.random.default_rng(0).standard_normal((200, 3)), "IsolationForest",
+                  {"n_estimators": 10})
+    server = ApiServer(tmp_path, "--no-auth")
+    try:
+        c = WebClient(server)
+        status, h, _ = c.get("/")
+        assert status == 303 and h["location"] == "/ui/detectors"
+        _, _, page = c.get("/ui/detectors/tiny")
+        assert 'id="archive"' in page and "Sign out" not in page
+        status, _, page = c.post("/ui/detectors/tiny/archive", {"csrf": "forged"})
+        assert status == 403 and service.show(tmp_path, "tiny")["status"] == "active"  # CSRF still checked
+        csrf = c.csrf("/ui/detectors/tiny")
+        assert c.post("/ui/detectors/tiny/archive", {"csrf": csrf})[0] == 303
+        assert service.show(tmp_path, "tiny")["status"] == "archived"
+    finally:
+        server.stop()
+
+
 def test_pages_need_a_session_and_sign_in_never_redirects_off_site(site):
     server, *_ = site
     c = WebClient(server)
@@ -220,6 +251,20 @@ def test_bad_uploads_show_a_readable_message_and_store_nothing(site, case):
     assert counts(home) == before
     if case != "too large":  # the form comes back with the detector still chosen
         assert re.search(r'<option value="cardio" selected>', page)
+
+
+def test_detect_with_an_unknown_or_archived_detector_says_so_on_the_form(site):
+    server, home, X = site
+    c = signed_in(server, "operator")
+    csrf = c.csrf("/ui/detect")
+    before = counts(home)
+    status, _, page = c.post("/ui/detect", {"csrf": csrf, "detector": "no-such"},
+                             files={"file": ("data.csv", to_csv(X[:10]))})
+    assert status == 404 and "no-such" in error_text(page)
+    status, _, page = c.post("/ui/detect", {"csrf": csrf, "detector": "cardio", "threshold": "1", "contamination": "0.1"},
+                             files={"file": ("data.csv", to_csv(X[:10]))})
+    assert status == 400 and "not both" in error_text(page)
+    assert counts(home) == before
 
 
 def test_result_page_of_an_unknown_id_is_a_readable_404(site):

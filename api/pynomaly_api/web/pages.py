@@ -26,7 +26,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from pynomaly import service
+from pynomaly import PynomalyError, service
+from pynomaly.serving import DetectorUnavailable
 
 from .. import sessions
 from ..app import HTTPError, ServerState, state_of, status_of
@@ -76,16 +77,21 @@ def render(request: Request, template: str, status: int = 200, **ctx) -> HTMLRes
 def error_page(request: Request, err: BaseException) -> Response:
     status, message, _ = status_of(err)
     if isinstance(err, TokenError) or status == 401:
-        return _to_signin(request, message)
+        return _to_signin(request, expired=True)
     titles = {400: "That did not work", 403: "Not allowed", 404: "Not found", 409: "Not possible now",
               413: "Too large", 415: "Not a file this page reads"}
     return render(request, "error.html", status, title=titles.get(status, "Something went wrong"), message=message)
 
 
-def _to_signin(request: Request, message: str = "") -> Response:
+# What the sign-in page may say when sent there (a code in the URL, never the text: a link
+# from elsewhere cannot make the page say anything else).
+_WHY = {"expired": "your session has ended or is no longer valid; sign in again"}
+
+
+def _to_signin(request: Request, expired: bool = False) -> Response:
     target = "/?next=" + quote(request.url.path, safe="/")
-    if message:
-        target += "&why=" + quote(message[:200])
+    if expired:
+        target += "&why=expired"
     return RedirectResponse(target, status_code=303)
 
 
@@ -127,8 +133,7 @@ def page(action: Optional[str] = None):
             try:
                 p = sessions.principal(st, request)
                 if p is None:
-                    return _to_signin(request, "" if request.cookies.get(sessions.SESSION_COOKIE) is None
-                                      else "your session has ended; sign in again")
+                    return _to_signin(request, expired=request.cookies.get(sessions.SESSION_COOKIE) is not None)
                 request.state.principal = p
                 form = None
                 if request.method == "POST":
@@ -158,7 +163,7 @@ async def signin_page(request: Request) -> Response:
     nxt = _safe_next(request.query_params.get("next"))
     if p is not None:
         return RedirectResponse(nxt, status_code=303)
-    return render(request, "signin.html", 200, next=nxt, why=request.query_params.get("why", "")[:200])
+    return render(request, "signin.html", 200, next=nxt, why=_WHY.get(request.query_params.get("why", ""), ""))
 
 
 async def signin(request: Request) -> Response:
@@ -385,25 +390,37 @@ async def detect(request, st: ServerState, p, form) -> Response:
             suffix = check_upload(filename, data)
             shown = Path(filename).name[:120]
 
-            def store() -> str:
+            def store() -> tuple:
                 fd, tmp = tempfile.mkstemp(prefix="pynomaly-web-", suffix=suffix)
                 try:
                     with os.fdopen(fd, "wb") as f:
                         f.write(data)
                     _read_upload(tmp, shown, scorer)  # every check before anything is stored
-                    return service.store_dataset(st.home, tmp, name=shown)["id"]
+                    known = {d["id"] for d in service.list_datasets(st.home)}
+                    did = service.store_dataset(st.home, tmp, name=shown)["id"]
+                    return did, did not in known
                 finally:
                     os.unlink(tmp)
 
-            dataset_id = await st.run(store)
+            dataset_id, new = await st.run(store)
         elif dataset_id is None:
             raise HTTPError(400, "choose a file to upload or a stored dataset")
-        result = await st.run(lambda: service.detect(
-            st.home, name, None, version=scorer.version.version, threshold=threshold, contamination=contamination,
-            save=True, dataset_id=dataset_id, scorer=scorer))
+        else:
+            new = False
+
+        def run():
+            try:
+                return service.detect(st.home, name, None, version=scorer.version.version, threshold=threshold,
+                                      contamination=contamination, save=True, dataset_id=dataset_id, scorer=scorer)
+            except BaseException:
+                if new:  # an upload kept only for a detection that failed is not kept
+                    service.delete_dataset(st.home, dataset_id)
+                raise
+
+        result = await st.run(run)
         st.cache.used(name, scorer.version.version, 1, time.monotonic())
         return RedirectResponse(f"/ui/results/{result.id}", status_code=303)
-    except (HTTPError, ValueError) as e:  # the form again, with what was wrong and what was chosen
+    except (HTTPError, ValueError, PynomalyError, DetectorUnavailable) as e:  # the form again, with the reason
         status, message, _ = status_of(e)
         dets, datasets = await st.run(lambda: ([d for d in service.list_detectors(st.home) if d.can_detect()],
                                                _stored_datasets(st.home)))
@@ -544,9 +561,8 @@ class Jobs:
                 job["stage"] = "done"
             except Exception as e:  # noqa: BLE001 - shown on the job's page
                 job["error"] = status_of(e)[1]
-            finally:
+            finally:  # the new version is served within the cache's refresh interval, as after the API's train
                 job["done"], job["finished"] = True, time.time()
-                st.cache.invalidate(name)
 
         future = st.run(run)
         job["future"] = future
@@ -611,7 +627,7 @@ async def train(request, st: ServerState, p, form) -> Response:
         elif dataset_id is None:
             raise HTTPError(400, "choose a stored dataset or upload a file to train on")
         await st.run(service.dataset, st.home, dataset_id)  # an unknown id is refused here, not in the job
-    except (HTTPError, ValueError) as e:
+    except (HTTPError, ValueError, PynomalyError) as e:
         status, message, _ = status_of(e)
         datasets = await st.run(_stored_datasets, st.home)
         return render(request, "train.html", status, datasets=datasets, algorithms=ALGORITHMS, values=values,
