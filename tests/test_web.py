@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 import numpy as np
 import pytest
@@ -310,8 +311,6 @@ def test_training_from_a_stored_dataset_shows_progress_then_the_detector(site):
                                            "algorithm": "IsolationForest", "params": "n_estimators=30\nrandom_state=1",
                                            "activate": "yes"})
     assert status == 303, error_text(page)
-    import time
-
     deadline = time.monotonic() + 60
     while True:
         status, _, page = c.get(h["location"])
@@ -329,3 +328,27 @@ def test_training_from_a_stored_dataset_shows_progress_then_the_detector(site):
                                            "algorithm": "IsolationForest", "params": "this is not a parameter"})
     assert status == 400 and "key=value" in error_text(page)
     assert "cardio-bad" not in [x.name for x in service.list_detectors(home)]
+    # An upload to train on: a bad one is refused on the page; a good one is kept and trained on.
+    before = len(service.list_datasets(home))
+    status, _, page = c.post("/ui/train", {"csrf": csrf, "name": "cardio-up", "algorithm": "IsolationForest"},
+                             files={"file": ("rows.csv", b"a,b\n1,2\n3,x\n")})
+    assert status == 400 and "non-numeric" in error_text(page) and len(service.list_datasets(home)) == before
+    status, h, page = c.post("/ui/train", {"csrf": csrf, "name": "cardio-up", "algorithm": "IsolationForest",
+                                           "params": "n_estimators=10", "activate": "yes"},
+                             files={"file": ("rows.npy", _npy(X[:400]))})
+    assert status == 303, error_text(page)
+    deadline = time.monotonic() + 60
+    while 'data-done="yes"' not in c.get(h["location"])[2] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    d = service.show(home, "cardio-up")
+    assert d["status"] == "active" and service.dataset(home, d["versions"][-1]["dataset_id"])["n_rows"] == 400
+
+
+def test_importing_pynomaly_imports_no_web_stack():
+    import subprocess
+    import sys
+
+    code = "import sys, pynomaly, pynomaly.service; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
+           "('jinja2', 'selenium', 'pynomaly_api', 'starlette')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -8,6 +8,8 @@ readable message and the status the API would answer (no traceback, ever).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import io
 import json
@@ -110,8 +112,15 @@ async def read_form(request: Request, limit: int):
     still sending a file does not show an answer cut short)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        async for _ in request.stream():
-            pass
+        from ..app import deadline
+
+        drained = 0
+        with contextlib.suppress(asyncio.TimeoutError):  # not forever, nor without end
+            async with deadline(min(30.0, state_of(request).settings.request_timeout_s)):
+                async for chunk in request.stream():
+                    drained += len(chunk)
+                    if drained > 4 * limit + (64 << 20):
+                        break
         raise HTTPError(413, f"the upload is {int(length) / 2**20:.1f} MB; this server accepts at most "
                         f"{limit / 2**20:.1f} MB per request (pynomaly api --max-body)")
     from ..app import read_body
