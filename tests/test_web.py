@@ -216,6 +216,35 @@ def test_upload_detect_and_download_equal_in_process_scoring(site):
     assert np.array_equal(table["label"].to_numpy(), want.labels)
 
 
+def _upload_bytes(kind: str, X: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    if kind == "npy":
+        np.save(buf, X)
+    elif kind == "npz":
+        np.savez(buf, X=X)
+    elif kind == "tsv":
+        return to_csv(X).replace(b",", b"\t")
+    else:
+        pa = pytest.importorskip("pyarrow", reason="Parquet needs pyarrow (pip install '.[parquet]')")
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({f"x{i}": X[:, i] for i in range(X.shape[1])}), buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz", "tsv", "parquet"])
+def test_every_upload_format_detects_like_in_process_scoring(site, kind):
+    server, home, X = site
+    rows = X[::7]
+    c = signed_in(server, "operator")
+    csrf = c.csrf("/ui/detect")
+    status, h, page = c.post("/ui/detect", {"csrf": csrf, "detector": "cardio"},
+                             files={"file": (f"rows.{kind}", _upload_bytes(kind, rows))})
+    assert status == 303, error_text(page)
+    r = service.result(home, h["location"].rsplit("/", 1)[1])
+    assert np.array_equal(r.scores, service.load_for_scoring(home, "cardio").detect(rows).scores)
+
+
 def _npy(a) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a)

@@ -63,7 +63,7 @@ def render(request: Request, template: str, status: int = 200, **ctx) -> HTMLRes
     nonce = request.cookies.get(sessions.CSRF_COOKIE)
     fresh = not nonce
     if fresh:
-        nonce = getattr(request.state, "csrf_nonce", None) or sessions.new_nonce()
+        nonce = sessions.new_nonce()
     p: Optional[Principal] = getattr(request.state, "principal", None)
     body = _env.get_template(template).render(
         user=p, may=(p.may if p is not None else (lambda action: False)), auth=st.verifier is not None,
