@@ -358,7 +358,8 @@ def _read_upload(path: str, shown: str, scorer) -> tuple:
     try:
         X, names, _ = service.load_data(path)
     except ValueError as e:  # InvalidInputError and the readers' own (pyarrow's are ValueErrors)
-        raise HTTPError(400, str(e).replace(Path(path).name, shown)) from None
+        # The readers' messages name the temporary file and the CLI's option: this page names neither.
+        raise HTTPError(400, str(e).replace(Path(path).name, shown).replace(" (--columns)", "")) from None
     except Exception as e:  # noqa: BLE001 - a file the readers choke on is still the uploader's
         log.info("unreadable upload %s: %r", shown, e)
         raise HTTPError(400, f"{shown!r} could not be read ({type(e).__name__}): is it really what its name says?") from None
@@ -661,7 +662,7 @@ async def train(request, st: ServerState, p, form) -> Response:
                     try:
                         return service.store_dataset(st.home, tmp, name=shown)["id"]
                     except ValueError as e:
-                        raise HTTPError(400, str(e).replace(Path(tmp).name, shown)) from None
+                        raise HTTPError(400, str(e).replace(Path(tmp).name, shown).replace(" (--columns)", "")) from None
                 finally:
                     os.unlink(tmp)
 
