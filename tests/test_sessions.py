@@ -67,3 +67,13 @@ def test_cookies_are_http_only_strict_and_secure_over_tls():
     c = sessions.cookie("s", "v", max_age=60, secure=False)
     assert "HttpOnly" in c and "SameSite=Strict" in c and "Secure" not in c
     assert sessions.cookie("s", "v", max_age=60, secure=True).endswith("; Secure")
+
+
+def test_throttle_locks_a_name_after_repeated_failures_and_success_clears_it():
+    t = sessions.Throttle(limit=3, window_s=60, lockout_s=30)
+    t.failed("ann"), t.failed("ann")
+    assert t.wait_s("ann") == 0
+    t.failed("ann")
+    assert 29 < t.wait_s("ann") <= 30 and t.wait_s("bob") == 0
+    t.succeeded("ann")
+    assert t.wait_s("ann") == 0

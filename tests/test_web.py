@@ -83,6 +83,17 @@ def test_wrong_password_unknown_user_and_missing_csrf_are_refused(site):
     assert status == 403 and "security token" in error_text(page) and "pynomaly_session" not in c.cookies
 
 
+def test_repeated_wrong_passwords_lock_the_name_for_a_while(site):
+    server, home, _ = site
+    add_user(home, "guessed", "viewer", PASSWORD)
+    for _ in range(5):
+        assert WebClient(server).sign_in("guessed", "not it")[0] == 401
+    c = WebClient(server)
+    status, _, page = c.sign_in("guessed", PASSWORD)  # the right one too, while locked
+    assert status == 429 and "too many failed sign-ins" in error_text(page) and "pynomaly_session" not in c.cookies
+    assert WebClient(server).sign_in("vie-user", PASSWORD)[0] == 303  # other names are not affected
+
+
 def test_sign_in_with_an_api_token_and_sign_out(site):
     server, home, _ = site
     c = WebClient(server)

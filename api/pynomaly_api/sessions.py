@@ -119,6 +119,36 @@ def check_password(home, name: str, password: str) -> Optional[str]:
     return user["role"] if verify_password(password, user["password"]) else None
 
 
+class Throttle:
+    """Failed password sign-ins per user name, in this process: after ``limit`` failures within
+    ``window_s`` the name is refused for ``lockout_s`` (guessing passwords through the page
+    becomes slow; the right password does not help while locked)."""
+
+    def __init__(self, limit: int = 5, window_s: float = 300.0, lockout_s: float = 60.0):
+        self.limit, self.window_s, self.lockout_s = limit, window_s, lockout_s
+        self._failures: dict = {}
+        self._locked: dict = {}
+
+    def wait_s(self, name: str) -> float:
+        """Seconds until ``name`` may try again (0: now)."""
+        until = self._locked.get(name, 0.0)
+        return max(0.0, until - time.monotonic())
+
+    def failed(self, name: str) -> None:
+        now = time.monotonic()
+        if len(self._failures) > 10000:  # names tried at random: forget them rather than grow
+            self._failures.clear()
+        recent = [t for t in self._failures.get(name, []) if now - t < self.window_s] + [now]
+        self._failures[name] = recent
+        if len(recent) >= self.limit:
+            self._locked[name] = now + self.lockout_s
+            self._failures[name] = []
+
+    def succeeded(self, name: str) -> None:
+        self._failures.pop(name, None)
+        self._locked.pop(name, None)
+
+
 # -- sessions ---------------------------------------------------------------------------------
 def password_session(home, name: str, role: str, *, issuer: str, audience: str) -> tuple:
     """``(token, max_age_s)`` of a new session for a user who gave their password."""
@@ -172,6 +202,6 @@ def csrf_ok(home, nonce: Optional[str], token: Optional[str]) -> bool:
     return hmac.compare_digest(csrf_token(home, nonce), token)
 
 
-__all__ = ["add_user", "remove_user", "read_users", "check_password", "hash_password", "verify_password",
+__all__ = ["Throttle", "add_user", "remove_user", "read_users", "check_password", "hash_password", "verify_password",
            "password_session", "principal", "cookie", "csrf_token", "csrf_ok", "new_nonce", "SESSION_COOKIE",
            "CSRF_COOKIE"]

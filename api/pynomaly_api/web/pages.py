@@ -203,15 +203,23 @@ async def signin(request: Request) -> Response:
         name, password = (form.get("user") or "").strip(), form.get("password") or ""
         if not name or not password:
             return again("give a token, or a user name and password", 400)
+        wait_s = THROTTLE.wait_s(name)
+        if wait_s > 0:
+            return again(f"too many failed sign-ins for {name!r}: try again in {math.ceil(wait_s)} s", 429)
         role = await st.run(sessions.check_password, st.home, name, password)
         if role is None:
+            THROTTLE.failed(name)
             return again("unknown user or wrong password")
+        THROTTLE.succeeded(name)
         token, max_age = sessions.password_session(st.home, name, role, issuer=st.settings.issuer,
                                                    audience=st.settings.audience)
     r = RedirectResponse(nxt, status_code=303)
     r.headers.append("set-cookie", sessions.cookie(sessions.SESSION_COOKIE, token, max_age=max_age,
                                                    secure=_secure(request)))
     return r
+
+
+THROTTLE = sessions.Throttle()
 
 
 async def signout(request: Request) -> Response:
@@ -578,37 +586,68 @@ async def download(request, st: ServerState, p, form) -> Response:
 
 # -- train ------------------------------------------------------------------------------------
 class Jobs:
-    """Training runs of this server process, so a page can show their progress (kept in
-    memory: a later issue brings background jobs that outlive the process)."""
+    """Training runs started from the pages, with their progress, kept as small JSON files in
+    the home (``web-jobs/``) so that every worker process of the server can show any run
+    (background jobs with their own API come in a later issue). Files older than a week go."""
 
-    KEEP = 100
+    FOLDER = "web-jobs"
+    KEEP_S = 7 * 86400
 
     def __init__(self):
-        self.jobs: dict = {}
+        self._running: set = set()
+
+    def _path(self, home, jid: str) -> Path:
+        return Path(home) / self.FOLDER / f"{jid}.json"
+
+    def _write(self, home, job: dict) -> None:
+        from pynomaly._files import atomic_write
+
+        atomic_write(self._path(home, job["id"]), json.dumps(job).encode(), mode=0o600)
+
+    def get(self, home, jid: str) -> Optional[dict]:
+        if not jid.isalnum() or len(jid) > 64:
+            return None
+        try:
+            return json.loads(self._path(home, jid).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _forget_old(self, home) -> None:
+        now = time.time()
+        for f in (Path(home) / self.FOLDER).glob("*.json"):
+            with contextlib.suppress(OSError):
+                if now - f.stat().st_mtime > self.KEEP_S:
+                    f.unlink()
 
     def start(self, st: ServerState, name: str, **kwargs) -> str:
         jid = uuid.uuid4().hex
         job = {"id": jid, "name": name, "stage": "queued", "fraction": None, "done": False, "error": None,
                "started": time.time(), "finished": None}
-        if len(self.jobs) >= self.KEEP:
-            for old in sorted((j for j in self.jobs.values() if j["done"]), key=lambda j: j["started"])[:10]:
-                self.jobs.pop(old["id"], None)
-        self.jobs[jid] = job
+        (Path(st.home) / self.FOLDER).mkdir(mode=0o700, exist_ok=True)
+        self._forget_old(st.home)
+        self._write(st.home, job)
+        last = [0.0]
 
         def progress(stage, fraction=None):
             job["stage"], job["fraction"] = stage, fraction
+            now = time.monotonic()
+            if now - last[0] > 0.25:  # a page reloads each second: a few writes a second are plenty
+                last[0] = now
+                self._write(st.home, job)
 
         def run():
             try:
                 service.train(st.home, name, None, progress=progress, **kwargs)
                 job["stage"] = "done"
-            except Exception as e:  # noqa: BLE001 - shown on the job's page
+            except Exception as e:  # noqa: BLE001 - shown on the run's page
                 job["error"] = status_of(e)[1]
             finally:  # the new version is served within the cache's refresh interval, as after the API's train
                 job["done"], job["finished"] = True, time.time()
+                self._write(st.home, job)
 
         future = st.run(run)
-        job["future"] = future
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
         return jid
 
 
@@ -682,9 +721,9 @@ async def train(request, st: ServerState, p, form) -> Response:
 
 @page("train")
 async def train_job(request, st: ServerState, p, form) -> Response:
-    job = JOBS.jobs.get(request.path_params["job_id"])
+    job = await st.run(JOBS.get, st.home, request.path_params["job_id"])
     if job is None:
-        raise HTTPError(404, "no such training run on this server (runs are kept until the server restarts)")
+        raise HTTPError(404, "no such training run (runs are kept for a week)")
     elapsed = (job["finished"] or time.time()) - job["started"]
     return render(request, "train_job.html", job=job, elapsed=elapsed)
 
