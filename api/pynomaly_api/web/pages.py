@@ -8,173 +8,44 @@ readable message and the status the API would answer (no traceback, ever).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import io
 import json
-import logging
 import math
 import os
 import tempfile
-import threading
 import time
-import uuid
-from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
 import numpy as np
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from pynomaly import PynomalyError, service
 from pynomaly.serving import DetectorUnavailable
 
 from .. import sessions
 from ..app import HTTPError, ServerState, state_of, status_of
-from ..tokens import Principal, TokenError
+from ..tokens import TokenError
 from . import charts
-
-log = logging.getLogger("pynomaly_api.web")
-
-HERE = Path(__file__).parent
-_env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]),
-                   trim_blocks=True, lstrip_blocks=True)
-_env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.2f}%"
-_env.filters["num"] = lambda v: "–" if v is None else (f"{v:.6g}" if isinstance(v, float) else f"{v:,}")
-_env.filters["when"] = lambda s: "–" if not s else str(s)[:19].replace("T", " ")
+from .jobs import JOBS
+from .render import SIGNIN_MESSAGES, error_page, over_tls, page, read_form, render, safe_next
+from .uploads import ROWS, check_upload, read_upload
 
 TOP_ROWS = 20  # rows in a result's table of top anomalies
-UPLOAD_SUFFIXES = (".csv", ".tsv", ".npy", ".npz", ".parquet")
 ALGORITHMS = ("IsolationForest", "LOF", "KNN", "pyod.ECOD", "pyod.IForest", "TorchAutoEncoder", "JaxDeepSVDD")
-
-
-# -- rendering --------------------------------------------------------------------------------
-def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
-
-
-def render(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
-    """The page ``template`` with what every page shows (who is signed in, the CSRF token)."""
-    st = state_of(request)
-    nonce = request.cookies.get(sessions.CSRF_COOKIE)
-    fresh = not nonce
-    if fresh:
-        nonce = sessions.new_nonce()
-    p: Optional[Principal] = getattr(request.state, "principal", None)
-    body = _env.get_template(template).render(
-        user=p, may=(p.may if p is not None else (lambda action: False)), auth=st.verifier is not None,
-        csrf=sessions.csrf_token(st.home, nonce), path=request.url.path, **ctx)
-    r = HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
-    if fresh:
-        r.headers.append("set-cookie", sessions.cookie(sessions.CSRF_COOKIE, nonce, max_age=30 * 86400,
-                                                       secure=_secure(request)))
-    r.headers["X-Frame-Options"] = "DENY"
-    r.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' data:; style-src 'self'; "
-                                            "script-src 'self'; form-action 'self'; frame-ancestors 'none'")
-    return r
-
-
-def error_page(request: Request, err: BaseException) -> Response:
-    status, message, _ = status_of(err)
-    if isinstance(err, TokenError) or status == 401:
-        return _to_signin(request, expired=True)
-    titles = {400: "That did not work", 403: "Not allowed", 404: "Not found", 409: "Not possible now",
-              413: "Too large", 415: "Not a file this page reads"}
-    return render(request, "error.html", status, title=titles.get(status, "Something went wrong"), message=message)
-
-
-# What the sign-in page may say when sent there (a code in the URL, never the text: a link
-# from elsewhere cannot make the page say anything else).
-_WHY = {"expired": "your session has ended or is no longer valid; sign in again"}
-
-
-def _to_signin(request: Request, expired: bool = False) -> Response:
-    target = "/?next=" + quote(request.url.path, safe="/")
-    if expired:
-        target += "&why=expired"
-    return RedirectResponse(target, status_code=303)
-
-
-def _safe_next(url: Optional[str]) -> str:
-    """Where to go after signing in: a path on this server only (no open redirect)."""
-    if url and url.startswith("/ui/") and "//" not in url and "\\" not in url:
-        return url
-    return "/ui/detectors"
-
-
-async def read_form(request: Request, limit: int):
-    """The form of a POST, its body at most ``limit`` bytes. A body declared larger is read
-    and dropped before answering, so that the browser sees the page that says so (a browser
-    still sending a file does not show an answer cut short)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        from ..app import deadline
-
-        drained = 0
-        with contextlib.suppress(asyncio.TimeoutError):  # not forever, nor without end
-            async with deadline(min(30.0, state_of(request).settings.request_timeout_s)):
-                async for chunk in request.stream():
-                    drained += len(chunk)
-                    if drained > 4 * limit + (64 << 20):
-                        break
-        raise HTTPError(413, f"the upload is {int(length) / 2**20:.1f} MB; this server accepts at most "
-                        f"{limit / 2**20:.1f} MB per request (pynomaly api --max-body)")
-    from ..app import read_body
-
-    body = await read_body(request, limit)
-    request._body = body  # parse what was read within the limit
-    try:
-        return await request.form(max_files=1, max_fields=20, max_part_size=64 * 1024)
-    except Exception as e:  # noqa: BLE001 - a malformed form is the sender's error
-        raise HTTPError(400, f"the form could not be read: {getattr(e, 'detail', None) or e}") from None
-
-
-def page(action: Optional[str] = None):
-    """A page handler for callers whose role may ``action`` (None: anyone signed in); POSTs
-    must carry the form's CSRF token. The handler gets ``(request, state, principal, form)``."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        async def handler(request: Request) -> Response:
-            st = state_of(request)
-            try:
-                p = sessions.principal(st, request)
-                if p is None:
-                    return _to_signin(request, expired=request.cookies.get(sessions.SESSION_COOKIE) is not None)
-                request.state.principal = p
-                form = None
-                if request.method == "POST":
-                    form = await read_form(request, st.settings.max_body_bytes)
-                    if not sessions.csrf_ok(st.home, request.cookies.get(sessions.CSRF_COOKIE), form.get("csrf")):
-                        raise HTTPError(403, "the form's security token is missing or stale: reload the page and "
-                                        "try again")
-                if action is not None:
-                    p.require(action)
-                try:
-                    return await fn(request, st, p, form)
-                finally:
-                    if form is not None:
-                        await form.close()
-            except Exception as e:  # noqa: BLE001 - every failure is a page, never a trace
-                return error_page(request, e)
-
-        return handler
-
-    return wrap
 
 
 # -- signing in -------------------------------------------------------------------------------
 async def signin_page(request: Request) -> Response:
     st = state_of(request)
     p = sessions.principal(st, request)
-    nxt = _safe_next(request.query_params.get("next"))
+    nxt = safe_next(request.query_params.get("next"))
     if p is not None:
         return RedirectResponse(nxt, status_code=303)
-    return render(request, "signin.html", 200, next=nxt, why=_WHY.get(request.query_params.get("why", ""), ""))
+    why = SIGNIN_MESSAGES.get(request.query_params.get("why", ""), "")
+    return render(request, "signin.html", 200, next=nxt, why=why)
 
 
 async def signin(request: Request) -> Response:
@@ -183,7 +54,7 @@ async def signin(request: Request) -> Response:
         form = await read_form(request, 64 * 1024)
     except Exception as e:  # noqa: BLE001
         return error_page(request, e)
-    nxt = _safe_next(form.get("next"))
+    nxt = safe_next(form.get("next"))
     if st.verifier is None:
         return RedirectResponse(nxt, status_code=303)
 
@@ -215,7 +86,7 @@ async def signin(request: Request) -> Response:
                                                    audience=st.settings.audience)
     r = RedirectResponse(nxt, status_code=303)
     r.headers.append("set-cookie", sessions.cookie(sessions.SESSION_COOKIE, token, max_age=max_age,
-                                                   secure=_secure(request)))
+                                                   secure=over_tls(request)))
     return r
 
 
@@ -231,7 +102,8 @@ async def signout(request: Request) -> Response:
     except Exception as e:  # noqa: BLE001
         return error_page(request, e)
     r = RedirectResponse("/", status_code=303)
-    r.headers.append("set-cookie", sessions.cookie(sessions.SESSION_COOKIE, "", max_age=0, secure=_secure(request)))
+    r.headers.append("set-cookie", sessions.cookie(sessions.SESSION_COOKIE, "", max_age=0,
+                                                   secure=over_tls(request)))
     return r
 
 
@@ -332,55 +204,6 @@ def _number(form, field: str, label: str) -> Optional[float]:
     return v
 
 
-_MAGIC = {".npy": (b"\x93NUMPY", "a NumPy .npy file"), ".npz": (b"PK", "a NumPy .npz (zip) file"),
-          ".parquet": (b"PAR1", "a Parquet file")}
-
-
-def check_upload(filename: str, data: bytes) -> str:
-    """The upload's suffix, once its name and first bytes agree on what it is; HTTPError otherwise."""
-    shown = Path(filename).name[:80]
-    suffix = Path(filename).suffix.lower()
-    if suffix not in UPLOAD_SUFFIXES:
-        raise HTTPError(415, f"{shown!r} is not a file this page reads: upload a .csv, .tsv, .npy, .npz or "
-                        ".parquet file")
-    if not data:
-        raise HTTPError(400, f"{shown!r} is empty")
-    magic = _MAGIC.get(suffix)
-    if magic is not None and not data.startswith(magic[0]):
-        raise HTTPError(415, f"{shown!r} is not {magic[1]}, whatever its name says")
-    if magic is None:
-        head = data[:65536]
-        try:
-            if b"\x00" in head:
-                raise UnicodeDecodeError("utf-8", head, 0, 1, "NUL byte")
-            head.decode("utf-8")
-        except UnicodeDecodeError as e:
-            if e.start < len(head) - 4:  # not merely a character cut at the 64 KB mark
-                raise HTTPError(415, f"{shown!r} is not a text table (CSV), whatever its name says") from None
-    return suffix
-
-
-def _read_upload(path: str, shown: str, scorer) -> tuple:
-    """``(X, names)`` of an uploaded file, every column, once checked against the detector's
-    features (nothing stored)."""
-    try:
-        X, names, _ = service.load_data(path)
-    except ValueError as e:  # InvalidInputError and the readers' own (pyarrow's are ValueErrors)
-        # The readers' messages name the temporary file and the CLI's option: this page names neither.
-        raise HTTPError(400, str(e).replace(Path(path).name, shown).replace(" (--columns)", "")) from None
-    except Exception as e:  # noqa: BLE001 - a file the readers choke on is still the uploader's
-        log.info("unreadable upload %s: %r", shown, e)
-        raise HTTPError(400, f"{shown!r} could not be read ({type(e).__name__}): is it really what its name says?") from None
-    v = scorer.version
-    want = list(v.feature_names) if v.feature_names else None
-    n = len(want) if want and set(want) <= set(names) else X.shape[1]
-    if n != v.n_features:
-        expected = f" ({', '.join(want[:12])}{', ...' if len(want) > 12 else ''})" if want else ""
-        raise HTTPError(400, f"{shown!r} has {X.shape[1]} column(s) ({', '.join(names[:12])}"
-                        f"{', ...' if len(names) > 12 else ''}); detector {v.name!r} needs {v.n_features}{expected}")
-    return X, names
-
-
 @page("detect")
 async def detect(request, st: ServerState, p, form) -> Response:
     values = {k: form.get(k) or "" for k in ("detector", "dataset_id", "contamination", "threshold")}
@@ -408,7 +231,7 @@ async def detect(request, st: ServerState, p, form) -> Response:
                 try:
                     with os.fdopen(fd, "wb") as f:
                         f.write(data)
-                    X, names = _read_upload(tmp, shown, scorer)  # every check before anything is stored
+                    X, names = read_upload(tmp, shown, scorer)  # every check before anything is stored
                     known = {d["id"] for d in service.list_datasets(st.home)}
                     did = service.store_dataset(st.home, tmp, name=shown)["id"]
                     ROWS.put(did, X, names)
@@ -443,43 +266,6 @@ async def detect(request, st: ServerState, p, form) -> Response:
 
 
 # -- results ----------------------------------------------------------------------------------
-class RowsCache:
-    """Rows of recently used stored datasets, so that a result page shows its top rows'
-    features without reading the whole dataset again (a 100k x 21 dataset takes ~60 ms to
-    read back: decompression and the artifact's hash check). A dataset id always names the
-    same rows; a deleted dataset is not shown from here (its metadata is looked up first).
-    An upload is put here when stored, so its result page is quick the first time too."""
-
-    def __init__(self, max_bytes: int = 256 * 2 ** 20):
-        self.max_bytes = max_bytes
-        self._items: "OrderedDict[str, tuple]" = OrderedDict()
-        self._lock = threading.Lock()
-
-    def put(self, dataset_id: str, X: np.ndarray, names: list) -> None:
-        if X.nbytes > self.max_bytes:
-            return
-        with self._lock:
-            self._items[dataset_id] = (X, list(names))
-            self._items.move_to_end(dataset_id)
-            while sum(x.nbytes for x, _ in self._items.values()) > self.max_bytes:
-                self._items.popitem(last=False)
-
-    def rows(self, home, dataset_id: str) -> tuple:
-        """``(X, names)`` of a stored dataset; DatasetNotFoundError when it is gone."""
-        service.dataset(home, dataset_id)
-        with self._lock:
-            hit = self._items.get(dataset_id)
-            if hit is not None:
-                self._items.move_to_end(dataset_id)
-                return hit
-        X, names = service.dataset_rows(home, dataset_id)
-        self.put(dataset_id, X, names)
-        return X, names
-
-
-ROWS = RowsCache()
-
-
 def _detector_name(home, detector_id: str) -> Optional[str]:
     return next((d.name for d in service.list_detectors(home) if d.id == detector_id), None)
 
@@ -585,72 +371,6 @@ async def download(request, st: ServerState, p, form) -> Response:
 
 
 # -- train ------------------------------------------------------------------------------------
-class Jobs:
-    """Training runs started from the pages, with their progress, kept as small JSON files in
-    the home (``web-jobs/``) so that every worker process of the server can show any run
-    (background jobs with their own API come in a later issue). Files older than a week go."""
-
-    FOLDER = "web-jobs"
-    KEEP_S = 7 * 86400
-
-    def __init__(self):
-        self._running: set = set()
-
-    def _path(self, home, jid: str) -> Path:
-        return Path(home) / self.FOLDER / f"{jid}.json"
-
-    def _write(self, home, job: dict) -> None:
-        from pynomaly._files import atomic_write
-
-        atomic_write(self._path(home, job["id"]), json.dumps(job).encode(), mode=0o600)
-
-    def get(self, home, jid: str) -> Optional[dict]:
-        if not jid.isalnum() or len(jid) > 64:
-            return None
-        try:
-            return json.loads(self._path(home, jid).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def _forget_old(self, home) -> None:
-        now = time.time()
-        for f in (Path(home) / self.FOLDER).glob("*.json"):
-            with contextlib.suppress(OSError):
-                if now - f.stat().st_mtime > self.KEEP_S:
-                    f.unlink()
-
-    def start(self, st: ServerState, name: str, **kwargs) -> str:
-        jid = uuid.uuid4().hex
-        job = {"id": jid, "name": name, "stage": "queued", "fraction": None, "done": False, "error": None,
-               "started": time.time(), "finished": None}
-        (Path(st.home) / self.FOLDER).mkdir(mode=0o700, exist_ok=True)
-        self._forget_old(st.home)
-        self._write(st.home, job)
-        last = [0.0]
-
-        def progress(stage, fraction=None):
-            job["stage"], job["fraction"] = stage, fraction
-            now = time.monotonic()
-            if now - last[0] > 0.25:  # a page reloads each second: a few writes a second are plenty
-                last[0] = now
-                self._write(st.home, job)
-
-        def run():
-            try:
-                service.train(st.home, name, None, progress=progress, **kwargs)
-                job["stage"] = "done"
-            except Exception as e:  # noqa: BLE001 - shown on the run's page
-                job["error"] = status_of(e)[1]
-            finally:  # the new version is served within the cache's refresh interval, as after the API's train
-                job["done"], job["finished"] = True, time.time()
-                self._write(st.home, job)
-
-        future = st.run(run)
-        self._running.add(future)
-        future.add_done_callback(self._running.discard)
-        return jid
-
-
 def _params(text: str) -> dict:
     """``key=value`` lines (values read as JSON when they can be: numbers, true, null, lists)."""
     out = {}
@@ -726,9 +446,6 @@ async def train_job(request, st: ServerState, p, form) -> Response:
         raise HTTPError(404, "no such training run (runs are kept for a week)")
     elapsed = (job["finished"] or time.time()) - job["started"]
     return render(request, "train_job.html", job=job, elapsed=elapsed)
-
-
-JOBS = Jobs()
 
 
 # -- health -----------------------------------------------------------------------------------
