@@ -163,3 +163,18 @@ def test_a_long_name_is_shown_as_a_short_prefix():
     with pytest.raises(ValueError) as e:
         check_name("x\x00" * 500_000)
     assert "1000000 characters" in str(e.value) and len(str(e.value)) < 300
+
+
+def test_overview_gives_each_detector_its_versions_threshold_and_last_result(tmp_path):
+    """The web's detectors list (issue 11) reads this in one repository session."""
+    X = np.random.default_rng(0).standard_normal((300, 4))
+    service.train(tmp_path, "b", X, "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    service.train(tmp_path, "a", X, "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    service.train(tmp_path, "a", X, "IsolationForest", {"n_estimators": 20, "random_state": 1})
+    r = service.detect(tmp_path, "a", X[:50], contamination=0.1)
+    rows = service.overview(tmp_path)
+    assert [o["detector"].name for o in rows] == ["a", "b"]
+    a, b = rows
+    assert a["versions"] == 2 and a["threshold"] == service.versions(tmp_path, "a")[-1]["threshold"]
+    assert a["last_result"]["id"] == r.id and a["last_result"]["anomalies_detected"] == int(r.labels.sum())
+    assert b["versions"] == 1 and b["last_result"] is None

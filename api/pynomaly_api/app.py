@@ -508,7 +508,9 @@ def create_app(settings: Optional[Settings] = None):
     )
     api.state.pynomaly = state
     api.include_router(detection.router)
-    app = Starlette(routes=[*oip_routes(), Mount("/", app=api)], lifespan=lifespan)
+    from . import web  # the web pages (issue 11): sign-in at /, pages under /ui/
+
+    app = Starlette(routes=[*oip_routes(), *web.routes(), Mount("/", app=api)], lifespan=lifespan)
     app.state.pynomaly = state
 
     async def on_error(request, exc):

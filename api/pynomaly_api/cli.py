@@ -178,3 +178,53 @@ def _audit(home, action: str, target: str, outcome: str, detail=None) -> None:
 
     service.audit_record(home, action=action, target=target, origin=f"cli host={socket.gethostname()}",
                          outcome=outcome, detail=detail)
+
+
+# -- pynomaly user ----------------------------------------------------------------------------
+def user_parser(prog: str = "pynomaly user") -> argparse.ArgumentParser:
+    from .tokens import ROLES
+
+    p = argparse.ArgumentParser(prog=prog, description="Users who sign in to the web pages with a password "
+                                "(stored scrypt-hashed in the home folder, mode 0600).")
+    p.add_argument("--home", help="repository folder (default: $PYNOMALY_HOME or the user data folder)")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = sub.add_parser("add", help="add a user, or set an existing one's role and password")
+    a.add_argument("name")
+    a.add_argument("--role", required=True, choices=ROLES, help="viewer | operator | admin")
+    a.add_argument("--password-stdin", action="store_true",
+                   help="read the password from standard input's first line (for scripts) instead of asking")
+    sub.add_parser("list", help="list users and their roles (never their passwords)")
+    r = sub.add_parser("remove", help="remove a user (their open sessions last until they expire)")
+    r.add_argument("name")
+    return p
+
+
+def user_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly user") -> int:
+    import getpass
+
+    from pynomaly import service
+
+    from . import sessions
+
+    args = user_parser(prog).parse_args(argv)
+    try:
+        home = service.home_path(args.home)
+        if args.action == "add":
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\r\n")
+            else:
+                password = getpass.getpass(f"password for {args.name}: ")
+                if getpass.getpass("again: ") != password:
+                    raise ValueError("the passwords differ")
+            sessions.add_user(home, args.name, args.role, password)
+            sys.stdout.write(f"{args.name} can sign in as {args.role}\n")
+        elif args.action == "list":
+            for name, u in sorted(sessions.read_users(home).items()):
+                sys.stdout.write(f"{name}  {u['role']}  added {u['created']}\n")
+        else:
+            sessions.remove_user(home, args.name)
+            sys.stdout.write(f"removed {args.name}\n")
+        return 0
+    except Exception as e:  # noqa: BLE001 - one clear line
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 1

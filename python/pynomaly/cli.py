@@ -445,9 +445,11 @@ _FACES = {
     "serve": "serve stored detectors to local processes over a Unix socket",
     "api": "serve stored detectors over HTTP (Open Inference Protocol v2, detection API; extra: http)",
     "token": "create tokens for the HTTP API (extra: http)",
+    "user": "add, list or remove the web pages' users (extra: http)",
 }
 _FACE_PACKAGES = {"serve": "the daemon", "api": "the HTTP face (pip install 'pynomaly[http]')",
-                  "token": "the HTTP face (pip install 'pynomaly[http]')"}
+                  "token": "the HTTP face (pip install 'pynomaly[http]')",
+                  "user": "the HTTP face (pip install 'pynomaly[http]')"}
 
 
 def _cmd_face(args, home, progress, out):
@@ -460,7 +462,7 @@ def _cmd_face(args, home, progress, out):
     run = next(iter(found)).load()
     argv = list(args.face_args)
     if home and "--home" not in argv and "--models" not in argv:
-        argv = ["--home", home, *argv] if args.command == "token" else [*argv, "--home", home]
+        argv = ["--home", home, *argv] if args.command in ("token", "user") else [*argv, "--home", home]
     code = run(argv, prog=f"pynomaly {args.command}")
     if code:
         raise SystemExit(code)
@@ -491,6 +493,7 @@ _COMMANDS = {
     "serve": _cmd_face,
     "api": _cmd_face,
     "token": _cmd_face,
+    "user": _cmd_face,
     "train": _cmd_train,
     "detect": _cmd_detect,
     "list": _cmd_list,

@@ -48,6 +48,7 @@ __all__ = [
     "load_file_for_scoring",
     "load_model",
     "list_detectors",
+    "overview",
     "show",
     "versions",
     "archive",
@@ -622,6 +623,21 @@ def list_detectors(home) -> list:
     """Every stored detector (Detector entities, by name)."""
     with _repo(home) as repo:
         return repo.list()
+
+
+def overview(home) -> list:
+    """Every detector with what a list of them shows, read in one repository session:
+    ``[{"detector": Detector, "versions": int, "threshold": latest version's or None,
+    "last_result": the newest stored result's metadata or None}]``, by name."""
+    with _repo(home) as repo:
+        out = []
+        for d in repo.list():
+            versions = repo.versions(d.name)
+            results = repo.results(d.name)
+            out.append({"detector": d, "versions": len(versions),
+                        "threshold": versions[-1]["threshold"] if versions else None,
+                        "last_result": results[-1] if results else None})
+        return out
 
 
 def show(home, name: str) -> dict:
