@@ -140,6 +140,11 @@ def test_without_authentication_every_page_serves_as_admin(tmp_path):
         assert service.show(tmp_path, "tiny")["status"] == "archived"
     finally:
         server.stop()
+    # The page's action is in the audit trail like the API's (issue 15: every face).
+    entries = [e for e in service.audit_entries(tmp_path) if e["origin"].startswith("http ")]
+    assert [(e["action"], e["target"], e["outcome"]) for e in entries if e["action"] == "archive"] == \
+        [("archive", "tiny", "ok")]
+    assert service.audit_verify(tmp_path)["ok"]
 
 
 def test_pages_need_a_session_and_sign_in_never_redirects_off_site(site):

@@ -39,7 +39,8 @@ class Auditor:
         self._run = run  # run(fn, *args) -> awaitable, in the server's threads
         self._last: dict = {}  # caller -> (time of the last recorded refusal, refusals left out since)
 
-    def _write(self, entry: dict) -> None:
+    def write(self, entry: dict) -> None:
+        """Record an entry now, in this thread (for work already running in the server's threads)."""
         try:
             service.audit_record(self.home, **entry)
         except Exception as e:  # noqa: BLE001 - the server keeps serving; the log keeps the record
@@ -48,15 +49,15 @@ class Auditor:
     def submit(self, **entry) -> None:
         """Record an entry in the background (fire and forget, in the server's threads)."""
         try:
-            self._run(self._write, entry)
+            self._run(self.write, entry)
         except RuntimeError:  # no running loop (shutting down): write it here
-            self._write(entry)
+            self.write(entry)
 
     async def record(self, principal, client, action: str, target: str, outcome: str = "ok",
                      detail: Optional[dict] = None) -> None:
         """Record a state-changing call and wait until it is written (a caller told "done"
         can find it in the trail)."""
-        await self._run(self._write, {"actor": actor_of(principal), "action": action, "target": str(target)[:200],
+        await self._run(self.write, {"actor": actor_of(principal), "action": action, "target": str(target)[:200],
                                       "origin": origin_of(client), "outcome": outcome, "detail": detail})
 
     def refused(self, client, who: Optional[str], status: int, message: str, path: str) -> None:

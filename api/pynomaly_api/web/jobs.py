@@ -48,7 +48,9 @@ class Jobs:
                 if now - f.stat().st_mtime > self.KEEP_S:
                     f.unlink()
 
-    def start(self, st: ServerState, name: str, **kwargs) -> str:
+    def start(self, st: ServerState, name: str, audit: dict, **kwargs) -> str:
+        """Train ``name`` in the server's threads; ``audit`` (actor, origin) records the
+        outcome in the home's audit trail when it is known."""
         jid = uuid.uuid4().hex
         job = {"id": jid, "name": name, "stage": "queued", "fraction": None, "done": False, "error": None,
                "started": time.time(), "finished": None}
@@ -65,12 +67,17 @@ class Jobs:
                 self._write(st.home, job)
 
         def run():
+            entry = dict(audit, action="train", target=name, outcome="ok",
+                         detail={"algorithm": kwargs.get("algorithm"), "dataset_id": kwargs.get("dataset_id")})
             try:
-                service.train(st.home, name, None, progress=progress, **kwargs)
+                d = service.train(st.home, name, None, progress=progress, **kwargs)
                 job["stage"] = "done"
+                entry["detail"]["version"] = d.version
             except Exception as e:  # noqa: BLE001 - shown on the run's page
                 job["error"] = status_of(e)[1]
+                entry["outcome"] = f"error: {job['error']}"[:300]
             finally:  # the new version is served within the cache's refresh interval, as after the API's train
+                st.audit.write(entry)
                 job["done"], job["finished"] = True, time.time()
                 self._write(st.home, job)
 

@@ -27,6 +27,8 @@ from pynomaly.serving import DetectorUnavailable
 
 from .. import sessions
 from ..app import HTTPError, ServerState, state_of, status_of
+from ..audit import actor_of, origin_of
+from ..detection import audited
 from ..tokens import TokenError
 from . import charts
 from .jobs import JOBS
@@ -154,13 +156,13 @@ async def detector_action(request, st: ServerState, p, form) -> Response:
     if action == "delete":
         if form.get("confirm") != "yes":
             raise HTTPError(400, f"tick the box to confirm deleting {name!r} with its versions and results")
-        n = await st.run(service.delete, st.home, name)
+        n = await audited(request, p, "delete", name, lambda: st.run(service.delete, st.home, name))
         st.cache.invalidate(name)
         return RedirectResponse("/ui/detectors?done=" + quote(f"deleted {name} ({n} versions)"), status_code=303)
     fn = _ACTIONS.get(action)
     if fn is None:
         raise HTTPError(404, f"no action {action[:40]!r}")
-    d = await st.run(fn, st.home, name)
+    d = await audited(request, p, action, name, lambda: st.run(fn, st.home, name))
     st.cache.invalidate(name)
     return RedirectResponse(f"/ui/detectors/{quote(name)}?done=" + quote(f"{name} is now {d.status.value}"),
                             status_code=303)
@@ -239,7 +241,7 @@ async def detect(request, st: ServerState, p, form) -> Response:
                 finally:
                     os.unlink(tmp)
 
-            dataset_id, new = await st.run(store)
+            dataset_id, new = await audited(request, p, "dataset.store", shown, lambda: st.run(store))
         elif dataset_id is None:
             raise HTTPError(400, "choose a file to upload or a stored dataset")
         else:
@@ -254,7 +256,8 @@ async def detect(request, st: ServerState, p, form) -> Response:
                     service.delete_dataset(st.home, dataset_id)
                 raise
 
-        result = await st.run(run)
+        result = await audited(request, p, "detect", f"{name}@{scorer.version.version}", lambda: st.run(run),
+                               lambda r: {"result": r.id, "rows": int(r.scores.shape[0]), "page": True})
         st.cache.used(name, scorer.version.version, 1, time.monotonic())
         return RedirectResponse(f"/ui/results/{result.id}", status_code=303)
     except (HTTPError, ValueError, PynomalyError, DetectorUnavailable) as e:  # the form again, with the reason
@@ -425,7 +428,7 @@ async def train(request, st: ServerState, p, form) -> Response:
                 finally:
                     os.unlink(tmp)
 
-            dataset_id = await st.run(store)
+            dataset_id = await audited(request, p, "dataset.store", shown, lambda: st.run(store))
         elif dataset_id is None:
             raise HTTPError(400, "choose a stored dataset or upload a file to train on")
         await st.run(service.dataset, st.home, dataset_id)  # an unknown id is refused here, not in the job
@@ -435,7 +438,7 @@ async def train(request, st: ServerState, p, form) -> Response:
         return render(request, "train.html", status, datasets=datasets, algorithms=ALGORITHMS, values=values,
                       error=message, max_mb=st.settings.max_body_bytes / 2 ** 20)
     jid = JOBS.start(st, name, algorithm=algorithm, params=params, dataset_id=dataset_id,
-                     activate=form.get("activate") == "yes")
+                     activate=form.get("activate") == "yes", audit={"actor": actor_of(p), "origin": origin_of(request.client)})
     return RedirectResponse(f"/ui/train/{jid}", status_code=303)
 
 
