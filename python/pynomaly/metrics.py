@@ -104,6 +104,18 @@ class Counter(_Metric):
             k = self._key(labels)
             self._values[k] = self._values.get(k, 0.0) + amount
 
+    @classmethod
+    def of(cls, name: str, help: str, labelnames, values: dict) -> "Counter":
+        """A counter holding ``values`` ({label values tuple: count}) read from elsewhere, with
+        the series beyond :data:`MAX_SERIES` summed under ``"_other"``."""
+        c = cls(name, help, labelnames)
+        for k, v in values.items():
+            k = k if isinstance(k, tuple) else (k,)
+            if k not in c._values and len(c._values) >= MAX_SERIES:
+                k = tuple(OTHER for _ in c.labelnames)
+            c._values[k] = c._values.get(k, 0.0) + v
+        return c
+
     def value(self, **labels) -> float:
         return self._values.get(tuple(str(labels[n]) for n in self.labelnames), 0.0)
 
