@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     max_attempts INTEGER NOT NULL DEFAULT 3,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     error TEXT,
+    notes TEXT,
     result TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)
@@ -221,6 +222,7 @@ def _to_dict(r) -> dict:
         "max_attempts": r["max_attempts"],
         "cancel_requested": bool(r["cancel_requested"]),
         "error": r["error"],
+        "notes": r["notes"].splitlines() if r["notes"] else [],
         "result": json.loads(r["result"]) if r["result"] else None,
     }
 
@@ -240,7 +242,8 @@ def _find(db, job_id: str):
 
 def get(home, job_id: str) -> dict:
     """A job as a JSON-able dict: id, kind, params, state, stage, fraction, times (ISO 8601),
-    worker, attempts, cancel_requested, error, result. JobNotFoundError if there is none."""
+    worker, attempts, cancel_requested, error (why it failed), notes (re-queues, each a line),
+    result. JobNotFoundError if there is none."""
     db = _connect(home)
     try:
         return _to_dict(_find(db, job_id))
@@ -341,7 +344,7 @@ def recover(home, lease: float = LEASE) -> list:
     db = home if hasattr(home, "execute") else _connect(home)
     try:
         now = time.time()
-        done = []
+        done, gave_up = [], []
         running = db.execute("SELECT id, worker, heartbeat FROM jobs WHERE state='running'").fetchall()
         stale = [r["id"] for r in running
                  if _alive(r["worker"]) is False or (r["heartbeat"] or 0) < now - lease]
@@ -357,13 +360,15 @@ def recover(home, lease: float = LEASE) -> list:
                     db.execute("UPDATE jobs SET state='cancelled', finished_at=?, error=? WHERE id=?",
                                (now, why, job_id))
                 elif r["attempts"] < r["max_attempts"]:
-                    db.execute("UPDATE jobs SET state='queued', worker=NULL, stage=NULL, fraction=NULL, error=? "
-                               "WHERE id=?", (why + "; re-queued", job_id))
+                    db.execute("UPDATE jobs SET state='queued', worker=NULL, stage=NULL, fraction=NULL,"
+                               " notes=COALESCE(notes || char(10), '') || ? WHERE id=?", (why + "; re-queued", job_id))
                 else:
                     db.execute("UPDATE jobs SET state='failed', finished_at=?, error=? WHERE id=?",
                                (now, f"interrupted: {why}, the last of {r['max_attempts']}", job_id))
-                    _detector_failed(db, r, f"interrupted: {why}")
+                    gave_up.append((r, f"interrupted: {why}"))
             done.append(job_id)
+        for r, why in gave_up:  # after the commit: the service writes with its own connection
+            _detector_failed(db, r, why)
         return done
     finally:
         if db is not home:
@@ -533,7 +538,8 @@ class Worker:
         with _db.transaction(db):
             if state == "queued":  # shut down mid-job: back in the queue, this attempt not counted
                 db.execute("UPDATE jobs SET state='queued', worker=NULL, stage=NULL, fraction=NULL,"
-                           " attempts=attempts-1, error=? WHERE id=? AND worker=? AND state='running'",
+                           " attempts=attempts-1, notes=COALESCE(notes || char(10), '') || ?"
+                           " WHERE id=? AND worker=? AND state='running'",
                            (f"worker {self.id} shut down; re-queued", job_id, self.id))
             else:
                 db.execute("UPDATE jobs SET state=?, finished_at=?, error=?, result=?, stage=?, fraction=?"
