@@ -137,6 +137,7 @@ def test_daemon_metrics_port_and_op(tmp_path, mode):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
         assert e.value.code == 404
+        e.value.close()
     finally:
         assert d.stop() == 0
     for f in (fams, via_op):
