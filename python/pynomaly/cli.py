@@ -179,11 +179,12 @@ def _build_parser() -> argparse.ArgumentParser:
     q.add_argument("--detector", default="cardio-quickstart", help="name to store it under (default cardio-quickstart)")
 
     jb = sub.add_parser("jobs", help="background jobs: list, show, cancel, watch")
-    jsub = jb.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    jsub = jb.add_subparsers(dest="jobs_command", required=True, metavar="ACTION", help="what to do")
     jl = jsub.add_parser("list", help="the latest jobs, newest first")
-    jl.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    jl.add_argument("--limit", type=int, default=50)
-    jl.add_argument("--json", action="store_true")
+    jl.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"],
+                    help="only jobs in this state")
+    jl.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    jl.add_argument("--json", action="store_true", help="print the jobs as JSON")
     for verb, text in (("show", "one job in full"), ("cancel", "cancel a queued or running job"),
                        ("watch", "follow a job's progress until it finishes")):
         x = jsub.add_parser(verb, help=text)
@@ -200,12 +201,12 @@ def _build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--max-jobs", type=int, help="exit after running this many jobs")
 
     al = sub.add_parser("alerts", help="alert rules on detections: add, list, remove; the outbox")
-    asub = al.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    asub = al.add_subparsers(dest="alerts_command", required=True, metavar="ACTION", help="what to do")
     aa = asub.add_parser("add", help="add a rule: when a detection of DETECTOR matches, send an alert",
                          description="Add an alert rule. All conditions given must hold; with none, any anomaly "
                          "fires. Alerts are queued in the outbox and sent by `pynomaly worker`, the daemon, or "
                          "`pynomaly alerts deliver`.")
-    aa.add_argument("--detector", required=True)
+    aa.add_argument("--detector", required=True, help="detector name (it need not exist yet)")
     ch = aa.add_mutually_exclusive_group(required=True)
     ch.add_argument("--webhook", metavar="URL", help="POST an Alertmanager v4 message, signed (Standard Webhooks)")
     ch.add_argument("--command", dest="run_command", metavar="CMD", help="run CMD with the message as JSON on stdin")
@@ -222,16 +223,16 @@ def _build_parser() -> argparse.ArgumentParser:
     aa.add_argument("--secret", help="webhook signing secret (whsec_...); default: a new one, printed")
     aa.add_argument("--timeout", type=float, default=10.0, help="seconds per delivery attempt (default 10)")
     aa.add_argument("--max-attempts", type=int, default=8, help="attempts before a message is dead (default 8)")
-    aa.add_argument("--json", action="store_true")
+    aa.add_argument("--json", action="store_true", help="print the rule as JSON")
     alst = asub.add_parser("list", help="the alert rules")
-    alst.add_argument("--detector")
-    alst.add_argument("--json", action="store_true")
+    alst.add_argument("--detector", help="only this detector's rules")
+    alst.add_argument("--json", action="store_true", help="print the rules as JSON")
     ar = asub.add_parser("remove", help="remove a rule (its queued messages are still sent)")
     ar.add_argument("rule", help="rule id")
     ao = asub.add_parser("outbox", help="queued, sent and dead alert messages")
-    ao.add_argument("--state", choices=["pending", "sending", "sent", "dead"])
-    ao.add_argument("--limit", type=int, default=50)
-    ao.add_argument("--json", action="store_true")
+    ao.add_argument("--state", choices=["pending", "sending", "sent", "dead"], help="only messages in this state")
+    ao.add_argument("--limit", type=int, default=50, help="at most this many, newest first (default 50)")
+    ao.add_argument("--json", action="store_true", help="print the messages as JSON")
     asub.add_parser("deliver", help="send the due messages of the outbox once, now")
 
     # Each command's own --help opens with what it does (the line `pynomaly --help` shows).
