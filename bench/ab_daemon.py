@@ -30,7 +30,8 @@ from bench_daemon import cpu_model, load_dataset, prepare, run_loadgen
 
 def start(python: str, tmp: Path, models: Path, name: str, extra=()) -> "tuple[subprocess.Popen, Path]":
     sock = tmp / f"{name}.sock"
-    p = subprocess.Popen([python, "-m", "pynomaly_daemon", "--socket", str(sock), "--models", str(models),
+    source = ["--models", str(models)] if models is not None else []
+    p = subprocess.Popen([python, "-m", "pynomaly_daemon", "--socket", str(sock), *source,
                           "--log-level", "WARNING", *extra],
                          stdout=subprocess.PIPE, stderr=open(tmp / f"{name}.log", "w"), text=True)
     line = p.stdout.readline()
@@ -50,20 +51,40 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--seconds", type=float, default=1.0, help="seconds per single-row round and side")
     ap.add_argument("--daemon-args", default="", help="extra options for both daemons, e.g. --daemon-args=--no-fast-path")
+    ap.add_argument("--a-args", default="", help="extra options for side A only, e.g. --a-args='--metrics-port 9400'")
+    ap.add_argument("--b-args", default="", help="extra options for side B only")
+    ap.add_argument("--anomalous", action="store_true",
+                    help="send the dataset's most anomalous row (every request an anomaly: the alerts' worst case)")
+    ap.add_argument("--repository", action="store_true",
+                    help="serve a repository home (with an alert rule on the detector) instead of a model folder")
     args = ap.parse_args()
     X, name = load_dataset("cardio")
     info = pynomaly.build_info()
     print(f"# cpu: {cpu_model()}; simd={info['simd']}; dataset={name} {X.shape}; rounds={args.rounds}; "
-          f"daemon args {args.daemon_args!r}")
+          f"daemon args {args.daemon_args!r}; A {args.a_args!r}; B {args.b_args!r}; anomalous={args.anomalous}; "
+          f"repository={args.repository}")
     print(f"# A: {which(sys.executable)}\n# B: {which(args.baseline_python)}")
     model = pynomaly.IsolationForest(random_state=0).fit(X)
     tmp = Path(tempfile.mkdtemp(prefix="pynomaly-ab-"))
     procs = []
     try:
         loadgen, frame = prepare(tmp, model, X)
+        if args.anomalous:
+            from bench_daemon import _frame, _rows, wire
+
+            top = int(np.argmax(model.decision_function(X)))
+            frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], _rows(X[top : top + 1]))))
         extra = args.daemon_args.split()
-        a, sock_a = start(sys.executable, tmp, tmp / "models", "a", extra)
-        b, sock_b = start(args.baseline_python, tmp, tmp / "models", "b", extra)
+        models = tmp / "models"
+        if args.repository:  # issue 12: a home whose detector has an alert rule (to a log file)
+            from pynomaly import alerts, service
+
+            service.train(tmp / "home", "bench", X, params={"random_state": 0})
+            alerts.add_rule(tmp / "home", "bench", "log", str(tmp / "alerts.log"))
+            models = None
+            extra = ["--home", str(tmp / "home"), *extra]
+        a, sock_a = start(sys.executable, tmp, models, "a", extra + args.a_args.split())
+        b, sock_b = start(args.baseline_python, tmp, models, "b", extra + args.b_args.split())
         procs = [a, b]
         print(f"\n{'point':>14} {'A req/s':>10} {'B req/s':>10} {'A/B':>6} {'A/B spread':>14} "
               f"{'A p99 us':>9} {'B p99 us':>9} {'A/B p99':>8}")
