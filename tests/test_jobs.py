@@ -319,3 +319,22 @@ def test_cli_cancel_of_a_queued_job(tmp_path, small):
     assert "cancelled" in cli(home, "jobs", "cancel", job_id).stdout
     out = cli(home, "jobs", "watch", job_id, check=False)
     assert out.returncode == 1 and "cancelled" in out.stdout
+
+
+def test_daemon_job_workers_run_queued_jobs(tmp_path, small):
+    from _daemon_helpers import DaemonProcess
+
+    home = tmp_path / "home"
+    job_id = jobs.submit(home, "train", {"detector": "d", "data": small, "params": {"n_estimators": 10}})
+    d = DaemonProcess(tmp_path, None, "--home", str(home), "--job-workers", "1")
+    try:
+        assert wait_until(lambda: jobs.get(home, job_id)["state"] == "succeeded", timeout=60)
+        import pynomaly
+
+        with pynomaly.Client(d.sock) as c:
+            assert c.detect("d", np.load(small)[:3]).scores.shape == (3,)
+    finally:
+        assert d.stop() == 0
+    bad = subprocess.run([sys.executable, "-m", "pynomaly_daemon", "--socket", str(tmp_path / "x.sock"), "--models",
+                          str(tmp_path), "--job-workers", "1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--job-workers needs a repository home" in bad.stderr
