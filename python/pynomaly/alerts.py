@@ -67,7 +67,6 @@ __all__ = [
     "list_rules",
     "remove_rule",
     "evaluate",
-    "observe",
     "deliver",
     "outbox",
     "payload",
@@ -422,12 +421,11 @@ def evaluate(home, detector: str, result) -> list:
         db.close()
 
 
-observe = evaluate
-
 
 class Evaluator:
-    """Rules of a home kept in memory (re-read every ``refresh`` seconds), for a server that
-    evaluates many detections: detectors without rules cost a dict lookup."""
+    """Rules of a home kept in memory (re-read every ``refresh`` seconds, so a new or removed
+    rule takes effect within that), for a server that evaluates many detections: detectors
+    without rules cost a dict lookup."""
 
     def __init__(self, home, refresh: float = 2.0):
         self.home = _db.home_of(home)
@@ -618,6 +616,9 @@ def deliver(home, *, limit: int = 100, backoff: float = BACKOFF, max_backoff: fl
     db = home if hasattr(home, "execute") else _connect(home)
     try:
         now = _now()
+        if db.execute("SELECT 1 FROM alert_outbox WHERE (state='pending' AND next_at <= ?) OR"
+                      " (state='sending' AND claimed_until < ?) LIMIT 1", (now, now)).fetchone() is None:
+            return out  # nothing due: an idle dispatcher only reads
         with _db.transaction(db):
             rows = db.execute(
                 "SELECT o.*, r.secret, r.target, r.timeout, r.max_attempts FROM alert_outbox o"

@@ -233,7 +233,8 @@ def _find(db, job_id: str):
     r = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if r is None:
         # A unique prefix (as `pynomaly jobs list` shows them) is accepted too.
-        rows = db.execute("SELECT * FROM jobs WHERE id LIKE ? LIMIT 2", (job_id.replace("%", "") + "%",)).fetchall()
+        prefix = job_id.replace("\\", "").replace("%", "").replace("_", "")
+        rows = db.execute("SELECT * FROM jobs WHERE id LIKE ? LIMIT 2", (prefix + "%",)).fetchall()
         if len(rows) != 1 or len(job_id) < 4:
             raise JobNotFoundError(f"no job {job_id!r}" + (" (the prefix is ambiguous)" if len(rows) > 1 else ""))
         r = rows[0]
@@ -437,6 +438,8 @@ class Worker:
     # -- claiming ---------------------------------------------------------------------------
     def claim(self, db):
         """Take the oldest queued job: exactly one worker gets each (one write transaction)."""
+        if db.execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone() is None:
+            return None  # an idle worker only reads: no write lock every poll
         with _db.transaction(db):
             r = db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY created_at LIMIT 1").fetchone()
             if r is None:
