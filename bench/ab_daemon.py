@@ -14,6 +14,7 @@ side A ("this build"); `--baseline-python` runs side B.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -88,11 +89,25 @@ def main() -> None:
         procs = [a, b]
         print(f"\n{'point':>14} {'A req/s':>10} {'B req/s':>10} {'A/B':>6} {'A/B spread':>14} "
               f"{'A p99 us':>9} {'B p99 us':>9} {'A/B p99':>8}")
+        def cpu(p) -> float:  # the daemon's CPU seconds so far (user + system)
+            f = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+        def measured(p, sock, conns):
+            c0 = cpu(p)
+            r = run_loadgen(loadgen, sock, frame, conns, args.seconds)
+            # CPU per request: what a change costs, less sensitive than req/s to a shared machine.
+            r["cpu_us"] = 1e6 * (cpu(p) - c0) / max(r["rps"] * args.seconds, 1)
+            return r
+
+        cpu_rows = []
         for conns in (1, 8, 64):
             ra, rb = [], []
             for _ in range(args.rounds):
-                ra.append(run_loadgen(loadgen, sock_a, frame, conns, args.seconds))
-                rb.append(run_loadgen(loadgen, sock_b, frame, conns, args.seconds))
+                ra.append(measured(a, sock_a, conns))
+                rb.append(measured(b, sock_b, conns))
+            ca_, cb_ = float(np.median([r["cpu_us"] for r in ra])), float(np.median([r["cpu_us"] for r in rb]))
+            cpu_rows.append(f"{f'{conns} x 1':>14} {ca_:>10.2f} {cb_:>10.2f} {ca_ / cb_:>6.2f}")
             ratios = [x["rps"] / y["rps"] for x, y in zip(ra, rb)]
             ma = {k: float(np.median([r[k] for r in ra])) for k in ra[0]}
             mb = {k: float(np.median([r[k] for r in rb])) for k in rb[0]}
@@ -100,6 +115,8 @@ def main() -> None:
             print(f"{f'{conns} x 1':>14} {ma['rps']:>10,.0f} {mb['rps']:>10,.0f} {ma['rps'] / mb['rps']:>6.2f} "
                   f"{f'{q1:.2f}-{q3:.2f}':>14} {ma['p99_us']:>9.0f} {mb['p99_us']:>9.0f} "
                   f"{ma['p99_us'] / mb['p99_us']:>8.2f}")
+        print(f"\n{'point':>14} {'A cpu us':>10} {'B cpu us':>10} {'A/B':>6}   (daemon CPU per request, medians)")
+        print("\n".join(cpu_rows))
         ca, cb = pynomaly.Client(str(sock_a)), pynomaly.Client(str(sock_b))
         rng = np.random.default_rng(0)
         for n in (1_000, 100_000):
