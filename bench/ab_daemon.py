@@ -14,6 +14,7 @@ side A ("this build"); `--baseline-python` runs side B.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,8 @@ from bench_daemon import cpu_model, load_dataset, prepare, run_loadgen
 
 def start(python: str, tmp: Path, models: Path, name: str, extra=()) -> "tuple[subprocess.Popen, Path]":
     sock = tmp / f"{name}.sock"
-    p = subprocess.Popen([python, "-m", "pynomaly_daemon", "--socket", str(sock), "--models", str(models),
+    source = ["--models", str(models)] if models is not None else []
+    p = subprocess.Popen([python, "-m", "pynomaly_daemon", "--socket", str(sock), *source,
                           "--log-level", "WARNING", *extra],
                          stdout=subprocess.PIPE, stderr=open(tmp / f"{name}.log", "w"), text=True)
     line = p.stdout.readline()
@@ -50,28 +52,62 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--seconds", type=float, default=1.0, help="seconds per single-row round and side")
     ap.add_argument("--daemon-args", default="", help="extra options for both daemons, e.g. --daemon-args=--no-fast-path")
+    ap.add_argument("--a-args", default="", help="extra options for side A only, e.g. --a-args='--metrics-port 9400'")
+    ap.add_argument("--b-args", default="", help="extra options for side B only")
+    ap.add_argument("--anomalous", action="store_true",
+                    help="send the dataset's most anomalous row (every request an anomaly: the alerts' worst case)")
+    ap.add_argument("--repository", action="store_true",
+                    help="serve a repository home (with an alert rule on the detector) instead of a model folder")
     args = ap.parse_args()
     X, name = load_dataset("cardio")
     info = pynomaly.build_info()
     print(f"# cpu: {cpu_model()}; simd={info['simd']}; dataset={name} {X.shape}; rounds={args.rounds}; "
-          f"daemon args {args.daemon_args!r}")
+          f"daemon args {args.daemon_args!r}; A {args.a_args!r}; B {args.b_args!r}; anomalous={args.anomalous}; "
+          f"repository={args.repository}")
     print(f"# A: {which(sys.executable)}\n# B: {which(args.baseline_python)}")
     model = pynomaly.IsolationForest(random_state=0).fit(X)
     tmp = Path(tempfile.mkdtemp(prefix="pynomaly-ab-"))
     procs = []
     try:
         loadgen, frame = prepare(tmp, model, X)
+        if args.anomalous:
+            from bench_daemon import _frame, _rows, wire
+
+            top = int(np.argmax(model.decision_function(X)))
+            frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], _rows(X[top : top + 1]))))
         extra = args.daemon_args.split()
-        a, sock_a = start(sys.executable, tmp, tmp / "models", "a", extra)
-        b, sock_b = start(args.baseline_python, tmp, tmp / "models", "b", extra)
+        models = tmp / "models"
+        if args.repository:  # issue 12: a home whose detector has an alert rule (to a log file)
+            from pynomaly import alerts, service
+
+            service.train(tmp / "home", "bench", X, params={"random_state": 0})
+            alerts.add_rule(tmp / "home", "bench", "log", str(tmp / "alerts.log"))
+            models = None
+            extra = ["--home", str(tmp / "home"), *extra]
+        a, sock_a = start(sys.executable, tmp, models, "a", extra + args.a_args.split())
+        b, sock_b = start(args.baseline_python, tmp, models, "b", extra + args.b_args.split())
         procs = [a, b]
         print(f"\n{'point':>14} {'A req/s':>10} {'B req/s':>10} {'A/B':>6} {'A/B spread':>14} "
               f"{'A p99 us':>9} {'B p99 us':>9} {'A/B p99':>8}")
+        def cpu(p) -> float:  # the daemon's CPU seconds so far (user + system)
+            f = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+        def measured(p, sock, conns):
+            c0 = cpu(p)
+            r = run_loadgen(loadgen, sock, frame, conns, args.seconds)
+            # CPU per request: what a change costs, less sensitive than req/s to a shared machine.
+            r["cpu_us"] = 1e6 * (cpu(p) - c0) / max(r["rps"] * args.seconds, 1)
+            return r
+
+        cpu_rows = []
         for conns in (1, 8, 64):
             ra, rb = [], []
             for _ in range(args.rounds):
-                ra.append(run_loadgen(loadgen, sock_a, frame, conns, args.seconds))
-                rb.append(run_loadgen(loadgen, sock_b, frame, conns, args.seconds))
+                ra.append(measured(a, sock_a, conns))
+                rb.append(measured(b, sock_b, conns))
+            ca_, cb_ = float(np.median([r["cpu_us"] for r in ra])), float(np.median([r["cpu_us"] for r in rb]))
+            cpu_rows.append(f"{f'{conns} x 1':>14} {ca_:>10.2f} {cb_:>10.2f} {ca_ / cb_:>6.2f}")
             ratios = [x["rps"] / y["rps"] for x, y in zip(ra, rb)]
             ma = {k: float(np.median([r[k] for r in ra])) for k in ra[0]}
             mb = {k: float(np.median([r[k] for r in rb])) for k in rb[0]}
@@ -79,6 +115,8 @@ def main() -> None:
             print(f"{f'{conns} x 1':>14} {ma['rps']:>10,.0f} {mb['rps']:>10,.0f} {ma['rps'] / mb['rps']:>6.2f} "
                   f"{f'{q1:.2f}-{q3:.2f}':>14} {ma['p99_us']:>9.0f} {mb['p99_us']:>9.0f} "
                   f"{ma['p99_us'] / mb['p99_us']:>8.2f}")
+        print(f"\n{'point':>14} {'A cpu us':>10} {'B cpu us':>10} {'A/B':>6}   (daemon CPU per request, medians)")
+        print("\n".join(cpu_rows))
         ca, cb = pynomaly.Client(str(sock_a)), pynomaly.Client(str(sock_b))
         rng = np.random.default_rng(0)
         for n in (1_000, 100_000):

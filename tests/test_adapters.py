@@ -22,8 +22,10 @@ from conftest import load_dataset, roc_auc
 def test_import_pynomaly_imports_no_optional_library():
     code = (
         "import sys, pynomaly, pynomaly.domain, pynomaly.registry, pynomaly.service, pynomaly.repository,"
-        " pynomaly.cli, pynomaly.dataio, pynomaly.adapters.pyod, pynomaly.adapters.torch, pynomaly.adapters.jax\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'jax', 'jaxlib', 'pyod', 'sklearn', 'pyarrow'))\n"
+        " pynomaly.cli, pynomaly.dataio, pynomaly.adapters.pyod, pynomaly.adapters.torch, pynomaly.adapters.jax,"
+        " pynomaly.jobs, pynomaly.alerts, pynomaly.metrics\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'jax', 'jaxlib', 'pyod', 'sklearn', 'pyarrow',"
+        " 'prometheus_client'))\n"
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -92,6 +92,7 @@ class Batcher:
         self.flush_handle = None
         self.loop = None
         self.conns = ()  # the daemon's connections (set by the daemon): with others, wait for them
+        self.observer = None  # observe.Observer: counts for the metrics and the alert rules
 
     def submit(self, scorer, item: Pending, dtype: str, *, in_read: bool) -> None:
         """Score an admitted request: queued when small, alone when large.
@@ -206,4 +207,6 @@ class Batcher:
         c = self.counters
         c["native_calls"] += 1
         c["rows_scored"] += scores.shape[0]
+        if self.observer is not None:
+            self.observer.scored(scorer.version, items, scores)
         detect_replies(scorer, items, scores, self.encoder, self.admission.release, self.reply_error)

@@ -93,6 +93,14 @@ class Config:
                                      "only for a folder whose files you trust")
     cache_bytes: int = _opt(1 << 30, "memory for loaded detectors", flag="--cache-mb", scale=_MB, unit="MB")
     workers: int = _opt(None, "scoring threads", factory=_default_workers)
+    # Issue 12: metrics, alerts and jobs.
+    metrics_port: int = _opt(0, "serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0: no HTTP; the "
+                                "socket's `metrics` op answers either way)", zero_ok=True)
+    metrics_host: str = _opt("127.0.0.1", "address the metrics port listens on", type=str)
+    alerts: bool = _opt(True, "do not check detections against alert rules nor deliver alerts (repository homes "
+                              "only; they are off for --models folders)", flag="--no-alerts")
+    job_workers: int = _opt(0, "run queued jobs of the home in this many daemon threads (0: leave them to "
+                               "`pynomaly worker`)", zero_ok=True)
 
     def __post_init__(self):
         # The roles are checked (users and groups looked up) once, here; the daemon reads
@@ -111,6 +119,8 @@ class Config:
                 shown = v / f.metadata["scale"] if ok else v
                 need = ">= 0" if f.metadata["zero_ok"] else "> 0"
                 raise ValueError(f"{_flag(f)} must be a finite number {need}, got {shown!r}")
+        if self.metrics_port > 65535:
+            raise ValueError(f"--metrics-port must be a TCP port (1 to 65535, or 0 for none), got {self.metrics_port}")
 
 
 def _flag(f: dataclasses.Field) -> str:

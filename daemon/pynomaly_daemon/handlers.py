@@ -58,7 +58,16 @@ async def reload(d, req: wire.Reload) -> wire.ReloadReply:
     return wire.ReloadReply(req.id, names)
 
 
+async def metrics(d, req: wire.Metrics) -> wire.MetricsReply:
+    from pynomaly.metrics import CONTENT_TYPE
+
+    from .metrics_http import render
+
+    return wire.MetricsReply(req.id, (await render(d)).decode(), CONTENT_TYPE)
+
+
 HANDLERS = {
+    wire.Metrics: metrics,
     wire.Health: health,
     wire.Stats: stats,
     wire.Info: info,

@@ -196,11 +196,18 @@ class NetPump:
             conn.taken = 0
 
     def _report_hits(self) -> None:
+        self.flush_hits()
+        self._hits_handle = self.loop.call_later(_HITS_INTERVAL, self._report_hits)
+
+    def flush_hits(self) -> None:
+        """Hand the loop's hits since the last call to the cache and the observer."""
         now = time.monotonic()
         used = self.d.cache.used
-        for name, version, n in self.net.take_hits():
+        obs = self.d.observer
+        for name, version, n, rows, flagged in self.net.take_hits():
             used(name, version, n, now)
-        self._hits_handle = self.loop.call_later(_HITS_INTERVAL, self._report_hits)
+            if obs is not None:
+                obs.add(name, version, n, rows, flagged)
 
     def counters(self) -> dict:
         return self.net.counters()

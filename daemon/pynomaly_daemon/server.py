@@ -19,7 +19,9 @@ The rooms, each owning one concern:
 - ``pynomaly.serving`` (shared with the HTTP API): the cache of loaded Scorers (LRU by bytes),
   latest versions and their refresh, and the sources Scorers come from (a repository home or a
   ``--models`` folder);
-- ``errors.py``: the daemon's exceptions and their wire error codes.
+- ``errors.py``: the daemon's exceptions and their wire error codes;
+- ``observe.py``: every path's detections counted per detector for the metrics and handed to
+  the alert rules; ``metrics_http.py``: ``--metrics-port``.
 
 Detection itself is pynomaly.service.Scorer's: the daemon never turns scores into labels or
 probabilities on its own. The common request, a small raw-rows ``detect`` for a native
@@ -49,6 +51,7 @@ import msgspec
 
 import pynomaly
 from pynomaly import wire
+from pynomaly.metrics import REQUEST_SECONDS
 from pynomaly.wire import Detect, Rows, default_socket_path  # noqa: F401 - default_socket_path is re-exported
 
 from .admission import Admission
@@ -60,6 +63,7 @@ from .connection import Connection
 from .errors import RequestError, classify
 from .handlers import HANDLERS
 from .netloop import NetPump
+from .observe import Observer
 from .replies import Pending
 from .sharedmem import map_rows, names_memfd
 
@@ -104,6 +108,10 @@ class Daemon:
         self.netloop: Optional[NetPump] = None
         self.lock_fd = None
         self._stop: Optional[asyncio.Event] = None
+        # Metrics and alerts (issue 12): counted per detector when something reads them.
+        self.observer: Optional[Observer] = None
+        self.metrics_server = None
+        self.job_workers: list = []
         self.auditor = Auditor(self, getattr(source, "home", None), audited=hasattr(source, "home"))
 
     def record_refusal(self, peer: str, uid, gid, message: str) -> None:
@@ -195,6 +203,7 @@ class Daemon:
         _raise_fd_limit(self.config.max_connections + 256)
         sock = self._bind()
         try:
+            await self._start_extras(loop)
             if self.config.native_loop and self.fast_rows:
                 self.netloop = NetPump(self, sock)
                 self.cache.native_sink = self.netloop
@@ -225,7 +234,42 @@ class Daemon:
                 sock.close()  # uvloop's server owns it otherwise
             self._unbind()
             self.pool.shutdown(wait=True)
+            self._stop_extras()
         log.info("stopped")
+
+    async def _start_extras(self, loop) -> None:
+        """Metrics, alerts and in-daemon job workers, as configured (issue 12)."""
+        from pynomaly.serving import RepositorySource
+
+        cfg = self.config
+        home = self.source.home if isinstance(self.source, RepositorySource) else None
+        repo = isinstance(self.source, RepositorySource)
+        alerts_on = cfg.alerts and repo
+        if cfg.metrics_port or alerts_on:
+            self.observer = Observer(home, alerts_on=alerts_on) if alerts_on else Observer(None, alerts_on=False)
+            self.batcher.observer = self.observer
+            self.observer.start(loop)
+        if cfg.metrics_port:
+            from . import metrics_http
+
+            self.metrics_server = await metrics_http.start(self, cfg.metrics_host, cfg.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, cfg.metrics_port)
+        if cfg.job_workers:
+            if not repo:
+                raise SystemExit("pynomaly daemon: --job-workers needs a repository home, not --models")
+            from pynomaly import jobs
+
+            self.job_workers = jobs.start_workers(home, cfg.job_workers)
+
+    def _stop_extras(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        for w in self.job_workers:
+            w.shutdown()  # the running job is re-queued for the next worker
+        if self.observer is not None:
+            if self.netloop is not None:
+                self.netloop.flush_hits()  # the last interval's detections count too
+            self.observer.stop()
 
     def _on_stop(self, signame: str) -> None:
         if self.draining:
@@ -394,6 +438,7 @@ class Daemon:
 
     async def _answer(self, conn: Connection, req) -> None:
         handler = HANDLERS.get(type(req))
+        t0 = time.perf_counter()
         try:
             if handler is None:  # pragma: no cover - every Request type has a handler
                 raise RequestError("bad_request", f"unsupported op {type(req).__name__}")
@@ -408,13 +453,23 @@ class Daemon:
         if type(req) is wire.Reload:  # the one administrative op so far
             self.auditor.record(conn, "reload", req.detector or "*", "ok",
                                 {"invalidated": list(reply.invalidated)})
+        if self.observer is not None:
+            REQUEST_SECONDS.observe(time.perf_counter() - t0, op=type(req).__struct_config__.tag)
 
     def serve_fast(self, conn: Connection, p: int, end: int) -> int:
         """Let the native path answer the small detects at conn's buffer[p:end]; returns where
         it stopped (a frame for the Python path, an incomplete one, or end)."""
-        p, replies, served, n_req, n_rows, n_calls, n_coalesced = wire.fast_detect(
-            conn.view, p, end, self.config.max_frame, self.fast_rows, self.cache.native
-        )
+        obs = self.observer
+        if obs is None:
+            p, replies, served, n_req, n_rows, n_calls, n_coalesced = wire.fast_detect(
+                conn.view, p, end, self.config.max_frame, self.fast_rows, self.cache.native
+            )
+        else:  # with the anomalies' tally (metrics, alerts)
+            p, replies, served, n_req, n_rows, n_calls, n_coalesced, flagged = wire.fast_detect(
+                conn.view, p, end, self.config.max_frame, self.fast_rows, self.cache.native, True
+            )
+            if n_req:
+                obs.add(served.name, served.version, n_req, n_rows, flagged)
         if n_req:
             self.n_detect += n_req
             c = self.counters

@@ -94,7 +94,8 @@ _LAZY = {"Client": "client", "AsyncClient": "client", "DaemonError": "client", "
 
 # Submodules the README uses as ``pynomaly.<name>`` after a plain ``import pynomaly``; imported
 # on first access (the service layer pulls in SQLite and zstandard, which scoring never needs).
-_LAZY_MODULES = ("service", "registry", "repository", "wire", "client", "dataio", "datasets", "adapters", "domain")
+_LAZY_MODULES = ("service", "registry", "repository", "wire", "client", "dataio", "datasets", "adapters", "domain",
+                 "jobs", "alerts", "metrics")
 
 
 def __getattr__(name: str):

@@ -1,5 +1,6 @@
 """The ``pynomaly`` command: train, detect, list, show, export, import, archive, activate,
-delete, quickstart, init, keys and audit, over :mod:`pynomaly.service`.
+delete, quickstart, init, keys, audit, jobs, alerts and worker, over :mod:`pynomaly.service`,
+:mod:`pynomaly.jobs` and :mod:`pynomaly.alerts`.
 
 Every state-changing command (and one refused for a missing or wrong key) is recorded in the
 home's audit trail with its outcome (:func:`pynomaly.service.audit_record`).
@@ -132,6 +133,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="algorithm parameter (repeatable); VALUE is read as JSON when it parses")
     t.add_argument("--columns", type=_columns, help="comma-separated feature columns (names or indices)")
     t.add_argument("--json", action="store_true", help="print the stored detector as JSON")
+    t.add_argument("--background", action="store_true",
+                   help="queue the training as a job and print its id at once (run by `pynomaly worker`)")
 
     d = sub.add_parser("detect", help="score a data file with a stored detector")
     d.add_argument("--detector", required=True, help="name of a stored, active detector")
@@ -211,6 +214,63 @@ def _build_parser() -> argparse.ArgumentParser:
                        "Cardiotocography via ODDS), store it in the home folder, detect with it and report.")
     q.add_argument("--detector", default="cardio-quickstart", help="name to store it under (default cardio-quickstart)")
 
+    jb = sub.add_parser("jobs", help="background jobs: list, show, cancel, watch")
+    jsub = jb.add_subparsers(dest="jobs_command", required=True, metavar="ACTION", help="what to do")
+    jl = jsub.add_parser("list", help="the latest jobs, newest first")
+    jl.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"],
+                    help="only jobs in this state")
+    jl.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    jl.add_argument("--json", action="store_true", help="print the jobs as JSON")
+    for verb, text in (("show", "one job in full"), ("cancel", "cancel a queued or running job"),
+                       ("watch", "follow a job's progress until it finishes")):
+        x = jsub.add_parser(verb, help=text)
+        x.add_argument("job", help="job id (or a unique prefix of at least 4 characters)")
+        if verb != "cancel":
+            x.add_argument("--json", action="store_true", help="print JSON (watch: one object per change)")
+
+    wk = sub.add_parser("worker", help="run queued jobs and deliver alerts until SIGTERM",
+                        description="Run queued jobs of the home one at a time and deliver its alert outbox, until "
+                        "SIGTERM or Ctrl-C; a job running then is interrupted and re-queued. Several workers may "
+                        "share a home: each job runs in exactly one.")
+    wk.add_argument("--no-alerts", action="store_true", help="do not deliver alerts from this worker")
+    wk.add_argument("--poll", type=float, default=0.5, help="seconds between looks at an empty queue (default 0.5)")
+    wk.add_argument("--max-jobs", type=int, help="exit after running this many jobs")
+
+    al = sub.add_parser("alerts", help="alert rules on detections: add, list, remove; the outbox")
+    asub = al.add_subparsers(dest="alerts_command", required=True, metavar="ACTION", help="what to do")
+    aa = asub.add_parser("add", help="add a rule: when a detection of DETECTOR matches, send an alert",
+                         description="Add an alert rule. All conditions given must hold; with none, any anomaly "
+                         "fires. Alerts are queued in the outbox and sent by `pynomaly worker`, the daemon, or "
+                         "`pynomaly alerts deliver`.")
+    aa.add_argument("--detector", required=True, help="detector name (it need not exist yet)")
+    ch = aa.add_mutually_exclusive_group(required=True)
+    ch.add_argument("--webhook", metavar="URL", help="POST an Alertmanager v4 message, signed (Standard Webhooks)")
+    ch.add_argument("--command", dest="run_command", metavar="CMD", help="run CMD with the message as JSON on stdin")
+    ch.add_argument("--log", metavar="FILE", help="append the message as a JSON line to FILE")
+    ch.add_argument("--channel", metavar="NAME", help="a channel of your own: entry point name or module:Class "
+                    "(with --to)")
+    aa.add_argument("--to", metavar="TARGET", help="the target given to a --channel of your own")
+    aa.add_argument("--score-above", type=float, metavar="S", help="an anomaly scored above S")
+    aa.add_argument("--rate-above", type=float, metavar="R", help="a detection's anomaly rate above R (0..1)")
+    aa.add_argument("--count", type=int, metavar="N", help="N anomalies or more ... (with --within)")
+    aa.add_argument("--within", type=float, metavar="MINUTES", help="... within this many minutes")
+    aa.add_argument("--dedup", type=float, default=5.0, metavar="MINUTES",
+                    help="send the same alert at most once per this many minutes (default 5; 0: always)")
+    aa.add_argument("--secret", help="webhook signing secret (whsec_...); default: a new one, printed")
+    aa.add_argument("--timeout", type=float, default=10.0, help="seconds per delivery attempt (default 10)")
+    aa.add_argument("--max-attempts", type=int, default=8, help="attempts before a message is dead (default 8)")
+    aa.add_argument("--json", action="store_true", help="print the rule as JSON")
+    alst = asub.add_parser("list", help="the alert rules")
+    alst.add_argument("--detector", help="only this detector's rules")
+    alst.add_argument("--json", action="store_true", help="print the rules as JSON")
+    ar = asub.add_parser("remove", help="remove a rule (its queued messages are still sent)")
+    ar.add_argument("rule", help="rule id")
+    ao = asub.add_parser("outbox", help="queued, sent and dead alert messages")
+    ao.add_argument("--state", choices=["pending", "sending", "sent", "dead"], help="only messages in this state")
+    ao.add_argument("--limit", type=int, default=50, help="at most this many, newest first (default 50)")
+    ao.add_argument("--json", action="store_true", help="print the messages as JSON")
+    asub.add_parser("deliver", help="send the due messages of the outbox once, now")
+
     # Each command's own --help opens with what it does (the line `pynomaly --help` shows).
     for action in sub._choices_actions:
         parser = sub.choices[action.dest]
@@ -254,6 +314,16 @@ def _print_result(result, name: str, top: int, out) -> None:
 def _cmd_train(args, home, progress, out):
     from . import service
 
+    if args.background:
+        from . import jobs
+
+        job_id = jobs.submit(home, "train", {"detector": args.detector, "data": args.data, "algorithm": args.algorithm,
+                                             "params": dict(args.param), "columns": args.columns})
+        if args.json:
+            out.write(json.dumps(jobs.get(home, job_id), indent=2) + "\n")
+        else:
+            out.write(f"{job_id}\nqueued; follow it with: pynomaly jobs watch {job_id[:8]}\n")
+        return
     det = service.train(home, args.detector, args.data, args.algorithm, dict(args.param),
                         columns=args.columns, progress=progress)
     progress.close()
@@ -283,6 +353,18 @@ def _cmd_detect(args, home, progress, out):
         _print_result(result, args.detector, args.top, out)
         if args.output:
             out.write(f"scores and labels written to {args.output}\n")
+    out.flush()
+    _deliver_now(home)
+
+
+def _deliver_now(home) -> None:
+    """Send what a detection queued, once, after its result is out; what fails stays queued
+    for `pynomaly worker` or the daemon, with its retries."""
+    from . import alerts
+
+    done = alerts.deliver(home)
+    if done["retry"] or done["dead"]:
+        sys.stderr.write(f"pynomaly: {done['retry'] + done['dead']} alert(s) not delivered; see: pynomaly alerts outbox\n")
 
 
 def _cmd_list(args, home, progress, out):
@@ -489,7 +571,141 @@ def _cmd_doctor(args, home, progress, out):
         raise SystemExit(1)
 
 
+def _job_line(j) -> tuple:
+    frac = f"{100 * j['fraction']:.0f}%" if j["fraction"] is not None else "-"
+    what = j["params"].get("detector", "")
+    return (j["id"][:8], j["kind"], what, j["state"], j["stage"] or "-", frac, (j["created_at"] or "")[:19],
+            (j["error"] or "")[:60])
+
+
+def _cmd_jobs(args, home, progress, out):
+    from . import jobs
+
+    if args.jobs_command == "list":
+        js = jobs.list_jobs(home, args.state, args.limit)
+        if args.json:
+            out.write(json.dumps(js, indent=2) + "\n")
+        elif not js:
+            out.write("no jobs\n")
+        else:
+            out.write(_table([_job_line(j) for j in js],
+                             ("ID", "KIND", "DETECTOR", "STATE", "STAGE", "DONE", "CREATED (UTC)", "ERROR")) + "\n")
+    elif args.jobs_command == "show":
+        j = jobs.get(home, args.job)
+        if args.json:
+            out.write(json.dumps(j, indent=2) + "\n")
+        else:
+            for k, v in j.items():
+                out.write(f"{k:17} {json.dumps(v) if isinstance(v, (dict, list)) else v}\n")
+    elif args.jobs_command == "cancel":
+        j = jobs.cancel(home, args.job)
+        out.write(f"job {j['id']} " + ("cancelled\n" if j["state"] == "cancelled" else "asked to stop\n"))
+    else:  # watch
+        last = None
+        for j in jobs.watch(home, args.job):
+            last = j
+            if args.json:
+                out.write(json.dumps(j) + "\n")
+            else:
+                frac = f" {100 * j['fraction']:.0f}%" if j["fraction"] is not None else ""
+                out.write(f"{j['state']}" + (f": {j['stage']}{frac}" if j["stage"] else "") + "\n")
+            out.flush()
+        if last is not None and not args.json:
+            if last["error"]:
+                out.write(f"error: {last['error']}\n")
+            if last["result"]:
+                out.write(f"result: {json.dumps(last['result'])}\n")
+        if last is not None and last["state"] != "succeeded":
+            raise SystemExit(1)
+
+
+def _cmd_worker(args, home, progress, out):
+    import signal
+
+    from . import alerts, jobs
+
+    worker = jobs.Worker(home, poll=args.poll, signals=True)
+    dispatcher = None if args.no_alerts else alerts.Dispatcher(worker.home).start()
+
+    def on_signal(signum, frame):
+        worker.shutdown()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    sys.stderr.write(f"pynomaly worker {worker.id}: serving {worker.home}\n")
+    sys.stderr.flush()
+    try:
+        n = worker.run(max_jobs=args.max_jobs)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if dispatcher is not None:
+            dispatcher.stop()
+    sys.stderr.write(f"pynomaly worker {worker.id}: stopped after {n} job(s)\n")
+
+
+def _cmd_alerts(args, home, progress, out):
+    from . import alerts
+
+    c = args.alerts_command
+    if c == "add":
+        for name, target in (("webhook", args.webhook), ("command", args.run_command), ("log", args.log),
+                             (args.channel, args.to)):
+            if name and (target is not None or name == args.channel):
+                break
+        if args.channel and not args.to:
+            raise ValueError("--channel needs --to TARGET")
+        rule = alerts.add_rule(
+            home, args.detector, name, target, score_above=args.score_above, rate_above=args.rate_above,
+            count=args.count, within=None if args.within is None else 60.0 * args.within,
+            dedup=60.0 * args.dedup, secret=args.secret, timeout=args.timeout, max_attempts=args.max_attempts,
+        )
+        if args.json:
+            out.write(json.dumps(rule, indent=2) + "\n")
+        else:
+            out.write(f"rule {rule['id']} added for {rule['detector']} ({rule['channel']} {rule['target']})\n")
+            if rule["secret"] and not args.secret:
+                out.write(f"webhook secret (receivers verify signatures with it): {rule['secret']}\n")
+    elif c == "list":
+        rules = alerts.list_rules(home, args.detector)
+        if args.json:
+            out.write(json.dumps(rules, indent=2) + "\n")
+        elif not rules:
+            out.write("no alert rules; add one with: pynomaly alerts add --detector NAME --webhook URL\n")
+        else:
+            def when(r):
+                parts = []
+                if r["score_above"] is not None:
+                    parts.append(f"score>{r['score_above']:g}")
+                if r["rate_above"] is not None:
+                    parts.append(f"rate>{r['rate_above']:g}")
+                if r["count"] is not None:
+                    parts.append(f"{r['count']} in {r['within'] / 60:g}min")
+                return " and ".join(parts) or "any anomaly"
+
+            out.write(_table([(r["id"], r["detector"], r["channel"], r["target"], when(r)) for r in rules],
+                             ("ID", "DETECTOR", "CHANNEL", "TARGET", "WHEN")) + "\n")
+    elif c == "remove":
+        r = alerts.remove_rule(home, args.rule)
+        out.write(f"removed rule {r['id']} ({r['detector']}, {r['channel']})\n")
+    elif c == "outbox":
+        msgs = alerts.outbox(home, args.state, args.limit)
+        if args.json:
+            out.write(json.dumps(msgs, indent=2) + "\n")
+        elif not msgs:
+            out.write("the outbox is empty\n")
+        else:
+            out.write(_table([(m["id"], m["rule_id"], m["channel"], m["state"], m["attempts"], (m["created_at"] or "")[:19],
+                               (m["last_error"] or "")[:60]) for m in msgs],
+                             ("ID", "RULE", "CHANNEL", "STATE", "ATTEMPTS", "CREATED (UTC)", "LAST ERROR")) + "\n")
+    else:  # deliver
+        done = alerts.deliver(home)
+        out.write(f"sent {done['sent']}, to retry {done['retry']}, dead {done['dead']}\n")
+
+
 _COMMANDS = {
+    "jobs": _cmd_jobs,
+    "worker": _cmd_worker,
+    "alerts": _cmd_alerts,
     "serve": _cmd_face,
     "api": _cmd_face,
     "token": _cmd_face,

@@ -259,6 +259,10 @@ class _Operations:
         """Drop cached versions (of one detector, or all) so the next request serves the latest."""
         return self._request(wire.Reload(next(self._ids), detector), wire.ReloadReply, lambda r: r.invalidated)
 
+    def metrics(self) -> str:
+        """The daemon's metrics in the Prometheus text format."""
+        return self._request(wire.Metrics(next(self._ids)), wire.MetricsReply, lambda r: r.text)
+
 
 class Client(_Operations):
     """Blocking client of the daemon; thread-safe (one request at a time per client).

@@ -76,6 +76,7 @@ __all__ = [
     "audit_record",
     "audit_entries",
     "audit_verify",
+    "record_failed_training",
 ]
 
 Progress = Optional[Callable[[str, Optional[float]], None]]
@@ -526,7 +527,39 @@ def detect(
         result = scorer.detect(X, threshold=threshold, contamination=contamination, dataset_id=dataset_id)
         if save:
             repo.save_result(result)
+        _after_detection(repo, name, result)
     return result
+
+
+def _after_detection(home, name: str, result: DetectionResult) -> None:
+    """Every detection of the service counts in the metrics and is checked against the
+    detector's alert rules (which queue alerts; nothing is sent here)."""
+    import logging
+
+    from . import alerts, metrics
+
+    m = result.metrics
+    metrics.observe_detection(name, m["total_samples"], m["anomalies_detected"], m["processing_time_ms"] / 1e3)
+    try:
+        alerts.evaluate(home, name, result)
+    except Exception as e:  # noqa: BLE001 - the detection stands; the log says what was not queued
+        logging.getLogger("pynomaly.alerts").warning("alert rules of %r not evaluated: %s", name, e)
+
+
+def record_failed_training(home, name: str, algorithm: str, params: dict, reason: str) -> Optional[Detector]:
+    """Record a training that never finished (a job whose worker kept dying): a detector never
+    trained becomes FAILED with ``reason``; one with versions is left as it was (as a failed
+    retraining leaves it). Returns the detector when it was marked."""
+    with _repo(home) as repo:
+        try:
+            detector = repo.get(name)
+        except DetectorNotFoundError:
+            detector = Detector(name=name, algorithm=algorithm, parameters=params)
+        if detector.version != 0:
+            return None
+        detector.mark_failed(reason)
+        repo.put(detector)
+        return detector
 
 
 def _trained_columns(path, feature_names):

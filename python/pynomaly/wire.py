@@ -39,6 +39,7 @@ __all__ = [
     "Health",
     "Stats",
     "Reload",
+    "Metrics",
     "Request",
     "DetectorInfo",
     "DetectReply",
@@ -47,6 +48,7 @@ __all__ = [
     "HealthReply",
     "StatsReply",
     "ReloadReply",
+    "MetricsReply",
     "Error",
     "Reply",
     "ERROR_CODES",
@@ -174,7 +176,13 @@ class Reload(msgspec.Struct, gc=False, tag="reload", tag_field="op", forbid_unkn
     detector: Optional[DetectorName] = None
 
 
-Request = Union[Detect, ListDetectors, Info, Health, Stats, Reload]
+class Metrics(msgspec.Struct, gc=False, tag="metrics", tag_field="op", forbid_unknown_fields=True):
+    """The daemon's metrics in the Prometheus text format (what ``--metrics-port`` serves)."""
+
+    id: RequestId
+
+
+Request = Union[Detect, ListDetectors, Info, Health, Stats, Reload, Metrics]
 
 
 # -- replies -------------------------------------------------------------------------------
@@ -255,6 +263,14 @@ class ReloadReply(msgspec.Struct, gc=False, tag="reload", tag_field="op"):
     invalidated: List[str]
 
 
+class MetricsReply(msgspec.Struct, gc=False, tag="metrics", tag_field="op"):
+    """``text``: the Prometheus text format 0.0.4 (``content_type`` says so)."""
+
+    id: int
+    text: str
+    content_type: str
+
+
 class Error(msgspec.Struct, gc=False, tag="error", tag_field="op"):
     """A typed failure of one request (``id`` is 0 when the request's id could not be read)."""
 
@@ -263,7 +279,7 @@ class Error(msgspec.Struct, gc=False, tag="error", tag_field="op"):
     message: str
 
 
-Reply = Union[DetectReply, ListReply, InfoReply, HealthReply, StatsReply, ReloadReply, Error]
+Reply = Union[DetectReply, ListReply, InfoReply, HealthReply, StatsReply, ReloadReply, MetricsReply, Error]
 
 # Every code an Error may carry, with whether the connection stays open after it.
 ERROR_CODES = {

@@ -64,11 +64,13 @@ const Served* lookup(const py::dict& served, const Request& q, PyObject*& handle
 
 // fast_detect(buffer, pos, end, max_frame, max_rows, served)
 //   -> (pos, replies: bytes | None, ServedForest | None, requests, rows, native_calls, coalesced)
+// and, with tally=True, an eighth item: (anomalies, requests with one, highest anomalous score,
+// highest anomaly rate of a request) or None when there was no anomaly (the daemon's alerts).
 // Serves the fast requests from buffer[pos:end] and returns where it stopped. All of them are
 // for one ServedForest (it stops where the detector changes), returned for the caller's
 // bookkeeping.
 py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_t max_frame, int64_t max_rows,
-                      const py::dict& served_dict) {
+                      const py::dict& served_dict, bool tally) {
     const py::buffer_info info = buffer.request();
     if (info.ndim != 1 || info.itemsize != 1 || pos < 0 || pos > end || end > info.size)
         throw InvalidInput("fast_detect: a 1-D byte buffer and 0 <= pos <= end <= len(buffer) are required");
@@ -83,6 +85,7 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
     Batch batch;
     int64_t batch_start = pos;
     int64_t n_requests = 0, n_rows = 0, n_calls = 0, n_coalesced = 0;
+    Tally flagged;
 
     // Scores the pending batch; if the core refuses it, its frames are given back (the caller
     // stops there and the Python path answers them).
@@ -90,6 +93,7 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
         if (batch.requests.empty()) return true;
         const bool scored = score_batch(batch, *served, out);
         if (scored) {
+            if (tally) flagged.add(batch, served->threshold);
             n_requests += static_cast<int64_t>(batch.requests.size());
             n_rows += batch.n_rows;
             n_calls += 1;
@@ -128,7 +132,11 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
 
     py::object replies = out.empty() ? py::object(py::none()) : py::object(py::bytes(out.data(), out.size()));
     py::object entry = n_requests ? py::reinterpret_borrow<py::object>(served_handle) : py::object(py::none());
-    return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced);
+    if (!tally) return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced);
+    py::object t = flagged.anomalies
+                       ? py::object(py::make_tuple(flagged.anomalies, flagged.flagged, flagged.max_score, flagged.max_rate))
+                       : py::object(py::none());
+    return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced, t);
 }
 
 }  // namespace
@@ -156,6 +164,6 @@ void register_fastpath(py::module_& m) {
         .def_property_readonly("n_features", [](const ServedForest& f) { return f.s.n_features; })
         .def_property_readonly("threshold", [](const ServedForest& f) { return f.s.threshold; });
     m.def("fast_detect", &fast_detect, py::arg("buffer"), py::arg("pos"), py::arg("end"), py::arg("max_frame"),
-          py::arg("max_rows"), py::arg("served"),
+          py::arg("max_rows"), py::arg("served"), py::arg("tally") = false,
           "The daemon's native path for small raw-rows detect requests (see python/src/fastpath.cpp).");
 }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,47 @@ struct Batch {
     void clear() {
         requests.clear();
         n_rows = 0;
+    }
+};
+
+// What alert rules and metrics need of scored batches (the daemon's alerts, issue 12): rows,
+// anomalies (scores above the threshold), the requests with at least one, the highest anomalous
+// score and the highest anomaly rate of one request. Counted from the scores already computed:
+// a comparison per row, nothing when a batch has no anomaly.
+struct Tally {
+    uint64_t anomalies = 0, flagged = 0;
+    double max_score = -std::numeric_limits<double>::infinity(), max_rate = 0;
+
+    // Adds a scored batch; returns whether it had an anomaly.
+    bool add(const Batch& b, double threshold) {
+        const double* s = b.scores.data();
+        uint64_t k = 0;
+        for (int64_t i = 0; i < b.n_rows; ++i) k += s[i] > threshold;
+        if (k == 0) return false;
+        int64_t row = 0;
+        for (const Request& q : b.requests) {
+            uint64_t kq = 0;
+            for (int64_t i = row; i < row + q.n; ++i) {
+                if (s[i] > threshold) {
+                    ++kq;
+                    if (s[i] > max_score) max_score = s[i];
+                }
+            }
+            if (kq) {
+                ++flagged;
+                const double rate = static_cast<double>(kq) / static_cast<double>(q.n);
+                if (rate > max_rate) max_rate = rate;
+            }
+            row += q.n;
+        }
+        anomalies += k;
+        return true;
+    }
+    void merge(const Tally& t) {
+        anomalies += t.anomalies;
+        flagged += t.flagged;
+        if (t.max_score > max_score) max_score = t.max_score;
+        if (t.max_rate > max_rate) max_rate = t.max_rate;
     }
 };
 

@@ -578,7 +578,14 @@ struct Worker {
         n.rows.fetch_add(static_cast<uint64_t>(batch.n_rows), std::memory_order_relaxed);
         n.calls.fetch_add(1, std::memory_order_relaxed);
         if (k > 1) n.coalesced.fetch_add(k, std::memory_order_relaxed);
-        const_cast<Model*>(m)->hits.fetch_add(k, std::memory_order_relaxed);
+        Model* mm = const_cast<Model*>(m);
+        mm->hits.fetch_add(k, std::memory_order_relaxed);
+        mm->rows.fetch_add(static_cast<uint64_t>(batch.n_rows), std::memory_order_relaxed);
+        fastwire::Tally t;
+        if (t.add(batch, m->s.threshold)) {
+            std::lock_guard<std::mutex> g(mm->mu);
+            mm->flagged.merge(t);
+        }
         mark_dirty(c);
         return true;
     }
@@ -833,17 +840,28 @@ void Loop::clear_models() {
     L.table_gen.fetch_add(1, std::memory_order_release);
 }
 
-std::vector<std::pair<ModelPtr, uint64_t>> Loop::take_hits() {
+std::vector<Loop::Hits> Loop::take_hits() {
     Impl& L = *impl_;
     std::shared_ptr<const Table> t;
     {
         std::lock_guard<std::mutex> g(L.table_mu);
         t = L.table;
     }
-    std::vector<std::pair<ModelPtr, uint64_t>> out;
+    std::vector<Hits> out;
     for (const auto& kv : *t) {
-        const uint64_t n = kv.second->hits.exchange(0, std::memory_order_relaxed);
-        if (n) out.emplace_back(kv.second, n);
+        Model& m = *kv.second;
+        const uint64_t n = m.hits.exchange(0, std::memory_order_relaxed);
+        if (!n) continue;
+        Hits h;
+        h.model = kv.second;
+        h.requests = n;
+        h.rows = m.rows.exchange(0, std::memory_order_relaxed);
+        {
+            std::lock_guard<std::mutex> g(m.mu);
+            h.flagged = m.flagged;
+            m.flagged = fastwire::Tally{};
+        }
+        out.push_back(std::move(h));
     }
     return out;
 }

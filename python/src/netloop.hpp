@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -30,9 +31,14 @@ namespace pynomaly::netloop {
 
 // One served detector version; `hits` counts the requests the loop served with it since the
 // host last asked (the host's cache keeps its LRU order and freshness checks from them).
+// `rows` and `flagged` (the anomalies, issue 12's alerts and metrics) likewise: rows by an atomic
+// add per batch, the tally under `mu` only for a batch that had an anomaly.
 struct Model {
     fastwire::Served s;
     std::atomic<uint64_t> hits{0};
+    std::atomic<uint64_t> rows{0};
+    std::mutex mu;
+    fastwire::Tally flagged;
 };
 using ModelPtr = std::shared_ptr<Model>;
 
@@ -127,8 +133,14 @@ public:
     static std::string model_key(const uint8_t* name, size_t len, bool has_version, bool neg, uint64_t version);
     void set_model(const std::string& key, ModelPtr m);
     void clear_models();
-    // Each served model with the requests served since the last call (non-zero only).
-    std::vector<std::pair<ModelPtr, uint64_t>> take_hits();
+    // Each served model with the requests served since the last call (non-zero only), with
+    // their rows and the tally of their anomalies.
+    struct Hits {
+        ModelPtr model;
+        uint64_t requests = 0, rows = 0;
+        fastwire::Tally flagged;
+    };
+    std::vector<Hits> take_hits();
 
     void drain();  // stop accepting; close each connection once it is quiet
     void stop();   // close every connection now and join the threads (idempotent)

@@ -145,11 +145,17 @@ public:
 
     void clear_models() { loop_->clear_models(); }
 
-    // [(name, version, requests served since the last call)]
+    // [(name, version, requests served since the last call, their rows,
+    //   (anomalies, requests with one, highest anomalous score, highest rate) or None)]
     py::list take_hits() {
         grave_->release();  // called every few tens of ms: dropped models do not wait for a frame
         py::list out;
-        for (auto& h : loop_->take_hits()) out.append(py::make_tuple(h.first->s.name, h.first->s.version, h.second));
+        for (auto& h : loop_->take_hits()) {
+            const fastwire::Tally& t = h.flagged;
+            py::object flagged = t.anomalies ? py::object(py::make_tuple(t.anomalies, t.flagged, t.max_score, t.max_rate))
+                                             : py::object(py::none());
+            out.append(py::make_tuple(h.model->s.name, h.model->s.version, h.requests, h.rows, flagged));
+        }
         return out;
     }
 
