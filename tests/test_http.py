@@ -892,3 +892,104 @@ def test_an_encrypted_home_is_served_with_its_key_and_refused_without(tmp_path):
         assert np.array_equal(service.dataset_rows(home, ds["id"])[0], X[:100])
     with pytest.raises(pynomaly.PynomalyError, match="encrypted"):
         service.dataset_rows(home, ds["id"])
+
+
+# -- jobs, metrics and alerts over HTTP (issue 12) -----------------------------------------------------
+def test_jobs_over_http_run_in_the_server_and_stream_their_progress(tmp_path):
+    home = tmp_path / "home"
+    X = cardio()
+    ds = service.store_dataset(home, X, "train.npy")
+    tokens = {r: make_token(home, r, user=f"{r}-u") for r in ("viewer", "operator", "admin")}
+    server = ApiServer(home, "--job-workers", "1")
+    try:
+        body = {"kind": "train", "params": {"detector": "bg", "dataset_id": ds["id"],
+                                            "params": {"n_estimators": 30, "random_state": 2}}}
+        assert server.json("POST", "/api/v1/jobs", body, token=tokens["operator"])[0] == 403  # training is admin's
+        status, err = server.json("POST", "/api/v1/jobs", {"kind": "train", "params": {"detector": "bg",
+                                                                                       "data": "/etc/passwd"}},
+                                  token=tokens["admin"])
+        assert status == 400 and "dataset_id" in err["error"]  # never a path on the server's machine
+        assert server.json("POST", "/api/v1/jobs", {"kind": "train", "params": {"detector": "bg", "dataset_id": "0" * 32}},
+                           token=tokens["admin"])[0] == 404
+        assert server.json("POST", "/api/v1/jobs", {"kind": "mine", "params": {}}, token=tokens["admin"])[0] == 400
+        status, job = server.json("POST", "/api/v1/jobs", body, token=tokens["admin"])
+        assert status == 202 and job["state"] == "queued"
+        # Server-sent events until it ends.
+        status, headers, raw = server.request("GET", f"/api/v1/jobs/{job['id']}/events", token=tokens["viewer"])
+        assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[len("data: "):]) for line in raw.decode().splitlines() if line.startswith("data: ")]
+        assert events and events[-1]["state"] == "succeeded" and events[-1]["id"] == job["id"]
+        assert server.json("GET", f"/api/v1/jobs/{job['id']}", token=tokens["viewer"])[1]["state"] == "succeeded"
+        assert server.json("GET", "/api/v1/jobs/nope", token=tokens["viewer"])[0] == 404
+        want = pynomaly.IsolationForest(n_estimators=30, random_state=2, contamination=0.1).fit(X)
+        status, doc = server.json("POST", "/v2/models/bg/infer", infer_body(X[:5]), token=tokens["operator"])
+        assert status == 200 and np.array_equal(outputs_of(doc)["scores"], want.decision_function(X[:5]))
+        # A detection job, by an operator.
+        status, job = server.json("POST", "/api/v1/jobs", {"kind": "detect", "params": {"detector": "bg",
+                                                                                       "dataset_id": ds["id"]}},
+                                  token=tokens["operator"])
+        assert status == 202
+        deadline = time.monotonic() + 60
+        while (j := server.json("GET", f"/api/v1/jobs/{job['id']}", token=tokens["viewer"])[1])["state"] != "succeeded":
+            assert j["state"] in ("queued", "running") and time.monotonic() < deadline, j
+            time.sleep(0.2)
+        assert [r["id"] for r in server.json("GET", "/api/v1/jobs", token=tokens["viewer"])[1]][:2] == \
+            [job["id"], events[-1]["id"]]
+    finally:
+        server.stop()
+
+
+def test_metrics_count_every_infer_and_alerts_reach_a_real_receiver(tmp_path):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    from pynomaly import alerts
+
+    prom = pytest.importorskip("prometheus_client.parser")
+    got = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    home = tmp_path / "home"
+    X = cardio()
+    service.train(home, "m", X, "IsolationForest", {"n_estimators": 50, "random_state": 0})
+    alerts.add_rule(home, "m", "webhook", f"http://127.0.0.1:{hook.server_address[1]}/hook", score_above=0.6)
+    token = make_token(home, "operator")
+    scorer = service.load_for_scoring(home, "m")
+    scores = scorer.score(X)
+    normal, odd = X[np.argsort(scores)[:3]], X[np.argsort(scores)[-1:]]
+    assert scorer.score(odd)[0] > 0.6 and scorer.score(normal).max() < 0.6
+    server = ApiServer(home)
+    try:
+        for _ in range(4):
+            assert server.json("POST", "/v2/models/m/infer", infer_body(normal), token=token)[0] == 200
+        assert server.json("POST", "/v2/models/m/infer", infer_body(odd), token=token)[0] == 200
+        assert server.request("GET", "/metrics")[0] == 401
+        status, headers, raw = server.request("GET", "/metrics", token=token)
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in prom.text_string_to_metric_families(raw.decode()) for s in f.samples}
+        assert samples[("pynomaly_detections_total", (("detector", "m"),))] == 5
+        assert samples[("pynomaly_rows_scored_total", (("detector", "m"),))] == 13
+        assert samples[("pynomaly_anomalies_total", (("detector", "m"),))] == int((scorer.score(X[np.argsort(scores)[-1:]]) > scorer.version.threshold).sum())
+        assert samples[("pynomaly_requests_total", (("op", "infer"),))] == 5
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert got, "no alert reached the receiver"
+        alert = got[0]
+        assert alert["status"] == "firing" and alert["alerts"][0]["labels"]["detector"] == "m"
+    finally:
+        server.stop()
+        hook.shutdown()
+        hook.server_close()

@@ -100,10 +100,24 @@ class ServerState:
                          "rows_scored": 0, "streamed_requests": 0, "started": time.time()}
         self.cache = ModelCache(RepositorySource(str(self.home)), self.run, max_bytes=settings.cache_bytes,
                                 refresh_interval=settings.refresh_interval_s, counters=self.counters)
+        from pynomaly.serving.observe import Observer
+
         from .audit import Auditor
 
         self.audit = Auditor(self.home, self.run)
+        # Metrics and alert rules (issue 12): every detection counted per detector, the rules
+        # fed from a thread of their own (never SQLite on the event loop), alerts delivered.
+        self.observer = Observer(str(self.home))
+        self.job_workers: list = []
         self.ready = True
+
+    def start(self) -> None:
+        """At start-up, on the event loop: alert hand-overs and in-process job workers."""
+        self.observer.start(asyncio.get_running_loop())
+        if self.settings.job_workers:
+            from pynomaly import jobs
+
+            self.job_workers = jobs.start_workers(str(self.home), self.settings.job_workers)
 
     def run(self, fn, *args):
         """``fn(*args)`` in the scoring threads, as an awaitable."""
@@ -139,6 +153,9 @@ class ServerState:
 
     def close(self) -> None:
         self.ready = False
+        for w in self.job_workers:
+            w.shutdown()  # the running job is re-queued for the next worker
+        self.observer.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -293,14 +310,14 @@ async def model_ready(request: Request) -> Response:
 
 def _answer(scorer: service.Scorer, req: tensors.InferRequest, scores=None):
     """Score the request's rows (unless ``scores`` are given) and pick its outputs (runs on the
-    loop or in a thread)."""
+    loop or in a thread): ``(outputs, scores)``."""
     if scores is None:
         scores = scorer.score(req.rows)
     p = req.parameters
     if not p and req.outputs == tensors.DEFAULT_OUTPUTS:  # the commonest request: the version's own threshold
-        return {"scores": scores, "labels": scorer.labels(scores)}
+        return {"scores": scores, "labels": scorer.labels(scores)}, scores
     d = scorer.decide(scores, req.outputs, threshold=p.get("threshold"), contamination=p.get("contamination"))
-    return {name: getattr(d, name) for name in req.outputs}
+    return {name: getattr(d, name) for name in req.outputs}, scores
 
 
 # What an infer body may be labelled: JSON, JSON with binary data after it, or what a client
@@ -423,20 +440,21 @@ async def infer(scope, receive, send) -> None:
                     body = scores
                 else:
                     st.counters["streamed_requests"] += 1
-                    outputs = _answer(scorer, req, scores)
+                    outputs, scores = _answer(scorer, req, scores)
             if req is None:
                 if body is None:
                     body = await _read_body(body_chunks(receive), limit, encoding)
                 req = tensors.decode_infer(body, hlen, scorer.version.n_features)
                 if req.rows.size <= st.settings.inline_cells:
-                    outputs = _answer(scorer, req)
+                    outputs, scores = _answer(scorer, req)
                 else:
-                    outputs = await st.run(_answer, scorer, req)
+                    outputs, scores = await st.run(_answer, scorer, req)
             v = scorer.version
             st.cache.used(v.name, v.version, 1, time.monotonic())
+            st.observer.scored_request(v, scores)  # metrics and alert rules
             c = st.counters
             c["infer_requests"] += 1
-            c["rows_scored"] += len(next(iter(outputs.values()))) if outputs else 0
+            c["rows_scored"] += scores.shape[0]
             out, hlen = tensors.encode_infer(v.name, v.version, req.id, outputs, req.binary)
     except Exception as e:  # noqa: BLE001 - answered in the protocol's error format
         st.counters["infer_errors"] += 1
@@ -446,6 +464,57 @@ async def infer(scope, receive, send) -> None:
         await _respond(send, out, b"application/json")
     else:
         await _respond(send, out, b"application/octet-stream", [(b"inference-header-content-length", b"%d" % hlen)])
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text (role viewer; scrapers send a token like any client)."""
+    from pynomaly import metrics
+
+    try:
+        st = state_of(request)
+        st.authorize(request, "read")
+        own = server_metrics(st)  # read here, on the loop, where they change
+        body = await st.run(_render_metrics, st, own)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+    except Exception as e:  # noqa: BLE001
+        return error_response(e)
+
+
+def server_metrics(st: ServerState) -> list:
+    from pynomaly import metrics
+
+    c, cache = st.counters, st.cache
+
+    def frozen(value):
+        return lambda: value
+
+    return [
+        metrics.Counter.of("pynomaly_requests", "Requests received, by operation", ("op",),
+                           {("infer",): c["infer_requests"] + c["infer_errors"]}),
+        metrics.Counter.of("pynomaly_errors", "Error replies, by operation", ("op",), {("infer",): c["infer_errors"]}),
+        metrics.Counter.of("pynomaly_streamed_requests", "Binary infer requests scored while they arrived", (),
+                           {(): c["streamed_requests"]}),
+        metrics.Counter.of("pynomaly_model_cache_hits", "Detector lookups answered by the cache", (),
+                           {(): c["cache_hits"]}),
+        metrics.Counter.of("pynomaly_model_cache_misses", "Detector lookups that loaded a detector", (),
+                           {(): c["cache_misses"]}),
+        metrics.Gauge("pynomaly_model_cache_bytes", "Memory of the loaded detectors", fn=frozen(cache.size)),
+        metrics.Gauge("pynomaly_model_cache_entries", "Loaded detector versions", fn=frozen(len(cache))),
+        metrics.Gauge("pynomaly_uptime_seconds", "Seconds since this server process started",
+                      fn=frozen(time.time() - c["started"])),
+        *st.observer.metrics(),
+    ]
+
+
+def _render_metrics(st: ServerState, own: list) -> bytes:
+    """Our metrics, the home's jobs, and the process's (alerts sent, durations of the service's
+    detections). Runs in a thread: it reads the database."""
+    from pynomaly import metrics
+
+    own = own + metrics.jobs_collector(str(st.home))()
+    names = {m.exposed for m in own}
+    rest = [m for m in metrics.REGISTRY.collect() if m.exposed not in names]
+    return metrics.render(metrics.Registry(), own + rest)
 
 
 class _ASGIEndpoint:
@@ -472,6 +541,7 @@ def oip_routes() -> list:
         Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
 
 
@@ -494,6 +564,7 @@ def create_app(settings: Optional[Settings] = None):
         # per-request garbage triggers stop walking some 70k long-lived objects.
         gc.collect()
         gc.freeze()
+        state.start()
         yield
         state.close()
 

@@ -58,6 +58,8 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
     p.add_argument("--cache", type=_size, default=d.cache_bytes, metavar="SIZE",
                    help="memory for loaded detectors (default 2G)")
     p.add_argument("--threads", type=int, default=d.threads, help="scoring threads (default: one per CPU)")
+    p.add_argument("--job-workers", type=int, default=d.job_workers, metavar="N",
+                   help="run N background-job workers in each server process (default 0: `pynomaly worker` runs them)")
     p.add_argument("--key-file", help="an encrypted home's key file (default: $PYNOMALY_KEY_FILE, $PYNOMALY_KEY)")
     p.add_argument("--key-command", help="a command that prints an encrypted home's key (e.g. a KMS call)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -71,6 +73,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allow_open_network=args.allow_open_network, public_keys=dict(args.jwt_public_key), issuer=args.jwt_issuer,
         audience=args.jwt_audience, role_claim=args.jwt_role_claim, max_body_bytes=args.max_body,
         request_timeout_s=args.request_timeout, cache_bytes=args.cache, threads=args.threads,
+        job_workers=args.job_workers,
     ).check()
 
 

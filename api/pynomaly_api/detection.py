@@ -8,6 +8,7 @@ Scorer, as the inference protocol's routes do.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -18,13 +19,13 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from pynomaly import service
 from pynomaly.domain import DetectionResult, check_name
 
 from .app import HTTPError, ServerState, read_body, state_of, status_of
-from .tokens import ROLES, Principal, create_token, parse_ttl
+from .tokens import ROLES, ForbiddenError, Principal, create_token, parse_ttl
 
 router = APIRouter(prefix="/api/v1")
 _bearer = HTTPBearer(auto_error=False, description="a token from `pynomaly token create`")
@@ -360,6 +361,101 @@ async def get_result(result_id: str, request: Request, include_scores: bool = Fa
 
     r, name = await st.run(load)
     return detection_out(r, name, include_scores)
+
+
+# -- background jobs (issue 12) ---------------------------------------------------------------------
+class JobIn(BaseModel):
+    kind: str = Field(description="train | detect")
+    params: Dict[str, Any] = Field(description="train: detector, dataset_id, algorithm, params, columns, activate; "
+                                   "detect: detector, dataset_id, version, threshold, contamination, columns")
+
+
+_JOB_ACTIONS = {"train": "train", "detect": "detect"}  # the role a job of each kind needs
+
+
+def _job_action(kind: str) -> str:
+    action = _JOB_ACTIONS.get(kind)
+    if action is None:
+        raise HTTPError(400, f"unknown job kind {str(kind)[:40]!r}; accepted: {', '.join(_JOB_ACTIONS)}")
+    return action
+
+
+@router.post("/jobs", summary="Queue a training or detection job on a stored dataset; returns its id at once",
+             status_code=202)
+async def submit_job(body: JobIn, request: Request, who: Principal = Depends(allow("read"))) -> dict:
+    from pynomaly import jobs
+
+    st = state_of(request)
+    try:
+        who.require(_job_action(body.kind))
+    except ForbiddenError as e:
+        st.audit.refused(request.client, who.subject, 403, str(e), request.url.path)
+        raise
+    if "data" in body.params:  # a path would be read on the server's machine: never from a client
+        raise HTTPError(400, "a job over HTTP reads a stored dataset: give 'dataset_id' (upload the data with "
+                        "POST /api/v1/datasets), not a 'data' path")
+    if "dataset_id" not in body.params:
+        raise HTTPError(400, "a job needs 'dataset_id': a stored dataset (POST /api/v1/datasets)")
+    await st.run(service.dataset, st.home, str(body.params["dataset_id"]))  # 404 now, not in the worker
+    target = str(body.params.get("detector", ""))
+    job_id = await audited(request, who, f"job.{body.kind}", target,
+                           lambda: st.run(jobs.submit, str(st.home), body.kind, dict(body.params)),
+                           lambda jid: {"job": jid})
+    return {"id": job_id, "state": "queued", "url": f"/api/v1/jobs/{job_id}"}
+
+
+@router.get("/jobs", summary="Jobs, newest first")
+async def list_jobs(request: Request, state: Optional[str] = None, limit: int = Query(100, ge=1, le=1000),
+                    _: Principal = Depends(allow("read"))) -> List[dict]:
+    from pynomaly import jobs
+
+    st = state_of(request)
+    return await st.run(lambda: jobs.list_jobs(str(st.home), state=state, limit=limit))
+
+
+@router.get("/jobs/{job_id}", summary="A job: state, stage, progress, result or error")
+async def get_job(job_id: str, request: Request, _: Principal = Depends(allow("read"))) -> dict:
+    from pynomaly import jobs
+
+    st = state_of(request)
+    return await st.run(jobs.get, str(st.home), job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job")
+async def cancel_job(job_id: str, request: Request, who: Principal = Depends(allow("read"))) -> dict:
+    from pynomaly import jobs
+
+    st = state_of(request)
+    job = await st.run(jobs.get, str(st.home), job_id)
+    try:
+        who.require(_job_action(job["kind"]))  # whoever may run such a job may cancel it
+    except ForbiddenError as e:
+        st.audit.refused(request.client, who.subject, 403, str(e), request.url.path)
+        raise
+    return await audited(request, who, "job.cancel", job["id"], lambda: st.run(jobs.cancel, str(st.home), job["id"]))
+
+
+@router.get("/jobs/{job_id}/events", summary="Server-sent events: the job each time it changes, until it ends",
+            response_class=StreamingResponse)
+async def job_events(job_id: str, request: Request, _: Principal = Depends(allow("read"))):
+    from pynomaly import jobs
+
+    st = state_of(request)
+    watch = jobs.watch(str(st.home), job_id, timeout=st.settings.request_timeout_s * 10)
+    first = await st.run(next, watch, None)  # an unknown job is a 404 here, before the stream starts
+
+    async def events():
+        job = first
+        try:
+            while job is not None:
+                yield f"event: job\ndata: {json.dumps(job)}\n\n"
+                if await request.is_disconnected():
+                    return
+                job = await st.run(next, watch, None)
+        finally:
+            await st.run(watch.close)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
 
 # -- the server ----------------------------------------------------------------------------------

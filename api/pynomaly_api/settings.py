@@ -35,6 +35,7 @@ class Settings:
     refresh_interval_s: float = 1.0  # how soon a newly saved version is served
     threads: int = 0  # scoring threads for large requests (0: the number of CPUs)
     inline_cells: int = 16384  # requests with at most this many values are scored on the event loop
+    job_workers: int = 0  # background-job workers in each server process (0: leave jobs to `pynomaly worker`)
 
     def check(self) -> "Settings":
         """Self, or ValueError naming the first setting that cannot work."""
@@ -49,8 +50,8 @@ class Settings:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
-        if self.threads < 0 or self.inline_cells < 0:
-            raise ValueError("threads and inline_cells must be 0 or more")
+        if self.threads < 0 or self.inline_cells < 0 or self.job_workers < 0:
+            raise ValueError("threads, inline_cells and job_workers must be 0 or more")
         if not self.auth and self.uds is None and not _loopback(self.host) and not self.allow_open_network:
             raise ValueError(
                 f"refusing to serve {self.host} without authentication: anyone who can reach it could train, "

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from . import _db
-from ._errors import InvalidInputError, PynomalyError
+from ._errors import InvalidInputError, NotFoundError, PynomalyError
 
 __all__ = [
     "STATES",
@@ -85,8 +85,8 @@ HEARTBEAT = 0.5  # seconds between a running job's heartbeats (and progress writ
 LEASE = 30.0  # a running job without a heartbeat for this long has lost its worker
 
 
-class JobNotFoundError(PynomalyError, LookupError):
-    """No job with that id."""
+class JobNotFoundError(NotFoundError):
+    """No job with that id (a LookupError, as every NotFoundError)."""
 
 
 class JobCancelled(PynomalyError):
@@ -108,6 +108,18 @@ def _abs_data(params: dict) -> None:
     params["data"] = str(p.resolve())  # the worker runs elsewhere
 
 
+def _data_or_dataset(params: dict) -> None:
+    """A job reads a data file (``data``: a path on the worker's machine; the CLI's) or a
+    stored dataset (``dataset_id``; what the HTTP API accepts, which never takes a path)."""
+    if "dataset_id" in params:
+        if "data" in params:
+            raise InvalidInputError("give either 'data' (a file) or 'dataset_id' (a stored dataset), not both")
+        if not isinstance(params["dataset_id"], str) or not params["dataset_id"]:
+            raise InvalidInputError("'dataset_id' must be the id of a stored dataset")
+        return
+    _abs_data(params)
+
+
 def _check_columns(params: dict) -> None:
     cols = params.get("columns")
     if cols is not None and (not isinstance(cols, list) or not all(isinstance(c, (str, int)) for c in cols)):
@@ -118,12 +130,12 @@ def _check_train(params: dict) -> dict:
     from . import registry
     from .domain import check_name
 
-    allowed = {"detector", "data", "algorithm", "params", "columns", "activate"}
+    allowed = {"detector", "data", "dataset_id", "algorithm", "params", "columns", "activate"}
     unknown = set(params) - allowed
     if unknown:
         raise InvalidInputError(f"unknown train job parameter(s) {sorted(unknown)}; accepted: {sorted(allowed)}")
     check_name(params.get("detector"))
-    _abs_data(params)
+    _data_or_dataset(params)
     algorithm = params.setdefault("algorithm", "IsolationForest")
     if not isinstance(algorithm, str) or not registry.is_known(algorithm):
         raise InvalidInputError(f"unknown algorithm {algorithm!r}; known: {', '.join(registry.names())}")
@@ -136,12 +148,12 @@ def _check_train(params: dict) -> dict:
 def _check_detect(params: dict) -> dict:
     from .domain import check_name
 
-    allowed = {"detector", "data", "version", "threshold", "contamination", "columns"}
+    allowed = {"detector", "data", "dataset_id", "version", "threshold", "contamination", "columns"}
     unknown = set(params) - allowed
     if unknown:
         raise InvalidInputError(f"unknown detect job parameter(s) {sorted(unknown)}; accepted: {sorted(allowed)}")
     check_name(params.get("detector"))
-    _abs_data(params)
+    _data_or_dataset(params)
     _check_columns(params)
     return params
 
@@ -149,18 +161,19 @@ def _check_detect(params: dict) -> dict:
 def _run_train(home, params: dict, progress) -> dict:
     from . import service
 
-    det = service.train(home, params["detector"], params["data"], params.get("algorithm", "IsolationForest"),
+    det = service.train(home, params["detector"], params.get("data"), params.get("algorithm", "IsolationForest"),
                         params.get("params") or {}, columns=params.get("columns"),
-                        activate=params.get("activate", True), progress=progress)
+                        activate=params.get("activate", True), progress=progress,
+                        dataset_id=params.get("dataset_id"))
     return {"detector": det.name, "version": det.version, "status": det.status.value}
 
 
 def _run_detect(home, params: dict, progress) -> dict:
     from . import service
 
-    result = service.detect(home, params["detector"], params["data"], version=params.get("version"),
+    result = service.detect(home, params["detector"], params.get("data"), version=params.get("version"),
                             threshold=params.get("threshold"), contamination=params.get("contamination"),
-                            columns=params.get("columns"), progress=progress)
+                            columns=params.get("columns"), progress=progress, dataset_id=params.get("dataset_id"))
     return result.summary()
 
 
