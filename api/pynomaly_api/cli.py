@@ -59,7 +59,7 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
                    help="memory for loaded detectors (default 2G)")
     p.add_argument("--threads", type=int, default=d.threads, help="scoring threads (default: one per CPU)")
     p.add_argument("--job-workers", type=int, default=d.job_workers, metavar="N",
-                   help="run N background-job workers in each server process (default 0: `pynomaly worker` runs them)")
+                   help="background-job workers in each server process (default 1; 0 leaves the jobs to `pynomaly worker`)")
     p.add_argument("--key-file", help="an encrypted home's key file (default: $PYNOMALY_KEY_FILE, $PYNOMALY_KEY)")
     p.add_argument("--key-command", help="a command that prints an encrypted home's key (e.g. a KMS call)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],

@@ -35,7 +35,7 @@ class Settings:
     refresh_interval_s: float = 1.0  # how soon a newly saved version is served
     threads: int = 0  # scoring threads for large requests (0: the number of CPUs)
     inline_cells: int = 16384  # requests with at most this many values are scored on the event loop
-    job_workers: int = 0  # background-job workers in each server process (0: leave jobs to `pynomaly worker`)
+    job_workers: int = 1  # background-job workers in each server process (0: leave jobs to `pynomaly worker`)
 
     def check(self) -> "Settings":
         """Self, or ValueError naming the first setting that cannot work."""

@@ -1,89 +1,52 @@
-"""Training runs started from the pages and their progress."""
+"""Training runs started from the pages: jobs of the home's queue (:mod:`pynomaly.jobs`, the
+same queue as ``pynomaly train --background`` and ``POST /api/v1/jobs``), run by the server's
+job workers (``pynomaly api --job-workers``, one by default) or by ``pynomaly worker``, and
+shown as the page's view of a job."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import time
-import uuid
-from pathlib import Path
+from datetime import datetime
 from typing import Optional
 
-from pynomaly import service
+from pynomaly import jobs
+from pynomaly._errors import InvalidInputError
 
-from ..app import ServerState, status_of
+from ..app import ServerState
+
+_FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def _epoch(iso: Optional[str]) -> Optional[float]:
+    return datetime.fromisoformat(iso).timestamp() if iso else None
 
 
 class Jobs:
-    """Training runs started from the pages, with their progress, kept as small JSON files in
-    the home (``web-jobs/``) so that every worker process of the server can show any run
-    (background jobs with their own API come in a later issue). Files older than a week go."""
-
-    FOLDER = "web-jobs"
-    KEEP_S = 7 * 86400
-
-    def __init__(self):
-        self._running: set = set()
-
-    def _path(self, home, jid: str) -> Path:
-        return Path(home) / self.FOLDER / f"{jid}.json"
-
-    def _write(self, home, job: dict) -> None:
-        from pynomaly._files import atomic_write
-
-        atomic_write(self._path(home, job["id"]), json.dumps(job).encode(), mode=0o600)
-
     def get(self, home, jid: str) -> Optional[dict]:
-        if not jid.isalnum() or len(jid) > 64:
-            return None
+        """The page's view of training job ``jid``, or None when there is none."""
         try:
-            return json.loads(self._path(home, jid).read_text())
-        except (FileNotFoundError, ValueError):
+            j = jobs.get(str(home), jid)
+        except (jobs.JobNotFoundError, InvalidInputError):
             return None
-
-    def _forget_old(self, home) -> None:
-        now = time.time()
-        for f in (Path(home) / self.FOLDER).glob("*.json"):
-            with contextlib.suppress(OSError):
-                if now - f.stat().st_mtime > self.KEEP_S:
-                    f.unlink()
+        if j["kind"] != "train":
+            return None
+        state = j["state"]
+        error = j["error"] or ("cancelled" if state == "cancelled" else None)
+        return {"id": j["id"], "name": j["params"].get("detector"), "state": state,
+                "stage": j["stage"] or state, "fraction": j["fraction"], "done": state in _FINISHED,
+                "error": error if state != "succeeded" else None,
+                "started": _epoch(j["started_at"]) or _epoch(j["created_at"]), "finished": _epoch(j["finished_at"])}
 
     def start(self, st: ServerState, name: str, audit: dict, **kwargs) -> str:
-        """Train ``name`` in the server's threads; ``audit`` (actor, origin) records the
-        outcome in the home's audit trail when it is known."""
-        jid = uuid.uuid4().hex
-        job = {"id": jid, "name": name, "stage": "queued", "fraction": None, "done": False, "error": None,
-               "started": time.time(), "finished": None}
-        (Path(st.home) / self.FOLDER).mkdir(mode=0o700, exist_ok=True)
-        self._forget_old(st.home)
-        self._write(st.home, job)
-        last = [0.0]
-
-        def progress(stage, fraction=None):
-            job["stage"], job["fraction"] = stage, fraction
-            now = time.monotonic()
-            if now - last[0] > 0.25:  # a page reloads each second: a few writes a second are plenty
-                last[0] = now
-                self._write(st.home, job)
-
-        def run():
-            entry = dict(audit, action="train", target=name, outcome="ok",
-                         detail={"algorithm": kwargs.get("algorithm"), "dataset_id": kwargs.get("dataset_id")})
-            try:
-                d = service.train(st.home, name, None, progress=progress, **kwargs)
-                job["stage"] = "done"
-                entry["detail"]["version"] = d.version
-            except Exception as e:  # noqa: BLE001 - shown on the run's page
-                job["error"] = status_of(e)[1]
-                entry["outcome"] = f"error: {job['error']}"[:300]
-            finally:  # the new version is served within the cache's refresh interval, as after the API's train
-                st.audit.write(entry)
-                job["done"], job["finished"] = True, time.time()
-                self._write(st.home, job)
-
-        future = st.run(run)
-        self._running.add(future)
-        future.add_done_callback(self._running.discard)
+        """Queue the training of ``name`` (runs in the server's threads: it writes the
+        database); the submission goes into the audit trail with ``audit``'s actor and origin."""
+        params = {"detector": name, "dataset_id": kwargs["dataset_id"], "algorithm": kwargs["algorithm"],
+                  "params": kwargs.get("params") or {}, "activate": bool(kwargs.get("activate", True))}
+        try:
+            jid = jobs.submit(str(st.home), "train", params)
+        except Exception as e:
+            st.audit.write(dict(audit, action="job.train", target=name, outcome=f"error: {e}"[:300]))
+            raise
+        st.audit.write(dict(audit, action="job.train", target=name, outcome="ok", detail={"job": jid}))
         return jid
 
 

@@ -437,8 +437,9 @@ async def train(request, st: ServerState, p, form) -> Response:
         datasets = await st.run(_stored_datasets, st.home)
         return render(request, "train.html", status, datasets=datasets, algorithms=ALGORITHMS, values=values,
                       error=message, max_mb=st.settings.max_body_bytes / 2 ** 20)
-    jid = JOBS.start(st, name, algorithm=algorithm, params=params, dataset_id=dataset_id,
-                     activate=form.get("activate") == "yes", audit={"actor": actor_of(p), "origin": origin_of(request.client)})
+    audit = {"actor": actor_of(p), "origin": origin_of(request.client)}
+    jid = await st.run(lambda: JOBS.start(st, name, audit, algorithm=algorithm, params=params, dataset_id=dataset_id,
+                                          activate=form.get("activate") == "yes"))
     return RedirectResponse(f"/ui/train/{jid}", status_code=303)
 
 
