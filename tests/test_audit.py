@@ -169,3 +169,17 @@ def test_encrypted_home_from_the_command_line(tmp_path, data):
     db.close()
     assert stored[3].startswith("enc1:") and stored[2].startswith("uid=")
     assert run("--key-file", key2, "audit", "verify", home=home).returncode == 0
+
+
+def test_refusal_limiter_records_one_per_caller_and_second_and_counts_the_rest():
+    from pynomaly.audit import RefusalLimiter
+
+    lim = RefusalLimiter(interval=1.0, callers=3)
+    assert lim.admit("a", 0.0) == 0
+    assert lim.admit("a", 0.5) is None and lim.admit("a", 0.9) is None
+    assert lim.admit("b", 0.9) == 0  # another caller is not held back
+    assert lim.admit("a", 1.2) == 2  # the two left out, counted in the next entry
+    assert lim.admit("a", 1.3) is None
+    for i, c in enumerate("cdef"):  # more callers than it keeps: the old ones are forgotten
+        lim.admit(c, 5.0 + i / 10)
+    assert len(lim._last) <= 4 and lim.admit("a", 5.5) == 0

@@ -16,6 +16,7 @@ import time
 from typing import Optional
 
 from pynomaly import service
+from pynomaly.audit import RefusalLimiter
 
 log = logging.getLogger("pynomaly_api")
 
@@ -37,7 +38,7 @@ class Auditor:
     def __init__(self, home, run):
         self.home = home
         self._run = run  # run(fn, *args) -> awaitable, in the server's threads
-        self._last: dict = {}  # caller -> (time of the last recorded refusal, refusals left out since)
+        self._limiter = RefusalLimiter(_REFUSAL_INTERVAL)  # per token subject, else client address
 
     def write(self, entry: dict) -> None:
         """Record an entry now, in this thread (for work already running in the server's threads)."""
@@ -61,15 +62,9 @@ class Auditor:
                                       "origin": origin_of(client), "outcome": outcome, "detail": detail})
 
     def refused(self, client, who: Optional[str], status: int, message: str, path: str) -> None:
-        caller = who or (client[0] if client else "unix")
-        now = time.monotonic()
-        last, left_out = self._last.get(caller, (-1e9, 0))
-        if now - last < _REFUSAL_INTERVAL:
-            self._last[caller] = (last, left_out + 1)
+        left_out = self._limiter.admit(who or (client[0] if client else "unix"), time.monotonic())
+        if left_out is None:
             return
-        self._last[caller] = (now, 0)
-        if len(self._last) > 4096:  # many callers: forget the old ones
-            self._last = {k: v for k, v in self._last.items() if now - v[0] < _REFUSAL_INTERVAL}
         detail = {"message": message[:300], "status": status}
         if left_out:
             detail["suppressed"] = left_out

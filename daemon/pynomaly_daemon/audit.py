@@ -14,6 +14,7 @@ import os
 import time
 
 from pynomaly import service
+from pynomaly.audit import RefusalLimiter
 
 log = logging.getLogger("pynomaly_daemon")
 
@@ -25,7 +26,7 @@ class Auditor:
         self.d = daemon
         self.home = home
         self.audited = audited
-        self._last: dict = {}  # uid -> (time of the last recorded refusal, refusals left out since)
+        self._limiter = RefusalLimiter(_REFUSAL_INTERVAL)  # per peer uid
 
     def _origin(self, peer: str) -> str:
         return f"daemon pid={os.getpid()} socket={self.d.config.socket_path} peer {peer}"
@@ -51,14 +52,9 @@ class Auditor:
                      origin=self._origin(conn.peer), outcome=outcome, detail=detail)
 
     def refused(self, peer: str, uid, gid, message: str) -> None:
-        now = time.monotonic()
-        last, left_out = self._last.get(uid, (-1e9, 0))
-        if now - last < _REFUSAL_INTERVAL:
-            self._last[uid] = (last, left_out + 1)
+        left_out = self._limiter.admit(uid, time.monotonic())
+        if left_out is None:
             return
-        self._last[uid] = (now, 0)
-        if len(self._last) > 4096:  # many uids: forget the old ones
-            self._last = {k: v for k, v in self._last.items() if now - v[0] < _REFUSAL_INTERVAL}
         detail = {"message": message}
         if left_out:
             detail["suppressed"] = left_out

@@ -30,7 +30,7 @@ from typing import Optional
 from ._errors import ArtifactIntegrityError, InvalidInputError
 from ._files import atomic_write
 
-__all__ = ["SCHEMA", "append", "entries", "verify", "parse_since", "default_actor", "GENESIS"]
+__all__ = ["SCHEMA", "append", "entries", "verify", "parse_since", "default_actor", "GENESIS", "RefusalLimiter"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -65,6 +65,28 @@ def _hash(row: dict) -> str:
 
 def _head_path(home: Path) -> Path:
     return Path(home) / "audit-head.json"
+
+
+class RefusalLimiter:
+    """Which refusals a face records: at most one per caller (a uid, a token subject, an
+    address) per ``interval`` seconds. ``admit(caller)`` is None for one left out, else the
+    number left out since the caller's last recorded one (to go in that entry's detail), so
+    that a client hammering a face cannot flood the home with writes."""
+
+    def __init__(self, interval: float = 1.0, callers: int = 4096):
+        self.interval = interval
+        self.callers = callers
+        self._last: dict = {}  # caller -> (time of the last recorded refusal, left out since)
+
+    def admit(self, caller, now: float):
+        last, left_out = self._last.get(caller, (-1e18, 0))
+        if now - last < self.interval:
+            self._last[caller] = (last, left_out + 1)
+            return None
+        self._last[caller] = (now, 0)
+        if len(self._last) > self.callers:  # many callers: forget the old ones
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.interval}
+        return left_out
 
 
 def default_actor() -> str:
