@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -33,7 +32,7 @@ from ..tokens import TokenError
 from . import charts
 from .jobs import JOBS
 from .render import SIGNIN_MESSAGES, error_page, over_tls, page, read_form, render, safe_next
-from .uploads import ROWS, check_upload, read_upload
+from .uploads import ROWS, check_upload, read_upload, upload_file
 
 TOP_ROWS = 20  # rows in a result's table of top anomalies
 ALGORITHMS = ("IsolationForest", "LOF", "KNN", "pyod.ECOD", "pyod.IForest", "TorchAutoEncoder", "JaxDeepSVDD")
@@ -229,17 +228,12 @@ async def detect(request, st: ServerState, p, form) -> Response:
             shown = Path(filename).name[:120]
 
             def store() -> tuple:
-                fd, tmp = tempfile.mkstemp(prefix="pynomaly-web-", suffix=suffix)
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(data)
+                with upload_file(data, suffix) as tmp:
                     X, names = read_upload(tmp, shown, scorer)  # every check before anything is stored
                     known = {d["id"] for d in service.list_datasets(st.home)}
                     did = service.store_dataset(st.home, tmp, name=shown)["id"]
-                    ROWS.put(did, X, names)
-                    return did, did not in known
-                finally:
-                    os.unlink(tmp)
+                ROWS.put(did, X, names)
+                return did, did not in known
 
             dataset_id, new = await audited(request, p, "dataset.store", shown, lambda: st.run(store))
         elif dataset_id is None:
@@ -417,16 +411,11 @@ async def train(request, st: ServerState, p, form) -> Response:
             shown = Path(filename).name[:120]
 
             def store() -> str:
-                fd, tmp = tempfile.mkstemp(prefix="pynomaly-web-", suffix=suffix)
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(data)
+                with upload_file(data, suffix) as tmp:
                     try:
                         return service.store_dataset(st.home, tmp, name=shown)["id"]
                     except ValueError as e:
                         raise HTTPError(400, str(e).replace(Path(tmp).name, shown).replace(" (--columns)", "")) from None
-                finally:
-                    os.unlink(tmp)
 
             dataset_id = await audited(request, p, "dataset.store", shown, lambda: st.run(store))
         elif dataset_id is None:

@@ -3,7 +3,10 @@ detector's features without storing anything, and a cache of stored datasets' ro
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -44,6 +47,19 @@ def check_upload(filename: str, data: bytes) -> str:
             if e.start < len(head) - 4:  # not merely a character cut at the 64 KB mark
                 raise HTTPError(415, f"{shown!r} is not a text table (CSV), whatever its name says") from None
     return suffix
+
+
+@contextlib.contextmanager
+def upload_file(data: bytes, suffix: str):
+    """An upload's bytes as a temporary file with its kind's suffix (what the readers go by),
+    removed afterwards."""
+    fd, tmp = tempfile.mkstemp(prefix="pynomaly-web-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield tmp
+    finally:
+        os.unlink(tmp)
 
 
 def read_upload(path: str, shown: str, scorer) -> tuple:
