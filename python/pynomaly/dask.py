@@ -19,6 +19,10 @@ threads, and the native kernels release the GIL, so one thread per task fills th
 cores without oversubscribing them. Pass ``n_jobs`` when workers have fewer threads than cores
 (e.g. one single-threaded worker per machine). Results never depend on ``n_jobs``.
 
+Blocks are scored independently, so a detector whose score of a row depends on the other rows
+of the same call (PyOD's ECOD and COPOD score new rows together with the batch) gives scores
+that depend on the partitioning; every native detector and row-wise adapter does not.
+
 Trust boundary: native detectors travel as their ``to_bytes`` format (no pickle). The other
 detectors (PyOD, PyTorch, JAX) travel as a pickle of the object in this process, to the workers
 of the client you connected; that is what Dask does with any task argument. Nothing is read
