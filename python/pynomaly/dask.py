@@ -127,11 +127,15 @@ def _client():
         return None
 
 
+_LOCAL_SCHEDULERS = {"threads", "threading", "sync", "synchronous", "single-threaded", "processes", "multiprocessing"}
+
+
 def _model_ref(model):
     """One graph key holding the model: scattered to every worker when a client is active."""
     shipped = _encode(model)
     client = _client()
-    if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed", "distributed"):
+    scheduler = dask.config.get("scheduler", None)
+    if client is not None and not (isinstance(scheduler, str) and scheduler in _LOCAL_SCHEDULERS):
         return dask.delayed(client.scatter(shipped, broadcast=True, hash=False))
     return dask.delayed(shipped, pure=True)
 
