@@ -38,6 +38,11 @@ uint64_t mix64(uint64_t z) {
 struct Rng {
     uint64_t state;
     explicit Rng(uint64_t seed, uint64_t stream) : state(mix64(seed ^ mix64(stream + 0x632BE59BD9B4E019ULL))) {}
+    static Rng resume(uint64_t state) {  // a stream paused by plan_tree, continued by grow_tree
+        Rng r(0, 0);
+        r.state = state;
+        return r;
+    }
     uint64_t next() { return mix64(state += 0x9E3779B97F4A7C15ULL); }
     double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
     uint64_t below(uint64_t n) {                                                // [0, n), unbiased
@@ -66,13 +71,20 @@ double value_at(const MatrixView& X, int64_t r, int64_t c) {
 }
 
 std::string bad_value_message(const MatrixView& X, int64_t r, int64_t c) {
-    double v = value_at(X, r, c);
+    return ::pynomaly::bad_value_message(value_at(X, r, c), r, c);
+}
+
+}  // namespace
+
+std::string bad_value_message(double v, int64_t r, int64_t c) {
     std::string where = " at row " + std::to_string(r) + ", column " + std::to_string(c);
     if (std::isnan(v)) return "X contains NaN" + where + "; impute or drop missing values first";
     if (std::isinf(v)) return "X contains infinity" + where + "; only finite values are accepted";
     return "X contains " + std::to_string(v) + where +
            ", outside the float32 range (|x| <= 3.4e38) in which features are compared";
 }
+
+namespace {
 
 // Copies rows [r0, r0 + n) of X into a feature-major float32 block with column stride B,
 // zero-padding rows n .. round_up(n, 16). Returns the first non-finite (after rounding to
@@ -359,8 +371,8 @@ struct TreeBuilder {
 
 }  // namespace
 
-Forest Forest::train(const MatrixView& X, const ForestParams& params, int n_threads, const CancelCheck& cancel) {
-    const int64_t n = X.rows, d = X.cols;
+
+int64_t check_train_params(int64_t n, int64_t d, const ForestParams& params) {
     if (n < 2) throw InvalidInput("training needs at least 2 rows, got " + std::to_string(n));
     if (d < 1) throw InvalidInput("X has 0 features; at least one is required");
     if (params.n_estimators < 1) throw InvalidInput("n_estimators must be at least 1");
@@ -369,76 +381,100 @@ Forest Forest::train(const MatrixView& X, const ForestParams& params, int n_thre
     const int64_t k = params.max_features == 0 ? d : params.max_features;
     if (k < 1 || k > d) throw InvalidInput("max_features must be between 1 and the number of features");
     if (d > std::numeric_limits<int32_t>::max() / 1024) throw InvalidInput("too many features");
-    const int64_t psi = params.max_samples;
-    const int max_depth = static_cast<int>(std::ceil(std::log2(static_cast<double>(std::max<int64_t>(psi, 2)))));
+    return k;
+}
 
-    const int T = params.n_estimators;
-    std::vector<std::vector<int32_t>> tree_feature(T), tree_left(T);
-    std::vector<std::vector<float>> tree_threshold(T);
-    std::vector<std::vector<double>> tree_leaf(T);
-    FirstError bad;
-    parallel_chunks(T, n_threads, cancel, [&](int64_t t) {
-        Rng rng(params.seed, static_cast<uint64_t>(t));
-        // Features for this tree (all of them unless max_features < d), drawn like rows below.
-        std::vector<int64_t> fmap(d);
-        for (int64_t j = 0; j < d; ++j) fmap[j] = j;
-        for (int64_t j = 0; j < k && k < d; ++j) std::swap(fmap[j], fmap[j + rng.below(d - j)]);
-        fmap.resize(k);
-        std::sort(fmap.begin(), fmap.end());
-        // Rows: all of them when psi == n, else Floyd's sampling without replacement, with a
-        // per-thread bitmap of n bits (cleared again bit by bit) instead of a hash set.
-        std::vector<int64_t> rows;
-        rows.reserve(psi);
-        if (psi == n) {
-            for (int64_t i = 0; i < n; ++i) rows.push_back(i);
-        } else {
-            thread_local std::vector<uint64_t> seen;
-            if (seen.size() < static_cast<size_t>((n + 63) / 64)) seen.assign((n + 63) / 64, 0);
-            auto test_and_set = [&](int64_t r) {
-                const uint64_t bit = uint64_t(1) << (r & 63);
-                const bool was = seen[r >> 6] & bit;
-                seen[r >> 6] |= bit;
-                return was;
-            };
-            for (int64_t j = n - psi; j < n; ++j) {
-                int64_t r = static_cast<int64_t>(rng.below(static_cast<uint64_t>(j + 1)));
-                if (test_and_set(r)) {
-                    r = j;
-                    test_and_set(j);
-                }
-                rows.push_back(r);
+TreePlan plan_tree(const ForestParams& params, int64_t n, int64_t d, int64_t tree) {
+    const int64_t k = params.max_features == 0 ? d : params.max_features;
+    const int64_t psi = params.max_samples;
+    Rng rng(params.seed, static_cast<uint64_t>(tree));
+    TreePlan plan;
+    // Features for this tree (all of them unless max_features < d), drawn like rows below.
+    plan.features.resize(d);
+    for (int64_t j = 0; j < d; ++j) plan.features[j] = j;
+    for (int64_t j = 0; j < k && k < d; ++j) std::swap(plan.features[j], plan.features[j + rng.below(d - j)]);
+    plan.features.resize(k);
+    std::sort(plan.features.begin(), plan.features.end());
+    // Rows: all of them when psi == n, else Floyd's sampling without replacement, with a
+    // per-thread bitmap of n bits (cleared again bit by bit) instead of a hash set.
+    std::vector<int64_t>& rows = plan.rows;
+    rows.reserve(psi);
+    if (psi == n) {
+        for (int64_t i = 0; i < n; ++i) rows.push_back(i);
+    } else {
+        thread_local std::vector<uint64_t> seen;
+        if (seen.size() < static_cast<size_t>((n + 63) / 64)) seen.assign((n + 63) / 64, 0);
+        auto test_and_set = [&](int64_t r) {
+            const uint64_t bit = uint64_t(1) << (r & 63);
+            const bool was = seen[r >> 6] & bit;
+            seen[r >> 6] |= bit;
+            return was;
+        };
+        for (int64_t j = n - psi; j < n; ++j) {
+            int64_t r = static_cast<int64_t>(rng.below(static_cast<uint64_t>(j + 1)));
+            if (test_and_set(r)) {
+                r = j;
+                test_and_set(j);
             }
-            for (int64_t r : rows) seen[r >> 6] = 0;
+            rows.push_back(r);
         }
-        std::vector<float> sample(static_cast<size_t>(psi * k));
-        const int64_t bad_at = X.is_float32 ? gather_sample<float>(X, rows, fmap, sample.data())
-                                            : gather_sample<double>(X, rows, fmap, sample.data());
+        for (int64_t r : rows) seen[r >> 6] = 0;
+    }
+    plan.rng_state = rng.state;
+    return plan;
+}
+
+int64_t grow_tree(const MatrixView& X, const std::vector<int64_t>& x_rows, const TreePlan& plan, TreeNodes& out) {
+    const int64_t k = static_cast<int64_t>(plan.features.size());
+    const int64_t psi = static_cast<int64_t>(x_rows.size());
+    std::vector<float> sample(static_cast<size_t>(psi * k));
+    const int64_t bad_at = X.is_float32 ? gather_sample<float>(X, x_rows, plan.features, sample.data())
+                                        : gather_sample<double>(X, x_rows, plan.features, sample.data());
+    if (bad_at >= 0) return bad_at;
+    const int max_depth = static_cast<int>(std::ceil(std::log2(static_cast<double>(std::max<int64_t>(psi, 2)))));
+    Rng rng = Rng::resume(plan.rng_state);
+    TreeBuilder b{sample.data(), k, plan.features.data(), max_depth, rng, {}, {}, {}, {}};
+    b.build(psi);
+    out.feature = std::move(b.feature);
+    out.threshold = std::move(b.threshold);
+    out.left = std::move(b.left);
+    out.leaf_value = std::move(b.leaf_value);
+    return -1;
+}
+
+ForestNodes merge_trees(int64_t n_features, int64_t psi, const std::vector<TreeNodes>& trees) {
+    ForestNodes nodes;
+    nodes.n_features = n_features;
+    nodes.psi = psi;
+    nodes.tree_offset.push_back(0);
+    for (const TreeNodes& t : trees) {
+        nodes.feature.insert(nodes.feature.end(), t.feature.begin(), t.feature.end());
+        nodes.threshold.insert(nodes.threshold.end(), t.threshold.begin(), t.threshold.end());
+        nodes.left.insert(nodes.left.end(), t.left.begin(), t.left.end());
+        nodes.leaf_value.insert(nodes.leaf_value.end(), t.leaf_value.begin(), t.leaf_value.end());
+        nodes.tree_offset.push_back(static_cast<int32_t>(nodes.feature.size()));
+    }
+    return nodes;
+}
+
+Forest Forest::train(const MatrixView& X, const ForestParams& params, int n_threads, const CancelCheck& cancel) {
+    const int64_t n = X.rows, d = X.cols;
+    const int64_t k = check_train_params(n, d, params);
+    const int T = params.n_estimators;
+    std::vector<TreeNodes> trees(T);
+    FirstError bad;
+    // Plan and growth are the same two steps the distributed fit (pynomaly.dask) runs apart.
+    parallel_chunks(T, n_threads, cancel, [&](int64_t t) {
+        const TreePlan plan = plan_tree(params, n, d, t);
+        const int64_t bad_at = grow_tree(X, plan.rows, plan, trees[t]);
         if (bad_at >= 0) {
-            bad.offer(rows[bad_at / k], fmap[bad_at % k]);
+            bad.offer(plan.rows[bad_at / k], plan.features[bad_at % k]);
             return false;
         }
-        TreeBuilder b{sample.data(), k, fmap.data(), max_depth, rng, {}, {}, {}, {}};
-        b.build(psi);
-        tree_feature[t] = std::move(b.feature);
-        tree_threshold[t] = std::move(b.threshold);
-        tree_left[t] = std::move(b.left);
-        tree_leaf[t] = std::move(b.leaf_value);
         return true;
     });
     if (bad.any()) throw InvalidInput(bad_value_message(X, bad.row, bad.col));
-
-    ForestNodes nodes;
-    nodes.n_features = d;
-    nodes.psi = psi;
-    nodes.tree_offset.push_back(0);
-    for (int t = 0; t < T; ++t) {
-        nodes.feature.insert(nodes.feature.end(), tree_feature[t].begin(), tree_feature[t].end());
-        nodes.threshold.insert(nodes.threshold.end(), tree_threshold[t].begin(), tree_threshold[t].end());
-        nodes.left.insert(nodes.left.end(), tree_left[t].begin(), tree_left[t].end());
-        nodes.leaf_value.insert(nodes.leaf_value.end(), tree_leaf[t].begin(), tree_leaf[t].end());
-        nodes.tree_offset.push_back(static_cast<int32_t>(nodes.feature.size()));
-    }
-    return Forest(std::move(nodes));
+    return Forest(merge_trees(d, params.max_samples, trees));
 }
 
 }  // namespace pynomaly

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common.hpp"
@@ -36,6 +37,39 @@ struct ForestNodes {
 
     int n_trees() const { return tree_offset.empty() ? 0 : static_cast<int>(tree_offset.size()) - 1; }
 };
+
+// Training in two steps that need different things, so that a fit can run where the data is
+// (pynomaly.dask): the plan of a tree needs only n, d and the parameters; growing it needs only
+// its psi sampled rows. Forest::train runs both per tree; the result is the same either way.
+struct TreePlan {
+    std::vector<int64_t> features;  // sorted columns of X the tree sees (k of them)
+    std::vector<int64_t> rows;      // the tree's psi rows of X, in draw order (the sample's order)
+    uint64_t rng_state = 0;         // the tree's random stream after those draws; growth continues it
+};
+
+struct TreeNodes {  // one tree's slice of ForestNodes, with local node indices
+    std::vector<int32_t> feature;
+    std::vector<float> threshold;
+    std::vector<int32_t> left;
+    std::vector<double> leaf_value;
+};
+
+// Checks training parameters for n x d data; returns k, the features per tree. Throws InvalidInput.
+int64_t check_train_params(int64_t n, int64_t d, const ForestParams& params);
+
+// Draws tree `tree`'s features and rows (params checked by check_train_params).
+TreePlan plan_tree(const ForestParams& params, int64_t n, int64_t d, int64_t tree);
+
+// Grows the tree of `plan` from its sample: row x_rows[i] of X is the plan's row i (in
+// Forest::train, x_rows is plan.rows itself). Returns -1, or the first sample position
+// (i * k + j) whose value is not finite in float32, leaving `out` untouched.
+int64_t grow_tree(const MatrixView& X, const std::vector<int64_t>& x_rows, const TreePlan& plan, TreeNodes& out);
+
+// Concatenates grown trees into the defining form of a forest.
+ForestNodes merge_trees(int64_t n_features, int64_t psi, const std::vector<TreeNodes>& trees);
+
+// The message for a value that cannot be compared in float32, at row r and column c of X.
+std::string bad_value_message(double value, int64_t r, int64_t c);
 
 class Forest {
 public:

@@ -7,7 +7,7 @@ import numpy
 import numpy.typing
 import typing
 import typing_extensions
-__all__: list[str] = ['Forest', 'NetLoop', 'ServedForest', 'average_path_length', 'build_info', 'contamination_threshold', 'ecdf', 'ecdf_count', 'fast_detect', 'knn', 'knn_choose_algorithm', 'minmax_scale', 'percentile', 'score_moments', 'set_iforest_kernel', 'set_simd', 'sorted_scores', 'unify', 'zscore']
+__all__: list[str] = ['Forest', 'NetLoop', 'ServedForest', 'average_path_length', 'build_info', 'contamination_threshold', 'ecdf', 'ecdf_count', 'fast_detect', 'forest_grow', 'forest_plan', 'knn', 'knn_choose_algorithm', 'minmax_scale', 'percentile', 'score_moments', 'set_iforest_kernel', 'set_simd', 'sorted_scores', 'unify', 'zscore']
 class Forest:
     @staticmethod
     def train(X: numpy.ndarray, n_estimators: typing.SupportsInt | typing.SupportsIndex, max_samples: typing.SupportsInt | typing.SupportsIndex, max_features: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex, progress: typing.Any = None) -> Forest:
@@ -117,6 +117,14 @@ def ecdf_count(sorted: typing.Any, scores: typing.Any, n_jobs: typing.SupportsIn
 def fast_detect(buffer: typing_extensions.Buffer, pos: typing.SupportsInt | typing.SupportsIndex, end: typing.SupportsInt | typing.SupportsIndex, max_frame: typing.SupportsInt | typing.SupportsIndex, max_rows: typing.SupportsInt | typing.SupportsIndex, served: dict, tally: bool = False) -> tuple:
     """
     The daemon's native path for small raw-rows detect requests (see python/src/fastpath.cpp).
+    """
+def forest_grow(X: numpy.ndarray, x_rows: numpy.ndarray, rows: numpy.ndarray, features: numpy.ndarray, rng_state: numpy.ndarray) -> dict:
+    """
+    Grow the planned trees from their gathered rows: row x_rows[t, i] of X is tree t's sampled row rows[t, i]. Returns the trees' node arrays (as Forest.arrays()); a non-finite value is reported at its row in `rows`.
+    """
+def forest_plan(n: typing.SupportsInt | typing.SupportsIndex, d: typing.SupportsInt | typing.SupportsIndex, n_estimators: typing.SupportsInt | typing.SupportsIndex, max_samples: typing.SupportsInt | typing.SupportsIndex, max_features: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex) -> dict:
+    """
+    Each tree's features (T x k), rows in draw order (T x psi) and random state, as Forest.train draws them.
     """
 def knn(X: numpy.ndarray, k: typing.SupportsInt | typing.SupportsIndex, Y: typing.Any = None, metric: str = 'euclidean', algorithm: str = 'auto', n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> tuple[numpy.typing.NDArray[numpy.float64], numpy.typing.NDArray[numpy.int64], str]:
     """

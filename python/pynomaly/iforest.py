@@ -119,6 +119,28 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         self._process_decision_scores()
         return self
 
+    # -- the two halves of a fit that pynomaly.dask runs apart --------------------------------
+    def _plan_trees(self, n: int, d: int) -> dict:
+        """What ``fit`` on n x d data draws before it reads any row: each tree's features
+        ("features", T x k), rows in draw order ("rows", T x psi) and random state."""
+        n_estimators, psi, k, _ = self._fit_plan(n, d)
+        return _core.forest_plan(n, d, n_estimators, psi, k, _seed_from(self.random_state))
+
+    def _adopt_trees(self, parts, n: int, d: int) -> None:
+        """Become the forest made of the trees in ``parts`` (``_core.forest_grow`` results, in
+        tree order), as ``fit`` on n x d data would, before scoring the training rows."""
+        offsets = [np.zeros(1, dtype=np.int32)]
+        base = 0
+        for p in parts:
+            offsets.append(p["tree_offset"][1:] + base)
+            base += int(p["tree_offset"][-1])
+        joined = {k: np.concatenate([p[k] for p in parts]) for k in ("feature", "threshold", "left", "leaf_value")}
+        psi = self._resolve_max_samples(n)
+        self._forest = _core.Forest(d, psi, np.concatenate(offsets).astype(np.int32), joined["feature"],
+                                    joined["threshold"], joined["left"], joined["leaf_value"])
+        self.max_samples_ = psi
+        self.n_features_in_ = d
+
     def decision_function(self, X) -> np.ndarray:
         """Anomaly score of each row of X in (0, 1]; higher is more anomalous."""
         try:

@@ -329,6 +329,88 @@ PYBIND11_MODULE(_core, m) {
             return d;
         }, "Copies of the defining node arrays (see ForestNodes).");
 
+    // The distributed fit (pynomaly.dask): plan every tree from n alone, gather the planned rows
+    // where they live, grow trees from those rows, merge with Forest(...). Same forest as train.
+    m.def("forest_plan",
+          [](int64_t n, int64_t d, int n_estimators, int64_t max_samples, int64_t max_features, uint64_t seed) {
+              const ForestParams p{n_estimators, max_samples, max_features, seed};
+              const int64_t k = check_train_params(n, d, p), psi = max_samples;
+              py::array_t<int64_t> features({static_cast<py::ssize_t>(n_estimators), static_cast<py::ssize_t>(k)});
+              py::array_t<int64_t> rows({static_cast<py::ssize_t>(n_estimators), static_cast<py::ssize_t>(psi)});
+              py::array_t<uint64_t> state(n_estimators);
+              int64_t* f = features.mutable_data();
+              int64_t* r = rows.mutable_data();
+              uint64_t* s = state.mutable_data();
+              {
+                  py::gil_scoped_release release;
+                  for (int t = 0; t < n_estimators; ++t) {
+                      const TreePlan plan = plan_tree(p, n, d, t);
+                      std::copy(plan.features.begin(), plan.features.end(), f + t * k);
+                      std::copy(plan.rows.begin(), plan.rows.end(), r + t * psi);
+                      s[t] = plan.rng_state;
+                  }
+              }
+              py::dict out;
+              out["features"] = features;
+              out["rows"] = rows;
+              out["rng_state"] = state;
+              return out;
+          },
+          py::arg("n"), py::arg("d"), py::arg("n_estimators"), py::arg("max_samples"), py::arg("max_features"),
+          py::arg("seed"),
+          "Each tree's features (T x k), rows in draw order (T x psi) and random state, as Forest.train draws them.");
+    m.def("forest_grow",
+          [](const py::array& X, const py::array& x_rows, const py::array& rows, const py::array& features,
+             const py::array& rng_state) {
+              const MatrixView v = matrix_view(X);
+              using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+              const I64 xr = I64::ensure(x_rows), gr = I64::ensure(rows), fs = I64::ensure(features);
+              const auto st = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(rng_state);
+              if (!xr || !gr || !fs || !st || xr.ndim() != 2 || gr.ndim() != 2 || fs.ndim() != 2 || st.ndim() != 1 ||
+                  xr.shape(0) != st.shape(0) || gr.shape(0) != st.shape(0) || fs.shape(0) != st.shape(0) ||
+                  xr.shape(1) != gr.shape(1))
+                  throw InvalidInput("forest_grow: x_rows and rows (T x psi), features (T x k), rng_state (T)");
+              const int64_t T = st.shape(0), psi = xr.shape(1), k = fs.shape(1);
+              for (int64_t i = 0; i < T * psi; ++i)
+                  if (xr.data()[i] < 0 || xr.data()[i] >= v.rows) throw InvalidInput("forest_grow: x_rows out of range");
+              for (int64_t i = 0; i < T * k; ++i)
+                  if (fs.data()[i] < 0 || fs.data()[i] >= v.cols) throw InvalidInput("forest_grow: features out of range");
+              std::vector<TreeNodes> trees(T);
+              int64_t bad_row = -1, bad_col = 0;
+              double bad_value = 0.0;
+              {
+                  py::gil_scoped_release release;
+                  for (int64_t t = 0; t < T; ++t) {
+                      TreePlan plan;
+                      plan.features.assign(fs.data() + t * k, fs.data() + (t + 1) * k);
+                      plan.rows.assign(gr.data() + t * psi, gr.data() + (t + 1) * psi);
+                      plan.rng_state = st.data()[t];
+                      const std::vector<int64_t> local(xr.data() + t * psi, xr.data() + (t + 1) * psi);
+                      const int64_t at = grow_tree(v, local, plan, trees[t]);
+                      // As Forest::train reports: the lowest row among each tree's first bad value.
+                      if (at >= 0 && (bad_row < 0 || plan.rows[at / k] < bad_row)) {
+                          bad_row = plan.rows[at / k];
+                          bad_col = plan.features[at % k];
+                          const int64_t off = local[at / k] * v.row_stride + bad_col * v.col_stride;
+                          bad_value = v.is_float32 ? v.ptr<float>()[off] : v.ptr<double>()[off];
+                      }
+                  }
+              }
+              if (bad_row >= 0) throw InvalidInput(bad_value_message(bad_value, bad_row, bad_col));
+              const ForestNodes n = merge_trees(v.cols, psi, trees);
+              py::dict d;
+              d["tree_offset"] = to_numpy(n.tree_offset);
+              d["feature"] = to_numpy(n.feature);
+              d["threshold"] = to_numpy(n.threshold);
+              d["left"] = to_numpy(n.left);
+              d["leaf_value"] = to_numpy(n.leaf_value);
+              return d;
+          },
+          py::arg("X"), py::arg("x_rows"), py::arg("rows"), py::arg("features"), py::arg("rng_state"),
+          "Grow the planned trees from their gathered rows: row x_rows[t, i] of X is tree t's sampled row "
+          "rows[t, i]. Returns the trees' node arrays (as Forest.arrays()); a non-finite value is reported at "
+          "its row in `rows`.");
+
     m.def("average_path_length", &average_path_length, py::arg("n"));
 
     bind_scores(m);  // scores: normalisation, thresholds (cpp/scores.hpp)
