@@ -325,6 +325,7 @@ def test_a_channel_of_ones_own_by_import_path(trained, tmp_path, monkeypatch):
         "        SENT.append((message['alerts'][0]['labels']['detector'], recipients))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mychannel", raising=False)  # a fresh one per backend's run
     alerts.add_rule(home, "cardio", "mychannel:Pager", "ops-team")
     service.detect(home, "cardio", X, save=False)
     assert alerts.deliver(home)["sent"] == 1

@@ -22,6 +22,10 @@ few differences that remain:
   so the first call after the server is back just works. Inside a transaction nothing is
   retried (the caller's transaction failed as a whole).
 
+Change notifications (:class:`Listener`): a PostgreSQL home's writers ``NOTIFY`` in their
+transactions (delivered at commit); a listener is one thread with its own connection that
+hands each payload to a callback and reconnects, with backoff, when the server goes away.
+
 Migrations (:func:`migrate`) are versioned: a ``schema_migrations`` table holds the numbers
 applied, the ordered list lives with the code that owns the tables, and every starter applies
 what is missing under the write lock, so concurrent starters run each migration once.
@@ -283,6 +287,57 @@ def opened(home, key: str, schema: str):
         yield db
     finally:
         db.close()
+
+
+# -- change notifications ----------------------------------------------------------------------
+class Listener:
+    """``LISTEN channel`` on a PostgreSQL home in a thread of its own; ``callback(payload)`` for
+    each notification, from that thread.
+
+    When the connection is lost it reconnects (backoff from 0.1 s doubling to ``max_backoff``)
+    and then calls ``callback(None)``: notifications sent meanwhile were lost, so anything may
+    have changed. Call :meth:`stop` to end it (it ends with the process anyway: a daemon thread).
+    """
+
+    def __init__(self, url: str, channel: str, callback, *, max_backoff: float = 5.0):
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", channel):
+            raise ValueError(f"not a channel name: {channel!r}")
+        self.url, self.channel, self.callback, self.max_backoff = url, channel, callback, max_backoff
+        self.connected = threading.Event()  # set while listening (tests wait for it)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"pynomaly-listen-{channel}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        import logging
+
+        psycopg = _psycopg()
+        log = logging.getLogger("pynomaly.serving")
+        delay, lost = 0.1, False
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {self.channel}")
+                    self.connected.set()
+                    if lost:
+                        log.info("listening again for changes in %s", redacted(self.url))
+                        self.callback(None)
+                    delay, lost = 0.1, False
+                    while not self._stop.is_set():
+                        for n in conn.notifies(timeout=0.5):
+                            self.callback(n.payload)
+            except psycopg.Error as e:
+                self.connected.clear()
+                if not lost:
+                    log.warning("lost the change notifications of %s (%s); reconnecting",
+                                redacted(self.url), _first_line(e))
+                lost = True
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
 
 
 # -- migrations --------------------------------------------------------------------------------
