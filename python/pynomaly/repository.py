@@ -218,24 +218,28 @@ class Repository:
     Parameters
     ----------
     home : str, Path or None
-        The folder (created, mode 0700, if absent); None means :func:`default_home`.
+        The folder (created, mode 0700, if absent), or a PostgreSQL URL (a database home: see
+        the module's docstring); None means :func:`default_home`. ``self.home`` is the Path or
+        the URL as given; ``self.shown`` is what messages name (the URL without a password).
     key : KeySource, optional
         Where an encrypted home's key-encryption key comes from; default: the environment
         (``PYNOMALY_KEY_FILE``, ``PYNOMALY_KEY_COMMAND``, ``PYNOMALY_KEY``). Asked for only
         when sealed data is read or written (listing needs none).
 
-    Use as a context manager or call :meth:`close`. Each instance owns one SQLite connection;
-    open one per thread or process.
+    Use as a context manager or call :meth:`close`. Each instance owns one connection (a lost
+    PostgreSQL connection is replaced on the next call); open one per thread or process.
     """
 
     def __init__(self, home=None, *, key: "KeySource | None" = None):
         self._key_source = key
+        if home is None:
+            home = default_home()
         if is_database_url(home):
             self.home = home  # the URL, as given (the password too: replicas reconnect with it)
             self.shown = redacted(home)
             self._local = local_dir(home)  # the signing key (see _key)
         else:
-            self.home = Path(home).expanduser() if home is not None else default_home()
+            self.home = Path(home).expanduser()
             self.shown = str(self.home)
             self._local = self.home
             try:
