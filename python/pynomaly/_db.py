@@ -126,15 +126,17 @@ class Database:
         if self.url is None:
             self.path = Path(home) / "pynomaly.db"
             self.where = repr(str(self.path))
+            # sqlite3.DatabaseError propagates: the caller says what to do about its file.
+            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
             try:
-                self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
                 self._conn.row_factory = sqlite3.Row
                 self._conn.execute("PRAGMA busy_timeout = 60000")
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = FULL")
                 self._conn.execute("PRAGMA foreign_keys = ON")
-            except sqlite3.DatabaseError as e:
-                raise RepositoryError(f"the repository database {self.where} cannot be used ({e})") from None
+            except BaseException:
+                self._conn.close()
+                raise
         else:
             self.path = None
             self.where = redacted(self.url)
@@ -265,7 +267,11 @@ def connect(home, key: str, schema: str) -> Database:
     """A connection to the repository database of ``home`` with ``schema`` (``CREATE TABLE IF
     NOT EXISTS`` statements, ``;``-separated, written for SQLite) created once per process and
     database."""
-    db = Database(home_of(home))
+    resolved = home_of(home)
+    try:
+        db = Database(resolved)
+    except sqlite3.DatabaseError as e:
+        raise RepositoryError(f"the repository database of {resolved} cannot be used ({e})") from None
     ident = (db.where, key)
     if ident not in _created:
         try:
@@ -321,11 +327,11 @@ class Listener:
                     self.connected.set()
                     if lost:
                         log.info("listening again for changes in %s", redacted(self.url))
-                        self.callback(None)
+                        self._tell(None, log)
                     delay, lost = 0.1, False
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=0.5):
-                            self.callback(n.payload)
+                            self._tell(n.payload, log)
             except psycopg.Error as e:
                 self.connected.clear()
                 if not lost:
@@ -334,6 +340,12 @@ class Listener:
                 lost = True
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.max_backoff)
+
+    def _tell(self, payload, log) -> None:
+        try:
+            self.callback(payload)
+        except Exception:  # noqa: BLE001 - a failing callback must not end the listening
+            log.exception("change listener: the callback failed for %r", payload)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

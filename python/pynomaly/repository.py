@@ -247,18 +247,22 @@ class Repository:
                 (self.home / "artifacts").mkdir(exist_ok=True, mode=0o700)
             except OSError as e:
                 raise RepositoryError(f"cannot create the pynomaly home folder {str(self.home)!r}: {e}") from None
-        self._db = _db.Database(self.home)
+        db = None
         try:
-            _db.migrate(self._db, _MIGRATIONS)
+            db = _db.Database(self.home)
+            _db.migrate(db, _MIGRATIONS)
         except sqlite3.DatabaseError as e:
-            self._db.close()
+            if db is not None:
+                db.close()
             raise RepositoryError(
-                f"the repository database {self._db.where} cannot be used ({e}); if it is damaged, move it "
-                "aside (the artifacts/ folder keeps the models' bytes) and restore it from a backup"
+                f"the repository database {str(self.home / 'pynomaly.db')!r} cannot be used ({e}); if it is "
+                "damaged, move it aside (the artifacts/ folder keeps the models' bytes) and restore it from a backup"
             ) from None
         except BaseException:
-            self._db.close()
+            if db is not None:
+                db.close()
             raise
+        self._db = db
         self._files = not self._db.postgres  # artifacts as files beside the database, else rows in it
         encrypted = self._files and is_encrypted(self.home)
         self._cipher = HomeCipher(self.home, key if key is not None else key_source()) if encrypted else None
