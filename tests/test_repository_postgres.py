@@ -245,3 +245,42 @@ def test_the_database_seam_speaks_both_dialects(tmp_path, pg_home):
                 db.execute("INSERT INTO t VALUES (?, ?, '50%') ON CONFLICT (k) DO NOTHING", ("a", 0.2))
             r = db.execute("SELECT k, v, pct FROM t WHERE k = ?", ("a",)).fetchone()
             assert (r["k"], r[1], r["pct"]) == ("a", 0.1, "50%")
+
+
+def test_a_change_told_during_a_refresh_is_not_lost():
+    """The cache's hook alone, with a source that answers slowly: a second notification while
+    the first refresh runs (which may have read the source before the second commit) makes
+    another refresh follow it."""
+    from pynomaly.serving.cache import ModelCache
+
+    class Source:
+        version = 1
+        reads = 0
+
+        def latest_version(self, name):
+            Source.reads += 1
+            v = Source.version
+            time.sleep(0.2)
+            return v
+
+        def get(self, name, version):
+            return type("S", (), {"size_bytes": 1, "native": None,
+                                  "version": type("V", (), {"name": name, "version": version})()})()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        run = lambda fn, *a: loop.run_in_executor(None, fn, *a)  # noqa: E731
+        cache = ModelCache(Source(), run, max_bytes=1 << 20, refresh_interval=3600.0, counters={"cache_misses": 0})
+        await cache.resolve("d", None)
+        Source.version, Source.reads = 2, 0
+        cache.changed("d")
+        await asyncio.sleep(0.05)
+        Source.version = 3  # committed while the first refresh is reading
+        cache.changed("d")
+        for _ in range(200):
+            if cache.latest["d"].version == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert cache.latest["d"].version == 3 and Source.reads == 2
+
+    asyncio.run(main())

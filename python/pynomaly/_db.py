@@ -12,8 +12,9 @@ few differences that remain:
 - rows: both give rows readable by column name and by position (``r["id"]``, ``r[0]``);
 - the write lock. SQLite's ``BEGIN IMMEDIATE`` serialises writers, and the repository relies
   on it (version numbers, the version marks, the audit chain). A PostgreSQL transaction takes
-  the same guarantee from one transaction-scoped advisory lock, :data:`WRITE_LOCK`, so the
-  code above reasons the same way on both. A job claim does not need it: it asks for
+  the same guarantee from one transaction-scoped advisory lock (:data:`WRITE_LOCK` and the
+  schema's name: homes in different schemas of one database do not wait for each other), so
+  the code above reasons the same way on both. A job claim does not need it: it asks for
   ``transaction(db, exclusive=False)`` and locks the rows it takes (``SELECT ... FOR UPDATE
   SKIP LOCKED``, :meth:`Database.skip_locked`), so workers never queue behind each other;
 - lost connections: a PostgreSQL server that went away (restarted, unreachable) gives a
@@ -46,6 +47,8 @@ from ._home import is_database_url, redacted
 
 SQLITE, POSTGRES = "sqlite", "postgresql"
 WRITE_LOCK = 0x70796E6F  # "pyno": the advisory lock that stands for SQLite's write lock
+# Its two-key form, (WRITE_LOCK, the home's schema): literals, so the int4 overload is chosen.
+_LOCK_KEYS = f"{WRITE_LOCK}, hashtext(current_schema())"
 
 _created: set = set()  # (database, schema key) already checked in this process
 _created_lock = threading.Lock()
@@ -194,7 +197,7 @@ class Database:
             self._in_tx = True
             try:
                 if exclusive:
-                    self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+                    self.execute(f"SELECT pg_advisory_xact_lock({_LOCK_KEYS})")
                 yield self
             except BaseException:
                 self._in_tx = False
@@ -228,13 +231,13 @@ class Database:
             with self.transaction():
                 yield self
             return
-        self.execute("SELECT pg_advisory_lock(?)", (WRITE_LOCK,))
+        self.execute(f"SELECT pg_advisory_lock({_LOCK_KEYS})")
         try:
             with self.transaction(exclusive=False):
                 yield self
         finally:
             with contextlib.suppress(RepositoryError):
-                self.execute("SELECT pg_advisory_unlock(?)", (WRITE_LOCK,))
+                self.execute(f"SELECT pg_advisory_unlock({_LOCK_KEYS})")
 
     def notify(self, channel: str, payload: str) -> None:
         """Tell listeners of ``channel`` (PostgreSQL: delivered at commit; SQLite: nothing,

@@ -23,13 +23,14 @@ log = logging.getLogger("pynomaly.serving")
 
 
 class _Latest:
-    __slots__ = ("version", "checked", "refreshing", "warned_for")
+    __slots__ = ("version", "checked", "refreshing", "warned_for", "changed_meanwhile")
 
     def __init__(self, version: int, checked: float):
         self.version = version
         self.checked = checked
         self.refreshing = False
         self.warned_for = None  # the older version a refresh found (logged once)
+        self.changed_meanwhile = False  # told of a change during a refresh: refresh again after it
 
 
 class ModelCache:
@@ -181,6 +182,9 @@ class ModelCache:
         finally:
             lt.checked = time.monotonic()
             lt.refreshing = False
+            if lt.changed_meanwhile and self.latest.get(name) is lt:
+                lt.changed_meanwhile = False
+                self.changed(name)
 
     def follow_source(self, loop) -> bool:
         """Be told of other processes' changes when the source can tell (a database home:
@@ -199,7 +203,11 @@ class ModelCache:
         names = list(self.latest) if name is None else [name]
         for n in names:
             lt = self.latest.get(n)
-            if lt is not None and not lt.refreshing:
+            if lt is None:
+                continue
+            if lt.refreshing:  # it may have read the source before this change committed
+                lt.changed_meanwhile = True
+            else:
                 lt.refreshing = True
                 asyncio.get_running_loop().create_task(self._refresh(n, lt))
 
