@@ -284,3 +284,19 @@ def test_a_change_told_during_a_refresh_is_not_lost():
         assert cache.latest["d"].version == 3 and Source.reads == 2
 
     asyncio.run(main())
+
+
+def test_a_daemon_on_a_database_home_serves_a_version_saved_elsewhere_without_polling(pg_home, tmp_path):
+    """End to end: the daemon's cache follows the notifications (refresh interval: an hour)."""
+    import pynomaly
+    from _daemon_helpers import DaemonProcess
+
+    service.train(pg_home, "d", X, params=FAST)
+    d = DaemonProcess(tmp_path, None, "--home", pg_home, "--refresh-interval", "3600")
+    try:
+        with pynomaly.Client(d.sock) as c:
+            assert c.detect("d", X[:3]).version == 1
+            service.train(pg_home, "d", X, params={"n_estimators": 10, "random_state": 1})
+            assert wait_for(lambda: c.detect("d", X[:3]).version == 2, timeout=10.0)
+    finally:
+        assert d.stop() == 0
