@@ -86,9 +86,9 @@ class Server:
 
 def server():
     """``(Server, None)`` running, or ``(None, reason to skip)``."""
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None:
         return None, "psycopg 3 is not installed (pip install 'pynomaly[postgres]')"
     initdb, pg_ctl = _tool("initdb"), _tool("pg_ctl")
     if not initdb or not pg_ctl:
