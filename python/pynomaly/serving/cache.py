@@ -23,13 +23,14 @@ log = logging.getLogger("pynomaly.serving")
 
 
 class _Latest:
-    __slots__ = ("version", "checked", "refreshing", "warned_for")
+    __slots__ = ("version", "checked", "refreshing", "warned_for", "changed_meanwhile")
 
     def __init__(self, version: int, checked: float):
         self.version = version
         self.checked = checked
         self.refreshing = False
         self.warned_for = None  # the older version a refresh found (logged once)
+        self.changed_meanwhile = False  # told of a change during a refresh: refresh again after it
 
 
 class ModelCache:
@@ -181,6 +182,34 @@ class ModelCache:
         finally:
             lt.checked = time.monotonic()
             lt.refreshing = False
+            if lt.changed_meanwhile and self.latest.get(name) is lt:
+                lt.changed_meanwhile = False
+                self.changed(name)
+
+    def follow_source(self, loop) -> bool:
+        """Be told of other processes' changes when the source can tell (a database home:
+        see ``RepositorySource.watch``), so a new version is served within about a second
+        without a shorter ``refresh_interval``; a folder home keeps polling. ``loop``: the
+        face's running event loop (the cache is confined to it)."""
+        watch = getattr(self.source, "watch", None)
+        if watch is None:
+            return False
+        return watch(lambda name: loop.call_soon_threadsafe(self.changed, name))
+
+    def changed(self, name: Optional[str]) -> None:
+        """``name`` changed elsewhere (None: perhaps every name): refresh its latest version
+        now, in the background, as the periodic refresh would (load first, then switch;
+        deleted or archived: stop serving it). On the event loop; the hot path is untouched."""
+        names = list(self.latest) if name is None else [name]
+        for n in names:
+            lt = self.latest.get(n)
+            if lt is None:
+                continue
+            if lt.refreshing:  # it may have read the source before this change committed
+                lt.changed_meanwhile = True
+            else:
+                lt.refreshing = True
+                asyncio.get_running_loop().create_task(self._refresh(n, lt))
 
     def invalidate(self, name: Optional[str]) -> list:
         """Drop the cached versions of ``name`` (all names when None); returns "name@version"s."""
