@@ -1,4 +1,6 @@
-"""Shared fixtures: the real datasets in ../shared/datasets (skipped with a reason if absent)."""
+"""Shared fixtures: the real datasets in ../shared/datasets (skipped with a reason if absent);
+``home``, one repository home per backend (a folder, and a PostgreSQL database on a server the
+tests start themselves, see _pg.py)."""
 
 from __future__ import annotations
 
@@ -78,3 +80,34 @@ def simd_target(request):
     pynomaly._core.set_simd(request.param)
     yield request.param
     pynomaly._core.set_simd(pynomaly.build_info()["simd_best"])
+
+
+# -- homes on both backends ----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server started for this test session (skipped, with the reason, where it
+    cannot be: no psycopg, no initdb/pg_ctl)."""
+    import _pg
+
+    server, why = _pg.server()
+    if server is None:
+        pytest.skip(why)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_home(pg_server, tmp_path, monkeypatch):
+    """A fresh PostgreSQL database as a home; its installation-local files (the signing key)
+    in the test's own folder, as replicas would share them through PYNOMALY_CONFIG_DIR."""
+    monkeypatch.setenv("PYNOMALY_CONFIG_DIR", str(tmp_path / "config"))
+    return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def home(request, tmp_path):
+    """The home of a test that must hold on both backends: the folder ``tmp_path`` itself (as
+    the SQLite-only tests use it), or a URL from :func:`pg_home`."""
+    if request.param == "sqlite":
+        return tmp_path
+    return request.getfixturevalue("pg_home")

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from pynomaly import alerts, service
 from pynomaly._errors import InvalidInputError
 
 from _daemon_helpers import DaemonProcess, cardio, wait_until
+from _homes import raw_sql
 
 PYNOMALY = [sys.executable, "-m", "pynomaly"]
 
@@ -91,12 +91,23 @@ def receiver_verifies(secret: str, headers: dict, body: bytes) -> bool:
     return any(s.startswith("v1,") and hmac.compare_digest(s[3:], want) for s in headers["webhook-signature"].split())
 
 
-@pytest.fixture
-def trained(tmp_path):
-    home = tmp_path / "home"
+def _trained(home):
     X = cardio()
     service.train(home, "cardio", X, params={"random_state": 0, "contamination": 0.1})
     return home, X
+
+
+@pytest.fixture
+def trained(home):
+    """A home (either backend) with a detector trained on cardio."""
+    return _trained(home)
+
+
+@pytest.fixture
+def trained_folder(tmp_path):
+    """The same in a folder home, for the daemon's tests (its repository wiring is the same
+    code on both backends; running it twice would only double their time)."""
+    return _trained(tmp_path / "home")
 
 
 def deliver_until(home, cond, timeout=30.0):
@@ -175,10 +186,7 @@ def test_dedup_within_the_window(trained, tmp_path):
     service.detect(home, "cardio", X, save=False)
     assert len(alerts.outbox(home)) == 3
     # The window passes: the first rule fires again.
-    db = sqlite3.connect(home / "pynomaly.db")
-    with db:
-        db.execute("UPDATE alert_outbox SET created_at = created_at - 601")
-    db.close()
+    raw_sql(home, "UPDATE alert_outbox SET created_at = created_at - 601")
     service.detect(home, "cardio", X, save=False)
     assert len({m["fingerprint"] for m in alerts.outbox(home)}) == 2 and len(alerts.outbox(home)) == 5
 
@@ -244,14 +252,14 @@ def test_dead_letter_after_max_attempts(trained):
 
 
 # -- nothing lost -----------------------------------------------------------------------------------
-def test_kill_9_between_detection_and_delivery_loses_nothing(trained, receiver):
+def test_kill_9_between_detection_and_delivery_loses_nothing(trained, receiver, tmp_path):
     home, X = trained
     alerts.add_rule(home, "cardio", "webhook", receiver.url)
-    np.save(home.parent / "x.npy", X)
+    np.save(tmp_path / "x.npy", X)
     code = ("import os, signal, sys; from pynomaly import service\n"
             "service.detect(sys.argv[1], 'cardio', sys.argv[2])\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n")
-    p = subprocess.run([sys.executable, "-c", code, str(home), str(home.parent / "x.npy")])
+    p = subprocess.run([sys.executable, "-c", code, str(home), str(tmp_path / "x.npy")])
     assert p.returncode == -signal.SIGKILL
     assert receiver.got == [] and alerts.outbox(home)[0]["state"] == "pending"
     assert alerts.deliver(home)["sent"] == 1 and len(receiver.ok()) == 1
@@ -261,15 +269,10 @@ def test_a_claim_of_a_dispatcher_killed_mid_send_is_taken_back(trained, receiver
     home, X = trained
     alerts.add_rule(home, "cardio", "webhook", receiver.url)
     service.detect(home, "cardio", X, save=False)
-    db = sqlite3.connect(home / "pynomaly.db")
-    with db:  # what a dispatcher killed after its claim leaves
-        db.execute("UPDATE alert_outbox SET state='sending', claimed_by='dead', claimed_until=?", (time.time() + 60,))
-    db.close()
+    # what a dispatcher killed after its claim leaves
+    raw_sql(home, "UPDATE alert_outbox SET state='sending', claimed_by='dead', claimed_until=?", (time.time() + 60,))
     assert alerts.deliver(home)["sent"] == 0  # its lease holds
-    db = sqlite3.connect(home / "pynomaly.db")
-    with db:
-        db.execute("UPDATE alert_outbox SET claimed_until=?", (time.time() - 1,))
-    db.close()
+    raw_sql(home, "UPDATE alert_outbox SET claimed_until=?", (time.time() - 1,))
     assert alerts.deliver(home)["sent"] == 1 and len(receiver.ok()) == 1
 
 
@@ -322,6 +325,7 @@ def test_a_channel_of_ones_own_by_import_path(trained, tmp_path, monkeypatch):
         "        SENT.append((message['alerts'][0]['labels']['detector'], recipients))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mychannel", raising=False)  # a fresh one per backend's run
     alerts.add_rule(home, "cardio", "mychannel:Pager", "ops-team")
     service.detect(home, "cardio", X, save=False)
     assert alerts.deliver(home)["sent"] == 1
@@ -383,8 +387,8 @@ def test_cli_alerts_add_list_remove_and_detect_delivers(trained, receiver, tmp_p
 # -- the daemon ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", [[], ["--no-native-loop"], ["--no-fast-path"]],
                          ids=["native-loop", "uvloop-fast-path", "python-path"])
-def test_daemon_detections_fire_alerts_from_every_path(trained, receiver, tmp_path, mode):
-    home, X = trained
+def test_daemon_detections_fire_alerts_from_every_path(trained_folder, receiver, tmp_path, mode):
+    home, X = trained_folder
     scorer = service.load_for_scoring(home, "cardio")
     scores = scorer.score(X)
     row = int(np.argmax(scores))
@@ -410,8 +414,8 @@ def test_daemon_detections_fire_alerts_from_every_path(trained, receiver, tmp_pa
     assert a["anomalies"] == "1" and float(a["max_score"]) == pytest.approx(scores[row], rel=1e-5)
 
 
-def test_daemon_with_alerts_off_queues_nothing(trained, receiver, tmp_path):
-    home, X = trained
+def test_daemon_with_alerts_off_queues_nothing(trained_folder, receiver, tmp_path):
+    home, X = trained_folder
     alerts.add_rule(home, "cardio", "webhook", receiver.url)
     d = DaemonProcess(tmp_path, None, "--home", str(home), "--no-alerts")
     try:
@@ -423,8 +427,8 @@ def test_daemon_with_alerts_off_queues_nothing(trained, receiver, tmp_path):
     assert alerts.outbox(home) == [] and receiver.got == []
 
 
-def test_daemon_drains_counted_detections_into_the_outbox_on_sigterm(trained, tmp_path):
-    home, X = trained
+def test_daemon_drains_counted_detections_into_the_outbox_on_sigterm(trained_folder, tmp_path):
+    home, X = trained_folder
     alerts.add_rule(home, "cardio", "webhook", f"http://127.0.0.1:{free_port()}/down")
     d = DaemonProcess(tmp_path, None, "--home", str(home))
     try:

@@ -1,13 +1,14 @@
 """The audit trail: every state-changing CLI command is recorded with who, what, when, from
 where and the outcome (failures too); the hash chain catches an edited, a deleted or a
 truncated entry (`pynomaly audit verify` exits 1); `--since` filters; the service function the
-other faces call appends one entry per call."""
+other faces call appends one entry per call. Tests taking ``home`` run on both backends (a
+database home keeps the head mark in a table: see pynomaly.audit for what that can and cannot
+show)."""
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -17,9 +18,11 @@ import pytest
 
 from pynomaly import InvalidInputError, service
 
+from _homes import raw_sql
+
 
 def run(*args, home, env=None, check=True):
-    e = {k: v for k, v in os.environ.items() if not k.startswith("PYNOMALY_")}
+    e = {k: v for k, v in os.environ.items() if not k.startswith("PYNOMALY_") or k == "PYNOMALY_CONFIG_DIR"}
     e.update(env or {})
     cmd = [sys.executable, "-m", "pynomaly", "--home", str(home), *map(str, args)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=300)
@@ -28,38 +31,35 @@ def run(*args, home, env=None, check=True):
     return p
 
 
-def test_audit_record_is_the_one_call_for_every_face(tmp_path):
-    e1 = service.audit_record(tmp_path, actor="token:alice", action="token.create", target="bob",
+def test_audit_record_is_the_one_call_for_every_face(home):
+    e1 = service.audit_record(home, actor="token:alice", action="token.create", target="bob",
                               origin="http 10.0.0.7", detail={"scopes": ["detect"]})
-    e2 = service.audit_record(tmp_path, actor="token:mallory", action="refused", target="POST /detectors",
+    e2 = service.audit_record(home, actor="token:mallory", action="refused", target="POST /detectors",
                               origin="http 10.0.0.9", outcome="forbidden")
     assert (e1["seq"], e2["seq"]) == (1, 2) and e2["prev"] == e1["hash"]
-    got = service.audit_entries(tmp_path)
+    got = service.audit_entries(home)
     assert [(e["actor"], e["action"], e["outcome"]) for e in got] == [
         ("token:alice", "token.create", "ok"), ("token:mallory", "refused", "forbidden")]
     assert got[0]["detail"] == {"scopes": ["detect"]} and got[0]["origin"] == "http 10.0.0.7"
     assert datetime.fromisoformat(got[0]["at"]).tzinfo is not None
-    assert service.audit_verify(tmp_path) == {"ok": True, "entries": 2, "problems": []}
+    assert service.audit_verify(home) == {"ok": True, "entries": 2, "problems": []}
     # Default actor: this process's user.
-    assert service.audit_record(tmp_path, action="x")["actor"].startswith(f"uid={os.getuid()}")
+    assert service.audit_record(home, action="x")["actor"].startswith(f"uid={os.getuid()}")
     for bad in ({"action": ""}, {"action": "x", "actor": 5}, {"action": "x", "detail": ["a"]}):
         with pytest.raises(InvalidInputError):
-            service.audit_record(tmp_path, **bad)
+            service.audit_record(home, **bad)
 
 
-def test_since(tmp_path):
-    service.audit_record(tmp_path, action="old")
-    db = sqlite3.connect(tmp_path / "pynomaly.db")
+def test_since(home):
+    service.audit_record(home, action="old")
     # (Dated back through SQL for the test only; verify would see it, which is the point of the chain.)
     long_ago = (datetime.now(timezone.utc) - timedelta(days=3)).isoformat()
-    db.execute("UPDATE audit SET at = ? WHERE seq = 1", (long_ago,))
-    db.commit()
-    db.close()
-    service.audit_record(tmp_path, action="new")
-    assert [e["action"] for e in service.audit_entries(tmp_path, since="1d")] == ["new"]
-    assert [e["action"] for e in service.audit_entries(tmp_path, since="2000-01-01")] == ["old", "new"]
+    raw_sql(home, "UPDATE audit SET at = ? WHERE seq = 1", (long_ago,))
+    service.audit_record(home, action="new")
+    assert [e["action"] for e in service.audit_entries(home, since="1d")] == ["new"]
+    assert [e["action"] for e in service.audit_entries(home, since="2000-01-01")] == ["old", "new"]
     with pytest.raises(InvalidInputError, match="neither an ISO date"):
-        service.audit_entries(tmp_path, since="yesterday")
+        service.audit_entries(home, since="yesterday")
 
 
 @pytest.fixture
@@ -69,8 +69,7 @@ def data(tmp_path):
     return path
 
 
-def test_cli_records_each_state_changing_command_with_its_outcome(tmp_path, data):
-    home = tmp_path / "home"
+def test_cli_records_each_state_changing_command_with_its_outcome(home, tmp_path, data):
     run("train", "--detector", "d", "--data", data, home=home)
     run("detect", "--detector", "d", "--data", data, home=home)
     run("list", home=home)  # reads: not recorded
@@ -93,43 +92,38 @@ def test_cli_records_each_state_changing_command_with_its_outcome(tmp_path, data
     assert run("audit", "verify", home=home).stdout.startswith("audit trail intact: 8 entries")
 
 
-def _tampered(tmp_path, data, how):
-    home = tmp_path / "home"
+def _tampered(home, data, how):
     run("train", "--detector", "d", "--data", data, home=home)
     for verb in ("archive", "activate", "archive"):
         run(verb, "d", home=home)
-    db = sqlite3.connect(home / "pynomaly.db")
-    how(db)
-    db.commit()
-    db.close()
+    how(lambda sql, params=(): raw_sql(home, sql, params))
     return run("audit", "verify", home=home, check=False)
 
 
 @pytest.mark.parametrize("how, said", [
-    (lambda db: db.execute("UPDATE audit SET actor = 'uid=1(daemon)' WHERE seq = 2"), "entry 2 was modified"),
+    (lambda sql: sql("UPDATE audit SET actor = 'uid=1(daemon)' WHERE seq = 2"), "entry 2 was modified"),
     # An edit that also recomputes the entry's own hash breaks the link to the next entry.
-    (lambda db: _rehash(db, 2, outcome="error: nothing"), "entry 3 does not follow entry 2"),
-    (lambda db: db.execute("DELETE FROM audit WHERE seq = 3"), "entries 3..3 are missing"),
-    (lambda db: db.execute("DELETE FROM audit WHERE seq = 4"), "newest entries were deleted"),
+    (lambda sql: _rehash(sql, 2, outcome="error: nothing"), "entry 3 does not follow entry 2"),
+    (lambda sql: sql("DELETE FROM audit WHERE seq = 3"), "entries 3..3 are missing"),
+    (lambda sql: sql("DELETE FROM audit WHERE seq = 4"), "newest entries were deleted"),
 ], ids=["edited", "edited-and-rehashed", "deleted", "truncated"])
-def test_verify_catches_edited_and_deleted_entries(tmp_path, data, how, said):
-    p = _tampered(tmp_path, data, how)
+def test_verify_catches_edited_and_deleted_entries(home, data, how, said):
+    p = _tampered(home, data, how)
     assert p.returncode == 1 and said in p.stdout and "Traceback" not in p.stderr
 
 
-def test_verify_of_an_intact_trail_exits_0(tmp_path, data):
-    p = _tampered(tmp_path, data, lambda db: None)
+def test_verify_of_an_intact_trail_exits_0(home, data):
+    p = _tampered(home, data, lambda sql: None)
     assert p.returncode == 0 and "intact: 4 entries" in p.stdout
 
 
-def _rehash(db, seq, **changes):
-    from pynomaly.audit import _hash
+def _rehash(sql, seq, **changes):
+    from pynomaly.audit import _FIELDS, _hash
 
-    db.row_factory = sqlite3.Row
-    row = dict(db.execute("SELECT * FROM audit WHERE seq = ?", (seq,)).fetchone())
+    row = dict(zip(_FIELDS, sql(f"SELECT {', '.join(_FIELDS)} FROM audit WHERE seq = ?", (seq,))[0]))
     row.update(changes)
     row["hash"] = _hash(row)
-    db.execute("UPDATE audit SET outcome = ?, hash = ? WHERE seq = ?", (row["outcome"], row["hash"], seq))
+    sql("UPDATE audit SET outcome = ?, hash = ? WHERE seq = ?", (row["outcome"], row["hash"], seq))
 
 
 def test_bad_since_is_one_line(tmp_path):
@@ -164,9 +158,7 @@ def test_encrypted_home_from_the_command_line(tmp_path, data):
                                           "detect", "detect", "keys.reencrypt"]
     assert [e["outcome"] == "ok" for e in got] == [True, False, True, False, True, True, False, True, True]
     assert all(e["actor"].startswith(f"uid={os.getuid()}") for e in got)
-    db = sqlite3.connect(home / "pynomaly.db")
-    stored = dict(db.execute("SELECT seq, actor FROM audit").fetchall())
-    db.close()
+    stored = dict(raw_sql(home, "SELECT seq, actor FROM audit"))
     assert stored[3].startswith("enc1:") and stored[2].startswith("uid=")
     assert run("--key-file", key2, "audit", "verify", home=home).returncode == 0
 

@@ -54,9 +54,9 @@ def cardio_csv(tmp_path):
     return path, X, y, names
 
 
-def test_train_detect_list_show_export_import_delete(tmp_path, cardio_csv):
+def test_train_detect_list_show_export_import_delete(home, tmp_path, cardio_csv):
+    """On both backends: ``--home FOLDER`` and ``--home postgresql://...``."""
     path, X, y, names = cardio_csv
-    home = tmp_path / "home"
     # a text column is named in the error; one line, no traceback, exit 1
     p = run("train", "--detector", "cardio", "--data", path, home=home, check=False)
     assert p.returncode == 1 and "Traceback" not in p.stderr
@@ -433,3 +433,23 @@ def test_progress_can_be_forced_for_logs(tmp_path):
     p = run("--progress", "detect", "--detector", "d", "--data", data, "--output", tmp_path / "o.csv", home=tmp_path)
     assert "scoring" in p.stderr and "writing" in p.stderr
     assert run("train", "--detector", "d", "--data", data, home=tmp_path).stderr == ""  # not asked, not a terminal
+
+
+def test_a_database_home_from_the_command_line(pg_home, pg_server, tmp_path):
+    """PYNOMALY_HOME as a URL; init, doctor, jobs and worker on it; what a database home
+    cannot do, and a server that cannot be reached, as one line each."""
+    X = np.random.default_rng(0).standard_normal((300, 4))
+    np.save(tmp_path / "x.npy", X)
+    env = {"PYNOMALY_HOME": pg_home}
+    assert "home ready at postgresql://" in run("init", env=env).stdout
+    job = run("train", "--detector", "d", "--data", tmp_path / "x.npy", "--background", env=env).stdout.split()[0]
+    run("worker", "--max-jobs", "1", "--poll", "0.05", env=env)
+    assert "succeeded" in run("jobs", "show", job, env=env).stdout
+    assert "d " in run("list", env=env).stdout
+    assert "no problems found" in run("doctor", env=env).stdout
+    p = run("--key-file", tmp_path / "kek", "init", "--encrypt", env=env, check=False)
+    assert p.returncode == 1 and "folder homes only" in p.stderr and "Traceback" not in p.stderr
+    down = pg_server.url.replace(f"port={pg_server.port}", "port=1").replace("postgres@", "postgres:pw@")
+    p = run("list", home=down, check=False)
+    assert p.returncode == 1 and "cannot connect to the PostgreSQL home" in p.stderr
+    assert "Traceback" not in p.stderr and ":pw@" not in p.stderr

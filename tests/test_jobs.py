@@ -1,14 +1,16 @@
 """Background jobs (pynomaly.jobs): stored in the repository, claimed by exactly one worker,
 re-queued when their worker dies, cancelled mid-training, re-queued on SIGTERM; and the CLI.
 
-Workers run as real processes (``pynomaly worker``) wherever a test kills or signals one."""
+Workers run as real processes (``pynomaly worker``) wherever a test kills or signals one.
+Tests taking ``home`` run on both backends (on PostgreSQL the claim is FOR UPDATE SKIP
+LOCKED); the ones that kill or signal a worker mid-training stay on a folder home, where the
+recovery logic they exercise is the same code and the cost is lower."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from pynomaly import jobs, service
 from pynomaly._errors import InvalidInputError
 
 from _daemon_helpers import wait_until
+from _homes import raw_sql
 
 PYNOMALY = [sys.executable, "-m", "pynomaly"]
 
@@ -67,8 +70,7 @@ def training_started(home, job_id):
 
 
 # -- the API ---------------------------------------------------------------------------------------
-def test_submit_run_and_read_back(tmp_path, small):
-    home = tmp_path / "home"
+def test_submit_run_and_read_back(home, tmp_path, small):
     job_id = jobs.submit(home, "train", {"detector": "d", "data": small, "params": {"n_estimators": 20}})
     j = jobs.get(home, job_id)
     assert j["state"] == "queued" and j["attempts"] == 0 and j["params"]["algorithm"] == "IsolationForest"
@@ -111,8 +113,7 @@ def test_unknown_job_and_bad_state(tmp_path):
         jobs.list_jobs(tmp_path, "done")
 
 
-def test_a_failed_job_keeps_its_error_and_its_detector_is_failed(tmp_path, small):
-    home = tmp_path / "home"
+def test_a_failed_job_keeps_its_error_and_its_detector_is_failed(home, tmp_path, small):
     job_id = jobs.submit(home, "train", {"detector": "d", "data": small, "params": {"max_samples": -3}})
     jobs.Worker(home, poll=0.01).run(max_jobs=1)
     j = jobs.get(home, job_id)
@@ -123,8 +124,7 @@ def test_a_failed_job_keeps_its_error_and_its_detector_is_failed(tmp_path, small
     assert "ghost" in jobs.get(home, job_id)["error"]
 
 
-def test_cancel_a_queued_job_and_refuse_cancelling_a_finished_one(tmp_path, small):
-    home = tmp_path / "home"
+def test_cancel_a_queued_job_and_refuse_cancelling_a_finished_one(home, tmp_path, small):
     job_id = jobs.submit(home, "train", {"detector": "d", "data": small})
     assert jobs.cancel(home, job_id)["state"] == "cancelled"
     assert jobs.Worker(home, poll=0.01).run(max_jobs=0) == 0
@@ -134,8 +134,7 @@ def test_cancel_a_queued_job_and_refuse_cancelling_a_finished_one(tmp_path, smal
     assert not service.list_detectors(home)
 
 
-def test_watch_follows_a_job_to_its_end(tmp_path, small):
-    home = tmp_path / "home"
+def test_watch_follows_a_job_to_its_end(home, tmp_path, small):
     job_id = jobs.submit(home, "train", {"detector": "d", "data": small})
     seen = []
     import threading
@@ -149,8 +148,7 @@ def test_watch_follows_a_job_to_its_end(tmp_path, small):
 
 
 # -- several workers, one home -----------------------------------------------------------------
-def test_many_jobs_from_several_processes_each_run_exactly_once(tmp_path, small):
-    home = tmp_path / "home"
+def test_many_jobs_from_several_processes_each_run_exactly_once(home, tmp_path, small):
     n = 24
     # Submitted from three processes at once.
     code = ("import sys; from pynomaly import jobs\n"
@@ -172,8 +170,7 @@ def test_many_jobs_from_several_processes_each_run_exactly_once(tmp_path, small)
     assert len({j["worker"] for j in js}) >= 2  # the work was shared
 
 
-def test_restart_with_queued_jobs(tmp_path, small):
-    home = tmp_path / "home"
+def test_restart_with_queued_jobs(home, tmp_path, small):
     ids = [jobs.submit(home, "train", {"detector": f"d{i}", "data": small, "params": {"n_estimators": 10}})
            for i in range(3)]
     # No worker yet: they wait in the repository, across processes.
@@ -204,16 +201,12 @@ def test_kill_9_mid_job_requeues_it_and_another_worker_finishes_it(tmp_path, big
     assert [v["version"] for v in service.show(home, "slow")["versions"]] == [1]
 
 
-def test_a_job_whose_workers_keep_dying_fails_and_its_detector_is_failed(tmp_path, small):
-    home = tmp_path / "home"
+def test_a_job_whose_workers_keep_dying_fails_and_its_detector_is_failed(home, tmp_path, small):
     job_id = jobs.submit(home, "train", {"detector": "d", "data": small}, max_attempts=2)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     gone = f"{os.uname().nodename}:{int(dead.stdout)}:x"
-    db = sqlite3.connect(home / "pynomaly.db")
-    with db:
-        db.execute("UPDATE jobs SET state='running', worker=?, heartbeat=?, attempts=2 WHERE id=?",
-                   (gone, time.time(), job_id))
-    db.close()
+    raw_sql(home, "UPDATE jobs SET state='running', worker=?, heartbeat=?, attempts=2 WHERE id=?",
+            (gone, time.time(), job_id))
     assert jobs.recover(home) == [job_id]
     j = jobs.get(home, job_id)
     assert j["state"] == "failed" and j["error"].startswith("interrupted")
@@ -221,14 +214,11 @@ def test_a_job_whose_workers_keep_dying_fails_and_its_detector_is_failed(tmp_pat
     assert d.status.value == "failed" and "interrupted" in d.error
 
 
-def test_a_stale_heartbeat_is_taken_back(tmp_path, small):
-    home = tmp_path / "home"
+def test_a_stale_heartbeat_is_taken_back(home, tmp_path, small):
     job_id = jobs.submit(home, "train", {"detector": "d", "data": small})
-    db = sqlite3.connect(home / "pynomaly.db")
-    with db:  # a worker on another host that stopped beating a minute ago
-        db.execute("UPDATE jobs SET state='running', worker='elsewhere:1:x', heartbeat=?, attempts=1 WHERE id=?",
-                   (time.time() - 60, job_id))
-    db.close()
+    # a worker on another host that stopped beating a minute ago
+    raw_sql(home, "UPDATE jobs SET state='running', worker='elsewhere:1:x', heartbeat=?, attempts=1 WHERE id=?",
+            (time.time() - 60, job_id))
     assert jobs.recover(home, lease=30) == [job_id]
     assert jobs.get(home, job_id)["state"] == "queued"
     jobs.Worker(home, poll=0.01).run(max_jobs=1)
@@ -292,8 +282,7 @@ def cli(home, *args, check=True):
     return out
 
 
-def test_cli_background_training_and_jobs_commands(tmp_path, small):
-    home = tmp_path / "home"
+def test_cli_background_training_and_jobs_commands(home, tmp_path, small):
     out = cli(home, "train", "--detector", "d", "--data", small, "--param", "n_estimators=10", "--background")
     job_id = out.stdout.split()[0]
     assert "queued" in out.stdout
@@ -313,8 +302,7 @@ def test_cli_background_training_and_jobs_commands(tmp_path, small):
     assert bad.returncode == 1 and "no job" in bad.stderr
 
 
-def test_cli_cancel_of_a_queued_job(tmp_path, small):
-    home = tmp_path / "home"
+def test_cli_cancel_of_a_queued_job(home, tmp_path, small):
     job_id = jobs.submit(home, "train", {"detector": "d", "data": small})
     assert "cancelled" in cli(home, "jobs", "cancel", job_id).stdout
     out = cli(home, "jobs", "watch", job_id, check=False)

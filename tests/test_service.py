@@ -96,25 +96,25 @@ def test_native_handle_only_for_native_forests(forest, data):
     assert Scorer.of(lof, "l", 1).native is None
 
 
-def test_load_for_scoring_refuses_what_cannot_detect(tmp_path, data):
-    service.train(tmp_path, "d", data[0], params={"n_estimators": 20, "random_state": 0})
-    s = service.load_for_scoring(tmp_path, "d")
+def test_load_for_scoring_refuses_what_cannot_detect(home, data):
+    service.train(home, "d", data[0], params={"n_estimators": 20, "random_state": 0})
+    s = service.load_for_scoring(home, "d")
     assert (s.version.name, s.version.version, s.version.algorithm) == ("d", 1, "IsolationForest")
     assert s.version.feature_names == tuple(f"x{i}" for i in range(21))
-    service.archive(tmp_path, "d")
+    service.archive(home, "d")
     with pytest.raises(DetectorNotReadyError):
-        service.load_for_scoring(tmp_path, "d")
+        service.load_for_scoring(home, "d")
     with pytest.raises(pynomaly.DetectorNotFoundError):
-        service.load_for_scoring(tmp_path, "nope")
+        service.load_for_scoring(home, "nope")
 
 
-def test_detect_through_the_service_stores_the_scorers_result(tmp_path, data):
-    service.train(tmp_path, "d", data[0], params={"n_estimators": 20, "random_state": 0})
-    r = service.detect(tmp_path, "d", data[1])
-    expected = service.load_for_scoring(tmp_path, "d").detect(data[1])
+def test_detect_through_the_service_stores_the_scorers_result(home, data):
+    service.train(home, "d", data[0], params={"n_estimators": 20, "random_state": 0})
+    r = service.detect(home, "d", data[1])
+    expected = service.load_for_scoring(home, "d").detect(data[1])
     np.testing.assert_array_equal(r.scores, expected.scores)
     np.testing.assert_array_equal(r.labels, expected.labels)
-    stored = service.show(tmp_path, "d")
+    stored = service.show(home, "d")
     assert r.detector_id == stored["id"] and stored["results"][0]["id"] == r.id
 
 
@@ -142,15 +142,15 @@ def test_model_files_outside_a_repository(tmp_path, forest, data):
 
 
 @pytest.mark.parametrize("bad", ["../../etc/x", "", "a b", "x" * 129, "-lead", "na\x00me", "é"])
-def test_names_follow_one_rule_everywhere(tmp_path, data, bad):
+def test_names_follow_one_rule_everywhere(home, tmp_path, data, bad):
     """Issue 16.5: what a name is, refused alike by the service, the CLI and the model folders,
     with a short escaped prefix of the name in the message."""
     from pynomaly.domain import InvalidNameError
 
     with pytest.raises(InvalidNameError, match="is not a detector name") as e:
-        service.train(tmp_path, bad, data[0][:100], params={"n_estimators": 5})
+        service.train(home, bad, data[0][:100], params={"n_estimators": 5})
     assert len(str(e.value)) < 300
-    assert service.list_detectors(tmp_path) == []
+    assert service.list_detectors(home) == []
     import pynomaly_daemon
 
     with pytest.raises(pynomaly.DetectorNotFoundError):
@@ -165,16 +165,40 @@ def test_a_long_name_is_shown_as_a_short_prefix():
     assert "1000000 characters" in str(e.value) and len(str(e.value)) < 300
 
 
-def test_overview_gives_each_detector_its_versions_threshold_and_last_result(tmp_path):
+def test_overview_gives_each_detector_its_versions_threshold_and_last_result(home):
     """The web's detectors list (issue 11) reads this in one repository session."""
     X = np.random.default_rng(0).standard_normal((300, 4))
-    service.train(tmp_path, "b", X, "IsolationForest", {"n_estimators": 10, "random_state": 0})
-    service.train(tmp_path, "a", X, "IsolationForest", {"n_estimators": 10, "random_state": 0})
-    service.train(tmp_path, "a", X, "IsolationForest", {"n_estimators": 20, "random_state": 1})
-    r = service.detect(tmp_path, "a", X[:50], contamination=0.1)
-    rows = service.overview(tmp_path)
+    service.train(home, "b", X, "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    service.train(home, "a", X, "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    service.train(home, "a", X, "IsolationForest", {"n_estimators": 20, "random_state": 1})
+    r = service.detect(home, "a", X[:50], contamination=0.1)
+    rows = service.overview(home)
     assert [o["detector"].name for o in rows] == ["a", "b"]
     a, b = rows
-    assert a["versions"] == 2 and a["threshold"] == service.versions(tmp_path, "a")[-1]["threshold"]
+    assert a["versions"] == 2 and a["threshold"] == service.versions(home, "a")[-1]["threshold"]
     assert a["last_result"]["id"] == r.id and a["last_result"]["anomalies_detected"] == int(r.labels.sum())
     assert b["versions"] == 1 and b["last_result"] is None
+
+
+def test_stored_datasets_results_and_audit_on_every_backend(home):
+    """What the faces keep through the service besides models: uploaded rows, results, the
+    audit trail, and a clean bill from doctor."""
+    X = np.random.default_rng(1).standard_normal((200, 3))
+    meta = service.store_dataset(home, X, "rows")
+    assert service.store_dataset(home, X, "rows")["id"] == meta["id"]  # deduplicated
+    back, names = service.dataset_rows(home, meta["id"])
+    np.testing.assert_array_equal(back, X)
+    assert names == ["x0", "x1", "x2"] and [d["id"] for d in service.list_datasets(home)] == [meta["id"]]
+    service.train(home, "d", X, params={"n_estimators": 10, "random_state": 0})
+    r = service.detect(home, "d", X[:20])
+    np.testing.assert_array_equal(service.result(home, r.id).scores, r.scores)
+    assert [m["id"] for m in service.results(home, "d")] == [r.id]
+    service.delete_dataset(home, meta["id"])
+    with pytest.raises(pynomaly.NotFoundError):
+        service.dataset(home, meta["id"])
+    for i in range(3):
+        service.audit_record(home, actor="tester", action="train", target=f"d{i}")
+    assert [e["target"] for e in service.audit_entries(home)] == ["d0", "d1", "d2"]
+    assert service.audit_verify(home) == {"ok": True, "entries": 3, "problems": []}
+    found = service.doctor(home)
+    assert not any(found[k] for k in found), found

@@ -112,8 +112,10 @@ class ServerState:
         self.ready = True
 
     def start(self) -> None:
-        """At start-up, on the event loop: alert hand-overs and in-process job workers."""
+        """At start-up, on the event loop: alert hand-overs, in-process job workers, and the
+        cache told of other processes' new versions (a database home: NOTIFY)."""
         self.observer.start(asyncio.get_running_loop())
+        self.cache.follow_source(asyncio.get_running_loop())
         if self.settings.job_workers:
             from pynomaly import jobs
 

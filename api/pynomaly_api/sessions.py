@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from pynomaly._files import atomic_write
+from pynomaly._home import local_dir
 
 from .tokens import ANONYMOUS, ROLES, Principal, TokenError, create_token, ensure_secret, read_secrets
 
@@ -66,7 +67,7 @@ _DUMMY = None  # a hash checked for unknown users, so that they take as long as 
 
 
 def _users_path(home) -> Path:
-    return Path(home) / USERS_FILE
+    return local_dir(home) / USERS_FILE
 
 
 def read_users(home) -> dict:
@@ -103,7 +104,7 @@ def remove_user(home, name: str) -> None:
 
 
 def _write_users(home, users: dict) -> None:
-    Path(home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    local_dir(home).mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write(_users_path(home), json.dumps({"users": users}, indent=1).encode(), mode=0o600)
 
 

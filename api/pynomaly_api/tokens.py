@@ -27,6 +27,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import jwt
 
 from pynomaly._files import atomic_write
+from pynomaly._home import local_dir
 
 ROLES = ("viewer", "operator", "admin")
 _RANK = {r: i for i, r in enumerate(ROLES)}
@@ -90,7 +91,7 @@ def parse_ttl(text: str) -> int:
 
 # -- the home's secrets ---------------------------------------------------------------------
 def _keys_path(home: Path) -> Path:
-    return Path(home) / KEYS_FILE
+    return local_dir(home) / KEYS_FILE
 
 
 def read_secrets(home: Path) -> list:
@@ -119,7 +120,7 @@ def ensure_secret(home: Path) -> list:
     """The home's secrets, creating the first one (mode 0600) when there is none."""
     keys = read_secrets(home)
     if not keys:
-        Path(home).mkdir(parents=True, exist_ok=True, mode=0o700)
+        local_dir(home).mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = [_new_secret()]
         _write_secrets(home, keys)
     return keys
@@ -187,7 +188,7 @@ class Verifier:
 
     def __init__(self, home: Path, public_keys: Optional[Dict[str, str]] = None, *, issuer: str = DEFAULT_ISSUER,
                  audience: str = DEFAULT_AUDIENCE, role_claim: str = "role", secrets_enabled: bool = True):
-        self.home = Path(home)
+        self.home = local_dir(home)  # the secrets live there (a database home has no folder)
         self.issuer, self.audience, self.role_claim = issuer, audience, role_claim
         self.secrets_enabled = secrets_enabled
         self._public = {kid: _public_key(p) for kid, p in (public_keys or {}).items()}

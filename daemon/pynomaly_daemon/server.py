@@ -204,6 +204,7 @@ class Daemon:
         sock = self._bind()
         try:
             await self._start_extras(loop)
+            self.cache.follow_source(loop)  # a database home tells of new versions (NOTIFY)
             if self.config.native_loop and self.fast_rows:
                 self.netloop = NetPump(self, sock)
                 self.cache.native_sink = self.netloop

@@ -35,10 +35,12 @@ def redacted(url: str) -> str:
 
 def local_dir(home) -> Path:
     """The folder for a home's installation-local files (see the module's docstring)."""
-    if not is_database_url(home):
+    if home is None:  # PYNOMALY_HOME may itself be a URL
         from .repository import default_home
 
-        return Path(home).expanduser() if home is not None else default_home()
+        home = default_home()
+    if not is_database_url(home):
+        return Path(home).expanduser()
     configured = os.environ.get("PYNOMALY_CONFIG_DIR")
     if configured:
         return Path(configured).expanduser()

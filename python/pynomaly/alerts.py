@@ -619,12 +619,12 @@ def deliver(home, *, limit: int = 100, backoff: float = BACKOFF, max_backoff: fl
         if db.execute("SELECT 1 FROM alert_outbox WHERE (state='pending' AND next_at <= ?) OR"
                       " (state='sending' AND claimed_until < ?) LIMIT 1", (now, now)).fetchone() is None:
             return out  # nothing due: an idle dispatcher only reads
-        with _db.transaction(db):
+        with _db.transaction(db, exclusive=False):  # PostgreSQL: dispatchers take different rows
             rows = db.execute(
                 "SELECT o.*, r.secret, r.target, r.timeout, r.max_attempts FROM alert_outbox o"
                 " LEFT JOIN alert_rules r ON r.id = o.rule_id"
                 " WHERE (o.state='pending' AND o.next_at <= ?) OR (o.state='sending' AND o.claimed_until < ?)"
-                " ORDER BY o.next_at LIMIT ?", (now, now, int(limit))).fetchall()
+                " ORDER BY o.next_at LIMIT ?" + db.skip_locked("o"), (now, now, int(limit))).fetchall()
             for r in rows:
                 db.execute("UPDATE alert_outbox SET state='sending', claimed_by=?, claimed_until=? WHERE id=?",
                            (worker, now + CLAIM_LEASE, r["id"]))

@@ -5,7 +5,13 @@ write transaction. Each entry carries the hash of the previous one (``prev``) an
 (``hash`` = SHA-256 of its fields and ``prev``), so an entry edited or deleted in the middle
 breaks the chain. The newest entry's number and hash are also kept in ``audit-head.json``
 beside the database (written while the write lock is held), so deleting the newest entries is
-seen too. The application only appends; nothing here edits or deletes an entry.
+seen too. A database home (PostgreSQL) has no folder beside it: its head mark is the row of
+table ``audit_head``, written in the same transaction. That is weaker, said plainly: whoever
+can delete the newest entries can also rewrite that row, so for a database home the chain
+shows edits and deletions in the middle, not the removal of the newest entries by someone
+with write access to the database (keep the database's own logs for that).
+
+The application only appends; nothing here edits or deletes an entry.
 
 In an encrypted home the fields that name people and places (``actor``, ``target``,
 ``origin``, ``outcome``, ``detail``) are sealed like the repository's other sensitive fields;
@@ -30,7 +36,8 @@ from typing import Optional
 from ._errors import ArtifactIntegrityError, InvalidInputError
 from ._files import atomic_write
 
-__all__ = ["SCHEMA", "append", "entries", "verify", "parse_since", "default_actor", "GENESIS", "RefusalLimiter"]
+__all__ = ["SCHEMA", "HEAD_SCHEMA", "append", "entries", "verify", "parse_since", "default_actor", "GENESIS",
+           "RefusalLimiter"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -43,6 +50,15 @@ CREATE TABLE IF NOT EXISTS audit (
     outcome TEXT NOT NULL,
     detail TEXT,
     prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+)
+"""
+
+# A database home's head mark (see the module's docstring): one row, id 1.
+HEAD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
     hash TEXT NOT NULL
 )
 """
@@ -65,6 +81,29 @@ def _hash(row: dict) -> str:
 
 def _head_path(home: Path) -> Path:
     return Path(home) / "audit-head.json"
+
+
+def _head_name(db, home) -> str:
+    return "the audit_head table" if db.postgres else str(_head_path(home))
+
+
+def _write_head(db, home, seq: int, hash_: str) -> None:
+    if db.postgres:
+        db.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?)"
+                   " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, hash_))
+    else:
+        atomic_write(_head_path(home), json.dumps({"seq": seq, "hash": hash_}).encode())
+
+
+def _read_head(db, home):
+    """The head mark as a dict; None when absent. Raises OSError/ValueError when damaged."""
+    if db.postgres:
+        r = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        return None if r is None else {"seq": r["seq"], "hash": r["hash"]}
+    try:
+        return json.loads(_head_path(home).read_text())
+    except FileNotFoundError:
+        return None
 
 
 class RefusalLimiter:
@@ -143,7 +182,7 @@ def append(db, home, *, actor: str, action: str, target: str = "", origin: str =
         " VALUES (?,?,?,?,?,?,?,?,?,?)",
         tuple(stored[k] for k in (*_FIELDS, "hash")),
     )
-    atomic_write(_head_path(home), json.dumps({"seq": row["seq"], "hash": row["hash"]}).encode())
+    _write_head(db, home, row["seq"], row["hash"])
     return row
 
 
@@ -222,14 +261,12 @@ def verify(db, home, open_=None) -> dict:
         prev_hash, prev_seq = row["hash"], row["seq"]
         by_seq[row["seq"]] = row["hash"]
     try:
-        head = json.loads(_head_path(home).read_text())
-    except FileNotFoundError:
-        head = None
-        if n:
-            problems.append(f"{_head_path(home)} is missing: the newest entries cannot be checked")
+        head = _read_head(db, home)
+        if head is None and n:
+            problems.append(f"{_head_name(db, home)} is missing: the newest entries cannot be checked")
     except (OSError, ValueError) as e:
         head = None
-        problems.append(f"{_head_path(home)} is damaged ({e})")
+        problems.append(f"{_head_name(db, home)} is damaged ({e})")
     if isinstance(head, dict):
         seq, h = head.get("seq"), head.get("hash")
         if not isinstance(seq, int) or seq > prev_seq:

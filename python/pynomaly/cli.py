@@ -7,7 +7,9 @@ home's audit trail with its outcome (:func:`pynomaly.service.audit_record`).
 
 Thin on purpose: parse arguments, call the service, format what it returns. Errors are one
 line on stderr and exit status 1 (2 for usage errors, 130 on Ctrl-C); ``--debug`` shows the
-traceback. The home folder is ``--home``, else ``PYNOMALY_HOME``, else the user data folder.
+traceback. The home is ``--home``, else ``PYNOMALY_HOME``, else the user data folder; a home
+is a folder or a PostgreSQL URL (``postgresql://user@host/db?host=/socket/dir&port=N``), and
+every command works on either (``init --encrypt`` only on a folder).
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="pynomaly",
         description="Train, store and use anomaly detectors (native, PyOD, PyTorch, JAX).",
     )
-    p.add_argument("--home", help="repository folder (default: $PYNOMALY_HOME or the user data folder)")
+    p.add_argument("--home", help="repository folder, or a PostgreSQL URL postgresql://user@host/db "
+                                  "(default: $PYNOMALY_HOME or the user data folder)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--progress", action="store_true",
                    help="report progress on stderr even when it is not a terminal (as lines, for logs)")
@@ -436,6 +439,7 @@ def _cmd_init(args, home, progress, out):
     from pathlib import Path
 
     from . import service
+    from ._home import redacted
 
     key = None
     if args.encrypt:
@@ -445,7 +449,7 @@ def _cmd_init(args, home, progress, out):
                       "outside the home: without it the home cannot be read\n")
         key = service.key_source(args.key_file, args.key_command)
     path = service.init_home(home, encrypt=args.encrypt, key=key)
-    out.write(f"{'encrypted ' if args.encrypt else ''}home ready at {path}\n")
+    out.write(f"{'encrypted ' if args.encrypt else ''}home ready at {redacted(str(path))}\n")
 
 
 def _cmd_keys(args, home, progress, out):

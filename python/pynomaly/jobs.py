@@ -2,7 +2,9 @@
 
 Jobs live in the repository's database (table ``jobs``), so they survive restarts and any
 number of workers may share one home: a worker claims the oldest queued job inside one
-``BEGIN IMMEDIATE`` transaction, so each job is claimed by exactly one worker.
+``BEGIN IMMEDIATE`` transaction (SQLite), or with ``SELECT ... FOR UPDATE SKIP LOCKED`` in a
+transaction of its own (PostgreSQL: workers on several machines take different jobs at once
+instead of queueing for one lock), so each job is claimed by exactly one worker.
 
 States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``cancelled``.
 
@@ -375,7 +377,7 @@ def recover(home, lease: float = LEASE) -> list:
                                (now, why, job_id))
                 elif r["attempts"] < r["max_attempts"]:
                     db.execute("UPDATE jobs SET state='queued', worker=NULL, stage=NULL, fraction=NULL,"
-                               " notes=COALESCE(notes || char(10), '') || ? WHERE id=?", (why + "; re-queued", job_id))
+                               " notes=COALESCE(notes || ?, '') || ? WHERE id=?", ("\n", why + "; re-queued", job_id))
                 else:
                     db.execute("UPDATE jobs SET state='failed', finished_at=?, error=? WHERE id=?",
                                (now, f"interrupted: {why}, the last of {r['max_attempts']}", job_id))
@@ -397,7 +399,7 @@ def _detector_failed(db, row, reason: str) -> None:
     from . import service
 
     params = json.loads(row["params"])
-    home = Path(db.execute("PRAGMA database_list").fetchone()["file"]).parent
+    home = db.home
     try:
         service.record_failed_training(home, params["detector"], params.get("algorithm", "IsolationForest"),
                                        params.get("params") or {}, reason)
@@ -453,8 +455,9 @@ class Worker:
         """Take the oldest queued job: exactly one worker gets each (one write transaction)."""
         if db.execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone() is None:
             return None  # an idle worker only reads: no write lock every poll
-        with _db.transaction(db):
-            r = db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY created_at LIMIT 1").fetchone()
+        with _db.transaction(db, exclusive=False):
+            r = db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY created_at LIMIT 1"
+                           + db.skip_locked()).fetchone()
             if r is None:
                 return None
             now = time.time()
@@ -554,9 +557,9 @@ class Worker:
         with _db.transaction(db):
             if state == "queued":  # shut down mid-job: back in the queue, this attempt not counted
                 db.execute("UPDATE jobs SET state='queued', worker=NULL, stage=NULL, fraction=NULL,"
-                           " attempts=attempts-1, notes=COALESCE(notes || char(10), '') || ?"
+                           " attempts=attempts-1, notes=COALESCE(notes || ?, '') || ?"
                            " WHERE id=? AND worker=? AND state='running'",
-                           (f"worker {self.id} shut down; re-queued", job_id, self.id))
+                           ("\n", f"worker {self.id} shut down; re-queued", job_id, self.id))
             else:
                 db.execute("UPDATE jobs SET state=?, finished_at=?, error=?, result=?, stage=?, fraction=?"
                            " WHERE id=? AND worker=? AND state='running'",

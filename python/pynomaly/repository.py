@@ -23,6 +23,29 @@ Durability: an artifact is written to a temporary file, fsynced and renamed into
 one SQLite transaction (``BEGIN IMMEDIATE``) records the version, so a process killed at any
 point leaves the previous version loadable (at worst an unreferenced artifact file remains).
 Version numbers are assigned inside that transaction, so several processes may save at once.
+
+A database home (``--home postgresql://user@host/db?host=/socket/dir&port=N``, see
+:mod:`pynomaly._home`) keeps the same tables in PostgreSQL, plus what a folder home keeps as
+files beside them:
+
+    artifacts(sha, data)       the artifacts, zstd-compressed, content-addressed, as rows
+    version_marks(name, version)   the highest version ever given to each name
+    audit_head                 number and hash of the newest audit entry
+    schema_migrations          the migrations applied (a folder home has the table too)
+
+The artifacts live in the database, not in a shared folder: the artifact row is inserted in
+the transaction that records the version, so a save is one transaction (no orphan files, no
+window in which a row points at bytes not yet written), a backup of the database is a backup
+of everything, and replicas on several machines need no shared disk. The cost is database
+size (models are typically kilobytes to a few megabytes, compressed). The pickle-signing key
+is deliberately *not* in the database: it is ``local_dir(home)/secret.key`` (see
+:mod:`pynomaly._home`; replicas share it through ``PYNOMALY_CONFIG_DIR``), so that someone
+who can write rows cannot make a replica unpickle them. Every save, activate, archive and
+delete sends ``NOTIFY pynomaly_versions, '<name>'`` at its commit, for the serving caches of
+other processes (:mod:`pynomaly.serving.sources`). Encrypted homes are folder homes only.
+
+Schema changes are numbered migrations (``_MIGRATIONS``), applied on open by
+:func:`pynomaly._db.migrate`, once, whatever the number of processes starting together.
 """
 
 from __future__ import annotations
@@ -42,7 +65,9 @@ from typing import Optional
 
 import numpy as np
 
+from . import _db
 from . import audit as _audit
+from ._home import is_database_url, local_dir, redacted
 from ._errors import ArtifactIntegrityError, DatasetNotFoundError, DetectorNotFoundError, InvalidInputError
 from ._errors import KeyRequiredError, RepositoryError, ResultNotFoundError
 from ._files import atomic_write, zstd
@@ -59,16 +84,23 @@ __all__ = [
 ]
 
 
+def _check_sha(sha) -> str:
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ArtifactIntegrityError(f"bad artifact id {sha!r}")
+    return sha
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def default_home() -> Path:
-    """``$PYNOMALY_HOME``, else the per-user data folder (XDG on Linux, Application Support
-    on macOS, %LOCALAPPDATA% on Windows) + ``pynomaly``."""
+def default_home():
+    """``$PYNOMALY_HOME`` (a folder as a Path; a PostgreSQL URL as the string itself), else the
+    per-user data folder (XDG on Linux, Application Support on macOS, %LOCALAPPDATA% on
+    Windows) + ``pynomaly``."""
     env = os.environ.get("PYNOMALY_HOME")
     if env:
-        return Path(env).expanduser()
+        return env if is_database_url(env) else Path(env).expanduser()
     if sys.platform == "win32":
         base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
     elif sys.platform == "darwin":
@@ -133,17 +165,51 @@ CREATE TABLE IF NOT EXISTS results (
     scores_artifact TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+"""
+
+_DATASET_DATA_SCHEMA = """
 CREATE TABLE IF NOT EXISTS dataset_data (
     dataset_id TEXT PRIMARY KEY REFERENCES datasets(id) ON DELETE CASCADE,
     artifact TEXT NOT NULL
 );
 """
 
-_SCHEMA += ";" + _audit.SCHEMA
+# Tables a database home keeps in the database, where a folder home keeps files beside it: the
+# artifacts themselves (see the module's docstring), the version marks and the audit head.
+_DATABASE_HOME_SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    sha TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS version_marks (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+""" + _audit.HEAD_SCHEMA
 
-# 2: the audit table; 3: dataset_data (stored rows of uploaded datasets). Every statement is
-# idempotent, so an older home is brought up to date by running them again.
-_SCHEMA_VERSION = 3
+
+def _statements(schema: str):
+    def apply(db):
+        for stmt in _db.ddl(schema, db.dialect):
+            db.execute(stmt)
+
+    return apply
+
+
+def _database_home_only(schema: str):
+    apply = _statements(schema)
+    return lambda db: apply(db) if db.postgres else None
+
+
+# The repository's migrations, in order (migration n is _MIGRATIONS[n - 1]); append, never
+# edit. 1 to 3 are what a folder home's ``PRAGMA user_version`` counted before the
+# schema_migrations table existed; each is idempotent, so a home that had them is safe anyway.
+_MIGRATIONS = [
+    ("detectors, versions, datasets, results", _statements(_SCHEMA)),
+    ("the audit table", _statements(_audit.SCHEMA)),
+    ("dataset_data: the stored rows of uploaded datasets", _statements(_DATASET_DATA_SCHEMA)),
+    ("a database home's artifacts, version marks and audit head", _database_home_only(_DATABASE_HOME_SCHEMA)),
+]
 
 
 class Repository:
@@ -152,45 +218,54 @@ class Repository:
     Parameters
     ----------
     home : str, Path or None
-        The folder (created, mode 0700, if absent); None means :func:`default_home`.
+        The folder (created, mode 0700, if absent), or a PostgreSQL URL (a database home: see
+        the module's docstring); None means :func:`default_home`. ``self.home`` is the Path or
+        the URL as given; ``self.shown`` is what messages name (the URL without a password).
     key : KeySource, optional
         Where an encrypted home's key-encryption key comes from; default: the environment
         (``PYNOMALY_KEY_FILE``, ``PYNOMALY_KEY_COMMAND``, ``PYNOMALY_KEY``). Asked for only
         when sealed data is read or written (listing needs none).
 
-    Use as a context manager or call :meth:`close`. Each instance owns one SQLite connection;
-    open one per thread or process.
+    Use as a context manager or call :meth:`close`. Each instance owns one connection (a lost
+    PostgreSQL connection is replaced on the next call); open one per thread or process.
     """
 
     def __init__(self, home=None, *, key: "KeySource | None" = None):
-        self.home = Path(home).expanduser() if home is not None else default_home()
         self._key_source = key
+        if home is None:
+            home = default_home()
+        if is_database_url(home):
+            self.home = home  # the URL, as given (the password too: replicas reconnect with it)
+            self.shown = redacted(home)
+            self._local = local_dir(home)  # the signing key (see _key)
+        else:
+            self.home = Path(home).expanduser()
+            self.shown = str(self.home)
+            self._local = self.home
+            try:
+                self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+                (self.home / "artifacts").mkdir(exist_ok=True, mode=0o700)
+            except OSError as e:
+                raise RepositoryError(f"cannot create the pynomaly home folder {str(self.home)!r}: {e}") from None
+        db = None
         try:
-            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            (self.home / "artifacts").mkdir(exist_ok=True, mode=0o700)
-        except OSError as e:
-            raise RepositoryError(f"cannot create the pynomaly home folder {str(self.home)!r}: {e}") from None
-        db_path = self.home / "pynomaly.db"
-        try:
-            self._db = sqlite3.connect(db_path, timeout=60.0, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA busy_timeout = 60000")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            # Create the schema once (user_version marks it), so opening an existing home takes
-            # no write lock: the daemon and the CLI open it often.
-            if self._db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
-                with self._transaction():
-                    for stmt in filter(str.strip, _SCHEMA.split(";")):
-                        self._db.execute(stmt)
-                    self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            db = _db.Database(self.home)
+            _db.migrate(db, _MIGRATIONS)
         except sqlite3.DatabaseError as e:
+            if db is not None:
+                db.close()
             raise RepositoryError(
-                f"the repository database {str(db_path)!r} cannot be used ({e}); if it is damaged, move it "
-                "aside (the artifacts/ folder keeps the models' bytes) and restore it from a backup"
+                f"the repository database {str(self.home / 'pynomaly.db')!r} cannot be used ({e}); if it is "
+                "damaged, move it aside (the artifacts/ folder keeps the models' bytes) and restore it from a backup"
             ) from None
-        self._cipher = HomeCipher(self.home, key if key is not None else key_source()) if is_encrypted(self.home) else None
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+        self._db = db
+        self._files = not self._db.postgres  # artifacts as files beside the database, else rows in it
+        encrypted = self._files and is_encrypted(self.home)
+        self._cipher = HomeCipher(self.home, key if key is not None else key_source()) if encrypted else None
 
     # -- encryption ----------------------------------------------------------------------------
     @property
@@ -214,6 +289,11 @@ class Repository:
         """Make this (empty) home encrypted, its data key wrapped by the key from ``key``."""
         if self._cipher is not None:
             raise RepositoryError(f"the home {self.home} is already encrypted")
+        if not self._files:
+            raise RepositoryError(
+                f"encrypted homes are folder homes only for now; {self.shown} is a PostgreSQL database "
+                "(use the database's own encryption at rest, or a folder home with --encrypt)"
+            )
         used = [t for t in ("detectors", "datasets", "results")
                 if self._db.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() is not None]
         if used or any((self.home / "artifacts").glob("*/*")):
@@ -344,27 +424,44 @@ class Repository:
     def __exit__(self, *exc):
         self.close()
 
-    class _Tx:
-        def __init__(self, db):
-            self.db = db
-
-        def __enter__(self):
-            self.db.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
-            return self.db
-
-        def __exit__(self, exc_type, exc, tb):
-            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
-
     def _transaction(self):
-        return Repository._Tx(self._db)
+        # The write lock at once (BEGIN IMMEDIATE, or its PostgreSQL stand-in; see pynomaly._db).
+        return self._db.transaction()
+
+    # Processes serving a database home listen on this channel (pynomaly.serving.sources):
+    # the payload is the detector's name, sent at commit by whatever changed what it serves.
+    NOTIFY_CHANNEL = "pynomaly_versions"
+
+    def _changed(self, db, name: str) -> None:
+        db.notify(self.NOTIFY_CHANNEL, name)
 
     # -- artifacts -----------------------------------------------------------------------------
     def _artifact_path(self, sha: str, context: str = "") -> Path:
-        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise ArtifactIntegrityError(f"bad artifact id {sha!r}")
+        _check_sha(sha)
         if self._cipher is not None:
             return self.home / "artifacts" / sha[:2] / f"{sha}.{context_tag(context)}.pne"
         return self.home / "artifacts" / sha[:2] / f"{sha}.zst"
+
+    def _location(self, sha: str, context: str = ""):
+        """Where an artifact lives: its file (a folder home) or its row's key (a database home)."""
+        return self._artifact_path(sha, context) if self._files else _check_sha(sha)
+
+    def _read_stored(self, loc):
+        """The stored (packed) bytes at ``loc``, or None when there are none."""
+        if not self._files:
+            r = self._db.execute("SELECT data FROM artifacts WHERE sha = ?", (loc,)).fetchone()
+            return None if r is None else bytes(r["data"])
+        try:
+            return loc.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _discard(self, loc) -> None:
+        """Remove an artifact no row uses any more (inside the deleting transaction)."""
+        if self._files:
+            loc.unlink(missing_ok=True)
+        else:
+            self._db.execute("DELETE FROM artifacts WHERE sha = ?", (loc,))
 
     @staticmethod
     def _split_name(path: Path):
@@ -404,10 +501,11 @@ class Repository:
 
         In an encrypted home the bytes are sealed, bound to their hash and to ``context`` (a
         string naming what they belong to; :meth:`get_artifact` must be given the same), and
-        each context has its own file.
+        each context has its own file. In a database home they are a row of ``artifacts``,
+        written in the caller's transaction (or one of its own).
         """
         sha = hashlib.sha256(data).hexdigest()
-        if self._cipher is not None and not self._db.in_transaction:
+        if (self._cipher is not None or not self._files) and not self._db.in_transaction:
             # Sealing writes hold the write lock, so a re-encryption's last pass (made under
             # it) cannot miss a file sealed with a key it is about to drop.
             with self._transaction():
@@ -417,16 +515,26 @@ class Repository:
         return sha
 
     def _put(self, data: bytes, sha: str, context: str) -> None:
-        path = self._artifact_path(sha, context)
-        if not path.exists() or not self._holds(path, sha, context):
-            path.parent.mkdir(exist_ok=True, mode=0o700)
-            atomic_write(path, self._pack(data, sha, context))
+        loc = self._location(sha, context)
+        if self._files:
+            if not loc.exists() or not self._holds(loc, sha, context):
+                loc.parent.mkdir(exist_ok=True, mode=0o700)
+                atomic_write(loc, self._pack(data, sha, context))
+        elif not self._holds(loc, sha, context):
+            self._db.execute("INSERT INTO artifacts (sha, data) VALUES (?, ?)"
+                             " ON CONFLICT (sha) DO UPDATE SET data = excluded.data",
+                             (sha, self._pack(data, sha, context)))
 
-    def _holds(self, path: Path, sha: str, context: str = "") -> bool:
-        """Whether the artifact file at ``path`` opens to bytes whose SHA-256 is ``sha``."""
+    def _holds(self, loc, sha: str, context: str = "") -> bool:
+        """Whether the artifact at ``loc`` opens to bytes whose SHA-256 is ``sha``."""
         try:
-            data = self._unpack(path.read_bytes(), sha, context, path.name)
+            raw = self._read_stored(loc)
+            if raw is None:
+                return False
+            data = self._unpack(raw, sha, context, f"artifact {sha[:12]}")
         except KeyRequiredError:
+            raise
+        except RepositoryError:
             raise
         except Exception:  # noqa: BLE001 - unreadable or corrupted: it does not hold them
             return False
@@ -440,11 +548,11 @@ class Repository:
     def get_artifact(self, sha: str, context: str = "") -> bytes:
         """The bytes stored under ``sha`` (and ``context``, in an encrypted home); refused
         when missing, not matching their hash, or (encrypted) failing authentication."""
-        path = self._artifact_path(sha, context)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise ArtifactIntegrityError(f"artifact {sha[:12]} is missing from {path.parent}") from None
+        loc = self._location(sha, context)
+        raw = self._read_stored(loc)
+        if raw is None:
+            where = loc.parent if self._files else f"the artifacts table of {self.shown}"
+            raise ArtifactIntegrityError(f"artifact {sha[:12]} is missing from {where}")
         if self._cipher is not None:
             raw = self._cipher.open_artifact(raw, sha, context_tag(context), f"artifact {sha[:12]}")
         try:
@@ -457,12 +565,19 @@ class Repository:
 
     # -- signing (pickled artifacts only) ------------------------------------------------------
     def _key(self) -> bytes:
-        path = self.home / "secret.key"
+        # A database home keeps it in local_dir, not in the database: whoever can write rows
+        # must not thereby be able to make a replica unpickle them. Replicas share it through
+        # PYNOMALY_CONFIG_DIR (the same file mounted on each).
+        path = Path(self._local) / "secret.key"
         try:
             st = path.stat()
         except FileNotFoundError:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as e:
+                raise RepositoryError(f"cannot create the folder for {path}: {e}") from None
             # Create under a temporary name, then link: concurrent creators agree on one key.
-            tmp = self.home / f".key-{os.getpid()}-{uuid.uuid4().hex}"
+            tmp = path.parent / f".key-{os.getpid()}-{uuid.uuid4().hex}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 os.write(fd, os.urandom(32))
@@ -498,7 +613,7 @@ class Repository:
             return self._detector_of(r)
         except (ValueError, TypeError, KeyError) as e:  # json, dates, enum: a damaged row
             raise RepositoryError(
-                f"the row of detector {r['name']!r} in {str(self.home / 'pynomaly.db')!r} is damaged "
+                f"the row of detector {r['name']!r} in {self._db.where} is damaged "
                 f"({type(e).__name__}: {e}); delete it (pynomaly delete {r['name']}) or restore the database"
             ) from None
 
@@ -522,7 +637,7 @@ class Repository:
         """The detector called ``name``; DetectorNotFoundError if there is none."""
         r = self._db.execute("SELECT * FROM detectors WHERE name = ?", (name,)).fetchone()
         if r is None:
-            raise DetectorNotFoundError(f"no detector named {name!r} in {self.home}")
+            raise DetectorNotFoundError(f"no detector named {name!r} in {self.shown}")
         return self._row_to_detector(r)
 
     def exists(self, name: str) -> bool:
@@ -570,6 +685,7 @@ class Repository:
         with self._transaction() as db:
             self._adopt_existing(db, detector)
             self._write_detector(db, detector)
+            self._changed(db, detector.name)
         return detector
 
     def add_version(self, detector: Detector, blob: bytes, *, format: str = "native", threshold=None,
@@ -586,14 +702,19 @@ class Repository:
         blob = bytes(blob)
         if self._cipher is not None:
             return self._add_sealed_version(detector, blob, format, threshold, dataset_id)
-        sha = self.put_artifact(blob)  # durable before the row that points at it exists
+        sha = hashlib.sha256(blob).hexdigest()
+        if self._files:
+            self.put_artifact(blob)  # durable before the row that points at it exists
         signature = self._sign(sha, detector.algorithm) if format == "pickle" else None
         with self._transaction() as db:
             self._adopt_existing(db, detector)
             self._write_detector(db, detector)  # first save: the row must exist for the FK
             detector.version = self._next_version(db, detector)
+            if not self._files:
+                self.put_artifact(blob)  # a row, in this transaction: one commit for all
             self._insert_version(db, detector, sha, format, signature, len(blob), threshold, dataset_id)
             self._write_detector(db, detector)
+            self._changed(db, detector.name)
         self._ensure_artifact(sha, blob)
         return detector
 
@@ -619,11 +740,14 @@ class Repository:
     # (rewritten atomically while the write lock is held), so a database that lost its latest
     # rows (a removed -wal file, a restored backup) cannot hand out a number again: a
     # (name, version) pair names one model for the life of the home, across deletes too.
+    # A database home keeps them in the table version_marks, in the same transaction.
     def _marks_path(self) -> Path:
         return self.home / "version-marks.json"
 
     def version_marks(self) -> dict:
         """Name -> highest version ever assigned in this home."""
+        if not self._files:
+            return {r["name"]: r["version"] for r in self._db.execute("SELECT name, version FROM version_marks")}
         try:
             marks = json.loads(self._marks_path().read_text())
         except FileNotFoundError:
@@ -634,21 +758,30 @@ class Repository:
             ) from None
         return marks if isinstance(marks, dict) else {}
 
+    def _write_marks(self, db, marks: dict) -> None:
+        """Record ``marks`` (inside the write transaction)."""
+        if self._files:
+            atomic_write(self._marks_path(), json.dumps(marks, sort_keys=True).encode())
+            return
+        for name, version in marks.items():
+            db.execute("INSERT INTO version_marks (name, version) VALUES (?, ?) ON CONFLICT (name)"
+                       " DO UPDATE SET version = excluded.version", (name, int(version)))
+
     def _next_version(self, db, detector: Detector) -> int:
         in_db = db.execute(
             "SELECT COALESCE(MAX(version), 0) FROM detector_versions WHERE detector_id = ?", (detector.id,)
         ).fetchone()[0]
         marks = self.version_marks()
         version = max(int(in_db), int(marks.get(detector.name, 0))) + 1
-        marks[detector.name] = version
-        # Durable before the commit: a crash in between leaves a gap, never a reused number.
-        atomic_write(self._marks_path(), json.dumps(marks, sort_keys=True).encode())
+        # Durable before the commit (a folder home): a crash in between leaves a gap, never a
+        # reused number.
+        self._write_marks(db, {**marks, detector.name: version} if self._files else {detector.name: version})
         return version
 
     def _ensure_artifact(self, sha: str, blob: bytes) -> None:
         """After committing a row that points at ``sha``: if a concurrent delete removed the
         (shared, identical) file in between, write it again."""
-        if not self._artifact_path(sha).exists():
+        if self._files and not self._artifact_path(sha).exists():
             self.put_artifact(blob)
 
     def _insert_version(self, db, d, sha, fmt, signature, size, threshold, dataset_id) -> None:
@@ -736,10 +869,11 @@ class Repository:
         with self._transaction() as db:
             r = db.execute("SELECT * FROM detectors WHERE name = ?", (name,)).fetchone()
             if r is None:
-                raise DetectorNotFoundError(f"no detector named {name!r} in {self.home}")
+                raise DetectorNotFoundError(f"no detector named {name!r} in {self.shown}")
             d = self._row_to_detector(r)
             getattr(d, action)()
             self._write_detector(db, d)
+            self._changed(db, name)
         return d
 
     def delete(self, name: str) -> int:
@@ -750,10 +884,10 @@ class Repository:
         with self._transaction() as db:
             r = db.execute("SELECT id FROM detectors WHERE name = ?", (name,)).fetchone()
             if r is None:
-                raise DetectorNotFoundError(f"no detector named {name!r} in {self.home}")
-            gone = {self._artifact_path(x[0], self.version_context(name, x[1])) for x in db.execute(
+                raise DetectorNotFoundError(f"no detector named {name!r} in {self.shown}")
+            gone = {self._location(x[0], self.version_context(name, x[1])) for x in db.execute(
                 "SELECT artifact, version FROM detector_versions WHERE detector_id = ?", (r["id"],))}
-            gone |= {self._artifact_path(x[0], self.result_context(x[1])) for x in db.execute(
+            gone |= {self._location(x[0], self.result_context(x[1])) for x in db.execute(
                 "SELECT scores_artifact, id FROM results WHERE detector_id = ?", (r["id"],))}
             n = db.execute("SELECT COUNT(*) FROM detector_versions WHERE detector_id = ?", (r["id"],)).fetchone()[0]
             db.execute("DELETE FROM detectors WHERE id = ?", (r["id"],))
@@ -761,28 +895,29 @@ class Repository:
             still = set(self._referenced(db))
             # Unlinked while holding the write lock: a concurrent save of byte-identical
             # content commits after this and then finds its file gone (see _ensure_artifact).
-            for path in gone - still:
-                path.unlink(missing_ok=True)
+            for loc in gone - still:
+                self._discard(loc)
+            self._changed(db, name)
         return n
 
     def _referenced(self, db) -> dict:
-        """Artifact file path -> (sha, context, [what uses it]) for every row."""
+        """Artifact location (see _location) -> (sha, context, [what uses it]) for every row."""
         out = {}
         for r in db.execute(
             "SELECT d.name, v.version, v.artifact FROM detector_versions v JOIN detectors d ON d.id = v.detector_id"
         ):
             ctx = self.version_context(r["name"], r["version"])
-            entry = out.setdefault(self._artifact_path(r["artifact"], ctx), (r["artifact"], ctx, []))
+            entry = out.setdefault(self._location(r["artifact"], ctx), (r["artifact"], ctx, []))
             entry[2].append(f"{r['name']} v{r['version']}")
         for r in db.execute(
             "SELECT d.name, r.id, r.scores_artifact FROM results r JOIN detectors d ON d.id = r.detector_id"
         ):
             ctx = self.result_context(r["id"])
-            entry = out.setdefault(self._artifact_path(r["scores_artifact"], ctx), (r["scores_artifact"], ctx, []))
+            entry = out.setdefault(self._location(r["scores_artifact"], ctx), (r["scores_artifact"], ctx, []))
             entry[2].append(f"{r['name']} result {r['id'][:8]}")
         for r in db.execute("SELECT dataset_id, artifact FROM dataset_data"):
             ctx = self.dataset_context(r["dataset_id"])
-            entry = out.setdefault(self._artifact_path(r["artifact"], ctx), (r["artifact"], ctx, []))
+            entry = out.setdefault(self._location(r["artifact"], ctx), (r["artifact"], ctx, []))
             entry[2].append(f"dataset {r['dataset_id'][:8]}")
         return out
 
@@ -802,24 +937,33 @@ class Repository:
         and ``repaired`` (what ``repair`` did: orphans are moved to ``lost+found/``, never
         deleted; unfinished rows and temporary files are removed; the version marks are
         raised to what the database holds).
+
+        A database home has no files: ``database`` stays empty (PostgreSQL checks its own
+        pages), artifacts are rows, written in the transaction of the row that uses them, so
+        an orphan can only come from an edit outside pynomaly; it is reported and left in
+        place (it costs space, never correctness).
         """
         out = {k: [] for k in ("database", "missing_artifacts", "damaged_artifacts", "orphan_artifacts",
                                "lost_versions", "version_marks", "unfinished", "temp_files", "repaired")}
-        result = [r[0] for r in self._db.execute("PRAGMA integrity_check")]
-        if result != ["ok"]:
-            out["database"] = result
+        if self._files:
+            result = [r[0] for r in self._db.execute("PRAGMA integrity_check")]
+            if result != ["ok"]:
+                out["database"] = result
         referenced = self._referenced(self._db)
-        for path, (sha, ctx, users) in sorted(referenced.items()):
-            if not path.exists():
+        for loc, (sha, ctx, users) in sorted(referenced.items(), key=lambda kv: str(kv[0])):
+            if self._read_stored(loc) is None:
                 out["missing_artifacts"].append({"artifact": sha, "used_by": users})
-            elif not self._holds(path, sha, ctx):
+            elif not self._holds(loc, sha, ctx):
                 out["damaged_artifacts"].append({"artifact": sha, "used_by": users})
-        root = self.home / "artifacts"
-        for path in sorted(root.glob("*/*")):
-            if path.name.startswith(".tmp-"):
-                out["temp_files"].append(str(path))
-            elif path.suffix in (".zst", ".pne") and path not in referenced:
-                out["orphan_artifacts"].append(str(path))
+        if self._files:
+            for path in sorted((self.home / "artifacts").glob("*/*")):
+                if path.name.startswith(".tmp-"):
+                    out["temp_files"].append(str(path))
+                elif path.suffix in (".zst", ".pne") and path not in referenced:
+                    out["orphan_artifacts"].append(str(path))
+        else:
+            out["orphan_artifacts"] = [f"artifact {r['sha']}" for r in self._db.execute(
+                "SELECT sha FROM artifacts ORDER BY sha") if r["sha"] not in referenced]
         try:
             marks = self.version_marks()
         except RepositoryError as e:  # damaged: repair rebuilds it from the versions stored
@@ -842,8 +986,8 @@ class Repository:
 
     def _repair(self, found: dict, marks: dict, latest: dict) -> None:
         done = found["repaired"]
-        lost = self.home / "lost+found"
-        for p in found["orphan_artifacts"]:
+        lost = Path(self._local) / "lost+found"
+        for p in found["orphan_artifacts"] if self._files else ():
             lost.mkdir(exist_ok=True, mode=0o700)
             os.replace(p, lost / Path(p).name)
             done.append(f"moved orphan {Path(p).name} to {lost}")
@@ -856,7 +1000,7 @@ class Repository:
                 done.append(f"removed unfinished detector {name!r} (never trained)")
             fixed = {**marks, **{n: max(v, marks.get(n, 0)) for n, v in latest.items()}}
             if fixed != marks or found["version_marks"]:
-                atomic_write(self._marks_path(), json.dumps(fixed, sort_keys=True).encode())
+                self._write_marks(db, fixed)
                 done.append("raised the version marks to the versions stored")
 
     # -- datasets and results ------------------------------------------------------------------
@@ -871,7 +1015,8 @@ class Repository:
             did = None
             if self._cipher is None:
                 r = db.execute(
-                    "SELECT id FROM datasets WHERE fingerprint = ? AND source IS ?", (fingerprint, source)
+                    "SELECT id FROM datasets WHERE fingerprint = ? AND source IS NOT DISTINCT FROM ?",
+                    (fingerprint, source)
                 ).fetchone()
                 did = r["id"] if r is not None else None
             else:  # sealed sources differ each time: compare them opened
@@ -891,7 +1036,9 @@ class Repository:
                 # Written inside the transaction (a sealing write holds the write lock, see
                 # reencrypt); a crash before the commit leaves an orphan file, which doctor finds.
                 sha = self.put_artifact(rows, self.dataset_context(did))
-                db.execute("INSERT OR REPLACE INTO dataset_data VALUES (?, ?)", (did, sha))
+                db.execute("INSERT INTO dataset_data VALUES (?, ?)"
+                           " ON CONFLICT (dataset_id) DO UPDATE SET artifact = excluded.artifact",
+                           (did, sha))
             return did
 
     _DATASET_SELECT = "SELECT d.*, x.artifact FROM datasets d LEFT JOIN dataset_data x ON x.dataset_id = d.id"
@@ -931,9 +1078,9 @@ class Repository:
             if db.execute("DELETE FROM datasets WHERE id = ?", (str(dataset_id),)).rowcount == 0:
                 raise DatasetNotFoundError(f"no dataset {shown(dataset_id)}")
             if r is not None:
-                path = self._artifact_path(r["artifact"], self.dataset_context(str(dataset_id)))
-                if path not in self._referenced(db):  # a plain home shares one file among identical bytes
-                    path.unlink(missing_ok=True)
+                loc = self._location(r["artifact"], self.dataset_context(str(dataset_id)))
+                if loc not in self._referenced(db):  # a plain home shares one artifact among identical bytes
+                    self._discard(loc)
 
     def save_result(self, result: DetectionResult) -> str:
         """Store a detection result: metadata in SQLite, scores and labels as an artifact."""
@@ -943,11 +1090,13 @@ class Repository:
         context = self.result_context(result.id)
         self.require_key()
         # Plain: the file is durable before the row. Sealed: written inside the transaction
-        # (see reencrypt: every sealing write holds the write lock).
-        sha = self.put_artifact(blob, context) if self._cipher is None else hashlib.sha256(blob).hexdigest()
+        # (see reencrypt: every sealing write holds the write lock). A database home: a row
+        # in the same transaction.
+        in_tx = self._cipher is not None or not self._files
+        sha = hashlib.sha256(blob).hexdigest() if in_tx else self.put_artifact(blob, context)
         m = result.metrics
         with self._transaction() as db:
-            if self._cipher is not None:
+            if in_tx:
                 self.put_artifact(blob, context)
             db.execute(
                 "INSERT INTO results VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -964,7 +1113,7 @@ class Repository:
                     result.timestamp.isoformat(),
                 ),
             )
-        if self._cipher is None:
+        if not in_tx:
             self._ensure_artifact(sha, blob)
         return result.id
 

@@ -98,8 +98,10 @@ def _repo(home):
             r.close()
 
 
-def home_path(home) -> Path:
-    """The folder a ``home`` argument means (created if absent)."""
+def home_path(home):
+    """What a ``home`` argument means: its folder (a Path, created if absent), or a database
+    home's URL (a str; its tables created if absent). Installation-local files go in
+    ``pynomaly._home.local_dir`` of it, never in ``home_path(home)`` itself."""
     with _repo(home) as repo:
         return repo.home
 
@@ -827,9 +829,10 @@ def create_key_file(path) -> Path:
     return path
 
 
-def init_home(home, *, encrypt: bool = False, key=None) -> Path:
-    """Create a home; with ``encrypt``, make it an encrypted one whose data key is wrapped by
-    the key from ``key`` (a :func:`key_source`; default: the environment).
+def init_home(home, *, encrypt: bool = False, key=None):
+    """Create a home (a folder; or a database home's tables); with ``encrypt``, make it an
+    encrypted one whose data key is wrapped by the key from ``key`` (a :func:`key_source`;
+    default: the environment; folder homes only). Returns :func:`home_path`.
 
     Only an empty home can be made encrypted (move detectors over with export and import).
     """

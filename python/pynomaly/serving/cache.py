@@ -182,6 +182,27 @@ class ModelCache:
             lt.checked = time.monotonic()
             lt.refreshing = False
 
+    def follow_source(self, loop) -> bool:
+        """Be told of other processes' changes when the source can tell (a database home:
+        see ``RepositorySource.watch``), so a new version is served within about a second
+        without a shorter ``refresh_interval``; a folder home keeps polling. ``loop``: the
+        face's running event loop (the cache is confined to it)."""
+        watch = getattr(self.source, "watch", None)
+        if watch is None:
+            return False
+        return watch(lambda name: loop.call_soon_threadsafe(self.changed, name))
+
+    def changed(self, name: Optional[str]) -> None:
+        """``name`` changed elsewhere (None: perhaps every name): refresh its latest version
+        now, in the background, as the periodic refresh would (load first, then switch;
+        deleted or archived: stop serving it). On the event loop; the hot path is untouched."""
+        names = list(self.latest) if name is None else [name]
+        for n in names:
+            lt = self.latest.get(n)
+            if lt is not None and not lt.refreshing:
+                lt.refreshing = True
+                asyncio.get_running_loop().create_task(self._refresh(n, lt))
+
     def invalidate(self, name: Optional[str]) -> list:
         """Drop the cached versions of ``name`` (all names when None); returns "name@version"s."""
         self._forget_lookups()

@@ -40,6 +40,28 @@ class RepositorySource:
 
     def __init__(self, home: Optional[str] = None):
         self.home = home
+        self._listener = None
+
+    def watch(self, callback) -> bool:
+        """Have ``callback(name)`` called, from a thread of its own, whenever another process
+        saves, activates, archives or deletes detector ``name`` (``callback(None)``: anything
+        may have changed, after a lost connection). Only a database home can tell (PostgreSQL
+        LISTEN/NOTIFY); for a folder home this returns False and readers keep polling."""
+        from .._db import Listener
+        from .._home import is_database_url
+        from ..repository import Repository
+
+        if not is_database_url(self.home):
+            return False
+        if self._listener is None:
+            self._listener = Listener(self.home, Repository.NOTIFY_CHANNEL, callback)
+        return True
+
+    def close(self) -> None:
+        """Stop watching (see :meth:`watch`)."""
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
 
     def get(self, name: str, version: Optional[int] = None) -> service.Scorer:
         return service.load_for_scoring(self.home, name, version)
