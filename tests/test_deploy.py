@@ -289,12 +289,12 @@ def _start(argv: list, env: dict, log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def _get(port: int, path: str) -> int:
+def _get(port: int, path: str, token=None) -> int:
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
         return conn.getresponse().status
     finally:
         conn.close()
@@ -330,7 +330,11 @@ def test_the_api_deployment_command_serves_its_probes(tmp_path, deployed_home):
             assert time.monotonic() < deadline, (tmp_path / "api.log").read_text()
             time.sleep(0.2)
         assert _get(port, "/v2/health/live") == 200
-        assert _get(port, "/metrics") in (200, 401)
+        # Metrics want a viewer token (deploy/README.md: the scrape job is given one).
+        assert _get(port, "/metrics") == 401
+        made = subprocess.run([sys.executable, "-m", "pynomaly", "token", "create", "--user", "prometheus",
+                               "--role", "viewer"], env=env, capture_output=True, text=True, check=True)
+        assert _get(port, "/metrics", made.stdout.split()[-1]) == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         # uvicorn drains, then ends by the signal it was sent (as Kubernetes expects of PID 1).
