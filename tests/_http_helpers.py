@@ -23,8 +23,11 @@ def free_port() -> int:
 class ApiServer:
     """``pynomaly api`` serving ``home`` on 127.0.0.1 (extra command-line ``args`` appended)."""
 
-    def __init__(self, home: Path, *args: str, log: Optional[Path] = None):
-        self.home = Path(home)
+    def __init__(self, home, *args: str, log: Optional[Path] = None):
+        """``home``: a folder, or a database URL (then ``log`` is required)."""
+        from pynomaly._home import is_database_url
+
+        self.home = home if is_database_url(home) else Path(home)
         self.log = log or self.home.parent / f"api-{time.monotonic_ns()}.log"
         self._log_file = open(self.log, "a")
         for _ in range(3):  # the free port may be taken between the check and the bind

@@ -289,18 +289,26 @@ def _start(argv: list, env: dict, log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def _get(port: int, path: str) -> int:
+def _get(port: int, path: str, token=None) -> int:
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
         return conn.getresponse().status
     finally:
         conn.close()
 
 
-def test_the_api_deployment_command_serves_its_probes(tmp_path):
+@pytest.fixture(params=["folder", "postgresql"])
+def deployed_home(request, tmp_path):
+    """The home a replica runs on: a folder, or (as deploy/ runs them) a PostgreSQL database."""
+    if request.param == "folder":
+        return str(tmp_path / "home")
+    return request.getfixturevalue("pg_home")
+
+
+def test_the_api_deployment_command_serves_its_probes(tmp_path, deployed_home):
     pytest.importorskip("uvicorn", reason="the HTTP extra is not installed")
     (api,) = [c for c in _containers() if c["args"][0] == "api"]
     argv = api["command"] + api["args"]
@@ -308,7 +316,7 @@ def test_the_api_deployment_command_serves_its_probes(tmp_path):
     # The manifest's arguments, but on loopback and a free port of this machine.
     argv[argv.index("--host") + 1] = "127.0.0.1"
     argv[argv.index("--port") + 1] = str(port)
-    env = dict(os.environ, PYNOMALY_HOME=str(tmp_path / "home"), PYNOMALY_CONFIG_DIR=str(tmp_path / "config"))
+    env = dict(os.environ, PYNOMALY_HOME=deployed_home, PYNOMALY_CONFIG_DIR=str(tmp_path / "config"))
     proc = _start(argv, env, tmp_path / "api.log")
     try:
         deadline = time.monotonic() + 60
@@ -322,7 +330,11 @@ def test_the_api_deployment_command_serves_its_probes(tmp_path):
             assert time.monotonic() < deadline, (tmp_path / "api.log").read_text()
             time.sleep(0.2)
         assert _get(port, "/v2/health/live") == 200
-        assert _get(port, "/metrics") in (200, 401)
+        # Metrics want a viewer token (deploy/README.md: the scrape job is given one).
+        assert _get(port, "/metrics") == 401
+        made = subprocess.run([sys.executable, "-m", "pynomaly", "token", "create", "--user", "prometheus",
+                               "--role", "viewer"], env=env, capture_output=True, text=True, check=True)
+        assert _get(port, "/metrics", made.stdout.split()[-1]) == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         # uvicorn drains, then ends by the signal it was sent (as Kubernetes expects of PID 1).
@@ -330,9 +342,9 @@ def test_the_api_deployment_command_serves_its_probes(tmp_path):
     assert "Application shutdown complete" in (tmp_path / "api.log").read_text()
 
 
-def test_the_worker_deployment_command_runs_and_stops_on_sigterm(tmp_path):
+def test_the_worker_deployment_command_runs_and_stops_on_sigterm(tmp_path, deployed_home):
     (worker,) = [c for c in _containers() if c["args"][0] == "worker"]
-    env = dict(os.environ, PYNOMALY_HOME=str(tmp_path / "home"), PYNOMALY_CONFIG_DIR=str(tmp_path / "config"))
+    env = dict(os.environ, PYNOMALY_HOME=deployed_home, PYNOMALY_CONFIG_DIR=str(tmp_path / "config"))
     proc = _start(worker["command"] + worker["args"], env, tmp_path / "worker.log")
     try:
         time.sleep(2)
@@ -387,3 +399,24 @@ def test_the_containerfile_build_and_install_steps_work(tmp_path):
     (cmd,) = [_json_form(r) for w, r in ins if w == "CMD"]
     helped = subprocess.run([str(venv / "bin" / entry[0]), cmd[0], "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--port" in helped.stdout, helped.stderr
+
+
+def test_keys_mounted_as_kubernetes_mounts_a_secret_are_accepted(tmp_path):
+    """The Secret is mounted root:fsGroup with the manifests' defaultMode (0440); the signing
+    key's check takes that, as PostgreSQL does for its key, and still refuses wider modes."""
+    from pynomaly._files import private_enough
+
+    modes = {v["secret"]["defaultMode"] for d in _of_kind("Deployment")
+             for v in d["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    assert modes == {0o440}
+    key = tmp_path / "secret.key"
+    key.write_bytes(os.urandom(32))
+    for mode, root_owned, ok in ((0o600, False, True), (0o400, False, True), (0o440, False, False),
+                                 (0o440, True, True), (0o460, True, False), (0o444, True, False),
+                                 (0o604, False, False)):
+        if root_owned and os.geteuid() != 0:
+            continue  # only root can give a file to root
+        if os.geteuid() == 0:
+            os.chown(key, 0 if root_owned else 65534, -1)
+        key.chmod(mode)
+        assert private_enough(key.stat()) is ok, (oct(mode), root_owned)

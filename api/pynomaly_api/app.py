@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route
 
 from pynomaly import service
 from pynomaly._errors import ArtifactIntegrityError, NotFoundError, PynomalyError, RepositoryError
+from pynomaly._errors import RepositoryUnavailableError
 from pynomaly.domain import DetectorNotReadyError
 from pynomaly.serving import DetectorUnavailable, ModelCache, RepositorySource
 
@@ -65,6 +66,9 @@ def status_of(err: BaseException):
         return 404, str(err), None
     if isinstance(err, (DetectorNotReadyError, DetectorUnavailable)):
         return 409, str(err), None
+    if isinstance(err, RepositoryUnavailableError):  # the database is away: retry later
+        log.warning("database unavailable: %s", err)
+        return 503, str(err), {"Retry-After": "1"}
     if isinstance(err, (ArtifactIntegrityError, RepositoryError)):
         log.error("storage error: %s", err)
         return 500, f"storage error: {err}", None
@@ -109,7 +113,12 @@ class ServerState:
         # fed from a thread of their own (never SQLite on the event loop), alerts delivered.
         self.observer = Observer(str(self.home))
         self.job_workers: list = []
-        self.ready = True
+        self.ready = True  # False once draining
+        from pynomaly._home import is_database_url
+
+        # A database home's readiness also asks the database, at most once a second.
+        self._database_home = is_database_url(self.home)
+        self._database_ok, self._database_checked = True, float("-inf")
 
     def start(self) -> None:
         """At start-up, on the event loop: alert hand-overs, in-process job workers, and the
@@ -120,6 +129,25 @@ class ServerState:
             from pynomaly import jobs
 
             self.job_workers = jobs.start_workers(str(self.home), self.settings.job_workers)
+
+    async def is_ready(self) -> bool:
+        """Started, not draining, and for a database home: its server answered within the
+        last second. A replica that lost the database leaves its Service until it is back,
+        while liveness (the process answers) keeps it from being restarted."""
+        if not self.ready:
+            return False
+        if self._database_home and time.monotonic() - self._database_checked >= 1.0:
+            self._database_checked = time.monotonic()
+            self._database_ok = await self.run(self._database_answers)
+        return self._database_ok
+
+    def _database_answers(self) -> bool:
+        try:
+            service.check_reachable(self.home)
+            return True
+        except RepositoryError as e:
+            log.warning("not ready: %s", e)
+            return False
 
     def run(self, fn, *args):
         """``fn(*args)`` in the scoring threads, as an awaitable."""
@@ -261,7 +289,7 @@ async def health_live(request: Request) -> Response:
 
 
 async def health_ready(request: Request) -> Response:
-    ready = state_of(request).ready
+    ready = await state_of(request).is_ready()
     return _json({"ready": ready}, 200 if ready else 503)
 
 

@@ -46,7 +46,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._errors import RepositoryError
+from ._errors import RepositoryError, RepositoryUnavailableError
 from ._home import is_database_url, redacted
 
 SQLITE, POSTGRES = "sqlite", "postgresql"
@@ -159,7 +159,7 @@ class Database:
             self._conn = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory, connect_timeout=10)
         except psycopg.Error as e:
             self._conn = None
-            raise RepositoryError(
+            raise RepositoryUnavailableError(
                 f"cannot connect to the PostgreSQL home {self.where}: {_first_line(e)}"
             ) from None
 
@@ -174,14 +174,14 @@ class Database:
         for attempt in (0, 1):
             if self._unusable():
                 if self._in_tx:
-                    raise RepositoryError(f"the connection to {self.where} was lost during a transaction")
+                    raise RepositoryUnavailableError(f"the connection to {self.where} was lost during a transaction")
                 self._pg_connect()
             try:
                 return self._conn.execute(sql, params)
             except psycopg.OperationalError as e:
                 if attempt == 0 and not self._in_tx and self._unusable():
                     continue  # a connection the server dropped: one fresh try
-                raise RepositoryError(f"the PostgreSQL home {self.where} failed: {_first_line(e)}") from None
+                raise RepositoryUnavailableError(f"the PostgreSQL home {self.where} failed: {_first_line(e)}") from None
 
     def skip_locked(self, of: str = "") -> str:
         """The row-locking clause of a claim: ``FOR UPDATE [OF t] SKIP LOCKED`` in PostgreSQL,

@@ -25,6 +25,11 @@ class RepositoryError(PynomalyError):
     """The home folder or its database cannot be used."""
 
 
+class RepositoryUnavailableError(RepositoryError):
+    """A database home's server cannot be reached now (down, restarting, network): worth
+    retrying, unlike a damaged home. The HTTP face answers 503 and reports itself not ready."""
+
+
 class NotFoundError(PynomalyError, KeyError):
     """Something asked for by name or id is not stored (a detector, a version, a dataset, a result)."""
 

@@ -44,3 +44,17 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o666) -> None:
         if tmp.exists():
             tmp.unlink()
     fsync_dir(path.parent)
+
+
+def private_enough(st: os.stat_result) -> bool:
+    """Whether a key file's mode keeps it to its owner: no bits for others, and group bits
+    only read, and only on a file owned by root (PostgreSQL's rule for its key: how a
+    Kubernetes Secret reaches a pod that runs as a user of the fsGroup, root:fsGroup 0440)."""
+    import stat
+
+    if os.name != "posix":
+        return True
+    if st.st_mode & stat.S_IRWXO:
+        return False
+    group = st.st_mode & stat.S_IRWXG
+    return not group or (st.st_uid == 0 and group == stat.S_IRGRP)

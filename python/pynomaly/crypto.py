@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Optional
 
 from ._errors import ArtifactIntegrityError, InvalidInputError, KeyRequiredError, RepositoryError
-from ._files import atomic_write
+from ._files import atomic_write, private_enough
 
 __all__ = ["KeySource", "key_source", "decode_key", "HomeCipher", "KEYRING", "is_encrypted", "create_keyring",
            "context_tag", "ARTIFACT_MAGIC", "FIELD_PREFIX", "new_key_text"]
@@ -153,7 +153,7 @@ class KeySource:
                 raise KeyRequiredError(f"the key file {path} does not exist") from None
             except OSError as e:
                 raise KeyRequiredError(f"the key file {path} cannot be read: {e}") from None
-            if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            if not private_enough(st):
                 raise KeyRequiredError(
                     f"the key file {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
                     f"run: chmod 600 {path}"

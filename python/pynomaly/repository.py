@@ -70,7 +70,7 @@ from . import audit as _audit
 from ._home import is_database_url, local_dir, redacted
 from ._errors import ArtifactIntegrityError, DatasetNotFoundError, DetectorNotFoundError, InvalidInputError
 from ._errors import KeyRequiredError, RepositoryError, ResultNotFoundError
-from ._files import atomic_write, zstd
+from ._files import atomic_write, private_enough, zstd
 from .crypto import HomeCipher, KeySource, context_tag, create_keyring, is_encrypted, key_source
 from .domain import DetectionResult, Detector, DetectorStatus, shown
 from .exportfile import Export, write_export
@@ -591,7 +591,7 @@ class Repository:
             finally:
                 tmp.unlink()
             st = path.stat()
-        if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if not private_enough(st):
             raise RepositoryError(
                 f"{path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
             )

@@ -98,6 +98,19 @@ def _repo(home):
             r.close()
 
 
+def check_reachable(home) -> None:
+    """Raise :class:`~pynomaly._errors.RepositoryUnavailableError` if a database home's server
+    does not answer now (one ``SELECT 1`` on a fresh connection); a folder home always is.
+    For readiness probes: cheap, and it never creates or migrates anything."""
+    from ._home import is_database_url
+
+    if is_database_url(home):
+        from . import _db
+
+        with _db.Database(home) as db:
+            db.execute("SELECT 1").fetchone()
+
+
 def home_path(home):
     """What a ``home`` argument means: its folder (a Path, created if absent), or a database
     home's URL (a str; its tables created if absent). Installation-local files go in
@@ -849,6 +862,13 @@ def init_home(home, *, encrypt: bool = False, key=None):
     try:
         if encrypt:
             repo.encrypt_home(key)
+        from ._home import is_database_url
+
+        if is_database_url(repo.home):
+            # The pickle-signing key of a database home lives in local_dir (PYNOMALY_CONFIG_DIR),
+            # not in the database; made now, so it can be handed to every replica before any
+            # of them signs with a key of its own (deploy/README.md).
+            repo._key()
         return repo.home
     finally:
         if repo is not home:
