@@ -142,6 +142,29 @@ def test_the_server_stopped_and_restarted_mid_run(pg_server, pg_home):
     assert out.strip().splitlines()[-1] == "ok error ok" and "Traceback" not in err
 
 
+def test_connections_are_reused_and_a_restart_costs_no_failed_call(pg_server, pg_home):
+    """Closed Databases leave their connection for the next (one backend process, not one per
+    call); after a restart every idle one is stale, and the first call still just works."""
+    from pynomaly import _db
+
+    def backend_pid():
+        with _db.Database(pg_home) as db:
+            return db.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    assert backend_pid() == backend_pid()
+    held = [_db.Database(pg_home) for _ in range(3)]  # three at once: three idle afterwards
+    assert len({db.execute("SELECT pg_backend_pid()").fetchone()[0] for db in held}) == 3
+    for db in held:
+        db.close()
+    with _db.Database(pg_home) as db:  # a transaction left open is not handed on
+        db.execute("BEGIN")
+        in_tx = db.execute("SELECT pg_backend_pid()").fetchone()[0]
+    assert backend_pid() != in_tx
+    pg_server.stop()
+    pg_server.start()
+    assert service.list_detectors(pg_home) == []
+
+
 # -- change notifications -------------------------------------------------------------------
 _SAVER = """
     import sys

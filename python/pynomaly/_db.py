@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import sqlite3
 import threading
@@ -117,6 +118,70 @@ def _psycopg():
     return psycopg
 
 
+class _IdleConnections:
+    """PostgreSQL connections put back by closed :class:`Database` objects, for the next one.
+
+    The service layer opens a Repository per call; a fresh connection (and its backend process)
+    costs a few milliseconds on a local socket and far more over TCP with TLS, so closed ones
+    wait here, a few per URL, and are handed out again. Only a connection that is idle (no
+    transaction open, no session lock: the migrations' lock is released before close) comes
+    back. Per process: after a fork, the child starts with none and never touches the parent's
+    (closing them would end the parent's sessions too).
+    """
+
+    PER_URL = 8
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._by_url: dict = {}
+        self._orphans: list = []  # a parent's connections after a fork: kept, never used or closed
+
+    def _mine(self) -> None:
+        if self._pid != os.getpid():
+            self._orphans.append(self._by_url)
+            self._by_url, self._pid = {}, os.getpid()
+
+    def take(self, url: str):
+        with self._lock:
+            self._mine()
+            idle = self._by_url.get(url)
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and not getattr(conn, "broken", False):
+                    return conn
+        return None
+
+    def forget(self, url: str) -> None:
+        """Drop the idle connections to ``url`` (the server dropped one: it has dropped all)."""
+        with self._lock:
+            self._mine()
+            stale = self._by_url.pop(url, [])
+        for conn in stale:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def give(self, url: str, conn) -> bool:
+        """Keep ``conn`` for a later :meth:`take`; False if it should be closed instead."""
+        psycopg = _psycopg()
+        try:
+            idle_now = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        except Exception:  # noqa: BLE001 - a connection that cannot say is not reused
+            return False
+        if not idle_now or conn.closed or getattr(conn, "broken", False):
+            return False
+        with self._lock:
+            self._mine()
+            idle = self._by_url.setdefault(url, [])
+            if len(idle) >= self.PER_URL:
+                return False
+            idle.append(conn)
+            return True
+
+
+_idle = _IdleConnections()
+
+
 class Database:
     """One connection to a home's database (either backend); see the module's docstring.
 
@@ -129,6 +194,7 @@ class Database:
         self.url = home if is_database_url(home) else None
         self.dialect = POSTGRES if self.url else SQLITE
         self._in_tx = False
+        self._session_locked = False
         self._conn = None
         if self.url is None:
             self.path = Path(home) / "pynomaly.db"
@@ -155,6 +221,9 @@ class Database:
 
     def _pg_connect(self) -> None:
         psycopg = _psycopg()
+        self._conn = _idle.take(self.url)
+        if self._conn is not None:
+            return
         try:
             self._conn = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory, connect_timeout=10)
         except psycopg.Error as e:
@@ -180,7 +249,10 @@ class Database:
                 return self._conn.execute(sql, params)
             except psycopg.OperationalError as e:
                 if attempt == 0 and not self._in_tx and self._unusable():
-                    continue  # a connection the server dropped: one fresh try
+                    # A connection the server dropped: the idle ones are from the same server
+                    # life (a restart drops them all), so the one fresh try makes a new one.
+                    _idle.forget(self.url)
+                    continue
                 raise RepositoryUnavailableError(f"the PostgreSQL home {self.where} failed: {_first_line(e)}") from None
 
     def skip_locked(self, of: str = "") -> str:
@@ -236,12 +308,14 @@ class Database:
                 yield self
             return
         self.execute(f"SELECT pg_advisory_lock({_LOCK_KEYS})")
+        self._session_locked = True
         try:
             with self.transaction(exclusive=False):
                 yield self
         finally:
             with contextlib.suppress(RepositoryError):
                 self.execute(f"SELECT pg_advisory_unlock({_LOCK_KEYS})")
+                self._session_locked = False
 
     def notify(self, channel: str, payload: str) -> None:
         """Tell listeners of ``channel`` (PostgreSQL: delivered at commit; SQLite: nothing,
@@ -251,8 +325,12 @@ class Database:
 
     def close(self) -> None:
         if self._conn is not None:
+            conn, self._conn = self._conn, None
+            # A connection still holding the session lock (its unlock failed) is not reused.
+            if self.postgres and not self._in_tx and not self._session_locked and _idle.give(self.url, conn):
+                return
             with contextlib.suppress(Exception):
-                self._conn.close()
+                conn.close()
 
     def __enter__(self):
         return self
