@@ -129,7 +129,7 @@ class _IdleConnections:
     (closing them would end the parent's sessions too).
     """
 
-    PER_URL = 8
+    PER_URL = 4  # with the listener, about 5 connections per idle process: see deploy/README.md
 
     def __init__(self):
         self._lock = threading.Lock()
