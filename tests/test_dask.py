@@ -303,7 +303,52 @@ def test_a_worker_killed_mid_computation_gives_the_exact_result(client, tmp_path
         got = pdask.score(model, X).compute()
         assert os.path.exists(marker)  # a worker really died
         np.testing.assert_array_equal(got, model.decision_function(X_SMALL))
-    # Not tested: a second death (e.g. during the fit's row gather). Under pytest the nanny's
-    # restart of the killed worker fails here (TypeError: cannot pickle '_asyncio.Future' while
-    # instantiating the new worker; the same restart works in a plain script), so the cluster
-    # stays at one worker and a second kill would leave none.
+    # Under pytest the nanny's restart of the killed worker fails (TypeError: cannot pickle
+    # '_asyncio.Future' while instantiating the new worker; the same restart works in a plain
+    # script), so the cluster stays at one worker: the death during a fit is tested below, in a
+    # script of its own with a cluster of its own.
+
+
+_FIT_WITH_A_DEATH = """
+import os, sys
+import numpy as np
+import dask, dask.array as da, distributed
+import pynomaly, pynomaly.dask as pdask
+
+def die_once(block, marker):
+    if block.shape[0]:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return block
+        os.close(fd)
+        os._exit(1)
+    return block
+
+if __name__ == "__main__":
+    marker = sys.argv[1]
+    X = np.random.default_rng(7).normal(size=(4000, 6))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as client:
+        chunks = (700, 0, 1300, 1, 999, 1000)
+        Xd = da.from_array(X, chunks=(chunks, 6)).map_blocks(die_once, marker, dtype=X.dtype)
+        params = dict(n_estimators=40, max_samples=300, contamination=0.05, random_state=11)
+        got = pdask.fit(pynomaly.IsolationForest(**params), Xd)
+        want = pynomaly.IsolationForest(**params).fit(X)
+        assert os.path.exists(marker), "no worker died"
+        assert got.to_bytes() == want.to_bytes(), "a different forest"
+        assert got.threshold_ == want.threshold_
+        assert np.array_equal(got.decision_scores_.compute(), want.decision_scores_)
+    print("exact after a death")
+"""
+
+
+def test_a_worker_killed_during_a_fit_gives_the_same_forest(tmp_path):
+    """A worker dies while the fit gathers its rows (the first block task it runs); Dask
+    re-runs its tasks elsewhere and the forest, threshold and training scores stay exact."""
+    script = tmp_path / "fit_with_a_death.py"
+    script.write_text(_FIT_WITH_A_DEATH)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "died")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "exact after a death" in done.stdout
