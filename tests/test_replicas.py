@@ -57,8 +57,9 @@ def test_a_version_saved_anywhere_is_served_by_every_replica_within_a_second(rep
     rows = X[1000:1100]
     for server in (a, b):  # both have version 1 cached as the latest
         assert _infer(server, token, rows)[0] == "1"
-    # A new version saved by a third process (here: this one); the servers poll only every
-    # few seconds, so serving it within a second is the notification's doing.
+    # A new version saved by a third process (here: this one). On a database home the servers
+    # check by themselves only every WATCHED_REFRESH_S (30 s): serving it within a second is
+    # the notification's doing.
     service.train(pg_home, "det", X[:1500], "IsolationForest", {"n_estimators": 60, "random_state": 1})
     want = service.load_for_scoring(pg_home, "det", 2).model.decision_function(rows)
     for server in (a, b):

@@ -38,6 +38,7 @@ migration too.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -179,7 +180,17 @@ class _IdleConnections:
             return True
 
 
+    def close_all(self) -> None:
+        """At exit: close this process's idle connections (not a forked parent's)."""
+        with self._lock:
+            self._mine()
+            urls = list(self._by_url)
+        for url in urls:
+            self.forget(url)
+
+
 _idle = _IdleConnections()
+atexit.register(_idle.close_all)
 
 
 class Database:

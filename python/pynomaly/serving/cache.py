@@ -33,6 +33,9 @@ class _Latest:
         self.changed_meanwhile = False  # told of a change during a refresh: refresh again after it
 
 
+WATCHED_REFRESH_S = 30.0  # the periodic check's interval once the source tells of changes
+
+
 class ModelCache:
     """Scorers of one source, loaded in a thread pool and kept while they fit in ``max_bytes``."""
 
@@ -194,7 +197,12 @@ class ModelCache:
         watch = getattr(self.source, "watch", None)
         if watch is None:
             return False
-        return watch(lambda name: loop.call_soon_threadsafe(self.changed, name))
+        if not watch(lambda name: loop.call_soon_threadsafe(self.changed, name)):
+            return False
+        # Told, rather than asking: the periodic check becomes a slow safety net (changes missed
+        # while the listener reconnected are covered by its refresh-everything call).
+        self.refresh_interval = max(self.refresh_interval, WATCHED_REFRESH_S)
+        return True
 
     def changed(self, name: Optional[str]) -> None:
         """``name`` changed elsewhere (None: perhaps every name): refresh its latest version
