@@ -375,12 +375,20 @@ def test_the_containerfile_build_and_install_steps_work(tmp_path):
                 else:
                     shutil.copy2(src, target)
     wheels = tmp_path / "wheels"
-    (build,) = [r for w, r in build_stage if w == "RUN" and "pip wheel" in r]
+    # The build stage's pip steps, in an environment of their own (as the image's python is):
+    # first what the build needs, then the wheel. Its apt-get step is this machine's toolchain.
+    build_env = tmp_path / "build-env"
+    subprocess.run([sys.executable, "-m", "venv", str(build_env)], check=True)
+    steps = [r for w, r in build_stage if w == "RUN" and r.startswith("pip ")]
+    assert len(steps) == 2 and "pip wheel" in steps[-1], steps
     (install,) = [r for w, r in ins if w == "RUN" and "/wheels/pynomaly" in r]
     run = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    built = subprocess.run(build.replace("/wheels", str(wheels)).replace("pip ", f"{sys.executable} -m pip ", 1),
-                           shell=True, cwd=context, env=run, capture_output=True, text=True, timeout=900)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    for step in steps:
+        built = subprocess.run(step.replace("/wheels", str(wheels)).replace("pip ", f"{build_env}/bin/pip ", 1),
+                               shell=True, cwd=context, env=run, capture_output=True, text=True, timeout=900)
+        if built.returncode != 0 and "No matching distribution" in built.stderr + built.stdout:
+            pytest.skip(f"the package index is out of reach: {built.stderr[-500:]}")
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     installed = subprocess.run(install.replace("/wheels", str(wheels)).replace("pip ", f"{venv}/bin/pip ", 1),
