@@ -18,7 +18,8 @@ import pytest
 
 from pynomaly import _db, service
 from pynomaly._errors import RepositoryError
-from pynomaly.repository import _MIGRATIONS, Repository
+from pynomaly._schema import MIGRATIONS
+from pynomaly.repository import Repository
 
 from _homes import raw_sql
 
@@ -51,7 +52,7 @@ def test_migrations_run_once_with_concurrent_starters(pg_home):
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     applied = raw_sql(pg_home, "SELECT version FROM schema_migrations ORDER BY version")
-    assert [r[0] for r in applied] == list(range(1, len(_MIGRATIONS) + 1))
+    assert [r[0] for r in applied] == list(range(1, len(MIGRATIONS) + 1))
 
 
 def test_an_existing_folder_home_of_the_previous_schema_opens_and_migrates(tmp_path):

@@ -29,7 +29,7 @@ hands each payload to a callback and reconnects, with backoff, when the server g
 
 Migrations (:func:`migrate`) are versioned: a ``schema_migrations`` table holds the numbers
 applied, the ordered list lives with the code that owns the tables (the repository's
-``_MIGRATIONS``), and every starter applies what is missing under the write lock, so
+``pynomaly._schema.MIGRATIONS``), and every starter applies what is missing under the write lock, so
 concurrent starters run each migration once. Jobs and alerts still create their own tables
 with ``CREATE TABLE IF NOT EXISTS`` on first use (:func:`connect`, under the same lock): enough
 while those tables have never changed; their first change needs to become a numbered

@@ -44,7 +44,7 @@ who can write rows cannot make a replica unpickle them. Every save, activate, ar
 delete sends ``NOTIFY pynomaly_versions, '<name>'`` at its commit, for the serving caches of
 other processes (:mod:`pynomaly.serving.sources`). Encrypted homes are folder homes only.
 
-Schema changes are numbered migrations (``_MIGRATIONS``), applied on open by
+Schema changes are numbered migrations (``pynomaly._schema.MIGRATIONS``), applied on open by
 :func:`pynomaly._db.migrate`, once, whatever the number of processes starting together.
 """
 
@@ -66,6 +66,7 @@ from typing import Optional
 import numpy as np
 
 from . import _db
+from ._schema import MIGRATIONS
 from . import audit as _audit
 from ._home import is_database_url, local_dir, redacted
 from ._errors import ArtifactIntegrityError, DatasetNotFoundError, DetectorNotFoundError, InvalidInputError
@@ -110,108 +111,6 @@ def default_home():
     return base / "pynomaly"
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS detectors (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    algorithm TEXT NOT NULL,
-    parameters TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    trained_at TEXT,
-    version INTEGER NOT NULL,
-    n_features INTEGER,
-    feature_names TEXT,
-    data_fingerprint TEXT,
-    error TEXT
-);
-CREATE TABLE IF NOT EXISTS detector_versions (
-    detector_id TEXT NOT NULL REFERENCES detectors(id) ON DELETE CASCADE,
-    version INTEGER NOT NULL,
-    algorithm TEXT NOT NULL,
-    parameters TEXT NOT NULL,
-    artifact TEXT NOT NULL,
-    format TEXT NOT NULL,
-    signature TEXT,
-    size INTEGER NOT NULL,
-    n_features INTEGER,
-    feature_names TEXT,
-    data_fingerprint TEXT,
-    threshold REAL,
-    dataset_id TEXT,
-    trained_at TEXT NOT NULL,
-    PRIMARY KEY (detector_id, version)
-);
-CREATE TABLE IF NOT EXISTS datasets (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    source TEXT,
-    n_rows INTEGER NOT NULL,
-    n_columns INTEGER NOT NULL,
-    column_names TEXT,
-    fingerprint TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    UNIQUE (fingerprint, source)
-);
-CREATE TABLE IF NOT EXISTS results (
-    id TEXT PRIMARY KEY,
-    detector_id TEXT NOT NULL REFERENCES detectors(id) ON DELETE CASCADE,
-    detector_version INTEGER NOT NULL,
-    dataset_id TEXT,
-    threshold REAL,
-    total_samples INTEGER NOT NULL,
-    anomalies_detected INTEGER NOT NULL,
-    processing_time_ms REAL,
-    scores_artifact TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-"""
-
-_DATASET_DATA_SCHEMA = """
-CREATE TABLE IF NOT EXISTS dataset_data (
-    dataset_id TEXT PRIMARY KEY REFERENCES datasets(id) ON DELETE CASCADE,
-    artifact TEXT NOT NULL
-);
-"""
-
-# Tables a database home keeps in the database, where a folder home keeps files beside it: the
-# artifacts themselves (see the module's docstring), the version marks and the audit head.
-_DATABASE_HOME_SCHEMA = """
-CREATE TABLE IF NOT EXISTS artifacts (
-    sha TEXT PRIMARY KEY,
-    data BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS version_marks (
-    name TEXT PRIMARY KEY,
-    version INTEGER NOT NULL
-);
-""" + _audit.HEAD_SCHEMA
-
-
-def _statements(schema: str):
-    def apply(db):
-        for stmt in _db.ddl(schema, db.dialect):
-            db.execute(stmt)
-
-    return apply
-
-
-def _database_home_only(schema: str):
-    apply = _statements(schema)
-    return lambda db: apply(db) if db.postgres else None
-
-
-# The repository's migrations, in order (migration n is _MIGRATIONS[n - 1]); append, never
-# edit. 1 to 3 are what a folder home's ``PRAGMA user_version`` counted before the
-# schema_migrations table existed; each is idempotent, so a home that had them is safe anyway.
-_MIGRATIONS = [
-    ("detectors, versions, datasets, results", _statements(_SCHEMA)),
-    ("the audit table", _statements(_audit.SCHEMA)),
-    ("dataset_data: the stored rows of uploaded datasets", _statements(_DATASET_DATA_SCHEMA)),
-    ("a database home's artifacts, version marks and audit head", _database_home_only(_DATABASE_HOME_SCHEMA)),
-]
-
-
 class Repository:
     """Detectors, versions, datasets and results stored under a home folder.
 
@@ -250,7 +149,7 @@ class Repository:
         db = None
         try:
             db = _db.Database(self.home)
-            _db.migrate(db, _MIGRATIONS)
+            _db.migrate(db, MIGRATIONS)
         except sqlite3.DatabaseError as e:
             if db is not None:
                 db.close()
