@@ -636,3 +636,31 @@ def test_a_progress_that_is_not_callable_is_refused_before_the_core():
     X = np.random.default_rng(0).standard_normal((50, 3))
     with pytest.raises(pynomaly.InvalidInputError, match="progress must be a callable"):
         pynomaly.IsolationForest(n_estimators=5).fit(X, progress="50%")
+
+
+def test_the_split_fit_bindings_refuse_bad_plans():
+    """forest_plan / forest_grow (the two steps pynomaly.dask runs apart) check what they are
+    given before the core reads it: shapes, indices in range, a plan Forest.train could make."""
+    from pynomaly import _core
+
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    plan = _core.forest_plan(50, 3, 4, 16, 0, 7)
+    rows, feats, state = plan["rows"], plan["features"], plan["rng_state"]
+    grown = _core.forest_grow(X, rows, rows, feats, state)
+    want = pynomaly.IsolationForest(n_estimators=4, max_samples=16, random_state=7).fit(X)
+    assert np.array_equal(grown["threshold"], want._forest.arrays()["threshold"])
+    bad = [
+        (X, rows + 50, rows, feats, state),  # x_rows past X's rows
+        (X, rows - 100, rows, feats, state),  # negative
+        (X, rows, rows, feats + 3, state),  # a feature past X's columns
+        (X, rows, rows, feats, state[:2]),  # T disagrees
+        (X, rows[:, :1], rows[:, :1], feats, state),  # 1 row per tree
+        (X, rows[:0], rows[:0], feats[:0], state[:0]),  # no trees
+        (X, rows, rows, feats[:, :0], state),  # no features
+        (X, rows.ravel(), rows, feats, state),  # wrong rank
+    ]
+    for args in bad:
+        with pytest.raises(InvalidInputError, match="forest_grow"):
+            _core.forest_grow(*args)
+    with pytest.raises(InvalidInputError):
+        _core.forest_plan(50, 3, 4, 51, 0, 7)  # max_samples above n

@@ -371,6 +371,9 @@ PYBIND11_MODULE(_core, m) {
                   xr.shape(1) != gr.shape(1))
                   throw InvalidInput("forest_grow: x_rows and rows (T x psi), features (T x k), rng_state (T)");
               const int64_t T = st.shape(0), psi = xr.shape(1), k = fs.shape(1);
+              // As Forest::train requires of its plan: trees, at least 2 rows each, a feature.
+              if (T < 1 || psi < 2 || k < 1)
+                  throw InvalidInput("forest_grow: at least 1 tree, 2 rows per tree and 1 feature");
               for (int64_t i = 0; i < T * psi; ++i)
                   if (xr.data()[i] < 0 || xr.data()[i] >= v.rows) throw InvalidInput("forest_grow: x_rows out of range");
               for (int64_t i = 0; i < T * k; ++i)
