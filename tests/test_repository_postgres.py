@@ -7,7 +7,6 @@ test_repository.py, test_service.py, test_jobs.py, test_alerts.py and test_audit
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import textwrap
@@ -167,29 +166,33 @@ def test_connections_are_reused_and_a_restart_costs_no_failed_call(pg_server, pg
     assert service.list_detectors(pg_home) == []
 
 
-def test_a_forked_child_never_uses_its_parents_connections(pg_home):
-    """An idle connection belongs to the process that opened it: a child made by fork opens its
-    own, and the parent's (whose session the child must not touch) keeps working."""
+_FORK = """
+    import os, sys
     from pynomaly import _db
 
     def backend_pid():
-        with _db.Database(pg_home) as db:
+        with _db.Database(sys.argv[1]) as db:
             return db.execute("SELECT pg_backend_pid()").fetchone()[0]
 
     parents = backend_pid()  # now idle, kept for reuse
     r, w = os.pipe()
     child = os.fork()
     if child == 0:
-        try:
-            os.write(w, str(backend_pid()).encode())
-        finally:
-            os._exit(0)
+        os.write(w, str(backend_pid()).encode())
+        os._exit(0)
     os.close(w)
     childs = int(os.read(r, 64))
-    os.close(r)
     os.waitpid(child, 0)
-    assert childs != parents
-    assert backend_pid() == parents
+    assert childs != parents, "the child used its parent's connection"
+    assert backend_pid() == parents, "the parent's connection was lost"
+"""
+
+
+def test_a_forked_child_never_uses_its_parents_connections(pg_home):
+    """An idle connection belongs to the process that opened it: a child made by fork opens its
+    own, and the parent's (whose session the child must not touch) keeps working. In a process
+    of its own: forking the test process, with JAX's threads in it, is refused by JAX."""
+    _python_ok(_FORK, pg_home)
 
 
 # -- change notifications -------------------------------------------------------------------
