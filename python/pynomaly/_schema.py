@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _db
 from . import audit as _audit
+from . import revocations as _revocations
 
 __all__ = ["MIGRATIONS"]
 
@@ -109,4 +110,5 @@ MIGRATIONS = [
     ("the audit table", _statements(_audit.SCHEMA)),
     ("dataset_data: the stored rows of uploaded datasets", _statements(_DATASET_DATA_SCHEMA)),
     ("a database home's artifacts, version marks and audit head", _database_home_only(_DATABASE_HOME_SCHEMA)),
+    ("revoked_tokens: API tokens and sessions revoked before they expire", _statements(_revocations.SCHEMA)),
 ]
