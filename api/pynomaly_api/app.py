@@ -92,11 +92,15 @@ class ServerState:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.home = service.home_path(settings.home)
-        self.verifier = (
-            Verifier(self.home, settings.public_keys, issuer=settings.issuer, audience=settings.audience,
-                     role_claim=settings.role_claim)
-            if settings.auth else None
-        )
+        self.revocations = None
+        self.verifier = None
+        if settings.auth:
+            from pynomaly.revocations import RevocationList
+
+            self.revocations = RevocationList(self.home)
+            self.verifier = Verifier(self.home, settings.public_keys, issuer=settings.issuer,
+                                     audience=settings.audience, role_claim=settings.role_claim,
+                                     revocations=self.revocations)
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.threads or os.cpu_count() or 1, thread_name_prefix="pynomaly-api")
         # What the server has done since it started (GET /api/v1/stats; per process).
@@ -124,6 +128,8 @@ class ServerState:
         """At start-up, on the event loop: alert hand-overs, in-process job workers, and the
         cache told of other processes' new versions (a database home: NOTIFY)."""
         self.observer.start(asyncio.get_running_loop())
+        if self.revocations is not None:
+            self.revocations.start()
         self.cache.follow_source(asyncio.get_running_loop())
         if self.settings.job_workers:
             from pynomaly import jobs
@@ -186,6 +192,8 @@ class ServerState:
         for w in self.job_workers:
             w.shutdown()  # the running job is re-queued for the next worker
         self.observer.stop()
+        if self.revocations is not None:
+            self.revocations.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 

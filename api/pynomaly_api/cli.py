@@ -140,6 +140,11 @@ def token_parser(prog: str = "pynomaly token") -> argparse.ArgumentParser:
     r = sub.add_parser("rotate", help="add a new signing secret; --retire old ones (their tokens stop working)")
     r.add_argument("--retire", action="append", default=[], metavar="KID", help="secret to remove (repeatable)")
     sub.add_parser("keys", help="list the signing secrets' ids (never the secrets)")
+    v = sub.add_parser("revoke", help="refuse a token (or every token of a user) from now on; running servers "
+                       "refuse it within a second")
+    which = v.add_mutually_exclusive_group(required=True)
+    which.add_argument("token", nargs="?", metavar="TOKEN_OR_ID", help="the whole token, or its id (jti)")
+    which.add_argument("--user", help="revoke every token and session of this user issued until now")
     return p
 
 
@@ -165,6 +170,18 @@ def token_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly token
             kids = tokens.rotate(home, args.retire)
             _audit(home, "token.rotate", kids[-1], "ok", {"retired": list(args.retire)})
             sys.stdout.write(f"signing with {kids[-1]}; also accepted: {', '.join(kids[:-1]) or 'none'}\n")
+        elif args.action == "revoke":
+            from pynomaly import revocations
+
+            if args.user is not None:
+                revocations.revoke_subject(home, args.user)
+                _audit(home, "token.revoke", f"user {args.user}", "ok")
+                sys.stdout.write(f"revoked every token of {args.user} issued until now\n")
+            else:
+                jti, expires = tokens.token_id(args.token)
+                revocations.revoke_token(home, jti, expires)
+                _audit(home, "token.revoke", jti, "ok")
+                sys.stdout.write(f"revoked token {jti}\n")
         else:
             for k in tokens.read_secrets(home):
                 sys.stdout.write(f"{k['kid']}  created {k['created']}\n")
@@ -197,7 +214,7 @@ def user_parser(prog: str = "pynomaly user") -> argparse.ArgumentParser:
     a.add_argument("--password-stdin", action="store_true",
                    help="read the password from standard input's first line (for scripts) instead of asking")
     sub.add_parser("list", help="list users and their roles (never their passwords)")
-    r = sub.add_parser("remove", help="remove a user (their open sessions last until they expire)")
+    r = sub.add_parser("remove", help="remove a user and revoke their sessions and tokens")
     r.add_argument("name")
     return p
 
@@ -225,8 +242,12 @@ def user_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly user")
             for name, u in sorted(sessions.read_users(home).items()):
                 sys.stdout.write(f"{name}  {u['role']}  added {u['created']}\n")
         else:
+            from pynomaly import revocations
+
             sessions.remove_user(home, args.name)
-            sys.stdout.write(f"removed {args.name}\n")
+            # Their open sessions (and API tokens in their name) stop working on every server.
+            revocations.revoke_subject(home, args.name)
+            sys.stdout.write(f"removed {args.name}; their sessions and tokens are revoked\n")
         return 0
     except Exception as e:  # noqa: BLE001 - one clear line
         sys.stderr.write(f"{prog}: error: {e}\n")

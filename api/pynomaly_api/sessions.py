@@ -151,10 +151,22 @@ class Throttle:
 
 
 # -- sessions ---------------------------------------------------------------------------------
-def password_session(home, name: str, role: str, *, issuer: str, audience: str) -> tuple:
+def password_session(home, name: str, role: str, *, issuer: str, audience: str, role_claim: str = "role") -> tuple:
     """``(token, max_age_s)`` of a new session for a user who gave their password."""
-    token, _ = create_token(home, name, role, SESSION_TTL_S, issuer=issuer, audience=audience)
+    token, _ = create_token(home, name, role, SESSION_TTL_S, issuer=issuer, audience=audience, role_claim=role_claim)
     return token, SESSION_TTL_S
+
+
+def token_session(home, p: Principal, *, issuer: str, audience: str, role_claim: str = "role") -> tuple:
+    """``(token, max_age_s)`` of a new session for someone who signed in with the API token
+    ``p``: a token of its own (signing out revokes the session, not the API token a script may
+    still use), which ends when that token expires or is revoked (``parent``)."""
+    ttl = min(SESSION_TTL_S, session_lifetime(p))
+    if ttl <= 0:
+        raise TokenError("the token has expired")
+    token, _ = create_token(home, p.subject, p.role, ttl, issuer=issuer, audience=audience, role_claim=role_claim,
+                            parent=p.jti)
+    return token, ttl
 
 
 def principal(state, request) -> Optional[Principal]:
@@ -204,5 +216,5 @@ def csrf_ok(home, nonce: Optional[str], token: Optional[str]) -> bool:
 
 
 __all__ = ["Throttle", "add_user", "remove_user", "read_users", "check_password", "hash_password", "verify_password",
-           "password_session", "principal", "cookie", "csrf_token", "csrf_ok", "new_nonce", "SESSION_COOKIE",
+           "password_session", "token_session", "principal", "cookie", "csrf_token", "csrf_ok", "new_nonce", "SESSION_COOKIE",
            "CSRF_COOKIE"]

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from pynomaly import PynomalyError, service
+from pynomaly.revocations import revoke_token
 from pynomaly.serving import DetectorUnavailable
 
 from .. import sessions
@@ -68,9 +69,10 @@ async def signin(request: Request) -> Response:
     if token:
         try:
             p = st.verifier.verify(token)
+            token, max_age = sessions.token_session(st.home, p, issuer=st.settings.issuer,
+                                                    audience=st.settings.audience, role_claim=st.settings.role_claim)
         except TokenError as e:
             return again(f"that token was not accepted: {e}")
-        max_age = sessions.session_lifetime(p)
     else:
         name, password = (form.get("user") or "").strip(), form.get("password") or ""
         if not name or not password:
@@ -84,7 +86,7 @@ async def signin(request: Request) -> Response:
             return again("unknown user or wrong password")
         THROTTLE.succeeded(name)
         token, max_age = sessions.password_session(st.home, name, role, issuer=st.settings.issuer,
-                                                   audience=st.settings.audience)
+                                                   audience=st.settings.audience, role_claim=st.settings.role_claim)
     r = RedirectResponse(nxt, status_code=303)
     r.headers.append("set-cookie", sessions.cookie(sessions.SESSION_COOKIE, token, max_age=max_age,
                                                    secure=over_tls(request)))
@@ -100,6 +102,9 @@ async def signout(request: Request) -> Response:
         form = await read_form(request, 64 * 1024)
         if not sessions.csrf_ok(st.home, request.cookies.get(sessions.CSRF_COOKIE), form.get("csrf")):
             raise HTTPError(403, "the form's security token is missing or stale: reload the page and try again")
+        p = sessions.principal(st, request)
+        if p is not None and p.jti is not None:  # the cookie stops working here and on every replica
+            await st.run(lambda: (revoke_token(st.home, p.jti, p.expires), st.revocations.refresh()))
     except Exception as e:  # noqa: BLE001
         return error_page(request, e)
     r = RedirectResponse("/", status_code=303)
