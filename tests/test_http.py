@@ -612,11 +612,11 @@ def test_a_version_saved_elsewhere_is_served_within_a_second(served):
     assert not np.array_equal(first, want)
 
 
-def test_openapi_page_lists_the_detection_api(served):
+def test_openapi_schema_lists_the_detection_api(served):
     server = served[0]
     status, spec = server.json("GET", "/openapi.json")
     assert status == 200 and "/api/v1/detect" in spec["paths"] and "/api/v1/datasets" in spec["paths"]
-    assert server.request("GET", "/docs")[0] == 200
+    assert server.request("GET", "/docs")[0] == 404  # Swagger UI loads from a CDN (issue 25.8)
 
 
 def test_importing_pynomaly_does_not_import_the_http_stack():

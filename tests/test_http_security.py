@@ -136,3 +136,74 @@ def test_token_revoke_takes_a_token_or_its_id_and_every_server_refuses_it_within
     assert pynomaly(home, "token", "revoke", "--user", "bot").returncode == 0
     refused_within(lambda: b.request("GET", "/api/v1/detectors", token=third)[0] == 401, 1.0)
     assert b.request("GET", "/api/v1/detectors", token=make_token(home, "viewer", user="bot"))[0] == 200
+
+
+# -- 8. password guessing, borrowed CSRF tokens, pages from other hosts --------------------------------
+def sign_in_from(server, address: str, user: str, password: str):
+    """A sign-in as a browser at ``address`` would make it (through a proxy on loopback, which
+    the server trusts to say who its client is)."""
+    c = WebClient(server)
+    fields = {"csrf": c.csrf("/"), "next": "/ui/detectors", "user": user, "password": password}
+    return c.post("/ui/signin", fields, headers={"X-Forwarded-For": address})
+
+
+def test_guessing_backs_off_per_client_and_never_locks_the_right_password_out(two_servers):
+    (a, _), home = two_servers
+    add_user(home, "target", "viewer", PASSWORD)
+    attacker = "198.51.100.7"
+    statuses = [sign_in_from(a, attacker, "target", f"guess {i}")[0] for i in range(12)]
+    # Three free failures, then the attacker waits 1 s, 2 s, 4 s...: the rest of its burst is
+    # answered 429 without a password check, for any name it tries.
+    assert statuses[:3] == [401, 401, 401] and set(statuses[3:]) == {429}, statuses
+    status, h, page = sign_in_from(a, attacker, "vie-user", PASSWORD)
+    assert status == 429 and int(h["retry-after"]) >= 1 and "try again in" in page
+    # The person with the right password, elsewhere, is not locked out by those failures.
+    assert sign_in_from(a, "203.0.113.20", "target", PASSWORD)[0] == 303
+    # After the wait the attacker may try once more; another failure doubles the wait.
+    time.sleep(1.1)
+    assert sign_in_from(a, attacker, "target", "guess again")[0] == 401
+    status, h, _ = sign_in_from(a, attacker, "target", "and again")
+    assert status == 429 and int(h["retry-after"]) == 2
+
+
+def test_guesses_spread_over_addresses_slow_down_those_addresses_on_that_name(two_servers):
+    (a, _), home = two_servers
+    add_user(home, "sprayed", "viewer", PASSWORD)
+    for i in range(5):  # a botnet: each address fails once on the name
+        assert sign_in_from(a, f"192.0.2.{i}", "sprayed", "wrong")[0] == 401
+    # An address that failed on the name now waits for the name's back-off, right password or not.
+    assert sign_in_from(a, "192.0.2.0", "sprayed", PASSWORD)[0] == 429
+    assert sign_in_from(a, "192.0.2.99", "sprayed", PASSWORD)[0] == 303  # one that never failed
+
+
+def test_a_csrf_token_from_another_session_is_refused(two_servers):
+    (a, _), _home = two_servers
+    attacker, victim = WebClient(a), WebClient(a)
+    assert attacker.sign_in("vie-user", PASSWORD)[0] == 303
+    assert victim.sign_in("adm-user", PASSWORD)[0] == 303
+    # The attacker's own pair (cookie nonce + form token), planted in the victim's browser.
+    token = attacker.csrf("/ui/detectors")
+    victim.cookies["pynomaly_csrf"] = attacker.cookies["pynomaly_csrf"]
+    status, _, page = victim.post("/ui/signout", {"csrf": token})
+    assert status == 403 and "security token" in page
+    assert victim.get("/ui/detectors")[0] == 200  # still signed in: the forged sign-out did nothing
+    status, _, _ = victim.post("/ui/signout", {"csrf": victim.csrf("/ui/detectors")})
+    assert status == 303
+
+
+EXTERNAL = re.compile(r"""(?:src|href|action|url)\s*[=(]\s*["']?\s*(?:https?:)?//""", re.I)
+
+
+def test_no_page_loads_anything_from_another_host(two_servers):
+    (a, _), _home = two_servers
+    c = WebClient(a)
+    pages = ["/", "/docs", "/redoc", "/docs/oauth2-redirect"]
+    assert c.sign_in("adm-user", PASSWORD)[0] == 303
+    pages += ["/ui/detectors", "/ui/detect", "/ui/train", "/ui/health", "/ui/no-such-page"]
+    for path in pages:
+        status, h, text = c.get(path)
+        assert not EXTERNAL.search(text), (path, EXTERNAL.search(text).group(0))
+        assert "cdn" not in text.lower(), path
+    assert c.get("/docs")[0] == 404 and c.get("/redoc")[0] == 404
+    status, _, text = c.get("/openapi.json")  # the schema stays, for viewers and client generators
+    assert status == 200 and '"/api/v1/detect"' in text

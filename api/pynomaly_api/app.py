@@ -1,6 +1,6 @@
 """The ASGI app: Open Inference Protocol v2 on a plain Starlette app (the per-request path
-that load meets), the detection API on FastAPI mounted under it (its OpenAPI page at
-``/docs``), one error format for both, and the state they share.
+that load meets), the detection API on FastAPI mounted under it (its OpenAPI schema at
+``/openapi.json``), one error format for both, and the state they share.
 
 Detection goes through the service layer's :class:`~pynomaly.service.Scorer`, kept in the
 same :class:`~pynomaly.serving.ModelCache` as the daemon's: this face adds HTTP, not a
@@ -614,6 +614,10 @@ def create_app(settings: Optional[Settings] = None):
         summary="Anomaly detection over HTTP: Open Inference Protocol v2 (/v2/..., see the protocol's "
         "specification) and the detection API",
         version=_version(),
+        # Swagger UI and ReDoc load their scripts from a CDN (FastAPI's wheel has no copy): a
+        # page of ours running another host's code, and none on a box without internet. The
+        # schema stays at /openapi.json for any viewer or client generator.
+        docs_url=None, redoc_url=None,
     )
     api.state.pynomaly = state
     api.include_router(detection.router)

@@ -33,7 +33,7 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Serve stored detectors over HTTP: the Open Inference Protocol v2 (/v2/...) and the "
-        "detection API (/api/v1/..., OpenAPI page at /docs). Clients send 'Authorization: Bearer <token>' "
+        "detection API (/api/v1/..., OpenAPI schema at /openapi.json). Clients send 'Authorization: Bearer <token>' "
         "(pynomaly token create); health endpoints are open.",
     )
     p.add_argument("--home", help="repository folder (default: $PYNOMALY_HOME or the user data folder)")

@@ -77,14 +77,17 @@ async def signin(request: Request) -> Response:
         name, password = (form.get("user") or "").strip(), form.get("password") or ""
         if not name or not password:
             return again("give a token, or a user name and password", 400)
-        wait_s = THROTTLE.wait_s(name)
+        client = request.client.host if request.client else ""
+        wait_s = THROTTLE.wait_s(name, client)
         if wait_s > 0:
-            return again(f"too many failed sign-ins for {name!r}: try again in {math.ceil(wait_s)} s", 429)
+            r = again(f"too many failed sign-ins: try again in {math.ceil(wait_s)} s", 429)
+            r.headers["Retry-After"] = str(math.ceil(wait_s))
+            return r
         role = await st.run(sessions.check_password, st.home, name, password)
         if role is None:
-            THROTTLE.failed(name)
+            THROTTLE.failed(name, client)
             return again("unknown user or wrong password")
-        THROTTLE.succeeded(name)
+        THROTTLE.succeeded(name, client)
         token, max_age = sessions.password_session(st.home, name, role, issuer=st.settings.issuer,
                                                    audience=st.settings.audience, role_claim=st.settings.role_claim)
     r = RedirectResponse(nxt, status_code=303)
@@ -100,9 +103,10 @@ async def signout(request: Request) -> Response:
     st = state_of(request)
     try:
         form = await read_form(request, 64 * 1024)
-        if not sessions.csrf_ok(st.home, request.cookies.get(sessions.CSRF_COOKIE), form.get("csrf")):
-            raise HTTPError(403, "the form's security token is missing or stale: reload the page and try again")
         p = sessions.principal(st, request)
+        if not sessions.csrf_ok(st.home, request.cookies.get(sessions.CSRF_COOKIE), form.get("csrf"),
+                                sessions.session_id(p)):
+            raise HTTPError(403, "the form's security token is missing or stale: reload the page and try again")
         if p is not None and p.jti is not None:  # the cookie stops working here and on every replica
             await st.run(lambda: (revoke_token(st.home, p.jti, p.expires), st.revocations.refresh()))
     except Exception as e:  # noqa: BLE001
