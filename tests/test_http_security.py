@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +208,121 @@ def test_no_page_loads_anything_from_another_host(two_servers):
     assert c.get("/docs")[0] == 404 and c.get("/redoc")[0] == 404
     status, _, text = c.get("/openapi.json")  # the schema stays, for viewers and client generators
     assert status == 200 and '"/api/v1/detect"' in text
+
+
+# -- 13. the OIP v2 statistics, the error metric's label, the statuses the OpenAPI document declares ---
+def _probes(server, spec, tokens):
+    """``(method, path, status)`` of hostile and ordinary requests to every operation of the
+    OpenAPI document: no token, a viewer's, an admin's; unknown ids; no body, broken JSON, an
+    empty object, a foreign content type, an oversized body."""
+    seen = []
+    for template, ops in spec["paths"].items():
+        for method in ops:
+            for name in ("det", "nosuch"):
+                if method.upper() == "DELETE" and name == "det":
+                    continue  # keep the detector for the other probes
+                path = re.sub(r"\{name\}", name, template)
+                path = re.sub(r"\{[a-z_]+\}", "nosuch", path)
+                bodies = [(None, {}), (b"{not json", {"Content-Type": "application/json"}),
+                          (b"{}", {"Content-Type": "application/json"}),
+                          (b"<x/>", {"Content-Type": "application/xml"}), (b"x" * 5000, {"Content-Type": "text/csv"})]
+                for token in tokens:
+                    for body, headers in (bodies if method.upper() in ("POST", "PUT") else bodies[:1]):
+                        status, _, _ = server.request(method.upper(), path, body=body, headers=headers, token=token)
+                        seen.append((method, template, status))
+    return seen
+
+
+def test_every_status_the_detection_api_answers_is_declared_in_its_openapi_document(tmp_path):
+    import numpy as np
+
+    from pynomaly import service
+
+    home = tmp_path / "home"
+    service.train(home, "det", np.random.default_rng(0).normal(size=(200, 3)), "IsolationForest",
+                  {"n_estimators": 10, "random_state": 0})
+    server = ApiServer(home, "--job-workers", "0", "--max-body", "4K")
+    try:
+        status, spec = server.json("GET", "/openapi.json")
+        assert status == 200
+        tokens = [None, "not.a.token", make_token(home, "viewer"), make_token(home, "admin")]
+        # A 5xx is a fault, never a documented answer: not asked of the document here.
+        undeclared = sorted({(m, p, s) for m, p, s in _probes(server, spec, tokens)
+                             if s < 500 and str(s) not in spec["paths"][p][m]["responses"]})
+    finally:
+        server.stop()
+    assert not undeclared, "\n".join(map(str, undeclared))
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert "422" not in op["responses"], (method, path)  # validation errors are answered 400
+            for code, r in op["responses"].items():
+                if code[0] in "45":
+                    assert r["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import numpy as np
+
+    from pynomaly import service
+
+    home = tmp_path_factory.mktemp("statshome")
+    X = np.random.default_rng(1).normal(size=(300, 4))
+    service.train(home, "det", X, "IsolationForest", {"n_estimators": 20, "random_state": 0})
+    service.train(home, "other", X, "IsolationForest", {"n_estimators": 20, "random_state": 1})
+    server = ApiServer(home, "--job-workers", "0")
+    try:
+        yield server, home, X
+    finally:
+        server.stop()
+
+
+def test_inference_statistics_read_by_tritonclient(served):
+    import numpy as np
+
+    th = pytest.importorskip("tritonclient.http")
+    server, home, X = served
+    token = make_token(home, "operator")
+    auth = {"Authorization": f"Bearer {token}"}
+    c = th.InferenceServerClient(server.url)
+    for rows in (X[:5], X[:7]):
+        x = th.InferInput("input", list(rows.shape), "FP64")
+        x.set_data_from_numpy(rows)
+        c.infer("det", [x], headers=auth)
+    bad = th.InferInput("input", [2, 3], "FP64")  # the wrong number of features: a failure of "det"
+    bad.set_data_from_numpy(np.zeros((2, 3)))
+    with pytest.raises(Exception):
+        c.infer("det", [bad], headers=auth)
+    every = c.get_inference_statistics(headers=auth)["model_stats"]
+    assert [(m["name"], m["version"]) for m in every] == [("det", "1")]  # not a detector named "stats"
+    det = c.get_inference_statistics("det", headers=auth)["model_stats"][0]
+    assert det["inference_count"] == 12 and det["execution_count"] == 2
+    s = det["inference_stats"]
+    assert s["success"]["count"] == 2 and s["success"]["ns"] > 0 and s["fail"]["count"] == 1
+    assert det["last_inference"] / 1000 == pytest.approx(time.time(), abs=60)
+    one = c.get_inference_statistics("det", "1", headers=auth)["model_stats"]
+    assert one == [det]
+    # A model not yet asked: its version with zeros; unknown ones: the protocol's 404.
+    other = c.get_inference_statistics("other", headers=auth)["model_stats"]
+    assert other[0]["name"] == "other" and other[0]["inference_stats"]["success"]["count"] == 0
+    assert server.json("GET", "/v2/models/nosuch/stats", token=token)[0] == 404
+    assert server.json("GET", "/v2/models/det/versions/9/stats", token=token)[0] == 404
+    assert server.json("GET", "/v2/models/stats")[0] == 401
+    status, meta = server.json("GET", "/v2")
+    assert "statistics" in meta["extensions"]
+
+
+def test_the_error_metric_is_labelled_by_code_as_protocol_md_says(served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server, home, _ = served
+    token = make_token(home, "operator")
+    assert server.request("POST", "/v2/models/nosuch/infer", body={"inputs": []}, token=token)[0] == 404
+    assert server.request("POST", "/v2/models/det/infer", body=b"{", token=token)[0] == 400
+    status, _, text = server.request("GET", "/metrics", token=token)
+    fams = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    errors = {s.labels["code"]: s.value for s in fams["pynomaly_errors"].samples if s.name.endswith("_total")}
+    assert errors["404"] >= 1 and errors["400"] >= 1 and all(set(s.labels) == {"code"}
+                                                             for s in fams["pynomaly_errors"].samples)
+    protocol = (Path(__file__).parent.parent / "PROTOCOL.md").read_text()
+    assert "`pynomaly_errors_total{code}`" in protocol

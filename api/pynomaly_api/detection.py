@@ -488,3 +488,61 @@ async def new_token(body: TokenIn, request: Request, who: Principal = Depends(al
     token, expires = await audited(request, who, "token.create", f"{body.user} ({body.role})", work,
                                    {"ttl": body.ttl})
     return {"token": token, "user": body.user, "role": body.role, "expires_at": expires.isoformat()}
+
+
+# -- the statuses each route answers, declared in the OpenAPI document --------------------------------
+class Error(BaseModel):
+    """Every error's body."""
+
+    error: str = Field(description="what was wrong, and what is accepted")
+
+
+_WHY = {
+    400: "bad request: a malformed body, parameter or name, or a value out of range",
+    401: "no token, or one that is malformed, expired, revoked or signed with an unknown key",
+    403: "the token's role may not do this",
+    404: "no such detector, version, dataset, result or job",
+    409: "not possible in the detector's or the server's state (e.g. an archived detector)",
+    413: "the body is larger than the server's --max-body, also once decompressed",
+    415: "a Content-Type or Content-Encoding the route does not read",
+    503: "the home's database cannot be reached; retry (Retry-After)",
+}
+_EVERY_ROUTE = (401, 503)
+# Besides those, by route: what each can answer (tests/test_http_security.py probes every route
+# and checks that what comes back is declared here).
+_ROUTE_ERRORS = {
+    ("GET", "/api/v1/detectors"): (),
+    ("GET", "/api/v1/detectors/{name}"): (400, 404),
+    ("GET", "/api/v1/detectors/{name}/versions"): (400, 404),
+    ("GET", "/api/v1/detectors/{name}/results"): (400, 404),
+    ("POST", "/api/v1/detectors/{name}/archive"): (400, 403, 404),
+    ("POST", "/api/v1/detectors/{name}/activate"): (400, 403, 404),
+    ("DELETE", "/api/v1/detectors/{name}"): (400, 403, 404),
+    ("POST", "/api/v1/detectors/{name}/train"): (400, 403, 404, 409, 413, 415),
+    ("GET", "/api/v1/detectors/{name}/export"): (400, 403, 404),
+    ("POST", "/api/v1/detectors/import"): (400, 403, 409, 413, 415),
+    ("POST", "/api/v1/datasets"): (400, 403, 413, 415),
+    ("GET", "/api/v1/datasets"): (),
+    ("GET", "/api/v1/datasets/{dataset_id}"): (404,),
+    ("DELETE", "/api/v1/datasets/{dataset_id}"): (403, 404, 409),
+    ("POST", "/api/v1/detect"): (400, 403, 404, 409, 413, 415),
+    ("GET", "/api/v1/results/{result_id}"): (400, 404),
+    ("POST", "/api/v1/jobs"): (400, 403, 404, 413, 415),
+    ("GET", "/api/v1/jobs"): (400,),
+    ("GET", "/api/v1/jobs/{job_id}"): (404,),
+    ("POST", "/api/v1/jobs/{job_id}/cancel"): (403, 404, 409),
+    ("GET", "/api/v1/jobs/{job_id}/events"): (404,),
+    ("GET", "/api/v1/stats"): (),
+    ("POST", "/api/v1/tokens"): (400, 403, 409, 413, 415),
+}
+
+
+def _declare_errors() -> None:
+    for route in router.routes:
+        for method in route.methods:
+            codes = _ROUTE_ERRORS[(method, route.path)]  # a new route needs its line above
+            route.responses.update({c: {"model": Error, "description": _WHY[c]}
+                                    for c in sorted(set(_EVERY_ROUTE) | set(codes))})
+
+
+_declare_errors()
