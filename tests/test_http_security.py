@@ -326,3 +326,149 @@ def test_the_error_metric_is_labelled_by_code_as_protocol_md_says(served):
                                                              for s in fams["pynomaly_errors"].samples)
     protocol = (Path(__file__).parent.parent / "PROTOCOL.md").read_text()
     assert "`pynomaly_errors_total{code}`" in protocol
+
+
+# -- 6. slow and numerous clients -----------------------------------------------------------------------
+H11_SERVER = """
+import os, sys, uvicorn
+from pynomaly_api.settings import ENV, Settings
+from pynomaly_api import guard
+os.environ[ENV] = Settings(home=sys.argv[1], header_timeout_s=1.0, max_client_connections=5).to_env()
+uvicorn.run("pynomaly_api.app:create_app", factory=True, port=int(sys.argv[2]), http=guard.H11Guard,
+            log_level="warning", timeout_keep_alive=5, h11_max_incomplete_event_size=guard.MAX_HEAD_BYTES)
+"""
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def guarded(request, tmp_path):
+    """A server with a 1 s header timeout and at most 5 connections per client address, on
+    each of uvicorn's HTTP protocols (httptools: what `pynomaly api` runs when it is installed)."""
+    from _http_helpers import free_port
+
+    if request.param == "httptools":
+        pytest.importorskip("httptools")
+        server = ApiServer(tmp_path, "--header-timeout", "1", "--max-client-connections", "5")
+        yield server.port
+        server.stop()
+        return
+    port = free_port()
+    log = open(tmp_path / "h11.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", H11_SERVER, str(tmp_path), str(port)], stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while _get(port) != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "h11.log").read_text()
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def _connect(port: int, source: str = "127.0.0.1"):
+    import socket
+
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def _get(port: int, source: str = "127.0.0.1") -> int:
+    try:
+        with _connect(port, source) as s:
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return int(_read_all(s).split(b" ", 2)[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _read_all(s) -> bytes:
+    out = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_slow_clients_beyond_the_cap_do_not_stop_others_and_stalled_heads_are_closed(guarded):
+    port = guarded
+    stalled = []
+    try:
+        for _ in range(20):  # slowloris from one address: half a request head, then nothing
+            s = _connect(port)
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-a: ")
+            stalled.append(s)
+        time.sleep(0.2)
+        # The 15 beyond the cap were answered 503 and closed at once (the client may see a reset
+        # instead: the server closed with the client's unread bytes in its buffer).
+        for s in stalled[5:]:
+            s.settimeout(2)
+            try:
+                answer = _read_all(s)
+            except ConnectionResetError:
+                answer = b"HTTP/1.1 503 (reset)"
+            assert answer.startswith(b"HTTP/1.1 503"), answer
+        # Another client is served meanwhile.
+        start = time.monotonic()
+        assert _get(port, "127.0.0.2") == 200 and time.monotonic() - start < 0.5
+        # The 5 within the cap are answered 408 and closed once their head is 1 s late.
+        for s in stalled[:5]:
+            s.settimeout(3)
+            assert _read_all(s).startswith(b"HTTP/1.1 408")
+        assert time.monotonic() - start < 2.5
+        assert _get(port) == 200  # the address's slots are free again
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def _answer(s, timeout: float) -> bytes:
+    """What the server sent before closing (a reset counts as closing); fails on a timeout."""
+    s.settimeout(timeout)
+    try:
+        return _read_all(s) or b"(closed)"
+    except (ConnectionResetError, BrokenPipeError):
+        return b"(reset)"
+
+
+def test_a_head_trickled_a_byte_at_a_time_or_too_large_is_closed(guarded):
+    port = guarded
+    with _connect(port) as s:  # a byte every 0.2 s: the head is not complete after 1 s
+        start = time.monotonic()
+        try:
+            for b in b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-long: " + b"a" * 20:
+                s.sendall(bytes([b]))
+                time.sleep(0.2)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        assert time.monotonic() - start < 3, "the server did not close it after 1 s"
+        assert _answer(s, 3).startswith((b"HTTP/1.1 408", b"(reset)"))
+    with _connect(port) as s:  # a head past 64 KiB, sent at once
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for i in range(200):
+                s.sendall(b"X-pad-%d: %s\r\n" % (i, b"a" * 1000))
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        got = _answer(s, 3)
+        assert got.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400", b"(reset)")), got[:100]
+
+
+def test_a_keep_alive_connection_gets_the_same_time_for_its_next_head(guarded):
+    port = guarded
+    with _connect(port) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")  # the next head, never finished
+        start = time.monotonic()
+        s.settimeout(3)
+        assert _read_all(s).startswith(b"HTTP/1.1 408") and time.monotonic() - start < 2
+
+
+def test_bad_guard_settings_are_refused_with_their_reason(tmp_path):
+    for args, says in ((["--header-timeout", "0"], "header_timeout_s"),
+                       (["--max-client-connections", "-1"], "max_client_connections")):
+        r = pynomaly(tmp_path, "api", "--port", "1", *args)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr

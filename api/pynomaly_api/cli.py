@@ -55,6 +55,12 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
                    help="largest request body accepted, e.g. 64M (default 256M)")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="SECONDS",
                    help=f"answer 504 after this long (default {d.request_timeout_s:g})")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout_s, metavar="SECONDS",
+                   help="close a connection whose request head is not complete this long after it opened or "
+                   f"after its last response (default {d.header_timeout_s:g})")
+    p.add_argument("--max-client-connections", type=int, default=d.max_client_connections, metavar="N",
+                   help=f"open connections per client address and process (default {d.max_client_connections}; "
+                   "0: no cap, e.g. behind a proxy that caps its clients)")
     p.add_argument("--cache", type=_size, default=d.cache_bytes, metavar="SIZE",
                    help="memory for loaded detectors (default 2G)")
     p.add_argument("--threads", type=int, default=d.threads, help="scoring threads (default: one per CPU)")
@@ -73,7 +79,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allow_open_network=args.allow_open_network, public_keys=dict(args.jwt_public_key), issuer=args.jwt_issuer,
         audience=args.jwt_audience, role_claim=args.jwt_role_claim, max_body_bytes=args.max_body,
         request_timeout_s=args.request_timeout, cache_bytes=args.cache, threads=args.threads,
-        job_workers=args.job_workers,
+        job_workers=args.job_workers, header_timeout_s=args.header_timeout,
+        max_client_connections=args.max_client_connections,
     ).check()
 
 
@@ -109,11 +116,17 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly api") -> in
         return 2
     os.environ[ENV] = settings.to_env()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from . import guard
+
+    # Slow heads, idle keep-alives and one address's many connections are closed (guard), so
+    # that slow clients cannot hold every file descriptor (README: the descriptor limit to set).
     uvicorn.run(
         "pynomaly_api.app:create_app", factory=True, host=settings.host, port=settings.port, uds=settings.uds,
         workers=settings.workers, log_level=args.log_level, access_log=False, server_header=False,
-        timeout_keep_alive=30, timeout_graceful_shutdown=30,
-        loop="uvloop" if _has("uvloop") else "asyncio", http="httptools" if _has("httptools") else "h11",
+        timeout_keep_alive=min(5.0, settings.header_timeout_s), timeout_graceful_shutdown=30,
+        h11_max_incomplete_event_size=guard.MAX_HEAD_BYTES,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http=guard.protocol("httptools" if _has("httptools") else "h11"),
     )
     return 0
 
