@@ -117,8 +117,10 @@ class _Guard:
 
 class HttpToolsGuard(_Guard, HttpToolsProtocol):
     def _head_pending(self) -> bool:
-        # No request in progress (none yet, or the last one answered) and none parsed ahead.
-        return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+        # No request in progress (none yet, or the last one answered and its body read to the
+        # end: the rest of a body answered early, e.g. 413, is not a head) and none parsed ahead.
+        c = self.cycle
+        return (c is None or (c.response_complete and not c.more_body)) and not self.pipeline
 
 
 class H11Guard(_Guard, H11Protocol):
