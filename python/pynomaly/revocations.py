@@ -20,6 +20,7 @@ import time
 from typing import Optional
 
 from . import _db
+from ._errors import RepositoryUnavailableError
 
 __all__ = ["SCHEMA", "revoke_token", "revoke_subject", "RevocationList"]
 
@@ -88,7 +89,14 @@ class RevocationList:
         self._thread: Optional[threading.Thread] = None
         self._failing = False
         self._lock = threading.Lock()
-        self.refresh()  # a server starts with the list as it is
+        try:
+            self.refresh()  # a server starts with the list as it is
+        except RepositoryUnavailableError as e:
+            # A database home that is away: the server starts (not ready, see its readiness)
+            # and the thread reads the list once the database answers; until then it has
+            # nothing to check, and nothing it could serve without the database either.
+            log.warning("cannot read the revoked tokens yet (%s)", e)
+            self._failing = True
 
     def refuses(self, subject: str, issued_at: Optional[float], *ids: Optional[str]) -> bool:
         """Whether a token of ``subject`` issued at ``issued_at`` (its ``iat``; None counts as
