@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response, StreamingResponse
 
 from pynomaly import service
+from pynomaly._errors import UntrustedPickleError
 from pynomaly.domain import DetectionResult, check_name
 
 from .app import HTTPError, ServerState, read_body, state_of, status_of
@@ -220,8 +221,13 @@ async def export(name: str, request: Request, version: Optional[int] = Query(Non
 
 
 @router.post("/detectors/import", summary="Import an export file (the request body) as a detector's next version")
-async def import_detector(request: Request, name: Optional[str] = None, trust_pickle: bool = False,
+async def import_detector(request: Request, name: Optional[str] = None,
                           who: Principal = Depends(allow("manage"))) -> dict:
+    # No trust_pickle here: trusting a pickle is running its code on every replica that shares
+    # the home's key, a decision for whoever holds the machine, never for a network caller
+    # (issue 25). A pickled export signed by this home's own key is still accepted.
+    if "trust_pickle" in request.query_params:
+        raise HTTPError(400, "the HTTP import takes no trust_pickle: " + _PICKLE_ON_THE_MACHINE)
     st = state_of(request)
     blob = await read_body(request, st.settings.max_body_bytes)
     if not blob:
@@ -231,12 +237,21 @@ async def import_detector(request: Request, name: Optional[str] = None, trust_pi
         with tempfile.TemporaryDirectory(prefix="pynomaly-import-") as tmp:
             path = Path(tmp) / "upload.pnx"
             path.write_bytes(blob)
-            return service.import_detector(st.home, path, name, trust_pickle=trust_pickle)
+            try:
+                return service.import_detector(st.home, path, name)
+            except UntrustedPickleError:
+                raise HTTPError(403, "this export holds a pickled model signed by another home's key; "
+                                + _PICKLE_ON_THE_MACHINE) from None
 
     d = await audited(request, who, "import", name or "(its exported name)", lambda: st.run(load),
-                      lambda d: {"name": d.name, "version": d.version, "trust_pickle": trust_pickle})
+                      lambda d: {"name": d.name, "version": d.version})
     st.cache.invalidate(d.name)
     return d.to_dict()
+
+
+_PICKLE_ON_THE_MACHINE = (
+    "a pickle runs code when loaded, so only someone on the server's machine can choose to trust one: "
+    "copy the file there and run `pynomaly --home HOME import FILE --trust-pickle`")
 
 
 # -- datasets --------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._errors import ArtifactIntegrityError, DetectorNotFoundError, InvalidInputError, ModelFormatError
+from ._errors import (ArtifactIntegrityError, DetectorNotFoundError, InvalidInputError, ModelFormatError,
+                      UntrustedPickleError)
 from ._validation import as_matrix
 from .domain import (
     DetectionResult,
@@ -293,7 +294,7 @@ def load_file_for_scoring(path, name: str, version: int, *, trust_pickle: bool =
         except ArtifactIntegrityError:
             raise ArtifactIntegrityError(f"{path} is neither a pynomaly model file nor an export file") from None
         if exp.format == "pickle" and not trust_pickle:
-            raise ArtifactIntegrityError(
+            raise UntrustedPickleError(
                 f"{path} holds a pickled ({exp.algorithm}) model; serve it only from a folder you trust "
                 "(daemon: --trust-pickle)"
             )
@@ -552,7 +553,7 @@ def import_detector(home, path, name=None, *, trust_pickle: bool = False, key: O
     with _repo(home) as repo:
         repo.require_key()
         if exp.format == "pickle" and not trust_pickle and not repo.signed_here(exp):
-            raise ArtifactIntegrityError(
+            raise UntrustedPickleError(
                 f"{Path(path).name} holds a pickled model signed by another repository's key; import it with"
                 " trust_pickle=True (CLI: --trust-pickle) only if you trust where it came from"
             )
