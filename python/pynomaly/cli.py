@@ -148,7 +148,8 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--contamination", type=float, help="label this share of the rows (0, 0.5]")
     d.add_argument("--output", help="write per-row scores and labels (.csv, .json or .parquet)")
     d.add_argument("--columns", type=_columns, help="comma-separated feature columns (names or indices); default: "
-                   "the columns the detector was trained on, by name, when the file has them")
+                   "the columns the detector was trained on, by name; a header lacking some of them is refused "
+                   "(indices read a file by position)")
     d.add_argument("--top", type=int, default=5, help="how many top anomalies to print (default 5)")
     d.add_argument("--no-save", action="store_true", help="do not record the result in the repository")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -157,6 +157,30 @@ def _read_csv(path: Path, delimiter: str):
     return X, names, bad
 
 
+def read_header(path) -> "list[str] | None":
+    """The column names a CSV/TSV or Parquet file declares, read as :func:`load_table` reads
+    them (same delimiter sniffing; a first row of numbers is data, not a header), without
+    reading the rows. None for other formats, a file without a header, or one that cannot be
+    read (its full read then says why)."""
+    p = Path(path)
+    ext = p.suffix.lower()
+    try:
+        if ext in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(p).names)
+        if ext not in (".csv", ".txt", ".tsv"):
+            return None
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+        row = next(csv.reader([first], delimiter=_sniff_delimiter(first, "\t" if ext == ".tsv" else ",")), [])
+    except Exception:
+        return None
+    if not row or all(_is_number(v) for v in row):
+        return None
+    return [h.strip() for h in row]
+
+
 def _is_number(v: str) -> bool:
     try:
         float(v)
