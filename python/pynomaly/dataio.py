@@ -190,12 +190,13 @@ def _check_npz(path: Path, max_bytes: int, max_columns: Optional[int]) -> None:
             info = z.getinfo(member)
             with z.open(member) as f:  # decompresses only the header's bytes
                 shape, dtype = _npy_header(f, path)
+                header = f.tell()
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise InvalidInputError(f"{path.name} is not a readable .npz archive: {e}") from None
     _check_size(path, shape, dtype, max_bytes, max_columns)
     # The member's declared size: reading it stops there (zipfile) and at the header's shape.
-    if info.file_size > max_bytes:
-        raise _too_large(path, f"declares {_mb(info.file_size)} uncompressed", max_bytes)
+    if info.file_size - header > max_bytes:
+        raise _too_large(path, f"declares {_mb(info.file_size - header)} of data uncompressed", max_bytes)
 
 
 _PARQUET_FOOTER_PER_COLUMN = 1024  # bytes of footer per column allowed: ~190 is usual, one row group
@@ -246,6 +247,8 @@ def _check_csv(path: Path, delimiter: str, max_bytes: int, max_columns: Optional
                     width = len(r)
                     if max_columns is not None and width > max_columns:
                         raise _too_wide(path, width, max_columns)
+                    if not all(_is_number(v) for v in r):
+                        continue  # the header (as _read_csv decides)
                 rows += 1
                 if rows * width * 8 > max_bytes:
                     raise _too_large(path, f"holds more than {rows - 1:,} rows of {width:,} columns", max_bytes)
