@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pynomaly
@@ -287,3 +288,23 @@ def test_connection_limits_are_checked_at_start():
         Config(max_connections_per_uid=0)
     with pytest.raises(ValueError, match="--admin-connections must be a finite number >= 0"):
         Config(admin_connections=-1)
+
+
+@pytest.mark.parametrize("loop", ["native-loop", "uvloop"])
+def test_a_refused_client_hears_why_even_mid_send(tmp_path, models, loop):
+    """The daemon refuses a connection and closes it at once: a client still sending a large
+    request meets a broken pipe, and reads the daemon's reason instead of reporting the pipe."""
+    from pynomaly.client import DaemonError
+
+    extra = ("--no-native-loop",) if loop == "uvloop" else ()
+    d = DaemonProcess(tmp_path, models[0], *extra, "--max-connections", "1")
+    try:
+        held = pynomaly.Client(d.sock, timeout=10)
+        assert held.health().status == "ok"
+        X = np.tile(cardio(), (30, 1))  # ~10 MB: more than the socket takes before the daemon closes it
+        for _ in range(3):
+            with pytest.raises(DaemonError, match="too_many_connections: the daemon serves at most 1 connections"):
+                pynomaly.Client(d.sock, timeout=10).detect("cardio", X)
+        held.close()
+    finally:
+        assert d.stop() == 0

@@ -424,10 +424,16 @@ class Client(_Operations):
         s = self._sock or self._connect()
         self._sock = s
         try:
-            _sendall_parts(s, *frame, fd)
+            try:
+                _sendall_parts(s, *frame, fd)
+                sent = True
+            except (BrokenPipeError, ConnectionResetError):
+                # The daemon refused the connection (too_many_connections, forbidden) and closed
+                # it before the request went out: its error frame is still there to read.
+                sent = False
             while True:
                 reply = self._decoder.decode(self._recv_frame(s))
-                if reply.id == req_id:
+                if reply.id == req_id and sent:
                     break
                 if type(reply) is wire.Error and reply.id == 0:  # connection-level error
                     break
