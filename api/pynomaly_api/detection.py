@@ -18,13 +18,15 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.responses import Response, StreamingResponse
 
 from pynomaly import service
 from pynomaly._errors import UntrustedPickleError
 from pynomaly.domain import DetectionResult, check_name
 
+from . import spool, tensors
+from .audit import actor_of
 from .app import HTTPError, ServerState, read_body, state_of, status_of
 from .tokens import ROLES, ForbiddenError, Principal, create_token, parse_ttl
 
@@ -98,10 +100,17 @@ class DetectIn(BaseModel):
     include_scores: bool = Field(False, description="return every row's score too")
 
 
+def _not_too_deep(value):
+    if tensors.nested_too_deep(value):
+        raise ValueError(tensors.too_deep_message())
+    return value
+
+
 class TrainIn(BaseModel):
     dataset_id: str
     algorithm: str = "IsolationForest"
     params: Dict[str, Any] = Field(default_factory=dict)
+    _params_depth = field_validator("params")(_not_too_deep)
     columns: Optional[List[str]] = None
     activate: bool = True
 
@@ -304,13 +313,8 @@ async def upload_dataset(request: Request, name: Optional[str] = Query(None, max
     suffix = _suffix(filename, ctype)
 
     def store():
-        fd, tmp = tempfile.mkstemp(prefix="pynomaly-upload-", suffix=suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+        with spool.upload_file(data, suffix, st.settings) as tmp, spool.disk_full_is_507("the dataset"):
             return service.store_dataset(st.home, tmp, name=Path(filename).name if filename else f"upload{suffix}")
-        finally:
-            os.unlink(tmp)
 
     return await audited(request, who, "dataset.store", filename or f"upload{suffix}", lambda: st.run(store),
                          lambda d: {"id": d["id"], "rows": d["n_rows"], "columns": d["n_columns"]})
@@ -383,6 +387,7 @@ class JobIn(BaseModel):
     kind: str = Field(description="train | detect")
     params: Dict[str, Any] = Field(description="train: detector, dataset_id, algorithm, params, columns, activate; "
                                    "detect: detector, dataset_id, version, threshold, contamination, columns")
+    _params_depth = field_validator("params")(_not_too_deep)
 
 
 _JOB_ACTIONS = {"train": "train", "detect": "detect"}  # the role a job of each kind needs
@@ -414,7 +419,8 @@ async def submit_job(body: JobIn, request: Request, who: Principal = Depends(all
     await st.run(service.dataset, st.home, str(body.params["dataset_id"]))  # 404 now, not in the worker
     target = str(body.params.get("detector", ""))
     job_id = await audited(request, who, f"job.{body.kind}", target,
-                           lambda: st.run(jobs.submit, str(st.home), body.kind, dict(body.params)),
+                           lambda: st.run(lambda: jobs.submit(str(st.home), body.kind, dict(body.params),
+                                                              actor=actor_of(who))),
                            lambda jid: {"job": jid})
     return {"id": job_id, "state": "queued", "url": f"/api/v1/jobs/{job_id}"}
 
