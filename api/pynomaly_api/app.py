@@ -648,7 +648,7 @@ def create_app(settings: Optional[Settings] = None):
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from . import detection
+    from . import detection, spool
 
     settings = (settings or Settings.from_env()).check()
     state = ServerState(settings)
@@ -660,6 +660,7 @@ def create_app(settings: Optional[Settings] = None):
         # per-request garbage triggers stop walking some 70k long-lived objects.
         gc.collect()
         gc.freeze()
+        spool.clean_stale(settings)  # files of uploads a killed server left behind
         state.start()
         yield
         state.close()
@@ -696,6 +697,8 @@ def create_app(settings: Optional[Settings] = None):
         return error_response(HTTPError(400, f"bad request: {problems}"))
 
     async def on_http(request, exc: StarletteHTTPException):
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI's "error parsing the body" of a too deep JSON
+            return error_response(HTTPError(400, tensors.too_deep_message()))
         return error_response(HTTPError(exc.status_code, str(exc.detail), getattr(exc, "headers", None)))
 
     api.add_exception_handler(RequestValidationError, on_validation)

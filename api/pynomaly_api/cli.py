@@ -53,6 +53,13 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
     p.add_argument("--jwt-role-claim", default=d.role_claim, help="claim holding the role (default role)")
     p.add_argument("--max-body", type=_size, default=d.max_body_bytes, metavar="SIZE",
                    help="largest request body accepted, e.g. 64M (default 256M)")
+    p.add_argument("--max-dataset", type=_size, default=d.max_dataset_bytes, metavar="SIZE",
+                   help="largest uploaded table once read (as float64 values), e.g. 1G (default 256M); "
+                        "checked from the file's headers before reading")
+    p.add_argument("--max-dataset-columns", type=int, default=d.max_dataset_columns, metavar="N",
+                   help=f"most columns an uploaded table may have (default {d.max_dataset_columns})")
+    p.add_argument("--upload-dir", default=None, metavar="DIR",
+                   help="where uploads wait while they are read (default: the system temp folder)")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="SECONDS",
                    help=f"answer 504 after this long (default {d.request_timeout_s:g})")
     p.add_argument("--header-timeout", type=float, default=d.header_timeout_s, metavar="SECONDS",
@@ -78,6 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         home=args.home, host=args.host, port=args.port, uds=args.uds, workers=args.workers, auth=not args.no_auth,
         allow_open_network=args.allow_open_network, public_keys=dict(args.jwt_public_key), issuer=args.jwt_issuer,
         audience=args.jwt_audience, role_claim=args.jwt_role_claim, max_body_bytes=args.max_body,
+        max_dataset_bytes=args.max_dataset, max_dataset_columns=args.max_dataset_columns, upload_dir=args.upload_dir,
         request_timeout_s=args.request_timeout, cache_bytes=args.cache, threads=args.threads,
         job_workers=args.job_workers, header_timeout_s=args.header_timeout,
         max_client_connections=args.max_client_connections,

@@ -18,7 +18,8 @@ Layout (all integers and arrays little-endian, packed, no padding)::
     end-4   4   u32      CRC-32 (zlib) of every byte before it
 
 Header keys: "params" (the estimator's get_params(), JSON-able values), "n_features", "psi",
-"n_trees", "n_nodes", "max_samples_", "threshold" (float or null), "n_train_scores".
+"n_trees", "n_nodes", "max_samples_", "threshold" (float or null), "n_train_scores", and
+"feature_names" (list of strings, only for a detector fitted with column names; every kind).
 
 Neighbour detectors (kinds b"LOF\\0\\0\\0\\0\\0" and b"KNN\\0\\0\\0\\0\\0") use the same frame; their arrays
 are the training rows, then per-row float64 arrays::
@@ -114,6 +115,19 @@ def unpack(data, kind: bytes, what: str):
     return header, data, end
 
 
+def with_feature_names(header: dict, model) -> dict:
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        header["feature_names"] = [str(n) for n in names]
+    return header
+
+
+def restore_feature_names(model, header: dict) -> None:
+    names = header.get("feature_names")
+    if isinstance(names, list) and len(names) == model.n_features_in_ and all(isinstance(n, str) for n in names):
+        model.feature_names_in_ = np.asarray(names, dtype=object)
+
+
 def dump_forest(model) -> bytes:
     forest = model._forest
     arrays = forest.arrays()
@@ -137,7 +151,7 @@ def dump_forest(model) -> bytes:
         arrays["leaf_value"].astype("<f8").tobytes(),
         scores.tobytes(),
     ]
-    return pack(KIND_IFOREST, header, parts)
+    return pack(KIND_IFOREST, with_feature_names(header, model), parts)
 
 
 def load_forest(cls, data):
@@ -182,6 +196,7 @@ def load_forest(cls, data):
     model.decision_scores_ = scores if n_scores else None
     model.threshold_ = header["threshold"]
     model.labels_ = None if model.decision_scores_ is None else (scores > model.threshold_).astype(np.int64)
+    restore_feature_names(model, header)
     return model
 
 
@@ -204,7 +219,7 @@ def dump_neighbors(model, kind: bytes) -> bytes:
     parts = [np.ascontiguousarray(X, dtype=dtype).tobytes(), np.ascontiguousarray(model.decision_scores_, "<f8").tobytes()]
     if kind == KIND_LOF:
         parts += [np.ascontiguousarray(model._lrd, "<f8").tobytes(), np.ascontiguousarray(model._kdist, "<f8").tobytes()]
-    return pack(kind, header, parts)
+    return pack(kind, with_feature_names(header, model), parts)
 
 
 def load_neighbors(cls, data, kind: bytes, what: str):
@@ -242,4 +257,5 @@ def load_neighbors(cls, data, kind: bytes, what: str):
         model._kdist = take("<f8", n)
     model.threshold_ = threshold
     model.labels_ = (scores > threshold).astype(np.int64)
+    restore_feature_names(model, header)
     return model

@@ -25,7 +25,7 @@ from pynomaly import PynomalyError, service
 from pynomaly.revocations import revoke_token
 from pynomaly.serving import DetectorUnavailable
 
-from .. import sessions
+from .. import sessions, tensors
 from ..app import HTTPError, ServerState, state_of, status_of
 from ..audit import actor_of, origin_of
 from ..detection import audited
@@ -237,7 +237,7 @@ async def detect(request, st: ServerState, p, form) -> Response:
             shown = Path(filename).name[:120]
 
             def store() -> tuple:
-                with upload_file(data, suffix) as tmp:
+                with upload_file(data, suffix, st.settings) as tmp:
                     X, names = read_upload(tmp, shown, scorer)  # every check before anything is stored
                     known = {d["id"] for d in service.list_datasets(st.home)}
                     did = service.store_dataset(st.home, tmp, name=shown)["id"]
@@ -387,10 +387,16 @@ def _params(text: str) -> dict:
         key, sep, value = line.partition("=")
         if not sep or not key.strip().isidentifier():
             raise HTTPError(400, f"parameters are one key=value per line; {line[:60]!r} is not")
+        too_deep = HTTPError(400, f"parameter {key.strip()}: {tensors.too_deep_message()}")
         try:
-            out[key.strip()] = json.loads(value.strip())
+            v = json.loads(value.strip())
         except ValueError:
-            out[key.strip()] = value.strip()
+            v = value.strip()
+        except RecursionError:
+            raise too_deep from None
+        if isinstance(v, (dict, list)) and tensors.nested_too_deep(v):
+            raise too_deep
+        out[key.strip()] = v
     return out
 
 
@@ -411,6 +417,7 @@ async def train(request, st: ServerState, p, form) -> Response:
         name = check_name(values["name"].strip())
         algorithm = values["algorithm"].strip() or "IsolationForest"
         params = _params(values["params"])
+        await st.run(JOBS.check, algorithm, params)  # before an upload is stored for it
         dataset_id = values["dataset_id"].strip() or None
         upload = form.get("file")
         filename = getattr(upload, "filename", None) if upload is not None and not isinstance(upload, str) else None
@@ -420,7 +427,7 @@ async def train(request, st: ServerState, p, form) -> Response:
             shown = Path(filename).name[:120]
 
             def store() -> str:
-                with upload_file(data, suffix) as tmp:
+                with upload_file(data, suffix, st.settings) as tmp:
                     try:
                         return service.store_dataset(st.home, tmp, name=shown)["id"]
                     except ValueError as e:
