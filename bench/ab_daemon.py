@@ -78,7 +78,8 @@ def main() -> None:
         extra = args.daemon_args.split()
         models = tmp / "models"
         if args.repository:  # issue 12: a home whose detector has an alert rule (to a log file)
-            from pynomaly import alerts, service
+            from pynomaly.service import alerts
+            from pynomaly import service
 
             service.train(tmp / "home", "bench", X, params={"random_state": 0})
             alerts.add_rule(tmp / "home", "bench", "log", str(tmp / "alerts.log"))

@@ -57,7 +57,7 @@ def main():
     from sklearn.ensemble import IsolationForest as SkIsolationForest
 
     import pynomaly
-    import pynomaly.dask as pdask
+    import pynomaly.estimators.dask as pdask
 
     info = pynomaly.build_info()
     print(f"# cpu: {cpu_model()}, cpus={pynomaly._validation.usable_cpus()}")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import pynomaly
-from pynomaly import scores as S
+from pynomaly.estimators import scores as S
 
 
 def _scores(n: int, synthetic: bool) -> tuple[np.ndarray, str]:

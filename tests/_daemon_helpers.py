@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import pynomaly
-from pynomaly.datasets import load_cardio
+from pynomaly.store.datasets import load_cardio
 
 
 def cardio() -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from pynomaly._home import is_database_url
+from pynomaly.store._home import is_database_url
 
 
 def is_pg(home) -> bool:

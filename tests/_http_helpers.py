@@ -25,7 +25,7 @@ class ApiServer:
 
     def __init__(self, home, *args: str, log: Optional[Path] = None):
         """``home``: a folder, or a database URL (then ``log`` is required)."""
-        from pynomaly._home import is_database_url
+        from pynomaly.store._home import is_database_url
 
         self.home = home if is_database_url(home) else Path(home)
         self.log = log or self.home.parent / f"api-{time.monotonic_ns()}.log"

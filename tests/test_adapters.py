@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import pynomaly
-from pynomaly import registry
+from pynomaly.estimators import registry
 from pynomaly._errors import InvalidInputError, ModelFormatError
-from pynomaly.adapters import MissingExtraError
+from pynomaly.estimators.adapters import MissingExtraError
 
 from conftest import load_dataset, roc_auc
 
@@ -60,7 +60,7 @@ def test_registry_names_and_errors():
 
 def test_registry_knows_neighbors_when_present():
     try:
-        import pynomaly.neighbors  # noqa: F401  (written in parallel; merged later)
+        import pynomaly.estimators.neighbors  # noqa: F401  (written in parallel; merged later)
     except ImportError:
         with pytest.raises(InvalidInputError, match="not available"):
             registry.get("LOF")

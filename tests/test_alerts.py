@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 import pynomaly
-from pynomaly import alerts, service
+from pynomaly.service import alerts
+from pynomaly import service
 from pynomaly._errors import InvalidInputError
 
 from _daemon_helpers import DaemonProcess, cardio, wait_until

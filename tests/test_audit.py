@@ -118,7 +118,7 @@ def test_verify_of_an_intact_trail_exits_0(home, data):
 
 
 def _rehash(sql, seq, **changes):
-    from pynomaly.audit import _FIELDS, _hash
+    from pynomaly.store.audit import _FIELDS, _hash
 
     row = dict(zip(_FIELDS, sql(f"SELECT {', '.join(_FIELDS)} FROM audit WHERE seq = ?", (seq,))[0]))
     row.update(changes)
@@ -164,7 +164,7 @@ def test_encrypted_home_from_the_command_line(tmp_path, data):
 
 
 def test_refusal_limiter_records_one_per_caller_and_second_and_counts_the_rest():
-    from pynomaly.audit import RefusalLimiter
+    from pynomaly.store.audit import RefusalLimiter
 
     lim = RefusalLimiter(interval=1.0, callers=3)
     assert lim.admit("a", 0.0) == 0

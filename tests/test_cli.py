@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pynomaly._errors import InvalidInputError
-from pynomaly.dataio import load_table, write_result
+from pynomaly.store.dataio import load_table, write_result
 
 from conftest import load_dataset
 
@@ -301,7 +301,7 @@ def test_serve_hands_over_to_the_daemon(tmp_path):
     try:
         line = proc.stdout.readline()
         assert line.startswith("READY"), (line, proc.stderr.read() if proc.poll() is not None else "")
-        from pynomaly.datasets import load_cardio
+        from pynomaly.store.datasets import load_cardio
 
         X, _ = load_cardio()
         model = service.load_for_scoring(str(home), "cardio-quickstart").model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import pynomaly
-from pynomaly import combine
+from pynomaly.estimators import combine
 from pynomaly._errors import InvalidInputError, NotFittedError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import pynomaly
-from pynomaly import registry, service
+from pynomaly.estimators import registry
+from pynomaly import service
 
 from _daemon_helpers import DaemonProcess, cardio
 

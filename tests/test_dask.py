@@ -97,7 +97,7 @@ def test_native_scores_and_labels_equal_in_process(on, kind):
 
 
 def _adapter(kind):
-    from pynomaly import registry
+    from pynomaly.estimators import registry
 
     if kind == "pyod":
         pytest.importorskip("pyod")

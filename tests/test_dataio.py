@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from pynomaly import dataio
-from pynomaly.dataio import DataTooLargeError, load_table
+from pynomaly.store import dataio
+from pynomaly.store.dataio import DataTooLargeError, load_table
 
 
 def _header(shape, descr="<f8") -> bytes:

@@ -412,7 +412,7 @@ def test_the_containerfile_build_and_install_steps_work(tmp_path):
 def test_keys_mounted_as_kubernetes_mounts_a_secret_are_accepted(tmp_path):
     """The Secret is mounted root:fsGroup with the manifests' defaultMode (0440); the signing
     key's check takes that, as PostgreSQL does for its key, and still refuses wider modes."""
-    from pynomaly._files import private_enough
+    from pynomaly.store._files import private_enough
 
     modes = {v["secret"]["defaultMode"] for d in _of_kind("Deployment")
              for v in d["spec"]["template"]["spec"]["volumes"] if "secret" in v}

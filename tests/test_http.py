@@ -970,7 +970,7 @@ def test_metrics_count_every_infer_and_alerts_reach_a_real_receiver(tmp_path):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import threading
 
-    from pynomaly import alerts
+    from pynomaly.service import alerts
 
     prom = pytest.importorskip("prometheus_client.parser")
     got = []

@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from pynomaly import jobs, service
+from pynomaly.service import jobs
+from pynomaly import service
 from pynomaly._errors import InvalidInputError
 
 from _daemon_helpers import wait_until
@@ -121,7 +122,7 @@ def test_a_training_jobs_version_is_audited_in_its_submitters_name(home, small):
     ]
     assert "max_samples" in trained[1]["outcome"] and trained[0]["detail"]["algorithm"] == "IsolationForest"
     # Submitted without an actor: in the name of this process's user, as the CLI's entries are.
-    from pynomaly.audit import default_actor
+    from pynomaly.store.audit import default_actor
 
     job = jobs.submit(home, "train", {"detector": "d", "data": small, "params": {"n_estimators": 20}})
     jobs.Worker(home, poll=0.01).run(max_jobs=1)

@@ -174,7 +174,7 @@ def test_self_query_excludes_self_and_y_query_does_not():
 
 
 def test_auto_choice_is_reported():
-    from pynomaly.neighbors import choose_algorithm
+    from pynomaly.estimators.neighbors import choose_algorithm
 
     assert choose_algorithm(100000, 3) == "kd_tree"
     assert choose_algorithm(100000, 8) == "brute"

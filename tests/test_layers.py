@@ -1,6 +1,17 @@
-"""Imports point the intended way: faces (CLI, daemon) -> service -> repository and registry ->
-estimators and adapters -> native core, with the domain module used by all and using none.
-Read from the source files' import statements, so a wrong-way import fails here."""
+"""Imports point down the layers (issue 21), read from every module's source: module-level
+imports and those inside functions alike, each resolved to the module it names.
+
+    faces      pynomaly.cli, pynomaly_daemon, pynomaly_api (and pynomaly.quickstart)
+    serving    pynomaly.serving
+    service    pynomaly.service
+    client     pynomaly.client: the socket client, a library (loads no native code)
+    store | estimators   (siblings: neither imports the other)
+    binding | wire       pynomaly._core | pynomaly.wire, the socket protocol's Structs
+    domain     pynomaly.domain, pynomaly._errors
+
+An arrow may point down or stay in its layer; never up, never between the two siblings, never
+between two faces, and never round in a cycle.
+"""
 
 from __future__ import annotations
 
@@ -14,78 +25,164 @@ from conftest import REPO
 PKG = REPO / "python" / "pynomaly"
 DAEMON = REPO / "daemon" / "pynomaly_daemon"
 API = REPO / "api" / "pynomaly_api"
+ROOTS = (PKG, DAEMON, API)
 
 
-def imports(path: Path, package: str) -> set:
-    """Absolute names of the modules ``path`` imports (relative imports resolved in ``package``)."""
+def module_name(path: Path) -> str:
+    root = next(r for r in ROOTS if r == path.parent or r in path.parents)
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for root in ROOTS for p in sorted(root.rglob("*.py"))}
+
+
+def _resolve(name: str):
+    """The module ``name`` is, or is an attribute of (``pkg.mod.func`` -> ``pkg.mod``)."""
+    while name and name not in MODULES and name != "pynomaly._core":
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports(path: Path) -> set:
+    """The modules of ours that ``path`` imports, anywhere in it."""
+    mod = module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
+            names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1])
-                mod = f"{base}.{node.module}" if node.module else base
+                base = f"{base}.{node.module}" if node.module else base
             else:
-                mod = node.module
-            out.add(mod)
-            out.update(f"{mod}.{a.name}" for a in node.names)
+                base = node.module
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+            if any(_resolve(n) == n for n in names[:-1]):  # `from pkg import submodule`
+                names = names[:-1]
+        else:
+            continue
+        for n in names:
+            r = _resolve(n)
+            if r is not None and r != mod:
+                out.add(r)
     return out
 
 
-def module_imports(path: Path) -> set:
-    root = next(r for r in (PKG, DAEMON, API) if r in path.parents)
-    rel = path.relative_to(root.parent).with_suffix("")
-    package = ".".join(rel.parts[:-1])
-    return imports(path, package)
+GRAPH = {m: imports(p) for m, p in MODULES.items()}
+
+LAYERS = [  # (rank, prefixes): lower ranks are lower layers
+    (0, ("pynomaly._errors", "pynomaly.domain")),
+    (1, ("pynomaly._core",)),
+    (1, ("pynomaly.wire",)),  # the socket protocol's Structs: the daemon's, the client's
+    (2, ("pynomaly.estimators",)),
+    (2, ("pynomaly.store",)),
+    (2.5, ("pynomaly.client",)),  # a library for users and for faces that talk to a daemon
+    (3, ("pynomaly.service",)),
+    (4, ("pynomaly.serving",)),
+    (5, ("pynomaly.cli", "pynomaly.quickstart", "pynomaly.__main__")),
+    (5, ("pynomaly_daemon",)),
+    (5, ("pynomaly_api",)),
+]
+# The package's own entry (lazy re-exports by name, see its __getattr__) and the table of old
+# import paths sit outside the layers: nothing imports them but the import system.
+OUTSIDE = {"pynomaly", "pynomaly._aliases"}
 
 
-def hits(names: set, forbidden) -> list:
-    return sorted(n for n in names for f in forbidden if n == f or n.startswith(f + "."))
+def layer(mod: str):
+    for i, (rank, prefixes) in enumerate(LAYERS):
+        if any(mod == p or mod.startswith(p + ".") for p in prefixes):
+            return i, rank
+    return None
 
 
-@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
-def test_the_package_never_imports_its_faces(path):
-    assert not hits(module_imports(path), ["pynomaly_daemon", "pynomaly_api"])
+def test_every_module_has_a_layer():
+    assert [m for m in MODULES if m not in OUTSIDE and layer(m) is None] == []
 
 
-BELOW_THE_SERVICE = ["pynomaly._core", "pynomaly.iforest", "pynomaly.neighbors", "pynomaly.scores",
-                     "pynomaly.repository", "pynomaly.registry", "pynomaly._format", "pynomaly.base"]
+def test_the_entry_imports_only_the_domain_and_the_alias_table():
+    allowed = {"pynomaly._errors", "pynomaly.domain", "pynomaly._aliases", "pynomaly._core"}  # _core: in build_info
+    assert GRAPH["pynomaly"] - allowed == set()
 
 
-@pytest.mark.parametrize("path", sorted(DAEMON.rglob("*.py")) + sorted(API.rglob("*.py")),
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_the_faces_use_the_service_not_the_layers_below(path):
-    assert not hits(module_imports(path), BELOW_THE_SERVICE)
+@pytest.mark.parametrize("mod", sorted(m for m in MODULES if m not in OUTSIDE))
+def test_arrows_point_down(mod):
+    here, rank = layer(mod)
+    wrong = []
+    for dep in sorted(GRAPH[mod]):
+        if dep in OUTSIDE:
+            if dep == "pynomaly" and rank == 5:
+                continue  # faces may use the package's public names
+            wrong.append(f"{dep} (outside the layers)")
+            continue
+        there, dep_rank = layer(dep)
+        if dep_rank > rank:
+            wrong.append(f"{dep} (up: layer {dep_rank} from {rank})")
+        elif dep_rank == rank and there != here:
+            wrong.append(f"{dep} (sideways: {LAYERS[there][1][0]} from {LAYERS[here][1][0]})")
+    assert wrong == []
 
 
-@pytest.mark.parametrize("path", sorted(API.rglob("*.py")), ids=lambda p: p.name)
-def test_the_faces_do_not_import_each_other(path):
-    assert not hits(module_imports(path), ["pynomaly_daemon"])
-    assert not hits(module_imports(DAEMON / "server.py"), ["pynomaly_api"])
+def test_no_import_cycles():
+    """Tarjan's strongly connected components over the import graph; a package's __init__
+    importing its own submodules is counted too (it is an edge like any other)."""
+    index, low, on, stack, cycles, counter = {}, {}, set(), [], [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in GRAPH.get(v, ()):
+            if w not in GRAPH:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    assert cycles == []
 
 
-def test_the_cli_reaches_the_repository_only_through_the_service():
-    names = module_imports(PKG / "cli.py") | module_imports(PKG / "quickstart.py")
-    assert not hits(names, ["pynomaly.repository", "pynomaly_daemon", "pynomaly.registry"])
-    assert not hits(module_imports(PKG / "quickstart.py"), ["pynomaly.cli"])  # no cycle
+def test_the_socket_client_loads_no_native_code():
+    """An edge box with only the client: `import pynomaly.client` loads neither the core nor
+    the service layer."""
+    import subprocess
+    import sys
+
+    code = ("import pynomaly.client, sys; bad = sorted(m for m in sys.modules if m == 'pynomaly._core' or "
+            "m.startswith(('pynomaly.service', 'pynomaly.store', 'pynomaly.serving'))); assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
 
 
-def test_the_domain_uses_nothing_but_the_errors():
-    names = {n for n in module_imports(PKG / "domain.py") if n.startswith("pynomaly")}
-    assert names <= {"pynomaly._errors", "pynomaly._errors.PynomalyError"}
-
-
-def test_the_repository_builds_no_models():
-    assert not hits(module_imports(PKG / "repository.py"), ["pynomaly.registry", "pynomaly.service", "pynomaly._format"])
-    assert "from_bytes" not in (PKG / "repository.py").read_text()
+def test_the_store_builds_no_models():
+    store = [m for m in MODULES if m.startswith("pynomaly.store")]
+    assert not any("from_bytes" in MODULES[m].read_text() for m in store)
 
 
 def test_the_service_and_adapters_use_no_private_names_of_other_modules():
-    text = (PKG / "service.py").read_text()
+    text = (PKG / "service" / "usecases.py").read_text()
     assert "_select" not in text and "._progress" not in text
-    assert not hits(module_imports(PKG / "adapters" / "jax.py"), ["pynomaly.adapters.torch"])
+    assert "pynomaly.estimators.adapters.torch" not in GRAPH["pynomaly.estimators.adapters.jax"]
 
 
 def test_without_datasets_every_test_is_still_collected_with_a_reason(tmp_path):
@@ -100,3 +197,33 @@ def test_without_datasets_every_test_is_still_collected_with_a_reason(tmp_path):
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "[NOTSET]" not in out.stdout
+
+
+def test_objects_pickled_before_the_layers_still_load():
+    """tests/data/pickled-before-layers.pkl was written by main before issue 21 (its classes are
+    named pynomaly.iforest.IsolationForest and pynomaly.neighbors.LOF/KNN): they load as the
+    same classes and score as they did."""
+    import pickle
+
+    import numpy as np
+
+    import pynomaly
+
+    with open(REPO / "tests" / "data" / "pickled-before-layers.pkl", "rb") as f:
+        saved = pickle.load(f)
+    for name, model in saved["models"].items():
+        assert type(model) is getattr(pynomaly, name)
+        np.testing.assert_array_equal(model.decision_function(saved["X"]), saved["scores"][name])
+
+
+def test_old_import_paths_name_the_same_modules():
+    import importlib
+
+    from pynomaly import _aliases
+
+    for old, new in _aliases.MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    import pynomaly.adapters.pyod
+    import pynomaly.estimators.adapters.pyod
+
+    assert pynomaly.adapters.pyod is pynomaly.estimators.adapters.pyod

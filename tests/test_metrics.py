@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import pynomaly
-from pynomaly import metrics, service
+from pynomaly.service import metrics
+from pynomaly import service
 
 from _daemon_helpers import DaemonProcess, cardio
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pynomaly import registry, service
+from pynomaly.estimators import registry
+from pynomaly import service
 from pynomaly.domain import DetectorNotReadyError, DetectorStatus
-from pynomaly.repository import (
+from pynomaly.store.repository import (
     ArtifactIntegrityError,
     DetectorNotFoundError,
     Repository,
@@ -34,7 +35,7 @@ from pynomaly.repository import (
 
 from _homes import artifact_count, damage_artifact, is_pg, raw_sql, remove_artifact
 from conftest import load_dataset
-from pynomaly._home import local_dir
+from pynomaly.store._home import local_dir
 
 TESTS = Path(__file__).resolve().parent
 

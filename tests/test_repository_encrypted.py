@@ -20,9 +20,10 @@ import pytest
 
 pytest.importorskip("cryptography")
 
-from pynomaly import KeyRequiredError, registry, service  # noqa: E402
+from pynomaly import KeyRequiredError, service
+from pynomaly.estimators import registry  # noqa: E402
 from pynomaly.domain import Detector  # noqa: E402
-from pynomaly.repository import ArtifactIntegrityError, Repository, RepositoryError  # noqa: E402
+from pynomaly.store.repository import ArtifactIntegrityError, Repository, RepositoryError  # noqa: E402
 
 from conftest import load_dataset  # noqa: E402
 from test_repository import _kinds, _need  # noqa: E402 - the same list of kinds as the plain round trip
@@ -211,7 +212,7 @@ def test_rotate_rewraps_without_rewriting(keyed, tmp_path, monkeypatch):
     new = new_key(tmp_path / "kek2")
     service.rotate_key(home, service.key_source(key_file=new))
     assert {p: p.read_bytes() for p in (home / "artifacts").rglob("*.pne")} == files
-    from pynomaly.crypto import HomeCipher
+    from pynomaly.store.crypto import HomeCipher
 
     HomeCipher._deks.clear()  # as a new process would
     with pytest.raises(KeyRequiredError, match="does not open"):
@@ -250,7 +251,7 @@ def test_reencrypt_killed_half_way_resumes_and_loses_nothing(keyed):
     env = {**os.environ, "PYNOMALY_KEY_FILE": str(key)}
     proc = subprocess.run([sys.executable, "-c", _REENCRYPT_KILLED, str(home), "3"], env=env)
     assert proc.returncode == -signal.SIGKILL
-    from pynomaly.crypto import HomeCipher
+    from pynomaly.store.crypto import HomeCipher
 
     HomeCipher._deks.clear()
     # Half-way: some files under the new key, some under the old; both keys are held, all reads.

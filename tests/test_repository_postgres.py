@@ -16,10 +16,11 @@ import time
 import numpy as np
 import pytest
 
-from pynomaly import _db, service
+from pynomaly.store import _db
+from pynomaly import service
 from pynomaly._errors import RepositoryError
-from pynomaly._schema import MIGRATIONS
-from pynomaly.repository import Repository
+from pynomaly.store._schema import MIGRATIONS
+from pynomaly.store.repository import Repository
 
 from _homes import raw_sql
 
@@ -88,7 +89,7 @@ def test_an_unreachable_server_or_missing_database_is_one_clear_error(pg_server)
 
 
 def test_encrypted_homes_are_folder_homes_only(pg_home):
-    from pynomaly.crypto import KeySource
+    from pynomaly.store.crypto import KeySource
 
     with Repository(pg_home) as repo, pytest.raises(RepositoryError, match="folder homes only"):
         repo.encrypt_home(KeySource("env", "x"))
@@ -146,7 +147,7 @@ def test_the_server_stopped_and_restarted_mid_run(pg_server, pg_home):
 def test_connections_are_reused_and_a_restart_costs_no_failed_call(pg_server, pg_home):
     """Closed Databases leave their connection for the next (one backend process, not one per
     call); after a restart every idle one is stale, and the first call still just works."""
-    from pynomaly import _db
+    from pynomaly.store import _db
 
     def backend_pid():
         with _db.Database(pg_home) as db:

@@ -16,7 +16,7 @@ import pytest
 
 import pynomaly
 from pynomaly import _core
-from pynomaly import scores as S
+from pynomaly.estimators import scores as S
 from pynomaly._errors import InvalidInputError, NotFittedError
 
 REPO = Path(__file__).resolve().parents[1]

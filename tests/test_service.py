@@ -11,7 +11,7 @@ import pytest
 import pynomaly
 from pynomaly import service
 from pynomaly.domain import DetectorNotReadyError, DetectorVersion
-from pynomaly.service import Scorer
+from pynomaly.service.usecases import Scorer
 
 from conftest import load_dataset
 
@@ -131,7 +131,7 @@ def test_model_files_outside_a_repository(tmp_path, forest, data):
     with pytest.raises(pynomaly.DetectorNotFoundError):
         service.load_file_for_scoring(tmp_path / "4.pnm", "f", 4)
     pytest.importorskip("pyod")
-    from pynomaly import registry
+    from pynomaly.estimators import registry
 
     ecod = registry.create("pyod.ECOD").fit(data[0])
     service.export_model(ecod, tmp_path / "5.pnm", "e", "pyod.ECOD")

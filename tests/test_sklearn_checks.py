@@ -118,7 +118,7 @@ def test_import_pynomaly_does_not_import_sklearn():
 
 # -- feature names (feature_names_in_) -----------------------------------------------------------
 def _members():
-    from pynomaly.combine import Ensemble
+    from pynomaly.estimators.combine import Ensemble
 
     return [
         IsolationForest(n_estimators=20, random_state=0),

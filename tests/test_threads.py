@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import pynomaly
-from pynomaly._validation import usable_cpus
+from pynomaly.estimators._validation import usable_cpus
 
 # Runs in a fresh interpreter: load and exercise the peers' OpenMP runtimes first, then score
 # with n_jobs=2 on a background thread while sampling per-thread CPU time from /proc.

@@ -95,7 +95,7 @@ class ServerState:
         self.revocations = None
         self.verifier = None
         if settings.auth:
-            from pynomaly.revocations import RevocationList
+            from pynomaly.store.revocations import RevocationList
 
             self.revocations = RevocationList(self.home)
             self.verifier = Verifier(self.home, settings.public_keys, issuer=settings.issuer,
@@ -122,7 +122,7 @@ class ServerState:
         self.observer = Observer(str(self.home))
         self.job_workers: list = []
         self.ready = True  # False once draining
-        from pynomaly._home import is_database_url
+        from pynomaly.store._home import is_database_url
 
         # A database home's readiness also asks the database, at most once a second.
         self._database_home = is_database_url(self.home)
@@ -136,7 +136,7 @@ class ServerState:
             self.revocations.start()
         self.cache.follow_source(asyncio.get_running_loop())
         if self.settings.job_workers:
-            from pynomaly import jobs
+            from pynomaly.service import jobs
 
             self.job_workers = jobs.start_workers(str(self.home), self.settings.job_workers)
 
@@ -558,7 +558,7 @@ async def model_statistics(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     """``GET /metrics``: Prometheus text (role viewer; scrapers send a token like any client)."""
-    from pynomaly import metrics
+    from pynomaly.service import metrics
 
     try:
         st = state_of(request)
@@ -571,7 +571,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 def server_metrics(st: ServerState) -> list:
-    from pynomaly import metrics
+    from pynomaly.service import metrics
 
     c, cache = st.counters, st.cache
 
@@ -601,7 +601,7 @@ def server_metrics(st: ServerState) -> list:
 def _render_metrics(st: ServerState, own: list) -> bytes:
     """Our metrics, the home's jobs, and the process's (alerts sent, durations of the service's
     detections). Runs in a thread: it reads the database."""
-    from pynomaly import metrics
+    from pynomaly.service import metrics
 
     own = own + metrics.jobs_collector(str(st.home))()
     names = {m.exposed for m in own}

@@ -16,7 +16,7 @@ import time
 from typing import Optional
 
 from pynomaly import service
-from pynomaly.audit import RefusalLimiter
+from pynomaly.store.audit import RefusalLimiter
 
 log = logging.getLogger("pynomaly_api")
 

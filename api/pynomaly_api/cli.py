@@ -192,7 +192,7 @@ def token_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly token
             _audit(home, "token.rotate", kids[-1], "ok", {"retired": list(args.retire)})
             sys.stdout.write(f"signing with {kids[-1]}; also accepted: {', '.join(kids[:-1]) or 'none'}\n")
         elif args.action == "revoke":
-            from pynomaly import revocations
+            from pynomaly.store import revocations
 
             if args.user is not None:
                 revocations.revoke_subject(home, args.user)
@@ -263,7 +263,7 @@ def user_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly user")
             for name, u in sorted(sessions.read_users(home).items()):
                 sys.stdout.write(f"{name}  {u['role']}  added {u['created']}\n")
         else:
-            from pynomaly import revocations
+            from pynomaly.store import revocations
 
             sessions.remove_user(home, args.name)
             # Their open sessions (and API tokens in their name) stop working on every server.

@@ -403,7 +403,7 @@ def _job_action(kind: str) -> str:
 @router.post("/jobs", summary="Queue a training or detection job on a stored dataset; returns its id at once",
              status_code=202)
 async def submit_job(body: JobIn, request: Request, who: Principal = Depends(allow("read"))) -> dict:
-    from pynomaly import jobs
+    from pynomaly.service import jobs
 
     st = state_of(request)
     try:
@@ -428,7 +428,7 @@ async def submit_job(body: JobIn, request: Request, who: Principal = Depends(all
 @router.get("/jobs", summary="Jobs, newest first")
 async def list_jobs(request: Request, state: Optional[str] = None, limit: int = Query(100, ge=1, le=1000),
                     _: Principal = Depends(allow("read"))) -> List[dict]:
-    from pynomaly import jobs
+    from pynomaly.service import jobs
 
     st = state_of(request)
     return await st.run(lambda: jobs.list_jobs(str(st.home), state=state, limit=limit))
@@ -436,7 +436,7 @@ async def list_jobs(request: Request, state: Optional[str] = None, limit: int = 
 
 @router.get("/jobs/{job_id}", summary="A job: state, stage, progress, result or error")
 async def get_job(job_id: str, request: Request, _: Principal = Depends(allow("read"))) -> dict:
-    from pynomaly import jobs
+    from pynomaly.service import jobs
 
     st = state_of(request)
     return await st.run(jobs.get, str(st.home), job_id)
@@ -444,7 +444,7 @@ async def get_job(job_id: str, request: Request, _: Principal = Depends(allow("r
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a queued or running job")
 async def cancel_job(job_id: str, request: Request, who: Principal = Depends(allow("read"))) -> dict:
-    from pynomaly import jobs
+    from pynomaly.service import jobs
 
     st = state_of(request)
     job = await st.run(jobs.get, str(st.home), job_id)
@@ -459,7 +459,7 @@ async def cancel_job(job_id: str, request: Request, who: Principal = Depends(all
 @router.get("/jobs/{job_id}/events", summary="Server-sent events: the job each time it changes, until it ends",
             response_class=StreamingResponse)
 async def job_events(job_id: str, request: Request, _: Principal = Depends(allow("read"))):
-    from pynomaly import jobs
+    from pynomaly.service import jobs
 
     st = state_of(request)
     watch = jobs.watch(str(st.home), job_id, timeout=st.settings.request_timeout_s * 10)

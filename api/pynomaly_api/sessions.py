@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from pynomaly._files import atomic_write
-from pynomaly._home import local_dir
+from pynomaly.store._files import atomic_write
+from pynomaly.store._home import local_dir
 
 from .tokens import ANONYMOUS, ROLES, Principal, TokenError, create_token, ensure_secret, read_secrets
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pynomaly import dataio
+from pynomaly.store import dataio
 
 from .app import HTTPError
 

@@ -26,8 +26,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import jwt
 
-from pynomaly._files import atomic_write
-from pynomaly._home import local_dir
+from pynomaly.store._files import atomic_write
+from pynomaly.store._home import local_dir
 
 ROLES = ("viewer", "operator", "admin")
 _RANK = {r: i for i, r in enumerate(ROLES)}

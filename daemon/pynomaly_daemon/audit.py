@@ -14,7 +14,7 @@ import os
 import time
 
 from pynomaly import service
-from pynomaly.audit import RefusalLimiter
+from pynomaly.store.audit import RefusalLimiter
 
 log = logging.getLogger("pynomaly_daemon")
 

@@ -59,7 +59,7 @@ async def reload(d, req: wire.Reload) -> wire.ReloadReply:
 
 
 async def metrics(d, req: wire.Metrics) -> wire.MetricsReply:
-    from pynomaly.metrics import CONTENT_TYPE
+    from pynomaly.service.metrics import CONTENT_TYPE
 
     from .metrics_http import render
 

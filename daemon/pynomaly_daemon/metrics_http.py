@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pynomaly import metrics
+from pynomaly.service import metrics
 
 log = logging.getLogger("pynomaly_daemon")
 

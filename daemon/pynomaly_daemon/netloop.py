@@ -1,4 +1,4 @@
-"""Connections served by the native connection loop (``pynomaly.wire.NetLoop``,
+"""Connections served by the native connection loop (``pynomaly.serving.native.NetLoop``,
 python/src/netloop.hpp): epoll threads in C++ own the sockets, answer the small raw-row
 ``detect`` frames of loaded isolation forests themselves and hand every other frame here.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 
-from pynomaly import wire
+from pynomaly.serving import native
 
 from .connection import Replies
 from .errors import classify
@@ -95,7 +95,7 @@ class NetPump:
         # Raw-row requests the fast path could answer but for their size are scored by the
         # loop thread up to --idle-inline-rows (the rows that skip the pool on the uvloop path):
         # 1k rows then cost no hop to Python and back. Larger ones go to the pool, split.
-        self.net = wire.NetLoop(sock.fileno(), cfg.net_threads, cfg.max_frame, daemon.fast_rows,
+        self.net = native.NetLoop(sock.fileno(), cfg.net_threads, cfg.max_frame, daemon.fast_rows,
                                 cfg.idle_inline_rows, cfg.max_connections, cfg.conn_max_in_flight, cfg.max_rx_bytes,
                                 cfg.idle_timeout, cfg.frame_timeout, cfg.write_timeout, uids, fast_uids, fast_gids,
                                 daemon.limits.per_uid, daemon.limits.reserve, sorted(daemon.limits.admin_uids),

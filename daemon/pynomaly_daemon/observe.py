@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from pynomaly import metrics
+from pynomaly.service import metrics
 from pynomaly.serving.observe import INTERVAL, Observer
 
 

@@ -25,7 +25,7 @@ The rooms, each owning one concern:
 
 Detection itself is pynomaly.service.Scorer's: the daemon never turns scores into labels or
 probabilities on its own. The common request, a small raw-rows ``detect`` for a native
-isolation forest, is answered by the native path (``pynomaly.wire.fast_detect``) straight from
+isolation forest, is answered by the native path (``pynomaly.serving.native.fast_detect``) straight from
 the receive buffer, with the Scorer's typed ``ServedForest``; it stops at the first frame it
 does not fully understand and leaves it to the Python path, so both give the same answers.
 Every failure a client can cause ends in an Error reply or a clean close of that client only,
@@ -51,7 +51,8 @@ import msgspec
 
 import pynomaly
 from pynomaly import wire
-from pynomaly.metrics import REQUEST_SECONDS
+from pynomaly.serving import native
+from pynomaly.service.metrics import REQUEST_SECONDS
 from pynomaly.wire import Detect, Rows, default_socket_path, unsafe_socket_folder  # noqa: F401 - default_socket_path is re-exported
 
 from .admission import Admission, ConnectionLimits
@@ -265,7 +266,7 @@ class Daemon:
         if cfg.job_workers:
             if not repo:
                 raise SystemExit("pynomaly daemon: --job-workers needs a repository home, not --models")
-            from pynomaly import jobs
+            from pynomaly.service import jobs
 
             self.job_workers = jobs.start_workers(home, cfg.job_workers)
 
@@ -469,11 +470,11 @@ class Daemon:
         it stopped (a frame for the Python path, an incomplete one, or end)."""
         obs = self.observer
         if obs is None:
-            p, replies, served, n_req, n_rows, n_calls, n_coalesced = wire.fast_detect(
+            p, replies, served, n_req, n_rows, n_calls, n_coalesced = native.fast_detect(
                 conn.view, p, end, self.config.max_frame, self.fast_rows, self.cache.native
             )
         else:  # with the anomalies' tally (metrics, alerts)
-            p, replies, served, n_req, n_rows, n_calls, n_coalesced, flagged = wire.fast_detect(
+            p, replies, served, n_req, n_rows, n_calls, n_coalesced, flagged = native.fast_detect(
                 conn.view, p, end, self.config.max_frame, self.fast_rows, self.cache.native, True
             )
             if n_req:

@@ -1,14 +1,17 @@
 """pynomaly: native-accelerated anomaly detection with PyOD's conventions.
 
-Importing pynomaly loads only NumPy and the native core; optional integrations (PyOD,
-PyTorch, JAX) are imported when used.
+Importing pynomaly loads only NumPy and the domain model; the native core, the estimators and
+the service layer load on first use, and optional integrations (PyOD, PyTorch, JAX) when used.
+
+The package is in layers (issue 21): ``pynomaly.estimators`` (detectors, the model format, the
+registry, adapters, Dask), ``pynomaly.store`` (the only SQL and files), ``pynomaly.service``
+(the use cases every face calls), ``pynomaly.serving`` (what servers share) and the faces
+(``pynomaly.cli``, ``pynomaly.client``); ``pynomaly.domain`` is used by all and uses none.
 """
 
 from __future__ import annotations
 
-import os as _os
-
-from ._errors import (
+from pynomaly._errors import (
     ArtifactIntegrityError,
     DatasetNotFoundError,
     DetectorNotFoundError,
@@ -22,13 +25,7 @@ from ._errors import (
     ResultNotFoundError,
     UntrustedPickleError,
 )
-from . import _core
-from .iforest import IsolationForest
-from .neighbors import KNN, LOF, knn  # k-nearest neighbours (issue 3)
-
-# -- domain model (issue 5): plain classes over NumPy; registry, repository, service and the
-# adapters stay submodules (pynomaly.registry, pynomaly.service, ...) imported when used.
-from .domain import (
+from pynomaly.domain import (
     AnomalyScore,
     ContaminationRate,
     DetectionResult,
@@ -36,8 +33,9 @@ from .domain import (
     DetectorNotReadyError,
     DetectorStatus,
 )
-# -- scores to decisions (issue 4): normalisation, thresholds, combination --------------------
-from . import combine, scores
+from pynomaly import _aliases
+
+_aliases.install()  # old import paths of modules that moved into the layer packages (issue 21)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -85,47 +83,59 @@ def build_info() -> dict:
     ``iforest_kernel_forced``. Set ``PYNOMALY_SIMD=baseline|avx2|avx512|neon`` before import to
     force a lower target.
     """
+    from pynomaly import _core
+
     info = dict(_core.build_info())
     info["version"] = __version__
     return info
 
 
-# -- daemon clients (issue 6): loaded on first attribute access so `import pynomaly` stays cheap.
-_LAZY = {"Client": "client", "AsyncClient": "client", "DaemonError": "client", "Detection": "client"}
+# Everything else loads on first use (PEP 562), so `import pynomaly.client` on an edge box
+# loads neither the native core nor the service layer; `import pynomaly` stays cheap.
+_LAZY = {
+    "IsolationForest": "pynomaly.estimators.iforest",
+    "LOF": "pynomaly.estimators.neighbors",
+    "KNN": "pynomaly.estimators.neighbors",
+    "knn": "pynomaly.estimators.neighbors",
+    "Client": "pynomaly.client",
+    "AsyncClient": "pynomaly.client",
+    "DaemonError": "pynomaly.client",
+    "Detection": "pynomaly.client",
+}
 
-
-# Submodules the README uses as ``pynomaly.<name>`` after a plain ``import pynomaly``; imported
-# on first access (the service layer pulls in SQLite and zstandard, which scoring never needs).
-_LAZY_MODULES = ("service", "registry", "repository", "wire", "client", "dataio", "datasets", "adapters", "domain",
-                 "jobs", "alerts", "metrics")
+# Submodules the README uses as ``pynomaly.<name>`` after a plain ``import pynomaly``.
+_LAZY_MODULES = {
+    "_core": "pynomaly._core",
+    "scores": "pynomaly.estimators.scores",
+    "combine": "pynomaly.estimators.combine",
+    "registry": "pynomaly.estimators.registry",
+    "adapters": "pynomaly.estimators.adapters",
+    "dask": "pynomaly.estimators.dask",
+    "service": "pynomaly.service",
+    "repository": "pynomaly.store.repository",
+    "dataio": "pynomaly.store.dataio",
+    "datasets": "pynomaly.store.datasets",
+    "jobs": "pynomaly.service.jobs",
+    "alerts": "pynomaly.service.alerts",
+    "metrics": "pynomaly.service.metrics",
+    "wire": "pynomaly.wire",
+    "client": "pynomaly.client",
+    "domain": "pynomaly.domain",
+}
 
 
 def __getattr__(name: str):
     import importlib
 
     if name in _LAZY_MODULES:
-        module = importlib.import_module(f".{name}", __name__)
-        globals()[name] = module
-        return module
-    mod = _LAZY.get(name)
-    if mod is None:
+        value = importlib.import_module(_LAZY_MODULES[name])
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
         raise AttributeError(f"module 'pynomaly' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
     globals()[name] = value
     return value
 
 
-def _apply_simd_override() -> None:
-    want = _os.environ.get("PYNOMALY_SIMD", "").strip().lower()
-    if want:
-        if want not in ("baseline", "avx2", "avx512", "neon"):
-            raise ImportError(f"PYNOMALY_SIMD={want!r} is not a SIMD target; accepted: baseline, avx2, avx512, neon")
-        try:
-            _core.set_simd(want)
-        except InvalidInputError as e:  # valid name, but this CPU cannot run it: keep the best
-            import warnings
-
-            warnings.warn(f"PYNOMALY_SIMD={want!r} ignored: {e}", RuntimeWarning, stacklevel=2)
-
-
-_apply_simd_override()
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_MODULES))

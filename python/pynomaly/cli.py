@@ -322,10 +322,10 @@ def _print_result(result, name: str, top: int, out) -> None:
 
 
 def _cmd_train(args, home, progress, out):
-    from . import service
+    from pynomaly.service import usecases as service
 
     if args.background:
-        from . import jobs
+        from pynomaly.service import jobs
 
         job_id = jobs.submit(home, "train", {"detector": args.detector, "data": args.data, "algorithm": args.algorithm,
                                              "params": dict(args.param), "columns": args.columns})
@@ -345,8 +345,8 @@ def _cmd_train(args, home, progress, out):
 
 
 def _cmd_detect(args, home, progress, out):
-    from . import service
-    from .dataio import check_result_path, write_result
+    from pynomaly.service import usecases as service
+    from pynomaly.store.dataio import check_result_path, write_result
 
     if args.output:
         check_result_path(args.output)  # before any work or write: the result is not stored twice
@@ -370,7 +370,7 @@ def _cmd_detect(args, home, progress, out):
 def _deliver_now(home) -> None:
     """Send what a detection queued, once, after its result is out; what fails stays queued
     for `pynomaly worker` or the daemon, with its retries."""
-    from . import alerts
+    from pynomaly.service import alerts
 
     done = alerts.deliver(home)
     if done["retry"] or done["dead"]:
@@ -378,7 +378,7 @@ def _deliver_now(home) -> None:
 
 
 def _cmd_list(args, home, progress, out):
-    from . import service
+    from pynomaly.service import usecases as service
 
     dets = service.list_detectors(home)
     if args.json:
@@ -392,7 +392,7 @@ def _cmd_list(args, home, progress, out):
 
 
 def _cmd_show(args, home, progress, out):
-    from . import service
+    from pynomaly.service import usecases as service
 
     info = service.show(home, args.name)
     if args.json:
@@ -414,7 +414,7 @@ def _cmd_show(args, home, progress, out):
 
 
 def _export_key(path, create: bool, out):
-    from . import service
+    from pynomaly.service import usecases as service
 
     if path is None:
         return None
@@ -427,7 +427,7 @@ def _export_key(path, create: bool, out):
 
 
 def _cmd_export(args, home, progress, out):
-    from . import service
+    from pynomaly.service import usecases as service
 
     key = _export_key(args.export_key_file, True, out)
     path = service.export(home, args.name, args.file, args.version, key=key)
@@ -435,7 +435,7 @@ def _cmd_export(args, home, progress, out):
 
 
 def _cmd_import(args, home, progress, out):
-    from . import service
+    from pynomaly.service import usecases as service
 
     key = _export_key(args.export_key_file, False, out)
     det = service.import_detector(home, args.file, args.name, trust_pickle=args.trust_pickle, key=key)
@@ -445,8 +445,8 @@ def _cmd_import(args, home, progress, out):
 def _cmd_init(args, home, progress, out):
     from pathlib import Path
 
-    from . import service
-    from ._home import redacted
+    from pynomaly.service import usecases as service
+    from pynomaly.store._home import redacted
 
     key = None
     if args.encrypt:
@@ -462,7 +462,7 @@ def _cmd_init(args, home, progress, out):
 def _cmd_keys(args, home, progress, out):
     from pathlib import Path
 
-    from . import service
+    from pynomaly.service import usecases as service
 
     if args.keys_command == "rotate":
         if args.new_key_file and not Path(args.new_key_file).expanduser().exists():
@@ -483,7 +483,7 @@ def _cmd_keys(args, home, progress, out):
 
 
 def _cmd_audit(args, home, progress, out):
-    from . import service
+    from pynomaly.service import usecases as service
 
     if args.action == "verify":
         found = service.audit_verify(home)
@@ -510,7 +510,7 @@ def _cmd_audit(args, home, progress, out):
 
 
 def _cmd_lifecycle(args, home, progress, out):
-    from . import service
+    from pynomaly.service import usecases as service
 
     if args.command == "delete":
         if not args.yes and sys.stdin.isatty():
@@ -527,7 +527,7 @@ def _cmd_lifecycle(args, home, progress, out):
 
 
 def _cmd_quickstart(args, home, progress, out):
-    from .quickstart import run
+    from pynomaly.quickstart import run
 
     run(home, args.detector, progress=progress, out=out)
 
@@ -562,7 +562,7 @@ def _cmd_face(args, home, progress, out):
 
 
 def _cmd_doctor(args, home, progress, out):
-    from . import service
+    from pynomaly.service import usecases as service
 
     found = service.doctor(home, repair=args.repair)
     if args.json:
@@ -590,7 +590,7 @@ def _job_line(j) -> tuple:
 
 
 def _cmd_jobs(args, home, progress, out):
-    from . import jobs
+    from pynomaly.service import jobs
 
     if args.jobs_command == "list":
         js = jobs.list_jobs(home, args.state, args.limit)
@@ -633,7 +633,7 @@ def _cmd_jobs(args, home, progress, out):
 def _cmd_worker(args, home, progress, out):
     import signal
 
-    from . import alerts, jobs
+    from pynomaly.service import alerts, jobs
 
     worker = jobs.Worker(home, poll=args.poll, signals=True)
     dispatcher = None if args.no_alerts else alerts.Dispatcher(worker.home).start()
@@ -655,7 +655,7 @@ def _cmd_worker(args, home, progress, out):
 
 
 def _cmd_alerts(args, home, progress, out):
-    from . import alerts
+    from pynomaly.service import alerts
 
     c = args.alerts_command
     if c == "add":
@@ -773,7 +773,7 @@ def _record(args, home, outcome: str) -> None:
     what = _audited(args)
     if what is None:
         return
-    from . import service
+    from pynomaly.service import usecases as service
 
     try:
         import socket
@@ -865,7 +865,7 @@ def main(argv=None) -> int:
         progress.close()
         if args.debug:
             raise
-        from ._errors import PynomalyError
+        from pynomaly._errors import PynomalyError
 
         kind = "error" if isinstance(e, (PynomalyError, OSError, ValueError)) else f"unexpected {type(e).__name__}"
         msg = str(e) or type(e).__name__

@@ -28,9 +28,9 @@ from typing import Optional, Sequence, Union
 import msgspec
 import numpy as np
 
-from . import wire
-from ._errors import PynomalyError
-from ._validation import as_matrix
+from pynomaly import wire
+from pynomaly._errors import PynomalyError
+from pynomaly.estimators._validation import as_matrix
 
 __all__ = ["Client", "AsyncClient", "Detection", "DaemonError", "DaemonInputError", "DaemonUnavailableError",
            "DaemonUntrustedError"]

@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._errors import PynomalyError
+from pynomaly._errors import PynomalyError
 
 __all__ = [
     "NAME_PATTERN",

@@ -11,8 +11,9 @@ import numpy as np
 
 def run(home=None, detector: str = "cardio-quickstart", *, progress=None, out=None) -> None:
     """Run the quickstart job against the repository ``home`` and print its report to ``out``."""
-    from . import build_info, service
-    from .datasets import load_cardio
+    from pynomaly import build_info
+    from pynomaly.service import usecases as service
+    from pynomaly.store.datasets import load_cardio
 
     out = out or sys.stdout
     X, y = load_cardio()

@@ -20,8 +20,7 @@ from typing import Annotated, Dict, List, Literal, Optional, Union
 
 import msgspec
 
-from . import _core
-from .domain import NAME_PATTERN
+from pynomaly.domain import NAME_PATTERN
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -30,8 +29,6 @@ __all__ = [
     "FRAME_LENGTH",
     "append_frame",
     "frame",
-    "fast_detect",
-    "NetLoop",
     "default_socket_path",
     "unsafe_socket_folder",
     "Rows",
@@ -81,14 +78,6 @@ def frame(msg, encoder: msgspec.msgpack.Encoder = _ENCODER) -> bytearray:
     return out
 
 
-# The native reader and writer of the commonest frames (small raw-rows Detect requests for a
-# native isolation forest, and their DetectReply), bit-equal to msgspec's encoding of these
-# Structs: python/src/fastpath.cpp. It scores _core.ServedForest objects (see
-# pynomaly.service.Scorer.native).
-fast_detect = _core.fast_detect
-# The daemon's native connection loop (python/src/netloop.hpp): epoll threads that serve the
-# protocol's sockets, answer what fast_detect would and hand every other frame to the daemon.
-NetLoop = _core.NetLoop
 
 
 

@@ -1,6 +1,8 @@
 // The one binding between Python and the native core. Arguments are converted while the GIL
 // is held; native work then runs with the GIL released. Native errors become the package's
 // exceptions (pynomaly._errors); Ctrl-C during a long call re-raises KeyboardInterrupt.
+#include <cctype>
+#include <cstdlib>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -452,4 +454,24 @@ PYBIND11_MODULE(_core, m) {
 
     register_fastpath(m);
     register_netloop(m);
+
+    // PYNOMALY_SIMD forces a lower target for every kernel. Applied here, when the core loads,
+    // rather than by `import pynomaly`: the package loads the core lazily (a socket client never
+    // loads it), so this is the one moment every user of the core goes through.
+    if (const char* env = std::getenv("PYNOMALY_SIMD")) {
+        std::string want;
+        for (const char* c = env; *c; ++c)
+            if (!std::isspace(static_cast<unsigned char>(*c))) want.push_back(static_cast<char>(std::tolower(*c)));
+        if (!want.empty()) {
+            if (want != "baseline" && want != "avx2" && want != "avx512" && want != "neon")
+                throw py::import_error("PYNOMALY_SIMD='" + want +
+                                       "' is not a SIMD target; accepted: baseline, avx2, avx512, neon");
+            try {
+                set_active_simd(simd_from_name(want));
+            } catch (const InvalidInput& e) {  // a valid name this CPU cannot run: keep the best
+                const std::string msg = "PYNOMALY_SIMD='" + want + "' ignored: " + e.what();
+                if (PyErr_WarnEx(PyExc_RuntimeWarning, msg.c_str(), 1) < 0) throw py::error_already_set();
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional
 
-from pynomaly import jobs
+from pynomaly.service import jobs
 from pynomaly._errors import InvalidInputError
 
 from ..app import ServerState

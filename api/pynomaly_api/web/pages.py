@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from pynomaly import PynomalyError, service
-from pynomaly.revocations import revoke_token
+from pynomaly.store.revocations import revoke_token
 from pynomaly.serving import DetectorUnavailable
 
 from .. import sessions, tensors

@@ -4,7 +4,13 @@
 Imported by the faces only; ``import pynomaly`` does not load it.
 """
 
-from .cache import ModelCache
-from .sources import DetectorSource, DetectorUnavailable, FolderSource, RepositorySource, save_to_folder
+from pynomaly.serving.cache import ModelCache
+from pynomaly.serving.sources import (
+    DetectorSource,
+    DetectorUnavailable,
+    FolderSource,
+    RepositorySource,
+    save_to_folder,
+)
 
 __all__ = ["ModelCache", "DetectorSource", "DetectorUnavailable", "FolderSource", "RepositorySource", "save_to_folder"]

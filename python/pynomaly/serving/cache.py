@@ -16,8 +16,8 @@ import logging
 import time
 from typing import Optional
 
-from ..domain import DetectorNotReadyError
-from .sources import DetectorNotFound, DetectorUnavailable
+from pynomaly.domain import DetectorNotReadyError
+from pynomaly.serving.sources import DetectorNotFound, DetectorUnavailable
 
 log = logging.getLogger("pynomaly.serving")
 

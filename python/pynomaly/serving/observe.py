@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .. import alerts, metrics
+from pynomaly.service import alerts, metrics
 
 log = logging.getLogger("pynomaly.serving")
 

@@ -17,10 +17,11 @@ import re
 from pathlib import Path
 from typing import List, Optional, Protocol
 
-from .. import service, wire
-from .._errors import DetectorNotFoundError as DetectorNotFound
-from .._errors import PynomalyError
-from ..domain import NAME_PATTERN, shown
+from pynomaly.service import usecases as service
+from pynomaly import wire
+from pynomaly._errors import DetectorNotFoundError as DetectorNotFound
+from pynomaly._errors import PynomalyError
+from pynomaly.domain import NAME_PATTERN, shown
 
 
 class DetectorUnavailable(PynomalyError):
@@ -47,9 +48,9 @@ class RepositorySource:
         saves, activates, archives or deletes detector ``name`` (``callback(None)``: anything
         may have changed, after a lost connection). Only a database home can tell (PostgreSQL
         LISTEN/NOTIFY); for a folder home this returns False and readers keep polling."""
-        from .._db import Listener
-        from .._home import is_database_url
-        from ..repository import Repository
+        from pynomaly.store._db import Listener
+        from pynomaly.store._home import is_database_url
+        from pynomaly.store.repository import Repository
 
         if not is_database_url(self.home):
             return False

@@ -1,0 +1,871 @@
+"""Alerts on detections: rules per detector, an outbox in the repository, pluggable channels.
+
+A **rule** belongs to one detector and names a channel and its target, with conditions that
+must all hold for a detection to fire it (none given: any anomaly fires):
+
+- ``score_above`` S: an anomaly scored above S;
+- ``rate_above`` R: the share of anomalous rows of a detection above R;
+- ``count`` N ``within`` T seconds: N anomalies or more in the last T seconds (all detections
+  of the detector, summed).
+
+A fired rule writes an Alertmanager v4 webhook message to the **outbox** (table
+``alert_outbox``) in the same transaction that checks its conditions; nothing is sent then, so
+delivery never blocks a detection. :func:`deliver` (run by a :class:`Dispatcher` thread in the
+daemon and in ``pynomaly worker``, and once by ``pynomaly detect``) claims due messages,
+sends them, and on failure retries with exponential backoff and jitter, until ``max_attempts``
+failed: the message is then **dead** (kept, listed by ``pynomaly alerts outbox --state dead``).
+A message stays in the outbox until its channel accepted it, so a process killed between a
+detection and the delivery loses nothing: the next dispatcher sends it (a claim not finished
+within its lease is taken back). Delivery is at least once; webhook receivers deduplicate by
+the ``webhook-id`` header, which is the message's id on every attempt.
+
+**Deduplication**: an alert is identified by its fingerprint (Alertmanager's: a hash of its
+labels, i.e. of the detector and the rule); a rule that fires again within its ``dedup``
+window (default 5 minutes) after a message with that fingerprint was queued queues nothing.
+
+**Channels** implement :class:`NotificationService` (``send_alert(message, recipients)``,
+raising on failure): ``webhook`` (POST of the JSON, signed per Standard Webhooks:
+``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256 of
+"id.timestamp.body">`` with the rule's ``whsec_`` secret), ``command`` (runs a program with the
+message as JSON on stdin; a non-zero exit or the timeout is a failure) and ``log`` (appends the
+message as one JSON line to a file). Any other channel name is a user's class: an entry point
+in the ``pynomaly.alert_channels`` group, or an import path ``"package.module:Class"``.
+
+The faces call :func:`add_rule`, :func:`list_rules`, :func:`remove_rule`, :func:`evaluate`
+(after each detection; :func:`pynomaly.service.detect` does), :func:`deliver`, :func:`outbox`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import random
+import secrets
+import shlex
+import subprocess
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Optional, Protocol
+
+from pynomaly.store import _db
+from pynomaly._errors import InvalidInputError, PynomalyError
+
+__all__ = [
+    "NotificationService",
+    "Observation",
+    "RuleNotFoundError",
+    "DeliveryError",
+    "add_rule",
+    "approve_rule",
+    "rule_signature",
+    "list_rules",
+    "remove_rule",
+    "evaluate",
+    "deliver",
+    "outbox",
+    "payload",
+    "sign",
+    "verify",
+    "channel_for",
+    "Dispatcher",
+    "Evaluator",
+]
+
+log = logging.getLogger("pynomaly.alerts")
+
+OUTBOX_LIMIT = 10_000  # pending messages at most; beyond, new alerts are dropped (and counted)
+CLAIM_LEASE = 60.0  # seconds a claimed message may take to send before another dispatcher retries it
+BACKOFF = 1.0  # seconds before the first retry; doubled per attempt, with jitter
+MAX_BACKOFF = 300.0
+BUILTIN_CHANNELS = ("webhook", "command", "log")
+ALERTNAME = "PynomalyAnomalies"
+
+
+class RuleNotFoundError(PynomalyError, LookupError):
+    """No alert rule with that id."""
+
+
+class DeliveryError(PynomalyError):
+    """A channel could not deliver a message (retried later)."""
+
+
+class NotificationService(Protocol):
+    """What a channel is: ``send_alert(message, recipients)`` delivers ``message`` (the
+    Alertmanager v4 dict) to ``recipients`` (the rule's target, as a one-item list) or raises."""
+
+    def send_alert(self, message: dict, recipients: list) -> None: ...
+
+
+def _connect(home):
+    return _db.connect(home)  # the tables are the repository's migrations 5 and 6 (pynomaly._schema)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# -- rules -----------------------------------------------------------------------------------
+def _positive(name, v, *, integer=False, unit=False):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise InvalidInputError(f"{name} must be a finite number, got {v!r}")
+    if integer and (int(v) != v or v < 1):
+        raise InvalidInputError(f"{name} must be a whole number >= 1, got {v!r}")
+    if unit and not (0 <= v < 1):
+        raise InvalidInputError(f"{name} must be in [0, 1), got {v!r}")
+    if not unit and v < 0:
+        raise InvalidInputError(f"{name} must be >= 0, got {v!r}")
+    return v
+
+
+def add_rule(home, detector: str, channel: str, target: str, *, score_above=None, rate_above=None, count=None,
+             within=None, dedup: float = 300.0, secret: Optional[str] = None, timeout: float = 10.0,
+             max_attempts: int = 8, from_network: bool = False) -> dict:
+    """Store an alert rule for ``detector``, signed with the installation's key (see
+    :func:`approve_rule`); returns it as a dict (with ``id`` and, for a webhook, the ``secret``
+    receivers verify signatures with: given, or a new ``whsec_`` one).
+
+    ``channel`` is "webhook" (``target`` an http(s) URL), "command" (a command line), "log"
+    (a file path) or a user's channel (entry point name or "module:Class"). ``within`` and
+    ``dedup`` are seconds; ``count`` needs ``within``. The detector need not exist yet.
+    ``from_network``: the rule comes from a network caller (the HTTP API or pages), who may
+    only add webhooks: the other channels run code or write files on the server.
+    """
+    from pynomaly.domain import check_name
+
+    check_name(detector)
+    if not isinstance(channel, str) or not channel:
+        raise InvalidInputError("an alert rule needs a channel: webhook, command, log or a plugin name")
+    if from_network and channel != "webhook":
+        raise InvalidInputError(
+            f"alert rules added over the network may only be webhooks; a {channel} channel runs code or writes "
+            "files on the server, so add it on the server's machine: pynomaly alerts add"
+        )
+    if not isinstance(target, str) or not target.strip():
+        raise InvalidInputError(f"the {channel} channel needs a target (URL, command or file)")
+    if channel == "webhook":
+        from urllib.parse import urlsplit
+
+        u = urlsplit(target)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise InvalidInputError(f"webhook target must be an http:// or https:// URL, got {target!r}")
+        if secret is None:
+            secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        _key(secret)
+        _refuse_named_internal_host(u.hostname or "")
+    elif channel == "command":
+        try:
+            if not shlex.split(target):
+                raise ValueError("empty")
+        except ValueError as e:
+            raise InvalidInputError(f"command target cannot be parsed ({e}): {target!r}") from None
+    elif channel == "log":
+        target = os.path.abspath(os.path.expanduser(target))
+    else:
+        channel_for(channel, target, secret, timeout)  # an unknown plugin is refused now
+    if score_above is not None and (isinstance(score_above, bool) or not isinstance(score_above, (int, float))
+                                    or not math.isfinite(score_above)):
+        raise InvalidInputError(f"score_above must be a finite number, got {score_above!r}")
+    _positive("rate_above", rate_above, unit=True)
+    _positive("count", count, integer=True)
+    _positive("within", within)
+    if (count is None) != (within is None):
+        raise InvalidInputError("count and within go together: N anomalies within T")
+    if within is not None and within <= 0:
+        raise InvalidInputError(f"within must be > 0 seconds, got {within!r}")
+    _positive("dedup", dedup)
+    if _positive("timeout", timeout) == 0:
+        raise InvalidInputError("timeout must be > 0 seconds")
+    _positive("max_attempts", max_attempts, integer=True)
+    rule_id = uuid.uuid4().hex[:12]
+    db = _connect(home)
+    try:
+        key = _signing_key(db)
+        signature = rule_signature(key, rule_id, detector, channel, target, float(timeout))
+        db.execute(
+            "INSERT INTO alert_rules (id, detector, channel, target, secret, score_above, rate_above, count, within,"
+            " dedup, timeout, max_attempts, created_at, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (rule_id, detector, channel, target, secret, score_above, rate_above, count, within, float(dedup),
+             float(timeout), int(max_attempts), _now(), signature),
+        )
+        return _rule_dict(db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone(), key)
+    finally:
+        db.close()
+
+
+# -- signed rules ----------------------------------------------------------------------------
+# A rule decides what a dispatcher runs (command), imports (a plugin) or writes (log) and where
+# it sends detections (webhook). On a shared database, write access to rows must not be code
+# execution on every worker (issue 25), so the fields that decide it are signed with the
+# installation's key, which lives beside the home, never in the database (as pickles' are).
+def _signing_key(db) -> bytes:
+    from pynomaly.store._home import local_dir, signing_key
+
+    return signing_key(local_dir(db.home))
+
+
+def rule_signature(key: bytes, rule_id: str, detector: str, channel: str, target: str, timeout: float) -> str:
+    """HMAC-SHA256 (hex) of a rule's id, detector, channel, target and timeout under ``key``."""
+    msg = "\0".join(("pynomaly-alert-rule/1", rule_id, detector, channel, target, repr(float(timeout))))
+    return hmac.new(key, msg.encode(), hashlib.sha256).hexdigest()
+
+
+def _signed(rule, key: bytes, rule_id: Optional[str] = None) -> bool:
+    sig = rule["signature"]
+    return isinstance(sig, str) and hmac.compare_digest(
+        rule_signature(key, rule_id or rule["id"], rule["detector"], rule["channel"], rule["target"],
+                       rule["timeout"]), sig)
+
+
+def _rule_dict(r, key: bytes) -> dict:
+    d = dict(r)
+    d["created_at"] = _iso(d["created_at"])
+    d["approved"] = _signed(r, key)  # signed by this installation's key, and unchanged since
+    del d["signature"]
+    return d
+
+
+def list_rules(home, detector: Optional[str] = None) -> list:
+    """The alert rules (of one detector, or all), oldest first, as dicts; ``approved`` says
+    whether a rule is signed by this installation's key (an unapproved rule's alerts are
+    dead-lettered, not sent)."""
+    db = _connect(home)
+    try:
+        if detector is None:
+            rows = db.execute("SELECT * FROM alert_rules ORDER BY created_at")
+        else:
+            rows = db.execute("SELECT * FROM alert_rules WHERE detector=? ORDER BY created_at", (detector,))
+        key = _signing_key(db)
+        return [_rule_dict(r, key) for r in rows]
+    finally:
+        db.close()
+
+
+def approve_rule(home, rule_id: str) -> dict:
+    """Sign an existing rule with the installation's key, as it stands now: for rules made
+    before rules were signed, or found unapproved. Look at its channel and target first
+    (``pynomaly alerts list``): approving is vouching for what it runs or where it sends.
+    Returns the rule."""
+    db = _connect(home)
+    try:
+        key = _signing_key(db)
+        with _db.transaction(db):
+            r = db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone()
+            if r is None:
+                raise RuleNotFoundError(f"no alert rule {rule_id!r}; see: pynomaly alerts list")
+            sig = rule_signature(key, r["id"], r["detector"], r["channel"], r["target"], r["timeout"])
+            db.execute("UPDATE alert_rules SET signature=? WHERE id=?", (sig, rule_id))
+        return _rule_dict(db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone(), key)
+    finally:
+        db.close()
+
+
+def remove_rule(home, rule_id: str) -> dict:
+    """Delete a rule (its queued messages are still delivered); returns what was removed."""
+    db = _connect(home)
+    try:
+        with _db.transaction(db):
+            r = db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone()
+            if r is None:
+                raise RuleNotFoundError(f"no alert rule {rule_id!r}; see: pynomaly alerts list")
+            db.execute("DELETE FROM alert_rules WHERE id=?", (rule_id,))
+            db.execute("DELETE FROM alert_counts WHERE rule_id=?", (rule_id,))
+        return _rule_dict(r, _signing_key(db))
+    finally:
+        db.close()
+
+
+# -- evaluation ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """What rules look at in one detection (or in several of one detector, summed: the daemon
+    reports its detections per detector every fraction of a second).
+
+    ``max_score`` is the highest score among the anomalous rows (-inf when none);
+    ``max_rate`` the highest anomaly rate among the detections.
+    """
+
+    detector: str
+    detections: int
+    rows: int
+    anomalies: int
+    max_score: float
+    max_rate: float
+    version: Optional[int] = None
+    at: float = dataclasses.field(default_factory=_now)
+
+    @classmethod
+    def of(cls, detector: str, result) -> "Observation":
+        """From a :class:`~pynomaly.DetectionResult`."""
+        import numpy as np
+
+        labels = np.asarray(result.labels).astype(bool)
+        n, k = int(labels.size), int(labels.sum())
+        top = float(np.max(result.scores[labels])) if k else -math.inf
+        return cls(detector, 1, n, k, top, k / n if n else 0.0, int(result.detector_version))
+
+
+def _fires(rule, obs: Observation, window_total: Optional[int]) -> bool:
+    if obs.anomalies <= 0:
+        return False
+    if rule["score_above"] is not None and not obs.max_score > rule["score_above"]:
+        return False
+    if rule["rate_above"] is not None and not obs.max_rate > rule["rate_above"]:
+        return False
+    if rule["count"] is not None and (window_total is None or window_total < rule["count"]):
+        return False
+    return True
+
+
+def _labels(rule) -> dict:
+    return {"alertname": ALERTNAME, "detector": rule["detector"], "rule": rule["id"], "severity": "warning"}
+
+
+def fingerprint(labels: dict) -> str:
+    """Alertmanager-style fingerprint of a label set: 16 hex digits."""
+    text = "\xff".join(f"{k}\xff{v}" for k, v in sorted(labels.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def payload(rule, obs: Observation, window_total: Optional[int] = None) -> dict:
+    """The Alertmanager v4 webhook message for a fired rule."""
+    labels = _labels(rule)
+    conds = []
+    if rule["score_above"] is not None:
+        conds.append(f"score > {rule['score_above']:g}")
+    if rule["rate_above"] is not None:
+        conds.append(f"anomaly rate > {rule['rate_above']:g}")
+    if rule["count"] is not None:
+        conds.append(f">= {rule['count']} anomalies within {rule['within']:g} s")
+    what = f"{obs.anomalies} anomal{'y' if obs.anomalies == 1 else 'ies'} in {obs.rows} row(s)"
+    annotations = {
+        "summary": f"detector {obs.detector}: {what}",
+        "description": (f"rule {rule['id']} ({', '.join(conds) or 'any anomaly'}) fired on "
+                        f"{obs.detections} detection(s) of {obs.detector}"
+                        + (f" v{obs.version}" if obs.version is not None else "") + f": {what}"),
+        "anomalies": str(obs.anomalies),
+        "rows": str(obs.rows),
+        "max_score": f"{obs.max_score:.6g}",
+        "anomaly_rate": f"{obs.max_rate:.6g}",
+    }
+    if window_total is not None:
+        annotations["anomalies_in_window"] = str(window_total)
+    group = {"alertname": ALERTNAME, "detector": rule["detector"]}
+    return {
+        "version": "4",
+        "groupKey": "{}:{" + ", ".join(f'{k}="{v}"' for k, v in group.items()) + "}",
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": f"pynomaly-{rule['channel']}",
+        "groupLabels": group,
+        "commonLabels": labels,
+        "commonAnnotations": annotations,
+        "externalURL": "",
+        "alerts": [{
+            "status": "firing",
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": _iso(obs.at),
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "",
+            "fingerprint": fingerprint(labels),
+        }],
+    }
+
+
+def _evaluate(db, rules, obs: Observation) -> list:
+    """Check ``rules`` against ``obs`` and queue a message for each that fires (deduplicated);
+    returns the ids queued. One transaction: the window counts and the queue agree."""
+    from pynomaly.service import metrics
+
+    queued = []
+    if obs.anomalies <= 0 or not rules:
+        return queued
+    with _db.transaction(db):
+        for rule in rules:
+            total = None
+            if rule["count"] is not None:
+                db.execute("INSERT INTO alert_counts (rule_id, at, n) VALUES (?,?,?)", (rule["id"], obs.at, obs.anomalies))
+                db.execute("DELETE FROM alert_counts WHERE rule_id=? AND at < ?", (rule["id"], obs.at - rule["within"]))
+                total = db.execute("SELECT COALESCE(SUM(n), 0) FROM alert_counts WHERE rule_id=? AND at >= ?",
+                                   (rule["id"], obs.at - rule["within"])).fetchone()[0]
+            if not _fires(rule, obs, total):
+                continue
+            fp = fingerprint(_labels(rule))
+            if rule["dedup"] > 0 and db.execute(
+                "SELECT 1 FROM alert_outbox WHERE fingerprint=? AND created_at >= ? LIMIT 1", (fp, obs.at - rule["dedup"])
+            ).fetchone():
+                metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="deduplicated")
+                continue
+            pending = db.execute("SELECT COUNT(*) FROM alert_outbox WHERE state IN ('pending','sending')").fetchone()[0]
+            if pending >= OUTBOX_LIMIT:
+                metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="dropped")
+                log.warning("alert outbox full (%d messages waiting); alert of rule %s dropped", pending, rule["id"])
+                continue
+            msg_id = "msg_" + uuid.uuid4().hex
+            db.execute(
+                "INSERT INTO alert_outbox (id, rule_id, channel, fingerprint, payload, state, next_at, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (msg_id, rule["id"], rule["channel"], fp, json.dumps(payload(rule, obs, total)), "pending", obs.at, obs.at),
+            )
+            queued.append(msg_id)
+    return queued
+
+
+def evaluate(home, detector: str, result) -> list:
+    """Check the detector's rules against one detection (a :class:`~pynomaly.DetectionResult`
+    or an :class:`Observation`) and queue the alerts that fire; returns the queued message ids.
+    Cheap when the detector has no rules or the detection no anomaly (one indexed read)."""
+    obs = result if isinstance(result, Observation) else Observation.of(detector, result)
+    if obs.anomalies <= 0:
+        return []
+    db = _connect(home)
+    try:
+        rules = db.execute("SELECT * FROM alert_rules WHERE detector=?", (detector,)).fetchall()
+        return _evaluate(db, rules, obs)
+    finally:
+        db.close()
+
+
+
+class Evaluator:
+    """Rules of a home kept in memory (re-read every ``refresh`` seconds, so a new or removed
+    rule takes effect within that), for a server that evaluates many detections: detectors
+    without rules cost a dict lookup."""
+
+    def __init__(self, home, refresh: float = 2.0):
+        self.home = _db.home_of(home)
+        self.refresh = refresh
+        self._rules: dict = {}
+        self._read_at = -math.inf
+        self._db = None
+
+    def rules(self, detector: str) -> list:
+        now = time.monotonic()
+        if now - self._read_at > self.refresh:
+            if self._db is None:
+                self._db = _connect(self.home)
+            by = {}
+            for r in self._db.execute("SELECT * FROM alert_rules"):
+                by.setdefault(r["detector"], []).append(r)
+            self._rules, self._read_at = by, now
+        return self._rules.get(detector, [])
+
+    def observe(self, obs: Observation) -> list:
+        rules = self.rules(obs.detector)
+        if not rules or obs.anomalies <= 0:
+            return []
+        return _evaluate(self._db, rules, obs)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+# -- channels --------------------------------------------------------------------------------
+def _key(secret: str) -> bytes:
+    if not isinstance(secret, str) or not secret.startswith("whsec_"):
+        raise InvalidInputError("a webhook secret looks like 'whsec_' followed by base64")
+    try:
+        key = base64.b64decode(secret[len("whsec_"):], validate=True)
+    except ValueError:
+        raise InvalidInputError("a webhook secret looks like 'whsec_' followed by base64") from None
+    if len(key) < 16:
+        raise InvalidInputError("a webhook secret must hold at least 16 bytes")
+    return key
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks signature header value: ``v1,`` + base64(HMAC-SHA256(key,
+    "id.timestamp.body"))."""
+    mac = hmac.new(_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def verify(secret: str, headers, body: bytes, tolerance: float = 300.0) -> bool:
+    """What a receiver does: check ``webhook-signature`` (any of its space-separated ``v1,``
+    signatures) and that ``webhook-timestamp`` is within ``tolerance`` seconds of now."""
+    msg_id, ts, sigs = headers.get("webhook-id"), headers.get("webhook-timestamp"), headers.get("webhook-signature")
+    if not (msg_id and ts and sigs):
+        return False
+    try:
+        t = int(ts)
+    except ValueError:
+        return False
+    if abs(time.time() - t) > tolerance:
+        return False
+    want = sign(secret, msg_id, t, body)
+    return any(hmac.compare_digest(want, s) for s in sigs.split(" "))
+
+
+ALLOW_ENV = "PYNOMALY_WEBHOOK_ALLOW"
+
+
+def _allowed_networks() -> list:
+    """Networks named in ``$PYNOMALY_WEBHOOK_ALLOW`` (comma-separated, e.g. ``127.0.0.0/8,::1``):
+    internal addresses webhooks may target all the same (a receiver on the same machine)."""
+    import ipaddress
+
+    nets = []
+    for part in os.environ.get(ALLOW_ENV, "").split(","):
+        if part.strip():
+            try:
+                nets.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise DeliveryError(f"{ALLOW_ENV} holds {part.strip()!r}, which is not an address or network") from None
+    return nets
+
+
+def _internal(ip) -> bool:
+    """Loopback, link-local (cloud metadata services live there), unspecified or multicast:
+    addresses a webhook has no business reaching unless the operator allows it."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast
+
+
+def _refuse_named_internal_host(host: str) -> None:
+    """At ``add_rule``: a literal internal address or ``localhost`` is refused now (a name is
+    resolved, and checked, at each delivery)."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if host.lower().rstrip(".") not in ("localhost", "localhost.localdomain") and not host.lower().endswith(".localhost"):
+            return
+        ip = ipaddress.ip_address("127.0.0.1")
+    if _internal(ip) and not any(ip in n for n in _allowed_networks()):
+        raise InvalidInputError(
+            f"webhook target {host!r} is a loopback, link-local or unspecified address; allow it by setting "
+            f"{ALLOW_ENV} (e.g. {ALLOW_ENV}=127.0.0.0/8) for a receiver on this machine"
+        )
+
+
+def _checked_address(host: str, port: int) -> str:
+    """One address of ``host`` to connect to, every one of its addresses checked first: a name
+    that resolves to an internal address is refused, unless allowed (see :func:`_internal`)."""
+    import ipaddress
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise DeliveryError(f"cannot resolve {host}: {e}") from None
+    allowed = _allowed_networks()
+    addrs = []
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if _internal(ip) and not any(ip in n for n in allowed):
+            raise DeliveryError(f"{host} resolves to {ip}, an internal address webhooks may not target "
+                                f"(allow it with {ALLOW_ENV})")
+        addrs.append(info[4][0])
+    return addrs[0]
+
+
+class WebhookChannel:
+    """POSTs the message as JSON, signed per Standard Webhooks; a 2xx answer is delivery.
+
+    The connection goes to an address checked when it was resolved (no second lookup for a
+    rebinding name to change), and redirects are not followed: a receiver that answers 3xx is
+    a failed delivery, so a webhook cannot be bounced to an internal address."""
+
+    def __init__(self, secret: Optional[str] = None, timeout: float = 10.0):
+        self.secret = secret
+        self.timeout = timeout
+
+    def send_alert(self, message: dict, recipients: list, msg_id: Optional[str] = None) -> None:
+        body = json.dumps(message).encode()
+        msg_id = msg_id or "msg_" + uuid.uuid4().hex
+        ts = int(time.time())
+        headers = {"content-type": "application/json", "user-agent": "pynomaly-alerts", "webhook-id": msg_id,
+                   "webhook-timestamp": str(ts)}
+        if self.secret:
+            headers["webhook-signature"] = sign(self.secret, msg_id, ts, body)
+        for url in recipients:
+            self._post(url, body, headers)
+
+    def _post(self, url: str, body: bytes, headers: dict) -> None:
+        import http.client
+        import socket
+        import ssl
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise DeliveryError(f"{url} is not an http:// or https:// URL")
+        port = u.port or (443 if u.scheme == "https" else 80)
+        addr = _checked_address(u.hostname, port)
+        timeout = self.timeout
+
+        class Pinned(http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection):
+            def connect(self):
+                sock = socket.create_connection((addr, port), timeout)
+                if u.scheme == "https":
+                    sock = self._context.wrap_socket(sock, server_hostname=u.hostname)
+                self.sock = sock
+
+        kw = {"context": ssl.create_default_context()} if u.scheme == "https" else {}
+        conn = Pinned(u.hostname, port, timeout=timeout, **kw)
+        try:
+            path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+            conn.request("POST", path, body=body, headers=headers)
+            r = conn.getresponse()
+            r.read(65536)
+            if 300 <= r.status < 400:
+                raise DeliveryError(f"{url} answered {r.status} {r.reason} (to {r.getheader('location')!r}); "
+                                    "redirects are not followed: point the rule at the final URL")
+            if not 200 <= r.status < 300:
+                raise DeliveryError(f"{url} answered {r.status} {r.reason}")
+        except (OSError, http.client.HTTPException) as e:
+            raise DeliveryError(f"{url}: {e}") from None
+        finally:
+            conn.close()
+
+
+class CommandChannel:
+    """Runs a program (the target, split like a shell would, never through a shell) with the
+    message as JSON on stdin; exit status 0 within the timeout is delivery."""
+
+    def __init__(self, timeout: float = 10.0):
+        self.timeout = timeout
+
+    def send_alert(self, message: dict, recipients: list) -> None:
+        for cmd in recipients:
+            try:
+                r = subprocess.run(shlex.split(cmd), input=json.dumps(message).encode(), capture_output=True,
+                                   timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                raise DeliveryError(f"command did not finish within {self.timeout:g} s: {cmd}") from None
+            except OSError as e:
+                raise DeliveryError(f"cannot run {cmd!r}: {e}") from None
+            if r.returncode != 0:
+                err = r.stderr.decode(errors="replace").strip().splitlines()
+                raise DeliveryError(f"command exited with {r.returncode}: {cmd}" + (f" ({err[-1]})" if err else ""))
+
+
+class LogChannel:
+    """Appends the message as one JSON line to a file (created if absent)."""
+
+    def send_alert(self, message: dict, recipients: list) -> None:
+        line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        for path in recipients:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise DeliveryError(f"cannot append to {path}: {e}") from None
+
+
+def _channel_label(name: str) -> str:
+    return name if name in BUILTIN_CHANNELS else "plugin"
+
+
+def channel_for(name: str, target: str = "", secret: Optional[str] = None, timeout: float = 10.0):
+    """The channel object for a rule's ``channel`` name (built-in, entry point or import path)."""
+    if name == "webhook":
+        return WebhookChannel(secret, timeout)
+    if name == "command":
+        return CommandChannel(timeout)
+    if name == "log":
+        return LogChannel()
+    cls = None
+    if ":" in name:
+        import importlib
+
+        mod, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise InvalidInputError(f"alert channel {name!r} cannot be imported: {e}") from None
+    else:
+        from importlib.metadata import entry_points
+
+        found = entry_points(group="pynomaly.alert_channels", name=name)
+        if not found:
+            raise InvalidInputError(
+                f"unknown alert channel {name!r}; accepted: webhook, command, log, an entry point of the "
+                "'pynomaly.alert_channels' group, or 'package.module:Class'"
+            )
+        cls = next(iter(found)).load()
+    obj = cls() if isinstance(cls, type) else cls
+    if not callable(getattr(obj, "send_alert", None)):
+        raise InvalidInputError(f"alert channel {name!r} has no send_alert(message, recipients) method")
+    return obj
+
+
+# -- delivery --------------------------------------------------------------------------------
+def _backoff(attempts: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: half the doubled delay fixed, half random."""
+    d = min(cap, base * 2 ** max(attempts - 1, 0))
+    return d / 2 + random.uniform(0, d / 2)
+
+
+def deliver(home, *, limit: int = 100, backoff: float = BACKOFF, max_backoff: float = MAX_BACKOFF,
+            worker: Optional[str] = None) -> dict:
+    """Send the due messages of the outbox (at most ``limit``); returns counts of ``sent``,
+    ``retry`` and ``dead``. Several dispatchers may run at once: each message is claimed by
+    one (a claim older than :data:`CLAIM_LEASE` is taken back, for a dispatcher that died).
+
+    A message goes where its rule, as signed, says: the rule's channel and target, checked
+    against its signature (:func:`approve_rule`), never a copy in the outbox row. A message
+    whose rule is unsigned or was altered is dead at once, and the refusal is audited."""
+    from pynomaly.service import metrics
+
+    worker = worker or f"{os.getpid()}:{threading.get_ident()}"
+    out = {"sent": 0, "retry": 0, "dead": 0}
+    db = home if hasattr(home, "execute") else _connect(home)
+    try:
+        now = _now()
+        if db.execute("SELECT 1 FROM alert_outbox WHERE (state='pending' AND next_at <= ?) OR"
+                      " (state='sending' AND claimed_until < ?) LIMIT 1", (now, now)).fetchone() is None:
+            return out  # nothing due: an idle dispatcher only reads
+        with _db.transaction(db, exclusive=False):  # PostgreSQL: dispatchers take different rows
+            rows = db.execute(
+                "SELECT o.id, o.rule_id, o.payload, o.attempts, r.id AS rid, r.detector, r.channel, r.target,"
+                " r.secret, r.timeout, r.max_attempts, r.signature FROM alert_outbox o"
+                " LEFT JOIN alert_rules r ON r.id = o.rule_id"
+                " WHERE (o.state='pending' AND o.next_at <= ?) OR (o.state='sending' AND o.claimed_until < ?)"
+                " ORDER BY o.next_at LIMIT ?" + db.skip_locked("o"), (now, now, int(limit))).fetchall()
+            for r in rows:
+                db.execute("UPDATE alert_outbox SET state='sending', claimed_by=?, claimed_until=? WHERE id=?",
+                           (worker, now + CLAIM_LEASE, r["id"]))
+        key = _signing_key(db) if rows else b""
+        for r in rows:
+            label = _channel_label(r["channel"]) if r["rid"] is not None else "none"
+            error, final = None, False
+            if r["rid"] is None:
+                error, final = "its rule was removed", True
+            elif not _signed(r, key, r["rid"]):
+                error, final = (f"rule {r['rid']} is not approved (unsigned, or altered since it was signed); if it "
+                                f"is yours, check it and run: pynomaly alerts approve {r['rid']}"), True
+                _audit_refusal(db, r, error)
+            else:
+                try:
+                    ch = channel_for(r["channel"], r["target"], r["secret"], r["timeout"])
+                    if isinstance(ch, WebhookChannel):
+                        ch.send_alert(json.loads(r["payload"]), [r["target"]], msg_id=r["id"])
+                    else:
+                        ch.send_alert(json.loads(r["payload"]), [r["target"]])
+                except Exception as e:  # noqa: BLE001 - a user's channel may raise anything
+                    error = f"{type(e).__name__}: {e}"
+            attempts = r["attempts"] + 1
+            if error is None:
+                db.execute("UPDATE alert_outbox SET state='sent', attempts=?, sent_at=?, claimed_by=NULL,"
+                           " claimed_until=NULL, last_error=NULL WHERE id=? AND claimed_by=?",
+                           (attempts, _now(), r["id"], worker))
+                out["sent"] += 1
+                metrics.ALERTS_SENT.inc(channel=label, outcome="sent")
+            elif final or attempts >= (r["max_attempts"] or 1):
+                db.execute("UPDATE alert_outbox SET state='dead', attempts=?, claimed_by=NULL, claimed_until=NULL,"
+                           " last_error=? WHERE id=? AND claimed_by=?", (attempts, error, r["id"], worker))
+                out["dead"] += 1
+                metrics.ALERTS_SENT.inc(channel=label, outcome="dead")
+                log.warning("alert %s is dead after %d attempt(s): %s", r["id"], attempts, error)
+            else:
+                db.execute("UPDATE alert_outbox SET state='pending', attempts=?, next_at=?, claimed_by=NULL,"
+                           " claimed_until=NULL, last_error=? WHERE id=? AND claimed_by=?",
+                           (attempts, _now() + _backoff(attempts, backoff, max_backoff), error, r["id"], worker))
+                out["retry"] += 1
+                metrics.ALERTS_SENT.inc(channel=label, outcome="retry")
+        return out
+    finally:
+        if db is not home:
+            db.close()
+
+
+def _audit_refusal(db, r, error: str) -> None:
+    """Record in the home's audit trail that a message of an unapproved rule was not sent,
+    with what the rule asked for (someone with write access to the rows may have made it)."""
+    from pynomaly.store.audit import default_actor
+    from pynomaly.store.repository import Repository
+
+    try:
+        with Repository(db.home) as repo:
+            repo.audit_append(actor=default_actor(), action="alerts.refused", target=r["rid"],
+                              origin=f"alerts dispatcher pid={os.getpid()}", outcome=f"refused: {error}",
+                              detail={"message": r["id"], "detector": r["detector"], "channel": r["channel"],
+                                      "target": r["target"]})
+    except Exception as e:  # noqa: BLE001 - the message is dead-lettered whatever the trail says
+        log.error("alert %s refused but not audited: %s", r["id"], e)
+
+
+def outbox(home, state: Optional[str] = None, limit: int = 100) -> list:
+    """Messages of the outbox, newest first (``state``: pending, sending, sent or dead)."""
+    if state is not None and state not in ("pending", "sending", "sent", "dead"):
+        raise InvalidInputError(f"unknown outbox state {state!r}; accepted: pending, sending, sent, dead")
+    db = _connect(home)
+    try:
+        q = "SELECT * FROM alert_outbox" + (" WHERE state=?" if state else "") + " ORDER BY created_at DESC LIMIT ?"
+        rows = db.execute(q, ((state,) if state else ()) + (int(limit),)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["payload"] = json.loads(d["payload"])
+            for k in ("next_at", "created_at", "sent_at", "claimed_until"):
+                d[k] = _iso(d[k]) if d[k] is not None else None
+            out.append(d)
+        return out
+    finally:
+        db.close()
+
+
+class Dispatcher:
+    """A thread that delivers the outbox of a home every ``interval`` seconds (sooner after
+    :meth:`wake`), until :meth:`stop`."""
+
+    def __init__(self, home, interval: float = 0.5, backoff: float = BACKOFF, max_backoff: float = MAX_BACKOFF):
+        self.home = _db.home_of(home)
+        self.interval = interval
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "Dispatcher":
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pynomaly-alerts")
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        db = None
+        while not self._stop.is_set():
+            try:
+                if db is None:
+                    db = _connect(self.home)
+                while deliver(db, backoff=self.backoff, max_backoff=self.max_backoff)["sent"] and not self._stop.is_set():
+                    pass
+            except Exception as e:  # noqa: BLE001 - keep delivering; the database may be busy
+                log.warning("alert delivery: %s", e)
+            self._wake.wait(self.interval)
+            self._wake.clear()
+        if db is not None:
+            db.close()

@@ -1,0 +1,176 @@
+"""The repository's tables, and the numbered migrations that made them (applied on open by
+``pynomaly._db.migrate``, on folder and database homes alike). Written once, in the SQL both
+SQLite and PostgreSQL accept; ``_db.ddl`` adapts the column types.
+"""
+
+from __future__ import annotations
+
+from pynomaly.store import _db
+from pynomaly.store import audit as _audit
+from pynomaly.store import revocations as _revocations
+
+__all__ = ["MIGRATIONS"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS detectors (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    algorithm TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    trained_at TEXT,
+    version INTEGER NOT NULL,
+    n_features INTEGER,
+    feature_names TEXT,
+    data_fingerprint TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS detector_versions (
+    detector_id TEXT NOT NULL REFERENCES detectors(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    algorithm TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    artifact TEXT NOT NULL,
+    format TEXT NOT NULL,
+    signature TEXT,
+    size INTEGER NOT NULL,
+    n_features INTEGER,
+    feature_names TEXT,
+    data_fingerprint TEXT,
+    threshold REAL,
+    dataset_id TEXT,
+    trained_at TEXT NOT NULL,
+    PRIMARY KEY (detector_id, version)
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    source TEXT,
+    n_rows INTEGER NOT NULL,
+    n_columns INTEGER NOT NULL,
+    column_names TEXT,
+    fingerprint TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (fingerprint, source)
+);
+CREATE TABLE IF NOT EXISTS results (
+    id TEXT PRIMARY KEY,
+    detector_id TEXT NOT NULL REFERENCES detectors(id) ON DELETE CASCADE,
+    detector_version INTEGER NOT NULL,
+    dataset_id TEXT,
+    threshold REAL,
+    total_samples INTEGER NOT NULL,
+    anomalies_detected INTEGER NOT NULL,
+    processing_time_ms REAL,
+    scores_artifact TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+_DATASET_DATA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dataset_data (
+    dataset_id TEXT PRIMARY KEY REFERENCES datasets(id) ON DELETE CASCADE,
+    artifact TEXT NOT NULL
+);
+"""
+
+# Tables a database home keeps in the database, where a folder home keeps files beside it: the
+# artifacts themselves (see the module's docstring), the version marks and the audit head.
+_DATABASE_HOME_SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    sha TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS version_marks (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+""" + _audit.HEAD_SCHEMA
+
+
+# The alert rules, their window counts and the outbox (pynomaly.alerts). Until migration 5 they
+# were created on first use, outside the numbered migrations: this is that shape, so a home that
+# already has them keeps them as they are.
+_ALERTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_rules (
+    id TEXT PRIMARY KEY,
+    detector TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    target TEXT NOT NULL,
+    secret TEXT,
+    score_above REAL,
+    rate_above REAL,
+    count INTEGER,
+    within REAL,
+    dedup REAL NOT NULL,
+    timeout REAL NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_rules_by_detector ON alert_rules (detector);
+CREATE TABLE IF NOT EXISTS alert_counts (
+    rule_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    n INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_counts_by_rule ON alert_counts (rule_id, at);
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    id TEXT PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    claimed_by TEXT,
+    claimed_until REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (state, next_at);
+CREATE INDEX IF NOT EXISTS alert_outbox_by_fingerprint ON alert_outbox (fingerprint, created_at)
+"""
+
+
+def _statements(schema: str):
+    def apply(db):
+        for stmt in _db.ddl(schema, db.dialect):
+            db.execute(stmt)
+
+    return apply
+
+
+def _add_column(table: str, column: str, decl: str):
+    """``ALTER TABLE .. ADD COLUMN``, idempotent like the other migrations (SQLite has no
+    ``IF NOT EXISTS`` for columns)."""
+    def apply(db):
+        if db.postgres:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}")
+        elif column not in [r[1] for r in db.execute(f"PRAGMA table_info({table})")]:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+    return apply
+
+
+def _database_home_only(schema: str):
+    apply = _statements(schema)
+    return lambda db: apply(db) if db.postgres else None
+
+
+# The repository's migrations, in order (migration n is MIGRATIONS[n - 1]); append, never
+# edit. 1 to 3 are what a folder home's ``PRAGMA user_version`` counted before the
+# schema_migrations table existed; each is idempotent, so a home that had them is safe anyway.
+MIGRATIONS = [
+    ("detectors, versions, datasets, results", _statements(_SCHEMA)),
+    ("the audit table", _statements(_audit.SCHEMA)),
+    ("dataset_data: the stored rows of uploaded datasets", _statements(_DATASET_DATA_SCHEMA)),
+    ("a database home's artifacts, version marks and audit head", _database_home_only(_DATABASE_HOME_SCHEMA)),
+    ("alert rules, counts and outbox (made on first use before)", _statements(_ALERTS_SCHEMA)),
+    # A rule's HMAC under the installation's key (pynomaly.alerts.rule_signature): whoever can
+    # write rows cannot make a dispatcher run a command or write a file (issue 25).
+    ("alert_rules.signature", _add_column("alert_rules", "signature", "TEXT")),
+    ("revoked_tokens: API tokens and sessions revoked before they expire", _statements(_revocations.SCHEMA)),
+]
