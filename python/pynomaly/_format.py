@@ -18,7 +18,7 @@ Layout (all integers and arrays little-endian, packed, no padding)::
     end-4   4   u32      CRC-32 (zlib) of every byte before it
 
 Header keys: "params" (the estimator's get_params(), JSON-able values), "n_features", "psi",
-"n_trees", "n_nodes", "max_samples_", "threshold" (float or null), "n_train_scores".
+"n_trees", "n_nodes", "max_samples_", "threshold", "n_train_scores".
 
 Neighbour detectors (kinds b"LOF\\0\\0\\0\\0\\0" and b"KNN\\0\\0\\0\\0\\0") use the same frame; their arrays
 are the training rows, then per-row float64 arrays::
@@ -130,13 +130,10 @@ def _int(header: dict, key: str, lo: int, hi: int) -> int:
     return v
 
 
-def _threshold(header: dict, optional: bool):
+def _threshold(header: dict) -> float:
     v = header.get("threshold")
-    if v is None and optional:
-        return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        what = "a finite number or null" if optional else "a finite number"
-        raise ModelFormatError(f"model header is invalid: 'threshold' must be {what}, got {v!r}")
+        raise ModelFormatError(f"model header is invalid: 'threshold' must be a finite number, got {v!r}")
     return float(v)
 
 
@@ -194,7 +191,7 @@ def load_forest(cls, data):
     n_features = _int(header, "n_features", 1, _INT64_MAX)  # the core holds it to its own limit
     psi = _int(header, "psi", 1, _INT64_MAX)
     max_samples = _int(header, "max_samples_", 1, _INT64_MAX) if "max_samples_" in header else psi
-    threshold = _threshold(header, optional=n_scores == 0)
+    threshold = _threshold(header)
     expected = end + 4 * (n_trees + 1) + (4 + 4 + 4 + 8) * n_nodes + 8 * n_scores + 4
     if expected != len(data):
         raise ModelFormatError(f"model data has {len(data)} bytes, header implies {expected}")
@@ -258,7 +255,7 @@ def load_neighbors(cls, data, kind: bytes, what: str):
         raise ModelFormatError(f"model header is invalid: 'dtype' must be '<f4' or '<f8', got {dtype!r}")
     if algorithm not in ("brute", "kd_tree"):
         raise ModelFormatError(f"model header is invalid: 'algorithm' must be 'brute' or 'kd_tree', got {algorithm!r}")
-    threshold = _threshold(header, optional=False)
+    threshold = _threshold(header)
     n_rows_arrays = 3 if kind == KIND_LOF else 1
     expected = pos + n * d * (4 if dtype == "<f4" else 8) + 8 * n * n_rows_arrays + 4
     if expected != len(data):
@@ -274,8 +271,10 @@ def load_neighbors(cls, data, kind: bytes, what: str):
         return a
 
     X = take(dtype, n * d).reshape(n, d).astype(np.float32 if dtype == "<f4" else np.float64, copy=False)
-    if not np.isfinite(X).all():
-        raise ModelFormatError("model data is inconsistent: the training rows contain NaN or infinity")
+    try:  # the core's own rules, as every query applies them: rows (finite, |x| <= 1e150), metric and algorithm
+        _core.knn(X, 1, X[:1], model.metric, model.algorithm, 1)
+    except ValueError as e:
+        raise ModelFormatError(f"model data is inconsistent: {e}") from None
     scores = take("<f8", n)
     model._fit_X = X
     model.n_features_in_ = d

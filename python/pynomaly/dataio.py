@@ -9,15 +9,18 @@ Outputs: CSV, JSON or Parquet, chosen by the file extension.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ._errors import InvalidInputError
 
-__all__ = ["load_table", "write_result", "check_result_path"]
+__all__ = ["load_table", "array_from_npy", "write_result", "check_result_path"]
 
 _MISSING = {"", "na", "nan", "null", "none"}
 
@@ -48,17 +51,10 @@ def load_table(path, columns=None):
     if ext in (".csv", ".txt", ".tsv"):
         X, names, bad = _read_csv(path, delimiter="\t" if ext == ".tsv" else ",")
     elif ext == ".npy":
-        X = _check_2d(np.load(path, allow_pickle=False), path)
+        X = array_from_npy(_read_bytes(path), path.name)
         names = [f"x{i}" for i in range(X.shape[1])]
     elif ext == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            if "X" in z.files:
-                X = z["X"]
-            elif len(z.files) == 1:
-                X = z[z.files[0]]
-            else:
-                raise InvalidInputError(f"{path.name} holds arrays {z.files}; name the data array 'X'")
-        X = _check_2d(X, path)
+        X = _read_npz(path)
         names = [f"x{i}" for i in range(X.shape[1])]
     elif ext in (".parquet", ".pq"):
         return _read_parquet(path, columns)
@@ -75,10 +71,57 @@ def load_table(path, columns=None):
     return _finite(X.astype(np.float64, copy=False), names, path), names
 
 
-def _check_2d(X, path):
-    if X.ndim != 2:
-        raise InvalidInputError(f"{path.name} holds a {X.ndim}-D array; a 2-D array (rows x features) is required")
-    return X
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise InvalidInputError(f"cannot read {str(path)!r}: {e}") from None
+
+
+def array_from_npy(blob: bytes, name: str) -> np.ndarray:
+    """The 2-D numeric array of a ``.npy`` file's bytes (a file, an ``.npz`` member, a stored
+    dataset). Raises InvalidInputError for anything else.
+
+    numpy's own reader trusts the header: a shape larger than the bytes allocates it first
+    (MemoryError, or gigabytes for a few bytes of header), and each malformation raises a
+    different exception. Here the header is checked against the bytes before anything is read.
+    """
+    fmt = np.lib.format
+    f = io.BytesIO(blob)
+    try:
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+    except Exception as e:  # numpy's header parser (tokenize, literal_eval) has no one error of its own
+        raise InvalidInputError(f"{name} is not a readable .npy array: {e}") from None
+    if len(shape) != 2:
+        raise InvalidInputError(f"{name} holds a {len(shape)}-D array; a 2-D array (rows x features) is required")
+    if dtype.kind not in "biuf" or dtype.hasobject or dtype.itemsize == 0:
+        raise InvalidInputError(f"{name} holds {dtype} data; numeric data is required")
+    count = shape[0] * shape[1]
+    if count * dtype.itemsize != len(blob) - f.tell():
+        raise InvalidInputError(
+            f"{name} is not a readable .npy array: its header declares {shape} {dtype} "
+            f"({count * dtype.itemsize} bytes), the file holds {len(blob) - f.tell()}"
+        )
+    X = np.frombuffer(blob, dtype=dtype, count=count, offset=f.tell())
+    return X.reshape(shape, order="F" if fortran_order else "C").copy(order="K")  # writable, as np.load's
+
+
+def _read_npz(path: Path) -> np.ndarray:
+    try:
+        with zipfile.ZipFile(path) as z:
+            arrays = {n[:-4] if n.endswith(".npy") else n: n for n in z.namelist()}
+            member = arrays.get("X", next(iter(arrays.values())) if len(arrays) == 1 else None)
+            blob = None if member is None else z.read(member)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+            RuntimeError, ValueError) as e:  # damaged, encrypted, or of an unsupported compression
+        raise InvalidInputError(f"{path.name} is not a readable .npz archive: {type(e).__name__}: {e}") from None
+    if member is None:
+        raise InvalidInputError(f"{path.name} holds arrays {sorted(arrays)}; name the data array 'X'")
+    return array_from_npy(blob, f"{path.name}[{member}]")
 
 
 def select_columns(X, names, columns):
@@ -131,6 +174,8 @@ def _read_csv(path: Path, delimiter: str):
         raise InvalidInputError(
             f"{path.name} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
         ) from None
+    except csv.Error as e:  # e.g. a field past the csv module's size limit
+        raise InvalidInputError(f"{path.name} is not a readable CSV table: {e}") from None
     if not rows:
         raise InvalidInputError(f"{path.name} is empty")
     header = None
@@ -171,7 +216,13 @@ def _read_parquet(path: Path, columns):
     pq = require("pyarrow.parquet", "parquet")
     import pyarrow.types as pat
 
-    schema = pq.read_schema(path)
+    import pyarrow
+
+    unreadable = (pyarrow.ArrowException, OSError)  # ArrowInvalid and the like: a damaged file
+    try:
+        schema = pq.read_schema(path)
+    except unreadable as e:
+        raise InvalidInputError(f"{path.name} is not a readable Parquet file: {e}") from None
     names = list(schema.names)
     _, sel = select_columns(np.empty((0, len(names))), names, columns)
     bad = [n for n in sel if not (pat.is_integer(schema.field(n).type) or pat.is_floating(schema.field(n).type) or pat.is_boolean(schema.field(n).type))]
@@ -179,8 +230,11 @@ def _read_parquet(path: Path, columns):
         raise InvalidInputError(
             f"{path.name} has non-numeric column(s) {bad}; select numeric columns with --columns or encode them"
         )
-    table = pq.read_table(path, columns=sel)
-    X = np.column_stack([table.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in sel])
+    try:
+        table = pq.read_table(path, columns=sel)
+        X = np.column_stack([table.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in sel])
+    except unreadable as e:
+        raise InvalidInputError(f"{path.name} is not a readable Parquet file: {e}") from None
     return _finite(X, sel, path), sel
 
 

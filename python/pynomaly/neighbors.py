@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _format
 from . import _core
-from ._errors import InvalidInputError, NotFittedError
+from ._errors import InvalidInputError, ModelFormatError, NotFittedError
 from ._validation import as_matrix, check_contamination, resolve_n_jobs
 from .base import BaseDetector, PickleAsBytes, check_memory
 
@@ -156,7 +156,15 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
         """Load a detector written by ``to_bytes``; corrupted or truncated data raise ModelFormatError."""
         from ._format import load_neighbors
 
-        return load_neighbors(cls, data, cls._kind, cls._what)
+        model = load_neighbors(cls, data, cls._kind, cls._what)
+        try:
+            model._check_loaded()
+        except InvalidInputError as e:
+            raise ModelFormatError(f"model header is invalid: {e}") from None
+        return model
+
+    def _check_loaded(self) -> None:
+        """The parameters of a loaded detector that the shared checks (_check_params) leave out."""
 
 
 def _lrd(dist: np.ndarray, idx: np.ndarray, kdist: np.ndarray) -> np.ndarray:
@@ -221,6 +229,10 @@ class LOF(_NeighborDetector):
         self.novelty = novelty
         self.contamination = contamination
         self.n_jobs = n_jobs
+
+    def _check_loaded(self) -> None:
+        if not isinstance(self.novelty, (bool, np.bool_)):
+            raise InvalidInputError(f"novelty must be True or False, got {self.novelty!r}")
 
     def fit(self, X, y=None) -> "LOF":
         """Find each training row's neighbours and its LOF; ``y`` is ignored."""
@@ -295,6 +307,9 @@ class KNN(_NeighborDetector):
         if self.method == "mean":
             return np.mean(dist, axis=1)
         return np.median(dist, axis=1)
+
+    def _check_loaded(self) -> None:
+        _check_choice(self.method, "method", ("largest", "mean", "median"))
 
     def fit(self, X, y=None) -> "KNN":
         """Score each training row by its distances to its k nearest other rows; ``y`` is ignored."""
