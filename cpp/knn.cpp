@@ -257,7 +257,10 @@ Screen make_screen(const MatrixView& data, const MatrixView* queries, Metric met
         };
         scan(data);
         if (queries) scan(*queries);
-        if (amax > 0.0) s.scale = std::ldexp(1.0, -std::ilogb(amax) - 1);
+        // At most 2^511, so that scale^2 (key_scale) stays finite: data whose coordinates are
+        // all below ~1e-154 (subnormals, found by fuzzing) made it infinite, every screened
+        // value NaN and the heaps short of k, and the search returned indices past the data.
+        if (amax > 0.0) s.scale = std::ldexp(1.0, std::min(-std::ilogb(amax) - 1, 511));
         // Squared coordinates must stay within float32 after scaling: |x|^2 <= d.
         s.key_scale = s.kind == ScreenKind::dot ? s.scale * s.scale : s.scale;
     } else {

@@ -92,3 +92,21 @@ def test_native_forest_refuses_impossible_sizes_itself():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, f"the process died ({run.returncode}): {run.stderr[-2000:]}"
     assert run.stdout.count("refused: forest:") == 4, run.stdout
+
+
+@pytest.mark.parametrize("tiny", [5e-324, 1.39e-309, 1e-300, 1e-160])
+@pytest.mark.parametrize("algorithm", ["brute", "kd_tree"])
+def test_neighbours_of_rows_of_tiny_values_are_exact(tiny, algorithm):
+    """Found by the native fuzzer: rows whose values are all tiny (subnormal, or small enough
+    that their squares underflow) made the brute-force screen's scale infinite, and the search
+    returned neighbour indices past the end of the data (read out of bounds)."""
+    from pynomaly import knn
+
+    X = np.zeros((60, 3))
+    X[0, 1], X[7, 2] = tiny, -tiny
+    dist, idx = knn(X, 45, algorithm=algorithm)
+    ref = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(axis=2))
+    np.fill_diagonal(ref, np.inf)
+    want = np.argsort(ref, axis=1, kind="stable")[:, :45]
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_array_equal(dist, np.take_along_axis(ref, want, axis=1))
