@@ -7,10 +7,11 @@ failed test rather than a dead pytest. The fuzzers (tests/fuzz/) run in a bounde
 
 from __future__ import annotations
 
-import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,96 @@ def test_neighbours_of_rows_of_tiny_values_are_exact(tiny, algorithm):
     want = np.argsort(ref, axis=1, kind="stable")[:, :45]
     np.testing.assert_array_equal(idx, want)
     np.testing.assert_array_equal(dist, np.take_along_axis(ref, want, axis=1))
+
+
+# -- the fuzzers, in a bounded smoke: the corpus, then fresh mutations for a few seconds ---------
+REPO = Path(__file__).resolve().parents[1]
+FUZZ_SECONDS = 15
+
+
+def _fuzz(cmd: list, corpus: str, tmp_path) -> None:
+    found = tmp_path / "found"  # libFuzzer adds new inputs to the first folder: the repository's is only read
+    found.mkdir()
+    run = subprocess.run(
+        [*cmd, str(found), corpus, f"-max_total_time={FUZZ_SECONDS}", "-timeout=20", "-rss_limit_mb=3000",
+         f"-artifact_prefix={tmp_path}/"],
+        cwd=REPO, capture_output=True, text=True, timeout=FUZZ_SECONDS + 300,
+    )
+    crashes = sorted(p.name for p in tmp_path.glob("crash-*")) + sorted(p.name for p in tmp_path.glob("timeout-*"))
+    assert run.returncode == 0 and not crashes, f"{crashes}\n{run.stderr[-6000:]}"
+    assert " DONE " in run.stderr or "Done " in run.stderr, run.stderr[-2000:]
+
+
+def test_python_loaders_survive_the_fuzzer(tmp_path):
+    """tests/fuzz/fuzz_loaders.py (atheris) over its corpus, then new inputs."""
+    pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris, in the test extra)")
+    _fuzz([sys.executable, "tests/fuzz/fuzz_loaders.py"], "tests/fuzz/corpus/loaders", tmp_path)
+
+
+NATIVE_SOURCES = ["cpp/tests/fuzz_model_loaders.cpp", "cpp/common.cpp", "cpp/iforest.cpp", "cpp/iforest_kernels.cpp",
+                  "cpp/knn.cpp", "cpp/knn_kernels.cpp"]
+
+
+@pytest.mark.skipif(shutil.which("clang++") is None, reason="needs clang++ with libFuzzer (apt install clang)")
+def test_native_loaders_survive_the_fuzzer_under_sanitizers(tmp_path):
+    """cpp/tests/fuzz_model_loaders.cpp (libFuzzer, ASan, UBSan) over its corpus, then new inputs."""
+    exe = tmp_path / "fuzz_model_loaders"
+    build = subprocess.run(
+        ["clang++", "-std=c++17", "-O1", "-g", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
+         "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-Icpp", *NATIVE_SOURCES, "-o", str(exe)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    if build.returncode != 0 and ("fuzzer" in build.stderr or "asan" in build.stderr or "ubsan" in build.stderr):
+        pytest.skip(f"no libFuzzer or sanitizer runtime for clang++ here: {build.stderr.strip()[-200:]}")
+    assert build.returncode == 0, build.stderr
+    _fuzz([str(exe)], "tests/fuzz/corpus/native", tmp_path)
+
+
+# -- what a home holds: doctor loads it, and an import cannot smuggle a pickle ---------------------
+def _crafted_export(tmp_path, **changes) -> Path:
+    from pynomaly.exportfile import write_export
+
+    blob = _reframe(_forest_bytes(), _format.KIND_IFOREST, **changes)
+    return write_export(tmp_path / "crafted.export", name="crafted", algorithm="IsolationForest", parameters={},
+                        blob=blob, n_features=3, threshold=0.5)
+
+
+def test_doctor_loads_each_version_and_reports_a_crafted_one(tmp_path):
+    """An admin's import of a crafted export (valid hashes) used to be called healthy by doctor,
+    and crashed every process that loaded it; now doctor names it and exits non-zero."""
+    from pynomaly import service
+
+    home = tmp_path / "home"
+    X = np.random.default_rng(0).normal(size=(64, 3))
+    service.train(home, "good", X, params={"n_estimators": 5})
+    service.import_detector(home, _crafted_export(tmp_path, n_features=2**62))
+    found = service.doctor(home)
+    assert [(v["detector"], v["version"]) for v in found["unloadable_versions"]] == [("crafted", 1)]
+    assert "n_features" in found["unloadable_versions"][0]["error"]
+    run = subprocess.run([sys.executable, "-m", "pynomaly", "--home", str(home), "doctor"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "unloadable versions: 1" in run.stdout and "'crafted'" in run.stdout
+
+
+def test_an_export_cannot_declare_a_pickle_native(tmp_path):
+    """The format decides whether a pickle's signature is checked: an export of a PyOD
+    detector (pickle) that says "native" was imported and then unpickled, unsigned, on load."""
+    import pickle
+
+    from pynomaly import ArtifactIntegrityError, service
+    from pynomaly.exportfile import write_export
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = write_export(tmp_path / "evil.export", name="evil", algorithm="pyod.IForest", parameters={},
+                        blob=pickle.dumps(Payload()), n_features=2, threshold=0.5, format="native")
+    with pytest.raises(ArtifactIntegrityError, match="'native' is not how 'pyod.IForest' is stored"):
+        service.import_detector(tmp_path / "home", path)
+    with pytest.raises(ArtifactIntegrityError):
+        service.load_file_for_scoring(path, "evil", 1)
+    assert not marker.exists()

@@ -133,6 +133,12 @@ def read_export(path, key: Optional[bytes] = None) -> Export:
     if feature_names is not None and not (
             isinstance(feature_names, list) and all(isinstance(n, str) for n in feature_names)):
         raise ArtifactIntegrityError(f"{path.name}: 'feature_names' must be a list of strings or null")
+    algorithm, fmt = meta.text("algorithm"), ver.text("format")
+    expected = artifact_format(algorithm)  # None: unknown, refused by whoever would build it
+    if expected is not None and fmt != expected:
+        # The format decides whether the signature is checked before unpickling: a pickle
+        # declared "native" would be unpickled unsigned by whoever loads it.
+        raise ArtifactIntegrityError(f"{path.name}: format {fmt!r} is not how {algorithm!r} is stored ({expected!r})")
     trained_at = ver.text("trained_at")
     try:
         trained_at = datetime.fromisoformat(trained_at)
@@ -140,9 +146,9 @@ def read_export(path, key: Optional[bytes] = None) -> Export:
         raise ArtifactIntegrityError(f"{path.name}: 'trained_at' is not an ISO date: {trained_at!r}") from None
     return Export(
         name=meta.text("name"),
-        algorithm=meta.text("algorithm"),
+        algorithm=algorithm,
         parameters=meta.obj("parameters").value,
-        format=ver.text("format"),
+        format=fmt,
         signature=ver.text("signature", optional=True),
         n_features=ver.integer("n_features", 1),
         feature_names=feature_names,
@@ -182,6 +188,17 @@ class _Fields:
     def number(self, key: str):
         return self._get(key, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
                          "a finite number or null", True)
+
+
+def artifact_format(algorithm: str) -> "str | None":
+    """How a registry algorithm's artifact is stored ("native", "torch", "jax" or "pickle"),
+    None for an unknown name. Readers trust no file's own word for it."""
+    from . import registry
+
+    if not registry.is_known(algorithm):
+        return None
+    kind = registry.kind(algorithm)
+    return "pickle" if kind == "pyod" else kind
 
 
 def _decompress(packed: bytes, size: int, file: str) -> bytes:

@@ -614,7 +614,26 @@ def doctor(home, repair: bool = False) -> dict:
     """Check a home (database, artifacts, version numbers); with ``repair``, fix what can be
     fixed without losing anything. See :meth:`pynomaly.repository.Repository.check`."""
     with _repo(home) as repo:
-        return repo.check(repair=repair)
+        return repo.check(repair=repair, load=_check_loads)
+
+
+def _check_loads(algorithm: str, fmt: str, blob: bytes) -> None:
+    """Doctor's load of a stored (non-pickle) artifact: raise unless it makes a model."""
+    from . import registry
+    from .exportfile import artifact_format
+
+    if fmt != artifact_format(algorithm):  # e.g. a pickle stored as "native": never unpickled
+        raise ArtifactIntegrityError(f"format {fmt!r} is not how {algorithm!r} is stored")
+    if fmt == "native":
+        _model_from_bytes(algorithm, blob, "artifact")
+        return
+    from .adapters import MissingExtraError, require
+
+    try:
+        require(fmt, fmt)
+        _model_from_bytes(algorithm, blob, "artifact")
+    except (MissingExtraError, InvalidInputError):
+        pass  # checked where its extra is installed; one wrapping the user's own code needs that code
 
 
 # -- encryption at rest --------------------------------------------------------------------
