@@ -174,8 +174,11 @@ Forest::Forest(ForestNodes nodes) : nodes_(std::move(nodes)) {
     std::vector<int> depth;
     for (int t = 0; t < n.n_trees(); ++t) {
         const int32_t begin = n.tree_offset[t], end = n.tree_offset[t + 1];
-        // begin >= 0 by induction from tree_offset[0] == 0, so end - begin cannot overflow.
+        // begin >= 0 by induction from tree_offset[0] == 0, so end - begin cannot overflow; an
+        // end past the arrays (found by fuzzing: [0, 3000, 2000]) read out of bounds.
         if (end <= begin) throw InvalidModel("forest: tree " + std::to_string(t) + " has no nodes");
+        if (static_cast<size_t>(end) > total)
+            throw InvalidModel("forest: tree " + std::to_string(t) + " ends past the node arrays");
         const int32_t m = end - begin;
         depth.assign(m, -1);
         depth[0] = 0;

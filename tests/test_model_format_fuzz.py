@@ -204,3 +204,21 @@ def test_an_export_cannot_declare_a_pickle_native(tmp_path):
     with pytest.raises(ArtifactIntegrityError):
         service.load_file_for_scoring(path, "evil", 1)
     assert not marker.exists()
+
+
+def test_a_tree_offset_past_the_node_arrays_is_refused():
+    """Found by the native fuzzer: offsets rising past the arrays, then back to their length
+    ([0, 3000, 2000] over 2000 nodes), made the first tree read past the arrays."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from pynomaly import ModelFormatError, _core
+        n = 2000
+        leaves = dict(feature=np.full(n, -1, np.int32), threshold=np.zeros(n, np.float32),
+                      left=np.zeros(n, np.int32), leaf_value=np.ones(n))
+        try:
+            _core.Forest(3, 16, np.array([0, 3000, n], np.int32), **leaves)
+        except ModelFormatError as e:
+            print("refused:", e)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "refused: forest: tree 0 ends past the node arrays" in run.stdout, run.stdout + run.stderr

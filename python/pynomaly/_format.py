@@ -31,8 +31,11 @@ are the training rows, then per-row float64 arrays::
 with header keys "params", "n_train", "n_features", "dtype" ("<f4" or "<f8"), "threshold",
 "algorithm".
 
-A reader rejects a wrong magic, an unknown version or kind, a length that disagrees with the
-header, and a checksum mismatch; the native core then validates every node index.
+A reader rejects, with ModelFormatError and whatever the bytes: a wrong magic, an unknown
+version or kind, a checksum mismatch, a header field of the wrong type or out of range, a length
+that disagrees with the header, and parameters or rows the model could not score with; the
+native core then validates every size and node index itself. tests/fuzz/fuzz_loaders.py fuzzes
+every reader here: a format added later joins it.
 """
 
 from __future__ import annotations

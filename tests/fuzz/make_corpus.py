@@ -5,6 +5,8 @@ each prefixed with the byte that picks its loader. Run from the repository root:
 
 Seeds are named ``seed-<loader>-<what>``; inputs that once found a bug are ``crash-<what>``
 (kept by hand, never rewritten here). Torch and JAX seeds are written where those are installed.
+The native harness's seeds (cpp/tests/fuzz_model_loaders.cpp, its input layout) go to
+tests/fuzz/corpus/native/.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fuzz_loaders import TARGETS  # noqa: E402
 from pynomaly import IsolationForest, KNN, LOF, service  # noqa: E402
 
 OUT = Path(__file__).parent / "corpus" / "loaders"
+NATIVE = Path(__file__).parent / "corpus" / "native"
 
 
 def _seed(loader, what: str, data: bytes) -> None:
@@ -40,6 +43,25 @@ def _npy(X) -> bytes:
     buf = io.BytesIO()
     np.save(buf, X, allow_pickle=False)
     return buf.getvalue()
+
+
+def _native_seeds(forest: IsolationForest, X) -> None:
+    """Inputs of cpp/tests/fuzz_model_loaders.cpp: a real forest's arrays, and searches."""
+    import struct
+
+    NATIVE.mkdir(parents=True, exist_ok=True)
+    a = forest._forest.arrays()
+    n_trees, n_nodes, d = len(a["tree_offset"]) - 1, len(a["feature"]), X.shape[1]
+    head = struct.pack("<BqqBH", 0, d, forest.max_samples_, n_trees - 1, n_nodes - 1)
+    body = b"".join(a[k].astype(t).tobytes() for k, t in (("tree_offset", "<i4"), ("feature", "<i4"),
+                    ("threshold", "<f4"), ("left", "<i4"), ("leaf_value", "<f8")))
+    (NATIVE / "seed-forest").write_bytes(head + body + X[:3].astype("<f8").tobytes())
+    for metric in range(4):
+        for algorithm in range(3):
+            flags = (metric + algorithm) % 4  # float32 or not, queries or a self-join
+            head = struct.pack("<BHBqBBBB", 1, 11, d - 1, 3, metric, algorithm, flags, 2)
+            rows = X[:15].astype("<f4" if flags & 1 else "<f8").tobytes()
+            (NATIVE / f"seed-knn-{metric}-{algorithm}").write_bytes(head + rows)
 
 
 def main() -> None:
@@ -65,6 +87,7 @@ def main() -> None:
     except ImportError:
         pass
     raw = {name: m.to_bytes() for name, m in models.items()}
+    _native_seeds(models["IsolationForest"], X)
     _seed(f.forest, "valid", raw["IsolationForest"])
     _seed(f.forest_crc, "valid", raw["IsolationForest"])
     _seed(f.lof_crc, "valid", raw["LOF"])
