@@ -275,6 +275,11 @@ Screen make_screen(const MatrixView& data, const MatrixView* queries, Metric met
     // Centring in float64 errs by up to 2^-53 of the raw magnitude per coordinate: negligible
     // unless the data sit far from the origin relative to their spread, where it dominates.
     if (metric != Metric::cosine) s.A += 8.0 * static_cast<double>(d) * std::ldexp(rawmax * s.scale, -52);
+    // Scaled coordinates are within [-1, 1], so no key nor screened value exceeds 4d in size: a
+    // bound past that says only "anything may pass", and stays one when capped. Uncapped, rows
+    // far from the origin next to no spread (e.g. all equal to 1e78) made it infinite in
+    // float32, no seed entered a heap, and the self-join verified the index -1 (found by fuzzing).
+    s.A = std::min(s.A, 4.0 * static_cast<double>(d) + 4.0);
     s.c2 = static_cast<float>(2.5 * s.C), s.a2 = static_cast<float>(2.5 * s.A) + FLT_MIN;
     return s;
 }

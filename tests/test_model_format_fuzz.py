@@ -222,3 +222,4 @@ def test_a_tree_offset_past_the_node_arrays_is_refused():
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "refused: forest: tree 0 ends past the node arrays" in run.stdout, run.stdout + run.stderr
+
