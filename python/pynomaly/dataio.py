@@ -216,9 +216,9 @@ def _read_parquet(path: Path, columns):
     pq = require("pyarrow.parquet", "parquet")
     import pyarrow.types as pat
 
-    import pyarrow
-
-    unreadable = (pyarrow.ArrowException, OSError)  # ArrowInvalid and the like: a damaged file
+    # A damaged file meets pyarrow's errors (ArrowInvalid, OSError, and UnicodeDecodeError for
+    # a column name that is not UTF-8, found by fuzzing): there is no one type to catch.
+    unreadable = Exception
     try:
         schema = pq.read_schema(path)
     except unreadable as e:
