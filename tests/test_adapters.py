@@ -259,3 +259,25 @@ def test_torch_autoencoder_on_cuda_when_present():
     on_cpu = cls.from_bytes(blob, device="cpu")
     assert on_cpu.device_ == "cpu"
     np.testing.assert_allclose(on_cpu.decision_function(X), m.decision_function(X), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, module, kw", [
+    ("TorchAutoEncoder", "torch", {"epochs": 2}),
+    ("JaxDeepSVDD", "jax", {"epochs": 2}),
+    ("pyod.ECOD", "pyod", {}),
+])
+def test_adapters_take_columns_by_name_and_keep_the_names(name, module, kw):
+    pytest.importorskip(module)
+    pd = pytest.importorskip("pandas")
+    X, _ = load_dataset("breastw")
+    cols = [f"c{i}" for i in range(X.shape[1])]
+    df = pd.DataFrame(X, columns=cols)
+    m = registry.create(name, random_state=0, **kw).fit(df) if module != "pyod" else registry.create(name).fit(df)
+    assert list(m.feature_names_in_) == cols
+    want = m.decision_function(X)
+    np.testing.assert_allclose(m.decision_function(df[cols[::-1]]), want, rtol=1e-6)
+    with pytest.raises(InvalidInputError, match=r"missing \['c0'\]"):
+        m.decision_function(df[cols[1:]])
+    again = registry.get(name).from_bytes(m.to_bytes())
+    assert list(again.feature_names_in_) == cols
+    np.testing.assert_allclose(again.decision_function(df[cols[::-1]]), want, rtol=1e-6)

@@ -359,6 +359,145 @@ def test_bad_rules_are_refused(tmp_path, kwargs, message):
         alerts.remove_rule(tmp_path / "home", "nope")
 
 
+# -- signed rules (issue 25, item 3) -------------------------------------------------------------------
+def _refusals(home) -> list:
+    return [e for e in service.audit_entries(home) if e["action"] == "alerts.refused"]
+
+
+@pytest.mark.parametrize("channel, target", [
+    ("command", "touch {pwned}"),
+    ("os:system", "touch {pwned}"),  # a plugin named by a database string
+    ("log", "{pwned}"),  # appending to any file the worker can write
+])
+def test_a_rule_altered_in_the_database_runs_nothing_and_is_audited(trained, tmp_path, channel, target):
+    """Write access to the rows is not code execution: a rule edited in the database is not
+    signed by the installation's key, so its message is dead-lettered, nothing runs, and the
+    refusal (with what the rule asked for) is in the audit trail."""
+    home, X = trained
+    pwned = tmp_path / "pwned"
+    rule = alerts.add_rule(home, "cardio", "log", str(tmp_path / "alerts.log"), dedup=0)
+    assert alerts.list_rules(home)[0]["approved"] is True
+    raw_sql(home, "UPDATE alert_rules SET channel=?, target=? WHERE id=?",
+            (channel, target.format(pwned=pwned), rule["id"]))
+    service.detect(home, "cardio", X, save=False)
+    assert alerts.deliver(home) == {"sent": 0, "retry": 0, "dead": 1}
+    assert not pwned.exists() and not (tmp_path / "alerts.log").exists()
+    [dead] = alerts.outbox(home, "dead")
+    assert "not approved" in dead["last_error"] and f"pynomaly alerts approve {rule['id']}" in dead["last_error"]
+    [entry] = _refusals(home)
+    assert entry["target"] == rule["id"] and entry["outcome"].startswith("refused")
+    assert str(pwned) in json.dumps(entry["detail"]) and service.audit_verify(home)["ok"]
+    assert alerts.list_rules(home)[0]["approved"] is False
+
+
+def test_a_signature_copied_from_another_rule_approves_nothing(trained, tmp_path, receiver):
+    home, X = trained
+    good = alerts.add_rule(home, "cardio", "webhook", receiver.url, dedup=0)
+    evil = alerts.add_rule(home, "cardio", "log", str(tmp_path / "x.log"), dedup=0)
+    raw_sql(home, "UPDATE alert_rules SET channel='webhook', target=?, signature=(SELECT signature FROM alert_rules"
+                  " WHERE id=?) WHERE id=?", ("http://127.0.0.1:9/elsewhere", good["id"], evil["id"]))
+    assert {r["id"]: r["approved"] for r in alerts.list_rules(home)} == {good["id"]: True, evil["id"]: False}
+    service.detect(home, "cardio", X, save=False)
+    assert alerts.deliver(home) == {"sent": 1, "retry": 0, "dead": 1}
+    assert len(receiver.ok()) == 1
+
+
+def test_delivery_follows_the_signed_rule_not_the_outbox_row(trained, tmp_path, receiver):
+    """The outbox row's copy of the channel is not what decides: a row edited to name another
+    channel is still delivered to the rule's own webhook."""
+    home, X = trained
+    alerts.add_rule(home, "cardio", "webhook", receiver.url)
+    service.detect(home, "cardio", X, save=False)
+    raw_sql(home, "UPDATE alert_outbox SET channel='command'")
+    assert alerts.deliver(home)["sent"] == 1 and len(receiver.ok()) == 1
+
+
+def test_rules_made_before_signing_need_one_approve(trained, tmp_path, receiver):
+    """A home whose alert tables predate the numbered migrations (made on first use, no
+    signature column): opening it migrates them (5, 6); its old rule is not approved until
+    `pynomaly alerts approve`, after which its alerts are sent."""
+    from _homes import is_pg
+
+    home, X = trained
+    log = tmp_path / "old.log"
+    alerts.list_rules(home)  # tables at the current migration
+    raw_sql(home, "ALTER TABLE alert_rules DROP COLUMN signature")
+    raw_sql(home, "DELETE FROM schema_migrations WHERE version > 4")
+    if not is_pg(home):
+        raw_sql(home, "PRAGMA user_version = 4")
+    raw_sql(home, "INSERT INTO alert_rules (id, detector, channel, target, secret, dedup, timeout, max_attempts,"
+                  " created_at) VALUES ('oldrule00001', 'cardio', 'log', ?, NULL, 0, 10, 8, ?)", (str(log), time.time()))
+    [old] = alerts.list_rules(home)
+    assert old["approved"] is False
+    assert [r[0] for r in raw_sql(home, "SELECT version FROM schema_migrations WHERE version > 4 ORDER BY version")] \
+        == [5, 6]
+    service.detect(home, "cardio", X, save=False)
+    assert alerts.deliver(home)["dead"] == 1 and not log.exists()
+    out = subprocess.run([*PYNOMALY, "--home", str(home), "alerts", "approve", "oldrule00001"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "approved rule oldrule00001" in out.stdout, out.stderr
+    assert alerts.list_rules(home)[0]["approved"] is True
+    assert any(e["action"] == "alerts.approve" and e["target"] == "oldrule00001" for e in service.audit_entries(home))
+    service.detect(home, "cardio", X, save=False)
+    assert alerts.deliver(home)["sent"] == 1 and json.loads(log.read_text())["status"] == "firing"
+    with pytest.raises(alerts.RuleNotFoundError):
+        alerts.approve_rule(home, "nope")
+
+
+def test_rules_from_the_network_may_only_be_webhooks(tmp_path, receiver):
+    home = tmp_path / "home"
+    for channel, target in (("command", "true"), ("log", str(tmp_path / "a.log")), ("os:system", "true")):
+        with pytest.raises(InvalidInputError, match="only be webhooks"):
+            alerts.add_rule(home, "cardio", channel, target, from_network=True)
+    assert alerts.add_rule(home, "cardio", "webhook", receiver.url, from_network=True)["approved"] is True
+    assert [r["channel"] for r in alerts.list_rules(home)] == ["webhook"]
+
+
+# -- webhooks never reach internal addresses unless allowed (issue 25, item 8) --------------------------
+def test_webhooks_to_loopback_and_link_local_are_refused_unless_allowed(trained, receiver, monkeypatch):
+    home, X = trained
+    rule = alerts.add_rule(home, "cardio", "webhook", receiver.url, dedup=0)  # allowed by the test session
+    monkeypatch.delenv("PYNOMALY_WEBHOOK_ALLOW")
+    for url in ("http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]/x", "http://169.254.169.254/latest",
+                "http://0.0.0.0/x", "http://[::ffff:127.0.0.1]/x"):
+        with pytest.raises(InvalidInputError, match="PYNOMALY_WEBHOOK_ALLOW"):
+            alerts.add_rule(home, "cardio", "webhook", url)
+    service.detect(home, "cardio", X, save=False)
+    assert alerts.deliver(home) == {"sent": 0, "retry": 1, "dead": 0}
+    [m] = alerts.outbox(home, "pending")
+    assert m["rule_id"] == rule["id"] and "internal address" in m["last_error"] and receiver.got == []
+    monkeypatch.setenv("PYNOMALY_WEBHOOK_ALLOW", "127.0.0.1/32")
+    raw_sql(home, "UPDATE alert_outbox SET next_at = 0")
+    assert alerts.deliver(home)["sent"] == 1 and len(receiver.ok()) == 1
+
+
+def test_webhooks_do_not_follow_redirects(trained, receiver):
+    home, X = trained
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(307)
+            self.send_header("location", receiver.url)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    bouncer = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=bouncer.serve_forever, daemon=True).start()
+    try:
+        alerts.add_rule(home, "cardio", "webhook", f"http://127.0.0.1:{bouncer.server_address[1]}/hook")
+        service.detect(home, "cardio", X, save=False)
+        assert alerts.deliver(home) == {"sent": 0, "retry": 1, "dead": 0}
+        assert "redirects are not followed" in alerts.outbox(home, "pending")[0]["last_error"]
+        assert receiver.got == []
+    finally:
+        bouncer.shutdown()
+        bouncer.server_close()
+
+
 # -- the CLI --------------------------------------------------------------------------------------
 def test_cli_alerts_add_list_remove_and_detect_delivers(trained, receiver, tmp_path):
     home, X = trained

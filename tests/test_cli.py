@@ -453,3 +453,43 @@ def test_a_database_home_from_the_command_line(pg_home, pg_server, tmp_path):
     p = run("list", home=down, check=False)
     assert p.returncode == 1 and "cannot connect to the PostgreSQL home" in p.stderr
     assert "Traceback" not in p.stderr and ":pw@" not in p.stderr
+
+
+def _write_named(path, X, names):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        w.writerows([[repr(float(v)) for v in r] for r in X])
+
+
+def test_detect_reads_trained_columns_by_name_and_refuses_a_header_without_them(tmp_path):
+    X, _ = load_dataset("cardio")
+    X = X[:300, :4]
+    home = tmp_path / "home"
+    _write_named(tmp_path / "train.csv", X, ["a", "b", "c", "d"])
+    run("train", "--detector", "d", "--data", tmp_path / "train.csv", "--param", "random_state=0", home=home)
+    run("detect", "--detector", "d", "--data", tmp_path / "train.csv", "--output", tmp_path / "0.csv", "--no-save",
+        home=home)
+    want = [float(r["score"]) for r in read_csv(tmp_path / "0.csv")]
+
+    # The same columns in another order: taken by name.
+    _write_named(tmp_path / "reordered.csv", X[:, [3, 1, 0, 2]], ["d", "b", "a", "c"])
+    run("detect", "--detector", "d", "--data", tmp_path / "reordered.csv", "--output", tmp_path / "1.csv",
+        "--no-save", home=home)
+    assert [float(r["score"]) for r in read_csv(tmp_path / "1.csv")] == want
+
+    # Headers naming none (or only some) of the trained features: refused, saying how to force it.
+    for names in (["p", "q", "r", "s"], ["a", "b", "c", "e"]):
+        _write_named(tmp_path / "other.csv", X, names)
+        p = run("detect", "--detector", "d", "--data", tmp_path / "other.csv", "--no-save", home=home, check=False)
+        assert p.returncode != 0 and "Traceback" not in p.stderr
+        assert "other.csv has no column(s)" in p.stderr and "--columns" in p.stderr and "by position" in p.stderr
+    # ... and --columns with indices reads the file by position, as asked.
+    run("detect", "--detector", "d", "--data", tmp_path / "other.csv", "--columns", "0,1,2,3",
+        "--output", tmp_path / "2.csv", "--no-save", home=home)
+    assert [float(r["score"]) for r in read_csv(tmp_path / "2.csv")] == want
+    # A file without a header has nothing to match: read by position, as before.
+    np.savetxt(tmp_path / "bare.csv", X, delimiter=",", fmt="%.17g")
+    run("detect", "--detector", "d", "--data", tmp_path / "bare.csv", "--output", tmp_path / "3.csv", "--no-save",
+        home=home)
+    assert [float(r["score"]) for r in read_csv(tmp_path / "3.csv")] == want

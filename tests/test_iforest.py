@@ -35,6 +35,58 @@ def test_from_sklearn_scores_equal_score_samples(name):
     np.testing.assert_array_equal(ours.predict(X), (sk.predict(X) == -1).astype(int))
 
 
+@pytest.mark.parametrize("name", dataset_params([n for n in SMALL_DATASETS if n in ("cardio", "glass", "thyroid")]))
+def test_contamination_auto_is_scikit_learns_threshold(name):
+    X, _ = load_dataset(name)
+    sk = sklearn_ensemble.IsolationForest(random_state=1).fit(X)  # contamination="auto", its default
+    ours = IsolationForest.from_sklearn(sk)
+    assert ours.contamination == "auto" and ours.threshold_ == 0.5 == -sk.offset_
+    np.testing.assert_array_equal(ours.predict(X), (sk.predict(X) == -1).astype(np.int64))
+    # A forest of our own: the same fixed cut on the same score scale, not a rate.
+    m = IsolationForest(contamination="auto", random_state=0).fit(X)
+    assert m.threshold_ == 0.5
+    np.testing.assert_array_equal(m.labels_, (m.decision_scores_ > 0.5).astype(np.int64))
+    np.testing.assert_array_equal(m.predict(X), m.labels_)
+    assert abs(m.labels_.mean() - (sk.predict(X) == -1).mean()) < 0.05
+    back = IsolationForest.from_bytes(m.to_bytes())
+    assert back.contamination == "auto" and back.threshold_ == 0.5
+    # Switching between a rate and "auto" after fit re-derives the decision.
+    m.contamination = 0.1
+    assert m.threshold_ == np.percentile(m.decision_scores_, 90)
+    m.set_params(contamination="auto")
+    assert m.threshold_ == 0.5
+    with pytest.raises(InvalidInputError, match="contamination must be a float"):
+        IsolationForest(contamination="automatic").fit(X)
+
+
+@pytest.mark.parametrize("name", dataset_params([n for n in SMALL_DATASETS if n in ("cardio", "glass", "thyroid")]))
+def test_feature_importances_count_splits_as_pyods_expect(name):
+    pyod_iforest = pytest.importorskip("pyod.models.iforest")
+    X, _ = load_dataset(name)
+    ref = pyod_iforest.IForest(n_estimators=200, random_state=0).fit(X)
+    ours = IsolationForest.from_pyod(ref)
+    got = ours.feature_importances_
+    # Same trees: each tree's share of splits per feature, counted on scikit-learn's own trees.
+    shares = []
+    for tree in ref.detector_.estimators_:
+        f = tree.tree_.feature[tree.tree_.feature >= 0]
+        shares.append(np.bincount(f, minlength=X.shape[1]) / len(f))
+    np.testing.assert_allclose(got, np.mean(shares, axis=0), rtol=1e-12)
+    assert got.shape == (X.shape[1],) and abs(got.sum() - 1) < 1e-12
+    # PyOD weighs each split by the impurity drop of random targets; a split's drop is one
+    # variance in expectation, so the two agree up to the noise of that one draw of targets.
+    np.testing.assert_allclose(got, ref.feature_importances_, atol=0.03)
+
+
+def test_feature_importances_of_own_forests():
+    X = np.column_stack([_blobs(500, 3), np.ones(500)])  # the constant column cannot be split
+    imp = IsolationForest(random_state=0).fit(X).feature_importances_
+    assert imp[3] == 0 and abs(imp.sum() - 1) < 1e-12 and np.all(imp[:3] > 0.25)
+    np.testing.assert_array_equal(IsolationForest(random_state=0).fit(np.ones((50, 2))).feature_importances_, [0, 0])
+    with pytest.raises(NotFittedError):
+        IsolationForest().feature_importances_
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -437,21 +489,21 @@ def test_non_finite_values_are_rejected(bad, where):
 
 def test_shape_and_type_errors():
     m = IsolationForest(random_state=0).fit(_blobs(200, 4))
-    with pytest.raises(InvalidInputError, match="3 features, but the forest was fitted with 4"):
+    with pytest.raises(InvalidInputError, match="X has 3 features, but IsolationForest is expecting 4 features as input"):
         m.decision_function(np.zeros((5, 3)))
     with pytest.raises(InvalidInputError, match="0 rows"):
         m.decision_function(np.zeros((0, 4)))
-    with pytest.raises(InvalidInputError, match="reshape"):
+    with pytest.raises(InvalidInputError, match=r"Reshape your data: X\.reshape\(1, -1\) for a single row"):
         m.decision_function(np.zeros(4))
     with pytest.raises(InvalidInputError, match="must be numeric"):
         m.decision_function(np.array([["a", "b", "c", "d"]]))
     with pytest.raises(InvalidInputError, match="cannot be read"):
         m.decision_function([[1, 2, 3, 4], [1, 2]])
-    with pytest.raises(InvalidInputError, match="0 features"):
+    with pytest.raises(InvalidInputError, match=r"0 feature\(s\) \(shape=\(10, 0\)\)"):
         IsolationForest().fit(np.zeros((10, 0)))
     with pytest.raises(InvalidInputError, match="0 rows"):
         IsolationForest().fit(np.zeros((0, 3)))
-    with pytest.raises(InvalidInputError, match="at least 2 rows"):
+    with pytest.raises(InvalidInputError, match=r"n_samples=1\); an isolation forest needs at least 2 rows"):
         IsolationForest().fit(np.zeros((1, 3)))
     assert issubclass(InvalidInputError, ValueError) and issubclass(InvalidInputError, PynomalyError)
 

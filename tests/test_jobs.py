@@ -97,6 +97,8 @@ def test_submit_run_and_read_back(home, tmp_path, small):
     ("train", {"detector": "d", "data": "SMALL", "algorithm": "Nope"}, "unknown algorithm"),
     ("train", {"detector": "d", "data": "SMALL", "colour": 1}, "unknown train job parameter"),
     ("train", {"detector": "d", "data": "SMALL", "params": [1]}, "'params' must be a mapping"),
+    ("train", {"detector": "d", "data": "SMALL", "params": {"n_trees": 5}}, r"has no parameter\(s\) \['n_trees'\]"),
+    ("train", {"detector": "d", "data": "SMALL", "submitted_by": "root"}, "unknown train job parameter"),
     ("detect", {"detector": "d", "data": "SMALL", "columns": "a"}, "'columns' must be a list"),
 ])
 def test_bad_jobs_are_refused_when_submitted(tmp_path, small, kind, params, message):
@@ -104,6 +106,27 @@ def test_bad_jobs_are_refused_when_submitted(tmp_path, small, kind, params, mess
     with pytest.raises(ValueError, match=message):  # InvalidInputError, or InvalidNameError for a name
         jobs.submit(tmp_path / "home", kind, params)
     assert jobs.list_jobs(tmp_path / "home") == []
+
+
+def test_a_training_jobs_version_is_audited_in_its_submitters_name(home, small):
+    ok = jobs.submit(home, "train", {"detector": "d", "data": small, "params": {"n_estimators": 20}},
+                     actor="token:alice")
+    bad = jobs.submit(home, "train", {"detector": "d", "data": small, "params": {"max_samples": -3}},
+                      actor="token:bob")
+    assert jobs.Worker(home, poll=0.01).run(max_jobs=2) == 2
+    trained = [e for e in service.audit_entries(home) if e["action"] == "train"]
+    assert [(e["actor"], e["target"], e["origin"], e["outcome"][:6]) for e in trained] == [
+        ("token:alice", "d@1", f"job {ok}", "ok"),
+        ("token:bob", "d", f"job {bad}", "error:"),
+    ]
+    assert "max_samples" in trained[1]["outcome"] and trained[0]["detail"]["algorithm"] == "IsolationForest"
+    # Submitted without an actor: in the name of this process's user, as the CLI's entries are.
+    from pynomaly.audit import default_actor
+
+    job = jobs.submit(home, "train", {"detector": "d", "data": small, "params": {"n_estimators": 20}})
+    jobs.Worker(home, poll=0.01).run(max_jobs=1)
+    last = service.audit_entries(home)[-1]
+    assert (last["actor"], last["target"], last["origin"]) == (default_actor(), "d@2", f"job {job}")
 
 
 def test_unknown_job_and_bad_state(tmp_path):

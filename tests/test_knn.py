@@ -196,7 +196,7 @@ def test_auto_choice_is_reported():
         (lambda X: pynomaly.knn(X, 3, algorithm="ball_tree"), "algorithm must be one of"),
         (lambda X: pynomaly.knn(X, 3, metric="cosine", algorithm="kd_tree"), "cosine"),
         (lambda X: pynomaly.knn(X[:0], 3), "0 rows"),
-        (lambda X: pynomaly.knn(X[:, :0], 3), "0 features"),
+        (lambda X: pynomaly.knn(X[:, :0], 3), "0 feature"),
         (lambda X: pynomaly.knn(X[0], 3), "2-dimensional"),
         (lambda X: pynomaly.knn(X, 3, n_jobs=0), "n_jobs"),
     ],

@@ -14,6 +14,10 @@ import pytest
 import pynomaly
 from pynomaly import KNN, LOF, InvalidInputError, ModelFormatError, NotFittedError
 
+# LOF warns, as scikit-learn does, when duplicates make scores explode: several datasets here
+# are duplicate-heavy on purpose. The warning itself is tested below (check_lof and its own test).
+pytestmark = pytest.mark.filterwarnings("ignore:Duplicate values are leading:UserWarning")
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("PYNOMALY_DATASETS", REPO.parent / "shared" / "datasets"))
 SMALL = ["glass", "wbc", "ionosphere", "breastw", "pima", "vowels", "letter", "cardio", "cardiotocography",
@@ -75,9 +79,13 @@ def auc(y, s):
 def check_lof(name, max_rows=20000):
     X, y = load(name, max_rows)
     k = 20
-    ours = LOF(n_neighbors=k).fit(X)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = LOF(n_neighbors=k).fit(X)
     theirs = sklearn_lof(X, k)
     expected = -theirs.negative_outlier_factor_
+    # The duplicates warning comes exactly where scikit-learn gives it.
+    assert any("Duplicate values" in str(w.message) for w in caught) == (expected.max() > 1e7)
     assert np.all(np.isfinite(ours.decision_scores_))
     # The k-distance never depends on ties.
     np.testing.assert_allclose(ours._kdist, theirs._distances_fit_X_[:, -1], rtol=1e-12, atol=1e-300)
@@ -215,8 +223,8 @@ def test_bad_input_raises_clear_errors(cls):
         cls(**kw).decision_function(X)
     with pytest.raises(NotFittedError):
         cls().to_bytes()
-    with pytest.raises(InvalidInputError, match="at least 31 rows"):
-        cls(n_neighbors=30).fit(X)
+    with pytest.raises(InvalidInputError, match="n_samples=1"):
+        cls().fit(X[:1])
     with pytest.raises(InvalidInputError, match="at least 1"):
         cls(n_neighbors=0).fit(X)
     with pytest.raises(InvalidInputError, match="positive integer"):
@@ -232,7 +240,7 @@ def test_bad_input_raises_clear_errors(cls):
     with pytest.raises(InvalidInputError, match="0 rows"):
         cls().fit(X[:0])
     m = cls(n_neighbors=3, **kw).fit(X)
-    with pytest.raises(InvalidInputError, match="fitted with 4"):
+    with pytest.raises(InvalidInputError, match="is expecting 4 features as input"):
         m.decision_function(X[:, :3])
     with pytest.raises(InvalidInputError, match="infinity"):
         m.decision_function(np.full((2, 4), np.inf))
@@ -253,3 +261,79 @@ def test_lof_on_several_bands_of_the_self_join_equals_sklearn(d):
     base = LOF(n_jobs=1, algorithm="brute").fit(X).decision_scores_
     np.testing.assert_allclose(base, expected, rtol=1e-9)
     np.testing.assert_array_equal(LOF(n_jobs=3, algorithm="brute").fit(X).decision_scores_, base)
+
+
+# -- n_neighbors capped, duplicates, contamination="auto" (scikit-learn's behaviour) --------------
+@pytest.mark.parametrize("n_neighbors", [29, 30, 200])
+def test_n_neighbors_at_or_above_the_rows_is_capped_with_a_warning(n_neighbors):
+    from sklearn.neighbors import LocalOutlierFactor
+    from pyod.models.knn import KNN as PyODKNN
+
+    X = np.random.default_rng(0).standard_normal((30, 4))
+    if n_neighbors >= 30:
+        with pytest.warns(UserWarning, match=rf"n_neighbors \({n_neighbors}\) is greater than or equal to the total "
+                                             r"number of samples \(30\)\. n_neighbors will be set to \(n_samples - 1\)"):
+            lof = LOF(n_neighbors=n_neighbors).fit(X)
+        with pytest.warns(UserWarning, match="n_neighbors will be set"):
+            knn = KNN(n_neighbors=n_neighbors).fit(X)
+    else:
+        lof, knn = LOF(n_neighbors=n_neighbors).fit(X), KNN(n_neighbors=n_neighbors).fit(X)
+    assert lof.n_neighbors_ == knn.n_neighbors_ == 29
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # scikit-learn's own capping warning, above 30
+        ref = LocalOutlierFactor(n_neighbors=n_neighbors).fit(X)
+    np.testing.assert_allclose(lof.decision_scores_, -ref.negative_outlier_factor_, rtol=1e-12)
+    np.testing.assert_allclose(knn.decision_scores_, PyODKNN(n_neighbors=29).fit(X).decision_scores_, rtol=1e-12)
+    # New rows are scored with the same k, also after a round trip through bytes.
+    novel = LOF(n_neighbors=29, novelty=True).fit(X)
+    with pytest.warns(UserWarning, match="n_neighbors will be set"):
+        capped = LOF(n_neighbors=n_neighbors + 1, novelty=True).fit(X)
+    Y = X[:5] + 0.1
+    np.testing.assert_array_equal(LOF.from_bytes(capped.to_bytes()).decision_function(Y), novel.decision_function(Y))
+    np.testing.assert_array_equal(KNN.from_bytes(knn.to_bytes()).decision_function(Y), knn.decision_function(Y))
+
+
+def test_lof_warns_about_duplicates_as_scikit_learn_does():
+    from sklearn.neighbors import LocalOutlierFactor
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([np.repeat(rng.standard_normal((4, 2)), 10, axis=0), rng.standard_normal((20, 2))])
+    msg = "Duplicate values are leading to incorrect results. Increase the number of neighbors"
+    with pytest.warns(UserWarning, match=msg):
+        LocalOutlierFactor(n_neighbors=5).fit(X)
+    with pytest.warns(UserWarning, match=msg):
+        LOF(n_neighbors=5).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LOF(n_neighbors=15).fit(X)  # more neighbours than copies: no warning
+        LOF(n_neighbors=5, novelty=True).fit(X)  # as scikit-learn: only outlier detection warns
+
+
+@pytest.mark.parametrize("name", ["glass", "cardio", "thyroid"])
+def test_lof_contamination_auto_labels_equal_scikit_learn(name):
+    from sklearn.neighbors import LocalOutlierFactor
+
+    X, _ = load(name)
+    ref = LocalOutlierFactor(n_neighbors=20, contamination="auto")
+    ref_labels = ref.fit_predict(X)
+    m = LOF(n_neighbors=20, contamination="auto").fit(X)
+    assert m.threshold_ == 1.5 == -ref.offset_
+    assert 0 < m.labels_.sum() < len(X)
+    np.testing.assert_array_equal(m.labels_, (ref_labels == -1).astype(np.int64))
+    novel = LOF(n_neighbors=20, contamination="auto", novelty=True).fit(X[::2])
+    ref_novel = LocalOutlierFactor(n_neighbors=20, contamination="auto", novelty=True).fit(X[::2])
+    np.testing.assert_array_equal(novel.predict(X[1::2]), (ref_novel.predict(X[1::2]) == -1).astype(np.int64))
+    # Confidence follows PyOD's rule for a threshold not drawn from a rate: the labelled share.
+    assert novel.predict_confidence(X[1::2]).shape == (len(X[1::2]),)
+    back = LOF.from_bytes(novel.to_bytes())
+    assert back.contamination == "auto" and back.threshold_ == 1.5
+
+
+def test_knn_refuses_contamination_auto():
+    X = np.random.default_rng(0).standard_normal((30, 4))
+    with pytest.raises(InvalidInputError, match="contamination='auto' is not defined for KNN"):
+        KNN(contamination="auto").fit(X)
+    m = KNN().fit(X)
+    with pytest.raises(InvalidInputError, match="contamination='auto' is not defined for KNN"):
+        m.contamination = "auto"
+    assert m.contamination == 0.1

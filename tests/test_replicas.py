@@ -122,3 +122,17 @@ def test_readiness_follows_the_database(replicas, pg_server):
     for server in (a, b):
         _wait_for(lambda: server.request("GET", "/v2/health/ready")[0] == 200, timeout=10)
         assert _infer(server, token, X[:10])[0] == "1"
+
+
+def test_a_token_revoked_anywhere_is_refused_by_every_replica_within_a_second(replicas, pg_home):
+    """Issue 25.4: the revocation list is a table of the database home, read by every replica."""
+    (a, b), _token, _X = replicas
+    victim = make_token(pg_home, "viewer", user="leaked")
+    for server in (a, b):
+        assert server.request("GET", "/api/v1/detectors", token=victim)[0] == 200
+    out = subprocess.run([sys.executable, "-m", "pynomaly", "--home", pg_home, "token", "revoke", victim],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for server in (a, b):
+        took = _wait_for(lambda: server.request("GET", "/api/v1/detectors", token=victim)[0] == 401, timeout=5)
+        assert took < 1.0, f"a revoked token was still accepted after {took:.2f} s"

@@ -159,7 +159,7 @@ def test_what_can_be_checked_first_leaves_nothing_behind(home):
     with pytest.raises(ValueError, match=r"needs about .* of memory; .* are available"):
         service.train(home, "huge", X, params={"n_estimators": 100_000_000})
     with pytest.raises(ValueError, match="n_neighbors"):
-        service.train(home, "k", X[:10], "LOF", {"n_neighbors": 20})
+        service.train(home, "k", X[:10], "LOF", {"n_neighbors": 0})
     assert service.list_detectors(home) == []
     with Repository(home) as repo:
         assert repo.datasets() == []

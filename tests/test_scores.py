@@ -370,6 +370,26 @@ def test_predict_proba_and_confidence_equal_pyod(name, simd):
     np.testing.assert_array_equal(probs[:, 0], 1 - probs[:, 1])
 
 
+@pytest.mark.parametrize("name", ["glass", "cardio"])
+def test_predict_with_rejection_equals_pyod(name):
+    _, _, model, Xt = _real_scores(name)
+    Xt = Xt[:400]
+    ref = _pyod_shim(model)
+    for T in (32, 4, 1):
+        got = model.predict_with_rejection(Xt, T=T)
+        with pytest.warns(UserWarning, match="cost of rejection"):  # PyOD warns at its own default c_r
+            want = ref.predict_with_rejection(Xt, T=T)
+        np.testing.assert_array_equal(got, want)
+        assert model.rejection_threshold_ == ref.rejection_threshold_
+    assert set(np.unique(model.predict_with_rejection(Xt, T=1))) == {-2, 0, 1}  # something was rejected
+    labels, stats = model.predict_with_rejection(Xt, T=4, return_stats=True, delta=0.2, c_fp=2, c_fn=3, c_r=0.5)
+    ref_labels, ref_stats = ref.predict_with_rejection(Xt, T=4, return_stats=True, delta=0.2, c_fp=2, c_fn=3, c_r=0.5)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_allclose(stats, ref_stats, rtol=1e-12)
+    with pytest.raises(InvalidInputError, match=r"delta must be in \(0, 1\)"):
+        model.predict_with_rejection(Xt, delta=1.5)
+
+
 def test_predict_proba_rejects_unknown_method():
     _, _, model, Xt = _real_scores("glass")
     with pytest.raises(InvalidInputError, match="'linear' or 'unify'"):

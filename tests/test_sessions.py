@@ -54,12 +54,13 @@ def test_user_command_adds_lists_and_removes(tmp_path):
     assert run("remove", "ann").returncode == 0 and sessions.read_users(tmp_path) == {}
 
 
-def test_csrf_tokens_are_bound_to_the_nonce_and_the_home(tmp_path):
+def test_csrf_tokens_are_bound_to_the_nonce_the_session_and_the_home(tmp_path):
     other = tmp_path / "other"
-    t = sessions.csrf_token(tmp_path, "nonce-1")
-    assert sessions.csrf_ok(tmp_path, "nonce-1", t)
-    assert not sessions.csrf_ok(tmp_path, "nonce-2", t)
-    assert not sessions.csrf_ok(other, "nonce-1", t)
+    t = sessions.csrf_token(tmp_path, "nonce-1", "session-a")
+    assert sessions.csrf_ok(tmp_path, "nonce-1", t, "session-a")
+    assert not sessions.csrf_ok(tmp_path, "nonce-1", t, "session-b") and not sessions.csrf_ok(tmp_path, "nonce-1", t)
+    assert not sessions.csrf_ok(tmp_path, "nonce-2", t, "session-a")
+    assert not sessions.csrf_ok(other, "nonce-1", t, "session-a")
     assert not sessions.csrf_ok(tmp_path, None, t) and not sessions.csrf_ok(tmp_path, "nonce-1", None)
 
 
@@ -69,11 +70,16 @@ def test_cookies_are_http_only_strict_and_secure_over_tls():
     assert sessions.cookie("s", "v", max_age=60, secure=True).endswith("; Secure")
 
 
-def test_throttle_locks_a_name_after_repeated_failures_and_success_clears_it():
-    t = sessions.Throttle(limit=3, window_s=60, lockout_s=30)
-    t.failed("ann"), t.failed("ann")
-    assert t.wait_s("ann") == 0
-    t.failed("ann")
-    assert 29 < t.wait_s("ann") <= 30 and t.wait_s("bob") == 0
-    t.succeeded("ann")
-    assert t.wait_s("ann") == 0
+def test_throttle_backs_off_per_client_and_per_name_for_the_clients_that_failed_on_it():
+    t = sessions.Throttle(free=2, base_s=10, cap_s=30)
+    t.failed("ann", "a"), t.failed("ann", "a")
+    assert 9 < t.wait_s("ann", "a") <= 10 and 9 < t.wait_s("bob", "a") <= 10  # the client waits, any name
+    assert t.wait_s("ann", "b") == 0  # another client: the name's wait is not for it
+    t.failed("ann", "a")
+    assert 19 < t.wait_s("ann", "a") <= 20
+    t.failed("ann", "a")
+    assert 29 < t.wait_s("ann", "a") <= 30  # capped
+    t.failed("ann", "c")  # a second address that failed on ann waits for ann's back-off
+    assert 29 < t.wait_s("ann", "c") <= 30 and t.wait_s("bob", "c") == 0
+    t.succeeded("ann", "b")
+    assert t.wait_s("ann", "c") == 0 and t.wait_s("ann", "a") > 0  # a's own failures still count

@@ -1,6 +1,6 @@
 """The ASGI app: Open Inference Protocol v2 on a plain Starlette app (the per-request path
-that load meets), the detection API on FastAPI mounted under it (its OpenAPI page at
-``/docs``), one error format for both, and the state they share.
+that load meets), the detection API on FastAPI mounted under it (its OpenAPI schema at
+``/openapi.json``), one error format for both, and the state they share.
 
 Detection goes through the service layer's :class:`~pynomaly.service.Scorer`, kept in the
 same :class:`~pynomaly.serving.ModelCache` as the daemon's: this face adds HTTP, not a
@@ -41,7 +41,7 @@ from .tokens import ANONYMOUS, ForbiddenError, Principal, TokenError, Verifier, 
 log = logging.getLogger("pynomaly_api")
 
 SERVER_NAME = "pynomaly"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "statistics"]
 
 
 class HTTPError(Exception):
@@ -92,16 +92,24 @@ class ServerState:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.home = service.home_path(settings.home)
-        self.verifier = (
-            Verifier(self.home, settings.public_keys, issuer=settings.issuer, audience=settings.audience,
-                     role_claim=settings.role_claim)
-            if settings.auth else None
-        )
+        self.revocations = None
+        self.verifier = None
+        if settings.auth:
+            from pynomaly.revocations import RevocationList
+
+            self.revocations = RevocationList(self.home)
+            self.verifier = Verifier(self.home, settings.public_keys, issuer=settings.issuer,
+                                     audience=settings.audience, role_claim=settings.role_claim,
+                                     revocations=self.revocations)
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.threads or os.cpu_count() or 1, thread_name_prefix="pynomaly-api")
         # What the server has done since it started (GET /api/v1/stats; per process).
         self.counters = {"cache_hits": 0, "cache_misses": 0, "infer_requests": 0, "infer_errors": 0,
                          "rows_scored": 0, "streamed_requests": 0, "started": time.time()}
+        self.errors_by_code: dict = {}  # infer error replies by HTTP status (pynomaly_errors_total{code})
+        # Per detector version, for OIP v2 statistics: [successes, their ns, failures, their ns,
+        # rows, last inference (Unix ms)].
+        self.model_stats: dict = {}
         self.cache = ModelCache(RepositorySource(str(self.home)), self.run, max_bytes=settings.cache_bytes,
                                 refresh_interval=settings.refresh_interval_s, counters=self.counters)
         from pynomaly.serving.observe import Observer
@@ -124,6 +132,8 @@ class ServerState:
         """At start-up, on the event loop: alert hand-overs, in-process job workers, and the
         cache told of other processes' new versions (a database home: NOTIFY)."""
         self.observer.start(asyncio.get_running_loop())
+        if self.revocations is not None:
+            self.revocations.start()
         self.cache.follow_source(asyncio.get_running_loop())
         if self.settings.job_workers:
             from pynomaly import jobs
@@ -186,6 +196,8 @@ class ServerState:
         for w in self.job_workers:
             w.shutdown()  # the running job is re-queued for the next worker
         self.observer.stop()
+        if self.revocations is not None:
+            self.revocations.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -447,6 +459,8 @@ async def infer(scope, receive, send) -> None:
     """``POST /v2/models/{name}[/versions/{v}]/infer``: a plain ASGI endpoint (no Request or
     Response objects: this is the path that load meets)."""
     st: ServerState = scope["app"].state.pynomaly
+    started = time.perf_counter_ns()
+    scorer = None
     try:
         with deadline(st.settings.request_timeout_s):
             h = {k: v.decode("latin-1") for k, v in scope["headers"] if k in _INFER_HEADERS}
@@ -486,14 +500,60 @@ async def infer(scope, receive, send) -> None:
             c["infer_requests"] += 1
             c["rows_scored"] += scores.shape[0]
             out, hlen = tensors.encode_infer(v.name, v.version, req.id, outputs, req.binary)
+            s = st.model_stats.get((v.name, v.version)) or st.model_stats.setdefault((v.name, v.version),
+                                                                                     [0, 0, 0, 0, 0, 0])
+            s[0] += 1
+            s[1] += time.perf_counter_ns() - started
+            s[4] += scores.shape[0]
+            s[5] = int(time.time() * 1000)
     except Exception as e:  # noqa: BLE001 - answered in the protocol's error format
         st.counters["infer_errors"] += 1
-        await error_response(e)(scope, receive, send)
+        reply = error_response(e)
+        st.errors_by_code[reply.status_code] = st.errors_by_code.get(reply.status_code, 0) + 1
+        if scorer is not None:  # a failure of a model that exists (Triton counts no others)
+            key = (scorer.version.name, scorer.version.version)
+            s = st.model_stats.setdefault(key, [0, 0, 0, 0, 0, 0])
+            s[2] += 1
+            s[3] += time.perf_counter_ns() - started
+        await reply(scope, receive, send)
         return
     if hlen is None:
         await _respond(send, out, b"application/json")
     else:
         await _respond(send, out, b"application/octet-stream", [(b"inference-header-content-length", b"%d" % hlen)])
+
+
+def _statistics(st: ServerState, key) -> dict:
+    """One model version's entry in the shape of Triton's statistics extension (what
+    ``tritonclient``'s ``get_inference_statistics`` reads). This process's inferences only;
+    the whole request is timed (``success``, ``fail``), so its parts (queue, compute_*) are 0."""
+    ok, ok_ns, fail, fail_ns, rows, last = st.model_stats.get(key, (0, 0, 0, 0, 0, 0))
+    zero = {"count": 0, "ns": 0}
+    return {
+        "name": key[0], "version": str(key[1]), "last_inference": last, "inference_count": rows,
+        "execution_count": ok,
+        "inference_stats": {"success": {"count": ok, "ns": ok_ns}, "fail": {"count": fail, "ns": fail_ns},
+                            "queue": zero, "compute_input": zero, "compute_infer": zero, "compute_output": zero,
+                            "cache_hit": zero, "cache_miss": zero},
+        "batch_stats": [],
+    }
+
+
+async def model_statistics(request: Request) -> Response:
+    """``GET /v2/models[/{name}[/versions/{v}]]/stats``: the statistics extension of KServe v2 /
+    Triton, for every model version this process has served, or for one model (its versions)."""
+    try:
+        st = state_of(request)
+        st.authorize(request, "read")
+        name = request.path_params.get("name")
+        version = parse_version(request.path_params.get("version"))
+        keys = sorted(st.model_stats)
+        if name is not None:
+            scorer = await st.scorer(name, version)  # 404 for a model or version that does not exist
+            keys = [k for k in keys if k[0] == name and version in (None, k[1])] or [(name, scorer.version.version)]
+        return _json({"model_stats": [_statistics(st, k) for k in keys]})
+    except Exception as e:  # noqa: BLE001
+        return error_response(e)
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -521,7 +581,9 @@ def server_metrics(st: ServerState) -> list:
     return [
         metrics.Counter.of("pynomaly_requests", "Requests received, by operation", ("op",),
                            {("infer",): c["infer_requests"] + c["infer_errors"]}),
-        metrics.Counter.of("pynomaly_errors", "Error replies, by operation", ("op",), {("infer",): c["infer_errors"]}),
+        # By code, as the daemon's (PROTOCOL.md): here the HTTP status of the infer replies.
+        metrics.Counter.of("pynomaly_errors", "Infer error replies, by HTTP status", ("code",),
+                           {(str(code),): n for code, n in st.errors_by_code.items()}),
         metrics.Counter.of("pynomaly_streamed_requests", "Binary infer requests scored while they arrived", (),
                            {(): c["streamed_requests"]}),
         metrics.Counter.of("pynomaly_model_cache_hits", "Detector lookups answered by the cache", (),
@@ -567,6 +629,10 @@ def oip_routes() -> list:
         Route("/v2/health/live", health_live, methods=["GET"]),
         Route("/v2/health/ready", health_ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
+        # Before /v2/models/{name}: "stats" is the statistics extension's word, not a model.
+        Route("/v2/models/stats", model_statistics, methods=["GET"]),
+        Route("/v2/models/{name}/stats", model_statistics, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/stats", model_statistics, methods=["GET"]),
         Route("/v2/models/{name}", model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
@@ -582,7 +648,7 @@ def create_app(settings: Optional[Settings] = None):
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from . import detection
+    from . import detection, spool
 
     settings = (settings or Settings.from_env()).check()
     state = ServerState(settings)
@@ -594,6 +660,7 @@ def create_app(settings: Optional[Settings] = None):
         # per-request garbage triggers stop walking some 70k long-lived objects.
         gc.collect()
         gc.freeze()
+        spool.clean_stale(settings)  # files of uploads a killed server left behind
         state.start()
         yield
         state.close()
@@ -606,9 +673,14 @@ def create_app(settings: Optional[Settings] = None):
         summary="Anomaly detection over HTTP: Open Inference Protocol v2 (/v2/..., see the protocol's "
         "specification) and the detection API",
         version=_version(),
+        # Swagger UI and ReDoc load their scripts from a CDN (FastAPI's wheel has no copy): a
+        # page of ours running another host's code, and none on a box without internet. The
+        # schema stays at /openapi.json for any viewer or client generator.
+        docs_url=None, redoc_url=None,
     )
     api.state.pynomaly = state
     api.include_router(detection.router)
+    api.openapi = lambda: _openapi(api)
     from . import web  # the web pages (issue 11): sign-in at /, pages under /ui/
 
     app = Starlette(routes=[*oip_routes(), *web.routes(), Mount("/", app=api)], lifespan=lifespan)
@@ -625,6 +697,8 @@ def create_app(settings: Optional[Settings] = None):
         return error_response(HTTPError(400, f"bad request: {problems}"))
 
     async def on_http(request, exc: StarletteHTTPException):
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI's "error parsing the body" of a too deep JSON
+            return error_response(HTTPError(400, tensors.too_deep_message()))
         return error_response(HTTPError(exc.status_code, str(exc.detail), getattr(exc, "headers", None)))
 
     api.add_exception_handler(RequestValidationError, on_validation)
@@ -633,6 +707,25 @@ def create_app(settings: Optional[Settings] = None):
         for cls in (Exception, PynomalyError, ValueError, TokenError, ForbiddenError, HTTPError, asyncio.TimeoutError):
             a.add_exception_handler(cls, on_error)
     return app
+
+
+def _openapi(api) -> dict:
+    """FastAPI's document without the 422 it adds to every route with parameters: this server
+    answers a request that fails validation with 400 and the error format of every other error
+    (the statuses it does answer are declared by the routes)."""
+    if api.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        doc = get_openapi(title=api.title, version=api.version, summary=api.summary, routes=api.routes)
+        for ops in doc.get("paths", {}).values():
+            for op in ops.values():
+                op.get("responses", {}).pop("422", None)
+        schemas = doc.get("components", {}).get("schemas", {})
+        if not any("ValidationError" in str(op) for ops in doc["paths"].values() for op in ops.values()):
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+        api.openapi_schema = doc
+    return api.openapi_schema
 
 
 def _version() -> str:

@@ -33,7 +33,7 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Serve stored detectors over HTTP: the Open Inference Protocol v2 (/v2/...) and the "
-        "detection API (/api/v1/..., OpenAPI page at /docs). Clients send 'Authorization: Bearer <token>' "
+        "detection API (/api/v1/..., OpenAPI schema at /openapi.json). Clients send 'Authorization: Bearer <token>' "
         "(pynomaly token create); health endpoints are open.",
     )
     p.add_argument("--home", help="repository folder (default: $PYNOMALY_HOME or the user data folder)")
@@ -53,8 +53,21 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
     p.add_argument("--jwt-role-claim", default=d.role_claim, help="claim holding the role (default role)")
     p.add_argument("--max-body", type=_size, default=d.max_body_bytes, metavar="SIZE",
                    help="largest request body accepted, e.g. 64M (default 256M)")
+    p.add_argument("--max-dataset", type=_size, default=d.max_dataset_bytes, metavar="SIZE",
+                   help="largest uploaded table once read (as float64 values), e.g. 1G (default 256M); "
+                        "checked from the file's headers before reading")
+    p.add_argument("--max-dataset-columns", type=int, default=d.max_dataset_columns, metavar="N",
+                   help=f"most columns an uploaded table may have (default {d.max_dataset_columns})")
+    p.add_argument("--upload-dir", default=None, metavar="DIR",
+                   help="where uploads wait while they are read (default: the system temp folder)")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="SECONDS",
                    help=f"answer 504 after this long (default {d.request_timeout_s:g})")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout_s, metavar="SECONDS",
+                   help="close a connection whose request head is not complete this long after it opened or "
+                   f"after its last response (default {d.header_timeout_s:g})")
+    p.add_argument("--max-client-connections", type=int, default=d.max_client_connections, metavar="N",
+                   help=f"open connections per client address and process (default {d.max_client_connections}; "
+                   "0: no cap, e.g. behind a proxy that caps its clients)")
     p.add_argument("--cache", type=_size, default=d.cache_bytes, metavar="SIZE",
                    help="memory for loaded detectors (default 2G)")
     p.add_argument("--threads", type=int, default=d.threads, help="scoring threads (default: one per CPU)")
@@ -72,8 +85,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         home=args.home, host=args.host, port=args.port, uds=args.uds, workers=args.workers, auth=not args.no_auth,
         allow_open_network=args.allow_open_network, public_keys=dict(args.jwt_public_key), issuer=args.jwt_issuer,
         audience=args.jwt_audience, role_claim=args.jwt_role_claim, max_body_bytes=args.max_body,
+        max_dataset_bytes=args.max_dataset, max_dataset_columns=args.max_dataset_columns, upload_dir=args.upload_dir,
         request_timeout_s=args.request_timeout, cache_bytes=args.cache, threads=args.threads,
-        job_workers=args.job_workers,
+        job_workers=args.job_workers, header_timeout_s=args.header_timeout,
+        max_client_connections=args.max_client_connections,
     ).check()
 
 
@@ -109,11 +124,17 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly api") -> in
         return 2
     os.environ[ENV] = settings.to_env()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from . import guard
+
+    # Slow heads, idle keep-alives and one address's many connections are closed (guard), so
+    # that slow clients cannot hold every file descriptor (README: the descriptor limit to set).
     uvicorn.run(
         "pynomaly_api.app:create_app", factory=True, host=settings.host, port=settings.port, uds=settings.uds,
         workers=settings.workers, log_level=args.log_level, access_log=False, server_header=False,
-        timeout_keep_alive=30, timeout_graceful_shutdown=30,
-        loop="uvloop" if _has("uvloop") else "asyncio", http="httptools" if _has("httptools") else "h11",
+        timeout_keep_alive=min(5.0, settings.header_timeout_s), timeout_graceful_shutdown=30,
+        h11_max_incomplete_event_size=guard.MAX_HEAD_BYTES,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http=guard.protocol("httptools" if _has("httptools") else "h11"),
     )
     return 0
 
@@ -140,6 +161,11 @@ def token_parser(prog: str = "pynomaly token") -> argparse.ArgumentParser:
     r = sub.add_parser("rotate", help="add a new signing secret; --retire old ones (their tokens stop working)")
     r.add_argument("--retire", action="append", default=[], metavar="KID", help="secret to remove (repeatable)")
     sub.add_parser("keys", help="list the signing secrets' ids (never the secrets)")
+    v = sub.add_parser("revoke", help="refuse a token (or every token of a user) from now on; running servers "
+                       "refuse it within a second")
+    which = v.add_mutually_exclusive_group(required=True)
+    which.add_argument("token", nargs="?", metavar="TOKEN_OR_ID", help="the whole token, or its id (jti)")
+    which.add_argument("--user", help="revoke every token and session of this user issued until now")
     return p
 
 
@@ -165,6 +191,18 @@ def token_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly token
             kids = tokens.rotate(home, args.retire)
             _audit(home, "token.rotate", kids[-1], "ok", {"retired": list(args.retire)})
             sys.stdout.write(f"signing with {kids[-1]}; also accepted: {', '.join(kids[:-1]) or 'none'}\n")
+        elif args.action == "revoke":
+            from pynomaly import revocations
+
+            if args.user is not None:
+                revocations.revoke_subject(home, args.user)
+                _audit(home, "token.revoke", f"user {args.user}", "ok")
+                sys.stdout.write(f"revoked every token of {args.user} issued until now\n")
+            else:
+                jti, expires = tokens.token_id(args.token)
+                revocations.revoke_token(home, jti, expires)
+                _audit(home, "token.revoke", jti, "ok")
+                sys.stdout.write(f"revoked token {jti}\n")
         else:
             for k in tokens.read_secrets(home):
                 sys.stdout.write(f"{k['kid']}  created {k['created']}\n")
@@ -197,7 +235,7 @@ def user_parser(prog: str = "pynomaly user") -> argparse.ArgumentParser:
     a.add_argument("--password-stdin", action="store_true",
                    help="read the password from standard input's first line (for scripts) instead of asking")
     sub.add_parser("list", help="list users and their roles (never their passwords)")
-    r = sub.add_parser("remove", help="remove a user (their open sessions last until they expire)")
+    r = sub.add_parser("remove", help="remove a user and revoke their sessions and tokens")
     r.add_argument("name")
     return p
 
@@ -225,8 +263,12 @@ def user_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly user")
             for name, u in sorted(sessions.read_users(home).items()):
                 sys.stdout.write(f"{name}  {u['role']}  added {u['created']}\n")
         else:
+            from pynomaly import revocations
+
             sessions.remove_user(home, args.name)
-            sys.stdout.write(f"removed {args.name}\n")
+            # Their open sessions (and API tokens in their name) stop working on every server.
+            revocations.revoke_subject(home, args.name)
+            sys.stdout.write(f"removed {args.name}; their sessions and tokens are revoked\n")
         return 0
     except Exception as e:  # noqa: BLE001 - one clear line
         sys.stderr.write(f"{prog}: error: {e}\n")

@@ -18,12 +18,15 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.responses import Response, StreamingResponse
 
 from pynomaly import service
+from pynomaly._errors import UntrustedPickleError
 from pynomaly.domain import DetectionResult, check_name
 
+from . import spool, tensors
+from .audit import actor_of
 from .app import HTTPError, ServerState, read_body, state_of, status_of
 from .tokens import ROLES, ForbiddenError, Principal, create_token, parse_ttl
 
@@ -97,10 +100,17 @@ class DetectIn(BaseModel):
     include_scores: bool = Field(False, description="return every row's score too")
 
 
+def _not_too_deep(value):
+    if tensors.nested_too_deep(value):
+        raise ValueError(tensors.too_deep_message())
+    return value
+
+
 class TrainIn(BaseModel):
     dataset_id: str
     algorithm: str = "IsolationForest"
     params: Dict[str, Any] = Field(default_factory=dict)
+    _params_depth = field_validator("params")(_not_too_deep)
     columns: Optional[List[str]] = None
     activate: bool = True
 
@@ -220,8 +230,13 @@ async def export(name: str, request: Request, version: Optional[int] = Query(Non
 
 
 @router.post("/detectors/import", summary="Import an export file (the request body) as a detector's next version")
-async def import_detector(request: Request, name: Optional[str] = None, trust_pickle: bool = False,
+async def import_detector(request: Request, name: Optional[str] = None,
                           who: Principal = Depends(allow("manage"))) -> dict:
+    # No trust_pickle here: trusting a pickle is running its code on every replica that shares
+    # the home's key, a decision for whoever holds the machine, never for a network caller
+    # (issue 25). A pickled export signed by this home's own key is still accepted.
+    if "trust_pickle" in request.query_params:
+        raise HTTPError(400, "the HTTP import takes no trust_pickle: " + _PICKLE_ON_THE_MACHINE)
     st = state_of(request)
     blob = await read_body(request, st.settings.max_body_bytes)
     if not blob:
@@ -231,12 +246,21 @@ async def import_detector(request: Request, name: Optional[str] = None, trust_pi
         with tempfile.TemporaryDirectory(prefix="pynomaly-import-") as tmp:
             path = Path(tmp) / "upload.pnx"
             path.write_bytes(blob)
-            return service.import_detector(st.home, path, name, trust_pickle=trust_pickle)
+            try:
+                return service.import_detector(st.home, path, name)
+            except UntrustedPickleError:
+                raise HTTPError(403, "this export holds a pickled model signed by another home's key; "
+                                + _PICKLE_ON_THE_MACHINE) from None
 
     d = await audited(request, who, "import", name or "(its exported name)", lambda: st.run(load),
-                      lambda d: {"name": d.name, "version": d.version, "trust_pickle": trust_pickle})
+                      lambda d: {"name": d.name, "version": d.version})
     st.cache.invalidate(d.name)
     return d.to_dict()
+
+
+_PICKLE_ON_THE_MACHINE = (
+    "a pickle runs code when loaded, so only someone on the server's machine can choose to trust one: "
+    "copy the file there and run `pynomaly --home HOME import FILE --trust-pickle`")
 
 
 # -- datasets --------------------------------------------------------------------------------
@@ -289,13 +313,8 @@ async def upload_dataset(request: Request, name: Optional[str] = Query(None, max
     suffix = _suffix(filename, ctype)
 
     def store():
-        fd, tmp = tempfile.mkstemp(prefix="pynomaly-upload-", suffix=suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+        with spool.upload_file(data, suffix, st.settings) as tmp, spool.disk_full_is_507("the dataset"):
             return service.store_dataset(st.home, tmp, name=Path(filename).name if filename else f"upload{suffix}")
-        finally:
-            os.unlink(tmp)
 
     return await audited(request, who, "dataset.store", filename or f"upload{suffix}", lambda: st.run(store),
                          lambda d: {"id": d["id"], "rows": d["n_rows"], "columns": d["n_columns"]})
@@ -368,6 +387,7 @@ class JobIn(BaseModel):
     kind: str = Field(description="train | detect")
     params: Dict[str, Any] = Field(description="train: detector, dataset_id, algorithm, params, columns, activate; "
                                    "detect: detector, dataset_id, version, threshold, contamination, columns")
+    _params_depth = field_validator("params")(_not_too_deep)
 
 
 _JOB_ACTIONS = {"train": "train", "detect": "detect"}  # the role a job of each kind needs
@@ -399,7 +419,8 @@ async def submit_job(body: JobIn, request: Request, who: Principal = Depends(all
     await st.run(service.dataset, st.home, str(body.params["dataset_id"]))  # 404 now, not in the worker
     target = str(body.params.get("detector", ""))
     job_id = await audited(request, who, f"job.{body.kind}", target,
-                           lambda: st.run(jobs.submit, str(st.home), body.kind, dict(body.params)),
+                           lambda: st.run(lambda: jobs.submit(str(st.home), body.kind, dict(body.params),
+                                                              actor=actor_of(who))),
                            lambda jid: {"job": jid})
     return {"id": job_id, "state": "queued", "url": f"/api/v1/jobs/{job_id}"}
 
@@ -488,3 +509,62 @@ async def new_token(body: TokenIn, request: Request, who: Principal = Depends(al
     token, expires = await audited(request, who, "token.create", f"{body.user} ({body.role})", work,
                                    {"ttl": body.ttl})
     return {"token": token, "user": body.user, "role": body.role, "expires_at": expires.isoformat()}
+
+
+# -- the statuses each route answers, declared in the OpenAPI document --------------------------------
+class Error(BaseModel):
+    """Every error's body."""
+
+    error: str = Field(description="what was wrong, and what is accepted")
+
+
+_WHY = {
+    400: "bad request: a malformed body, parameter or name, or a value out of range",
+    401: "no token, or one that is malformed, expired, revoked or signed with an unknown key",
+    403: "the token's role may not do this",
+    404: "no such detector, version, dataset, result or job",
+    409: "not possible in the detector's or the server's state (e.g. an archived detector)",
+    413: "the body is larger than the server's --max-body, also once decompressed",
+    415: "a Content-Type or Content-Encoding the route does not read",
+    503: "the home's database cannot be reached; retry (Retry-After)",
+    507: "no room left on the server to store the upload",
+}
+_EVERY_ROUTE = (401, 503)
+# Besides those, by route: what each can answer (tests/test_http_security.py probes every route
+# and checks that what comes back is declared here).
+_ROUTE_ERRORS = {
+    ("GET", "/api/v1/detectors"): (),
+    ("GET", "/api/v1/detectors/{name}"): (400, 404),
+    ("GET", "/api/v1/detectors/{name}/versions"): (400, 404),
+    ("GET", "/api/v1/detectors/{name}/results"): (400, 404),
+    ("POST", "/api/v1/detectors/{name}/archive"): (400, 403, 404),
+    ("POST", "/api/v1/detectors/{name}/activate"): (400, 403, 404),
+    ("DELETE", "/api/v1/detectors/{name}"): (400, 403, 404),
+    ("POST", "/api/v1/detectors/{name}/train"): (400, 403, 404, 409, 413, 415),
+    ("GET", "/api/v1/detectors/{name}/export"): (400, 403, 404),
+    ("POST", "/api/v1/detectors/import"): (400, 403, 409, 413, 415),
+    ("POST", "/api/v1/datasets"): (400, 403, 413, 415, 507),
+    ("GET", "/api/v1/datasets"): (),
+    ("GET", "/api/v1/datasets/{dataset_id}"): (404,),
+    ("DELETE", "/api/v1/datasets/{dataset_id}"): (403, 404, 409),
+    ("POST", "/api/v1/detect"): (400, 403, 404, 409, 413, 415),
+    ("GET", "/api/v1/results/{result_id}"): (400, 404),
+    ("POST", "/api/v1/jobs"): (400, 403, 404, 413, 415),
+    ("GET", "/api/v1/jobs"): (400,),
+    ("GET", "/api/v1/jobs/{job_id}"): (404,),
+    ("POST", "/api/v1/jobs/{job_id}/cancel"): (403, 404, 409),
+    ("GET", "/api/v1/jobs/{job_id}/events"): (404,),
+    ("GET", "/api/v1/stats"): (),
+    ("POST", "/api/v1/tokens"): (400, 403, 409, 413, 415),
+}
+
+
+def _declare_errors() -> None:
+    for route in router.routes:
+        for method in route.methods:
+            codes = _ROUTE_ERRORS[(method, route.path)]  # a new route needs its line above
+            route.responses.update({c: {"model": Error, "description": _WHY[c]}
+                                    for c in sorted(set(_EVERY_ROUTE) | set(codes))})
+
+
+_declare_errors()

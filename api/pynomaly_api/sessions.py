@@ -7,7 +7,7 @@ them. Signing in gives a session cookie holding a token of the same kind the API
 is checked by the same :class:`~pynomaly_api.tokens.Verifier` and has the same roles.
 
 Forms carry a CSRF token: an HMAC, keyed by the home's oldest signing secret, of a random
-nonce kept in its own cookie. Another site can neither read that cookie nor compute the HMAC,
+nonce kept in its own cookie and of the session's token id. Another site can neither read that cookie nor compute the HMAC,
 so a form it submits in the person's name is refused (SameSite=Strict cookies stop most such
 requests before they start; the token covers browsers that do not honour it).
 """
@@ -121,40 +121,73 @@ def check_password(home, name: str, password: str) -> Optional[str]:
 
 
 class Throttle:
-    """Failed password sign-ins per user name, in this process: after ``limit`` failures within
-    ``window_s`` the name is refused for ``lockout_s`` (guessing passwords through the page
-    becomes slow; the right password does not help while locked)."""
+    """Failed password sign-ins, in this process: backing off, never locking.
 
-    def __init__(self, limit: int = 5, window_s: float = 300.0, lockout_s: float = 60.0):
-        self.limit, self.window_s, self.lockout_s = limit, window_s, lockout_s
-        self._failures: dict = {}
-        self._locked: dict = {}
+    Each client address may fail ``free`` times; after that each failure doubles the wait
+    before its next try (``base_s``, then 2, 4... times, at most ``cap_s``), whatever the name.
+    Each name backs off the same way over the failures of every client, but that wait applies
+    only to the clients that failed on that name: an attacker's guesses slow the attacker down,
+    not the person typing the right password elsewhere. Failures are forgotten ``window_s``
+    after the last one; a success clears its client's and its name's count.
 
-    def wait_s(self, name: str) -> float:
-        """Seconds until ``name`` may try again (0: now)."""
-        until = self._locked.get(name, 0.0)
-        return max(0.0, until - time.monotonic())
+    Per process: a server started with ``--workers N``, or N replicas, gives a guesser N times
+    the rate.
+    """
 
-    def failed(self, name: str) -> None:
+    def __init__(self, free: int = 3, base_s: float = 1.0, cap_s: float = 60.0, window_s: float = 900.0):
+        self.free, self.base_s, self.cap_s, self.window_s = free, base_s, cap_s, window_s
+        self._clients: dict = {}  # address -> [failures, time of the last]
+        self._names: dict = {}  # name -> [failures, time of the last]
+        self._tried: dict = {}  # (name, address) -> time of the last failure
+
+    def _wait(self, entry, now: float) -> float:
+        if entry is None or now - entry[1] > self.window_s or entry[0] < self.free:
+            return 0.0
+        return max(0.0, entry[1] + min(self.cap_s, self.base_s * 2 ** (entry[0] - self.free)) - now)
+
+    def wait_s(self, name: str, client: str) -> float:
+        """Seconds until ``client`` may try ``name`` (0: now)."""
         now = time.monotonic()
-        if len(self._failures) > 10000:  # names tried at random: forget them rather than grow
-            self._failures.clear()
-        recent = [t for t in self._failures.get(name, []) if now - t < self.window_s] + [now]
-        self._failures[name] = recent
-        if len(recent) >= self.limit:
-            self._locked[name] = now + self.lockout_s
-            self._failures[name] = []
+        wait = self._wait(self._clients.get(client), now)
+        tried = self._tried.get((name, client))
+        if tried is not None and now - tried <= self.window_s:
+            wait = max(wait, self._wait(self._names.get(name), now))
+        return wait
 
-    def succeeded(self, name: str) -> None:
-        self._failures.pop(name, None)
-        self._locked.pop(name, None)
+    def failed(self, name: str, client: str) -> None:
+        now = time.monotonic()
+        for table in (self._clients, self._names, self._tried):
+            if len(table) > 10000:  # names and addresses at random: forget them rather than grow
+                table.clear()
+        for table, key in ((self._clients, client), (self._names, name)):
+            entry = table.get(key)
+            count = entry[0] if entry is not None and now - entry[1] <= self.window_s else 0
+            table[key] = [count + 1, now]
+        self._tried[(name, client)] = now
+
+    def succeeded(self, name: str, client: str) -> None:
+        self._clients.pop(client, None)
+        self._names.pop(name, None)
+        self._tried.pop((name, client), None)
 
 
 # -- sessions ---------------------------------------------------------------------------------
-def password_session(home, name: str, role: str, *, issuer: str, audience: str) -> tuple:
+def password_session(home, name: str, role: str, *, issuer: str, audience: str, role_claim: str = "role") -> tuple:
     """``(token, max_age_s)`` of a new session for a user who gave their password."""
-    token, _ = create_token(home, name, role, SESSION_TTL_S, issuer=issuer, audience=audience)
+    token, _ = create_token(home, name, role, SESSION_TTL_S, issuer=issuer, audience=audience, role_claim=role_claim)
     return token, SESSION_TTL_S
+
+
+def token_session(home, p: Principal, *, issuer: str, audience: str, role_claim: str = "role") -> tuple:
+    """``(token, max_age_s)`` of a new session for someone who signed in with the API token
+    ``p``: a token of its own (signing out revokes the session, not the API token a script may
+    still use), which ends when that token expires or is revoked (``parent``)."""
+    ttl = min(SESSION_TTL_S, session_lifetime(p))
+    if ttl <= 0:
+        raise TokenError("the token has expired")
+    token, _ = create_token(home, p.subject, p.role, ttl, issuer=issuer, audience=audience, role_claim=role_claim,
+                            parent=p.jti)
+    return token, ttl
 
 
 def principal(state, request) -> Optional[Principal]:
@@ -192,17 +225,24 @@ def _csrf_key(home) -> bytes:
     return hmac.new(keys[0]["secret"], b"pynomaly web csrf", hashlib.sha256).digest()
 
 
-def csrf_token(home, nonce: str) -> str:
-    """The token a form carries for the browser holding ``nonce`` in its CSRF cookie."""
-    return hmac.new(_csrf_key(home), nonce.encode(), hashlib.sha256).hexdigest()
+def session_id(p: Optional[Principal]) -> str:
+    """What a form's CSRF token is bound to: the session's token id ("" before signing in)."""
+    return (p.jti or "") if p is not None else ""
 
 
-def csrf_ok(home, nonce: Optional[str], token: Optional[str]) -> bool:
+def csrf_token(home, nonce: str, session: str = "") -> str:
+    """The token a form carries for the browser holding ``nonce`` in its CSRF cookie, in the
+    session ``session`` (:func:`session_id`): a token and nonce taken from another session,
+    the attacker's own included, do not pass in this one."""
+    return hmac.new(_csrf_key(home), f"{nonce}\0{session}".encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(home, nonce: Optional[str], token: Optional[str], session: str = "") -> bool:
     if not nonce or not token or not isinstance(token, str):
         return False
-    return hmac.compare_digest(csrf_token(home, nonce), token)
+    return hmac.compare_digest(csrf_token(home, nonce, session), token)
 
 
 __all__ = ["Throttle", "add_user", "remove_user", "read_users", "check_password", "hash_password", "verify_password",
-           "password_session", "principal", "cookie", "csrf_token", "csrf_ok", "new_nonce", "SESSION_COOKIE",
+           "password_session", "token_session", "principal", "cookie", "csrf_token", "csrf_ok", "session_id", "new_nonce", "SESSION_COOKIE",
            "CSRF_COOKIE"]

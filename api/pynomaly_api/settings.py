@@ -30,12 +30,19 @@ class Settings:
     audience: str = "pynomaly-api"
     role_claim: str = "role"
     max_body_bytes: int = 256 * 1024 * 1024
+    # An uploaded table once read (float64), and its columns: checked from the file's headers
+    # before reading, since a few compressed megabytes may declare gigabytes (issue 25).
+    max_dataset_bytes: int = 256 * 1024 * 1024
+    max_dataset_columns: int = 10_000
+    upload_dir: Optional[str] = None  # where uploads wait while read (None: the system temp folder)
     request_timeout_s: float = 60.0
     cache_bytes: int = 2 * 1024 ** 3
     refresh_interval_s: float = 1.0  # how soon a newly saved version is served
     threads: int = 0  # scoring threads for large requests (0: the number of CPUs)
     inline_cells: int = 16384  # requests with at most this many values are scored on the event loop
     job_workers: int = 1  # background-job workers in each server process (0: leave jobs to `pynomaly worker`)
+    header_timeout_s: float = 10.0  # a request's head must arrive within this (pynomaly_api.guard)
+    max_client_connections: int = 64  # open connections per client address and process (0: no cap)
 
     def check(self) -> "Settings":
         """Self, or ValueError naming the first setting that cannot work."""
@@ -43,15 +50,17 @@ class Settings:
             raise ValueError(f"--port must be 1..65535, got {self.port}")
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
-        for name in ("max_body_bytes", "cache_bytes"):
+        for name in ("max_body_bytes", "cache_bytes", "max_dataset_bytes", "max_dataset_columns"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("request_timeout_s", "refresh_interval_s"):
+        for name in ("request_timeout_s", "refresh_interval_s", "header_timeout_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
-        if self.threads < 0 or self.inline_cells < 0 or self.job_workers < 0:
-            raise ValueError("threads, inline_cells and job_workers must be 0 or more")
+        if self.upload_dir is not None and not os.path.isdir(self.upload_dir):
+            raise ValueError(f"--upload-dir {self.upload_dir!r} is not a folder")
+        if self.threads < 0 or self.inline_cells < 0 or self.job_workers < 0 or self.max_client_connections < 0:
+            raise ValueError("threads, inline_cells, job_workers and max_client_connections must be 0 or more")
         if not self.auth and self.uds is None and not _loopback(self.host) and not self.allow_open_network:
             raise ValueError(
                 f"refusing to serve {self.host} without authentication: anyone who can reach it could train, "

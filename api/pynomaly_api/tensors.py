@@ -35,6 +35,24 @@ OUTPUTS = {
 DEFAULT_OUTPUTS = ("scores", "labels")
 _FP64 = DTYPES["FP64"]
 MAX_DIMS = 8
+MAX_JSON_DEPTH = 64  # JSON nested deeper than this is refused (400), in every request body
+
+
+def nested_too_deep(value, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a decoded JSON value nests objects and arrays deeper than ``limit`` (walked
+    without recursion: the point is that a deep value must not exhaust the stack)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        items = v.values() if isinstance(v, dict) else v
+        if depth > limit:
+            return True
+        stack.extend((x, depth + 1) for x in items if isinstance(x, (dict, list)))
+    return False
+
+
+def too_deep_message(limit: int = MAX_JSON_DEPTH) -> str:
+    return f"JSON nested deeper than {limit} levels; nest objects and arrays at most {limit} deep"
 
 
 class TensorError(ValueError):
@@ -112,6 +130,8 @@ def _parse_head(head, hlen: Optional[int]):
     """The request's JSON, its one input and that input's dtype and shape (checked)."""
     try:
         req = _decode(head)
+    except RecursionError:  # msgspec nests as deep as Python's stack allows
+        raise TensorError(too_deep_message()) from None
     except msgspec.ValidationError as e:
         raise TensorError(f"bad inference request: {e}") from None
     except msgspec.DecodeError as e:
@@ -119,6 +139,9 @@ def _parse_head(head, hlen: Optional[int]):
             raise TensorError(f"the first {hlen} bytes (Inference-Header-Content-Length) are not a JSON inference "
                               f"request: {e}") from None
         raise TensorError(f"the request is not valid JSON: {e}") from None
+    if any(p is not None and nested_too_deep(p) for p in
+           (req.parameters, *(i.parameters for i in req.inputs), *(o.parameters for o in req.outputs or ()))):
+        raise TensorError(too_deep_message())
     if len(req.inputs) != 1:
         raise TensorError(f"a detector takes one input tensor, got {len(req.inputs)}")
     inp = req.inputs[0]
@@ -189,14 +212,24 @@ class BinaryPlan:
     """What the JSON header of a binary request says about the bytes that follow it: the
     request (``rows`` None until read), the rows' dtype and count (for reading them in blocks)."""
 
-    __slots__ = ("request", "dtype", "n_rows", "n_features")
+    __slots__ = ("request", "dtype", "n_rows", "n_features", "done")
 
     def __init__(self, request, dtype, n_rows, n_features):
         self.request, self.dtype, self.n_rows, self.n_features = request, dtype, n_rows, n_features
+        self.done = 0  # rows handed out so far: the blocks come in order
 
     def rows(self, raw) -> np.ndarray:
-        """float64 rows of a block of whole rows' bytes."""
+        """float64 rows of the next block of whole rows' bytes. A value that is not finite is
+        refused here, naming its row in the whole request: the model scoring the block would
+        name its row within the block."""
         block = np.frombuffer(raw, dtype=self.dtype).reshape(-1, self.n_features)
+        first, self.done = self.done, self.done + block.shape[0]
+        if block.dtype.kind == "f":
+            finite = np.isfinite(block)
+            if not finite.all():
+                r, c = np.argwhere(~finite)[0]
+                raise TensorError(f"input {self.request.input_name!r}: the value at row {first + r}, column {c} is "
+                                  f"{block[r, c]}; values must be finite numbers")
         return block.astype(np.float64) if block.dtype != np.float64 or not block.flags.aligned else block
 
 

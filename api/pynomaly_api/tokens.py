@@ -59,11 +59,16 @@ class ForbiddenError(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the token's subject and role (``expires`` is a Unix time)."""
+    """Who is calling: the token's subject and role (``expires`` is a Unix time); ``jti``, the
+    token's id, ``issued_at`` its ``iat`` and ``parent`` the id of the token a web session was
+    opened with: what revocation looks at (any may be None for an identity provider's token)."""
 
     subject: str
     role: str
     expires: float
+    jti: Optional[str] = None
+    issued_at: Optional[float] = None
+    parent: Optional[str] = None
 
     def may(self, action: str) -> bool:
         return _RANK[self.role] >= _RANK[PERMISSIONS[action]]
@@ -139,19 +144,44 @@ def rotate(home: Path, retire: Sequence[str] = ()) -> list:
 
 
 def create_token(home: Path, user: str, role: str, ttl_s: int = 86400, *, issuer: str = DEFAULT_ISSUER,
-                 audience: str = DEFAULT_AUDIENCE) -> Tuple[str, datetime]:
+                 audience: str = DEFAULT_AUDIENCE, role_claim: str = "role",
+                 parent: Optional[str] = None) -> Tuple[str, datetime]:
     """A token for ``user`` with ``role``, signed with the home's newest secret; returns it
-    and when it expires."""
+    and when it expires. ``parent``: the id of the token a web session is opened with (the
+    session is refused once that token is revoked)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     if not isinstance(user, str) or not user.strip() or len(user) > 200:
         raise ValueError("a token needs a user name (1 to 200 characters)")
     key = ensure_secret(home)[-1]
-    now = int(time.time())
-    claims = {"sub": user, "role": role, "iat": now, "nbf": now, "exp": now + int(ttl_s), "iss": issuer,
-              "aud": audience, "jti": uuid.uuid4().hex}
+    now = time.time()
+    # iat to the millisecond: a user removed (every token issued until then revoked) and added
+    # again within the same second must be able to sign in.
+    claims = {"sub": user, "role": role, "iat": round(now, 3), "nbf": int(now), "exp": int(now) + int(ttl_s),
+              "iss": issuer, "aud": audience, "jti": uuid.uuid4().hex}
+    claims[role_claim] = role
+    if parent is not None:
+        claims["parent"] = parent
     token = jwt.encode(claims, key["secret"], algorithm="HS256", headers={"kid": key["kid"]})
-    return token, datetime.fromtimestamp(now + int(ttl_s), timezone.utc)
+    return token, datetime.fromtimestamp(claims["exp"], timezone.utc)
+
+
+def token_id(text: str) -> Tuple[str, Optional[float]]:
+    """``(jti, exp)`` of a whole token, read without checking it (to revoke it: revoking a
+    forged token harms no one), or ``(text, None)`` for a bare token id."""
+    text = (text or "").strip()
+    if text.count(".") != 2:
+        if not text or len(text) > 200 or not text.isprintable() or " " in text:
+            raise ValueError("give a whole token (three dot-separated parts) or a token id (its jti)")
+        return text, None
+    try:
+        claims = jwt.decode(text, options={"verify_signature": False})
+    except jwt.PyJWTError as e:
+        raise ValueError(f"not a readable token: {e}") from None
+    jti, exp = claims.get("jti"), claims.get("exp")
+    if not isinstance(jti, str) or not jti:
+        raise ValueError("this token has no id (jti) to revoke: revoke its user instead (--user)")
+    return jti, float(exp) if isinstance(exp, (int, float)) else None
 
 
 # -- checking tokens ------------------------------------------------------------------------
@@ -187,8 +217,10 @@ class Verifier:
     _MEMORY = 4096
 
     def __init__(self, home: Path, public_keys: Optional[Dict[str, str]] = None, *, issuer: str = DEFAULT_ISSUER,
-                 audience: str = DEFAULT_AUDIENCE, role_claim: str = "role", secrets_enabled: bool = True):
+                 audience: str = DEFAULT_AUDIENCE, role_claim: str = "role", secrets_enabled: bool = True,
+                 revocations=None):
         self.home = local_dir(home)  # the secrets live there (a database home has no folder)
+        self.revocations = revocations  # a pynomaly.revocations.RevocationList, or None
         self.issuer, self.audience, self.role_claim = issuer, audience, role_claim
         self.secrets_enabled = secrets_enabled
         self._public = {kid: _public_key(p) for kid, p in (public_keys or {}).items()}
@@ -224,14 +256,18 @@ class Verifier:
         if time.monotonic() - self._checked_at > 1.0:
             self._reload()
         p = self._memory.get(token)
-        if p is not None:
-            if now < p.expires + LEEWAY_S:
-                return p
+        if p is not None and now >= p.expires + LEEWAY_S:
             self._memory.pop(token, None)
-        p = self._check(token)
-        if len(self._memory) >= self._MEMORY:
-            self._memory = {}
-        self._memory[token] = p
+            p = None
+        if p is None:
+            p = self._check(token)
+            if len(self._memory) >= self._MEMORY:
+                self._memory = {}
+            self._memory[token] = p
+        # Asked on every request, remembered tokens too: a revocation takes effect at once.
+        r = self.revocations
+        if r is not None and r.refuses(p.subject, p.issued_at, p.jti, p.parent):
+            raise TokenError("the token has been revoked (signed out, its user removed, or `pynomaly token revoke`)")
         return p
 
     def _check(self, token: str) -> Principal:
@@ -276,7 +312,10 @@ class Verifier:
         sub = claims["sub"]
         if not isinstance(sub, str) or not sub:
             raise TokenError("the token's subject (sub) must be a non-empty string")
-        return Principal(sub, role, float(claims["exp"]))
+        jti, iat, parent = claims.get("jti"), claims.get("iat"), claims.get("parent")
+        return Principal(sub, role, float(claims["exp"]), jti if isinstance(jti, str) else None,
+                         float(iat) if isinstance(iat, (int, float)) else None,
+                         parent if isinstance(parent, str) else None)
 
 
 def bearer(header: Optional[str]) -> str:
@@ -290,4 +329,4 @@ def bearer(header: Optional[str]) -> str:
 
 
 __all__ = ["ROLES", "PERMISSIONS", "Principal", "ANONYMOUS", "TokenError", "ForbiddenError", "Verifier",
-           "create_token", "rotate", "read_secrets", "ensure_secret", "parse_ttl", "bearer"]
+           "create_token", "token_id", "rotate", "read_secrets", "ensure_secret", "parse_ttl", "bearer"]

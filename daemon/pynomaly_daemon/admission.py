@@ -46,3 +46,35 @@ class Admission:
         self.rows -= rows
         if conn.read_paused or conn.eof:
             conn.after_done()
+
+
+class ConnectionLimits:
+    """Whether a new connection may stay: the one rule, mirrored by the native loop's
+    accept (python/src/netloop.cpp, ``connection_refusal``).
+
+    A peer without the admin role may hold at most ``per_uid`` connections, and only the first
+    ``total - reserve`` of all of them: a flood of one role-less uid (or of several) then
+    leaves room for an admin to connect and act.
+    """
+
+    __slots__ = ("total", "per_uid", "reserve", "admin_uids", "admin_gids")
+
+    def __init__(self, total: int, per_uid: int, reserve: int, admins: "tuple[list, list]"):
+        self.total, self.per_uid, self.reserve = total, per_uid, reserve
+        self.admin_uids, self.admin_gids = frozenset(admins[0]), frozenset(admins[1])
+
+    def refusal(self, uid, gid, open_total: int, open_uid: int) -> Optional[str]:
+        """Why a connection is refused (the ``too_many_connections`` message), or None.
+        ``open_total`` and ``open_uid`` count it among the open ones."""
+        if uid is not None and (uid in self.admin_uids or gid in self.admin_gids):
+            if open_total > self.total:
+                return f"the daemon serves at most {self.total} connections"
+            return None
+        if open_uid > self.per_uid:
+            return (f"uid {uid} holds {self.per_uid} connections, the most a uid without the admin role may "
+                    f"(--max-connections-per-uid)")
+        others = max(0, self.total - self.reserve)
+        if open_total > others:
+            return (f"the daemon serves at most {others} connections to peers without the admin role "
+                    f"(of {self.total}, {self.reserve} are kept for admins: --admin-connections)")
+        return None

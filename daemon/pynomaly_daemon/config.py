@@ -62,6 +62,11 @@ class Config:
                                       type=str, metavar="CMD")
     max_frame: int = _opt(wire.MAX_FRAME_DEFAULT, "largest frame accepted", flag="--max-frame-mb", scale=_MB, unit="MB")
     max_connections: int = _opt(1024, "connections served at once")
+    # Issue 25: one peer must not take every connection. A uid without the admin role holds at
+    # most this many, and the last --admin-connections are kept for admins (roles.Roles.admins).
+    max_connections_per_uid: int = _opt(256, "connections one uid without the admin role may hold")
+    admin_connections: int = _opt(16, "of --max-connections, kept for peers with the admin role (the daemon's "
+                                      "own uid without roles)", zero_ok=True)
     max_in_flight: int = _opt(4096, "requests admitted and not yet answered, all clients")
     max_in_flight_rows: int = _opt(8_000_000, "rows admitted and not yet answered, all clients")
     max_rx_bytes: int = _opt(1 << 30, "memory for large frames being received, all clients together",

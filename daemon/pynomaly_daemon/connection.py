@@ -99,16 +99,21 @@ class Connection(Replies, asyncio.BufferedProtocol):
         except (OSError, AttributeError):  # not Linux: no peer credentials
             self.set_peer(None, None, None)
         d.conns.add(self)
+        d.uid_conns[self.uid] += 1
         allowed = d.config.allowed_uids
         if allowed is not None and uid not in allowed:
             self.fail("forbidden", f"uid {uid} is not allowed to use this daemon")
             return
-        if len(d.conns) > d.config.max_connections:
-            self.fail("too_many_connections", f"the daemon serves at most {d.config.max_connections} connections")
+        why = d.limits.refusal(self.uid, self.gid, len(d.conns), d.uid_conns[self.uid])
+        if why:
+            self.fail("too_many_connections", why)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.d.conns.discard(self)
+        self.d.uid_conns[self.uid] -= 1
+        if not self.d.uid_conns[self.uid]:
+            del self.d.uid_conns[self.uid]
         self.d.rx_reserved -= self.reserved
         self.reserved = 0
         if self.partial_since is not None and not self.d.draining:

@@ -97,7 +97,9 @@ class NetPump:
         # 1k rows then cost no hop to Python and back. Larger ones go to the pool, split.
         self.net = wire.NetLoop(sock.fileno(), cfg.net_threads, cfg.max_frame, daemon.fast_rows,
                                 cfg.idle_inline_rows, cfg.max_connections, cfg.conn_max_in_flight, cfg.max_rx_bytes,
-                                cfg.idle_timeout, cfg.frame_timeout, cfg.write_timeout, uids, fast_uids, fast_gids)
+                                cfg.idle_timeout, cfg.frame_timeout, cfg.write_timeout, uids, fast_uids, fast_gids,
+                                daemon.limits.per_uid, daemon.limits.reserve, sorted(daemon.limits.admin_uids),
+                                sorted(daemon.limits.admin_gids))
         self.conns: dict = {}
         self._changed: dict = {}
         self._sync_handle = None

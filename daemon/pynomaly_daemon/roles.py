@@ -17,7 +17,7 @@ import os
 import pwd
 from typing import Iterable, Optional
 
-__all__ = ["Roles", "parse_roles", "ROLES", "DETECT_OPS"]
+__all__ = ["Roles", "parse_roles", "admin_ids", "ROLES", "DETECT_OPS"]
 
 DETECT_OPS = frozenset({"detect", "list", "info", "health", "stats"})
 ROLES = ("detect", "admin")
@@ -54,6 +54,12 @@ class Roles:
         need = "detect or admin" if op in DETECT_OPS else "admin"
         have = f"has the {role} role" if role else "has no role"
         return f"uid {uid} gid {gid} {have} on this daemon; {op!r} needs the {need} role"
+
+    def admins(self) -> "tuple[list, list]":
+        """The uids and gids with the admin role (the connections kept for admins are theirs)."""
+        uids = sorted({u for u, r in self.uids.items() if r == "admin"} | {self.owner})
+        gids = sorted(g for g, r in self.gids.items() if r == "admin")
+        return uids, gids
 
     def detectors(self) -> "tuple[list, list]":
         """The uids and gids that may detect (what the native loop serves without Python)."""
@@ -119,3 +125,9 @@ def parse_roles(specs: Optional[Iterable[str]], path: Optional[str] = None, owne
             if table.get(key) != "admin":
                 table[key] = role
     return Roles(uids, gids, os.getuid() if owner is None else owner)
+
+
+def admin_ids(access: Optional[Roles]) -> "tuple[list, list]":
+    """The uids and gids of admins: :meth:`Roles.admins`, and without roles the daemon's own uid
+    (every peer may then do everything, but only the daemon's user is known to own it)."""
+    return access.admins() if access is not None else ([os.getuid()], [])

@@ -52,9 +52,9 @@ import msgspec
 import pynomaly
 from pynomaly import wire
 from pynomaly.metrics import REQUEST_SECONDS
-from pynomaly.wire import Detect, Rows, default_socket_path  # noqa: F401 - default_socket_path is re-exported
+from pynomaly.wire import Detect, Rows, default_socket_path, unsafe_socket_folder  # noqa: F401 - default_socket_path is re-exported
 
-from .admission import Admission
+from .admission import Admission, ConnectionLimits
 from .audit import Auditor
 from .batching import Batcher, request_rows
 from pynomaly.serving import ModelCache
@@ -65,6 +65,7 @@ from .handlers import HANDLERS
 from .netloop import NetPump
 from .observe import Observer
 from .replies import Pending
+from .roles import admin_ids
 from .sharedmem import map_rows, names_memfd
 
 log = logging.getLogger("pynomaly_daemon")
@@ -91,6 +92,9 @@ class Daemon:
         self.batcher = Batcher(config, self.pool, self.admission, self.cache, self.counters, self.encoder,
                                lambda conn, req_id, code, msg: conn.reply_error(req_id, code, msg))
         self.conns: set = set()
+        self.uid_conns = collections.Counter()  # open connections (of self.conns) per peer uid
+        self.limits = ConnectionLimits(config.max_connections, config.max_connections_per_uid,
+                                       config.admin_connections, admin_ids(config.access))
         self.batcher.conns = self.conns
         self.rx_reserved = 0
         self.draining = False
@@ -147,6 +151,9 @@ class Daemon:
         d = os.path.dirname(path) or "."
         if os.path.abspath(path) == os.path.abspath(default_socket_path()):
             os.makedirs(d, mode=0o700, exist_ok=True)  # the default runtime folder is ours to create
+            why = unsafe_socket_folder(d)  # ... unless another user made it first
+            if why:
+                raise SystemExit(f"pynomaly daemon: {why}")
         elif not os.path.isdir(d):
             # A folder given explicitly is the user's: a typo must not create /nonexistent/dir as root.
             raise SystemExit(f"pynomaly daemon: the socket's folder {d} does not exist; create it first")

@@ -20,6 +20,7 @@ from ._errors import (
     PynomalyError,
     RepositoryError,
     ResultNotFoundError,
+    UntrustedPickleError,
 )
 from . import _core
 from .iforest import IsolationForest
@@ -54,6 +55,7 @@ __all__ = [
     "DatasetNotFoundError",
     "ResultNotFoundError",
     "ArtifactIntegrityError",
+    "UntrustedPickleError",
     "RepositoryError",
     "build_info",
     "Detector",

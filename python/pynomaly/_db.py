@@ -359,17 +359,17 @@ def transaction(db: Database, exclusive: bool = True):
     return db.transaction(exclusive)
 
 
-def connect(home, key: str, schema: str) -> Database:
-    """A connection to the repository database of ``home`` with ``schema`` (``CREATE TABLE IF
-    NOT EXISTS`` statements, ``;``-separated, written for SQLite) created once per process and
-    database."""
+def connect(home, key: str = "", schema: str = "") -> Database:
+    """A connection to the repository database of ``home``, migrated (see :func:`home_of`),
+    with ``schema`` (``CREATE TABLE IF NOT EXISTS`` statements, ``;``-separated, written for
+    SQLite), if any, created once per process and database."""
     resolved = home_of(home)
     try:
         db = Database(resolved)
     except sqlite3.DatabaseError as e:
         raise RepositoryError(f"the repository database of {resolved} cannot be used ({e})") from None
     ident = (db.where, key)
-    if ident not in _created:
+    if schema and ident not in _created:
         try:
             with db.schema_transaction():
                 for stmt in ddl(schema, db.dialect):

@@ -53,5 +53,10 @@ class ArtifactIntegrityError(PynomalyError):
     """An artifact or model file is missing, corrupted, or its signature does not match: it is refused."""
 
 
+class UntrustedPickleError(ArtifactIntegrityError):
+    """A pickled model not signed by this home's key: loading it would run whatever it holds.
+    Only whoever holds the machine may decide to trust it (``pynomaly import --trust-pickle``)."""
+
+
 class KeyRequiredError(RepositoryError):
     """An encrypted home's key is missing, unreadable or wrong: the message names what is missing."""

@@ -18,7 +18,8 @@ Layout (all integers and arrays little-endian, packed, no padding)::
     end-4   4   u32      CRC-32 (zlib) of every byte before it
 
 Header keys: "params" (the estimator's get_params(), JSON-able values), "n_features", "psi",
-"n_trees", "n_nodes", "max_samples_", "threshold", "n_train_scores".
+"n_trees", "n_nodes", "max_samples_", "threshold", "n_train_scores", and
+"feature_names" (list of strings, only for a detector fitted with column names; every kind).
 
 Neighbour detectors (kinds b"LOF\\0\\0\\0\\0\\0" and b"KNN\\0\\0\\0\\0\\0") use the same frame; their arrays
 are the training rows, then per-row float64 arrays::
@@ -49,7 +50,7 @@ import numpy as np
 
 from . import _core
 from ._errors import InvalidInputError, ModelFormatError
-from ._validation import check_contamination, resolve_n_jobs
+from ._validation import resolve_n_jobs
 
 MAGIC = b"PYNOMALY"
 VERSION = 1
@@ -150,7 +151,7 @@ def _model(cls, header: dict):
     except TypeError as e:
         raise ModelFormatError(f"model header is invalid: parameters of {cls.__name__}: {e}") from None
     try:
-        check_contamination(model.contamination)
+        model._rate()  # the contamination rate (or "auto" where the detector defines it)
         if resolve_n_jobs(model.n_jobs) > _INT32_MAX:
             raise InvalidInputError(f"n_jobs must be at most {_INT32_MAX}, got {model.n_jobs!r}")
         if hasattr(model, "_check_params"):  # the neighbour detectors' own check (k, metric, ...)
@@ -158,6 +159,19 @@ def _model(cls, header: dict):
     except InvalidInputError as e:
         raise ModelFormatError(f"model header is invalid: {e}") from None
     return model
+
+
+def with_feature_names(header: dict, model) -> dict:
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        header["feature_names"] = [str(n) for n in names]
+    return header
+
+
+def restore_feature_names(model, header: dict) -> None:
+    names = header.get("feature_names")
+    if isinstance(names, list) and len(names) == model.n_features_in_ and all(isinstance(n, str) for n in names):
+        model.feature_names_in_ = np.asarray(names, dtype=object)
 
 
 def dump_forest(model) -> bytes:
@@ -183,7 +197,7 @@ def dump_forest(model) -> bytes:
         arrays["leaf_value"].astype("<f8").tobytes(),
         scores.tobytes(),
     ]
-    return pack(KIND_IFOREST, header, parts)
+    return pack(KIND_IFOREST, with_feature_names(header, model), parts)
 
 
 def load_forest(cls, data):
@@ -224,6 +238,7 @@ def load_forest(cls, data):
     model.decision_scores_ = scores if n_scores else None
     model.threshold_ = threshold
     model.labels_ = None if model.decision_scores_ is None else (scores > threshold).astype(np.int64)
+    restore_feature_names(model, header)
     return model
 
 
@@ -246,7 +261,7 @@ def dump_neighbors(model, kind: bytes) -> bytes:
     parts = [np.ascontiguousarray(X, dtype=dtype).tobytes(), np.ascontiguousarray(model.decision_scores_, "<f8").tobytes()]
     if kind == KIND_LOF:
         parts += [np.ascontiguousarray(model._lrd, "<f8").tobytes(), np.ascontiguousarray(model._kdist, "<f8").tobytes()]
-    return pack(kind, header, parts)
+    return pack(kind, with_feature_names(header, model), parts)
 
 
 def load_neighbors(cls, data, kind: bytes, what: str):
@@ -264,8 +279,6 @@ def load_neighbors(cls, data, kind: bytes, what: str):
     if expected != len(data):
         raise ModelFormatError(f"model data has {len(data)} bytes, header implies {expected}")
     model = _model(cls, header)
-    if model.n_neighbors >= n:
-        raise ModelFormatError(f"model header is invalid: n_neighbors={model.n_neighbors} needs more than {n} rows")
 
     def take(dt, count):
         nonlocal pos
@@ -288,4 +301,5 @@ def load_neighbors(cls, data, kind: bytes, what: str):
         model._kdist = take("<f8", n)
     model.threshold_ = threshold
     model.labels_ = (scores > threshold).astype(np.int64)
+    restore_feature_names(model, header)
     return model

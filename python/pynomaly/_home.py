@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import uuid
 from pathlib import Path
 
 _URL_SCHEMES = ("postgresql://", "postgres://")
@@ -48,3 +50,48 @@ def local_dir(home) -> Path:
     tag = hashlib.sha256(redacted(home).encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "pynomaly"
     return base / "databases" / tag
+
+
+def signing_key(folder) -> bytes:
+    """The installation's 32-byte HMAC key, ``folder/secret.key`` (made, mode 0600, if absent).
+
+    It signs what must not be trusted just because it is stored: pickled artifacts, and alert
+    rules that run commands or name files. For a database home ``folder`` is :func:`local_dir`,
+    never the database: whoever can write rows must not thereby be able to make a replica
+    unpickle them or run a command. Replicas share it through PYNOMALY_CONFIG_DIR (the same
+    file mounted on each).
+    """
+    from ._errors import RepositoryError
+    from ._files import private_enough
+
+    path = Path(folder) / "secret.key"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise RepositoryError(f"cannot create the folder for {path}: {e}") from None
+        # Create under a temporary name, then link: concurrent creators agree on one key.
+        tmp = path.parent / f".key-{os.getpid()}-{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, os.urandom(32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        st = path.stat()
+    if not private_enough(st):
+        raise RepositoryError(
+            f"{path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+        )
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise RepositoryError(f"{path} is not a pynomaly key (expected 32 bytes, found {len(key)})")
+    return key

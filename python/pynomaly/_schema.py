@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _db
 from . import audit as _audit
+from . import revocations as _revocations
 
 __all__ = ["MIGRATIONS"]
 
@@ -88,10 +89,68 @@ CREATE TABLE IF NOT EXISTS version_marks (
 """ + _audit.HEAD_SCHEMA
 
 
+# The alert rules, their window counts and the outbox (pynomaly.alerts). Until migration 5 they
+# were created on first use, outside the numbered migrations: this is that shape, so a home that
+# already has them keeps them as they are.
+_ALERTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_rules (
+    id TEXT PRIMARY KEY,
+    detector TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    target TEXT NOT NULL,
+    secret TEXT,
+    score_above REAL,
+    rate_above REAL,
+    count INTEGER,
+    within REAL,
+    dedup REAL NOT NULL,
+    timeout REAL NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_rules_by_detector ON alert_rules (detector);
+CREATE TABLE IF NOT EXISTS alert_counts (
+    rule_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    n INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_counts_by_rule ON alert_counts (rule_id, at);
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    id TEXT PRIMARY KEY,
+    rule_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    sent_at REAL,
+    claimed_by TEXT,
+    claimed_until REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (state, next_at);
+CREATE INDEX IF NOT EXISTS alert_outbox_by_fingerprint ON alert_outbox (fingerprint, created_at)
+"""
+
+
 def _statements(schema: str):
     def apply(db):
         for stmt in _db.ddl(schema, db.dialect):
             db.execute(stmt)
+
+    return apply
+
+
+def _add_column(table: str, column: str, decl: str):
+    """``ALTER TABLE .. ADD COLUMN``, idempotent like the other migrations (SQLite has no
+    ``IF NOT EXISTS`` for columns)."""
+    def apply(db):
+        if db.postgres:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}")
+        elif column not in [r[1] for r in db.execute(f"PRAGMA table_info({table})")]:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     return apply
 
@@ -109,4 +168,9 @@ MIGRATIONS = [
     ("the audit table", _statements(_audit.SCHEMA)),
     ("dataset_data: the stored rows of uploaded datasets", _statements(_DATASET_DATA_SCHEMA)),
     ("a database home's artifacts, version marks and audit head", _database_home_only(_DATABASE_HOME_SCHEMA)),
+    ("alert rules, counts and outbox (made on first use before)", _statements(_ALERTS_SCHEMA)),
+    # A rule's HMAC under the installation's key (pynomaly.alerts.rule_signature): whoever can
+    # write rows cannot make a dispatcher run a command or write a file (issue 25).
+    ("alert_rules.signature", _add_column("alert_rules", "signature", "TEXT")),
+    ("revoked_tokens: API tokens and sessions revoked before they expire", _statements(_revocations.SCHEMA)),
 ]

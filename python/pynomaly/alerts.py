@@ -64,6 +64,8 @@ __all__ = [
     "RuleNotFoundError",
     "DeliveryError",
     "add_rule",
+    "approve_rule",
+    "rule_signature",
     "list_rules",
     "remove_rule",
     "evaluate",
@@ -78,48 +80,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pynomaly.alerts")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS alert_rules (
-    id TEXT PRIMARY KEY,
-    detector TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    target TEXT NOT NULL,
-    secret TEXT,
-    score_above REAL,
-    rate_above REAL,
-    count INTEGER,
-    within REAL,
-    dedup REAL NOT NULL,
-    timeout REAL NOT NULL,
-    max_attempts INTEGER NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alert_rules_by_detector ON alert_rules (detector);
-CREATE TABLE IF NOT EXISTS alert_counts (
-    rule_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    n INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alert_counts_by_rule ON alert_counts (rule_id, at);
-CREATE TABLE IF NOT EXISTS alert_outbox (
-    id TEXT PRIMARY KEY,
-    rule_id TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL,
-    created_at REAL NOT NULL,
-    sent_at REAL,
-    claimed_by TEXT,
-    claimed_until REAL,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (state, next_at);
-CREATE INDEX IF NOT EXISTS alert_outbox_by_fingerprint ON alert_outbox (fingerprint, created_at)
-"""
 
 OUTBOX_LIMIT = 10_000  # pending messages at most; beyond, new alerts are dropped (and counted)
 CLAIM_LEASE = 60.0  # seconds a claimed message may take to send before another dispatcher retries it
@@ -145,7 +105,7 @@ class NotificationService(Protocol):
 
 
 def _connect(home):
-    return _db.connect(home, "alerts", _SCHEMA)
+    return _db.connect(home)  # the tables are the repository's migrations 5 and 6 (pynomaly._schema)
 
 
 def _now() -> float:
@@ -173,19 +133,27 @@ def _positive(name, v, *, integer=False, unit=False):
 
 def add_rule(home, detector: str, channel: str, target: str, *, score_above=None, rate_above=None, count=None,
              within=None, dedup: float = 300.0, secret: Optional[str] = None, timeout: float = 10.0,
-             max_attempts: int = 8) -> dict:
-    """Store an alert rule for ``detector``; returns it as a dict (with ``id`` and, for a
-    webhook, the ``secret`` receivers verify signatures with: given, or a new ``whsec_`` one).
+             max_attempts: int = 8, from_network: bool = False) -> dict:
+    """Store an alert rule for ``detector``, signed with the installation's key (see
+    :func:`approve_rule`); returns it as a dict (with ``id`` and, for a webhook, the ``secret``
+    receivers verify signatures with: given, or a new ``whsec_`` one).
 
     ``channel`` is "webhook" (``target`` an http(s) URL), "command" (a command line), "log"
     (a file path) or a user's channel (entry point name or "module:Class"). ``within`` and
     ``dedup`` are seconds; ``count`` needs ``within``. The detector need not exist yet.
+    ``from_network``: the rule comes from a network caller (the HTTP API or pages), who may
+    only add webhooks: the other channels run code or write files on the server.
     """
     from .domain import check_name
 
     check_name(detector)
     if not isinstance(channel, str) or not channel:
         raise InvalidInputError("an alert rule needs a channel: webhook, command, log or a plugin name")
+    if from_network and channel != "webhook":
+        raise InvalidInputError(
+            f"alert rules added over the network may only be webhooks; a {channel} channel runs code or writes "
+            "files on the server, so add it on the server's machine: pynomaly alerts add"
+        )
     if not isinstance(target, str) or not target.strip():
         raise InvalidInputError(f"the {channel} channel needs a target (URL, command or file)")
     if channel == "webhook":
@@ -197,6 +165,7 @@ def add_rule(home, detector: str, channel: str, target: str, *, score_above=None
         if secret is None:
             secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         _key(secret)
+        _refuse_named_internal_host(u.hostname or "")
     elif channel == "command":
         try:
             if not shlex.split(target):
@@ -224,32 +193,82 @@ def add_rule(home, detector: str, channel: str, target: str, *, score_above=None
     rule_id = uuid.uuid4().hex[:12]
     db = _connect(home)
     try:
+        key = _signing_key(db)
+        signature = rule_signature(key, rule_id, detector, channel, target, float(timeout))
         db.execute(
             "INSERT INTO alert_rules (id, detector, channel, target, secret, score_above, rate_above, count, within,"
-            " dedup, timeout, max_attempts, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " dedup, timeout, max_attempts, created_at, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (rule_id, detector, channel, target, secret, score_above, rate_above, count, within, float(dedup),
-             float(timeout), int(max_attempts), _now()),
+             float(timeout), int(max_attempts), _now(), signature),
         )
-        return _rule_dict(db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone())
+        return _rule_dict(db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone(), key)
     finally:
         db.close()
 
 
-def _rule_dict(r) -> dict:
+# -- signed rules ----------------------------------------------------------------------------
+# A rule decides what a dispatcher runs (command), imports (a plugin) or writes (log) and where
+# it sends detections (webhook). On a shared database, write access to rows must not be code
+# execution on every worker (issue 25), so the fields that decide it are signed with the
+# installation's key, which lives beside the home, never in the database (as pickles' are).
+def _signing_key(db) -> bytes:
+    from ._home import local_dir, signing_key
+
+    return signing_key(local_dir(db.home))
+
+
+def rule_signature(key: bytes, rule_id: str, detector: str, channel: str, target: str, timeout: float) -> str:
+    """HMAC-SHA256 (hex) of a rule's id, detector, channel, target and timeout under ``key``."""
+    msg = "\0".join(("pynomaly-alert-rule/1", rule_id, detector, channel, target, repr(float(timeout))))
+    return hmac.new(key, msg.encode(), hashlib.sha256).hexdigest()
+
+
+def _signed(rule, key: bytes, rule_id: Optional[str] = None) -> bool:
+    sig = rule["signature"]
+    return isinstance(sig, str) and hmac.compare_digest(
+        rule_signature(key, rule_id or rule["id"], rule["detector"], rule["channel"], rule["target"],
+                       rule["timeout"]), sig)
+
+
+def _rule_dict(r, key: bytes) -> dict:
     d = dict(r)
     d["created_at"] = _iso(d["created_at"])
+    d["approved"] = _signed(r, key)  # signed by this installation's key, and unchanged since
+    del d["signature"]
     return d
 
 
 def list_rules(home, detector: Optional[str] = None) -> list:
-    """The alert rules (of one detector, or all), oldest first, as dicts."""
+    """The alert rules (of one detector, or all), oldest first, as dicts; ``approved`` says
+    whether a rule is signed by this installation's key (an unapproved rule's alerts are
+    dead-lettered, not sent)."""
     db = _connect(home)
     try:
         if detector is None:
             rows = db.execute("SELECT * FROM alert_rules ORDER BY created_at")
         else:
             rows = db.execute("SELECT * FROM alert_rules WHERE detector=? ORDER BY created_at", (detector,))
-        return [_rule_dict(r) for r in rows]
+        key = _signing_key(db)
+        return [_rule_dict(r, key) for r in rows]
+    finally:
+        db.close()
+
+
+def approve_rule(home, rule_id: str) -> dict:
+    """Sign an existing rule with the installation's key, as it stands now: for rules made
+    before rules were signed, or found unapproved. Look at its channel and target first
+    (``pynomaly alerts list``): approving is vouching for what it runs or where it sends.
+    Returns the rule."""
+    db = _connect(home)
+    try:
+        key = _signing_key(db)
+        with _db.transaction(db):
+            r = db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone()
+            if r is None:
+                raise RuleNotFoundError(f"no alert rule {rule_id!r}; see: pynomaly alerts list")
+            sig = rule_signature(key, r["id"], r["detector"], r["channel"], r["target"], r["timeout"])
+            db.execute("UPDATE alert_rules SET signature=? WHERE id=?", (sig, rule_id))
+        return _rule_dict(db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone(), key)
     finally:
         db.close()
 
@@ -264,7 +283,7 @@ def remove_rule(home, rule_id: str) -> dict:
                 raise RuleNotFoundError(f"no alert rule {rule_id!r}; see: pynomaly alerts list")
             db.execute("DELETE FROM alert_rules WHERE id=?", (rule_id,))
             db.execute("DELETE FROM alert_counts WHERE rule_id=?", (rule_id,))
-        return _rule_dict(r)
+        return _rule_dict(r, _signing_key(db))
     finally:
         db.close()
 
@@ -493,17 +512,84 @@ def verify(secret: str, headers, body: bytes, tolerance: float = 300.0) -> bool:
     return any(hmac.compare_digest(want, s) for s in sigs.split(" "))
 
 
+ALLOW_ENV = "PYNOMALY_WEBHOOK_ALLOW"
+
+
+def _allowed_networks() -> list:
+    """Networks named in ``$PYNOMALY_WEBHOOK_ALLOW`` (comma-separated, e.g. ``127.0.0.0/8,::1``):
+    internal addresses webhooks may target all the same (a receiver on the same machine)."""
+    import ipaddress
+
+    nets = []
+    for part in os.environ.get(ALLOW_ENV, "").split(","):
+        if part.strip():
+            try:
+                nets.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise DeliveryError(f"{ALLOW_ENV} holds {part.strip()!r}, which is not an address or network") from None
+    return nets
+
+
+def _internal(ip) -> bool:
+    """Loopback, link-local (cloud metadata services live there), unspecified or multicast:
+    addresses a webhook has no business reaching unless the operator allows it."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast
+
+
+def _refuse_named_internal_host(host: str) -> None:
+    """At ``add_rule``: a literal internal address or ``localhost`` is refused now (a name is
+    resolved, and checked, at each delivery)."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if host.lower().rstrip(".") not in ("localhost", "localhost.localdomain") and not host.lower().endswith(".localhost"):
+            return
+        ip = ipaddress.ip_address("127.0.0.1")
+    if _internal(ip) and not any(ip in n for n in _allowed_networks()):
+        raise InvalidInputError(
+            f"webhook target {host!r} is a loopback, link-local or unspecified address; allow it by setting "
+            f"{ALLOW_ENV} (e.g. {ALLOW_ENV}=127.0.0.0/8) for a receiver on this machine"
+        )
+
+
+def _checked_address(host: str, port: int) -> str:
+    """One address of ``host`` to connect to, every one of its addresses checked first: a name
+    that resolves to an internal address is refused, unless allowed (see :func:`_internal`)."""
+    import ipaddress
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise DeliveryError(f"cannot resolve {host}: {e}") from None
+    allowed = _allowed_networks()
+    addrs = []
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if _internal(ip) and not any(ip in n for n in allowed):
+            raise DeliveryError(f"{host} resolves to {ip}, an internal address webhooks may not target "
+                                f"(allow it with {ALLOW_ENV})")
+        addrs.append(info[4][0])
+    return addrs[0]
+
+
 class WebhookChannel:
-    """POSTs the message as JSON, signed per Standard Webhooks; a 2xx answer is delivery."""
+    """POSTs the message as JSON, signed per Standard Webhooks; a 2xx answer is delivery.
+
+    The connection goes to an address checked when it was resolved (no second lookup for a
+    rebinding name to change), and redirects are not followed: a receiver that answers 3xx is
+    a failed delivery, so a webhook cannot be bounced to an internal address."""
 
     def __init__(self, secret: Optional[str] = None, timeout: float = 10.0):
         self.secret = secret
         self.timeout = timeout
 
     def send_alert(self, message: dict, recipients: list, msg_id: Optional[str] = None) -> None:
-        import urllib.error
-        import urllib.request
-
         body = json.dumps(message).encode()
         msg_id = msg_id or "msg_" + uuid.uuid4().hex
         ts = int(time.time())
@@ -512,14 +598,44 @@ class WebhookChannel:
         if self.secret:
             headers["webhook-signature"] = sign(self.secret, msg_id, ts, body)
         for url in recipients:
-            req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    r.read(65536)
-            except urllib.error.HTTPError as e:
-                raise DeliveryError(f"{url} answered {e.code} {e.reason}") from None
-            except (urllib.error.URLError, OSError) as e:
-                raise DeliveryError(f"{url}: {getattr(e, 'reason', e)}") from None
+            self._post(url, body, headers)
+
+    def _post(self, url: str, body: bytes, headers: dict) -> None:
+        import http.client
+        import socket
+        import ssl
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise DeliveryError(f"{url} is not an http:// or https:// URL")
+        port = u.port or (443 if u.scheme == "https" else 80)
+        addr = _checked_address(u.hostname, port)
+        timeout = self.timeout
+
+        class Pinned(http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection):
+            def connect(self):
+                sock = socket.create_connection((addr, port), timeout)
+                if u.scheme == "https":
+                    sock = self._context.wrap_socket(sock, server_hostname=u.hostname)
+                self.sock = sock
+
+        kw = {"context": ssl.create_default_context()} if u.scheme == "https" else {}
+        conn = Pinned(u.hostname, port, timeout=timeout, **kw)
+        try:
+            path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+            conn.request("POST", path, body=body, headers=headers)
+            r = conn.getresponse()
+            r.read(65536)
+            if 300 <= r.status < 400:
+                raise DeliveryError(f"{url} answered {r.status} {r.reason} (to {r.getheader('location')!r}); "
+                                    "redirects are not followed: point the rule at the final URL")
+            if not 200 <= r.status < 300:
+                raise DeliveryError(f"{url} answered {r.status} {r.reason}")
+        except (OSError, http.client.HTTPException) as e:
+            raise DeliveryError(f"{url}: {e}") from None
+        finally:
+            conn.close()
 
 
 class CommandChannel:
@@ -608,7 +724,11 @@ def deliver(home, *, limit: int = 100, backoff: float = BACKOFF, max_backoff: fl
             worker: Optional[str] = None) -> dict:
     """Send the due messages of the outbox (at most ``limit``); returns counts of ``sent``,
     ``retry`` and ``dead``. Several dispatchers may run at once: each message is claimed by
-    one (a claim older than :data:`CLAIM_LEASE` is taken back, for a dispatcher that died)."""
+    one (a claim older than :data:`CLAIM_LEASE` is taken back, for a dispatcher that died).
+
+    A message goes where its rule, as signed, says: the rule's channel and target, checked
+    against its signature (:func:`approve_rule`), never a copy in the outbox row. A message
+    whose rule is unsigned or was altered is dead at once, and the refusal is audited."""
     from . import metrics
 
     worker = worker or f"{os.getpid()}:{threading.get_ident()}"
@@ -621,18 +741,24 @@ def deliver(home, *, limit: int = 100, backoff: float = BACKOFF, max_backoff: fl
             return out  # nothing due: an idle dispatcher only reads
         with _db.transaction(db, exclusive=False):  # PostgreSQL: dispatchers take different rows
             rows = db.execute(
-                "SELECT o.*, r.secret, r.target, r.timeout, r.max_attempts FROM alert_outbox o"
+                "SELECT o.id, o.rule_id, o.payload, o.attempts, r.id AS rid, r.detector, r.channel, r.target,"
+                " r.secret, r.timeout, r.max_attempts, r.signature FROM alert_outbox o"
                 " LEFT JOIN alert_rules r ON r.id = o.rule_id"
                 " WHERE (o.state='pending' AND o.next_at <= ?) OR (o.state='sending' AND o.claimed_until < ?)"
                 " ORDER BY o.next_at LIMIT ?" + db.skip_locked("o"), (now, now, int(limit))).fetchall()
             for r in rows:
                 db.execute("UPDATE alert_outbox SET state='sending', claimed_by=?, claimed_until=? WHERE id=?",
                            (worker, now + CLAIM_LEASE, r["id"]))
+        key = _signing_key(db) if rows else b""
         for r in rows:
-            label = _channel_label(r["channel"])
-            error = None
-            if r["target"] is None:
-                error = "its rule was removed"
+            label = _channel_label(r["channel"]) if r["rid"] is not None else "none"
+            error, final = None, False
+            if r["rid"] is None:
+                error, final = "its rule was removed", True
+            elif not _signed(r, key, r["rid"]):
+                error, final = (f"rule {r['rid']} is not approved (unsigned, or altered since it was signed); if it "
+                                f"is yours, check it and run: pynomaly alerts approve {r['rid']}"), True
+                _audit_refusal(db, r, error)
             else:
                 try:
                     ch = channel_for(r["channel"], r["target"], r["secret"], r["timeout"])
@@ -649,7 +775,7 @@ def deliver(home, *, limit: int = 100, backoff: float = BACKOFF, max_backoff: fl
                            (attempts, _now(), r["id"], worker))
                 out["sent"] += 1
                 metrics.ALERTS_SENT.inc(channel=label, outcome="sent")
-            elif r["target"] is None or attempts >= (r["max_attempts"] or 1):
+            elif final or attempts >= (r["max_attempts"] or 1):
                 db.execute("UPDATE alert_outbox SET state='dead', attempts=?, claimed_by=NULL, claimed_until=NULL,"
                            " last_error=? WHERE id=? AND claimed_by=?", (attempts, error, r["id"], worker))
                 out["dead"] += 1
@@ -665,6 +791,22 @@ def deliver(home, *, limit: int = 100, backoff: float = BACKOFF, max_backoff: fl
     finally:
         if db is not home:
             db.close()
+
+
+def _audit_refusal(db, r, error: str) -> None:
+    """Record in the home's audit trail that a message of an unapproved rule was not sent,
+    with what the rule asked for (someone with write access to the rows may have made it)."""
+    from .audit import default_actor
+    from .repository import Repository
+
+    try:
+        with Repository(db.home) as repo:
+            repo.audit_append(actor=default_actor(), action="alerts.refused", target=r["rid"],
+                              origin=f"alerts dispatcher pid={os.getpid()}", outcome=f"refused: {error}",
+                              detail={"message": r["id"], "detector": r["detector"], "channel": r["channel"],
+                                      "target": r["target"]})
+    except Exception as e:  # noqa: BLE001 - the message is dead-lettered whatever the trail says
+        log.error("alert %s refused but not audited: %s", r["id"], e)
 
 
 def outbox(home, state: Optional[str] = None, limit: int = 100) -> list:

@@ -10,6 +10,15 @@
 - Decisions follow the parameters after fit: assigning ``contamination`` (or an explicit
   ``threshold``), directly or with ``set_params``, re-derives ``threshold_`` and ``labels_``
   from ``decision_scores_`` without refitting.
+- ``contamination="auto"`` (scikit-learn's default) is a fixed threshold on the score scale
+  where the detector defines one (IsolationForest: 0.5, LOF: 1.5), as scikit-learn's offset_.
+- scikit-learn sees an outlier detector (``__sklearn_tags__``, without importing scikit-learn
+  until it asks), so Pipeline, GridSearchCV, cross_val_score and clone accept every detector.
+  ``predict`` stays 0/1 as in PyOD, not scikit-learn's +1/-1.
+- Fitted on a DataFrame with string column names, a detector keeps them in
+  ``feature_names_in_`` and scores a DataFrame by name: the same columns in another order are
+  put back in the fitted order, missing or unknown columns are refused. Plain arrays are read
+  by position.
 """
 
 from __future__ import annotations
@@ -20,7 +29,10 @@ import numpy as np
 
 from . import scores as _scores
 from ._errors import InvalidInputError, NotFittedError
-from ._validation import check_contamination
+from ._validation import as_matrix, check_contamination, feature_names
+
+
+_OWN = object()  # "the detector's own contamination" (None is a value to refuse)
 
 
 class BaseDetector:
@@ -34,6 +46,11 @@ class BaseDetector:
     """
 
     threshold = None
+    # What scikit-learn < 1.6 reads instead of tags (sklearn.base.is_outlier_detector).
+    _estimator_type = "outlier_detector"
+    # The threshold contamination="auto" stands for, on this detector's score scale (None:
+    # "auto" is refused, the detector has no score with a fixed meaning).
+    _auto_threshold = None
 
     def __init__(self, contamination: float = 0.1):
         self.contamination = contamination
@@ -41,7 +58,9 @@ class BaseDetector:
     # -- decisions that follow their parameters --------------------------------------------
     def __setattr__(self, name, value):
         if name == "decision_scores_":
-            self.__dict__.pop("_score_cache", None)
+            # A fresh, empty cache rather than none: filling it later (predict_proba) then does
+            # not change the detector's __dict__, which scikit-learn checks.
+            object.__setattr__(self, "_score_cache", {})
         elif name in ("contamination", "threshold") and "threshold_" in self.__dict__:
             self._redecide(name, value)
             return
@@ -60,8 +79,8 @@ class BaseDetector:
             if scores is not None:
                 self.labels_ = (scores > t).astype(np.int64)
             return
-        c = check_contamination(value if name == "contamination" else self.contamination)
-        if scores is None:
+        c = self._rate(value if name == "contamination" else self.contamination)
+        if scores is None and c is not None:
             raise InvalidInputError(
                 f"this {type(self).__name__} has no training scores (decision_scores_ is None, e.g. imported "
                 "from scikit-learn), so a contamination rate cannot be turned into a threshold; set "
@@ -70,8 +89,22 @@ class BaseDetector:
         object.__setattr__(self, name, value)
         if name == "contamination":
             self.__dict__.pop("threshold", None)  # back to rate-based decisions
-        self.threshold_ = _scores.threshold(scores, c)
-        self.labels_ = (scores > self.threshold_).astype(np.int64)
+        self.threshold_ = self._auto_threshold if c is None else _scores.threshold(scores, c)
+        if scores is not None:
+            self.labels_ = (scores > self.threshold_).astype(np.int64)
+
+    def _rate(self, contamination=_OWN) -> "float | None":
+        """The checked contamination rate (this detector's, or the value given), or None for
+        "auto" where this detector defines it."""
+        c = self.contamination if contamination is _OWN else contamination
+        if isinstance(c, str) and c == "auto":
+            if self._auto_threshold is None:
+                raise InvalidInputError(
+                    f"contamination='auto' is not defined for {type(self).__name__} (its scores have no fixed scale "
+                    "to cut at); give a rate in (0, 0.5], or set threshold to a score"
+                )
+            return None
+        return check_contamination(c)
 
     # -- the parameter API (scikit-learn's contract) ---------------------------------------
     @classmethod
@@ -99,16 +132,82 @@ class BaseDetector:
             setattr(self, name, value)
         return self
 
+    def __sklearn_tags__(self):
+        """scikit-learn's (>= 1.6) description of this estimator: an outlier detector.
+
+        Only scikit-learn calls it, so scikit-learn is imported here and never by ``import
+        pynomaly``; the tags are those ``BaseEstimator`` + ``OutlierMixin`` would give.
+        """
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type="outlier_detector", target_tags=TargetTags(required=False),
+                    transformer_tags=None, regressor_tags=None, classifier_tags=None)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+    # -- input: the fitted features, by name or by position ---------------------------------
+    def _fit_input(self, X) -> np.ndarray:
+        """X as a matrix for ``fit``; a DataFrame's string column names become
+        ``feature_names_in_`` (and those of an earlier fit are forgotten otherwise)."""
+        names = feature_names(X)
+        X = as_matrix(X)
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+        return X
+
+    def _score_input(self, X) -> np.ndarray:
+        """X as a matrix for scoring: a DataFrame's columns taken by name in the fitted order,
+        then the number of features checked."""
+        X = as_matrix(self._in_fitted_order(X))
+        self._check_n_features(X.shape[1])
+        return X
+
+    def _check_n_features(self, d: int) -> None:
+        want = self.__dict__.get("n_features_in_")
+        if want is not None and d != want:
+            raise InvalidInputError(
+                f"X has {d} features, but {type(self).__name__} is expecting {want} features as input"
+            )
+
+    def _in_fitted_order(self, X):
+        """X with its columns in the order of ``feature_names_in_``.
+
+        Reordering (not refusing, as scikit-learn does) because a column's name says what it
+        holds: the same names in another order have one meaning, and the CLI selects CSV
+        columns by name the same way. Missing, unknown or repeated names are refused; data
+        without names (arrays, integer column labels) is read by position.
+        """
+        fitted = self.__dict__.get("feature_names_in_")
+        names = feature_names(X)
+        if fitted is None or names is None:
+            return X
+        fitted = list(fitted)
+        if names == fitted:
+            return X
+        missing = [c for c in fitted if c not in names]
+        unknown = [c for c in names if c not in fitted]
+        if missing or unknown or len(set(names)) != len(names):
+            detail = "; ".join(part for part in (
+                f"missing {missing}" if missing else "",
+                f"not seen at fit {unknown}" if unknown else "",
+                "repeated names" if len(set(names)) != len(names) and not (missing or unknown) else "",
+            ) if part)
+            raise InvalidInputError(
+                f"X's column names do not match those {type(self).__name__} was fitted with ({detail}); "
+                f"expected the columns {fitted}, in any order, or a plain array in that order"
+            )
+        return X[fitted]
 
     # -- PyOD's contract -----------------------------------------------------------------
     def check_fit(self, n_rows: int, n_features: int) -> None:
         """Check, before any work, what a ``fit`` on data of this shape can check: the
         parameters, and where a detector can estimate it, the memory the fit would need.
         Raises InvalidInputError; ``fit`` makes the same checks itself."""
-        check_contamination(self.contamination)
+        self._rate()
 
     def fit(self, X, y=None):  # pragma: no cover - every detector overrides it
         raise NotImplementedError
@@ -173,6 +272,67 @@ class BaseDetector:
         self._check_fitted()
         self._training_stats("predict_confidence")
         return self._confidence_of(self.decision_function(X))
+
+    def predict_with_rejection(self, X, T: float = 32, return_stats: bool = False, delta: float = 0.1,
+                               c_fp: float = 1, c_fn: float = 1, c_r: float = -1):
+        """0/1 labels, with -2 for the predictions not confident enough to keep, as PyOD defines it.
+
+        A label is rejected when its ExCeeD confidence, mapped to ``2 |conf - 0.5|``, is at or
+        below ``1 - 2 exp(-T)`` (Perini and Davis 2023). PyOD's signature and result.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+        T : float, default 32
+            Higher rejects more.
+        return_stats : bool
+            Also return ``[expected rejection rate, its upper bound, upper bound of the cost]``.
+        delta : float in (0, 1), default 0.1
+            The rejection-rate bound holds with probability ``1 - delta``.
+        c_fp, c_fn, c_r : float
+            Costs of a false positive, a false negative and a rejection (``c_r`` negative:
+            the contamination rate).
+
+        Unlike PyOD, out-of-range ``delta`` or a negative ``c_r`` with ``return_stats`` do not
+        warn and substitute a value: a negative ``c_r`` means the contamination rate (PyOD's
+        default) and a ``delta`` outside (0, 1) is refused.
+        """
+        self._check_fitted()
+        self._training_stats("predict_with_rejection")
+        if not (0 < delta < 1):
+            raise InvalidInputError(f"delta must be in (0, 1), got {delta!r}")
+        scores = self.decision_function(X)
+        labels = (scores > self.threshold_).astype(np.int64)
+        confidence = self._confidence_of(scores)
+        confidence = np.where(labels == 0, 1 - confidence, confidence)
+        self.rejection_threshold_ = 1 - 2 * np.exp(-T)
+        labels[2 * np.abs(confidence - 0.5) <= self.rejection_threshold_] = -2
+        if not return_stats:
+            return labels
+        return labels, self._rejection_stats(T, delta, c_fp, c_fn, c_r)
+
+    def _rejection_stats(self, T, delta, c_fp, c_fn, c_r) -> list:
+        """PyOD's ``compute_rejection_stats``: expected rejection rate, its upper bound (with
+        probability 1 - delta) and the upper bound of the cost, from n and the rate."""
+        from scipy.optimize import root_scalar
+        from scipy.stats import binom
+
+        gamma = self._labelled_rate()
+        c_r = gamma if c_r < 0 else c_r
+        n = len(self._training_scores("predict_with_rejection"))
+        k = int(n * gamma) - 1
+
+        def root(C):
+            return root_scalar(lambda p: binom.cdf(k, n, p) - C, bracket=[0, 1], method="brentq").root
+
+        q1, q2 = root(1 - np.exp(-T)), root(np.exp(-T))
+        right = min(1, (-gamma * (n + 2) + n + 1) / n + (T * (n + 2)) / np.sqrt(2 * n**3 * T))
+        left = max(0, (2 + n * (1 - gamma) * (n + 1)) / n**2 - np.sqrt(
+            0.5 * n**5 * (2 * n * (-3 * gamma**2 - 2 * n * (1 - gamma) ** 2 + 4 * gamma - 3) + T * (n + 2) ** 2 - 8)
+        ) / n**4)
+        upper_rate = right - left + 2 * np.sqrt(np.log(2 / delta) / (2 * n))
+        upper_cost = min(gamma, q1) * c_fp + min(1 - q2, gamma) * c_fn + (q2 - q1) * c_r
+        return [q2 - q1, upper_rate, upper_cost]
 
     def score_with_confidence(self, X, method: str = "linear"):
         """Normalised outlier score in [0, 1] and its ExCeeD confidence per row, from one scoring pass.
@@ -239,11 +399,15 @@ class BaseDetector:
     def _confidence_of(self, scores: np.ndarray) -> np.ndarray:
         self._check_fitted()
         ref = self._sorted_training_scores()
-        if self.threshold is None:
-            contam = check_contamination(self.contamination)
-        else:  # PyOD's rule when the threshold does not come from a rate: the labelled share
-            contam = float(np.sum(self.labels_)) / len(self.labels_)
-        return _scores.confidence(scores, ref, contam, self.threshold_)
+        return _scores.confidence(scores, ref, self._labelled_rate(), self.threshold_)
+
+    def _labelled_rate(self) -> float:
+        """The contamination rate, or, where the threshold does not come from a rate (an explicit
+        threshold, "auto"), PyOD's rule: the share of training rows labelled anomalous."""
+        rate = None if self.threshold is not None else self._rate()
+        if rate is None:
+            return float(np.sum(self.labels_)) / len(self.labels_)
+        return rate
 
     def _check_fitted(self):
         if not hasattr(self, "threshold_"):
@@ -253,13 +417,15 @@ class BaseDetector:
         """Derive threshold_ and labels_ from decision_scores_ and contamination (PyOD's rule).
 
         The threshold equals ``np.percentile(decision_scores_, 100 * (1 - contamination))``
-        bit for bit (native O(n) selection), or the explicit ``threshold`` when one is set.
+        bit for bit (native O(n) selection), the explicit ``threshold`` when one is set, or
+        the detector's fixed threshold for ``contamination="auto"``.
         """
         scores = self.decision_scores_
         if self.threshold is not None:
             self.threshold_ = _check_threshold(self.threshold)
         else:
-            self.threshold_ = _scores.threshold(scores, check_contamination(self.contamination))
+            rate = self._rate()
+            self.threshold_ = self._auto_threshold if rate is None else _scores.threshold(scores, rate)
         self.labels_ = (scores > self.threshold_).astype(np.int64)
 
 

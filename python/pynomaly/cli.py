@@ -148,7 +148,8 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--contamination", type=float, help="label this share of the rows (0, 0.5]")
     d.add_argument("--output", help="write per-row scores and labels (.csv, .json or .parquet)")
     d.add_argument("--columns", type=_columns, help="comma-separated feature columns (names or indices); default: "
-                   "the columns the detector was trained on, by name, when the file has them")
+                   "the columns the detector was trained on, by name; a header lacking some of them is refused "
+                   "(indices read a file by position)")
     d.add_argument("--top", type=int, default=5, help="how many top anomalies to print (default 5)")
     d.add_argument("--no-save", action="store_true", help="do not record the result in the repository")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -268,6 +269,12 @@ def _build_parser() -> argparse.ArgumentParser:
     alst.add_argument("--json", action="store_true", help="print the rules as JSON")
     ar = asub.add_parser("remove", help="remove a rule (its queued messages are still sent)")
     ar.add_argument("rule", help="rule id")
+    ap = asub.add_parser("approve", help="sign a rule with this installation's key, so its alerts are sent",
+                         description="Sign an existing rule (as it stands now) with this installation's key. Rules "
+                         "are signed when added; a rule made before rules were signed, or changed in the database "
+                         "since, is not approved and its alerts are dead-lettered. Check its channel and target "
+                         "first (pynomaly alerts list): approving vouches for what it runs or where it sends.")
+    ap.add_argument("rule", help="rule id")
     ao = asub.add_parser("outbox", help="queued, sent and dead alert messages")
     ao.add_argument("--state", choices=["pending", "sending", "sent", "dead"], help="only messages in this state")
     ao.add_argument("--limit", type=int, default=50, help="at most this many, newest first (default 50)")
@@ -687,11 +694,15 @@ def _cmd_alerts(args, home, progress, out):
                     parts.append(f"{r['count']} in {r['within'] / 60:g}min")
                 return " and ".join(parts) or "any anomaly"
 
-            out.write(_table([(r["id"], r["detector"], r["channel"], r["target"], when(r)) for r in rules],
-                             ("ID", "DETECTOR", "CHANNEL", "TARGET", "WHEN")) + "\n")
+            out.write(_table([(r["id"], r["detector"], r["channel"], r["target"], when(r),
+                               "yes" if r["approved"] else "NO: pynomaly alerts approve " + r["id"]) for r in rules],
+                             ("ID", "DETECTOR", "CHANNEL", "TARGET", "WHEN", "APPROVED")) + "\n")
     elif c == "remove":
         r = alerts.remove_rule(home, args.rule)
         out.write(f"removed rule {r['id']} ({r['detector']}, {r['channel']})\n")
+    elif c == "approve":
+        r = alerts.approve_rule(home, args.rule)
+        out.write(f"approved rule {r['id']} ({r['detector']}: {r['channel']} {r['target']})\n")
     elif c == "outbox":
         msgs = alerts.outbox(home, args.state, args.limit)
         if args.json:
@@ -751,6 +762,8 @@ def _audited(args):
         return f"keys.{args.keys_command}", ""
     if c == "doctor" and args.repair:
         return "doctor.repair", ""
+    if c == "alerts" and args.alerts_command in ("add", "remove", "approve"):
+        return f"alerts.{args.alerts_command}", getattr(args, "rule", None) or args.detector
     if c == "quickstart":
         return "train", args.detector
     return None

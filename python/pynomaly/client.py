@@ -32,7 +32,8 @@ from . import wire
 from ._errors import PynomalyError
 from ._validation import as_matrix
 
-__all__ = ["Client", "AsyncClient", "Detection", "DaemonError", "DaemonInputError", "DaemonUnavailableError"]
+__all__ = ["Client", "AsyncClient", "Detection", "DaemonError", "DaemonInputError", "DaemonUnavailableError",
+           "DaemonUntrustedError"]
 
 _LEN = wire.FRAME_LENGTH
 _INPUT_CODES = {"bad_request", "bad_shape", "bad_dtype", "bad_value"}
@@ -53,6 +54,56 @@ class DaemonInputError(DaemonError, ValueError):
 
 class DaemonUnavailableError(PynomalyError, ConnectionError):
     """No daemon answers on the socket, the connection broke, or a call timed out."""
+
+
+class DaemonUntrustedError(DaemonUnavailableError):
+    """The socket may not be the daemon meant: its default folder could be another user's, or
+    the process listening on it runs as another uid than the client expects (``daemon_uid``).
+    Nothing was sent on it."""
+
+
+def _daemon_uid(daemon_uid: Union[int, str, None]) -> int:
+    """The uid the daemon must run as: ``daemon_uid``, else $PYNOMALY_DAEMON_UID, else the
+    client's own (effective) uid. A uid or a user name."""
+    v = daemon_uid if daemon_uid is not None else os.environ.get("PYNOMALY_DAEMON_UID") or None
+    if v is None:
+        return os.geteuid()
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    if isinstance(v, str):
+        if v.isdigit():
+            return int(v)
+        import pwd
+
+        try:
+            return pwd.getpwnam(v).pw_uid
+        except KeyError:
+            pass
+    raise ValueError(f"daemon_uid (or $PYNOMALY_DAEMON_UID) must be a uid >= 0 or a user name, got {v!r}")
+
+
+class _Trust:
+    """What a client checks before it sends anything: the default socket's folder (in /tmp
+    anyone could have made it) and the uid of the process listening (SO_PEERCRED)."""
+
+    def __init__(self, path: str, daemon_uid):
+        self.uid = _daemon_uid(daemon_uid)
+        # A path given explicitly is the caller's choice; the default one may lie in /tmp.
+        self.folder = os.path.dirname(path) if path == wire.default_socket_path() else None
+
+    def before_connect(self, path: str) -> None:
+        why = self.folder and wire.unsafe_socket_folder(self.folder)
+        if why:
+            raise DaemonUntrustedError(f"not connecting to {path}: {why}")
+
+    def after_connect(self, s: socket.socket, path: str) -> None:
+        if not hasattr(socket, "SO_PEERCRED"):  # not Linux: the folder's mode is all there is
+            return
+        pid, uid, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != self.uid:
+            raise DaemonUntrustedError(
+                f"the process listening on {path} (pid {pid}) runs as uid {uid}, not as uid {self.uid}: nothing "
+                f"sent; if a daemon of that uid is meant, pass daemon_uid={uid} or set PYNOMALY_DAEMON_UID={uid}")
 
 
 class Detection(msgspec.Struct, frozen=True):
@@ -279,11 +330,17 @@ class Client(_Operations):
         instead of in the frame (PROTOCOL.md, "Shared memory"; Linux, and a daemon on its native
         connection loop). True: batches of at least ``SHARED_MEMORY_MIN_ROWS`` rows; an int:
         batches of at least that many rows.
+    daemon_uid : int or str, optional
+        The uid (or user name) the daemon must run as, checked with ``SO_PEERCRED`` before
+        anything is sent (default: ``$PYNOMALY_DAEMON_UID``, else the client's own uid). Set it
+        for a daemon run as a service user. Another raises :class:`DaemonUntrustedError`, as
+        does a default socket folder another user could have made (PROTOCOL.md, "Transport").
     """
 
     def __init__(self, path: Optional[str] = None, *, timeout: float = 30.0,
-                 shared_memory: Union[bool, int] = False):
+                 shared_memory: Union[bool, int] = False, daemon_uid: Union[int, str, None] = None):
         self.path = path or wire.default_socket_path()
+        self._trust = _Trust(self.path, daemon_uid)
         self.timeout = timeout
         self._shm_rows = _shm_min_rows(shared_memory)
         self._sock: Optional[socket.socket] = None
@@ -302,7 +359,12 @@ class Client(_Operations):
         except OSError:
             pass
         try:
+            self._trust.before_connect(self.path)
             s.connect(self.path)
+            self._trust.after_connect(s, self.path)
+        except DaemonUntrustedError:
+            s.close()
+            raise
         except OSError as e:
             s.close()
             raise DaemonUnavailableError(f"no pynomaly daemon at {self.path}: {e}") from None
@@ -362,10 +424,16 @@ class Client(_Operations):
         s = self._sock or self._connect()
         self._sock = s
         try:
-            _sendall_parts(s, *frame, fd)
+            try:
+                _sendall_parts(s, *frame, fd)
+                sent = True
+            except (BrokenPipeError, ConnectionResetError):
+                # The daemon refused the connection (too_many_connections, forbidden) and closed
+                # it before the request went out: its error frame is still there to read.
+                sent = False
             while True:
                 reply = self._decoder.decode(self._recv_frame(s))
-                if reply.id == req_id:
+                if reply.id == req_id and sent:
                     break
                 if type(reply) is wire.Error and reply.id == 0:  # connection-level error
                     break
@@ -414,12 +482,13 @@ class AsyncClient(_Operations):
     """asyncio client with the methods of :class:`Client` as coroutines.
 
     Many calls may be in flight at once on its one connection; replies are matched by id.
-    Create and use it inside one event loop. ``shared_memory`` as for :class:`Client`.
+    Create and use it inside one event loop. ``shared_memory`` and ``daemon_uid`` as for :class:`Client`.
     """
 
     def __init__(self, path: Optional[str] = None, *, timeout: float = 30.0,
-                 shared_memory: Union[bool, int] = False):
+                 shared_memory: Union[bool, int] = False, daemon_uid: Union[int, str, None] = None):
         self.path = path or wire.default_socket_path()
+        self._trust = _Trust(self.path, daemon_uid)
         self.timeout = timeout
         self._shm_rows = _shm_min_rows(shared_memory)
         self._ids = itertools.count(1)
@@ -445,10 +514,16 @@ class AsyncClient(_Operations):
                 self._connecting = None
 
     async def _open(self) -> asyncio.StreamWriter:
+        self._trust.before_connect(self.path)
         try:
             reader, writer = await asyncio.open_unix_connection(self.path, limit=2**26)
         except OSError as e:
             raise DaemonUnavailableError(f"no pynomaly daemon at {self.path}: {e}") from None
+        try:
+            self._trust.after_connect(writer.get_extra_info("socket"), self.path)
+        except DaemonUntrustedError:
+            writer.close()
+            raise
         self._writer = writer
         self._reader_task = asyncio.ensure_future(self._read_loop(reader, writer))
         return writer

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _core
 from ._errors import InvalidInputError, NotFittedError
-from ._validation import as_matrix, numeric_array
+from ._validation import numeric_array
 from .base import BaseDetector
 
 __all__ = ["standardize", "average", "maximization", "median", "aom", "moa", "Ensemble"]
@@ -254,7 +254,7 @@ class Ensemble(BaseDetector):
         for d in members:
             if not isinstance(d, BaseDetector):
                 raise InvalidInputError(f"every member must be a pynomaly detector, got {type(d).__name__}")
-        X = as_matrix(X)
+        X = self._fit_input(X)
         fitted = [type(d)(**d.get_params()).fit(X) for d in members]
         columns = []
         for d in fitted:
@@ -276,6 +276,7 @@ class Ensemble(BaseDetector):
         """Combined standardised score of each row of X (higher = more anomalous)."""
         if not hasattr(self, "detectors_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+        X = self._score_input(X)
         S = np.column_stack([np.asarray(d.decision_function(X), dtype=np.float64) for d in self.detectors_])
         return self._combine(_apply_stats(_score_matrix(S, "member scores"), self.mean_, self.scale_))
 

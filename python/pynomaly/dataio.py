@@ -8,24 +8,48 @@ Outputs: CSV, JSON or Parquet, chosen by the file extension.
 
 from __future__ import annotations
 
+import array
 import csv
 import io
 import json
 import os
+import struct
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from ._errors import InvalidInputError
 
-__all__ = ["load_table", "array_from_npy", "write_result", "check_result_path"]
+__all__ = ["load_table", "array_from_npy", "check_table", "DataTooLargeError", "write_result", "check_result_path"]
 
 _MISSING = {"", "na", "nan", "null", "none"}
 
 
-def load_table(path, columns=None):
+class DataTooLargeError(InvalidInputError):
+    """A data file would take more memory, or hold more columns, than allowed once read.
+
+    Raised by :func:`check_table` from the file's headers, before its data is read: a few
+    compressed megabytes may declare gigabytes (a .npz of zeros, a Parquet of 100,000 columns).
+    ``limit`` says which bound: ``"bytes"`` or ``"columns"``.
+    """
+
+    def __init__(self, message: str, limit: str):
+        super().__init__(message)
+        self.limit = limit
+
+
+def _memory_bytes() -> int:
+    """Physical memory: a local file's matrix must fit in it (the bound of a bomb, not a quota)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def load_table(path, columns=None, *, max_bytes: Optional[int] = None, max_columns: Optional[int] = None):
     """Read a numeric matrix from a file.
 
     Parameters
@@ -34,6 +58,10 @@ def load_table(path, columns=None):
         ``.csv``, ``.npy``, ``.npz`` or ``.parquet`` file.
     columns : sequence of str or int, optional
         Features to keep, by name (CSV header, Parquet) or 0-based index; default all.
+    max_bytes, max_columns : int, optional
+        Refuse (:class:`DataTooLargeError`, before reading the data) a file whose matrix would
+        take more bytes, or that has more columns; see :func:`check_table`. Default: the
+        machine's physical memory, any number of columns.
 
     Returns
     -------
@@ -42,10 +70,7 @@ def load_table(path, columns=None):
         Column names (``"x0", "x1", ...`` when the file has none).
     """
     path = Path(path)
-    if path.is_dir():
-        raise InvalidInputError(f"{str(path)!r} is a folder; give a data file (.csv, .tsv, .npy, .npz, .parquet)")
-    if not path.is_file():
-        raise InvalidInputError(f"data file {str(path)!r} does not exist")
+    check_table(path, _memory_bytes() if max_bytes is None else max_bytes, max_columns)
     ext = path.suffix.lower()
     bad = []
     if ext in (".csv", ".txt", ".tsv"):
@@ -86,16 +111,8 @@ def array_from_npy(blob: bytes, name: str) -> np.ndarray:
     (MemoryError, or gigabytes for a few bytes of header), and each malformation raises a
     different exception. Here the header is checked against the bytes before anything is read.
     """
-    fmt = np.lib.format
     f = io.BytesIO(blob)
-    try:
-        version = fmt.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f"format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
-        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(f)
-    except Exception as e:  # numpy's header parser (tokenize, literal_eval) has no one error of its own
-        raise InvalidInputError(f"{name} is not a readable .npy array: {e}") from None
+    shape, fortran_order, dtype = _npy_header(f, name)
     if len(shape) != 2:
         raise InvalidInputError(f"{name} holds a {len(shape)}-D array; a 2-D array (rows x features) is required")
     if dtype.kind not in "biuf" or dtype.hasobject or dtype.itemsize == 0:
@@ -122,6 +139,161 @@ def _read_npz(path: Path) -> np.ndarray:
     if member is None:
         raise InvalidInputError(f"{path.name} holds arrays {sorted(arrays)}; name the data array 'X'")
     return array_from_npy(blob, f"{path.name}[{member}]")
+
+
+def check_table(path, max_bytes: int, max_columns: Optional[int] = None) -> None:
+    """Refuse a data file whose matrix would exceed ``max_bytes`` (as float64, with the copy
+    a conversion makes) or ``max_columns``, from what its headers declare, before its data is read.
+
+    ``.npy``/``.npz``: the array's header (shape and dtype; in a .npz also the member's declared
+    uncompressed size; reading it stays bounded by both). Parquet: the footer's length, then its
+    column and row counts and uncompressed sizes. CSV/TSV: the first row's width and the rows,
+    counted in one pass that keeps none of them. Raises :class:`DataTooLargeError`, or
+    InvalidInputError for a missing or unreadable file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"{str(path)!r} is a folder; give a data file (.csv, .tsv, .npy, .npz, .parquet)")
+    if not path.is_file():
+        raise InvalidInputError(f"data file {str(path)!r} does not exist")
+    ext = path.suffix.lower()
+    if ext == ".npy":
+        with open(path, "rb") as f:
+            shape, _, dtype = _npy_header(f, path.name)
+        _check_size(path, shape, dtype, max_bytes, max_columns)
+        if _n_bytes(shape, dtype.itemsize) > path.stat().st_size:
+            raise InvalidInputError(f"{path.name} declares a {' x '.join(map(str, shape))} array but holds less data")
+    elif ext == ".npz":
+        _check_npz(path, max_bytes, max_columns)
+    elif ext in (".parquet", ".pq"):
+        _check_parquet(path, max_bytes, max_columns)
+    elif ext in (".csv", ".txt", ".tsv"):
+        _check_csv(path, "\t" if ext == ".tsv" else ",", max_bytes, max_columns)
+
+
+def _n_bytes(shape, itemsize: int) -> int:
+    n = itemsize
+    for k in shape:
+        n *= int(k)
+    return n
+
+
+def _too_large(path: Path, what: str, max_bytes: int) -> DataTooLargeError:
+    return DataTooLargeError(f"{path.name} {what}: more than the {_mb(max_bytes)} allowed", "bytes")
+
+
+def _too_wide(path: Path, n: int, max_columns: int) -> DataTooLargeError:
+    return DataTooLargeError(f"{path.name} has {n:,} columns, more than the {max_columns:,} allowed", "columns")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def _check_size(path: Path, shape, dtype, max_bytes: int, max_columns: Optional[int]) -> None:
+    if len(shape) != 2:
+        raise InvalidInputError(f"{path.name} holds a {len(shape)}-D array; a 2-D array (rows x features) is required")
+    if dtype.kind not in "biuf":
+        raise InvalidInputError(f"{path.name} holds {dtype} data; numeric data is required")
+    if max_columns is not None and shape[1] > max_columns:
+        raise _too_wide(path, shape[1], max_columns)
+    # The float64 matrix, and the array it is converted from when that is of another dtype.
+    need = _n_bytes(shape, 8) + (0 if dtype == np.float64 else _n_bytes(shape, dtype.itemsize))
+    if need > max_bytes:
+        raise _too_large(path, f"holds a {shape[0]:,} x {shape[1]:,} {dtype} array, {_mb(need)} once read", max_bytes)
+
+
+def _npy_header(f, name: str):
+    """(shape, fortran_order, dtype) from a .npy header, reading nothing after it."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            return fmt.read_array_header_1_0(f)
+        if version == (2, 0):
+            return fmt.read_array_header_2_0(f)
+        raise ValueError(f"format version {version} (1.0 and 2.0 are read)")
+    except Exception as e:  # numpy's header parser (tokenize, literal_eval) has no one error of its own
+        raise InvalidInputError(f"{name} is not a readable .npy array: {e}") from None
+
+
+def _check_npz(path: Path, max_bytes: int, max_columns: Optional[int]) -> None:
+    try:
+        with zipfile.ZipFile(path) as z:
+            # The member np.load would give load_table: "X", else the only one.
+            members = {(n[:-4] if n.endswith(".npy") else n): n for n in z.namelist()}
+            member = members.get("X") or (next(iter(members.values())) if len(members) == 1 else None)
+            if member is None:
+                return  # load_table names the arrays and asks for an "X"
+            info = z.getinfo(member)
+            with z.open(member) as f:  # decompresses only the header's bytes
+                shape, _, dtype = _npy_header(f, path.name)
+                header = f.tell()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise InvalidInputError(f"{path.name} is not a readable .npz archive: {e}") from None
+    _check_size(path, shape, dtype, max_bytes, max_columns)
+    # The member's declared size: reading it stops there (zipfile) and at the header's shape.
+    if info.file_size - header > max_bytes:
+        raise _too_large(path, f"declares {_mb(info.file_size - header)} of data uncompressed", max_bytes)
+
+
+_PARQUET_FOOTER_PER_COLUMN = 1024  # bytes of footer per column allowed: ~190 is usual, one row group
+
+
+def _check_parquet(path: Path, max_bytes: int, max_columns: Optional[int]) -> None:
+    # The footer is parsed whole (into far more memory than its bytes: 275 MB for the 19 MB of
+    # 100,000 columns), so its length is checked first, from the file's last 8 bytes.
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size < 12:
+            raise InvalidInputError(f"{path.name} is not a Parquet file (too short)")
+        f.seek(-8, os.SEEK_END)
+        footer, magic = struct.unpack("<I4s", f.read(8))
+    if magic != b"PAR1" or footer > size - 12:
+        raise InvalidInputError(f"{path.name} is not a Parquet file (no footer)")
+    most = (max_columns or 100_000) * _PARQUET_FOOTER_PER_COLUMN + 65536
+    if footer > min(most, max_bytes):
+        raise DataTooLargeError(f"{path.name} has a {_mb(footer)} footer (the metadata of its columns and row "
+                                f"groups): more than {_mb(min(most, max_bytes))} allowed", "columns")
+    from .adapters import require
+
+    pq = require("pyarrow.parquet", "parquet")
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors for a bad file are of many kinds
+        raise InvalidInputError(f"{path.name} is not a readable Parquet file: {e}") from None
+    if max_columns is not None and meta.num_columns > max_columns:
+        raise _too_wide(path, meta.num_columns, max_columns)
+    need = _n_bytes((meta.num_rows, meta.num_columns), 8)
+    stored = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if max(need, stored) > max_bytes:
+        raise _too_large(path, f"holds {meta.num_rows:,} rows x {meta.num_columns:,} columns, "
+                               f"{_mb(max(need, stored))} once read", max_bytes)
+
+
+def _check_csv(path: Path, delimiter: str, max_bytes: int, max_columns: Optional[int]) -> None:
+    width = rows = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            delimiter = _sniff_delimiter(f.readline(), delimiter)
+            f.seek(0)
+            for r in csv.reader(f, delimiter=delimiter):
+                if not r:
+                    continue
+                if not width:
+                    width = len(r)
+                    if max_columns is not None and width > max_columns:
+                        raise _too_wide(path, width, max_columns)
+                    if not all(_is_number(v) for v in r):
+                        continue  # the header (as _read_csv decides)
+                rows += 1
+                if rows * width * 8 > max_bytes:
+                    raise _too_large(path, f"holds more than {rows - 1:,} rows of {width:,} columns", max_bytes)
+    except UnicodeDecodeError:
+        return  # load_table says where the file is not UTF-8
+    except csv.Error as e:
+        raise InvalidInputError(f"{path.name} is not a readable CSV file: {e}") from None
 
 
 def select_columns(X, names, columns):
@@ -165,41 +337,76 @@ def _sniff_delimiter(first_line: str, default: str) -> str:
 
 
 def _read_csv(path: Path, delimiter: str):
+    # Values go into one array of doubles per column as they are read (8 bytes a value): a
+    # list of rows of strings took some 80 bytes a value, ten times the matrix it became.
+    header, cols, bad, n = None, None, set(), 0
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             delimiter = _sniff_delimiter(f.readline(), delimiter)
             f.seek(0)
-            rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+            for r in csv.reader(f, delimiter=delimiter):
+                if not r:
+                    continue
+                if cols is None:
+                    if not all(_is_number(v) for v in r):
+                        header = [h.strip() for h in r]
+                        cols = [array.array("d") for _ in r]
+                        continue
+                    cols = [array.array("d") for _ in r]
+                n += 1
+                if len(r) != len(cols):
+                    line = n + (1 if header else 0)
+                    raise InvalidInputError(f"{path.name}: line {line} has {len(r)} fields, expected {len(cols)}")
+                for j, v in enumerate(r):
+                    if j in bad:
+                        continue
+                    try:
+                        cols[j].append(float(v))
+                    except ValueError:
+                        if v.strip().lower() in _MISSING:
+                            cols[j].append(float("nan"))
+                        else:
+                            bad.add(j)
     except UnicodeDecodeError as e:
         raise InvalidInputError(
             f"{path.name} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
         ) from None
-    except csv.Error as e:  # e.g. a field past the csv module's size limit
-        raise InvalidInputError(f"{path.name} is not a readable CSV table: {e}") from None
-    if not rows:
+    if cols is None:
         raise InvalidInputError(f"{path.name} is empty")
-    header = None
-    if not all(_is_number(v) for v in rows[0]):
-        header, rows = [h.strip() for h in rows[0]], rows[1:]
-    if not rows:
+    if not n:
         raise InvalidInputError(f"{path.name} has a header but no data rows")
-    width = len(header) if header else len(rows[0])
-    for i, r in enumerate(rows):
-        if len(r) != width:
-            line = i + (2 if header else 1)
-            raise InvalidInputError(f"{path.name}: line {line} has {len(r)} fields, expected {width}")
-    names = header or [f"x{i}" for i in range(width)]
-    cols = list(zip(*rows))
-    X = np.empty((len(rows), width), dtype=np.float64)
-    bad = []
+    names = header or [f"x{i}" for i in range(len(cols))]
+    X = np.empty((n, len(cols)), dtype=np.float64)
     for j, col in enumerate(cols):
-        try:
-            X[:, j] = [float("nan") if v.strip().lower() in _MISSING else float(v) for v in col]
-        except ValueError:
-            bad.append(names[j])
+        X[:, j] = np.nan if j in bad else np.frombuffer(col, dtype=np.float64)
+        cols[j] = None  # each column's memory goes as soon as it is copied
     # Non-numeric columns are an error only when selected: an id or a label column next to
     # the features is common, and `columns` is how to leave it out.
-    return X, names, bad
+    return X, names, [names[j] for j in sorted(bad)]
+
+
+def read_header(path) -> "list[str] | None":
+    """The column names a CSV/TSV or Parquet file declares, read as :func:`load_table` reads
+    them (same delimiter sniffing; a first row of numbers is data, not a header), without
+    reading the rows. None for other formats, a file without a header, or one that cannot be
+    read (its full read then says why)."""
+    p = Path(path)
+    ext = p.suffix.lower()
+    try:
+        if ext in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(p).names)
+        if ext not in (".csv", ".txt", ".tsv"):
+            return None
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+        row = next(csv.reader([first], delimiter=_sniff_delimiter(first, "\t" if ext == ".tsv" else ",")), [])
+    except Exception:
+        return None
+    if not row or all(_is_number(v) for v in row):
+        return None
+    return [h.strip() for h in row]
 
 
 def _is_number(v: str) -> bool:

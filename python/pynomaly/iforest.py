@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _core
 from ._errors import InvalidInputError, ModelFormatError, NotFittedError
-from ._validation import _FLOATS, as_matrix, check_contamination, resolve_n_jobs
+from ._validation import _FLOATS, resolve_n_jobs
 from .base import BaseDetector, PickleAsBytes, check_memory
 
 __all__ = ["IsolationForest"]
@@ -35,8 +35,9 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         absolute count (capped at n, with a warning), or a fraction of n in (0, 1].
     max_features : int or float, default 1.0
         Features drawn (without replacement) for each tree: a count or a fraction of d.
-    contamination : float, default 0.1
-        Expected share of anomalies in (0, 0.5]; sets ``threshold_``.
+    contamination : float or "auto", default 0.1
+        Expected share of anomalies in (0, 0.5]; sets ``threshold_``. "auto" is scikit-learn's
+        fixed threshold: a score above 0.5 is an anomaly (``offset_ == -0.5`` there).
     random_state : None, int, numpy RandomState or Generator
         Seed for reproducible forests. The same seed gives the same forest for any n_jobs.
     n_jobs : None or int
@@ -56,9 +57,13 @@ class IsolationForest(PickleAsBytes, BaseDetector):
     max_samples_ : int
         The rows per tree actually used (psi).
     n_features_in_ : int
+    feature_names_in_ : ndarray of str, only when fitted on a DataFrame with string column names
+    feature_importances_ : ndarray of shape (n_features,)
+        Share of each feature among the splits of a tree, averaged over the trees (sums to 1).
     """
 
     _fitted_marker = "_forest"
+    _auto_threshold = 0.5
 
     def __init__(
         self,
@@ -78,12 +83,12 @@ class IsolationForest(PickleAsBytes, BaseDetector):
 
     def _fit_plan(self, n: int, d: int):
         """Checked ``(n_estimators, psi, max_features, n_jobs)`` for a fit on n x d data."""
-        check_contamination(self.contamination)
+        self._rate()
         n_estimators = self.n_estimators
         if isinstance(n_estimators, bool) or not isinstance(n_estimators, numbers.Integral) or n_estimators < 1:
             raise InvalidInputError(f"n_estimators must be a positive integer, got {n_estimators!r}")
         if n < 2:
-            raise InvalidInputError(f"X has {n} row; an isolation forest needs at least 2 rows to train")
+            raise InvalidInputError(f"X has {n} row (n_samples={n}); an isolation forest needs at least 2 rows to train")
         psi = self._resolve_max_samples(n)
         k = self._resolve_max_features(d)
         n_jobs = resolve_n_jobs(self.n_jobs)
@@ -109,7 +114,7 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         """
         if progress is not None and not callable(progress):
             raise InvalidInputError(f"progress must be a callable taking a fraction, got {type(progress).__name__}")
-        X = as_matrix(X)
+        X = self._fit_input(X)
         n, d = X.shape
         n_estimators, psi, k, n_jobs = self._fit_plan(n, d)
         self._forest = _core.Forest.train(X, n_estimators, psi, k, _seed_from(self.random_state), n_jobs, progress)
@@ -150,8 +155,33 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         # Fast path: float arrays of any layout go straight to the core, which checks shape
         # and finiteness itself; a single-row call costs microseconds.
         if type(X) is not np.ndarray or X.dtype not in _FLOATS or X.ndim != 2:
-            X = as_matrix(X)
+            X = self._score_input(X)
+        else:
+            self._check_n_features(X.shape[1])
         return forest.score(X, 1 if self.n_jobs is None else resolve_n_jobs(self.n_jobs))
+
+    @property
+    def feature_importances_(self) -> np.ndarray:
+        """Importance of each feature: its share of a tree's splits, averaged over the trees
+        that split at all, then normalised to sum to 1 (zeros if no tree splits).
+
+        PyOD's ``IForest.feature_importances_`` averages the trees' impurity decreases instead,
+        measured on the random targets scikit-learn grows isolation trees with; a random split
+        of i.i.d. targets decreases the node-weighted impurity by one variance in expectation,
+        whatever the node, so each split counts once here: the expectation of PyOD's values
+        (which the trees alone, without those targets, cannot reproduce exactly).
+        """
+        self._check_fitted()
+        a = self._forest.arrays()
+        offsets = np.asarray(a["tree_offset"], dtype=np.int64)
+        feature = np.asarray(a["feature"])
+        tree = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        split = feature >= 0
+        per_tree = np.bincount(tree[split], minlength=len(offsets) - 1)
+        if not per_tree.any():
+            return np.zeros(self.n_features_in_)
+        share = np.bincount(feature[split], weights=1.0 / per_tree[tree[split]], minlength=self.n_features_in_)
+        return share / share.sum()
 
     # -- parameters ------------------------------------------------------------------------
     def _resolve_max_samples(self, n: int) -> int:
@@ -198,18 +228,20 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         if not hasattr(model, "estimators_") or not hasattr(model, "estimators_features_"):
             raise NotFittedError("from_sklearn needs a fitted sklearn.ensemble.IsolationForest")
         forest = _forest_from_sklearn(model)
-        contamination = model.contamination
         self = cls(
             n_estimators=len(model.estimators_),
             max_samples=model.max_samples,
             max_features=model.max_features,
-            contamination=0.1 if contamination == "auto" else contamination,
+            contamination=model.contamination,
             random_state=model.random_state,
             n_jobs=model.n_jobs,
         )
         self._forest = forest
         self.max_samples_ = int(model.max_samples_)
         self.n_features_in_ = int(model.n_features_in_)
+        names = getattr(model, "feature_names_in_", None)
+        if names is not None:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
         self.decision_scores_ = None
         self.labels_ = None
         self.threshold_ = float(-model.offset_)

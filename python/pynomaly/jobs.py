@@ -29,6 +29,7 @@ workers are :class:`Worker` (``pynomaly worker``, or threads in a server process
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -83,6 +84,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)
 """
 
+_log = logging.getLogger("pynomaly.jobs")
+
 HEARTBEAT = 0.5  # seconds between a running job's heartbeats (and progress writes)
 LEASE = 30.0  # a running job without a heartbeat for this long has lost its worker
 
@@ -129,7 +132,6 @@ def _check_columns(params: dict) -> None:
 
 
 def _check_train(params: dict) -> dict:
-    from . import registry
     from .domain import check_name
 
     allowed = {"detector", "data", "dataset_id", "algorithm", "params", "columns", "activate"}
@@ -138,13 +140,21 @@ def _check_train(params: dict) -> dict:
         raise InvalidInputError(f"unknown train job parameter(s) {sorted(unknown)}; accepted: {sorted(allowed)}")
     check_name(params.get("detector"))
     _data_or_dataset(params)
-    algorithm = params.setdefault("algorithm", "IsolationForest")
-    if not isinstance(algorithm, str) or not registry.is_known(algorithm):
-        raise InvalidInputError(f"unknown algorithm {algorithm!r}; known: {', '.join(registry.names())}")
-    if not isinstance(params.setdefault("params", {}), dict):
-        raise InvalidInputError("'params' must be a mapping of algorithm parameters")
+    check_algorithm(params.setdefault("algorithm", "IsolationForest"), params.setdefault("params", {}))
     _check_columns(params)
     return params
+
+
+def check_algorithm(algorithm, params) -> None:
+    """Refuse an unknown algorithm, or parameters it does not take, before any data is read or
+    stored (a form that uploads its data stores it only once this passes). InvalidInputError."""
+    from . import registry
+
+    if not isinstance(algorithm, str) or not registry.is_known(algorithm):
+        raise InvalidInputError(f"unknown algorithm {algorithm!r}; known: {', '.join(registry.names())}")
+    if not isinstance(params, dict):
+        raise InvalidInputError("'params' must be a mapping of algorithm parameters")
+    registry.create(algorithm, **{**registry.stored_defaults(algorithm), **params})
 
 
 def _check_detect(params: dict) -> dict:
@@ -187,11 +197,13 @@ KINDS: dict = {
 
 
 # -- the API the faces call ------------------------------------------------------------------
-def submit(home, kind: str, params: dict, *, max_attempts: int = 3) -> str:
+def submit(home, kind: str, params: dict, *, max_attempts: int = 3, actor: Optional[str] = None) -> str:
     """Queue a job; returns its id at once. ``kind`` is one of :data:`KINDS` (``"train"``:
     detector, data, algorithm, params, columns, activate; ``"detect"``: detector, data,
     version, threshold, contamination, columns). Parameters are checked now (names, data file,
-    algorithm), so a bad job is refused here rather than failing in a worker."""
+    algorithm), so a bad job is refused here rather than failing in a worker. ``actor``: who
+    submits it (as the audit trail names them; default this process's user): the version a
+    training job stores is audited in their name (``params["submitted_by"]``)."""
     if kind not in KINDS:
         raise InvalidInputError(f"unknown job kind {kind!r}; accepted: {', '.join(KINDS)}")
     if not isinstance(params, dict):
@@ -199,6 +211,11 @@ def submit(home, kind: str, params: dict, *, max_attempts: int = 3) -> str:
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise InvalidInputError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
     params = KINDS[kind][0](dict(params))
+    if actor is None:
+        from .audit import default_actor
+
+        actor = default_actor()
+    params["submitted_by"] = str(actor)  # after the check: never a caller's parameter
     try:
         text = json.dumps(params)
     except (TypeError, ValueError) as e:
@@ -551,6 +568,24 @@ class Worker:
             self.current = None
             self._finish(db, cur.id, state, error, result)
             metrics.JOB_SECONDS.observe(time.perf_counter() - t0, kind=row["kind"], state=state)
+            if row["kind"] == "train" and state in ("succeeded", "failed"):
+                self._audit_train(row, state, error, result)
+
+    def _audit_train(self, row, state: str, error, result) -> None:
+        """The version a training job stored (or its failure) in the audit trail, in the name
+        of whoever submitted the job: the submission alone does not say what was trained."""
+        from . import service
+
+        params = json.loads(row["params"])
+        name = params.get("detector", "")
+        try:
+            service.audit_record(
+                self.home, actor=params.get("submitted_by"), action="train",
+                target=f"{name}@{result['version']}" if state == "succeeded" else name,
+                origin=f"job {row['id']}", outcome="ok" if state == "succeeded" else f"error: {error}"[:300],
+                detail={"algorithm": params.get("algorithm"), "dataset_id": params.get("dataset_id")})
+        except Exception as e:  # noqa: BLE001 - the version is stored; a trail that cannot be written is logged
+            _log.warning("audit trail: cannot record job %s's training of %s: %s", row["id"], name, e)
 
     def _finish(self, db, job_id: str, state: str, error, result) -> None:
         now = time.time()

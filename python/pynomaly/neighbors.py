@@ -8,13 +8,14 @@ to the lower index, and results do not depend on ``n_jobs``.
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 
 from . import _format
 from . import _core
 from ._errors import InvalidInputError, ModelFormatError, NotFittedError
-from ._validation import as_matrix, check_contamination, resolve_n_jobs
+from ._validation import as_matrix, resolve_n_jobs
 from .base import BaseDetector, PickleAsBytes, check_memory
 
 __all__ = ["knn", "choose_algorithm", "LOF", "KNN"]
@@ -94,7 +95,7 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
     _what = ""
 
     def _check_params(self):
-        check_contamination(self.contamination)
+        self._rate()
         k = _check_k(self.n_neighbors, "n_neighbors")
         _check_choice(self.metric, "metric", _METRICS)
         _check_choice(self.algorithm, "algorithm", _ALGORITHMS)
@@ -104,10 +105,12 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
         """See :meth:`BaseDetector.check_fit`: parameters, rows, and the neighbour lists' memory."""
         k, _ = self._check_params()
         n = int(n_rows)
-        if k >= n:
+        if n < 2:
             raise InvalidInputError(
-                f"n_neighbors={k} needs at least {k + 1} rows (each row's neighbours exclude itself); X has {n}"
+                f"X has {n} row (n_samples={n}); {type(self).__name__} needs at least 2 rows "
+                "(each row's neighbours exclude itself)"
             )
+        k = min(k, n - 1)
         # A copy of the rows, then distances and indices of k neighbours per row (twice at the
         # peak, while the scores are derived).
         check_memory(n * (8 * int(n_features) + 32 * k), f"{type(self).__name__} on {n} rows with n_neighbors={k}",
@@ -115,13 +118,22 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
 
     def _fit_neighbors(self, X):
         k, n_jobs = self._check_params()
-        X = as_matrix(X)
+        X = self._fit_input(X)
         n = X.shape[0]
         self.check_fit(n, X.shape[1])
+        if k >= n:
+            # scikit-learn's LocalOutlierFactor caps the same way (and with these words).
+            warnings.warn(
+                f"n_neighbors ({k}) is greater than or equal to the total number of samples ({n}). "
+                f"n_neighbors will be set to (n_samples - 1) = {n - 1} for estimation.",
+                UserWarning,
+                stacklevel=3,
+            )
         # Our own copy: the model must not change when the caller later edits X in place.
         self._fit_X = np.array(X, order="C", copy=True)
         self.n_features_in_ = X.shape[1]
-        dist, idx, self.algorithm_ = _search(self._fit_X, k, None, self.metric, self.algorithm, n_jobs)
+        self.n_neighbors_ = min(k, n - 1)
+        dist, idx, self.algorithm_ = _search(self._fit_X, self.n_neighbors_, None, self.metric, self.algorithm, n_jobs)
         return dist, idx
 
     def _query(self, X):
@@ -129,17 +141,13 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
             fit_X = self._fit_X
         except AttributeError:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first") from None
-        X = as_matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise InvalidInputError(
-                f"X has {X.shape[1]} features, but this {type(self).__name__} was fitted with {self.n_features_in_}"
-            )
-        k, n_jobs = self._check_params()
+        X = self._score_input(X)
+        _, n_jobs = self._check_params()
         algorithm = self.algorithm
         if algorithm == "auto" and X.shape[0] < 1024:
             # A tree is rebuilt per call (it is not kept); for a few rows a scan is cheaper.
             algorithm = "brute"
-        dist, idx, _ = _search(fit_X, k, X, self.metric, algorithm, n_jobs)
+        dist, idx, _ = _search(fit_X, self.n_neighbors_, X, self.metric, algorithm, n_jobs)
         return dist, idx
 
     # -- serialization -------------------------------------------------------------------
@@ -161,6 +169,8 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
             model._check_loaded()
         except InvalidInputError as e:
             raise ModelFormatError(f"model header is invalid: {e}") from None
+        # Not stored: fit's rule gives it back from the parameters and the rows.
+        model.n_neighbors_ = min(_check_k(model.n_neighbors, "n_neighbors"), model._fit_X.shape[0] - 1)
         return model
 
     def _check_loaded(self) -> None:
@@ -192,7 +202,7 @@ class LOF(_NeighborDetector):
     Parameters
     ----------
     n_neighbors : int, default 20
-        k; must be below the number of training rows.
+        k; capped at the number of training rows - 1, with a warning (as scikit-learn does).
     metric : {"euclidean", "sqeuclidean", "manhattan", "cosine"}, default "euclidean"
     algorithm : {"auto", "brute", "kd_tree"}, default "auto"
     novelty : bool, default False
@@ -200,7 +210,9 @@ class LOF(_NeighborDetector):
         (``decision_scores_``, ``labels_``); ``decision_function``/``predict`` on data then
         raise. True (novelty detection) scores new rows against the training rows:
         ``decision_function(X)`` equals ``-LocalOutlierFactor(novelty=True).score_samples(X)``.
-    contamination : float, default 0.1
+    contamination : float or "auto", default 0.1
+        "auto" is scikit-learn's fixed threshold: a LOF above 1.5 is an anomaly
+        (``LocalOutlierFactor(contamination="auto").offset_ == -1.5``).
     n_jobs : None or int
 
     Attributes
@@ -208,11 +220,18 @@ class LOF(_NeighborDetector):
     decision_scores_, threshold_, labels_ : PyOD's meaning (higher score = more anomalous)
     algorithm_ : str
         The neighbour search used ("brute" or "kd_tree").
+    n_neighbors_ : int
+        The k used: ``n_neighbors`` capped at the number of training rows - 1.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str, only when fitted on a DataFrame with string column names
+
+    As scikit-learn, a fit whose largest LOF exceeds 1e7 (k exact duplicates of a row make its
+    density near-infinite) warns that duplicates lead to incorrect results.
     """
 
     _kind = _format.KIND_LOF
     _what = "a LOF detector"
+    _auto_threshold = 1.5
 
     def __init__(
         self,
@@ -243,6 +262,14 @@ class LOF(_NeighborDetector):
         self._lrd = _lrd(dist, idx, self._kdist)
         del dist  # keep the peak at two n x k arrays
         self.decision_scores_ = _mean_ratio(self._lrd, idx, self._lrd)
+        if not self.novelty and np.max(self.decision_scores_) > 1e7:
+            # scikit-learn's warning, word for word (its condition: negative_outlier_factor_ < -1e7).
+            warnings.warn(
+                "Duplicate values are leading to incorrect results. "
+                "Increase the number of neighbors for more accurate results.",
+                UserWarning,
+                stacklevel=2,
+            )
         self._process_decision_scores()
         return self
 
@@ -273,13 +300,18 @@ class KNN(_NeighborDetector):
     metric : {"euclidean", "sqeuclidean", "manhattan", "cosine"}, default "euclidean"
     algorithm : {"auto", "brute", "kd_tree"}, default "auto"
     contamination : float, default 0.1
+        A rate in (0, 0.5]; "auto" is refused (PyOD's KNN has none: distances have no scale
+        that would say where anomalies begin).
     n_jobs : None or int
 
     Attributes
     ----------
     decision_scores_, threshold_, labels_ : PyOD's meaning (higher score = more anomalous)
     algorithm_ : str
+    n_neighbors_ : int
+        The k used: ``n_neighbors`` capped at the number of training rows - 1.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str, only when fitted on a DataFrame with string column names
     """
 
     _kind = _format.KIND_KNN

@@ -56,7 +56,6 @@ import io
 import json
 import os
 import sqlite3
-import stat
 import sys
 import uuid
 from datetime import datetime, timezone
@@ -68,10 +67,10 @@ import numpy as np
 from . import _db
 from ._schema import MIGRATIONS
 from . import audit as _audit
-from ._home import is_database_url, local_dir, redacted
+from ._home import is_database_url, local_dir, redacted, signing_key
 from ._errors import ArtifactIntegrityError, DatasetNotFoundError, DetectorNotFoundError, InvalidInputError
 from ._errors import KeyRequiredError, RepositoryError, ResultNotFoundError
-from ._files import atomic_write, private_enough, zstd
+from ._files import atomic_write, zstd
 from .crypto import HomeCipher, KeySource, context_tag, create_keyring, is_encrypted, key_source
 from .domain import DetectionResult, Detector, DetectorStatus, shown
 from .exportfile import Export, write_export
@@ -464,40 +463,7 @@ class Repository:
 
     # -- signing (pickled artifacts only) ------------------------------------------------------
     def _key(self) -> bytes:
-        # A database home keeps it in local_dir, not in the database: whoever can write rows
-        # must not thereby be able to make a replica unpickle them. Replicas share it through
-        # PYNOMALY_CONFIG_DIR (the same file mounted on each).
-        path = Path(self._local) / "secret.key"
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as e:
-                raise RepositoryError(f"cannot create the folder for {path}: {e}") from None
-            # Create under a temporary name, then link: concurrent creators agree on one key.
-            tmp = path.parent / f".key-{os.getpid()}-{uuid.uuid4().hex}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, os.urandom(32))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
-            st = path.stat()
-        if not private_enough(st):
-            raise RepositoryError(
-                f"{path} is readable by other users (mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
-            )
-        key = path.read_bytes()
-        if len(key) != 32:
-            raise RepositoryError(f"{path} is not a pynomaly key (expected 32 bytes, found {len(key)})")
-        return key
+        return signing_key(self._local)
 
     def _sign(self, sha: str, algorithm: str) -> str:
         msg = f"pynomaly-artifact/1\0{algorithm}\0{sha}".encode()

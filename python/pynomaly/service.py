@@ -22,7 +22,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._errors import ArtifactIntegrityError, DetectorNotFoundError, InvalidInputError, ModelFormatError
+from ._errors import (ArtifactIntegrityError, DetectorNotFoundError, InvalidInputError, ModelFormatError,
+                      UntrustedPickleError)
 from ._validation import as_matrix
 from .domain import (
     DetectionResult,
@@ -293,7 +294,7 @@ def load_file_for_scoring(path, name: str, version: int, *, trust_pickle: bool =
         except ArtifactIntegrityError:
             raise ArtifactIntegrityError(f"{path} is neither a pynomaly model file nor an export file") from None
         if exp.format == "pickle" and not trust_pickle:
-            raise ArtifactIntegrityError(
+            raise UntrustedPickleError(
                 f"{path} holds a pickled ({exp.algorithm}) model; serve it only from a folder you trust "
                 "(daemon: --trust-pickle)"
             )
@@ -321,8 +322,10 @@ def detect(
     the dataset's description.
 
     The columns a detector was trained on are selected by name when ``columns`` is not given
-    and the file (or stored dataset) has them. A face that keeps loaded detectors passes its
-    ``scorer`` for ``name``; it is then not loaded again.
+    and the file (or stored dataset) has them, in any order. A header that lacks some of them
+    is refused rather than read by position; ``columns`` (indices for position) forces a choice.
+    A face that keeps loaded detectors passes its ``scorer`` for ``name``; it is then not
+    loaded again.
     """
     _report(progress, "loading detector")
     with _repo(home) as repo:
@@ -333,12 +336,14 @@ def detect(
         if dataset_id is not None:
             if columns is None and feature_names:
                 stored = repo.dataset(dataset_id)["column_names"]
-                if set(feature_names) <= set(stored) and list(feature_names) != stored:
-                    columns = list(feature_names)
+                columns = _columns_by_name(stored, feature_names, f"dataset {dataset_id}")
             X, names = dataset_rows(repo, dataset_id, columns)
         else:
             if columns is None and isinstance(data, (str, Path)) and feature_names:
-                columns = _trained_columns(data, list(feature_names))
+                from .dataio import read_header
+
+                header = read_header(data)
+                columns = None if header is None else _columns_by_name(header, feature_names, Path(data).name)
             X, names, source = load_data(data, columns)
         _report(progress, "scoring")
         if save and dataset_id is None:
@@ -381,27 +386,31 @@ def record_failed_training(home, name: str, algorithm: str, params: dict, reason
         return detector
 
 
-def _trained_columns(path, feature_names):
-    """The trained feature names if the file has all of them (and more), else None."""
-    p = Path(path)
-    if p.suffix.lower() not in (".csv", ".tsv", ".parquet", ".pq"):
-        return None
-    try:
-        if p.suffix.lower() in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
+def _columns_by_name(header, feature_names, what: str):
+    """The columns to score ``what`` with: the trained feature names when its header has them
+    all (in any order, among others), None to read it as it is (the header is those names, or
+    one side has only generated names "x0", "x1", ...: nothing to match).
 
-            header = pq.read_schema(p).names
-        else:
-            import csv
-
-            with open(p, newline="", encoding="utf-8-sig") as f:
-                header = next(csv.reader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","), [])
-            header = [h.strip() for h in header]
-    except Exception:
+    A header lacking some of the names is refused: reading it by position would score values
+    under the wrong features without a word.
+    """
+    header, names = list(header), list(feature_names)
+    if header == names or _generated(header) or _generated(names):
         return None
-    if set(feature_names) <= set(header) and list(feature_names) != header:
-        return list(feature_names)
-    return None
+    missing = [n for n in names if n not in header]
+    if not missing:
+        return names
+    d = len(names)
+    raise InvalidInputError(
+        f"{what} has no column(s) {missing} of the {d} features the detector was trained on {names}; its columns "
+        f"are {header}. Rename them, or choose the columns to score with --columns (the `columns` parameter): "
+        f"names, or 0-based indices such as {','.join(map(str, range(min(d, 3))))}{',...' if d > 3 else ''} "
+        "to read them by position"
+    )
+
+
+def _generated(names) -> bool:
+    return list(names) == [f"x{i}" for i in range(len(names))]
 
 
 def store_dataset(home, data, name: Optional[str] = None, *, columns=None) -> dict:
@@ -554,7 +563,7 @@ def import_detector(home, path, name=None, *, trust_pickle: bool = False, key: O
     with _repo(home) as repo:
         repo.require_key()
         if exp.format == "pickle" and not trust_pickle and not repo.signed_here(exp):
-            raise ArtifactIntegrityError(
+            raise UntrustedPickleError(
                 f"{Path(path).name} holds a pickled model signed by another repository's key; import it with"
                 " trust_pickle=True (CLI: --trust-pickle) only if you trust where it came from"
             )

@@ -14,6 +14,7 @@ it in place, aligned (see PROTOCOL.md).
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from typing import Annotated, Dict, List, Literal, Optional, Union
 
@@ -32,6 +33,7 @@ __all__ = [
     "fast_detect",
     "NetLoop",
     "default_socket_path",
+    "unsafe_socket_folder",
     "Rows",
     "Detect",
     "ListDetectors",
@@ -97,6 +99,31 @@ def default_socket_path() -> str:
     if base and os.path.isdir(base):
         return os.path.join(base, "pynomaly", "daemon.sock")
     return os.path.join("/tmp", f"pynomaly-{os.getuid()}", "daemon.sock")
+
+
+def unsafe_socket_folder(folder: str) -> Optional[str]:
+    """Why the default socket's ``folder`` cannot be trusted, or None when it can.
+
+    The fallback folder lies in /tmp, where any user may have created it first: a folder that
+    is a symbolic link, not owned by this user (the effective uid), or writable by its group or
+    others could hold another user's socket, who would then receive every row sent. The rule of
+    ssh-agent's and tmux's socket folders; the daemon and the client both apply it.
+    """
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return None
+    euid = os.geteuid()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        why = "is not a folder (a symbolic link or a file)"
+    elif st.st_uid != euid:
+        why = f"is owned by uid {st.st_uid}, not by this user (uid {euid})"
+    elif st.st_mode & 0o022:
+        why = f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        return None
+    return (f"the socket folder {folder} {why}: another user may have made it to receive your rows; "
+            f"remove it (or set XDG_RUNTIME_DIR, or give --socket / a socket path in a folder of your own)")
 
 
 # What PROTOCOL.md promises, enforced by the one typed decoder (so every path refuses alike):

@@ -93,6 +93,29 @@ struct Command {
 
 using Table = std::unordered_map<std::string, ModelPtr>;
 
+bool contains(const std::vector<uint32_t>& v, uint32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+// Why a new connection is refused (too_many_connections), or "": the rule and the messages of
+// pynomaly_daemon.admission.ConnectionLimits.refusal. open_total and open_uid count it.
+std::string connection_refusal(const Config& cfg, bool have_cred, uint32_t uid, uint32_t gid, int64_t open_total,
+                               int64_t open_uid) {
+    if (have_cred && (contains(cfg.admin_uids, uid) || contains(cfg.admin_gids, gid))) {
+        if (open_total > cfg.max_connections)
+            return "the daemon serves at most " + std::to_string(cfg.max_connections) + " connections";
+        return "";
+    }
+    if (open_uid > cfg.max_per_uid)
+        return "uid " + (have_cred ? std::to_string(uid) : std::string("None")) + " holds " +
+               std::to_string(cfg.max_per_uid) +
+               " connections, the most a uid without the admin role may (--max-connections-per-uid)";
+    const int64_t others = std::max<int64_t>(0, cfg.max_connections - cfg.admin_reserve);
+    if (open_total > others)
+        return "the daemon serves at most " + std::to_string(others) +
+               " connections to peers without the admin role (of " + std::to_string(cfg.max_connections) + ", " +
+               std::to_string(cfg.admin_reserve) + " are kept for admins: --admin-connections)";
+    return "";
+}
+
 }  // namespace
 
 Fds& Fds::operator=(Fds&& o) noexcept {
@@ -130,6 +153,16 @@ struct Loop::Impl {
     std::atomic<uint64_t> table_gen{1};
     std::atomic<int64_t> rx_reserved{0};
     std::atomic<uint64_t> next_seq{2};  // ids 0 and 1 are kListen and kWake
+    std::mutex uid_mu;
+    std::unordered_map<int64_t, int64_t> uid_conns;  // open connections per peer uid (-1: unknown), all threads
+
+    // Count a connection of `uid` in (delta 1) or out (-1); its uid's open connections after.
+    int64_t count_uid(int64_t uid, int64_t delta) {
+        std::lock_guard<std::mutex> g(uid_mu);
+        const int64_t n = uid_conns[uid] += delta;
+        if (n == 0) uid_conns.erase(uid);
+        return n;
+    }
     Counters counters;
     bool started = false, stopped = false;
 
@@ -337,12 +370,10 @@ struct Worker {
                 c->uid = cred.uid;
                 c->gid = cred.gid;
             }
-            if (cfg.check_fast) {
-                auto in = [](const std::vector<uint32_t>& v, uint32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
-                c->may_fast = have_cred && (in(cfg.fast_uids, cred.uid) || in(cfg.fast_gids, cred.gid));
-            }
+            if (cfg.check_fast) c->may_fast = have_cred && (contains(cfg.fast_uids, cred.uid) || contains(cfg.fast_gids, cred.gid));
             L.counters.connections_total.fetch_add(1, std::memory_order_relaxed);
             const int64_t open = L.counters.connections.fetch_add(1, std::memory_order_relaxed) + 1;
+            const int64_t open_uid = L.count_uid(c->uid, 1);
             Conn& k = *c;
             conns.emplace(k.id, std::move(c));
             k.events = EPOLLIN;
@@ -354,9 +385,9 @@ struct Worker {
                 (!have_cred || std::find(cfg.allowed_uids.begin(), cfg.allowed_uids.end(), cred.uid) == cfg.allowed_uids.end())) {
                 fail(k, "forbidden", "uid " + (have_cred ? std::to_string(cred.uid) : std::string("None")) +
                                          " is not allowed to use this daemon");
-            } else if (open > cfg.max_connections) {
-                fail(k, "too_many_connections",
-                     "the daemon serves at most " + std::to_string(cfg.max_connections) + " connections");
+            } else {
+                const std::string why = connection_refusal(cfg, have_cred, cred.uid, cred.gid, open, open_uid);
+                if (!why.empty()) fail(k, "too_many_connections", why);
             }
         }
     }
@@ -721,6 +752,7 @@ struct Worker {
         c.fds.close_all();
         release_reserve(c);
         L.counters.connections.fetch_sub(1, std::memory_order_relaxed);
+        L.count_uid(c.uid, -1);
         Event e;
         e.kind = Event::Closed;
         e.conn = c.id;

@@ -11,8 +11,8 @@
 //
 // What the loop enforces itself, as the Python path does (PROTOCOL.md): the maximum frame size,
 // the receive-memory bound for large frames, the frame, idle and write timeouts, backpressure
-// (no reading from a client with too much queued or unread), the connection limit and the
-// peer-uid allow-list, and a graceful drain. With roles (check_fast), it answers detects itself
+// (no reading from a client with too much queued or unread), the connection limits (in all, per
+// uid, and the connections kept for admins) and the peer-uid allow-list, and a graceful drain. With roles (check_fast), it answers detects itself
 // only for peers whose uid or gid may detect; every frame of another peer goes to the host,
 // which applies the roles (PROTOCOL.md). Everything it logs or counts as an error goes to
 // the host as an event, so the daemon keeps one log and one set of counters.
@@ -51,6 +51,11 @@ struct Config {
     // in place: a 1k-row request then costs no hop to the host and back (0: hand them over).
     int64_t alone_rows = 0;
     int64_t max_connections = 1024;
+    // A peer without the admin role holds at most max_per_uid connections, and only the first
+    // max_connections - admin_reserve of all (the rule of pynomaly_daemon.admission.ConnectionLimits).
+    int64_t max_per_uid = 256;
+    int64_t admin_reserve = 16;
+    std::vector<uint32_t> admin_uids, admin_gids;
     int64_t conn_max_in_flight = 256;  // frames handed over and not answered, per connection
     int64_t max_rx_bytes = 1 << 30;
     double idle_timeout = 300, frame_timeout = 10, write_timeout = 30;  // seconds

@@ -47,7 +47,9 @@ public:
     NetLoop(int listen_fd, int threads, int64_t max_frame, int64_t fast_rows, int64_t alone_rows, int64_t max_connections,
             int64_t conn_max_in_flight, int64_t max_rx_bytes, double idle_timeout, double frame_timeout,
             double write_timeout, std::optional<std::vector<uint32_t>> allowed_uids,
-            std::optional<std::vector<uint32_t>> fast_uids, std::optional<std::vector<uint32_t>> fast_gids)
+            std::optional<std::vector<uint32_t>> fast_uids, std::optional<std::vector<uint32_t>> fast_gids,
+            int64_t max_per_uid, int64_t admin_reserve, std::vector<uint32_t> admin_uids,
+            std::vector<uint32_t> admin_gids)
         : grave_(std::make_shared<Graveyard>()) {
         netloop::Config c;
         c.listen_fd = listen_fd;
@@ -56,6 +58,10 @@ public:
         c.fast_rows = fast_rows;
         c.alone_rows = alone_rows;
         c.max_connections = max_connections;
+        c.max_per_uid = max_per_uid;
+        c.admin_reserve = admin_reserve;
+        c.admin_uids = std::move(admin_uids);
+        c.admin_gids = std::move(admin_gids);
         c.conn_max_in_flight = conn_max_in_flight;
         c.max_rx_bytes = max_rx_bytes;
         c.idle_timeout = idle_timeout;
@@ -199,11 +205,14 @@ void register_netloop(py::module_& m) {
                         "pynomaly_daemon.netloop.")
         .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double,
                       std::optional<std::vector<uint32_t>>, std::optional<std::vector<uint32_t>>,
-                      std::optional<std::vector<uint32_t>>>(),
+                      std::optional<std::vector<uint32_t>>, int64_t, int64_t, std::vector<uint32_t>,
+                      std::vector<uint32_t>>(),
              py::arg("listen_fd"), py::arg("threads"), py::arg("max_frame"), py::arg("fast_rows"), py::arg("alone_rows"),
              py::arg("max_connections"), py::arg("conn_max_in_flight"), py::arg("max_rx_bytes"),
              py::arg("idle_timeout"), py::arg("frame_timeout"), py::arg("write_timeout"), py::arg("allowed_uids"),
-             py::arg("fast_uids") = py::none(), py::arg("fast_gids") = py::none())
+             py::arg("fast_uids") = py::none(), py::arg("fast_gids") = py::none(), py::arg("max_per_uid") = 256,
+             py::arg("admin_reserve") = 16, py::arg("admin_uids") = std::vector<uint32_t>{},
+             py::arg("admin_gids") = std::vector<uint32_t>{})
         .def("start", &NetLoop::start)
         .def_property_readonly("notify_fd", &NetLoop::notify_fd)
         .def("take", &NetLoop::take)

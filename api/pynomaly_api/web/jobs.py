@@ -42,12 +42,18 @@ class Jobs:
         params = {"detector": name, "dataset_id": kwargs["dataset_id"], "algorithm": kwargs["algorithm"],
                   "params": kwargs.get("params") or {}, "activate": bool(kwargs.get("activate", True))}
         try:
-            jid = jobs.submit(str(st.home), "train", params)
+            jid = jobs.submit(str(st.home), "train", params, actor=audit["actor"])
         except Exception as e:
             st.audit.write(dict(audit, action="job.train", target=name, outcome=f"error: {e}"[:300]))
             raise
         st.audit.write(dict(audit, action="job.train", target=name, outcome="ok", detail={"job": jid}))
         return jid
+
+
+    @staticmethod
+    def check(algorithm: str, params: dict) -> None:
+        """Refuse an unknown algorithm or parameters it does not take (before an upload is stored)."""
+        jobs.check_algorithm(algorithm, params)
 
 
 JOBS = Jobs()

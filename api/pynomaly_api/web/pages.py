@@ -22,9 +22,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from pynomaly import PynomalyError, service
+from pynomaly.revocations import revoke_token
 from pynomaly.serving import DetectorUnavailable
 
-from .. import sessions
+from .. import sessions, tensors
 from ..app import HTTPError, ServerState, state_of, status_of
 from ..audit import actor_of, origin_of
 from ..detection import audited
@@ -68,23 +69,27 @@ async def signin(request: Request) -> Response:
     if token:
         try:
             p = st.verifier.verify(token)
+            token, max_age = sessions.token_session(st.home, p, issuer=st.settings.issuer,
+                                                    audience=st.settings.audience, role_claim=st.settings.role_claim)
         except TokenError as e:
             return again(f"that token was not accepted: {e}")
-        max_age = sessions.session_lifetime(p)
     else:
         name, password = (form.get("user") or "").strip(), form.get("password") or ""
         if not name or not password:
             return again("give a token, or a user name and password", 400)
-        wait_s = THROTTLE.wait_s(name)
+        client = request.client.host if request.client else ""
+        wait_s = THROTTLE.wait_s(name, client)
         if wait_s > 0:
-            return again(f"too many failed sign-ins for {name!r}: try again in {math.ceil(wait_s)} s", 429)
+            r = again(f"too many failed sign-ins: try again in {math.ceil(wait_s)} s", 429)
+            r.headers["Retry-After"] = str(math.ceil(wait_s))
+            return r
         role = await st.run(sessions.check_password, st.home, name, password)
         if role is None:
-            THROTTLE.failed(name)
+            THROTTLE.failed(name, client)
             return again("unknown user or wrong password")
-        THROTTLE.succeeded(name)
+        THROTTLE.succeeded(name, client)
         token, max_age = sessions.password_session(st.home, name, role, issuer=st.settings.issuer,
-                                                   audience=st.settings.audience)
+                                                   audience=st.settings.audience, role_claim=st.settings.role_claim)
     r = RedirectResponse(nxt, status_code=303)
     r.headers.append("set-cookie", sessions.cookie(sessions.SESSION_COOKIE, token, max_age=max_age,
                                                    secure=over_tls(request)))
@@ -98,8 +103,12 @@ async def signout(request: Request) -> Response:
     st = state_of(request)
     try:
         form = await read_form(request, 64 * 1024)
-        if not sessions.csrf_ok(st.home, request.cookies.get(sessions.CSRF_COOKIE), form.get("csrf")):
+        p = sessions.principal(st, request)
+        if not sessions.csrf_ok(st.home, request.cookies.get(sessions.CSRF_COOKIE), form.get("csrf"),
+                                sessions.session_id(p)):
             raise HTTPError(403, "the form's security token is missing or stale: reload the page and try again")
+        if p is not None and p.jti is not None:  # the cookie stops working here and on every replica
+            await st.run(lambda: (revoke_token(st.home, p.jti, p.expires), st.revocations.refresh()))
     except Exception as e:  # noqa: BLE001
         return error_page(request, e)
     r = RedirectResponse("/", status_code=303)
@@ -228,7 +237,7 @@ async def detect(request, st: ServerState, p, form) -> Response:
             shown = Path(filename).name[:120]
 
             def store() -> tuple:
-                with upload_file(data, suffix) as tmp:
+                with upload_file(data, suffix, st.settings) as tmp:
                     X, names = read_upload(tmp, shown, scorer)  # every check before anything is stored
                     known = {d["id"] for d in service.list_datasets(st.home)}
                     did = service.store_dataset(st.home, tmp, name=shown)["id"]
@@ -378,10 +387,16 @@ def _params(text: str) -> dict:
         key, sep, value = line.partition("=")
         if not sep or not key.strip().isidentifier():
             raise HTTPError(400, f"parameters are one key=value per line; {line[:60]!r} is not")
+        too_deep = HTTPError(400, f"parameter {key.strip()}: {tensors.too_deep_message()}")
         try:
-            out[key.strip()] = json.loads(value.strip())
+            v = json.loads(value.strip())
         except ValueError:
-            out[key.strip()] = value.strip()
+            v = value.strip()
+        except RecursionError:
+            raise too_deep from None
+        if isinstance(v, (dict, list)) and tensors.nested_too_deep(v):
+            raise too_deep
+        out[key.strip()] = v
     return out
 
 
@@ -402,6 +417,7 @@ async def train(request, st: ServerState, p, form) -> Response:
         name = check_name(values["name"].strip())
         algorithm = values["algorithm"].strip() or "IsolationForest"
         params = _params(values["params"])
+        await st.run(JOBS.check, algorithm, params)  # before an upload is stored for it
         dataset_id = values["dataset_id"].strip() or None
         upload = form.get("file")
         filename = getattr(upload, "filename", None) if upload is not None and not isinstance(upload, str) else None
@@ -411,7 +427,7 @@ async def train(request, st: ServerState, p, form) -> Response:
             shown = Path(filename).name[:120]
 
             def store() -> str:
-                with upload_file(data, suffix) as tmp:
+                with upload_file(data, suffix, st.settings) as tmp:
                     try:
                         return service.store_dataset(st.home, tmp, name=shown)["id"]
                     except ValueError as e:

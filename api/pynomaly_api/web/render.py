@@ -41,7 +41,7 @@ def render(request: Request, template: str, status: int = 200, **ctx) -> HTMLRes
     p: Optional[Principal] = getattr(request.state, "principal", None)
     body = _env.get_template(template).render(
         user=p, may=(p.may if p is not None else (lambda action: False)), auth=st.verifier is not None,
-        csrf=sessions.csrf_token(st.home, nonce), path=request.url.path, **ctx)
+        csrf=sessions.csrf_token(st.home, nonce, sessions.session_id(p)), path=request.url.path, **ctx)
     r = HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
     if fresh:
         r.headers.append("set-cookie", sessions.cookie(sessions.CSRF_COOKIE, nonce, max_age=30 * 86400,
@@ -119,7 +119,8 @@ def page(action: Optional[str] = None):
                 form = None
                 if request.method == "POST":
                     form = await read_form(request, st.settings.max_body_bytes)
-                    if not sessions.csrf_ok(st.home, request.cookies.get(sessions.CSRF_COOKIE), form.get("csrf")):
+                    if not sessions.csrf_ok(st.home, request.cookies.get(sessions.CSRF_COOKIE), form.get("csrf"),
+                                            sessions.session_id(p)):
                         raise HTTPError(403, "the form's security token is missing or stale: reload the page and "
                                         "try again")
                 if action is not None:

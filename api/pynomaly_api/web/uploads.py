@@ -3,10 +3,7 @@ detector's features without storing anything, and a cache of stored datasets' ro
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -15,6 +12,7 @@ import numpy as np
 
 from pynomaly import service
 
+from .. import spool
 from ..app import HTTPError
 
 log = logging.getLogger("pynomaly_api.web")
@@ -49,17 +47,8 @@ def check_upload(filename: str, data: bytes) -> str:
     return suffix
 
 
-@contextlib.contextmanager
-def upload_file(data: bytes, suffix: str):
-    """An upload's bytes as a temporary file with its kind's suffix (what the readers go by),
-    removed afterwards."""
-    fd, tmp = tempfile.mkstemp(prefix="pynomaly-web-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        yield tmp
-    finally:
-        os.unlink(tmp)
+# An upload's bytes as a file of the server's spool (its size checked, removed afterwards).
+upload_file = spool.upload_file
 
 
 def read_upload(path: str, shown: str, scorer) -> tuple:

@@ -12,7 +12,6 @@ import numbers
 import numpy as np
 
 from .._errors import InvalidInputError
-from .._validation import check_contamination
 from ..base import BaseDetector
 
 
@@ -60,7 +59,7 @@ class NeuralDetector(BaseDetector):
 
     def _training_params(self):
         """The checked ``(epochs, batch_size, learning_rate, weight_decay)``; contamination too."""
-        check_contamination(self.contamination)
+        self._rate()
         return (
             check_pos_int("epochs", self.epochs),
             check_pos_int("batch_size", self.batch_size),

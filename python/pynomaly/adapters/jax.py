@@ -22,7 +22,7 @@ import secrets
 import numpy as np
 
 from .._errors import InvalidInputError, ModelFormatError, NotFittedError
-from .._validation import as_matrix
+from .._format import restore_feature_names, with_feature_names
 from . import require
 from ._neural import NeuralDetector, check_pos_int, standardization
 
@@ -113,7 +113,7 @@ class JaxDeepSVDD(NeuralDetector):
             isinstance(self.random_state, bool) or not isinstance(self.random_state, numbers.Integral)
         ):
             raise InvalidInputError(f"random_state must be None or an int, got {self.random_state!r}")
-        X = as_matrix(X)
+        X = self._fit_input(X)
         n, d = X.shape
         self.mean_, self.std_ = standardization(X, self.standardize)
         seed = secrets.randbits(31) if self.random_state is None else int(self.random_state) % (2**31)
@@ -177,9 +177,7 @@ class JaxDeepSVDD(NeuralDetector):
         if not hasattr(self, "params_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
         _, jnp = _jax()
-        X = as_matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise InvalidInputError(f"X has {X.shape[1]} features, the detector was fitted with {self.n_features_in_}")
+        X = self._score_input(X)
         return self._score(jnp.asarray(((X - self.mean_) / self.std_).astype(np.float32)))
 
     # -- persistence -------------------------------------------------------------------------
@@ -201,6 +199,7 @@ class JaxDeepSVDD(NeuralDetector):
             "n_features": self.n_features_in_,
             "threshold": self.threshold_,
         }
+        with_feature_names(header, self)
         arrays = {f"leaf_{i}": np.asarray(a) for i, a in enumerate(leaves)}
         buf = io.BytesIO()
         np.savez(
@@ -255,6 +254,7 @@ class JaxDeepSVDD(NeuralDetector):
         self.decision_scores_ = arrays["decision_scores"]
         self.threshold_ = float(header["threshold"])
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        restore_feature_names(self, header)
         return self
 
     def __getstate__(self):

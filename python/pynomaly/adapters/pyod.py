@@ -18,7 +18,6 @@ import re
 import numpy as np
 
 from .._errors import InvalidInputError, NotFittedError
-from .._validation import as_matrix, check_contamination
 from ..base import BaseDetector
 from . import require
 
@@ -78,10 +77,10 @@ class PyODDetector(BaseDetector):
 
     def fit(self, X, y=None) -> "PyODDetector":
         """Fit the PyOD model on X; ``decision_scores_``, ``threshold_``, ``labels_`` follow PyOD's."""
-        c = check_contamination(self.contamination)
+        c = self._rate()
         if self.use_native and self.model != "IForest":
             raise InvalidInputError(f"use_native is only available for PyOD's IForest, not {self.model!r}")
-        X = as_matrix(X)
+        X = self._fit_input(X)
         cls = pyod_class(self.model)
         params = dict(self.params or {})
         if "contamination" in params:
@@ -111,9 +110,7 @@ class PyODDetector(BaseDetector):
         """Anomaly scores of X (higher = more anomalous), from PyOD or the native forest."""
         if not hasattr(self, "model_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
-        X = as_matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise InvalidInputError(f"X has {X.shape[1]} features, the detector was fitted with {self.n_features_in_}")
+        X = self._score_input(X)
         if self.native_ is not None:
             return self.native_.decision_function(X)
         return np.asarray(self.model_.decision_function(X), dtype=np.float64)

@@ -21,7 +21,7 @@ import secrets
 import numpy as np
 
 from .._errors import InvalidInputError, ModelFormatError, NotFittedError
-from .._validation import as_matrix
+from .._format import restore_feature_names, with_feature_names
 from . import require
 from ._neural import NeuralDetector, check_pos_int, standardization
 
@@ -81,7 +81,7 @@ class TorchAutoEncoder(NeuralDetector):
         """Train on X (``y`` ignored) and score its rows; ``progress(fraction)`` is called after each epoch."""
         torch = _torch()
         epochs, batch, lr, wd = self._training_params()
-        X = as_matrix(X)
+        X = self._fit_input(X)
         n, d = X.shape
         self.mean_, self.std_ = standardization(X, self.standardize)
         device = _device(torch, self.device)
@@ -135,9 +135,7 @@ class TorchAutoEncoder(NeuralDetector):
         if not hasattr(self, "network_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
         torch = _torch()
-        X = as_matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise InvalidInputError(f"X has {X.shape[1]} features, the detector was fitted with {self.n_features_in_}")
+        X = self._score_input(X)
         data = torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32)).to(self.device_)
         return self._score(torch, data)
 
@@ -164,6 +162,7 @@ class TorchAutoEncoder(NeuralDetector):
             "n_features": self.n_features_in_,
             "threshold": self.threshold_,
         }
+        with_feature_names(header, self)
         payload = {
             "format": _FORMAT,
             "header": json.dumps(header),
@@ -217,6 +216,7 @@ class TorchAutoEncoder(NeuralDetector):
         self.decision_scores_ = payload["decision_scores"].numpy()
         self.threshold_ = float(header["threshold"])
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        restore_feature_names(self, header)
         return self
 
 
