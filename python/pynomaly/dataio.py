@@ -127,14 +127,19 @@ def array_from_npy(blob: bytes, name: str) -> np.ndarray:
     return X.reshape(shape, order="F" if fortran_order else "C").copy(order="K")  # writable, as np.load's
 
 
+# What zipfile raises for a damaged or encrypted archive, or one of an unsupported compression
+# (NotImplementedError, found by fuzzing).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+               RuntimeError, ValueError)
+
+
 def _read_npz(path: Path) -> np.ndarray:
     try:
         with zipfile.ZipFile(path) as z:
             arrays = {n[:-4] if n.endswith(".npy") else n: n for n in z.namelist()}
             member = arrays.get("X", next(iter(arrays.values())) if len(arrays) == 1 else None)
             blob = None if member is None else z.read(member)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError,
-            RuntimeError, ValueError) as e:  # damaged, encrypted, or of an unsupported compression
+    except _ZIP_ERRORS as e:
         raise InvalidInputError(f"{path.name} is not a readable .npz archive: {type(e).__name__}: {e}") from None
     if member is None:
         raise InvalidInputError(f"{path.name} holds arrays {sorted(arrays)}; name the data array 'X'")
@@ -229,8 +234,10 @@ def _check_npz(path: Path, max_bytes: int, max_columns: Optional[int]) -> None:
             with z.open(member) as f:  # decompresses only the header's bytes
                 shape, _, dtype = _npy_header(f, path.name)
                 header = f.tell()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise InvalidInputError(f"{path.name} is not a readable .npz archive: {e}") from None
+    except InvalidInputError:
+        raise
+    except _ZIP_ERRORS as e:
+        raise InvalidInputError(f"{path.name} is not a readable .npz archive: {type(e).__name__}: {e}") from None
     _check_size(path, shape, dtype, max_bytes, max_columns)
     # The member's declared size: reading it stops there (zipfile) and at the header's shape.
     if info.file_size - header > max_bytes:
