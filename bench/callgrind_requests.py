@@ -5,10 +5,10 @@
 Instructions are what other processes on a shared machine do not disturb, so two builds can be
 compared to a fraction of a percent where wall-clock rounds disagree by tens of percent. Each
 point starts one server process under ``valgrind --tool=callgrind --instr-atstart=no``, sends
-warm-up requests, switches instrumentation on (``callgrind_control -i on``), sends N sequential
-requests from this process, switches it off, stops the server (SIGTERM: callgrind writes its
-file) and reads the ``totals:`` line: Ir / N is the server's cost per request, every thread of
-it, kernel time not counted.
+warm-up requests, switches instrumentation on (``callgrind_control -i on``), counts a short idle
+time, sends N sequential requests from this process, switches it off, stops the server (SIGTERM:
+callgrind writes its file) and reads the ``totals:`` lines: Ir / N, less the idle rate (below),
+is the server's cost per request, every thread of it, kernel time not counted.
 
 Points (``--points``, comma-separated):
 - daemon-native: default daemon flags: the native connection loop and the native fast path;
