@@ -34,7 +34,7 @@ from pynomaly.domain import DetectionResult, Detector, DetectorStatus, DetectorV
 from pynomaly.store._files import atomic_write
 from pynomaly.store.exportfile import read_export, write_export
 from pynomaly.store.repository import Repository
-from pynomaly.service.usecases.scorer import WANT_ALL, Decisions, Scorer  # the faces know them as service.*
+from pynomaly.service.scorer import WANT_ALL, Decisions, Scorer  # the faces know them as service.*
 
 __all__ = [
     "Scorer",
@@ -358,7 +358,7 @@ def _after_detection(home, name: str, result: DetectionResult) -> None:
     detector's alert rules (which queue alerts; nothing is sent here)."""
     import logging
 
-    from pynomaly.service.usecases import alerts, metrics
+    from pynomaly.service import alerts, metrics
 
     m = result.metrics
     metrics.observe_detection(name, m["total_samples"], m["anomalies_detected"], m["processing_time_ms"] / 1e3)
