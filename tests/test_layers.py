@@ -7,7 +7,7 @@ imports and those inside functions alike, each resolved to the module it names.
     client     pynomaly.client: the socket client, a library (loads no native code)
     store | estimators   (siblings: neither imports the other)
     binding | wire       pynomaly._core | pynomaly.wire, the socket protocol's Structs
-    domain     pynomaly.domain, pynomaly._errors
+    domain     pynomaly.domain, pynomaly._errors, pynomaly._optional (optional libraries, imported late)
 
 An arrow may point down or stay in its layer; never up, never between the two siblings, never
 between two faces, and never round in a cycle.
@@ -76,7 +76,7 @@ def imports(path: Path) -> set:
 GRAPH = {m: imports(p) for m, p in MODULES.items()}
 
 LAYERS = [  # (rank, prefixes): lower ranks are lower layers
-    (0, ("pynomaly._errors", "pynomaly.domain")),
+    (0, ("pynomaly._errors", "pynomaly._optional", "pynomaly.domain")),
     (1, ("pynomaly._core",)),
     (1, ("pynomaly.wire",)),  # the socket protocol's Structs: the daemon's, the client's
     (2, ("pynomaly.estimators",)),
