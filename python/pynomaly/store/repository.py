@@ -55,8 +55,6 @@ import hmac
 import io
 import json
 import os
-import sqlite3
-import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,10 +62,9 @@ from typing import Optional
 
 import numpy as np
 
-from pynomaly.store import _db
-from pynomaly.store._schema import MIGRATIONS
 from pynomaly.store import audit as _audit
-from pynomaly.store._home import is_database_url, local_dir, redacted, signing_key
+from pynomaly.store._home import default_home, local_dir, redacted, signing_key
+from pynomaly.store._schema import open_database
 from pynomaly._errors import ArtifactIntegrityError, DatasetNotFoundError, DetectorNotFoundError, InvalidInputError
 from pynomaly._errors import KeyRequiredError, RepositoryError, ResultNotFoundError
 from pynomaly.store._files import atomic_write, zstd
@@ -94,22 +91,6 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def default_home():
-    """``$PYNOMALY_HOME`` (a folder as a Path; a PostgreSQL URL as the string itself), else the
-    per-user data folder (XDG on Linux, Application Support on macOS, %LOCALAPPDATA% on
-    Windows) + ``pynomaly``."""
-    env = os.environ.get("PYNOMALY_HOME")
-    if env:
-        return env if is_database_url(env) else Path(env).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "pynomaly"
-
-
 class Repository:
     """Detectors, versions, datasets and results stored under a home folder.
 
@@ -130,37 +111,14 @@ class Repository:
 
     def __init__(self, home=None, *, key: "KeySource | None" = None):
         self._key_source = key
-        if home is None:
-            home = default_home()
-        if is_database_url(home):
-            self.home = home  # the URL, as given (the password too: replicas reconnect with it)
-            self.shown = redacted(home)
-            self._local = local_dir(home)  # the signing key (see _key)
+        self._db = open_database(home)
+        self.home = self._db.home  # a Path, or the URL as given (the password too: replicas reconnect with it)
+        if self._db.postgres:
+            self.shown = redacted(self.home)
+            self._local = local_dir(self.home)  # the signing key (see _key)
         else:
-            self.home = Path(home).expanduser()
             self.shown = str(self.home)
             self._local = self.home
-            try:
-                self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-                (self.home / "artifacts").mkdir(exist_ok=True, mode=0o700)
-            except OSError as e:
-                raise RepositoryError(f"cannot create the pynomaly home folder {str(self.home)!r}: {e}") from None
-        db = None
-        try:
-            db = _db.Database(self.home)
-            _db.migrate(db, MIGRATIONS)
-        except sqlite3.DatabaseError as e:
-            if db is not None:
-                db.close()
-            raise RepositoryError(
-                f"the repository database {str(self.home / 'pynomaly.db')!r} cannot be used ({e}); if it is "
-                "damaged, move it aside (the artifacts/ folder keeps the models' bytes) and restore it from a backup"
-            ) from None
-        except BaseException:
-            if db is not None:
-                db.close()
-            raise
-        self._db = db
         self._files = not self._db.postgres  # artifacts as files beside the database, else rows in it
         encrypted = self._files and is_encrypted(self.home)
         self._cipher = HomeCipher(self.home, key if key is not None else key_source()) if encrypted else None
