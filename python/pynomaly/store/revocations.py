@@ -19,8 +19,8 @@ import threading
 import time
 from typing import Optional
 
-from pynomaly.store._schema import open_database
 from pynomaly._errors import RepositoryUnavailableError
+from pynomaly.store._schema import open_database
 
 __all__ = ["revoke_token", "revoke_subject", "RevocationList"]
 
