@@ -101,7 +101,7 @@ def check_reachable(home) -> None:
         from pynomaly.store import _db
 
         with _db.Database(home) as db:
-            db.execute("SELECT 1").fetchone()
+            db.ping()
 
 
 def home_path(home):
@@ -626,7 +626,6 @@ def doctor(home, repair: bool = False) -> dict:
 
 def _check_loads(algorithm: str, fmt: str, blob: bytes) -> None:
     """Doctor's load of a stored (non-pickle) artifact: raise unless it makes a model."""
-    from pynomaly.estimators import registry
     from pynomaly.store.exportfile import artifact_format
 
     if fmt != artifact_format(algorithm):  # e.g. a pickle stored as "native": never unpickled

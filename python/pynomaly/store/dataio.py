@@ -263,7 +263,7 @@ def _check_parquet(path: Path, max_bytes: int, max_columns: Optional[int]) -> No
     if footer > min(most, max_bytes):
         raise DataTooLargeError(f"{path.name} has a {_mb(footer)} footer (the metadata of its columns and row "
                                 f"groups): more than {_mb(min(most, max_bytes))} allowed", "columns")
-    from pynomaly.estimators.adapters import require
+    from pynomaly._optional import require
 
     pq = require("pyarrow.parquet", "parquet")
     try:
@@ -425,7 +425,7 @@ def _is_number(v: str) -> bool:
 
 
 def _read_parquet(path: Path, columns):
-    from pynomaly.estimators.adapters import require
+    from pynomaly._optional import require
 
     pq = require("pyarrow.parquet", "parquet")
     import pyarrow.types as pat
@@ -496,7 +496,7 @@ def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict) ->
             with open(tmp, "w") as f:
                 json.dump({"summary": summary, "scores": [float(s) for s in scores], "labels": [int(v) for v in labels]}, f)
         elif ext in (".parquet", ".pq"):
-            from pynomaly.estimators.adapters import require
+            from pynomaly._optional import require
 
             pa = require("pyarrow", "parquet")
             import pyarrow.parquet as pq
