@@ -60,7 +60,7 @@ def main():
     import pynomaly.estimators.dask as pdask
 
     info = pynomaly.build_info()
-    print(f"# cpu: {cpu_model()}, cpus={pynomaly._validation.usable_cpus()}")
+    print(f"# cpu: {cpu_model()}, cpus={pynomaly.estimators._validation.usable_cpus()}")
     print(f"# pynomaly {pynomaly.__version__}: simd={info['simd']}, iforest_kernel={info['iforest_kernel']}, "
           f"openmp={info.get('openmp')}; dask {dask.__version__}, distributed {distributed.__version__}")
     print(f"# LocalCluster: {args.workers} process workers x 1 thread; {args.rows} x {args.cols} float32, "

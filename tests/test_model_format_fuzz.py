@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pynomaly import IsolationForest, KNN, LOF, ModelFormatError, _format
+from pynomaly import IsolationForest, KNN, LOF, ModelFormatError
+from pynomaly.estimators import _format
 
 
 def _forest_bytes() -> bytes:
@@ -158,7 +159,7 @@ def test_native_loaders_survive_the_fuzzer_under_sanitizers(tmp_path):
 
 # -- what a home holds: doctor loads it, and an import cannot smuggle a pickle ---------------------
 def _crafted_export(tmp_path, **changes) -> Path:
-    from pynomaly.exportfile import write_export
+    from pynomaly.store.exportfile import write_export
 
     blob = _reframe(_forest_bytes(), _format.KIND_IFOREST, **changes)
     return write_export(tmp_path / "crafted.export", name="crafted", algorithm="IsolationForest", parameters={},
@@ -189,7 +190,7 @@ def test_an_export_cannot_declare_a_pickle_native(tmp_path):
     import pickle
 
     from pynomaly import ArtifactIntegrityError, service
-    from pynomaly.exportfile import write_export
+    from pynomaly.store.exportfile import write_export
 
     marker = tmp_path / "ran"
 

@@ -32,11 +32,12 @@ import atheris  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from pynomaly import IsolationForest, KNN, LOF, _format, service  # noqa: E402
+from pynomaly import IsolationForest, KNN, LOF, service
+from pynomaly.estimators import _format  # noqa: E402
 from pynomaly._errors import ArtifactIntegrityError, InvalidInputError, ModelFormatError  # noqa: E402
-from pynomaly._files import zstd  # noqa: E402
-from pynomaly.dataio import array_from_npy, load_table  # noqa: E402
-from pynomaly.exportfile import read_export  # noqa: E402
+from pynomaly.store._files import zstd  # noqa: E402
+from pynomaly.store.dataio import array_from_npy, load_table  # noqa: E402
+from pynomaly.store.exportfile import read_export  # noqa: E402
 
 
 def _instrument() -> None:

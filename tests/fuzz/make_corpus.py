@@ -75,13 +75,13 @@ def main() -> None:
         "KNN": KNN(n_neighbors=2).fit(X[:5]),
     }
     try:
-        from pynomaly.adapters.torch import TorchAutoEncoder
+        from pynomaly.estimators.adapters.torch import TorchAutoEncoder
 
         models["TorchAutoEncoder"] = TorchAutoEncoder(hidden_neurons=(1,), epochs=1, random_state=0).fit(X)
     except ImportError:
         pass
     try:
-        from pynomaly.adapters.jax import JaxDeepSVDD
+        from pynomaly.estimators.adapters.jax import JaxDeepSVDD
 
         models["JaxDeepSVDD"] = JaxDeepSVDD(hidden_neurons=(1,), epochs=1, random_state=0).fit(X)
     except ImportError:

@@ -288,7 +288,7 @@ def load_file_for_scoring(path, name: str, version: int, *, trust_pickle: bool =
     feature_names = None
     if algorithm is None:
         try:
-            exp = read_export(path)
+            exp = read_export(path, format_of=artifact_format)
         except ArtifactIntegrityError:
             raise ArtifactIntegrityError(f"{path} is neither a pynomaly model file nor an export file") from None
         if exp.format == "pickle" and not trust_pickle:
@@ -556,7 +556,7 @@ def import_detector(home, path, name=None, *, trust_pickle: bool = False, key: O
     """
     from pynomaly.estimators import registry
 
-    exp = read_export(path, key)
+    exp = read_export(path, key, format_of=artifact_format)
     name = check_name(name or exp.name)
     with _repo(home) as repo:
         repo.require_key()
@@ -624,10 +624,19 @@ def doctor(home, repair: bool = False) -> dict:
         return repo.check(repair=repair, load=_check_loads)
 
 
+def artifact_format(algorithm: str) -> "str | None":
+    """How a registry algorithm's artifact is stored ("native", "torch", "jax" or "pickle"),
+    None for an unknown name. Readers trust no file's own word for it."""
+    from pynomaly.estimators import registry
+
+    if not registry.is_known(algorithm):
+        return None
+    kind = registry.kind(algorithm)
+    return "pickle" if kind == "pyod" else kind
+
+
 def _check_loads(algorithm: str, fmt: str, blob: bytes) -> None:
     """Doctor's load of a stored (non-pickle) artifact: raise unless it makes a model."""
-    from pynomaly.store.exportfile import artifact_format
-
     if fmt != artifact_format(algorithm):  # e.g. a pickle stored as "native": never unpickled
         raise ArtifactIntegrityError(f"format {fmt!r} is not how {algorithm!r} is stored")
     if fmt == "native":

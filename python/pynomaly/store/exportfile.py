@@ -90,13 +90,15 @@ class Export:
     sha256: str
 
 
-def read_export(path, key: Optional[bytes] = None) -> Export:
+def read_export(path, key: Optional[bytes] = None, *, format_of) -> Export:
     """Read and check an export file (checksum, format version, artifact hash).
 
     ``key``: the 32-byte key an encrypted export was written to. Raises InvalidInputError
     when it cannot be read, KeyRequiredError for an encrypted export without a key, and
     ExportFileError (an ArtifactIntegrityError) when it is not an intact export file (or the key is wrong).
-    Nothing is unpickled or built here.
+    ``format_of(algorithm)``: how that algorithm's artifact is stored ("native", "torch",
+    "jax", "pickle"; None for an unknown name), from the registry the caller knows: a file's
+    own word for it is never trusted. Nothing is unpickled or built here.
     """
     path = Path(path)
     try:
@@ -134,7 +136,7 @@ def read_export(path, key: Optional[bytes] = None) -> Export:
             isinstance(feature_names, list) and all(isinstance(n, str) for n in feature_names)):
         raise ExportFileError(f"{path.name}: 'feature_names' must be a list of strings or null")
     algorithm, fmt = meta.text("algorithm"), ver.text("format")
-    expected = artifact_format(algorithm)  # None: unknown, refused by whoever would build it
+    expected = format_of(algorithm)  # None: unknown, refused by whoever would build it
     if expected is not None and fmt != expected:
         # The format decides whether the signature is checked before unpickling: a pickle
         # declared "native" would be unpickled unsigned by whoever loads it.
@@ -188,17 +190,6 @@ class _Fields:
     def number(self, key: str):
         return self._get(key, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
                          "a finite number or null", True)
-
-
-def artifact_format(algorithm: str) -> "str | None":
-    """How a registry algorithm's artifact is stored ("native", "torch", "jax" or "pickle"),
-    None for an unknown name. Readers trust no file's own word for it."""
-    from pynomaly.estimators import registry
-
-    if not registry.is_known(algorithm):
-        return None
-    kind = registry.kind(algorithm)
-    return "pickle" if kind == "pyod" else kind
 
 
 def _decompress(packed: bytes, size: int, file: str) -> bytes:
