@@ -162,6 +162,27 @@ def test_no_import_cycles():
     assert cycles == []
 
 
+def test_the_service_layer_imports_one_way():
+    """Inside the service: metrics is a leaf (every module counts in it), alerts counts in
+    metrics, the use cases queue alerts, jobs runs the use cases; nothing imports back. The
+    package's __init__ re-exports its modules and is left out."""
+    service = {m: {d for d in GRAPH[m] if d.startswith("pynomaly.service.")}
+               for m in MODULES if m.startswith("pynomaly.service.")}
+    assert service["pynomaly.service.metrics"] == set()
+    assert "pynomaly.service.jobs" not in set().union(*(service[m] for m in service if m != "pynomaly.service.jobs"))
+    done = set()
+
+    def down(m, path):
+        assert m not in path, " -> ".join(path + [m])  # a cycle
+        if m not in done:
+            for d in sorted(service[m]):
+                down(d, path + [m])
+            done.add(m)
+
+    for m in sorted(service):
+        down(m, [])
+
+
 def test_the_socket_client_loads_no_native_code():
     """An edge box with only the client: `import pynomaly.client` loads neither the core nor
     the service layer."""
