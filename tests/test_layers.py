@@ -1,7 +1,7 @@
 """Imports point down the layers (issue 21), read from every module's source: module-level
 imports and those inside functions alike, each resolved to the module it names.
 
-    faces      pynomaly.cli, pynomaly_daemon, pynomaly_api (and pynomaly.quickstart)
+    faces      pynomaly.cli (its command groups and the quickstart), pynomaly_daemon, pynomaly_api
     serving    pynomaly.serving
     service    pynomaly.service
     client     pynomaly.client: the socket client, a library (loads no native code)
@@ -84,7 +84,7 @@ LAYERS = [  # (rank, prefixes): lower ranks are lower layers
     (2.5, ("pynomaly.client",)),  # a library for users and for faces that talk to a daemon
     (3, ("pynomaly.service",)),
     (4, ("pynomaly.serving",)),
-    (5, ("pynomaly.cli", "pynomaly.quickstart", "pynomaly.__main__")),
+    (5, ("pynomaly.cli", "pynomaly.__main__")),
     (5, ("pynomaly_daemon",)),
     (5, ("pynomaly_api",)),
 ]
