@@ -176,16 +176,16 @@ def _check_detect(params: dict) -> dict:
 
 def _run_train(home, params: dict, progress) -> dict:
     det = train(home, params["detector"], params.get("data"), params.get("algorithm", "IsolationForest"),
-                        params.get("params") or {}, columns=params.get("columns"),
-                        activate=params.get("activate", True), progress=progress,
-                        dataset_id=params.get("dataset_id"))
+                params.get("params") or {}, columns=params.get("columns"),
+                activate=params.get("activate", True), progress=progress,
+                dataset_id=params.get("dataset_id"))
     return {"detector": det.name, "version": det.version, "status": det.status.value}
 
 
 def _run_detect(home, params: dict, progress) -> dict:
     result = detect(home, params["detector"], params.get("data"), version=params.get("version"),
-                            threshold=params.get("threshold"), contamination=params.get("contamination"),
-                            columns=params.get("columns"), progress=progress, dataset_id=params.get("dataset_id"))
+                    threshold=params.get("threshold"), contamination=params.get("contamination"),
+                    columns=params.get("columns"), progress=progress, dataset_id=params.get("dataset_id"))
     return result.summary()
 
 
@@ -420,7 +420,7 @@ def _detector_failed(db, row, reason: str) -> None:
     home = db.home
     try:
         record_failed_training(home, params["detector"], params.get("algorithm", "IsolationForest"),
-                                       params.get("params") or {}, reason)
+                               params.get("params") or {}, reason)
     except Exception:  # noqa: BLE001 - the job's own error says what happened
         pass
 
