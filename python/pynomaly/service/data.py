@@ -71,9 +71,11 @@ def dataset_rows(home, dataset_id: str, columns=None):
     with opened(home) as repo:
         meta = repo.dataset(dataset_id)
         blob = repo.dataset_rows(dataset_id)
+    from pynomaly.store.dataio import array_from_npy
+
     try:
-        X = np.load(io.BytesIO(blob), allow_pickle=False)
-    except ValueError as e:
+        X = array_from_npy(blob, f"the stored rows of dataset {dataset_id}")
+    except InvalidInputError as e:
         raise ArtifactIntegrityError(f"dataset {dataset_id} cannot be read: {e}") from None
     names = list(meta["column_names"]) or [f"x{i}" for i in range(X.shape[1])]
     if columns is not None:

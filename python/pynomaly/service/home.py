@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pynomaly._errors import InvalidInputError
+from pynomaly._errors import ArtifactIntegrityError, InvalidInputError
 from pynomaly.service._common import Progress, opened
+from pynomaly.service.usecases import model_from_bytes
 from pynomaly.store.repository import Repository
 
 
@@ -37,7 +38,25 @@ def doctor(home, repair: bool = False) -> dict:
     """Check a home (database, artifacts, version numbers); with ``repair``, fix what can be
     fixed without losing anything. See :meth:`pynomaly.repository.Repository.check`."""
     with opened(home) as repo:
-        return repo.check(repair=repair)
+        return repo.check(repair=repair, load=_check_loads)
+
+
+def _check_loads(algorithm: str, fmt: str, blob: bytes) -> None:
+    """Doctor's load of a stored (non-pickle) artifact: raise unless it makes a model."""
+    from pynomaly.store.exportfile import artifact_format
+
+    if fmt != artifact_format(algorithm):  # e.g. a pickle stored as "native": never unpickled
+        raise ArtifactIntegrityError(f"format {fmt!r} is not how {algorithm!r} is stored")
+    if fmt == "native":
+        model_from_bytes(algorithm, blob, "artifact")
+        return
+    from pynomaly.estimators.adapters import MissingExtraError, require
+
+    try:
+        require(fmt, fmt)
+        model_from_bytes(algorithm, blob, "artifact")
+    except (MissingExtraError, InvalidInputError):
+        pass  # checked where its extra is installed; one wrapping the user's own code needs that code
 
 
 # -- encryption at rest --------------------------------------------------------------------
