@@ -168,3 +168,13 @@ def test_daemon_refuses_a_bad_metrics_port(tmp_path):
     finally:
         busy.close()
     assert out.returncode == 1 and "cannot serve metrics" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_jobs_gauge_needs_only_the_metrics_module(tmp_path):
+    """metrics imports nothing of the service (issue 21): the jobs table's reader is handed to
+    it when the service package loads, so a face that imports only metrics still has the gauge."""
+    code = ("import sys; from pynomaly.service import metrics; [g] = metrics.jobs_collector(sys.argv[1])(); "
+            "print(sorted((k[0], v) for _, _, k, v in g.samples()))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "h")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "('queued', 0)" in out.stdout

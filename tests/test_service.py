@@ -202,3 +202,11 @@ def test_stored_datasets_results_and_audit_on_every_backend(home):
     assert service.audit_verify(home) == {"ok": True, "entries": 3, "problems": []}
     found = service.doctor(home)
     assert not any(found[k] for k in found), found
+
+
+def test_every_use_case_is_a_name_of_the_service_package():
+    """The use cases live in a module each (issue 21); faces and users still call them all as
+    ``pynomaly.service.<function>``, those never listed in ``__all__`` included."""
+    public = {"check_reachable", "create_key_file", "is_encrypted", *service.__all__}
+    assert [n for n in sorted(public) if not hasattr(service, n)] == []
+    assert service.Scorer is Scorer

@@ -35,6 +35,7 @@ MOVED = {
     "pynomaly.jobs": "pynomaly.service.jobs",
     "pynomaly.alerts": "pynomaly.service.alerts",
     "pynomaly.metrics": "pynomaly.service.metrics",
+    "pynomaly.quickstart": "pynomaly.cli.quickstart",
 }
 
 
@@ -55,6 +56,10 @@ class _Same(importlib.abc.Loader):
 
     def exec_module(self, module):
         pass  # already executed under its own name
+
+    def get_code(self, fullname):
+        # `python -m` an old path (python -m pynomaly.quickstart) runs the module's own code
+        return importlib.util.find_spec(self.real).loader.get_code(self.real)
 
 
 class _Finder(importlib.abc.MetaPathFinder):

@@ -42,6 +42,10 @@ from typing import Iterator, Optional
 from pynomaly.store import jobs as _rows
 from pynomaly.store._schema import migrated_home, open_database
 from pynomaly._errors import InvalidInputError, NotFoundError, PynomalyError
+from pynomaly.service import metrics
+from pynomaly.service.home import audit_record
+from pynomaly.service.training import record_failed_training, train
+from pynomaly.service.usecases import detect
 
 __all__ = [
     "STATES",
@@ -149,21 +153,17 @@ def _check_detect(params: dict) -> dict:
 
 
 def _run_train(home, params: dict, progress) -> dict:
-    from pynomaly.service import usecases as service
-
-    det = service.train(home, params["detector"], params.get("data"), params.get("algorithm", "IsolationForest"),
-                        params.get("params") or {}, columns=params.get("columns"),
-                        activate=params.get("activate", True), progress=progress,
-                        dataset_id=params.get("dataset_id"))
+    det = train(home, params["detector"], params.get("data"), params.get("algorithm", "IsolationForest"),
+                params.get("params") or {}, columns=params.get("columns"),
+                activate=params.get("activate", True), progress=progress,
+                dataset_id=params.get("dataset_id"))
     return {"detector": det.name, "version": det.version, "status": det.status.value}
 
 
 def _run_detect(home, params: dict, progress) -> dict:
-    from pynomaly.service import usecases as service
-
-    result = service.detect(home, params["detector"], params.get("data"), version=params.get("version"),
-                            threshold=params.get("threshold"), contamination=params.get("contamination"),
-                            columns=params.get("columns"), progress=progress, dataset_id=params.get("dataset_id"))
+    result = detect(home, params["detector"], params.get("data"), version=params.get("version"),
+                    threshold=params.get("threshold"), contamination=params.get("contamination"),
+                    columns=params.get("columns"), progress=progress, dataset_id=params.get("dataset_id"))
     return result.summary()
 
 
@@ -280,6 +280,9 @@ def counts(home) -> dict:
         db.close()
 
 
+metrics.count_jobs_with(counts)  # the pynomaly_jobs gauge of every face's metrics
+
+
 def cancel(home, job_id: str) -> dict:
     """Cancel a job: a queued one now, a running one as soon as its worker sees the request
     (within a second). Cancelling a finished job is refused with its state."""
@@ -377,13 +380,11 @@ def _detector_failed(db, row, reason: str) -> None:
     (per the domain lifecycle; a failed retraining leaves the detector as it was)."""
     if row["kind"] != "train":
         return
-    from pynomaly.service import usecases as service
-
     params = json.loads(row["params"])
     home = db.home
     try:
-        service.record_failed_training(home, params["detector"], params.get("algorithm", "IsolationForest"),
-                                       params.get("params") or {}, reason)
+        record_failed_training(home, params["detector"], params.get("algorithm", "IsolationForest"),
+                               params.get("params") or {}, reason)
     except Exception:  # noqa: BLE001 - the job's own error says what happened
         pass
 
@@ -493,8 +494,6 @@ class Worker:
             db.close()
 
     def _run(self, db, row) -> None:
-        from pynomaly.service import metrics
-
         cur = self.current = _Running(row["id"])
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(cur, done), daemon=True, name="pynomaly-job-heartbeat")
@@ -527,12 +526,10 @@ class Worker:
     def _audit_train(self, row, state: str, error, result) -> None:
         """The version a training job stored (or its failure) in the audit trail, in the name
         of whoever submitted the job: the submission alone does not say what was trained."""
-        from pynomaly.service import usecases as service
-
         params = json.loads(row["params"])
         name = params.get("detector", "")
         try:
-            service.audit_record(
+            audit_record(
                 self.home, actor=params.get("submitted_by"), action="train",
                 target=f"{name}@{result['version']}" if state == "succeeded" else name,
                 origin=f"job {row['id']}", outcome="ok" if state == "succeeded" else f"error: {error}"[:300],

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import List, Optional, Protocol
 
-from pynomaly.service import usecases as service
+from pynomaly import service
 from pynomaly import wire
 from pynomaly._errors import DetectorNotFoundError as DetectorNotFound
 from pynomaly._errors import PynomalyError

@@ -1,5 +1,6 @@
 """The README's main job: train an isolation forest on the bundled cardio dataset, store it,
-detect with it and report (``pynomaly quickstart`` or ``python -m pynomaly.quickstart``)."""
+detect with it and report (``pynomaly quickstart`` or ``python -m pynomaly.quickstart``, the
+old path of this module)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,24 @@ import time
 import numpy as np
 
 
+def add_quickstart(sub):
+    q = sub.add_parser("quickstart", help="train on the bundled cardio dataset, store, detect, report",
+                       description="Train an isolation forest on the bundled cardio dataset (UCI "
+                       "Cardiotocography via ODDS), store it in the home folder, detect with it and report.")
+    q.add_argument("--detector", default="cardio-quickstart", help="name to store it under (default cardio-quickstart)")
+
+
+def _cmd_quickstart(args, home, progress, out):
+    run(home, args.detector, progress=progress, out=out)
+
+
+COMMANDS = {"quickstart": _cmd_quickstart}
+
+
 def run(home=None, detector: str = "cardio-quickstart", *, progress=None, out=None) -> None:
     """Run the quickstart job against the repository ``home`` and print its report to ``out``."""
     from pynomaly import build_info
-    from pynomaly.service import usecases as service
+    from pynomaly import service
     from pynomaly.store.datasets import load_cardio
 
     out = out or sys.stdout
