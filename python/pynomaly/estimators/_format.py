@@ -46,6 +46,7 @@ import numpy as np
 
 from pynomaly import _core
 from pynomaly._errors import ModelFormatError
+from pynomaly.domain import flagged
 
 MAGIC = b"PYNOMALY"
 VERSION = 1
@@ -195,7 +196,7 @@ def load_forest(cls, data):
     model.n_features_in_ = n_features
     model.decision_scores_ = scores if n_scores else None
     model.threshold_ = header["threshold"]
-    model.labels_ = None if model.decision_scores_ is None else (scores > model.threshold_).astype(np.int64)
+    model.labels_ = None if model.decision_scores_ is None else flagged(scores, model.threshold_).astype(np.int64)
     restore_feature_names(model, header)
     return model
 
@@ -256,6 +257,6 @@ def load_neighbors(cls, data, kind: bytes, what: str):
         model._lrd = take("<f8", n)
         model._kdist = take("<f8", n)
     model.threshold_ = threshold
-    model.labels_ = (scores > threshold).astype(np.int64)
+    model.labels_ = flagged(scores, threshold).astype(np.int64)
     restore_feature_names(model, header)
     return model
