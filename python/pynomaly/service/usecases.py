@@ -34,11 +34,10 @@ from pynomaly.domain import DetectionResult, Detector, DetectorStatus, DetectorV
 from pynomaly.store._files import atomic_write
 from pynomaly.store.exportfile import read_export, write_export
 from pynomaly.store.repository import Repository
-from pynomaly.service.scorer import WANT_ALL, Decisions, Scorer  # the faces know them as service.*
+from pynomaly.service.scorer import WANT_ALL, Scorer  # the faces know them as service.*
 
 __all__ = [
     "Scorer",
-    "Decisions",
     "WANT_ALL",
     "train",
     "detect",
