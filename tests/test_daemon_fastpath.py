@@ -25,7 +25,7 @@ from pynomaly import _core, wire
 from conftest import REPO
 from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, frame, raw_connect, raw_rows, read_frame
 
-from pynomaly.service.usecases import Scorer
+from pynomaly.service import Scorer
 
 pynomaly_daemon = pytest.importorskip("pynomaly_daemon")
 

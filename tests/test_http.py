@@ -612,6 +612,9 @@ def test_http_import_never_trusts_a_pickle_from_elsewhere(served, tmp_path):
         assert status == (403 if not query else 400), err
         assert "pynomaly --home HOME import FILE --trust-pickle" in err["error"]
     assert server.json("GET", "/api/v1/detectors/shell", token=admin)[0] == 404
+    for junk in (b"not an export", foreign[:100], foreign[:-1] + bytes([foreign[-1] ^ 1])):
+        status, err = server.json("POST", "/api/v1/detectors/import?name=junk", junk, token=admin, headers=octet)
+        assert status == 400 and "upload.pnx" in err["error"], err  # the caller's bad file, not a storage error
     assert "shell" not in [d.name for d in service.list_detectors(home)]
     own = service.export(home, "pyod-ecod", tmp_path / "own.pnx").read_bytes()
     status, d = server.json("POST", "/api/v1/detectors/import?name=own-pickle", own, token=admin, headers=octet)

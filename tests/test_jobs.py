@@ -137,6 +137,24 @@ def test_unknown_job_and_bad_state(tmp_path):
         jobs.list_jobs(tmp_path, "done")
 
 
+def test_the_jobs_table_is_a_numbered_migration(home, small):
+    """Migration 8 (issue 21): opening a home makes the jobs' table, as every other table; a
+    home whose table was made on first use before (at migration 7) migrates and keeps its jobs."""
+    from _homes import is_pg
+
+    from pynomaly.store.repository import Repository
+
+    Repository(home).close()
+    assert raw_sql(home, "SELECT COUNT(*) FROM jobs")[0][0] == 0  # there before any job is submitted
+    job_id = jobs.submit(home, "train", {"detector": "d", "data": small})
+    raw_sql(home, "DELETE FROM schema_migrations WHERE version > 7")
+    if not is_pg(home):
+        raw_sql(home, "PRAGMA user_version = 7")
+    assert [j["id"] for j in jobs.list_jobs(home)] == [job_id]
+    assert raw_sql(home, "SELECT description FROM schema_migrations WHERE version = 8") \
+        == [("jobs' tables (made on first use before)",)]
+
+
 def test_a_failed_job_keeps_its_error_and_its_detector_is_failed(home, tmp_path, small):
     job_id = jobs.submit(home, "train", {"detector": "d", "data": small, "params": {"max_samples": -3}})
     jobs.Worker(home, poll=0.01).run(max_jobs=1)

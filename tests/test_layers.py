@@ -7,7 +7,7 @@ imports and those inside functions alike, each resolved to the module it names.
     client     pynomaly.client: the socket client, a library (loads no native code)
     store | estimators   (siblings: neither imports the other)
     binding | wire       pynomaly._core | pynomaly.wire, the socket protocol's Structs
-    domain     pynomaly.domain, pynomaly._errors
+    domain     pynomaly.domain, pynomaly._errors, pynomaly._optional (optional libraries, imported late)
 
 An arrow may point down or stay in its layer; never up, never between the two siblings, never
 between two faces, and never round in a cycle.
@@ -16,6 +16,7 @@ between two faces, and never round in a cycle.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ def imports(path: Path) -> set:
 GRAPH = {m: imports(p) for m, p in MODULES.items()}
 
 LAYERS = [  # (rank, prefixes): lower ranks are lower layers
-    (0, ("pynomaly._errors", "pynomaly.domain")),
+    (0, ("pynomaly._errors", "pynomaly._optional", "pynomaly.domain")),
     (1, ("pynomaly._core",)),
     (1, ("pynomaly.wire",)),  # the socket protocol's Structs: the daemon's, the client's
     (2, ("pynomaly.estimators",)),
@@ -227,3 +228,77 @@ def test_old_import_paths_name_the_same_modules():
     import pynomaly.estimators.adapters.pyod
 
     assert pynomaly.adapters.pyod is pynomaly.estimators.adapters.pyod
+
+
+# -- the store: the only SQL, and a floor of its own (issue 21) ---------------------------------
+# A statement's opening words (SELECT also needs a FROM, or a bare `SELECT 1`-like probe), so that
+# prose about SQL (docstrings are skipped anyway) or a message saying "update" is not taken for it.
+_SQL = re.compile(r"^\s*(SELECT\b.*\bFROM\b|SELECT\s+[\d(]|INSERT\s+INTO\b|UPDATE\s+\w+\s+SET\b|DELETE\s+FROM\b"
+                  r"|CREATE\s+(UNIQUE\s+)?(TABLE|INDEX)\b|ALTER\s+TABLE\b|DROP\s+(TABLE|INDEX)\b|PRAGMA\s+\w)",
+                  re.S)
+
+
+def _sql_strings(path: Path) -> list:
+    """The string constants of ``path`` (f-strings' literal parts too) that read as SQL
+    statements, docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    texts, parts = [], set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.JoinedStr):  # an f-string: its literal parts, each {...} read as a name
+            parts.update(id(v) for v in n.values)
+            texts.append((n, "".join(v.value if isinstance(v, ast.Constant) else "x" for v in n.values)))
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings:
+            texts.append((n, n.value))
+    return [f"{path.name}:{n.lineno}: {text.strip()[:60]!r}" for n, text in texts
+            if id(n) not in parts and _SQL.match(text)]
+
+
+def test_the_sql_check_sees_statements_and_not_prose(tmp_path):
+    sample = tmp_path / "m.py"
+    sample.write_text('"""SELECT ... FOR UPDATE SKIP LOCKED, said in a docstring."""\n'
+                      'a = "SELECT * FROM jobs WHERE id = ?"\nb = f"UPDATE {t} SET x = 1"\nc = "SELECT 1"\n'
+                      'd = "INSERT INTO t VALUES (?)"\ne = "Update the detector first"\nf = "select a model"\n')
+    assert [s.split(":")[1] for s in _sql_strings(sample)] == ["2", "3", "4", "5"]
+
+
+def test_no_sql_outside_the_store():
+    store = PKG / "store"
+    found = [s for m, p in MODULES.items() if store not in p.parents for s in _sql_strings(p)]
+    assert found == []
+
+
+def test_the_store_imports_no_service_serving_or_face():
+    up = ("pynomaly.service", "pynomaly.serving", "pynomaly.cli", "pynomaly.client", "pynomaly_daemon",
+          "pynomaly_api")
+    wrong = {m: sorted(d for d in GRAPH[m] if d.startswith(up)) for m in MODULES if m.startswith("pynomaly.store")}
+    assert {m: d for m, d in wrong.items() if d} == {}
+
+
+def test_the_store_has_no_import_cycle():
+    """_home at the bottom, then _db (a resolved home), _schema (tables, open_database), the
+    modules that own rows, the repository on top: no module imports one above it."""
+    store = {m for m in MODULES if m.startswith("pynomaly.store.")}
+    seen, done = set(), set()
+
+    def visit(m, path):
+        assert m not in seen - done, " -> ".join([*path, m])
+        if m in done:
+            return
+        seen.add(m)
+        for d in sorted(GRAPH[m] & store):
+            visit(d, [*path, m])
+        done.add(m)
+
+    for m in sorted(store):
+        visit(m, [])
+
+
+def test_store_modules_stay_small():
+    sizes = {m: len(p.read_text().splitlines()) for m, p in MODULES.items() if m.startswith("pynomaly.store")}
+    assert {m: n for m, n in sizes.items() if n > 600} == {}

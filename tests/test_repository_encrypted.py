@@ -224,7 +224,7 @@ def test_rotate_rewraps_without_rewriting(keyed, tmp_path, monkeypatch):
 _REENCRYPT_KILLED = textwrap.dedent(
     """
     import os, signal, sys
-    import pynomaly.repository as R
+    import pynomaly.store._sealing as R  # where re-encryption rewrites the files
     from pynomaly import service
     real, n = R.atomic_write, [0]
     def write_then_die(path, data):

@@ -169,7 +169,7 @@ def test_connections_are_reused_and_a_restart_costs_no_failed_call(pg_server, pg
 
 _FORK = """
     import os, sys
-    from pynomaly import _db
+    from pynomaly.store import _db
 
     def backend_pid():
         with _db.Database(sys.argv[1]) as db:

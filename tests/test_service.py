@@ -11,7 +11,7 @@ import pytest
 import pynomaly
 from pynomaly import service
 from pynomaly.domain import DetectorNotReadyError, DetectorVersion
-from pynomaly.service.usecases import Scorer
+from pynomaly.service import Scorer
 
 from conftest import load_dataset
 

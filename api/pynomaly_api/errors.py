@@ -9,7 +9,7 @@ from typing import Optional
 
 from starlette.responses import Response
 
-from pynomaly._errors import ArtifactIntegrityError, NotFoundError, PynomalyError, RepositoryError
+from pynomaly._errors import ArtifactIntegrityError, ExportFileError, NotFoundError, PynomalyError, RepositoryError
 from pynomaly._errors import RepositoryUnavailableError
 from pynomaly.domain import DetectorNotReadyError
 from pynomaly.serving import DetectorUnavailable
@@ -45,6 +45,8 @@ def status_of(err: BaseException):
     if isinstance(err, RepositoryUnavailableError):  # the database is away: retry later
         log.warning("database unavailable: %s", err)
         return 503, str(err), {"Retry-After": "1"}
+    if isinstance(err, ExportFileError):  # an uploaded export file: the caller's input
+        return 400, str(err), None
     if isinstance(err, (ArtifactIntegrityError, RepositoryError)):
         log.error("storage error: %s", err)
         return 500, f"storage error: {err}", None

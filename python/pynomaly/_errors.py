@@ -53,6 +53,11 @@ class ArtifactIntegrityError(PynomalyError):
     """An artifact or model file is missing, corrupted, or its signature does not match: it is refused."""
 
 
+class ExportFileError(ArtifactIntegrityError):
+    """An export file given to pynomaly (not one stored in the home) is not an intact export:
+    the caller's input is at fault, so the HTTP face answers 400, not a storage error's 500."""
+
+
 class UntrustedPickleError(ArtifactIntegrityError):
     """A pickled model not signed by this home's key: loading it would run whatever it holds.
     Only whoever holds the machine may decide to trust it (``pynomaly import --trust-pickle``)."""

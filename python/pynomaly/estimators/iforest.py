@@ -6,17 +6,14 @@ higher for more anomalous rows, i.e. ``-sklearn.ensemble.IsolationForest.score_s
 
 from __future__ import annotations
 
-import json
 import numbers
 import secrets
-import struct
 import warnings
-import zlib
 
 import numpy as np
 
 from pynomaly import _core
-from pynomaly._errors import InvalidInputError, ModelFormatError, NotFittedError
+from pynomaly._errors import InvalidInputError, NotFittedError
 from pynomaly.estimators._validation import _FLOATS, resolve_n_jobs
 from pynomaly.estimators.base import BaseDetector, PickleAsBytes, check_memory
 

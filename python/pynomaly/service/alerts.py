@@ -55,7 +55,8 @@ import uuid
 from datetime import datetime, timezone
 from typing import Optional, Protocol
 
-from pynomaly.store import _db
+from pynomaly.store import alerts as _rows
+from pynomaly.store._schema import migrated_home, open_database
 from pynomaly._errors import InvalidInputError, PynomalyError
 
 __all__ = [
@@ -105,7 +106,7 @@ class NotificationService(Protocol):
 
 
 def _connect(home):
-    return _db.connect(home)  # the tables are the repository's migrations 5 and 6 (pynomaly._schema)
+    return open_database(home)  # the tables are the repository's migrations 5 and 6 (pynomaly.store._schema)
 
 
 def _now() -> float:
@@ -195,13 +196,11 @@ def add_rule(home, detector: str, channel: str, target: str, *, score_above=None
     try:
         key = _signing_key(db)
         signature = rule_signature(key, rule_id, detector, channel, target, float(timeout))
-        db.execute(
-            "INSERT INTO alert_rules (id, detector, channel, target, secret, score_above, rate_above, count, within,"
-            " dedup, timeout, max_attempts, created_at, signature) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (rule_id, detector, channel, target, secret, score_above, rate_above, count, within, float(dedup),
-             float(timeout), int(max_attempts), _now(), signature),
-        )
-        return _rule_dict(db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone(), key)
+        _rows.insert_rule(db, id=rule_id, detector=detector, channel=channel, target=target, secret=secret,
+                          score_above=score_above, rate_above=rate_above, count=count, within=within,
+                          dedup=float(dedup), timeout=float(timeout), max_attempts=int(max_attempts),
+                          created_at=_now(), signature=signature)
+        return _rule_dict(_rows.rule(db, rule_id), key)
     finally:
         db.close()
 
@@ -244,10 +243,7 @@ def list_rules(home, detector: Optional[str] = None) -> list:
     dead-lettered, not sent)."""
     db = _connect(home)
     try:
-        if detector is None:
-            rows = db.execute("SELECT * FROM alert_rules ORDER BY created_at")
-        else:
-            rows = db.execute("SELECT * FROM alert_rules WHERE detector=? ORDER BY created_at", (detector,))
+        rows = _rows.rules(db, detector)
         key = _signing_key(db)
         return [_rule_dict(r, key) for r in rows]
     finally:
@@ -262,13 +258,13 @@ def approve_rule(home, rule_id: str) -> dict:
     db = _connect(home)
     try:
         key = _signing_key(db)
-        with _db.transaction(db):
-            r = db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone()
+        with db.transaction():
+            r = _rows.rule(db, rule_id)
             if r is None:
                 raise RuleNotFoundError(f"no alert rule {rule_id!r}; see: pynomaly alerts list")
             sig = rule_signature(key, r["id"], r["detector"], r["channel"], r["target"], r["timeout"])
-            db.execute("UPDATE alert_rules SET signature=? WHERE id=?", (sig, rule_id))
-        return _rule_dict(db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone(), key)
+            _rows.set_signature(db, rule_id, sig)
+        return _rule_dict(_rows.rule(db, rule_id), key)
     finally:
         db.close()
 
@@ -277,12 +273,11 @@ def remove_rule(home, rule_id: str) -> dict:
     """Delete a rule (its queued messages are still delivered); returns what was removed."""
     db = _connect(home)
     try:
-        with _db.transaction(db):
-            r = db.execute("SELECT * FROM alert_rules WHERE id=?", (rule_id,)).fetchone()
+        with db.transaction():
+            r = _rows.rule(db, rule_id)
             if r is None:
                 raise RuleNotFoundError(f"no alert rule {rule_id!r}; see: pynomaly alerts list")
-            db.execute("DELETE FROM alert_rules WHERE id=?", (rule_id,))
-            db.execute("DELETE FROM alert_counts WHERE rule_id=?", (rule_id,))
+            _rows.delete_rule(db, rule_id)
         return _rule_dict(r, _signing_key(db))
     finally:
         db.close()
@@ -394,33 +389,24 @@ def _evaluate(db, rules, obs: Observation) -> list:
     queued = []
     if obs.anomalies <= 0 or not rules:
         return queued
-    with _db.transaction(db):
+    with db.transaction():
         for rule in rules:
             total = None
             if rule["count"] is not None:
-                db.execute("INSERT INTO alert_counts (rule_id, at, n) VALUES (?,?,?)", (rule["id"], obs.at, obs.anomalies))
-                db.execute("DELETE FROM alert_counts WHERE rule_id=? AND at < ?", (rule["id"], obs.at - rule["within"]))
-                total = db.execute("SELECT COALESCE(SUM(n), 0) FROM alert_counts WHERE rule_id=? AND at >= ?",
-                                   (rule["id"], obs.at - rule["within"])).fetchone()[0]
+                total = _rows.count_in_window(db, rule["id"], obs.at, obs.anomalies, rule["within"])
             if not _fires(rule, obs, total):
                 continue
             fp = fingerprint(_labels(rule))
-            if rule["dedup"] > 0 and db.execute(
-                "SELECT 1 FROM alert_outbox WHERE fingerprint=? AND created_at >= ? LIMIT 1", (fp, obs.at - rule["dedup"])
-            ).fetchone():
+            if rule["dedup"] > 0 and _rows.queued_since(db, fp, obs.at - rule["dedup"]):
                 metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="deduplicated")
                 continue
-            pending = db.execute("SELECT COUNT(*) FROM alert_outbox WHERE state IN ('pending','sending')").fetchone()[0]
+            pending = _rows.waiting(db)
             if pending >= OUTBOX_LIMIT:
                 metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="dropped")
                 log.warning("alert outbox full (%d messages waiting); alert of rule %s dropped", pending, rule["id"])
                 continue
             msg_id = "msg_" + uuid.uuid4().hex
-            db.execute(
-                "INSERT INTO alert_outbox (id, rule_id, channel, fingerprint, payload, state, next_at, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (msg_id, rule["id"], rule["channel"], fp, json.dumps(payload(rule, obs, total)), "pending", obs.at, obs.at),
-            )
+            _rows.queue(db, msg_id, rule["id"], rule["channel"], fp, json.dumps(payload(rule, obs, total)), obs.at)
             queued.append(msg_id)
     return queued
 
@@ -434,8 +420,7 @@ def evaluate(home, detector: str, result) -> list:
         return []
     db = _connect(home)
     try:
-        rules = db.execute("SELECT * FROM alert_rules WHERE detector=?", (detector,)).fetchall()
-        return _evaluate(db, rules, obs)
+        return _evaluate(db, _rows.rules(db, detector), obs)
     finally:
         db.close()
 
@@ -447,7 +432,7 @@ class Evaluator:
     without rules cost a dict lookup."""
 
     def __init__(self, home, refresh: float = 2.0):
-        self.home = _db.home_of(home)
+        self.home = migrated_home(home)
         self.refresh = refresh
         self._rules: dict = {}
         self._read_at = -math.inf
@@ -459,7 +444,7 @@ class Evaluator:
             if self._db is None:
                 self._db = _connect(self.home)
             by = {}
-            for r in self._db.execute("SELECT * FROM alert_rules"):
+            for r in _rows.rules(self._db):
                 by.setdefault(r["detector"], []).append(r)
             self._rules, self._read_at = by, now
         return self._rules.get(detector, [])
@@ -736,19 +721,9 @@ def deliver(home, *, limit: int = 100, backoff: float = BACKOFF, max_backoff: fl
     db = home if hasattr(home, "execute") else _connect(home)
     try:
         now = _now()
-        if db.execute("SELECT 1 FROM alert_outbox WHERE (state='pending' AND next_at <= ?) OR"
-                      " (state='sending' AND claimed_until < ?) LIMIT 1", (now, now)).fetchone() is None:
+        if not _rows.any_due(db, now):
             return out  # nothing due: an idle dispatcher only reads
-        with _db.transaction(db, exclusive=False):  # PostgreSQL: dispatchers take different rows
-            rows = db.execute(
-                "SELECT o.id, o.rule_id, o.payload, o.attempts, r.id AS rid, r.detector, r.channel, r.target,"
-                " r.secret, r.timeout, r.max_attempts, r.signature FROM alert_outbox o"
-                " LEFT JOIN alert_rules r ON r.id = o.rule_id"
-                " WHERE (o.state='pending' AND o.next_at <= ?) OR (o.state='sending' AND o.claimed_until < ?)"
-                " ORDER BY o.next_at LIMIT ?" + db.skip_locked("o"), (now, now, int(limit))).fetchall()
-            for r in rows:
-                db.execute("UPDATE alert_outbox SET state='sending', claimed_by=?, claimed_until=? WHERE id=?",
-                           (worker, now + CLAIM_LEASE, r["id"]))
+        rows = _rows.claim_due(db, worker, now, CLAIM_LEASE, limit)
         key = _signing_key(db) if rows else b""
         for r in rows:
             label = _channel_label(r["channel"]) if r["rid"] is not None else "none"
@@ -770,21 +745,16 @@ def deliver(home, *, limit: int = 100, backoff: float = BACKOFF, max_backoff: fl
                     error = f"{type(e).__name__}: {e}"
             attempts = r["attempts"] + 1
             if error is None:
-                db.execute("UPDATE alert_outbox SET state='sent', attempts=?, sent_at=?, claimed_by=NULL,"
-                           " claimed_until=NULL, last_error=NULL WHERE id=? AND claimed_by=?",
-                           (attempts, _now(), r["id"], worker))
+                _rows.sent(db, r["id"], worker, attempts, _now())
                 out["sent"] += 1
                 metrics.ALERTS_SENT.inc(channel=label, outcome="sent")
             elif final or attempts >= (r["max_attempts"] or 1):
-                db.execute("UPDATE alert_outbox SET state='dead', attempts=?, claimed_by=NULL, claimed_until=NULL,"
-                           " last_error=? WHERE id=? AND claimed_by=?", (attempts, error, r["id"], worker))
+                _rows.dead(db, r["id"], worker, attempts, error)
                 out["dead"] += 1
                 metrics.ALERTS_SENT.inc(channel=label, outcome="dead")
                 log.warning("alert %s is dead after %d attempt(s): %s", r["id"], attempts, error)
             else:
-                db.execute("UPDATE alert_outbox SET state='pending', attempts=?, next_at=?, claimed_by=NULL,"
-                           " claimed_until=NULL, last_error=? WHERE id=? AND claimed_by=?",
-                           (attempts, _now() + _backoff(attempts, backoff, max_backoff), error, r["id"], worker))
+                _rows.retry_at(db, r["id"], worker, attempts, _now() + _backoff(attempts, backoff, max_backoff), error)
                 out["retry"] += 1
                 metrics.ALERTS_SENT.inc(channel=label, outcome="retry")
         return out
@@ -815,10 +785,8 @@ def outbox(home, state: Optional[str] = None, limit: int = 100) -> list:
         raise InvalidInputError(f"unknown outbox state {state!r}; accepted: pending, sending, sent, dead")
     db = _connect(home)
     try:
-        q = "SELECT * FROM alert_outbox" + (" WHERE state=?" if state else "") + " ORDER BY created_at DESC LIMIT ?"
-        rows = db.execute(q, ((state,) if state else ()) + (int(limit),)).fetchall()
         out = []
-        for r in rows:
+        for r in _rows.messages(db, state, limit):
             d = dict(r)
             d["payload"] = json.loads(d["payload"])
             for k in ("next_at", "created_at", "sent_at", "claimed_until"):
@@ -834,7 +802,7 @@ class Dispatcher:
     :meth:`wake`), until :meth:`stop`."""
 
     def __init__(self, home, interval: float = 0.5, backoff: float = BACKOFF, max_backoff: float = MAX_BACKOFF):
-        self.home = _db.home_of(home)
+        self.home = migrated_home(home)
         self.interval = interval
         self.backoff, self.max_backoff = backoff, max_backoff
         self._wake = threading.Event()

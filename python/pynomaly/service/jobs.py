@@ -39,7 +39,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Optional
 
-from pynomaly.store import _db
+from pynomaly.store import jobs as _rows
+from pynomaly.store._schema import migrated_home, open_database
 from pynomaly._errors import InvalidInputError, NotFoundError, PynomalyError
 
 __all__ = [
@@ -61,29 +62,6 @@ __all__ = [
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    params TEXT NOT NULL,
-    state TEXT NOT NULL,
-    stage TEXT,
-    fraction REAL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    worker TEXT,
-    heartbeat REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL DEFAULT 3,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    notes TEXT,
-    result TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)
-"""
-
 _log = logging.getLogger("pynomaly.jobs")
 
 HEARTBEAT = 0.5  # seconds between a running job's heartbeats (and progress writes)
@@ -99,7 +77,7 @@ class JobCancelled(PynomalyError):
 
 
 def _connect(home):
-    return _db.connect(home, "jobs", _SCHEMA)
+    return open_database(home)  # the table is the repository's migration 8 (pynomaly.store._schema)
 
 
 # -- kinds: what a job may do, checked when submitted ----------------------------------------
@@ -223,8 +201,7 @@ def submit(home, kind: str, params: dict, *, max_attempts: int = 3, actor: Optio
     job_id = uuid.uuid4().hex
     db = _connect(home)
     try:
-        db.execute("INSERT INTO jobs (id, kind, params, state, created_at, max_attempts) VALUES (?,?,?,?,?,?)",
-                   (job_id, kind, text, "queued", time.time(), max_attempts))
+        _rows.insert(db, job_id, kind, text, max_attempts)
     finally:
         db.close()
     return job_id
@@ -262,11 +239,10 @@ def _to_dict(r) -> dict:
 def _find(db, job_id: str):
     if not isinstance(job_id, str) or not job_id:
         raise JobNotFoundError(f"no job {job_id!r}")
-    r = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    r = _rows.by_id(db, job_id)
     if r is None:
         # A unique prefix (as `pynomaly jobs list` shows them) is accepted too.
-        prefix = job_id.replace("\\", "").replace("%", "").replace("_", "")
-        rows = db.execute("SELECT * FROM jobs WHERE id LIKE ? LIMIT 2", (prefix + "%",)).fetchall()
+        rows = _rows.by_prefix(db, job_id)
         if len(rows) != 1 or len(job_id) < 4:
             raise JobNotFoundError(f"no job {job_id!r}" + (" (the prefix is ambiguous)" if len(rows) > 1 else ""))
         r = rows[0]
@@ -290,11 +266,7 @@ def list_jobs(home, state: Optional[str] = None, limit: int = 100) -> list:
         raise InvalidInputError(f"unknown job state {state!r}; accepted: {', '.join(STATES)}")
     db = _connect(home)
     try:
-        if state is None:
-            rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (int(limit),))
-        else:
-            rows = db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY created_at DESC LIMIT ?", (state, int(limit)))
-        return [_to_dict(r) for r in rows]
+        return [_to_dict(r) for r in _rows.latest(db, state, limit)]
     finally:
         db.close()
 
@@ -303,10 +275,7 @@ def counts(home) -> dict:
     """Number of jobs in each state (every state named, 0 when none): the ``pynomaly_jobs`` gauge."""
     db = _connect(home)
     try:
-        out = dict.fromkeys(STATES, 0)
-        for r in db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
-            out[r[0]] = r[1]
-        return out
+        return {**dict.fromkeys(STATES, 0), **_rows.count_by_state(db)}
     finally:
         db.close()
 
@@ -316,15 +285,14 @@ def cancel(home, job_id: str) -> dict:
     (within a second). Cancelling a finished job is refused with its state."""
     db = _connect(home)
     try:
-        with _db.transaction(db):
+        with db.transaction():
             r = _find(db, job_id)
             if r["state"] in TERMINAL:
                 raise InvalidInputError(f"job {r['id']} is already {r['state']}")
             if r["state"] == "queued":
-                db.execute("UPDATE jobs SET state='cancelled', cancel_requested=1, finished_at=? WHERE id=?",
-                           (time.time(), r["id"]))
+                _rows.cancel_queued(db, r["id"])
             else:
-                db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=?", (r["id"],))
+                _rows.request_cancel(db, r["id"])
         return _to_dict(_find(db, r["id"]))
     finally:
         db.close()
@@ -378,26 +346,22 @@ def recover(home, lease: float = LEASE) -> list:
     try:
         now = time.time()
         done, gave_up = [], []
-        running = db.execute("SELECT id, worker, heartbeat FROM jobs WHERE state='running'").fetchall()
-        stale = [r["id"] for r in running
+        stale = [r["id"] for r in _rows.running(db)
                  if _alive(r["worker"]) is False or (r["heartbeat"] or 0) < now - lease]
         for job_id in stale:
-            with _db.transaction(db):
-                r = db.execute("SELECT * FROM jobs WHERE id=? AND state='running'", (job_id,)).fetchone()
+            with db.transaction():
+                r = _rows.running_by_id(db, job_id)
                 if r is None:
                     continue
                 if _alive(r["worker"]) is not False and (r["heartbeat"] or 0) >= time.time() - lease:
                     continue  # it came back to life (a heartbeat) since the first look
                 why = f"worker {r['worker']} stopped during attempt {r['attempts']}"
                 if r["cancel_requested"]:
-                    db.execute("UPDATE jobs SET state='cancelled', finished_at=?, error=? WHERE id=?",
-                               (now, why, job_id))
+                    _rows.end_stale(db, job_id, "cancelled", now, why)
                 elif r["attempts"] < r["max_attempts"]:
-                    db.execute("UPDATE jobs SET state='queued', worker=NULL, stage=NULL, fraction=NULL,"
-                               " notes=COALESCE(notes || ?, '') || ? WHERE id=?", ("\n", why + "; re-queued", job_id))
+                    _rows.requeue_stale(db, job_id, why + "; re-queued")
                 else:
-                    db.execute("UPDATE jobs SET state='failed', finished_at=?, error=? WHERE id=?",
-                               (now, f"interrupted: {why}, the last of {r['max_attempts']}", job_id))
+                    _rows.end_stale(db, job_id, "failed", now, f"interrupted: {why}, the last of {r['max_attempts']}")
                     gave_up.append((r, f"interrupted: {why}"))
             done.append(job_id)
         for r, why in gave_up:  # after the commit: the service writes with its own connection
@@ -458,7 +422,7 @@ class Worker:
     """
 
     def __init__(self, home=None, *, poll: float = 0.5, lease: float = LEASE, signals: bool = False):
-        self.home = _db.home_of(home)
+        self.home = migrated_home(home)
         self.poll = poll
         self.lease = lease
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -470,17 +434,9 @@ class Worker:
     # -- claiming ---------------------------------------------------------------------------
     def claim(self, db):
         """Take the oldest queued job: exactly one worker gets each (one write transaction)."""
-        if db.execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone() is None:
+        if not _rows.any_queued(db):
             return None  # an idle worker only reads: no write lock every poll
-        with _db.transaction(db, exclusive=False):
-            r = db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY created_at LIMIT 1"
-                           + db.skip_locked()).fetchone()
-            if r is None:
-                return None
-            now = time.time()
-            db.execute("UPDATE jobs SET state='running', worker=?, heartbeat=?, started_at=?, attempts=attempts+1,"
-                       " stage=NULL, fraction=NULL WHERE id=?", (self.id, now, now, r["id"]))
-            return db.execute("SELECT * FROM jobs WHERE id=?", (r["id"],)).fetchone()
+        return _rows.claim(db, self.id)
 
     def run(self, max_jobs: Optional[int] = None) -> int:
         """Run jobs until :attr:`stop` is set (or ``max_jobs`` were run); returns how many ran."""
@@ -526,10 +482,7 @@ class Worker:
         db = _connect(self.home)
         try:
             while not done.wait(HEARTBEAT):
-                r = db.execute(
-                    "UPDATE jobs SET heartbeat=?, stage=?, fraction=? WHERE id=? AND worker=? AND state='running'"
-                    " RETURNING cancel_requested", (time.time(), cur.stage, cur.fraction, cur.id, self.id)
-                ).fetchone()
+                r = _rows.heartbeat(db, cur.id, self.id, cur.stage, cur.fraction)
                 if r is None:  # taken back (our heartbeat was late): stop doing its work
                     self._interrupt(cur)
                 elif r[0] and not cur.cancel.is_set():
@@ -554,7 +507,7 @@ class Worker:
                 raise JobCancelled("cancelled")
             result = run(self.home, json.loads(row["params"]), cur.progress)
         except JobCancelled:
-            state = "queued" if cur.shutdown and not row["cancel_requested"] and not _cancel_asked(db, cur.id) else "cancelled"
+            state = "queued" if cur.shutdown and not row["cancel_requested"] and not _rows.cancel_requested(db, cur.id) else "cancelled"
         except KeyboardInterrupt:
             state, error = "cancelled", "interrupted"
         except BaseException as e:  # noqa: BLE001 - the job's error, kept with it
@@ -589,23 +542,12 @@ class Worker:
 
     def _finish(self, db, job_id: str, state: str, error, result) -> None:
         now = time.time()
-        with _db.transaction(db):
+        with db.transaction():
             if state == "queued":  # shut down mid-job: back in the queue, this attempt not counted
-                db.execute("UPDATE jobs SET state='queued', worker=NULL, stage=NULL, fraction=NULL,"
-                           " attempts=attempts-1, notes=COALESCE(notes || ?, '') || ?"
-                           " WHERE id=? AND worker=? AND state='running'",
-                           ("\n", f"worker {self.id} shut down; re-queued", job_id, self.id))
+                _rows.requeue_own(db, job_id, self.id, f"worker {self.id} shut down; re-queued")
             else:
-                db.execute("UPDATE jobs SET state=?, finished_at=?, error=?, result=?, stage=?, fraction=?"
-                           " WHERE id=? AND worker=? AND state='running'",
-                           (state, now, error, json.dumps(result) if result is not None else None,
-                            "done" if state == "succeeded" else None, 1.0 if state == "succeeded" else None,
-                            job_id, self.id))
-
-
-def _cancel_asked(db, job_id: str) -> bool:
-    r = db.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
-    return bool(r and r[0])
+                _rows.finish(db, job_id, self.id, state, now, error, json.dumps(result) if result is not None else None,
+                             "done" if state == "succeeded" else None, 1.0 if state == "succeeded" else None)
 
 
 def start_workers(home=None, threads: int = 1) -> list:

@@ -28,12 +28,12 @@ transactions (delivered at commit); a listener is one thread with its own connec
 hands each payload to a callback and reconnects, with backoff, when the server goes away.
 
 Migrations (:func:`migrate`) are versioned: a ``schema_migrations`` table holds the numbers
-applied, the ordered list lives with the code that owns the tables (the repository's
-``pynomaly._schema.MIGRATIONS``), and every starter applies what is missing under the write lock, so
-concurrent starters run each migration once. Jobs and alerts still create their own tables
-with ``CREATE TABLE IF NOT EXISTS`` on first use (:func:`connect`, under the same lock): enough
-while those tables have never changed; their first change needs to become a numbered
-migration too.
+applied, the ordered list of every table's migrations is ``pynomaly.store._schema.MIGRATIONS``,
+and every starter applies what is missing under the write lock, so concurrent starters run
+each migration once.
+
+This module takes a home already resolved (a folder's Path, or a URL): what a ``home``
+argument means, and opening it migrated, is :func:`pynomaly.store._schema.open_database`.
 """
 
 from __future__ import annotations
@@ -55,21 +55,6 @@ SQLITE, POSTGRES = "sqlite", "postgresql"
 WRITE_LOCK = 0x70796E6F  # "pyno": the advisory lock that stands for SQLite's write lock
 # Its two-key form, (WRITE_LOCK, the home's schema): literals, so the int4 overload is chosen.
 _LOCK_KEYS = f"{WRITE_LOCK}, hashtext(current_schema())"
-
-_created: set = set()  # (database, schema key) already checked in this process
-_created_lock = threading.Lock()
-
-
-def home_of(home):
-    """What a ``home`` argument means: a folder (Path, created with the repository's tables if
-    absent) or a database URL (str, the repository's tables migrated)."""
-    from pynomaly.store.repository import Repository
-
-    if isinstance(home, Repository):
-        return home.home
-    with Repository(home) as repo:
-        return repo.home
-
 
 # -- PostgreSQL specifics ----------------------------------------------------------------------
 @functools.lru_cache(maxsize=1024)
@@ -328,6 +313,10 @@ class Database:
                 self.execute(f"SELECT pg_advisory_unlock({_LOCK_KEYS})")
                 self._session_locked = False
 
+    def ping(self) -> None:
+        """One round trip to the server (raises when it does not answer): readiness probes."""
+        self.execute("SELECT 1").fetchone()
+
     def notify(self, channel: str, payload: str) -> None:
         """Tell listeners of ``channel`` (PostgreSQL: delivered at commit; SQLite: nothing,
         its readers poll)."""
@@ -357,38 +346,6 @@ def _first_line(e) -> str:
 def transaction(db: Database, exclusive: bool = True):
     """``db.transaction(exclusive)``: see :meth:`Database.transaction`."""
     return db.transaction(exclusive)
-
-
-def connect(home, key: str = "", schema: str = "") -> Database:
-    """A connection to the repository database of ``home``, migrated (see :func:`home_of`),
-    with ``schema`` (``CREATE TABLE IF NOT EXISTS`` statements, ``;``-separated, written for
-    SQLite), if any, created once per process and database."""
-    resolved = home_of(home)
-    try:
-        db = Database(resolved)
-    except sqlite3.DatabaseError as e:
-        raise RepositoryError(f"the repository database of {resolved} cannot be used ({e})") from None
-    ident = (db.where, key)
-    if schema and ident not in _created:
-        try:
-            with db.schema_transaction():
-                for stmt in ddl(schema, db.dialect):
-                    db.execute(stmt)
-        except sqlite3.DatabaseError as e:
-            db.close()
-            raise RepositoryError(f"the repository database {db.where} cannot be used ({e})") from None
-        with _created_lock:
-            _created.add(ident)
-    return db
-
-
-@contextlib.contextmanager
-def opened(home, key: str, schema: str):
-    db = connect(home, key, schema)
-    try:
-        yield db
-    finally:
-        db.close()
 
 
 # -- change notifications ----------------------------------------------------------------------

@@ -15,8 +15,11 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
 import uuid
 from pathlib import Path
+
+from pynomaly._errors import RepositoryError
 
 _URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -35,11 +38,45 @@ def redacted(url: str) -> str:
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
 
 
+def default_home():
+    """``$PYNOMALY_HOME`` (a folder as a Path; a PostgreSQL URL as the string itself), else the
+    per-user data folder (XDG on Linux, Application Support on macOS, %LOCALAPPDATA% on
+    Windows) + ``pynomaly``."""
+    env = os.environ.get("PYNOMALY_HOME")
+    if env:
+        return env if is_database_url(env) else Path(env).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "pynomaly"
+
+
+def prepare(home):
+    """What a ``home`` argument names, ready to open: None is :func:`default_home`; a database
+    URL stays the string as given (the password too: replicas reconnect with it); anything
+    else is a folder, created (mode 0700, with its ``artifacts/``) if absent, as a Path. An
+    object that already holds a resolved home (a Repository) gives its ``home``."""
+    if home is None:
+        home = default_home()
+    elif not isinstance(home, (str, os.PathLike)):
+        home = home.home
+    if is_database_url(home):
+        return home
+    folder = Path(home).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (folder / "artifacts").mkdir(exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise RepositoryError(f"cannot create the pynomaly home folder {str(folder)!r}: {e}") from None
+    return folder
+
+
 def local_dir(home) -> Path:
     """The folder for a home's installation-local files (see the module's docstring)."""
     if home is None:  # PYNOMALY_HOME may itself be a URL
-        from pynomaly.store.repository import default_home
-
         home = default_home()
     if not is_database_url(home):
         return Path(home).expanduser()
@@ -61,7 +98,6 @@ def signing_key(folder) -> bytes:
     unpickle them or run a command. Replicas share it through PYNOMALY_CONFIG_DIR (the same
     file mounted on each).
     """
-    from pynomaly._errors import RepositoryError
     from pynomaly.store._files import private_enough
 
     path = Path(folder) / "secret.key"

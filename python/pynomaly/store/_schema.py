@@ -1,15 +1,21 @@
-"""The repository's tables, and the numbered migrations that made them (applied on open by
-``pynomaly._db.migrate``, on folder and database homes alike). Written once, in the SQL both
-SQLite and PostgreSQL accept; ``_db.ddl`` adapts the column types.
+"""Every table of a home, the numbered migrations that made them, and :func:`open_database`,
+the one way to a home's database: resolved, connected and migrated.
+
+Migrations are applied on open by :func:`pynomaly.store._db.migrate`, on folder and database
+homes alike. Written once, in the SQL both SQLite and PostgreSQL accept; ``_db.ddl`` adapts
+the column types. The modules that own the rows (the repository, audit, revocations, jobs,
+alerts) hold their queries; the tables are all here.
 """
 
 from __future__ import annotations
 
-from pynomaly.store import _db
-from pynomaly.store import audit as _audit
-from pynomaly.store import revocations as _revocations
+import sqlite3
 
-__all__ = ["MIGRATIONS"]
+from pynomaly._errors import RepositoryError
+from pynomaly.store import _db
+from pynomaly.store._home import prepare
+
+__all__ = ["MIGRATIONS", "open_database", "migrated_home"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS detectors (
@@ -75,6 +81,31 @@ CREATE TABLE IF NOT EXISTS dataset_data (
 );
 """
 
+# The audit trail (pynomaly.store.audit).
+_AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+)
+"""
+
+# A database home's audit head mark (see pynomaly.store.audit): one row, id 1.
+_AUDIT_HEAD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+)
+"""
+
 # Tables a database home keeps in the database, where a folder home keeps files beside it: the
 # artifacts themselves (see the module's docstring), the version marks and the audit head.
 _DATABASE_HOME_SCHEMA = """
@@ -86,7 +117,7 @@ CREATE TABLE IF NOT EXISTS version_marks (
     name TEXT PRIMARY KEY,
     version INTEGER NOT NULL
 );
-""" + _audit.HEAD_SCHEMA
+""" + _AUDIT_HEAD_SCHEMA
 
 
 # The alert rules, their window counts and the outbox (pynomaly.alerts). Until migration 5 they
@@ -135,6 +166,46 @@ CREATE INDEX IF NOT EXISTS alert_outbox_by_fingerprint ON alert_outbox (fingerpr
 """
 
 
+# API tokens and sessions revoked before they expire (pynomaly.store.revocations).
+_REVOCATIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    id INTEGER PRIMARY KEY,
+    jti TEXT,
+    subject TEXT,
+    not_before REAL,
+    expires REAL,
+    revoked_at REAL NOT NULL,
+    CHECK ((jti IS NULL) <> (subject IS NULL))
+)
+"""
+
+# The job queue (pynomaly.service.jobs, its rows in pynomaly.store.jobs). Until migration 8 it
+# was created on first use, outside the numbered migrations: this is that shape, so a home
+# that already has it keeps it as it is.
+_JOBS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT,
+    fraction REAL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    worker TEXT,
+    heartbeat REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 3,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    notes TEXT,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)
+"""
+
+
 def _statements(schema: str):
     def apply(db):
         for stmt in _db.ddl(schema, db.dialect):
@@ -165,12 +236,48 @@ def _database_home_only(schema: str):
 # schema_migrations table existed; each is idempotent, so a home that had them is safe anyway.
 MIGRATIONS = [
     ("detectors, versions, datasets, results", _statements(_SCHEMA)),
-    ("the audit table", _statements(_audit.SCHEMA)),
+    ("the audit table", _statements(_AUDIT_SCHEMA)),
     ("dataset_data: the stored rows of uploaded datasets", _statements(_DATASET_DATA_SCHEMA)),
     ("a database home's artifacts, version marks and audit head", _database_home_only(_DATABASE_HOME_SCHEMA)),
     ("alert rules, counts and outbox (made on first use before)", _statements(_ALERTS_SCHEMA)),
     # A rule's HMAC under the installation's key (pynomaly.alerts.rule_signature): whoever can
     # write rows cannot make a dispatcher run a command or write a file (issue 25).
     ("alert_rules.signature", _add_column("alert_rules", "signature", "TEXT")),
-    ("revoked_tokens: API tokens and sessions revoked before they expire", _statements(_revocations.SCHEMA)),
+    ("revoked_tokens: API tokens and sessions revoked before they expire", _statements(_REVOCATIONS_SCHEMA)),
+    ("jobs' tables (made on first use before)", _statements(_JOBS_SCHEMA)),
 ]
+
+
+def open_database(home) -> "_db.Database":
+    """A connection to ``home``'s database, migrated to :data:`MIGRATIONS`: what every module
+    that reads or writes a home's rows opens (the repository, jobs, alerts, revocations).
+
+    ``home`` is anything :func:`pynomaly.store._home.prepare` accepts (None, a folder, a URL,
+    a Repository); the connection's ``home`` is the resolved one. Migrating reads first, so
+    an up-to-date database costs one query here and takes no write lock.
+    """
+    home = prepare(home)
+    db = None
+    try:
+        db = _db.Database(home)
+        _db.migrate(db, MIGRATIONS)
+    except sqlite3.DatabaseError as e:
+        if db is not None:
+            db.close()
+        raise RepositoryError(
+            f"the repository database {str(home / 'pynomaly.db')!r} cannot be used ({e}); if it is "
+            "damaged, move it aside (the artifacts/ folder keeps the models' bytes) and restore it from a backup"
+        ) from None
+    except BaseException:
+        if db is not None:
+            db.close()
+        raise
+    return db
+
+
+
+def migrated_home(home):
+    """``home`` resolved (a Path or the URL; see :func:`open_database`), its database
+    migrated: for a long-running reader that connects to it later, again and again."""
+    with open_database(home) as db:
+        return db.home

@@ -1,6 +1,7 @@
 """The audit trail of a home: who did what, when, from where, with what outcome.
 
-Entries live in the repository's database (table ``audit``), one row each, appended inside a
+Entries live in the repository's database (table ``audit``, made by migration 2 of
+:mod:`pynomaly.store._schema`), one row each, appended inside a
 write transaction. Each entry carries the hash of the previous one (``prev``) and its own
 (``hash`` = SHA-256 of its fields and ``prev``), so an entry edited or deleted in the middle
 breaks the chain. The newest entry's number and hash are also kept in ``audit-head.json``
@@ -36,32 +37,8 @@ from typing import Optional
 from pynomaly._errors import ArtifactIntegrityError, InvalidInputError
 from pynomaly.store._files import atomic_write
 
-__all__ = ["SCHEMA", "HEAD_SCHEMA", "append", "entries", "verify", "parse_since", "default_actor", "GENESIS",
+__all__ = ["append", "entries", "verify", "parse_since", "default_actor", "GENESIS",
            "RefusalLimiter"]
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    detail TEXT,
-    prev TEXT NOT NULL,
-    hash TEXT NOT NULL
-)
-"""
-
-# A database home's head mark (see the module's docstring): one row, id 1.
-HEAD_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit_head (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    seq INTEGER NOT NULL,
-    hash TEXT NOT NULL
-)
-"""
 
 GENESIS = "0" * 64
 _FIELDS = ("seq", "at", "actor", "action", "target", "origin", "outcome", "detail", "prev")

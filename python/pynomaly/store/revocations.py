@@ -3,7 +3,7 @@
 An entry revokes either one token, by its id (``jti``), or every token of a subject issued at
 or before a time (``not_before``): signing out, ``pynomaly token revoke`` and ``pynomaly user
 remove`` write them. They live in the home's repository database (table ``revoked_tokens``,
-a numbered migration of :mod:`pynomaly._schema`), so every server on the home sees them: the
+a numbered migration of :mod:`pynomaly.store._schema`), so every server on the home sees them: the
 processes of one folder home and the replicas of a PostgreSQL home alike.
 
 A server keeps the list in memory (:class:`RevocationList`) and a thread of its own looks for
@@ -19,22 +19,10 @@ import threading
 import time
 from typing import Optional
 
-from pynomaly.store import _db
 from pynomaly._errors import RepositoryUnavailableError
+from pynomaly.store._schema import open_database
 
-__all__ = ["SCHEMA", "revoke_token", "revoke_subject", "RevocationList"]
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS revoked_tokens (
-    id INTEGER PRIMARY KEY,
-    jti TEXT,
-    subject TEXT,
-    not_before REAL,
-    expires REAL,
-    revoked_at REAL NOT NULL,
-    CHECK ((jti IS NULL) <> (subject IS NULL))
-)
-"""
+__all__ = ["revoke_token", "revoke_subject", "RevocationList"]
 
 _MAX_TEXT = 1000
 log = logging.getLogger("pynomaly.revocations")
@@ -43,7 +31,7 @@ log = logging.getLogger("pynomaly.revocations")
 def _append(home, jti: Optional[str], subject: Optional[str], not_before: Optional[float],
             expires: Optional[float]) -> int:
     now = time.time()
-    with _db.Database(_db.home_of(home)) as db, db.transaction():
+    with open_database(home) as db, db.transaction():
         # Ids in order of revocation (under the write lock: no two writers take the same one),
         # so that readers ask only for what came after the last id they saw.
         n = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM revoked_tokens").fetchone()[0]
@@ -110,7 +98,7 @@ class RevocationList:
     def refresh(self) -> None:
         """Read the entries added since the last look (at once: after this process revoked
         something, so that it refuses the token from its next request on)."""
-        with _db.Database(_db.home_of(self.home)) as db:
+        with open_database(self.home) as db:
             self._read(db)
 
     def _read(self, db) -> None:
@@ -144,7 +132,7 @@ class RevocationList:
         while not self._stop.wait(self.interval_s):
             try:
                 if db is None:
-                    db = _db.Database(_db.home_of(self.home))
+                    db = open_database(self.home)
                 self._read(db)
                 if self._failing:
                     log.info("reading revoked tokens again")
