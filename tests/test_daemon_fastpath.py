@@ -411,9 +411,11 @@ class _Conn:
 
 def python_path_replies(scorer, stream: bytes, dtype: str) -> bytes:
     """What the daemon's Python path writes for these frames, scored as one batch: the same
-    modules the daemon runs (request validation, the Scorer, pynomaly_daemon.replies)."""
+    modules the daemon runs (request validation, the Scorer, the data plane, pynomaly_daemon.replies)."""
     from pynomaly_daemon.batching import matrix, request_rows
     from pynomaly_daemon.replies import Pending, detect_replies
+
+    from pynomaly.serving import DataPlane
 
     conn, items, pos = _Conn(), [], 0
     while pos < len(stream):
@@ -423,7 +425,9 @@ def python_path_replies(scorer, stream: bytes, dtype: str) -> bytes:
         items.append(Pending(conn, req, data, rows))
         pos += 4 + n
     X = matrix(b"".join(bytes(it.data) for it in items), sum(it.n for it in items), scorer.version.n_features, dtype)
-    detect_replies(scorer, items, scorer.score(X), msgspec.msgpack.Encoder(), lambda c, n: None,
+    scores = scorer.score(X)
+    labels = DataPlane(None).decide(scorer, items, scores)
+    detect_replies(scorer, items, scores, labels, msgspec.msgpack.Encoder(), lambda c, n: None,
                    lambda *a: pytest.fail(f"unexpected error reply {a}"))
     return bytes(conn.transport.written)
 

@@ -800,7 +800,7 @@ def test_a_slow_client_gets_504_and_others_are_served_meanwhile(tmp_path):
 def test_deadline_raises_timeout_only_for_its_own_cancel():
     import asyncio
 
-    from pynomaly_api.app import deadline
+    from pynomaly_api.body import deadline
 
     async def main():
         with pytest.raises(TimeoutError):

@@ -27,7 +27,9 @@ from pynomaly.domain import DetectionResult, check_name
 
 from . import spool, tensors
 from .audit import actor_of
-from .app import HTTPError, ServerState, read_body, state_of, status_of
+from .body import read_body
+from .errors import HTTPError, status_of
+from .state import ServerState, state_of
 from .tokens import ROLES, ForbiddenError, Principal, create_token, parse_ttl
 
 router = APIRouter(prefix="/api/v1")
@@ -347,7 +349,7 @@ async def detect(body: DetectIn, request: Request, who: Principal = Depends(allo
     if (body.dataset_id is None) == (body.data is None):
         raise HTTPError(400, "give either dataset_id or data (rows), not both")
     name = _name(body.detector)
-    scorer = await st.scorer(name, body.version)
+    scorer = await st.plane.scorer(name, body.version)
     data = None
     if body.data is not None:
         data = np.asarray(body.data, dtype=np.float64) if body.data else np.empty((0, scorer.version.n_features))

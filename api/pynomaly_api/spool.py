@@ -21,7 +21,7 @@ from typing import Optional
 
 from pynomaly.store import dataio
 
-from .app import HTTPError
+from .errors import HTTPError
 
 log = logging.getLogger("pynomaly_api")
 

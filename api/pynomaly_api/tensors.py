@@ -310,9 +310,11 @@ def encode_infer(model_name: str, model_version: int, request_id: Optional[str],
     raw = []
     for name, values in outputs.items():
         datatype, dtype = OUTPUTS[name]
+        if values.dtype != dtype:  # a DetectionResult's int64 labels are the protocol's BOOL
+            values = values.astype(dtype)
         head = {"name": name, "datatype": datatype, "shape": [int(values.shape[0])]}
         if name in binary:
-            b = np.ascontiguousarray(values, dtype=dtype).tobytes()
+            b = np.ascontiguousarray(values).tobytes()
             head["parameters"] = {"binary_data_size": len(b)}
             raw.append(b)
         else:

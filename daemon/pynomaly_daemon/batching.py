@@ -80,11 +80,11 @@ def matrix(data, n: int, n_features: int, dtype: str) -> np.ndarray:
 class Batcher:
     """Queues, scores and answers admitted detect requests (see the module docstring)."""
 
-    def __init__(self, config, pool, admission, cache, counters, encoder, reply_error):
+    def __init__(self, config, pool, admission, plane, counters, encoder, reply_error):
         self.config = config
         self.pool = pool
         self.admission = admission
-        self.cache = cache
+        self.plane = plane  # the data plane: the cache's bookkeeping, the decision, the observer
         self.counters = counters
         self.encoder = encoder
         self.reply_error = reply_error  # reply_error(conn, id, code, message)
@@ -92,7 +92,6 @@ class Batcher:
         self.flush_handle = None
         self.loop = None
         self.conns = ()  # the daemon's connections (set by the daemon): with others, wait for them
-        self.observer = None  # observe.Observer: counts for the metrics and the alert rules
 
     def submit(self, scorer, item: Pending, dtype: str, *, in_read: bool) -> None:
         """Score an admitted request: queued when small, alone when large.
@@ -136,9 +135,10 @@ class Batcher:
         self.flush_handle = None
         pending, self.pending = self.pending, {}
         now = time.monotonic()
+        used = self.plane.cache.used
         for (scorer, dtype), items in pending.items():
             v = scorer.version
-            self.cache.used(v.name, v.version, len(items), now)
+            used(v.name, v.version, len(items), now)
             if len(items) == 1:
                 X = matrix(items[0].data, items[0].n, v.n_features, dtype)
             else:
@@ -207,6 +207,5 @@ class Batcher:
         c = self.counters
         c["native_calls"] += 1
         c["rows_scored"] += scores.shape[0]
-        if self.observer is not None:
-            self.observer.scored(scorer.version, items, scores)
-        detect_replies(scorer, items, scores, self.encoder, self.admission.release, self.reply_error)
+        labels = self.plane.decide(scorer, items, scores)
+        detect_replies(scorer, items, scores, labels, self.encoder, self.admission.release, self.reply_error)

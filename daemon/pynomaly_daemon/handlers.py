@@ -38,7 +38,7 @@ async def stats(d, req: wire.Stats) -> wire.StatsReply:
 
 
 async def info(d, req: wire.Info) -> wire.InfoReply:
-    return wire.InfoReply(req.id, detector_info(await d.cache.resolve(req.detector, req.version)))
+    return wire.InfoReply(req.id, detector_info(await d.plane.scorer(req.detector, req.version)))
 
 
 async def list_detectors(d, req: wire.ListDetectors) -> wire.ListReply:

@@ -1,6 +1,6 @@
 """Reply encoding: a batch's scores become one DetectReply per request, and replies to the same
-connection go out in one write. What the arrays hold (labels, probabilities) is decided by the
-Scorer, once per batch; this module only slices and frames them.
+connection go out in one write. What the arrays hold is decided once per batch (labels by the
+data plane, probabilities by the Scorer); this module only slices and frames them.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ class Pending:
         self.n = n
 
 
-def detect_replies(scorer, items: list, scores: np.ndarray, encoder, release, reply_error) -> None:
-    """Answer each request of a batch scored together (``scores`` holds their rows in order).
+def detect_replies(scorer, items: list, scores: np.ndarray, labels: np.ndarray, encoder, release, reply_error) -> None:
+    """Answer each request of a batch scored together (``scores`` holds their rows in order,
+    ``labels`` their flags at the version's threshold, a bool array).
 
     Arrays are converted to bytes once per batch, then sliced per request. ``release(conn, n)``
     ends each request's admission; ``reply_error(conn, id, code, message)`` answers one that
@@ -43,7 +44,6 @@ def detect_replies(scorer, items: list, scores: np.ndarray, encoder, release, re
                 probabilities = e
             break
     thr = v.threshold
-    labels = scorer.labels(scores)
     s_bytes = l_bytes = p_bytes = None
     append_frame = wire.append_frame
     outs = {}

@@ -16,17 +16,17 @@ The rooms, each owning one concern:
 - ``admission.py``: the one admit/release of in-flight work and the "busy" rule;
 - ``batching.py``: coalescing small requests, scoring large ones in the pool;
 - ``replies.py``: a batch's scores into DetectReply frames;
-- ``pynomaly.serving`` (shared with the HTTP API): the cache of loaded Scorers (LRU by bytes),
-  latest versions and their refresh, and the sources Scorers come from (a repository home or a
-  ``--models`` folder);
+- ``pynomaly.serving`` (shared with the HTTP API): the data plane (lookup, score, decide,
+  observe), the cache of loaded Scorers (LRU by bytes), latest versions and their refresh, and
+  the sources Scorers come from (a repository home or a ``--models`` folder);
 - ``errors.py``: the daemon's exceptions and their wire error codes;
 - ``observe.py``: every path's detections counted per detector for the metrics and handed to
   the alert rules; ``metrics_http.py``: ``--metrics-port``.
 
-Detection itself is pynomaly.service.Scorer's: the daemon never turns scores into labels or
-probabilities on its own. The common request, a small raw-rows ``detect`` for a native
-isolation forest, is answered by the native path (``pynomaly.serving.native.fast_detect``) straight from
-the receive buffer, with the Scorer's typed ``ServedForest``; it stops at the first frame it
+Detection itself is the data plane's (``pynomaly.serving.dataplane``) and the Scorer's: the
+daemon never turns scores into labels or probabilities on its own. The common request, a small
+raw-rows ``detect`` for a native isolation forest, is answered by the native path
+(``pynomaly.serving.native.fast_detect``) straight from the receive buffer, with the Scorer's typed ``ServedForest``; it stops at the first frame it
 does not fully understand and leaves it to the Python path, so both give the same answers.
 Every failure a client can cause ends in an Error reply or a clean close of that client only,
 with one log line; SIGTERM drains, SIGHUP reloads.
@@ -58,7 +58,7 @@ from pynomaly.wire import Detect, Rows, default_socket_path, unsafe_socket_folde
 from .admission import Admission, ConnectionLimits
 from .audit import Auditor
 from .batching import Batcher, request_rows
-from pynomaly.serving import ModelCache
+from pynomaly.serving import DataPlane, ModelCache
 from .config import Config
 from .connection import Connection
 from .errors import RequestError, classify
@@ -87,10 +87,11 @@ class Daemon:
         self.n_detect = 0  # kept apart from `requests`: counted on the hot path
         self.cache = ModelCache(source, self.run, max_bytes=config.cache_bytes,
                                 refresh_interval=config.refresh_interval, counters=self.counters)
+        self.plane = DataPlane(self.cache)  # its observer is set at start, when metrics or alerts are on
         self.admission = Admission(config.max_in_flight, config.max_in_flight_rows, config.conn_max_in_flight)
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = msgspec.msgpack.Decoder(wire.Request)
-        self.batcher = Batcher(config, self.pool, self.admission, self.cache, self.counters, self.encoder,
+        self.batcher = Batcher(config, self.pool, self.admission, self.plane, self.counters, self.encoder,
                                lambda conn, req_id, code, msg: conn.reply_error(req_id, code, msg))
         self.conns: set = set()
         self.uid_conns = collections.Counter()  # open connections (of self.conns) per peer uid
@@ -256,7 +257,7 @@ class Daemon:
         alerts_on = cfg.alerts and repo
         if cfg.metrics_port or alerts_on:
             self.observer = Observer(home, alerts_on=alerts_on) if alerts_on else Observer(None, alerts_on=False)
-            self.batcher.observer = self.observer
+            self.plane.observer = self.observer
             self.observer.start(loop)
         if cfg.metrics_port:
             from . import metrics_http
@@ -405,10 +406,7 @@ class Daemon:
 
     def detect(self, conn: Connection, req: Detect) -> None:
         self.n_detect += 1
-        cache = self.cache
-        scorer = cache.hot.get((req.detector, req.version)) or cache.cached(req.detector, req.version)
-        if req.version is not None and scorer is not None:
-            cache.pinned.add((req.detector, req.version))  # asked for by number: kept when superseded
+        scorer = self.plane.lookup(req.detector, req.version)
         if scorer is None:
             if self._admit(conn, req.id, 0):
                 self.loop.create_task(self._detect_after_load(conn, req))
@@ -426,7 +424,7 @@ class Daemon:
 
     async def _detect_after_load(self, conn: Connection, req: Detect) -> None:
         try:
-            scorer = await self.cache.resolve(req.detector, req.version)
+            scorer = await self.plane.scorer(req.detector, req.version)
             data, n, dtype = request_rows(scorer.version, req.rows)
         except Exception as err:  # noqa: BLE001 - becomes the client's Error reply
             self.admission.release(conn, 0)

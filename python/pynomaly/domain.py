@@ -48,6 +48,7 @@ __all__ = [
     "InvalidTransitionError",
     "InvalidNameError",
     "fingerprint",
+    "flagged",
 ]
 
 
@@ -416,6 +417,13 @@ class DetectionResult:
             "timestamp": self.timestamp.isoformat(),
             **self.metrics,
         }
+
+
+def flagged(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The decision rule, the one statement of it in Python: a row is an anomaly when its score
+    is above the threshold (a score equal to it is not). A bool array, one value per score;
+    ``labels`` are its int64 form. The native core states the same rule once in C++."""
+    return scores > threshold
 
 
 def fingerprint(X: np.ndarray) -> str:

@@ -11,7 +11,7 @@ from typing import Optional
 from pynomaly.service import jobs
 from pynomaly._errors import InvalidInputError
 
-from ..app import ServerState
+from ..state import ServerState
 
 _FINISHED = ("succeeded", "failed", "cancelled")
 

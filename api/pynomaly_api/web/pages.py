@@ -26,7 +26,8 @@ from pynomaly.store.revocations import revoke_token
 from pynomaly.serving import DetectorUnavailable
 
 from .. import sessions, tensors
-from ..app import HTTPError, ServerState, state_of, status_of
+from ..errors import HTTPError, status_of
+from ..state import ServerState, state_of
 from ..audit import actor_of, origin_of
 from ..detection import audited
 from ..tokens import TokenError
@@ -227,7 +228,7 @@ async def detect(request, st: ServerState, p, form) -> Response:
             raise HTTPError(400, "give a threshold or a contamination, not both")
         if contamination is not None and not 0 < contamination <= 0.5:
             raise HTTPError(400, "the contamination is a share of rows: more than 0, at most 0.5")
-        scorer = await st.scorer(name, None)
+        scorer = await st.plane.scorer(name, None)
         upload = form.get("file")
         filename = getattr(upload, "filename", None) if upload is not None and not isinstance(upload, str) else None
         dataset_id = values["dataset_id"].strip() or None
@@ -347,7 +348,7 @@ async def download(request, st: ServerState, p, form) -> Response:
     if threshold is not None and threshold != r.threshold:
         if name is None:
             raise HTTPError(409, "this result's detector was deleted: download it with its own threshold")
-        scorer = await st.scorer(name, r.detector_version)
+        scorer = await st.plane.scorer(name, r.detector_version)
         labels = scorer.labels(r.scores, threshold)
     idx = np.arange(r.scores.size)
     if fmt == "csv":

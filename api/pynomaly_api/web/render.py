@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .. import sessions
-from ..app import HTTPError, deadline, read_body, state_of, status_of
+from ..body import deadline, read_body
+from ..errors import HTTPError, status_of
+from ..state import state_of
 from ..tokens import Principal, TokenError
 
 HERE = Path(__file__).parent

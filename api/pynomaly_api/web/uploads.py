@@ -13,7 +13,7 @@ import numpy as np
 from pynomaly import service
 
 from .. import spool
-from ..app import HTTPError
+from ..errors import HTTPError
 
 log = logging.getLogger("pynomaly_api.web")
 

@@ -50,6 +50,7 @@ import numpy as np
 
 from pynomaly import _core
 from pynomaly._errors import InvalidInputError, ModelFormatError
+from pynomaly.domain import flagged
 from pynomaly.estimators._validation import resolve_n_jobs
 
 MAGIC = b"PYNOMALY"
@@ -237,7 +238,7 @@ def load_forest(cls, data):
     model.n_features_in_ = n_features
     model.decision_scores_ = scores if n_scores else None
     model.threshold_ = threshold
-    model.labels_ = None if model.decision_scores_ is None else (scores > threshold).astype(np.int64)
+    model.labels_ = None if model.decision_scores_ is None else flagged(scores, threshold).astype(np.int64)
     restore_feature_names(model, header)
     return model
 
@@ -300,6 +301,6 @@ def load_neighbors(cls, data, kind: bytes, what: str):
         model._lrd = take("<f8", n)
         model._kdist = take("<f8", n)
     model.threshold_ = threshold
-    model.labels_ = (scores > threshold).astype(np.int64)
+    model.labels_ = flagged(scores, threshold).astype(np.int64)
     restore_feature_names(model, header)
     return model

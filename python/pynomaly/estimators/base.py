@@ -29,6 +29,7 @@ import numpy as np
 
 from pynomaly.estimators import scores as _scores
 from pynomaly._errors import InvalidInputError, NotFittedError
+from pynomaly.domain import flagged
 from pynomaly.estimators._validation import as_matrix, check_contamination, feature_names
 
 
@@ -77,7 +78,7 @@ class BaseDetector:
             object.__setattr__(self, "threshold", value)
             self.threshold_ = t
             if scores is not None:
-                self.labels_ = (scores > t).astype(np.int64)
+                self.labels_ = flagged(scores, t).astype(np.int64)
             return
         c = self._rate(value if name == "contamination" else self.contamination)
         if scores is None and c is not None:
@@ -91,7 +92,7 @@ class BaseDetector:
             self.__dict__.pop("threshold", None)  # back to rate-based decisions
         self.threshold_ = self._auto_threshold if c is None else _scores.threshold(scores, c)
         if scores is not None:
-            self.labels_ = (scores > self.threshold_).astype(np.int64)
+            self.labels_ = flagged(scores, self.threshold_).astype(np.int64)
 
     def _rate(self, contamination=_OWN) -> "float | None":
         """The checked contamination rate (this detector's, or the value given), or None for
@@ -226,7 +227,7 @@ class BaseDetector:
         (see :meth:`predict_confidence`), from the same scores.
         """
         scores = self.decision_function(X)
-        labels = (scores > self.threshold_).astype(np.int64)
+        labels = flagged(scores, self.threshold_).astype(np.int64)
         if return_confidence:
             return labels, self._confidence_of(scores)
         return labels
@@ -302,7 +303,7 @@ class BaseDetector:
         if not (0 < delta < 1):
             raise InvalidInputError(f"delta must be in (0, 1), got {delta!r}")
         scores = self.decision_function(X)
-        labels = (scores > self.threshold_).astype(np.int64)
+        labels = flagged(scores, self.threshold_).astype(np.int64)
         confidence = self._confidence_of(scores)
         confidence = np.where(labels == 0, 1 - confidence, confidence)
         self.rejection_threshold_ = 1 - 2 * np.exp(-T)
@@ -426,7 +427,7 @@ class BaseDetector:
         else:
             rate = self._rate()
             self.threshold_ = self._auto_threshold if rate is None else _scores.threshold(scores, rate)
-        self.labels_ = (scores > self.threshold_).astype(np.int64)
+        self.labels_ = flagged(scores, self.threshold_).astype(np.int64)
 
 
 def _check_threshold(value) -> float:

@@ -51,6 +51,7 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
     ) from None
 
 from pynomaly._errors import InvalidInputError, NotFittedError
+from pynomaly.domain import flagged
 from pynomaly.estimators._validation import as_matrix, check_contamination
 from pynomaly.estimators.iforest import IsolationForest
 from pynomaly.estimators.neighbors import KNN, LOF
@@ -463,5 +464,5 @@ def fit(model, X, *, columns=None, n_jobs=None):
         threshold = float(model.threshold)
     model.decision_scores_ = scores
     model.threshold_ = threshold
-    model.labels_ = (scores > threshold).astype(np.int64)
+    model.labels_ = flagged(scores, threshold).astype(np.int64)
     return model

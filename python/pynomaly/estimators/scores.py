@@ -25,7 +25,7 @@ import numpy as np
 from pynomaly import _core
 from pynomaly._errors import InvalidInputError
 from pynomaly.estimators._validation import check_contamination, numeric_array, resolve_n_jobs
-from pynomaly.domain import ScoreStats  # a plain value: the domain defines it, the transforms use it
+from pynomaly.domain import ScoreStats, flagged  # plain values and the rule: the domain states them
 
 __all__ = [
     "ScoreStats",
@@ -268,7 +268,7 @@ def confidence(scores, sorted_train, contamination: float, threshold: float, *, 
     uniq, inverse = np.unique(counts, return_inverse=True)
     posterior = (1 + uniq) / (2 + n)
     conf = (1 - binom.cdf(n - int(n * contamination), n, posterior))[inverse.reshape(-1)]
-    inlier = ~(s > threshold)
+    inlier = ~flagged(s, threshold)
     conf[inlier] = 1 - conf[inlier]
     return conf
 

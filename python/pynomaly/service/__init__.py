@@ -35,12 +35,11 @@ from pynomaly.service.home import check_reachable, create_key_file, is_encrypted
 from pynomaly.service.lifecycle import activate, archive, delete, list_detectors, overview, show, versions
 from pynomaly.service.training import record_failed_training, train
 from pynomaly.service.transfer import export, export_model, import_detector, load_file_for_scoring, write_model_file
-from pynomaly.service.usecases import WANT_ALL, Decisions, Scorer, detect, load_for_scoring, load_model
+from pynomaly.service.usecases import WANT_ALL, Scorer, detect, load_for_scoring, load_model
 from pynomaly.service import jobs as _jobs  # noqa: F401 - registers the jobs gauge's reader with metrics
 
 __all__ = [
     "Scorer",
-    "Decisions",
     "WANT_ALL",
     "train",
     "detect",

@@ -1,7 +1,8 @@
-"""One way to detect: a detector version loaded for scoring (:class:`Scorer`) and the rule that
-turns its scores into decisions (labels, probabilities, confidence, anomaly indices), for every
-face. The service layer builds Scorers (``service.load_for_scoring``) and re-exports these
-names; faces use them as ``service.Scorer``.
+"""One way to detect: a detector version loaded for scoring (:class:`Scorer`) and what turns
+its scores into a :class:`~pynomaly.DetectionResult` (labels by the rule,
+:func:`pynomaly.domain.flagged`; probabilities, confidence), for every face. The service
+layer builds Scorers (``service.load_for_scoring``) and re-exports these names; faces use them
+as ``service.Scorer``.
 """
 
 from __future__ import annotations
@@ -13,31 +14,13 @@ import numpy as np
 
 from pynomaly._errors import InvalidInputError
 from pynomaly.estimators._validation import as_matrix
-from pynomaly.domain import ContaminationRate, DetectionResult, DetectorNotReadyError, DetectorVersion
+from pynomaly.domain import ContaminationRate, DetectionResult, DetectorNotReadyError, DetectorVersion, flagged
 
-__all__ = ["Scorer", "Decisions", "WANT_ALL", "WANT_DEFAULT"]
+__all__ = ["Scorer", "WANT_ALL", "WANT_DEFAULT"]
 
 # What a detection can return besides the threshold; scores and labels unless asked otherwise.
 WANT_ALL = ("scores", "labels", "probabilities", "confidence", "anomalies")
 WANT_DEFAULT = ("scores", "labels")
-
-
-class Decisions:
-    """What a detection produced from one batch of scores (the arrays asked for, else None).
-
-    ``labels`` is a bool array (``scores > threshold``); faces convert it as their format
-    needs (the wire sends uint8, :class:`~pynomaly.DetectionResult` holds int64).
-    """
-
-    __slots__ = ("threshold", "scores", "labels", "probabilities", "confidence", "anomalies")
-
-    def __init__(self, threshold, scores, labels=None, probabilities=None, confidence=None, anomalies=None):
-        self.threshold = threshold
-        self.scores = scores
-        self.labels = labels
-        self.probabilities = probabilities
-        self.confidence = confidence
-        self.anomalies = anomalies
 
 
 class Scorer:
@@ -153,9 +136,9 @@ class Scorer:
         return self.version.threshold
 
     def labels(self, scores: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
-        """The decision rule, stated once: a row is an anomaly when its score is above the
-        threshold (the version's own unless given). A bool array."""
-        return scores > (self.version.threshold if threshold is None else threshold)
+        """The rows above the threshold (the version's own unless given), by the one rule
+        (:func:`pynomaly.domain.flagged`). A bool array."""
+        return flagged(scores, self.version.threshold if threshold is None else threshold)
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
         """Outlier probability of each score: PyOD's 'linear' scaling of the training scores
@@ -168,25 +151,33 @@ class Scorer:
 
         return _scores.linear(scores, stats)
 
-    def decide(self, scores: np.ndarray, want=WANT_DEFAULT, *, threshold=None, contamination=None) -> Decisions:
-        """Turn scores into what ``want`` names (see :data:`WANT_ALL`), with :meth:`labels`
-        and :meth:`probabilities`; ``confidence`` is the model's ExCeeD confidence."""
+    def decide(self, scores: np.ndarray, want=WANT_DEFAULT, *, threshold=None, contamination=None,
+               dataset_id=None, started: Optional[float] = None) -> DetectionResult:
+        """The :class:`~pynomaly.DetectionResult` of these scores: labels by the rule at
+        :meth:`threshold_for`, and ``probabilities`` and ``confidence`` (the model's ExCeeD
+        confidence) when ``want`` names them (see :data:`WANT_ALL`). ``started``: the
+        ``time.perf_counter()`` reading its processing time counts from."""
         t = self.threshold_for(scores, threshold=threshold, contamination=contamination)
-        out = Decisions(t, scores if "scores" in want else None)
-        if "labels" in want or "anomalies" in want:
-            labels = self.labels(scores, t)
-            if "labels" in want:
-                out.labels = labels
-            if "anomalies" in want:
-                out.anomalies = np.flatnonzero(labels).astype(np.int64)
+        labels = flagged(scores, t).astype(np.int64)
+        probabilities = confidence = None
         if "probabilities" in want:
-            out.probabilities = self.probabilities(scores)
+            probabilities = self.probabilities(scores)
         if "confidence" in want:
             confidence_of = getattr(self.model, "confidence_of", None)
             if confidence_of is None:
                 raise DetectorNotReadyError(f"detector {self.version.name!r} cannot give confidences")
-            out.confidence = confidence_of(scores)
-        return out
+            confidence = confidence_of(scores)
+        return DetectionResult(
+            detector_id=self.version.detector_id or self.version.name,
+            detector_version=self.version.version,
+            dataset_id=dataset_id,
+            threshold=t,
+            scores=scores,
+            labels=labels,
+            processing_time_ms=0.0 if started is None else 1e3 * (time.perf_counter() - started),
+            probabilities=probabilities,
+            confidence=confidence,
+        )
 
     def detect(self, X, want=WANT_DEFAULT, *, threshold=None, contamination=None, dataset_id=None) -> DetectionResult:
         """Score X and return a :class:`~pynomaly.DetectionResult` with what ``want`` names
@@ -196,16 +187,5 @@ class Scorer:
             raise InvalidInputError(f"want must name some of {list(WANT_ALL)}, got {list(want)!r}")
         X = as_matrix(X)
         t0 = time.perf_counter()
-        scores = self.score(X)
-        d = self.decide(scores, ("scores", "labels", *want), threshold=threshold, contamination=contamination)
-        return DetectionResult(
-            detector_id=self.version.detector_id or self.version.name,
-            detector_version=self.version.version,
-            dataset_id=dataset_id,
-            threshold=d.threshold,
-            scores=scores,
-            labels=d.labels.astype(np.int64),
-            processing_time_ms=1e3 * (time.perf_counter() - t0),
-            probabilities=d.probabilities,
-            confidence=d.confidence,
-        )
+        return self.decide(self.score(X), want, threshold=threshold, contamination=contamination,
+                           dataset_id=dataset_id, started=t0)

@@ -26,9 +26,9 @@ from pynomaly.service._common import Progress
 from pynomaly.service._common import opened as _repo  # the names detect's body has always used
 from pynomaly.service._common import report as _report
 from pynomaly.service.data import dataset_rows, load_data
-from pynomaly.service.scorer import WANT_ALL, Decisions, Scorer  # the faces know them as service.*
+from pynomaly.service.scorer import WANT_ALL, Scorer  # the faces know them as service.*
 
-__all__ = ["Scorer", "Decisions", "WANT_ALL", "detect", "load_for_scoring", "load_model"]
+__all__ = ["Scorer", "WANT_ALL", "detect", "load_for_scoring", "load_model"]
 
 
 def model_from_bytes(algorithm: str, blob: bytes, what: str, **load_kwargs):

@@ -1,10 +1,12 @@
 """What the serving faces share (the daemon, the HTTP API): where detectors come from
-(:mod:`.sources`) and the cache of loaded Scorers with its refresh (:mod:`.cache`).
+(:mod:`.sources`), the cache of loaded Scorers with its refresh (:mod:`.cache`), and the data
+plane every face's detections take (:mod:`.dataplane`: lookup, score, decide, observe).
 
 Imported by the faces only; ``import pynomaly`` does not load it.
 """
 
 from pynomaly.serving.cache import ModelCache
+from pynomaly.serving.dataplane import DataPlane
 from pynomaly.serving.sources import (
     DetectorSource,
     DetectorUnavailable,
@@ -13,4 +15,4 @@ from pynomaly.serving.sources import (
     save_to_folder,
 )
 
-__all__ = ["ModelCache", "DetectorSource", "DetectorUnavailable", "FolderSource", "RepositorySource", "save_to_folder"]
+__all__ = ["ModelCache", "DataPlane", "DetectorSource", "DetectorUnavailable", "FolderSource", "RepositorySource", "save_to_folder"]

@@ -30,13 +30,6 @@ log = logging.getLogger("pynomaly.serving")
 INTERVAL = 0.25  # seconds between hand-overs to the alert rules
 
 
-class _Request:
-    __slots__ = ("n",)
-
-    def __init__(self, n: int):
-        self.n = n
-
-
 class Observer:
     """Per-detector counts of the daemon's detections, for metrics and alerts."""
 
@@ -68,33 +61,34 @@ class Observer:
             t[2] += anomalies
             self._flag(name, version, requests, rows, anomalies, top, rate)
 
-    def scored_request(self, version, scores: np.ndarray) -> None:
-        """One request's rows scored (the HTTP API's inference)."""
-        self.scored(version, (_Request(scores.shape[0]),), scores)
-
-    def scored(self, version, items, scores: np.ndarray) -> None:
-        """A batch scored on the Python path (``items`` with ``.n`` rows each, in order)."""
+    def scored(self, version, items, scores: np.ndarray, flags: np.ndarray) -> None:
+        """A batch scored on the Python path: ``items`` with ``.n`` rows each, in order (None:
+        one request), and its ``flags`` at the version's threshold (decided by the data plane,
+        :mod:`pynomaly.serving.dataplane`; not decided again here)."""
         name = version.name
         t = self.totals.get(name)
         if t is None:
             t = self.totals[name] = [0, 0, 0]
         n = scores.shape[0]
-        t[0] += len(items)
+        requests = 1 if items is None else len(items)
+        t[0] += requests
         t[1] += n
-        above = scores > version.threshold
-        k = int(np.count_nonzero(above))
+        k = int(np.count_nonzero(flags))
         if not k:
             return
         t[2] += k
-        top = float(scores[above].max())
-        rate = 0.0
-        off = 0
-        for it in items:
-            kq = int(np.count_nonzero(above[off : off + it.n]))
-            if kq:
-                rate = max(rate, kq / it.n)
-            off += it.n
-        self._flag(name, version.version, len(items), n, k, top, rate)
+        top = float(scores[flags].max())
+        if items is None:
+            rate = k / n
+        else:
+            rate = 0.0
+            off = 0
+            for it in items:
+                kq = int(np.count_nonzero(flags[off : off + it.n]))
+                if kq:
+                    rate = max(rate, kq / it.n)
+                off += it.n
+        self._flag(name, version.version, requests, n, k, top, rate)
 
     def _flag(self, name, version, requests, rows, anomalies, top, rate) -> None:
         if self.evaluator is None:

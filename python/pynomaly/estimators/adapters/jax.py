@@ -22,6 +22,7 @@ import secrets
 import numpy as np
 
 from pynomaly._errors import InvalidInputError, ModelFormatError, NotFittedError
+from pynomaly.domain import flagged
 from pynomaly.estimators._format import restore_feature_names, with_feature_names
 from pynomaly.estimators.adapters import require
 from pynomaly.estimators.adapters._neural import NeuralDetector, check_pos_int, standardization
@@ -253,7 +254,7 @@ class JaxDeepSVDD(NeuralDetector):
         self.mean_, self.std_ = arrays["mean"], arrays["std"]
         self.decision_scores_ = arrays["decision_scores"]
         self.threshold_ = float(header["threshold"])
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        self.labels_ = flagged(self.decision_scores_, self.threshold_).astype(np.int64)
         restore_feature_names(self, header)
         return self
 

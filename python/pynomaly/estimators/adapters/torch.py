@@ -21,6 +21,7 @@ import secrets
 import numpy as np
 
 from pynomaly._errors import InvalidInputError, ModelFormatError, NotFittedError
+from pynomaly.domain import flagged
 from pynomaly.estimators._format import restore_feature_names, with_feature_names
 from pynomaly.estimators.adapters import require
 from pynomaly.estimators.adapters._neural import NeuralDetector, check_pos_int, standardization
@@ -215,7 +216,7 @@ class TorchAutoEncoder(NeuralDetector):
         self.std_ = payload["std"].numpy()
         self.decision_scores_ = payload["decision_scores"].numpy()
         self.threshold_ = float(header["threshold"])
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+        self.labels_ = flagged(self.decision_scores_, self.threshold_).astype(np.int64)
         restore_feature_names(self, header)
         return self
 
