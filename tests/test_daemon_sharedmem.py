@@ -352,8 +352,6 @@ def test_client_falls_back_to_the_frame_when_the_kernel_will_not_seal(daemon, mo
     client then sends the rows in the frame, and the result is the same."""
     import errno
 
-    from pynomaly import client as client_module
-
     real = fcntl.fcntl
     calls = []
 
@@ -363,7 +361,7 @@ def test_client_falls_back_to_the_frame_when_the_kernel_will_not_seal(daemon, mo
             raise OSError(errno.EBUSY, "Device or resource busy")
         return real(fd, cmd, *args)
 
-    monkeypatch.setattr(client_module.fcntl, "fcntl", busy)
+    monkeypatch.setattr(fcntl, "fcntl", busy)  # the module the client seals with
     X = cardio()[:300]
     expected = models[1].decision_function(X)
     mine = len(os.listdir("/proc/self/fd"))

@@ -82,7 +82,7 @@ LAYERS = [  # (rank, prefixes): lower ranks are lower layers
     (1, ("pynomaly.wire",)),  # the socket protocol's Structs: the daemon's, the client's
     (2, ("pynomaly.estimators",)),
     (2, ("pynomaly.store",)),
-    (2.5, ("pynomaly.client",)),  # a library for users and for faces that talk to a daemon
+    (2.5, ("pynomaly.client", "pynomaly._client_io")),  # a library for users and for faces that talk to a daemon
     (3, ("pynomaly.service",)),
     (4, ("pynomaly.serving",)),
     (5, ("pynomaly.cli", "pynomaly.__main__")),

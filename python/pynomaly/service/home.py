@@ -23,7 +23,7 @@ def check_reachable(home) -> None:
         from pynomaly.store import _db
 
         with _db.Database(home) as db:
-            db.execute("SELECT 1").fetchone()
+            db.ping()
 
 
 def home_path(home):
