@@ -14,6 +14,12 @@ struct InvalidInput : std::invalid_argument {
     using std::invalid_argument::invalid_argument;
 };
 
+// Arrays that cannot define a model (read from a file, or built by another library). The
+// binding maps it to pynomaly.ModelFormatError (also a ValueError).
+struct InvalidModel : InvalidInput {
+    using InvalidInput::InvalidInput;
+};
+
 // A long call was stopped because the caller asked (Ctrl-C); the binding re-raises the
 // Python exception that the signal handler set.
 struct Cancelled : std::runtime_error {

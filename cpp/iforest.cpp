@@ -159,18 +159,26 @@ struct FirstError {
 
 Forest::Forest(ForestNodes nodes) : nodes_(std::move(nodes)) {
     const ForestNodes& n = nodes_;
-    if (n.n_features < 1) throw InvalidInput("forest: n_features must be at least 1");
-    if (n.psi < 1) throw InvalidInput("forest: samples per tree (psi) must be at least 1");
-    if (n.tree_offset.size() < 2) throw InvalidInput("forest: it has no trees");
+    if (n.n_features < 1 || n.n_features > kMaxForestFeatures)
+        throw InvalidModel("forest: n_features must be between 1 and " + std::to_string(kMaxForestFeatures) +
+                           ", got " + std::to_string(n.n_features));
+    if (n.psi < 1) throw InvalidModel("forest: samples per tree (psi) must be at least 1, got " + std::to_string(n.psi));
+    if (n.tree_offset.size() < 2) throw InvalidModel("forest: it has no trees");
+    if (n.tree_offset.size() - 1 > static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+        throw InvalidModel("forest: too many trees");
     const size_t total = n.feature.size();
     if (n.threshold.size() != total || n.left.size() != total || n.leaf_value.size() != total)
-        throw InvalidInput("forest: node arrays have different lengths");
-    if (n.tree_offset.front() != 0 || static_cast<size_t>(n.tree_offset.back()) != total)
-        throw InvalidInput("forest: tree offsets do not span the node arrays");
+        throw InvalidModel("forest: node arrays have different lengths");
+    if (n.tree_offset.front() != 0 || n.tree_offset.back() < 0 || static_cast<size_t>(n.tree_offset.back()) != total)
+        throw InvalidModel("forest: tree offsets do not span the node arrays");
     std::vector<int> depth;
     for (int t = 0; t < n.n_trees(); ++t) {
         const int32_t begin = n.tree_offset[t], end = n.tree_offset[t + 1];
-        if (end <= begin) throw InvalidInput("forest: tree " + std::to_string(t) + " has no nodes");
+        // begin >= 0 by induction from tree_offset[0] == 0, so end - begin cannot overflow; an
+        // end past the arrays (found by fuzzing: [0, 3000, 2000]) read out of bounds.
+        if (end <= begin) throw InvalidModel("forest: tree " + std::to_string(t) + " has no nodes");
+        if (static_cast<size_t>(end) > total)
+            throw InvalidModel("forest: tree " + std::to_string(t) + " ends past the node arrays");
         const int32_t m = end - begin;
         depth.assign(m, -1);
         depth[0] = 0;
@@ -179,18 +187,18 @@ Forest::Forest(ForestNodes nodes) : nodes_(std::move(nodes)) {
             if (depth[i] < 0) continue;  // unreachable node: never read
             const std::string where = "forest: tree " + std::to_string(t) + " node " + std::to_string(i);
             if (n.feature[g] >= 0) {
-                if (n.feature[g] >= n.n_features) throw InvalidInput(where + " tests a feature out of range");
-                if (std::isnan(n.threshold[g])) throw InvalidInput(where + " has a NaN threshold");
+                if (n.feature[g] >= n.n_features) throw InvalidModel(where + " tests a feature out of range");
+                if (std::isnan(n.threshold[g])) throw InvalidModel(where + " has a NaN threshold");
                 // Children after their parent: guarantees every path ends (no cycles).
-                if (n.left[g] <= i || n.left[g] >= m - 1) throw InvalidInput(where + " has child indices out of range");
+                if (n.left[g] <= i || n.left[g] >= m - 1) throw InvalidModel(where + " has child indices out of range");
                 const int dc = depth[i] + 1;
-                if (dc > 64) throw InvalidInput(where + ": tree deeper than 64 levels");
+                if (dc > 64) throw InvalidModel(where + ": tree deeper than 64 levels");
                 depth[n.left[g]] = std::max(depth[n.left[g]], dc);
                 depth[n.left[g] + 1] = std::max(depth[n.left[g] + 1], dc);
             } else {
-                if (n.feature[g] != -1) throw InvalidInput(where + " has a negative feature index");
+                if (n.feature[g] != -1) throw InvalidModel(where + " has a negative feature index");
                 if (!std::isfinite(n.leaf_value[g]) || n.leaf_value[g] < 0)
-                    throw InvalidInput(where + " has an invalid leaf value");
+                    throw InvalidModel(where + " has an invalid leaf value");
             }
             depth_ = std::max(depth_, depth[i]);
         }
@@ -201,11 +209,13 @@ Forest::Forest(ForestNodes nodes) : nodes_(std::move(nodes)) {
 void Forest::compile() {
     const int D = std::max(depth_, 1);  // a forest of single leaves still gets one padded level
     const int64_t T = nodes_.n_trees();
-    const int64_t S = int64_t(1) << D;
-    const double bytes = double(T) * double(S) * 32.0;  // feature, threshold, leaf, test pair, key pair
-    complete_ = D <= kMaxCompleteDepth && bytes <= 512.0 * 1024 * 1024;
     compiled_ = Compiled{};
     compiled_.block_rows = block_rows_for(nodes_.n_features);
+    complete_ = D <= kMaxCompleteDepth;  // checked first: 2^D is only computed where it fits
+    if (!complete_) return;
+    const int64_t S = int64_t(1) << D;
+    const double bytes = double(T) * double(S) * 32.0;  // feature, threshold, leaf, test pair, key pair
+    complete_ = bytes <= 512.0 * 1024 * 1024;
     if (!complete_) return;
     Compiled& c = compiled_;
     c.depth = D;
@@ -380,7 +390,7 @@ int64_t check_train_params(int64_t n, int64_t d, const ForestParams& params) {
         throw InvalidInput("max_samples must be between 2 and the number of rows (" + std::to_string(n) + ")");
     const int64_t k = params.max_features == 0 ? d : params.max_features;
     if (k < 1 || k > d) throw InvalidInput("max_features must be between 1 and the number of features");
-    if (d > std::numeric_limits<int32_t>::max() / 1024) throw InvalidInput("too many features");
+    if (d > kMaxForestFeatures) throw InvalidInput("too many features");
     return k;
 }
 

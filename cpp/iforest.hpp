@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -71,10 +72,15 @@ ForestNodes merge_trees(int64_t n_features, int64_t psi, const std::vector<TreeN
 // The message for a value that cannot be compared in float32, at row r and column c of X.
 std::string bad_value_message(double value, int64_t r, int64_t c);
 
+// The most features a forest may test: a scoring block holds up to 1024 rows of each, and
+// feature * rows must fit the kernels' int32 offsets.
+constexpr int64_t kMaxForestFeatures = std::numeric_limits<int32_t>::max() / 1024;
+
 class Forest {
 public:
-    // Validates every index (so arrays from a file or another library cannot cause an
-    // out-of-bounds read) and compiles the scoring layout. Throws InvalidInput.
+    // Validates every size and index (so arrays from a file or another library cannot cause
+    // an out-of-bounds read, an overflow or a division by zero) and compiles the scoring
+    // layout. Throws InvalidModel.
     explicit Forest(ForestNodes nodes);
 
     static Forest train(const MatrixView& X, const ForestParams& params, int n_threads,

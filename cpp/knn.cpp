@@ -257,7 +257,10 @@ Screen make_screen(const MatrixView& data, const MatrixView* queries, Metric met
         };
         scan(data);
         if (queries) scan(*queries);
-        if (amax > 0.0) s.scale = std::ldexp(1.0, -std::ilogb(amax) - 1);
+        // At most 2^511, so that scale^2 (key_scale) stays finite: data whose coordinates are
+        // all below ~1e-154 (subnormals, found by fuzzing) made it infinite, every screened
+        // value NaN and the heaps short of k, and the search returned indices past the data.
+        if (amax > 0.0) s.scale = std::ldexp(1.0, std::min(-std::ilogb(amax) - 1, 511));
         // Squared coordinates must stay within float32 after scaling: |x|^2 <= d.
         s.key_scale = s.kind == ScreenKind::dot ? s.scale * s.scale : s.scale;
     } else {
@@ -272,6 +275,11 @@ Screen make_screen(const MatrixView& data, const MatrixView* queries, Metric met
     // Centring in float64 errs by up to 2^-53 of the raw magnitude per coordinate: negligible
     // unless the data sit far from the origin relative to their spread, where it dominates.
     if (metric != Metric::cosine) s.A += 8.0 * static_cast<double>(d) * std::ldexp(rawmax * s.scale, -52);
+    // Scaled coordinates are within [-1, 1], so no key nor screened value exceeds 4d in size: a
+    // bound past that says only "anything may pass", and stays one when capped. Uncapped, rows
+    // far from the origin next to no spread (e.g. all equal to 1e78) made it infinite in
+    // float32, no seed entered a heap, and the self-join verified the index -1 (found by fuzzing).
+    s.A = std::min(s.A, 4.0 * static_cast<double>(d) + 4.0);
     s.c2 = static_cast<float>(2.5 * s.C), s.a2 = static_cast<float>(2.5 * s.A) + FLT_MIN;
     return s;
 }

@@ -577,7 +577,8 @@ def _cmd_doctor(args, home, progress, out):
             out.write(f"repaired: {action}\n")
         if not problems:
             out.write("no problems found\n")
-    serious = ("database", "missing_artifacts", "damaged_artifacts", "lost_versions", "version_marks")
+    serious = ("database", "missing_artifacts", "damaged_artifacts", "unloadable_versions", "lost_versions",
+               "version_marks")
     if any(found[k] for k in serious):
         raise SystemExit(1)
 

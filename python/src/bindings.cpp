@@ -246,9 +246,12 @@ PYBIND11_MODULE(_core, m) {
 
     py::object errors = py::module_::import("pynomaly._errors");
     static py::handle invalid_input = py::object(errors.attr("InvalidInputError")).release();
+    static py::handle invalid_model = py::object(errors.attr("ModelFormatError")).release();
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
+        } catch (const InvalidModel& e) {
+            PyErr_SetString(invalid_model.ptr(), e.what());
         } catch (const InvalidInput& e) {
             PyErr_SetString(invalid_input.ptr(), e.what());
         }

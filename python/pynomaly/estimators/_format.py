@@ -18,7 +18,7 @@ Layout (all integers and arrays little-endian, packed, no padding)::
     end-4   4   u32      CRC-32 (zlib) of every byte before it
 
 Header keys: "params" (the estimator's get_params(), JSON-able values), "n_features", "psi",
-"n_trees", "n_nodes", "max_samples_", "threshold" (float or null), "n_train_scores", and
+"n_trees", "n_nodes", "max_samples_", "threshold", "n_train_scores", and
 "feature_names" (list of strings, only for a detector fitted with column names; every kind).
 
 Neighbour detectors (kinds b"LOF\\0\\0\\0\\0\\0" and b"KNN\\0\\0\\0\\0\\0") use the same frame; their arrays
@@ -32,20 +32,25 @@ are the training rows, then per-row float64 arrays::
 with header keys "params", "n_train", "n_features", "dtype" ("<f4" or "<f8"), "threshold",
 "algorithm".
 
-A reader rejects a wrong magic, an unknown version or kind, a length that disagrees with the
-header, and a checksum mismatch; the native core then validates every node index.
+A reader rejects, with ModelFormatError and whatever the bytes: a wrong magic, an unknown
+version or kind, a checksum mismatch, a header field of the wrong type or out of range, a length
+that disagrees with the header, and parameters or rows the model could not score with; the
+native core then validates every size and node index itself. tests/fuzz/fuzz_loaders.py fuzzes
+every reader here: a format added later joins it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 
 import numpy as np
 
 from pynomaly import _core
-from pynomaly._errors import ModelFormatError
+from pynomaly._errors import InvalidInputError, ModelFormatError
+from pynomaly.estimators._validation import resolve_n_jobs
 
 MAGIC = b"PYNOMALY"
 VERSION = 1
@@ -108,11 +113,52 @@ def unpack(data, kind: bytes, what: str):
         raise ModelFormatError("model data is truncated (header)")
     try:
         header = json.loads(bytes(data[_PREFIX.size : end]))
-        if not isinstance(header, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as e:
-        raise ModelFormatError(f"model header is invalid: {e}") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested thousands deep
+        raise ModelFormatError(f"model header is invalid: {type(e).__name__}: {e}") from None
+    if not isinstance(header, dict):
+        raise ModelFormatError(f"model header is invalid: a JSON object is required, got {type(header).__name__}")
     return header, data, end
+
+
+# Every header field is checked here, before any of it reaches numpy or the native core: a
+# size the core would compute with (n_features, psi) once crashed every process that loaded
+# the file (a division by zero), and numpy or pybind11 raise their own errors for the rest.
+_INT64_MAX = 2**63 - 1
+_INT32_MAX = 2**31 - 1
+
+
+def _int(header: dict, key: str, lo: int, hi: int) -> int:
+    v = header.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ModelFormatError(f"model header is invalid: {key!r} must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _threshold(header: dict) -> float:
+    v = header.get("threshold")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ModelFormatError(f"model header is invalid: 'threshold' must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _model(cls, header: dict):
+    """``cls(**header["params"])``, with the parameters a fitted model still uses checked."""
+    params = header.get("params")
+    if not isinstance(params, dict):
+        raise ModelFormatError(f"model header is invalid: 'params' must be an object, got {type(params).__name__}")
+    try:
+        model = cls(**params)
+    except TypeError as e:
+        raise ModelFormatError(f"model header is invalid: parameters of {cls.__name__}: {e}") from None
+    try:
+        model._rate()  # the contamination rate (or "auto" where the detector defines it)
+        if resolve_n_jobs(model.n_jobs) > _INT32_MAX:
+            raise InvalidInputError(f"n_jobs must be at most {_INT32_MAX}, got {model.n_jobs!r}")
+        if hasattr(model, "_check_params"):  # the neighbour detectors' own check (k, metric, ...)
+            model._check_params()
+    except InvalidInputError as e:
+        raise ModelFormatError(f"model header is invalid: {e}") from None
+    return model
 
 
 def with_feature_names(header: dict, model) -> dict:
@@ -156,17 +202,17 @@ def dump_forest(model) -> bytes:
 
 def load_forest(cls, data):
     header, data, end = unpack(data, KIND_IFOREST, "an isolation forest")
-    try:
-        n_trees, n_nodes, n_scores = int(header["n_trees"]), int(header["n_nodes"]), int(header["n_train_scores"])
-        n_features, psi = int(header["n_features"]), int(header["psi"])
-        params = dict(header["params"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelFormatError(f"model header is invalid: {e}") from None
-    if min(n_trees, n_nodes, n_scores) < 0:
-        raise ModelFormatError("model header has negative sizes")
+    n_trees = _int(header, "n_trees", 1, _INT32_MAX - 1)
+    n_nodes = _int(header, "n_nodes", 1, _INT32_MAX)
+    n_scores = _int(header, "n_train_scores", 0, _INT64_MAX)
+    n_features = _int(header, "n_features", 1, _INT64_MAX)  # the core holds it to its own limit
+    psi = _int(header, "psi", 1, _INT64_MAX)
+    max_samples = _int(header, "max_samples_", 1, _INT64_MAX) if "max_samples_" in header else psi
+    threshold = _threshold(header)
     expected = end + 4 * (n_trees + 1) + (4 + 4 + 4 + 8) * n_nodes + 8 * n_scores + 4
     if expected != len(data):
         raise ModelFormatError(f"model data has {len(data)} bytes, header implies {expected}")
+    model = _model(cls, header)
 
     pos = end
 
@@ -178,24 +224,20 @@ def load_forest(cls, data):
 
     tree_offset = take("<i4", n_trees + 1)
     feature = take("<i4", n_nodes)
-    threshold = take("<f4", n_nodes)
+    threshold_ = take("<f4", n_nodes)
     left = take("<i4", n_nodes)
     leaf_value = take("<f8", n_nodes)
     scores = take("<f8", n_scores).copy()
     try:
-        forest = _core.Forest(n_features, psi, tree_offset, feature, threshold, left, leaf_value)
-    except ValueError as e:
+        forest = _core.Forest(n_features, psi, tree_offset, feature, threshold_, left, leaf_value)
+    except ValueError as e:  # ModelFormatError from the core's own checks
         raise ModelFormatError(f"model data is inconsistent: {e}") from None
-    try:
-        model = cls(**params)
-    except TypeError as e:
-        raise ModelFormatError(f"model parameters are invalid: {e}") from None
     model._forest = forest
-    model.max_samples_ = int(header.get("max_samples_", psi))
+    model.max_samples_ = max_samples
     model.n_features_in_ = n_features
     model.decision_scores_ = scores if n_scores else None
-    model.threshold_ = header["threshold"]
-    model.labels_ = None if model.decision_scores_ is None else (scores > model.threshold_).astype(np.int64)
+    model.threshold_ = threshold
+    model.labels_ = None if model.decision_scores_ is None else (scores > threshold).astype(np.int64)
     restore_feature_names(model, header)
     return model
 
@@ -224,17 +266,19 @@ def dump_neighbors(model, kind: bytes) -> bytes:
 
 def load_neighbors(cls, data, kind: bytes, what: str):
     header, data, pos = unpack(data, kind, what)
-    try:
-        n, d, dtype = int(header["n_train"]), int(header["n_features"]), str(header["dtype"])
-        params, threshold, algorithm = dict(header["params"]), float(header["threshold"]), str(header["algorithm"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelFormatError(f"model header is invalid: {e}") from None
-    if dtype not in ("<f4", "<f8") or n < 1 or d < 1:
-        raise ModelFormatError(f"model header is invalid: n_train={n}, n_features={d}, dtype={dtype!r}")
+    n = _int(header, "n_train", 2, _INT64_MAX)
+    d = _int(header, "n_features", 1, _INT64_MAX)
+    dtype, algorithm = header.get("dtype"), header.get("algorithm")
+    if dtype not in ("<f4", "<f8"):
+        raise ModelFormatError(f"model header is invalid: 'dtype' must be '<f4' or '<f8', got {dtype!r}")
+    if algorithm not in ("brute", "kd_tree"):
+        raise ModelFormatError(f"model header is invalid: 'algorithm' must be 'brute' or 'kd_tree', got {algorithm!r}")
+    threshold = _threshold(header)
     n_rows_arrays = 3 if kind == KIND_LOF else 1
     expected = pos + n * d * (4 if dtype == "<f4" else 8) + 8 * n * n_rows_arrays + 4
     if expected != len(data):
         raise ModelFormatError(f"model data has {len(data)} bytes, header implies {expected}")
+    model = _model(cls, header)
 
     def take(dt, count):
         nonlocal pos
@@ -243,11 +287,11 @@ def load_neighbors(cls, data, kind: bytes, what: str):
         return a
 
     X = take(dtype, n * d).reshape(n, d).astype(np.float32 if dtype == "<f4" else np.float64, copy=False)
+    try:  # the core's own rules, as every query applies them: rows (finite, |x| <= 1e150), metric and algorithm
+        _core.knn(X, 1, X[:1], model.metric, model.algorithm, 1)
+    except ValueError as e:
+        raise ModelFormatError(f"model data is inconsistent: {e}") from None
     scores = take("<f8", n)
-    try:
-        model = cls(**params)
-    except TypeError as e:
-        raise ModelFormatError(f"model parameters are invalid: {e}") from None
     model._fit_X = X
     model.n_features_in_ = d
     model.algorithm_ = algorithm

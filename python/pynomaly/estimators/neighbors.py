@@ -14,7 +14,7 @@ import numpy as np
 
 from pynomaly.estimators import _format
 from pynomaly import _core
-from pynomaly._errors import InvalidInputError, NotFittedError
+from pynomaly._errors import InvalidInputError, ModelFormatError, NotFittedError
 from pynomaly.estimators._validation import as_matrix, resolve_n_jobs
 from pynomaly.estimators.base import BaseDetector, PickleAsBytes, check_memory
 
@@ -165,9 +165,16 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
         from pynomaly.estimators._format import load_neighbors
 
         model = load_neighbors(cls, data, cls._kind, cls._what)
+        try:
+            model._check_loaded()
+        except InvalidInputError as e:
+            raise ModelFormatError(f"model header is invalid: {e}") from None
         # Not stored: fit's rule gives it back from the parameters and the rows.
         model.n_neighbors_ = min(_check_k(model.n_neighbors, "n_neighbors"), model._fit_X.shape[0] - 1)
         return model
+
+    def _check_loaded(self) -> None:
+        """The parameters of a loaded detector that the shared checks (_check_params) leave out."""
 
 
 def _lrd(dist: np.ndarray, idx: np.ndarray, kdist: np.ndarray) -> np.ndarray:
@@ -241,6 +248,10 @@ class LOF(_NeighborDetector):
         self.novelty = novelty
         self.contamination = contamination
         self.n_jobs = n_jobs
+
+    def _check_loaded(self) -> None:
+        if not isinstance(self.novelty, (bool, np.bool_)):
+            raise InvalidInputError(f"novelty must be True or False, got {self.novelty!r}")
 
     def fit(self, X, y=None) -> "LOF":
         """Find each training row's neighbours and its LOF; ``y`` is ignored."""
@@ -328,6 +339,9 @@ class KNN(_NeighborDetector):
         if self.method == "mean":
             return np.mean(dist, axis=1)
         return np.median(dist, axis=1)
+
+    def _check_loaded(self) -> None:
+        _check_choice(self.method, "method", ("largest", "mean", "median"))
 
     def fit(self, X, y=None) -> "KNN":
         """Score each training row by its distances to its k nearest other rows; ``y`` is ignored."""

@@ -448,9 +448,11 @@ def dataset_rows(home, dataset_id: str, columns=None):
     with _repo(home) as repo:
         meta = repo.dataset(dataset_id)
         blob = repo.dataset_rows(dataset_id)
+    from pynomaly.store.dataio import array_from_npy
+
     try:
-        X = np.load(io.BytesIO(blob), allow_pickle=False)
-    except ValueError as e:
+        X = array_from_npy(blob, f"the stored rows of dataset {dataset_id}")
+    except InvalidInputError as e:
         raise ArtifactIntegrityError(f"dataset {dataset_id} cannot be read: {e}") from None
     names = list(meta["column_names"]) or [f"x{i}" for i in range(X.shape[1])]
     if columns is not None:
@@ -619,7 +621,26 @@ def doctor(home, repair: bool = False) -> dict:
     """Check a home (database, artifacts, version numbers); with ``repair``, fix what can be
     fixed without losing anything. See :meth:`pynomaly.repository.Repository.check`."""
     with _repo(home) as repo:
-        return repo.check(repair=repair)
+        return repo.check(repair=repair, load=_check_loads)
+
+
+def _check_loads(algorithm: str, fmt: str, blob: bytes) -> None:
+    """Doctor's load of a stored (non-pickle) artifact: raise unless it makes a model."""
+    from pynomaly.estimators import registry
+    from pynomaly.store.exportfile import artifact_format
+
+    if fmt != artifact_format(algorithm):  # e.g. a pickle stored as "native": never unpickled
+        raise ArtifactIntegrityError(f"format {fmt!r} is not how {algorithm!r} is stored")
+    if fmt == "native":
+        _model_from_bytes(algorithm, blob, "artifact")
+        return
+    from pynomaly.estimators.adapters import MissingExtraError, require
+
+    try:
+        require(fmt, fmt)
+        _model_from_bytes(algorithm, blob, "artifact")
+    except (MissingExtraError, InvalidInputError):
+        pass  # checked where its extra is installed; one wrapping the user's own code needs that code
 
 
 # -- encryption at rest --------------------------------------------------------------------

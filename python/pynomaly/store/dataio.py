@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import array
 import csv
+import io
 import json
 import os
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from pynomaly._errors import InvalidInputError
 
-__all__ = ["load_table", "check_table", "DataTooLargeError", "write_result", "check_result_path"]
+__all__ = ["load_table", "array_from_npy", "check_table", "DataTooLargeError", "write_result", "check_result_path"]
 
 _MISSING = {"", "na", "nan", "null", "none"}
 
@@ -74,17 +76,10 @@ def load_table(path, columns=None, *, max_bytes: Optional[int] = None, max_colum
     if ext in (".csv", ".txt", ".tsv"):
         X, names, bad = _read_csv(path, delimiter="\t" if ext == ".tsv" else ",")
     elif ext == ".npy":
-        X = _check_2d(np.load(path, allow_pickle=False), path)
+        X = array_from_npy(_read_bytes(path), path.name)
         names = [f"x{i}" for i in range(X.shape[1])]
     elif ext == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            if "X" in z.files:
-                X = z["X"]
-            elif len(z.files) == 1:
-                X = z[z.files[0]]
-            else:
-                raise InvalidInputError(f"{path.name} holds arrays {z.files}; name the data array 'X'")
-        X = _check_2d(X, path)
+        X = _read_npz(path)
         names = [f"x{i}" for i in range(X.shape[1])]
     elif ext in (".parquet", ".pq"):
         return _read_parquet(path, columns)
@@ -99,6 +94,56 @@ def load_table(path, columns=None, *, max_bytes: Optional[int] = None, max_colum
     if X.dtype.kind not in "biuf":
         raise InvalidInputError(f"{path.name} holds {X.dtype} data; numeric data is required")
     return _finite(X.astype(np.float64, copy=False), names, path), names
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise InvalidInputError(f"cannot read {str(path)!r}: {e}") from None
+
+
+def array_from_npy(blob: bytes, name: str) -> np.ndarray:
+    """The 2-D numeric array of a ``.npy`` file's bytes (a file, an ``.npz`` member, a stored
+    dataset). Raises InvalidInputError for anything else.
+
+    numpy's own reader trusts the header: a shape larger than the bytes allocates it first
+    (MemoryError, or gigabytes for a few bytes of header), and each malformation raises a
+    different exception. Here the header is checked against the bytes before anything is read.
+    """
+    f = io.BytesIO(blob)
+    shape, fortran_order, dtype = _npy_header(f, name)
+    if len(shape) != 2:
+        raise InvalidInputError(f"{name} holds a {len(shape)}-D array; a 2-D array (rows x features) is required")
+    if dtype.kind not in "biuf" or dtype.hasobject or dtype.itemsize == 0:
+        raise InvalidInputError(f"{name} holds {dtype} data; numeric data is required")
+    count = shape[0] * shape[1]
+    if count * dtype.itemsize != len(blob) - f.tell():
+        raise InvalidInputError(
+            f"{name} is not a readable .npy array: its header declares {shape} {dtype} "
+            f"({count * dtype.itemsize} bytes), the file holds {len(blob) - f.tell()}"
+        )
+    X = np.frombuffer(blob, dtype=dtype, count=count, offset=f.tell())
+    return X.reshape(shape, order="F" if fortran_order else "C").copy(order="K")  # writable, as np.load's
+
+
+# What zipfile raises for a damaged or encrypted archive, or one of an unsupported compression
+# (NotImplementedError, found by fuzzing).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+               RuntimeError, ValueError)
+
+
+def _read_npz(path: Path) -> np.ndarray:
+    try:
+        with zipfile.ZipFile(path) as z:
+            arrays = {n[:-4] if n.endswith(".npy") else n: n for n in z.namelist()}
+            member = arrays.get("X", next(iter(arrays.values())) if len(arrays) == 1 else None)
+            blob = None if member is None else z.read(member)
+    except _ZIP_ERRORS as e:
+        raise InvalidInputError(f"{path.name} is not a readable .npz archive: {type(e).__name__}: {e}") from None
+    if member is None:
+        raise InvalidInputError(f"{path.name} holds arrays {sorted(arrays)}; name the data array 'X'")
+    return array_from_npy(blob, f"{path.name}[{member}]")
 
 
 def check_table(path, max_bytes: int, max_columns: Optional[int] = None) -> None:
@@ -119,7 +164,7 @@ def check_table(path, max_bytes: int, max_columns: Optional[int] = None) -> None
     ext = path.suffix.lower()
     if ext == ".npy":
         with open(path, "rb") as f:
-            shape, dtype = _npy_header(f, path)
+            shape, _, dtype = _npy_header(f, path.name)
         _check_size(path, shape, dtype, max_bytes, max_columns)
         if _n_bytes(shape, dtype.itemsize) > path.stat().st_size:
             raise InvalidInputError(f"{path.name} declares a {' x '.join(map(str, shape))} array but holds less data")
@@ -163,20 +208,18 @@ def _check_size(path: Path, shape, dtype, max_bytes: int, max_columns: Optional[
         raise _too_large(path, f"holds a {shape[0]:,} x {shape[1]:,} {dtype} array, {_mb(need)} once read", max_bytes)
 
 
-def _npy_header(f, path: Path):
-    """(shape, dtype) from a .npy header, reading nothing after it."""
+def _npy_header(f, name: str):
+    """(shape, fortran_order, dtype) from a .npy header, reading nothing after it."""
     fmt = np.lib.format
     try:
         version = fmt.read_magic(f)
         if version == (1, 0):
-            shape, _, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = fmt.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"format version {version} (1.0 and 2.0 are read)")
-    except ValueError as e:
-        raise InvalidInputError(f"{path.name} is not a readable .npy array: {e}") from None
-    return shape, dtype
+            return fmt.read_array_header_1_0(f)
+        if version == (2, 0):
+            return fmt.read_array_header_2_0(f)
+        raise ValueError(f"format version {version} (1.0 and 2.0 are read)")
+    except Exception as e:  # numpy's header parser (tokenize, literal_eval) has no one error of its own
+        raise InvalidInputError(f"{name} is not a readable .npy array: {e}") from None
 
 
 def _check_npz(path: Path, max_bytes: int, max_columns: Optional[int]) -> None:
@@ -189,10 +232,12 @@ def _check_npz(path: Path, max_bytes: int, max_columns: Optional[int]) -> None:
                 return  # load_table names the arrays and asks for an "X"
             info = z.getinfo(member)
             with z.open(member) as f:  # decompresses only the header's bytes
-                shape, dtype = _npy_header(f, path)
+                shape, _, dtype = _npy_header(f, path.name)
                 header = f.tell()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise InvalidInputError(f"{path.name} is not a readable .npz archive: {e}") from None
+    except InvalidInputError:
+        raise
+    except _ZIP_ERRORS as e:
+        raise InvalidInputError(f"{path.name} is not a readable .npz archive: {type(e).__name__}: {e}") from None
     _check_size(path, shape, dtype, max_bytes, max_columns)
     # The member's declared size: reading it stops there (zipfile) and at the header's shape.
     if info.file_size - header > max_bytes:
@@ -256,12 +301,6 @@ def _check_csv(path: Path, delimiter: str, max_bytes: int, max_columns: Optional
         return  # load_table says where the file is not UTF-8
     except csv.Error as e:
         raise InvalidInputError(f"{path.name} is not a readable CSV file: {e}") from None
-
-
-def _check_2d(X, path):
-    if X.ndim != 2:
-        raise InvalidInputError(f"{path.name} holds a {X.ndim}-D array; a 2-D array (rows x features) is required")
-    return X
 
 
 def select_columns(X, names, columns):
@@ -391,7 +430,13 @@ def _read_parquet(path: Path, columns):
     pq = require("pyarrow.parquet", "parquet")
     import pyarrow.types as pat
 
-    schema = pq.read_schema(path)
+    # A damaged file meets pyarrow's errors (ArrowInvalid, OSError, and UnicodeDecodeError for
+    # a column name that is not UTF-8, found by fuzzing): there is no one type to catch.
+    unreadable = Exception
+    try:
+        schema = pq.read_schema(path)
+    except unreadable as e:
+        raise InvalidInputError(f"{path.name} is not a readable Parquet file: {e}") from None
     names = list(schema.names)
     _, sel = select_columns(np.empty((0, len(names))), names, columns)
     bad = [n for n in sel if not (pat.is_integer(schema.field(n).type) or pat.is_floating(schema.field(n).type) or pat.is_boolean(schema.field(n).type))]
@@ -399,8 +444,11 @@ def _read_parquet(path: Path, columns):
         raise InvalidInputError(
             f"{path.name} has non-numeric column(s) {bad}; select numeric columns with --columns or encode them"
         )
-    table = pq.read_table(path, columns=sel)
-    X = np.column_stack([table.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in sel])
+    try:
+        table = pq.read_table(path, columns=sel)
+        X = np.column_stack([table.column(n).to_numpy(zero_copy_only=False).astype(np.float64) for n in sel])
+    except unreadable as e:
+        raise InvalidInputError(f"{path.name} is not a readable Parquet file: {e}") from None
     return _finite(X, sel, path), sel
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import math
 import os
 import struct
 from datetime import datetime, timezone
@@ -113,29 +114,106 @@ def read_export(path, key: Optional[bytes] = None) -> Export:
     fv, hl = struct.unpack("<IQ", body[len(_EXPORT_MAGIC) : n0])
     if fv != _EXPORT_VERSION:
         raise ArtifactIntegrityError(f"{path.name} has export format {fv}; this pynomaly reads {_EXPORT_VERSION}")
+    if hl > len(body) - n0:
+        raise ArtifactIntegrityError(f"{path.name} is truncated (header of {hl} bytes)")
     try:
         header = json.loads(body[n0 : n0 + hl])
-        meta, ver = header["detector"], header["version"]
-        blob = zstd().ZstdDecompressor().decompress(body[n0 + hl :])
-    except Exception as e:
-        raise ArtifactIntegrityError(f"{path.name}: cannot be read ({type(e).__name__}: {e})") from None
+    except (ValueError, RecursionError) as e:
+        raise ArtifactIntegrityError(f"{path.name}: its header cannot be read ({type(e).__name__}: {e})") from None
+    # Every field is checked before anyone uses it: the checksum only proves the file is
+    # whole, not that whoever wrote it was pynomaly.
+    fields = _Fields(header, path.name)
+    meta, ver = fields.obj("detector"), fields.obj("version")
+    size = ver.integer("size", 0)
+    blob = _decompress(body[n0 + hl :], size, path.name)
     sha = hashlib.sha256(blob).hexdigest()
-    if sha != header["artifact_sha256"]:
+    if sha != fields.text("artifact_sha256"):
         raise ArtifactIntegrityError(f"{path.name}: artifact does not match its hash")
+    feature_names = header.get("feature_names")
+    if feature_names is not None and not (
+            isinstance(feature_names, list) and all(isinstance(n, str) for n in feature_names)):
+        raise ArtifactIntegrityError(f"{path.name}: 'feature_names' must be a list of strings or null")
+    algorithm, fmt = meta.text("algorithm"), ver.text("format")
+    expected = artifact_format(algorithm)  # None: unknown, refused by whoever would build it
+    if expected is not None and fmt != expected:
+        # The format decides whether the signature is checked before unpickling: a pickle
+        # declared "native" would be unpickled unsigned by whoever loads it.
+        raise ArtifactIntegrityError(f"{path.name}: format {fmt!r} is not how {algorithm!r} is stored ({expected!r})")
+    trained_at = ver.text("trained_at")
+    try:
+        trained_at = datetime.fromisoformat(trained_at)
+    except ValueError:
+        raise ArtifactIntegrityError(f"{path.name}: 'trained_at' is not an ISO date: {trained_at!r}") from None
     return Export(
-        name=meta["name"],
-        algorithm=meta["algorithm"],
-        parameters=meta["parameters"],
-        format=ver["format"],
-        signature=ver["signature"],
-        n_features=ver["n_features"],
-        feature_names=header.get("feature_names"),
-        data_fingerprint=ver["data_fingerprint"],
-        threshold=ver["threshold"],
-        trained_at=datetime.fromisoformat(ver["trained_at"]),
+        name=meta.text("name"),
+        algorithm=algorithm,
+        parameters=meta.obj("parameters").value,
+        format=fmt,
+        signature=ver.text("signature", optional=True),
+        n_features=ver.integer("n_features", 1),
+        feature_names=feature_names,
+        data_fingerprint=ver.text("data_fingerprint", optional=True),
+        threshold=ver.number("threshold"),
+        trained_at=trained_at,
         blob=blob,
         sha256=sha,
     )
+
+
+class _Fields:
+    """Typed reads of an export header's JSON object; a missing or ill-typed field is an
+    ArtifactIntegrityError naming it."""
+
+    def __init__(self, value, file: str, where: str = "header"):
+        if not isinstance(value, dict):
+            raise ArtifactIntegrityError(f"{file}: the {where} must be a JSON object")
+        self.value, self.file, self.where = value, file, where
+
+    def _get(self, key: str, ok, what: str, optional: bool):
+        v = self.value.get(key)
+        if (v is None and optional) or (v is not None and ok(v)):
+            return v
+        raise ArtifactIntegrityError(f"{self.file}: {self.where} field {key!r} must be {what}, got {v!r:.80}")
+
+    def obj(self, key: str) -> "_Fields":
+        return _Fields(self._get(key, lambda v: isinstance(v, dict), "an object", False), self.file, key)
+
+    def text(self, key: str, optional: bool = False):
+        return self._get(key, lambda v: isinstance(v, str), "a string", optional)
+
+    def integer(self, key: str, lo: int):
+        return self._get(key, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo,
+                         f"an integer >= {lo}", False)
+
+    def number(self, key: str):
+        return self._get(key, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                         "a finite number or null", True)
+
+
+def artifact_format(algorithm: str) -> "str | None":
+    """How a registry algorithm's artifact is stored ("native", "torch", "jax" or "pickle"),
+    None for an unknown name. Readers trust no file's own word for it."""
+    from pynomaly.estimators import registry
+
+    if not registry.is_known(algorithm):
+        return None
+    kind = registry.kind(algorithm)
+    return "pickle" if kind == "pyod" else kind
+
+
+def _decompress(packed: bytes, size: int, file: str) -> bytes:
+    """The artifact, refused unless it is exactly ``size`` bytes: read in pieces, so a frame
+    that claims (or holds) more never gets more memory than the header declared."""
+    out = bytearray()
+    try:
+        with zstd().ZstdDecompressor().stream_reader(packed) as r:
+            while chunk := r.read(min(1 << 20, size + 1 - len(out))):
+                out += chunk
+    except zstd().ZstdError as e:
+        raise ArtifactIntegrityError(f"{file}: the artifact cannot be decompressed ({e})") from None
+    if len(out) != size:
+        raise ArtifactIntegrityError(f"{file}: the artifact is not the {size} bytes its header declares")
+    return bytes(out)
 
 
 def write_export(path, *, name: str, algorithm: str, parameters: dict, blob: bytes, n_features: int,

@@ -787,7 +787,7 @@ class Repository:
         return out
 
     # -- checks ------------------------------------------------------------------------------
-    def check(self, repair: bool = False) -> dict:
+    def check(self, repair: bool = False, load=None) -> dict:
         """Look for everything that can be wrong with this home; with ``repair``, fix what can
         be fixed without losing anything.
 
@@ -803,13 +803,20 @@ class Repository:
         deleted; unfinished rows and temporary files are removed; the version marks are
         raised to what the database holds).
 
+        ``unloadable_versions`` (``{"detector", "version", "error"}``): intact artifacts that
+        still do not make a model. A pickled one must carry this home's signature (it is never
+        unpickled here); any other is given to ``load(algorithm, format, blob)``, which raises
+        when the bytes do not make a model (the service passes one: the repository builds no
+        models), so a crafted artifact imported with a valid hash is not called healthy.
+
         A database home has no files: ``database`` stays empty (PostgreSQL checks its own
         pages), artifacts are rows, written in the transaction of the row that uses them, so
         an orphan can only come from an edit outside pynomaly; it is reported and left in
         place (it costs space, never correctness).
         """
-        out = {k: [] for k in ("database", "missing_artifacts", "damaged_artifacts", "orphan_artifacts",
-                               "lost_versions", "version_marks", "unfinished", "temp_files", "repaired")}
+        out = {k: [] for k in ("database", "missing_artifacts", "damaged_artifacts", "unloadable_versions",
+                               "orphan_artifacts", "lost_versions", "version_marks", "unfinished", "temp_files",
+                               "repaired")}
         if self._files:
             result = [r[0] for r in self._db.execute("PRAGMA integrity_check")]
             if result != ["ok"]:
@@ -820,6 +827,7 @@ class Repository:
                 out["missing_artifacts"].append({"artifact": sha, "used_by": users})
             elif not self._holds(loc, sha, ctx):
                 out["damaged_artifacts"].append({"artifact": sha, "used_by": users})
+        out["unloadable_versions"] = self._unloadable_versions(load)
         if self._files:
             for path in sorted((self.home / "artifacts").glob("*/*")):
                 if path.name.startswith(".tmp-"):
@@ -848,6 +856,31 @@ class Repository:
         if repair:
             self._repair(out, marks, latest)
         return out
+
+    def _unloadable_versions(self, load) -> list:
+        found = []
+        rows = self._db.execute(
+            "SELECT d.name, v.version, v.algorithm, v.format, v.artifact, v.signature FROM detector_versions v "
+            "JOIN detectors d ON d.id = v.detector_id ORDER BY d.name, v.version").fetchall()
+        for r in rows:
+            try:
+                blob = self.get_artifact(r["artifact"], self.version_context(r["name"], r["version"]))
+            except ArtifactIntegrityError:
+                continue  # missing or damaged: reported as such
+            if r["format"] == "pickle":
+                error = None if self._verify(r["artifact"], r["algorithm"], r["signature"]) else \
+                    "a pickled artifact not signed by this home's key"
+            elif load is None:
+                continue
+            else:
+                try:
+                    load(r["algorithm"], r["format"], blob)
+                    error = None
+                except Exception as e:  # a doctor reports what it finds, whatever the loader raised
+                    error = f"{type(e).__name__}: {e}"
+            if error is not None:
+                found.append({"detector": r["name"], "version": r["version"], "error": error})
+        return found
 
     def _repair(self, found: dict, marks: dict, latest: dict) -> None:
         done = found["repaired"]
