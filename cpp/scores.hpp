@@ -10,6 +10,10 @@
 
 namespace pynomaly {
 
+// The decision rule, as pynomaly.service.Scorer.decide states it in Python: a row is an anomaly
+// when its score is above the threshold. Every C++ site that labels or counts anomalies calls it.
+inline bool is_anomaly(double score, double threshold) { return score > threshold; }
+
 // Mean, population standard deviation (ddof = 0, as np.std), minimum and maximum of n finite
 // scores, in one pass over memory: fixed blocks of 2048 scores are summed in L1 (block mean,
 // then squared deviations from it) and merged with Chan et al.'s update, so the result is

@@ -52,13 +52,13 @@ struct Tally {
     bool add(const Batch& b, double threshold) {
         const double* s = b.scores.data();
         uint64_t k = 0;
-        for (int64_t i = 0; i < b.n_rows; ++i) k += s[i] > threshold;
+        for (int64_t i = 0; i < b.n_rows; ++i) k += is_anomaly(s[i], threshold);
         if (k == 0) return false;
         int64_t row = 0;
         for (const Request& q : b.requests) {
             uint64_t kq = 0;
             for (int64_t i = row; i < row + q.n; ++i) {
-                if (s[i] > threshold) {
+                if (is_anomaly(s[i], threshold)) {
                     ++kq;
                     if (s[i] > max_score) max_score = s[i];
                 }

@@ -10,6 +10,9 @@
 #include <cstring>
 #include <string>
 
+// By its path from here: the parser's fuzz test builds it with python/src alone on the include path.
+#include "../../cpp/scores.hpp"
+
 namespace pynomaly::fastwire {
 
 // ---- MessagePack reading (only the types a Detect request is made of) --------------------------
@@ -292,10 +295,6 @@ inline bool all_finite(const Request& q) {
     }
     return true;
 }
-
-// The decision rule, as pynomaly.service.Scorer.decide states it: a row is an anomaly when its
-// score is above the threshold (tests/test_daemon_fastpath.py checks the bytes against it).
-inline bool is_anomaly(double score, double threshold) { return score > threshold; }
 
 // One reply frame (4-byte big-endian length, then the map) for request q, whose scores are
 // scores[0 .. q.n): the fields of DetectReply in its order, absent arrays omitted.
