@@ -169,7 +169,8 @@ def test_large_raw_rows_are_scored_in_place(daemon, models):
 def test_large_rows_are_sent_from_where_they_lie(n, dtype, version):
     """The clients send large raw rows without copying them into the frame; the bytes on the
     wire are exactly the encoded request's."""
-    from pynomaly.client import _SCATTER_BYTES, _frame, _frame_parts, _rows
+    from pynomaly._client_io import _SCATTER_BYTES, _frame, _frame_parts
+    from pynomaly.client import _rows
 
     X = np.random.default_rng(n).standard_normal((n, 21)).astype(dtype)
     req = wire.Detect(7, "a-detector", version, ["scores", "anomalies"], _rows(X))
