@@ -718,3 +718,20 @@ def test_the_split_fit_bindings_refuse_bad_plans():
             _core.forest_grow(*args)
     with pytest.raises(InvalidInputError):
         _core.forest_plan(50, 3, 4, 51, 0, 7)  # max_samples above n
+
+
+def test_a_forest_written_without_a_threshold_scores_but_does_not_label():
+    """The model format's forest header allows "threshold": null (pynomaly.dask ships a forest
+    before its threshold is derived): it loads and scores; what decides asks for a threshold
+    with a clear error rather than a TypeError."""
+    X = np.random.default_rng(3).standard_normal((200, 4))
+    model = pynomaly.IsolationForest(n_estimators=10, random_state=0).fit(X)
+    model.threshold_, model.labels_ = None, None
+    loaded = pynomaly.IsolationForest.from_bytes(model.to_bytes())
+    assert loaded.threshold_ is None
+    np.testing.assert_array_equal(loaded.decision_function(X[:5]), model.decision_function(X[:5]))
+    for decide in (loaded.predict, loaded.predict_confidence, lambda X: loaded.serving_handle("m", 1)):
+        with pytest.raises(pynomaly.NotFittedError, match="has no threshold"):
+            decide(X[:5])
+    loaded.threshold = 0.6
+    assert set(loaded.predict(X[:5])) <= {0, 1}

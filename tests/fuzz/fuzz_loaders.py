@@ -32,9 +32,10 @@ import atheris  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from pynomaly import IsolationForest, KNN, LOF, service
+from pynomaly import IsolationForest, KNN, LOF, service  # noqa: E402
 from pynomaly.estimators import _format  # noqa: E402
-from pynomaly._errors import ArtifactIntegrityError, InvalidInputError, ModelFormatError  # noqa: E402
+from pynomaly._errors import ArtifactIntegrityError, InvalidInputError, ModelFormatError, NotFittedError  # noqa: E402
+from pynomaly.service.transfer import artifact_format  # noqa: E402
 from pynomaly.store._files import zstd  # noqa: E402
 from pynomaly.store.dataio import array_from_npy, load_table  # noqa: E402
 from pynomaly.store.exportfile import read_export  # noqa: E402
@@ -77,6 +78,12 @@ def _exercise(model) -> None:
         return  # it scores only its training rows, by design
     scores = model.decision_function(X)
     assert scores.shape == (3,), scores.shape
+    if model.threshold_ is None:  # a forest written before its threshold was known: it scores only
+        try:
+            model.predict(X)
+        except NotFittedError:
+            return
+        raise AssertionError("a model without a threshold labelled rows")
     model.predict(X)
 
 
@@ -182,7 +189,7 @@ def export(data: bytes) -> None:
     """An export file whose trailing SHA-256 is recomputed, read as ``pynomaly import`` does."""
     body = data if data.startswith(_EXPORT_MAGIC) else _EXPORT_MAGIC + data
     try:
-        read_export(_file(body + hashlib.sha256(body).digest(), ".export"))
+        read_export(_file(body + hashlib.sha256(body).digest(), ".export"), format_of=artifact_format)
     except ArtifactIntegrityError:
         pass
 

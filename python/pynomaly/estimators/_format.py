@@ -135,8 +135,10 @@ def _int(header: dict, key: str, lo: int, hi: int) -> int:
     return v
 
 
-def _threshold(header: dict) -> float:
+def _threshold(header: dict, nullable: bool = False) -> "float | None":
     v = header.get("threshold")
+    if v is None and nullable:
+        return None  # a forest written before its threshold was known (pynomaly.dask ships those)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ModelFormatError(f"model header is invalid: 'threshold' must be a finite number, got {v!r}")
     return float(v)
@@ -209,7 +211,7 @@ def load_forest(cls, data):
     n_features = _int(header, "n_features", 1, _INT64_MAX)  # the core holds it to its own limit
     psi = _int(header, "psi", 1, _INT64_MAX)
     max_samples = _int(header, "max_samples_", 1, _INT64_MAX) if "max_samples_" in header else psi
-    threshold = _threshold(header)
+    threshold = _threshold(header, nullable=True)  # "float or null", as the layout above says
     expected = end + 4 * (n_trees + 1) + (4 + 4 + 4 + 8) * n_nodes + 8 * n_scores + 4
     if expected != len(data):
         raise ModelFormatError(f"model data has {len(data)} bytes, header implies {expected}")
@@ -238,7 +240,8 @@ def load_forest(cls, data):
     model.n_features_in_ = n_features
     model.decision_scores_ = scores if n_scores else None
     model.threshold_ = threshold
-    model.labels_ = None if model.decision_scores_ is None else flagged(scores, threshold).astype(np.int64)
+    model.labels_ = (None if model.decision_scores_ is None or threshold is None
+                     else flagged(scores, threshold).astype(np.int64))
     restore_feature_names(model, header)
     return model
 

@@ -227,7 +227,7 @@ class BaseDetector:
         (see :meth:`predict_confidence`), from the same scores.
         """
         scores = self.decision_function(X)
-        labels = flagged(scores, self.threshold_).astype(np.int64)
+        labels = flagged(scores, self._decision_threshold()).astype(np.int64)
         if return_confidence:
             return labels, self._confidence_of(scores)
         return labels
@@ -303,7 +303,7 @@ class BaseDetector:
         if not (0 < delta < 1):
             raise InvalidInputError(f"delta must be in (0, 1), got {delta!r}")
         scores = self.decision_function(X)
-        labels = flagged(scores, self.threshold_).astype(np.int64)
+        labels = flagged(scores, self._decision_threshold()).astype(np.int64)
         confidence = self._confidence_of(scores)
         confidence = np.where(labels == 0, 1 - confidence, confidence)
         self.rejection_threshold_ = 1 - 2 * np.exp(-T)
@@ -400,7 +400,7 @@ class BaseDetector:
     def _confidence_of(self, scores: np.ndarray) -> np.ndarray:
         self._check_fitted()
         ref = self._sorted_training_scores()
-        return _scores.confidence(scores, ref, self._labelled_rate(), self.threshold_)
+        return _scores.confidence(scores, ref, self._labelled_rate(), self._decision_threshold())
 
     def _labelled_rate(self) -> float:
         """The contamination rate, or, where the threshold does not come from a rate (an explicit
@@ -413,6 +413,18 @@ class BaseDetector:
     def _check_fitted(self):
         if not hasattr(self, "threshold_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+
+    def _decision_threshold(self) -> float:
+        """``threshold_``, for what decides; a model loaded without one (a forest written before
+        its threshold was known) scores but does not decide until given one."""
+        self._check_fitted()
+        if self.threshold_ is None:
+            raise NotFittedError(
+                f"this {type(self).__name__} has no threshold (it was written before one was derived, e.g. "
+                "shipped for scoring only): it scores (decision_function) but cannot label rows; set "
+                "threshold=SCORE, or contamination= where it has training scores"
+            )
+        return self.threshold_
 
     def _process_decision_scores(self) -> None:
         """Derive threshold_ and labels_ from decision_scores_ and contamination (PyOD's rule).

@@ -275,8 +275,8 @@ class IsolationForest(PickleAsBytes, BaseDetector):
     def serving_handle(self, name: str, version: int) -> "_core.ServedForest":
         """The native object a server scores this fitted forest with (the daemon's native
         path): the forest, ``threshold_``, and the name and version it is served under."""
-        self._check_fitted()
-        return _core.ServedForest(self._forest, int(self.n_features_in_), float(self.threshold_), str(name), int(version))
+        return _core.ServedForest(self._forest, int(self.n_features_in_), float(self._decision_threshold()), str(name),
+                                  int(version))
 
     # -- serialization -------------------------------------------------------------------
     def to_bytes(self) -> bytes:
