@@ -13,6 +13,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+import pytest
+
+from pynomaly import service
+
+from _daemon_helpers import cardio
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -105,3 +112,56 @@ def make_token(home, role: str, user: str = "tester", ttl: str = "1h") -> str:
         capture_output=True, text=True, check=True,
     )
     return out.stdout.strip().splitlines()[-1]
+
+
+# -- one server for a test module: a home with every available kind of detector -------------------
+KINDS = [
+    ("IsolationForest", {"n_estimators": 50, "random_state": 0}, None),
+    ("LOF", {"n_neighbors": 10, "novelty": True}, None),
+    ("KNN", {"n_neighbors": 5}, None),
+    ("pyod.ECOD", {}, "pyod"),
+    ("TorchAutoEncoder", {"epochs": 2, "random_state": 0}, "torch"),
+    ("JaxDeepSVDD", {"epochs": 2, "random_state": 0}, "jax"),
+]
+
+
+def _name(algorithm: str) -> str:
+    return algorithm.replace(".", "-").lower()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A home with every available kind of detector, a server on it, and a token per role."""
+    X = cardio()
+    home = tmp_path_factory.mktemp("home")
+    kinds = []
+    for algorithm, params, module in KINDS:
+        if module is not None:
+            try:
+                __import__(module)
+            except ImportError:
+                continue
+        service.train(home, _name(algorithm), X[:1500], algorithm, params)
+        kinds.append(algorithm)
+    tokens = {role: make_token(home, role, user=f"{role}-user") for role in ("viewer", "operator", "admin")}
+    server = ApiServer(home, "--max-body", "8M")
+    try:
+        yield server, home, tokens, X[1500:1700], kinds
+    finally:
+        server.stop()
+
+
+def infer_body(X, datatype="FP64", name="input", **extra) -> dict:
+    return {"inputs": [{"name": name, "shape": list(X.shape), "datatype": datatype, "data": X.reshape(-1).tolist()}],
+            **extra}
+
+
+def outputs_of(doc) -> dict:
+    return {o["name"]: np.asarray(o["data"]) for o in doc["outputs"]}
+
+
+def _raw_infer(server, token, head: bytes, tail: bytes = b"", hlen=None, **headers):
+    h = dict(headers)
+    if hlen is not None:
+        h["Inference-Header-Content-Length"] = str(hlen)
+    return server.request("POST", "/v2/models/isolationforest/infer", head + tail, headers=h, token=token)
