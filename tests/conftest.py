@@ -32,7 +32,7 @@ SIMD_TARGETS = pynomaly.build_info()["simd_supported"]
 
 # The tests' webhook receivers listen on loopback, which pynomaly refuses as a webhook target
 # unless allowed (issue 25): allowed here for the whole run, and for the servers it starts.
-# tests/test_alerts.py checks the refusal with the variable removed.
+# tests/service/test_alerts.py checks the refusal with the variable removed.
 os.environ["PYNOMALY_WEBHOOK_ALLOW"] = "127.0.0.0/8"
 
 

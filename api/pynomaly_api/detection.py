@@ -532,7 +532,7 @@ _WHY = {
     507: "no room left on the server to store the upload",
 }
 _EVERY_ROUTE = (401, 503)
-# Besides those, by route: what each can answer (tests/test_http_security.py probes every route
+# Besides those, by route: what each can answer (tests/api/test_http_security.py probes every route
 # and checks that what comes back is declared here).
 _ROUTE_ERRORS = {
     ("GET", "/api/v1/detectors"): (),

@@ -6,7 +6,7 @@ exception is a bug, and so is a crash or a hang. The first byte of an input pick
 whose checksum is recomputed, as an attacker who writes a file can: otherwise mutations
 would never get past it.
 
-Run it longer than the CI smoke (tests/test_model_format_fuzz.py) with, e.g.::
+Run it longer than the CI smoke (tests/estimators/test_model_format_fuzz.py) with, e.g.::
 
     mkdir -p /tmp/found
     python tests/fuzz/fuzz_loaders.py /tmp/found tests/fuzz/corpus/loaders -max_total_time=1800 -timeout=20

@@ -1,7 +1,7 @@
 """The web pages over plain HTTP against a real server: sign-in and its cookies, CSRF, roles
 (the server refuses what a page does not offer), bad uploads that say what was wrong and
 store nothing, downloads equal to in-process scoring, the SVG charts. The browser's own view
-is tests/test_web_browser.py."""
+is tests/api/test_web_browser.py."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_repeated_wrong_passwords_make_the_client_wait(site):
     c = WebClient(server)
     status, _, page = c.sign_in("guessed", PASSWORD)  # the right one too, from this client, until the wait ends
     assert status == 429 and "too many failed sign-ins" in error_text(page) and "pynomaly_session" not in c.cookies
-    time.sleep(1.1)  # backing off, not locked (tests/test_http_security.py has the rest)
+    time.sleep(1.1)  # backing off, not locked (tests/api/test_http_security.py has the rest)
     assert WebClient(server).sign_in("guessed", PASSWORD)[0] == 303
 
 

@@ -4,7 +4,7 @@ the tests run in order (sign in, detect, the threshold, the download, a viewer r
 upload).
 
 Screenshots of the main pages are written to $PYNOMALY_SCREENSHOTS when it is set (the
-README's come from `PYNOMALY_SCREENSHOTS=docs/screenshots pytest tests/test_web_browser.py`).
+README's come from `PYNOMALY_SCREENSHOTS=docs/screenshots pytest tests/api/test_web_browser.py`).
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def test_neighbours_of_rows_of_tiny_values_are_exact(tiny, algorithm):
 
 
 # -- the fuzzers, in a bounded smoke: the corpus, then fresh mutations for a few seconds ---------
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FUZZ_SECONDS = 15
 
 

@@ -324,7 +324,7 @@ def test_the_error_metric_is_labelled_by_code_as_protocol_md_says(served):
     errors = {s.labels["code"]: s.value for s in fams["pynomaly_errors"].samples if s.name.endswith("_total")}
     assert errors["404"] >= 1 and errors["400"] >= 1 and all(set(s.labels) == {"code"}
                                                              for s in fams["pynomaly_errors"].samples)
-    protocol = (Path(__file__).parent.parent / "PROTOCOL.md").read_text()
+    protocol = (Path(__file__).resolve().parents[2] / "PROTOCOL.md").read_text()
     assert "`pynomaly_errors_total{code}`" in protocol
 
 

@@ -37,7 +37,7 @@ from _homes import artifact_count, damage_artifact, is_pg, raw_sql, remove_artif
 from conftest import load_dataset
 from pynomaly.store._home import local_dir
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/, where the shared helpers live
 
 
 def _kinds():

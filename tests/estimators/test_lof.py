@@ -18,7 +18,7 @@ from pynomaly import KNN, LOF, InvalidInputError, ModelFormatError, NotFittedErr
 # are duplicate-heavy on purpose. The warning itself is tested below (check_lof and its own test).
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate values are leading:UserWarning")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATASETS = Path(os.environ.get("PYNOMALY_DATASETS", REPO.parent / "shared" / "datasets"))
 SMALL = ["glass", "wbc", "ionosphere", "breastw", "pima", "vowels", "letter", "cardio", "cardiotocography",
          "musk", "thyroid", "optdigits", "satimage_2", "satellite", "landsat", "pendigits", "annthyroid",

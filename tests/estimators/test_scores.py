@@ -19,7 +19,7 @@ from pynomaly import _core
 from pynomaly.estimators import scores as S
 from pynomaly._errors import InvalidInputError, NotFittedError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TARGETS = list(pynomaly.build_info()["simd_supported"])
 CONTAMINATIONS = [0.01, 0.05, 0.1, 0.123, 0.2, 0.5]
 

@@ -12,7 +12,7 @@ import pynomaly
 from pynomaly.estimators import combine
 from pynomaly._errors import InvalidInputError, NotFittedError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load(name: str):

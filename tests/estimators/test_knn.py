@@ -15,7 +15,7 @@ import pytest
 import pynomaly
 from pynomaly import InvalidInputError, _core
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATASETS = Path(os.environ.get("PYNOMALY_DATASETS", REPO.parent / "shared" / "datasets"))
 
 # Quick enough for the exact reference on a sample of queries; smtp is cut to its first rows
