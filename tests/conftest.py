@@ -68,6 +68,14 @@ def load_dataset(name: str):
         return d["X"], d["y"].astype(np.int64)
 
 
+def blobs(n=2000, d=8, seed=0):
+    """Gaussian rows with a few clear outliers (the first n // 50, shifted by 6)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    X[: n // 50] += 6.0
+    return X
+
+
 def roc_auc(y, scores) -> float:
     from sklearn.metrics import roc_auc_score
 
