@@ -283,3 +283,20 @@ def test_kernels_equal_numpy_reference_for_every_depth(simd_target, max_samples)
     block = f.path_length_sum(X[:100])
     for n in (1, 3, 15, 16, 17):
         np.testing.assert_array_equal(f.path_length_sum(X[:n]), block[:n])
+
+
+def test_a_simd_target_this_cpu_cannot_run_is_ignored_with_a_warning():
+    """PYNOMALY_SIMD naming a real target the CPU lacks: the core warns as it loads and keeps
+    the best one it can run (the variable is applied by the core, not by `import pynomaly`)."""
+    import os
+    import subprocess
+    import sys
+
+    missing = [t for t in ("avx512", "avx2", "neon") if t not in SIMD_TARGETS]
+    if not missing:
+        pytest.skip("this CPU runs every SIMD target")
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import pynomaly; print(pynomaly.build_info()['simd'])"],
+        env={**os.environ, "PYNOMALY_SIMD": missing[0]}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == pynomaly.build_info()["simd_best"]
+    assert f"PYNOMALY_SIMD='{missing[0]}' ignored" in out.stderr and "RuntimeWarning" in out.stderr

@@ -472,6 +472,17 @@ def test_webhooks_to_loopback_and_link_local_are_refused_unless_allowed(trained,
     assert alerts.deliver(home)["sent"] == 1 and len(receiver.ok()) == 1
 
 
+def test_a_malformed_allow_setting_is_named(trained, receiver, monkeypatch):
+    home, X = trained
+    alerts.add_rule(home, "cardio", "webhook", receiver.url)
+    monkeypatch.setenv("PYNOMALY_WEBHOOK_ALLOW", "127.0.0.0/8,loopback")
+    with pytest.raises(InvalidInputError, match="PYNOMALY_WEBHOOK_ALLOW holds 'loopback'"):
+        alerts.add_rule(home, "cardio", "webhook", "http://127.0.0.1:9/x")
+    service.detect(home, "cardio", X, save=False)
+    assert alerts.deliver(home) == {"sent": 0, "retry": 1, "dead": 0}  # kept until the setting is mended
+    assert "PYNOMALY_WEBHOOK_ALLOW holds 'loopback'" in alerts.outbox(home, "pending")[0]["last_error"]
+
+
 def test_webhooks_do_not_follow_redirects(trained, receiver):
     home, X = trained
 

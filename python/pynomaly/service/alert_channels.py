@@ -141,7 +141,11 @@ def _allowed_networks() -> list:
             try:
                 nets.append(ipaddress.ip_network(part.strip(), strict=False))
             except ValueError:
-                raise DeliveryError(f"{ALLOW_ENV} holds {part.strip()!r}, which is not an address or network") from None
+                # A bad setting, not a failed delivery: `alerts add` says so as bad input, and a
+                # dispatcher keeps the message for a retry once the setting is mended.
+                raise InvalidInputError(
+                    f"{ALLOW_ENV} holds {part.strip()!r}, which is not an address or network (e.g. 127.0.0.0/8)"
+                ) from None
     return nets
 
 
