@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from pynomaly._errors import PynomalyError
+from pynomaly.serving import preload
 
 from . import oip, tensors
 from .errors import HTTPError, error_response
@@ -43,6 +44,7 @@ def create_app(settings: Optional[Settings] = None):
         # What is loaded by now (the app, FastAPI's models, NumPy, the package) lives as long as
         # the process: move it out of the collector's sight, so that the collections that
         # per-request garbage triggers stop walking some 70k long-lived objects.
+        preload()  # the code requests reach, imported before the first of them
         gc.collect()
         gc.freeze()
         spool.clean_stale(settings)  # files of uploads a killed server left behind

@@ -58,7 +58,7 @@ from pynomaly.wire import Detect, Rows, default_socket_path, unsafe_socket_folde
 from .admission import Admission, ConnectionLimits
 from .audit import Auditor
 from .batching import Batcher, request_rows
-from pynomaly.serving import DataPlane, ModelCache
+from pynomaly.serving import DataPlane, ModelCache, preload
 from .config import Config
 from .connection import Connection
 from .errors import RequestError, classify
@@ -210,6 +210,7 @@ class Daemon:
         self.batcher.loop = loop
         self._stop = asyncio.Event()
         _raise_fd_limit(self.config.max_connections + 256)
+        preload()  # before the first request, and before gc.freeze below
         sock = self._bind()
         try:
             await self._start_extras(loop)

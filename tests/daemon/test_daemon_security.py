@@ -48,6 +48,9 @@ def models():
     root = _shared_folder("pynomaly-models-")
     model = train(0)
     save_to_folder(root, "cardio", model)
+    X = cardio()[:300]
+    save_to_folder(root, "cardio-lof", pynomaly.LOF(n_neighbors=10, novelty=True).fit(X))
+    save_to_folder(root, "cardio-knn", pynomaly.KNN(n_neighbors=10).fit(X))
     for p in root.rglob("*"):  # readable by a daemon of another uid
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
     yield root, model
@@ -115,14 +118,25 @@ def test_client_refuses_another_users_default_folder(tmp_path, monkeypatch):
 
 
 # A daemon as another user: started as root (the interpreter and the worktree are only readable
-# so), it imports what it serves with, then drops to NOBODY and runs as `python -m pynomaly_daemon`.
+# so), it imports what it serves with (the daemon's modules, and pynomaly.serving.preload's),
+# then drops to NOBODY and runs as `python -m pynomaly_daemon`.
 _AS_USER = """
 import os, sys
 uid = int(sys.argv[1])
-import uvloop, pynomaly, pynomaly.serving, pynomaly.iforest, pynomaly_daemon.cli, pynomaly_daemon.server
+import uvloop, pynomaly_daemon.cli, pynomaly_daemon.server
+from pynomaly.serving import preload
+preload()
 os.setgroups([])
 os.setgid(uid)
 os.setuid(uid)
+# Here nothing more can be read of the install (in CI the interpreter lies under /root), and a
+# test run as root reads everything: refuse every later import of ours, as that install would.
+class _Unreadable:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pynomaly", "pynomaly_daemon", "pynomaly_api"):
+            raise ImportError(f"{name} imported after the daemon dropped to uid {uid}")
+        return None
+sys.meta_path.insert(0, _Unreadable())
 sys.exit(pynomaly_daemon.cli.main(sys.argv[2:]))
 """
 
@@ -164,6 +178,17 @@ def test_client_refuses_a_daemon_of_another_uid_unless_told(nobodys_daemon, mode
     monkeypatch.setenv("PYNOMALY_DAEMON_UID", str(NOBODY))
     with pynomaly.Client(nobodys_daemon.sock, timeout=10) as c:
         assert c.health().status == "ok"
+
+
+def test_a_daemon_that_dropped_privileges_serves_every_native_kind(nobodys_daemon):
+    # It can import nothing more after it started (_AS_USER): pynomaly.serving.preload must
+    # have imported every loader and normaliser a request reaches.
+    X = cardio()[:20]
+    with pynomaly.Client(nobodys_daemon.sock, timeout=10, daemon_uid=NOBODY) as c:
+        for name in ("cardio", "cardio-lof", "cardio-knn"):
+            r = c.detect(name, X, want=("scores", "labels", "probabilities"))
+            assert r.scores.shape == (20,) and np.isfinite(r.probabilities).all(), name
+        assert {d.name for d in c.list()} == {"cardio", "cardio-lof", "cardio-knn"}
 
 
 def test_async_client_refuses_a_daemon_of_another_uid_unless_told(nobodys_daemon):

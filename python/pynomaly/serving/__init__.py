@@ -7,6 +7,7 @@ Imported by the faces only; ``import pynomaly`` does not load it.
 
 from pynomaly.serving.cache import ModelCache
 from pynomaly.serving.dataplane import DataPlane
+from pynomaly.serving.preload import preload
 from pynomaly.serving.sources import (
     DetectorSource,
     DetectorUnavailable,
@@ -15,4 +16,4 @@ from pynomaly.serving.sources import (
     save_to_folder,
 )
 
-__all__ = ["ModelCache", "DataPlane", "DetectorSource", "DetectorUnavailable", "FolderSource", "RepositorySource", "save_to_folder"]
+__all__ = ["ModelCache", "DataPlane", "preload", "DetectorSource", "DetectorUnavailable", "FolderSource", "RepositorySource", "save_to_folder"]
