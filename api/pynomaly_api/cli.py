@@ -253,6 +253,11 @@ def user_main(argv: Optional[Sequence[str]] = None, prog: str = "pynomaly user")
         if args.action == "add":
             if args.password_stdin:
                 password = sys.stdin.readline().rstrip("\r\n")
+            elif not sys.stdin.isatty():
+                # getpass would read the password from a pipe, or fail on an empty one with no words.
+                raise ValueError("no terminal to ask for the password on; pass it on standard input with "
+                                 f"--password-stdin, e.g. `printf '%s\\n' \"$PASSWORD\" | {prog} add "
+                                 f"{args.name} --role {args.role} --password-stdin`")
             else:
                 password = getpass.getpass(f"password for {args.name}: ")
                 if getpass.getpass("again: ") != password:

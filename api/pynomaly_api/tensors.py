@@ -59,6 +59,10 @@ class TensorError(ValueError):
     """A request that does not follow the protocol or does not fit the model (HTTP 400)."""
 
 
+INFER_SHAPE_HINT = ('{"inputs": [{"name": "input-0", "shape": [ROWS, FEATURES], "datatype": "FP64", '
+                    '"data": [[...], ...]}]}')
+
+
 class _Input(msgspec.Struct, forbid_unknown_fields=False):
     name: str
     shape: List[int]
@@ -133,7 +137,8 @@ def _parse_head(head, hlen: Optional[int]):
     except RecursionError:  # msgspec nests as deep as Python's stack allows
         raise TensorError(too_deep_message()) from None
     except msgspec.ValidationError as e:
-        raise TensorError(f"bad inference request: {e}") from None
+        # Plain rows ([[...], ...]) or a pandas-style record land here: show the shape wanted.
+        raise TensorError(f"bad inference request: {e}; an OIP v2 request is {INFER_SHAPE_HINT}") from None
     except msgspec.DecodeError as e:
         if hlen is not None:
             raise TensorError(f"the first {hlen} bytes (Inference-Header-Content-Length) are not a JSON inference "

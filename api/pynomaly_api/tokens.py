@@ -49,6 +49,10 @@ DEFAULT_AUDIENCE = "pynomaly-api"
 LEEWAY_S = 30  # clock skew allowed on exp and nbf
 
 
+# How a user gets a token this server accepts, named in the messages that refuse one.
+_MAKE_ONE = "`pynomaly token create --home HOME --user NAME --role viewer|operator|admin`"
+
+
 class TokenError(Exception):
     """A token that does not authenticate anyone (HTTP 401)."""
 
@@ -273,8 +277,10 @@ class Verifier:
     def _check(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as e:
-            raise TokenError(f"malformed token: {e}") from None
+        except jwt.PyJWTError:
+            # The decoder's own words (codecs, padding) tell a user nothing about what to do.
+            raise TokenError("this is not a pynomaly token: expected a JWT (three base64url parts joined by dots) "
+                             f"as {_MAKE_ONE} prints") from None
         kid = header.get("kid")
         if kid is None:
             if len(self._keys) != 1:
@@ -285,7 +291,9 @@ class Verifier:
             self._reload()  # a key added since the last look
             found = self._keys.get(kid)
             if found is None:
-                raise TokenError(f"the token was signed with an unknown key ({str(kid)[:40]!r})")
+                raise TokenError(f"the token was signed with an unknown key ({str(kid)[:40]!r}): a token must come "
+                                 "from this server's home (or its PYNOMALY_CONFIG_DIR for a database home), "
+                                 f"where its signing keys live; make one there with {_MAKE_ONE}")
         key, alg = found
         if header.get("alg") != alg:
             raise TokenError(f"the token's algorithm {str(header.get('alg'))[:20]!r} is not accepted for its key")
@@ -304,6 +312,8 @@ class Verifier:
             raise TokenError(f"the token was not issued by {self.issuer!r}") from None
         except jwt.InvalidSignatureError:
             raise TokenError("the token's signature does not match") from None
+        except jwt.DecodeError:  # after InvalidSignatureError, its subclass
+            raise TokenError(f"this is not a pynomaly token: its parts do not decode; make one with {_MAKE_ONE}") from None
         except jwt.PyJWTError as e:
             raise TokenError(f"invalid token: {e}") from None
         role = claims.get(self.role_claim)

@@ -40,6 +40,17 @@ class NotFoundError(PynomalyError, KeyError):
 class DetectorNotFoundError(NotFoundError):
     """No detector (or no such version of it) under that name."""
 
+    @classmethod
+    def for_name(cls, name, known, where: str = "") -> "DetectorNotFoundError":
+        """The error for a name that is not among ``known``, suggesting the nearest (a typo is the
+        usual cause) and ``pynomaly list``; every face (CLI, daemon, HTTP) words it this way."""
+        import difflib
+
+        close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return cls(f"no detector named {str(name)[:80]!r}{' in ' + where if where else ''}; {hint}"
+                   "`pynomaly list` shows the detectors there")
+
 
 class DatasetNotFoundError(NotFoundError):
     """No stored dataset with that id (or only its description is stored, not its rows)."""

@@ -74,7 +74,7 @@ class RepositorySource:
                 if not d.can_detect():
                     raise DetectorUnavailable(f"detector {name!r} cannot detect (status {d.status.value})")
                 return int(d.version)
-        raise DetectorNotFound(f"no detector named {name!r}")
+        raise DetectorNotFound.for_name(name, [d.name for d in service.list_detectors(self.home)])
 
     def list(self) -> list:
         return [
@@ -112,11 +112,18 @@ class FolderSource:
         try:
             files = os.listdir(d)
         except (FileNotFoundError, NotADirectoryError):
-            raise DetectorNotFound(f"no detector named {name!r}") from None
+            raise self._no_detector(name) from None
         versions = sorted(int(m.group(1)) for f in files if (m := _VERSION_FILE.match(f)))
         if not versions:
-            raise DetectorNotFound(f"no detector named {name!r}")
+            raise self._no_detector(name)
         return versions
+
+    def _no_detector(self, name: str) -> DetectorNotFound:
+        try:
+            known = [n for n in os.listdir(self.root) if _NAME.match(n)]
+        except OSError:
+            known = []
+        return DetectorNotFound.for_name(name, known, str(self.root))
 
     def latest_version(self, name: str) -> int:
         return self._versions(name)[-1]

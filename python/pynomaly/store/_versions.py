@@ -53,8 +53,13 @@ class Versions:
         """The detector called ``name``; DetectorNotFoundError if there is none."""
         r = self._db.execute("SELECT * FROM detectors WHERE name = ?", (name,)).fetchone()
         if r is None:
-            raise DetectorNotFoundError(f"no detector named {name!r} in {self.shown}")
+            raise self._no_detector(name)
         return self._row_to_detector(r)
+
+    def _no_detector(self, name: str) -> DetectorNotFoundError:
+        """The error for a name that is not here, suggesting the nearest one."""
+        names = [r[0] for r in self._db.execute("SELECT name FROM detectors")]
+        return DetectorNotFoundError.for_name(name, names, self.shown)
 
     def exists(self, name: str) -> bool:
         """Whether a detector called ``name`` exists."""
@@ -279,7 +284,7 @@ class Versions:
         with self._transaction() as db:
             r = db.execute("SELECT * FROM detectors WHERE name = ?", (name,)).fetchone()
             if r is None:
-                raise DetectorNotFoundError(f"no detector named {name!r} in {self.shown}")
+                raise self._no_detector(name)
             d = self._row_to_detector(r)
             getattr(d, action)()
             self._write_detector(db, d)
@@ -294,7 +299,7 @@ class Versions:
         with self._transaction() as db:
             r = db.execute("SELECT id FROM detectors WHERE name = ?", (name,)).fetchone()
             if r is None:
-                raise DetectorNotFoundError(f"no detector named {name!r} in {self.shown}")
+                raise self._no_detector(name)
             gone = {self._location(x[0], self.version_context(name, x[1])) for x in db.execute(
                 "SELECT artifact, version FROM detector_versions WHERE detector_id = ?", (r["id"],))}
             gone |= {self._location(x[0], self.result_context(x[1])) for x in db.execute(
