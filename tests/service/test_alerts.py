@@ -136,6 +136,10 @@ def test_webhook_payload_is_alertmanager_v4_and_its_signature_verifies(trained, 
     assert abs(int(h["webhook-timestamp"]) - time.time()) < 60
     assert alerts.verify(rule["secret"], h, body)
     assert not alerts.verify(rule["secret"], h, body + b" ")
+    # Header names are case-insensitive: as a receiver's framework may hand them over.
+    as_sent = {k.title(): v for k, v in h.items()}
+    assert "Webhook-Id" in as_sent and alerts.verify(rule["secret"], as_sent, body)
+    assert alerts.verify(rule["secret"], list({k.upper(): v for k, v in h.items()}.items()), body)
     m = json.loads(body)
     assert m["version"] == "4" and m["status"] == "firing" and m["receiver"]
     assert set(m) >= {"groupKey", "truncatedAlerts", "groupLabels", "commonLabels", "commonAnnotations", "externalURL"}

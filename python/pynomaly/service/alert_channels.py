@@ -113,8 +113,13 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 def verify(secret: str, headers, body: bytes, tolerance: float = 300.0) -> bool:
     """What a receiver does: check ``webhook-signature`` (any of its space-separated ``v1,``
-    signatures) and that ``webhook-timestamp`` is within ``tolerance`` seconds of now."""
-    msg_id, ts, sigs = headers.get("webhook-id"), headers.get("webhook-timestamp"), headers.get("webhook-signature")
+    signatures) and that ``webhook-timestamp`` is within ``tolerance`` seconds of now.
+
+    ``headers``: any mapping (or sequence of pairs) of header names to values; names are matched
+    regardless of case, as HTTP says (a plain dict with ``Webhook-Id`` works)."""
+    pairs = headers.items() if hasattr(headers, "items") else headers
+    named = {str(k).lower(): v for k, v in pairs}
+    msg_id, ts, sigs = named.get("webhook-id"), named.get("webhook-timestamp"), named.get("webhook-signature")
     if not (msg_id and ts and sigs):
         return False
     try:
