@@ -359,13 +359,15 @@ async def detect(body: DetectIn, request: Request, who: Principal = Depends(allo
         return st.run(lambda: service.detect(
             st.home, name, data, version=scorer.version.version, threshold=body.threshold,
             contamination=body.contamination, columns=body.columns, save=body.save, dataset_id=body.dataset_id,
-            scorer=scorer))
+            scorer=scorer, face="http"))
 
     if body.save:  # a stored result is a change to the home: recorded, as the CLI records it
         result = await audited(request, who, "detect", f"{name}@{scorer.version.version}", work,
                                lambda r: {"result": r.id, "rows": int(r.scores.shape[0])})
     else:
         result = await work()
+    # In /metrics with the infer requests' (service.detect has queued its alerts already).
+    st.observer.count(name, result.metrics["total_samples"], result.metrics["anomalies_detected"])
     return detection_out(result, name, body.include_scores)
 
 

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pynomaly import service
+from pynomaly.service.metrics import time_detection
 
 from . import tensors
 from .body import body_chunks, content_length, deadline, parse_version, read_stream
@@ -231,6 +232,7 @@ async def infer(scope, receive, send) -> None:
             s[1] += time.perf_counter_ns() - started
             s[4] += scores.shape[0]
             s[5] = int(time.time() * 1000)
+            time_detection(v.name, "http", (time.perf_counter_ns() - started) * 1e-9)  # latency histogram
     except Exception as e:  # noqa: BLE001 - answered in the protocol's error format
         st.counters["infer_errors"] += 1
         reply = error_response(e)

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from pynomaly.domain import shown
+from pynomaly.service.metrics import REQUEST_SECONDS
 from pynomaly.wire import Rows
 
 from .errors import RequestError, classify
@@ -209,3 +210,9 @@ class Batcher:
         c["rows_scored"] += scores.shape[0]
         labels = self.plane.decide(scorer, items, scores)
         detect_replies(scorer, items, scores, labels, self.encoder, self.admission.release, self.reply_error)
+        if self.plane.observer is not None:  # metrics on: each request's latency, read to reply
+            now = time.monotonic()
+            observe = REQUEST_SECONDS.observe_labelled
+            key = ("detect", scorer.version.name, "daemon")
+            for it in items:
+                observe(now - it.t0, key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 
+from pynomaly.service.metrics import DURATION_BUCKETS, REQUEST_SECONDS
 from pynomaly.serving import native
 
 from .connection import Replies
@@ -99,7 +100,7 @@ class NetPump:
                                 cfg.idle_inline_rows, cfg.max_connections, cfg.conn_max_in_flight, cfg.max_rx_bytes,
                                 cfg.idle_timeout, cfg.frame_timeout, cfg.write_timeout, uids, fast_uids, fast_gids,
                                 daemon.limits.per_uid, daemon.limits.reserve, sorted(daemon.limits.admin_uids),
-                                sorted(daemon.limits.admin_gids))
+                                sorted(daemon.limits.admin_gids), list(DURATION_BUCKETS))
         self.conns: dict = {}
         self._changed: dict = {}
         self._sync_handle = None
@@ -206,10 +207,11 @@ class NetPump:
         now = time.monotonic()
         used = self.d.cache.used
         obs = self.d.observer
-        for name, version, n, rows, flagged in self.net.take_hits():
+        for name, version, n, rows, flagged, durations, seconds in self.net.take_hits():
             used(name, version, n, now)
             if obs is not None:
                 obs.add(name, version, n, rows, flagged)
+                REQUEST_SECONDS.add(durations, seconds, op="detect", detector=name, face="daemon")
 
     def counters(self) -> dict:
         return self.net.counters()

@@ -5,6 +5,8 @@ data plane, probabilities by the Scorer); this module only slices and frames the
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from pynomaly import DetectorNotReadyError, wire
@@ -15,13 +17,14 @@ from pynomaly.wire import DetectReply
 class Pending:
     """One admitted detect request: its connection, the request, its rows' bytes and count."""
 
-    __slots__ = ("conn", "req", "data", "n")
+    __slots__ = ("conn", "req", "data", "n", "t0")
 
     def __init__(self, conn, req, data, n: int):
         self.conn = conn
         self.req = req
         self.data = data
         self.n = n
+        self.t0 = time.monotonic()  # its latency's start: admitted, its detector at hand
 
 
 def detect_replies(scorer, items: list, scores: np.ndarray, labels: np.ndarray, encoder, release, reply_error) -> None:

@@ -462,7 +462,7 @@ class Daemon:
             self.auditor.record(conn, "reload", req.detector or "*", "ok",
                                 {"invalidated": list(reply.invalidated)})
         if self.observer is not None:
-            REQUEST_SECONDS.observe(time.perf_counter() - t0, op=type(req).__struct_config__.tag)
+            REQUEST_SECONDS.observe_labelled(time.perf_counter() - t0, (type(req).__struct_config__.tag, "", "daemon"))
 
     def serve_fast(self, conn: Connection, p: int, end: int) -> int:
         """Let the native path answer the small detects at conn's buffer[p:end]; returns where
@@ -478,6 +478,9 @@ class Daemon:
             )
             if n_req:
                 obs.add(served.name, served.version, n_req, n_rows, flagged)
+                # each request's latency, from the read that carried it to its reply
+                REQUEST_SECONDS.observe_labelled(time.monotonic() - conn.last_rx, ("detect", served.name, "daemon"),
+                                                 n_req)
         if n_req:
             self.n_detect += n_req
             c = self.counters

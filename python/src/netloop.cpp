@@ -277,6 +277,9 @@ std::vector<Loop::Hits> Loop::take_hits() {
         h.model = kv.second;
         h.requests = n;
         h.rows = m.rows.exchange(0, std::memory_order_relaxed);
+        for (size_t i = 0; i < h.durations.size(); ++i)
+            h.durations[i] = m.durations[i].exchange(0, std::memory_order_relaxed);
+        h.duration_ns = m.duration_ns.exchange(0, std::memory_order_relaxed);
         {
             std::lock_guard<std::mutex> g(m.mu);
             h.flagged = m.flagged;

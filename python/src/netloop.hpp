@@ -18,6 +18,7 @@
 // the host as an event, so the daemon keeps one log and one set of counters.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -33,10 +34,17 @@ namespace pynomaly::netloop {
 // host last asked (the host's cache keeps its LRU order and freshness checks from them).
 // `rows` and `flagged` (the anomalies, issue 12's alerts and metrics) likewise: rows by an atomic
 // add per batch, the tally under `mu` only for a batch that had an anomaly.
+// Most bucket bounds of the requests' latency histogram (Config::duration_bounds).
+constexpr size_t kMaxDurationBounds = 31;
+
 struct Model {
     fastwire::Served s;
     std::atomic<uint64_t> hits{0};
     std::atomic<uint64_t> rows{0};
+    // Latencies of the requests served (issue 26): how many fell in each bucket of
+    // Config::duration_bounds (the last: above them all), and their sum in nanoseconds.
+    std::array<std::atomic<uint64_t>, kMaxDurationBounds + 1> durations{};
+    std::atomic<uint64_t> duration_ns{0};
     std::mutex mu;
     fastwire::Tally flagged;
 };
@@ -63,6 +71,9 @@ struct Config {
     std::vector<uint32_t> allowed_uids;
     bool check_fast = false;  // roles: only peers in fast_uids or fast_gids are served by the loop
     std::vector<uint32_t> fast_uids, fast_gids;
+    // Upper bounds (seconds, ascending, at most kMaxDurationBounds) of the latency histogram's
+    // buckets: the host's (pynomaly.service.metrics.DURATION_BUCKETS), so counts merge as they are.
+    std::vector<double> duration_bounds;
 };
 
 // A frame body handed to the host, in memory of its own placed so that the body ends on an
@@ -144,6 +155,8 @@ public:
         ModelPtr model;
         uint64_t requests = 0, rows = 0;
         fastwire::Tally flagged;
+        std::array<uint64_t, kMaxDurationBounds + 1> durations{};
+        uint64_t duration_ns = 0;
     };
     std::vector<Hits> take_hits();
 

@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <mutex>
+#include <stdexcept>
 #include <optional>
 #include <vector>
 
@@ -49,9 +51,14 @@ public:
             double write_timeout, std::optional<std::vector<uint32_t>> allowed_uids,
             std::optional<std::vector<uint32_t>> fast_uids, std::optional<std::vector<uint32_t>> fast_gids,
             int64_t max_per_uid, int64_t admin_reserve, std::vector<uint32_t> admin_uids,
-            std::vector<uint32_t> admin_gids)
+            std::vector<uint32_t> admin_gids, std::vector<double> duration_bounds)
         : grave_(std::make_shared<Graveyard>()) {
+        if (duration_bounds.size() > netloop::kMaxDurationBounds ||
+            !std::is_sorted(duration_bounds.begin(), duration_bounds.end()))
+            throw std::invalid_argument("duration_bounds: at most 31 bounds, ascending");
+        n_durations_ = duration_bounds.size() + 1;
         netloop::Config c;
+        c.duration_bounds = std::move(duration_bounds);
         c.listen_fd = listen_fd;
         c.threads = threads;
         c.max_frame = max_frame;
@@ -152,7 +159,8 @@ public:
     void clear_models() { loop_->clear_models(); }
 
     // [(name, version, requests served since the last call, their rows,
-    //   (anomalies, requests with one, highest anomalous score, highest rate) or None)]
+    //   (anomalies, requests with one, highest anomalous score, highest rate) or None,
+    //   [requests per latency bucket of duration_bounds, then above them], their latencies' sum in seconds)]
     py::list take_hits() {
         grave_->release();  // called every few tens of ms: dropped models do not wait for a frame
         py::list out;
@@ -160,7 +168,10 @@ public:
             const fastwire::Tally& t = h.flagged;
             py::object flagged = t.anomalies ? py::object(py::make_tuple(t.anomalies, t.flagged, t.max_score, t.max_rate))
                                              : py::object(py::none());
-            out.append(py::make_tuple(h.model->s.name, h.model->s.version, h.requests, h.rows, flagged));
+            py::list durations(n_durations_);
+            for (size_t i = 0; i < n_durations_; ++i) durations[i] = h.durations[i];
+            out.append(py::make_tuple(h.model->s.name, h.model->s.version, h.requests, h.rows, flagged, durations,
+                                      static_cast<double>(h.duration_ns) * 1e-9));
         }
         return out;
     }
@@ -187,6 +198,7 @@ public:
     }
 
 private:
+    size_t n_durations_ = 1;
     std::shared_ptr<Graveyard> grave_;
     std::unique_ptr<netloop::Loop> loop_;
 };
@@ -206,13 +218,13 @@ void register_netloop(py::module_& m) {
         .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double,
                       std::optional<std::vector<uint32_t>>, std::optional<std::vector<uint32_t>>,
                       std::optional<std::vector<uint32_t>>, int64_t, int64_t, std::vector<uint32_t>,
-                      std::vector<uint32_t>>(),
+                      std::vector<uint32_t>, std::vector<double>>(),
              py::arg("listen_fd"), py::arg("threads"), py::arg("max_frame"), py::arg("fast_rows"), py::arg("alone_rows"),
              py::arg("max_connections"), py::arg("conn_max_in_flight"), py::arg("max_rx_bytes"),
              py::arg("idle_timeout"), py::arg("frame_timeout"), py::arg("write_timeout"), py::arg("allowed_uids"),
              py::arg("fast_uids") = py::none(), py::arg("fast_gids") = py::none(), py::arg("max_per_uid") = 256,
              py::arg("admin_reserve") = 16, py::arg("admin_uids") = std::vector<uint32_t>{},
-             py::arg("admin_gids") = std::vector<uint32_t>{})
+             py::arg("admin_gids") = std::vector<uint32_t>{}, py::arg("duration_bounds") = std::vector<double>{})
         .def("start", &NetLoop::start)
         .def_property_readonly("notify_fd", &NetLoop::notify_fd)
         .def("take", &NetLoop::take)

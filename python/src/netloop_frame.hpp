@@ -130,6 +130,12 @@ inline bool Worker::score(Conn& c) {
     Model* mm = const_cast<Model*>(m);
     mm->hits.fetch_add(k, std::memory_order_relaxed);
     mm->rows.fetch_add(static_cast<uint64_t>(batch.n_rows), std::memory_order_relaxed);
+    // Each request's latency: from the read that completed it to its reply, queued now.
+    const double took = now_s() - c.last_rx;
+    size_t b = 0;
+    while (b < cfg.duration_bounds.size() && took > cfg.duration_bounds[b]) ++b;
+    mm->durations[b].fetch_add(k, std::memory_order_relaxed);
+    mm->duration_ns.fetch_add(static_cast<uint64_t>(took * 1e9) * k, std::memory_order_relaxed);
     fastwire::Tally t;
     if (t.add(batch, m->s.threshold)) {
         std::lock_guard<std::mutex> g(mm->mu);

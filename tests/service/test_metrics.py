@@ -71,6 +71,25 @@ def test_label_values_are_bounded():
         c.inc(-1, detector="a")
 
 
+def test_latency_histogram_buckets_match_a_plain_count_and_cap_series():
+    h = metrics.Histogram("t_seconds", "T", ("op", "detector", "face"))
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.exponential(1e-3, 500), list(h.buckets), [20.0, 5e-5, 0.0]])
+    for v in values:
+        h.observe_labelled(float(v), ("detect", "d", "daemon"))
+    h.observe_labelled(0.003, ("detect", "d", "daemon"), n=4)
+    values = np.concatenate([values, [0.003] * 4])
+    got = {le: v for _, names, k, v in h.samples() if names[-1] == "le" for le in [k[-1]]}
+    for b in h.buckets:  # cumulative: observations <= the bound, as Prometheus defines le
+        assert got[metrics._num(b)] == np.count_nonzero(values <= b), b
+    assert got["+Inf"] == len(values)
+    assert h._values[("detect", "d", "daemon")][-1] == pytest.approx(values.sum())
+    for i in range(metrics.MAX_SERIES + 5):
+        h.observe_labelled(0.001, ("detect", f"d{i}", "http"))
+    assert len(h._values) == metrics.MAX_SERIES + 1
+    assert h._values[(metrics.OTHER,) * 3][-2] == 6  # "d" took a series first
+
+
 def test_service_detections_are_counted(tmp_path):
     home = tmp_path / "home"
     X = cardio()
@@ -78,6 +97,8 @@ def test_service_detections_are_counted(tmp_path):
     before_rows = metrics.ROWS.value(detector="m")
     r = service.detect(home, "m", X, save=False)
     assert metrics.ROWS.value(detector="m") - before_rows == len(X)
+    timed = metrics.REQUEST_SECONDS._values[("detect", "m", "batch")]
+    assert timed[-2] == 1 and timed[-1] == pytest.approx(r.metrics["processing_time_ms"] / 1e3)
     fams = families(metrics.render().decode())
     assert value(fams, "pynomaly_anomalies", detector="m") >= int(r.labels.sum())
 
@@ -149,6 +170,13 @@ def test_daemon_metrics_port_and_op(tmp_path, mode):
         assert value(f, "pynomaly_model_cache_bytes") > 0
         assert value(f, "pynomaly_jobs", state="queued") == 0
     assert value(fams, "pynomaly_request_duration_seconds", "pynomaly_request_duration_seconds_count", op="health") == 1
+    # every detect timed once, on whichever path answered it (issue 26)
+    for f in (fams, via_op):
+        timed = dict(op="detect", detector="cardio", face="daemon")
+        assert value(f, "pynomaly_request_duration_seconds", "pynomaly_request_duration_seconds_count", **timed) == 101
+        assert value(f, "pynomaly_request_duration_seconds", "pynomaly_request_duration_seconds_bucket", le="+Inf",
+                     **timed) == 101
+        assert 0 < value(f, "pynomaly_request_duration_seconds", "pynomaly_request_duration_seconds_sum", **timed) < 60
 
 
 def test_daemon_refuses_a_bad_metrics_port(tmp_path):

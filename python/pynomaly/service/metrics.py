@@ -15,6 +15,7 @@ metric without bound. Values may be updated from any thread (a lock per metric).
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from typing import Callable, Iterable, Optional
@@ -30,6 +31,7 @@ __all__ = [
     "render",
     "register_prometheus",
     "observe_detection",
+    "time_detection",
     "jobs_collector",
     "count_jobs_with",
 ]
@@ -166,17 +168,24 @@ class Histogram(_Metric):
         self.buckets = tuple(sorted(buckets))
 
     def observe(self, value: float, **labels) -> None:
+        self.observe_labelled(value, self._key(labels))
+
+    def observe_labelled(self, value: float, key: tuple, n: int = 1) -> None:
+        """``n`` observations of ``value`` under label values ``key`` (in ``labelnames`` order; not
+        checked: for hot paths that built it once). Series beyond MAX_SERIES go under "_other"."""
+        i = bisect.bisect_left(self.buckets, value)  # the first bucket with value <= bound
         with self._lock:
-            k = self._key(labels)
-            h = self._values.get(k)
+            h = self._values.get(key)
             if h is None:
-                h = self._values[k] = [0] * len(self.buckets) + [0, 0.0]  # counts per bucket, count, sum
-            for i, b in enumerate(self.buckets):
-                if value <= b:
-                    h[i] += 1
-                    break
-            h[-2] += 1
-            h[-1] += value
+                if len(self._values) >= MAX_SERIES:
+                    key = tuple(OTHER for _ in self.labelnames)
+                    h = self._values.get(key)
+                if h is None:
+                    h = self._values[key] = [0] * len(self.buckets) + [0, 0.0]  # counts per bucket, count, sum
+            if i < len(self.buckets):
+                h[i] += n
+            h[-2] += n
+            h[-1] += value * n
 
     def add(self, counts, total: float, **labels) -> None:
         """Merge observations counted elsewhere: ``counts[i]`` fell in bucket i (not cumulative;
@@ -256,7 +265,10 @@ REGISTRY = Registry()
 
 # What the service layer counts in every process (the daemon adds its own at render time).
 REQUESTS = REGISTRY.counter("pynomaly_requests", "Requests answered, by operation and outcome code", ("op", "code"))
-REQUEST_SECONDS = REGISTRY.histogram("pynomaly_request_duration_seconds", "Time to answer a request", ("op",))
+# Detections by detector and face (daemon, http, batch: the service's own, the CLI's and jobs'),
+# other requests (the daemon's ops) with detector="" (issue 26).
+REQUEST_SECONDS = REGISTRY.histogram("pynomaly_request_duration_seconds", "Time to answer a request, by operation, "
+                                     "detector and face", ("op", "detector", "face"))
 ROWS = REGISTRY.counter("pynomaly_rows_scored", "Rows scored, by detector", ("detector",))
 ANOMALIES = REGISTRY.counter("pynomaly_anomalies", "Rows labelled anomalous, by detector", ("detector",))
 ALERTS_SENT = REGISTRY.counter("pynomaly_alerts_sent", "Alert deliveries, by channel and outcome "
@@ -266,14 +278,20 @@ JOB_SECONDS = REGISTRY.histogram("pynomaly_job_duration_seconds", "Time a job ra
 
 
 def observe_detection(detector: str, rows: int, anomalies: int, seconds: Optional[float] = None,
-                      op: str = "detect") -> None:
+                      op: str = "detect", face: str = "batch") -> None:
     """Count one detection in :data:`REGISTRY` (the service layer and HTTP faces call this)."""
     ROWS.inc(rows, detector=detector)
     if anomalies:
         ANOMALIES.inc(anomalies, detector=detector)
     REQUESTS.inc(op=op, code="ok")
     if seconds is not None:
-        REQUEST_SECONDS.observe(seconds, op=op)
+        time_detection(detector, face, seconds, op=op)
+
+
+def time_detection(detector: str, face: str, seconds: float, n: int = 1, op: str = "detect") -> None:
+    """``n`` detections of ``detector`` through ``face`` that took ``seconds`` each, in
+    ``pynomaly_request_duration_seconds{op,detector,face}``."""
+    REQUEST_SECONDS.observe_labelled(seconds, (op, str(detector), face), n)
 
 
 # The jobs gauge reads the jobs table through service.jobs, which itself counts in this module:

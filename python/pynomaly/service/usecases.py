@@ -88,6 +88,7 @@ def detect(
     progress: Progress = None,
     dataset_id: Optional[str] = None,
     scorer: Optional[Scorer] = None,
+    face: str = "batch",
 ) -> DetectionResult:
     """Score ``data`` (or the stored dataset ``dataset_id``) with detector ``name`` (latest or
     given version) and, with ``save``, store the result (metadata plus a scores artifact) and
@@ -97,7 +98,7 @@ def detect(
     and the file (or stored dataset) has them, in any order. A header that lacks some of them
     is refused rather than read by position; ``columns`` (indices for position) forces a choice.
     A face that keeps loaded detectors passes its ``scorer`` for ``name``; it is then not
-    loaded again.
+    loaded again, and its name as ``face`` for the latency metric.
     """
     _report(progress, "loading detector")
     with _repo(home) as repo:
@@ -123,11 +124,11 @@ def detect(
         result = scorer.detect(X, threshold=threshold, contamination=contamination, dataset_id=dataset_id)
         if save:
             repo.save_result(result)
-        _after_detection(repo, name, result)
+        _after_detection(repo, name, result, face)
     return result
 
 
-def _after_detection(home, name: str, result: DetectionResult) -> None:
+def _after_detection(home, name: str, result: DetectionResult, face: str = "batch") -> None:
     """Every detection of the service counts in the metrics and is checked against the
     detector's alert rules (which queue alerts; nothing is sent here)."""
     import logging
@@ -135,7 +136,8 @@ def _after_detection(home, name: str, result: DetectionResult) -> None:
     from pynomaly.service import alerts, metrics
 
     m = result.metrics
-    metrics.observe_detection(name, m["total_samples"], m["anomalies_detected"], m["processing_time_ms"] / 1e3)
+    metrics.observe_detection(name, m["total_samples"], m["anomalies_detected"], m["processing_time_ms"] / 1e3,
+                              face=face)
     try:
         alerts.evaluate(home, name, result)
     except Exception as e:  # noqa: BLE001 - the detection stands; the log says what was not queued

@@ -61,6 +61,16 @@ class Observer:
             t[2] += anomalies
             self._flag(name, version, requests, rows, anomalies, top, rate)
 
+    def count(self, name: str, rows: int, anomalies: int) -> None:
+        """One detection made through the service (whose alert rules it has run already): in
+        the metrics only."""
+        t = self.totals.get(name)
+        if t is None:
+            t = self.totals[name] = [0, 0, 0]
+        t[0] += 1
+        t[1] += rows
+        t[2] += anomalies
+
     def scored(self, version, items, scores: np.ndarray, flags: np.ndarray) -> None:
         """A batch scored on the Python path: ``items`` with ``.n`` rows each, in order (None:
         one request), and its ``flags`` at the version's threshold (decided by the data plane,
