@@ -45,8 +45,10 @@ def fingerprint(labels: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def payload(rule, obs, window_total: Optional[int] = None) -> dict:
-    """The Alertmanager v4 webhook message for a fired rule."""
+def payload(rule, obs, window_total: Optional[int] = None, *, resolves: Optional[dict] = None) -> dict:
+    """The Alertmanager v4 webhook message for a fired rule; with ``resolves`` (the firing
+    message it ends), the ``resolved`` message for it: same labels and fingerprint, its
+    ``startsAt``, and ``endsAt`` the time of the detection that cleared it."""
     labels = _labels(rule)
     conds = []
     if rule["score_above"] is not None:
@@ -58,7 +60,8 @@ def payload(rule, obs, window_total: Optional[int] = None) -> dict:
     what = f"{obs.anomalies} anomal{'y' if obs.anomalies == 1 else 'ies'} in {obs.rows} row(s)"
     annotations = {
         "summary": f"detector {obs.detector}: {what}",
-        "description": (f"rule {rule['id']} ({', '.join(conds) or 'any anomaly'}) fired on "
+        "description": (f"rule {rule['id']} ({', '.join(conds) or 'any anomaly'}) "
+                        f"{'fired' if resolves is None else 'cleared'} on "
                         f"{obs.detections} detection(s) of {obs.detector}"
                         + (f" v{obs.version}" if obs.version is not None else "") + f": {what}"),
         "anomalies": str(obs.anomalies),
@@ -69,22 +72,27 @@ def payload(rule, obs, window_total: Optional[int] = None) -> dict:
     if window_total is not None:
         annotations["anomalies_in_window"] = str(window_total)
     group = {"alertname": ALERTNAME, "detector": rule["detector"]}
+    status, starts, ends = "firing", _iso(obs.at), "0001-01-01T00:00:00Z"
+    if resolves is not None:
+        status, ends = "resolved", _iso(obs.at)
+        starts = next(iter(resolves.get("alerts") or [{}])).get("startsAt", starts)
+        annotations["summary"] = f"detector {obs.detector}: resolved ({what})"
     return {
         "version": "4",
         "groupKey": "{}:{" + ", ".join(f'{k}="{v}"' for k, v in group.items()) + "}",
         "truncatedAlerts": 0,
-        "status": "firing",
+        "status": status,
         "receiver": f"pynomaly-{rule['channel']}",
         "groupLabels": group,
         "commonLabels": labels,
         "commonAnnotations": annotations,
         "externalURL": "",
         "alerts": [{
-            "status": "firing",
+            "status": status,
             "labels": labels,
             "annotations": annotations,
-            "startsAt": _iso(obs.at),
-            "endsAt": "0001-01-01T00:00:00Z",
+            "startsAt": starts,
+            "endsAt": ends,
             "generatorURL": "",
             "fingerprint": fingerprint(labels),
         }],

@@ -23,6 +23,12 @@ the ``webhook-id`` header, which is the message's id on every attempt.
 labels, i.e. of the detector and the rule); a rule that fires again within its ``dedup``
 window (default 5 minutes) after a message with that fingerprint was queued queues nothing.
 
+**Resolved**: while an alert is firing (its newest message says so), a detection of its
+detector that does not fire the rule (a count rule: once its window holds fewer than ``count``
+anomalies) queues a ``resolved`` message, as Alertmanager receivers expect: same labels and
+fingerprint, ``status: resolved``, the firing ``startsAt`` and ``endsAt`` set. The next firing
+after it is sent whatever the dedup window.
+
 **Channels** implement :class:`NotificationService` (``send_alert(message, recipients)``,
 raising on failure): ``webhook`` (POST of the JSON, signed per Standard Webhooks:
 ``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256 of
@@ -338,43 +344,68 @@ def _fires(rule, obs: Observation, window_total: Optional[int]) -> bool:
     return True
 
 
+def _firing(db, fp: str):
+    """The firing message of the alert with fingerprint ``fp`` (a dict), or None: its newest
+    message is a resolved one, or there is none."""
+    last = _rows.latest(db, fp)
+    if last is None:
+        return None
+    msg = json.loads(last["payload"])
+    return msg if msg.get("status") == "firing" else None
+
+
 def _evaluate(db, rules, obs: Observation) -> list:
-    """Check ``rules`` against ``obs`` and queue a message for each that fires (deduplicated);
-    returns the ids queued. One transaction: the window counts and the queue agree."""
+    """Check ``rules`` against ``obs`` and queue a message for each that fires (deduplicated),
+    or a ``resolved`` message for each whose alert is firing and whose condition no longer
+    holds; returns the ids queued. One transaction: the window counts and the queue agree."""
     from pynomaly.service import metrics
 
     queued = []
-    if obs.anomalies <= 0 or not rules:
+    if not rules:
+        return queued
+    # A detection without anomalies changes nothing unless it clears a firing alert: a read
+    # per rule, and no write lock taken.
+    if obs.anomalies <= 0 and not any(_firing(db, fingerprint(_labels(r))) for r in rules):
         return queued
     with db.transaction():
         for rule in rules:
             total = None
             if rule["count"] is not None:
                 total = _rows.count_in_window(db, rule["id"], obs.at, obs.anomalies, rule["within"])
-            if not _fires(rule, obs, total):
-                continue
             fp = fingerprint(_labels(rule))
-            if rule["dedup"] > 0 and _rows.queued_since(db, fp, obs.at - rule["dedup"]):
-                metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="deduplicated")
-                continue
+            if _fires(rule, obs, total):
+                last = _rows.latest(db, fp)
+                if (rule["dedup"] > 0 and last is not None and last["created_at"] >= obs.at - rule["dedup"]
+                        and json.loads(last["payload"]).get("status") == "firing"):
+                    metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="deduplicated")
+                    continue
+                msg = payload(rule, obs, total)
+            else:
+                # Cleared: a detection that does not fire it (a count rule: once its window
+                # holds fewer than `count` anomalies), while its alert is firing.
+                if total is not None and total >= rule["count"]:
+                    continue
+                firing = _firing(db, fp)
+                if firing is None:
+                    continue
+                msg = payload(rule, obs, total, resolves=firing)
             pending = _rows.waiting(db)
             if pending >= OUTBOX_LIMIT:
                 metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="dropped")
                 log.warning("alert outbox full (%d messages waiting); alert of rule %s dropped", pending, rule["id"])
                 continue
             msg_id = "msg_" + uuid.uuid4().hex
-            _rows.queue(db, msg_id, rule["id"], rule["channel"], fp, json.dumps(payload(rule, obs, total)), obs.at)
+            _rows.queue(db, msg_id, rule["id"], rule["channel"], fp, json.dumps(msg), obs.at)
             queued.append(msg_id)
     return queued
 
 
 def evaluate(home, detector: str, result) -> list:
     """Check the detector's rules against one detection (a :class:`~pynomaly.DetectionResult`
-    or an :class:`Observation`) and queue the alerts that fire; returns the queued message ids.
-    Cheap when the detector has no rules or the detection no anomaly (one indexed read)."""
+    or an :class:`Observation`) and queue the alerts that fire, and the ``resolved`` messages of
+    those it clears; returns the queued message ids. Cheap when the detector has no rules (one
+    indexed read) or the detection no anomaly and no alert firing (a read per rule)."""
     obs = result if isinstance(result, Observation) else Observation.of(detector, result)
-    if obs.anomalies <= 0:
-        return []
     db = _connect(home)
     try:
         return _evaluate(db, _rows.rules(db, detector), obs)
@@ -408,7 +439,7 @@ class Evaluator:
 
     def observe(self, obs: Observation) -> list:
         rules = self.rules(obs.detector)
-        if not rules or obs.anomalies <= 0:
+        if not rules:
             return []
         return _evaluate(self._db, rules, obs)
 

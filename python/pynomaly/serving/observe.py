@@ -46,6 +46,8 @@ class Observer:
         self._handle = None
         self.loop = None
         self.dropped = 0
+        # Each detector's (detections, rows) at the last hand-over: its clean detections since.
+        self._seen: dict = {}
 
     # -- counting (event-loop thread) -------------------------------------------------------
     def add(self, name: str, version, requests: int, rows: int, flagged) -> None:
@@ -126,13 +128,21 @@ class Observer:
         self.hand_over()
 
     def hand_over(self) -> None:
-        """Give the detectors that had anomalies since the last call to the alert rules."""
-        if not self.window:
-            return
+        """Give the detectors that had detections since the last call to the alert rules: those
+        with anomalies, and those without (which may clear a firing alert: resolved messages)."""
         window, self.window = self.window, {}
         now = time.time()
         obs = [alerts.Observation(name, w[0], w[1], w[2], w[3], w[4], w[5], now) for name, w in window.items()]
-        self._writer.submit(self._evaluate, obs)
+        seen = self._seen
+        for name, t in self.totals.items():
+            before = seen.get(name, (0, 0))
+            if t[0] != before[0]:
+                seen[name] = (t[0], t[1])
+                if name not in window:
+                    obs.append(alerts.Observation(name, t[0] - before[0], t[1] - before[1], 0, float("-inf"), 0.0,
+                                                  None, now))
+        if obs:
+            self._writer.submit(self._evaluate, obs)
 
     def _evaluate(self, observations) -> None:
         queued = 0

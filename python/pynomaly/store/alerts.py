@@ -43,16 +43,17 @@ def delete_rule(db, rule_id: str) -> None:
 def count_in_window(db, rule_id: str, at: float, n: int, within: float) -> int:
     """Add ``n`` anomalies seen at ``at`` to the rule's window, drop what is older than
     ``within`` seconds, and return the window's total."""
-    db.execute("INSERT INTO alert_counts (rule_id, at, n) VALUES (?,?,?)", (rule_id, at, n))
+    if n:
+        db.execute("INSERT INTO alert_counts (rule_id, at, n) VALUES (?,?,?)", (rule_id, at, n))
     db.execute("DELETE FROM alert_counts WHERE rule_id=? AND at < ?", (rule_id, at - within))
     return db.execute("SELECT COALESCE(SUM(n), 0) FROM alert_counts WHERE rule_id=? AND at >= ?",
                       (rule_id, at - within)).fetchone()[0]
 
 
-def queued_since(db, fingerprint: str, since: float) -> bool:
-    """Whether a message with this fingerprint was queued at or after ``since``."""
-    return db.execute("SELECT 1 FROM alert_outbox WHERE fingerprint=? AND created_at >= ? LIMIT 1",
-                      (fingerprint, since)).fetchone() is not None
+def latest(db, fingerprint: str):
+    """The newest message queued with this fingerprint (``id``, ``payload``, ``created_at``), or None."""
+    return db.execute("SELECT id, payload, created_at FROM alert_outbox WHERE fingerprint=?"
+                      " ORDER BY created_at DESC LIMIT 1", (fingerprint,)).fetchone()
 
 
 def waiting(db) -> int:
