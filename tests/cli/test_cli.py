@@ -152,16 +152,22 @@ def test_npz_input_and_optional_algorithms(tmp_path):
     assert len(json.loads(out.read_text())["scores"]) == len(X)
 
 
-def test_quickstart_with_a_fresh_default_home(tmp_path):
-    env = {"HOME": str(tmp_path), "XDG_DATA_HOME": ""}  # no PYNOMALY_HOME: the user data folder
-    p = run("quickstart", env=env)
-    assert "cardio" in p.stdout and "ROC-AUC" in p.stdout and "flagged" in p.stdout
-    home = tmp_path / ".local" / "share" / "pynomaly"
-    if sys.platform.startswith("linux"):
-        assert (home / "pynomaly.db").exists()
-    assert "cardio-quickstart" in run("list", env=env).stdout
-    p = run("quickstart", env=env)  # again: the next version of the same detector
-    assert "v2" in p.stdout
+def test_quickstart_uses_a_throwaway_home_unless_one_is_given(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"HOME": str(tmp_path), "XDG_DATA_HOME": "", "TMPDIR": str(tmp)}  # no PYNOMALY_HOME, no --home
+    for _ in range(2):  # repeated runs: nothing accumulates in the user data folder
+        p = run("quickstart", env=env)
+        assert p.stdout.splitlines()[0].startswith("using a throwaway home " + str(tmp))
+        assert "ROC-AUC" in p.stdout and "flagged" in p.stdout and "v1" in p.stdout
+    assert not (tmp_path / ".local").exists() and list(tmp.iterdir()) == []  # and the throwaway went
+    home = tmp_path / "kept"
+    for version in ("v1", "v2"):  # a home given: kept, the next version each run
+        p = run("quickstart", home=home, env=env)
+        assert "throwaway" not in p.stdout and version in p.stdout
+    assert "cardio-quickstart" in run("list", home=home, env=env).stdout
+    p = run("quickstart", env={**env, "PYNOMALY_HOME": str(home)})
+    assert "throwaway" not in p.stdout and "v3" in p.stdout
 
 
 def test_the_command_runs_by_each_of_its_module_paths(tmp_path):

@@ -84,8 +84,8 @@ def _audited(args):
         return "doctor.repair", ""
     if c == "alerts" and args.alerts_command in ("add", "remove", "approve"):
         return f"alerts.{args.alerts_command}", getattr(args, "rule", None) or args.detector
-    if c == "quickstart":
-        return "train", args.detector
+    if c == "quickstart":  # a throwaway home has no trail worth keeping (nor a default one to create)
+        return ("train", args.detector) if quickstart.keeps_detector(args.home) else None
     return None
 
 

@@ -4,7 +4,10 @@ old path of this module)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -24,13 +27,33 @@ def _cmd_quickstart(args, home, progress, out):
 COMMANDS = {"quickstart": _cmd_quickstart}
 
 
+def keeps_detector(home) -> bool:
+    """Whether the quickstart stores into a home the user chose (``--home``, ``PYNOMALY_HOME``);
+    otherwise it works in a throwaway one, so trying it leaves nothing in the user data folder."""
+    return bool(home) or bool(os.environ.get("PYNOMALY_HOME"))
+
+
 def run(home=None, detector: str = "cardio-quickstart", *, progress=None, out=None) -> None:
-    """Run the quickstart job against the repository ``home`` and print its report to ``out``."""
+    """Run the quickstart job against the repository ``home`` (a throwaway one, removed at the
+    end, unless one is given or PYNOMALY_HOME is set) and print its report to ``out``."""
+    out = out or sys.stdout
+    if keeps_detector(home):
+        _run(home, detector, progress, out, kept=True)
+        return
+    throwaway = tempfile.mkdtemp(prefix="pynomaly-quickstart-")
+    out.write(f"using a throwaway home {throwaway} (removed at the end; to keep the detector, give "
+              "--home DIR or set PYNOMALY_HOME)\n")
+    try:
+        _run(throwaway, detector, progress, out, kept=False)
+    finally:
+        shutil.rmtree(throwaway, ignore_errors=True)
+
+
+def _run(home, detector: str, progress, out, kept: bool) -> None:
     from pynomaly import build_info
     from pynomaly import service
     from pynomaly.store.datasets import load_cardio
 
-    out = out or sys.stdout
     X, y = load_cardio()
     info = build_info()
     out.write(f"pynomaly {info['version']}  simd={info['simd']}  openmp={info['openmp']}\n")
@@ -52,7 +75,11 @@ def run(home=None, detector: str = "cardio-quickstart", *, progress=None, out=No
               f"ROC-AUC {roc_auc(y, result.scores):.3f}\n")
     top = result.anomalies[:5]
     out.write("top 5 rows: " + ", ".join(f"#{i} (score {result.scores[i]:.3f}, label {y[i]})" for i, _ in top) + "\n")
-    out.write(f"next: pynomaly show {det.name}   |   pynomaly detect --detector {det.name} --data FILE\n")
+    if kept:
+        out.write(f"next: pynomaly show {det.name}   |   pynomaly detect --detector {det.name} --data FILE\n")
+    else:
+        out.write("next: pynomaly --home DIR quickstart to keep the detector, then pynomaly --home DIR show "
+                  f"{det.name}\n")
 
 
 def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
