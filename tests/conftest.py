@@ -124,3 +124,44 @@ def home(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path
     return request.getfixturevalue("pg_home")
+
+
+# -- what a run skipped, grouped by what it lacked (issue 26) ------------------------------------
+_LACKS = (  # (words in a skip reason, what the skipped tests need), the first match wins
+    (("PYNOMALY_DATASETS",), f"need the ADBench datasets in {DATASETS} (set PYNOMALY_DATASETS)"),
+    (("postgres", "initdb", "pg_ctl", "psycopg"), "need PostgreSQL (initdb, pg_ctl; pynomaly[postgres])"),
+    (("chromium", "chromedriver", "selenium"), "need Chromium and chromedriver"),
+    (("qemu",), "need qemu-aarch64"),
+    (("sanitizer", "libfuzzer"), "need a compiler's sanitizer runtime"),
+    (("package index",), "need the package index (network)"),
+    (("http extra", "pynomaly[http]"), "need the http extra"),
+)
+
+
+def skip_summary(reasons) -> str:
+    """One line: how many tests were skipped for lack of what, most first ("" when none)."""
+    import re
+    from collections import Counter
+
+    groups: Counter = Counter()
+    for reason in reasons:
+        reason = reason.removeprefix("Skipped: ")
+        low = reason.lower()
+        need = next((what for words, what in _LACKS if any(w.lower() in low for w in words)), None)
+        if need is None:
+            m = re.match(r"could not import '([\w.]+)'", reason)
+            need = f"need {m.group(1).split('.')[0]}" if m else reason.splitlines()[0][:80] if reason else "no reason"
+        groups[need] += 1
+    return "skipped: " + ", ".join(f"{n} {what}" for what, n in groups.most_common()) if groups else ""
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    yield  # after the short summary (-ra lists each skip): the line lands next to the totals
+    reasons = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reasons.append(longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr))
+    line = skip_summary(reasons)
+    if line:
+        terminalreporter.write_line(line)
