@@ -217,7 +217,12 @@ def test_alert_rules_added_approved_and_removed_by_admins_only_with_the_token(si
         db.close()
     _, _, page = viewer.get("/ui/alerts")
     assert [r[4].split()[0] for r in cells(page, "rules")] == ["no", "no"] and "/approve" not in page
+    # Where rules send is for admins: a webhook URL can be the key to post to a chat service.
+    assert [r[2] for r in cells(page, "rules")] == ["webhook: https://hooks.example.com/…",
+                                                    "command: (shown to admins)"]
+    assert "hooks.example.com/am" not in page and "/bin/true" not in page
     _, _, page = admin.get("/ui/alerts")
+    assert [r[2] for r in cells(page, "rules")] == ["webhook: https://hooks.example.com/am", "command: /bin/true"]
     assert f'/ui/alerts/{rule["id"]}/approve' in page and f'/ui/alerts/{command["id"]}/approve' not in page
     assert admin.post(f"/ui/alerts/{rule['id']}/approve", {})[0] == 403
     status, _, page = admin.post(f"/ui/alerts/{command['id']}/approve", {"csrf": csrf})
@@ -246,20 +251,25 @@ def test_the_outbox_shows_delivery_states_and_dead_letters(site, tmp_path):
         rows.set_signature(db, dead["id"], "0" * 64)  # unapproved: its message is dead-lettered, not sent
     finally:
         db.close()
-    service.detect(home, "cardio-lof", X[:200] + 5.0)  # far from the training rows: anomalies fire both rules
+    # A receiver that is not there (nothing listens on port 9): the error names its URL.
+    failing = alerts.add_rule(str(home), "cardio-lof", "webhook", "http://127.0.0.1:9/hook-key-123", max_attempts=1)
+    service.detect(home, "cardio-lof", X[:200] + 5.0)  # far from the training rows: anomalies fire the rules
     alerts.deliver(str(home))
     by_rule = {m["rule_id"]: m for m in alerts.outbox(str(home))}
     assert by_rule[sent["id"]]["state"] == "sent" and by_rule[dead["id"]]["state"] == "dead"
+    assert by_rule[failing["id"]]["state"] == "dead" and "hook-key-123" in by_rule[failing["id"]]["last_error"]
+    assert "hook-key-123" in signed_in(server, "admin").get("/ui/alerts")[2]
     c = signed_in(server, "viewer")
     _, _, page = c.get("/ui/alerts")
+    assert "hook-key-123" not in page  # neither in the rules nor in the delivery error
     shown = {r[1]: r for r in cells(page, "outbox")}
     assert shown[sent["id"]][2:5] == ["cardio-lof", "firing", "sent"]
     assert shown[dead["id"]][4] == "dead" and by_rule[dead["id"]]["last_error"] in shown[dead["id"]][8]
-    assert re.search(r'id="dead-count">(\d+) dead<', page).group(1) == "1"
+    assert re.search(r'id="dead-count">(\d+) dead<', page).group(1) == "2"
     _, _, page = c.get("/ui/alerts?state=dead")
-    assert [r[1] for r in cells(page, "outbox")] == [dead["id"]]
+    assert sorted(r[1] for r in cells(page, "outbox")) == sorted([dead["id"], failing["id"]])
     assert c.get("/ui/alerts?state=bogus")[0] == 400
-    for r in (sent, dead):
+    for r in (sent, dead, failing):
         alerts.remove_rule(str(home), r["id"])
 
 

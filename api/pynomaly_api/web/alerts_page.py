@@ -10,7 +10,7 @@ vouched for on the server's machine (``pynomaly alerts add`` / ``approve``)."""
 from __future__ import annotations
 
 import math
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from starlette.responses import RedirectResponse, Response
 
@@ -26,22 +26,38 @@ OUTBOX_STATES = ("pending", "sending", "sent", "dead")
 SHOWN = 100
 
 
-def _public(rule: dict) -> dict:
+def _shown_target(rule: dict, full: bool) -> str:
+    """Where a rule sends, as a role may see it: in full for admins; for others a webhook's
+    scheme and host only (a chat service's webhook URL is itself the key to post to it) and
+    no command line or file path."""
+    if full:
+        return rule["target"]
+    if rule["channel"] == "webhook":
+        u = urlsplit(rule["target"])
+        return f"{u.scheme}://{u.hostname or ''}/…"
+    return "(shown to admins)"
+
+
+def _public(rule: dict, full: bool) -> dict:
     """A rule as the page shows it: never its webhook secret (receivers' key to verify us)."""
-    return {k: v for k, v in rule.items() if k != "secret"}
+    return dict({k: v for k, v in rule.items() if k != "secret"}, target=_shown_target(rule, full))
 
 
-def _message(m: dict) -> dict:
-    labels = (m["payload"].get("commonLabels") or {}) if isinstance(m["payload"], dict) else {}
-    return dict(m, detector=labels.get("detector", ""), status=m["payload"].get("status", "")
-                if isinstance(m["payload"], dict) else "")
+def _message(m: dict, targets: dict) -> dict:
+    payload = m["payload"] if isinstance(m["payload"], dict) else {}
+    error = m["last_error"] or ""
+    for target, shown in targets.items():  # a delivery error names the URL it failed on
+        error = error.replace(target, shown)
+    return dict(m, detector=(payload.get("commonLabels") or {}).get("detector", ""),
+                status=payload.get("status", ""), last_error=error)
 
 
-def _view(home, state) -> dict:
-    rules = [_public(r) for r in alerts.list_rules(home)]
-    messages = [_message(m) for m in alerts.outbox(home, state, SHOWN)]
+def _view(home, state, full: bool) -> dict:
+    rules = alerts.list_rules(home)
+    targets = {r["target"]: _shown_target(r, full) for r in rules if not full}
+    messages = [_message(m, targets) for m in alerts.outbox(home, state, SHOWN)]
     dead = len(alerts.outbox(home, "dead", SHOWN)) if state != "dead" else len(messages)
-    return {"rules": rules, "messages": messages, "dead": dead}
+    return {"rules": [_public(r, full) for r in rules], "messages": messages, "dead": dead}
 
 
 def _rendered(request, st, view: dict, state, status: int = 200, **extra) -> Response:
@@ -52,7 +68,7 @@ def _rendered(request, st, view: dict, state, status: int = 200, **extra) -> Res
 @page("read")
 async def alerts_page(request, st: ServerState, p, form) -> Response:
     state = request.query_params.get("state") or None
-    view = await st.run(_view, str(st.home), state)
+    view = await st.run(_view, str(st.home), state, p.may("manage"))
     return _rendered(request, st, view, state)
 
 
@@ -85,11 +101,11 @@ async def add(request, st: ServerState, p, form) -> Response:
                                     **kwargs)), lambda r: {"rule": r["id"], "channel": "webhook", "target": r["target"]})
     except (HTTPError, ValueError, PynomalyError) as e:  # the form again, with the reason and what was typed
         status, text, _ = status_of(e)
-        view = await st.run(_view, str(st.home), None)
+        view = await st.run(_view, str(st.home), None, True)
         return _rendered(request, st, view, None, status, error=text, values=values)
     # The secret is shown once, here, to the admin who made the rule (receivers verify with it);
     # the list never shows it.
-    view = await st.run(_view, str(st.home), None)
+    view = await st.run(_view, str(st.home), None, True)
     return _rendered(request, st, view, None, 201, added=rule)
 
 
