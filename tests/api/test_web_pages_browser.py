@@ -148,7 +148,7 @@ def test_alerts_rules_outbox_add_and_remove(browser, site):
 
 
 def test_the_audit_page_shows_what_was_just_done(browser, site):
-    server, *_ = site
+    nav_click(browser, "Detectors")  # from any page: the navigation is on every one
     nav_click(browser, "Audit")
     assert browser.find_element(By.ID, "chain").get_attribute("data-ok") == "yes"
     actions = [r.find_elements(By.TAG_NAME, "td")[3].text for r in browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")]
