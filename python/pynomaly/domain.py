@@ -384,7 +384,7 @@ class DetectionResult:
             self._labels = None
         else:
             self._labels = _per_row("labels", labels, _I64, n)
-            self._flags = None
+            self._flags = self._labels != 0  # flags are always there: the faces read them per request
         self._detector_id = detector_id
         self._detector_version = detector_version
         self._threshold = threshold
@@ -401,7 +401,9 @@ class DetectionResult:
                 flags: np.ndarray) -> "DetectionResult":
         """The result of a serving face's batch: ``scores`` as a Scorer gives them (float64,
         1-D) and their ``flags`` by :func:`flagged`. Nothing is checked or copied: the data
-        plane builds one per request, and a request of one row costs only microseconds."""
+        plane builds one per request, and a request of one row costs only microseconds. Its
+        ``timestamp`` is the time it is first read (such results are encoded at once, never
+        stored)."""
         r = _new(cls)
         r._detector_id = detector_id
         r._detector_version = detector_version
@@ -409,7 +411,7 @@ class DetectionResult:
         r._scores = scores
         r._flags = flags
         r._labels = None
-        r._made = _time()
+        r._made = None
         r._more = None
         return r
 
@@ -458,7 +460,8 @@ class DetectionResult:
     @property
     def timestamp(self) -> datetime:
         """When the result was made (UTC), unless given."""
-        return self._get("timestamp") or self._keep("timestamp", datetime.fromtimestamp(self._made, timezone.utc))
+        made = self._made if self._made is not None else _time()
+        return self._get("timestamp") or self._keep("timestamp", datetime.fromtimestamp(made, timezone.utc))
 
     @property
     def labels(self) -> np.ndarray:
@@ -467,12 +470,7 @@ class DetectionResult:
             self._labels = self._flags.astype(np.int64)
         return self._labels
 
-    @property
-    def flags(self) -> np.ndarray:
-        """bool, True for an anomaly (what :func:`flagged` returns)."""
-        if self._flags is None:
-            self._flags = self._labels != 0
-        return self._flags
+    flags = property(operator.attrgetter("_flags"), doc="bool, True for an anomaly (what :func:`flagged` returns)")
 
     @property
     def anomaly_indices(self) -> np.ndarray:
