@@ -208,9 +208,9 @@ class Batcher:
         c = self.counters
         c["native_calls"] += 1
         c["rows_scored"] += scores.shape[0]
-        labels = self.plane.decide(scorer, items, scores)
-        detect_replies(scorer, items, scores, labels, self.encoder, self.admission.release, self.reply_error)
-        if self.plane.observer is not None:  # metrics on: each request's latency, read to reply
+        result = self.plane.decide(scorer, items, scores)
+        detect_replies(scorer, items, result, self.encoder, self.admission.release, self.reply_error)
+        if self.plane.observer is not None:  # metrics on: each request's latency, admitted to answered
             now = time.monotonic()
             observe = REQUEST_SECONDS.observe_labelled
             key = ("detect", scorer.version.name, "daemon")
