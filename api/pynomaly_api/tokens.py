@@ -313,7 +313,8 @@ class Verifier:
         except jwt.InvalidSignatureError:
             raise TokenError("the token's signature does not match") from None
         except jwt.DecodeError:  # after InvalidSignatureError, its subclass
-            raise TokenError(f"this is not a pynomaly token: its parts do not decode; make one with {_MAKE_ONE}") from None
+            raise TokenError(f"this is not a pynomaly token: its parts do not decode; make one with "
+                             f"{_MAKE_ONE}") from None
         except jwt.PyJWTError as e:
             raise TokenError(f"invalid token: {e}") from None
         role = claims.get(self.role_claim)
