@@ -38,7 +38,7 @@ from pynomaly.store import drift as rows
 from pynomaly.store._schema import open_database
 
 __all__ = ["DriftUnavailableError", "settings", "save_reference", "set_reference", "reference", "observe", "flush",
-           "report", "compare_data"]
+           "report", "compare_data", "parse_window"]
 
 log = logging.getLogger("pynomaly.drift")
 
@@ -255,6 +255,19 @@ atexit.register(_flush_at_exit)
 
 
 # -- reports ---------------------------------------------------------------------------------
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_window(text) -> float:
+    """Seconds of a window given as 90s, 15m, 1h, 7d or a bare number of seconds."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*", str(text))
+    if m is None or float(m.group(1)) <= 0:
+        raise InvalidInputError(f"{str(text)[:40]!r} is not a window: give a duration such as 90s, 15m, 1h or 7d")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
 def _document(name: str, version: int, profile, counts, source: str, window, method, psi_threshold, alpha) -> dict:
     doc = stats.compare(profile, counts, method=method, psi_threshold=psi_threshold, alpha=alpha)
     return {"detector": name, "version": version, "source": source, "window_s": window, **doc}
