@@ -109,7 +109,7 @@ def _save_reference(repo, detector: Detector, X, model) -> None:
     without one (the log says why): `pynomaly drift --set-reference` can give it one later."""
     import logging
 
-    from pynomaly.service import drift
+    from pynomaly.service import drift_live as drift
 
     try:
         drift.save_reference(repo, detector.name, detector.version, X, model, detector.feature_names)

@@ -133,7 +133,7 @@ def _observe_drift(repo, name: str, result: DetectionResult, X) -> None:
     the detection stands whatever happens there."""
     import logging
 
-    from pynomaly.service import drift
+    from pynomaly.service import drift_live as drift
 
     try:
         drift.observe(repo, name, result.detector_version, X, result.scores)
