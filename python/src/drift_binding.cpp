@@ -13,7 +13,6 @@ namespace {
 constexpr int64_t kSmallBatch = 64;  // below this, releasing the GIL costs more than counting
 
 using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
-using F32 = py::array_t<float, py::array::c_style>;
 using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 py::tuple count(const py::array& X, const py::handle& edges_in, const py::handle& offsets_in, int n_jobs) {
@@ -29,21 +28,22 @@ py::tuple count(const py::array& X, const py::handle& edges_in, const py::handle
     if (offsets.data()[e.n_features] != edges.size())
         throw InvalidInput("offsets must end at the number of edges (" + std::to_string(edges.size()) + ")");
     check_drift_edges(e);
-    // float32 rows are read as they are; anything else is read as C-ordered float64.
-    py::array rows;
-    MatrixView v;
-    if (py::isinstance<F32>(X) && (X.flags() & py::array::c_style)) {
-        rows = X;
-        v.is_float32 = true;
-    } else {
+    // float32 and float64 rows are read where they are, whatever their strides (a sample of
+    // every k-th row is a view, not a copy); anything else is converted to float64 first.
+    py::array rows = X;
+    const bool f32 = X.dtype().equal(py::dtype::of<float>()), f64 = X.dtype().equal(py::dtype::of<double>());
+    const int64_t item = f32 ? 4 : 8;
+    if (!(f32 || f64) || X.strides(0) % item != 0 || X.strides(1) % item != 0) {
         rows = F64::ensure(X);
         if (!rows) throw InvalidInput("X must be a numeric array");
     }
+    MatrixView v;
+    v.is_float32 = f32 && rows.ptr() == X.ptr();
     v.data = rows.data();
     v.rows = rows.shape(0);
     v.cols = rows.shape(1);
-    v.row_stride = v.cols;
-    v.col_stride = 1;
+    v.row_stride = rows.strides(0) / (v.is_float32 ? 4 : 8);
+    v.col_stride = rows.strides(1) / (v.is_float32 ? 4 : 8);
     py::array_t<int64_t> counts(e.n_bins());
     py::array_t<double> tails({e.n_features, static_cast<int64_t>(2)});
     std::fill(counts.mutable_data(), counts.mutable_data() + counts.size(), 0);

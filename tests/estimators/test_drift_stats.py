@@ -43,7 +43,7 @@ def test_counts_equal_numpy_searchsorted_on_real_data_any_dtype_and_threads(card
     edges, offsets = profile.layout()
     big = np.repeat(live, 20, axis=0)  # several chunks, so threads share the work
     for X, n_jobs in ((live, 1), (live.astype(np.float32), 1), (big, 1), (big, 2), (np.asfortranarray(big), 2),
-                      (big[:, ::-1][:, ::-1], 2)):
+                      (big[:, ::-1][:, ::-1], 2), (big[::-3], 2), (live[:, ::-1], 1), (big[::7].astype(np.float32), 2)):
         counts, tails = _core.drift_count(X, edges, offsets, n_jobs)
         # float32 values are compared as the float64 numbers they are, as NumPy compares them
         assert np.array_equal(counts, _numpy_counts(profile, X.astype(np.float64)))
@@ -52,6 +52,21 @@ def test_counts_equal_numpy_searchsorted_on_real_data_any_dtype_and_threads(card
     assert np.array_equal(c1, c2) and np.array_equal(t1, t2)  # bit-identical whatever the threads
     lo = np.array([h.edges[0] for h in profile.features])
     assert np.allclose(t1[:, 0], np.sum(np.clip(lo - big, 0, None), axis=0))
+
+
+def test_counts_are_exact_where_edges_crowd_and_values_sit_on_edges():
+    """Large batches look values up in a grid before the binary search: heavy tails (most edges
+    in a few cells), values equal to edges and outside the range must land as searchsorted says."""
+    rng = np.random.default_rng(7)
+    ref = np.column_stack([rng.lognormal(0, 3, 5000), rng.integers(0, 5, 5000), rng.standard_normal(5000)])
+    profile = drift.reference_profile(ref)
+    edges, offsets = profile.layout()
+    live = np.column_stack([rng.lognormal(0, 3.5, 20_000), rng.integers(-1, 7, 20_000), rng.standard_normal(20_000)])
+    live[:3000] = ref[rng.integers(0, 5000, 3000)]  # exactly on the reference's values, so on edges
+    live[3000:3100] = np.nextafter(live[3000:3100], np.inf)
+    for X in (live, live[:500]):  # with and without the grid
+        counts, _ = _core.drift_count(X, edges, offsets, 2)
+        assert np.array_equal(counts, _numpy_counts(profile, X))
 
 
 def test_the_kernel_refuses_bad_input_clearly():

@@ -117,10 +117,14 @@ class Profile:
         return len(self.features)
 
     def layout(self, which: str = "features"):
-        """``(edges, offsets)`` as :func:`pynomaly._core.drift_count` takes them."""
-        hs = self.features if which == "features" else (self.score,)
-        offsets = np.cumsum([0] + [h.edges.size for h in hs]).astype(np.int64)
-        return np.concatenate([h.edges for h in hs]), offsets
+        """``(edges, offsets)`` as :func:`pynomaly._core.drift_count` takes them (made once:
+        a serving process counts every batch on them)."""
+        made = self.__dict__.setdefault("_layouts", {})
+        if which not in made:
+            hs = self.features if which == "features" else (self.score,)
+            offsets = np.cumsum([0] + [h.edges.size for h in hs]).astype(np.int64)
+            made[which] = (np.concatenate([h.edges for h in hs]), offsets)
+        return made[which]
 
     # -- bytes ---------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:

@@ -37,7 +37,7 @@ class Settings:
 
     bucket_s: int = 60            # the window's granularity
     flush_s: float = 5.0          # how often pending counts reach the home
-    sample_above: int = 20_000    # larger batches are profiled on about this many rows
+    sample_above: int = 2048      # larger batches are profiled on about this many rows
     keep_s: float = 7 * 86400.0   # buckets older than this are forgotten when counts are added
     profile_ttl_s: float = 30.0   # how long a loaded reference is used before it is read again
     window_s: float = 3600.0      # the default window of a report
@@ -88,12 +88,23 @@ def reference(home, name: str, version=None) -> "tuple[int, stats.Profile]":
 
 # -- live counts -----------------------------------------------------------------------------
 def home_key(home):
-    """What a process's pending counts are kept under: the resolved folder or URL."""
-    from pynomaly.store._home import prepare
-
+    """What a process's pending counts are kept under: the resolved folder or URL (resolved
+    once per home as given: serving processes observe every batch)."""
     from pynomaly.store.repository import Repository
 
-    return str(home.home if isinstance(home, Repository) else prepare(home))
+    if isinstance(home, Repository):
+        return str(home.home)
+    from pynomaly.store._home import prepare
+
+    if home is None:  # PYNOMALY_HOME may change
+        return str(prepare(home))
+    key = _resolved.get(home)
+    if key is None:
+        key = _resolved[home] = str(prepare(home))
+    return key
+
+
+_resolved: dict = {}  # home as given (None, a str or Path) -> home_key
 
 
 _lock = threading.Lock()
