@@ -147,6 +147,18 @@ def test_wasserstein_is_within_its_bound_of_scipys(cardio_halves):
             assert abs(f["wasserstein"] - exact) <= f["wasserstein_error"] + 1e-9
 
 
+def test_wasserstein_is_exact_when_every_value_is_an_edge():
+    """Discrete features (values repeated, so each is an edge) and live values among them, or
+    beyond the range: the CDFs are steps at the edges and the binned integral is exact."""
+    rng = np.random.default_rng(8)
+    ref = np.column_stack([rng.integers(0, 20, 10_000), rng.choice([0.5, 1.5, 4.0], 10_000)]).astype(float)
+    live = np.column_stack([rng.integers(-3, 25, 2_000), rng.choice([0.5, 4.0, 9.0], 2_000)]).astype(float)
+    profile = drift.reference_profile(ref)
+    for f in drift.compare(profile, drift.count(profile, live))["features"]:
+        j = int(f["feature"][1:])
+        assert f["wasserstein"] == pytest.approx(stats.wasserstein_distance(ref[:, j], live[:, j]), rel=1e-12)
+
+
 def test_decisions_agree_with_ks_2samp_and_bonferroni_on_200_batches():
     """KSDrift's rule: drift when some feature's ks_2samp p-value < alpha / features."""
     rng = np.random.default_rng(4)

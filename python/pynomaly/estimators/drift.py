@@ -22,8 +22,9 @@ counts summed are the counts of the rows of both.
   ``psi_bins`` = 10 groups of about equal reference mass; the industry's 10 bins: with B =
   100 bins an undrifted sample of n rows would already score about B / n). Empty groups are
   smoothed: each fraction becomes (f + eps) / (1 + k eps), eps = 1e-4, on both sides.
-- Wasserstein-1: the integral of |F - G|, by the trapezoid rule between edges (error at most
-  ``wasserstein_error`` = sum over bins of (p + q) x width) and exact outside the reference's
+- Wasserstein-1: the integral of |F - G|, each CDF held at its value on an edge until the
+  next (exact when every value lies on an edge, as a discrete feature's do; otherwise within
+  ``wasserstein_error`` = sum over bins of (p + q) x width), and exact outside the reference's
   range (the live tails' distances to the extreme edges are counted).
 - For the score, the same on the training scores' bins, plus the flagged rate (score above the
   trained threshold) against the training's rate: a two-sided binomial test by the normal
@@ -387,7 +388,7 @@ def histogram_stats(hist: Histogram, counts: np.ndarray, tails: np.ndarray, n_re
     diff = np.abs(F - G)
     ks = float(diff.max())
     widths = np.diff(hist.edges)
-    inner = float(np.sum(widths * (diff[:-1] + diff[1:]) / 2))
+    inner = float(np.sum(widths * diff[:-1]))  # both CDFs held from each edge to the next
     inner_err = float(np.sum(widths * (p[1:-1] + q[1:-1])))
     groups = psi_groups(hist, psi_bins)
     return {
