@@ -55,7 +55,9 @@ def finish_render(d, own: list) -> bytes:
     from pynomaly.serving import RepositorySource
 
     if isinstance(d.source, RepositorySource):
-        own = own + metrics.jobs_collector(d.source.home)()
+        from pynomaly.service import drift
+
+        own = own + metrics.jobs_collector(d.source.home)() + drift.collector(d.source.home)()
     names = {m.exposed for m in own}
     rest = [m for m in metrics.REGISTRY.collect() if m.exposed not in names]
     return metrics.render(metrics.Registry(), own + rest)

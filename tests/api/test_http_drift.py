@@ -64,6 +64,17 @@ def test_detections_over_http_fill_the_window_the_endpoint_reads(api):
     status, ks = server.json("GET", "/api/v1/detectors/moved/drift?method=ks&alpha=0.01", token=tokens["viewer"])
     assert status == 200 and ks["method"] == "ks" and ks["features"][0]["feature"] == "x3"
 
+    # the same numbers as Prometheus gauges
+    status, _, raw = server.request("GET", "/metrics", token=tokens["viewer"])
+    assert status == 200
+    values = dict(line.rsplit(" ", 1) for line in raw.decode().splitlines() if not line.startswith("#"))
+    psi = float(values['pynomaly_feature_drift{detector="moved",feature="x3",stat="psi"}'])
+    assert psi == pytest.approx(doc["features"][0]["psi"])
+    assert values['pynomaly_feature_drift{detector="moved",feature="x3",stat="drift"}'] == "1.0"
+    assert values['pynomaly_feature_drift{detector="same",feature="x3",stat="drift"}'] == "0.0"
+    assert 'pynomaly_score_drift{detector="moved",stat="flagged_rate"}' in values
+    assert not any('detector="fresh"' in k for k in values)  # no rows in its window: no series
+
 
 def test_what_cannot_be_answered_is_a_clear_error(api):
     server, _, tokens, serve, _ = api

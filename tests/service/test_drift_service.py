@@ -122,3 +122,33 @@ def test_an_encrypted_home_seals_the_reference(tmp_path, monkeypatch, halves):
 
     with pytest.raises(KeyRequiredError):
         drift.reference(home, "s")
+
+
+def test_servers_export_the_window_as_prometheus_gauges(tmp_path, halves):
+    """The daemon's /metrics (like the HTTP server's, tests/api/test_http_drift.py) shows the
+    home's merged window: here counted by this process, read by the daemon's."""
+    import socket
+    import urllib.request
+
+    from _daemon_helpers import DaemonProcess
+
+    train, serve = halves
+    home = tmp_path / "home"
+    service.train(home, "moved", train, "IsolationForest", PARAMS)
+    service.detect(home, "moved", shifted(serve), save=False)
+    drift.flush()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = DaemonProcess(tmp_path, None, "--home", str(home), "--metrics-port", str(port))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+    finally:
+        assert d.stop() == 0
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    doc = drift.report(home, "moved")
+    assert float(values['pynomaly_feature_drift{detector="moved",feature="x3",stat="psi"}']) == \
+        pytest.approx(doc["features"][0]["psi"])
+    assert values['pynomaly_feature_drift{detector="moved",feature="x3",stat="drift"}'] == "1.0"
+    assert float(values['pynomaly_score_drift{detector="moved",stat="psi"}']) == pytest.approx(doc["score"]["psi"])

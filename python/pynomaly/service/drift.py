@@ -42,7 +42,7 @@ from pynomaly.store import drift as rows
 from pynomaly.store._schema import open_database
 
 __all__ = ["DriftUnavailableError", "settings", "save_reference", "set_reference", "reference", "observe", "flush",
-           "report", "compare_data", "parse_window"]
+           "report", "compare_data", "parse_window", "gauges", "collector"]
 
 
 def set_reference(home, name: str, data, *, version=None, columns=None, bins: int = 100) -> dict:
@@ -134,3 +134,66 @@ def _shown(seconds: float) -> str:
         if seconds >= s and seconds % s == 0:
             return f"{int(seconds // s)} {unit}"
     return f"{seconds:g} s"
+
+
+# -- Prometheus ------------------------------------------------------------------------------
+FEATURE_STATS = ("psi", "ks", "p_value", "wasserstein", "drift")
+SCORE_STATS = ("psi", "ks", "p_value", "wasserstein", "flagged_rate", "rate_p_value", "drift")
+
+
+def gauges(home, *, window: Optional[float] = None) -> list:
+    """The drift of every detector of ``home`` whose latest version has a reference and rows in
+    the window, as metrics for a face's ``/metrics``: ``pynomaly_feature_drift{detector,
+    feature,stat}`` (stat: psi, ks, p_value, wasserstein, drift as 0 or 1) and
+    ``pynomaly_score_drift{detector,stat}`` (the same, flagged_rate and rate_p_value). Series
+    beyond the metrics' cap (:data:`pynomaly.service.metrics.MAX_SERIES`) go under "_other"."""
+    from pynomaly.service import metrics
+
+    feature = metrics.Gauge("pynomaly_feature_drift", "Drift of a served feature from its training reference, "
+                            "by statistic (pynomaly drift)", ("detector", "feature", "stat"))
+    score = metrics.Gauge("pynomaly_score_drift", "Drift of the served scores from the training scores, by "
+                          "statistic", ("detector", "stat"))
+    with opened(home) as repo:
+        names = [d.name for d in repo.list()]
+    for name in names:
+        try:
+            doc = report(home, name, window=window)
+        except (DriftUnavailableError, LookupError):
+            continue
+        for f in doc["features"]:
+            for stat in FEATURE_STATS:
+                feature.set(float(f[stat]), detector=name, feature=f["feature"], stat=stat)
+        s = doc["score"]
+        for stat in SCORE_STATS if s is not None else ():
+            if s[stat] is not None:
+                score.set(float(s[stat]), detector=name, stat=stat)
+    return [feature, score]
+
+
+def collector(home, *, every: float = 10.0):
+    """The metrics collector (``fn() -> [metrics]``) of :func:`gauges` for ``home``, one per
+    home and process, recomputed at most every ``every`` seconds (scrapes in between get the
+    last ones); a home that cannot be read gives none, not a failed scrape."""
+    key = live.home_key(home)
+    if key not in _collectors:
+        _collectors[key] = _collector(home, every)
+    return _collectors[key]
+
+
+_collectors: dict = {}
+
+
+def _collector(home, every: float):
+    last: list = [-every, []]
+
+    def collect() -> list:
+        if time.monotonic() - last[0] >= every:
+            try:
+                last[1] = gauges(home)
+            except Exception as e:  # noqa: BLE001 - a scrape must not fail for a busy database
+                live.log.warning("drift gauges not read: %s", e)
+                last[1] = []
+            last[0] = time.monotonic()
+        return last[1]
+
+    return collect
