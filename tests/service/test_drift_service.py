@@ -152,3 +152,34 @@ def test_servers_export_the_window_as_prometheus_gauges(tmp_path, halves):
         pytest.approx(doc["features"][0]["psi"])
     assert values['pynomaly_feature_drift{detector="moved",feature="x3",stat="drift"}'] == "1.0"
     assert float(values['pynomaly_score_drift{detector="moved",stat="psi"}']) == pytest.approx(doc["score"]["psi"])
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-native-loop"]], ids=["native-loop", "python-loop"])
+def test_the_daemon_answers_the_drift_op(tmp_path, halves, mode):
+    """The socket's ``drift`` op (detect role) sends the document ``pynomaly drift --json`` prints."""
+    import pynomaly
+    from pynomaly._errors import PynomalyError
+
+    from _daemon_helpers import DaemonProcess
+
+    train, serve = halves
+    home = tmp_path / "home"
+    service.train(home, "moved", train, "IsolationForest", PARAMS)
+    service.train(home, "fresh", train, "IsolationForest", PARAMS)
+    service.detect(home, "moved", shifted(serve), save=False)
+    drift.flush()
+    d = DaemonProcess(tmp_path, None, "--home", str(home), *mode)
+    try:
+        with pynomaly.Client(d.sock) as c:
+            doc = c.drift("moved")
+            ks = c.drift("moved", window=600, method="ks", alpha=0.01)
+            with pytest.raises(PynomalyError, match="no rows of detector 'fresh' version 1") as e:
+                c.drift("fresh")
+            assert e.value.code == "unavailable"
+            with pytest.raises(PynomalyError, match="no detector named 'nope'") as e:
+                c.drift("nope")
+            assert e.value.code == "unknown_detector"
+    finally:
+        assert d.stop() == 0
+    assert doc == drift.report(home, "moved")
+    assert ks["method"] == "ks" and ks["window_s"] == 600 and ks["features"][0]["feature"] == "x3"
