@@ -1,5 +1,7 @@
 """Server time of the web pages (issue 11): the detectors page of a home with many detectors
-and a result page of a 100k-row result, on a real `pynomaly api` server over loopback.
+and a result page of a 100k-row result, on a real `pynomaly api` server over loopback; since
+issue 26 also the datasets, dataset (a preview of the 100k-row dataset), jobs, alerts and audit
+pages, the detectors page sorted and filtered, and two versions compared.
 
     python bench/bench_web.py [--detectors 30] [--rows 100000] [--repeat 30]
 
@@ -85,19 +87,39 @@ def main() -> None:
                 service.detect(home, f"det{i:03d}", X[:200])
         did = service.store_dataset(home, big, name="cardio-100k")["id"]
         result = service.detect(home, "det000", None, dataset_id=did, contamination=0.05)
+        service.train(home, "det000", X, "IsolationForest", {"n_estimators": 40, "random_state": 99})
+        from pynomaly.service import alerts, jobs
+
+        for i in range(20):  # a queue of 20 jobs (no worker runs them) and 5 rules with their messages
+            jobs.submit(str(home), "detect", {"detector": f"det{i:03d}", "dataset_id": did})
+        for i in range(5):
+            alerts.add_rule(str(home), f"det{i:03d}", "log", str(Path(tmp) / "alerts.jsonl"))
+            service.detect(home, f"det{i:03d}", X[:200])
+        for i in range(200):  # an audit trail of some length
+            service.audit_record(home, actor="bench", action="detect", target=f"det{i % 30:03d}@1")
         add_user(home, "bench", "viewer", "bench-password")
-        server = ApiServer(home)
+        add_user(home, "bench-admin", "admin", "bench-password")
+        server = ApiServer(home, "--job-workers", "0")
         try:
             c = WebClient(server)
             assert c.sign_in("bench", "bench-password")[0] == 303
+            admin = WebClient(server)
+            assert admin.sign_in("bench-admin", "bench-password")[0] == 303
             print(f"# CPU: {cpu_model()}, {os.cpu_count()} cpus; python {platform.python_version()}")
             print(f"# {args.detectors} detectors with 3 results each; result of {args.rows} x {X.shape[1]} rows")
-            for label, path in (("detectors page", "/ui/detectors"),
-                                (f"result page ({args.rows} rows)", f"/ui/results/{result.id}"),
-                                ("detector page", "/ui/detectors/det000"),
-                                ("history page", "/ui/detectors/det000/history")):
-                ms = timed(c, path, args.repeat)
-                status, _, page = c.get(path)
+            for who, label, path in ((c, "detectors page", "/ui/detectors"),
+                                     (c, f"result page ({args.rows} rows)", f"/ui/results/{result.id}"),
+                                     (c, "detector page", "/ui/detectors/det000"),
+                                     (c, "history page", "/ui/detectors/det000/history"),
+                                     (c, "detectors sorted and filtered", "/ui/detectors?q=det00&sort=rate&dir=desc"),
+                                     (c, "versions compared", "/ui/detectors/det000/compare?a=1&b=2"),
+                                     (c, "datasets page", "/ui/datasets"),
+                                     (c, f"dataset page ({args.rows} rows)", f"/ui/datasets/{did}"),
+                                     (c, "jobs page (20 queued)", "/ui/jobs"),
+                                     (c, "alerts page (5 rules)", "/ui/alerts"),
+                                     (admin, "audit page (all, verified)", "/ui/audit?since=all")):
+                ms = timed(who, path, args.repeat)
+                status, _, page = who.get(path)
                 assert status == 200 and "<h1>" in page and 'id="error"' not in page, page[:500]
                 size = len(page.encode())
                 print(f"{label:32s} first {timed.first:7.1f} ms  then median {statistics.median(ms):7.1f} ms  "

@@ -187,9 +187,9 @@ def test_detection_result_is_columnar_with_lazy_anomalies():
     m = r.metrics
     assert m["total_samples"] == 1000 and m["anomalies_detected"] == int((scores > 0.9).sum())
     assert m["processing_time_ms"] == 1.5
-    assert "anomalies" not in r.__dict__  # nothing per-row until asked
+    assert r._get("anomalies") is None  # nothing per-row until asked
     anomalies = r.anomalies
-    assert "anomalies" in r.__dict__ and r.anomalies is anomalies
+    assert r.anomalies is anomalies
     idx = [i for i, _ in anomalies]
     assert sorted(idx) == list(np.flatnonzero(scores > 0.9))
     assert [scores[i] for i in idx] == sorted(scores[idx], reverse=True)
@@ -203,7 +203,7 @@ def test_detection_result_edge_cases():
     assert _result([0.1, 0.2], 0.5).anomalies == []
     same = _result([0.7, 0.7, 0.7], 0.5)  # constant scores: no span to scale by
     assert [s.value for _, s in same.anomalies] == [1.0, 1.0, 1.0]
-    with pytest.raises(InvalidTransitionError, match="same length"):
+    with pytest.raises(InvalidTransitionError, match="one value per row"):
         DetectionResult(detector_id="i", detector_version=1, threshold=0.0, scores=np.zeros(3),
                         labels=np.zeros(2), processing_time_ms=0.0)
     with pytest.raises(InvalidTransitionError):
@@ -220,3 +220,37 @@ def test_fingerprint_follows_content_shape_and_dtype():
     assert fingerprint(X.reshape(3, 4)) != fingerprint(X)
     assert fingerprint(X.astype(np.float32)) != fingerprint(X)
     assert len(fingerprint(X)) == 32
+
+
+def test_detection_result_takes_flags_or_labels_and_is_immutable():
+    scores = np.array([0.1, 0.9, 0.5])
+    flags = scores > 0.4
+    a = DetectionResult("d", 1, 0.4, scores, flags)  # what the data plane gives: bool flags
+    b = DetectionResult("d", 1, 0.4, scores, flags.astype(np.int64))  # what a library caller may give
+    for r in (a, b):
+        assert r.scores is scores  # no copy of the batch's arrays on the serving path
+        assert r.labels.dtype == np.int64 and r.labels.tolist() == [0, 1, 1]
+        assert r.flags.dtype == bool and r.flags.tolist() == [False, True, True]
+    assert a.flags is flags
+    for field in ("threshold", "scores", "labels", "flags", "id", "timestamp", "probabilities"):
+        with pytest.raises(AttributeError):
+            setattr(a, field, None)
+        with pytest.raises(AttributeError):
+            delattr(a, field)
+    with pytest.raises(AttributeError):
+        a.extra = 1  # no room for anything else either
+    with pytest.raises(InvalidTransitionError, match="probabilities must have one value per row"):
+        DetectionResult("d", 1, 0.4, scores, flags, probabilities=np.zeros(2))
+
+
+def test_detection_result_id_and_time_are_made_once_and_kept():
+    import datetime as dt
+
+    before = dt.datetime.now(dt.timezone.utc)
+    r = _result([0.2, 0.8], 0.5)
+    after = dt.datetime.now(dt.timezone.utc)
+    assert before <= r.timestamp <= after and r.timestamp is r.timestamp  # the making time, read later
+    assert len(r.id) == 32 and r.id == r.id and r.id != _result([0.2], 0.5).id
+    given = DetectionResult("d", 1, 0.5, [0.2], [0], id="abc", timestamp=before)
+    assert given.id == "abc" and given.timestamp == before
+    assert r.summary()["timestamp"] == r.timestamp.isoformat() and r.summary()["id"] == r.id

@@ -57,7 +57,7 @@ def _model_metadata(scorer: service.Scorer, versions) -> dict:
         "versions": [str(x) for x in versions],
         "platform": f"pynomaly_{v.algorithm}",
         "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, v.n_features]}],
-        "outputs": [{"name": n, "datatype": dt, "shape": [-1]} for n, (dt, _) in tensors.OUTPUTS.items()],
+        "outputs": [{"name": n, "datatype": dt, "shape": [-1]} for n, (dt, _, _) in tensors.OUTPUTS.items()],
         "parameters": {"threshold": v.threshold, "algorithm": v.algorithm,
                        "feature_names": list(v.feature_names) if v.feature_names else None},
     }
@@ -91,15 +91,14 @@ async def model_ready(request: Request) -> Response:
 
 def _answer(scorer: service.Scorer, req: tensors.InferRequest, scores=None):
     """Score the request's rows (unless ``scores`` are given) and, when it asks for more than
-    the default outputs, decide them (runs on the loop or in a thread): ``(scores, outputs)``,
-    outputs None for the default ones (the data plane decides those, on the loop)."""
+    the default outputs, decide them (runs on the loop or in a thread): ``(scores, result)``,
+    result None for the default outputs (the data plane's result answers those, on the loop)."""
     if scores is None:
         scores = scorer.score(req.rows)
     p = req.parameters
     if not p and req.outputs == tensors.DEFAULT_OUTPUTS:  # the commonest request: the version's own threshold
         return scores, None
-    r = scorer.decide(scores, req.outputs, threshold=p.get("threshold"), contamination=p.get("contamination"))
-    return scores, {name: getattr(r, name) for name in req.outputs}
+    return scores, scorer.decide(scores, req.outputs, threshold=p.get("threshold"), contamination=p.get("contamination"))
 
 
 # What an infer body may be labelled: JSON, JSON with binary data after it, or what a client
@@ -207,24 +206,24 @@ async def infer(scope, receive, send) -> None:
                     body = scores
                 else:
                     st.counters["streamed_requests"] += 1
-                    scores, outputs = _answer(scorer, req, scores)
+                    scores, result = _answer(scorer, req, scores)
             if req is None:
                 if body is None:
                     body = await read_stream(body_chunks(receive), limit, encoding)
                 req = tensors.decode_infer(body, hlen, scorer.version.n_features)
                 if req.rows.size <= st.settings.inline_cells:
-                    scores, outputs = _answer(scorer, req)
+                    scores, result = _answer(scorer, req)
                 else:
-                    scores, outputs = await st.run(_answer, scorer, req)
+                    scores, result = await st.run(_answer, scorer, req)
             v = scorer.version
             st.cache.used(v.name, v.version, 1, time.monotonic())
-            flags = st.plane.decide(scorer, None, scores)  # the rule, once; counted for metrics and alert rules
-            if outputs is None:
-                outputs = {"scores": scores, "labels": flags}
+            decided = st.plane.decide(scorer, None, scores)  # the rule, once; counted for metrics and alert rules
+            if result is None:
+                result = decided
             c = st.counters
             c["infer_requests"] += 1
             c["rows_scored"] += scores.shape[0]
-            out, hlen = tensors.encode_infer(v.name, v.version, req.id, outputs, req.binary)
+            out, hlen = tensors.encode_infer(v.name, v.version, req.id, result, req.outputs, req.binary)
             s = st.model_stats.get((v.name, v.version)) or st.model_stats.setdefault((v.name, v.version),
                                                                                      [0, 0, 0, 0, 0, 0])
             s[0] += 1
@@ -326,9 +325,9 @@ def server_metrics(st: ServerState) -> list:
 def _render_metrics(st: ServerState, own: list) -> bytes:
     """Our metrics, the home's jobs, and the process's (alerts sent, durations of the service's
     detections). Runs in a thread: it reads the database."""
-    from pynomaly.service import drift, metrics
+    from pynomaly.service import drift, jobs, metrics
 
-    own = own + metrics.jobs_collector(str(st.home))() + drift.collector(str(st.home))()
+    own = own + metrics.jobs_collector(str(st.home), jobs.counts)() + drift.collector(str(st.home))()
     names = {m.exposed for m in own}
     rest = [m for m in metrics.REGISTRY.collect() if m.exposed not in names]
     return metrics.render(metrics.Registry(), own + rest)

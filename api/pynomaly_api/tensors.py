@@ -25,12 +25,13 @@ DTYPES = {
     "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
     "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
-# What a detector answers: name -> (datatype, dtype of the bytes sent).
+# What a detector answers: output name -> (datatype, dtype of the bytes sent, the
+# DetectionResult field it is encoded from). The protocol's BOOL labels are the result's flags.
 OUTPUTS = {
-    "scores": ("FP64", np.dtype("<f8")),
-    "labels": ("BOOL", np.dtype("?")),
-    "probabilities": ("FP64", np.dtype("<f8")),
-    "confidence": ("FP64", np.dtype("<f8")),
+    "scores": ("FP64", np.dtype("<f8"), "scores"),
+    "labels": ("BOOL", np.dtype("?"), "flags"),
+    "probabilities": ("FP64", np.dtype("<f8"), "probabilities"),
+    "confidence": ("FP64", np.dtype("<f8"), "confidence"),
 }
 DEFAULT_OUTPUTS = ("scores", "labels")
 _FP64 = DTYPES["FP64"]
@@ -303,14 +304,16 @@ def _outputs(req: _Request):
     return tuple(names), binary
 
 
-def encode_infer(model_name: str, model_version: int, request_id: Optional[str], outputs: Dict[str, np.ndarray],
+def encode_infer(model_name: str, model_version: int, request_id: Optional[str], result, names,
                  binary) -> Tuple[bytes, Optional[int]]:
-    """The response body and, when some outputs are binary, the JSON header's length."""
+    """The response body for the outputs ``names`` of ``result`` (a
+    :class:`pynomaly.DetectionResult`) and, when some outputs are binary, the JSON header's length."""
     heads = []
     raw = []
-    for name, values in outputs.items():
-        datatype, dtype = OUTPUTS[name]
-        if values.dtype != dtype:  # a DetectionResult's int64 labels are the protocol's BOOL
+    for name in names:
+        datatype, dtype, field = OUTPUTS[name]
+        values = getattr(result, field)
+        if values.dtype != dtype:
             values = values.astype(dtype)
         head = {"name": name, "datatype": datatype, "shape": [int(values.shape[0])]}
         if name in binary:

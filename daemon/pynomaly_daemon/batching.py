@@ -207,5 +207,5 @@ class Batcher:
         c = self.counters
         c["native_calls"] += 1
         c["rows_scored"] += scores.shape[0]
-        labels = self.plane.decide(scorer, items, scores)
-        detect_replies(scorer, items, scores, labels, self.encoder, self.admission.release, self.reply_error)
+        result = self.plane.decide(scorer, items, scores)
+        detect_replies(scorer, items, result, self.encoder, self.admission.release, self.reply_error)

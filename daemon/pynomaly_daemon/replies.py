@@ -24,15 +24,17 @@ class Pending:
         self.n = n
 
 
-def detect_replies(scorer, items: list, scores: np.ndarray, labels: np.ndarray, encoder, release, reply_error) -> None:
-    """Answer each request of a batch scored together (``scores`` holds their rows in order,
-    ``labels`` their flags at the version's threshold, a bool array).
+def detect_replies(scorer, items: list, result, encoder, release, reply_error) -> None:
+    """Answer each request of a batch scored together from the batch's
+    :class:`~pynomaly.DetectionResult` (its rows are the requests' rows in order, decided at
+    the version's threshold by the data plane).
 
     Arrays are converted to bytes once per batch, then sliced per request. ``release(conn, n)``
     ends each request's admission; ``reply_error(conn, id, code, message)`` answers one that
     asked for what this detector cannot give (probabilities without training scores).
     """
     v = scorer.version
+    scores, labels = result.scores, result.flags
     single = len(items) == 1
     probabilities = None
     for it in items:
@@ -43,7 +45,7 @@ def detect_replies(scorer, items: list, scores: np.ndarray, labels: np.ndarray, 
             except DetectorNotReadyError as e:
                 probabilities = e
             break
-    thr = v.threshold
+    thr = result.threshold
     s_bytes = l_bytes = p_bytes = None
     append_frame = wire.append_frame
     outs = {}
@@ -59,7 +61,7 @@ def detect_replies(scorer, items: list, scores: np.ndarray, labels: np.ndarray, 
             if s_bytes is None:
                 s_bytes = scores.data if single else scores.tobytes()
             if l_bytes is None:
-                l_bytes = labels.view(np.uint8).data if single else labels.tobytes()
+                l_bytes = labels.data if single else labels.tobytes()  # bool bytes are 0/1: msgpack bin as is
             if single:
                 reply = DetectReply(req.id, v.name, v.version, n, thr, s_bytes, l_bytes)
             else:
@@ -75,7 +77,7 @@ def detect_replies(scorer, items: list, scores: np.ndarray, labels: np.ndarray, 
                 reply.scores = s_bytes if single else s_bytes[8 * a : 8 * off]
             elif w == "labels":
                 if l_bytes is None:
-                    l_bytes = labels.view(np.uint8).data if single else labels.tobytes()
+                    l_bytes = labels.data if single else labels.tobytes()  # bool bytes are 0/1: msgpack bin as is
                 reply.labels = l_bytes if single else l_bytes[a:off]
             elif w == "anomalies":
                 reply.anomalies = np.flatnonzero(labels[a:off]).astype("<i8").data

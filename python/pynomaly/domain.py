@@ -24,6 +24,7 @@ import functools
 import hashlib
 import math
 import numbers
+import operator
 import time
 import uuid
 from datetime import datetime, timezone
@@ -331,43 +332,145 @@ class ContaminationRate:
         return self.value
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class DetectionResult:
-    """The outcome of scoring a batch: columnar arrays plus a few numbers.
+_F64 = np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
+_BOOL = np.dtype(np.bool_)
+_time = time.time
+_new = object.__new__
 
-    ``scores`` (float64, higher = more anomalous) and ``labels`` (int64, 1 = anomaly) stay
-    NumPy arrays; per-row :class:`AnomalyScore` objects are built only when ``anomalies`` is
-    read (for people, not for the hot path).
+
+def _per_row(name: str, value, dtype: np.dtype, n: int) -> np.ndarray:
+    """``value`` as a 1-D ``dtype`` array of ``n`` rows (no copy when it is one already)."""
+    if type(value) is not np.ndarray or value.dtype is not dtype:
+        value = np.asarray(value, dtype=dtype)
+    if value.ndim != 1 or value.shape[0] != n:
+        raise InvalidTransitionError(f"{name} must have one value per row ({n}), got shape {value.shape}")
+    return value
+
+
+class DetectionResult:
+    """The outcome of scoring a batch: columnar arrays plus a few numbers. Immutable.
+
+    ``scores`` (float64, higher = more anomalous) and ``labels`` (int64, 1 = anomaly; ``flags``
+    is the same decision as a bool array) stay NumPy arrays; per-row :class:`AnomalyScore`
+    objects are built only when ``anomalies`` is read (for people, not for the hot path).
+
+    Every face encodes its replies from this one type (issue 21), so it is cheap enough to
+    build per request of one row: its fields are slots behind read-only properties, ``id``
+    and ``timestamp`` (the construction time) are made on first read, and ``labels`` and
+    ``flags`` are converted from whichever was given only when read. ``ROW_OUTPUTS`` names the
+    per-row arrays a request may ask for: a new output is one name there, one keyword here,
+    and one encoder per face.
     """
 
-    detector_id: str
-    detector_version: int
-    threshold: float
-    scores: np.ndarray
-    labels: np.ndarray
-    processing_time_ms: float
-    dataset_id: Optional[str] = None
-    timestamp: datetime = dataclasses.field(default_factory=_now)
-    id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
-    probabilities: Optional[np.ndarray] = None  # outlier probability per row, when asked for
-    confidence: Optional[np.ndarray] = None  # ExCeeD confidence of each label, when asked for
+    ROW_OUTPUTS = ("scores", "labels", "probabilities", "confidence")
 
-    def __post_init__(self):
-        scores = np.asarray(self.scores, dtype=np.float64)
-        labels = np.asarray(self.labels, dtype=np.int64)
-        if scores.ndim != 1 or labels.shape != scores.shape:
-            raise InvalidTransitionError(
-                f"scores and labels must be 1-D arrays of the same length, got {scores.shape} and {labels.shape}"
-            )
-        object.__setattr__(self, "scores", scores)
-        object.__setattr__(self, "labels", labels)
-        for name in ("probabilities", "confidence"):
-            value = getattr(self, name)
-            if value is not None:
-                value = np.asarray(value, dtype=np.float64)
-                if value.shape != scores.shape:
-                    raise InvalidTransitionError(f"{name} must have one value per row, got shape {value.shape}")
-                object.__setattr__(self, name, value)
+    # The fields every result has, then ``_more``: a dict of the rest (processing time,
+    # dataset, probabilities, confidence, id, timestamp, ranked anomalies) or None; a serving
+    # face's result sets eight slots and nothing else.
+    __slots__ = ("_detector_id", "_detector_version", "_threshold", "_scores", "_labels", "_flags", "_made", "_more")
+
+    def __init__(self, detector_id: str, detector_version: int, threshold: float, scores, labels,
+                 processing_time_ms: float = 0.0, dataset_id: Optional[str] = None,
+                 timestamp: Optional[datetime] = None, id: Optional[str] = None,
+                 probabilities=None, confidence=None):
+        if type(scores) is not np.ndarray or scores.dtype is not _F64 or scores.ndim != 1:
+            scores = np.asarray(scores, dtype=np.float64)
+            if scores.ndim != 1:
+                raise InvalidTransitionError(f"scores must be a 1-D array, got shape {scores.shape}")
+        n = scores.shape[0]
+        if type(labels) is np.ndarray and labels.dtype is _BOOL:
+            self._flags = _per_row("labels", labels, _BOOL, n)
+            self._labels = None
+        else:
+            self._labels = _per_row("labels", labels, _I64, n)
+            self._flags = self._labels != 0  # flags are always there: the faces read them per request
+        self._detector_id = detector_id
+        self._detector_version = detector_version
+        self._threshold = threshold
+        self._scores = scores
+        self._made = _time()
+        self._more = {
+            "processing_time_ms": processing_time_ms, "dataset_id": dataset_id, "timestamp": timestamp, "id": id,
+            "probabilities": None if probabilities is None else _per_row("probabilities", probabilities, _F64, n),
+            "confidence": None if confidence is None else _per_row("confidence", confidence, _F64, n),
+        }
+
+    @classmethod
+    def decided(cls, detector_id: str, detector_version: int, threshold: float, scores: np.ndarray,
+                flags: np.ndarray) -> "DetectionResult":
+        """The result of a serving face's batch: ``scores`` as a Scorer gives them (float64,
+        1-D) and their ``flags`` by :func:`flagged`. Nothing is checked or copied: the data
+        plane builds one per request, and a request of one row costs only microseconds. Its
+        ``timestamp`` is the time it is first read (such results are encoded at once, never
+        stored)."""
+        r = _new(cls)
+        r._detector_id = detector_id
+        r._detector_version = detector_version
+        r._threshold = threshold
+        r._scores = scores
+        r._flags = flags
+        r._labels = None
+        r._made = None
+        r._more = None
+        return r
+
+    detector_id = property(operator.attrgetter("_detector_id"))
+    detector_version = property(operator.attrgetter("_detector_version"))
+    threshold = property(operator.attrgetter("_threshold"))
+    scores = property(operator.attrgetter("_scores"))
+
+    def _get(self, name: str, default=None):
+        more = self._more
+        return default if more is None else more.get(name, default)
+
+    def _keep(self, name: str, value):
+        if self._more is None:
+            self._more = {}
+        self._more[name] = value
+        return value
+
+    @property
+    def processing_time_ms(self) -> float:
+        return self._get("processing_time_ms", 0.0)
+
+    @property
+    def dataset_id(self) -> Optional[str]:
+        return self._get("dataset_id")
+
+    @property
+    def probabilities(self) -> Optional[np.ndarray]:
+        """Outlier probability per row, when asked for."""
+        return self._get("probabilities")
+
+    @property
+    def confidence(self) -> Optional[np.ndarray]:
+        """ExCeeD confidence of each label, when asked for."""
+        return self._get("confidence")
+
+    def __repr__(self) -> str:
+        return (f"DetectionResult(detector_id={self._detector_id!r}, detector_version={self._detector_version}, "
+                f"threshold={self._threshold!r}, rows={self._scores.shape[0]}, id={self.id!r})")
+
+    @property
+    def id(self) -> str:
+        """A unique id (32 hex characters), made when first read unless given."""
+        return self._get("id") or self._keep("id", uuid.uuid4().hex)
+
+    @property
+    def timestamp(self) -> datetime:
+        """When the result was made (UTC), unless given."""
+        made = self._made if self._made is not None else _time()
+        return self._get("timestamp") or self._keep("timestamp", datetime.fromtimestamp(made, timezone.utc))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64, 1 for an anomaly."""
+        if self._labels is None:
+            self._labels = self._flags.astype(np.int64)
+        return self._labels
+
+    flags = property(operator.attrgetter("_flags"), doc="bool, True for an anomaly (what :func:`flagged` returns)")
 
     @property
     def anomaly_indices(self) -> np.ndarray:
@@ -386,7 +489,7 @@ class DetectionResult:
             "processing_time_ms": float(self.processing_time_ms),
         }
 
-    @functools.cached_property
+    @property
     def anomalies(self) -> list:
         """``[(sample_index, AnomalyScore), ...]`` for the rows labelled 1, most anomalous first.
 
@@ -394,6 +497,9 @@ class DetectionResult:
         ``predict_proba``); ``confidence`` is the share of this batch's rows scoring at most
         as high (1.0 for the top row).
         """
+        return self._get("anomalies") or self._keep("anomalies", self._rank_anomalies())
+
+    def _rank_anomalies(self) -> list:
         idx = np.flatnonzero(self.labels)
         if idx.size == 0:
             return []

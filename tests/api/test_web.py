@@ -331,7 +331,7 @@ def test_history_and_health_pages(site):
                                      "contamination": contamination})[0] == 303
     status, _, page = c.get("/ui/detectors/cardio/history")
     n = len(service.results(home, "cardio"))
-    assert status == 200 and page.count('class="point"') == n and "<polyline" in page
+    assert status == 200 and page.count('class="point"') == n and "<polyline" not in page  # no line joins them
     status, _, page = c.get("/ui/health")
     assert status == 200 and 'id="api-health"' in page and 'id="daemon-health"' in page and "ready" in page
 
@@ -368,6 +368,11 @@ def test_training_from_a_stored_dataset_shows_progress_then_the_detector(site):
         time.sleep(0.2)
     assert 'id="done"' in page, page
     d = service.show(home, "cardio-web")
+    # The new version's threshold, and the histogram of the scores it gave its training rows.
+    shown = re.search(r'id="trained-threshold">([^<]+)<', page).group(1)
+    assert shown == f'{d["versions"][-1]["threshold"]:.6g}'
+    title = re.search(r'<title id="histogram-title">Histogram of (\d+) scores', page)
+    assert title and int(title.group(1)) == len(X) and 'id="threshold-line"' in page
     assert d["status"] == "active" and d["versions"][-1]["parameters"]["n_estimators"] == 30
     assert d["versions"][-1]["dataset_id"] == did
     # Bad parameters: the message on the page, nothing trained.

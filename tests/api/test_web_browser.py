@@ -3,16 +3,14 @@ chromedriver, against a real server started here. One browser and one server for
 the tests run in order (sign in, detect, the threshold, the download, a viewer refused, a bad
 upload).
 
-Screenshots of the main pages are written to $PYNOMALY_SCREENSHOTS when it is set (the
-README's come from `PYNOMALY_SCREENSHOTS=docs/screenshots pytest tests/api/test_web_browser.py`).
+Screenshots of the main pages are written to $PYNOMALY_SCREENSHOTS when it is set, never
+otherwise (the README's come from `PYNOMALY_SCREENSHOTS=docs/screenshots pytest
+tests/api/test_web_browser.py tests/api/test_web_pages_browser.py`).
 """
 
 from __future__ import annotations
 
 import io
-import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,53 +18,24 @@ import pytest
 pytest.importorskip("fastapi", reason="the http extra is not installed (pip install '.[http]')")
 pytest.importorskip("selenium", reason="selenium is not installed (pip install '.[test]')")
 
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import WebDriverException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
 
 from pynomaly import service  # noqa: E402
 
+from _browser_helpers import PHONE, SIZE, page_overflow, shot, start_chromium, url, wait  # noqa: E402
 from _http_helpers import ApiServer, make_token  # noqa: E402
 from _web_helpers import add_user, to_csv  # noqa: E402
 from conftest import dataset_path  # noqa: E402
 
 PASSWORD = "correct horse battery"
-SIZE = (1100, 800)
-PHONE = (390, 844)
-
-
-def _find(*names):
-    for n in names:
-        p = shutil.which(n)
-        if p:
-            return p
-    return None
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    chromium = _find("chromium", "chromium-browser", "google-chrome")
-    driver_path = _find("chromedriver")
-    if chromium is None or driver_path is None:
-        pytest.skip("Chromium and its driver are not installed (Debian: apt-get install chromium chromium-driver)")
-    downloads = tmp_path_factory.mktemp("downloads")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-              f"--window-size={SIZE[0]},{SIZE[1]}", "--hide-scrollbars", "--force-device-scale-factor=1"):
-        opts.add_argument(a)
-    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                           "download.prompt_for_download": False})
-    try:
-        driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    except WebDriverException as e:
-        pytest.skip(f"Chromium did not start: {str(e).splitlines()[0][:200]}")
-    driver.set_page_load_timeout(60)
-    driver.downloads = downloads
+    driver = start_chromium(tmp_path_factory.mktemp("downloads"))
     try:
         yield driver
     finally:
@@ -88,29 +57,6 @@ def site(tmp_path_factory):
         yield server, home, X, csv
     finally:
         server.stop()
-
-
-def shot(driver, name: str) -> None:
-    folder = os.environ.get("PYNOMALY_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        path = Path(folder) / f"{name}.png"
-        driver.save_screenshot(str(path))
-        try:  # a 64-colour palette: a third of the bytes, and these pages use a few colours
-            from PIL import Image
-        except ImportError:
-            return
-        with Image.open(path) as im:
-            small = im.convert("RGB").quantize(colors=64)
-        small.save(path, optimize=True)
-
-
-def wait(driver, cond, timeout: float = 30):
-    return WebDriverWait(driver, timeout).until(lambda d: cond(d))
-
-
-def url(server, path: str) -> str:
-    return f"http://{server.url}{path}"
 
 
 def sign_in(driver, server, user=None, password=None, token=None, screenshot=False):
@@ -202,8 +148,7 @@ def test_upload_a_real_dataset_detect_and_move_the_threshold(browser, site):
     browser.set_window_size(*PHONE)
     try:
         browser.refresh()
-        overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 1
+        assert page_overflow(browser) <= 1
         shot(browser, "result-phone")
     finally:
         browser.set_window_size(*SIZE)
@@ -240,7 +185,7 @@ def test_a_viewer_sees_no_admin_buttons_and_is_refused_an_admin_action(browser, 
     browser.get(url(server, "/ui/detectors/cardio"))
     assert not browser.find_elements(By.ID, "archive") and not browser.find_elements(By.ID, "delete")
     nav = browser.find_element(By.CSS_SELECTOR, "header nav").text
-    assert nav.split("\n") == ["Detectors", "Health"]
+    assert nav.split("\n") == ["Detectors", "Datasets", "Jobs", "Alerts", "Health"]
     # The server refuses what the page does not offer: a form built by hand, with a valid
     # CSRF token, asking to archive.
     browser.execute_script("""

@@ -426,8 +426,8 @@ def python_path_replies(scorer, stream: bytes, dtype: str) -> bytes:
         pos += 4 + n
     X = matrix(b"".join(bytes(it.data) for it in items), sum(it.n for it in items), scorer.version.n_features, dtype)
     scores = scorer.score(X)
-    labels = DataPlane(None).decide(scorer, items, scores)
-    detect_replies(scorer, items, scores, labels, msgspec.msgpack.Encoder(), lambda c, n: None,
+    result = DataPlane(None).decide(scorer, items, scores)
+    detect_replies(scorer, items, result, msgspec.msgpack.Encoder(), lambda c, n: None,
                    lambda *a: pytest.fail(f"unexpected error reply {a}"))
     return bytes(conn.transport.written)
 

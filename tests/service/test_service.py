@@ -210,3 +210,32 @@ def test_every_use_case_is_a_name_of_the_service_package():
     public = {"check_reachable", "create_key_file", "is_encrypted", *service.__all__}
     assert [n for n in sorted(public) if not hasattr(service, n)] == []
     assert service.Scorer is Scorer
+
+
+def test_what_the_pages_read_of_datasets_and_versions(home):
+    """Issue 26's use cases: a dataset's preview agrees with its rows column by column, the
+    datasets overview names the detectors trained on each, and a version's training scores
+    are the scores its model gave its training rows (the same rows scored again, for the
+    native forest)."""
+    X = np.random.default_rng(2).standard_normal((400, 3))
+    X[:, 2] = np.round(X[:, 2])  # few distinct values, some zeros
+    meta = service.store_dataset(home, X, "rows")
+    view = service.dataset_preview(home, meta["id"], head=4)
+    assert view["meta"]["id"] == meta["id"] and view["names"] == ["x0", "x1", "x2"]
+    np.testing.assert_array_equal(np.array(view["head"]), X[:4])
+    for j, c in enumerate(view["columns"]):
+        col = X[:, j]
+        assert (c["min"], c["max"], c["distinct"]) == (col.min(), col.max(), np.unique(col).size)
+        assert c["mean"] == pytest.approx(col.mean()) and c["std"] == pytest.approx(col.std())
+        assert c["zeros"] == np.mean(col == 0)
+    assert view["columns"][2]["distinct"] < 10 < view["columns"][0]["distinct"]
+    service.train(home, "t", None, "IsolationForest", {"n_estimators": 20, "random_state": 0},
+                  dataset_id=meta["id"])
+    service.train(home, "u", X[:100], "IsolationForest", {"n_estimators": 10, "random_state": 0})
+    by_id = {d["id"]: d for d in service.datasets_overview(home)}
+    assert by_id[meta["id"]]["trained"] == ["t"] and len(by_id) == 2
+    assert next(iter(by_id.values()))["id"] != meta["id"]  # newest first: u's recorded dataset
+    recorded = service.dataset_preview(home, service.versions(home, "u")[0]["dataset_id"])
+    assert recorded["head"] is None and recorded["columns"] is None  # only described: no rows kept
+    scores = service.training_scores(home, "t", 1)
+    np.testing.assert_allclose(scores, service.load_model(home, "t")[1].decision_function(X), rtol=1e-12)

@@ -86,16 +86,20 @@ class _Item:
         self.n = n
 
 
-def test_decide_flags_by_the_rule_and_observes_those_flags(plane):
+def test_decide_gives_the_domains_result_by_the_rule_and_observes_its_flags(plane):
     p, loop, X = plane
     s = loop.run_until_complete(p.scorer("m", None))
     scores = s.score(X)
-    flags = p.decide(s, [_Item(200), _Item(100)], scores)
+    r = p.decide(s, [_Item(200), _Item(100)], scores)
     want = flagged(scores, s.version.threshold)
-    assert flags.dtype == bool and np.array_equal(flags, want)
+    assert isinstance(r, DetectionResult) and r.scores is scores  # no copy of the batch's scores
+    assert r.threshold == s.version.threshold and r.detector_version == s.version.version
+    assert r.flags.dtype == bool and np.array_equal(r.flags, want)
+    assert np.array_equal(r.labels, want.astype(np.int64))  # the same result a library call gives
+    assert np.array_equal(r.labels, s.decide(scores).labels)
     assert p.observer.totals["m"] == [2, 300, int(want.sum())]
     one = p.decide(s, None, scores[:1])  # one request
-    assert p.observer.totals["m"] == [3, 301, int(want.sum()) + int(one[0])]
+    assert p.observer.totals["m"] == [3, 301, int(want.sum()) + int(one.flags[0])]
 
 
 def test_the_scorer_decides_into_the_domains_result(plane):

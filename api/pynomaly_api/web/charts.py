@@ -1,5 +1,6 @@
 """Charts drawn on the server as SVG from a few numbers: a score histogram from binned counts
-(never one mark per row, so a 100k-row result is as light as a 100-row one) and a line chart.
+(never one mark per row, so a 100k-row result is as light as a 100-row one), score
+distributions overlaid (versions compared) and detections placed by time (history).
 
 Both return markup for the page's template (already escaped where text goes in) and keep
 what the page's script needs in ``data-`` attributes: the histogram's scale, so the
@@ -9,17 +10,39 @@ threshold line can move without asking the server.
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 from html import escape
 from typing import Sequence
 
 import numpy as np
 
 W, H = 640, 240  # the viewBox; the SVG scales to the page's width
-PAD_L, PAD_R, PAD_T, PAD_B = 48, 12, 12, 34
+# Room for tick labels at the size a phone shows them (style.css enlarges them there: at a
+# phone's width the viewBox is drawn at about half size).
+PAD_L, PAD_R, PAD_T, PAD_B = 72, 16, 12, 42
 
 
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
+
+
+def _count(n: float) -> str:
+    """A count as a short axis label: 1, 10, 100, 1k, 10k, 1M."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _x_ticks(x, lo: float, hi: float, base: float, n: int = 5) -> list:
+    """Tick labels under an axis from ``lo`` to ``hi``; the first and last are anchored at
+    their outer ends, so neither is cut at the chart's edge."""
+    out = []
+    for i, v in enumerate(np.linspace(lo, hi, n)):
+        anchor = "start" if i == 0 else "end" if i == n - 1 else "middle"
+        out.append(f'<text class="tick" x="{x(float(v)):.1f}" y="{base + 18}" text-anchor="{anchor}">'
+                   f'{_fmt(float(v))}</text>')
+    return out
 
 
 def score_range(scores: np.ndarray, threshold: float) -> tuple:
@@ -56,7 +79,7 @@ def histogram(scores: np.ndarray, threshold: float, bins: int = 60) -> str:
     while 10 ** k <= counts.max():
         yy = y(10 ** k)
         out.append(f'<line class="grid" x1="{PAD_L}" x2="{W - PAD_R}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
-                   f'<text class="tick" x="{PAD_L - 4}" y="{yy + 4:.1f}" text-anchor="end">{10 ** k:,}</text>')
+                   f'<text class="tick" x="{PAD_L - 6}" y="{yy + 4:.1f}" text-anchor="end">{_count(10 ** k)}</text>')
         k += 1
     bw = pw / bins
     for i, c in enumerate(counts):
@@ -70,9 +93,8 @@ def histogram(scores: np.ndarray, threshold: float, bins: int = 60) -> str:
                    f'<title>{c:,} rows scoring {_fmt(left)} to {_fmt(float(edges[i + 1]))}</title></rect>')
     base = PAD_T + ph
     out.append(f'<line class="axis" x1="{PAD_L}" x2="{W - PAD_R}" y1="{base}" y2="{base}"/>')
-    for v in np.linspace(lo, hi, 5):
-        out.append(f'<text class="tick" x="{x(float(v)):.1f}" y="{base + 16}" text-anchor="middle">{_fmt(float(v))}</text>')
-    out.append(f'<text class="label" x="{PAD_L + pw / 2:.0f}" y="{H - 2}" text-anchor="middle">score</text>')
+    out.extend(_x_ticks(x, lo, hi, base))
+    out.append(f'<text class="label" x="{PAD_L + pw / 2:.0f}" y="{H - 3}" text-anchor="middle">score</text>')
     if math.isfinite(threshold):
         tx = x(threshold)
         out.append(f'<line id="threshold-line" class="threshold" x1="{tx:.2f}" x2="{tx:.2f}" y1="{PAD_T}" '
@@ -94,36 +116,113 @@ def threshold_stops(scores: np.ndarray, threshold: float, steps: int = 400) -> t
     return stops, flagged
 
 
-def line_chart(times: Sequence[str], values: Sequence[float], *, label: str = "anomaly rate") -> str:
-    """An SVG line chart of ``values`` (fractions, drawn as percentages) in the order given,
-    one point per value, labelled with ``times`` (ISO strings)."""
-    n = len(values)
+def overlaid(series: Sequence[tuple], bins: int = 50) -> str:
+    """The SVG of several score distributions on one axis: ``series`` is ``(label, scores,
+    threshold)`` per version. Each is drawn as the outline of its histogram in shares of its
+    own rows (versions trained on different numbers of rows compare), with its threshold as a
+    dashed line of its colour; a legend names them."""
+    drawn = [(label, np.asarray(s, dtype=np.float64), t) for label, s, t in series if s is not None and len(s)]
+    if not drawn:
+        return ""
+    lo = min(float(s.min()) for _, s, _ in drawn)
+    hi = max(float(s.max()) for _, s, _ in drawn)
+    for _, _, t in drawn:
+        if t is not None and math.isfinite(t):
+            lo, hi = min(lo, t), max(hi, t)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    shares = [np.histogram(s, bins=bins, range=(lo, hi))[0] / s.size for _, s, _ in drawn]
+    top = max(float(max(sh.max() for sh in shares)) * 1.1, 1e-9)
     pw, ph = W - PAD_L - PAD_R, H - PAD_T - PAD_B
-    vmax = max(max(values, default=0.0), 1e-9) * 1.1
+    base = PAD_T + ph
 
-    def x(i: int) -> float:
-        return PAD_L + (pw * i / (n - 1) if n > 1 else pw / 2)
+    def x(v: float) -> float:
+        return PAD_L + pw * (v - lo) / (hi - lo)
+
+    def y(v: float) -> float:
+        return PAD_T + ph * (1 - v / top)
+
+    names = ", ".join(label for label, _, _ in drawn)
+    out = [f'<svg class="chart" id="compare-chart" viewBox="0 0 {W} {H}" role="img" aria-labelledby="compare-title">',
+           f'<title id="compare-title">Training score distributions of {escape(names)}, from {_fmt(lo)} to '
+           f'{_fmt(hi)}</title>']
+    for v in np.linspace(0, top, 4)[1:]:
+        yy = y(float(v))
+        out.append(f'<line class="grid" x1="{PAD_L}" x2="{W - PAD_R}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
+                   f'<text class="tick" x="{PAD_L - 6}" y="{yy + 4:.1f}" text-anchor="end">{100 * v:.2g}%</text>')
+    out.append(f'<line class="axis" x1="{PAD_L}" x2="{W - PAD_R}" y1="{base}" y2="{base}"/>')
+    edges = np.linspace(lo, hi, bins + 1)
+    for k, ((label, s, t), sh) in enumerate(zip(drawn, shares)):
+        pts = [f"{x(float(edges[0])):.1f},{base:.1f}"]
+        for i, v in enumerate(sh):
+            yy = y(float(v))
+            pts.append(f"{x(float(edges[i])):.1f},{yy:.1f} {x(float(edges[i + 1])):.1f},{yy:.1f}")
+        pts.append(f"{x(float(edges[-1])):.1f},{base:.1f}")
+        out.append(f'<polyline class="dist series-{k % 4}" data-label="{escape(label)}" points="{" ".join(pts)}">'
+                   f'<title>{escape(label)}: {s.size:,} training scores</title></polyline>')
+        if t is not None and math.isfinite(t):
+            tx = x(t)
+            out.append(f'<line class="threshold series-{k % 4}" x1="{tx:.2f}" x2="{tx:.2f}" y1="{PAD_T}" y2="{base}">'
+                       f'<title>{escape(label)} threshold {_fmt(t)}</title></line>')
+        ly = PAD_T + 16 + 26 * k
+        out.append(f'<rect class="key series-{k % 4}" x="{W - PAD_R - 110}" y="{ly - 12}" width="14" height="12"/>'
+                   f'<text class="tick" x="{W - PAD_R - 90}" y="{ly}">{escape(label[:12])}</text>')
+    out.extend(_x_ticks(x, lo, hi, base))
+    out.append(f'<text class="label" x="{PAD_L + pw / 2:.0f}" y="{H - 3}" text-anchor="middle">training score</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _time_label(t: float, span: float) -> str:
+    d = datetime.fromtimestamp(t, timezone.utc)
+    return d.strftime("%H:%M:%S" if span < 600 else "%m-%d %H:%M" if span < 3 * 86400 else "%Y-%m-%d")
+
+
+def time_scatter(times: Sequence[float], rates: Sequence[float], rows: Sequence[int], *,
+                 label: str = "anomaly rate") -> str:
+    """An SVG of detections placed by time (``times``: Unix seconds) at their anomaly rate
+    (fractions, drawn as percentages), each a point whose area follows its number of rows:
+    a one-row check and a 100k-row batch are told apart, and no line joins them as if they
+    were one series of like measurements."""
+    n = len(rates)
+    pw, ph = W - PAD_L - PAD_R, H - PAD_T - PAD_B
+    base = PAD_T + ph
+    vmax = max(max(rates, default=0.0), 1e-9) * 1.1
+    t0, t1 = (min(times), max(times)) if n else (0.0, 1.0)
+    span = t1 - t0
+    pad_t = span * 0.03 if span > 0 else 60.0  # a point at either end is drawn whole
+    lo_t, hi_t = t0 - pad_t, t1 + pad_t
+    biggest = max(max(rows, default=1), 1)
+
+    def x(t: float) -> float:
+        return PAD_L + pw * (t - lo_t) / (hi_t - lo_t)
 
     def y(v: float) -> float:
         return PAD_T + ph * (1 - v / vmax)
 
+    def r(k: int) -> float:  # area by rows: radius by its square root, 3 to 14 units
+        return 3.0 + 11.0 * math.sqrt(max(k, 0) / biggest)
+
     out = [f'<svg class="chart" id="history-chart" viewBox="0 0 {W} {H}" role="img" aria-labelledby="history-title">',
-           f'<title id="history-title">{escape(label)} of {n} detections, oldest to newest</title>']
+           f'<title id="history-title">{escape(label)} of {n} detections by time; larger points scored more rows'
+           '</title>']
     for v in np.linspace(0, vmax, 5):
         yy = y(float(v))
         out.append(f'<line class="grid" x1="{PAD_L}" x2="{W - PAD_R}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
-                   f'<text class="tick" x="{PAD_L - 4}" y="{yy + 4:.1f}" text-anchor="end">{100 * v:.3g}%</text>')
-    base = PAD_T + ph
+                   f'<text class="tick" x="{PAD_L - 6}" y="{yy + 4:.1f}" text-anchor="end">{100 * v:.2g}%</text>')
     out.append(f'<line class="axis" x1="{PAD_L}" x2="{W - PAD_R}" y1="{base}" y2="{base}"/>')
+    order = sorted(range(n), key=lambda i: -rows[i])  # big points first, so small ones stay on top
+    for i in order:
+        t, v, k = times[i], rates[i], rows[i]
+        when = datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        out.append(f'<circle class="point" cx="{x(t):.1f}" cy="{y(v):.1f}" r="{r(k):.1f}" data-t="{t!r}" '
+                   f'data-rows="{k}"><title>{when} UTC: {100 * v:.3g}% of {k:,} rows</title></circle>')
     if n:
-        pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
-        out.append(f'<polyline class="line" points="{pts}"/>')
-        for i, (t, v) in enumerate(zip(times, values)):
-            out.append(f'<circle class="point" cx="{x(i):.1f}" cy="{y(v):.1f}" r="3.5">'
-                       f'<title>{escape(t[:19].replace("T", " "))}: {100 * v:.3g}%</title></circle>')
-        for i in sorted({0, n - 1}):
-            anchor = "start" if i == 0 and n > 1 else ("end" if n > 1 else "middle")
-            out.append(f'<text class="tick" x="{x(i):.1f}" y="{base + 16}" text-anchor="{anchor}">'
-                       f'{escape(times[i][:16].replace("T", " "))}</text>')
+        ticks = [t0] if span == 0 else [t0, t0 + span / 2, t1]
+        for j, t in enumerate(ticks):
+            anchor = "middle" if len(ticks) == 1 or j == 1 else ("start" if j == 0 else "end")
+            out.append(f'<text class="tick" x="{x(t):.1f}" y="{base + 18}" text-anchor="{anchor}">'
+                       f'{_time_label(t, span)}</text>')
+    out.append(f'<text class="label" x="{PAD_L + pw / 2:.0f}" y="{H - 3}" text-anchor="middle">time (UTC)</text>')
     out.append("</svg>")
     return "".join(out)

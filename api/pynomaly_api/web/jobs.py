@@ -33,7 +33,7 @@ class Jobs:
         error = j["error"] or ("cancelled" if state == "cancelled" else None)
         return {"id": j["id"], "name": j["params"].get("detector"), "state": state,
                 "stage": j["stage"] or state, "fraction": j["fraction"], "done": state in _FINISHED,
-                "error": error if state != "succeeded" else None,
+                "error": error if state != "succeeded" else None, "result": j["result"],
                 "started": _epoch(j["started_at"]) or _epoch(j["created_at"]), "finished": _epoch(j["finished_at"])}
 
     def start(self, st: ServerState, name: str, audit: dict, **kwargs) -> str:

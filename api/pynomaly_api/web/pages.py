@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -33,7 +32,7 @@ from ..detection import audited
 from ..tokens import TokenError
 from . import charts
 from .jobs import JOBS
-from .render import SIGNIN_MESSAGES, error_page, over_tls, page, read_form, render, safe_next
+from .render import SIGNIN_MESSAGES, epoch, error_page, over_tls, page, read_form, render, safe_next
 from .uploads import ROWS, check_upload, read_upload, upload_file
 
 TOP_ROWS = 20  # rows in a result's table of top anomalies
@@ -130,10 +129,40 @@ def _overview(home) -> list:
     return rows
 
 
+# The list's columns that sort it: name -> the key of a row (None sorts last either way).
+SORTS = {
+    "name": lambda r: r["d"].name.lower(),
+    "algorithm": lambda r: r["d"].algorithm.lower(),
+    "versions": lambda r: r["versions"],
+    "status": lambda r: r["d"].status.value,
+    "threshold": lambda r: r["threshold"],
+    "last": lambda r: r["last"]["created_at"] if r["last"] else None,
+    "rate": lambda r: r["rate"],
+}
+
+
+def sort_and_filter(rows: list, q: str, status: str, sort: str, descending: bool) -> list:
+    """The rows whose name or algorithm contains ``q`` (any case) and whose status is
+    ``status`` (empty: any), ordered by column ``sort``; rows without a value go last."""
+    q = q.strip().lower()
+    kept = [r for r in rows if (not q or q in r["d"].name.lower() or q in r["d"].algorithm.lower())
+            and (not status or r["d"].status.value == status)]
+    key = SORTS.get(sort, SORTS["name"])
+    have = sorted((r for r in kept if key(r) is not None), key=key, reverse=descending)
+    return have + [r for r in kept if key(r) is None]
+
+
 @page("read")
 async def detectors(request, st: ServerState, p, form) -> Response:
-    rows = await st.run(_overview, st.home)
-    return render(request, "detectors.html", rows=rows, message=request.query_params.get("done", "")[:200])
+    qp = request.query_params
+    view = {"q": qp.get("q", "")[:100], "status": qp.get("status", ""), "sort": qp.get("sort", "name"),
+            "desc": qp.get("dir") == "desc"}
+    if view["sort"] not in SORTS:
+        view["sort"] = "name"
+    everything = await st.run(_overview, st.home)
+    rows = sort_and_filter(everything, view["q"], view["status"], view["sort"], view["desc"])
+    return render(request, "detectors.html", rows=rows, total=len(everything), view=view,
+                  statuses=("active", "trained", "archived", "failed"), message=qp.get("done", "")[:200])
 
 
 def _detector_view(home, name: str) -> dict:
@@ -177,13 +206,14 @@ async def detector_action(request, st: ServerState, p, form) -> Response:
                             status_code=303)
 
 
-# -- history ----------------------------------------------------------------------------------
+# -- history ---------------------------------------------------------------------------------
 @page("read")
 async def history(request, st: ServerState, p, form) -> Response:
     name = request.path_params["name"]
     results = await st.run(service.results, st.home, name)
     rates = [r["anomalies_detected"] / r["total_samples"] if r["total_samples"] else 0.0 for r in results]
-    chart = charts.line_chart([r["created_at"] for r in results], rates)
+    chart = charts.time_scatter([epoch(r["created_at"]) for r in results], rates,
+                                [r["total_samples"] for r in results])
     rows = [dict(r, rate=rate) for r, rate in zip(results, rates)][::-1]
     return render(request, "history.html", name=name, chart=chart, rows=rows)
 
@@ -449,47 +479,26 @@ async def train(request, st: ServerState, p, form) -> Response:
     return RedirectResponse(f"/ui/train/{jid}", status_code=303)
 
 
+def _trained(home, result: dict) -> dict:
+    """What the training-done page shows of the version a job made: its metadata and the
+    histogram of the scores it gave its training rows, with its threshold."""
+    name, version = result["detector"], result["version"]
+    v = next((x for x in service.versions(home, name) if x["version"] == version), None)
+    scores = service.training_scores(home, name, version)
+    chart = charts.histogram(scores, v["threshold"]) if v is not None and scores is not None else None
+    return {"version": v, "histogram": chart, "n_scores": 0 if scores is None else int(scores.size)}
+
+
 @page("train")
 async def train_job(request, st: ServerState, p, form) -> Response:
     job = await st.run(JOBS.get, st.home, request.path_params["job_id"])
     if job is None:
         raise HTTPError(404, "no such training run (runs are kept for a week)")
     elapsed = (job["finished"] or time.time()) - job["started"]
-    return render(request, "train_job.html", job=job, elapsed=elapsed)
-
-
-# -- health -----------------------------------------------------------------------------------
-STARTED = time.time()
-
-
-def _daemon_status() -> dict:
-    from pynomaly import wire
-    from pynomaly.client import Client
-
-    path = wire.default_socket_path()
-    if not os.path.exists(path):
-        return {"running": False, "path": path, "why": "no socket there (start it with `pynomaly serve`)"}
-    try:
-        with Client(path, timeout=2.0) as c:
-            h, s = c.health(), c.stats()
-        return {"running": True, "path": path, "status": h.status, "version": h.version, "pid": h.pid,
-                "uptime_s": h.uptime_s, "stats": {k: getattr(s, k) for k in s.__struct_fields__
-                                                  if k not in ("id", "requests", "errors")},
-                "requests": dict(s.requests), "errors": dict(s.errors)}
-    except Exception as e:  # noqa: BLE001 - shown as the daemon's state
-        return {"running": False, "path": path, "why": f"{type(e).__name__}: {e}"[:300]}
-
-
-@page("read")
-async def health(request, st: ServerState, p, form) -> Response:
-    from pynomaly import __version__
-
-    daemon = await st.run(_daemon_status)
-    n_detectors = len(await st.run(service.list_detectors, st.home))
-    cache = st.cache
-    api = {"ready": st.ready, "version": __version__, "pid": os.getpid(), "uptime_s": time.time() - STARTED,
-           "home": str(st.home), "detectors": n_detectors, "authentication": st.verifier is not None,
-           "max_body_mb": st.settings.max_body_bytes / 2 ** 20, "counters": dict(cache.counters),
-           "cached_detectors": len(cache), "cache_mb": cache.size / 2 ** 20}
-    return render(request, "health.html", api=api, daemon=daemon)
-
+    trained = None
+    if job["state"] == "succeeded" and job["result"]:
+        try:
+            trained = await st.run(_trained, st.home, job["result"])
+        except PynomalyError:  # deleted since, or unreadable: the page says it was trained, and links
+            trained = None
+    return render(request, "train_job.html", job=job, elapsed=elapsed, trained=trained)

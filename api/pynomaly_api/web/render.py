@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
@@ -25,8 +27,52 @@ HERE = Path(__file__).parent
 _env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]),
                    trim_blocks=True, lstrip_blocks=True)
 _env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.2f}%"
-_env.filters["num"] = lambda v: "–" if v is None else (f"{v:.6g}" if isinstance(v, float) else f"{v:,}")
+_env.filters["num"] = lambda v: ("–" if v is None else v if isinstance(v, str)
+                                 else f"{v:.6g}" if isinstance(v, float) else f"{v:,}")
 _env.filters["when"] = lambda s: "–" if not s else str(s)[:19].replace("T", " ")
+
+
+def epoch(t) -> Optional[float]:
+    """A Unix time from what the service returns: a Unix time, an ISO 8601 string (UTC when
+    it names no zone) or a datetime; None for none."""
+    if t is None or t == "":
+        return None
+    if isinstance(t, (int, float)):
+        return float(t)
+    if isinstance(t, str):
+        t = datetime.fromisoformat(t)
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def duration(seconds: Optional[float]) -> str:
+    """A span as people say it: "45 s", "12 min", "3 h", "2 h 5 min", "4 days"."""
+    if seconds is None:
+        return "–"
+    s = max(0.0, float(seconds))
+    if s < 60:
+        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+    if s < 3600:
+        return f"{s // 60:.0f} min"
+    if s < 86400:
+        h, m = divmod(int(s // 60), 60)
+        return f"{h} h" if m == 0 or h >= 10 else f"{h} h {m} min"
+    d = int(s // 86400)
+    return f"{d} day" if d == 1 else f"{d} days"
+
+
+def ago(t, now: Optional[float] = None) -> str:
+    """How long ago ``t`` (see :func:`epoch`) was: "just now", "3 h ago", "in 5 min"."""
+    e = epoch(t)
+    if e is None:
+        return "–"
+    delta = (time.time() if now is None else now) - e
+    if abs(delta) < 1:
+        return "just now"
+    return f"{duration(delta)} ago" if delta > 0 else f"in {duration(-delta)}"
+
+
+_env.filters["ago"] = ago
+_env.filters["duration"] = duration
 
 
 def over_tls(request: Request) -> bool:

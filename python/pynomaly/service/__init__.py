@@ -11,7 +11,9 @@ cases queue alerts and count in metrics, jobs runs the use cases.
 
 from pynomaly.service.data import (
     dataset,
+    dataset_preview,
     dataset_rows,
+    datasets_overview,
     delete_dataset,
     list_datasets,
     load_data,
@@ -35,8 +37,8 @@ from pynomaly.service.home import check_reachable, create_key_file, is_encrypted
 from pynomaly.service.lifecycle import activate, archive, delete, list_detectors, overview, show, versions
 from pynomaly.service.training import record_failed_training, train
 from pynomaly.service.transfer import export, export_model, import_detector, load_file_for_scoring, write_model_file
-from pynomaly.service.usecases import WANT_ALL, Scorer, detect, load_for_scoring, load_model
-from pynomaly.service import jobs as _jobs  # noqa: F401 - registers the jobs gauge's reader with metrics
+from pynomaly.service.usecases import WANT_ALL, Scorer, detect, load_for_scoring, load_model, training_scores
+from pynomaly.service import jobs as _jobs  # noqa: F401 - the default reader of metrics.jobs_collector(home); the faces pass jobs.counts themselves
 
 __all__ = [
     "Scorer",
@@ -46,6 +48,7 @@ __all__ = [
     "load_for_scoring",
     "load_file_for_scoring",
     "load_model",
+    "training_scores",
     "list_detectors",
     "overview",
     "show",
@@ -61,7 +64,9 @@ __all__ = [
     "store_dataset",
     "list_datasets",
     "dataset",
+    "dataset_preview",
     "dataset_rows",
+    "datasets_overview",
     "delete_dataset",
     "result",
     "results",

@@ -60,6 +60,18 @@ def list_datasets(home) -> list:
         return repo.datasets()
 
 
+def datasets_overview(home) -> list:
+    """Every dataset's metadata, newest first, with ``trained``: the names of the detectors
+    with a version trained on it; read in one repository session."""
+    with opened(home) as repo:
+        trained_on: dict = {}
+        for d in repo.list():
+            for v in repo.versions(d.name):
+                if v.get("dataset_id"):
+                    trained_on.setdefault(v["dataset_id"], set()).add(d.name)
+        return [dict(ds, trained=sorted(trained_on.get(ds["id"], ()))) for ds in repo.datasets()][::-1]
+
+
 def dataset(home, dataset_id: str) -> dict:
     """One dataset's metadata; DatasetNotFoundError when unknown."""
     with opened(home) as repo:
@@ -83,6 +95,24 @@ def dataset_rows(home, dataset_id: str, columns=None):
 
         X, names = select_columns(X, names, list(columns))
     return X, names
+
+
+def dataset_preview(home, dataset_id: str, head: int = 10) -> dict:
+    """What a look at a dataset shows: its metadata (``meta``), its first ``head`` rows
+    (``head``, lists of floats) and one summary per column (``columns``: name, min, max, mean,
+    std, number of distinct values, share of zeros), over every stored row. A dataset
+    whose rows are not kept (only recorded) has ``head`` and ``columns`` None."""
+    meta = dataset(home, dataset_id)
+    if not meta.get("stored"):
+        return {"meta": meta, "head": None, "columns": None}
+    X, names = dataset_rows(home, dataset_id)
+    columns = []
+    for j, name in enumerate(names):
+        col = X[:, j]
+        columns.append({"name": name, "min": float(col.min()), "max": float(col.max()), "mean": float(col.mean()),
+                        "std": float(col.std()), "distinct": int(np.unique(col).size),
+                        "zeros": float(np.count_nonzero(col == 0) / col.size)})
+    return {"meta": meta, "head": X[:head].tolist(), "columns": columns, "names": names}
 
 
 def delete_dataset(home, dataset_id: str) -> None:

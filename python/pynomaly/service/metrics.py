@@ -288,14 +288,17 @@ def count_jobs_with(counts: Callable[[object], dict]) -> None:
     _job_counts = counts
 
 
-def jobs_collector(home) -> Callable[[], list]:
-    """A collector for ``pynomaly_jobs{state}`` read from the jobs table of ``home``."""
+def jobs_collector(home, counts: Optional[Callable[[object], dict]] = None) -> Callable[[], list]:
+    """A collector for ``pynomaly_jobs{state}`` read from the jobs table of ``home`` by
+    ``counts`` (the faces pass ``pynomaly.service.jobs.counts``, so their gauge does not hang
+    on which modules happen to be loaded; None: the reader jobs registered when it loaded)."""
 
     def collect():
-        if _job_counts is None:
+        read = counts or _job_counts
+        if read is None:
             return []
         try:
-            n = _job_counts(home)
+            n = read(home)
         except Exception:  # noqa: BLE001 - a scrape must not fail for a busy database
             return []
         return [Gauge("pynomaly_jobs", "Jobs by state", ("state",), fn=lambda: {(s,): v for s, v in n.items()})]

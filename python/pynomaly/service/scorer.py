@@ -21,6 +21,7 @@ __all__ = ["Scorer", "WANT_ALL", "WANT_DEFAULT"]
 # What a detection can return besides the threshold; scores and labels unless asked otherwise.
 WANT_ALL = ("scores", "labels", "probabilities", "confidence", "anomalies")
 WANT_DEFAULT = ("scores", "labels")
+_F64 = np.dtype(np.float64)
 
 
 class Scorer:
@@ -116,7 +117,7 @@ class Scorer:
                 f"was trained on {v.n_features}" + (f" ({', '.join(v.feature_names)})" if v.feature_names else "")
             )
         scores = self.model.decision_function(X)
-        if type(scores) is not np.ndarray or scores.dtype != np.float64:
+        if type(scores) is not np.ndarray or scores.dtype is not _F64:  # `is`: half the cost of `!=` per request
             scores = np.asarray(scores, dtype=np.float64)
         return scores
 

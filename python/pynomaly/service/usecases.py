@@ -28,7 +28,7 @@ from pynomaly.service._common import report as _report
 from pynomaly.service.data import dataset_rows, load_data
 from pynomaly.service.scorer import WANT_ALL, Scorer  # the faces know them as service.*
 
-__all__ = ["Scorer", "WANT_ALL", "detect", "load_for_scoring", "load_model"]
+__all__ = ["Scorer", "WANT_ALL", "detect", "load_for_scoring", "load_model", "training_scores"]
 
 
 def model_from_bytes(algorithm: str, blob: bytes, what: str, **load_kwargs):
@@ -54,6 +54,17 @@ def load_model(home, name: str, version=None, **load_kwargs):
         detector, blob = repo.load_artifact(name, version)
     model = model_from_bytes(detector.algorithm, blob, f"artifact of {name!r} version {detector.version}", **load_kwargs)
     return detector, model
+
+
+def training_scores(home, name: str, version=None):
+    """The scores a stored version gave its own training rows (``decision_scores_``, float64),
+    or None for a model that does not keep them (e.g. one imported without them); what a
+    version's training score distribution is drawn from. ``version`` None is the latest."""
+    import numpy as np
+
+    _, model = load_model(home, name, version)
+    scores = getattr(model, "decision_scores_", None)
+    return None if scores is None or len(scores) == 0 else np.asarray(scores, dtype=np.float64)
 
 
 def _version_of(detector: Detector, model) -> DetectorVersion:

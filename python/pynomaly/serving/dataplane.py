@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pynomaly.domain import flagged
+from pynomaly.domain import DetectionResult, flagged
 
 
 class DataPlane:
@@ -47,12 +47,13 @@ class DataPlane:
             s = await self.cache.resolve(name, version)  # pins a version asked for by number
         return s
 
-    def decide(self, scorer, items, scores):
-        """The flags of a batch scored for ``items`` (each with ``.n`` rows, in order; None
-        for one request) at the version's own threshold, counted for the metrics and alert
-        rules: what a reply's ``labels`` are unless it asked for another threshold."""
+    def decide(self, scorer, items, scores) -> DetectionResult:
+        """The :class:`~pynomaly.DetectionResult` of a batch scored for ``items`` (each with
+        ``.n`` rows, in order; None for one request) at the version's own threshold, counted
+        for the metrics and alert rules: what the faces encode their replies from, unless a
+        request asked for another threshold or more outputs (then :meth:`Scorer.decide`)."""
         v = scorer.version
-        flags = flagged(scores, v.threshold)
+        result = DetectionResult.decided(v.detector_id or v.name, v.version, v.threshold, scores, flagged(scores, v.threshold))
         if self.observer is not None:
-            self.observer.scored(v, items, scores, flags)
-        return flags
+            self.observer.scored(v, items, scores, result.flags)
+        return result
