@@ -66,11 +66,32 @@ inline void edges_below_lanes(const double* first, int64_t n, const double* x, i
 // every feature reads them), kLanes rows per search.
 constexpr int64_t kBlockRows = 64;
 
+// Asks for the next block's rows while this one is counted. A sample of every k-th row is a
+// view whose rows lie a few kilobytes apart, which the hardware's prefetchers do not follow:
+// each row would wait for memory in turn (a 100k-row batch sampled to 2,048 rows: 1.4 -> 0.8 ms).
+template <class T>
+void prefetch_rows(const MatrixView& X, int64_t r0, int64_t r1) {
+#if defined(__GNUC__) || defined(__clang__)
+    if (X.col_stride != 1) return;  // rows not contiguous in memory: nothing simple to ask for
+    const T* base = X.ptr<T>();
+    const int64_t bytes = X.cols * static_cast<int64_t>(sizeof(T));
+    for (int64_t r = r0; r < r1; ++r) {
+        const char* row = reinterpret_cast<const char*>(base + r * X.row_stride);
+        for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(row + at);
+        __builtin_prefetch(row + bytes - 1);
+    }
+#else
+    (void)X, (void)r0, (void)r1;
+#endif
+}
+
 template <class T>
 void count_rows(const MatrixView& X, const DriftEdges& e, int64_t r0, int64_t r1, int64_t* counts, double* tails) {
     const T* base = X.ptr<T>();
+    if (X.row_stride != X.cols) prefetch_rows<T>(X, r0, std::min(r1, r0 + kBlockRows));
     for (int64_t b0 = r0; b0 < r1; b0 += kBlockRows) {
         const int64_t b1 = std::min(r1, b0 + kBlockRows);
+        if (X.row_stride != X.cols) prefetch_rows<T>(X, b1, std::min(r1, b1 + kBlockRows));
         for (int64_t f = 0; f < e.n_features; ++f) {
             const double* first = e.edges + e.offsets[f];
             const int64_t n = e.offsets[f + 1] - e.offsets[f];

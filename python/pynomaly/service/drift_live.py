@@ -37,7 +37,7 @@ class Settings:
 
     bucket_s: int = 60            # the window's granularity
     flush_s: float = 5.0          # how often pending counts reach the home
-    sample_above: int = 2048      # larger batches are profiled on about this many rows
+    sample_above: int = 1024      # larger batches are profiled on about this many rows
     keep_s: float = 7 * 86400.0   # buckets older than this are forgotten when counts are added
     profile_ttl_s: float = 30.0   # how long a loaded reference is used before it is read again
     window_s: float = 3600.0      # the default window of a report
