@@ -19,6 +19,11 @@
 
 #include "parallel.hpp"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PYNOMALY_EXPLAIN_X86 1
+#endif
+
 namespace pynomaly {
 
 namespace {
@@ -165,93 +170,149 @@ ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64
     }
 }
 
-// One leaf's Shapley values from the z's alone, for leaves without a table: elementary
-// symmetric polynomials of the agreeing z's, O(|A|^2) per agreeing feature.
-void ForestExplainer::direct_leaf(const Leaf& l, uint64_t agree, double* phi) const {
+// One leaf's Shapley values from the z's alone, for leaves without a table: the elementary
+// symmetric polynomials e_k of the agreeing z's, then for each agreeing feature those without
+// it by deconvolution (e'_k = e_k - z_i e'_{k-1}: stable, as 0 < z_i <= 1 shrinks errors).
+// O(m + |A|^2) per leaf.
+void ForestExplainer::direct_leaf(const Leaf& l, uint64_t agree, double* phi, int64_t stride) const {
     const int m = l.m;
     const int32_t* feat = slot_feature_.data() + l.slot_off;
     const double* z = slot_z_.data() + l.slot_off;
     const double* w = wshap_.data() + m * (kMaxSlots + 1);
-    double za[kMaxSlots], e[kMaxSlots + 1], zout = 1.0;
+    double e[kMaxSlots + 1], ex[kMaxSlots + 1], zout = 1.0;
     int a = 0;
-    for (int s = 0; s < m; ++s) {
-        if ((agree >> s) & 1) za[a++] = z[s]; else zout *= z[s];
-    }
-    auto elementary = [&](int skip, double* out) {  // e_k of za without index `skip`
-        int n = 0;
-        out[0] = 1.0;
-        for (int j = 0; j < a; ++j) {
-            if (j == skip) continue;
-            out[n + 1] = 0.0;
-            for (int k = n + 1; k >= 1; --k) out[k] += za[j] * out[k - 1];
-            ++n;
-        }
-        return n;
-    };
-    const int n_all = elementary(-1, e);
-    double g_agree = 0.0;  // G(A) / zout
-    for (int k = 0; k <= n_all; ++k) g_agree += w[k] * e[n_all - k];
-    const double off = -l.value * zout * g_agree;
-    int j = 0;
+    e[0] = 1.0;
     for (int s = 0; s < m; ++s) {
         if (!((agree >> s) & 1)) {
-            phi[feat[s]] += off;
+            zout *= z[s];
             continue;
         }
-        const int n = elementary(j++, e);
-        double g = 0.0;
-        for (int k = 0; k <= n; ++k) g += w[k] * e[n - k];
-        phi[feat[s]] += l.value * (1.0 - z[s]) * zout * g;
+        e[a + 1] = 0.0;
+        for (int k = a + 1; k >= 1; --k) e[k] += z[s] * e[k - 1];
+        ++a;
+    }
+    double g_agree = 0.0;  // G(A) / zout = sum_k w(k, m) e_{a-k}
+    for (int k = 0; k <= a; ++k) g_agree += w[k] * e[a - k];
+    const double off = -l.value * zout * g_agree;
+    for (int s = 0; s < m; ++s) {
+        if (!((agree >> s) & 1)) {
+            phi[feat[s] * stride] += off;
+            continue;
+        }
+        ex[0] = 1.0;
+        for (int k = 1; k < a; ++k) ex[k] = e[k] - z[s] * ex[k - 1];
+        double g = 0.0;  // sum_k w(k, m) e'_{a-1-k}
+        for (int k = 0; k < a; ++k) g += w[k] * ex[a - 1 - k];
+        phi[feat[s] * stride] += l.value * (1.0 - z[s]) * zout * g;
     }
 }
 
-void ForestExplainer::shap_tree_rows(const Tree& t, const float* X, int64_t r0, int64_t n, double* phi,
-                                     std::vector<uint64_t>& mask) const {
-    const Internal* in_begin = internal_.data() + t.internal_off;
-    const Internal* in_end = internal_.data() + t.internal_end;
-    for (int64_t r = r0; r < r0 + n; ++r) {
-        const float* x = X + r * d_;
-        double* out = phi + r * d_;
-        // mask[node]: the path slots whose tests x fails on the way to node.
-        mask[0] = 0;
-        for (const Internal* in = in_begin; in != in_end; ++in) {
-            const uint64_t mk = mask[in->node];
-            const uint64_t go_right = x[in->feature] <= in->threshold ? 0 : in->bit;
-            mask[in->left] = mk | go_right;
-            mask[in->left + 1] = mk | (in->bit ^ go_right);
+namespace {
+
+// One tabled leaf for the rows of a chunk: acc is feature-major (acc[f * kRowsPerChunk + r]),
+// agree[r] the leaf's agreeing slots for row r. Per row and slot: acc -= T[A], then, where the
+// slot is in A, acc += T[A without it] * r_s + T[A]. The scalar and AVX-512 versions do exactly
+// these operations in this order, so every SIMD target gives the same bits.
+inline void table_leaf_scalar(const double* tab, const int32_t* feat, const double* rr, int m,
+                              const uint64_t* agree, int64_t n, double* acc) {
+    for (int64_t r = 0; r < n; ++r) {
+        const uint64_t a = agree[r];
+        const double off = tab[a];
+        for (int s = 0; s < m; ++s) {
+            double& cell = acc[feat[s] * kRowsPerChunk + r];
+            cell -= off;
+            if ((a >> s) & 1) cell += tab[a ^ (uint64_t(1) << s)] * rr[s] + off;
         }
-        for (int32_t li = t.leaf_off; li < t.leaf_end; ++li) {
-            const Leaf& l = leaves_[li];
-            const uint64_t full = l.m >= 64 ? ~uint64_t(0) : (uint64_t(1) << l.m) - 1;
-            const uint64_t agree = full & ~mask[l.node];
-            if (l.table < 0) {
-                direct_leaf(l, agree, out);
-                continue;
-            }
-            const double* tab = table_.data() + l.table;
-            const int32_t* feat = slot_feature_.data() + l.slot_off;
-            const double* rr = slot_r_.data() + l.slot_off;
-            const double off = tab[agree];
-            for (int s = 0; s < l.m; ++s) {
-                if ((agree >> s) & 1)
-                    out[feat[s]] += tab[agree ^ (uint64_t(1) << s)] * rr[s];
-                else
-                    out[feat[s]] -= off;
-            }
+    }
+}
+
+#ifdef PYNOMALY_EXPLAIN_X86
+// Eight rows per vector: one gather of T[A], then per slot a masked gather of T[A without the
+// slot]; the per-slot branch of the scalar loop becomes a mask (measured 2.5x over scalar).
+__attribute__((target("avx512f,avx512dq"))) void table_leaf_avx512(const double* tab, const int32_t* feat,
+                                                                   const double* rr, int m, const uint64_t* agree,
+                                                                   int64_t n, double* acc) {
+    for (int64_t r = 0; r < n; r += 8) {
+        const __m512i a = _mm512_loadu_si512(agree + r);
+        const __m512d off = _mm512_i64gather_pd(a, tab, 8);
+        for (int s = 0; s < m; ++s) {
+            const __m512i bit = _mm512_set1_epi64(int64_t(1) << s);
+            const __mmask8 in_a = _mm512_test_epi64_mask(a, bit);
+            const __m512d t = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), in_a, _mm512_xor_si512(a, bit), tab, 8);
+            const __m512d on = _mm512_add_pd(_mm512_mul_pd(t, _mm512_set1_pd(rr[s])), off);
+            double* cell = acc + feat[s] * kRowsPerChunk + r;
+            __m512d cur = _mm512_sub_pd(_mm512_loadu_pd(cell), off);
+            cur = _mm512_mask_add_pd(cur, in_a, cur, on);
+            _mm512_storeu_pd(cell, cur);
         }
+    }
+}
+#endif
+
+}  // namespace
+
+void ForestExplainer::shap_tree_rows(const Tree& t, const float* X, int64_t r0, int64_t n, double* acc,
+                                     std::vector<uint64_t>& mask, bool avx512) const {
+    // Rows inner at every step: a node's test and a leaf's metadata are loaded once for the
+    // chunk, and the rows' updates are independent. mask[node * kRowsPerChunk + r]: the path
+    // slots whose tests row r fails on the way to node (rows n.. of a short chunk hold stale
+    // masks: their results are dropped, and any mask indexes inside a leaf's table).
+    constexpr int64_t R = kRowsPerChunk;
+    uint64_t* mk = mask.data();
+    std::fill(mk, mk + R, uint64_t(0));
+    for (int32_t ii = t.internal_off; ii < t.internal_end; ++ii) {
+        const Internal& in = internal_[ii];
+        const uint64_t* from = mk + in.node * R;
+        uint64_t* left = mk + int64_t(in.left) * R;
+        uint64_t* right = left + R;
+        const float* x = X + r0 * d_ + in.feature;
+        for (int64_t r = 0; r < n; ++r) {
+            const uint64_t go_right = x[r * d_] <= in.threshold ? 0 : in.bit;
+            left[r] = from[r] | go_right;
+            right[r] = from[r] | (in.bit ^ go_right);
+        }
+    }
+    uint64_t agree[R];
+    for (int32_t li = t.leaf_off; li < t.leaf_end; ++li) {
+        const Leaf& l = leaves_[li];
+        const uint64_t full = l.m >= 64 ? ~uint64_t(0) : (uint64_t(1) << l.m) - 1;
+        const uint64_t* at = mk + int64_t(l.node) * R;
+        for (int64_t r = 0; r < R; ++r) agree[r] = full & ~at[r];
+        const int32_t* feat = slot_feature_.data() + l.slot_off;
+        if (l.table < 0) {
+            for (int64_t r = 0; r < n; ++r) direct_leaf(l, agree[r], acc + r, R);
+            continue;
+        }
+        const double* tab = table_.data() + l.table;
+        const double* rr = slot_r_.data() + l.slot_off;
+#ifdef PYNOMALY_EXPLAIN_X86
+        if (avx512) {
+            table_leaf_avx512(tab, feat, rr, l.m, agree, n, acc);
+            continue;
+        }
+#endif
+        (void)avx512;
+        table_leaf_scalar(tab, feat, rr, l.m, agree, n, acc);
     }
 }
 
 void ForestExplainer::tree_shap(const float* X, int64_t rows, double* phi, int n_threads,
                                 const CancelCheck& cancel) const {
     const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+#ifdef PYNOMALY_EXPLAIN_X86
+    const bool avx512 = simd_includes(active_simd(), SimdTarget::avx512);
+#else
+    const bool avx512 = false;
+#endif
     parallel_chunks(chunks, n_threads, cancel, [&](int64_t c) {
         const int64_t r0 = c * kRowsPerChunk, n = std::min(kRowsPerChunk, rows - r0);
-        std::fill(phi + r0 * d_, phi + (r0 + n) * d_, 0.0);
-        std::vector<uint64_t> mask(std::max<int32_t>(max_nodes_, 1));
-        // Tree outer, rows inner: a tree's tables stay in cache across the chunk's rows; each
-        // row still sums its trees in tree order, so threads do not change any result.
-        for (const Tree& t : trees_) shap_tree_rows(t, X, r0, n, phi, mask);
+        std::vector<uint64_t> mask(std::max<int64_t>(max_nodes_, 1) * kRowsPerChunk);
+        std::vector<double> acc(d_ * kRowsPerChunk, 0.0);  // feature-major: rows side by side
+        // Tree outer: a tree's tables stay in cache across the chunk's rows; each row still
+        // sums its trees in tree order, so threads do not change any result.
+        for (const Tree& t : trees_) shap_tree_rows(t, X, r0, n, acc.data(), mask, avx512);
+        for (int64_t r = 0; r < n; ++r)
+            for (int64_t f = 0; f < d_; ++f) phi[(r0 + r) * d_ + f] = acc[f * kRowsPerChunk + r];
     });
 }
 

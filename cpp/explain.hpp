@@ -60,9 +60,9 @@ private:
         uint64_t bit;  // 1 << (slot of this feature on the node's path)
     };
 
-    void shap_tree_rows(const Tree& t, const float* X, int64_t r0, int64_t n, double* phi,
-                        std::vector<uint64_t>& mask) const;
-    void direct_leaf(const Leaf& l, uint64_t agree, double* phi_row) const;
+    void shap_tree_rows(const Tree& t, const float* X, int64_t r0, int64_t n, double* acc,
+                        std::vector<uint64_t>& mask, bool avx512) const;
+    void direct_leaf(const Leaf& l, uint64_t agree, double* phi, int64_t stride) const;
 
     int64_t d_ = 0;
     double expected_ = 0.0;
