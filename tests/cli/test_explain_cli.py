@@ -43,10 +43,14 @@ def test_explain_prints_the_librarys_top_features(trained):
         assert [(f["feature"], f["value"], f["attribution"]) for f in row["top_features"]] == [
             (names[int(n[1:])], v, a) for n, v, a in want]
         assert row["base"] == e.base_values[r] and row["score"] == model.decision_function(X[[3, 10, 11]])[r]
+    scores = model.decision_function(X)
+    best = np.argsort(-scores, kind="stable")[:10]  # the default: the 10 highest-scoring rows
+    doc = json.loads(run("explain", "--detector", "cf", "--data", data, "--top", "1", "--json", home=home).stdout)
+    assert [r["row"] for r in doc["rows"]] == list(best)
+    assert [r["top_features"][0]["attribution"] for r in doc["rows"]] == [t[0][2] for t in model.explain(X[best]).top(1)]
     table = run("explain", "--detector", "cf", "--data", data, "--method", "path", home=home).stdout
     assert "method path" in table and "ROW" in table and "FEATURE" in table
-    top_row = int(np.argmax(model.decision_function(X)))
-    assert table.splitlines()[2].split()[0] == str(top_row)  # highest-scoring rows first
+    assert table.splitlines()[2].split()[0] == str(best[0])  # highest-scoring rows first
 
 
 def test_detect_explain_writes_flagged_rows_top_features(trained, tmp_path):
