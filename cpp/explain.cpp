@@ -217,17 +217,17 @@ void ForestExplainer::direct_leaf(const Leaf& l, uint64_t agree, double* phi, in
 
 namespace {
 
-// One tabled leaf for the rows of a chunk: acc is feature-major (acc[f * kRowsPerChunk + r]),
+// One tabled leaf for the rows of a chunk: acc is feature-major (acc[f * R + r]),
 // agree[r] the leaf's agreeing slots for row r. Per row and slot: acc -= T[A], then, where the
 // slot is in A, acc += T[A without it] * r_s + T[A]. The scalar and AVX-512 versions do exactly
 // these operations in this order, so every SIMD target gives the same bits.
 inline void table_leaf_scalar(const double* tab, const int32_t* feat, const double* rr, int m,
-                              const uint64_t* agree, int64_t n, double* acc) {
+                              const uint64_t* agree, int64_t n, double* acc, int64_t R) {
     for (int64_t r = 0; r < n; ++r) {
         const uint64_t a = agree[r];
         const double off = tab[a];
         for (int s = 0; s < m; ++s) {
-            double& cell = acc[feat[s] * kRowsPerChunk + r];
+            double& cell = acc[feat[s] * R + r];
             cell -= off;
             if ((a >> s) & 1) cell += tab[a ^ (uint64_t(1) << s)] * rr[s] + off;
         }
@@ -239,7 +239,7 @@ inline void table_leaf_scalar(const double* tab, const int32_t* feat, const doub
 // slot]; the per-slot branch of the scalar loop becomes a mask (measured 2.5x over scalar).
 __attribute__((target("avx512f,avx512dq"))) void table_leaf_avx512(const double* tab, const int32_t* feat,
                                                                    const double* rr, int m, const uint64_t* agree,
-                                                                   int64_t n, double* acc) {
+                                                                   int64_t n, double* acc, int64_t R) {
     for (int64_t r = 0; r < n; r += 8) {
         const __m512i a = _mm512_loadu_si512(agree + r);
         const __m512d off = _mm512_i64gather_pd(a, tab, 8);
@@ -248,7 +248,7 @@ __attribute__((target("avx512f,avx512dq"))) void table_leaf_avx512(const double*
             const __mmask8 in_a = _mm512_test_epi64_mask(a, bit);
             const __m512d t = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), in_a, _mm512_xor_si512(a, bit), tab, 8);
             const __m512d on = _mm512_add_pd(_mm512_mul_pd(t, _mm512_set1_pd(rr[s])), off);
-            double* cell = acc + feat[s] * kRowsPerChunk + r;
+            double* cell = acc + feat[s] * R + r;
             __m512d cur = _mm512_sub_pd(_mm512_loadu_pd(cell), off);
             cur = _mm512_mask_add_pd(cur, in_a, cur, on);
             _mm512_storeu_pd(cell, cur);
@@ -259,13 +259,12 @@ __attribute__((target("avx512f,avx512dq"))) void table_leaf_avx512(const double*
 
 }  // namespace
 
-void ForestExplainer::shap_tree_rows(const Tree& t, const float* X, int64_t r0, int64_t n, double* acc,
+void ForestExplainer::shap_tree_rows(const Tree& t, const float* X, int64_t r0, int64_t n, int64_t R, double* acc,
                                      std::vector<uint64_t>& mask, bool avx512) const {
     // Rows inner at every step: a node's test and a leaf's metadata are loaded once for the
-    // chunk, and the rows' updates are independent. mask[node * kRowsPerChunk + r]: the path
+    // chunk, and the rows' updates are independent. mask[node * R + r]: the path
     // slots whose tests row r fails on the way to node (rows n.. of a short chunk hold stale
     // masks: their results are dropped, and any mask indexes inside a leaf's table).
-    constexpr int64_t R = kRowsPerChunk;
     uint64_t* mk = mask.data();
     std::fill(mk, mk + R, uint64_t(0));
     for (int32_t ii = t.internal_off; ii < t.internal_end; ++ii) {
@@ -280,7 +279,7 @@ void ForestExplainer::shap_tree_rows(const Tree& t, const float* X, int64_t r0, 
             right[r] = from[r] | (in.bit ^ go_right);
         }
     }
-    uint64_t agree[R];
+    uint64_t agree[kRowsPerChunk];
     for (int32_t li = t.leaf_off; li < t.leaf_end; ++li) {
         const Leaf& l = leaves_[li];
         const uint64_t full = l.m >= 64 ? ~uint64_t(0) : (uint64_t(1) << l.m) - 1;
@@ -295,32 +294,36 @@ void ForestExplainer::shap_tree_rows(const Tree& t, const float* X, int64_t r0, 
         const double* rr = slot_r_.data() + l.slot_off;
 #ifdef PYNOMALY_EXPLAIN_X86
         if (avx512) {
-            table_leaf_avx512(tab, feat, rr, l.m, agree, n, acc);
+            table_leaf_avx512(tab, feat, rr, l.m, agree, n, acc, R);
             continue;
         }
 #endif
         (void)avx512;
-        table_leaf_scalar(tab, feat, rr, l.m, agree, n, acc);
+        table_leaf_scalar(tab, feat, rr, l.m, agree, n, acc, R);
     }
 }
 
 void ForestExplainer::tree_shap(const float* X, int64_t rows, double* phi, int n_threads,
                                 const CancelCheck& cancel) const {
-    const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+    // Rows per chunk: 32, fewer (a multiple of 8) where the trees are so large that the
+    // chunk's path masks (8 bytes per node and row) would pass 8 MiB.
+    int64_t R = kRowsPerChunk;
+    while (R > 8 && std::max<int64_t>(max_nodes_, 1) * R * 8 > (int64_t(8) << 20)) R -= 8;
+    const int64_t chunks = (rows + R - 1) / R;
 #ifdef PYNOMALY_EXPLAIN_X86
     const bool avx512 = simd_includes(active_simd(), SimdTarget::avx512);
 #else
     const bool avx512 = false;
 #endif
     parallel_chunks(chunks, n_threads, cancel, [&](int64_t c) {
-        const int64_t r0 = c * kRowsPerChunk, n = std::min(kRowsPerChunk, rows - r0);
-        std::vector<uint64_t> mask(std::max<int64_t>(max_nodes_, 1) * kRowsPerChunk);
-        std::vector<double> acc(d_ * kRowsPerChunk, 0.0);  // feature-major: rows side by side
+        const int64_t r0 = c * R, n = std::min(R, rows - r0);
+        std::vector<uint64_t> mask(std::max<int64_t>(max_nodes_, 1) * R);
+        std::vector<double> acc(d_ * R, 0.0);  // feature-major: rows side by side
         // Tree outer: a tree's tables stay in cache across the chunk's rows; each row still
         // sums its trees in tree order, so threads do not change any result.
-        for (const Tree& t : trees_) shap_tree_rows(t, X, r0, n, acc.data(), mask, avx512);
+        for (const Tree& t : trees_) shap_tree_rows(t, X, r0, n, R, acc.data(), mask, avx512);
         for (int64_t r = 0; r < n; ++r)
-            for (int64_t f = 0; f < d_; ++f) phi[(r0 + r) * d_ + f] = acc[f * kRowsPerChunk + r];
+            for (int64_t f = 0; f < d_; ++f) phi[(r0 + r) * d_ + f] = acc[f * R + r];
     });
 }
 

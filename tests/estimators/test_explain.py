@@ -233,3 +233,26 @@ def test_dask_explain_equals_in_process():
         np.testing.assert_array_equal(base, want.base_values)
     with pytest.raises(InvalidInputError, match="cannot explain with method 'nope'"):
         pdask.explain(KNN().fit(X), da.from_array(X), method="nope")
+
+
+def test_jax_models_keep_their_background_in_their_own_format():
+    pytest.importorskip("jax", reason="the JAX adapter needs jax")
+    from pynomaly.estimators.adapters.jax import JaxDeepSVDD
+
+    X, _ = load_dataset("cardio")
+    model = JaxDeepSVDD(epochs=1, random_state=0).fit(X)
+    assert model._explain_methods == {"permutation": ("score",)} and model._background.shape == (32, 21)
+    back = JaxDeepSVDD.from_bytes(model.to_bytes())
+    np.testing.assert_array_equal(back._background, model._background)
+    e = back.explain(X[:3])
+    np.testing.assert_allclose(e.values.sum(1) + e.base_values, back.decision_function(X[:3]), rtol=1e-4, atol=1e-6)
+
+
+def test_neighbour_explanations_are_chunked_by_memory():
+    X, _ = load_dataset("cardio")
+    model = KNN(n_neighbors=100, method="mean").fit(X)
+    assert model._explain_rows_per_chunk("neighbors", 21) == 2_000_000 // 2100  # (rows, 100, 21) shares
+    model._explain_chunk = 7  # many chunks: the same values as one
+    chunked = model.explain(X[:50]).values
+    del model._explain_chunk
+    np.testing.assert_array_equal(chunked, model.explain(X[:50]).values)

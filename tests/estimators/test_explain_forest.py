@@ -218,3 +218,25 @@ def test_every_simd_target_gives_the_same_bits(simd_target):
     finally:
         _core.set_simd(simd_target)
     np.testing.assert_array_equal(got, want)
+
+
+def test_very_large_trees_use_shorter_chunks_with_the_same_values():
+    """One complete tree of depth 15 (65535 nodes, one sample per leaf): the chunk's path masks
+    would pass 8 MiB at 32 rows, so 8 rows are explained at a time; values stay additive and
+    equal to the per-row formula's."""
+    rng = np.random.default_rng(0)
+    depth, nodes = 15, 2**16 - 1
+    internal = np.arange(nodes) < 2**depth - 1
+    level = np.floor(np.log2(np.arange(nodes) + 1)).astype(np.float64)
+    forest = _core.Forest(3, 2**depth, np.array([0, nodes], dtype=np.int32),
+                          np.where(internal, rng.integers(0, 3, nodes), -1).astype(np.int32),
+                          np.where(internal, rng.standard_normal(nodes), 0).astype(np.float32),
+                          np.where(internal, 2 * np.arange(nodes) + 1, 0).astype(np.int32),
+                          np.where(internal, 0.0, level))  # leaf value = depth + c(1) = depth
+    rows = rng.standard_normal((45, 3)).astype(np.float32)
+    explainer = _core.ForestExplainer(forest)
+    values = explainer.tree_shap(rows)
+    np.testing.assert_allclose(values.sum(1) + explainer.expected_value, forest.path_length_sum(rows), rtol=0,
+                               atol=1e-10)
+    direct = _core.ForestExplainer(forest, max_table_bits=0).tree_shap(rows)
+    np.testing.assert_allclose(values, direct, rtol=0, atol=1e-11)

@@ -243,12 +243,16 @@ class BaseDetector:
         X = self._score_input(X)
         if background is not None:
             background = self._score_input(background)
-        parts = [self._explain(X[a:a + self._explain_chunk], method, output, background)
-                 for a in range(0, X.shape[0], self._explain_chunk)] or [(np.zeros((0, X.shape[1])), np.zeros(0))]
+        step = self._explain_rows_per_chunk(method, X.shape[1])
+        parts = [self._explain(X[a:a + step], method, output, background)
+                 for a in range(0, X.shape[0], step)] or [(np.zeros((0, X.shape[1])), np.zeros(0))]
         return _explain.Explanation(
             values=np.concatenate([p[0] for p in parts]), base_values=np.concatenate([p[1] for p in parts]),
             feature_names=_explain.feature_names_of(self, X.shape[1]), output=output, method=method,
             data=np.asarray(X, dtype=np.float64))
+
+    def _explain_rows_per_chunk(self, method: str, d: int) -> int:
+        return self._explain_chunk
 
     def _explain(self, X, method: str, output: str, background) -> tuple:
         """``(values, base_values)`` of rows X (at most ``_explain_chunk``) for a checked request."""

@@ -182,6 +182,10 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
     def _explain_background(self) -> np.ndarray:
         return background_sample(self._fit_X)
 
+    def _explain_rows_per_chunk(self, method: str, d: int) -> int:
+        # The shares are (rows, k, d) float64: about 16 MB per chunk whatever k and d are.
+        return max(1, min(self._explain_chunk, 2_000_000 // max(1, self.n_neighbors_ * d)))
+
     def _neighbor_shares(self, X):
         """(shares (n, k, d), distances (n, k), indices (n, k)) of X's neighbours: each feature's
         share of each distance (see :func:`pynomaly.estimators.explain.neighbor_shares`)."""
