@@ -61,7 +61,7 @@ def case(name, dataset, max_samples, rows, repeat):
     print(f"{name:28} shap {t_shap * us:8.1f} us/row | tree_shap {t_tree * us:7.2f} us/row ({t_shap / t_tree:6.1f}x) | "
           f"path {t_path * us:6.2f} us/row ({t_shap / t_path:6.0f}x, {t_path / t_score:4.1f}x scoring) | "
           f"max |ours - shap| {diff:.1e} | tables {ex.table_entries * 8 / 2**20:.1f} MiB in {t_build * 1e3:.0f} ms, "
-          f"{ex.direct_leaves} leaves per row")
+          f"{ex.direct_leaves} untabled leaves")
 
 
 def main():
