@@ -78,6 +78,13 @@ def _exercise(model) -> None:
         return  # it scores only its training rows, by design
     scores = model.decision_function(X)
     assert scores.shape == (3,), scores.shape
+    if isinstance(model, IsolationForest):  # explanations read the node arrays their own way
+        for method in ("tree_shap", "path"):
+            try:
+                e = model.explain(X, method=method, output="path_length")
+            except ModelFormatError:  # no tree, or leaf values that hide the node counts
+                break
+            assert e.values.shape == (3, d) and np.isfinite(e.values).all(), method
     if model.threshold_ is None:  # a forest written before its threshold was known: it scores only
         try:
             model.predict(X)

@@ -26,8 +26,8 @@ __all__ = ["main"]
 
 # The commands' parsers in the order `pynomaly --help` lists them.
 _PARSERS = (
-    detectors.add_train, detectors.add_detect, detectors.add_list, detectors.add_show, detectors.add_export,
-    detectors.add_import, keys.add_init, keys.add_keys, keys.add_audit, detectors.add_lifecycle, keys.add_doctor,
+    detectors.add_train, detectors.add_detect, detectors.add_explain, detectors.add_list, detectors.add_show,
+    detectors.add_export, detectors.add_import, keys.add_init, keys.add_keys, keys.add_audit, detectors.add_lifecycle, keys.add_doctor,
     quickstart.add_quickstart, jobs.add_jobs, jobs.add_worker, alerts.add_alerts, drift.add_drift,
 )
 _COMMANDS = {**detectors.COMMANDS, **keys.COMMANDS, **quickstart.COMMANDS, **jobs.COMMANDS, **alerts.COMMANDS,
