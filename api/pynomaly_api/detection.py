@@ -167,6 +167,24 @@ async def detector_results(name: str, request: Request, _: Principal = Depends(a
     return await st.run(service.results, st.home, _name(name))
 
 
+@router.get("/detectors/{name}/drift", summary="Has what the detector serves drifted from its training data?")
+async def detector_drift(name: str, request: Request,
+                         window: Optional[str] = Query(None, max_length=20, description="e.g. 15m, 1h (default), 7d"),
+                         version: Optional[int] = Query(None, ge=1),
+                         method: str = Query("psi", pattern="^(psi|ks)$", description="decide by PSI, or by KS p-value"),
+                         psi: float = Query(0.2, gt=0, description="the PSI threshold"),
+                         alpha: float = Query(0.05, gt=0, lt=1, description="the KS tests' significance level"),
+                         _: Principal = Depends(allow("read"))) -> dict:
+    """The drift document (``pynomaly drift --json``'s): every feature and the score against the
+    version's reference, most drifted first; 409 without a reference or rows in the window."""
+    from pynomaly.service import drift
+
+    st = state_of(request)
+    seconds = None if window is None else drift.parse_window(window)
+    return await st.run(lambda: drift.report(st.home, _name(name), version=version, window=seconds, method=method,
+                                             psi_threshold=psi, alpha=alpha))
+
+
 async def _lifecycle(request: Request, who: Principal, verb: str, fn, name: str) -> dict:
     st = state_of(request)
 
@@ -541,6 +559,7 @@ _ROUTE_ERRORS = {
     ("GET", "/api/v1/detectors/{name}"): (400, 404),
     ("GET", "/api/v1/detectors/{name}/versions"): (400, 404),
     ("GET", "/api/v1/detectors/{name}/results"): (400, 404),
+    ("GET", "/api/v1/detectors/{name}/drift"): (400, 404, 409),
     ("POST", "/api/v1/detectors/{name}/archive"): (400, 403, 404),
     ("POST", "/api/v1/detectors/{name}/activate"): (400, 403, 404),
     ("DELETE", "/api/v1/detectors/{name}"): (400, 403, 404),

@@ -327,9 +327,9 @@ def server_metrics(st: ServerState) -> list:
 def _render_metrics(st: ServerState, own: list) -> bytes:
     """Our metrics, the home's jobs, and the process's (alerts sent, durations of the service's
     detections). Runs in a thread: it reads the database."""
-    from pynomaly.service import jobs, metrics
+    from pynomaly.service import drift, jobs, metrics
 
-    own = own + metrics.jobs_collector(str(st.home), jobs.counts)()
+    own = own + metrics.jobs_collector(str(st.home), jobs.counts)() + drift.collector(str(st.home))()
     names = {m.exposed for m in own}
     rest = [m for m in metrics.REGISTRY.collect() if m.exposed not in names]
     return metrics.render(metrics.Registry(), own + rest)

@@ -66,7 +66,24 @@ async def metrics(d, req: wire.Metrics) -> wire.MetricsReply:
     return wire.MetricsReply(req.id, (await render(d)).decode(), CONTENT_TYPE)
 
 
+async def drift(d, req: wire.Drift) -> wire.DriftReply:
+    from pynomaly.serving import RepositorySource
+    from pynomaly.service import drift as service_drift
+
+    from .errors import RequestError
+
+    if not isinstance(d.source, RepositorySource):
+        raise RequestError("unavailable", "drift needs a repository home (--home): a folder of model files keeps no "
+                           "references and no live window")
+    opts = {k: v for k, v in (("method", req.method), ("psi_threshold", req.psi_threshold), ("alpha", req.alpha))
+            if v is not None}
+    doc = await d.run(lambda: service_drift.report(d.source.home, req.detector, version=req.version,
+                                                   window=req.window, **opts))
+    return wire.DriftReply(req.id, doc)
+
+
 HANDLERS = {
+    wire.Drift: drift,
     wire.Metrics: metrics,
     wire.Health: health,
     wire.Stats: stats,

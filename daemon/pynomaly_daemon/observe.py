@@ -52,11 +52,11 @@ def finish_render(d, own: list) -> bytes:
     """The text of ``own`` (from :func:`daemon_metrics`), the jobs of a repository home and the
     process's metrics (alerts sent, in-daemon jobs, durations of the other ops). Runs in a
     thread: it reads the database."""
-    from pynomaly.service import jobs
+    from pynomaly.service import drift, jobs
     from pynomaly.serving import RepositorySource
 
     if isinstance(d.source, RepositorySource):
-        own = own + metrics.jobs_collector(d.source.home, jobs.counts)()
+        own = own + metrics.jobs_collector(d.source.home, jobs.counts)() + drift.collector(d.source.home)()
     names = {m.exposed for m in own}
     rest = [m for m in metrics.REGISTRY.collect() if m.exposed not in names]
     return metrics.render(metrics.Registry(), own + rest)

@@ -1,7 +1,7 @@
 """Who may do what on the socket: roles per peer uid and gid (``--role``, ``--roles-file``).
 
 Two roles. ``detect``: the ops that read (``detect``, ``list``, ``info``, ``health``,
-``stats``). ``admin``: everything, ``reload`` and any administrative op to come. A peer has a
+``stats``, ``drift``). ``admin``: everything, ``reload`` and any administrative op to come. A peer has a
 role through its uid or its gid (the peer's effective gid as ``SO_PEERCRED`` reports it);
 admin wins over detect. The daemon's own uid is always admin (it owns what is served).
 
@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 
 __all__ = ["Roles", "parse_roles", "admin_ids", "ROLES", "DETECT_OPS"]
 
-DETECT_OPS = frozenset({"detect", "list", "info", "health", "stats"})
+DETECT_OPS = frozenset({"detect", "list", "info", "health", "stats", "drift"})
 ROLES = ("detect", "admin")
 
 

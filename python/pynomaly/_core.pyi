@@ -7,7 +7,7 @@ import numpy
 import numpy.typing
 import typing
 import typing_extensions
-__all__: list[str] = ['Forest', 'NetLoop', 'ServedForest', 'average_path_length', 'build_info', 'contamination_threshold', 'ecdf', 'ecdf_count', 'fast_detect', 'forest_grow', 'forest_plan', 'knn', 'knn_choose_algorithm', 'minmax_scale', 'percentile', 'score_moments', 'set_iforest_kernel', 'set_simd', 'sorted_scores', 'unify', 'zscore']
+__all__: list[str] = ['Forest', 'ForestExplainer', 'NetLoop', 'ServedForest', 'average_path_length', 'build_info', 'contamination_threshold', 'drift_count', 'ecdf', 'ecdf_count', 'fast_detect', 'forest_grow', 'forest_plan', 'knn', 'knn_choose_algorithm', 'minmax_scale', 'percentile', 'score_moments', 'set_iforest_kernel', 'set_simd', 'sorted_scores', 'unify', 'zscore']
 class Forest:
     @staticmethod
     def train(X: numpy.ndarray, n_estimators: typing.SupportsInt | typing.SupportsIndex, max_samples: typing.SupportsInt | typing.SupportsIndex, max_features: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex, progress: typing.Any = None) -> Forest:
@@ -43,6 +43,28 @@ class Forest:
         ...
     @property
     def psi(self) -> int:
+        ...
+class ForestExplainer:
+    def __init__(self, forest: Forest, max_table_bits: typing.SupportsInt | typing.SupportsIndex = 10, table_budget: typing.SupportsInt | typing.SupportsIndex = 8388608) -> None:
+        """
+        Node counts recovered from the leaf values and per-leaf TreeSHAP tables for `forest`.
+        """
+    def path(self, X: numpy.ndarray, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.ndarray:
+        """
+        Path (Saabas) decomposition of E[h(x)], (n, d) float64.
+        """
+    def tree_shap(self, X: numpy.ndarray, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.ndarray:
+        """
+        Exact path-dependent TreeSHAP of the mean path length E[h(x)], (n, d) float64.
+        """
+    @property
+    def direct_leaves(self) -> int:
+        ...
+    @property
+    def expected_value(self) -> float:
+        ...
+    @property
+    def table_entries(self) -> int:
         ...
 class ServedForest:
     """
@@ -110,6 +132,10 @@ def build_info() -> dict:
     """
 def contamination_threshold(scores: typing.Any, contamination: typing.SupportsFloat | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> float:
     ...
+def drift_count(X: numpy.ndarray, edges: typing.Any, offsets: typing.Any, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> tuple:
+    """
+    Bin counts of X's rows on a drift profile's edges: (counts int64[offsets[-1] + n_features], tails float64[n_features, 2]); feature f's edges are edges[offsets[f]:offsets[f+1]].
+    """
 def ecdf(sorted: typing.Any, scores: typing.Any, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.float64]:
     ...
 def ecdf_count(sorted: typing.Any, scores: typing.Any, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.int64]:

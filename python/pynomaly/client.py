@@ -167,6 +167,14 @@ class _Operations:
         """The daemon's metrics in the Prometheus text format."""
         return self._request(wire.Metrics(next(self._ids)), wire.MetricsReply, lambda r: r.text)
 
+    def drift(self, detector: str, *, version: Optional[int] = None, window: Optional[float] = None,
+              method: Optional[str] = None, psi_threshold: Optional[float] = None,
+              alpha: Optional[float] = None) -> dict:
+        """The drift document of a detector's live window (``window`` seconds, default 3600)
+        against its training reference, as ``pynomaly drift --json`` prints it."""
+        req = wire.Drift(next(self._ids), detector, version, window, method, psi_threshold, alpha)
+        return self._request(req, wire.DriftReply, lambda r: r.document)
+
 
 def _no_daemon(path: str, e: OSError) -> str:
     """Why a connection failed and what to do: most often no daemon has been started yet."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import Annotated, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 import msgspec
 
@@ -39,6 +39,7 @@ __all__ = [
     "Stats",
     "Reload",
     "Metrics",
+    "Drift",
     "Request",
     "DetectorInfo",
     "DetectReply",
@@ -48,6 +49,7 @@ __all__ = [
     "StatsReply",
     "ReloadReply",
     "MetricsReply",
+    "DriftReply",
     "Error",
     "Reply",
     "ERROR_CODES",
@@ -198,7 +200,20 @@ class Metrics(msgspec.Struct, gc=False, tag="metrics", tag_field="op", forbid_un
     id: RequestId
 
 
-Request = Union[Detect, ListDetectors, Info, Health, Stats, Reload, Metrics]
+class Drift(msgspec.Struct, gc=False, tag="drift", tag_field="op", forbid_unknown_fields=True):
+    """A detector's drift: its live window against its training reference (``pynomaly drift``).
+    ``window`` in seconds (default 3600); ``method`` "psi" (default) or "ks"."""
+
+    id: RequestId
+    detector: DetectorName
+    version: Optional[VersionNumber] = None
+    window: Optional[Annotated[float, msgspec.Meta(gt=0)]] = None
+    method: Optional[Literal["psi", "ks"]] = None
+    psi_threshold: Optional[Annotated[float, msgspec.Meta(gt=0)]] = None
+    alpha: Optional[Annotated[float, msgspec.Meta(gt=0, lt=1)]] = None
+
+
+Request = Union[Detect, ListDetectors, Info, Health, Stats, Reload, Metrics, Drift]
 
 
 # -- replies -------------------------------------------------------------------------------
@@ -287,6 +302,14 @@ class MetricsReply(msgspec.Struct, gc=False, tag="metrics", tag_field="op"):
     content_type: str
 
 
+class DriftReply(msgspec.Struct, gc=False, tag="drift", tag_field="op"):
+    """``document``: the drift document (``pynomaly drift --json``, the HTTP API's
+    ``GET /api/v1/detectors/{name}/drift``)."""
+
+    id: int
+    document: Dict[str, Any]
+
+
 class Error(msgspec.Struct, gc=False, tag="error", tag_field="op"):
     """A typed failure of one request (``id`` is 0 when the request's id could not be read)."""
 
@@ -295,7 +318,8 @@ class Error(msgspec.Struct, gc=False, tag="error", tag_field="op"):
     message: str
 
 
-Reply = Union[DetectReply, ListReply, InfoReply, HealthReply, StatsReply, ReloadReply, MetricsReply, Error]
+Reply = Union[DetectReply, ListReply, InfoReply, HealthReply, StatsReply, ReloadReply, MetricsReply, DriftReply,
+              Error]
 
 # Every code an Error may carry, with whether the connection stays open after it.
 ERROR_CODES = {

@@ -240,6 +240,8 @@ void bind_scores(py::module_& m) {
 
 void register_fastpath(py::module_& m);  // python/src/fastpath.cpp: the daemon's native path
 void register_netloop(py::module_& m);   // python/src/netloop_binding.cpp: its connection loop
+void bind_drift(py::module_& m);         // python/src/drift_binding.cpp: drift monitoring's counts
+void bind_explain(py::module_& m);       // python/src/explain_binding.cpp: forest attributions
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pynomaly's native core (private; use the pynomaly package)";
@@ -422,6 +424,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("average_path_length", &average_path_length, py::arg("n"));
 
     bind_scores(m);  // scores: normalisation, thresholds (cpp/scores.hpp)
+    bind_explain(m);  // explanations: TreeSHAP and path attributions (cpp/explain.hpp)
 
     // ---- k-nearest neighbours (cpp/knn.hpp): pynomaly.knn, LOF and KNN ---------------------
     m.def("knn",
@@ -457,6 +460,7 @@ PYBIND11_MODULE(_core, m) {
 
     register_fastpath(m);
     register_netloop(m);
+    bind_drift(m);
 
     // PYNOMALY_SIMD forces a lower target for every kernel. Applied here, when the core loads,
     // rather than by `import pynomaly`: the package loads the core lazily (a socket client never

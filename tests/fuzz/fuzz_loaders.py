@@ -33,7 +33,7 @@ import atheris  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pynomaly import IsolationForest, KNN, LOF, service  # noqa: E402
-from pynomaly.estimators import _format  # noqa: E402
+from pynomaly.estimators import _format, drift  # noqa: E402
 from pynomaly._errors import ArtifactIntegrityError, InvalidInputError, ModelFormatError, NotFittedError  # noqa: E402
 from pynomaly.service.transfer import artifact_format  # noqa: E402
 from pynomaly.store._files import zstd  # noqa: E402
@@ -78,6 +78,13 @@ def _exercise(model) -> None:
         return  # it scores only its training rows, by design
     scores = model.decision_function(X)
     assert scores.shape == (3,), scores.shape
+    if isinstance(model, IsolationForest):  # explanations read the node arrays their own way
+        for method in ("tree_shap", "path"):
+            try:
+                e = model.explain(X, method=method, output="path_length")
+            except ModelFormatError:  # no tree, or leaf values that hide the node counts
+                break
+            assert e.values.shape == (3, d) and np.isfinite(e.values).all(), method
     if model.threshold_ is None:  # a forest written before its threshold was known: it scores only
         try:
             model.predict(X)
@@ -245,10 +252,35 @@ def table_parquet(data: bytes) -> None:
     _table(data, ".parquet")
 
 
+def drift_profile(data: bytes) -> None:
+    """A version's stored drift reference (service.drift reads it with Profile.from_bytes)."""
+    try:
+        profile = drift.Profile.from_bytes(data)
+    except ModelFormatError:
+        return
+    if profile.n_features > 64:
+        return
+    X = np.linspace(-3.0, 3.0, 4 * profile.n_features).reshape(4, profile.n_features)
+    counts = drift.count(profile, X, X[:, 0])
+    drift.compare(profile, drift.Counts.from_bytes(counts.to_bytes(), profile))
+
+
+def drift_counts(data: bytes) -> None:
+    """A bucket of live drift counts as the home stores it, read against a small profile."""
+    profile = drift.reference_profile(np.arange(12.0).reshape(6, 2), scores=np.arange(6.0), threshold=3.0, bins=3)
+    try:
+        counts = drift.Counts.from_bytes(data, profile)
+    except ModelFormatError:
+        return
+    if counts.rows > 0:
+        drift.compare(profile, counts)
+
+
 # Index = the first byte of an input (modulo the length): append new formats, never reorder,
 # or the corpus's seeds would feed the wrong loader.
 TARGETS = [forest, forest_crc, lof_crc, knn_crc, model_file, export, export_built, npy_bytes,
-           table_npy, table_npz, table_csv, table_parquet, forest_built, neighbors_built]
+           table_npy, table_npz, table_csv, table_parquet, forest_built, neighbors_built, drift_profile,
+           drift_counts]
 
 
 def one_input(data: bytes) -> None:

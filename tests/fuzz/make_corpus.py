@@ -64,6 +64,17 @@ def _native_seeds(forest: IsolationForest, X) -> None:
             (NATIVE / f"seed-knn-{metric}-{algorithm}").write_bytes(head + rows)
 
 
+def _drift_seeds(f, X) -> None:
+    from pynomaly.estimators import drift
+
+    _seed(f.drift_profile, "features", drift.reference_profile(X, bins=4).to_bytes())
+    small = drift.reference_profile(X[:6], ["a", "b"], X[:6, 0], 0.0, bins=3)
+    _seed(f.drift_profile, "with-score", small.to_bytes())
+    counted = drift.reference_profile(np.arange(12.0).reshape(6, 2), scores=np.arange(6.0), threshold=3.0, bins=3)
+    Y = np.arange(8.0).reshape(4, 2)
+    _seed(f.drift_counts, "four-rows", drift.count(counted, Y, Y[:, 0]).to_bytes())
+
+
 def main() -> None:
     import fuzz_loaders as f
 
@@ -120,6 +131,7 @@ def main() -> None:
         _seed(f.table_parquet, "two-columns", buf.getvalue())
     except ImportError:
         pass
+    _drift_seeds(f, X)
     for i in range(4):  # field-by-field builders: any bytes make an input
         _seed(f.forest_built, str(i), np.random.default_rng(i).bytes(200))
         _seed(f.neighbors_built, str(i), np.random.default_rng(i).bytes(200))

@@ -19,19 +19,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pynomaly.cli import alerts, detectors, faces, jobs, keys, quickstart
+from pynomaly.cli import alerts, detectors, drift, faces, jobs, keys, quickstart
 from pynomaly.cli._common import Progress
 
 __all__ = ["main"]
 
 # The commands' parsers in the order `pynomaly --help` lists them.
 _PARSERS = (
-    detectors.add_train, detectors.add_detect, detectors.add_list, detectors.add_show, detectors.add_export,
-    detectors.add_import, keys.add_init, keys.add_keys, keys.add_audit, detectors.add_lifecycle, keys.add_doctor,
-    quickstart.add_quickstart, jobs.add_jobs, jobs.add_worker, alerts.add_alerts,
+    detectors.add_train, detectors.add_detect, detectors.add_explain, detectors.add_list, detectors.add_show,
+    detectors.add_export, detectors.add_import, keys.add_init, keys.add_keys, keys.add_audit, detectors.add_lifecycle, keys.add_doctor,
+    quickstart.add_quickstart, jobs.add_jobs, jobs.add_worker, alerts.add_alerts, drift.add_drift,
 )
 _COMMANDS = {**detectors.COMMANDS, **keys.COMMANDS, **quickstart.COMMANDS, **jobs.COMMANDS, **alerts.COMMANDS,
-             **faces.COMMANDS}
+             **faces.COMMANDS, **drift.COMMANDS}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -84,6 +84,8 @@ def _audited(args):
         return "doctor.repair", ""
     if c == "alerts" and args.alerts_command in ("add", "remove", "approve"):
         return f"alerts.{args.alerts_command}", getattr(args, "rule", None) or args.detector
+    if c == "drift" and args.set_reference:
+        return "drift.set_reference", args.detector
     if c == "quickstart":  # a throwaway home has no trail worth keeping (nor a default one to create)
         return ("train", args.detector) if quickstart.keeps_detector(args.home) else None
     return None

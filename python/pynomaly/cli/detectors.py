@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from pynomaly._errors import InvalidInputError
 from pynomaly.cli._common import columns, fmt_time, parse_param, table
 
 
@@ -35,8 +36,28 @@ def add_detect(sub):
                    "the columns the detector was trained on, by name; a header lacking some of them is refused "
                    "(indices read a file by position)")
     d.add_argument("--top", type=int, default=5, help="how many top anomalies to print (default 5)")
+    d.add_argument("--explain", type=int, metavar="K",
+                   help="add each flagged row's top K features (name, value, attribution) to the --output file")
+    d.add_argument("--explain-method", metavar="METHOD", help="how to explain (default: the detector's; see "
+                   "`pynomaly explain --help`)")
     d.add_argument("--no-save", action="store_true", help="do not record the result in the repository")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def add_explain(sub):
+    x = sub.add_parser("explain", help="show which features make rows of a data file anomalous",
+                       description="Print, per row, the features pushing its score most toward anomalous, with "
+                       "their values and attributions. Methods: IsolationForest tree_shap (default, exact "
+                       "TreeSHAP) or path; KNN and LOF neighbors; TorchAutoEncoder reconstruction; any "
+                       "detector permutation (model-agnostic).")
+    x.add_argument("--detector", required=True, help="name of a stored, active detector")
+    x.add_argument("--data", required=True, help="rows: .csv, .npy, .npz or .parquet")
+    x.add_argument("--version", type=int, help="detector version (default: latest)")
+    x.add_argument("--rows", help="row indices and ranges, e.g. 3,7,10-20 (default: the 10 highest-scoring rows)")
+    x.add_argument("--method", help="explanation method (default: the detector's)")
+    x.add_argument("--top", type=int, default=3, metavar="K", help="features shown per row (default 3)")
+    x.add_argument("--columns", type=columns, help="comma-separated feature columns (names or indices)")
+    x.add_argument("--json", action="store_true", help="print the rows and their top features as JSON")
 
 
 def add_list(sub):
@@ -122,12 +143,24 @@ def _cmd_detect(args, home, progress, out):
 
     if args.output:
         check_result_path(args.output)  # before any work or write: the result is not stored twice
+    if args.explain is not None and (not args.output or args.explain < 1):
+        raise InvalidInputError("--explain K adds each flagged row's top K features (K >= 1) to the --output "
+                                f"file; give --output FILE and a positive K (got {args.explain})")
     result = service.detect(home, args.detector, args.data, version=args.version, threshold=args.threshold,
                             contamination=args.contamination, columns=args.columns, save=not args.no_save,
                             progress=progress)
+    top = None
+    if args.explain is not None and result.anomaly_indices.size:
+        progress("explaining")
+        explained = service.explain(home, args.detector, args.data, version=result.detector_version,
+                                    rows=result.anomaly_indices, method=args.explain_method, columns=args.columns)
+        top = [None] * len(result.scores)
+        for row, features in zip(explained.rows, service.top_features(explained.explanation, args.explain)):
+            top[row] = features
     if args.output:
         progress("writing " + str(args.output))
-        write_result(args.output, result.scores, result.labels, result.summary())
+        write_result(args.output, result.scores, result.labels, result.summary(), top_features=top,
+                     top_k=args.explain)
     progress.close()
     if args.json:
         out.write(json.dumps(result.summary(), indent=2) + "\n")
@@ -137,6 +170,31 @@ def _cmd_detect(args, home, progress, out):
             out.write(f"scores and labels written to {args.output}\n")
     out.flush()
     _deliver_now(home)
+
+
+def _cmd_explain(args, home, progress, out):
+    from pynomaly import service
+
+    progress("explaining")
+    got = service.explain(home, args.detector, args.data, version=args.version, rows=args.rows, method=args.method,
+                          columns=args.columns)
+    e = got.explanation
+    top = service.top_features(e, args.top)
+    progress.close()
+    if args.json:
+        out.write(json.dumps({"method": e.method, "output": e.output, "rows": [
+            {"row": int(r), "score": float(s), "label": int(lab), "base": float(b), "top_features": t}
+            for r, s, lab, b, t in zip(got.rows, got.scores, got.labels, e.base_values, top)]}, indent=2) + "\n")
+        return
+    out.write(f"detector {args.detector}: method {e.method}; attributions add up to {e.output} "
+              f"(with the base value); positive pushes toward {'normal' if e.anomalous_sign < 0 else 'anomalous'}\n")
+    lines = []
+    for r, s, lab, feats in zip(got.rows, got.scores, got.labels, top):
+        for rank, f in enumerate(feats, 1):
+            first = rank == 1
+            lines.append((r if first else "", f"{s:.6g}" if first else "", ("yes" if lab else "no") if first else "",
+                          rank, f["feature"], f"{f['value']:.6g}", f"{f['attribution']:+.4g}"))
+    out.write(table(lines, ("ROW", "SCORE", "FLAGGED", "RANK", "FEATURE", "VALUE", "ATTRIBUTION")) + "\n")
 
 
 def _deliver_now(home) -> None:
@@ -234,6 +292,7 @@ def _cmd_lifecycle(args, home, progress, out):
 COMMANDS = {
     "train": _cmd_train,
     "detect": _cmd_detect,
+    "explain": _cmd_explain,
     "list": _cmd_list,
     "show": _cmd_show,
     "export": _cmd_export,

@@ -27,6 +27,7 @@ import inspect
 
 import numpy as np
 
+from pynomaly.estimators import explain as _explain
 from pynomaly.estimators import scores as _scores
 from pynomaly._errors import InvalidInputError, NotFittedError
 from pynomaly.domain import flagged
@@ -151,9 +152,12 @@ class BaseDetector:
     # -- input: the fitted features, by name or by position ---------------------------------
     def _fit_input(self, X) -> np.ndarray:
         """X as a matrix for ``fit``; a DataFrame's string column names become
-        ``feature_names_in_`` (and those of an earlier fit are forgotten otherwise)."""
+        ``feature_names_in_`` (and those of an earlier fit are forgotten otherwise). A detector
+        explained by the model-agnostic method keeps a small sample of the rows (``_background``)."""
         names = feature_names(X)
         X = as_matrix(X)
+        if self._keeps_background:
+            self._background = _explain.background_sample(X)
         if names is None:
             self.__dict__.pop("feature_names_in_", None)
         else:
@@ -202,6 +206,70 @@ class BaseDetector:
                 f"expected the columns {fitted}, in any order, or a plain array in that order"
             )
         return X[fitted]
+
+    # -- explanations ----------------------------------------------------------------------
+    # Method -> the outputs it can add up to; the first method and the first output are the
+    # defaults. Detectors with exact methods list them first and override _explain.
+    _explain_methods = {"permutation": ("score",)}
+    _keeps_background = True  # False where an exact method makes the background unneeded
+    _explain_chunk = 4096  # rows per call of _explain: memory stays bounded, as in scoring
+
+    def explain(self, X, method=None, output=None, *, background=None) -> "_explain.Explanation":
+        """Why each row of X scores as it does: per-feature attributions (see
+        :mod:`pynomaly.estimators.explain` for every detector's methods and outputs).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+        method : str or None
+            None: the detector's default (the first of ``_explain_methods``). Every detector
+            offers "permutation", the model-agnostic Shapley estimate (see
+            :func:`pynomaly.estimators.explain.permutation_shapley`), against ``background``
+            or the sample of training rows kept at fit.
+        output : str or None
+            What values plus base add up to; None: the method's default.
+        background : array-like of shape (m, d), optional
+            Rows the "permutation" method measures against, instead of the kept sample
+            (required where the detector keeps none: a user's detector, an IsolationForest).
+
+        Returns
+        -------
+        Explanation
+            ``values`` (n, d) float64 and ``base_values`` (n,) with ``values.sum(1) + base_values``
+            equal to ``output`` per row. Results do not depend on ``n_jobs``.
+        """
+        self._check_fitted()
+        method, output = _explain.check_request(type(self).__name__, self._explain_methods, method, output)
+        X = self._score_input(X)
+        if background is not None:
+            background = self._score_input(background)
+        step = self._explain_rows_per_chunk(method, X.shape[1])
+        parts = [self._explain(X[a:a + step], method, output, background)
+                 for a in range(0, X.shape[0], step)] or [(np.zeros((0, X.shape[1])), np.zeros(0))]
+        return _explain.Explanation(
+            values=np.concatenate([p[0] for p in parts]), base_values=np.concatenate([p[1] for p in parts]),
+            feature_names=_explain.feature_names_of(self, X.shape[1]), output=output, method=method,
+            data=np.asarray(X, dtype=np.float64))
+
+    def _explain_rows_per_chunk(self, method: str, d: int) -> int:
+        return self._explain_chunk
+
+    def _explain(self, X, method: str, output: str, background) -> tuple:
+        """``(values, base_values)`` of rows X (at most ``_explain_chunk``) for a checked request."""
+        if method != "permutation":  # pragma: no cover - a detector listing a method implements it
+            raise NotImplementedError(method)
+        if background is None:
+            background = self._explain_background()
+        return _explain.permutation_shapley(self.decision_function, X, background)
+
+    def _explain_background(self) -> np.ndarray:
+        background = self.__dict__.get("_background")
+        if background is None:
+            raise InvalidInputError(
+                f"this {type(self).__name__} keeps no sample of its training rows, which method='permutation' "
+                "measures against: pass background=<some training rows>"
+            )
+        return background
 
     # -- PyOD's contract -----------------------------------------------------------------
     def check_fit(self, n_rows: int, n_features: int) -> None:

@@ -5,6 +5,8 @@
 - :func:`fit`: an :class:`~pynomaly.IsolationForest` grown from a dask collection without
   collecting it: the forest is the one ``fit(X.compute())`` grows, bit for bit, and the
   threshold is the exact ``np.percentile`` of the training scores.
+- :func:`explain`: per-feature attributions of the rows (``model.explain``) block by block,
+  equal to the in-process ones (every method explains a row independently of the others).
 - :func:`percentile`: ``np.percentile`` of a 1-D dask array, exactly, by distributed selection.
 
 The model reaches each worker once. With a ``distributed`` client it is scattered to every
@@ -56,7 +58,7 @@ from pynomaly.estimators._validation import as_matrix, check_contamination
 from pynomaly.estimators.iforest import IsolationForest
 from pynomaly.estimators.neighbors import KNN, LOF
 
-__all__ = ["score", "predict", "fit", "percentile"]
+__all__ = ["score", "predict", "explain", "fit", "percentile"]
 
 # Detectors shipped in their own byte format; any other detector travels as a pickle.
 _NATIVE = {"IsolationForest": IsolationForest, "LOF": LOF, "KNN": KNN}
@@ -264,6 +266,46 @@ def predict(model, X, *, columns=None, n_jobs=None):
 _DIGIT_BITS = 11  # histogram of 2048 bins per block and pass: 6 passes at most for 64-bit keys
 _GATHER_AT = 8192  # once a bin holds at most this many values, gather them and finish locally
 _SIGN = np.uint64(1 << 63)
+
+
+def _block_explanation(block, shipped, n_jobs, method, output):
+    X = as_matrix(block)
+    if X.shape[0] == 0:
+        return np.empty((0, X.shape[1] + 1))
+    e = _decoded(shipped, n_jobs).explain(X, method, output)
+    return np.column_stack([e.values, e.base_values])
+
+
+def explain(model, X, *, method=None, output=None, columns=None, n_jobs=None):
+    """Per-feature attributions of the rows of a dask collection, lazily (``model.explain``).
+
+    Same arguments as :func:`score`, plus ``method`` and ``output`` as ``model.explain`` takes
+    them (checked here, before any task runs). Each block is explained on a worker with the
+    model shipped once; since every method explains a row on its own (the model-agnostic one
+    uses the same permutations and background for every row), the result equals
+    ``model.explain(X.compute(), method, output)``.
+
+    Returns
+    -------
+    Explanation
+        Whose ``values`` (n, d) and ``base_values`` (n,) are dask arrays (call ``.compute()``),
+        ``data`` the rows as a dask array, and ``feature_names``, ``output``, ``method`` as
+        in-process.
+    """
+    from pynomaly.estimators import explain as _explain
+
+    _check_fitted(model)
+    n_jobs = _n_jobs(n_jobs)
+    method, output = _explain.check_request(type(model).__name__, model._explain_methods, method, output)
+    kind, X = _as_rows(X, model, columns)
+    if kind == "frame":
+        X = X.to_dask_array(lengths=True)
+    d = X.shape[1]
+    ref = _model_ref(model)
+    both = da.map_blocks(_block_explanation, X, ref, n_jobs, method, output, chunks=(X.chunks[0], (d + 1,)),
+                         dtype=np.float64)
+    return _explain.Explanation(values=both[:, :d], base_values=both[:, d], feature_names=_explain.feature_names_of(
+        model, d), output=output, method=method, data=X)
 
 
 def _keys(values: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from pynomaly import _core
 from pynomaly._errors import InvalidInputError, ModelFormatError, NotFittedError
 from pynomaly.estimators._validation import as_matrix, resolve_n_jobs
 from pynomaly.estimators.base import BaseDetector, PickleAsBytes, check_memory
+from pynomaly.estimators.explain import background_sample, check_additive_metric, neighbor_shares
 
 __all__ = ["knn", "choose_algorithm", "LOF", "KNN"]
 
@@ -93,6 +94,8 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
     _fitted_marker = "_fit_X"
     _kind = b""
     _what = ""
+    _explain_methods = {"neighbors": ("score",), "permutation": ("score",)}
+    _keeps_background = False  # the training rows are kept anyway: the background is drawn from them
 
     def _check_params(self):
         self._rate()
@@ -175,6 +178,20 @@ class _NeighborDetector(PickleAsBytes, BaseDetector):
 
     def _check_loaded(self) -> None:
         """The parameters of a loaded detector that the shared checks (_check_params) leave out."""
+
+    def _explain_background(self) -> np.ndarray:
+        return background_sample(self._fit_X)
+
+    def _explain_rows_per_chunk(self, method: str, d: int) -> int:
+        # The shares are (rows, k, d) float64: about 16 MB per chunk whatever k and d are.
+        return max(1, min(self._explain_chunk, 2_000_000 // max(1, self.n_neighbors_ * d)))
+
+    def _neighbor_shares(self, X):
+        """(shares (n, k, d), distances (n, k), indices (n, k)) of X's neighbours: each feature's
+        share of each distance (see :func:`pynomaly.estimators.explain.neighbor_shares`)."""
+        check_additive_metric(self.metric)
+        dist, idx = self._query(X)
+        return neighbor_shares(np.asarray(X, dtype=np.float64), self._fit_X, idx, dist, self.metric), dist, idx
 
 
 def _lrd(dist: np.ndarray, idx: np.ndarray, kdist: np.ndarray) -> np.ndarray:
@@ -285,6 +302,43 @@ class LOF(_NeighborDetector):
         del dist
         return _mean_ratio(self._lrd, idx, lrd_x)
 
+    def explain(self, X, method=None, output=None, *, background=None):
+        """Per-feature attributions of each row's LOF (see :meth:`BaseDetector.explain`).
+
+        method="neighbors" (default), for the metrics that are sums over features
+        (sqeuclidean, manhattan, and euclidean, each feature's share of the squared distance
+        scaled to the distance); cosine is refused. A row's LOF is
+        ``mean(lrd of its neighbours) * (mean reachability distance + 1e-10)``, and the
+        reachability distance to a neighbour o is ``max(d(x, o), k-distance of o)``. Each
+        distance that counts (``d(x, o)`` above o's k-distance) is split into the features'
+        shares; the clipped ones (o's k-distance) and the guard go to ``base_values``.
+
+        Exact: values plus base equal ``decision_function(X)`` (to rounding), and each value is
+        exactly what that feature's differences contributed to this row's reachability
+        distances. Not exact: it is a decomposition at the row's neighbourhood, not a Shapley
+        value of LOF as a function of the features; moving a feature can change the neighbour
+        set, which of the distances are clipped, and the neighbours' densities, which the
+        attributions hold fixed. Like ``decision_function``, it needs ``novelty=True``.
+        """
+        if hasattr(self, "_fit_X") and not self.novelty:
+            raise InvalidInputError(
+                "LOF(novelty=False) scores only its training rows, so it cannot explain new rows; fit "
+                "LOF(novelty=True) to score and explain new data"
+            )
+        return super().explain(X, method, output, background=background)
+
+    def _explain(self, X, method, output, background):
+        if method == "permutation":
+            return super()._explain(X, method, output, background)
+        shares, dist, idx = self._neighbor_shares(X)
+        k = dist.shape[1]
+        scale = np.mean(self._lrd[idx], axis=1) / k  # mean neighbour density over k
+        counted = dist > self._kdist[idx]  # reach = d(x, o): its features are credited
+        values = np.einsum("nk,nkd->nd", counted.astype(np.float64), shares) * scale[:, None]
+        clipped = np.where(counted, 0.0, self._kdist[idx]).sum(axis=1)
+        base = scale * clipped + scale * k * 1e-10
+        return values, base
+
 
 class KNN(_NeighborDetector):
     """k-nearest-neighbour distance detector, equal to PyOD's ``pyod.models.knn.KNN``.
@@ -356,3 +410,33 @@ class KNN(_NeighborDetector):
         _check_choice(self.method, "method", ("largest", "mean", "median"))
         dist, _ = self._query(X)
         return self._reduce(dist)
+
+    def explain(self, X, method=None, output=None, *, background=None):
+        """Per-feature attributions of each row's score (see :meth:`BaseDetector.explain`).
+
+        method="neighbors" (default): each feature's exact share of the distances the score is
+        made of, for the metrics that are sums over features; cosine is refused. Per metric, a
+        feature's share of the distance to one neighbour is its squared difference
+        (sqeuclidean), its absolute difference (manhattan), or its squared difference over the
+        distance (euclidean: its share of the squared distance, scaled to the distance). Per
+        ``method``: "largest" takes the k-th neighbour's shares, "mean" the mean of the k
+        neighbours' shares, "median" the middle neighbour's (the mean of the two middle ones for
+        even k). Values add up to ``decision_function(X)`` exactly (to rounding); base is 0.
+        Ties among neighbours at equal distance go to the lower index, as in scoring.
+        """
+        return super().explain(X, method, output, background=background)
+
+    def _explain(self, X, method, output, background):
+        if method == "permutation":
+            return super()._explain(X, method, output, background)
+        shares, dist, _ = self._neighbor_shares(X)
+        k = dist.shape[1]
+        if self.method == "largest":
+            values = shares[:, -1].copy()
+        elif self.method == "mean":
+            values = shares.mean(axis=1)
+        elif k % 2:
+            values = shares[:, k // 2].copy()
+        else:
+            values = (shares[:, k // 2 - 1] + shares[:, k // 2]) / 2
+        return values, np.zeros(X.shape[0])

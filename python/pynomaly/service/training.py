@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pynomaly._errors import DetectorNotFoundError, InvalidInputError
+from pynomaly._errors import DetectorNotFoundError, InvalidInputError, PynomalyError
 from pynomaly.domain import Detector, DetectorStatus, check_name, fingerprint
 from pynomaly.service._common import Progress, opened, report
 from pynomaly.service.data import dataset_rows, load_data
@@ -96,10 +96,26 @@ def train(
         detector.mark_trained(n_features=X.shape[1], feature_names=names, data_fingerprint=fp)
         if activate:
             detector.activate()
-        return repo.add_version(
+        stored = repo.add_version(
             detector, model.to_bytes(), format=getattr(model, "artifact_format", "native"),
             threshold=getattr(model, "threshold_", None), dataset_id=dataset_id,
         )
+        _save_reference(repo, stored, X, model)
+        return stored
+
+
+def _save_reference(repo, detector: Detector, X, model) -> None:
+    """The new version's drift reference, from the rows it was trained on. The version stands
+    without one (the log says why): `pynomaly drift --set-reference` can give it one later."""
+    import logging
+
+    from pynomaly.service import drift_live as drift
+
+    try:
+        drift.save_reference(repo, detector.name, detector.version, X, model, detector.feature_names)
+    except (PynomalyError, ValueError) as e:
+        logging.getLogger("pynomaly.drift").warning("no drift reference stored for %r version %s: %s",
+                                                    detector.name, detector.version, e)
 
 
 def record_failed_training(home, name: str, algorithm: str, params: dict, reason: str) -> Optional[Detector]:

@@ -136,7 +136,21 @@ def detect(
         if save:
             repo.save_result(result)
         _after_detection(repo, name, result, face)
+        _observe_drift(repo, name, result, X)
     return result
+
+
+def _observe_drift(repo, name: str, result: DetectionResult, X) -> None:
+    """The scored rows count in the detector's live drift window (pynomaly.service.drift);
+    the detection stands whatever happens there."""
+    import logging
+
+    from pynomaly.service import drift_live as drift
+
+    try:
+        drift.observe(repo, name, result.detector_version, X, result.scores)
+    except Exception as e:  # noqa: BLE001 - the log says what was not counted
+        logging.getLogger("pynomaly.drift").warning("rows of %r not counted for drift: %s", name, e)
 
 
 def _after_detection(home, name: str, result: DetectionResult, face: str = "batch") -> None:

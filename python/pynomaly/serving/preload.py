@@ -36,6 +36,7 @@ SERVED_WITH = (
     "pynomaly.service.transfer",
     "pynomaly.service.alerts",
     "pynomaly.service.metrics",
+    "pynomaly.service.drift",
 )
 
 

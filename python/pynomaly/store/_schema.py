@@ -206,6 +206,36 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)
 """
 
 
+# Drift monitoring (pynomaly.store.drift, issue 24). A version's reference profile: the base64
+# of pynomaly.estimators.drift.Profile.to_bytes (a sealed field in an encrypted home); gone
+# with its version.
+_PROFILES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS version_profiles (
+    detector_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    profile TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (detector_id, version),
+    FOREIGN KEY (detector_id, version) REFERENCES detector_versions (detector_id, version) ON DELETE CASCADE
+)
+"""
+
+# The live window: served rows counted on a version's reference bins, one row per detector
+# name, version and time bucket (its start, in Unix seconds), added to by every process that
+# scores (pynomaly.estimators.drift.Counts.to_bytes).
+_DRIFT_COUNTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS drift_counts (
+    detector TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    counts BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (detector, version, bucket)
+);
+CREATE INDEX IF NOT EXISTS drift_counts_by_bucket ON drift_counts (bucket)
+"""
+
+
 def _statements(schema: str):
     def apply(db):
         for stmt in _db.ddl(schema, db.dialect):
@@ -245,6 +275,8 @@ MIGRATIONS = [
     ("alert_rules.signature", _add_column("alert_rules", "signature", "TEXT")),
     ("revoked_tokens: API tokens and sessions revoked before they expire", _statements(_REVOCATIONS_SCHEMA)),
     ("jobs' tables (made on first use before)", _statements(_JOBS_SCHEMA)),
+    ("version_profiles: each version's drift reference", _statements(_PROFILES_SCHEMA)),
+    ("drift_counts: served rows on the reference's bins, by time bucket", _statements(_DRIFT_COUNTS_SCHEMA)),
 ]
 
 

@@ -68,6 +68,7 @@ class Sealing:
             ("datasets", "name", ("id",)),
             ("detector_versions", "threshold", ("detector_id", "version")),
             ("results", "threshold", ("id",)),
+            ("version_profiles", "profile", ("detector_id", "version")),
             *(("audit", col, ("seq",)) for col in _audit.SEALED),
         )
 

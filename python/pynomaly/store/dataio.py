@@ -480,29 +480,60 @@ def check_result_path(path) -> Path:
     return path
 
 
-def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict) -> None:
+def _top_columns(top_features, top_k, n: int):
+    """Column names and per-row cells of the top features for the tabular formats."""
+    if top_features is None:
+        return [], [()] * n
+    k = int(top_k)
+    names = [f"top{i}_{part}" for i in range(1, k + 1) for part in ("feature", "value", "attribution")]
+    rows = []
+    for feats in top_features:
+        cells = []
+        for i in range(k):
+            f = feats[i] if feats is not None and i < len(feats) else None
+            cells += [f["feature"], f["value"], f["attribution"]] if f else [None, None, None]
+        rows.append(tuple(cells))
+    return names, rows
+
+
+def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict, *, top_features=None,
+                 top_k=None) -> None:
     """Write per-row scores and labels to ``path`` (format from the extension: .csv, .json,
-    .parquet); JSON also carries ``summary``. The file appears atomically."""
+    .parquet); JSON also carries ``summary``. The file appears atomically.
+
+    ``top_features`` (optional, with ``top_k``): per row, None or its top features as dicts
+    ``{"feature", "value", "attribution"}`` (the flagged rows' explanations). JSON gets a
+    ``top_features`` list (null for rows without); CSV and Parquet get columns
+    ``top{i}_feature``, ``top{i}_value``, ``top{i}_attribution`` for i in 1..top_k (empty for
+    rows without).
+    """
     path = check_result_path(path)
     ext = path.suffix.lower()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    extra_names, extra_rows = _top_columns(top_features, top_k, len(scores))
     try:
         if ext == ".csv":
             with open(tmp, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["index", "score", "label"])
-                w.writerows(zip(range(len(scores)), (repr(float(s)) for s in scores), (int(v) for v in labels)))
+                w.writerow(["index", "score", "label", *extra_names])
+                w.writerows((i, repr(float(s)), int(v), *extra)
+                            for i, s, v, extra in zip(range(len(scores)), scores, labels, extra_rows))
         elif ext == ".json":
             with open(tmp, "w") as f:
-                json.dump({"summary": summary, "scores": [float(s) for s in scores], "labels": [int(v) for v in labels]}, f)
+                doc = {"summary": summary, "scores": [float(s) for s in scores], "labels": [int(v) for v in labels]}
+                if top_features is not None:
+                    doc["top_features"] = list(top_features)
+                json.dump(doc, f)
         elif ext in (".parquet", ".pq"):
             from pynomaly._optional import require
 
             pa = require("pyarrow", "parquet")
             import pyarrow.parquet as pq
 
-            table = pa.table({"index": np.arange(len(scores)), "score": scores, "label": labels})
-            pq.write_table(table, tmp)
+            columns = {"index": np.arange(len(scores)), "score": scores, "label": labels}
+            for j, name in enumerate(extra_names):
+                columns[name] = [r[j] for r in extra_rows]
+            pq.write_table(pa.table(columns), tmp)
         else:
             raise InvalidInputError(f"cannot write {path.name}: accepted output formats are .csv, .json, .parquet")
         os.replace(tmp, path)

@@ -210,6 +210,8 @@ class JaxDeepSVDD(NeuralDetector):
             mean=self.mean_,
             std=self.std_,
             decision_scores=self.decision_scores_,
+            # The sample of training rows explain(method="permutation") measures against.
+            **({"background": self._background} if "_background" in self.__dict__ else {}),
             **arrays,
         )
         return buf.getvalue()
@@ -253,6 +255,12 @@ class JaxDeepSVDD(NeuralDetector):
         self.n_features_in_ = int(header["n_features"])
         self.mean_, self.std_ = arrays["mean"], arrays["std"]
         self.decision_scores_ = arrays["decision_scores"]
+        if "background" in arrays:  # absent from artifacts written before explanations
+            background = np.asarray(arrays["background"], dtype=np.float64)
+            if background.ndim != 2 or background.shape[1] != self.n_features_in_:
+                raise ModelFormatError(f"JAX artifact's background has shape {background.shape}, "
+                                       f"expected (rows, {self.n_features_in_})")
+            self._background = background
         self.threshold_ = float(header["threshold"])
         self.labels_ = flagged(self.decision_scores_, self.threshold_).astype(np.int64)
         restore_feature_names(self, header)

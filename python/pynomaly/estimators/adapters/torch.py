@@ -58,6 +58,8 @@ class TorchAutoEncoder(NeuralDetector):
     """
 
     artifact_format = "torch"
+    _explain_methods = {"reconstruction": ("score",), "permutation": ("score",)}
+    _keeps_background = False  # the reconstruction error is explained exactly
 
     def __init__(
         self,
@@ -139,6 +141,27 @@ class TorchAutoEncoder(NeuralDetector):
         X = self._score_input(X)
         data = torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32)).to(self.device_)
         return self._score(torch, data)
+
+    def explain(self, X, method=None, output=None, *, background=None):
+        """Per-feature attributions of each row's score (see :meth:`BaseDetector.explain`).
+
+        method="reconstruction" (default): the score is the mean over features of the squared
+        reconstruction error (of the standardized row), so feature j's attribution is its own
+        term, ``(reconstruction_j - z_j) ** 2 / d``: exact, non-negative, summing to
+        ``decision_function(X)``; base is 0. (What a feature's value did to the reconstruction
+        of the others is part of their terms: this says where the error is, which is what the
+        score measures.)
+        """
+        return super().explain(X, method, output, background=background)
+
+    def _explain(self, X, method, output, background):
+        if method == "permutation":
+            return super()._explain(X, method, output, background)
+        torch = _torch()
+        data = torch.from_numpy(((X - self.mean_) / self.std_).astype(np.float32)).to(self.device_)
+        with torch.no_grad():
+            err = ((self.network_(data) - data) ** 2).cpu().numpy().astype(np.float64)
+        return err / X.shape[1], np.zeros(X.shape[0])
 
     def _score(self, torch, data) -> np.ndarray:
         out = []

@@ -1,0 +1,93 @@
+"""``GET /api/v1/detectors/{name}/drift`` on a real server: detections through the HTTP API fill
+the window, the endpoint ranks and flags as ``pynomaly drift --json`` does (the same document),
+viewers may read it, and what cannot be answered is a clear 404 or 409."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pynomaly import service
+
+from _http_helpers import ApiServer, make_token
+from conftest import load_dataset
+
+PARAMS = {"n_estimators": 50, "random_state": 0}
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    X, _ = load_dataset("cardio")
+    X = X[np.random.default_rng(0).permutation(len(X))]
+    n = len(X) // 2
+    train, serve = X[:n], X[n:]
+    moved = serve.copy()
+    moved[:, 3] += 1.0
+    home = tmp_path_factory.mktemp("home")
+    for name in ("moved", "same", "fresh"):
+        service.train(home, name, train, "IsolationForest", PARAMS)
+    service.export(home, "fresh", home.parent / "fresh.pnx")
+    service.import_detector(home, home.parent / "fresh.pnx", "imported")
+    tokens = {role: make_token(home, role, user=f"{role}-user") for role in ("viewer", "operator")}
+    server = ApiServer(home)
+    try:
+        yield server, home, tokens, serve, moved
+    finally:
+        server.stop()
+
+
+def _detect(server, token, name, rows):
+    status, doc = server.json("POST", "/api/v1/detect", {"detector": name, "data": rows.tolist(), "save": False},
+                              token=token)
+    assert status == 200, doc
+
+
+def test_detections_over_http_fill_the_window_the_endpoint_reads(api):
+    server, home, tokens, serve, moved = api
+    for part in np.array_split(np.arange(len(serve)), 2):
+        _detect(server, tokens["operator"], "moved", moved[part])
+        _detect(server, tokens["operator"], "same", serve[part])
+    status, doc = server.json("GET", "/api/v1/detectors/moved/drift", token=tokens["viewer"])
+    assert status == 200, doc
+    assert doc["drift"] and doc["rows"] == len(serve) and doc["features"][0]["feature"] == "x3"
+    assert [f["feature"] for f in doc["features"] if f["drift"]] == ["x3"]
+    status, calm = server.json("GET", "/api/v1/detectors/same/drift?window=15m", token=tokens["viewer"])
+    assert status == 200 and not calm["drift"] and calm["window_s"] == 900 and calm["rows"] == len(serve)
+    # the CLI, another process on the home, reads the same window once the server has flushed it
+    cli = subprocess.run([sys.executable, "-m", "pynomaly", "--home", str(home), "drift", "--detector", "moved",
+                          "--json"], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(cli.stdout)["features"] == doc["features"]
+    status, ks = server.json("GET", "/api/v1/detectors/moved/drift?method=ks&alpha=0.01", token=tokens["viewer"])
+    assert status == 200 and ks["method"] == "ks" and ks["features"][0]["feature"] == "x3"
+
+    # the same numbers as Prometheus gauges
+    status, _, raw = server.request("GET", "/metrics", token=tokens["viewer"])
+    assert status == 200
+    values = dict(line.rsplit(" ", 1) for line in raw.decode().splitlines() if not line.startswith("#"))
+    psi = float(values['pynomaly_feature_drift{detector="moved",feature="x3",stat="psi"}'])
+    assert psi == pytest.approx(doc["features"][0]["psi"])
+    assert values['pynomaly_feature_drift{detector="moved",feature="x3",stat="drift"}'] == "1.0"
+    assert values['pynomaly_feature_drift{detector="same",feature="x3",stat="drift"}'] == "0.0"
+    assert 'pynomaly_score_drift{detector="moved",stat="flagged_rate"}' in values
+    assert not any('detector="fresh"' in k for k in values)  # no rows in its window: no series
+
+
+def test_what_cannot_be_answered_is_a_clear_error(api):
+    server, _, tokens, serve, _ = api
+    viewer = tokens["viewer"]
+    status, doc = server.json("GET", "/api/v1/detectors/nope/drift", token=viewer)
+    assert status == 404 and doc["error"].startswith("no detector named 'nope'")
+    status, doc = server.json("GET", "/api/v1/detectors/fresh/drift", token=viewer)
+    assert status == 409 and "no rows of detector 'fresh' version 1 were served in the last 1 h" in doc["error"]
+    _detect(server, tokens["operator"], "imported", serve[:20])
+    status, doc = server.json("GET", "/api/v1/detectors/imported/drift", token=viewer)
+    assert status == 409 and "has no drift reference" in doc["error"] and "--set-reference" in doc["error"]
+    status, doc = server.json("GET", "/api/v1/detectors/fresh/drift?window=soon", token=viewer)
+    assert status == 400 and "'soon' is not a window" in doc["error"]
+    status, doc = server.json("GET", "/api/v1/detectors/fresh/drift?method=chi2", token=viewer)
+    assert status == 400
+    assert server.json("GET", "/api/v1/detectors/moved/drift")[0] == 401
