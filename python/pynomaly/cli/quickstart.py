@@ -46,6 +46,12 @@ def run(home=None, detector: str = "cardio-quickstart", *, progress=None, out=No
     try:
         _run(throwaway, detector, progress, out, kept=False)
     finally:
+        from pynomaly.service import drift_live
+
+        try:  # the detection's live drift counts, written at exit otherwise: into a home made anew
+            drift_live.flush(throwaway)
+        except Exception:  # noqa: BLE001 - the home goes anyway
+            pass
         shutil.rmtree(throwaway, ignore_errors=True)
 
 
