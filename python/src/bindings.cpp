@@ -240,6 +240,7 @@ void bind_scores(py::module_& m) {
 
 void register_fastpath(py::module_& m);  // python/src/fastpath.cpp: the daemon's native path
 void register_netloop(py::module_& m);   // python/src/netloop_binding.cpp: its connection loop
+void bind_stream(py::module_& m);        // python/src/stream_binding.cpp: streaming detectors
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pynomaly's native core (private; use the pynomaly package)";
@@ -457,6 +458,7 @@ PYBIND11_MODULE(_core, m) {
 
     register_fastpath(m);
     register_netloop(m);
+    bind_stream(m);
 
     // PYNOMALY_SIMD forces a lower target for every kernel. Applied here, when the core loads,
     // rather than by `import pynomaly`: the package loads the core lazily (a socket client never
