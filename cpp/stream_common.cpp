@@ -1,6 +1,7 @@
 // Python-compatible Mersenne Twister and the streaming detectors' input check (stream_common.hpp).
 #include "stream_common.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace pynomaly {
@@ -30,9 +31,24 @@ uint32_t PyRandom::next_u32() {
     return y;
 }
 
+// Chunks are first screened with integer operations the compiler vectorises (a value is not
+// finite when its exponent bits are all ones); only a chunk that fails is searched.
 int64_t first_non_finite(const double* X, int64_t rows, int64_t cols) {
-    for (int64_t i = 0; i < rows * cols; ++i)
-        if (!std::isfinite(X[i])) return i;
+    constexpr uint64_t kExp = 0x7ff0000000000000ull;
+    constexpr int64_t kChunk = 4096;
+    const int64_t n = rows * cols;
+    for (int64_t c = 0; c < n; c += kChunk) {
+        const int64_t end = std::min(n, c + kChunk);
+        uint64_t bad = 0;
+        for (int64_t i = c; i < end; ++i) {
+            uint64_t bits;
+            std::memcpy(&bits, X + i, sizeof bits);
+            bad |= static_cast<uint64_t>((bits & kExp) == kExp);
+        }
+        if (bad)
+            for (int64_t i = c; i < end; ++i)
+                if (!std::isfinite(X[i])) return i;
+    }
     return -1;
 }
 

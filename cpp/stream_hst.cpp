@@ -41,8 +41,8 @@ void grow(int64_t node, int height, std::vector<double>& lo, std::vector<double>
 void HalfSpaceTrees::check_params(const HstParams& p, int64_t n_features) {
     if (p.n_trees < 1 || p.n_trees > 100000) throw InvalidInput("n_trees must be in [1, 100000], got " + std::to_string(p.n_trees));
     if (p.height < 1 || p.height > 24) throw InvalidInput("height must be in [1, 24], got " + std::to_string(p.height));
-    if (p.window_size < 1 || p.window_size > (int64_t{1} << 40))
-        throw InvalidInput("window_size must be a positive integer, got " + std::to_string(p.window_size));
+    if (p.window_size < 1 || p.window_size > INT32_MAX)
+        throw InvalidInput("window_size must be in [1, 2**31), got " + std::to_string(p.window_size));
     if (n_features < 1 || n_features > (int64_t{1} << 24))
         throw InvalidInput("a record must have at least 1 feature, got " + std::to_string(n_features));
     const int64_t nodes = (int64_t{1} << (p.height + 1)) - 1;
@@ -69,12 +69,12 @@ HalfSpaceTrees::HalfSpaceTrees(const HstParams& p, int64_t n_features, const std
         std::vector<double> l = lo, h = hi;
         grow(0, p_.height, l, h, rng, feature_.data() + t * internal_, threshold_.data() + t * internal_);
     }
-    max_score_ = static_cast<double>(int64_t{p_.n_trees} * p_.window_size * nodes_);
+    compile();
 }
 
 HalfSpaceTrees::HalfSpaceTrees(const HstParams& p, int64_t n_features, std::vector<int32_t> feature,
-                               std::vector<double> threshold, std::vector<int64_t> l_mass,
-                               std::vector<int64_t> r_mass, int64_t counter, bool first_window)
+                               std::vector<double> threshold, std::vector<Mass> l_mass,
+                               std::vector<Mass> r_mass, int64_t counter, bool first_window)
     : p_(p), d_(n_features), feature_(std::move(feature)), threshold_(std::move(threshold)),
       l_mass_(std::move(l_mass)), r_mass_(std::move(r_mass)), counter_(counter), first_window_(first_window) {
     check_params(p, n_features);
@@ -90,85 +90,86 @@ HalfSpaceTrees::HalfSpaceTrees(const HstParams& p, int64_t n_features, std::vect
     for (double v : threshold_)
         if (!std::isfinite(v)) throw InvalidModel("half-space trees: a split value is not finite");
     for (size_t i = 0; i < l_mass_.size(); ++i)
-        if (l_mass_[i] < 0 || r_mass_[i] < 0) throw InvalidModel("half-space trees: a mass is negative");
+        if (l_mass_[i] < 0 || r_mass_[i] < 0 || l_mass_[i] > p_.window_size || r_mass_[i] > p_.window_size)
+            throw InvalidModel("half-space trees: a mass is outside [0, window_size]");
     if (counter_ < 0 || counter_ >= p_.window_size)
         throw InvalidModel("half-space trees: the window counter is outside [0, window_size)");
-    max_score_ = static_cast<double>(int64_t{p_.n_trees} * p_.window_size * nodes_);
+    compile();
+}
+
+// One record through every tree, trees walked in blocks side by side (the walks are independent
+// chains of loads, so a block overlaps their latencies; branch-free steps, since random splits
+// make the direction unpredictable). Learning adds 1 to l_mass along the path; scoring sums
+// r_mass * 2**depth per tree down to the first node whose r_mass is under the size limit
+// (inclusive), as River does, then the trees in order: the same additions in the same order.
+template <bool Score, bool Learn, class Acc>
+double HalfSpaceTrees::walk(const double* x, Mass* l_mass) const {
+    constexpr int B = 16;
+    // r >= 0.1 * window_size, for an integer r, is r >= ceil(0.1 * window_size).
+    const int64_t size_limit = static_cast<int64_t>(std::ceil(0.1 * static_cast<double>(p_.window_size)));
+    const Split* split = split_.data();
+    Acc score = 0;
+    for (int32_t t0 = 0; t0 < p_.n_trees; t0 += B) {
+        const int nb = std::min<int32_t>(B, p_.n_trees - t0);
+        int64_t node[B] = {};
+        Acc acc[B] = {};
+        int64_t live[B];  // all ones while the tree is still summed, else 0: a mask, not a branch
+        std::fill_n(live, B, int64_t{-1});
+        int64_t pow = 1;
+        for (int32_t k = 0; k <= p_.height; ++k) {
+            for (int b = 0; b < nb; ++b) {
+                const int64_t at = (t0 + b) * nodes_ + node[b];
+                if (Score) {
+                    const int64_t r = r_mass_[at];
+                    acc[b] += static_cast<Acc>(r * (pow & live[b]));  // + 0 once stopped: exact
+                    live[b] &= -static_cast<int64_t>(r >= size_limit);
+                }
+                if (Learn) ++l_mass[at];
+                node[b] = 2 * node[b] + 1 + (x[split[at].feature] >= split[at].threshold ? 1 : 0);
+            }
+            pow <<= 1;
+        }
+        for (int b = 0; b < nb; ++b) score += acc[b];
+    }
+    return Score ? 1.0 - static_cast<double>(score) / max_score_ : 0.0;
+}
+
+// River adds r_mass * 2**depth (integers) to a float per tree, then the trees' floats. While the
+// largest possible sum (max_score_) is below 2**53 every partial sum is an exact integer, so
+// 64-bit integer sums give the same result with cheaper steps; beyond, the float sums as River's.
+double HalfSpaceTrees::walk_score(const double* x, Mass* l_mass) const {
+    if (l_mass != nullptr)
+        return exact_int_ ? walk<true, true, int64_t>(x, l_mass) : walk<true, true, double>(x, l_mass);
+    return exact_int_ ? walk<true, false, int64_t>(x, nullptr) : walk<true, false, double>(x, nullptr);
+}
+
+// The walk's layout: every node's split at the same index as its masses (leaves' unused), so
+// one index reads all of a node.
+void HalfSpaceTrees::compile() {
+    const int64_t max_score = int64_t{p_.n_trees} * p_.window_size * nodes_;
+    max_score_ = static_cast<double>(max_score);
+    exact_int_ = max_score < (int64_t{1} << 53);
+    split_.assign(p_.n_trees * nodes_, Split{});
+    for (int64_t t = 0; t < p_.n_trees; ++t)
+        for (int64_t i = 0; i < internal_; ++i)
+            split_[t * nodes_ + i] = Split{threshold_[t * internal_ + i], feature_[t * internal_ + i]};
 }
 
 double HalfSpaceTrees::score_row(const double* x) const {
-    if (first_window_) return 0.0;
-    const double size_limit = 0.1 * static_cast<double>(p_.window_size);
-    double score = 0.0;
-    for (int32_t t = 0; t < p_.n_trees; ++t) {
-        const int32_t* f = feature_.data() + t * internal_;
-        const double* th = threshold_.data() + t * internal_;
-        const int64_t* r = r_mass_.data() + t * nodes_;
-        double tree = 0.0;  // River sums each tree on its own, then the trees
-        int64_t node = 0, pow = 1;
-        bool stopped = false;
-        for (int32_t k = 0; k < p_.height; ++k) {
-            tree += static_cast<double>(r[node] * pow);
-            if (static_cast<double>(r[node]) < size_limit) {
-                stopped = true;
-                break;
-            }
-            node = x[f[node]] < th[node] ? 2 * node + 1 : 2 * node + 2;
-            pow <<= 1;
-        }
-        if (!stopped) tree += static_cast<double>(r[node] * pow);
-        score += tree;
-    }
-    return 1.0 - score / max_score_;
+    return first_window_ ? 0.0 : walk_score(x, nullptr);
 }
 
 void HalfSpaceTrees::learn_row(const double* x) {
-    for (int32_t t = 0; t < p_.n_trees; ++t) {
-        const int32_t* f = feature_.data() + t * internal_;
-        const double* th = threshold_.data() + t * internal_;
-        int64_t* l = l_mass_.data() + t * nodes_;
-        int64_t node = 0;
-        for (int32_t k = 0; k < p_.height; ++k) {
-            ++l[node];
-            node = x[f[node]] < th[node] ? 2 * node + 1 : 2 * node + 2;
-        }
-        ++l[node];
-    }
+    walk<false, true, int64_t>(x, l_mass_.data());
     end_of_record();
 }
 
-// Score then learn in one walk per tree: learning touches only l_mass and scoring reads only
-// r_mass, and both follow the same path, so this equals score_row then learn_row.
+// Score then learn in one walk: learning touches only l_mass and scoring reads only r_mass, and
+// both follow the same path, so this equals score_row then learn_row.
 double HalfSpaceTrees::score_learn_row(const double* x) {
-    if (first_window_) {
-        learn_row(x);
-        return 0.0;
-    }
-    const double size_limit = 0.1 * static_cast<double>(p_.window_size);
-    double score = 0.0;
-    for (int32_t t = 0; t < p_.n_trees; ++t) {
-        const int32_t* f = feature_.data() + t * internal_;
-        const double* th = threshold_.data() + t * internal_;
-        const int64_t* r = r_mass_.data() + t * nodes_;
-        int64_t* l = l_mass_.data() + t * nodes_;
-        double tree = 0.0;
-        int64_t node = 0, pow = 1;
-        bool scoring = true;
-        for (int32_t k = 0; k < p_.height; ++k) {
-            if (scoring) {
-                tree += static_cast<double>(r[node] * pow);
-                scoring = static_cast<double>(r[node]) >= size_limit;
-                pow <<= 1;
-            }
-            ++l[node];
-            node = x[f[node]] < th[node] ? 2 * node + 1 : 2 * node + 2;
-        }
-        if (scoring) tree += static_cast<double>(r[node] * pow);
-        ++l[node];
-        score += tree;
-    }
+    const double s = first_window_ ? (walk<false, true, int64_t>(x, l_mass_.data()), 0.0) : walk_score(x, l_mass_.data());
     end_of_record();
-    return 1.0 - score / max_score_;
+    return s;
 }
 
 // River's window pivot: after window_size records the latest masses become the reference.
@@ -196,8 +197,8 @@ void HalfSpaceTrees::score_learn(const double* X, int64_t rows, double* out) {
 }
 
 int64_t HalfSpaceTrees::memory_bytes() const {
-    return static_cast<int64_t>(feature_.capacity() * sizeof(int32_t) + threshold_.capacity() * sizeof(double) +
-                                (l_mass_.capacity() + r_mass_.capacity()) * sizeof(int64_t) + sizeof(*this));
+    return static_cast<int64_t>(feature_.capacity() * sizeof(int32_t) + threshold_.capacity() * sizeof(double) + split_.capacity() * sizeof(Split) +
+                                (l_mass_.capacity() + r_mass_.capacity()) * sizeof(Mass) + sizeof(*this));
 }
 
 std::string HalfSpaceTrees::to_bytes() const {
@@ -237,8 +238,8 @@ HalfSpaceTrees HalfSpaceTrees::from_bytes(const char* data, size_t size) {
     const uint64_t internal = (uint64_t{1} << p.height) - 1, nodes = 2 * internal + 1;
     auto feature = r.get_array<int32_t>(p.n_trees * internal);
     auto threshold = r.get_array<double>(p.n_trees * internal);
-    auto l = r.get_array<int64_t>(p.n_trees * nodes);
-    auto rm = r.get_array<int64_t>(p.n_trees * nodes);
+    auto l = r.get_array<Mass>(p.n_trees * nodes);
+    auto rm = r.get_array<Mass>(p.n_trees * nodes);
     r.expect_end();
     return HalfSpaceTrees(p, d, std::move(feature), std::move(threshold), std::move(l), std::move(rm), counter,
                           first == 1);

@@ -14,6 +14,10 @@
 
 namespace pynomaly {
 
+// A node's count of records in a window: at most window_size (< 2**31). 32 bits halve the
+// masses' memory traffic, which bounds the walk's speed.
+using Mass = int32_t;
+
 struct HstParams {
     int32_t n_trees = 10;
     int32_t height = 8;
@@ -29,7 +33,7 @@ class HalfSpaceTrees {
     // Trees given node by node (from River, or a snapshot): feature (internal nodes, n_trees x
     // (2**height - 1)), threshold (same), l_mass and r_mass (n_trees x (2**(height+1) - 1)).
     HalfSpaceTrees(const HstParams& p, int64_t n_features, std::vector<int32_t> feature,
-                   std::vector<double> threshold, std::vector<int64_t> l_mass, std::vector<int64_t> r_mass,
+                   std::vector<double> threshold, std::vector<Mass> l_mass, std::vector<Mass> r_mass,
                    int64_t counter, bool first_window);
 
     // Rows of X (rows x n_features, C order, finite: the caller checks). out may be null.
@@ -46,13 +50,21 @@ class HalfSpaceTrees {
     bool first_window() const { return first_window_; }
     const std::vector<int32_t>& feature() const { return feature_; }
     const std::vector<double>& threshold() const { return threshold_; }
-    const std::vector<int64_t>& l_mass() const { return l_mass_; }
-    const std::vector<int64_t>& r_mass() const { return r_mass_; }
+    const std::vector<Mass>& l_mass() const { return l_mass_; }
+    const std::vector<Mass>& r_mass() const { return r_mass_; }
     int64_t memory_bytes() const;
 
     static void check_params(const HstParams& p, int64_t n_features);
 
   private:
+    struct Split {
+        double threshold = 0.0;
+        int32_t feature = 0;
+    };
+    template <bool Score, bool Learn, class Acc>
+    double walk(const double* x, Mass* l_mass) const;
+    double walk_score(const double* x, Mass* l_mass) const;
+    void compile();
     double score_row(const double* x) const;
     double score_learn_row(const double* x);
     void learn_row(const double* x);
@@ -63,10 +75,12 @@ class HalfSpaceTrees {
     int64_t internal_, nodes_;  // per tree
     std::vector<int32_t> feature_;
     std::vector<double> threshold_;
-    std::vector<int64_t> l_mass_, r_mass_;
+    std::vector<Mass> l_mass_, r_mass_;
     int64_t counter_ = 0;
     bool first_window_ = true;
+    std::vector<Split> split_;  // n_trees x nodes, from feature_ and threshold_ (compile())
     double max_score_;
+    bool exact_int_;
 };
 
 }  // namespace pynomaly

@@ -172,8 +172,8 @@ void bind_stream(py::module_& m) {
                          const py::handle& threshold, const py::handle& l_mass, const py::handle& r_mass,
                          int64_t counter, bool first_window) {
                  return HalfSpaceTrees(HstParams{n_trees, height, window_size}, n_features, vec<int32_t>(feature, "feature"),
-                                       vec<double>(threshold, "threshold"), vec<int64_t>(l_mass, "l_mass"),
-                                       vec<int64_t>(r_mass, "r_mass"), counter, first_window);
+                                       vec<double>(threshold, "threshold"), vec<Mass>(l_mass, "l_mass"),
+                                       vec<Mass>(r_mass, "r_mass"), counter, first_window);
              }),
              py::arg("n_trees"), py::arg("height"), py::arg("window_size"), py::arg("n_features"), py::arg("feature"),
              py::arg("threshold"), py::arg("l_mass"), py::arg("r_mass"), py::arg("counter"), py::arg("first_window"),

@@ -188,6 +188,10 @@ def test_first_record_fixes_the_features_only_when_valid():
     m.learn_one({"b": 0.2, "a": 0.1})
     assert m.features_ == ("a", "b")
     assert HalfSpaceTrees(features=["z", "a"]).features_ == ("z", "a")
+    fresh = OnlineIsolationForest(seed=0)
+    with pytest.raises(InvalidInputError, match="row 1, column 0"):
+        fresh.learn_many([[0.5, 0.5], [np.inf, 0.5]])
+    assert fresh.features_ is None and fresh.to_bytes() == OnlineIsolationForest(seed=0).to_bytes()
     with pytest.raises(InvalidInputError, match="repeat"):
         HalfSpaceTrees(features=["a", "a"])
 

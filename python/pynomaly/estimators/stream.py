@@ -116,7 +116,9 @@ class _StreamDetector:
         self._fix_features(features)
 
     def _rows(self, X) -> np.ndarray:
-        """A C-ordered float64 (rows x features) copy or view of X, with the width checked."""
+        """A C-ordered float64 (rows x features) copy or view of X, with the width checked.
+        A first array fixes the features (its column indices); ``_batch`` undoes that if the
+        native check then refuses the array."""
         A = np.asarray(X)
         if A.dtype.kind not in "biuf":
             raise InvalidInputError(f"X must hold numbers, got dtype {A.dtype}")
@@ -127,15 +129,22 @@ class _StreamDetector:
         if self._features is None:
             if A.shape[1] < 1:
                 raise InvalidInputError("X must have at least one column")
-            bad = ~np.isfinite(A.astype(np.float64, copy=False))
-            if bad.any():
-                r, c = np.argwhere(bad)[0]
-                raise InvalidInputError(f"X has a non-finite value at row {r}, column {c}; finite numbers only")
             self._fix_features(tuple(range(A.shape[1])))
         elif A.shape[1] != len(self._features):
             raise InvalidInputError(f"X must have {len(self._features)} columns (the detector's features), "
                                     f"got {A.shape[1]}")
         return np.ascontiguousarray(A, dtype=np.float64)
+
+    def _batch(self, method: str, X, *args):
+        """Run a native array method; a refused first array leaves the detector unstarted."""
+        fresh = self._native is None
+        try:
+            A = self._rows(X)
+            return getattr(self._native, method)(A, *args)
+        except InvalidInputError:
+            if fresh:
+                self._features, self._native = None, None
+            raise
 
     # ---- River's interface ------------------------------------------------------------------
     def learn_one(self, x: dict) -> None:
@@ -163,19 +172,16 @@ class _StreamDetector:
     # ---- arrays -------------------------------------------------------------------------------
     def score_many(self, X, n_jobs: int = 1) -> np.ndarray:
         """Scores of the rows of X (records x features) without learning them; n_jobs threads."""
-        A = self._rows(X)
-        return self._native.score_many(A, n_jobs)
+        return self._batch("score_many", X, n_jobs)
 
     def learn_many(self, X) -> None:
         """Learn the rows of X in order (as learn_one on each)."""
-        A = self._rows(X)  # first: it may fix the features and start the native state
-        self._native.learn_many(A)
+        self._batch("learn_many", X)
 
     def score_learn_many(self, X) -> np.ndarray:
         """Prequential: score each row, then learn it, in order; equal to the score_one/learn_one
         loop. Returns the scores."""
-        A = self._rows(X)
-        return self._native.score_learn_many(A)
+        return self._batch("score_learn_many", X)
 
     # ---- state --------------------------------------------------------------------------------
     @property
@@ -249,6 +255,8 @@ class HalfSpaceTrees(_StreamDetector):
         if self.height > 24:
             raise InvalidInputError(f"height must be at most 24, got {height}")
         self.window_size = _check_int("window_size", window_size)
+        if self.window_size >= 2**31:
+            raise InvalidInputError(f"window_size must be below 2**31, got {window_size}")
         self.limits = self._check_limits(limits)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise InvalidInputError(f"seed must be an int or None, got {seed!r}")
@@ -329,8 +337,8 @@ class HalfSpaceTrees(_StreamDetector):
         internal, nodes = 2**model.height - 1, 2 ** (model.height + 1) - 1
         feature = np.zeros((model.n_trees, internal), np.int32)
         threshold = np.zeros((model.n_trees, internal))
-        l_mass = np.zeros((model.n_trees, nodes), np.int64)
-        r_mass = np.zeros((model.n_trees, nodes), np.int64)
+        l_mass = np.zeros((model.n_trees, nodes), np.int32)
+        r_mass = np.zeros((model.n_trees, nodes), np.int32)
         for t, root in enumerate(model.trees):
             stack = [(root, 0)]
             while stack:
