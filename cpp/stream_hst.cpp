@@ -97,50 +97,57 @@ HalfSpaceTrees::HalfSpaceTrees(const HstParams& p, int64_t n_features, std::vect
     compile();
 }
 
-// One record through every tree, trees walked in blocks side by side (the walks are independent
-// chains of loads, so a block overlaps their latencies; branch-free steps, since random splits
-// make the direction unpredictable). Learning adds 1 to l_mass along the path; scoring sums
-// r_mass * 2**depth per tree down to the first node whose r_mass is under the size limit
-// (inclusive), as River does, then the trees in order: the same additions in the same order.
-template <bool Score, bool Learn, class Acc>
-double HalfSpaceTrees::walk(const double* x, Mass* l_mass) const {
-    constexpr int B = 16;
+// R records (rows of x, d_ apart) through every tree, trees walked in blocks side by side: the
+// walks are independent chains of loads, so a block overlaps their latencies; steps are
+// branch-free, since random splits make the direction unpredictable. Learning adds 1 to l_mass
+// along each path; scoring sums r_mass * 2**depth per tree down to the first node whose r_mass
+// is under the size limit (inclusive), as River does, then the trees in order. Several records
+// may share a walk only while r_mass stays put (no window swap between them): their scores read
+// only r_mass, and their increments of l_mass commute.
+template <bool Score, bool Learn, class Acc, int R>
+void HalfSpaceTrees::walk(const double* x, Mass* l_mass, double* out) const {
+    constexpr int B = 16 / R;
     // r >= 0.1 * window_size, for an integer r, is r >= ceil(0.1 * window_size).
     const int64_t size_limit = static_cast<int64_t>(std::ceil(0.1 * static_cast<double>(p_.window_size)));
     const Split* split = split_.data();
-    Acc score = 0;
+    Acc score[R] = {};
     for (int32_t t0 = 0; t0 < p_.n_trees; t0 += B) {
         const int nb = std::min<int32_t>(B, p_.n_trees - t0);
-        int64_t node[B] = {};
-        Acc acc[B] = {};
-        int64_t live[B];  // all ones while the tree is still summed, else 0: a mask, not a branch
-        std::fill_n(live, B, int64_t{-1});
+        int64_t node[R][B] = {};
+        Acc acc[R][B] = {};
+        int64_t live[R][B];  // all ones while the tree is still summed, else 0: a mask, not a branch
+        std::fill_n(&live[0][0], R * B, int64_t{-1});
         int64_t pow = 1;
-        for (int32_t k = 0; k <= p_.height; ++k) {
+        for (int32_t k = 0; k <= p_.height; ++k, pow <<= 1)
             for (int b = 0; b < nb; ++b) {
-                const int64_t at = (t0 + b) * nodes_ + node[b];
-                if (Score) {
-                    const int64_t r = r_mass_[at];
-                    acc[b] += static_cast<Acc>(r * (pow & live[b]));  // + 0 once stopped: exact
-                    live[b] &= -static_cast<int64_t>(r >= size_limit);
+                const int64_t base = (t0 + b) * nodes_;
+                for (int q = 0; q < R; ++q) {
+                    const int64_t at = base + node[q][b];
+                    if (Score) {
+                        const int64_t r = r_mass_[at];
+                        acc[q][b] += static_cast<Acc>(r * (pow & live[q][b]));  // + 0 once stopped: exact
+                        live[q][b] &= -static_cast<int64_t>(r >= size_limit);
+                    }
+                    if (Learn) ++l_mass[at];
+                    node[q][b] = 2 * node[q][b] + 1 + (x[q * d_ + split[at].feature] >= split[at].threshold ? 1 : 0);
                 }
-                if (Learn) ++l_mass[at];
-                node[b] = 2 * node[b] + 1 + (x[split[at].feature] >= split[at].threshold ? 1 : 0);
             }
-            pow <<= 1;
-        }
-        for (int b = 0; b < nb; ++b) score += acc[b];
+        for (int q = 0; q < R; ++q)
+            for (int b = 0; b < nb; ++b) score[q] += acc[q][b];
     }
-    return Score ? 1.0 - static_cast<double>(score) / max_score_ : 0.0;
+    if (Score)
+        for (int q = 0; q < R; ++q) out[q] = 1.0 - static_cast<double>(score[q]) / max_score_;
 }
 
 // River adds r_mass * 2**depth (integers) to a float per tree, then the trees' floats. While the
 // largest possible sum (max_score_) is below 2**53 every partial sum is an exact integer, so
 // 64-bit integer sums give the same result with cheaper steps; beyond, the float sums as River's.
-double HalfSpaceTrees::walk_score(const double* x, Mass* l_mass) const {
+template <int R>
+void HalfSpaceTrees::walk_score(const double* x, Mass* l_mass, double* out) const {
     if (l_mass != nullptr)
-        return exact_int_ ? walk<true, true, int64_t>(x, l_mass) : walk<true, true, double>(x, l_mass);
-    return exact_int_ ? walk<true, false, int64_t>(x, nullptr) : walk<true, false, double>(x, nullptr);
+        exact_int_ ? walk<true, true, int64_t, R>(x, l_mass, out) : walk<true, true, double, R>(x, l_mass, out);
+    else
+        exact_int_ ? walk<true, false, int64_t, R>(x, nullptr, out) : walk<true, false, double, R>(x, nullptr, out);
 }
 
 // The walk's layout: every node's split at the same index as its masses (leaves' unused), so
@@ -156,20 +163,38 @@ void HalfSpaceTrees::compile() {
 }
 
 double HalfSpaceTrees::score_row(const double* x) const {
-    return first_window_ ? 0.0 : walk_score(x, nullptr);
+    double s = 0.0;
+    if (!first_window_) walk_score<1>(x, nullptr, &s);
+    return s;
 }
 
 void HalfSpaceTrees::learn_row(const double* x) {
-    walk<false, true, int64_t>(x, l_mass_.data());
+    walk<false, true, int64_t, 1>(x, l_mass_.data(), nullptr);
     end_of_record();
 }
 
 // Score then learn in one walk: learning touches only l_mass and scoring reads only r_mass, and
-// both follow the same path, so this equals score_row then learn_row.
-double HalfSpaceTrees::score_learn_row(const double* x) {
-    const double s = first_window_ ? (walk<false, true, int64_t>(x, l_mass_.data()), 0.0) : walk_score(x, l_mass_.data());
+// both follow the same path, so this equals score_row then learn_row. Four records share a walk
+// when no window swap falls between them.
+int64_t HalfSpaceTrees::score_learn_rows(const double* x, int64_t rows, double* out) {
+    constexpr int R = 4;
+    if (rows >= R && counter_ + R < p_.window_size) {  // the swap, if any, comes after the last
+        if (first_window_) {
+            walk<false, true, int64_t, R>(x, l_mass_.data(), nullptr);
+            std::fill_n(out, R, 0.0);
+        } else {
+            walk_score<R>(x, l_mass_.data(), out);
+        }
+        counter_ += R;
+        return R;
+    }
+    out[0] = 0.0;
+    if (first_window_)
+        walk<false, true, int64_t, 1>(x, l_mass_.data(), nullptr);
+    else
+        walk_score<1>(x, l_mass_.data(), out);
     end_of_record();
-    return s;
+    return 1;
 }
 
 // River's window pivot: after window_size records the latest masses become the reference.
@@ -193,7 +218,7 @@ void HalfSpaceTrees::learn(const double* X, int64_t rows) {
 }
 
 void HalfSpaceTrees::score_learn(const double* X, int64_t rows, double* out) {
-    for (int64_t i = 0; i < rows; ++i) out[i] = score_learn_row(X + i * d_);
+    for (int64_t i = 0; i < rows;) i += score_learn_rows(X + i * d_, rows - i, out + i);
 }
 
 int64_t HalfSpaceTrees::memory_bytes() const {

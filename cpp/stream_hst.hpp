@@ -61,12 +61,13 @@ class HalfSpaceTrees {
         double threshold = 0.0;
         int32_t feature = 0;
     };
-    template <bool Score, bool Learn, class Acc>
-    double walk(const double* x, Mass* l_mass) const;
-    double walk_score(const double* x, Mass* l_mass) const;
+    template <bool Score, bool Learn, class Acc, int R>
+    void walk(const double* x, Mass* l_mass, double* out) const;
+    template <int R>
+    void walk_score(const double* x, Mass* l_mass, double* out) const;
     void compile();
     double score_row(const double* x) const;
-    double score_learn_row(const double* x);
+    int64_t score_learn_rows(const double* x, int64_t rows, double* out);  // records done
     void learn_row(const double* x);
     void end_of_record();
 
