@@ -201,7 +201,8 @@ def main() -> None:
     ap.add_argument("--rss-records", type=int, default=10_000_000)
     ap.add_argument("--peers", action="store_true", help="also PySAD xStream/RRCF and CapyMOA's online forest")
     ap.add_argument("--peer-seeds", type=int, default=3)
-    ap.add_argument("--peer-records", type=int, default=2000)
+    ap.add_argument("--peer-records", type=int, default=1000)
+    ap.add_argument("--peer-datasets", default="", help="datasets of the peers' table (default: --datasets)")
     a = ap.parse_args()
     info = pynomaly.build_info()
     print(f"CPU: {cpu_model()}; pynomaly {info['version']}, SIMD {info['simd']}; one thread")
@@ -210,7 +211,7 @@ def main() -> None:
         speed(a.records, a.river_records, a.rounds)
         auc_table(names, a.seeds)
         if a.peers:
-            peers_table(names, a.peer_seeds, a.peer_records)
+            peers_table(a.peer_datasets.split(",") if a.peer_datasets else names, a.peer_seeds, a.peer_records)
         memory(a.rss_records)
 
 
