@@ -187,7 +187,7 @@ def memory(total: int) -> None:
             m.score_learn_many(chunk)
             peak = max(peak, rss_kib())
         print(f"{label:22s} RSS after warm-up {start / 1024:7.1f} MiB, max during {peak / 1024:7.1f} MiB, "
-              f"growth {(peak - start) / 1024:+.2f} MiB; state {m.memory_bytes / 1024:.0f} KiB; "
+              f"growth {(peak - start) / 1024:+.2f} MiB; state {m.memory_bytes() / 1024:.0f} KiB; "
               f"{total / (time.perf_counter() - t):,.0f} records/s")
 
 

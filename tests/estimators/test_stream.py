@@ -203,7 +203,7 @@ def test_state_size_does_not_grow_with_the_stream(make):
     sizes = []
     for _ in range(8):
         m.learn_many(rng.uniform(size=(2000, 6)))
-        sizes.append((len(m.to_bytes()), m.memory_bytes))
+        sizes.append((len(m.to_bytes()), m.memory_bytes()))
     # after the window has filled (the first batch), nothing grows beyond the trees' churn
     assert max(s for s, _ in sizes[2:]) <= 1.25 * sizes[1][0]
     assert max(b for _, b in sizes[2:]) <= 1.25 * max(b for _, b in sizes[:2])

@@ -12,6 +12,11 @@ that is not a finite number, or an array of the wrong width raises InvalidInputE
 leaves the detector as it was. The same seed and the same stream give the same scores, bit
 for bit, however the stream is cut into batches; ``to_bytes``/``from_bytes`` snapshots (see
 :mod:`pynomaly.estimators._stream_format`) resume exactly where the detector stopped.
+
+They also keep the batch detectors' contract, so the registry trains and stores them like any
+other: ``fit(X)`` learns the rows in order and sets ``threshold_`` (the ``1 - contamination``
+percentile of the fitted detector's scores of X); ``decision_function(X)`` scores without
+learning; ``predict(X)`` is ``score > threshold_`` as 0/1.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from numbers import Real
 
 import numpy as np
 
-from pynomaly._errors import InvalidInputError, ModelFormatError
+from pynomaly._errors import InvalidInputError, ModelFormatError, NotFittedError
+from pynomaly.domain import flagged
 from pynomaly.estimators import _stream_format
+from pynomaly.estimators._validation import check_contamination
 
 __all__ = ["HalfSpaceTrees", "OnlineIsolationForest"]
 
@@ -64,7 +71,9 @@ class _StreamDetector:
     def _supervised(self) -> bool:  # river.compose.Pipeline asks every step
         return False
 
-    def _init_stream(self, features) -> None:
+    def _init_stream(self, features, contamination) -> None:
+        self.contamination = check_contamination(contamination)
+        self.threshold_ = None  # set by fit (or a snapshot of a fitted detector)
         self._features = _check_features(features)
         self._native = None
         if self._features is not None:
@@ -183,8 +192,35 @@ class _StreamDetector:
         loop. Returns the scores."""
         return self._batch("score_learn_many", X)
 
+    # ---- the batch detectors' contract (registry, training, stored versions) ------------------
+    def check_fit(self, n_rows: int, n_features: int) -> None:
+        """Refuse, before any work, a fit this detector cannot do."""
+        if n_rows < 1 or n_features < 1:
+            raise InvalidInputError(f"fit needs at least one row and one feature, got {n_rows} x {n_features}")
+        if self._features is not None and n_features != len(self._features):
+            raise InvalidInputError(f"X must have {len(self._features)} columns (the detector's features)")
+
+    def fit(self, X, y=None):
+        """Learn the rows of X in order, then set ``threshold_`` from the detector's scores of
+        X at ``contamination``. Returns self."""
+        from pynomaly.estimators import scores as _scores
+
+        self.learn_many(X)
+        self.decision_scores_ = self.score_many(X)
+        self.threshold_ = float(_scores.threshold(self.decision_scores_, self.contamination))
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Scores of the rows of X, higher is more anomalous; learns nothing (``score_many``)."""
+        return self.score_many(X)
+
+    def predict(self, X) -> np.ndarray:
+        """1 where the score is above ``threshold_``, else 0 (int64)."""
+        if self.threshold_ is None:
+            raise NotFittedError(f"this {type(self).__name__} has no threshold_ yet: fit it, or set threshold_")
+        return flagged(self.score_many(X), self.threshold_).astype(np.int64)
+
     # ---- state --------------------------------------------------------------------------------
-    @property
     def memory_bytes(self) -> int:
         """Bytes of native state: bounded by the trees and the window, not the stream's length."""
         return 0 if self._native is None else int(self._native.memory_bytes)
@@ -192,7 +228,8 @@ class _StreamDetector:
     def to_bytes(self) -> bytes:
         """A versioned snapshot (no pickle); ``type(self).from_bytes`` resumes from it exactly."""
         state = b"" if self._native is None else self._native.to_bytes()
-        return _stream_format.pack(self._kind, self._params(), self._features, self._header_extra(), state)
+        extra = {**self._header_extra(), "threshold": self.threshold_}
+        return _stream_format.pack(self._kind, self._params(), self._features, extra, state)
 
     def _header_extra(self) -> dict:
         return {}
@@ -207,6 +244,10 @@ class _StreamDetector:
         except (InvalidInputError, TypeError, ValueError) as e:
             raise ModelFormatError(f"stream snapshot: bad parameters or features ({e})") from None
         model._restore(extra)
+        t = extra.get("threshold")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t)):
+            raise ModelFormatError("stream snapshot: the threshold must be a finite number or null")
+        model.threshold_ = None if t is None else float(t)
         if state:
             if model._features is None:
                 raise ModelFormatError("stream snapshot: a state without features")
@@ -245,11 +286,14 @@ class HalfSpaceTrees(_StreamDetector):
         ``HalfSpaceTrees(seed=seed)`` on the same features. None: a random seed.
     features
         The feature names in column order; by default the first record's (a dict's keys sorted).
+    contamination
+        The share of anomalies ``fit`` sets ``threshold_`` for (not River's; for stored detectors).
     """
 
     _kind = "HalfSpaceTrees"
 
-    def __init__(self, n_trees=10, height=8, window_size=250, limits=None, seed=None, features=None):
+    def __init__(self, n_trees=10, height=8, window_size=250, limits=None, seed=None, features=None,
+                 contamination=0.1):
         self.n_trees = _check_int("n_trees", n_trees)
         self.height = _check_int("height", height)
         if self.height > 24:
@@ -263,7 +307,7 @@ class HalfSpaceTrees(_StreamDetector):
         self.seed = seed
         # River draws the trees from random.Random(seed) at the first record: keep its state.
         self._mt_state = random.Random(seed).getstate()[1]
-        self._init_stream(features)
+        self._init_stream(features, contamination)
 
     @staticmethod
     def _check_limits(limits) -> dict:
@@ -291,7 +335,8 @@ class HalfSpaceTrees(_StreamDetector):
 
     def _params(self) -> dict:
         return {"n_trees": self.n_trees, "height": self.height, "window_size": self.window_size,
-                "limits": [[k, lo, hi] for k, (lo, hi) in self.limits.items()], "seed": self.seed}
+                "limits": [[k, lo, hi] for k, (lo, hi) in self.limits.items()], "seed": self.seed,
+                "contamination": self.contamination}
 
     def _header_extra(self) -> dict:
         # Before the first record the trees are not grown: the generator's state grows them.
@@ -374,6 +419,8 @@ class OnlineIsolationForest(_StreamDetector):
         An int in [0, 2**64) or None (random).
     features
         The feature names in column order; by default the first record's.
+    contamination
+        The share of anomalies ``fit`` sets ``threshold_`` for (for stored detectors).
 
     Scores are in (0, 1], higher is more anomalous (iForest's ``2**(-depth / c)``); 0 before
     any record is learned.
@@ -382,7 +429,7 @@ class OnlineIsolationForest(_StreamDetector):
     _kind = "OnlineIsolationForest"
 
     def __init__(self, n_trees=32, max_leaf_samples=32, window_size=2048, growth="adaptive", seed=None,
-                 features=None):
+                 features=None, contamination=0.1):
         self.n_trees = _check_int("n_trees", n_trees)
         self.max_leaf_samples = _check_int("max_leaf_samples", max_leaf_samples)
         self.window_size = _check_int("window_size", window_size)
@@ -393,7 +440,7 @@ class OnlineIsolationForest(_StreamDetector):
             raise InvalidInputError(f"seed must be an int in [0, 2**64) or None, got {seed!r}")
         self.seed = seed
         self._seed = secrets.randbits(64) if seed is None else seed
-        self._init_stream(features)
+        self._init_stream(features, contamination)
 
     def _native_class(self):
         from pynomaly import _core
@@ -406,7 +453,8 @@ class OnlineIsolationForest(_StreamDetector):
 
     def _params(self) -> dict:
         return {"n_trees": self.n_trees, "max_leaf_samples": self.max_leaf_samples,
-                "window_size": self.window_size, "growth": self.growth, "seed": self.seed}
+                "window_size": self.window_size, "growth": self.growth, "seed": self.seed,
+                "contamination": self.contamination}
 
     def _header_extra(self) -> dict:
         return {"seed_used": self._seed}

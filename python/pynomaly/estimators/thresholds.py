@@ -48,14 +48,28 @@ class _Window:
         """Add scores in order; the oldest leave once the window is full."""
         s = _scores(scores)[-self.window:]
         for v in s:  # arrival order matters for which scores leave
-            if self._n < self.window:
-                self._ring[self._n] = v
-                self._n += 1
-            else:
-                self._ring[self._head] = v
-                self._head = (self._head + 1) % self.window
+            self._push(v)
         self._sorted = np.sort(self._ring[: self._n])
         return self
+
+    def _push(self, v: float) -> "float | None":
+        """Put v in the ring; the score it pushed out, if any."""
+        if self._n < self.window:
+            self._ring[self._n] = v
+            self._n += 1
+            return None
+        old = self._ring[self._head]
+        self._ring[self._head] = v
+        self._head = (self._head + 1) % self.window
+        return old
+
+    def _add(self, v: float) -> None:
+        """One score in, keeping the sorted copy sorted (O(window), no full sort)."""
+        old = self._push(v)
+        srt = self._sorted
+        if old is not None:
+            srt = np.delete(srt, np.searchsorted(srt, old, side="left"))
+        self._sorted = np.insert(srt, np.searchsorted(srt, v, side="left"), v)
 
     @property
     def n(self) -> int:
@@ -99,6 +113,18 @@ class Conformal(_Window):
         s = _scores(scores)
         at_least = self._n - np.searchsorted(self._sorted, s, side="left")
         return (1.0 + at_least) / (self._n + 1.0)
+
+    def p_value_update(self, scores) -> tuple[np.ndarray, np.ndarray]:
+        """Prequential: each score's p-value and threshold against the window as it stands
+        before that score, which then joins the window. Returns ``(p_values, thresholds)``;
+        ``flagged(scores, thresholds)`` holds exactly where ``p_values <= alpha``."""
+        s = _scores(scores)
+        p, t = np.empty(len(s)), np.empty(len(s))
+        for i, v in enumerate(s):  # each row's calibration is the window before it
+            p[i] = (1.0 + self._n - np.searchsorted(self._sorted, v, side="left")) / (self._n + 1.0)
+            t[i] = self.threshold
+            self._add(v)
+        return p, t
 
     @property
     def threshold(self) -> float:

@@ -480,9 +480,11 @@ def check_result_path(path) -> Path:
     return path
 
 
-def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict) -> None:
+def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict, extra: "dict | None" = None) -> None:
     """Write per-row scores and labels to ``path`` (format from the extension: .csv, .json,
-    .parquet); JSON also carries ``summary``. The file appears atomically."""
+    .parquet); JSON also carries ``summary``. ``extra`` adds per-row float columns after them
+    (e.g. ``{"p_value": ...}``). The file appears atomically."""
+    extra = {k: np.asarray(v, dtype=np.float64) for k, v in (extra or {}).items()}
     path = check_result_path(path)
     ext = path.suffix.lower()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -490,18 +492,20 @@ def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict) ->
         if ext == ".csv":
             with open(tmp, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["index", "score", "label"])
-                w.writerows(zip(range(len(scores)), (repr(float(s)) for s in scores), (int(v) for v in labels)))
+                w.writerow(["index", "score", "label", *extra])
+                w.writerows(zip(range(len(scores)), (repr(float(s)) for s in scores), (int(v) for v in labels),
+                                *((repr(float(x)) for x in col) for col in extra.values())))
         elif ext == ".json":
             with open(tmp, "w") as f:
-                json.dump({"summary": summary, "scores": [float(s) for s in scores], "labels": [int(v) for v in labels]}, f)
+                json.dump({"summary": summary, "scores": [float(s) for s in scores], "labels": [int(v) for v in labels],
+                           **{k: [float(x) for x in col] for k, col in extra.items()}}, f)
         elif ext in (".parquet", ".pq"):
             from pynomaly._optional import require
 
             pa = require("pyarrow", "parquet")
             import pyarrow.parquet as pq
 
-            table = pa.table({"index": np.arange(len(scores)), "score": scores, "label": labels})
+            table = pa.table({"index": np.arange(len(scores)), "score": scores, "label": labels, **extra})
             pq.write_table(table, tmp)
         else:
             raise InvalidInputError(f"cannot write {path.name}: accepted output formats are .csv, .json, .parquet")
