@@ -126,11 +126,11 @@ void OnlineIsolationForest::tree_learn(Tree& t, const double* x, double depth_li
     for (;;) {
         Node& nd = t.nodes[node];
         ++nd.count;
-        for (int64_t j = 0; j < d_; ++j) {
-            t.lo[node * d_ + j] = std::min(t.lo[node * d_ + j], x[j]);
-            t.hi[node * d_ + j] = std::max(t.hi[node * d_ + j], x[j]);
-        }
         if (nd.left < 0) {
+            for (int64_t j = 0; j < d_; ++j) {
+                t.lo[node * d_ + j] = std::min(t.lo[node * d_ + j], x[j]);
+                t.hi[node * d_ + j] = std::max(t.hi[node * d_ + j], x[j]);
+            }
             if (static_cast<double>(nd.count) >= split_size(nd.depth) && nd.depth < depth_limit) {
                 // As many points as the leaf counted, uniform in its box, grown into a subtree.
                 const int64_t n = nd.count;
@@ -159,21 +159,17 @@ void OnlineIsolationForest::tree_learn(Tree& t, const double* x, double depth_li
 
 void OnlineIsolationForest::tree_unlearn(Tree& t, const double* x) {
     if (t.root < 0) return;
-    int32_t path[kMaxDepth + 2];
-    int n_path = 0;
     int32_t node = t.root;
     for (;;) {
         Node& nd = t.nodes[node];
         --nd.count;
-        if (nd.left < 0) break;
+        if (nd.left < 0) return;
         if (static_cast<double>(nd.count) < split_size(nd.depth)) {
             collapse(t, node);
-            break;
+            return;
         }
-        path[n_path++] = node;
         node = x[nd.feature] < nd.split ? nd.left : nd.right;
     }
-    while (n_path > 0) box_from_children(t, path[--n_path]);
 }
 
 void OnlineIsolationForest::learn_row(const double* x) {
@@ -244,9 +240,10 @@ void OnlineIsolationForest::write_tree(ByteWriter& w, const Tree& t, int32_t nod
     const Node& nd = t.nodes[node];
     w.put<uint8_t>(nd.left < 0 ? 1 : 0);
     w.put<int64_t>(nd.count);
-    for (int64_t j = 0; j < d_; ++j) w.put<double>(t.lo[node * d_ + j]);
-    for (int64_t j = 0; j < d_; ++j) w.put<double>(t.hi[node * d_ + j]);
-    if (nd.left >= 0) {
+    if (nd.left < 0) {
+        for (int64_t j = 0; j < d_; ++j) w.put<double>(t.lo[node * d_ + j]);
+        for (int64_t j = 0; j < d_; ++j) w.put<double>(t.hi[node * d_ + j]);
+    } else {
         w.put<int32_t>(nd.feature);
         w.put<double>(nd.split);
         write_tree(w, t, nd.left);
@@ -281,15 +278,16 @@ int32_t OnlineIsolationForest::read_tree(ByteReader& r, Tree& t, int32_t depth) 
     const uint8_t leaf = r.get<uint8_t>();
     if (leaf > 1) throw InvalidModel("online isolation forest snapshot: bad node kind");
     const int64_t count = r.get<int64_t>();
-    auto lo = r.get_array<double>(d_), hi = r.get_array<double>(d_);
-    for (int64_t j = 0; j < d_; ++j)
-        if (std::isnan(lo[j]) || std::isnan(hi[j])) throw InvalidModel("online isolation forest snapshot: NaN in a box");
     const int32_t node = new_node(t);
     t.nodes[node].depth = depth;
     t.nodes[node].count = count;
-    std::copy(lo.begin(), lo.end(), t.lo.begin() + node * d_);
-    std::copy(hi.begin(), hi.end(), t.hi.begin() + node * d_);
-    if (!leaf) {
+    if (leaf) {
+        auto lo = r.get_array<double>(d_), hi = r.get_array<double>(d_);
+        for (int64_t j = 0; j < d_; ++j)
+            if (std::isnan(lo[j]) || std::isnan(hi[j])) throw InvalidModel("online isolation forest snapshot: NaN in a box");
+        std::copy(lo.begin(), lo.end(), t.lo.begin() + node * d_);
+        std::copy(hi.begin(), hi.end(), t.hi.begin() + node * d_);
+    } else {
         const int32_t f = r.get<int32_t>();
         const double split = r.get<double>();
         if (f < 0 || f >= d_ || !std::isfinite(split))

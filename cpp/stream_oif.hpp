@@ -54,7 +54,7 @@ class OnlineIsolationForest {
     };
     struct Tree {
         std::vector<Node> nodes;
-        std::vector<double> lo, hi;  // bounding box, d per node
+        std::vector<double> lo, hi;  // a leaf's bounding box, d per node (an inner node's is never read)
         std::vector<int32_t> free;   // released node slots, reused first
         int32_t root = -1;
         SplitMix rng;

@@ -14,7 +14,10 @@ from pynomaly.stream import HalfSpaceTrees, OnlineIsolationForest
 river = pytest.importorskip("river", reason="River is the reference for HalfSpaceTrees (the test extra)")
 from river import anomaly, compose, preprocessing  # noqa: E402
 
-DETECTORS = [lambda: HalfSpaceTrees(seed=3, window_size=50), lambda: OnlineIsolationForest(seed=3, window_size=200)]
+# Windows of 50 and 64: records walk the trees four at a time between window swaps, and a
+# window that is a multiple of four puts a swap right after such a block.
+DETECTORS = [lambda: HalfSpaceTrees(seed=3, window_size=50), lambda: HalfSpaceTrees(seed=3, window_size=64, height=5),
+             lambda: OnlineIsolationForest(seed=3, window_size=200)]
 
 
 def scaled(name, n=None, seed=0):
@@ -46,6 +49,7 @@ def test_same_seed_grows_rivers_trees_and_scores(name, seed):
     a, b = prequential(ours, recs), prequential(theirs, recs)
     assert b[150:].std() > 0  # past several window swaps, scores vary
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(HalfSpaceTrees(seed=seed, window_size=100).score_learn_many(X), b)
 
 
 @pytest.mark.parametrize("name", dataset_params(["cardio", "satellite"]))
@@ -117,6 +121,24 @@ def test_unstarted_half_space_trees_keep_the_seed_through_a_snapshot():
     m = HalfSpaceTrees(seed=None, window_size=50)
     m2 = HalfSpaceTrees.from_bytes(m.to_bytes())
     np.testing.assert_array_equal(m.score_learn_many(X), m2.score_learn_many(X))
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_online_forest_agrees_with_a_plain_python_one(adaptive):
+    """Growing, splitting on sampled points, forgetting and collapsing, record by record."""
+    from _oif_reference import ReferenceOIF
+
+    X, _ = scaled("thyroid", 700, seed=2)
+    X[350:] = X[350:] * 0.3 + 0.7  # drift: the first half leaves the window
+    ours = OnlineIsolationForest(n_trees=4, max_leaf_samples=4, window_size=150,
+                                 growth="adaptive" if adaptive else "fixed", seed=11)
+    ref = ReferenceOIF(4, 4, 150, adaptive, 11, X.shape[1])
+    expected = []
+    for x in X:
+        expected.append(ref.score(x))
+        ref.learn(x)
+    np.testing.assert_allclose(ours.score_learn_many(X), expected, rtol=1e-13, atol=0)
+    assert len(set(expected)) > 100
 
 
 def test_online_forest_is_seeded():
@@ -194,6 +216,20 @@ def test_first_record_fixes_the_features_only_when_valid():
     assert fresh.features_ is None and fresh.to_bytes() == OnlineIsolationForest(seed=0).to_bytes()
     with pytest.raises(InvalidInputError, match="repeat"):
         HalfSpaceTrees(features=["a", "a"])
+
+
+@pytest.mark.parametrize("make", DETECTORS)
+def test_what_left_the_window_is_forgotten(make):
+    """A region the stream has left becomes anomalous once the window has moved on."""
+    rng = np.random.default_rng(0)
+    m = make()
+    old, new = rng.uniform(0.0, 0.2, size=(3000, 2)), rng.uniform(0.8, 1.0, size=(3000, 2))
+    m.learn_many(old)
+    before = m.score_many([[0.1, 0.1], [0.9, 0.9]])
+    m.learn_many(new)
+    after = m.score_many([[0.1, 0.1], [0.9, 0.9]])
+    assert before[0] < before[1]
+    assert after[0] > 1.35 * after[1]  # clearly: without forgetting, the forest gives about 1.27
 
 
 @pytest.mark.parametrize("make", DETECTORS)
