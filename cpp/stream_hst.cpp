@@ -209,6 +209,7 @@ void HalfSpaceTrees::end_of_record() {
 
 void HalfSpaceTrees::score(const double* X, int64_t rows, double* out, int n_jobs) const {
     const int threads = rows >= 4096 ? effective_threads(n_jobs, rows) : 1;
+    (void)threads;  // unused when built without OpenMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t i = 0; i < rows; ++i) out[i] = score_row(X + i * d_);
 }

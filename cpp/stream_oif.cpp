@@ -205,6 +205,7 @@ double OnlineIsolationForest::score_row(const double* x) const {
 
 void OnlineIsolationForest::score(const double* X, int64_t rows, double* out, int n_jobs) const {
     const int threads = rows >= 4096 ? effective_threads(n_jobs, rows) : 1;
+    (void)threads;  // unused when built without OpenMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t i = 0; i < rows; ++i) out[i] = score_row(X + i * d_);
 }
@@ -278,6 +279,14 @@ int32_t OnlineIsolationForest::read_tree(ByteReader& r, Tree& t, int32_t depth) 
     const uint8_t leaf = r.get<uint8_t>();
     if (leaf > 1) throw InvalidModel("online isolation forest snapshot: bad node kind");
     const int64_t count = r.get<int64_t>();
+    // Learning splits a leaf into `count` sampled points, so a count is bounded as learning
+    // bounds it: while nothing has been forgotten, within [0, records in the window]; after,
+    // within (depth + 1) window lengths either way (a node created when its parent counted c
+    // counts c, plus those learned through it since, minus the earlier records unlearned
+    // through it).
+    const int64_t limit = n_window_ < p_.window_size ? n_window_ : (depth + 1) * n_window_;
+    if (count > limit || count < (n_window_ < p_.window_size ? 0 : -limit))
+        throw InvalidModel("online isolation forest snapshot: a node's count is out of range");
     const int32_t node = new_node(t);
     t.nodes[node].depth = depth;
     t.nodes[node].count = count;
@@ -294,6 +303,8 @@ int32_t OnlineIsolationForest::read_tree(ByteReader& r, Tree& t, int32_t depth) 
             throw InvalidModel("online isolation forest snapshot: bad split (feature or value)");
         const int32_t a = read_tree(r, t, depth + 1);
         const int32_t b = read_tree(r, t, depth + 1);
+        if (t.nodes[a].count + t.nodes[b].count != count)
+            throw InvalidModel("online isolation forest snapshot: a node's count is not its children's sum");
         Node& nd = t.nodes[node];
         nd.feature = f;
         nd.split = split;
@@ -335,8 +346,12 @@ OnlineIsolationForest OnlineIsolationForest::from_bytes(const char* data, size_t
     for (auto& t : f.trees_) {
         t.rng.state = r.get<uint64_t>();
         const uint8_t has_root = r.get<uint8_t>();
-        if (has_root > 1) throw InvalidModel("online isolation forest snapshot: bad tree flag");
-        if (has_root) t.root = f.read_tree(r, t, 0);
+        if (has_root != (n_window > 0 ? 1 : 0)) throw InvalidModel("online isolation forest snapshot: bad tree flag");
+        if (has_root) {
+            t.root = f.read_tree(r, t, 0);
+            if (t.nodes[t.root].count != n_window)  // every record in the window passed the root
+                throw InvalidModel("online isolation forest snapshot: a root does not count the window");
+        }
     }
     r.expect_end();
     return f;
