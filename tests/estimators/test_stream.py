@@ -202,6 +202,16 @@ def test_bad_arrays_are_clear_errors_and_change_nothing(make):
     assert m.to_bytes() == before
 
 
+def test_importing_loads_neither_the_core_nor_river():
+    import subprocess
+    import sys
+
+    code = ("import sys, pynomaly; from pynomaly.stream import HalfSpaceTrees; m = HalfSpaceTrees(limits={'a': (0, 2)}); "
+            "assert 'pynomaly._core' not in sys.modules and 'river' not in sys.modules; print(repr(m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "limits={'a': (0.0, 2.0)}" in out
+
+
 def test_first_record_fixes_the_features_only_when_valid():
     m = HalfSpaceTrees(seed=0)
     with pytest.raises(InvalidInputError):

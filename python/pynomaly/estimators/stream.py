@@ -266,7 +266,7 @@ class _StreamDetector:
         pass
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self._args_from_header(self._params()).items())
         return f"{type(self).__name__}({args})"
 
 
