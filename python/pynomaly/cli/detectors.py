@@ -165,7 +165,7 @@ def _cmd_stream(args, home, progress, out):
                          calibration=args.calibration, columns=args.columns, progress=progress)
     if args.output:
         progress("writing " + str(args.output))
-        write_result(args.output, run.scores, run.flags.astype("int64"), run.summary(), {"p_value": run.p_values})
+        write_result(args.output, run.scores, run.flags.astype("int64"), run.summary(), extra={"p_value": run.p_values})
     progress.close()
     summary = run.summary()
     if args.json:

@@ -480,7 +480,7 @@ def check_result_path(path) -> Path:
     return path
 
 
-def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict, extra: "dict | None" = None) -> None:
+def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict, *, extra: "dict | None" = None) -> None:
     """Write per-row scores and labels to ``path`` (format from the extension: .csv, .json,
     .parquet); JSON also carries ``summary``. ``extra`` adds per-row float columns after them
     (e.g. ``{"p_value": ...}``). The file appears atomically."""
