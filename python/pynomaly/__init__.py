@@ -113,6 +113,7 @@ _LAZY_MODULES = {
     "registry": "pynomaly.estimators.registry",
     "adapters": "pynomaly.estimators.adapters",
     "dask": "pynomaly.estimators.dask",
+    "stream": "pynomaly.estimators.stream",
     "service": "pynomaly.service",
     "repository": "pynomaly.store.repository",
     "dataio": "pynomaly.store.dataio",

@@ -24,6 +24,7 @@ MOVED = {
     "pynomaly.registry": "pynomaly.estimators.registry",
     "pynomaly.adapters": "pynomaly.estimators.adapters",
     "pynomaly.dask": "pynomaly.estimators.dask",
+    "pynomaly.stream": "pynomaly.estimators.stream",  # not a move: the streaming detectors' public path
     "pynomaly.repository": "pynomaly.store.repository",
     "pynomaly.crypto": "pynomaly.store.crypto",
     "pynomaly.exportfile": "pynomaly.store.exportfile",

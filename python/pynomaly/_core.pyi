@@ -7,7 +7,7 @@ import numpy
 import numpy.typing
 import typing
 import typing_extensions
-__all__: list[str] = ['Forest', 'ForestExplainer', 'NetLoop', 'ServedForest', 'average_path_length', 'build_info', 'contamination_threshold', 'drift_count', 'ecdf', 'ecdf_count', 'fast_detect', 'forest_grow', 'forest_plan', 'knn', 'knn_choose_algorithm', 'minmax_scale', 'percentile', 'score_moments', 'set_iforest_kernel', 'set_simd', 'sorted_scores', 'unify', 'zscore']
+__all__: list[str] = ['Forest', 'ForestExplainer', 'HalfSpaceTreesState', 'NetLoop', 'OnlineIsolationForestState', 'ServedForest', 'average_path_length', 'build_info', 'contamination_threshold', 'drift_count', 'ecdf', 'ecdf_count', 'fast_detect', 'forest_grow', 'forest_plan', 'knn', 'knn_choose_algorithm', 'minmax_scale', 'percentile', 'score_moments', 'set_iforest_kernel', 'set_simd', 'sorted_scores', 'unify', 'zscore']
 class Forest:
     @staticmethod
     def train(X: numpy.ndarray, n_estimators: typing.SupportsInt | typing.SupportsIndex, max_samples: typing.SupportsInt | typing.SupportsIndex, max_features: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, n_jobs: typing.SupportsInt | typing.SupportsIndex, progress: typing.Any = None) -> Forest:
@@ -66,6 +66,41 @@ class ForestExplainer:
     @property
     def table_entries(self) -> int:
         ...
+class OnlineIsolationForestState:
+    @staticmethod
+    def from_bytes(blob: bytes) -> OnlineIsolationForestState:
+        ...
+    def __init__(self, n_trees: typing.SupportsInt | typing.SupportsIndex, max_leaf_samples: typing.SupportsInt | typing.SupportsIndex, window_size: typing.SupportsInt | typing.SupportsIndex, adaptive: bool, seed: typing.SupportsInt | typing.SupportsIndex, n_features: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def learn_many(self, X: typing.Any) -> None:
+        ...
+    def learn_one(self, x: typing.Any, keys: tuple) -> None:
+        ...
+    def score_learn_many(self, X: typing.Any) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    def score_many(self, X: typing.Any, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    def score_one(self, x: typing.Any, keys: tuple) -> float:
+        ...
+    def to_bytes(self) -> bytes:
+        ...
+    @property
+    def memory_bytes(self) -> int:
+        """
+        Bytes of native state held (grows with the trees and window, not the stream).
+        """
+    @property
+    def n_features(self) -> int:
+        ...
+    @property
+    def params(self) -> dict:
+        ...
+    @property
+    def n_nodes(self) -> int:
+        ...
+    @property
+    def window_count(self) -> int:
+        ...
 class ServedForest:
     """
     One isolation-forest version as the daemon's native path serves it (immutable).
@@ -89,6 +124,44 @@ class _NetFrame:
     A frame body handed over by the connection loop.
     """
     def __len__(self) -> int:
+        ...
+class HalfSpaceTreesState:
+    @staticmethod
+    def from_bytes(blob: bytes) -> HalfSpaceTreesState:
+        ...
+    @staticmethod
+    def grow(n_trees: typing.SupportsInt | typing.SupportsIndex, height: typing.SupportsInt | typing.SupportsIndex, window_size: typing.SupportsInt | typing.SupportsIndex, lo: typing.Any, hi: typing.Any, mt_state: typing.Any) -> HalfSpaceTreesState:
+        """
+        Grow River's trees over limits [lo, hi) per feature, drawing from a Python random state.
+        """
+    def __init__(self, n_trees: typing.SupportsInt | typing.SupportsIndex, height: typing.SupportsInt | typing.SupportsIndex, window_size: typing.SupportsInt | typing.SupportsIndex, n_features: typing.SupportsInt | typing.SupportsIndex, feature: typing.Any, threshold: typing.Any, l_mass: typing.Any, r_mass: typing.Any, counter: typing.SupportsInt | typing.SupportsIndex, first_window: bool) -> None:
+        """
+        Trees given node by node, heap order per tree (from River's trees).
+        """
+    def arrays(self) -> dict:
+        ...
+    def learn_many(self, X: typing.Any) -> None:
+        ...
+    def learn_one(self, x: typing.Any, keys: tuple) -> None:
+        ...
+    def score_learn_many(self, X: typing.Any) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    def score_many(self, X: typing.Any, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.float64]:
+        ...
+    def score_one(self, x: typing.Any, keys: tuple) -> float:
+        ...
+    def to_bytes(self) -> bytes:
+        ...
+    @property
+    def memory_bytes(self) -> int:
+        """
+        Bytes of native state held (grows with the trees and window, not the stream).
+        """
+    @property
+    def n_features(self) -> int:
+        ...
+    @property
+    def params(self) -> dict:
         ...
 class NetLoop:
     """

@@ -242,6 +242,7 @@ void register_fastpath(py::module_& m);  // python/src/fastpath.cpp: the daemon'
 void register_netloop(py::module_& m);   // python/src/netloop_binding.cpp: its connection loop
 void bind_drift(py::module_& m);         // python/src/drift_binding.cpp: drift monitoring's counts
 void bind_explain(py::module_& m);       // python/src/explain_binding.cpp: forest attributions
+void bind_stream(py::module_& m);        // python/src/stream_binding.cpp: streaming detectors
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pynomaly's native core (private; use the pynomaly package)";
@@ -461,6 +462,7 @@ PYBIND11_MODULE(_core, m) {
     register_fastpath(m);
     register_netloop(m);
     bind_drift(m);
+    bind_stream(m);
 
     // PYNOMALY_SIMD forces a lower target for every kernel. Applied here, when the core loads,
     // rather than by `import pynomaly`: the package loads the core lazily (a socket client never

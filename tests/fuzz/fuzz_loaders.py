@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from pynomaly import IsolationForest, KNN, LOF, service  # noqa: E402
 from pynomaly.estimators import _format, drift  # noqa: E402
+from pynomaly.stream import HalfSpaceTrees, OnlineIsolationForest  # noqa: E402
 from pynomaly._errors import ArtifactIntegrityError, InvalidInputError, ModelFormatError, NotFittedError  # noqa: E402
 from pynomaly.service.transfer import artifact_format  # noqa: E402
 from pynomaly.store._files import zstd  # noqa: E402
@@ -177,6 +178,29 @@ def neighbors_built(data: bytes) -> None:
     _native(cls, _format.pack(cls._kind, header, parts))
 
 
+def _stream(cls, data: bytes) -> None:
+    """A streaming detector's snapshot: loaded, it must score, learn and snapshot again."""
+    try:
+        model = cls.from_bytes(data)
+    except ModelFormatError:
+        return
+    d = model.n_features_in_
+    if d is None or d > 4096:
+        return
+    X = np.linspace(-2.0, 2.0, 3 * d).reshape(3, d)
+    assert model.score_learn_many(X).shape == (3,)
+    assert model.score_many(X).shape == (3,)
+    type(model).from_bytes(model.to_bytes())
+
+
+def stream_hst_crc(data: bytes) -> None:
+    _stream(HalfSpaceTrees, _with_crc(data))
+
+
+def stream_oif_crc(data: bytes) -> None:
+    _stream(OnlineIsolationForest, _with_crc(data))
+
+
 def _file(data: bytes, suffix: str) -> Path:
     path = _TMP / f"input{suffix}"
     path.write_bytes(data)
@@ -280,7 +304,7 @@ def drift_counts(data: bytes) -> None:
 # or the corpus's seeds would feed the wrong loader.
 TARGETS = [forest, forest_crc, lof_crc, knn_crc, model_file, export, export_built, npy_bytes,
            table_npy, table_npz, table_csv, table_parquet, forest_built, neighbors_built, drift_profile,
-           drift_counts]
+           drift_counts, stream_hst_crc, stream_oif_crc]
 
 
 def one_input(data: bytes) -> None:

@@ -135,8 +135,25 @@ def main() -> None:
     for i in range(4):  # field-by-field builders: any bytes make an input
         _seed(f.forest_built, str(i), np.random.default_rng(i).bytes(200))
         _seed(f.neighbors_built, str(i), np.random.default_rng(i).bytes(200))
+    stream_seeds()
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"{len(list(OUT.iterdir()))} files, {total} bytes in {OUT}")
+
+
+def stream_seeds() -> None:
+    """Streaming detectors' snapshots (issue 23): unstarted, within the first window, past it."""
+    import fuzz_loaders as f
+    from pynomaly.stream import HalfSpaceTrees, OnlineIsolationForest
+
+    X = np.random.default_rng(1).uniform(size=(40, 2)).round(2)
+    for cls, loader in ((HalfSpaceTrees, f.stream_hst_crc), (OnlineIsolationForest, f.stream_oif_crc)):
+        small = dict(n_trees=2, window_size=8, seed=0)
+        small.update(height=2) if cls is HalfSpaceTrees else small.update(max_leaf_samples=2)
+        _seed(loader, "unstarted", cls(**small).to_bytes())
+        for n in (3, 40):
+            m = cls(**small)
+            m.learn_many(X[:n])
+            _seed(loader, f"after-{n}", m.to_bytes())
 
 
 if __name__ == "__main__":

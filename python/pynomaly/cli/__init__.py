@@ -1,4 +1,4 @@
-"""The ``pynomaly`` command: train, detect, list, show, export, import, archive, activate,
+"""The ``pynomaly`` command: train, detect, stream, list, show, export, import, archive, activate,
 delete, quickstart, init, keys, audit, jobs, alerts and worker, over :mod:`pynomaly.service`.
 One module per group of commands (:mod:`.detectors`, :mod:`.keys`, :mod:`.jobs`,
 :mod:`.alerts`, :mod:`.quickstart`, :mod:`.faces`), each with its parsers and a ``COMMANDS``
@@ -26,7 +26,7 @@ __all__ = ["main"]
 
 # The commands' parsers in the order `pynomaly --help` lists them.
 _PARSERS = (
-    detectors.add_train, detectors.add_detect, detectors.add_explain, detectors.add_list, detectors.add_show,
+    detectors.add_train, detectors.add_detect, detectors.add_explain, detectors.add_stream, detectors.add_list, detectors.add_show,
     detectors.add_export, detectors.add_import, keys.add_init, keys.add_keys, keys.add_audit, detectors.add_lifecycle, keys.add_doctor,
     quickstart.add_quickstart, jobs.add_jobs, jobs.add_worker, alerts.add_alerts, drift.add_drift,
 )

@@ -1,4 +1,4 @@
-"""Commands on detectors: train, detect, list, show, export, import, archive, activate, delete."""
+"""Commands on detectors: train, detect, stream, list, show, export, import, archive, activate, delete."""
 
 from __future__ import annotations
 
@@ -58,6 +58,22 @@ def add_explain(sub):
     x.add_argument("--top", type=int, default=3, metavar="K", help="features shown per row (default 3)")
     x.add_argument("--columns", type=columns, help="comma-separated feature columns (names or indices)")
     x.add_argument("--json", action="store_true", help="print the rows and their top features as JSON")
+
+
+def add_stream(sub):
+    s = sub.add_parser("stream", help="run a data file through a stored streaming detector, record by record")
+    s.add_argument("--detector", required=True, help="name of a stored, active HalfSpaceTrees or OnlineIsolationForest")
+    s.add_argument("--data", required=True, help="records in order: .csv, .npy, .npz or .parquet")
+    s.add_argument("--version", type=int, help="detector version (default: latest)")
+    s.add_argument("--learn", action="store_true", help="learn each record after scoring it (prequential); the "
+                   "learned state is not stored")
+    s.add_argument("--alpha", type=float, default=0.01, help="flag records whose conformal p-value is at most this "
+                   "(default 0.01)")
+    s.add_argument("--calibration", type=int, default=1000, help="recent scores a p-value is computed against "
+                   "(default 1000)")
+    s.add_argument("--output", help="write per-record scores, flags (label) and p-values (.csv, .json or .parquet)")
+    s.add_argument("--columns", type=columns, help="comma-separated feature columns (names or indices)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def add_list(sub):
@@ -197,6 +213,28 @@ def _cmd_explain(args, home, progress, out):
     out.write(table(lines, ("ROW", "SCORE", "FLAGGED", "RANK", "FEATURE", "VALUE", "ATTRIBUTION")) + "\n")
 
 
+def _cmd_stream(args, home, progress, out):
+    from pynomaly import service
+    from pynomaly.store.dataio import check_result_path, write_result
+
+    if args.output:
+        check_result_path(args.output)
+    run = service.stream(home, args.detector, args.data, version=args.version, learn=args.learn, alpha=args.alpha,
+                         calibration=args.calibration, columns=args.columns, progress=progress)
+    if args.output:
+        progress("writing " + str(args.output))
+        write_result(args.output, run.scores, run.flags.astype("int64"), run.summary(), extra={"p_value": run.p_values})
+    progress.close()
+    summary = run.summary()
+    if args.json:
+        out.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        out.write(f"{summary['n_rows']} records through {args.detector}{' (learning)' if run.learned else ''}: "
+                  f"{summary['n_flagged']} flagged at alpha {args.alpha}\n")
+        if args.output:
+            out.write(f"scores, flags and p-values written to {args.output}\n")
+
+
 def _deliver_now(home) -> None:
     """Send what a detection queued, once, after its result is out; what fails stays queued
     for `pynomaly worker` or the daemon, with its retries."""
@@ -293,6 +331,7 @@ COMMANDS = {
     "train": _cmd_train,
     "detect": _cmd_detect,
     "explain": _cmd_explain,
+    "stream": _cmd_stream,
     "list": _cmd_list,
     "show": _cmd_show,
     "export": _cmd_export,

@@ -1,6 +1,7 @@
 """One registry: algorithm name -> detector class, for every kind of detector.
 
-- native: ``"IsolationForest"`` (and ``"LOF"``, ``"KNN"`` once ``pynomaly.neighbors`` exists);
+- native: ``"IsolationForest"``, ``"LOF"``, ``"KNN"``, and the streaming detectors
+  ``"HalfSpaceTrees"`` and ``"OnlineIsolationForest"`` (``pynomaly.stream``);
 - ``"pyod.<ClassName>"``: any installed PyOD detector, wrapped by ``PyODDetector``
   (``"pyod.IForest"`` with ``use_native=True`` is scored by the native forest);
 - ``"TorchAutoEncoder"``: PyTorch autoencoder; ``"JaxDeepSVDD"``: JAX Deep SVDD.
@@ -22,6 +23,8 @@ _ENTRIES = {
     "IsolationForest": ("pynomaly.estimators.iforest", "IsolationForest", "native"),
     "LOF": ("pynomaly.estimators.neighbors", "LOF", "native"),
     "KNN": ("pynomaly.estimators.neighbors", "KNN", "native"),
+    "HalfSpaceTrees": ("pynomaly.estimators.stream", "HalfSpaceTrees", "native"),
+    "OnlineIsolationForest": ("pynomaly.estimators.stream", "OnlineIsolationForest", "native"),
     "TorchAutoEncoder": ("pynomaly.estimators.adapters.torch", "TorchAutoEncoder", "torch"),
     "JaxDeepSVDD": ("pynomaly.estimators.adapters.jax", "JaxDeepSVDD", "jax"),
 }

@@ -496,31 +496,35 @@ def _top_columns(top_features, top_k, n: int):
     return names, rows
 
 
-def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict, *, top_features=None,
-                 top_k=None) -> None:
+def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict, *, extra: "dict | None" = None,
+                 top_features=None, top_k=None) -> None:
     """Write per-row scores and labels to ``path`` (format from the extension: .csv, .json,
     .parquet); JSON also carries ``summary``. The file appears atomically.
 
+    ``extra`` adds per-row float columns after them (e.g. ``{"p_value": ...}``).
     ``top_features`` (optional, with ``top_k``): per row, None or its top features as dicts
     ``{"feature", "value", "attribution"}`` (the flagged rows' explanations). JSON gets a
     ``top_features`` list (null for rows without); CSV and Parquet get columns
     ``top{i}_feature``, ``top{i}_value``, ``top{i}_attribution`` for i in 1..top_k (empty for
     rows without).
     """
+    extra = {k: np.asarray(v, dtype=np.float64) for k, v in (extra or {}).items()}
     path = check_result_path(path)
     ext = path.suffix.lower()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    extra_names, extra_rows = _top_columns(top_features, top_k, len(scores))
+    top_names, top_rows = _top_columns(top_features, top_k, len(scores))
     try:
         if ext == ".csv":
             with open(tmp, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["index", "score", "label", *extra_names])
-                w.writerows((i, repr(float(s)), int(v), *extra)
-                            for i, s, v, extra in zip(range(len(scores)), scores, labels, extra_rows))
+                w.writerow(["index", "score", "label", *extra, *top_names])
+                floats = [col.tolist() for col in extra.values()]
+                w.writerows((i, repr(float(s)), int(v), *(repr(c[i]) for c in floats), *top)
+                            for i, s, v, top in zip(range(len(scores)), scores, labels, top_rows))
         elif ext == ".json":
             with open(tmp, "w") as f:
-                doc = {"summary": summary, "scores": [float(s) for s in scores], "labels": [int(v) for v in labels]}
+                doc = {"summary": summary, "scores": [float(s) for s in scores], "labels": [int(v) for v in labels],
+                       **{k: [float(x) for x in col] for k, col in extra.items()}}
                 if top_features is not None:
                     doc["top_features"] = list(top_features)
                 json.dump(doc, f)
@@ -530,9 +534,9 @@ def write_result(path, scores: np.ndarray, labels: np.ndarray, summary: dict, *,
             pa = require("pyarrow", "parquet")
             import pyarrow.parquet as pq
 
-            columns = {"index": np.arange(len(scores)), "score": scores, "label": labels}
-            for j, name in enumerate(extra_names):
-                columns[name] = [r[j] for r in extra_rows]
+            columns = {"index": np.arange(len(scores)), "score": scores, "label": labels, **extra}
+            for j, name in enumerate(top_names):
+                columns[name] = [r[j] for r in top_rows]
             pq.write_table(pa.table(columns), tmp)
         else:
             raise InvalidInputError(f"cannot write {path.name}: accepted output formats are .csv, .json, .parquet")
