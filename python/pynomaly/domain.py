@@ -348,6 +348,20 @@ def _per_row(name: str, value, dtype: np.dtype, n: int) -> np.ndarray:
     return value
 
 
+def _attributions(values, n: int, method, output) -> dict:
+    """The ``_more`` entries of checked attributions: 2-D float64 with one row per score, and
+    the method and output they came from (both named)."""
+    if type(values) is not np.ndarray or values.dtype is not _F64:
+        values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] != n or values.shape[1] < 1:
+        raise InvalidTransitionError(f"attributions must have shape ({n}, n_features), one row per row scored; "
+                                     f"got shape {values.shape}")
+    if not isinstance(method, str) or not isinstance(output, str):
+        raise InvalidTransitionError(f"attributions need the method and output they came from (strings), got "
+                                     f"method={method!r}, output={output!r}")
+    return {"attributions": values, "explain_method": method, "explain_output": output}
+
+
 class DetectionResult:
     """The outcome of scoring a batch: columnar arrays plus a few numbers. Immutable.
 
@@ -361,9 +375,14 @@ class DetectionResult:
     ``flags`` are converted from whichever was given only when read. ``ROW_OUTPUTS`` names the
     per-row arrays a request may ask for: a new output is one name there, one keyword here,
     and one encoder per face.
+
+    ``attributions`` (float64, one row of d per-feature values per row) is the detector's
+    explanation of each row (``model.explain(X, method).values``), with ``explain_method`` and
+    ``explain_output`` saying how it was computed and what it adds up to; only a request that
+    asked for it has it (it needs the rows, not just their scores).
     """
 
-    ROW_OUTPUTS = ("scores", "labels", "probabilities", "confidence")
+    ROW_OUTPUTS = ("scores", "labels", "probabilities", "confidence", "attributions")
 
     # The fields every result has, then ``_more``: a dict of the rest (processing time,
     # dataset, probabilities, confidence, id, timestamp, ranked anomalies) or None; a serving
@@ -373,7 +392,8 @@ class DetectionResult:
     def __init__(self, detector_id: str, detector_version: int, threshold: float, scores, labels,
                  processing_time_ms: float = 0.0, dataset_id: Optional[str] = None,
                  timestamp: Optional[datetime] = None, id: Optional[str] = None,
-                 probabilities=None, confidence=None):
+                 probabilities=None, confidence=None, attributions=None, explain_method: Optional[str] = None,
+                 explain_output: Optional[str] = None):
         if type(scores) is not np.ndarray or scores.dtype is not _F64 or scores.ndim != 1:
             scores = np.asarray(scores, dtype=np.float64)
             if scores.ndim != 1:
@@ -395,6 +415,19 @@ class DetectionResult:
             "probabilities": None if probabilities is None else _per_row("probabilities", probabilities, _F64, n),
             "confidence": None if confidence is None else _per_row("confidence", confidence, _F64, n),
         }
+        if attributions is not None:
+            self._more.update(_attributions(attributions, n, explain_method, explain_output))
+
+    def explained(self, attributions, method: str, output: str) -> "DetectionResult":
+        """This result with per-row ``attributions`` (n, d) added, computed by ``method`` as
+        additive parts of ``output``: a new result (this one is left as it is). How a serving
+        face adds a request's explanation to the batch's :meth:`decided` result."""
+        r = _new(DetectionResult)
+        for slot in DetectionResult.__slots__:
+            setattr(r, slot, getattr(self, slot))
+        r._more = dict(self._more or ())
+        r._more.update(_attributions(attributions, self._scores.shape[0], method, output))
+        return r
 
     @classmethod
     def decided(cls, detector_id: str, detector_version: int, threshold: float, scores: np.ndarray,
@@ -447,6 +480,21 @@ class DetectionResult:
     def confidence(self) -> Optional[np.ndarray]:
         """ExCeeD confidence of each label, when asked for."""
         return self._get("confidence")
+
+    @property
+    def attributions(self) -> Optional[np.ndarray]:
+        """float64 (n, d): each feature's attribution of each row's score, when asked for."""
+        return self._get("attributions")
+
+    @property
+    def explain_method(self) -> Optional[str]:
+        """How ``attributions`` were computed (e.g. "tree_shap", "path"), when present."""
+        return self._get("explain_method")
+
+    @property
+    def explain_output(self) -> Optional[str]:
+        """What a row's attributions plus its base value add up to (e.g. "log2_score")."""
+        return self._get("explain_output")
 
     def __repr__(self) -> str:
         return (f"DetectionResult(detector_id={self._detector_id!r}, detector_version={self._detector_version}, "
