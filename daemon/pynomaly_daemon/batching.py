@@ -252,5 +252,5 @@ class Batcher:
         c["rows_scored"] += scores.shape[0]
         result = self.plane.decide(scorer, items, scores)
         if explanation is not None:
-            result = result.explained(explanation.values, explanation.method, explanation.output)
+            result = result.explained(explanation)
         detect_replies(scorer, items, result, self.encoder, self.admission.release, self.reply_error)

@@ -9,7 +9,8 @@ import pytest
 import pynomaly
 from pynomaly import DetectorNotReadyError, InvalidInputError
 from pynomaly.domain import DetectionResult, InvalidTransitionError
-from pynomaly.service import Scorer
+from pynomaly.estimators.explain import Explanation
+from pynomaly.service import Scorer, top_features
 from pynomaly.store.datasets import load_cardio
 
 
@@ -74,17 +75,29 @@ def test_a_model_that_cannot_explain_says_so():
         s.detect(np.ones((2, 2)), want=("attributions",))
 
 
-def test_result_checks_attribution_shape():
+def _explanation(values, method="path", output="log2_score"):
+    values = np.asarray(values, dtype=np.float64)
+    return Explanation(values, np.zeros(len(values)), ["a", "b"][: values.shape[-1]], output, method, values)
+
+
+def test_result_checks_the_explanation():
     scores = np.array([0.1, 0.9])
-    with pytest.raises(InvalidTransitionError, match=r"shape \(2, n_features\)"):
-        DetectionResult("d", 1, 0.5, scores, [0, 1], attributions=np.zeros((3, 4)), explain_method="m",
-                        explain_output="o")
+    with pytest.raises(InvalidTransitionError, match=r"shape \(2, n_features\).*\(3, 2\)"):
+        DetectionResult("d", 1, 0.5, scores, [0, 1], explanation=_explanation(np.zeros((3, 2))))
     with pytest.raises(InvalidTransitionError, match="method and output"):
-        DetectionResult("d", 1, 0.5, scores, [0, 1], attributions=np.zeros((2, 4)))
+        DetectionResult("d", 1, 0.5, scores, [0, 1], explanation=_explanation(np.zeros((2, 2)), method=None))
     decided = DetectionResult.decided("d", 1, 0.5, scores, scores > 0.5)
     with pytest.raises(InvalidTransitionError, match="shape"):
-        decided.explained(np.zeros(2), "path", "log2_score")
-    r = decided.explained([[1, 2], [3, 4]], "path", "log2_score")
-    assert r.attributions.dtype == np.float64 and r.attributions.tolist() == [[1, 2], [3, 4]]
+        decided.explained(_explanation(np.zeros(2)))
+    e = _explanation([[1, 2], [3, 4]])
+    r = decided.explained(e)
+    assert r.explanation is e and r.attributions.tolist() == [[1, 2], [3, 4]]
     assert r.scores is scores and r.flags.tolist() == [False, True] and r.explain_output == "log2_score"
-    assert decided.attributions is None  # the batch's result is left as it was
+    assert decided.attributions is None and decided.explanation is None  # the batch's result is left as it was
+
+
+def test_top_features_of_chosen_rows(forest, data):
+    e = forest.explain(data[:6])
+    assert top_features(e, 2, rows=[4, 1]) == [top_features(e, 2)[4], top_features(e, 2)[1]]
+    with pytest.raises(InvalidInputError, match="from 1 to 21"):
+        top_features(e, 22, rows=[])

@@ -7,6 +7,7 @@ as ``service.Scorer``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Optional
 
@@ -169,7 +170,11 @@ class Scorer:
         if method is not None and not isinstance(method, str):
             raise InvalidInputError(f"explain_method must be a method name (a string) or absent, got {method!r}")
         self._check_features(X)
-        return explain(X, method=method)
+        explanation = explain(X, method=method)
+        names = v.feature_names
+        if names and len(names) == X.shape[1]:  # the stored names (a CSV header) over generated ones
+            explanation = dataclasses.replace(explanation, feature_names=list(names))
+        return explanation
 
     def decide(self, scores: np.ndarray, want=WANT_DEFAULT, *, threshold=None, contamination=None,
                dataset_id=None, started: Optional[float] = None, explanation=None) -> DetectionResult:
@@ -198,9 +203,7 @@ class Scorer:
             processing_time_ms=0.0 if started is None else 1e3 * (time.perf_counter() - started),
             probabilities=probabilities,
             confidence=confidence,
-            attributions=None if explanation is None else explanation.values,
-            explain_method=None if explanation is None else explanation.method,
-            explain_output=None if explanation is None else explanation.output,
+            explanation=explanation,
         )
 
     def detect(self, X, want=WANT_DEFAULT, *, threshold=None, contamination=None, dataset_id=None,
