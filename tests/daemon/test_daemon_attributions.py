@@ -53,8 +53,11 @@ def test_explain_method_is_the_requests(daemon, models):
     model = models[1]["forest"]
     X = cardio()[:5]
     with pynomaly.Client(daemon.sock) as c:
+        fast = c.stats().fast_path_requests
         r = c.detect("forest", X, want=["attributions"], explain_method="path")
-        plain = c.detect("forest", X)  # the fast path's answer is unchanged, without attributions
+        assert c.stats().fast_path_requests == fast  # handed to the Python path
+        plain = c.detect("forest", X)  # still the native path's, without attributions
+        assert c.stats().fast_path_requests == fast + 1
     np.testing.assert_array_equal(r.attributions, model.explain(X, method="path").values)
     assert r.explain_method == "path" and r.scores is None
     assert plain.attributions is None and plain.explain_method is None
