@@ -172,7 +172,8 @@ class Scorer:
         self._check_features(X)
         explanation = explain(X, method=method)
         names = v.feature_names
-        if names and len(names) == X.shape[1]:  # the stored names (a CSV header) over generated ones
+        if names and len(names) == X.shape[1] and tuple(explanation.feature_names) != names:
+            # the stored names (a CSV header) over generated ones
             explanation = dataclasses.replace(explanation, feature_names=list(names))
         return explanation
 
