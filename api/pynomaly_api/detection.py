@@ -25,7 +25,7 @@ from pynomaly import service
 from pynomaly._errors import UntrustedPickleError
 from pynomaly.domain import DetectionResult, check_name
 
-from . import spool, tensors
+from . import explained, spool, tensors
 from .audit import actor_of
 from .body import read_body
 from .errors import HTTPError, status_of
@@ -68,6 +68,7 @@ class Anomaly(BaseModel):
     sample_index: int
     score: float
     confidence: float = Field(description="share of this batch's rows scoring at most as high")
+    top_features: Optional[List[explained.TopFeature]] = Field(None, description="with explain: K, its top K features")
 
 
 class Metrics(BaseModel):
@@ -100,6 +101,8 @@ class DetectIn(BaseModel):
     contamination: Optional[float] = None
     save: bool = True
     include_scores: bool = Field(False, description="return every row's score too")
+    explain: Optional[int] = Field(None, description="K (1 to d): each anomaly's top K features (not stored)")
+    explain_method: Optional[str] = Field(None, max_length=64, description="how to explain (default: the detector's)")
 
 
 def _not_too_deep(value):
@@ -123,8 +126,14 @@ class TokenIn(BaseModel):
     ttl: str = "24h"
 
 
-def detection_out(result: DetectionResult, name: Optional[str], include_scores: bool = False) -> dict:
+def detection_out(result: DetectionResult, name: Optional[str], include_scores: bool = False,
+                  explain: Optional[int] = None) -> dict:
+    """The API's form of a result; ``explain``: each anomaly's top K features (from its explanation)."""
     scores = result.scores
+    anomalies = [{"sample_index": int(i), "score": float(scores[i]), "confidence": float(a.confidence)}
+                 for i, a in result.anomalies]
+    if explain is not None:
+        explained.add_top_features(anomalies, result, explain)
     return {
         "detection_id": result.id,
         "detector": name,
@@ -133,10 +142,7 @@ def detection_out(result: DetectionResult, name: Optional[str], include_scores: 
         "dataset_id": result.dataset_id,
         "threshold": result.threshold,
         "created_at": result.timestamp.isoformat(),
-        "anomalies": [
-            {"sample_index": int(i), "score": float(scores[i]), "confidence": float(a.confidence)}
-            for i, a in result.anomalies
-        ],
+        "anomalies": anomalies,
         "metrics": result.metrics,
         "scores": scores.tolist() if include_scores else None,
     }
@@ -373,20 +379,20 @@ async def detect(body: DetectIn, request: Request, who: Principal = Depends(allo
         data = np.asarray(body.data, dtype=np.float64) if body.data else np.empty((0, scorer.version.n_features))
         if data.ndim != 2:
             raise HTTPError(400, "data must be a list of rows of the same length")
+    explain = explained.wanted(body.explain, body.explain_method, scorer.version.n_features)
+
     def work():
         return st.run(lambda: service.detect(
             st.home, name, data, version=scorer.version.version, threshold=body.threshold,
             contamination=body.contamination, columns=body.columns, save=body.save, dataset_id=body.dataset_id,
-            scorer=scorer, face="http"))
+            scorer=scorer, face="http", explain=explain, explain_method=body.explain_method))
 
-    if body.save:  # a stored result is a change to the home: recorded, as the CLI records it
-        result = await audited(request, who, "detect", f"{name}@{scorer.version.version}", work,
-                               lambda r: {"result": r.id, "rows": int(r.scores.shape[0])})
-    else:
-        result = await work()
+    # A stored result is a change to the home: recorded, as the CLI records it.
+    result = await (audited(request, who, "detect", f"{name}@{scorer.version.version}", work,
+                            lambda r: {"result": r.id, "rows": int(r.scores.shape[0])}) if body.save else work())
     # In /metrics with the infer requests' (service.detect has queued its alerts already).
     st.observer.count(name, result.metrics["total_samples"], result.metrics["anomalies_detected"])
-    return detection_out(result, name, body.include_scores)
+    return detection_out(result, name, body.include_scores, body.explain)
 
 
 @router.get("/results/{result_id}", summary="A stored detection result", response_model=DetectionOut,

@@ -58,7 +58,8 @@ def _model_metadata(scorer: service.Scorer, versions) -> dict:
         "versions": [str(x) for x in versions],
         "platform": f"pynomaly_{v.algorithm}",
         "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, v.n_features]}],
-        "outputs": [{"name": n, "datatype": dt, "shape": [-1]} for n, (dt, _, _) in tensors.OUTPUTS.items()],
+        "outputs": [{"name": n, "datatype": dt, "shape": [-1, v.n_features] if n == "attributions" else [-1]}
+                    for n, (dt, _, _) in tensors.OUTPUTS.items()],
         "parameters": {"threshold": v.threshold, "algorithm": v.algorithm,
                        "feature_names": list(v.feature_names) if v.feature_names else None},
     }
@@ -99,7 +100,13 @@ def _answer(scorer: service.Scorer, req: tensors.InferRequest, scores=None):
     p = req.parameters
     if not p and req.outputs == tensors.DEFAULT_OUTPUTS:  # the commonest request: the version's own threshold
         return scores, None
-    return scores, scorer.decide(scores, req.outputs, threshold=p.get("threshold"), contamination=p.get("contamination"))
+    explanation = None
+    if "attributions" in req.outputs:
+        explanation = scorer.explain(req.rows, p.get("explain_method"))
+    elif p.get("explain_method") is not None:
+        raise tensors.TensorError("the parameter explain_method applies to the output 'attributions'; ask for it")
+    return scores, scorer.decide(scores, req.outputs, threshold=p.get("threshold"), contamination=p.get("contamination"),
+                                 explanation=explanation)
 
 
 # What an infer body may be labelled: JSON, JSON with binary data after it, or what a client
@@ -127,7 +134,9 @@ async def _scored_while_arriving(st: ServerState, receive, scorer: service.Score
     if len(pending) < hlen:
         raise HTTPError(400, f"the body ended before the {hlen}-byte JSON header (Inference-Header-Content-Length)")
     plan = tensors.plan_binary(bytes(pending[:hlen]), hlen, length, scorer.version.n_features)
-    if plan is None:  # JSON data after all: finish reading and decode as usual
+    if plan is None or "attributions" in plan.request.outputs:
+        # JSON data after all, or attributions (they need the rows, kept whole): finish
+        # reading and decode as usual
         async for chunk in stream:
             pending += chunk
         return None, bytes(pending)

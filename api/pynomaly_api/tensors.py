@@ -26,12 +26,14 @@ DTYPES = {
     "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
 # What a detector answers: output name -> (datatype, dtype of the bytes sent, the
-# DetectionResult field it is encoded from). The protocol's BOOL labels are the result's flags.
+# DetectionResult field it is encoded from). The protocol's BOOL labels are the result's flags;
+# attributions are [n, d] (each row's per-feature explanation, by the parameter explain_method).
 OUTPUTS = {
     "scores": ("FP64", np.dtype("<f8"), "scores"),
     "labels": ("BOOL", np.dtype("?"), "flags"),
     "probabilities": ("FP64", np.dtype("<f8"), "probabilities"),
     "confidence": ("FP64", np.dtype("<f8"), "confidence"),
+    "attributions": ("FP64", np.dtype("<f8"), "attributions"),
 }
 DEFAULT_OUTPUTS = ("scores", "labels")
 _FP64 = DTYPES["FP64"]
@@ -320,13 +322,13 @@ def encode_infer(model_name: str, model_version: int, request_id: Optional[str],
         values = getattr(result, field)
         if values.dtype != dtype:
             values = values.astype(dtype)
-        head = {"name": name, "datatype": datatype, "shape": [int(values.shape[0])]}
+        head = {"name": name, "datatype": datatype, "shape": [int(x) for x in values.shape]}
         if name in binary:
-            b = np.ascontiguousarray(values).tobytes()
+            b = np.ascontiguousarray(values).tobytes()  # row-major, as the protocol flattens tensors
             head["parameters"] = {"binary_data_size": len(b)}
             raw.append(b)
         else:
-            head["data"] = values.tolist()
+            head["data"] = values.ravel().tolist()
         heads.append(head)
     doc = {"model_name": model_name, "model_version": str(model_version), "outputs": heads}
     if request_id is not None:

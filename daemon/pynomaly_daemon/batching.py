@@ -8,6 +8,9 @@
   row chunks across the workers, which run in parallel because the core releases the GIL),
   except one of up to ``idle_inline_rows`` rows when nothing else is in flight, which nobody
   would overtake in the pool anyway.
+- A request asking for attributions (``want: ["attributions"]``) is scored alone on a path
+  that keeps its rows, since an explanation needs them and not only their scores: inline for
+  one row of a native detector, else in the pool (the native paths hand such frames here).
 - A batch that fails (say one request holds a NaN) is rescored request by request, so one bad
   request does not fail its neighbours and the error names the right row.
 """
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import numpy as np
@@ -78,6 +82,11 @@ def matrix(data, n: int, n_features: int, dtype: str) -> np.ndarray:
     return X
 
 
+def _score_and_explain(scorer, X: np.ndarray, method):
+    """``(scores, explanation)`` of rows X: what a request asking for attributions needs."""
+    return scorer.score(X), scorer.explain(X, method)
+
+
 class Batcher:
     """Queues, scores and answers admitted detect requests (see the module docstring)."""
 
@@ -102,6 +111,10 @@ class Batcher:
         and nothing waits for another loop iteration (measured: a call_soon per request cost
         a fifth of the Python path's single-client rate).
         """
+        req = item.req
+        if req.explain_method is not None or (req.want is not None and "attributions" in req.want):
+            self._explain(scorer, item, dtype)
+            return
         cfg = self.config
         if item.n <= cfg.coalesce_rows:
             key = (scorer, dtype)
@@ -124,6 +137,36 @@ class Batcher:
             self._score_now(scorer, X, [item], dtype)
             return
         self._score_in_pool(scorer, X, [item], dtype)
+
+    def _explain(self, scorer, item: Pending, dtype: str) -> None:
+        """Score and explain one request's rows together (see the module docstring)."""
+        req = item.req
+        if req.want is None or "attributions" not in req.want:
+            self.admission.release(item.conn, item.n)
+            self.reply_error(item.conn, req.id, "bad_request",
+                             "explain_method applies to attributions; add 'attributions' to want")
+            return
+        # A copy: the rows outlive this read when explained in the pool, and it is small
+        # next to the explanation's own work.
+        X = np.array(matrix(item.data, item.n, scorer.version.n_features, dtype))
+        work = functools.partial(_score_and_explain, scorer, X, req.explain_method)
+        if item.n == 1 and scorer.rows_independent:  # one row of a native detector: microseconds
+            try:
+                done = work()
+            except Exception as err:  # noqa: BLE001 - answered to the request
+                self._failed(scorer, [item], err, dtype)
+            else:
+                self._deliver(scorer, [item], *done)
+            return
+        fut = self.loop.run_in_executor(self.pool, work)
+        fut.add_done_callback(lambda f: self._explained(scorer, item, f, dtype))
+
+    def _explained(self, scorer, item: Pending, fut, dtype: str) -> None:
+        err = fut.exception()
+        if err is not None:
+            self._failed(scorer, [item], err, dtype)
+        else:
+            self._deliver(scorer, [item], *fut.result())
 
     def _schedule_flush(self) -> None:
         if self.config.coalesce_window > 0:
@@ -194,7 +237,7 @@ class Batcher:
         self._deliver(scorer, items, scores)
 
     def _failed(self, scorer, items: list, err: BaseException, dtype: str) -> None:
-        if len(items) > 1:
+        if len(items) > 1:  # (never a request asking for attributions: those are scored alone)
             # One bad request (say a NaN) must not fail its neighbours: score them one by one.
             for it in items:
                 self._score_now(scorer, matrix(it.data, it.n, scorer.version.n_features, dtype), [it], dtype)
@@ -204,11 +247,13 @@ class Batcher:
         code, msg = classify(err)
         self.reply_error(it.conn, it.req.id, code, msg)
 
-    def _deliver(self, scorer, items: list, scores: np.ndarray) -> None:
+    def _deliver(self, scorer, items: list, scores: np.ndarray, explanation=None) -> None:
         c = self.counters
         c["native_calls"] += 1
         c["rows_scored"] += scores.shape[0]
         result = self.plane.decide(scorer, items, scores)
+        if explanation is not None:
+            result = result.explained(explanation)
         detect_replies(scorer, items, result, self.encoder, self.admission.release, self.reply_error)
         if self.plane.observer is not None:  # metrics on: each request's latency, admitted to answered
             now = time.monotonic()

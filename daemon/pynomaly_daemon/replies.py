@@ -92,6 +92,11 @@ def detect_replies(scorer, items: list, result, encoder, release, reply_error) -
                 if p_bytes is None:
                     p_bytes = probabilities.data if single else probabilities.tobytes()
                 reply.probabilities = p_bytes if single else p_bytes[8 * a : 8 * off]
+            elif w == "attributions":  # such a request is scored alone, with its explanation
+                values = result.attributions
+                reply.attributions = values[a:off].astype("<f8", copy=False).tobytes()
+                reply.explain_method = result.explain_method
+                reply.explain_output = result.explain_output
         if failed:
             continue
         # Replies to one connection (pipelined requests) go out in one write.

@@ -55,6 +55,9 @@ class Detection(msgspec.Struct, frozen=True):
     ``scores`` float64 (higher is more anomalous), ``labels`` int64 0/1 (as ``predict``),
     ``probabilities`` float64 in [0, 1] (``predict_proba(X)[:, 1]``, PyOD's 'linear'), ``anomalies`` int64 indices
     of rows labelled 1; ``threshold`` and the detector ``version`` that scored them.
+    ``attributions`` float64 (n_rows, n_features), when asked for: the detector's
+    ``explain(X, explain_method).values``, computed by ``explain_method`` as additive parts
+    of ``explain_output`` (positive toward anomalous, except for output "path_length").
     """
 
     detector: str
@@ -64,6 +67,9 @@ class Detection(msgspec.Struct, frozen=True):
     labels: Optional[np.ndarray] = None
     probabilities: Optional[np.ndarray] = None
     anomalies: Optional[np.ndarray] = None
+    attributions: Optional[np.ndarray] = None
+    explain_method: Optional[str] = None
+    explain_output: Optional[str] = None
 
 
 def _matrix(X) -> np.ndarray:
@@ -83,9 +89,9 @@ def _rows(X) -> wire.Rows:
 # "Shared memory": below it the memfd's own setup costs more than the copies it saves).
 def _want(want) -> list:
     want = [want] if isinstance(want, str) else list(want)
-    bad = [w for w in want if w not in wire.WANT_ALL]
+    bad = [w for w in want if w not in wire.WANT_NAMES]
     if bad or not want:
-        raise ValueError(f"want must name some of {list(wire.WANT_ALL)}, got {want!r}")
+        raise ValueError(f"want must name some of {list(wire.WANT_NAMES)}, got {want!r}")
     return want
 
 
@@ -99,7 +105,17 @@ def _detection(r: wire.DetectReply) -> Detection:
         None if r.labels is None else np.frombuffer(r.labels, np.uint8).astype(np.int64),
         None if r.probabilities is None else np.frombuffer(r.probabilities, "<f8").astype(np.float64),
         None if r.anomalies is None else np.frombuffer(r.anomalies, "<i8").astype(np.int64),
+        None if r.attributions is None else _attributions(r),
+        r.explain_method,
+        r.explain_output,
     )
+
+
+def _attributions(r: wire.DetectReply) -> np.ndarray:
+    values = np.frombuffer(r.attributions, "<f8")
+    if r.n_rows < 1 or values.size % r.n_rows:
+        raise DaemonError("internal", f"attributions of {values.size} values do not split into {r.n_rows} rows")
+    return values.reshape(r.n_rows, -1).astype(np.float64)
 
 
 def _check(reply, expected: type):
@@ -127,20 +143,23 @@ class _Operations:
         raise NotImplementedError
 
     def detect(self, detector: str, X, *, version: Optional[int] = None,
-               want: Sequence[str] = ("scores", "labels")) -> Detection:
+               want: Sequence[str] = ("scores", "labels"), explain_method: Optional[str] = None) -> Detection:
         """Score the rows of X (2-D, numeric) with a served detector.
 
         ``want`` picks the arrays returned: any of "scores", "labels", "probabilities",
-        "anomalies". float32 and float64 arrays travel as raw bytes; other input is converted
+        "anomalies", "attributions" (each row's per-feature attributions, by
+        ``explain_method``; None: the detector's default, e.g. "tree_shap" for a forest,
+        "path" its fast one). float32 and float64 arrays travel as raw bytes; other input is converted
         to float64 first, as in-process scoring does. Refused input raises DaemonInputError.
         With the client's ``shared_memory`` on, large batches go in a sealed memfd.
         """
         X = _matrix(X)
         want = _want(want)
         if self._shm_rows and X.shape[0] >= self._shm_rows:
-            req = wire.Detect(next(self._ids), detector, version, want, wire.Rows(_dtype(X), list(X.shape), memfd=0))
+            req = wire.Detect(next(self._ids), detector, version, want, explain_method,
+                              wire.Rows(_dtype(X), list(X.shape), memfd=0))
             return self._request(req, wire.DetectReply, _detection, X)
-        req = wire.Detect(next(self._ids), detector, version, want, _rows(X))
+        req = wire.Detect(next(self._ids), detector, version, want, explain_method, _rows(X))
         return self._request(req, wire.DetectReply, _detection)
 
     def list(self) -> list:

@@ -348,6 +348,24 @@ def _per_row(name: str, value, dtype: np.dtype, n: int) -> np.ndarray:
     return value
 
 
+def _explained(explanation, n: int) -> dict:
+    """The ``_more`` entry of a checked explanation: its ``values`` 2-D float64 with one row
+    per score, and the ``method`` and ``output`` they came from named."""
+    values = getattr(explanation, "values", None)
+    if type(values) is not np.ndarray or values.dtype is not _F64 or values.ndim != 2 or values.shape[0] != n:
+        raise InvalidTransitionError(f"an explanation's values must be float64 of shape ({n}, n_features), one row "
+                                     f"per row scored; got {getattr(values, 'dtype', type(values).__name__)} of "
+                                     f"shape {getattr(values, 'shape', None)}")
+    if not isinstance(getattr(explanation, "method", None), str) or not isinstance(getattr(explanation, "output", None), str):
+        raise InvalidTransitionError("an explanation needs the method and output its values came from (strings)")
+    return {"explanation": explanation}
+
+
+def _explained_part(part: str, result: "DetectionResult"):
+    e = result._get("explanation")
+    return None if e is None else getattr(e, part)
+
+
 class DetectionResult:
     """The outcome of scoring a batch: columnar arrays plus a few numbers. Immutable.
 
@@ -361,9 +379,14 @@ class DetectionResult:
     ``flags`` are converted from whichever was given only when read. ``ROW_OUTPUTS`` names the
     per-row arrays a request may ask for: a new output is one name there, one keyword here,
     and one encoder per face.
+
+    ``explanation`` is the detector's explanation of the rows (``model.explain(X, method)``, a
+    :class:`pynomaly.Explanation`), present only when a request asked for it (it needs the
+    rows, not just their scores); ``attributions`` (float64, (n, d)), ``explain_method`` and
+    ``explain_output`` are its values, how they were computed and what they add up to.
     """
 
-    ROW_OUTPUTS = ("scores", "labels", "probabilities", "confidence")
+    ROW_OUTPUTS = ("scores", "labels", "probabilities", "confidence", "attributions")
 
     # The fields every result has, then ``_more``: a dict of the rest (processing time,
     # dataset, probabilities, confidence, id, timestamp, ranked anomalies) or None; a serving
@@ -373,7 +396,7 @@ class DetectionResult:
     def __init__(self, detector_id: str, detector_version: int, threshold: float, scores, labels,
                  processing_time_ms: float = 0.0, dataset_id: Optional[str] = None,
                  timestamp: Optional[datetime] = None, id: Optional[str] = None,
-                 probabilities=None, confidence=None):
+                 probabilities=None, confidence=None, explanation=None):
         if type(scores) is not np.ndarray or scores.dtype is not _F64 or scores.ndim != 1:
             scores = np.asarray(scores, dtype=np.float64)
             if scores.ndim != 1:
@@ -395,6 +418,19 @@ class DetectionResult:
             "probabilities": None if probabilities is None else _per_row("probabilities", probabilities, _F64, n),
             "confidence": None if confidence is None else _per_row("confidence", confidence, _F64, n),
         }
+        if explanation is not None:
+            self._more.update(_explained(explanation, n))
+
+    def explained(self, explanation) -> "DetectionResult":
+        """This result with the ``explanation`` of its rows added (checked): a new result, this
+        one left as it is. How a serving face adds a request's explanation to the batch's
+        :meth:`decided` result."""
+        r = _new(DetectionResult)
+        for slot in DetectionResult.__slots__:
+            setattr(r, slot, getattr(self, slot))
+        r._more = dict(self._more or ())
+        r._more.update(_explained(explanation, self._scores.shape[0]))
+        return r
 
     @classmethod
     def decided(cls, detector_id: str, detector_version: int, threshold: float, scores: np.ndarray,
@@ -447,6 +483,16 @@ class DetectionResult:
     def confidence(self) -> Optional[np.ndarray]:
         """ExCeeD confidence of each label, when asked for."""
         return self._get("confidence")
+
+    explanation = property(functools.partial(_get, name="explanation"),
+                           doc="The detector's pynomaly.Explanation of the rows (values, base values, feature "
+                               "names, the rows' data), when asked for")
+    attributions = property(functools.partial(_explained_part, "values"),
+                            doc="float64 (n, d): each feature's attribution of each row's score, when asked for")
+    explain_method = property(functools.partial(_explained_part, "method"),
+                              doc='How ``attributions`` were computed (e.g. "tree_shap", "path"), when present')
+    explain_output = property(functools.partial(_explained_part, "output"),
+                              doc='What a row\'s attributions plus its base value add up to (e.g. "log2_score")')
 
     def __repr__(self) -> str:
         return (f"DetectionResult(detector_id={self._detector_id!r}, detector_version={self._detector_version}, "

@@ -54,6 +54,7 @@ __all__ = [
     "Reply",
     "ERROR_CODES",
     "WANT_ALL",
+    "WANT_NAMES",
     "WANT_DEFAULT",
 ]
 
@@ -124,8 +125,11 @@ RequestId = Annotated[int, msgspec.Meta(ge=0)]  # MessagePack holds at most 2**6
 VersionNumber = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 DetectorName = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 
-Want = Literal["scores", "labels", "probabilities", "anomalies"]
+Want = Literal["scores", "labels", "probabilities", "anomalies", "attributions"]
+# Every detection output; a request may also ask for "attributions" (WANT_NAMES), which costs
+# an explanation of its rows and is only given where asked for by name.
 WANT_ALL = ("scores", "labels", "probabilities", "anomalies")
+WANT_NAMES = WANT_ALL + ("attributions",)
 
 
 WANT_DEFAULT = ("scores", "labels")
@@ -151,13 +155,20 @@ class Rows(msgspec.Struct, gc=False, forbid_unknown_fields=True, omit_defaults=T
     memfd: Optional[Annotated[int, msgspec.Meta(ge=0, le=0)]] = None
 
 
-class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unknown_fields=True):
-    """Score rows with a detector; ``rows`` is a :class:`Rows` or a list of lists of numbers."""
+class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unknown_fields=True,
+             omit_defaults=True):
+    """Score rows with a detector; ``rows`` is a :class:`Rows` or a list of lists of numbers.
+
+    ``explain_method`` names how ``want: ["attributions"]`` are computed (None: the detector's
+    default). Fields left at None are not sent, so a plain detect stays within the native
+    path's frame (PROTOCOL.md, "Attributions").
+    """
 
     id: RequestId
     detector: DetectorName
     version: Optional[VersionNumber] = None  # None: the latest active version
     want: Optional[List[Want]] = None  # None: ["scores", "labels"]
+    explain_method: Optional[Annotated[str, msgspec.Meta(max_length=64)]] = None
     rows: Union[Rows, List[List[float]], None] = None  # last, so raw data ends the frame
 
 
@@ -235,7 +246,9 @@ class DetectReply(msgspec.Struct, gc=False, tag="detect", tag_field="op", omit_d
 
     Only the arrays asked for in ``want`` are present: ``scores`` float64 (higher is more
     anomalous), ``labels`` uint8 0/1 (``score > threshold``), ``probabilities`` float64 in
-    [0, 1], ``anomalies`` int64 indices of rows labelled 1.
+    [0, 1], ``anomalies`` int64 indices of rows labelled 1, ``attributions`` float64
+    ``n_rows x n_features`` values row after row (the detector's ``explain(X, method).values``),
+    with the ``explain_method`` and ``explain_output`` they came from.
     """
 
     id: int
@@ -247,6 +260,9 @@ class DetectReply(msgspec.Struct, gc=False, tag="detect", tag_field="op", omit_d
     labels: Optional[bytes] = None
     probabilities: Optional[bytes] = None
     anomalies: Optional[bytes] = None
+    attributions: Optional[bytes] = None
+    explain_method: Optional[str] = None
+    explain_output: Optional[str] = None
 
 
 class ListReply(msgspec.Struct, gc=False, tag="list", tag_field="op"):

@@ -117,7 +117,7 @@ def test_upload_a_real_dataset_detect_and_move_the_threshold(browser, site):
     x_before = float(line.get_attribute("x1"))
     top = browser.find_elements(By.CSS_SELECTOR, "#top-anomalies tbody tr")
     assert int(top[0].find_element(By.TAG_NAME, "th").text) == int(np.argmax(want.scores))
-    assert len(top[0].find_elements(By.TAG_NAME, "td")) == 2 + X.shape[1]  # score, flagged, every feature
+    assert len(top[0].find_elements(By.TAG_NAME, "td")) == 3 + X.shape[1]  # score, flagged, top features, every feature
     shot(browser, "result")
 
     # Move the threshold with the keyboard: the count follows, exactly, with no new request.

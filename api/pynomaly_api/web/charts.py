@@ -226,3 +226,40 @@ def time_scatter(times: Sequence[float], rates: Sequence[float], rows: Sequence[
     out.append(f'<text class="label" x="{PAD_L + pw / 2:.0f}" y="{H - 3}" text-anchor="middle">time (UTC)</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def attribution_bars(names: Sequence[str], values: np.ndarray, sign: int = 1) -> str:
+    """The SVG of one row's attributions: a horizontal bar per feature (in the order given)
+    from a zero line, drawn as "push" where it moves the row toward anomalous (``sign`` *
+    value > 0; ``sign`` is -1 for an output where smaller is anomalous) and "pull" otherwise."""
+    values = np.asarray(values, dtype=np.float64)
+    row_h, pad_l = 22, 150
+    h = PAD_T + row_h * len(values) + PAD_B
+    lo, hi = min(0.0, float(values.min(initial=0.0))), max(0.0, float(values.max(initial=0.0)))
+    if hi - lo < 1e-300:
+        lo, hi = -1.0, 1.0
+    pw = W - pad_l - PAD_R
+
+    def x(v: float) -> float:
+        return pad_l + pw * (v - lo) / (hi - lo)
+
+    out = [f'<svg class="chart" id="attributions" viewBox="0 0 {W} {h}" role="img" '
+           f'aria-labelledby="attributions-title">',
+           f'<title id="attributions-title">Attributions of {len(values)} features, from {_fmt(lo)} to '
+           f'{_fmt(hi)}</title>']
+    zero = x(0.0)
+    for i, (name, v) in enumerate(zip(names, values)):
+        y = PAD_T + i * row_h
+        left, right = sorted((zero, x(float(v))))
+        cls = "bar push" if sign * v > 0 else "bar pull"
+        label = escape(str(name))
+        out.append(f'<text class="tick" x="{pad_l - 6}" y="{y + row_h * 0.7:.1f}" text-anchor="end">'
+                   f'{escape(str(name)[:22])}</text>'
+                   f'<rect class="{cls}" x="{left:.2f}" y="{y + 3}" width="{max(right - left, 0.5):.2f}" '
+                   f'height="{row_h - 6}"><title>{label}: {float(v):+.6g}</title></rect>')
+    base = PAD_T + row_h * len(values)
+    out.append(f'<line class="axis" x1="{zero:.2f}" x2="{zero:.2f}" y1="{PAD_T}" y2="{base}"/>')
+    out.extend(_x_ticks(x, lo, hi, base))
+    out.append(f'<text class="label" x="{pad_l + pw / 2:.0f}" y="{h - 3}" text-anchor="middle">attribution</text>')
+    out.append("</svg>")
+    return "".join(out)

@@ -30,7 +30,7 @@ from ..state import ServerState, state_of
 from ..audit import actor_of, origin_of
 from ..detection import audited
 from ..tokens import TokenError
-from . import charts
+from . import charts, why
 from .jobs import JOBS
 from .render import SIGNIN_MESSAGES, epoch, error_page, over_tls, page, read_form, render, safe_next
 from .uploads import ROWS, check_upload, read_upload, upload_file
@@ -307,7 +307,7 @@ def _detector_name(home, detector_id: str) -> Optional[str]:
     return next((d.name for d in service.list_detectors(home) if d.id == detector_id), None)
 
 
-def _result_view(home, result_id: str) -> dict:
+def _result_view(home, result_id: str, selected: Optional[int] = None) -> dict:
     r = service.result(home, result_id)
     name = _detector_name(home, r.detector_id)
     scores = r.scores
@@ -345,6 +345,10 @@ def _result_view(home, result_id: str) -> dict:
         view["top"] = [{"index": int(i), "score": float(scores[i]), "flagged": bool(r.labels[i]),
                         "cells": [(float(v), float(zz)) for v, zz in zip(rows[j], z[j])]}
                        for j, i in enumerate(top)]
+        if selected is not None and not 0 <= selected < n:
+            raise HTTPError(400, f"row {selected} is not in this result: its rows are 0 to {n - 1}")
+        if name:
+            why.add(view, home, name, r.detector_version, X, selected)
     else:
         view["top"] = [{"index": int(i), "score": float(scores[i]), "flagged": bool(r.labels[i]), "cells": []}
                        for i in top]
@@ -353,7 +357,10 @@ def _result_view(home, result_id: str) -> dict:
 
 @page("read")
 async def result_page(request, st: ServerState, p, form) -> Response:
-    view = await st.run(_result_view, st.home, request.path_params["result_id"])
+    row = request.query_params.get("row")
+    if row is not None and not row.isdigit():
+        raise HTTPError(400, f"row must be a row number (0, 1, ...), got {row[:20]!r}")
+    view = await st.run(_result_view, st.home, request.path_params["result_id"], None if row is None else int(row))
     return render(request, "result.html", parquet=_has_parquet(), **view)
 
 

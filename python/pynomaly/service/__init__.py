@@ -34,7 +34,7 @@ from pynomaly.service.home import (
     rotate_key,
 )
 from pynomaly.service.home import check_reachable, create_key_file, is_encrypted  # noqa: F401 - public, not in __all__
-from pynomaly.service.explaining import explain, top_features
+from pynomaly.service.explaining import check_top_k, explain, top_features
 from pynomaly.service.lifecycle import activate, archive, delete, list_detectors, overview, show, versions
 from pynomaly.service.streaming import stream
 from pynomaly.service.training import record_failed_training, train
@@ -50,6 +50,7 @@ __all__ = [
     "explain",
     "top_features",
     "stream",
+    "check_top_k",
     "load_for_scoring",
     "load_file_for_scoring",
     "load_model",

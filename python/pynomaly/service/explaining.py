@@ -15,11 +15,12 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from pynomaly._errors import InvalidInputError
+from pynomaly.estimators.explain import check_top_k  # noqa: F401 - faces check a request's K with it
 from pynomaly.service._common import opened as _repo
 from pynomaly.service.data import load_data
 from pynomaly.service.scorer import Scorer
 
-__all__ = ["Explained", "explain", "explain_rows", "top_features", "parse_rows"]
+__all__ = ["Explained", "explain", "explain_rows", "top_features", "parse_rows", "check_top_k"]
 
 
 class Explained(NamedTuple):
@@ -102,7 +103,14 @@ def explain(home, name: str, data, *, version=None, rows=None, method=None, outp
     return explain_rows(scorer, X, rows, method=method, output=output, top=top)
 
 
-def top_features(explanation, k: int) -> list:
-    """Per row of ``explanation``, its ``k`` features pushing most toward anomalous as dicts
-    ``{"feature", "value", "attribution"}`` (k from 1 to the number of features)."""
-    return [[{"feature": f, "value": v, "attribution": a} for f, v, a in row] for row in explanation.top(k)]
+def top_features(explanation, k: int, rows=None) -> list:
+    """Per row of ``explanation`` (or per row index in ``rows``), its ``k`` features pushing
+    most toward anomalous as dicts ``{"feature", "value", "attribution"}`` (k from 1 to the
+    number of features)."""
+    if rows is None:
+        return [[{"feature": f, "value": v, "attribution": a} for f, v, a in row] for row in explanation.top(k)]
+    rows = np.asarray(rows, dtype=np.int64)
+    order = explanation.top_indices(k)  # k checked even when no row is asked for
+    names, data, values = explanation.feature_names, explanation.data, explanation.values
+    return [[{"feature": names[j], "value": float(data[r, j]), "attribution": float(values[r, j])} for j in order[r]]
+            for r in rows]

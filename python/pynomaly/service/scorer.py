@@ -7,6 +7,7 @@ as ``service.Scorer``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Optional
 
@@ -19,7 +20,7 @@ from pynomaly.domain import ContaminationRate, DetectionResult, DetectorNotReady
 __all__ = ["Scorer", "WANT_ALL", "WANT_DEFAULT"]
 
 # What a detection can return besides the threshold; scores and labels unless asked otherwise.
-WANT_ALL = ("scores", "labels", "probabilities", "confidence", "anomalies")
+WANT_ALL = ("scores", "labels", "probabilities", "confidence", "anomalies", "attributions")
 WANT_DEFAULT = ("scores", "labels")
 _F64 = np.dtype(np.float64)
 
@@ -111,15 +112,20 @@ class Scorer:
         model's, with its messages.
         """
         v = self.version
+        if X.ndim != 2 or X.shape[1] != v.n_features:  # inline: a call costs the hot path
+            self._check_features(X)
+        scores = self.model.decision_function(X)
+        if type(scores) is not np.ndarray or scores.dtype is not _F64:  # `is`: half the cost of `!=` per request
+            scores = np.asarray(scores, dtype=np.float64)
+        return scores
+
+    def _check_features(self, X) -> None:
+        v = self.version
         if X.ndim != 2 or X.shape[1] != v.n_features:
             raise InvalidInputError(
                 f"data has {X.shape[1] if X.ndim == 2 else '?'} features; detector {v.name!r} v{v.version} "
                 f"was trained on {v.n_features}" + (f" ({', '.join(v.feature_names)})" if v.feature_names else "")
             )
-        scores = self.model.decision_function(X)
-        if type(scores) is not np.ndarray or scores.dtype is not _F64:  # `is`: half the cost of `!=` per request
-            scores = np.asarray(scores, dtype=np.float64)
-        return scores
 
     def threshold_for(self, scores: np.ndarray, *, threshold=None, contamination=None) -> float:
         """The decision threshold: ``threshold``, else the ``contamination`` quantile of these
@@ -152,11 +158,31 @@ class Scorer:
 
         return _scores.linear(scores, stats)
 
+    def explain(self, X, method: Optional[str] = None):
+        """The detector's :class:`~pynomaly.estimators.explain.Explanation` of the rows of X
+        (``model.explain(X, method)``; None: the detector's default method), with the
+        version's feature names. InvalidInputError for a method the detector does not offer;
+        DetectorNotReadyError for a model that cannot explain at all."""
+        v = self.version
+        explain = getattr(self.model, "explain", None)
+        if explain is None:
+            raise DetectorNotReadyError(f"detector {v.name!r} v{v.version} ({v.algorithm}) cannot explain its scores")
+        if method is not None and not isinstance(method, str):
+            raise InvalidInputError(f"explain_method must be a method name (a string) or absent, got {method!r}")
+        self._check_features(X)
+        explanation = explain(X, method=method)
+        names = v.feature_names
+        if names and len(names) == X.shape[1] and tuple(explanation.feature_names) != names:
+            # the stored names (a CSV header) over generated ones
+            explanation = dataclasses.replace(explanation, feature_names=list(names))
+        return explanation
+
     def decide(self, scores: np.ndarray, want=WANT_DEFAULT, *, threshold=None, contamination=None,
-               dataset_id=None, started: Optional[float] = None) -> DetectionResult:
+               dataset_id=None, started: Optional[float] = None, explanation=None) -> DetectionResult:
         """The :class:`~pynomaly.DetectionResult` of these scores: labels by the rule at
         :meth:`threshold_for`, and ``probabilities`` and ``confidence`` (the model's ExCeeD
-        confidence) when ``want`` names them (see :data:`WANT_ALL`). ``started``: the
+        confidence) when ``want`` names them (see :data:`WANT_ALL`); ``attributions`` from
+        ``explanation`` (of the same rows, :meth:`explain`) when given. ``started``: the
         ``time.perf_counter()`` reading its processing time counts from."""
         t = self.threshold_for(scores, threshold=threshold, contamination=contamination)
         labels = flagged(scores, t).astype(np.int64)
@@ -178,15 +204,22 @@ class Scorer:
             processing_time_ms=0.0 if started is None else 1e3 * (time.perf_counter() - started),
             probabilities=probabilities,
             confidence=confidence,
+            explanation=explanation,
         )
 
-    def detect(self, X, want=WANT_DEFAULT, *, threshold=None, contamination=None, dataset_id=None) -> DetectionResult:
+    def detect(self, X, want=WANT_DEFAULT, *, threshold=None, contamination=None, dataset_id=None,
+               explain_method: Optional[str] = None) -> DetectionResult:
         """Score X and return a :class:`~pynomaly.DetectionResult` with what ``want`` names
-        (scores and labels always; ``probabilities`` and ``confidence`` when asked for)."""
+        (scores and labels always; ``probabilities``, ``confidence`` and ``attributions`` when
+        asked for; attributions by ``explain_method``, None: the detector's default)."""
         unknown = [w for w in want if w not in WANT_ALL]
         if unknown:
             raise InvalidInputError(f"want must name some of {list(WANT_ALL)}, got {list(want)!r}")
+        if explain_method is not None and "attributions" not in want:
+            raise InvalidInputError("explain_method applies to attributions; add 'attributions' to want")
         X = as_matrix(X)
         t0 = time.perf_counter()
-        return self.decide(self.score(X), want, threshold=threshold, contamination=contamination,
-                           dataset_id=dataset_id, started=t0)
+        scores = self.score(X)
+        explanation = self.explain(X, explain_method) if "attributions" in want else None
+        return self.decide(scores, want, threshold=threshold, contamination=contamination,
+                           dataset_id=dataset_id, started=t0, explanation=explanation)

@@ -100,6 +100,8 @@ def detect(
     dataset_id: Optional[str] = None,
     scorer: Optional[Scorer] = None,
     face: str = "batch",
+    explain: bool = False,
+    explain_method: Optional[str] = None,
 ) -> DetectionResult:
     """Score ``data`` (or the stored dataset ``dataset_id``) with detector ``name`` (latest or
     given version) and, with ``save``, store the result (metadata plus a scores artifact) and
@@ -109,7 +111,8 @@ def detect(
     and the file (or stored dataset) has them, in any order. A header that lacks some of them
     is refused rather than read by position; ``columns`` (indices for position) forces a choice.
     A face that keeps loaded detectors passes its ``scorer`` for ``name``; it is then not
-    loaded again, and its name as ``face`` for the latency metric.
+    loaded again, and its name as ``face`` for the latency metric. ``explain``: the result carries every
+    row's ``attributions`` (by ``explain_method``, None: the detector's default); they are not stored with it.
     """
     _report(progress, "loading detector")
     with _repo(home) as repo:
@@ -132,7 +135,9 @@ def detect(
         _report(progress, "scoring")
         if save and dataset_id is None:
             dataset_id = repo.add_dataset(Path(source).name if source else "array", source, X.shape, names, fingerprint(X))
-        result = scorer.detect(X, threshold=threshold, contamination=contamination, dataset_id=dataset_id)
+        want = ("scores", "labels", "attributions") if explain else ("scores", "labels")
+        result = scorer.detect(X, want, threshold=threshold, contamination=contamination, dataset_id=dataset_id,
+                               explain_method=explain_method if explain else None)
         if save:
             repo.save_result(result)
         _after_detection(repo, name, result, face)
