@@ -156,7 +156,7 @@ class Batcher:
         except Exception as err:  # noqa: BLE001 - answered per request
             self._failed(scorer, items, err, dtype)
         else:
-            self._deliver(scorer, items, scores)
+            self._deliver(scorer, items, scores, X)
 
     def _score_in_pool(self, scorer, X: np.ndarray, items: list, dtype: str) -> None:
         """Score X in the thread pool, split into row chunks across the workers when it is large
@@ -167,7 +167,7 @@ class Batcher:
         k = min(self.config.workers, n // self.config.split_rows)
         if k < 2 or getattr(scorer.model, "n_jobs", None) not in (None, 1):
             fut = loop.run_in_executor(self.pool, scorer.score, X)
-            fut.add_done_callback(lambda f: self._scored(scorer, items, f, dtype))
+            fut.add_done_callback(lambda f: self._scored(scorer, items, f, dtype, X))
             return
         bounds = np.linspace(0, n, k + 1).astype(int)
         futs = [loop.run_in_executor(self.pool, scorer.score, X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -176,13 +176,13 @@ class Batcher:
         def done(f):
             if f.exception() is not None:  # rescore in one call so the error names the right row
                 fut = loop.run_in_executor(self.pool, scorer.score, X)
-                fut.add_done_callback(lambda f1: self._scored(scorer, items, f1, dtype))
+                fut.add_done_callback(lambda f1: self._scored(scorer, items, f1, dtype, X))
             else:
-                self._scored(scorer, items, f, dtype)
+                self._scored(scorer, items, f, dtype, X)
 
         whole.add_done_callback(done)
 
-    def _scored(self, scorer, items: list, fut, dtype: str) -> None:
+    def _scored(self, scorer, items: list, fut, dtype: str, X=None) -> None:
         err = fut.exception()
         if err is not None:
             self._failed(scorer, items, err, dtype)
@@ -190,7 +190,7 @@ class Batcher:
         scores = fut.result()
         if type(scores) is list:  # chunks of a split request
             scores = np.concatenate(scores)
-        self._deliver(scorer, items, scores)
+        self._deliver(scorer, items, scores, X)
 
     def _failed(self, scorer, items: list, err: BaseException, dtype: str) -> None:
         if len(items) > 1:
@@ -203,9 +203,9 @@ class Batcher:
         code, msg = classify(err)
         self.reply_error(it.conn, it.req.id, code, msg)
 
-    def _deliver(self, scorer, items: list, scores: np.ndarray) -> None:
+    def _deliver(self, scorer, items: list, scores: np.ndarray, X=None) -> None:
         c = self.counters
         c["native_calls"] += 1
         c["rows_scored"] += scores.shape[0]
-        result = self.plane.decide(scorer, items, scores)
+        result = self.plane.decide(scorer, items, scores, X)  # X: the rows, for drift
         detect_replies(scorer, items, result, self.encoder, self.admission.release, self.reply_error)

@@ -256,8 +256,9 @@ class Daemon:
         home = self.source.home if isinstance(self.source, RepositorySource) else None
         repo = isinstance(self.source, RepositorySource)
         alerts_on = cfg.alerts and repo
-        if cfg.metrics_port or alerts_on:
-            self.observer = Observer(home, alerts_on=alerts_on) if alerts_on else Observer(None, alerts_on=False)
+        if cfg.metrics_port or alerts_on or (repo and cfg.drift):
+            self.observer = Observer(home if alerts_on else None, alerts_on=alerts_on,
+                                     drift_home=home if repo and cfg.drift else None)
             self.plane.observer = self.observer
             self.observer.start(loop)
         if cfg.metrics_port:

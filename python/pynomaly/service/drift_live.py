@@ -127,16 +127,20 @@ def _profile_for(home, key, name: str, version: int):
     return profile
 
 
-def observe(home, name: str, version: int, X, scores=None, *, now: Optional[float] = None) -> bool:
+def observe(home, name: str, version: int, X, scores=None, *, now: Optional[float] = None,
+            served: Optional[int] = None) -> bool:
     """Count served rows ``X`` of ``name``'s ``version`` (and their ``scores``) in this
     process's live window; returns whether they were counted (False: the version has no
     reference). Added to the home within ``settings.flush_s`` seconds (see the module's
-    docstring)."""
+    docstring). ``served``: how many rows ``X`` stands for, when a caller sampled them
+    (:class:`pynomaly.serving.observe.Observer`; the document's ``rows_seen``)."""
     hk = home_key(home)
     profile = _profile_for(home, (hk, name, int(version)), name, int(version))
     if profile is None:
         return False
     counts = stats.count(profile, X, scores, sample_above=settings.sample_above)
+    if served is not None:
+        counts.seen = max(int(served), counts.seen)
     at = time.time() if now is None else now
     bucket = int(at // settings.bucket_s) * settings.bucket_s
     key = (hk, name, int(version), bucket)

@@ -19,21 +19,23 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from pynomaly.service import alerts, metrics
+from pynomaly.estimators import drift as stats
+from pynomaly.service import alerts, drift_live, metrics
 
 log = logging.getLogger("pynomaly.serving")
 
 INTERVAL = 0.25  # seconds between hand-overs to the alert rules
+DRIFT_ROWS = 4096  # rows per detector version and hand-over profiled for drift, at most
 
 
 class Observer:
     """Per-detector counts of the daemon's detections, for metrics and alerts."""
 
-    def __init__(self, home=None, *, alerts_on: bool = True, interval: float = INTERVAL):
+    def __init__(self, home=None, *, alerts_on: bool = True, interval: float = INTERVAL, drift_home=None):
         # Cumulative, for the metrics: {name: [detections, rows, anomalies]}.
         self.totals: dict = {}
         # Since the last hand-over, detectors with anomalies only: {name: [detections, rows,
@@ -46,6 +48,11 @@ class Observer:
         self._handle = None
         self.loop = None
         self.dropped = 0
+        # Drift: {(name, version): [row blocks, score blocks, rows kept, rows served]} since the
+        # last hand-over; None when drift is not counted.
+        self.drift_home = drift_home
+        self.drift: "dict | None" = {} if drift_home is not None else None
+        self._counter = ThreadPoolExecutor(1, thread_name_prefix="pynomaly-drift-count") if self.drift is not None else None
 
     # -- counting (event-loop thread) -------------------------------------------------------
     def add(self, name: str, version, requests: int, rows: int, flagged) -> None:
@@ -61,11 +68,28 @@ class Observer:
             t[2] += anomalies
             self._flag(name, version, requests, rows, anomalies, top, rate)
 
-    def scored(self, version, items, scores: np.ndarray, flags: np.ndarray) -> None:
+    def scored(self, version, items, scores: np.ndarray, flags: np.ndarray, X=None) -> None:
         """A batch scored on the Python path: ``items`` with ``.n`` rows each, in order (None:
         one request), and its ``flags`` at the version's threshold (decided by the data plane,
-        :mod:`pynomaly.serving.dataplane`; not decided again here)."""
+        :mod:`pynomaly.serving.dataplane`; not decided again here); ``X`` its rows, for drift
+        (kept by reference until the next hand-over: the caller does not change them)."""
         name = version.name
+        if self.drift is not None and X is not None:
+            key = (name, version.version)
+            d = self.drift.get(key)
+            if d is None:
+                d = self.drift[key] = [[], [], 0, 0]
+            n = scores.shape[0]
+            d[3] += n
+            if d[2] < DRIFT_ROWS:
+                if n > drift_live.settings.sample_above:  # profiled on an even sample, as drift_live does
+                    step = stats.sample_step(n, drift_live.settings.sample_above)
+                    X, s = X[::step], scores[::step]
+                else:
+                    s = scores
+                d[0].append(X)
+                d[1].append(s)
+                d[2] += s.shape[0]
         t = self.totals.get(name)
         if t is None:
             t = self.totals[name] = [0, 0, 0]
@@ -109,11 +133,33 @@ class Observer:
         self.loop = loop
         if self.evaluator is not None:
             self.dispatcher.start()
+        if self.evaluator is not None or self.drift is not None:
             self._handle = loop.call_later(self.interval, self._tick)
 
     def _tick(self) -> None:
         self._handle = self.loop.call_later(self.interval, self._tick)
         self.hand_over()
+        self.hand_over_drift()
+
+    def hand_over_drift(self):
+        """Count the rows kept for drift since the last call (in the counting thread); returns
+        the future of that count (done at once when drift is off), which a report awaits so
+        that it includes what was served just before."""
+        if not self.drift:
+            f: Future = Future()
+            f.set_result(None)
+            return f
+        held, self.drift = self.drift, {}
+        return self._counter.submit(self._count_drift, held, time.time())
+
+    def _count_drift(self, held: dict, now: float) -> None:
+        for (name, version), (xs, ss, kept, served) in held.items():
+            try:
+                X = xs[0] if len(xs) == 1 else np.concatenate(xs)
+                s = ss[0] if len(ss) == 1 else np.concatenate(ss)
+                drift_live.observe(self.drift_home, name, version, X, s, now=now, served=served)
+            except Exception as e:  # noqa: BLE001 - drift never fails serving; the log says what was lost
+                log.warning("rows of %r not counted for drift: %s", name, e)
 
     def hand_over(self) -> None:
         """Give the detectors that had anomalies since the last call to the alert rules."""
@@ -135,9 +181,17 @@ class Observer:
             self.dispatcher.wake()
 
     def stop(self) -> None:
-        """Hand over what is counted, wait for the rules to queue it, stop delivering."""
+        """Hand over what is counted, wait for the rules to queue it, stop delivering; the
+        drift rows kept are counted and written to the home."""
         if self._handle is not None:
             self._handle.cancel()
+        if self._counter is not None:
+            self.hand_over_drift()
+            self._counter.shutdown(wait=True)
+            try:
+                drift_live.flush(self.drift_home)
+            except Exception as e:  # noqa: BLE001 - stopping; the log says what was lost
+                log.warning("drift counts not written at stop: %s", e)
         if self.evaluator is not None:
             self.hand_over()
             self._writer.shutdown(wait=True)
@@ -158,4 +212,4 @@ class Observer:
         ]
 
 
-__all__ = ["Observer", "INTERVAL"]
+__all__ = ["Observer", "INTERVAL", "DRIFT_ROWS"]
