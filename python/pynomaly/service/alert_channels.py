@@ -46,8 +46,7 @@ def fingerprint(labels: dict) -> str:
 
 
 def payload(rule, obs, window_total: Optional[int] = None) -> dict:
-    """The Alertmanager v4 webhook message for a fired rule."""
-    labels = _labels(rule)
+    """The Alertmanager v4 webhook message for a rule fired by detections."""
     conds = []
     if rule["score_above"] is not None:
         conds.append(f"score > {rule['score_above']:g}")
@@ -68,6 +67,12 @@ def payload(rule, obs, window_total: Optional[int] = None) -> dict:
     }
     if window_total is not None:
         annotations["anomalies_in_window"] = str(window_total)
+    return envelope(rule, annotations, obs.at)
+
+
+def envelope(rule, annotations: dict, at: float) -> dict:
+    """The Alertmanager v4 webhook message of a fired ``rule`` with these ``annotations``."""
+    labels = _labels(rule)
     group = {"alertname": ALERTNAME, "detector": rule["detector"]}
     return {
         "version": "4",
@@ -83,7 +88,7 @@ def payload(rule, obs, window_total: Optional[int] = None) -> dict:
             "status": "firing",
             "labels": labels,
             "annotations": annotations,
-            "startsAt": _iso(obs.at),
+            "startsAt": _iso(at),
             "endsAt": "0001-01-01T00:00:00Z",
             "generatorURL": "",
             "fingerprint": fingerprint(labels),

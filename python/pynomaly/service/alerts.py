@@ -6,7 +6,10 @@ must all hold for a detection to fire it (none given: any anomaly fires):
 - ``score_above`` S: an anomaly scored above S;
 - ``rate_above`` R: the share of anomalous rows of a detection above R;
 - ``count`` N ``within`` T seconds: N anomalies or more in the last T seconds (all detections
-  of the detector, summed).
+  of the detector, summed);
+- ``drift_above`` P / ``score_drift_above`` P (issue 24): a feature's / the score's PSI in the
+  detector's live drift window (the last hour) at or above P; checked when the window's counts
+  are written to the home (:mod:`pynomaly.service.drift_alerts`), not on detections.
 
 A fired rule writes an Alertmanager v4 webhook message to the **outbox** (table
 ``alert_outbox``) in the same transaction that checks its conditions; nothing is sent then, so
@@ -77,6 +80,8 @@ __all__ = [
     "channel_for",
     "Dispatcher",
     "Evaluator",
+    "queue_fired",
+    "is_drift_rule",
 ]
 
 log = logging.getLogger("pynomaly.alerts")
@@ -147,14 +152,16 @@ def _positive(name, v, *, integer=False, unit=False):
 
 def add_rule(home, detector: str, channel: str, target: str, *, score_above=None, rate_above=None, count=None,
              within=None, dedup: float = 300.0, secret: Optional[str] = None, timeout: float = 10.0,
-             max_attempts: int = 8, from_network: bool = False) -> dict:
+             max_attempts: int = 8, from_network: bool = False, drift_above=None, score_drift_above=None) -> dict:
     """Store an alert rule for ``detector``, signed with the installation's key (see
     :func:`approve_rule`); returns it as a dict (with ``id`` and, for a webhook, the ``secret``
     receivers verify signatures with: given, or a new ``whsec_`` one).
 
     ``channel`` is "webhook" (``target`` an http(s) URL), "command" (a command line), "log"
     (a file path) or a user's channel (entry point name or "module:Class"). ``within`` and
-    ``dedup`` are seconds; ``count`` needs ``within``. The detector need not exist yet.
+    ``dedup`` are seconds; ``count`` needs ``within``. ``drift_above``/``score_drift_above``
+    (PSI) make a rule on drift, which takes no condition on anomalies. The detector need not
+    exist yet.
     ``from_network``: the rule comes from a network caller (the HTTP API or pages), who may
     only add webhooks: the other channels run code or write files on the server.
     """
@@ -200,6 +207,13 @@ def add_rule(home, detector: str, channel: str, target: str, *, score_above=None
         raise InvalidInputError("count and within go together: N anomalies within T")
     if within is not None and within <= 0:
         raise InvalidInputError(f"within must be > 0 seconds, got {within!r}")
+    for what, v in (("drift_above", drift_above), ("score_drift_above", score_drift_above)):
+        if _positive(what, v) == 0:
+            raise InvalidInputError(f"{what} is a PSI and must be > 0 (0.2: a significant shift), got {v!r}")
+    if (drift_above is not None or score_drift_above is not None) and not (
+            score_above is None and rate_above is None and count is None):
+        raise InvalidInputError("a rule on drift (drift_above, score_drift_above) takes no condition on anomalies "
+                                "(score_above, rate_above, count): add two rules")
     _positive("dedup", dedup)
     if _positive("timeout", timeout) == 0:
         raise InvalidInputError("timeout must be > 0 seconds")
@@ -212,7 +226,8 @@ def add_rule(home, detector: str, channel: str, target: str, *, score_above=None
         _rows.insert_rule(db, id=rule_id, detector=detector, channel=channel, target=target, secret=secret,
                           score_above=score_above, rate_above=rate_above, count=count, within=within,
                           dedup=float(dedup), timeout=float(timeout), max_attempts=int(max_attempts),
-                          created_at=_now(), signature=signature)
+                          created_at=_now(), signature=signature, drift_above=drift_above,
+                          score_drift_above=score_drift_above)
         return _rule_dict(_rows.rule(db, rule_id), key)
     finally:
         db.close()
@@ -326,8 +341,12 @@ class Observation:
         return cls(detector, 1, n, k, top, k / n if n else 0.0, int(result.detector_version))
 
 
+def is_drift_rule(rule) -> bool:
+    return rule["drift_above"] is not None or rule["score_drift_above"] is not None
+
+
 def _fires(rule, obs: Observation, window_total: Optional[int]) -> bool:
-    if obs.anomalies <= 0:
+    if obs.anomalies <= 0 or is_drift_rule(rule):  # drift rules are checked on the drift window
         return False
     if rule["score_above"] is not None and not obs.max_score > rule["score_above"]:
         return False
@@ -341,8 +360,6 @@ def _fires(rule, obs: Observation, window_total: Optional[int]) -> bool:
 def _evaluate(db, rules, obs: Observation) -> list:
     """Check ``rules`` against ``obs`` and queue a message for each that fires (deduplicated);
     returns the ids queued. One transaction: the window counts and the queue agree."""
-    from pynomaly.service import metrics
-
     queued = []
     if obs.anomalies <= 0 or not rules:
         return queued
@@ -353,19 +370,29 @@ def _evaluate(db, rules, obs: Observation) -> list:
                 total = _rows.count_in_window(db, rule["id"], obs.at, obs.anomalies, rule["within"])
             if not _fires(rule, obs, total):
                 continue
-            fp = fingerprint(_labels(rule))
-            if rule["dedup"] > 0 and _rows.queued_since(db, fp, obs.at - rule["dedup"]):
-                metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="deduplicated")
-                continue
-            pending = _rows.waiting(db)
-            if pending >= OUTBOX_LIMIT:
-                metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="dropped")
-                log.warning("alert outbox full (%d messages waiting); alert of rule %s dropped", pending, rule["id"])
-                continue
-            msg_id = "msg_" + uuid.uuid4().hex
-            _rows.queue(db, msg_id, rule["id"], rule["channel"], fp, json.dumps(payload(rule, obs, total)), obs.at)
-            queued.append(msg_id)
+            msg_id = queue_fired(db, rule, lambda: payload(rule, obs, total), obs.at)
+            if msg_id is not None:
+                queued.append(msg_id)
     return queued
+
+
+def queue_fired(db, rule, message, at: float) -> Optional[str]:
+    """Queue ``message()`` (the Alertmanager dict) of a fired ``rule`` in the outbox, inside the
+    caller's transaction, unless deduplicated or the outbox is full; returns its id or None."""
+    from pynomaly.service import metrics
+
+    fp = fingerprint(_labels(rule))
+    if rule["dedup"] > 0 and _rows.queued_since(db, fp, at - rule["dedup"]):
+        metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="deduplicated")
+        return None
+    pending = _rows.waiting(db)
+    if pending >= OUTBOX_LIMIT:
+        metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="dropped")
+        log.warning("alert outbox full (%d messages waiting); alert of rule %s dropped", pending, rule["id"])
+        return None
+    msg_id = "msg_" + uuid.uuid4().hex
+    _rows.queue(db, msg_id, rule["id"], rule["channel"], fp, json.dumps(message()), at)
+    return msg_id
 
 
 def evaluate(home, detector: str, result) -> list:

@@ -21,7 +21,7 @@ from pynomaly.store import drift as rows
 from pynomaly.store._schema import open_database
 
 __all__ = ["DriftUnavailableError", "Settings", "settings", "save_reference", "reference", "observe", "flush",
-           "home_key", "forget", "latest_version", "no_reference"]
+           "home_key", "forget", "latest_version", "no_reference", "window_counts"]
 
 log = logging.getLogger("pynomaly.drift")
 
@@ -201,8 +201,44 @@ def flush(home=None, name: Optional[str] = None) -> int:
                     else:
                         _pending[k] = held
             raise
+        _check_rules(h, sorted({(n, v) for (_, n, v, _), _ in items}))
     _last_flush[0] = now
     return written
+
+
+def window_counts(home, name: str, version: int, profile, window: float, now: Optional[float] = None):
+    """The home's merged counts of ``name``'s ``version`` in the last ``window`` seconds (to
+    the bucket), as stored (this process's pending counts are not flushed here)."""
+    at = time.time() if now is None else now
+    since = int((at - window) // settings.bucket_s) * settings.bucket_s
+    counts = stats.Counts.empty(profile)
+    with open_database(home_key(home)) as db:
+        for blob in rows.window_counts(db, name, version, since):
+            try:
+                counts.add(stats.Counts.from_bytes(blob, profile))
+            except ModelFormatError as e:  # a bucket counted on a reference since replaced
+                log.warning("a drift bucket of %r version %s is skipped: %s", name, version, e)
+    return counts
+
+
+def _check_rules(home: str, written) -> None:
+    """The alert rules on drift of the detectors whose counts were just written (see
+    :mod:`pynomaly.service.drift_alerts`), on the home's merged window of the last
+    ``settings.window_s`` seconds; a failure is logged, the counts stay written."""
+    from pynomaly.service import drift_alerts
+
+    def document(name: str, version: int):
+        profile = _profile_for(home, (home, name, version), name, version)
+        if profile is None:
+            return None
+        counts = window_counts(home, name, version, profile, settings.window_s)
+        return {**stats.compare(profile, counts), "window_s": settings.window_s} if counts.rows else None
+
+    for name, version in written:
+        try:
+            drift_alerts.check(home, name, lambda: document(name, version))
+        except Exception as e:  # noqa: BLE001 - the next flush checks again
+            log.warning("drift alert rules of %r not checked: %s", name, e)
 
 
 def _merged(old: Optional[bytes], counts, profile) -> bytes:
