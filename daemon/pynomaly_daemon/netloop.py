@@ -15,6 +15,7 @@ import logging
 import time
 
 from pynomaly.serving import native
+from pynomaly.serving.observe import DRIFT_ROWS
 
 from .connection import Replies
 from .errors import classify
@@ -99,7 +100,7 @@ class NetPump:
                                 cfg.idle_inline_rows, cfg.max_connections, cfg.conn_max_in_flight, cfg.max_rx_bytes,
                                 cfg.idle_timeout, cfg.frame_timeout, cfg.write_timeout, uids, fast_uids, fast_gids,
                                 daemon.limits.per_uid, daemon.limits.reserve, sorted(daemon.limits.admin_uids),
-                                sorted(daemon.limits.admin_gids))
+                                sorted(daemon.limits.admin_gids), DRIFT_ROWS if daemon.drift_on else 0)
         self.conns: dict = {}
         self._changed: dict = {}
         self._sync_handle = None
@@ -127,10 +128,14 @@ class NetPump:
         return left
 
     # -- the served models: the cache's native lookups, mirrored into the loop -------------
+    # A model taken out of the loop's table takes its counts along: they are handed over first
+    # (the rows kept for drift and the anomalies' tally would be lost with it).
     def set_model(self, name: str, version, served) -> None:
+        self.flush_hits()
         self.net.set_model(name, version, served)
 
     def clear_models(self) -> None:
+        self.flush_hits()
         self.net.clear_models()
 
     # -- events from the loop -----------------------------------------------------------------
@@ -206,10 +211,12 @@ class NetPump:
         now = time.monotonic()
         used = self.d.cache.used
         obs = self.d.observer
-        for name, version, n, rows, flagged in self.net.take_hits():
+        for name, version, n, rows, flagged, sample in self.net.take_hits():
             used(name, version, n, now)
             if obs is not None:
                 obs.add(name, version, n, rows, flagged)
+                if sample is not None:  # rows kept for drift (issue 24)
+                    obs.add_sample(name, version, sample, sample[2])
 
     def counters(self) -> dict:
         return self.net.counters()

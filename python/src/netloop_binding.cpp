@@ -49,7 +49,7 @@ public:
             double write_timeout, std::optional<std::vector<uint32_t>> allowed_uids,
             std::optional<std::vector<uint32_t>> fast_uids, std::optional<std::vector<uint32_t>> fast_gids,
             int64_t max_per_uid, int64_t admin_reserve, std::vector<uint32_t> admin_uids,
-            std::vector<uint32_t> admin_gids)
+            std::vector<uint32_t> admin_gids, int64_t drift_rows)
         : grave_(std::make_shared<Graveyard>()) {
         netloop::Config c;
         c.listen_fd = listen_fd;
@@ -57,6 +57,7 @@ public:
         c.max_frame = max_frame;
         c.fast_rows = fast_rows;
         c.alone_rows = alone_rows;
+        c.drift_rows = drift_rows;
         c.max_connections = max_connections;
         c.max_per_uid = max_per_uid;
         c.admin_reserve = admin_reserve;
@@ -152,7 +153,8 @@ public:
     void clear_models() { loop_->clear_models(); }
 
     // [(name, version, requests served since the last call, their rows,
-    //   (anomalies, requests with one, highest anomalous score, highest rate) or None)]
+    //   (anomalies, requests with one, highest anomalous score, highest rate) or None,
+    //   (rows kept for drift, their scores, rows served) or None)]
     py::list take_hits() {
         grave_->release();  // called every few tens of ms: dropped models do not wait for a frame
         py::list out;
@@ -160,7 +162,8 @@ public:
             const fastwire::Tally& t = h.flagged;
             py::object flagged = t.anomalies ? py::object(py::make_tuple(t.anomalies, t.flagged, t.max_score, t.max_rate))
                                              : py::object(py::none());
-            out.append(py::make_tuple(h.model->s.name, h.model->s.version, h.requests, h.rows, flagged));
+            out.append(py::make_tuple(h.model->s.name, h.model->s.version, h.requests, h.rows, flagged,
+                                      sample_object(h.sample, h.model->s.n_features)));
         }
         return out;
     }
@@ -206,13 +209,13 @@ void register_netloop(py::module_& m) {
         .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double,
                       std::optional<std::vector<uint32_t>>, std::optional<std::vector<uint32_t>>,
                       std::optional<std::vector<uint32_t>>, int64_t, int64_t, std::vector<uint32_t>,
-                      std::vector<uint32_t>>(),
+                      std::vector<uint32_t>, int64_t>(),
              py::arg("listen_fd"), py::arg("threads"), py::arg("max_frame"), py::arg("fast_rows"), py::arg("alone_rows"),
              py::arg("max_connections"), py::arg("conn_max_in_flight"), py::arg("max_rx_bytes"),
              py::arg("idle_timeout"), py::arg("frame_timeout"), py::arg("write_timeout"), py::arg("allowed_uids"),
              py::arg("fast_uids") = py::none(), py::arg("fast_gids") = py::none(), py::arg("max_per_uid") = 256,
              py::arg("admin_reserve") = 16, py::arg("admin_uids") = std::vector<uint32_t>{},
-             py::arg("admin_gids") = std::vector<uint32_t>{})
+             py::arg("admin_gids") = std::vector<uint32_t>{}, py::arg("drift_rows") = 0)
         .def("start", &NetLoop::start)
         .def_property_readonly("notify_fd", &NetLoop::notify_fd)
         .def("take", &NetLoop::take)

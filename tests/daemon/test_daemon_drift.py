@@ -1,7 +1,8 @@
-"""The daemon's Python path feeds the drift window (issue 24): rows it scores are counted on the
-reference's bins through the data plane's observe step, the ``drift`` op reads them (after the
-observer's hand-over), a shifted feature ranks first and is flagged, unshifted traffic flags
-nothing, and ``--no-drift`` counts nothing."""
+"""Every daemon path feeds the drift window (issue 24): the native loop and the uvloop fast path
+keep the rows they score in C++ and hand them over with the anomalies' tally, the Python path
+through the data plane's observe step; the ``drift`` op reads them (after the observer's
+hand-over), a shifted feature ranks first and is flagged, unshifted traffic flags nothing, the
+home holds the same window for other processes, and ``--no-drift`` counts nothing."""
 
 from __future__ import annotations
 
@@ -16,42 +17,47 @@ from _daemon_helpers import DaemonProcess
 from conftest import load_dataset
 
 PARAMS = {"n_estimators": 50, "random_state": 0}
-PYTHON_PATH = ("--no-native-loop", "--no-fast-path")
+MODES = {"native-loop": (), "uvloop-fast-path": ("--no-native-loop",),
+         "python-path": ("--no-native-loop", "--no-fast-path")}
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def data():
     X, _ = load_dataset("cardio")
     X = X[np.random.default_rng(1).permutation(len(X))]
     n = len(X) // 2
-    train, serve = X[:n], X[n:]
-    moved = serve.copy()
+    moved = X[n:].copy()
     moved[:, 5] += 1.0
-    home = tmp_path_factory.mktemp("home")
-    for name in ("moved", "same", "quiet"):
-        service.train(home, name, train, "IsolationForest", PARAMS)
-    return home, serve, moved
+    return X[:n], X[n:], moved
 
 
-def _serve(client, name, rows):
+def _serve(client, name, rows, dtype=np.float64):
+    rows = rows.astype(dtype)
     for i in range(50):  # single rows (coalesced or not), then small batches
         client.detect(name, rows[i:i + 1])
-    for part in np.array_split(rows[50:], 8):
+    for part in np.array_split(rows[50:], 16):
         client.detect(name, part)
 
 
-def test_the_python_path_counts_what_it_serves(served, tmp_path):
-    home, serve, moved = served
-    d = DaemonProcess(tmp_path, None, "--home", str(home), *PYTHON_PATH)
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_path_counts_what_it_serves(data, tmp_path, mode):
+    train, serve, moved = data
+    home = tmp_path / "home"
+    for name in ("moved", "same"):
+        service.train(home, name, train, "IsolationForest", PARAMS)
+    d = DaemonProcess(tmp_path, None, "--home", str(home), *MODES[mode])
     try:
         with pynomaly.Client(d.sock) as c:
             _serve(c, "moved", moved)
-            _serve(c, "same", serve)
+            _serve(c, "same", serve, np.float32)  # float32 rows are widened where they are kept
             doc = c.drift("moved")
             calm = c.drift("same")
+            st = c.stats()
     finally:
         assert d.stop() == 0
-    assert doc["rows"] == doc["rows_seen"] == len(moved) and doc["score"]["scored"] == len(moved)
+    if mode != "python-path":
+        assert st.fast_path_requests >= 2 * 65  # the native path served them (all but the first of each)
+    assert (doc["rows"], doc["rows_seen"]) == (len(moved), len(moved)) and doc["score"]["scored"] == len(moved)
     assert doc["drift"] and doc["features"][0]["feature"] == "x5"
     assert [f["feature"] for f in doc["features"] if f["drift"]] == ["x5"]
     assert calm["rows"] == len(serve) and not calm["drift"]
@@ -59,9 +65,12 @@ def test_the_python_path_counts_what_it_serves(served, tmp_path):
     assert service_drift.report(home, "moved")["features"] == doc["features"]
 
 
-def test_no_drift_counts_nothing(served, tmp_path):
-    home, serve, _ = served
-    d = DaemonProcess(tmp_path, None, "--home", str(home), *PYTHON_PATH, "--no-drift")
+@pytest.mark.parametrize("mode", ["native-loop", "python-path"])
+def test_no_drift_counts_nothing(data, tmp_path, mode):
+    train, serve, _ = data
+    home = tmp_path / "home"
+    service.train(home, "quiet", train, "IsolationForest", PARAMS)
+    d = DaemonProcess(tmp_path, None, "--home", str(home), *MODES[mode], "--no-drift")
     try:
         with pynomaly.Client(d.sock) as c:
             _serve(c, "quiet", serve[:100])

@@ -53,6 +53,9 @@ class Observer:
         self.drift_home = drift_home
         self.drift: "dict | None" = {} if drift_home is not None else None
         self._counter = ThreadPoolExecutor(1, thread_name_prefix="pynomaly-drift-count") if self.drift is not None else None
+        # Rows the uvloop fast path may still keep for drift until the next hand-over (its
+        # calls return rows only while this is positive).
+        self.fast_room = DRIFT_ROWS if self.drift is not None else 0
 
     # -- counting (event-loop thread) -------------------------------------------------------
     def add(self, name: str, version, requests: int, rows: int, flagged) -> None:
@@ -75,7 +78,7 @@ class Observer:
         (kept by reference until the next hand-over: the caller does not change them)."""
         name = version.name
         if self.drift is not None and X is not None:
-            key = (name, version.version)
+            key = (name, version.version, X.dtype == np.float32)
             d = self.drift.get(key)
             if d is None:
                 d = self.drift[key] = [[], [], 0, 0]
@@ -114,6 +117,28 @@ class Observer:
                 off += it.n
         self._flag(name, version.version, requests, n, k, top, rate)
 
+    def add_sample(self, name: str, version, sample, served: int) -> None:
+        """Rows a native path served for ``name``'s ``version``: ``served`` of them, and
+        ``sample`` None or ``(rows, scores, _, rows32, scores32)`` the ones it kept for drift
+        (C++: the first :data:`DRIFT_ROWS` of each hand-over, float64 and float32 requests'
+        apart; see ``Sample`` in python/src/fastpath_serve.hpp)."""
+        if self.drift is None:
+            return
+        blocks = ((sample[0], sample[1]), (sample[3], sample[4])) if sample is not None else ((None, None),)
+        for i, (X, s) in enumerate(blocks):
+            key = (name, version, i == 1)
+            d = self.drift.get(key)
+            if d is None:
+                d = self.drift[key] = [[], [], 0, 0]
+            # Rows served: the float32 rows kept under their key, the rest under float64's (the
+            # window adds them up; C++ counts served rows of both kinds together).
+            d[3] += s.shape[0] if i == 1 else served - (sample[4].shape[0] if sample is not None else 0)
+            if X is not None and s.shape[0] and d[2] < DRIFT_ROWS:
+                d[0].append(X)
+                d[1].append(s)
+                d[2] += s.shape[0]
+                self.fast_room -= s.shape[0]
+
     def _flag(self, name, version, requests, rows, anomalies, top, rate) -> None:
         if self.evaluator is None:
             return
@@ -145,6 +170,8 @@ class Observer:
         """Count the rows kept for drift since the last call (in the counting thread); returns
         the future of that count (done at once when drift is off), which a report awaits so
         that it includes what was served just before."""
+        if self.drift is not None:
+            self.fast_room = DRIFT_ROWS
         if not self.drift:
             f: Future = Future()
             f.set_result(None)
@@ -153,7 +180,7 @@ class Observer:
         return self._counter.submit(self._count_drift, held, time.time())
 
     def _count_drift(self, held: dict, now: float) -> None:
-        for (name, version), (xs, ss, kept, served) in held.items():
+        for (name, version, _), (xs, ss, kept, served) in held.items():
             try:
                 X = xs[0] if len(xs) == 1 else np.concatenate(xs)
                 s = ss[0] if len(ss) == 1 else np.concatenate(ss)
