@@ -133,12 +133,17 @@ def observe(home, name: str, version: int, X, scores=None, *, now: Optional[floa
     process's live window; returns whether they were counted (False: the version has no
     reference). Added to the home within ``settings.flush_s`` seconds (see the module's
     docstring). ``served``: how many rows ``X`` stands for, when a caller sampled them
-    (:class:`pynomaly.serving.observe.Observer`; the document's ``rows_seen``)."""
+    (:class:`pynomaly.serving.observe.Observer`; the document's ``rows_seen``); ``X`` None:
+    ``served`` rows that were not kept."""
     hk = home_key(home)
     profile = _profile_for(home, (hk, name, int(version)), name, int(version))
     if profile is None:
         return False
-    counts = stats.count(profile, X, scores, sample_above=settings.sample_above)
+    if X is None:  # rows served and not kept (a serving process's sample): seen only
+        counts = stats.Counts.empty(profile)
+        counts.seen = int(served or 0)
+    else:
+        counts = stats.count(profile, X, scores, sample_above=settings.sample_above)
     if served is not None:
         counts.seen = max(int(served), counts.seen)
     at = time.time() if now is None else now
