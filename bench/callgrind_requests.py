@@ -1,6 +1,6 @@
 """User-space instructions per request of the daemon and of the HTTP face, under callgrind.
 
-    python bench/callgrind_requests.py [--python /path/to/venv/bin/python] [--repeat 2]
+    python bench/callgrind_requests.py [--python /path/to/venv/bin/python] [--repeat 2] [--drift on|off]
 
 Instructions are what other processes on a shared machine do not disturb, so two builds can be
 compared to a fraction of a percent where wall-clock rounds disagree by tens of percent. Each
@@ -27,6 +27,12 @@ server's setting, which has no flag, through HTTP_SERVER below), and what still 
 (timers, the revocation poller) is measured for a few seconds before the requests and its rate
 times the requests' window taken off. Without that, two runs of the same build differed by up to
 6% per HTTP request, since a loaded machine stretches the window.
+
+``--drift on|off`` (issue 24) serves the daemon points from a repository home whose detector has
+a drift reference instead of the model folder, with drift counting on or off (``--no-drift``),
+and turns the HTTP server's counting on or off (off: its observer built without a drift home);
+without it, the daemon serves the folder (no references: nothing to count) and the HTTP server
+counts, as before.
 
 ``--python`` picks the interpreter (venv) that prepares the model and runs the servers, so the
 same script measures a baseline tree and a changed one; this interpreter only sends requests
@@ -78,13 +84,17 @@ d.mkdir(parents=True)
 # while requests come) turned off: its lumps of work (a thread hop, a database query) follow the
 # wall clock, not the requests. The server reads its settings from the environment the CLI fills.
 HTTP_SERVER = r"""
-import json, runpy, sys
+import json, os, runpy, sys
 try:
     from pynomaly_api.settings import Settings
     to_env = Settings.to_env
 except (ImportError, AttributeError) as e:
     sys.exit(f"cannot turn the refresh off ({e}): adapt HTTP_SERVER in bench/callgrind_requests.py")
 Settings.to_env = lambda self: json.dumps({**json.loads(to_env(self)), "refresh_interval_s": 3600.0})
+if os.environ.get("PYNOMALY_BENCH_DRIFT") == "off":  # the HTTP face has no switch: its observer without drift
+    from pynomaly.serving import observe
+    init = observe.Observer.__init__
+    observe.Observer.__init__ = lambda self, *a, **k: init(self, *a, **{**k, "drift_home": None})
 sys.argv[0] = "pynomaly"
 runpy.run_module("pynomaly", run_name="__main__", alter_sys=True)
 """
@@ -176,8 +186,11 @@ def daemon_point(args, tmp: Path, flags, rows: int, n: int, tag: str) -> dict:
     import pynomaly
 
     sock = tmp / f"{tag}.sock"
-    server = Traced([args.python, "-m", "pynomaly_daemon", "--socket", str(sock), "--models", str(tmp / "models"),
-                     *DAEMON_COMMON, *flags], tmp, tag)
+    source = ["--models", str(tmp / "models")] if args.drift is None else ["--home", str(tmp / "home")]
+    if args.drift == "off":
+        source.append("--no-drift")
+    server = Traced([args.python, "-m", "pynomaly_daemon", "--socket", str(sock), *source, *DAEMON_COMMON, *flags],
+                    tmp, tag)
     try:
         line = server.proc.stdout.readline()
         if not line.startswith("READY"):
@@ -246,6 +259,8 @@ def main() -> None:
     ap.add_argument("--batch-requests", type=int, default=200, help="counted 1k-row requests per daemon point")
     ap.add_argument("--idle-seconds", type=float, default=2.0, help="idle time counted before the requests")
     ap.add_argument("--repeat", type=int, default=1, help="measure every point this many times (repeatability)")
+    ap.add_argument("--drift", choices=["on", "off"], help="daemon from a home with drift counting on or off; "
+                    "the HTTP server's counting on or off (issue 24)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (callgrind files, logs)")
     args = ap.parse_args()
     points = args.points.split(",")
@@ -265,9 +280,12 @@ def main() -> None:
         print(f"# cpu: {cpu_model()}; server python {args.python} (pynomaly at {where})")
         print(f"# natively: simd={native['simd']}, iforest kernel {native['iforest_kernel']}; under valgrind: "
               f"simd={probe['simd']}, iforest kernel {probe['iforest_kernel']} ({probe['iforest_kernel_reason']})")
+        print(f"# drift: {args.drift or 'daemon from the model folder (nothing to count), HTTP counting'}")
         print(f"# model: pynomaly.IsolationForest(random_state=0) on cardio {args.X.shape}; counted requests: "
               f"{args.requests} single-row, {args.batch_requests} of 1k rows, after a tenth as many warm-up requests")
-        if "http" in points:
+        if args.drift == "off":
+            os.environ["PYNOMALY_BENCH_DRIFT"] = "off"  # read by HTTP_SERVER
+        if "http" in points or args.drift is not None:
             run([args.python, "-m", "pynomaly", "--home", str(tmp / "home"), "train", "--detector", "bench", "--data",
                  str(tmp / "X.npy"), "--param", "random_state=0"])
             args.token = run([args.python, "-m", "pynomaly", "--home", str(tmp / "home"), "token", "create", "--user",

@@ -8,6 +8,8 @@ Scorer, as the inference protocol's routes do.
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import os
 import tempfile
@@ -187,6 +189,7 @@ async def detector_drift(name: str, request: Request,
 
     st = state_of(request)
     seconds = None if window is None else drift.parse_window(window)
+    await asyncio.wrap_future(st.observer.hand_over_drift())  # what this server scored just before counts
     return await st.run(lambda: drift.report(st.home, _name(name), version=version, window=seconds, method=method,
                                              psi_threshold=psi, alpha=alpha))
 

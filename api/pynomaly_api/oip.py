@@ -227,7 +227,9 @@ async def infer(scope, receive, send) -> None:
                     scores, result = await st.run(_answer, scorer, req)
             v = scorer.version
             st.cache.used(v.name, v.version, 1, time.monotonic())
-            decided = st.plane.decide(scorer, None, scores)  # the rule, once; counted for metrics and alert rules
+            # The rule, once; counted for metrics and alert rules, and the rows for drift (None
+            # for a request scored while it arrived: its blocks are gone; not profiled).
+            decided = st.plane.decide(scorer, None, scores, req.rows)
             if result is None:
                 result = decided
             c = st.counters

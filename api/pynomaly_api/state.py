@@ -55,7 +55,7 @@ class ServerState:
         self.audit = Auditor(self.home, self.run)
         # Metrics and alert rules (issue 12): every detection counted per detector, the rules
         # fed from a thread of their own (never SQLite on the event loop), alerts delivered.
-        self.observer = Observer(str(self.home))
+        self.observer = Observer(str(self.home), drift_home=str(self.home))
         # lookup -> score -> decide -> observe, as the daemon's Python path and every route here take it.
         self.plane = DataPlane(self.cache, self.observer)
         self.job_workers: list = []

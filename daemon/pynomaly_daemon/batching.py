@@ -156,17 +156,18 @@ class Batcher:
             except Exception as err:  # noqa: BLE001 - answered to the request
                 self._failed(scorer, [item], err, dtype)
             else:
-                self._deliver(scorer, [item], *done)
+                self._deliver(scorer, [item], done[0], X, explanation=done[1])
             return
         fut = self.loop.run_in_executor(self.pool, work)
-        fut.add_done_callback(lambda f: self._explained(scorer, item, f, dtype))
+        fut.add_done_callback(lambda f: self._explained(scorer, item, X, f, dtype))
 
-    def _explained(self, scorer, item: Pending, fut, dtype: str) -> None:
+    def _explained(self, scorer, item: Pending, X, fut, dtype: str) -> None:
         err = fut.exception()
         if err is not None:
             self._failed(scorer, [item], err, dtype)
         else:
-            self._deliver(scorer, [item], *fut.result())
+            scores, explanation = fut.result()
+            self._deliver(scorer, [item], scores, X, explanation=explanation)
 
     def _schedule_flush(self) -> None:
         if self.config.coalesce_window > 0:
@@ -200,7 +201,7 @@ class Batcher:
         except Exception as err:  # noqa: BLE001 - answered per request
             self._failed(scorer, items, err, dtype)
         else:
-            self._deliver(scorer, items, scores)
+            self._deliver(scorer, items, scores, X)
 
     def _score_in_pool(self, scorer, X: np.ndarray, items: list, dtype: str) -> None:
         """Score X in the thread pool, split into row chunks across the workers when it is large
@@ -211,7 +212,7 @@ class Batcher:
         k = min(self.config.workers, n // self.config.split_rows)
         if k < 2 or getattr(scorer.model, "n_jobs", None) not in (None, 1):
             fut = loop.run_in_executor(self.pool, scorer.score, X)
-            fut.add_done_callback(lambda f: self._scored(scorer, items, f, dtype))
+            fut.add_done_callback(lambda f: self._scored(scorer, items, f, dtype, X))
             return
         bounds = np.linspace(0, n, k + 1).astype(int)
         futs = [loop.run_in_executor(self.pool, scorer.score, X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -220,13 +221,13 @@ class Batcher:
         def done(f):
             if f.exception() is not None:  # rescore in one call so the error names the right row
                 fut = loop.run_in_executor(self.pool, scorer.score, X)
-                fut.add_done_callback(lambda f1: self._scored(scorer, items, f1, dtype))
+                fut.add_done_callback(lambda f1: self._scored(scorer, items, f1, dtype, X))
             else:
-                self._scored(scorer, items, f, dtype)
+                self._scored(scorer, items, f, dtype, X)
 
         whole.add_done_callback(done)
 
-    def _scored(self, scorer, items: list, fut, dtype: str) -> None:
+    def _scored(self, scorer, items: list, fut, dtype: str, X=None) -> None:
         err = fut.exception()
         if err is not None:
             self._failed(scorer, items, err, dtype)
@@ -234,7 +235,7 @@ class Batcher:
         scores = fut.result()
         if type(scores) is list:  # chunks of a split request
             scores = np.concatenate(scores)
-        self._deliver(scorer, items, scores)
+        self._deliver(scorer, items, scores, X)
 
     def _failed(self, scorer, items: list, err: BaseException, dtype: str) -> None:
         if len(items) > 1:  # (never a request asking for attributions: those are scored alone)
@@ -247,11 +248,11 @@ class Batcher:
         code, msg = classify(err)
         self.reply_error(it.conn, it.req.id, code, msg)
 
-    def _deliver(self, scorer, items: list, scores: np.ndarray, explanation=None) -> None:
+    def _deliver(self, scorer, items: list, scores: np.ndarray, X=None, explanation=None) -> None:
         c = self.counters
         c["native_calls"] += 1
         c["rows_scored"] += scores.shape[0]
-        result = self.plane.decide(scorer, items, scores)
+        result = self.plane.decide(scorer, items, scores, X)  # X: the rows, for drift
         if explanation is not None:
             result = result.explained(explanation)
         detect_replies(scorer, items, result, self.encoder, self.admission.release, self.reply_error)

@@ -104,6 +104,8 @@ class Config:
     metrics_host: str = _opt("127.0.0.1", "address the metrics port listens on", type=str)
     alerts: bool = _opt(True, "do not check detections against alert rules nor deliver alerts (repository homes "
                               "only; they are off for --models folders)", flag="--no-alerts")
+    drift: bool = _opt(True, "do not count the rows the Python path scores in the detectors' drift windows "
+                             "(repository homes only)", flag="--no-drift")
     job_workers: int = _opt(0, "run queued jobs of the home in this many daemon threads (0: leave them to "
                                "`pynomaly worker`)", zero_ok=True)
 

@@ -5,6 +5,8 @@ and the table that maps each request type to its handler. ``detect`` has its own
 
 from __future__ import annotations
 
+import asyncio
+
 import os
 import time
 
@@ -77,6 +79,10 @@ async def drift(d, req: wire.Drift) -> wire.DriftReply:
                            "references and no live window")
     opts = {k: v for k, v in (("method", req.method), ("psi_threshold", req.psi_threshold), ("alpha", req.alpha))
             if v is not None}
+    if d.observer is not None:  # what this daemon scored just before counts, on every path
+        if d.netloop is not None:
+            d.netloop.flush_hits()
+        await asyncio.wrap_future(d.observer.hand_over_drift())
     doc = await d.run(lambda: service_drift.report(d.source.home, req.detector, version=req.version,
                                                    window=req.window, **opts))
     return wire.DriftReply(req.id, doc)

@@ -16,6 +16,7 @@ import time
 
 from pynomaly.service.metrics import DURATION_BUCKETS, REQUEST_SECONDS
 from pynomaly.serving import native
+from pynomaly.serving.observe import DRIFT_ROWS
 
 from .connection import Replies
 from .errors import classify
@@ -100,7 +101,8 @@ class NetPump:
                                 cfg.idle_inline_rows, cfg.max_connections, cfg.conn_max_in_flight, cfg.max_rx_bytes,
                                 cfg.idle_timeout, cfg.frame_timeout, cfg.write_timeout, uids, fast_uids, fast_gids,
                                 daemon.limits.per_uid, daemon.limits.reserve, sorted(daemon.limits.admin_uids),
-                                sorted(daemon.limits.admin_gids), list(DURATION_BUCKETS))
+                                sorted(daemon.limits.admin_gids), list(DURATION_BUCKETS),
+                                DRIFT_ROWS if daemon.drift_on else 0)
         self.conns: dict = {}
         self._changed: dict = {}
         self._sync_handle = None
@@ -128,10 +130,14 @@ class NetPump:
         return left
 
     # -- the served models: the cache's native lookups, mirrored into the loop -------------
+    # A model taken out of the loop's table takes its counts along: they are handed over first
+    # (the rows kept for drift and the anomalies' tally would be lost with it).
     def set_model(self, name: str, version, served) -> None:
+        self.flush_hits()
         self.net.set_model(name, version, served)
 
     def clear_models(self) -> None:
+        self.flush_hits()
         self.net.clear_models()
 
     # -- events from the loop -----------------------------------------------------------------
@@ -207,11 +213,13 @@ class NetPump:
         now = time.monotonic()
         used = self.d.cache.used
         obs = self.d.observer
-        for name, version, n, rows, flagged, durations, seconds in self.net.take_hits():
+        for name, version, n, rows, flagged, durations, seconds, sample in self.net.take_hits():
             used(name, version, n, now)
             if obs is not None:
                 obs.add(name, version, n, rows, flagged)
                 REQUEST_SECONDS.add(durations, seconds, op="detect", detector=name, face="daemon")
+                if sample is not None:  # rows kept for drift (issue 24)
+                    obs.add_sample(name, version, sample, sample[2])
 
     def counters(self) -> dict:
         return self.net.counters()

@@ -58,7 +58,7 @@ from pynomaly.wire import Detect, Rows, default_socket_path, unsafe_socket_folde
 from .admission import Admission, ConnectionLimits
 from .audit import Auditor
 from .batching import Batcher, request_rows
-from pynomaly.serving import DataPlane, ModelCache, preload
+from pynomaly.serving import DataPlane, ModelCache, RepositorySource, preload
 from .config import Config
 from .connection import Connection
 from .errors import RequestError, classify
@@ -116,6 +116,8 @@ class Daemon:
         self._stop: Optional[asyncio.Event] = None
         # Metrics and alerts (issue 12): counted per detector when something reads them.
         self.observer: Optional[Observer] = None
+        # Drift (issue 24): every path counts the rows it scores in the home's drift window.
+        self.drift_on = bool(config.drift) and isinstance(source, RepositorySource)
         self.metrics_server = None
         self.job_workers: list = []
         self.auditor = Auditor(self, getattr(source, "home", None), audited=hasattr(source, "home"))
@@ -256,8 +258,9 @@ class Daemon:
         home = self.source.home if isinstance(self.source, RepositorySource) else None
         repo = isinstance(self.source, RepositorySource)
         alerts_on = cfg.alerts and repo
-        if cfg.metrics_port or alerts_on:
-            self.observer = Observer(home, alerts_on=alerts_on) if alerts_on else Observer(None, alerts_on=False)
+        if cfg.metrics_port or alerts_on or self.drift_on:
+            self.observer = Observer(home if alerts_on else None, alerts_on=alerts_on,
+                                     drift_home=home if self.drift_on else None)
             self.plane.observer = self.observer
             self.observer.start(loop)
         if cfg.metrics_port:
@@ -472,15 +475,18 @@ class Daemon:
             p, replies, served, n_req, n_rows, n_calls, n_coalesced = native.fast_detect(
                 conn.view, p, end, self.config.max_frame, self.fast_rows, self.cache.native
             )
-        else:  # with the anomalies' tally (metrics, alerts)
-            p, replies, served, n_req, n_rows, n_calls, n_coalesced, flagged = native.fast_detect(
-                conn.view, p, end, self.config.max_frame, self.fast_rows, self.cache.native, True
-            )
+        else:  # with the anomalies' tally (metrics, alerts) and, while wanted, rows for drift
+            room = obs.fast_room
+            out = native.fast_detect(conn.view, p, end, self.config.max_frame, self.fast_rows, self.cache.native, True,
+                                     room)
+            p, replies, served, n_req, n_rows, n_calls, n_coalesced, flagged = out[:8]
             if n_req:
                 obs.add(served.name, served.version, n_req, n_rows, flagged)
                 # each request's latency, from the read that carried it to its reply
                 REQUEST_SECONDS.observe_labelled(time.monotonic() - conn.last_rx, ("detect", served.name, "daemon"),
                                                  n_req)
+                if obs.drift is not None:
+                    obs.add_sample(served.name, served.version, out[8] if room > 0 else None, n_rows)
         if n_req:
             self.n_detect += n_req
             c = self.counters

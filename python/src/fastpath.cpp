@@ -17,6 +17,7 @@
 // of a detector (forest, threshold, name, version) is typed here. A separate extension for
 // the daemon would need the Forest type across two modules (pybind11's shared internals) and
 // a second build for the same few hundred lines.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -62,15 +63,39 @@ const Served* lookup(const py::dict& served, const Request& q, PyObject*& handle
     return &h.cast<const ServedForest&>().s;
 }
 
+}  // namespace
+
+py::object pynomaly::sample_object(const Sample& sample, int64_t d) {
+    if (sample.served == 0) return py::none();
+    const auto dd = static_cast<py::ssize_t>(d);
+    const auto k = static_cast<py::ssize_t>(sample.scores.size());
+    const auto k32 = static_cast<py::ssize_t>(sample.scores32.size());
+    py::array_t<double> rows({k, dd}), scores(k), scores32(k32);
+    py::array_t<float> rows32({k32, dd});
+    if (k) {
+        std::memcpy(rows.mutable_data(), sample.rows.data(), sample.rows.size() * sizeof(double));
+        std::memcpy(scores.mutable_data(), sample.scores.data(), sample.scores.size() * sizeof(double));
+    }
+    if (k32) {
+        std::memcpy(rows32.mutable_data(), sample.rows32.data(), sample.rows32.size() * sizeof(float));
+        std::memcpy(scores32.mutable_data(), sample.scores32.data(), sample.scores32.size() * sizeof(double));
+    }
+    return py::make_tuple(rows, scores, sample.served, rows32, scores32);
+}
+
+namespace {
+
 // fast_detect(buffer, pos, end, max_frame, max_rows, served)
 //   -> (pos, replies: bytes | None, ServedForest | None, requests, rows, native_calls, coalesced)
 // and, with tally=True, an eighth item: (anomalies, requests with one, highest anomalous score,
-// highest anomaly rate of a request) or None when there was no anomaly (the daemon's alerts).
+// highest anomaly rate of a request) or None when there was no anomaly (the daemon's alerts);
+// with sample_rows > 0 too, a ninth: the first sample_rows rows served with their scores, for
+// drift (sample_object's tuple, or None).
 // Serves the fast requests from buffer[pos:end] and returns where it stopped. All of them are
 // for one ServedForest (it stops where the detector changes), returned for the caller's
 // bookkeeping.
 py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_t max_frame, int64_t max_rows,
-                      const py::dict& served_dict, bool tally) {
+                      const py::dict& served_dict, bool tally, int64_t sample_rows) {
     const py::buffer_info info = buffer.request();
     if (info.ndim != 1 || info.itemsize != 1 || pos < 0 || pos > end || end > info.size)
         throw InvalidInput("fast_detect: a 1-D byte buffer and 0 <= pos <= end <= len(buffer) are required");
@@ -86,6 +111,7 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
     int64_t batch_start = pos;
     int64_t n_requests = 0, n_rows = 0, n_calls = 0, n_coalesced = 0;
     Tally flagged;
+    Sample sample;
 
     // Scores the pending batch; if the core refuses it, its frames are given back (the caller
     // stops there and the Python path answers them).
@@ -94,6 +120,7 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
         const bool scored = score_batch(batch, *served, out);
         if (scored) {
             if (tally) flagged.add(batch, served->threshold);
+            if (sample_rows > 0) sample.add(batch, served->n_features, sample_rows);
             n_requests += static_cast<int64_t>(batch.requests.size());
             n_rows += batch.n_rows;
             n_calls += 1;
@@ -136,7 +163,9 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
     py::object t = flagged.anomalies
                        ? py::object(py::make_tuple(flagged.anomalies, flagged.flagged, flagged.max_score, flagged.max_rate))
                        : py::object(py::none());
-    return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced, t);
+    if (sample_rows <= 0) return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced, t);
+    return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced, t,
+                          sample_object(sample, served != nullptr ? served->n_features : 0));
 }
 
 }  // namespace
@@ -164,6 +193,6 @@ void register_fastpath(py::module_& m) {
         .def_property_readonly("n_features", [](const ServedForest& f) { return f.s.n_features; })
         .def_property_readonly("threshold", [](const ServedForest& f) { return f.s.threshold; });
     m.def("fast_detect", &fast_detect, py::arg("buffer"), py::arg("pos"), py::arg("end"), py::arg("max_frame"),
-          py::arg("max_rows"), py::arg("served"), py::arg("tally") = false,
+          py::arg("max_rows"), py::arg("served"), py::arg("tally") = false, py::arg("sample_rows") = 0,
           "The daemon's native path for small raw-rows detect requests (see python/src/fastpath.cpp).");
 }

@@ -14,4 +14,9 @@ struct ServedForest {
     fastwire::Served s;
 };
 
+// The rows a native path kept for drift, for the host: None when nothing was served, else
+// (float64 rows (k, d), their scores (k,), rows served, float32 rows (k32, d), their scores)
+// (fastpath.cpp).
+pybind11::object sample_object(const fastwire::Sample& sample, int64_t d);
+
 }  // namespace pynomaly

@@ -81,6 +81,46 @@ struct Tally {
     }
 };
 
+// Rows kept for drift monitoring (issue 24): up to a cap of the rows scored since the host last
+// took them, with their scores, and how many rows were served meanwhile (kept or not). float32
+// rows are kept as float32 (the host counts a value that rounds to a bin edge as that edge),
+// float64 rows as they came. The host counts them on the detector's reference bins off the
+// serving path (pynomaly.serving.observe); a copy of the first rows only, so a request pays a
+// few nanoseconds once the cap is reached.
+struct Sample {
+    std::vector<double> rows, scores;    // float64 requests' rows
+    std::vector<float> rows32;           // float32 requests' rows
+    std::vector<double> scores32;
+    uint64_t served = 0;
+
+    size_t kept() const { return scores.size() + scores32.size(); }
+
+    // Adds a batch scored for d features, keeping rows while fewer than cap are kept.
+    void add(const Batch& b, int64_t d, int64_t cap) {
+        served += static_cast<uint64_t>(b.n_rows);
+        int64_t room = cap - static_cast<int64_t>(kept());
+        int64_t row = 0;
+        for (const Request& q : b.requests) {
+            if (room <= 0) break;
+            const int64_t n = q.n < room ? q.n : room;
+            const size_t values = static_cast<size_t>(n * d);
+            if (b.f32) {
+                const size_t at = rows32.size();
+                rows32.resize(at + values);
+                std::memcpy(rows32.data() + at, q.data, values * sizeof(float));  // q.data may be misaligned
+                scores32.insert(scores32.end(), b.scores.begin() + row, b.scores.begin() + row + n);
+            } else {
+                const size_t at = rows.size();
+                rows.resize(at + values);
+                std::memcpy(rows.data() + at, q.data, values * sizeof(double));
+                scores.insert(scores.end(), b.scores.begin() + row, b.scores.begin() + row + n);
+            }
+            room -= n;
+            row += q.n;
+        }
+    }
+};
+
 // Whether q may join batch b (same dtype, within max_rows); an empty batch takes anything.
 inline bool fits(const Batch& b, const Request& q, int64_t max_rows) {
     return b.requests.empty() || (q.f32 == b.f32 && b.n_rows + q.n <= max_rows);

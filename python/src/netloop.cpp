@@ -284,6 +284,7 @@ std::vector<Loop::Hits> Loop::take_hits() {
             std::lock_guard<std::mutex> g(m.mu);
             h.flagged = m.flagged;
             m.flagged = fastwire::Tally{};
+            std::swap(h.sample, m.sample);
         }
         out.push_back(std::move(h));
     }

@@ -47,6 +47,7 @@ struct Model {
     std::atomic<uint64_t> duration_ns{0};
     std::mutex mu;
     fastwire::Tally flagged;
+    fastwire::Sample sample;  // rows kept for drift (Config::drift_rows), under `mu`
 };
 using ModelPtr = std::shared_ptr<Model>;
 
@@ -58,6 +59,8 @@ struct Config {
     // Larger raw-row requests up to this many rows are scored by the loop thread too, alone and
     // in place: a 1k-row request then costs no hop to the host and back (0: hand them over).
     int64_t alone_rows = 0;
+    // Rows per served model kept for drift monitoring between the host's take_hits (0: none).
+    int64_t drift_rows = 0;
     int64_t max_connections = 1024;
     // A peer without the admin role holds at most max_per_uid connections, and only the first
     // max_connections - admin_reserve of all (the rule of pynomaly_daemon.admission.ConnectionLimits).
@@ -150,13 +153,14 @@ public:
     void set_model(const std::string& key, ModelPtr m);
     void clear_models();
     // Each served model with the requests served since the last call (non-zero only), with
-    // their rows and the tally of their anomalies.
+    // their rows, the tally of their anomalies and the rows kept for drift.
     struct Hits {
         ModelPtr model;
         uint64_t requests = 0, rows = 0;
         fastwire::Tally flagged;
         std::array<uint64_t, kMaxDurationBounds + 1> durations{};
         uint64_t duration_ns = 0;
+        fastwire::Sample sample;
     };
     std::vector<Hits> take_hits();
 

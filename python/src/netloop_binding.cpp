@@ -51,7 +51,7 @@ public:
             double write_timeout, std::optional<std::vector<uint32_t>> allowed_uids,
             std::optional<std::vector<uint32_t>> fast_uids, std::optional<std::vector<uint32_t>> fast_gids,
             int64_t max_per_uid, int64_t admin_reserve, std::vector<uint32_t> admin_uids,
-            std::vector<uint32_t> admin_gids, std::vector<double> duration_bounds)
+            std::vector<uint32_t> admin_gids, std::vector<double> duration_bounds, int64_t drift_rows)
         : grave_(std::make_shared<Graveyard>()) {
         if (duration_bounds.size() > netloop::kMaxDurationBounds ||
             !std::is_sorted(duration_bounds.begin(), duration_bounds.end()))
@@ -64,6 +64,7 @@ public:
         c.max_frame = max_frame;
         c.fast_rows = fast_rows;
         c.alone_rows = alone_rows;
+        c.drift_rows = drift_rows;
         c.max_connections = max_connections;
         c.max_per_uid = max_per_uid;
         c.admin_reserve = admin_reserve;
@@ -160,7 +161,8 @@ public:
 
     // [(name, version, requests served since the last call, their rows,
     //   (anomalies, requests with one, highest anomalous score, highest rate) or None,
-    //   [requests per latency bucket of duration_bounds, then above them], their latencies' sum in seconds)]
+    //   [requests per latency bucket of duration_bounds, then above them], their latencies' sum in seconds,
+    //   (rows kept for drift, their scores, rows served) or None)]
     py::list take_hits() {
         grave_->release();  // called every few tens of ms: dropped models do not wait for a frame
         py::list out;
@@ -171,7 +173,8 @@ public:
             py::list durations(n_durations_);
             for (size_t i = 0; i < n_durations_; ++i) durations[i] = h.durations[i];
             out.append(py::make_tuple(h.model->s.name, h.model->s.version, h.requests, h.rows, flagged, durations,
-                                      static_cast<double>(h.duration_ns) * 1e-9));
+                                      static_cast<double>(h.duration_ns) * 1e-9,
+                                      sample_object(h.sample, h.model->s.n_features)));
         }
         return out;
     }
@@ -218,13 +221,14 @@ void register_netloop(py::module_& m) {
         .def(py::init<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double, double, double,
                       std::optional<std::vector<uint32_t>>, std::optional<std::vector<uint32_t>>,
                       std::optional<std::vector<uint32_t>>, int64_t, int64_t, std::vector<uint32_t>,
-                      std::vector<uint32_t>, std::vector<double>>(),
+                      std::vector<uint32_t>, std::vector<double>, int64_t>(),
              py::arg("listen_fd"), py::arg("threads"), py::arg("max_frame"), py::arg("fast_rows"), py::arg("alone_rows"),
              py::arg("max_connections"), py::arg("conn_max_in_flight"), py::arg("max_rx_bytes"),
              py::arg("idle_timeout"), py::arg("frame_timeout"), py::arg("write_timeout"), py::arg("allowed_uids"),
              py::arg("fast_uids") = py::none(), py::arg("fast_gids") = py::none(), py::arg("max_per_uid") = 256,
              py::arg("admin_reserve") = 16, py::arg("admin_uids") = std::vector<uint32_t>{},
-             py::arg("admin_gids") = std::vector<uint32_t>{}, py::arg("duration_bounds") = std::vector<double>{})
+             py::arg("admin_gids") = std::vector<uint32_t>{}, py::arg("duration_bounds") = std::vector<double>{},
+             py::arg("drift_rows") = 0)
         .def("start", &NetLoop::start)
         .def_property_readonly("notify_fd", &NetLoop::notify_fd)
         .def("take", &NetLoop::take)

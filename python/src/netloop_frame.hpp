@@ -137,9 +137,11 @@ inline bool Worker::score(Conn& c) {
     mm->durations[b].fetch_add(k, std::memory_order_relaxed);
     mm->duration_ns.fetch_add(static_cast<uint64_t>(took * 1e9) * k, std::memory_order_relaxed);
     fastwire::Tally t;
-    if (t.add(batch, m->s.threshold)) {
+    const bool flagged = t.add(batch, m->s.threshold);
+    if (flagged || cfg.drift_rows > 0) {
         std::lock_guard<std::mutex> g(mm->mu);
-        mm->flagged.merge(t);
+        if (flagged) mm->flagged.merge(t);
+        if (cfg.drift_rows > 0) mm->sample.add(batch, m->s.n_features, cfg.drift_rows);
     }
     mark_dirty(c);
     return true;

@@ -13,7 +13,7 @@ import pytest
 
 from pynomaly import service
 
-from _http_helpers import ApiServer, make_token
+from _http_helpers import ApiServer, infer_body, make_token
 from conftest import load_dataset
 
 PARAMS = {"n_estimators": 50, "random_state": 0}
@@ -28,7 +28,7 @@ def api(tmp_path_factory):
     moved = serve.copy()
     moved[:, 3] += 1.0
     home = tmp_path_factory.mktemp("home")
-    for name in ("moved", "same", "fresh"):
+    for name in ("moved", "same", "fresh", "inferred"):
         service.train(home, name, train, "IsolationForest", PARAMS)
     service.export(home, "fresh", home.parent / "fresh.pnx")
     service.import_detector(home, home.parent / "fresh.pnx", "imported")
@@ -91,3 +91,22 @@ def test_what_cannot_be_answered_is_a_clear_error(api):
     status, doc = server.json("GET", "/api/v1/detectors/fresh/drift?method=chi2", token=viewer)
     assert status == 400
     assert server.json("GET", "/api/v1/detectors/moved/drift")[0] == 401
+
+
+def test_inference_protocol_requests_count_in_the_window(api):
+    """OIP v2 infer goes through the data plane's observe step: single rows and small batches
+    are counted (on the observer's hand-over, which the endpoint waits for)."""
+    server, _, tokens, serve, moved = api
+    rows = moved[:300]
+    for i in range(0, 40):  # single-row requests
+        status, doc = server.json("POST", "/v2/models/inferred/infer", infer_body(rows[i:i + 1]),
+                                  token=tokens["operator"])
+        assert status == 200, doc
+    for part in np.array_split(rows[40:], 4):
+        status, doc = server.json("POST", "/v2/models/inferred/infer", infer_body(part), token=tokens["operator"])
+        assert status == 200, doc
+    status, doc = server.json("GET", "/api/v1/detectors/inferred/drift", token=tokens["viewer"])
+    assert status == 200, doc
+    assert doc["rows"] == doc["rows_seen"] == len(rows)
+    assert doc["features"][0]["feature"] == "x3" and doc["features"][0]["drift"]
+    assert doc["score"]["scored"] == len(rows)

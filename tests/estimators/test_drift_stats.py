@@ -54,6 +54,19 @@ def test_counts_equal_numpy_searchsorted_on_real_data_any_dtype_and_threads(card
     assert np.allclose(t1[:, 0], np.sum(np.clip(lo - big, 0, None), axis=0))
 
 
+def test_float32_rows_count_as_the_values_they_were_sent_for(cardio_halves):
+    """A repeated value kept as an edge arrives rounded when a client sends float32: counted as
+    that edge, float32 traffic is binned as its float64 original (unsnapped, cardio's unshifted
+    half would drift with PSI up to 16)."""
+    ref, live = cardio_halves
+    profile = drift.reference_profile(ref)
+    c64, c32 = drift.count(profile, live), drift.count(profile, live.astype(np.float32))
+    # the same bins, but for values that float32 rounding moves across a distinct edge (none here)
+    assert np.array_equal(c32.features, c64.features)
+    assert not drift.compare(profile, c32)["drift"]
+    assert np.allclose(c32.tails, c64.tails, rtol=1e-6, atol=1e-6)
+
+
 def test_counts_are_exact_where_edges_crowd_and_values_sit_on_edges():
     """Large batches look values up in a grid before the binary search: heavy tails (most edges
     in a few cells), values equal to edges and outside the range must land as searchsorted says."""

@@ -1,5 +1,5 @@
 """The web pages of the HTTP face: sign in at ``/``, then detectors (sorted, filtered, their
-versions compared), detection results with their score histogram, history, training,
+versions compared, their drift), detection results with their score histogram, history, training,
 datasets, jobs, alerts, the audit trail and health under ``/ui/``. Same server, tokens,
 roles and Scorer as the API; plain HTML with SVG charts drawn on the server and a few lines
 of our own JavaScript (no CDN, no build step)."""
@@ -14,7 +14,7 @@ def routes() -> list:
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
-    from . import alerts_page, audit_page, compare, datasets_page, health, jobs_page, pages
+    from . import alerts_page, audit_page, compare, datasets_page, drift_page, health, jobs_page, pages
 
     return [
         Route("/", pages.signin_page, methods=["GET"]),
@@ -24,6 +24,7 @@ def routes() -> list:
         Route("/ui/detectors/{name}", pages.detector, methods=["GET"]),
         Route("/ui/detectors/{name}/history", pages.history, methods=["GET"]),
         Route("/ui/detectors/{name}/compare", compare.compare, methods=["GET"]),
+        Route("/ui/detectors/{name}/drift", drift_page.drift_panel, methods=["GET"]),
         Route("/ui/detectors/{name}/{action}", pages.detector_action, methods=["POST"]),
         Route("/ui/detect", pages.detect_page, methods=["GET"]),
         Route("/ui/detect", pages.detect, methods=["POST"]),

@@ -263,3 +263,63 @@ def attribution_bars(names: Sequence[str], values: np.ndarray, sign: int = 1) ->
     out.append(f'<text class="label" x="{pad_l + pw / 2:.0f}" y="{h - 3}" text-anchor="middle">attribution</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def psi_bar(psi: float, top: float, drifted: bool) -> str:
+    """A small inline bar of one feature's PSI on a scale to ``top`` (the page's largest, at
+    least twice the threshold), marked when the feature drifts."""
+    w = 120.0 * min(max(psi, 0.0) / top, 1.0) if top > 0 else 0.0
+    cls = "bar flagged" if drifted else "bar"
+    return (f'<svg class="psi-bar" viewBox="0 0 120 10" width="120" height="10" aria-hidden="true">'
+            f'<rect class="{cls}" x="0" y="0" width="{w:.1f}" height="10"/></svg>')
+
+
+def score_drift(edges: np.ndarray, training: np.ndarray, live: np.ndarray, threshold) -> str:
+    """The SVG of the served scores' distribution drawn over the training one, both on the
+    reference's score bins (``edges``; ``training`` and ``live`` the shares of the
+    len(edges) + 1 bins, the first and last open-ended). Drawn as densities between the edges
+    (share / bin width: the bins are equal-frequency, so of unequal width); the open-ended
+    bins' shares are named in the title."""
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.size < 2:
+        return ""
+    lo, hi = float(edges[0]), float(edges[-1])
+    if threshold is not None and math.isfinite(threshold):
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    widths = np.diff(edges)
+    dens = [np.asarray(s, dtype=np.float64)[1:-1] / widths for s in (training, live)]
+    top = max(float(max(d.max() for d in dens)) * 1.1, 1e-12)
+    pw, ph = W - PAD_L - PAD_R, H - PAD_T - PAD_B
+    base = PAD_T + ph
+
+    def x(v: float) -> float:
+        return PAD_L + pw * (v - lo) / (hi - lo) if hi > lo else PAD_L
+
+    def y(v: float) -> float:
+        return PAD_T + ph * (1 - v / top)
+
+    outside = (f"below the training range: {100 * float(training[0]):.2g}% in training, {100 * float(live[0]):.2g}% "
+               f"served; above it: {100 * float(training[-1]):.2g}% and {100 * float(live[-1]):.2g}%")
+    out = [f'<svg class="chart" id="drift-scores" viewBox="0 0 {W} {H}" role="img" aria-labelledby="drift-title">',
+           f'<title id="drift-title">Served scores over training scores on {edges.size - 1} bins from {_fmt(lo)} '
+           f'to {_fmt(hi)} ({outside})</title>',
+           f'<line class="axis" x1="{PAD_L}" x2="{W - PAD_R}" y1="{base}" y2="{base}"/>']
+    for k, (label, d) in enumerate((("training", dens[0]), ("served", dens[1]))):
+        pts = [f"{x(float(edges[0])):.1f},{base:.1f}"]
+        for i, v in enumerate(d):
+            yy = y(float(v))
+            pts.append(f"{x(float(edges[i])):.1f},{yy:.1f} {x(float(edges[i + 1])):.1f},{yy:.1f}")
+        pts.append(f"{x(float(edges[-1])):.1f},{base:.1f}")
+        out.append(f'<polyline class="dist series-{k}" data-label="{label}" points="{" ".join(pts)}">'
+                   f'<title>{label} scores</title></polyline>')
+        ly = PAD_T + 16 + 26 * k
+        out.append(f'<rect class="key series-{k}" x="{W - PAD_R - 110}" y="{ly - 12}" width="14" height="12"/>'
+                   f'<text class="tick" x="{W - PAD_R - 90}" y="{ly}">{label}</text>')
+    if threshold is not None and math.isfinite(threshold):
+        tx = x(threshold)
+        out.append(f'<line class="threshold" x1="{tx:.2f}" x2="{tx:.2f}" y1="{PAD_T}" y2="{base}">'
+                   f'<title>threshold {_fmt(threshold)}</title></line>')
+    out.extend(_x_ticks(x, lo, hi, base))
+    out.append(f'<text class="label" x="{PAD_L + pw / 2:.0f}" y="{H - 3}" text-anchor="middle">score</text>')
+    out.append("</svg>")
+    return "".join(out)

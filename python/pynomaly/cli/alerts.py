@@ -26,6 +26,10 @@ def add_alerts(sub):
     aa.add_argument("--rate-above", type=float, metavar="R", help="a detection's anomaly rate above R (0..1)")
     aa.add_argument("--count", type=int, metavar="N", help="N anomalies or more ... (with --within)")
     aa.add_argument("--within", type=float, metavar="MINUTES", help="... within this many minutes")
+    aa.add_argument("--drift-above", type=float, metavar="PSI", help="a rule on drift: a feature's PSI in the "
+                    "detector's live drift window (the last hour) at or above PSI (0.2: a significant shift)")
+    aa.add_argument("--score-drift-above", type=float, metavar="PSI", help="a rule on drift: the score "
+                    "distribution's PSI at or above PSI")
     aa.add_argument("--dedup", type=float, default=5.0, metavar="MINUTES",
                     help="send the same alert at most once per this many minutes (default 5; 0: always)")
     aa.add_argument("--secret", help="webhook signing secret (whsec_...); default: a new one, printed")
@@ -65,6 +69,7 @@ def _cmd_alerts(args, home, progress, out):
             home, args.detector, name, target, score_above=args.score_above, rate_above=args.rate_above,
             count=args.count, within=None if args.within is None else 60.0 * args.within,
             dedup=60.0 * args.dedup, secret=args.secret, timeout=args.timeout, max_attempts=args.max_attempts,
+            drift_above=args.drift_above, score_drift_above=args.score_drift_above,
         )
         if args.json:
             out.write(json.dumps(rule, indent=2) + "\n")
@@ -87,7 +92,12 @@ def _cmd_alerts(args, home, progress, out):
                     parts.append(f"rate>{r['rate_above']:g}")
                 if r["count"] is not None:
                     parts.append(f"{r['count']} in {r['within'] / 60:g}min")
-                return " and ".join(parts) or "any anomaly"
+                drift = []
+                if r["drift_above"] is not None:
+                    drift.append(f"feature PSI>={r['drift_above']:g}")
+                if r["score_drift_above"] is not None:
+                    drift.append(f"score PSI>={r['score_drift_above']:g}")
+                return " and ".join(parts) or " or ".join(drift) or "any anomaly"
 
             out.write(table([(r["id"], r["detector"], r["channel"], r["target"], when(r),
                                "yes" if r["approved"] else "NO: pynomaly alerts approve " + r["id"]) for r in rules],

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import time
@@ -46,10 +47,9 @@ def fingerprint(labels: dict) -> str:
 
 
 def payload(rule, obs, window_total: Optional[int] = None, *, resolves: Optional[dict] = None) -> dict:
-    """The Alertmanager v4 webhook message for a fired rule; with ``resolves`` (the firing
-    message it ends), the ``resolved`` message for it: same labels and fingerprint, its
-    ``startsAt``, and ``endsAt`` the time of the detection that cleared it."""
-    labels = _labels(rule)
+    """The Alertmanager v4 webhook message for a rule fired by detections; with ``resolves``
+    (the firing message it ends), the ``resolved`` message for it: same labels and fingerprint,
+    its ``startsAt``, and ``endsAt`` the time of the detection that cleared it."""
     conds = []
     if rule["score_above"] is not None:
         conds.append(f"score > {rule['score_above']:g}")
@@ -71,12 +71,20 @@ def payload(rule, obs, window_total: Optional[int] = None, *, resolves: Optional
     }
     if window_total is not None:
         annotations["anomalies_in_window"] = str(window_total)
-    group = {"alertname": ALERTNAME, "detector": rule["detector"]}
-    status, starts, ends = "firing", _iso(obs.at), "0001-01-01T00:00:00Z"
     if resolves is not None:
-        status, ends = "resolved", _iso(obs.at)
-        starts = next(iter(resolves.get("alerts") or [{}])).get("startsAt", starts)
         annotations["summary"] = f"detector {obs.detector}: resolved ({what})"
+    return envelope(rule, annotations, obs.at, resolves=resolves)
+
+
+def envelope(rule, annotations: dict, at: float, *, resolves: Optional[dict] = None) -> dict:
+    """The Alertmanager v4 webhook message of a fired ``rule`` with these ``annotations``
+    (with ``resolves``, the firing message it ends: the ``resolved`` one)."""
+    labels = _labels(rule)
+    group = {"alertname": ALERTNAME, "detector": rule["detector"]}
+    status, starts, ends = "firing", _iso(at), "0001-01-01T00:00:00Z"
+    if resolves is not None:
+        status, ends = "resolved", _iso(at)
+        starts = next(iter(resolves.get("alerts") or [{}])).get("startsAt", starts)
     return {
         "version": "4",
         "groupKey": "{}:{" + ", ".join(f'{k}="{v}"' for k, v in group.items()) + "}",
@@ -343,3 +351,40 @@ def channel_for(name: str, target: str = "", secret: Optional[str] = None, timeo
     if not callable(getattr(obj, "send_alert", None)):
         raise InvalidInputError(f"alert channel {name!r} has no send_alert(message, recipients) method")
     return obj
+
+
+def check_target(channel, target, secret: Optional[str], timeout: float, from_network: bool = False):
+    """A rule's channel and target checked as :func:`pynomaly.service.alerts.add_rule` takes
+    them: ``(target, secret)``, the target normalised (a log file's absolute path) and a
+    webhook's secret made when not given. ``from_network``: a network caller may only add
+    webhooks (the other channels run code or write files on the server)."""
+    if not isinstance(channel, str) or not channel:
+        raise InvalidInputError("an alert rule needs a channel: webhook, command, log or a plugin name")
+    if from_network and channel != "webhook":
+        raise InvalidInputError(
+            f"alert rules added over the network may only be webhooks; a {channel} channel runs code or writes "
+            "files on the server, so add it on the server's machine: pynomaly alerts add"
+        )
+    if not isinstance(target, str) or not target.strip():
+        raise InvalidInputError(f"the {channel} channel needs a target (URL, command or file)")
+    if channel == "webhook":
+        from urllib.parse import urlsplit
+
+        u = urlsplit(target)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise InvalidInputError(f"webhook target must be an http:// or https:// URL, got {target!r}")
+        if secret is None:
+            secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        _key(secret)
+        _refuse_named_internal_host(u.hostname or "")
+    elif channel == "command":
+        try:
+            if not shlex.split(target):
+                raise ValueError("empty")
+        except ValueError as e:
+            raise InvalidInputError(f"command target cannot be parsed ({e}): {target!r}") from None
+    elif channel == "log":
+        target = os.path.abspath(os.path.expanduser(target))
+    else:
+        channel_for(channel, target, secret, timeout)  # an unknown plugin is refused now
+    return target, secret

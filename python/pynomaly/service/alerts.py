@@ -1,41 +1,33 @@
 """Alerts on detections: rules per detector, an outbox in the repository, pluggable channels.
 
 A **rule** belongs to one detector and names a channel and its target, with conditions that
-must all hold for a detection to fire it (none given: any anomaly fires):
+must all hold for a detection to fire it (none given: any anomaly fires): ``score_above`` S
+(an anomaly scored above S), ``rate_above`` R (the share of anomalous rows of a detection
+above R), ``count`` N ``within`` T seconds (N anomalies or more in the last T seconds, all the
+detector's detections summed). Rules on drift, ``drift_above`` P / ``score_drift_above`` P
+(issue 24: a feature's / the score's PSI in the live window at or above P), are checked when
+the window's counts are written to the home (:mod:`pynomaly.service.drift_alerts`).
 
-- ``score_above`` S: an anomaly scored above S;
-- ``rate_above`` R: the share of anomalous rows of a detection above R;
-- ``count`` N ``within`` T seconds: N anomalies or more in the last T seconds (all detections
-  of the detector, summed).
+A fired rule writes an Alertmanager v4 webhook message to the **outbox** (``alert_outbox``) in
+the transaction that checks its conditions, so delivery never blocks a detection.
+:func:`deliver` (a :class:`Dispatcher` thread in the daemon and ``pynomaly worker``; once by
+``pynomaly detect``) claims due messages and sends them, retrying with exponential backoff and
+jitter until ``max_attempts`` failed (the message is then **dead**, listed by ``pynomaly
+alerts outbox --state dead``). A message stays until its channel accepted it, so a killed
+process loses nothing (an unfinished claim is taken back after its lease). Delivery is at least
+once; receivers deduplicate by the ``webhook-id`` header, the message's id on every attempt.
 
-A fired rule writes an Alertmanager v4 webhook message to the **outbox** (table
-``alert_outbox``) in the same transaction that checks its conditions; nothing is sent then, so
-delivery never blocks a detection. :func:`deliver` (run by a :class:`Dispatcher` thread in the
-daemon and in ``pynomaly worker``, and once by ``pynomaly detect``) claims due messages,
-sends them, and on failure retries with exponential backoff and jitter, until ``max_attempts``
-failed: the message is then **dead** (kept, listed by ``pynomaly alerts outbox --state dead``).
-A message stays in the outbox until its channel accepted it, so a process killed between a
-detection and the delivery loses nothing: the next dispatcher sends it (a claim not finished
-within its lease is taken back). Delivery is at least once; webhook receivers deduplicate by
-the ``webhook-id`` header, which is the message's id on every attempt.
+**Deduplication**: an alert is identified by its fingerprint (a hash of its labels: detector
+and rule); a firing within the rule's ``dedup`` window (default 5 minutes) after a firing
+message of the same fingerprint queues nothing. **Resolved**: while an alert fires (its newest
+message says so), a detection that does not fire the rule (a count rule: once its window holds
+fewer than ``count``) queues a ``resolved`` message as Alertmanager receivers expect (same
+labels, ``status: resolved``, the firing ``startsAt``, ``endsAt`` set); the next firing after it
+is sent whatever the window.
 
-**Deduplication**: an alert is identified by its fingerprint (Alertmanager's: a hash of its
-labels, i.e. of the detector and the rule); a rule that fires again within its ``dedup``
-window (default 5 minutes) after a message with that fingerprint was queued queues nothing.
-
-**Resolved**: while an alert is firing (its newest message says so), a detection of its
-detector that does not fire the rule (a count rule: once its window holds fewer than ``count``
-anomalies) queues a ``resolved`` message, as Alertmanager receivers expect: same labels and
-fingerprint, ``status: resolved``, the firing ``startsAt`` and ``endsAt`` set. The next firing
-after it is sent whatever the dedup window.
-
-**Channels** implement :class:`NotificationService` (``send_alert(message, recipients)``,
-raising on failure): ``webhook`` (POST of the JSON, signed per Standard Webhooks:
-``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256 of
-"id.timestamp.body">`` with the rule's ``whsec_`` secret), ``command`` (runs a program with the
-message as JSON on stdin; a non-zero exit or the timeout is a failure) and ``log`` (appends the
-message as one JSON line to a file). Any other channel name is a user's class: an entry point
-in the ``pynomaly.alert_channels`` group, or an import path ``"package.module:Class"``.
+**Channels** (:mod:`pynomaly.service.alert_channels`): ``webhook`` (signed per Standard
+Webhooks), ``command``, ``log``, or a user's class (an entry point in the
+``pynomaly.alert_channels`` group, or ``"package.module:Class"``).
 
 The faces call :func:`add_rule`, :func:`list_rules`, :func:`remove_rule`, :func:`evaluate`
 (after each detection; :func:`pynomaly.service.detect` does), :func:`deliver`, :func:`outbox`.
@@ -43,7 +35,6 @@ The faces call :func:`add_rule`, :func:`list_rules`, :func:`remove_rule`, :func:
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import hmac
@@ -52,8 +43,6 @@ import logging
 import math
 import os
 import random
-import secrets
-import shlex
 import threading
 import time
 import uuid
@@ -83,6 +72,8 @@ __all__ = [
     "channel_for",
     "Dispatcher",
     "Evaluator",
+    "queue_fired",
+    "is_drift_rule",
 ]
 
 log = logging.getLogger("pynomaly.alerts")
@@ -101,6 +92,7 @@ from pynomaly.service.alert_channels import (  # noqa: E402,F401 - re-exported
     _labels,
     _refuse_named_internal_host,
     channel_for,
+    check_target,
     fingerprint,
     payload,
     sign,
@@ -153,49 +145,23 @@ def _positive(name, v, *, integer=False, unit=False):
 
 def add_rule(home, detector: str, channel: str, target: str, *, score_above=None, rate_above=None, count=None,
              within=None, dedup: float = 300.0, secret: Optional[str] = None, timeout: float = 10.0,
-             max_attempts: int = 8, from_network: bool = False) -> dict:
+             max_attempts: int = 8, from_network: bool = False, drift_above=None, score_drift_above=None) -> dict:
     """Store an alert rule for ``detector``, signed with the installation's key (see
     :func:`approve_rule`); returns it as a dict (with ``id`` and, for a webhook, the ``secret``
     receivers verify signatures with: given, or a new ``whsec_`` one).
 
     ``channel`` is "webhook" (``target`` an http(s) URL), "command" (a command line), "log"
     (a file path) or a user's channel (entry point name or "module:Class"). ``within`` and
-    ``dedup`` are seconds; ``count`` needs ``within``. The detector need not exist yet.
+    ``dedup`` are seconds; ``count`` needs ``within``. ``drift_above``/``score_drift_above``
+    (PSI) make a rule on drift, which takes no condition on anomalies. The detector need not
+    exist yet.
     ``from_network``: the rule comes from a network caller (the HTTP API or pages), who may
     only add webhooks: the other channels run code or write files on the server.
     """
     from pynomaly.domain import check_name
 
     check_name(detector)
-    if not isinstance(channel, str) or not channel:
-        raise InvalidInputError("an alert rule needs a channel: webhook, command, log or a plugin name")
-    if from_network and channel != "webhook":
-        raise InvalidInputError(
-            f"alert rules added over the network may only be webhooks; a {channel} channel runs code or writes "
-            "files on the server, so add it on the server's machine: pynomaly alerts add"
-        )
-    if not isinstance(target, str) or not target.strip():
-        raise InvalidInputError(f"the {channel} channel needs a target (URL, command or file)")
-    if channel == "webhook":
-        from urllib.parse import urlsplit
-
-        u = urlsplit(target)
-        if u.scheme not in ("http", "https") or not u.netloc:
-            raise InvalidInputError(f"webhook target must be an http:// or https:// URL, got {target!r}")
-        if secret is None:
-            secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-        _key(secret)
-        _refuse_named_internal_host(u.hostname or "")
-    elif channel == "command":
-        try:
-            if not shlex.split(target):
-                raise ValueError("empty")
-        except ValueError as e:
-            raise InvalidInputError(f"command target cannot be parsed ({e}): {target!r}") from None
-    elif channel == "log":
-        target = os.path.abspath(os.path.expanduser(target))
-    else:
-        channel_for(channel, target, secret, timeout)  # an unknown plugin is refused now
+    target, secret = check_target(channel, target, secret, timeout, from_network)
     if score_above is not None and (isinstance(score_above, bool) or not isinstance(score_above, (int, float))
                                     or not math.isfinite(score_above)):
         raise InvalidInputError(f"score_above must be a finite number, got {score_above!r}")
@@ -206,6 +172,13 @@ def add_rule(home, detector: str, channel: str, target: str, *, score_above=None
         raise InvalidInputError("count and within go together: N anomalies within T")
     if within is not None and within <= 0:
         raise InvalidInputError(f"within must be > 0 seconds, got {within!r}")
+    for what, v in (("drift_above", drift_above), ("score_drift_above", score_drift_above)):
+        if _positive(what, v) == 0:
+            raise InvalidInputError(f"{what} is a PSI and must be > 0 (0.2: a significant shift), got {v!r}")
+    if (drift_above is not None or score_drift_above is not None) and not (
+            score_above is None and rate_above is None and count is None):
+        raise InvalidInputError("a rule on drift (drift_above, score_drift_above) takes no condition on anomalies "
+                                "(score_above, rate_above, count): add two rules")
     _positive("dedup", dedup)
     if _positive("timeout", timeout) == 0:
         raise InvalidInputError("timeout must be > 0 seconds")
@@ -218,7 +191,8 @@ def add_rule(home, detector: str, channel: str, target: str, *, score_above=None
         _rows.insert_rule(db, id=rule_id, detector=detector, channel=channel, target=target, secret=secret,
                           score_above=score_above, rate_above=rate_above, count=count, within=within,
                           dedup=float(dedup), timeout=float(timeout), max_attempts=int(max_attempts),
-                          created_at=_now(), signature=signature)
+                          created_at=_now(), signature=signature, drift_above=drift_above,
+                          score_drift_above=score_drift_above)
         return _rule_dict(_rows.rule(db, rule_id), key)
     finally:
         db.close()
@@ -332,8 +306,12 @@ class Observation:
         return cls(detector, 1, n, k, top, k / n if n else 0.0, int(result.detector_version))
 
 
+def is_drift_rule(rule) -> bool:
+    return rule["drift_above"] is not None or rule["score_drift_above"] is not None
+
+
 def _fires(rule, obs: Observation, window_total: Optional[int]) -> bool:
-    if obs.anomalies <= 0:
+    if obs.anomalies <= 0 or is_drift_rule(rule):  # drift rules are checked on the drift window
         return False
     if rule["score_above"] is not None and not obs.max_score > rule["score_above"]:
         return False
@@ -358,9 +336,8 @@ def _evaluate(db, rules, obs: Observation) -> list:
     """Check ``rules`` against ``obs`` and queue a message for each that fires (deduplicated),
     or a ``resolved`` message for each whose alert is firing and whose condition no longer
     holds; returns the ids queued. One transaction: the window counts and the queue agree."""
-    from pynomaly.service import metrics
-
     queued = []
+    rules = [r for r in rules if not is_drift_rule(r)]  # checked on the drift window, fired or resolved there
     if not rules:
         return queued
     # A detection without anomalies changes nothing unless it clears a firing alert: a read
@@ -374,12 +351,7 @@ def _evaluate(db, rules, obs: Observation) -> list:
                 total = _rows.count_in_window(db, rule["id"], obs.at, obs.anomalies, rule["within"])
             fp = fingerprint(_labels(rule))
             if _fires(rule, obs, total):
-                last = _rows.latest(db, fp)
-                if (rule["dedup"] > 0 and last is not None and last["created_at"] >= obs.at - rule["dedup"]
-                        and json.loads(last["payload"]).get("status") == "firing"):
-                    metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="deduplicated")
-                    continue
-                msg = payload(rule, obs, total)
+                msg_id = queue_fired(db, rule, lambda: payload(rule, obs, total), obs.at)
             else:
                 # Cleared: a detection that does not fire it (a count rule: once its window
                 # holds fewer than `count` anomalies), while its alert is firing.
@@ -388,16 +360,36 @@ def _evaluate(db, rules, obs: Observation) -> list:
                 firing = _firing(db, fp)
                 if firing is None:
                     continue
-                msg = payload(rule, obs, total, resolves=firing)
-            pending = _rows.waiting(db)
-            if pending >= OUTBOX_LIMIT:
-                metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="dropped")
-                log.warning("alert outbox full (%d messages waiting); alert of rule %s dropped", pending, rule["id"])
-                continue
-            msg_id = "msg_" + uuid.uuid4().hex
-            _rows.queue(db, msg_id, rule["id"], rule["channel"], fp, json.dumps(msg), obs.at)
-            queued.append(msg_id)
+                msg_id = queue_fired(db, rule, lambda: payload(rule, obs, total, resolves=firing), obs.at,
+                                     resolving=True)
+            if msg_id is not None:
+                queued.append(msg_id)
     return queued
+
+
+def queue_fired(db, rule, message, at: float, *, resolving: bool = False) -> Optional[str]:
+    """Queue ``message()`` (the Alertmanager dict) of a fired ``rule`` in the outbox, inside the
+    caller's transaction, unless deduplicated (a firing message while the same alert fired
+    within the rule's dedup window; a firing after a resolved one is sent) or the outbox is
+    full; returns its id or None. ``resolving``: the message ends a firing alert, never
+    deduplicated."""
+    from pynomaly.service import metrics
+
+    fp = fingerprint(_labels(rule))
+    if not resolving and rule["dedup"] > 0:
+        last = _rows.latest(db, fp)
+        if (last is not None and last["created_at"] >= at - rule["dedup"]
+                and json.loads(last["payload"]).get("status") == "firing"):
+            metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="deduplicated")
+            return None
+    pending = _rows.waiting(db)
+    if pending >= OUTBOX_LIMIT:
+        metrics.ALERTS_SENT.inc(channel=_channel_label(rule["channel"]), outcome="dropped")
+        log.warning("alert outbox full (%d messages waiting); alert of rule %s dropped", pending, rule["id"])
+        return None
+    msg_id = "msg_" + uuid.uuid4().hex
+    _rows.queue(db, msg_id, rule["id"], rule["channel"], fp, json.dumps(message()), at)
+    return msg_id
 
 
 def evaluate(home, detector: str, result) -> list:

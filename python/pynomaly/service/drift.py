@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from pynomaly._errors import InvalidInputError, ModelFormatError
+from pynomaly._errors import InvalidInputError
 from pynomaly.estimators import drift as stats
 from pynomaly.service import drift_live as live
 from pynomaly.service._common import opened
@@ -39,7 +39,6 @@ from pynomaly.service.drift_live import (  # noqa: F401 - the faces know them as
     settings,
 )
 from pynomaly.store import drift as rows
-from pynomaly.store._schema import open_database
 
 __all__ = ["DriftUnavailableError", "settings", "save_reference", "set_reference", "reference", "observe", "flush",
            "report", "compare_data", "parse_window", "gauges", "collector"]
@@ -98,15 +97,7 @@ def report(home, name: str, *, version=None, window: Optional[float] = None, met
         raise InvalidInputError(f"the window must be a positive number of seconds, got {window!r}")
     v, profile = reference(home, name, version)
     flush(home, name)  # this process's own counts first
-    at = time.time() if now is None else now
-    since = int((at - window) // settings.bucket_s) * settings.bucket_s
-    counts = stats.Counts.empty(profile)
-    with open_database(live.home_key(home)) as db:
-        for blob in rows.window_counts(db, name, v, since):
-            try:
-                counts.add(stats.Counts.from_bytes(blob, profile))
-            except ModelFormatError as e:  # a bucket counted on a reference since replaced
-                live.log.warning("a drift bucket of %r version %s is skipped: %s", name, v, e)
+    counts = live.window_counts(home, name, v, profile, window, now)
     if counts.rows == 0:
         raise DriftUnavailableError(f"no rows of detector {name!r} version {v} were served in the last "
                                     f"{_shown(window)}: nothing to compare with its reference yet")

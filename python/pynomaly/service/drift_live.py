@@ -21,7 +21,7 @@ from pynomaly.store import drift as rows
 from pynomaly.store._schema import open_database
 
 __all__ = ["DriftUnavailableError", "Settings", "settings", "save_reference", "reference", "observe", "flush",
-           "home_key", "forget", "latest_version", "no_reference"]
+           "home_key", "forget", "latest_version", "no_reference", "window_counts"]
 
 log = logging.getLogger("pynomaly.drift")
 
@@ -127,16 +127,25 @@ def _profile_for(home, key, name: str, version: int):
     return profile
 
 
-def observe(home, name: str, version: int, X, scores=None, *, now: Optional[float] = None) -> bool:
+def observe(home, name: str, version: int, X, scores=None, *, now: Optional[float] = None,
+            served: Optional[int] = None) -> bool:
     """Count served rows ``X`` of ``name``'s ``version`` (and their ``scores``) in this
     process's live window; returns whether they were counted (False: the version has no
     reference). Added to the home within ``settings.flush_s`` seconds (see the module's
-    docstring)."""
+    docstring). ``served``: how many rows ``X`` stands for, when a caller sampled them
+    (:class:`pynomaly.serving.observe.Observer`; the document's ``rows_seen``); ``X`` None:
+    ``served`` rows that were not kept."""
     hk = home_key(home)
     profile = _profile_for(home, (hk, name, int(version)), name, int(version))
     if profile is None:
         return False
-    counts = stats.count(profile, X, scores, sample_above=settings.sample_above)
+    if X is None:  # rows served and not kept (a serving process's sample): seen only
+        counts = stats.Counts.empty(profile)
+        counts.seen = int(served or 0)
+    else:
+        counts = stats.count(profile, X, scores, sample_above=settings.sample_above)
+    if served is not None:
+        counts.seen = max(int(served), counts.seen)
     at = time.time() if now is None else now
     bucket = int(at // settings.bucket_s) * settings.bucket_s
     key = (hk, name, int(version), bucket)
@@ -197,8 +206,44 @@ def flush(home=None, name: Optional[str] = None) -> int:
                     else:
                         _pending[k] = held
             raise
+        _check_rules(h, sorted({(n, v) for (_, n, v, _), _ in items}))
     _last_flush[0] = now
     return written
+
+
+def window_counts(home, name: str, version: int, profile, window: float, now: Optional[float] = None):
+    """The home's merged counts of ``name``'s ``version`` in the last ``window`` seconds (to
+    the bucket), as stored (this process's pending counts are not flushed here)."""
+    at = time.time() if now is None else now
+    since = int((at - window) // settings.bucket_s) * settings.bucket_s
+    counts = stats.Counts.empty(profile)
+    with open_database(home_key(home)) as db:
+        for blob in rows.window_counts(db, name, version, since):
+            try:
+                counts.add(stats.Counts.from_bytes(blob, profile))
+            except ModelFormatError as e:  # a bucket counted on a reference since replaced
+                log.warning("a drift bucket of %r version %s is skipped: %s", name, version, e)
+    return counts
+
+
+def _check_rules(home: str, written) -> None:
+    """The alert rules on drift of the detectors whose counts were just written (see
+    :mod:`pynomaly.service.drift_alerts`), on the home's merged window of the last
+    ``settings.window_s`` seconds; a failure is logged, the counts stay written."""
+    from pynomaly.service import drift_alerts
+
+    def document(name: str, version: int):
+        profile = _profile_for(home, (home, name, version), name, version)
+        if profile is None:
+            return None
+        counts = window_counts(home, name, version, profile, settings.window_s)
+        return {**stats.compare(profile, counts), "window_s": settings.window_s} if counts.rows else None
+
+    for name, version in written:
+        try:
+            drift_alerts.check(home, name, lambda: document(name, version))
+        except Exception as e:  # noqa: BLE001 - the next flush checks again
+            log.warning("drift alert rules of %r not checked: %s", name, e)
 
 
 def _merged(old: Optional[bytes], counts, profile) -> bytes:

@@ -10,7 +10,8 @@ and report what they served to the same cache and observer.
 - decide: :func:`pynomaly.domain.flagged` at the version's threshold, once per batch; other
   thresholds and outputs through :meth:`Scorer.decide`.
 - observe: the batch's counts for the metrics and alert rules
-  (:class:`pynomaly.serving.observe.Observer`), from the flags already decided.
+  (:class:`pynomaly.serving.observe.Observer`), from the flags already decided, and its rows
+  for the drift window.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ class DataPlane:
             s = await self.cache.resolve(name, version)  # pins a version asked for by number
         return s
 
-    def decide(self, scorer, items, scores) -> DetectionResult:
+    def decide(self, scorer, items, scores, X=None) -> DetectionResult:
         """The :class:`~pynomaly.DetectionResult` of a batch scored for ``items`` (each with
         ``.n`` rows, in order; None for one request) at the version's own threshold, counted
-        for the metrics and alert rules: what the faces encode their replies from, unless a
-        request asked for another threshold or more outputs (then :meth:`Scorer.decide`)."""
+        for the metrics and alert rules, and its rows ``X`` (when given; not changed after)
+        for drift: what the faces encode their replies from, unless a request asked for
+        another threshold or more outputs (then :meth:`Scorer.decide`)."""
         v = scorer.version
         result = DetectionResult.decided(v.detector_id or v.name, v.version, v.threshold, scores, flagged(scores, v.threshold))
         if self.observer is not None:
-            self.observer.scored(v, items, scores, result.flags)
+            self.observer.scored(v, items, scores, result.flags, X)
         return result

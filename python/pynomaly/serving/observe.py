@@ -19,21 +19,26 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from pynomaly.service import alerts, metrics
+from pynomaly.estimators import drift as stats
+from pynomaly.service import alerts, drift_live, metrics
 
 log = logging.getLogger("pynomaly.serving")
 
 INTERVAL = 0.25  # seconds between hand-overs to the alert rules
+DRIFT_ROWS = 4096  # rows per detector version and hand-over profiled for drift, at most
+# Rows the uvloop fast path keeps per hand-over (all detectors): each call that keeps some
+# returns arrays to Python (a few microseconds), so few calls may (1,024 rows a second).
+FAST_ROWS = 256
 
 
 class Observer:
     """Per-detector counts of the daemon's detections, for metrics and alerts."""
 
-    def __init__(self, home=None, *, alerts_on: bool = True, interval: float = INTERVAL):
+    def __init__(self, home=None, *, alerts_on: bool = True, interval: float = INTERVAL, drift_home=None):
         # Cumulative, for the metrics: {name: [detections, rows, anomalies]}.
         self.totals: dict = {}
         # Since the last hand-over, detectors with anomalies only: {name: [detections, rows,
@@ -48,6 +53,14 @@ class Observer:
         self.dropped = 0
         # Each detector's (detections, rows) at the last hand-over: its clean detections since.
         self._seen: dict = {}
+        # Drift: {(name, version): [row blocks, score blocks, rows kept, rows served]} since the
+        # last hand-over; None when drift is not counted.
+        self.drift_home = drift_home
+        self.drift: "dict | None" = {} if drift_home is not None else None
+        self._counter = ThreadPoolExecutor(1, thread_name_prefix="pynomaly-drift-count") if self.drift is not None else None
+        # Rows the uvloop fast path may still keep for drift until the next hand-over (its
+        # calls return rows only while this is positive).
+        self.fast_room = FAST_ROWS if self.drift is not None else 0
 
     # -- counting (event-loop thread) -------------------------------------------------------
     def add(self, name: str, version, requests: int, rows: int, flagged) -> None:
@@ -73,11 +86,28 @@ class Observer:
         t[1] += rows
         t[2] += anomalies
 
-    def scored(self, version, items, scores: np.ndarray, flags: np.ndarray) -> None:
+    def scored(self, version, items, scores: np.ndarray, flags: np.ndarray, X=None) -> None:
         """A batch scored on the Python path: ``items`` with ``.n`` rows each, in order (None:
         one request), and its ``flags`` at the version's threshold (decided by the data plane,
-        :mod:`pynomaly.serving.dataplane`; not decided again here)."""
+        :mod:`pynomaly.serving.dataplane`; not decided again here); ``X`` its rows, for drift
+        (kept by reference until the next hand-over: the caller does not change them)."""
         name = version.name
+        if self.drift is not None and X is not None:
+            key = (name, version.version, X.dtype == np.float32)
+            d = self.drift.get(key)
+            if d is None:
+                d = self.drift[key] = [[], [], 0, 0]
+            n = scores.shape[0]
+            d[3] += n
+            if d[2] < DRIFT_ROWS:
+                if n > drift_live.settings.sample_above:  # profiled on an even sample, as drift_live does
+                    step = stats.sample_step(n, drift_live.settings.sample_above)
+                    X, s = X[::step], scores[::step]
+                else:
+                    s = scores
+                d[0].append(X)
+                d[1].append(s)
+                d[2] += s.shape[0]
         t = self.totals.get(name)
         if t is None:
             t = self.totals[name] = [0, 0, 0]
@@ -102,6 +132,28 @@ class Observer:
                 off += it.n
         self._flag(name, version.version, requests, n, k, top, rate)
 
+    def add_sample(self, name: str, version, sample, served: int) -> None:
+        """Rows a native path served for ``name``'s ``version``: ``served`` of them, and
+        ``sample`` None or ``(rows, scores, _, rows32, scores32)`` the ones it kept for drift
+        (C++: the first :data:`DRIFT_ROWS` of each hand-over, float64 and float32 requests'
+        apart; see ``Sample`` in python/src/fastpath_serve.hpp)."""
+        if self.drift is None:
+            return
+        blocks = ((sample[0], sample[1]), (sample[3], sample[4])) if sample is not None else ((None, None),)
+        for i, (X, s) in enumerate(blocks):
+            key = (name, version, i == 1)
+            d = self.drift.get(key)
+            if d is None:
+                d = self.drift[key] = [[], [], 0, 0]
+            # Rows served: the float32 rows kept under their key, the rest under float64's (the
+            # window adds them up; C++ counts served rows of both kinds together).
+            d[3] += s.shape[0] if i == 1 else served - (sample[4].shape[0] if sample is not None else 0)
+            if X is not None and s.shape[0] and d[2] < DRIFT_ROWS:
+                d[0].append(X)
+                d[1].append(s)
+                d[2] += s.shape[0]
+                self.fast_room -= s.shape[0]
+
     def _flag(self, name, version, requests, rows, anomalies, top, rate) -> None:
         if self.evaluator is None:
             return
@@ -121,11 +173,46 @@ class Observer:
         self.loop = loop
         if self.evaluator is not None:
             self.dispatcher.start()
+        if self.evaluator is not None or self.drift is not None:
             self._handle = loop.call_later(self.interval, self._tick)
 
     def _tick(self) -> None:
         self._handle = self.loop.call_later(self.interval, self._tick)
         self.hand_over()
+        self.hand_over_drift()
+
+    def hand_over_drift(self):
+        """Count the rows kept for drift since the last call (in the counting thread); returns
+        the future of that count (done at once when drift is off), which a report awaits so
+        that it includes what was served just before."""
+        if self.drift is not None:
+            self.fast_room = FAST_ROWS
+        if not self.drift:
+            f: Future = Future()
+            f.set_result(None)
+            return f
+        held, self.drift = self.drift, {}
+        return self._counter.submit(self._count_drift, held, time.time())
+
+    def _count_drift(self, held: dict, now: float) -> None:
+        served: dict = {}  # (name, version) -> rows served, kept or not
+        for (name, version, _), (xs, ss, _kept, n) in held.items():
+            served[(name, version)] = served.get((name, version), 0) + n
+            if not xs:
+                continue
+            try:
+                X = xs[0] if len(xs) == 1 else np.concatenate(xs)
+                s = ss[0] if len(ss) == 1 else np.concatenate(ss)
+                drift_live.observe(self.drift_home, name, version, X, s, now=now)
+                served[(name, version)] -= s.shape[0]
+            except Exception as e:  # noqa: BLE001 - drift never fails serving; the log says what was lost
+                log.warning("rows of %r not counted for drift: %s", name, e)
+        for (name, version), rest in served.items():
+            if rest > 0:  # served but not kept: in rows_seen (the document's sample_rate)
+                try:
+                    drift_live.observe(self.drift_home, name, version, None, now=now, served=rest)
+                except Exception as e:  # noqa: BLE001
+                    log.warning("rows of %r not counted for drift: %s", name, e)
 
     def hand_over(self) -> None:
         """Give the detectors that had detections since the last call to the alert rules: those
@@ -155,9 +242,17 @@ class Observer:
             self.dispatcher.wake()
 
     def stop(self) -> None:
-        """Hand over what is counted, wait for the rules to queue it, stop delivering."""
+        """Hand over what is counted, wait for the rules to queue it, stop delivering; the
+        drift rows kept are counted and written to the home."""
         if self._handle is not None:
             self._handle.cancel()
+        if self._counter is not None:
+            self.hand_over_drift()
+            self._counter.shutdown(wait=True)
+            try:
+                drift_live.flush(self.drift_home)
+            except Exception as e:  # noqa: BLE001 - stopping; the log says what was lost
+                log.warning("drift counts not written at stop: %s", e)
         if self.evaluator is not None:
             self.hand_over()
             self._writer.shutdown(wait=True)
@@ -178,4 +273,4 @@ class Observer:
         ]
 
 
-__all__ = ["Observer", "INTERVAL"]
+__all__ = ["Observer", "INTERVAL", "DRIFT_ROWS", "FAST_ROWS"]

@@ -256,6 +256,15 @@ def _add_column(table: str, column: str, decl: str):
     return apply
 
 
+def _all(*steps):
+    """Several steps as one migration."""
+    def apply(db):
+        for step in steps:
+            step(db)
+
+    return apply
+
+
 def _database_home_only(schema: str):
     apply = _statements(schema)
     return lambda db: apply(db) if db.postgres else None
@@ -276,7 +285,11 @@ MIGRATIONS = [
     ("revoked_tokens: API tokens and sessions revoked before they expire", _statements(_REVOCATIONS_SCHEMA)),
     ("jobs' tables (made on first use before)", _statements(_JOBS_SCHEMA)),
     ("version_profiles: each version's drift reference", _statements(_PROFILES_SCHEMA)),
-    ("drift_counts: served rows on the reference's bins, by time bucket", _statements(_DRIFT_COUNTS_SCHEMA)),
+    # Drift's second number also gives alert rules their drift conditions (pynomaly.alerts:
+    # drift_above, score_drift_above); each step is idempotent.
+    ("drift_counts: served rows on the reference's bins, by time bucket; alert rules on drift",
+     _all(_statements(_DRIFT_COUNTS_SCHEMA), _add_column("alert_rules", "drift_above", "REAL"),
+          _add_column("alert_rules", "score_drift_above", "REAL"))),
 ]
 
 

@@ -1,6 +1,6 @@
 """The alerting rows (tables ``alert_rules``, ``alert_counts``, ``alert_outbox``, migrations 5
-and 6 of :mod:`pynomaly.store._schema`): the only SQL for them. When a rule fires, how a
-message is delivered and what a signature vouches for is :mod:`pynomaly.service.alerts`;
+and 6 of :mod:`pynomaly.store._schema`, the drift conditions 10): the only SQL for them. When a
+rule fires, how a message is delivered and what a signature vouches for is :mod:`pynomaly.service.alerts`;
 these are plain functions over a :class:`~pynomaly.store._db.Database` returning its rows.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # -- rules -----------------------------------------------------------------------------------
 _RULE_COLUMNS = ("id", "detector", "channel", "target", "secret", "score_above", "rate_above", "count", "within",
-                 "dedup", "timeout", "max_attempts", "created_at", "signature")
+                 "dedup", "timeout", "max_attempts", "created_at", "signature", "drift_above", "score_drift_above")
 
 
 def insert_rule(db, **rule) -> None:
@@ -27,6 +27,12 @@ def rules(db, detector=None) -> list:
     if detector is None:
         return db.execute("SELECT * FROM alert_rules ORDER BY created_at").fetchall()
     return db.execute("SELECT * FROM alert_rules WHERE detector=? ORDER BY created_at", (detector,)).fetchall()
+
+
+def drift_rules(db, detector: str) -> list:
+    """``detector``'s rules on drift (a drift_above or score_drift_above condition)."""
+    return db.execute("SELECT * FROM alert_rules WHERE detector=? AND (drift_above IS NOT NULL OR score_drift_above"
+                      " IS NOT NULL) ORDER BY created_at", (detector,)).fetchall()
 
 
 def set_signature(db, rule_id: str, signature: str) -> None:

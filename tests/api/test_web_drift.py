@@ -1,0 +1,96 @@
+"""The drift panel (issue 24) over plain HTTP against a real server: a detection run from the
+pages counts in the window, the panel ranks the shifted feature first with its bar marked and
+draws the served scores over the training ones, and says in words what it cannot show (no rows
+yet, no reference); an unknown detector is a 404, signed-out visitors go to sign in."""
+
+from __future__ import annotations
+
+import re
+from html import unescape
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the http extra is not installed (pip install '.[http]')")
+pytest.importorskip("jinja2", reason="the http extra is not installed (pip install '.[http]')")
+
+from pynomaly import service  # noqa: E402
+from pynomaly.service import drift  # noqa: E402
+
+from _http_helpers import ApiServer  # noqa: E402
+from _web_helpers import WebClient, add_user, error_text, to_csv  # noqa: E402
+from conftest import load_dataset  # noqa: E402
+
+PASSWORD = "correct horse battery"
+PARAMS = {"n_estimators": 50, "random_state": 0}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    X, _ = load_dataset("cardio")
+    X = X[np.random.default_rng(3).permutation(len(X))]
+    n = len(X) // 2
+    moved = X[n:].copy()
+    moved[:, 2] += 1.0
+    home = tmp_path_factory.mktemp("drifthome")
+    for name in ("moved", "idle"):
+        service.train(home, name, X[:n], "IsolationForest", PARAMS)
+    service.export(home, "idle", home.parent / "idle.pnx")
+    service.import_detector(home, home.parent / "idle.pnx", "imported")
+    for role in ("viewer", "operator"):
+        add_user(home, role[:3] + "-user", role, PASSWORD)
+    server = ApiServer(home)
+    try:
+        yield server, home, moved
+    finally:
+        server.stop()
+
+
+def signed_in(server, role: str) -> WebClient:
+    c = WebClient(server)
+    assert c.sign_in(role[:3] + "-user", PASSWORD)[0] == 303
+    return c
+
+
+def feature_rows(page: str) -> list:
+    body = re.search(r'<table id="drift-features".*?<tbody>(.*?)</tbody>', page, re.S).group(1)
+    return [[unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)]
+
+
+def test_a_page_detection_shows_in_the_drift_panel(site):
+    server, home, moved = site
+    op = signed_in(server, "operator")
+    status, h, page = op.post("/ui/detect", {"csrf": op.csrf("/ui/detect"), "detector": "moved"},
+                              files={"file": ("moved.csv", to_csv(moved))})
+    assert status == 303, error_text(page)
+    viewer = signed_in(server, "viewer")
+    status, _, page = viewer.get("/ui/detectors/moved")
+    assert status == 200 and 'href="/ui/detectors/moved/drift"' in page
+    status, _, page = viewer.get("/ui/detectors/moved/drift")
+    assert status == 200, error_text(page)
+    doc = drift.report(home, "moved")
+    rows = feature_rows(page)
+    assert [r[0] for r in rows] == [f["feature"] for f in doc["features"]] and rows[0][0] == "x2"
+    assert rows[0][-1] == "yes" and [r[0] for r in rows if r[-1] == "yes"] == ["x2"]
+    assert float(rows[0][1]) == pytest.approx(doc["features"][0]["psi"], abs=1e-4)
+    assert page.count('class="psi-bar"') == len(rows) and page.count('class="bar flagged"') == 1
+    assert f"{len(moved):,} rows served" in page and ">drifted<" in page
+    chart = re.search(r'<svg class="chart" id="drift-scores".*?</svg>', page, re.S).group(0)
+    assert 'data-label="training"' in chart and 'data-label="served"' in chart and 'class="threshold"' in chart
+
+
+def test_what_the_panel_cannot_show_is_said(site):
+    server, _, _ = site
+    viewer = signed_in(server, "viewer")
+    status, _, page = viewer.get("/ui/detectors/idle/drift?window=15m")
+    assert status == 200 and "no rows of detector &#39;idle&#39; version 1 were served in the last 15 min" in page
+    assert 'id="drift-features"' not in page
+    status, _, page = viewer.get("/ui/detectors/imported/drift")
+    assert status == 200 and "has no drift reference" in page and "--set-reference" in page
+    status, _, page = viewer.get("/ui/detectors/nope/drift")
+    assert status == 404 and "no detector named" in error_text(page)
+    status, _, page = viewer.get("/ui/detectors/moved/drift?window=soon")
+    assert status == 400 and "is not a window" in error_text(page)
+    status, h, _ = WebClient(server).get("/ui/detectors/moved/drift")
+    assert status in (302, 303) and "/" in h["location"]
