@@ -74,7 +74,7 @@ def main() -> None:
             from bench_daemon import _frame, _rows, wire
 
             top = int(np.argmax(model.decision_function(X)))
-            frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], _rows(X[top : top + 1]))))
+            frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], rows=_rows(X[top : top + 1]))))
         extra = args.daemon_args.split()
         models = tmp / "models"
         if args.repository:  # issue 12: a home whose detector has an alert rule (to a log file)

@@ -67,7 +67,7 @@ def prepare(tmp: Path, model, X) -> "tuple[Path, Path]":
     loadgen = tmp / "loadgen"
     subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", str(loadgen), str(HERE / "loadgen.c")], check=True)
     frame = tmp / "frame.bin"
-    frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], _rows(X[:1]))))
+    frame.write_bytes(_frame(wire.Detect(1, "bench", None, ["scores", "labels"], rows=_rows(X[:1]))))
     return loadgen, frame
 
 

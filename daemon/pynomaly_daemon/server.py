@@ -15,6 +15,8 @@ The rooms, each owning one concern:
   backpressure, writing;
 - ``admission.py``: the one admit/release of in-flight work and the "busy" rule;
 - ``batching.py``: coalescing small requests, scoring large ones in the pool;
+- ``learning.py``: streaming detectors, one request at a time in arrival order (``learn:
+  true``), and checkpoints of what they learned;
 - ``replies.py``: a batch's scores into DetectReply frames;
 - ``pynomaly.serving`` (shared with the HTTP API): the data plane (lookup, score, decide,
   observe), the cache of loaded Scorers (LRU by bytes), latest versions and their refresh, and
@@ -63,6 +65,7 @@ from .config import Config
 from .connection import Connection
 from .errors import RequestError, classify
 from .handlers import HANDLERS
+from .learning import Learner, learn_refusal, learns
 from .netloop import NetPump
 from .observe import Observer
 from .replies import Pending
@@ -98,6 +101,7 @@ class Daemon:
         self.limits = ConnectionLimits(config.max_connections, config.max_connections_per_uid,
                                        config.admin_connections, admin_ids(config.access))
         self.batcher.conns = self.conns
+        self.learner = Learner(self)
         self.rx_reserved = 0
         self.draining = False
         self.started = time.monotonic()
@@ -226,6 +230,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
             loop.add_signal_handler(signal.SIGHUP, self._on_reload)
             sweeper = loop.create_task(self._sweep())
+            self.learner.start(loop)
             log.info(
                 "serving on %s (pid %d, pynomaly %s, %d workers, %s)",
                 self.config.socket_path, os.getpid(), pynomaly.__version__, self.config.workers,
@@ -238,6 +243,7 @@ class Daemon:
             print(f"READY {self.config.socket_path}", flush=True)
             await self._stop.wait()
             await self._drain()
+            await self.learner.stop()  # what was learned and not yet saved
             sweeper.cancel()
         finally:
             if self.netloop is not None:
@@ -357,7 +363,7 @@ class Daemon:
         if type(req) is Detect:
             rows = req.rows
             shared = type(rows) is Rows and rows.memfd is not None
-            if conn.may_detect:
+            if conn.may_detect and (conn.may_learn or not req.learn):
                 if shared and not self._map_shared(conn, req, rows):
                     return
                 self.detect(conn, req)
@@ -367,7 +373,8 @@ class Daemon:
                     if fd is not None:
                         os.close(fd)
                 self.n_detect += 1  # stats count detect requests, refused ones too
-                conn.reply_error(req.id, "forbidden", self.access.refusal(conn.uid, conn.gid, "detect"))
+                op = "learn" if conn.may_detect else "detect"
+                conn.reply_error(req.id, "forbidden", self.access.refusal(conn.uid, conn.gid, op))
             return
         access = self.access
         if access is not None:
@@ -414,12 +421,13 @@ class Daemon:
             return
         try:
             data, n, dtype = request_rows(scorer.version, req.rows)
+            self._check_learn(scorer, req)
         except RequestError as err:
             conn.reply_error(req.id, err.code, err.message)
             return
         why = self.admission.try_admit(conn, n)
         if why is None:
-            self.batcher.submit(scorer, Pending(conn, req, data, n), dtype, in_read=True)
+            self._submit(scorer, Pending(conn, req, data, n), dtype, in_read=True)
         else:
             conn.reply_error(req.id, "busy", why)
 
@@ -427,6 +435,7 @@ class Daemon:
         try:
             scorer = await self.plane.scorer(req.detector, req.version)
             data, n, dtype = request_rows(scorer.version, req.rows)
+            self._check_learn(scorer, req)
         except Exception as err:  # noqa: BLE001 - becomes the client's Error reply
             self.admission.release(conn, 0)
             code, msg = classify(err)
@@ -436,7 +445,20 @@ class Daemon:
             self.admission.release(conn, 0)
         else:
             self.admission.add_rows(n)  # admitted while its detector loaded: now its rows count too
-            self.batcher.submit(scorer, Pending(conn, req, data, n), dtype, in_read=False)
+            self._submit(scorer, Pending(conn, req, data, n), dtype, in_read=False)
+
+    def _check_learn(self, scorer, req: Detect) -> None:
+        if req.learn:
+            err = learn_refusal(scorer, self.cache)
+            if err is not None:
+                raise err
+
+    def _submit(self, scorer, item: Pending, dtype: str, *, in_read: bool) -> None:
+        """A streaming detector's requests go to its lane (learning.py), the others to the batcher."""
+        if learns(scorer):
+            self.learner.submit(scorer, item, dtype, item.req.learn)
+        else:
+            self.batcher.submit(scorer, item, dtype, in_read=in_read)
 
     def other(self, conn: Connection, req) -> None:
         """Every op but detect: admitted like a request of no rows, answered by its handler."""

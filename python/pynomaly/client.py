@@ -127,8 +127,11 @@ class _Operations:
         raise NotImplementedError
 
     def detect(self, detector: str, X, *, version: Optional[int] = None,
-               want: Sequence[str] = ("scores", "labels")) -> Detection:
+               want: Sequence[str] = ("scores", "labels"), learn: bool = False) -> Detection:
         """Score the rows of X (2-D, numeric) with a served detector.
+
+        ``learn``: a streaming detector scores each row, then learns it, in order (the peer
+        needs the daemon's ``learn`` role).
 
         ``want`` picks the arrays returned: any of "scores", "labels", "probabilities",
         "anomalies". float32 and float64 arrays travel as raw bytes; other input is converted
@@ -138,9 +141,10 @@ class _Operations:
         X = _matrix(X)
         want = _want(want)
         if self._shm_rows and X.shape[0] >= self._shm_rows:
-            req = wire.Detect(next(self._ids), detector, version, want, wire.Rows(_dtype(X), list(X.shape), memfd=0))
+            req = wire.Detect(next(self._ids), detector, version, want, learn,
+                              wire.Rows(_dtype(X), list(X.shape), memfd=0))
             return self._request(req, wire.DetectReply, _detection, X)
-        req = wire.Detect(next(self._ids), detector, version, want, _rows(X))
+        req = wire.Detect(next(self._ids), detector, version, want, learn, _rows(X))
         return self._request(req, wire.DetectReply, _detection)
 
     def list(self) -> list:

@@ -151,13 +151,17 @@ class Rows(msgspec.Struct, gc=False, forbid_unknown_fields=True, omit_defaults=T
     memfd: Optional[Annotated[int, msgspec.Meta(ge=0, le=0)]] = None
 
 
-class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unknown_fields=True):
-    """Score rows with a detector; ``rows`` is a :class:`Rows` or a list of lists of numbers."""
+class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unknown_fields=True,
+             omit_defaults=True):
+    """Score rows with a detector; ``rows`` is a :class:`Rows` or a list of lists of numbers.
+    ``learn``: a streaming detector scores each row, then learns it (the ``learn`` role).
+    Defaults are left out of the frame, so a plain detect stays the native path's frame."""
 
     id: RequestId
     detector: DetectorName
     version: Optional[VersionNumber] = None  # None: the latest active version
     want: Optional[List[Want]] = None  # None: ["scores", "labels"]
+    learn: bool = False
     rows: Union[Rows, List[List[float]], None] = None  # last, so raw data ends the frame
 
 

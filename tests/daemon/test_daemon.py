@@ -173,11 +173,11 @@ def test_large_rows_are_sent_from_where_they_lie(n, dtype, version):
     from pynomaly.client import _rows
 
     X = np.random.default_rng(n).standard_normal((n, 21)).astype(dtype)
-    req = wire.Detect(7, "a-detector", version, ["scores", "anomalies"], _rows(X))
+    req = wire.Detect(7, "a-detector", version, ["scores", "anomalies"], rows=_rows(X))
     head, rows = _frame_parts(req)
     assert (rows is None) == (X.nbytes < _SCATTER_BYTES)
     assert bytes(head) + (b"" if rows is None else bytes(rows)) == bytes(_frame(req))
-    lists = wire.Detect(8, "a-detector", version, None, X[:2].tolist())
+    lists = wire.Detect(8, "a-detector", version, None, rows=X[:2].tolist())
     assert _frame_parts(lists) == (_frame(lists), None)
 
 
