@@ -65,7 +65,7 @@ from .config import Config
 from .connection import Connection
 from .errors import RequestError, classify
 from .handlers import HANDLERS
-from .learning import Learner, learn_refusal, learns
+from .learning import Learner, check_learn, learns
 from .netloop import NetPump
 from .observe import Observer
 from .replies import Pending
@@ -102,6 +102,7 @@ class Daemon:
                                        config.admin_connections, admin_ids(config.access))
         self.batcher.conns = self.conns
         self.learner = Learner(self)
+        self.loading: dict = {}  # name -> the last task of a detect waiting for that detector's load
         self.rx_reserved = 0
         self.draining = False
         self.started = time.monotonic()
@@ -230,7 +231,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
             loop.add_signal_handler(signal.SIGHUP, self._on_reload)
             sweeper = loop.create_task(self._sweep())
-            self.learner.start(loop)
+            self.learner.lanes.start(loop)
             log.info(
                 "serving on %s (pid %d, pynomaly %s, %d workers, %s)",
                 self.config.socket_path, os.getpid(), pynomaly.__version__, self.config.workers,
@@ -243,7 +244,7 @@ class Daemon:
             print(f"READY {self.config.socket_path}", flush=True)
             await self._stop.wait()
             await self._drain()
-            await self.learner.stop()  # what was learned and not yet saved
+            await self.learner.lanes.stop()  # what was learned and not yet saved
             sweeper.cancel()
         finally:
             if self.netloop is not None:
@@ -415,13 +416,18 @@ class Daemon:
     def detect(self, conn: Connection, req: Detect) -> None:
         self.n_detect += 1
         scorer = self.plane.lookup(req.detector, req.version)
-        if scorer is None:
+        if scorer is None or req.detector in self.loading:
+            # Behind the requests for this name that wait for its load, in arrival order (a
+            # learning detector's results depend on it).
             if self._admit(conn, req.id, 0):
-                self.loop.create_task(self._detect_after_load(conn, req))
+                name, before = req.detector, self.loading.get(req.detector)
+                task = self.loop.create_task(self._detect_after_load(conn, req, before))
+                self.loading[name] = task
+                task.add_done_callback(lambda t: self.loading.pop(name) if self.loading.get(name) is t else None)
             return
         try:
             data, n, dtype = request_rows(scorer.version, req.rows)
-            self._check_learn(scorer, req)
+            check_learn(scorer, req, self.cache)
         except RequestError as err:
             conn.reply_error(req.id, err.code, err.message)
             return
@@ -431,11 +437,13 @@ class Daemon:
         else:
             conn.reply_error(req.id, "busy", why)
 
-    async def _detect_after_load(self, conn: Connection, req: Detect) -> None:
+    async def _detect_after_load(self, conn: Connection, req: Detect, before) -> None:
         try:
             scorer = await self.plane.scorer(req.detector, req.version)
+            if before is not None:
+                await asyncio.wait([before])
             data, n, dtype = request_rows(scorer.version, req.rows)
-            self._check_learn(scorer, req)
+            check_learn(scorer, req, self.cache)
         except Exception as err:  # noqa: BLE001 - becomes the client's Error reply
             self.admission.release(conn, 0)
             code, msg = classify(err)
@@ -447,16 +455,10 @@ class Daemon:
             self.admission.add_rows(n)  # admitted while its detector loaded: now its rows count too
             self._submit(scorer, Pending(conn, req, data, n), dtype, in_read=False)
 
-    def _check_learn(self, scorer, req: Detect) -> None:
-        if req.learn:
-            err = learn_refusal(scorer, self.cache)
-            if err is not None:
-                raise err
-
     def _submit(self, scorer, item: Pending, dtype: str, *, in_read: bool) -> None:
         """A streaming detector's requests go to its lane (learning.py), the others to the batcher."""
         if learns(scorer):
-            self.learner.submit(scorer, item, dtype, item.req.learn)
+            self.learner.submit(scorer, item, dtype)
         else:
             self.batcher.submit(scorer, item, dtype, in_read=in_read)
 

@@ -10,7 +10,9 @@ import pytest
 
 import pynomaly
 from pynomaly.client import DaemonInputError
-from _daemon_helpers import DaemonProcess, cardio, wait_until
+import msgpack
+
+from _daemon_helpers import DaemonProcess, cardio, close_raw_sockets, frame, raw_connect, raw_rows, read_frame, wait_until
 
 service = pytest.importorskip("pynomaly.service")
 pytest.importorskip("pynomaly_daemon")
@@ -60,6 +62,26 @@ def test_learning_requests_equal_score_learn_many_in_arrival_order(tmp_path, hom
             assert start == len(X)
         np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
     finally:
+        assert d.stop() == 0
+
+
+@pytest.mark.parametrize("loop", ["native-loop", "uvloop"])
+def test_pipelined_learning_requests_are_answered_one_at_a_time_in_order(tmp_path, home, loop):
+    X = scaled()[400:1400]
+    extra = ("--no-native-loop",) if loop == "uvloop" else ()
+    d = DaemonProcess(tmp_path, None, "--home", str(home), "--workers", "4", *extra)
+    try:
+        s = raw_connect(d.sock, timeout=30)
+        sizes = [200, 1, 100, 3, 250, 40, 6, 400]  # small ones would be coalesced, large ones split, if not in a lane
+        bounds = np.cumsum([0] + sizes)
+        s.sendall(b"".join(frame({"op": "detect", "id": i, "detector": "hst", "want": ["scores"], "learn": True,
+                                  "rows": raw_rows(X[a:b])}) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))))
+        replies = [msgpack.unpackb(read_frame(s), raw=False) for _ in sizes]
+        assert [r["id"] for r in replies] == list(range(len(sizes)))
+        got = np.concatenate([np.frombuffer(r["scores"], "<f8") for r in replies])
+        np.testing.assert_array_equal(got, stored(home).score_learn_many(X[:bounds[-1]]))
+    finally:
+        close_raw_sockets()
         assert d.stop() == 0
 
 
