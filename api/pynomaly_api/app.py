@@ -34,7 +34,7 @@ def create_app(settings: Optional[Settings] = None):
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from . import detection, spool, web  # web: the pages (issue 11), sign-in at /, pages under /ui/
+    from . import detection, learning, spool, web  # web: the pages (issue 11), sign-in at /, pages under /ui/
 
     settings = (settings or Settings.from_env()).check()
     state = ServerState(settings)
@@ -50,6 +50,7 @@ def create_app(settings: Optional[Settings] = None):
         spool.clean_stale(settings)  # files of uploads a killed server left behind
         state.start()
         yield
+        await state.learning.stop()  # what streaming detectors learned and did not save yet
         state.close()
 
     # The protocol's routes on a bare Starlette app, the detection API on FastAPI mounted under
@@ -67,6 +68,7 @@ def create_app(settings: Optional[Settings] = None):
     )
     api.state.pynomaly = state
     api.include_router(detection.router)
+    api.include_router(learning.router)
     api.openapi = lambda: _openapi(api)
 
     app = Starlette(routes=[*oip.oip_routes(), *web.routes(), Mount("/", app=api)], lifespan=lifespan)

@@ -73,6 +73,12 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=d.threads, help="scoring threads (default: one per CPU)")
     p.add_argument("--job-workers", type=int, default=d.job_workers, metavar="N",
                    help="background-job workers in each server process (default 1; 0 leaves the jobs to `pynomaly worker`)")
+    p.add_argument("--checkpoint-seconds", type=float, default=d.checkpoint_seconds, metavar="SECONDS",
+                   help="save a learning streaming detector as a new version this often (default 60)")
+    p.add_argument("--checkpoint-records", type=int, default=d.checkpoint_records, metavar="N",
+                   help="... or after it learned this many records (default 100000)")
+    p.add_argument("--checkpoint-keep", type=int, default=d.checkpoint_keep, metavar="N",
+                   help="checkpoint versions kept per detector (default 5; trained versions are never deleted)")
     p.add_argument("--key-file", help="an encrypted home's key file (default: $PYNOMALY_KEY_FILE, $PYNOMALY_KEY)")
     p.add_argument("--key-command", help="a command that prints an encrypted home's key (e.g. a KMS call)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -88,7 +94,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_dataset_bytes=args.max_dataset, max_dataset_columns=args.max_dataset_columns, upload_dir=args.upload_dir,
         request_timeout_s=args.request_timeout, cache_bytes=args.cache, threads=args.threads,
         job_workers=args.job_workers, header_timeout_s=args.header_timeout,
-        max_client_connections=args.max_client_connections,
+        max_client_connections=args.max_client_connections, checkpoint_seconds=args.checkpoint_seconds,
+        checkpoint_records=args.checkpoint_records, checkpoint_keep=args.checkpoint_keep,
     ).check()
 
 

@@ -580,6 +580,7 @@ _ROUTE_ERRORS = {
     ("GET", "/api/v1/datasets/{dataset_id}"): (404,),
     ("DELETE", "/api/v1/datasets/{dataset_id}"): (403, 404, 409),
     ("POST", "/api/v1/detect"): (400, 403, 404, 409, 413, 415),
+    ("POST", "/api/v1/detectors/{name}/learn"): (400, 403, 404, 409, 413, 415),  # in learning.py
     ("GET", "/api/v1/results/{result_id}"): (400, 404),
     ("POST", "/api/v1/jobs"): (400, 403, 404, 413, 415),
     ("GET", "/api/v1/jobs"): (400,),
@@ -591,7 +592,8 @@ _ROUTE_ERRORS = {
 }
 
 
-def _declare_errors() -> None:
+def declare_errors(router: APIRouter) -> None:
+    """Each route's error statuses into its OpenAPI entry (from ``_ROUTE_ERRORS``)."""
     for route in router.routes:
         for method in route.methods:
             codes = _ROUTE_ERRORS[(method, route.path)]  # a new route needs its line above
@@ -599,4 +601,4 @@ def _declare_errors() -> None:
                                     for c in sorted(set(_EVERY_ROUTE) | set(codes))})
 
 
-_declare_errors()
+declare_errors(router)

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from pynomaly import service
 from pynomaly.service.metrics import time_detection
+from pynomaly.serving.learning import learns
 
 from . import tensors
 from .body import body_chunks, content_length, deadline, parse_version, read_stream
@@ -208,8 +209,9 @@ async def infer(scope, receive, send) -> None:
             length = content_length({"content-length": h.get(b"content-length")}, limit)
             encoding = h.get(b"content-encoding")
             req = body = None
+            streaming = learns(scorer)  # one request at a time, in order: never scored while arriving
             if (hlen is not None and length is not None and length >= STREAM_BYTES and scorer.rows_independent
-                    and not encoding):
+                    and not encoding and not streaming):
                 n = tensors.header_length(hlen, length)
                 req, scores = await _scored_while_arriving(st, receive, scorer, n, length)
                 if req is None:
@@ -221,7 +223,15 @@ async def infer(scope, receive, send) -> None:
                 if body is None:
                     body = await read_stream(body_chunks(receive), limit, encoding)
                 req = tensors.decode_infer(body, hlen, scorer.version.n_features)
-                if req.rows.size <= st.settings.inline_cells:
+                learn = req.parameters.get("learn", False)
+                if type(learn) is not bool:
+                    raise HTTPError(400, f"parameter learn must be true or false, got {str(learn)[:40]!r}")
+                if learn:
+                    st.allow(h.get(b"authorization"), "learn", scope)
+                if streaming or learn:
+                    scorer, scores = await st.learned(scorer, req.rows, learn)
+                    scores, result = _answer(scorer, req, scores)
+                elif req.rows.size <= st.settings.inline_cells:
                     scores, result = _answer(scorer, req)
                 else:
                     scores, result = await st.run(_answer, scorer, req)

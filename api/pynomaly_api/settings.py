@@ -43,6 +43,11 @@ class Settings:
     job_workers: int = 1  # background-job workers in each server process (0: leave jobs to `pynomaly worker`)
     header_timeout_s: float = 10.0  # a request's head must arrive within this (pynomaly_api.guard)
     max_client_connections: int = 64  # open connections per client address and process (0: no cap)
+    # Issue 23: a streaming detector learning over HTTP is saved as a new version this often
+    # (seconds or records, whichever first), keeping the newest checkpoint_keep checkpoints.
+    checkpoint_seconds: float = 60.0
+    checkpoint_records: int = 100_000
+    checkpoint_keep: int = 5
 
     def check(self) -> "Settings":
         """Self, or ValueError naming the first setting that cannot work."""
@@ -53,7 +58,9 @@ class Settings:
         for name in ("max_body_bytes", "cache_bytes", "max_dataset_bytes", "max_dataset_columns"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("request_timeout_s", "refresh_interval_s", "header_timeout_s"):
+        if self.checkpoint_records < 1 or self.checkpoint_keep < 1:
+            raise ValueError("checkpoint_records and checkpoint_keep must be at least 1")
+        for name in ("request_timeout_s", "refresh_interval_s", "header_timeout_s", "checkpoint_seconds"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")

@@ -58,6 +58,12 @@ class ServerState:
         self.observer = Observer(str(self.home), drift_home=str(self.home))
         # lookup -> score -> decide -> observe, as the daemon's Python path and every route here take it.
         self.plane = DataPlane(self.cache, self.observer)
+        from pynomaly.serving.learning import Learning
+
+        # Streaming detectors: one request at a time per model, learning when asked, checkpoints.
+        self.learning = Learning(self.cache, self.run, seconds=settings.checkpoint_seconds,
+                                 records=settings.checkpoint_records, keep=settings.checkpoint_keep,
+                                 counters=self.counters)
         self.job_workers: list = []
         self.ready = True  # False once draining
         from pynomaly.store._home import is_database_url
@@ -73,10 +79,28 @@ class ServerState:
         if self.revocations is not None:
             self.revocations.start()
         self.cache.follow_source(asyncio.get_running_loop())
+        self.learning.start(asyncio.get_running_loop())
         if self.settings.job_workers:
             from pynomaly.service import jobs
 
             self.job_workers = jobs.start_workers(str(self.home), self.settings.job_workers)
+
+    async def learned(self, scorer, rows, learn: bool):
+        """Score rows with a streaming detector in its lane, learning them when ``learn`` (the
+        caller has checked the ``learn`` action: operator or above): ``(Scorer that scored,
+        scores)``."""
+        from pynomaly.serving.learning import learn_refusal
+
+        from .errors import HTTPError
+
+        if learn:
+            why = learn_refusal(scorer, self.cache)
+            if why is not None:
+                raise HTTPError(400, why)
+            if self.settings.workers > 1:
+                raise HTTPError(409, f"learning needs one server process (--workers 1, not {self.settings.workers}): "
+                                     "each process would learn its own copy of the detector")
+        return await self.learning.score(scorer, rows, learn)
 
     async def is_ready(self) -> bool:
         """Started, not draining, and for a database home: its server answered within the

@@ -37,6 +37,7 @@ _RANK = {r: i for i, r in enumerate(ROLES)}
 PERMISSIONS = {
     "read": "viewer",
     "detect": "operator",
+    "learn": "operator",  # a streaming detector learning from the rows it scores (issue 23)
     "upload": "operator",
     "train": "admin",
     "manage": "admin",

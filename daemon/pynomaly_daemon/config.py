@@ -50,7 +50,7 @@ class Config:
     allowed_uids: Optional[frozenset] = _opt(None, "accept only peers with this uid (SO_PEERCRED); repeatable",
                                              flag="--allow-uid", type=int)
     roles: Optional[tuple] = _opt(None, "give peers a role: ROLE=WHO[,WHO...], ROLE detect (detect, list, info, "
-                                        "health, stats) or admin (everything, e.g. reload); WHO a uid, a user name, "
+                                        "health, stats), learn (also detect with learn: true) or admin (everything, e.g. reload); WHO a uid, a user name, "
                                         "@gid or @group; repeatable. With roles, a peer without one is refused "
                                         "every op (the daemon's own uid is admin)",
                                   flag="--role", type=str, metavar="ROLE=WHO")
@@ -108,6 +108,13 @@ class Config:
                              "(repository homes only)", flag="--no-drift")
     job_workers: int = _opt(0, "run queued jobs of the home in this many daemon threads (0: leave them to "
                                "`pynomaly worker`)", zero_ok=True)
+    # Issue 23: a learning detector's state is saved to the home as a new version (repository
+    # homes only), after this many seconds or records, whichever comes first.
+    checkpoint_seconds: float = _opt(60.0, "save a learning detector's state as a new version this often "
+                                           "(repository homes)")
+    checkpoint_records: int = _opt(100_000, "... or after it learned this many records")
+    checkpoint_keep: int = _opt(5, "checkpoint versions kept per detector (older ones are deleted; trained "
+                                   "versions are never)")
 
     def __post_init__(self):
         # The roles are checked (users and groups looked up) once, here; the daemon reads

@@ -32,17 +32,19 @@ class Replies:
     """Writing replies to a client, for every kind of connection (this module's, and the native
     loop's in netloop.py): needs ``d``, ``peer``, ``closed`` and ``transport.write``; and the
     peer's credentials ``uid`` and ``gid`` (None when unknown) with ``may_detect``, whether its
-    role lets it detect (then the native path may answer it)."""
+    role lets it detect (then the native path may answer it), and ``may_learn``."""
 
     uid = None
     gid = None
     may_detect = True
+    may_learn = True
 
     def set_peer(self, pid, uid, gid) -> None:
         self.uid, self.gid = uid, gid
         self.peer = f"pid={pid} uid={uid}" if uid is not None else "client"
         access = self.d.access
         self.may_detect = access is None or access.allows(uid, gid, "detect")
+        self.may_learn = access is None or access.allows(uid, gid, "learn")
 
     # Whether descriptors passed with SCM_RIGHTS reach the daemon (the native loop's
     # connections). uvloop reads with recv(), so the kernel closes them: no memfd here.

@@ -1,9 +1,11 @@
 """Who may do what on the socket: roles per peer uid and gid (``--role``, ``--roles-file``).
 
-Two roles. ``detect``: the ops that read (``detect``, ``list``, ``info``, ``health``,
-``stats``, ``drift``). ``admin``: everything, ``reload`` and any administrative op to come. A peer has a
-role through its uid or its gid (the peer's effective gid as ``SO_PEERCRED`` reports it);
-admin wins over detect. The daemon's own uid is always admin (it owns what is served).
+Three roles, each with what the one before may do. ``detect``: the ops that read (``detect``,
+``list``, ``info``, ``health``, ``stats``, ``drift``). ``learn``: also ``detect`` with
+``learn: true``, which changes a streaming detector's state for every client. ``admin``:
+everything, ``reload`` and any administrative op to come. A peer has a role through its uid or
+its gid (the peer's effective gid as ``SO_PEERCRED`` reports it); the higher role wins. The
+daemon's own uid is always admin (it owns what is served).
 
 Without any role configured every connected peer may do everything (as before roles). With
 roles, a peer without one is refused every op, and one with the detect role is refused the
@@ -17,10 +19,12 @@ import os
 import pwd
 from typing import Iterable, Optional
 
-__all__ = ["Roles", "parse_roles", "admin_ids", "ROLES", "DETECT_OPS"]
+__all__ = ["Roles", "parse_roles", "admin_ids", "ROLES", "DETECT_OPS", "LEARN_OPS"]
 
 DETECT_OPS = frozenset({"detect", "list", "info", "health", "stats", "drift"})
-ROLES = ("detect", "admin")
+LEARN_OPS = DETECT_OPS | {"learn"}  # "learn": a detect with learn: true
+ROLES = ("detect", "learn", "admin")  # lowest first: each may do what the ones before may
+_OPS = {"detect": DETECT_OPS, "learn": LEARN_OPS}
 
 
 class Roles:
@@ -34,24 +38,24 @@ class Roles:
         self.owner = owner
 
     def role(self, uid, gid) -> Optional[str]:
-        """``"admin"``, ``"detect"`` or None for a peer (uid or gid None: unknown credentials)."""
+        """``"admin"``, ``"learn"``, ``"detect"`` or None for a peer (uid or gid None: unknown
+        credentials)."""
         if uid is not None and uid == self.owner:
             return "admin"
         got = {self.uids.get(uid), self.gids.get(gid)}
-        if "admin" in got:
-            return "admin"
-        if "detect" in got:
-            return "detect"
+        for role in reversed(ROLES):
+            if role in got:
+                return role
         return None
 
     def allows(self, uid, gid, op: str) -> bool:
         role = self.role(uid, gid)
-        return role == "admin" or (role == "detect" and op in DETECT_OPS)
+        return role == "admin" or (role is not None and op in _OPS[role])
 
     def refusal(self, uid, gid, op: str) -> str:
         """The message of the ``forbidden`` error for ``op``."""
         role = self.role(uid, gid)
-        need = "detect or admin" if op in DETECT_OPS else "admin"
+        need = "detect, learn or admin" if op in DETECT_OPS else "learn or admin" if op in LEARN_OPS else "admin"
         have = f"has the {role} role" if role else "has no role"
         return f"uid {uid} gid {gid} {have} on this daemon; {op!r} needs the {need} role"
 
@@ -90,7 +94,7 @@ def _entries(spec: str, where: str):
     role, sep, who = spec.partition("=")
     role = role.strip()
     if not sep or role not in ROLES:
-        raise ValueError(f"{where}: expected ROLE=WHO[,WHO...] with ROLE detect or admin, got {spec!r}")
+        raise ValueError(f"{where}: expected ROLE=WHO[,WHO...] with ROLE detect, learn or admin, got {spec!r}")
     names = [w.strip() for w in who.split(",") if w.strip()]
     if not names:
         raise ValueError(f"{where}: {role} names nobody ({spec!r}); give uids, user names, @gids or @group names")
@@ -122,8 +126,8 @@ def parse_roles(specs: Optional[Iterable[str]], path: Optional[str] = None, owne
     for spec, where in lines:
         for role, uid, gid in _entries(spec, where):
             table, key = (uids, uid) if uid is not None else (gids, gid)
-            if table.get(key) != "admin":
-                table[key] = role
+            if key not in table or ROLES.index(role) > ROLES.index(table[key]):
+                table[key] = role  # the higher of two roles given to one peer
     return Roles(uids, gids, os.getuid() if owner is None else owner)
 
 

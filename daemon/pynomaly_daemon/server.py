@@ -15,6 +15,8 @@ The rooms, each owning one concern:
   backpressure, writing;
 - ``admission.py``: the one admit/release of in-flight work and the "busy" rule;
 - ``batching.py``: coalescing small requests, scoring large ones in the pool;
+- ``learning.py``: streaming detectors, one request at a time in arrival order (``learn:
+  true``), and checkpoints of what they learned;
 - ``replies.py``: a batch's scores into DetectReply frames;
 - ``pynomaly.serving`` (shared with the HTTP API): the data plane (lookup, score, decide,
   observe), the cache of loaded Scorers (LRU by bytes), latest versions and their refresh, and
@@ -63,6 +65,7 @@ from .config import Config
 from .connection import Connection
 from .errors import RequestError, classify
 from .handlers import HANDLERS
+from .learning import Learner, check_learn, learns
 from .netloop import NetPump
 from .observe import Observer
 from .replies import Pending
@@ -98,6 +101,8 @@ class Daemon:
         self.limits = ConnectionLimits(config.max_connections, config.max_connections_per_uid,
                                        config.admin_connections, admin_ids(config.access))
         self.batcher.conns = self.conns
+        self.learner = Learner(self)
+        self.loading: dict = {}  # name -> the last task of a detect waiting for that detector's load
         self.rx_reserved = 0
         self.draining = False
         self.started = time.monotonic()
@@ -228,6 +233,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGINT, self._on_stop, "SIGINT")
             loop.add_signal_handler(signal.SIGHUP, self._on_reload)
             sweeper = loop.create_task(self._sweep())
+            self.learner.lanes.start(loop)
             log.info(
                 "serving on %s (pid %d, pynomaly %s, %d workers, %s)",
                 self.config.socket_path, os.getpid(), pynomaly.__version__, self.config.workers,
@@ -240,6 +246,7 @@ class Daemon:
             print(f"READY {self.config.socket_path}", flush=True)
             await self._stop.wait()
             await self._drain()
+            await self.learner.lanes.stop()  # what was learned and not yet saved
             sweeper.cancel()
         finally:
             if self.netloop is not None:
@@ -360,7 +367,7 @@ class Daemon:
         if type(req) is Detect:
             rows = req.rows
             shared = type(rows) is Rows and rows.memfd is not None
-            if conn.may_detect:
+            if conn.may_detect and (conn.may_learn or not req.learn):
                 if shared and not self._map_shared(conn, req, rows):
                     return
                 self.detect(conn, req)
@@ -370,7 +377,8 @@ class Daemon:
                     if fd is not None:
                         os.close(fd)
                 self.n_detect += 1  # stats count detect requests, refused ones too
-                conn.reply_error(req.id, "forbidden", self.access.refusal(conn.uid, conn.gid, "detect"))
+                op = "learn" if conn.may_detect else "detect"
+                conn.reply_error(req.id, "forbidden", self.access.refusal(conn.uid, conn.gid, op))
             return
         access = self.access
         if access is not None:
@@ -411,25 +419,34 @@ class Daemon:
     def detect(self, conn: Connection, req: Detect) -> None:
         self.n_detect += 1
         scorer = self.plane.lookup(req.detector, req.version)
-        if scorer is None:
+        if scorer is None or req.detector in self.loading:
+            # Behind the requests for this name that wait for its load, in arrival order (a
+            # learning detector's results depend on it).
             if self._admit(conn, req.id, 0):
-                self.loop.create_task(self._detect_after_load(conn, req))
+                name, before = req.detector, self.loading.get(req.detector)
+                task = self.loop.create_task(self._detect_after_load(conn, req, before))
+                self.loading[name] = task
+                task.add_done_callback(lambda t: self.loading.pop(name) if self.loading.get(name) is t else None)
             return
         try:
             data, n, dtype = request_rows(scorer.version, req.rows)
+            check_learn(scorer, req, self.cache)
         except RequestError as err:
             conn.reply_error(req.id, err.code, err.message)
             return
         why = self.admission.try_admit(conn, n)
         if why is None:
-            self.batcher.submit(scorer, Pending(conn, req, data, n), dtype, in_read=True)
+            self._submit(scorer, Pending(conn, req, data, n), dtype, in_read=True)
         else:
             conn.reply_error(req.id, "busy", why)
 
-    async def _detect_after_load(self, conn: Connection, req: Detect) -> None:
+    async def _detect_after_load(self, conn: Connection, req: Detect, before) -> None:
         try:
             scorer = await self.plane.scorer(req.detector, req.version)
+            if before is not None:
+                await asyncio.wait([before])
             data, n, dtype = request_rows(scorer.version, req.rows)
+            check_learn(scorer, req, self.cache)
         except Exception as err:  # noqa: BLE001 - becomes the client's Error reply
             self.admission.release(conn, 0)
             code, msg = classify(err)
@@ -439,7 +456,14 @@ class Daemon:
             self.admission.release(conn, 0)
         else:
             self.admission.add_rows(n)  # admitted while its detector loaded: now its rows count too
-            self.batcher.submit(scorer, Pending(conn, req, data, n), dtype, in_read=False)
+            self._submit(scorer, Pending(conn, req, data, n), dtype, in_read=False)
+
+    def _submit(self, scorer, item: Pending, dtype: str, *, in_read: bool) -> None:
+        """A streaming detector's requests go to its lane (learning.py), the others to the batcher."""
+        if learns(scorer):
+            self.learner.submit(scorer, item, dtype)
+        else:
+            self.batcher.submit(scorer, item, dtype, in_read=in_read)
 
     def other(self, conn: Connection, req) -> None:
         """Every op but detect: admitted like a request of no rows, answered by its handler."""

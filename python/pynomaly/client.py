@@ -143,8 +143,12 @@ class _Operations:
         raise NotImplementedError
 
     def detect(self, detector: str, X, *, version: Optional[int] = None,
-               want: Sequence[str] = ("scores", "labels"), explain_method: Optional[str] = None) -> Detection:
+               want: Sequence[str] = ("scores", "labels"), explain_method: Optional[str] = None,
+               learn: bool = False) -> Detection:
         """Score the rows of X (2-D, numeric) with a served detector.
+
+        ``learn``: a streaming detector scores each row, then learns it, in order (the peer
+        needs the daemon's ``learn`` role).
 
         ``want`` picks the arrays returned: any of "scores", "labels", "probabilities",
         "anomalies", "attributions" (each row's per-feature attributions, by
@@ -156,10 +160,10 @@ class _Operations:
         X = _matrix(X)
         want = _want(want)
         if self._shm_rows and X.shape[0] >= self._shm_rows:
-            req = wire.Detect(next(self._ids), detector, version, want, explain_method,
+            req = wire.Detect(next(self._ids), detector, version, want, explain_method, learn,
                               wire.Rows(_dtype(X), list(X.shape), memfd=0))
             return self._request(req, wire.DetectReply, _detection, X)
-        req = wire.Detect(next(self._ids), detector, version, want, explain_method, _rows(X))
+        req = wire.Detect(next(self._ids), detector, version, want, explain_method, learn, _rows(X))
         return self._request(req, wire.DetectReply, _detection)
 
     def list(self) -> list:

@@ -160,8 +160,9 @@ class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unkn
     """Score rows with a detector; ``rows`` is a :class:`Rows` or a list of lists of numbers.
 
     ``explain_method`` names how ``want: ["attributions"]`` are computed (None: the detector's
-    default). Fields left at None are not sent, so a plain detect stays within the native
-    path's frame (PROTOCOL.md, "Attributions").
+    default). ``learn``: a streaming detector scores each row, then learns it (the ``learn``
+    role). Fields left at their defaults are not sent, so a plain detect stays within the native
+    path's frame (PROTOCOL.md, "Attributions" and "Learning detectors").
     """
 
     id: RequestId
@@ -169,6 +170,7 @@ class Detect(msgspec.Struct, gc=False, tag="detect", tag_field="op", forbid_unkn
     version: Optional[VersionNumber] = None  # None: the latest active version
     want: Optional[List[Want]] = None  # None: ["scores", "labels"]
     explain_method: Optional[Annotated[str, msgspec.Meta(max_length=64)]] = None
+    learn: bool = False
     rows: Union[Rows, List[List[float]], None] = None  # last, so raw data ends the frame
 
 

@@ -32,6 +32,7 @@ GROUP_GID = 54400           # detect role by gid
 GROUP_UID = 54322
 NOBODY_UID = 54323          # no role
 ADMIN_UID = 54324           # admin role
+LEARN_UID = 54325           # learn role
 
 
 # The peer: a fresh interpreter started as root (so it can start at all: the interpreter lives
@@ -81,6 +82,7 @@ def as_peer(sock_path: str, uid: int, gid: int, requests: list) -> list:
 def home(tmp_path_factory):
     h = tmp_path_factory.mktemp("home") / "home"
     service.train(h, "cardio", cardio(), "IsolationForest", {"random_state": 0, "n_estimators": 50})
+    service.train(h, "stream", cardio()[:300], "HalfSpaceTrees", {"seed": 0, "window_size": 50})
     return h
 
 
@@ -94,7 +96,8 @@ def daemon(request, home):
 
     extra = ("--no-native-loop",) if request.param == "uvloop" else ()
     d = DaemonProcess(Path(d_dir), None, "--home", str(home), *extra,
-                      "--role", f"detect={DETECT_UID},@{GROUP_GID}", "--role", f"admin={ADMIN_UID}")
+                      "--role", f"detect={DETECT_UID},@{GROUP_GID}", "--role", f"admin={ADMIN_UID}",
+                      "--role", f"learn={LEARN_UID}")
     os.chmod(d.sock, 0o666)
     yield d
     assert d.stop() == 0
@@ -163,7 +166,7 @@ def test_refusals_and_reloads_are_in_the_audit_trail(daemon):
 
 
 def test_bad_roles_are_refused_at_start(tmp_path):
-    for bad, said in ((["--role", "root=0"], "detect or admin"), (["--role", "detect=no-such-user-x"], "no user"),
+    for bad, said in ((["--role", "root=0"], "detect, learn or admin"), (["--role", "detect=no-such-user-x"], "no user"),
                       (["--role", "admin="], "names nobody"), (["--roles-file", str(tmp_path / "none")], "roles-file")):
         with pytest.raises(RuntimeError) as e:
             DaemonProcess(tmp_path, tmp_path, *bad)
@@ -197,3 +200,26 @@ def stats_as_root(d) -> dict:
         return msgpack.unpackb(read_frame(s), raw=False)
     finally:
         s.close()
+
+
+def learn(i: int, rows) -> dict:
+    return {"op": "detect", "id": i, "detector": "stream", "want": ["scores"], "learn": True, "rows": raw_rows(rows)}
+
+
+def test_learning_needs_the_learn_role(daemon):
+    X = cardio()
+    reference = service.load_model(daemon_home(daemon), "stream")[1]
+    # A detect peer scores a streaming detector, and is refused learning on it.
+    replies = as_peer(daemon.sock, DETECT_UID, DETECT_UID, [
+        {"op": "detect", "id": 1, "detector": "stream", "want": ["scores"], "rows": raw_rows(X[:4])},
+        learn(2, X[:4]), learn(3, X[:400])])
+    np.testing.assert_array_equal(np.frombuffer(bytes.fromhex(replies[0]["scores"]), "<f8"), reference.score_many(X[:4]))
+    for r in replies[1:]:
+        assert (r["op"], r["code"]) == ("error", "forbidden")
+        assert f"uid {DETECT_UID}" in r["message"] and "'learn' needs the learn or admin role" in r["message"]
+    assert as_peer(daemon.sock, NOBODY_UID, NOBODY_UID, [learn(4, X[:4])])[0]["code"] == "forbidden"
+    # The learn role learns (and nothing above was learned: the scores start from the trained state).
+    replies = as_peer(daemon.sock, LEARN_UID, LEARN_UID, [learn(5, X[:40]), {"op": "reload", "id": 6}])
+    np.testing.assert_array_equal(np.frombuffer(bytes.fromhex(replies[0]["scores"]), "<f8"),
+                                  reference.score_learn_many(X[:40]))
+    assert (replies[1]["op"], replies[1]["code"]) == ("error", "forbidden")  # learn is not admin

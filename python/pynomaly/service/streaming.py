@@ -4,7 +4,7 @@ The detector scores each record in order and, with ``learn``, learns it right af
 (prequential); each score gets a conformal p-value against the ``calibration`` scores before
 it, and a flag by the one rule (score > the conformal threshold at ``alpha``, which holds
 exactly where ``p_value <= alpha``). The learned state is not stored here: checkpoints of a
-learning detector are the serving process's (issue 23).
+learning detector are the serving process's (issue 23), through :func:`checkpoint`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pynomaly.service._common import Progress, opened, report
 from pynomaly.service.data import load_data
 from pynomaly.service.usecases import load_model
 
-__all__ = ["StreamRun", "stream"]
+__all__ = ["StreamRun", "stream", "checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,25 @@ def stream(home, name: str, data, *, version: Optional[int] = None, learn: bool 
         p_values[start:start + len(s)], thresholds[start:start + len(s)] = conformal.p_value_update(s)
         report(progress, "streaming", min(1.0, (start + len(part)) / len(X)))
     return StreamRun(scores, p_values, flagged(scores, thresholds), learn)
+
+
+def checkpoint(home, name: str, blob: bytes, *, of_version: int, records: int, threshold, keep: int) -> int:
+    """Store a learning detector's state (``blob``, its ``to_bytes()``) as the next version of
+    ``name``, marked in its parameters as a checkpoint (``{"of": of_version, "records": n}``:
+    the version it started from and the records learned since), then delete all but the newest
+    ``keep`` checkpoints. Serving processes are not notified (a learner saves often): they see
+    it at their periodic refresh. Returns the new version's number."""
+    from datetime import datetime, timezone
+
+    from pynomaly.store.repository import Repository
+
+    if not isinstance(keep, int) or keep < 1:
+        raise InvalidInputError(f"keep must be a positive integer, got {keep!r}")
+    with opened(home) as repo:
+        d = repo.get(name)
+        params = {k: v for k, v in d.parameters.items() if k != Repository.CHECKPOINT_KEY}
+        d.parameters = {**params, Repository.CHECKPOINT_KEY: {"of": int(of_version), "records": int(records)}}
+        d.trained_at = datetime.now(timezone.utc)
+        repo.add_version(d, blob, threshold=threshold, notify=False)
+        repo.prune_checkpoints(name, keep)
+        return int(d.version)

@@ -155,6 +155,21 @@ class ModelCache:
             if lt is not None and lt.version == key[1]:
                 self.cached(key[0], None)
 
+    def adopt(self, scorer, replaces) -> None:
+        """Serve ``scorer`` as its name's latest version from now on: a version this process
+        saved from a model it serves (a learner's checkpoint), kept in hand rather than loaded
+        back, since the model has learned more since. ``replaces``: the Scorer it took over
+        from (same model, older number), dropped, since its model no longer holds that
+        version's state; a request naming that version loads the stored one."""
+        old = (replaces.version.name, replaces.version.version)
+        gone = self.entries.pop(old, None)
+        if gone is not None:
+            self.size -= gone.size_bytes
+        self.pinned.discard(old)
+        s = scorer.version
+        self.latest[s.name] = _Latest(s.version, time.monotonic())
+        self._insert(scorer)
+
     async def _refresh(self, name: str, lt: _Latest) -> None:
         try:
             v = await self._run(self.source.latest_version, name)

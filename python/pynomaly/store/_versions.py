@@ -110,13 +110,14 @@ class Versions:
         return detector
 
     def add_version(self, detector: Detector, blob: bytes, *, format: str = "native", threshold=None,
-                    dataset_id=None) -> Detector:
+                    dataset_id=None, notify: bool = True) -> Detector:
         """Store a model's bytes as the detector's next version, and the detector as given.
 
         The caller has applied the lifecycle (``mark_trained`` and usually ``activate``); the
         version number is assigned here, atomically, and written back to ``detector``.
         ``format`` is the model class's ``artifact_format``; "pickle" blobs are signed with
-        this home's key.
+        this home's key. ``notify`` False: serving processes are not told at once (a learner's
+        frequent checkpoints; they see the version at their next periodic refresh).
         """
         if not isinstance(blob, (bytes, bytearray, memoryview)):
             raise InvalidInputError(f"a stored model must be bytes, got {type(blob).__name__}")
@@ -135,9 +136,35 @@ class Versions:
                 self.put_artifact(blob)  # a row, in this transaction: one commit for all
             self._insert_version(db, detector, sha, format, signature, len(blob), threshold, dataset_id)
             self._write_detector(db, detector)
-            self._changed(db, detector.name)
+            if notify:
+                self._changed(db, detector.name)
         self._ensure_artifact(sha, blob)
         return detector
+
+    # A version whose parameters hold this key is a checkpoint of a learning detector (issue 23):
+    # the only versions a retention policy deletes.
+    CHECKPOINT_KEY = "checkpoint"
+
+    def prune_checkpoints(self, name: str, keep: int) -> list:
+        """Delete all but the newest ``keep`` checkpoint versions of ``name`` (trained versions
+        stay); returns the deleted version numbers. Nobody is notified: no served version
+        changes (the newest checkpoints stay)."""
+        with self._transaction() as db:
+            r = db.execute("SELECT id FROM detectors WHERE name = ?", (name,)).fetchone()
+            if r is None:
+                raise DetectorNotFoundError(f"no detector named {name!r} in {self.shown}")
+            rows = db.execute("SELECT version, artifact, parameters FROM detector_versions WHERE detector_id = ?"
+                              " ORDER BY version DESC", (r["id"],)).fetchall()
+            checkpoints = [x for x in rows if self.CHECKPOINT_KEY in json.loads(x["parameters"] or "{}")]
+            old = checkpoints[keep:]
+            for x in old:
+                db.execute("DELETE FROM detector_versions WHERE detector_id = ? AND version = ?", (r["id"], x["version"]))
+            still = set(self._referenced(db))
+            for x in old:
+                loc = self._location(x["artifact"], self.version_context(name, x["version"]))
+                if loc not in still:
+                    self._discard(loc)
+        return sorted(int(x["version"]) for x in old)
 
     def _add_sealed_version(self, detector: Detector, blob: bytes, format: str, threshold, dataset_id) -> Detector:
         # The artifact is bound to the version number, which is known only inside the
