@@ -1,15 +1,12 @@
 """The detection API (JSON, under ``/api/v1``): detectors and their versions, datasets,
-detections and their stored results, training, import/export and tokens.
-
-Each endpoint checks the caller's role, then calls one service function. Work that touches
-the repository or trains runs in the server's threads; detection uses the server's cached
-Scorer, as the inference protocol's routes do.
+detections and their stored results, training, import/export and tokens. Each endpoint checks
+the caller's role, then calls one service function. Work that touches the repository or trains
+runs in the server's threads; detection uses the server's cached Scorer, as OIP's routes do.
 """
 
 from __future__ import annotations
 
 import asyncio
-
 import json
 import os
 import tempfile
@@ -592,8 +589,7 @@ _ROUTE_ERRORS = {
 }
 
 
-def declare_errors(router: APIRouter) -> None:
-    """Each route's error statuses into its OpenAPI entry (from ``_ROUTE_ERRORS``)."""
+def declare_errors(router: APIRouter) -> None:  # each route's error statuses into its OpenAPI entry
     for route in router.routes:
         for method in route.methods:
             codes = _ROUTE_ERRORS[(method, route.path)]  # a new route needs its line above

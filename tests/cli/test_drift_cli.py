@@ -62,7 +62,8 @@ def test_detect_then_drift_ranks_and_flags_the_moved_feature(tmp_path, files):
 def test_bad_input_gets_one_clear_line(tmp_path, files):
     service.train(tmp_path, "fresh", np.load(files / "train.npy"), "IsolationForest", PARAMS)
     p = run("drift", "--detector", "nope", home=tmp_path, check=False)
-    assert p.returncode == 1 and p.stderr.strip() == f"pynomaly: error: no detector named 'nope' in {tmp_path}"
+    assert p.returncode == 1 and p.stderr.strip() == (
+        f"pynomaly: error: no detector named 'nope' in {tmp_path}; `pynomaly list` shows the detectors there")
     p = run("drift", "--detector", "fresh", home=tmp_path, check=False)
     assert p.returncode == 1 and "no rows of detector 'fresh' version 1 were served in the last 1 h" in p.stderr
     p = run("drift", "--detector", "fresh", "--window", "soon", home=tmp_path, check=False)
@@ -89,5 +90,7 @@ def test_two_processes_on_one_postgresql_home_read_one_window(pg_home, files):
     run("detect", "--detector", "shared", "--data", files / "first.npy", "--no-save", home=pg_home)
     run("detect", "--detector", "shared", "--data", files / "second.npy", "--no-save", home=pg_home)
     live = json.loads(run("drift", "--detector", "shared", "--json", home=pg_home).stdout)
-    whole = service.drift.compare_data(pg_home, "shared", moved)
+    from pynomaly.service import drift
+
+    whole = drift.compare_data(pg_home, "shared", moved)
     assert live["rows"] == 916 and live["features"] == whole["features"] and live["score"] == whole["score"]
