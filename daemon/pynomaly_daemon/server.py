@@ -65,7 +65,7 @@ from .config import Config
 from .connection import Connection
 from .errors import RequestError, classify
 from .handlers import HANDLERS
-from .learning import Learner, check_learn, learns
+from .learning import Learner, check_learn
 from .netloop import NetPump
 from .observe import Observer
 from .replies import Pending
@@ -424,23 +424,24 @@ class Daemon:
             # learning detector's results depend on it).
             if self._admit(conn, req.id, 0):
                 name, before = req.detector, self.loading.get(req.detector)
-                task = self.loop.create_task(self._detect_after_load(conn, req, before))
+                task = self.loop.create_task(self._detect_after_load(conn, req, before, conn.last_rx))
                 self.loading[name] = task
                 task.add_done_callback(lambda t: self.loading.pop(name) if self.loading.get(name) is t else None)
             return
         try:
             data, n, dtype = request_rows(scorer.version, req.rows)
-            check_learn(scorer, req, self.cache)
+            if req.learn:
+                check_learn(scorer, req, self.cache)
         except RequestError as err:
             conn.reply_error(req.id, err.code, err.message)
             return
         why = self.admission.try_admit(conn, n)
         if why is None:
-            self._submit(scorer, Pending(conn, req, data, n), dtype, in_read=True)
+            self._submit(scorer, Pending(conn, req, data, n, conn.last_rx), dtype, in_read=True)
         else:
             conn.reply_error(req.id, "busy", why)
 
-    async def _detect_after_load(self, conn: Connection, req: Detect, before) -> None:
+    async def _detect_after_load(self, conn: Connection, req: Detect, before, rx: float) -> None:
         try:
             scorer = await self.plane.scorer(req.detector, req.version)
             if before is not None:
@@ -456,11 +457,11 @@ class Daemon:
             self.admission.release(conn, 0)
         else:
             self.admission.add_rows(n)  # admitted while its detector loaded: now its rows count too
-            self._submit(scorer, Pending(conn, req, data, n), dtype, in_read=False)
+            self._submit(scorer, Pending(conn, req, data, n, rx), dtype, in_read=False)
 
     def _submit(self, scorer, item: Pending, dtype: str, *, in_read: bool) -> None:
         """A streaming detector's requests go to its lane (learning.py), the others to the batcher."""
-        if learns(scorer):
+        if scorer.learns:
             self.learner.submit(scorer, item, dtype)
         else:
             self.batcher.submit(scorer, item, dtype, in_read=in_read)

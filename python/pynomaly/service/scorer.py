@@ -42,7 +42,7 @@ class Scorer:
     :meth:`Scorer.of` (for a model in hand); keep it and call :meth:`detect` per batch.
     """
 
-    __slots__ = ("version", "model", "native", "_size")
+    __slots__ = ("version", "model", "native", "learns", "_size")
 
     def __init__(self, version: DetectorVersion, model):
         if not hasattr(model, "threshold_"):
@@ -51,6 +51,8 @@ class Scorer:
         self.model = model
         serving = getattr(model, "serving_handle", None)
         self.native = serving(version.name, version.version) if serving is not None else None
+        # A streaming detector (pynomaly.stream): served one request at a time, and may learn.
+        self.learns = hasattr(model, "score_learn_many")
         self._size = None
 
     @classmethod

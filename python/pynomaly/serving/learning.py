@@ -30,7 +30,7 @@ log = logging.getLogger("pynomaly.serving")
 
 def learns(scorer) -> bool:
     """Whether the Scorer's model is a streaming detector (served in lanes, may learn)."""
-    return hasattr(scorer.model, "score_learn_many")
+    return scorer.learns
 
 
 def learn_refusal(scorer, cache) -> Optional[str]:
