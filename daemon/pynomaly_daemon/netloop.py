@@ -61,6 +61,7 @@ class NativeConnection(Replies):
         self.closed = False
         self._in_flight = 0
         self.taken = 0  # frames taken from the loop since the last update
+        self.last_rx = time.monotonic()  # when its frames were last taken: their requests' latency starts there
         self.transport = _Writer(pump.net, conn_id, self)
         self.fds = FdQueue()
 
@@ -144,6 +145,7 @@ class NetPump:
     def on_events(self) -> None:
         d = self.d
         handle = d.handle
+        now = time.monotonic()
         for ev in self.net.take():
             kind, cid = ev[0], ev[1]
             if kind == _FRAME:
@@ -151,6 +153,7 @@ class NetPump:
                 if conn is None:
                     conn = self.conns[cid] = NativeConnection(self, cid, ev[3], ev[4], ev[5])
                 conn.taken += 1
+                conn.last_rx = now
                 self.changed(conn)
                 if ev[6] and not conn.fds.add(ev[6]):
                     self._refuse(conn, f"too many file descriptors: at most {MAX_FDS} may wait for the "
