@@ -437,7 +437,10 @@ class Daemon:
             return
         why = self.admission.try_admit(conn, n)
         if why is None:
-            self._submit(scorer, Pending(conn, req, data, n, conn.last_rx), dtype, in_read=True)
+            if scorer.learns:  # what _submit does, written out: this is every request's path
+                self.learner.submit(scorer, Pending(conn, req, data, n, conn.last_rx), dtype)
+            else:
+                self.batcher.submit(scorer, Pending(conn, req, data, n, conn.last_rx), dtype, in_read=True)
         else:
             conn.reply_error(req.id, "busy", why)
 
