@@ -46,13 +46,7 @@ def run(home=None, detector: str = "cardio-quickstart", *, progress=None, out=No
     try:
         _run(throwaway, detector, progress, out, kept=False)
     finally:
-        from pynomaly.service import drift_live
-
-        try:  # the detection's live drift counts, written at exit otherwise: into a home made anew
-            drift_live.flush(throwaway)
-        except Exception:  # noqa: BLE001 - the home goes anyway
-            pass
-        shutil.rmtree(throwaway, ignore_errors=True)
+        shutil.rmtree(throwaway, ignore_errors=True)  # its pending drift counts go with it (drift_live.flush)
 
 
 def _run(home, detector: str, progress, out, kept: bool) -> None:

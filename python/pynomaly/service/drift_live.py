@@ -17,6 +17,7 @@ from pynomaly._errors import ArtifactIntegrityError, ModelFormatError
 from pynomaly.domain import DetectorNotReadyError
 from pynomaly.estimators import drift as stats
 from pynomaly.service._common import opened
+from pynomaly.store import _db
 from pynomaly.store import drift as rows
 from pynomaly.store._schema import open_database
 
@@ -192,6 +193,9 @@ def flush(home=None, name: Optional[str] = None) -> int:
     for k, held in taken.items():
         by_home.setdefault(k[0], []).append((k, held))
     for h, items in by_home.items():
+        if not _db.exists(h):  # removed while its counts waited (a throwaway home): not made anew
+            log.debug("drift counts of %d bucket(s) dropped: home %s is gone", len(items), h)
+            continue
         try:
             with open_database(h) as db:
                 for (_, n, v, bucket), (profile, c) in items:

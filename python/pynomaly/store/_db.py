@@ -56,6 +56,15 @@ WRITE_LOCK = 0x70796E6F  # "pyno": the advisory lock that stands for SQLite's wr
 # Its two-key form, (WRITE_LOCK, the home's schema): literals, so the int4 overload is chosen.
 _LOCK_KEYS = f"{WRITE_LOCK}, hashtext(current_schema())"
 
+DB_FILE = "pynomaly.db"  # a folder home's database
+
+
+def exists(home) -> bool:
+    """Whether ``home`` (resolved: a folder or a URL) has its database already: a URL is taken
+    to (its server answers when connected); a folder, when its database file is there."""
+    return bool(is_database_url(home)) or (Path(home) / DB_FILE).exists()
+
+
 # -- PostgreSQL specifics ----------------------------------------------------------------------
 @functools.lru_cache(maxsize=1024)
 def _pg_sql(sql: str) -> str:
@@ -193,7 +202,7 @@ class Database:
         self._session_locked = False
         self._conn = None
         if self.url is None:
-            self.path = Path(home) / "pynomaly.db"
+            self.path = Path(home) / DB_FILE
             self.where = repr(str(self.path))
             # sqlite3.DatabaseError propagates: the caller says what to do about its file.
             self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
