@@ -52,6 +52,16 @@ def start_chromium(downloads: Path):
     return driver
 
 
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One chromium for a test module (import this fixture into the module to use it)."""
+    driver = start_chromium(tmp_path_factory.mktemp("downloads"))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
 def shot(driver, name: str) -> None:
     """A screenshot ``name``.png into ``$PYNOMALY_SCREENSHOTS``, when it is set (never otherwise)."""
     folder = os.environ.get("PYNOMALY_SCREENSHOTS")

@@ -97,6 +97,19 @@ def add_user(home, name: str, role: str, password: str) -> None:
                     "--password-stdin"], input=password + "\n", capture_output=True, text=True, check=True)
 
 
+def add_role_users(home, roles, password: str) -> None:
+    """A user per role, named by its first three letters: "vie-user", "ope-user", "adm-user"."""
+    for role in roles:
+        add_user(home, role[:3] + "-user", role, password)
+
+
+def signed_in(server, role: str, password: str) -> WebClient:
+    """A client signed in as the user :func:`add_role_users` made for ``role``."""
+    c = WebClient(server)
+    assert c.sign_in(role[:3] + "-user", password)[0] == 303
+    return c
+
+
 def to_csv(X: np.ndarray, names=None) -> bytes:
     """X as CSV with a header; floats written shortest-exact, so they read back bit-equal."""
     names = names or [f"x{i}" for i in range(X.shape[1])]

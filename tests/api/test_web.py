@@ -18,7 +18,7 @@ pytest.importorskip("jinja2", reason="the http extra is not installed (pip insta
 from pynomaly import service  # noqa: E402
 
 from _http_helpers import ApiServer, make_token  # noqa: E402
-from _web_helpers import WebClient, add_user, error_text, to_csv  # noqa: E402
+from _web_helpers import WebClient, add_role_users, add_user, error_text, to_csv  # noqa: E402
 from conftest import dataset_path  # noqa: E402
 
 PASSWORD = "correct horse battery"
@@ -32,8 +32,7 @@ def site(tmp_path_factory):
         X = np.asarray(d["X"], dtype=np.float64)
     home = tmp_path_factory.mktemp("webhome")
     service.train(home, "cardio", X, "IsolationForest", {"n_estimators": 50, "random_state": 0})
-    for role in ("viewer", "operator", "admin"):
-        add_user(home, role[:3] + "-user", role, PASSWORD)
+    add_role_users(home, ("viewer", "operator", "admin"), PASSWORD)
     server = ApiServer(home, "--max-body", "1M")
     try:
         yield server, home, X

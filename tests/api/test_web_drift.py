@@ -18,7 +18,8 @@ from pynomaly import service  # noqa: E402
 from pynomaly.service import drift  # noqa: E402
 
 from _http_helpers import ApiServer  # noqa: E402
-from _web_helpers import WebClient, add_user, error_text, to_csv  # noqa: E402
+from _web_helpers import WebClient, add_role_users, error_text, to_csv  # noqa: E402
+from _web_helpers import signed_in as _signed_in  # noqa: E402
 from conftest import load_dataset  # noqa: E402
 
 PASSWORD = "correct horse battery"
@@ -37,8 +38,7 @@ def site(tmp_path_factory):
         service.train(home, name, X[:n], "IsolationForest", PARAMS)
     service.export(home, "idle", home.parent / "idle.pnx")
     service.import_detector(home, home.parent / "idle.pnx", "imported")
-    for role in ("viewer", "operator"):
-        add_user(home, role[:3] + "-user", role, PASSWORD)
+    add_role_users(home, ("viewer", "operator"), PASSWORD)
     server = ApiServer(home)
     try:
         yield server, home, moved
@@ -47,9 +47,7 @@ def site(tmp_path_factory):
 
 
 def signed_in(server, role: str) -> WebClient:
-    c = WebClient(server)
-    assert c.sign_in(role[:3] + "-user", PASSWORD)[0] == 303
-    return c
+    return _signed_in(server, role, PASSWORD)
 
 
 def feature_rows(page: str) -> list:

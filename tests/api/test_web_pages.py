@@ -22,7 +22,8 @@ from pynomaly import service  # noqa: E402
 from pynomaly.service import alerts, jobs  # noqa: E402
 
 from _http_helpers import ApiServer  # noqa: E402
-from _web_helpers import WebClient, add_user, error_text  # noqa: E402
+from _web_helpers import WebClient, add_role_users, error_text  # noqa: E402
+from _web_helpers import signed_in as _signed_in  # noqa: E402
 from conftest import dataset_path  # noqa: E402
 
 PASSWORD = "correct horse battery"
@@ -40,8 +41,7 @@ def site(tmp_path_factory):
     service.train(home, "cardio", X, "IsolationForest", {"n_estimators": 30, "random_state": 0})
     service.train(home, "cardio", X, "IsolationForest", {"n_estimators": 60, "random_state": 1})
     service.train(home, "cardio-lof", X[:600], "LOF", {"n_neighbors": 10, "novelty": True})
-    for role in ("viewer", "operator", "admin"):
-        add_user(home, role[:3] + "-user", role, PASSWORD)
+    add_role_users(home, ("viewer", "operator", "admin"), PASSWORD)
     server = ApiServer(home, "--job-workers", "0")
     try:
         yield server, home, X
@@ -50,9 +50,7 @@ def site(tmp_path_factory):
 
 
 def signed_in(server, role: str) -> WebClient:
-    c = WebClient(server)
-    assert c.sign_in(role[:3] + "-user", PASSWORD)[0] == 303
-    return c
+    return _signed_in(server, role, PASSWORD)
 
 
 def last_audit(home, action: str, wait_s: float = 0.0, actor=None) -> dict:

@@ -18,21 +18,12 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from pynomaly import service  # noqa: E402
 from pynomaly.service import alerts, jobs  # noqa: E402
 
-from _browser_helpers import PHONE, SIZE, page_overflow, shot, start_chromium, url, wait  # noqa: E402
+from _browser_helpers import PHONE, SIZE, browser, page_overflow, shot, url, wait  # noqa: E402,F401 - browser: a fixture
 from _http_helpers import ApiServer  # noqa: E402
 from _web_helpers import add_user  # noqa: E402
 from conftest import dataset_path  # noqa: E402
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    driver = start_chromium(tmp_path_factory.mktemp("downloads"))
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")
