@@ -80,6 +80,21 @@ void maybe_released(int64_t rows, Fn&& fn) {
     }
 }
 
+// One record read from a dict in the detector's feature order: on the stack up to 256
+// features, on the heap past them.
+struct Record {
+    double stack[256];
+    std::vector<double> heap;
+    double* row = stack;
+    Record(const py::handle& x, const py::tuple& keys, int64_t d) {
+        if (static_cast<int64_t>(keys.size()) != d) throw InvalidInput("keys do not match the features");
+        if (d > 256) row = (heap.resize(d), heap.data());
+        record_from_dict(x, keys, row);
+    }
+    Record(const Record&) = delete;  // row may point into this object
+    Record& operator=(const Record&) = delete;
+};
+
 // The methods both detectors share, over their native class D.
 template <class D>
 void bind_common(py::class_<D>& c) {
@@ -102,24 +117,14 @@ void bind_common(py::class_<D>& c) {
             return out;
         }, py::arg("X"))
         .def("score_one", [](const D& m, const py::handle& x, const py::tuple& keys) {
-            if (static_cast<int64_t>(keys.size()) != m.n_features()) throw InvalidInput("keys do not match the features");
-            double row[256];
-            std::vector<double> big;
-            double* r = row;
-            if (m.n_features() > 256) r = (big.resize(m.n_features()), big.data());
-            record_from_dict(x, keys, r);
+            const Record r(x, keys, m.n_features());
             double out;
-            m.score(r, 1, &out, 1);
+            m.score(r.row, 1, &out, 1);
             return out;
         }, py::arg("x"), py::arg("keys"))
         .def("learn_one", [](D& m, const py::handle& x, const py::tuple& keys) {
-            if (static_cast<int64_t>(keys.size()) != m.n_features()) throw InvalidInput("keys do not match the features");
-            double row[256];
-            std::vector<double> big;
-            double* r = row;
-            if (m.n_features() > 256) r = (big.resize(m.n_features()), big.data());
-            record_from_dict(x, keys, r);
-            m.learn(r, 1);
+            const Record r(x, keys, m.n_features());
+            m.learn(r.row, 1);
         }, py::arg("x"), py::arg("keys"))
         .def("to_bytes", [](const D& m) { return py::bytes(m.to_bytes()); })
         .def_static("from_bytes", [](const py::bytes& b) {

@@ -105,6 +105,13 @@ def test_any_batch_split_and_the_dict_loop_agree(make):
 
 
 @pytest.mark.parametrize("make", DETECTORS)
+def test_a_record_of_more_than_256_features_is_read_whole(make):
+    # Records of up to 256 features are read into a buffer on the stack, wider ones on the heap.
+    X = np.random.default_rng(1).random((120, 300))
+    np.testing.assert_array_equal(prequential(make(), records(X)), make().score_learn_many(X))
+
+
+@pytest.mark.parametrize("make", DETECTORS)
 def test_snapshot_resumes_as_if_never_stopped(make):
     X, _ = scaled("thyroid", 1500)
     straight = make().score_learn_many(X)
