@@ -113,13 +113,16 @@ def _check_columns(params: dict) -> None:
         raise InvalidInputError("'columns' must be a list of column names or indices")
 
 
+def _only(params: dict, kind: str, allowed: set) -> None:
+    unknown = set(params) - allowed
+    if unknown:
+        raise InvalidInputError(f"unknown {kind} job parameter(s) {sorted(unknown)}; accepted: {sorted(allowed)}")
+
+
 def _check_train(params: dict) -> dict:
     from pynomaly.domain import check_name
 
-    allowed = {"detector", "data", "dataset_id", "algorithm", "params", "columns", "activate"}
-    unknown = set(params) - allowed
-    if unknown:
-        raise InvalidInputError(f"unknown train job parameter(s) {sorted(unknown)}; accepted: {sorted(allowed)}")
+    _only(params, "train", {"detector", "data", "dataset_id", "algorithm", "params", "columns", "activate"})
     check_name(params.get("detector"))
     _data_or_dataset(params)
     check_algorithm(params.setdefault("algorithm", "IsolationForest"), params.setdefault("params", {}))
@@ -142,10 +145,7 @@ def check_algorithm(algorithm, params) -> None:
 def _check_detect(params: dict) -> dict:
     from pynomaly.domain import check_name
 
-    allowed = {"detector", "data", "dataset_id", "version", "threshold", "contamination", "columns"}
-    unknown = set(params) - allowed
-    if unknown:
-        raise InvalidInputError(f"unknown detect job parameter(s) {sorted(unknown)}; accepted: {sorted(allowed)}")
+    _only(params, "detect", {"detector", "data", "dataset_id", "version", "threshold", "contamination", "columns"})
     check_name(params.get("detector"))
     _data_or_dataset(params)
     _check_columns(params)
