@@ -101,6 +101,7 @@ def test_submit_run_and_read_back(home, tmp_path, small):
     ("train", {"detector": "d", "data": "SMALL", "params": {"n_trees": 5}}, r"has no parameter\(s\) \['n_trees'\]"),
     ("train", {"detector": "d", "data": "SMALL", "submitted_by": "root"}, "unknown train job parameter"),
     ("detect", {"detector": "d", "data": "SMALL", "columns": "a"}, "'columns' must be a list"),
+    ("detect", {"detector": "d", "data": "SMALL", "algorithm": "KNN"}, r"unknown detect job parameter\(s\) \['algorithm'\]"),
 ])
 def test_bad_jobs_are_refused_when_submitted(tmp_path, small, kind, params, message):
     params = {k: (small if v == "SMALL" else v) for k, v in params.items()}
