@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <chrono>
+#include <cmath>
 
 #include "explain.hpp"
 
@@ -32,9 +33,12 @@ using FloatRows = py::array_t<float, py::array::c_style | py::array::forcecast>;
 py::array_t<double> explain_rows(const ForestExplainer& e, const FloatRows& X, int n_jobs, bool shap) {
     if (X.ndim() != 2 || X.shape(1) != e.n_features())
         throw InvalidInput("X must be 2-dimensional with " + std::to_string(e.n_features()) + " features");
-    const int64_t n = X.shape(0);
-    py::array_t<double> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(e.n_features())});
+    const int64_t n = X.shape(0), d = e.n_features();
     const float* x = X.data();
+    // The walks compare x < threshold: a NaN or an infinity would take a branch silently.
+    for (int64_t i = 0; i < n * d; ++i)
+        if (!std::isfinite(x[i])) throw InvalidInput(bad_value_message(x[i], i / d, i % d));
+    py::array_t<double> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)});
     double* o = out.mutable_data();
     auto run = [&](const CancelCheck& c) {
         if (shap) e.tree_shap(x, n, o, n_jobs, c); else e.path(x, n, o, n_jobs, c);

@@ -66,6 +66,18 @@ def test_the_per_row_formula_equals_the_tables():
 
 
 @pytest.mark.parametrize("method", ["tree_shap", "path"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_native_explainer_refuses_rows_it_cannot_compare(method, bad):
+    # What the estimator checks before calling it, the core checks again for its other callers.
+    X = np.random.default_rng(0).random((40, 3))
+    e = _core.ForestExplainer(IsolationForest(n_estimators=5, random_state=0).fit(X)._forest)
+    rows = X[:6].astype(np.float32)
+    rows[4, 2] = bad
+    with pytest.raises(InvalidInputError, match="at row 4, column 2"):
+        getattr(e, method)(rows)
+
+
+@pytest.mark.parametrize("method", ["tree_shap", "path"])
 def test_values_plus_base_are_the_score_on_native_forests(method):
     X, _ = load_dataset("cardio")
     for params in ({"random_state": 0}, {"max_features": 0.4, "max_samples": 300, "random_state": 1}):
