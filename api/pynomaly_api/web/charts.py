@@ -22,6 +22,16 @@ W, H = 640, 240  # the viewBox; the SVG scales to the page's width
 PAD_L, PAD_R, PAD_T, PAD_B = 72, 16, 12, 42
 
 
+def _steps(x, y, edges, heights, base: float) -> str:
+    """The points of a step line over ``edges`` (one height per bin), from the axis and back."""
+    pts = [f"{x(float(edges[0])):.1f},{base:.1f}"]
+    for i, v in enumerate(heights):
+        yy = y(float(v))
+        pts.append(f"{x(float(edges[i])):.1f},{yy:.1f} {x(float(edges[i + 1])):.1f},{yy:.1f}")
+    pts.append(f"{x(float(edges[-1])):.1f},{base:.1f}")
+    return " ".join(pts)
+
+
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
@@ -153,12 +163,8 @@ def overlaid(series: Sequence[tuple], bins: int = 50) -> str:
     out.append(f'<line class="axis" x1="{PAD_L}" x2="{W - PAD_R}" y1="{base}" y2="{base}"/>')
     edges = np.linspace(lo, hi, bins + 1)
     for k, ((label, s, t), sh) in enumerate(zip(drawn, shares)):
-        pts = [f"{x(float(edges[0])):.1f},{base:.1f}"]
-        for i, v in enumerate(sh):
-            yy = y(float(v))
-            pts.append(f"{x(float(edges[i])):.1f},{yy:.1f} {x(float(edges[i + 1])):.1f},{yy:.1f}")
-        pts.append(f"{x(float(edges[-1])):.1f},{base:.1f}")
-        out.append(f'<polyline class="dist series-{k % 4}" data-label="{escape(label)}" points="{" ".join(pts)}">'
+        out.append(f'<polyline class="dist series-{k % 4}" data-label="{escape(label)}" '
+                   f'points="{_steps(x, y, edges, sh, base)}">'
                    f'<title>{escape(label)}: {s.size:,} training scores</title></polyline>')
         if t is not None and math.isfinite(t):
             tx = x(t)
@@ -305,12 +311,7 @@ def score_drift(edges: np.ndarray, training: np.ndarray, live: np.ndarray, thres
            f'to {_fmt(hi)} ({outside})</title>',
            f'<line class="axis" x1="{PAD_L}" x2="{W - PAD_R}" y1="{base}" y2="{base}"/>']
     for k, (label, d) in enumerate((("training", dens[0]), ("served", dens[1]))):
-        pts = [f"{x(float(edges[0])):.1f},{base:.1f}"]
-        for i, v in enumerate(d):
-            yy = y(float(v))
-            pts.append(f"{x(float(edges[i])):.1f},{yy:.1f} {x(float(edges[i + 1])):.1f},{yy:.1f}")
-        pts.append(f"{x(float(edges[-1])):.1f},{base:.1f}")
-        out.append(f'<polyline class="dist series-{k}" data-label="{label}" points="{" ".join(pts)}">'
+        out.append(f'<polyline class="dist series-{k}" data-label="{label}" points="{_steps(x, y, edges, d, base)}">'
                    f'<title>{label} scores</title></polyline>')
         ly = PAD_T + 16 + 26 * k
         out.append(f'<rect class="key series-{k}" x="{W - PAD_R - 110}" y="{ly - 12}" width="14" height="12"/>'
