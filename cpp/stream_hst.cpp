@@ -89,11 +89,13 @@ HalfSpaceTrees::HalfSpaceTrees(const HstParams& p, int64_t n_features, std::vect
         if (f < 0 || f >= d_) throw InvalidModel("half-space trees: a split feature is out of range");
     for (double v : threshold_)
         if (!std::isfinite(v)) throw InvalidModel("half-space trees: a split value is not finite");
-    for (size_t i = 0; i < l_mass_.size(); ++i)
-        if (l_mass_[i] < 0 || r_mass_[i] < 0 || l_mass_[i] > p_.window_size || r_mass_[i] > p_.window_size)
-            throw InvalidModel("half-space trees: a mass is outside [0, window_size]");
     if (counter_ < 0 || counter_ >= p_.window_size)
         throw InvalidModel("half-space trees: the window counter is outside [0, window_size)");
+    // A latest-window mass counts records of the current window, so it is at most the counter;
+    // one above it would pass window_size while learning, and the snapshot would not load again.
+    for (size_t i = 0; i < l_mass_.size(); ++i)
+        if (l_mass_[i] < 0 || r_mass_[i] < 0 || l_mass_[i] > counter_ || r_mass_[i] > p_.window_size)
+            throw InvalidModel("half-space trees: a mass is outside [0, window_size] (latest window: [0, counter])");
     compile();
 }
 
