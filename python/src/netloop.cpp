@@ -285,7 +285,11 @@ std::vector<Loop::Hits> Loop::take_hits() {
             h.flagged = m.flagged;
             m.flagged = fastwire::Tally{};
             std::swap(h.sample, m.sample);
+            m.sample_full.store(false, std::memory_order_relaxed);
         }
+        // Batches served after the sample filled did not pass through Sample::add: the rows
+        // served meanwhile, kept or not, are the ones counted above.
+        if (h.sample.kept() > 0 || h.sample.served > 0) h.sample.served = h.rows;
         out.push_back(std::move(h));
     }
     return out;

@@ -48,6 +48,10 @@ struct Model {
     std::mutex mu;
     fastwire::Tally flagged;
     fastwire::Sample sample;  // rows kept for drift (Config::drift_rows), under `mu`
+    // Whether `sample` holds Config::drift_rows rows already: read without the lock, so a batch
+    // served after the cap costs one relaxed load for drift instead of taking `mu` (every
+    // request of a busy detector, from every worker thread). The host's take_hits clears it.
+    std::atomic<bool> sample_full{false};
 };
 using ModelPtr = std::shared_ptr<Model>;
 

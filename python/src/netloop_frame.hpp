@@ -138,10 +138,15 @@ inline bool Worker::score(Conn& c) {
     mm->duration_ns.fetch_add(static_cast<uint64_t>(took * 1e9) * k, std::memory_order_relaxed);
     fastwire::Tally t;
     const bool flagged = t.add(batch, m->s.threshold);
-    if (flagged || cfg.drift_rows > 0) {
+    const bool keep = cfg.drift_rows > 0 && !mm->sample_full.load(std::memory_order_relaxed);
+    if (flagged || keep) {
         std::lock_guard<std::mutex> g(mm->mu);
         if (flagged) mm->flagged.merge(t);
-        if (cfg.drift_rows > 0) mm->sample.add(batch, m->s.n_features, cfg.drift_rows);
+        if (keep) {
+            mm->sample.add(batch, m->s.n_features, cfg.drift_rows);
+            if (static_cast<int64_t>(mm->sample.kept()) >= cfg.drift_rows)
+                mm->sample_full.store(true, std::memory_order_relaxed);
+        }
     }
     mark_dirty(c);
     return true;

@@ -14,7 +14,7 @@ import pytest
 import pynomaly
 from pynomaly import service
 from pynomaly.service import drift as service_drift
-from pynomaly.serving.observe import FAST_ROWS
+from pynomaly.serving.observe import DRIFT_ROWS, FAST_ROWS
 
 from _daemon_helpers import DaemonProcess
 from conftest import load_dataset
@@ -86,3 +86,24 @@ def test_no_drift_counts_nothing(data, tmp_path, mode):
                 c.drift("quiet")
     finally:
         assert d.stop() == 0
+
+
+def test_the_native_loop_counts_every_row_served_past_its_sample(data, tmp_path):
+    """Past DRIFT_ROWS rows a hand-over, the native loop keeps no more rows (and no longer takes
+    the detector's lock for them), yet the window's ``rows_seen`` still counts every row served."""
+    train, serve, _ = data
+    home = tmp_path / "home"
+    service.train(home, "busy", train, "IsolationForest", PARAMS)
+    rows = np.concatenate([serve] * (3 * DRIFT_ROWS // len(serve) + 1))[:3 * DRIFT_ROWS]
+    d = DaemonProcess(tmp_path, None, "--home", str(home))
+    try:
+        with pynomaly.Client(d.sock) as c:
+            for part in np.array_split(rows, len(rows) // 60):  # native-sized requests
+                c.detect("busy", part)
+            doc = c.drift("busy")
+            st = c.stats()
+    finally:
+        assert d.stop() == 0
+    assert st.fast_path_requests >= len(rows) // 60 - 1
+    assert doc["rows_seen"] == len(rows)
+    assert 0 < doc["rows"] < len(rows)  # the kept rows, themselves profiled on a sample (drift_live.settings.sample_above)
