@@ -48,6 +48,7 @@ class Settings:
     checkpoint_seconds: float = 60.0
     checkpoint_records: int = 100_000
     checkpoint_keep: int = 5
+    learner_lease_seconds: float = 30.0  # one learner per detector per home: its lease outlives its last renewal this long
 
     def check(self) -> "Settings":
         """Self, or ValueError naming the first setting that cannot work."""
@@ -60,7 +61,8 @@ class Settings:
                 raise ValueError(f"{name} must be positive")
         if self.checkpoint_records < 1 or self.checkpoint_keep < 1:
             raise ValueError("checkpoint_records and checkpoint_keep must be at least 1")
-        for name in ("request_timeout_s", "refresh_interval_s", "header_timeout_s", "checkpoint_seconds"):
+        for name in ("request_timeout_s", "refresh_interval_s", "header_timeout_s", "checkpoint_seconds",
+                     "learner_lease_seconds"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")

@@ -115,6 +115,9 @@ class Config:
     checkpoint_records: int = _opt(100_000, "... or after it learned this many records")
     checkpoint_keep: int = _opt(5, "checkpoint versions kept per detector (older ones are deleted; trained "
                                    "versions are never)")
+    learner_lease_seconds: float = _opt(30.0, "one process learns a detector per home: its lease lapses this long "
+                                              "after its last renewal (renewed every third of it), e.g. after a "
+                                              "crash, and another process may learn it then")
 
     def __post_init__(self):
         # The roles are checked (users and groups looked up) once, here; the daemon reads
