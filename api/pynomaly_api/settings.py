@@ -66,6 +66,8 @@ class Settings:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
+        if self.learner_lease_seconds >= 86400:
+            raise ValueError(f"learner_lease_seconds must be less than 86400 (a day), got {self.learner_lease_seconds!r}")
         if self.upload_dir is not None and not os.path.isdir(self.upload_dir):
             raise ValueError(f"--upload-dir {self.upload_dir!r} is not a folder")
         if self.threads < 0 or self.inline_cells < 0 or self.job_workers < 0 or self.max_client_connections < 0:

@@ -136,6 +136,8 @@ class Config:
                 shown = v / f.metadata["scale"] if ok else v
                 need = ">= 0" if f.metadata["zero_ok"] else "> 0"
                 raise ValueError(f"{_flag(f)} must be a finite number {need}, got {shown!r}")
+        if self.learner_lease_seconds >= 86400:
+            raise ValueError(f"--learner-lease-seconds must be less than 86400 (a day), got {self.learner_lease_seconds!r}")
         if self.metrics_port > 65535:
             raise ValueError(f"--metrics-port must be a TCP port (1 to 65535, or 0 for none), got {self.metrics_port}")
 
