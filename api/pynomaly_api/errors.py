@@ -10,7 +10,7 @@ from typing import Optional
 from starlette.responses import Response
 
 from pynomaly._errors import ArtifactIntegrityError, ExportFileError, NotFoundError, PynomalyError, RepositoryError
-from pynomaly._errors import RepositoryUnavailableError
+from pynomaly._errors import LearnerConflictError, RepositoryUnavailableError
 from pynomaly.domain import DetectorNotReadyError
 from pynomaly.serving import DetectorUnavailable
 
@@ -40,7 +40,7 @@ def status_of(err: BaseException):
         return 403, str(err), None
     if isinstance(err, NotFoundError):
         return 404, str(err), None
-    if isinstance(err, (DetectorNotReadyError, DetectorUnavailable)):
+    if isinstance(err, (DetectorNotReadyError, DetectorUnavailable, LearnerConflictError)):
         return 409, str(err), None
     if isinstance(err, RepositoryUnavailableError):  # the database is away: retry later
         log.warning("database unavailable: %s", err)

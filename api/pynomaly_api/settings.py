@@ -48,6 +48,7 @@ class Settings:
     checkpoint_seconds: float = 60.0
     checkpoint_records: int = 100_000
     checkpoint_keep: int = 5
+    learner_lease_seconds: float = 30.0  # one learner per detector per home: its lease outlives its last renewal this long
 
     def check(self) -> "Settings":
         """Self, or ValueError naming the first setting that cannot work."""
@@ -60,10 +61,13 @@ class Settings:
                 raise ValueError(f"{name} must be positive")
         if self.checkpoint_records < 1 or self.checkpoint_keep < 1:
             raise ValueError("checkpoint_records and checkpoint_keep must be at least 1")
-        for name in ("request_timeout_s", "refresh_interval_s", "header_timeout_s", "checkpoint_seconds"):
+        for name in ("request_timeout_s", "refresh_interval_s", "header_timeout_s", "checkpoint_seconds",
+                     "learner_lease_seconds"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
+        if self.learner_lease_seconds >= 86400:
+            raise ValueError(f"learner_lease_seconds must be less than 86400 (a day), got {self.learner_lease_seconds!r}")
         if self.upload_dir is not None and not os.path.isdir(self.upload_dir):
             raise ValueError(f"--upload-dir {self.upload_dir!r} is not a folder")
         if self.threads < 0 or self.inline_cells < 0 or self.job_workers < 0 or self.max_client_connections < 0:

@@ -63,7 +63,7 @@ class ServerState:
         # Streaming detectors: one request at a time per model, learning when asked, checkpoints.
         self.learning = Learning(self.cache, self.run, seconds=settings.checkpoint_seconds,
                                  records=settings.checkpoint_records, keep=settings.checkpoint_keep,
-                                 counters=self.counters)
+                                 counters=self.counters, lease_seconds=settings.learner_lease_seconds)
         self.job_workers: list = []
         self.ready = True  # False once draining
         from pynomaly.store._home import is_database_url

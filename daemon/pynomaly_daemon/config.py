@@ -115,6 +115,9 @@ class Config:
     checkpoint_records: int = _opt(100_000, "... or after it learned this many records")
     checkpoint_keep: int = _opt(5, "checkpoint versions kept per detector (older ones are deleted; trained "
                                    "versions are never)")
+    learner_lease_seconds: float = _opt(30.0, "one process learns a detector per home: its lease lapses this long "
+                                              "after its last renewal (renewed every third of it), e.g. after a "
+                                              "crash, and another process may learn it then")
 
     def __post_init__(self):
         # The roles are checked (users and groups looked up) once, here; the daemon reads
@@ -133,6 +136,8 @@ class Config:
                 shown = v / f.metadata["scale"] if ok else v
                 need = ">= 0" if f.metadata["zero_ok"] else "> 0"
                 raise ValueError(f"{_flag(f)} must be a finite number {need}, got {shown!r}")
+        if self.learner_lease_seconds >= 86400:
+            raise ValueError(f"--learner-lease-seconds must be less than 86400 (a day), got {self.learner_lease_seconds!r}")
         if self.metrics_port > 65535:
             raise ValueError(f"--metrics-port must be a TCP port (1 to 65535, or 0 for none), got {self.metrics_port}")
 

@@ -36,6 +36,8 @@ _CODES = (
     (RepositoryError, "unavailable"),
     (pynomaly.ModelFormatError, "unavailable"),
     (pynomaly.InvalidInputError, "bad_value"),
+    # Another process learns the detector (its learner lease): the message names it.
+    (pynomaly.LearnerConflictError, "bad_request"),
 )
 
 

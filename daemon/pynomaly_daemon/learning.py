@@ -32,7 +32,8 @@ class Learner:
         self.d = d
         cfg = d.config
         self.lanes = Learning(d.cache, d.run, seconds=cfg.checkpoint_seconds, records=cfg.checkpoint_records,
-                              keep=cfg.checkpoint_keep, counters=d.counters)
+                              keep=cfg.checkpoint_keep, counters=d.counters,
+                              lease_seconds=cfg.learner_lease_seconds)
 
     def submit(self, scorer, item, dtype: str) -> None:
         """Answer an admitted request for a streaming detector. Tasks start in the order they

@@ -76,3 +76,9 @@ class UntrustedPickleError(ArtifactIntegrityError):
 
 class KeyRequiredError(RepositoryError):
     """An encrypted home's key is missing, unreadable or wrong: the message names what is missing."""
+
+
+class LearnerConflictError(PynomalyError):
+    """Another live process learns this streaming detector (it holds the detector's learner
+    lease in the home): one learner per detector per home. The message names the holder;
+    the HTTP face answers 409, the daemon ``bad_request``. Scoring without learning works."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,42 @@ def test_a_graceful_stop_saves_a_checkpoint(tmp_path):
     reference.score_learn_many(X[400:700])
     np.testing.assert_array_equal(service.load_model(tmp_path / "home", "hst", 2)[1].score_many(X[700:800]),
                                   reference.score_many(X[700:800]))
+
+
+def test_a_replica_is_refused_with_409_while_a_daemon_learns_the_detector(server, tmp_path):
+    """One learner per detector per home, whichever face: a daemon holds the lease, the API
+    server on the same home answers 409 naming it (learning nothing) and scores on; once the
+    daemon stopped cleanly (lease released, last checkpoint saved) the API learns from there."""
+    pytest.importorskip("pynomaly_daemon")
+    import pynomaly
+    from _daemon_helpers import DaemonProcess
+
+    s, home, tokens = server
+    X = scaled()
+    service.train(home, "shared", X[:400], "HalfSpaceTrees", {"seed": 6, "window_size": 60})
+    reference = service.load_model(home, "shared")[1]
+    d = DaemonProcess(tmp_path, None, "--home", str(home), "--checkpoint-seconds", "3600")
+    try:
+        with pynomaly.Client(d.sock) as c:
+            got = c.detect("shared", X[400:500], learn=True).scores
+        np.testing.assert_array_equal(got, reference.score_learn_many(X[400:500]))
+        refused = [s.json("POST", "/api/v1/detectors/shared/learn", {"data": X[500:510].tolist()},
+                          token=tokens["operator"]),
+                   s.json("POST", "/v2/models/shared/infer", infer_body(X[500:510], parameters={"learn": True}),
+                          token=tokens["operator"])]
+        for status, doc in refused:
+            assert status == 409 and "learned by another process (host" in doc["error"], doc
+            assert f"pid {d.proc.pid} " in doc["error"], doc
+        status, doc = s.json("POST", "/v2/models/shared/infer", infer_body(X[500:510]), token=tokens["operator"])
+        assert status == 200, doc  # scoring goes on, without learning
+    finally:
+        assert d.stop() == 0  # saves its 100 records as v2, releases the lease
+    deadline = time.monotonic() + 3  # the API remembers a refusal for a second
+    while True:
+        status, doc = s.json("POST", "/api/v1/detectors/shared/learn",
+                             {"data": X[500:600].tolist(), "include_scores": True}, token=tokens["operator"])
+        if status != 409 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert status == 200, doc
+    np.testing.assert_allclose(doc["scores"], reference.score_learn_many(X[500:600]), rtol=0, atol=1e-12)

@@ -36,10 +36,16 @@ def test_bad_values_are_refused_by_the_parser(capsys):
 
 
 @pytest.mark.parametrize("argv", [["--max-frame-mb", "-1"], ["--frame-timeout", "0"], ["--workers", "0"],
-                                  ["--net-threads", "-2"], ["--idle-timeout", "nan"], ["--cache-mb", "inf"]])
+                                  ["--net-threads", "-2"], ["--idle-timeout", "nan"], ["--cache-mb", "inf"],
+                                  ["--learner-lease-seconds", "0"]])
 def test_numbers_out_of_range_are_refused_before_the_daemon_starts(argv):
     with pytest.raises(SystemExit, match=f"{argv[0]} must be a finite number"):
         config_from_args(build_parser().parse_args(argv))
+
+
+def test_a_learner_lease_of_a_day_or_more_is_refused():
+    with pytest.raises(SystemExit, match="--learner-lease-seconds must be less than 86400"):
+        config_from_args(build_parser().parse_args(["--learner-lease-seconds", "86400"]))
 
 
 def test_zero_where_zero_means_something():

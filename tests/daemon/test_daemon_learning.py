@@ -109,7 +109,8 @@ def test_sigkill_resumes_from_the_last_checkpoint(tmp_path_factory):
     X = scaled()
     service.train(h, "hst", X[:400], "HalfSpaceTrees", {"seed": 5, "window_size": 50})
     stream = X[400:]
-    args = ("--home", str(h), "--checkpoint-records", "300", "--checkpoint-keep", "2", "--checkpoint-seconds", "3600")
+    args = ("--home", str(h), "--checkpoint-records", "300", "--checkpoint-keep", "2", "--checkpoint-seconds", "3600",
+            "--learner-lease-seconds", "1")
     d = DaemonProcess(tmp_path_factory.mktemp("run1"), None, *args)
     try:
         live = stored(h)
@@ -138,7 +139,9 @@ def test_sigkill_resumes_from_the_last_checkpoint(tmp_path_factory):
     reference.score_learn_many(stream[:1200])
     restored = stored(h, 5)
     np.testing.assert_array_equal(restored.score_many(stream[1250:1300]), reference.score_many(stream[1250:1300]))
-    # A restart serves and learns from there, and a graceful stop saves what it learned.
+    # A restart serves and learns from there (once the killed daemon's learner lease lapsed),
+    # and a graceful stop saves what it learned.
+    time.sleep(1.0)
     d = DaemonProcess(tmp_path_factory.mktemp("run2"), None, *args)
     try:
         with pynomaly.Client(d.sock) as c:

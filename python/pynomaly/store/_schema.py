@@ -236,6 +236,19 @@ CREATE INDEX IF NOT EXISTS drift_counts_by_bucket ON drift_counts (bucket)
 """
 
 
+# Which process learns each streaming detector (pynomaly.store.learners, issue 23): one lease
+# per detector name, in the database's clock (Unix seconds), taken over once it lapsed.
+_LEARNERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS learners (
+    detector TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    acquired_at REAL NOT NULL,
+    renewed_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+)
+"""
+
+
 def _statements(schema: str):
     def apply(db):
         for stmt in _db.ddl(schema, db.dialect):
@@ -290,6 +303,7 @@ MIGRATIONS = [
     ("drift_counts: served rows on the reference's bins, by time bucket; alert rules on drift",
      _all(_statements(_DRIFT_COUNTS_SCHEMA), _add_column("alert_rules", "drift_above", "REAL"),
           _add_column("alert_rules", "score_drift_above", "REAL"))),
+    ("learners: which process learns each streaming detector (a lease)", _statements(_LEARNERS_SCHEMA)),
 ]
 
 
