@@ -285,6 +285,7 @@ std::vector<Loop::Hits> Loop::take_hits() {
             h.flagged = m.flagged;
             m.flagged = fastwire::Tally{};
             std::swap(h.sample, m.sample);
+            std::swap(h.why, m.why);
         }
         out.push_back(std::move(h));
     }

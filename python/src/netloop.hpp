@@ -48,6 +48,7 @@ struct Model {
     std::mutex mu;
     fastwire::Tally flagged;
     fastwire::Sample sample;  // rows kept for drift (Config::drift_rows), under `mu`
+    fastwire::Sample why;     // anomalous rows kept for alerts (fastwire::kAlertRows), under `mu`
 };
 using ModelPtr = std::shared_ptr<Model>;
 
@@ -161,6 +162,7 @@ public:
         std::array<uint64_t, kMaxDurationBounds + 1> durations{};
         uint64_t duration_ns = 0;
         fastwire::Sample sample;
+        fastwire::Sample why;
     };
     std::vector<Hits> take_hits();
 

@@ -140,7 +140,10 @@ inline bool Worker::score(Conn& c) {
     const bool flagged = t.add(batch, m->s.threshold);
     if (flagged || cfg.drift_rows > 0) {
         std::lock_guard<std::mutex> g(mm->mu);
-        if (flagged) mm->flagged.merge(t);
+        if (flagged) {
+            mm->flagged.merge(t);
+            fastwire::keep_flagged(mm->why, batch, m->s.n_features, fastwire::kAlertRows, m->s.threshold);
+        }
         if (cfg.drift_rows > 0) mm->sample.add(batch, m->s.n_features, cfg.drift_rows);
     }
     mark_dirty(c);
