@@ -174,20 +174,26 @@ class Observer:
     def _flag(self, name, version, requests, rows, anomalies, top, rate, kept=None, scorer=None) -> None:
         if self.evaluator is None:
             return
+        if scorer is None:
+            kept = None  # nothing could explain them
         w = self.window.get(name)
         if w is None:
-            self.window[name] = [requests, rows, anomalies, top, rate, version, kept or [], scorer]
+            self.window[name] = [requests, rows, anomalies, top, rate, version, [], None]
+            w = self.window[name]
         else:
             w[0] += requests
             w[1] += rows
             w[2] += anomalies
             w[3] = max(w[3], top)
             w[4] = max(w[4], rate)
-            if kept and (w[7] is None or w[5] == version):  # one version's rows, the explaining one's
-                room = ALERT_ROWS - sum(s.shape[0] for _, s in w[6])
-                w[6].extend((X[:room], s[:room]) for X, s in kept if room > 0)
-                w[7] = scorer
-            w[5] = version
+        if kept and (w[7] is None or w[7] is scorer):  # the rows of one version, with the Scorer that explains them
+            room = ALERT_ROWS - sum(s.shape[0] for _, s in w[6])
+            for X, s in kept:
+                if room > 0:
+                    w[6].append((X[:room], s[:room]))
+                    room -= min(room, s.shape[0])
+            w[7] = scorer
+        w[5] = version
 
     # -- hand-over ----------------------------------------------------------------------------
     def start(self, loop) -> None:
