@@ -100,7 +100,7 @@ class DetectIn(BaseModel):
     contamination: Optional[float] = None
     save: bool = True
     include_scores: bool = Field(False, description="return every row's score too")
-    explain: Optional[int] = Field(None, description="K (1 to d): each anomaly's top K features (not stored)")
+    explain: Optional[int] = Field(None, description="K (1 to d): each anomaly's top K features (stored with it)")
     explain_method: Optional[str] = Field(None, max_length=64, description="how to explain (default: the detector's)")
 
 
@@ -125,14 +125,12 @@ class TokenIn(BaseModel):
     ttl: str = "24h"
 
 
-def detection_out(result: DetectionResult, name: Optional[str], include_scores: bool = False,
-                  explain: Optional[int] = None) -> dict:
-    """The API's form of a result; ``explain``: each anomaly's top K features (from its explanation)."""
+def detection_out(result: DetectionResult, name: Optional[str], include_scores: bool = False) -> dict:
+    """The API's form of a result, each anomaly with its top features where the result has them."""
     scores = result.scores
     anomalies = [{"sample_index": int(i), "score": float(scores[i]), "confidence": float(a.confidence)}
                  for i, a in result.anomalies]
-    if explain is not None:
-        explained.add_top_features(anomalies, result, explain)
+    explained.add_top_features(anomalies, result)
     return {
         "detection_id": result.id,
         "detector": name,
@@ -385,14 +383,14 @@ async def detect(body: DetectIn, request: Request, who: Principal = Depends(allo
         return st.run(lambda: service.detect(
             st.home, name, data, version=scorer.version.version, threshold=body.threshold,
             contamination=body.contamination, columns=body.columns, save=body.save, dataset_id=body.dataset_id,
-            scorer=scorer, face="http", explain=explain, explain_method=body.explain_method))
+            scorer=scorer, face="http", explain=explain, explain_method=body.explain_method, top_k=body.explain))
 
     # A stored result is a change to the home: recorded, as the CLI records it.
     result = await (audited(request, who, "detect", f"{name}@{scorer.version.version}", work,
                             lambda r: {"result": r.id, "rows": int(r.scores.shape[0])}) if body.save else work())
     # In /metrics with the infer requests' (service.detect has queued its alerts already).
     st.observer.count(name, result.metrics["total_samples"], result.metrics["anomalies_detected"])
-    return detection_out(result, name, body.include_scores, body.explain)
+    return detection_out(result, name, body.include_scores)
 
 
 @router.get("/results/{result_id}", summary="A stored detection result", response_model=DetectionOut,

@@ -1,5 +1,5 @@
 """Explanations on the detection API (issue 22): a detect request's ``explain: K`` checked,
-and each anomaly's top K features taken from the result's explanation."""
+and each anomaly's top K features, as the detection computed them and the result keeps them."""
 
 from __future__ import annotations
 
@@ -28,8 +28,11 @@ def wanted(k: Optional[int], method: Optional[str], n_features: int) -> bool:
     return True
 
 
-def add_top_features(anomalies: list, result, k: int) -> None:
-    """Give each anomaly (dicts with ``sample_index``) its ``top_features`` from ``result.explanation``."""
-    tops = service.top_features(result.explanation, k, rows=[a["sample_index"] for a in anomalies])
-    for a, top in zip(anomalies, tops):
-        a["top_features"] = top
+def add_top_features(anomalies: list, result) -> None:
+    """Give each anomaly (dicts with ``sample_index``) its ``top_features``, those the result
+    keeps (``result.top_features``: computed by the detection, stored with a saved result)."""
+    top = result.top_features
+    if top is None:
+        return
+    for a in anomalies:
+        a["top_features"] = top.get(a["sample_index"])

@@ -216,13 +216,17 @@ class NetPump:
         now = time.monotonic()
         used = self.d.cache.used
         obs = self.d.observer
-        for name, version, n, rows, flagged, durations, seconds, sample in self.net.take_hits():
+        for name, version, n, rows, flagged, durations, seconds, sample, why in self.net.take_hits():
             used(name, version, n, now)
             if obs is not None:
-                obs.add(name, version, n, rows, flagged)
+                obs.add(name, version, n, rows, flagged, why, self._explainer(name, version, why))
                 REQUEST_SECONDS.add(durations, seconds, op="detect", detector=name, face="daemon")
                 if sample is not None:  # rows kept for drift (issue 24)
                     obs.add_sample(name, version, sample, sample[2])
+
+    def _explainer(self, name: str, version: int, why):
+        """The loaded Scorer that explains the anomalous rows the loop kept (issue 22's alerts)."""
+        return None if why is None else self.d.cache.entries.get((name, version))
 
     def counters(self) -> dict:
         return self.net.counters()

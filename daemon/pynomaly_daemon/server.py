@@ -54,6 +54,7 @@ import msgspec
 import pynomaly
 from pynomaly import wire
 from pynomaly.serving import native
+from pynomaly.service.why import ALERT_ROWS
 from pynomaly.service.metrics import REQUEST_SECONDS
 from pynomaly.wire import Detect, Rows, default_socket_path, unsafe_socket_folder  # noqa: F401 - default_socket_path is re-exported
 
@@ -506,10 +507,12 @@ class Daemon:
         else:  # with the anomalies' tally (metrics, alerts) and, while wanted, rows for drift
             room = obs.fast_room
             out = native.fast_detect(conn.view, p, end, self.config.max_frame, self.fast_rows, self.cache.native, True,
-                                     room)
+                                     room, ALERT_ROWS if obs.evaluator is not None else 0)
             p, replies, served, n_req, n_rows, n_calls, n_coalesced, flagged = out[:8]
             if n_req:
-                obs.add(served.name, served.version, n_req, n_rows, flagged)
+                why = out[9] if len(out) > 9 else None  # a few anomalous rows, for the alert's why
+                obs.add(served.name, served.version, n_req, n_rows, flagged, why,
+                        None if why is None else self.cache.entries.get((served.name, served.version)))
                 # each request's latency, from the read that carried it to its reply
                 REQUEST_SECONDS.observe_labelled(time.monotonic() - conn.last_rx, ("detect", served.name, "daemon"),
                                                  n_req)

@@ -213,7 +213,7 @@ def ecdf(sorted: typing.Any, scores: typing.Any, n_jobs: typing.SupportsInt | ty
     ...
 def ecdf_count(sorted: typing.Any, scores: typing.Any, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.typing.NDArray[numpy.int64]:
     ...
-def fast_detect(buffer: typing_extensions.Buffer, pos: typing.SupportsInt | typing.SupportsIndex, end: typing.SupportsInt | typing.SupportsIndex, max_frame: typing.SupportsInt | typing.SupportsIndex, max_rows: typing.SupportsInt | typing.SupportsIndex, served: dict, tally: bool = False, sample_rows: typing.SupportsInt | typing.SupportsIndex = 0) -> tuple:
+def fast_detect(buffer: typing_extensions.Buffer, pos: typing.SupportsInt | typing.SupportsIndex, end: typing.SupportsInt | typing.SupportsIndex, max_frame: typing.SupportsInt | typing.SupportsIndex, max_rows: typing.SupportsInt | typing.SupportsIndex, served: dict, tally: bool = False, sample_rows: typing.SupportsInt | typing.SupportsIndex = 0, why_rows: typing.SupportsInt | typing.SupportsIndex = 0) -> tuple:
     """
     The daemon's native path for small raw-rows detect requests (see python/src/fastpath.cpp).
     """

@@ -396,7 +396,7 @@ class DetectionResult:
     def __init__(self, detector_id: str, detector_version: int, threshold: float, scores, labels,
                  processing_time_ms: float = 0.0, dataset_id: Optional[str] = None,
                  timestamp: Optional[datetime] = None, id: Optional[str] = None,
-                 probabilities=None, confidence=None, explanation=None):
+                 probabilities=None, confidence=None, explanation=None, top_features=None):
         if type(scores) is not np.ndarray or scores.dtype is not _F64 or scores.ndim != 1:
             scores = np.asarray(scores, dtype=np.float64)
             if scores.ndim != 1:
@@ -420,15 +420,16 @@ class DetectionResult:
         }
         if explanation is not None:
             self._more.update(_explained(explanation, n))
+        self._more["top_features"] = top_features
 
-    def explained(self, explanation) -> "DetectionResult":
-        """This result with the ``explanation`` of its rows added (checked): a new result, this
-        one left as it is. How a serving face adds a request's explanation to the batch's
-        :meth:`decided` result."""
+    def explained(self, explanation, top_features=None) -> "DetectionResult":
+        """This result with the ``explanation`` of its rows added (checked), and ``top_features``
+        when given: a new result, this one left as it is. How a serving face adds a request's
+        explanation to the batch's :meth:`decided` result."""
         r = _new(DetectionResult)
         for slot in DetectionResult.__slots__:
             setattr(r, slot, getattr(self, slot))
-        r._more = dict(self._more or ())
+        r._more = dict(self._more or (), top_features=top_features or self._get("top_features"))
         r._more.update(_explained(explanation, self._scores.shape[0]))
         return r
 
@@ -487,6 +488,9 @@ class DetectionResult:
     explanation = property(functools.partial(_get, name="explanation"),
                            doc="The detector's pynomaly.Explanation of the rows (values, base values, feature "
                                "names, the rows' data), when asked for")
+    top_features = property(functools.partial(_get, name="top_features"),
+                            doc="Each anomaly's top features kept with the result (a detection's explain: K): "
+                                '{row: [{"feature", "value", "attribution"}, ...]}, or None')
     attributions = property(functools.partial(_explained_part, "values"),
                             doc="float64 (n, d): each feature's attribution of each row's score, when asked for")
     explain_method = property(functools.partial(_explained_part, "method"),

@@ -90,12 +90,14 @@ namespace {
 // and, with tally=True, an eighth item: (anomalies, requests with one, highest anomalous score,
 // highest anomaly rate of a request) or None when there was no anomaly (the daemon's alerts);
 // with sample_rows > 0 too, a ninth: the first sample_rows rows served with their scores, for
-// drift (sample_object's tuple, or None).
+// drift (sample_object's tuple, or None); with why_rows > 0 too, ten items: the ninth as before
+// (None without sample_rows), the tenth the first why_rows anomalous rows with their scores, for
+// an alert's why (sample_object's tuple, or None).
 // Serves the fast requests from buffer[pos:end] and returns where it stopped. All of them are
 // for one ServedForest (it stops where the detector changes), returned for the caller's
 // bookkeeping.
 py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_t max_frame, int64_t max_rows,
-                      const py::dict& served_dict, bool tally, int64_t sample_rows) {
+                      const py::dict& served_dict, bool tally, int64_t sample_rows, int64_t why_rows) {
     const py::buffer_info info = buffer.request();
     if (info.ndim != 1 || info.itemsize != 1 || pos < 0 || pos > end || end > info.size)
         throw InvalidInput("fast_detect: a 1-D byte buffer and 0 <= pos <= end <= len(buffer) are required");
@@ -112,6 +114,7 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
     int64_t n_requests = 0, n_rows = 0, n_calls = 0, n_coalesced = 0;
     Tally flagged;
     Sample sample;
+    Sample why;
 
     // Scores the pending batch; if the core refuses it, its frames are given back (the caller
     // stops there and the Python path answers them).
@@ -119,7 +122,8 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
         if (batch.requests.empty()) return true;
         const bool scored = score_batch(batch, *served, out);
         if (scored) {
-            if (tally) flagged.add(batch, served->threshold);
+            if (tally && flagged.add(batch, served->threshold) && why_rows > 0)
+                keep_flagged(why, batch, served->n_features, why_rows, served->threshold);
             if (sample_rows > 0) sample.add(batch, served->n_features, sample_rows);
             n_requests += static_cast<int64_t>(batch.requests.size());
             n_rows += batch.n_rows;
@@ -163,9 +167,12 @@ py::tuple fast_detect(const py::buffer& buffer, int64_t pos, int64_t end, int64_
     py::object t = flagged.anomalies
                        ? py::object(py::make_tuple(flagged.anomalies, flagged.flagged, flagged.max_score, flagged.max_rate))
                        : py::object(py::none());
+    const int64_t d = served != nullptr ? served->n_features : 0;
+    if (why_rows > 0)
+        return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced, t,
+                              sample_rows > 0 ? sample_object(sample, d) : py::object(py::none()), sample_object(why, d));
     if (sample_rows <= 0) return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced, t);
-    return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced, t,
-                          sample_object(sample, served != nullptr ? served->n_features : 0));
+    return py::make_tuple(pos, replies, entry, n_requests, n_rows, n_calls, n_coalesced, t, sample_object(sample, d));
 }
 
 }  // namespace
@@ -194,5 +201,6 @@ void register_fastpath(py::module_& m) {
         .def_property_readonly("threshold", [](const ServedForest& f) { return f.s.threshold; });
     m.def("fast_detect", &fast_detect, py::arg("buffer"), py::arg("pos"), py::arg("end"), py::arg("max_frame"),
           py::arg("max_rows"), py::arg("served"), py::arg("tally") = false, py::arg("sample_rows") = 0,
+          py::arg("why_rows") = 0,
           "The daemon's native path for small raw-rows detect requests (see python/src/fastpath.cpp).");
 }

@@ -121,6 +121,43 @@ struct Sample {
     }
 };
 
+// The anomalous rows an alert says why of (issue 22): the first of them scored since the host
+// last took them, at most this many per served model (pynomaly.service.explaining.ALERT_ROWS),
+// copied next to the tally and only for a batch that had an anomaly.
+constexpr int64_t kAlertRows = 5;
+
+// Keeps b's anomalous rows (scores above threshold) in `why` while it holds fewer than cap, as
+// Sample keeps rows for drift (float32 rows as float32); `served` counts the rows kept, so the
+// host sees None when there were none.
+inline void keep_flagged(Sample& why, const Batch& b, int64_t d, int64_t cap, double threshold) {
+    int64_t room = cap - static_cast<int64_t>(why.kept());
+    int64_t row = 0;
+    const size_t item = b.f32 ? sizeof(float) : sizeof(double);
+    for (const Request& q : b.requests) {
+        for (int64_t i = 0; i < q.n && room > 0; ++i) {
+            const double score = b.scores[static_cast<size_t>(row + i)];
+            if (!is_anomaly(score, threshold)) continue;
+            const auto* from = static_cast<const unsigned char*>(q.data) + static_cast<size_t>(i * d) * item;
+            const size_t values = static_cast<size_t>(d);
+            if (b.f32) {
+                const size_t at = why.rows32.size();
+                why.rows32.resize(at + values);
+                std::memcpy(why.rows32.data() + at, from, values * item);  // q.data may be misaligned
+                why.scores32.push_back(score);
+            } else {
+                const size_t at = why.rows.size();
+                why.rows.resize(at + values);
+                std::memcpy(why.rows.data() + at, from, values * item);
+                why.scores.push_back(score);
+            }
+            ++why.served;
+            --room;
+        }
+        if (room <= 0) break;
+        row += q.n;
+    }
+}
+
 // Whether q may join batch b (same dtype, within max_rows); an empty batch takes anything.
 inline bool fits(const Batch& b, const Request& q, int64_t max_rows) {
     return b.requests.empty() || (q.f32 == b.f32 && b.n_rows + q.n <= max_rows);

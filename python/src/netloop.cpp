@@ -286,6 +286,7 @@ std::vector<Loop::Hits> Loop::take_hits() {
             m.flagged = fastwire::Tally{};
             std::swap(h.sample, m.sample);
             m.sample_full.store(false, std::memory_order_relaxed);
+            std::swap(h.why, m.why);
         }
         // Batches served after the sample filled did not pass through Sample::add: the rows
         // served meanwhile, kept or not, are the ones counted above.

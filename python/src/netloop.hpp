@@ -52,6 +52,7 @@ struct Model {
     // served after the cap costs one relaxed load for drift instead of taking `mu` (every
     // request of a busy detector, from every worker thread). The host's take_hits clears it.
     std::atomic<bool> sample_full{false};
+    fastwire::Sample why;     // anomalous rows kept for alerts (fastwire::kAlertRows), under `mu`
 };
 using ModelPtr = std::shared_ptr<Model>;
 
@@ -165,6 +166,7 @@ public:
         std::array<uint64_t, kMaxDurationBounds + 1> durations{};
         uint64_t duration_ns = 0;
         fastwire::Sample sample;
+        fastwire::Sample why;
     };
     std::vector<Hits> take_hits();
 

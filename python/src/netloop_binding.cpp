@@ -162,7 +162,8 @@ public:
     // [(name, version, requests served since the last call, their rows,
     //   (anomalies, requests with one, highest anomalous score, highest rate) or None,
     //   [requests per latency bucket of duration_bounds, then above them], their latencies' sum in seconds,
-    //   (rows kept for drift, their scores, rows served) or None)]
+    //   (rows kept for drift, their scores, rows served) or None,
+    //   the first anomalous rows served, in the same form, or None)]
     py::list take_hits() {
         grave_->release();  // called every few tens of ms: dropped models do not wait for a frame
         py::list out;
@@ -174,7 +175,8 @@ public:
             for (size_t i = 0; i < n_durations_; ++i) durations[i] = h.durations[i];
             out.append(py::make_tuple(h.model->s.name, h.model->s.version, h.requests, h.rows, flagged, durations,
                                       static_cast<double>(h.duration_ns) * 1e-9,
-                                      sample_object(h.sample, h.model->s.n_features)));
+                                      sample_object(h.sample, h.model->s.n_features),
+                                      sample_object(h.why, h.model->s.n_features)));
         }
         return out;
     }

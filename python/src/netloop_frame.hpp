@@ -141,7 +141,10 @@ inline bool Worker::score(Conn& c) {
     const bool keep = cfg.drift_rows > 0 && !mm->sample_full.load(std::memory_order_relaxed);
     if (flagged || keep) {
         std::lock_guard<std::mutex> g(mm->mu);
-        if (flagged) mm->flagged.merge(t);
+        if (flagged) {
+            mm->flagged.merge(t);
+            fastwire::keep_flagged(mm->why, batch, m->s.n_features, fastwire::kAlertRows, m->s.threshold);
+        }
         if (keep) {
             mm->sample.add(batch, m->s.n_features, cfg.drift_rows);
             if (static_cast<int64_t>(mm->sample.kept()) >= cfg.drift_rows)

@@ -125,3 +125,42 @@ def test_detect_api_bad_explain_requests_get_400(server, extra, message):
     s, _, token, X = server
     status, doc = s.json("POST", "/api/v1/detect", {"detector": "forest", "data": X[:5].tolist(), **extra}, token=token)
     assert status == 400 and message in json.dumps(doc), doc
+
+
+def test_detect_api_stores_each_anomalys_top_features_with_the_result(server):
+    """A saved detection with explain: K keeps what it returned: GET of the result and its page
+    show the same top features later."""
+    pytest.importorskip("jinja2", reason="the http extra is not installed (pip install '.[http]')")
+    import html
+    import re
+
+    from _web_helpers import WebClient, error_text
+
+    s, home, token, X = server
+    body = {"detector": "forest", "data": X.tolist(), "explain": 3, "contamination": 0.1}
+    status, posted = s.json("POST", "/api/v1/detect", body, token=token)
+    assert status == 200, posted
+    assert posted["anomalies"] and all(len(a["top_features"]) == 3 for a in posted["anomalies"])
+    status, got = s.json("GET", f"/api/v1/results/{posted['detection_id']}", token=token)
+    assert status == 200, got
+    assert got["anomalies"] == posted["anomalies"]  # bit-equal: the floats went through the store exactly
+    plain = s.json("POST", "/api/v1/detect", {"detector": "forest", "data": X.tolist()}, token=token)[1]
+    again = s.json("GET", f"/api/v1/results/{plain['detection_id']}", token=token)[1]
+    assert again["anomalies"] and all("top_features" not in a for a in again["anomalies"])
+
+    c = WebClient(s)
+    assert c.sign_in(token=token)[0] == 303
+    status, _, page = c.get(f"/ui/results/{posted['detection_id']}")
+    assert status == 200, error_text(page)
+    table = page.split('id="kept-features"', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r'<th scope="row" class="num">(\d+)</th>.*?<td class="top-features">(.*?)</td>', table, re.S)
+    shown = {int(i): [(html.unescape(f), float(v.replace(",", "")), float(a.replace(",", ""))) for f, v, a in
+                      re.findall(r'<span class="kept-feature">([^<]*?) = ([^ <]*) \(([^)<]*)\)</span>', cell)]
+             for i, cell in rows}
+    by_row = {a["sample_index"]: a["top_features"] for a in posted["anomalies"]}
+    assert shown and set(shown) <= set(by_row)
+    for i, features in shown.items():
+        assert [f for f, _, _ in features] == [t["feature"] for t in by_row[i]]
+        np.testing.assert_allclose([v for _, v, _ in features], [t["value"] for t in by_row[i]], rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose([a for _, _, a in features], [t["attribution"] for t in by_row[i]],
+                                   rtol=1e-5, atol=1e-9)

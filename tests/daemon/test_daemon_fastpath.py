@@ -126,6 +126,35 @@ def test_many_frames_one_call_replies_equal_msgspec(model, hot, want, dtype, ver
     assert replies == b"".join(expected_reply(model, entry, r) for r in reqs)
 
 
+@pytest.mark.parametrize("dtype", ["f4", "f8"])
+def test_the_first_flagged_rows_are_kept_for_alerts_as_they_came(model, hot, dtype):
+    """With why_rows, the tenth item: the first why_rows rows above the threshold (issue 22's
+    alerts), bit-equal to the rows sent (float32 ones as float32), with their scores."""
+    X = cardio()
+    scores = model.decision_function(X.astype(np.float32) if dtype == "f4" else X)
+    flagged = np.flatnonzero(scores > model.threshold_)
+    order = np.concatenate([flagged[:3], np.flatnonzero(scores <= model.threshold_)[:20], flagged[3:9]])
+    sizes = [4, 1, 9, 2, 7, 6]  # requests of several rows, flagged ones among them
+    frames, at = [], 0
+    for i, n in enumerate(sizes):
+        frames.append(frame(body(id=i, rows=raw_rows(X[order[at:at + n]], dtype))))
+        at += n
+    stream = b"".join(frames)
+    buf = bytearray(stream)
+    out = _core.fast_detect(memoryview(buf), 0, len(buf), MAX_FRAME, MAX_ROWS, hot, True, 0, 5)
+    assert len(out) == 10 and out[8] is None and out[7][0] == 9
+    rows, kept_scores, kept, rows32, scores32 = out[9]
+    want = X[order[np.isin(order, flagged)]][:5]
+    got, got_scores = (rows32, scores32) if dtype == "f4" else (rows, kept_scores)
+    assert kept == 5 and got.dtype == (np.float32 if dtype == "f4" else np.float64)
+    np.testing.assert_array_equal(got, want.astype(got.dtype))
+    np.testing.assert_array_equal(got_scores, scores[order[np.isin(order, flagged)]][:5])
+    assert (rows if dtype == "f4" else rows32).shape[0] == 0
+    normal = frame(body(id=99, rows=raw_rows(X[order[3:8]], dtype)))
+    assert _core.fast_detect(memoryview(bytearray(normal)), 0, len(normal), MAX_FRAME, MAX_ROWS, hot, True, 0,
+                             5)[9] is None  # no anomaly: nothing kept, nothing copied
+
+
 def test_detector_names_of_every_string_width(model):
     """Names are at most 128 characters (wire.DetectorName): fixstr and str8 on the wire."""
     hot = {}

@@ -230,6 +230,18 @@ def test_datasets_and_results_are_recorded(home):
         service.detect(home, "d", X[:, :5])
 
 
+def test_each_anomalys_top_features_are_stored_with_the_result(home):
+    """A detection asked for each anomaly's top K features keeps them with its result: loaded
+    back they are equal, floats and names, to what the detection returned."""
+    X, _ = load_dataset("cardio")
+    service.train(home, "d", X, params={"random_state": 0, "n_estimators": 30})
+    r = service.detect(home, "d", X, contamination=0.02, explain=True, top_k=3)
+    assert sorted(r.top_features) == r.anomaly_indices.tolist()
+    assert all(len(top) == 3 and top[0]["attribution"] >= top[2]["attribution"] for top in r.top_features.values())
+    assert service.result(home, r.id).top_features == r.top_features
+    assert service.result(home, service.detect(home, "d", X[:50]).id).top_features is None
+
+
 # -- integrity -----------------------------------------------------------------------------------
 def test_modified_artifact_is_refused(home):
     X, _ = load_dataset("cardio")

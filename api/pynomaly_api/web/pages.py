@@ -314,6 +314,7 @@ def _result_view(home, result_id: str, selected: Optional[int] = None) -> dict:
     n = scores.size
     k = int(np.count_nonzero(r.labels))
     view = {"r": r, "name": name, "n": n, "flagged": k, "features": None, "top": [], "dataset": None}
+    why.kept(view, r, TOP_ROWS)
     if n == 0:
         return view
     view["histogram"] = charts.histogram(scores, r.threshold)

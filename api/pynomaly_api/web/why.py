@@ -56,3 +56,15 @@ def add(view: dict, home, name: str, version: int, X: np.ndarray, selected: Opti
         "features": [{"name": names[j], "value": float(e.data[i, j]), "attribution": float(values[j]),
                       "median": None if medians is None else float(medians[j])} for j in order],
     }
+
+
+def kept(view: dict, result, limit: int) -> None:
+    """The top features the detection kept with ``result`` (a detection API request's
+    ``explain: K``): ``stored_why``, its ``limit`` highest-scoring anomalies with each of their
+    top features' name, value and attribution, as the request returned them."""
+    top = result.top_features
+    if not top:
+        return
+    scores = result.scores
+    rows = sorted(top, key=lambda i: (-scores[i], i))[:limit]
+    view["stored_why"] = [{"index": i, "score": float(scores[i]), "features": top[i]} for i in rows]

@@ -12,13 +12,14 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import shlex
 import subprocess
 import time
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 from pynomaly._errors import InvalidInputError, PynomalyError
 
@@ -46,10 +47,14 @@ def fingerprint(labels: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def payload(rule, obs, window_total: Optional[int] = None, *, resolves: Optional[dict] = None) -> dict:
+def payload(rule, obs, window_total: Optional[int] = None, *, resolves: Optional[dict] = None,
+            why: Optional[list] = None) -> dict:
     """The Alertmanager v4 webhook message for a rule fired by detections; with ``resolves``
     (the firing message it ends), the ``resolved`` message for it: same labels and fingerprint,
-    its ``startsAt``, and ``endsAt`` the time of the detection that cleared it."""
+    its ``startsAt``, and ``endsAt`` the time of the detection that cleared it. ``why``: rows
+    that fired it with their top features (``{"row"?, "score", "top_features"}``), carried in
+    the annotations ``top_features`` (to read) and ``top_features_json`` (to parse), and in the
+    description."""
     conds = []
     if rule["score_above"] is not None:
         conds.append(f"score > {rule['score_above']:g}")
@@ -71,9 +76,40 @@ def payload(rule, obs, window_total: Optional[int] = None, *, resolves: Optional
     }
     if window_total is not None:
         annotations["anomalies_in_window"] = str(window_total)
+    if why:
+        annotations["top_features"] = why_text(why)
+        annotations["top_features_json"] = json.dumps(why, separators=(",", ":"))
+        annotations["description"] += f". Why: {annotations['top_features']}"
     if resolves is not None:
         annotations["summary"] = f"detector {obs.detector}: resolved ({what})"
     return envelope(rule, annotations, obs.at, resolves=resolves)
+
+
+def why_text(why: list) -> str:
+    """Rows and their top features in a line: ``row 12 (score 0.71): x3 = 9.2 (+0.41), ...; ...``
+    (annotations are strings)."""
+    return "; ".join(
+        (f"row {r['row']} " if "row" in r else "a row ") + f"(score {r['score']:.4g}): "
+        + ", ".join(f"{f['feature']} = {f['value']:.6g} ({f['attribution']:+.3g})" for f in r["top_features"])
+        for r in why)
+
+
+def why_once(obs) -> Callable[[], list]:
+    """``obs.why()`` (an alerts.Observation's) once, however many rules fire ([] without one,
+    or when it fails: an alert goes out without its why rather than not at all)."""
+    done: list = []
+
+    def once() -> list:
+        if not done:
+            try:
+                done.append(obs.why() if obs.why is not None else [])
+            except Exception as e:  # noqa: BLE001 - a detector may fail to explain; the alert still fires
+                logging.getLogger("pynomaly.alerts").warning("alert of %r sent without its top features: %s",
+                                                             obs.detector, e)
+                done.append([])
+        return done[0]
+
+    return once
 
 
 def envelope(rule, annotations: dict, at: float, *, resolves: Optional[dict] = None) -> dict:

@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from pynomaly.store import alerts as _rows
 from pynomaly.store._schema import migrated_home, open_database
@@ -96,6 +96,7 @@ from pynomaly.service.alert_channels import (  # noqa: E402,F401 - re-exported
     fingerprint,
     payload,
     sign,
+    why_once,
     verify,
 )
 
@@ -283,7 +284,10 @@ class Observation:
     reports its detections per detector every fraction of a second).
 
     ``max_score`` is the highest score among the anomalous rows (-inf when none);
-    ``max_rate`` the highest anomaly rate among the detections.
+    ``max_rate`` the highest anomaly rate among the detections. ``why``: None, or a function
+    giving a few anomalous rows with their top features
+    (:func:`pynomaly.service.explaining.why_flagged`), called only when a rule fires, so the
+    rows are explained only then (in the thread that evaluates the rules, off the serving path).
     """
 
     detector: str
@@ -294,16 +298,17 @@ class Observation:
     max_rate: float
     version: Optional[int] = None
     at: float = dataclasses.field(default_factory=_now)
+    why: Optional[Callable[[], list]] = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, detector: str, result) -> "Observation":
-        """From a :class:`~pynomaly.DetectionResult`."""
+    def of(cls, detector: str, result, why=None) -> "Observation":
+        """From a :class:`~pynomaly.DetectionResult` (``why``: as the field)."""
         import numpy as np
 
         labels = np.asarray(result.labels).astype(bool)
         n, k = int(labels.size), int(labels.sum())
         top = float(np.max(result.scores[labels])) if k else -math.inf
-        return cls(detector, 1, n, k, top, k / n if n else 0.0, int(result.detector_version))
+        return cls(detector, 1, n, k, top, k / n if n else 0.0, int(result.detector_version), why=why)
 
 
 def is_drift_rule(rule) -> bool:
@@ -344,6 +349,7 @@ def _evaluate(db, rules, obs: Observation) -> list:
     # per rule, and no write lock taken.
     if obs.anomalies <= 0 and not any(_firing(db, fingerprint(_labels(r))) for r in rules):
         return queued
+    why = why_once(obs)
     with db.transaction():
         for rule in rules:
             total = None
@@ -351,7 +357,7 @@ def _evaluate(db, rules, obs: Observation) -> list:
                 total = _rows.count_in_window(db, rule["id"], obs.at, obs.anomalies, rule["within"])
             fp = fingerprint(_labels(rule))
             if _fires(rule, obs, total):
-                msg_id = queue_fired(db, rule, lambda: payload(rule, obs, total), obs.at)
+                msg_id = queue_fired(db, rule, lambda: payload(rule, obs, total, why=why()), obs.at)
             else:
                 # Cleared: a detection that does not fire it (a count rule: once its window
                 # holds fewer than `count` anomalies), while its alert is firing.
@@ -392,12 +398,13 @@ def queue_fired(db, rule, message, at: float, *, resolving: bool = False) -> Opt
     return msg_id
 
 
-def evaluate(home, detector: str, result) -> list:
+def evaluate(home, detector: str, result, why=None) -> list:
     """Check the detector's rules against one detection (a :class:`~pynomaly.DetectionResult`
     or an :class:`Observation`) and queue the alerts that fire, and the ``resolved`` messages of
     those it clears; returns the queued message ids. Cheap when the detector has no rules (one
-    indexed read) or the detection no anomaly and no alert firing (a read per rule)."""
-    obs = result if isinstance(result, Observation) else Observation.of(detector, result)
+    indexed read) or the detection no anomaly and no alert firing (a read per rule). ``why``:
+    as :class:`Observation`'s, for a result."""
+    obs = result if isinstance(result, Observation) else Observation.of(detector, result, why)
     db = _connect(home)
     try:
         return _evaluate(db, _rows.rules(db, detector), obs)

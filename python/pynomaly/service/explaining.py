@@ -19,6 +19,7 @@ from pynomaly.estimators.explain import check_top_k  # noqa: F401 - faces check 
 from pynomaly.service._common import opened as _repo
 from pynomaly.service.data import load_data
 from pynomaly.service.scorer import Scorer
+from pynomaly.service.why import top_features  # noqa: F401 - faces know it as service.top_features
 
 __all__ = ["Explained", "explain", "explain_rows", "top_features", "parse_rows", "check_top_k"]
 
@@ -101,16 +102,3 @@ def explain(home, name: str, data, *, version=None, rows=None, method=None, outp
         columns = None if header is None else _columns_by_name(header, feature_names, Path(data).name)
     X, _, _ = load_data(data, columns)
     return explain_rows(scorer, X, rows, method=method, output=output, top=top)
-
-
-def top_features(explanation, k: int, rows=None) -> list:
-    """Per row of ``explanation`` (or per row index in ``rows``), its ``k`` features pushing
-    most toward anomalous as dicts ``{"feature", "value", "attribution"}`` (k from 1 to the
-    number of features)."""
-    if rows is None:
-        return [[{"feature": f, "value": v, "attribution": a} for f, v, a in row] for row in explanation.top(k)]
-    rows = np.asarray(rows, dtype=np.int64)
-    order = explanation.top_indices(k)  # k checked even when no row is asked for
-    names, data, values = explanation.feature_names, explanation.data, explanation.values
-    return [[{"feature": names[j], "value": float(data[r, j]), "attribution": float(values[r, j])} for j in order[r]]
-            for r in rows]

@@ -27,6 +27,7 @@ from pynomaly.service._common import opened as _repo  # the names detect's body 
 from pynomaly.service._common import report as _report
 from pynomaly.service.data import dataset_rows, load_data
 from pynomaly.service.scorer import WANT_ALL, Scorer  # the faces know them as service.*
+from pynomaly.service.why import why_of_result, with_top_features
 
 __all__ = ["Scorer", "WANT_ALL", "detect", "load_for_scoring", "load_model", "training_scores"]
 
@@ -102,6 +103,7 @@ def detect(
     face: str = "batch",
     explain: bool = False,
     explain_method: Optional[str] = None,
+    top_k: Optional[int] = None,
 ) -> DetectionResult:
     """Score ``data`` (or the stored dataset ``dataset_id``) with detector ``name`` (latest or
     given version) and, with ``save``, store the result (metadata plus a scores artifact) and
@@ -112,7 +114,8 @@ def detect(
     is refused rather than read by position; ``columns`` (indices for position) forces a choice.
     A face that keeps loaded detectors passes its ``scorer`` for ``name``; it is then not
     loaded again, and its name as ``face`` for the latency metric. ``explain``: the result carries every
-    row's ``attributions`` (by ``explain_method``, None: the detector's default); they are not stored with it.
+    row's ``attributions`` (by ``explain_method``, None: the detector's default); they are not stored with it,
+    but with ``top_k`` K each anomaly's top K features are (``result.top_features``, saved with the result).
     """
     _report(progress, "loading detector")
     with _repo(home) as repo:
@@ -138,9 +141,11 @@ def detect(
         want = ("scores", "labels", "attributions") if explain else ("scores", "labels")
         result = scorer.detect(X, want, threshold=threshold, contamination=contamination, dataset_id=dataset_id,
                                explain_method=explain_method if explain else None)
+        if explain and top_k is not None:
+            result = with_top_features(result, top_k)
         if save:
             repo.save_result(result)
-        _after_detection(repo, name, result, face)
+        _after_detection(repo, name, result, face, lambda: why_of_result(scorer, X, result))
         _observe_drift(repo, name, result, X)
     return result
 
@@ -158,9 +163,10 @@ def _observe_drift(repo, name: str, result: DetectionResult, X) -> None:
         logging.getLogger("pynomaly.drift").warning("rows of %r not counted for drift: %s", name, e)
 
 
-def _after_detection(home, name: str, result: DetectionResult, face: str = "batch") -> None:
+def _after_detection(home, name: str, result: DetectionResult, face: str = "batch", why=None) -> None:
     """Every detection of the service counts in the metrics and is checked against the
-    detector's alert rules (which queue alerts; nothing is sent here)."""
+    detector's alert rules (which queue alerts; nothing is sent here). ``why``: a function
+    giving the anomalies' top features, called only when a rule fires."""
     import logging
 
     from pynomaly.service import alerts, metrics
@@ -169,7 +175,7 @@ def _after_detection(home, name: str, result: DetectionResult, face: str = "batc
     metrics.observe_detection(name, m["total_samples"], m["anomalies_detected"], m["processing_time_ms"] / 1e3,
                               face=face)
     try:
-        alerts.evaluate(home, name, result)
+        alerts.evaluate(home, name, result, why=why)
     except Exception as e:  # noqa: BLE001 - the detection stands; the log says what was not queued
         logging.getLogger("pynomaly.alerts").warning("alert rules of %r not evaluated: %s", name, e)
 

@@ -57,5 +57,5 @@ class DataPlane:
         v = scorer.version
         result = DetectionResult.decided(v.detector_id or v.name, v.version, v.threshold, scores, flagged(scores, v.threshold))
         if self.observer is not None:
-            self.observer.scored(v, items, scores, result.flags, X)
+            self.observer.scored(v, items, scores, result.flags, X, scorer)
         return result

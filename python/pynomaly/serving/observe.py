@@ -11,12 +11,16 @@ touched on the event loop, and a detection without anomalies costs a comparison 
 
 An alert from the daemon is about the detections of one detector within one interval (summed:
 anomalies, rows, detections; the highest score and rate), which the alerts' deduplication
-window would merge anyway. Between a detection and its rules' outbox write lies at most one
+window would merge anyway. It says why with the first few anomalous rows of the interval
+(:data:`~pynomaly.service.why.ALERT_ROWS`, copied where they were scored: here, or in
+C++ next to the tally), explained with the detector's default method in the rules' thread and
+only when a rule fires. Between a detection and its rules' outbox write lies at most one
 interval (plus the write); from the outbox on nothing is lost (pynomaly.alerts).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +29,7 @@ import numpy as np
 
 from pynomaly.estimators import drift as stats
 from pynomaly.service import alerts, drift_live, metrics
+from pynomaly.service.why import ALERT_ROWS, why_flagged
 
 log = logging.getLogger("pynomaly.serving")
 
@@ -42,7 +47,8 @@ class Observer:
         # Cumulative, for the metrics: {name: [detections, rows, anomalies]}.
         self.totals: dict = {}
         # Since the last hand-over, detectors with anomalies only: {name: [detections, rows,
-        # anomalies, max_score, max_rate, version]}.
+        # anomalies, max_score, max_rate, version, [(rows, scores) kept for the alert's why],
+        # the Scorer that explains them]}.
         self.window: dict = {}
         self.interval = interval
         self.evaluator = alerts.Evaluator(home) if alerts_on and home is not None else None
@@ -63,9 +69,11 @@ class Observer:
         self.fast_room = FAST_ROWS if self.drift is not None else 0
 
     # -- counting (event-loop thread) -------------------------------------------------------
-    def add(self, name: str, version, requests: int, rows: int, flagged) -> None:
+    def add(self, name: str, version, requests: int, rows: int, flagged, why=None, scorer=None) -> None:
         """Requests of one detector scored elsewhere (C++); ``flagged`` is None or
-        ``(anomalies, requests with one, max score, max rate)``."""
+        ``(anomalies, requests with one, max score, max rate)``; ``why`` None or the anomalous
+        rows C++ kept, as drift's sample tuple ``(rows, scores, _, rows32, scores32)``, which
+        ``scorer`` (the version's) explains if a rule fires."""
         t = self.totals.get(name)
         if t is None:
             t = self.totals[name] = [0, 0, 0]
@@ -74,7 +82,8 @@ class Observer:
         if flagged is not None:
             anomalies, n_flagged, top, rate = flagged
             t[2] += anomalies
-            self._flag(name, version, requests, rows, anomalies, top, rate)
+            kept = None if why is None else [(X, s) for X, s in ((why[0], why[1]), (why[3], why[4])) if s.shape[0]]
+            self._flag(name, version, requests, rows, anomalies, top, rate, kept, scorer)
 
     def count(self, name: str, rows: int, anomalies: int) -> None:
         """One detection made through the service (whose alert rules it has run already): in
@@ -86,11 +95,12 @@ class Observer:
         t[1] += rows
         t[2] += anomalies
 
-    def scored(self, version, items, scores: np.ndarray, flags: np.ndarray, X=None) -> None:
+    def scored(self, version, items, scores: np.ndarray, flags: np.ndarray, X=None, scorer=None) -> None:
         """A batch scored on the Python path: ``items`` with ``.n`` rows each, in order (None:
         one request), and its ``flags`` at the version's threshold (decided by the data plane,
         :mod:`pynomaly.serving.dataplane`; not decided again here); ``X`` its rows, for drift
-        (kept by reference until the next hand-over: the caller does not change them)."""
+        (kept by reference until the next hand-over: the caller does not change them) and,
+        copied, a few anomalous ones for an alert's why (explained by ``scorer``)."""
         name = version.name
         if self.drift is not None and X is not None:
             key = (name, version.version, X.dtype == np.float32)
@@ -130,7 +140,14 @@ class Observer:
                 if kq:
                     rate = max(rate, kq / it.n)
                 off += it.n
-        self._flag(name, version.version, requests, n, k, top, rate)
+        kept = None
+        if X is not None and scorer is not None and self.evaluator is not None:
+            w = self.window.get(name)
+            room = ALERT_ROWS - (sum(s.shape[0] for _, s in w[6]) if w is not None else 0)
+            if room > 0:
+                idx = np.flatnonzero(flags)[:room]
+                kept = [(X[idx], scores[idx])]  # copies: the rows outlive the request
+        self._flag(name, version.version, requests, n, k, top, rate, kept, scorer)
 
     def add_sample(self, name: str, version, sample, served: int) -> None:
         """Rows a native path served for ``name``'s ``version``: ``served`` of them, and
@@ -154,19 +171,29 @@ class Observer:
                 d[2] += s.shape[0]
                 self.fast_room -= s.shape[0]
 
-    def _flag(self, name, version, requests, rows, anomalies, top, rate) -> None:
+    def _flag(self, name, version, requests, rows, anomalies, top, rate, kept=None, scorer=None) -> None:
         if self.evaluator is None:
             return
+        if scorer is None:
+            kept = None  # nothing could explain them
         w = self.window.get(name)
         if w is None:
-            self.window[name] = [requests, rows, anomalies, top, rate, version]
+            self.window[name] = [requests, rows, anomalies, top, rate, version, [], None]
+            w = self.window[name]
         else:
             w[0] += requests
             w[1] += rows
             w[2] += anomalies
             w[3] = max(w[3], top)
             w[4] = max(w[4], rate)
-            w[5] = version
+        if kept and (w[7] is None or w[7] is scorer):  # the rows of one version, with the Scorer that explains them
+            room = ALERT_ROWS - sum(s.shape[0] for _, s in w[6])
+            for X, s in kept:
+                if room > 0:
+                    w[6].append((X[:room], s[:room]))
+                    room -= min(room, s.shape[0])
+            w[7] = scorer
+        w[5] = version
 
     # -- hand-over ----------------------------------------------------------------------------
     def start(self, loop) -> None:
@@ -219,7 +246,9 @@ class Observer:
         with anomalies, and those without (which may clear a firing alert: resolved messages)."""
         window, self.window = self.window, {}
         now = time.time()
-        obs = [alerts.Observation(name, w[0], w[1], w[2], w[3], w[4], w[5], now) for name, w in window.items()]
+        obs = [alerts.Observation(name, w[0], w[1], w[2], w[3], w[4], w[5], now,
+                                  why=functools.partial(_why, w[7], w[6]) if w[6] and w[7] is not None else None)
+               for name, w in window.items()]
         seen = self._seen
         for name, t in self.totals.items():
             before = seen.get(name, (0, 0))
@@ -271,6 +300,15 @@ class Observer:
             metrics.Counter.of("pynomaly_anomalies", "Rows labelled anomalous, by detector", ("detector",),
                                {(k,): v[2] for k, v in t.items()}),
         ]
+
+
+def _why(scorer, kept: list) -> list:
+    """The alert's why of the rows kept (blocks of float64 or float32 rows with their scores):
+    each row's top features by the detector's default explanation."""
+    out: list = []
+    for X, s in kept:
+        out += why_flagged(scorer, X, s)
+    return out[:ALERT_ROWS]
 
 
 __all__ = ["Observer", "INTERVAL", "DRIFT_ROWS", "FAST_ROWS"]

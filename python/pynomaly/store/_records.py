@@ -107,7 +107,7 @@ class Records:
     def save_result(self, result: DetectionResult) -> str:
         """Store a detection result: metadata in SQLite, scores and labels as an artifact."""
         buf = io.BytesIO()
-        np.savez(buf, scores=result.scores, labels=result.labels)
+        np.savez(buf, scores=result.scores, labels=result.labels, **_top_arrays(result.top_features))
         blob = buf.getvalue()
         context = self.result_context(result.id)
         self.require_key()
@@ -158,6 +158,7 @@ class Records:
         blob = self.get_artifact(r["scores_artifact"], self.result_context(r["id"]))
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             scores, labels = z["scores"], z["labels"]
+            top = _top_features(z) if "top_rows" in z.files else None
         return DetectionResult(
             id=r["id"],
             detector_id=r["detector_id"],
@@ -168,4 +169,27 @@ class Records:
             labels=labels,
             processing_time_ms=r["processing_time_ms"],
             timestamp=datetime.fromisoformat(r["created_at"]),
+            top_features=top,
         )
+
+
+# Each anomaly's top features (a detection's explain: K) travel in the result's artifact beside
+# its scores: per-row outputs of one result, sealed and stored (file or database) as they are.
+def _top_arrays(top) -> dict:
+    """``{row: [{"feature", "value", "attribution"}, ...]}`` (K per row) as the artifact's arrays."""
+    if not top:
+        return {}
+    rows = sorted(top)
+    return {
+        "top_rows": np.asarray(rows, dtype=np.int64),
+        "top_names": np.asarray([[f["feature"] for f in top[r]] for r in rows], dtype=np.str_),
+        "top_values": np.asarray([[f["value"] for f in top[r]] for r in rows], dtype=np.float64),
+        "top_attributions": np.asarray([[f["attribution"] for f in top[r]] for r in rows], dtype=np.float64),
+    }
+
+
+def _top_features(z) -> dict:
+    names, values, attributions = z["top_names"], z["top_values"], z["top_attributions"]
+    return {int(r): [{"feature": str(f), "value": float(v), "attribution": float(a)}
+                     for f, v, a in zip(names[i], values[i], attributions[i])]
+            for i, r in enumerate(z["top_rows"])}
