@@ -28,7 +28,7 @@ def api(tmp_path_factory):
     moved = serve.copy()
     moved[:, 3] += 1.0
     home = tmp_path_factory.mktemp("home")
-    for name in ("moved", "same", "fresh", "inferred"):
+    for name in ("moved", "same", "fresh", "inferred", "few"):
         service.train(home, name, train, "IsolationForest", PARAMS)
     service.export(home, "fresh", home.parent / "fresh.pnx")
     service.import_detector(home, home.parent / "fresh.pnx", "imported")
@@ -74,6 +74,21 @@ def test_detections_over_http_fill_the_window_the_endpoint_reads(api):
     assert values['pynomaly_feature_drift{detector="same",feature="x3",stat="drift"}'] == "0.0"
     assert 'pynomaly_score_drift{detector="moved",stat="flagged_rate"}' in values
     assert not any('detector="fresh"' in k for k in values)  # no rows in its window: no series
+
+
+def test_a_window_too_small_decides_nothing_and_keeps_the_statistics(api):
+    server, home, tokens, _, moved = api
+    _detect(server, tokens["operator"], "few", moved[:150])
+    status, doc = server.json("GET", "/api/v1/detectors/few/drift", token=tokens["viewer"])
+    assert status == 200, doc
+    assert doc["drift"] is None and doc["min_rows"] == 300 and doc["rows"] == 150
+    assert doc["reason"] == "150 rows counted, at least 300 needed to decide drift"
+    assert {f["drift"] for f in doc["features"]} == {None} and doc["score"]["drift"] is None
+    assert doc["features"][0]["feature"] == "x3" and doc["features"][0]["psi"] >= 0.2
+    status, decided = server.json("GET", "/api/v1/detectors/few/drift?min_rows=150", token=tokens["viewer"])
+    assert status == 200 and decided["drift"] is True and decided["reason"] is None
+    assert decided["features"][0]["feature"] == "x3" and decided["features"][0]["drift"] is True
+    assert server.json("GET", "/api/v1/detectors/few/drift?min_rows=0", token=tokens["viewer"])[0] == 400
 
 
 def test_what_cannot_be_answered_is_a_clear_error(api):

@@ -42,6 +42,7 @@ class Settings:
     keep_s: float = 7 * 86400.0   # buckets older than this are forgotten when counts are added
     profile_ttl_s: float = 30.0   # how long a loaded reference is used before it is read again
     window_s: float = 3600.0      # the default window of a report
+    min_rows: int = stats.MIN_ROWS  # rows counted before a report (or an alert rule) decides drift
 
 
 settings = Settings()
@@ -241,7 +242,9 @@ def _check_rules(home: str, written) -> None:
         if profile is None:
             return None
         counts = window_counts(home, name, version, profile, settings.window_s)
-        return {**stats.compare(profile, counts), "window_s": settings.window_s} if counts.rows else None
+        if not counts.rows:
+            return None
+        return {**stats.compare(profile, counts, min_rows=settings.min_rows), "window_s": settings.window_s}
 
     for name, version in written:
         try:
