@@ -28,7 +28,7 @@ def api(tmp_path_factory):
     moved = serve.copy()
     moved[:, 3] += 1.0
     home = tmp_path_factory.mktemp("home")
-    for name in ("moved", "same", "fresh", "inferred", "few"):
+    for name in ("moved", "same", "fresh", "inferred", "few", "streamed"):
         service.train(home, name, train, "IsolationForest", PARAMS)
     service.export(home, "fresh", home.parent / "fresh.pnx")
     service.import_detector(home, home.parent / "fresh.pnx", "imported")
@@ -125,3 +125,29 @@ def test_inference_protocol_requests_count_in_the_window(api):
     assert doc["rows"] == doc["rows_seen"] == len(rows)
     assert doc["features"][0]["feature"] == "x3" and doc["features"][0]["drift"]
     assert doc["score"]["scored"] == len(rows)
+
+
+def test_binary_requests_scored_while_arriving_count_their_sample(api):
+    """OIP bodies over 1 MB are scored block by block as they arrive (the rows are gone after):
+    every k-th row of the whole request is kept as the blocks pass, as for any large batch."""
+    from pynomaly.estimators.drift import sample_step
+    from pynomaly.service import drift
+
+    server, home, tokens, _, moved = api
+    rows = np.ascontiguousarray(moved[np.arange(10_000) % len(moved)])  # 1.68 MB: two blocks of ~6,241 rows
+    raw = rows.astype("<f8").tobytes()
+    head = json.dumps({"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP64",
+                                   "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    before = server.json("GET", "/api/v1/stats", token=tokens["viewer"])[1]["counters"]["streamed_requests"]
+    status, _, body = server.request("POST", "/v2/models/streamed/infer", head + raw, token=tokens["operator"],
+                                     headers={"Inference-Header-Content-Length": str(len(head))})
+    assert status == 200, body[:300]
+    assert server.json("GET", "/api/v1/stats", token=tokens["viewer"])[1]["counters"]["streamed_requests"] == before + 1
+    status, doc = server.json("GET", "/api/v1/detectors/streamed/drift", token=tokens["viewer"])
+    assert status == 200, doc
+    step = sample_step(len(rows), drift.settings.sample_above)
+    assert step == 10 and doc["rows_seen"] == len(rows) and doc["rows"] == len(rows[::step])
+    assert doc["sample_rate"] == pytest.approx(0.1) and doc["score"]["scored"] == len(rows[::step])
+    assert doc["features"][0]["feature"] == "x3" and doc["drift"] is True
+    offline = drift.compare_data(home, "streamed", rows[::step])  # exactly every 10th row, across the blocks
+    assert doc["features"] == offline["features"]

@@ -93,21 +93,12 @@ class Observer:
         (kept by reference until the next hand-over: the caller does not change them)."""
         name = version.name
         if self.drift is not None and X is not None:
-            key = (name, version.version, X.dtype == np.float32)
-            d = self.drift.get(key)
-            if d is None:
-                d = self.drift[key] = [[], [], 0, 0]
             n = scores.shape[0]
-            d[3] += n
-            if d[2] < DRIFT_ROWS:
-                if n > drift_live.settings.sample_above:  # profiled on an even sample, as drift_live does
-                    step = stats.sample_step(n, drift_live.settings.sample_above)
-                    X, s = X[::step], scores[::step]
-                else:
-                    s = scores
-                d[0].append(X)
-                d[1].append(s)
-                d[2] += s.shape[0]
+            if n > drift_live.settings.sample_above:  # profiled on an even sample, as drift_live does
+                step = stats.sample_step(n, drift_live.settings.sample_above)
+                self._keep(name, version.version, X[::step], scores[::step], n)
+            else:
+                self._keep(name, version.version, X, scores, n)
         t = self.totals.get(name)
         if t is None:
             t = self.totals[name] = [0, 0, 0]
@@ -131,6 +122,30 @@ class Observer:
                     rate = max(rate, kq / it.n)
                 off += it.n
         self._flag(name, version.version, requests, n, k, top, rate)
+
+    def drift_step(self, n: int) -> int:
+        """Every how many rows of a batch of ``n`` a path that keeps its own sample keeps one
+        (as :meth:`scored` samples); 0 when drift is not counted."""
+        return stats.sample_step(n, drift_live.settings.sample_above) if self.drift is not None else 0
+
+    def sampled(self, version, X, scores, served: int) -> None:
+        """Drift rows of a batch of ``served`` rows whose path kept only ``X`` (and their
+        ``scores``), an even sample as :meth:`scored` takes (a binary request scored while it
+        arrived, whose rows are gone once scored: api/pynomaly_api/oip.py). Counts for drift
+        only: the batch went through :meth:`scored` without its rows."""
+        if self.drift is not None:
+            self._keep(version.name, version.version, X, scores, served)
+
+    def _keep(self, name: str, version: int, X, scores, served: int) -> None:
+        key = (name, version, X.dtype == np.float32)
+        d = self.drift.get(key)
+        if d is None:
+            d = self.drift[key] = [[], [], 0, 0]
+        d[3] += served
+        if d[2] < DRIFT_ROWS:
+            d[0].append(X)
+            d[1].append(scores)
+            d[2] += scores.shape[0]
 
     def add_sample(self, name: str, version, sample, served: int) -> None:
         """Rows a native path served for ``name``'s ``version``: ``served`` of them, and
