@@ -79,6 +79,9 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
                    help="... or after it learned this many records (default 100000)")
     p.add_argument("--checkpoint-keep", type=int, default=d.checkpoint_keep, metavar="N",
                    help="checkpoint versions kept per detector (default 5; trained versions are never deleted)")
+    p.add_argument("--no-drift", action="store_true",
+                   help="do not count the rows this server scores in the detectors' drift windows (pynomaly drift "
+                        "still reads what other processes count)")
     p.add_argument("--key-file", help="an encrypted home's key file (default: $PYNOMALY_KEY_FILE, $PYNOMALY_KEY)")
     p.add_argument("--key-command", help="a command that prints an encrypted home's key (e.g. a KMS call)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -95,7 +98,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         request_timeout_s=args.request_timeout, cache_bytes=args.cache, threads=args.threads,
         job_workers=args.job_workers, header_timeout_s=args.header_timeout,
         max_client_connections=args.max_client_connections, checkpoint_seconds=args.checkpoint_seconds,
-        checkpoint_records=args.checkpoint_records, checkpoint_keep=args.checkpoint_keep,
+        checkpoint_records=args.checkpoint_records, checkpoint_keep=args.checkpoint_keep, drift=not args.no_drift,
     ).check()
 
 

@@ -48,6 +48,8 @@ class Settings:
     checkpoint_seconds: float = 60.0
     checkpoint_records: int = 100_000
     checkpoint_keep: int = 5
+    # Issue 24: count the rows every path scores in the detectors' drift windows (--no-drift: not).
+    drift: bool = True
 
     def check(self) -> "Settings":
         """Self, or ValueError naming the first setting that cannot work."""

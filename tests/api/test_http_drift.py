@@ -151,3 +151,20 @@ def test_binary_requests_scored_while_arriving_count_their_sample(api):
     assert doc["features"][0]["feature"] == "x3" and doc["drift"] is True
     offline = drift.compare_data(home, "streamed", rows[::step])  # exactly every 10th row, across the blocks
     assert doc["features"] == offline["features"]
+
+
+def test_a_server_with_no_drift_counts_nothing(api, tmp_path):
+    """``pynomaly api --no-drift``: neither inference nor batch detections count in the window
+    (the report reads what other processes counted, so it still answers)."""
+    _, home, tokens, _, moved = api
+    server = ApiServer(home, "--no-drift")
+    try:
+        for i in range(3):
+            status, doc = server.json("POST", "/v2/models/fresh/infer", infer_body(moved[i:i + 1]),
+                                      token=tokens["operator"])
+            assert status == 200, doc
+        _detect(server, tokens["operator"], "fresh", moved[:50])
+        status, doc = server.json("GET", "/api/v1/detectors/fresh/drift", token=tokens["viewer"])
+        assert status == 409 and "no rows of detector 'fresh' version 1" in doc["error"]
+    finally:
+        server.stop()
