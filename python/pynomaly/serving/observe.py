@@ -92,13 +92,22 @@ class Observer:
         :mod:`pynomaly.serving.dataplane`; not decided again here); ``X`` its rows, for drift
         (kept by reference until the next hand-over: the caller does not change them)."""
         name = version.name
-        if self.drift is not None and X is not None:
+        if self.drift is not None and X is not None:  # inline (as in sampled): every request passes here
+            key = (name, version.version, X.dtype == np.float32)
+            d = self.drift.get(key)
+            if d is None:
+                d = self.drift[key] = [[], [], 0, 0]
             n = scores.shape[0]
-            if n > drift_live.settings.sample_above:  # profiled on an even sample, as drift_live does
-                step = stats.sample_step(n, drift_live.settings.sample_above)
-                self._keep(name, version.version, X[::step], scores[::step], n)
-            else:
-                self._keep(name, version.version, X, scores, n)
+            d[3] += n
+            if d[2] < DRIFT_ROWS:
+                if n > drift_live.settings.sample_above:  # profiled on an even sample, as drift_live does
+                    step = stats.sample_step(n, drift_live.settings.sample_above)
+                    X, s = X[::step], scores[::step]
+                else:
+                    s = scores
+                d[0].append(X)
+                d[1].append(s)
+                d[2] += s.shape[0]
         t = self.totals.get(name)
         if t is None:
             t = self.totals[name] = [0, 0, 0]
@@ -133,11 +142,9 @@ class Observer:
         ``scores``), an even sample as :meth:`scored` takes (a binary request scored while it
         arrived, whose rows are gone once scored: api/pynomaly_api/oip.py). Counts for drift
         only: the batch went through :meth:`scored` without its rows."""
-        if self.drift is not None:
-            self._keep(version.name, version.version, X, scores, served)
-
-    def _keep(self, name: str, version: int, X, scores, served: int) -> None:
-        key = (name, version, X.dtype == np.float32)
+        if self.drift is None:
+            return
+        key = (version.name, version.version, X.dtype == np.float32)
         d = self.drift.get(key)
         if d is None:
             d = self.drift[key] = [[], [], 0, 0]
