@@ -118,8 +118,8 @@ def main() -> None:
         print(f"server CPU per request (median): on {cpu['on'] * 1e3:.1f} us, off {cpu['off'] * 1e3:.1f} us "
               f"(on/off {cpu['on'] / cpu['off']:.3f})")
         served = {k: sum(r["n"] for r in v) for k, v in res.items()}
-        req = urllib.request.Request(servers["on"].url.replace("/v2/models/bench/infer", "/api/v1/detectors/bench/drift"),
-                                     headers={"Authorization": f"Bearer {token}"})
+        drift_url = servers["on"].url.replace("/v2/models/bench/infer", "/api/v1/detectors/bench/drift")
+        req = urllib.request.Request(drift_url, headers={"Authorization": f"Bearer {token}"})
         doc = json.loads(urllib.request.urlopen(req, timeout=60).read())
         print(f"drift window: {doc['rows_seen']:,} rows seen ({doc['rows']:,} profiled); the 'on' server answered "
               f"{served['on']:,} timed requests (plus its warm-up), the 'off' one {served['off']:,}")
