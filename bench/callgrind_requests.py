@@ -30,7 +30,7 @@ times the requests' window taken off. Without that, two runs of the same build d
 
 ``--drift on|off`` (issue 24) serves the daemon points from a repository home whose detector has
 a drift reference instead of the model folder, with drift counting on or off (``--no-drift``),
-and turns the HTTP server's counting on or off (off: its observer built without a drift home);
+and turns the HTTP server's counting on or off (off: ``pynomaly api --no-drift``);
 without it, the daemon serves the folder (no references: nothing to count) and the HTTP server
 counts, as before.
 
@@ -91,10 +91,6 @@ try:
 except (ImportError, AttributeError) as e:
     sys.exit(f"cannot turn the refresh off ({e}): adapt HTTP_SERVER in bench/callgrind_requests.py")
 Settings.to_env = lambda self: json.dumps({**json.loads(to_env(self)), "refresh_interval_s": 3600.0})
-if os.environ.get("PYNOMALY_BENCH_DRIFT") == "off":  # the HTTP face has no switch: its observer without drift
-    from pynomaly.serving import observe
-    init = observe.Observer.__init__
-    observe.Observer.__init__ = lambda self, *a, **k: init(self, *a, **{**k, "drift_home": None})
 sys.argv[0] = "pynomaly"
 runpy.run_module("pynomaly", run_name="__main__", alter_sys=True)
 """
@@ -212,7 +208,7 @@ def http_point(args, tmp: Path, n: int, tag: str) -> dict:
     home = str(tmp / "home")
     port = free_port()
     server = Traced([args.python, "-c", HTTP_SERVER, "--home", home, "api", "--port", str(port), "--log-level",
-                     "warning", "--job-workers", "0"], tmp, tag)
+                     "warning", "--job-workers", "0", *(["--no-drift"] if args.drift == "off" else [])], tmp, tag)
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -283,8 +279,6 @@ def main() -> None:
         print(f"# drift: {args.drift or 'daemon from the model folder (nothing to count), HTTP counting'}")
         print(f"# model: pynomaly.IsolationForest(random_state=0) on cardio {args.X.shape}; counted requests: "
               f"{args.requests} single-row, {args.batch_requests} of 1k rows, after a tenth as many warm-up requests")
-        if args.drift == "off":
-            os.environ["PYNOMALY_BENCH_DRIFT"] = "off"  # read by HTTP_SERVER
         if "http" in points or args.drift is not None:
             run([args.python, "-m", "pynomaly", "--home", str(tmp / "home"), "train", "--detector", "bench", "--data",
                  str(tmp / "X.npy"), "--param", "random_state=0"])

@@ -82,6 +82,9 @@ def build_parser(prog: str = "pynomaly api") -> argparse.ArgumentParser:
     p.add_argument("--learner-lease-seconds", type=float, default=d.learner_lease_seconds, metavar="SECONDS",
                    help="one process learns a detector per home: its lease lapses this long after its last renewal "
                         "(e.g. after a crash), and another process may learn it then (default 30)")
+    p.add_argument("--no-drift", action="store_true",
+                   help="do not count the rows this server scores in the detectors' drift windows (pynomaly drift "
+                        "still reads what other processes count)")
     p.add_argument("--key-file", help="an encrypted home's key file (default: $PYNOMALY_KEY_FILE, $PYNOMALY_KEY)")
     p.add_argument("--key-command", help="a command that prints an encrypted home's key (e.g. a KMS call)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -99,7 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         job_workers=args.job_workers, header_timeout_s=args.header_timeout,
         max_client_connections=args.max_client_connections, checkpoint_seconds=args.checkpoint_seconds,
         checkpoint_records=args.checkpoint_records, checkpoint_keep=args.checkpoint_keep,
-        learner_lease_seconds=args.learner_lease_seconds,
+        learner_lease_seconds=args.learner_lease_seconds, drift=not args.no_drift,
     ).check()
 
 

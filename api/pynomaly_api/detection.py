@@ -177,16 +177,16 @@ async def detector_drift(name: str, request: Request,
                          method: str = Query("psi", pattern="^(psi|ks)$", description="decide by PSI, or by KS p-value"),
                          psi: float = Query(0.2, gt=0, description="the PSI threshold"),
                          alpha: float = Query(0.05, gt=0, lt=1, description="the KS tests' significance level"),
+                         min_rows: Optional[int] = Query(None, ge=1, description="rows needed to decide (300)"),
                          _: Principal = Depends(allow("read"))) -> dict:
-    """The drift document (``pynomaly drift --json``'s): every feature and the score against the
-    version's reference, most drifted first; 409 without a reference or rows in the window."""
+    """The drift document (``pynomaly drift --json``'s), most drifted first; no decision below
+    ``min_rows`` rows (its ``reason``); 409 without a reference or rows in the window."""
     from pynomaly.service import drift
 
-    st = state_of(request)
-    seconds = None if window is None else drift.parse_window(window)
+    st, seconds = state_of(request), None if window is None else drift.parse_window(window)
     await asyncio.wrap_future(st.observer.hand_over_drift())  # what this server scored just before counts
     return await st.run(lambda: drift.report(st.home, _name(name), version=version, window=seconds, method=method,
-                                             psi_threshold=psi, alpha=alpha))
+                                             psi_threshold=psi, alpha=alpha, min_rows=min_rows))
 
 
 async def _lifecycle(request: Request, who: Principal, verb: str, fn, name: str) -> dict:

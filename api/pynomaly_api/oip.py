@@ -124,8 +124,11 @@ BLOCK_BYTES = 1 << 20
 
 
 async def _scored_while_arriving(st: ServerState, receive, scorer: service.Scorer, hlen: int, length: int):
-    """``(InferRequest, scores)`` of a binary request read and scored block by block, or
-    ``(None, body)`` when its header shows JSON data after all (read whole, for decode_infer)."""
+    """``(InferRequest, scores, drift sample)`` of a binary request read and scored block by
+    block, or ``(None, body, None)`` when its header shows JSON data after all (read whole, for
+    decode_infer). The sample: ``(rows, scores)`` of every k-th row of the request (the rows a
+    batch's drift profile takes, :meth:`Observer.drift_step`), kept as the blocks go by; None
+    when drift is not counted."""
     stream = body_chunks(receive)
     pending = bytearray()
     async for chunk in stream:
@@ -140,11 +143,13 @@ async def _scored_while_arriving(st: ServerState, receive, scorer: service.Score
         # reading and decode as usual
         async for chunk in stream:
             pending += chunk
-        return None, bytes(pending)
+        return None, bytes(pending), None
     del pending[:hlen]
     row_bytes = plan.dtype.itemsize * plan.n_features
     block = max(1, BLOCK_BYTES // max(row_bytes, 1)) * row_bytes
     parts, received = [], hlen + len(pending)
+    step = st.observer.drift_step(plan.n_rows)
+    kept = []  # per block: (its rows kept for drift, where they start in it)
 
     def submit(final: bool) -> None:
         nonlocal pending
@@ -152,7 +157,11 @@ async def _scored_while_arriving(st: ServerState, receive, scorer: service.Score
             take = min(len(pending), block)
             if take % row_bytes:
                 raise HTTPError(400, "the binary tensor data does not end on a whole row")
-            parts.append(st.run(scorer.score, plan.rows(bytes(pending[:take]))))
+            first = plan.done
+            rows = plan.rows(bytes(pending[:take]))
+            if step:
+                kept.append((rows[-first % step::step].copy(), -first % step))
+            parts.append(st.run(scorer.score, rows))
             pending = pending[take:]
 
     try:
@@ -172,8 +181,11 @@ async def _scored_while_arriving(st: ServerState, receive, scorer: service.Score
             p.cancel()
         await asyncio.gather(*parts, return_exceptions=True)  # no block is left running unobserved
         raise
-    req = plan.request
-    return req, (np.concatenate(scores) if scores else np.empty(0))
+    sample = None
+    if kept:
+        sample = (np.concatenate([X for X, _ in kept]),
+                  np.concatenate([s[at::step] for s, (_, at) in zip(scores, kept)]))
+    return plan.request, (np.concatenate(scores) if scores else np.empty(0)), sample
 
 
 # The headers an infer request may carry that matter here, read in one pass over the raw list
@@ -208,12 +220,12 @@ async def infer(scope, receive, send) -> None:
             limit = st.settings.max_body_bytes
             length = content_length({"content-length": h.get(b"content-length")}, limit)
             encoding = h.get(b"content-encoding")
-            req = body = None
+            req = body = sample = None
             streaming = learns(scorer)  # one request at a time, in order: never scored while arriving
             if (hlen is not None and length is not None and length >= STREAM_BYTES and scorer.rows_independent
                     and not encoding and not streaming):
                 n = tensors.header_length(hlen, length)
-                req, scores = await _scored_while_arriving(st, receive, scorer, n, length)
+                req, scores, sample = await _scored_while_arriving(st, receive, scorer, n, length)
                 if req is None:
                     body = scores
                 else:
@@ -237,9 +249,12 @@ async def infer(scope, receive, send) -> None:
                     scores, result = await st.run(_answer, scorer, req)
             v = scorer.version
             st.cache.used(v.name, v.version, 1, time.monotonic())
-            # The rule, once; counted for metrics and alert rules, and the rows for drift (None
-            # for a request scored while it arrived: its blocks are gone; not profiled).
+            # The rule, once; counted for metrics and alert rules, and the rows for drift (for a
+            # request scored while it arrived, rows None: its blocks are gone, the sample kept
+            # of them is counted instead).
             decided = st.plane.decide(scorer, None, scores, req.rows)
+            if sample is not None:
+                st.observer.sampled(v, *sample, scores.shape[0])
             if result is None:
                 result = decided
             c = st.counters

@@ -49,6 +49,8 @@ class Settings:
     checkpoint_records: int = 100_000
     checkpoint_keep: int = 5
     learner_lease_seconds: float = 30.0  # one learner per detector per home: its lease outlives its last renewal this long
+    # Issue 24: count the rows every path scores in the detectors' drift windows (--no-drift: not).
+    drift: bool = True
 
     def check(self) -> "Settings":
         """Self, or ValueError naming the first setting that cannot work."""

@@ -55,7 +55,13 @@ class ServerState:
         self.audit = Auditor(self.home, self.run)
         # Metrics and alert rules (issue 12): every detection counted per detector, the rules
         # fed from a thread of their own (never SQLite on the event loop), alerts delivered.
-        self.observer = Observer(str(self.home), drift_home=str(self.home))
+        # Drift (issue 24): every path's rows counted, unless --no-drift (batch detections count
+        # through the service, in this process: off there too).
+        if not settings.drift:
+            from pynomaly.service import drift_live
+
+            drift_live.settings.counting = False
+        self.observer = Observer(str(self.home), drift_home=str(self.home) if settings.drift else None)
         # lookup -> score -> decide -> observe, as the daemon's Python path and every route here take it.
         self.plane = DataPlane(self.cache, self.observer)
         from pynomaly.serving.learning import Learning

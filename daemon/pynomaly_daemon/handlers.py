@@ -77,8 +77,8 @@ async def drift(d, req: wire.Drift) -> wire.DriftReply:
     if not isinstance(d.source, RepositorySource):
         raise RequestError("unavailable", "drift needs a repository home (--home): a folder of model files keeps no "
                            "references and no live window")
-    opts = {k: v for k, v in (("method", req.method), ("psi_threshold", req.psi_threshold), ("alpha", req.alpha))
-            if v is not None}
+    opts = {k: v for k, v in (("method", req.method), ("psi_threshold", req.psi_threshold), ("alpha", req.alpha),
+                              ("min_rows", req.min_rows)) if v is not None}
     if d.observer is not None:  # what this daemon scored just before counts, on every path
         if d.netloop is not None:
             d.netloop.flush_hits()

@@ -192,10 +192,11 @@ class _Operations:
 
     def drift(self, detector: str, *, version: Optional[int] = None, window: Optional[float] = None,
               method: Optional[str] = None, psi_threshold: Optional[float] = None,
-              alpha: Optional[float] = None) -> dict:
+              alpha: Optional[float] = None, min_rows: Optional[int] = None) -> dict:
         """The drift document of a detector's live window (``window`` seconds, default 3600)
-        against its training reference, as ``pynomaly drift --json`` prints it."""
-        req = wire.Drift(next(self._ids), detector, version, window, method, psi_threshold, alpha)
+        against its training reference, as ``pynomaly drift --json`` prints it (undecided below
+        ``min_rows`` rows, default 300)."""
+        req = wire.Drift(next(self._ids), detector, version, window, method, psi_threshold, alpha, min_rows)
         return self._request(req, wire.DriftReply, lambda r: r.document)
 
 

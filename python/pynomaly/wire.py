@@ -215,7 +215,8 @@ class Metrics(msgspec.Struct, gc=False, tag="metrics", tag_field="op", forbid_un
 
 class Drift(msgspec.Struct, gc=False, tag="drift", tag_field="op", forbid_unknown_fields=True):
     """A detector's drift: its live window against its training reference (``pynomaly drift``).
-    ``window`` in seconds (default 3600); ``method`` "psi" (default) or "ks"."""
+    ``window`` in seconds (default 3600); ``method`` "psi" (default) or "ks"; ``min_rows``: rows
+    counted before drift is decided (default 300)."""
 
     id: RequestId
     detector: DetectorName
@@ -224,6 +225,7 @@ class Drift(msgspec.Struct, gc=False, tag="drift", tag_field="op", forbid_unknow
     method: Optional[Literal["psi", "ks"]] = None
     psi_threshold: Optional[Annotated[float, msgspec.Meta(gt=0)]] = None
     alpha: Optional[Annotated[float, msgspec.Meta(gt=0, lt=1)]] = None
+    min_rows: Optional[Annotated[int, msgspec.Meta(ge=1)]] = None
 
 
 Request = Union[Detect, ListDetectors, Info, Health, Stats, Reload, Metrics, Drift]

@@ -28,7 +28,7 @@ def api(tmp_path_factory):
     moved = serve.copy()
     moved[:, 3] += 1.0
     home = tmp_path_factory.mktemp("home")
-    for name in ("moved", "same", "fresh", "inferred"):
+    for name in ("moved", "same", "fresh", "inferred", "few", "streamed"):
         service.train(home, name, train, "IsolationForest", PARAMS)
     service.export(home, "fresh", home.parent / "fresh.pnx")
     service.import_detector(home, home.parent / "fresh.pnx", "imported")
@@ -76,6 +76,21 @@ def test_detections_over_http_fill_the_window_the_endpoint_reads(api):
     assert not any('detector="fresh"' in k for k in values)  # no rows in its window: no series
 
 
+def test_a_window_too_small_decides_nothing_and_keeps_the_statistics(api):
+    server, home, tokens, _, moved = api
+    _detect(server, tokens["operator"], "few", moved[:150])
+    status, doc = server.json("GET", "/api/v1/detectors/few/drift", token=tokens["viewer"])
+    assert status == 200, doc
+    assert doc["drift"] is None and doc["min_rows"] == 300 and doc["rows"] == 150
+    assert doc["reason"] == "150 rows counted, at least 300 needed to decide drift"
+    assert {f["drift"] for f in doc["features"]} == {None} and doc["score"]["drift"] is None
+    assert doc["features"][0]["feature"] == "x3" and doc["features"][0]["psi"] >= 0.2
+    status, decided = server.json("GET", "/api/v1/detectors/few/drift?min_rows=150", token=tokens["viewer"])
+    assert status == 200 and decided["drift"] is True and decided["reason"] is None
+    assert decided["features"][0]["feature"] == "x3" and decided["features"][0]["drift"] is True
+    assert server.json("GET", "/api/v1/detectors/few/drift?min_rows=0", token=tokens["viewer"])[0] == 400
+
+
 def test_what_cannot_be_answered_is_a_clear_error(api):
     server, _, tokens, serve, _ = api
     viewer = tokens["viewer"]
@@ -110,3 +125,46 @@ def test_inference_protocol_requests_count_in_the_window(api):
     assert doc["rows"] == doc["rows_seen"] == len(rows)
     assert doc["features"][0]["feature"] == "x3" and doc["features"][0]["drift"]
     assert doc["score"]["scored"] == len(rows)
+
+
+def test_binary_requests_scored_while_arriving_count_their_sample(api):
+    """OIP bodies over 1 MB are scored block by block as they arrive (the rows are gone after):
+    every k-th row of the whole request is kept as the blocks pass, as for any large batch."""
+    from pynomaly.estimators.drift import sample_step
+    from pynomaly.service import drift
+
+    server, home, tokens, _, moved = api
+    rows = np.ascontiguousarray(moved[np.arange(10_000) % len(moved)])  # 1.68 MB: two blocks of ~6,241 rows
+    raw = rows.astype("<f8").tobytes()
+    head = json.dumps({"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP64",
+                                   "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    before = server.json("GET", "/api/v1/stats", token=tokens["viewer"])[1]["counters"]["streamed_requests"]
+    status, _, body = server.request("POST", "/v2/models/streamed/infer", head + raw, token=tokens["operator"],
+                                     headers={"Inference-Header-Content-Length": str(len(head))})
+    assert status == 200, body[:300]
+    assert server.json("GET", "/api/v1/stats", token=tokens["viewer"])[1]["counters"]["streamed_requests"] == before + 1
+    status, doc = server.json("GET", "/api/v1/detectors/streamed/drift", token=tokens["viewer"])
+    assert status == 200, doc
+    step = sample_step(len(rows), drift.settings.sample_above)
+    assert step == 10 and doc["rows_seen"] == len(rows) and doc["rows"] == len(rows[::step])
+    assert doc["sample_rate"] == pytest.approx(0.1) and doc["score"]["scored"] == len(rows[::step])
+    assert doc["features"][0]["feature"] == "x3" and doc["drift"] is True
+    offline = drift.compare_data(home, "streamed", rows[::step])  # exactly every 10th row, across the blocks
+    assert doc["features"] == offline["features"]
+
+
+def test_a_server_with_no_drift_counts_nothing(api, tmp_path):
+    """``pynomaly api --no-drift``: neither inference nor batch detections count in the window
+    (the report reads what other processes counted, so it still answers)."""
+    _, home, tokens, _, moved = api
+    server = ApiServer(home, "--no-drift")
+    try:
+        for i in range(3):
+            status, doc = server.json("POST", "/v2/models/fresh/infer", infer_body(moved[i:i + 1]),
+                                      token=tokens["operator"])
+            assert status == 200, doc
+        _detect(server, tokens["operator"], "fresh", moved[:50])
+        status, doc = server.json("GET", "/api/v1/detectors/fresh/drift", token=tokens["viewer"])
+        assert status == 409 and "no rows of detector 'fresh' version 1" in doc["error"]
+    finally:
+        server.stop()

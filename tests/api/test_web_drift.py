@@ -34,7 +34,7 @@ def site(tmp_path_factory):
     moved = X[n:].copy()
     moved[:, 2] += 1.0
     home = tmp_path_factory.mktemp("drifthome")
-    for name in ("moved", "idle"):
+    for name in ("moved", "idle", "few"):
         service.train(home, name, X[:n], "IsolationForest", PARAMS)
     service.export(home, "idle", home.parent / "idle.pnx")
     service.import_detector(home, home.parent / "idle.pnx", "imported")
@@ -92,3 +92,18 @@ def test_what_the_panel_cannot_show_is_said(site):
     assert status == 400 and "is not a window" in error_text(page)
     status, h, _ = WebClient(server).get("/ui/detectors/moved/drift")
     assert status in (302, 303) and "/" in h["location"]
+
+
+def test_a_window_too_small_to_decide_says_so_on_the_panel(site):
+    server, _, moved = site
+    op = signed_in(server, "operator")
+    status, _, page = op.post("/ui/detect", {"csrf": op.csrf("/ui/detect"), "detector": "few"},
+                              files={"file": ("few.csv", to_csv(moved[:100]))})
+    assert status == 303, error_text(page)
+    status, _, page = signed_in(server, "viewer").get("/ui/detectors/few/drift")
+    assert status == 200, error_text(page)
+    summary = unescape(re.sub(r"<[^>]+>", "", re.search(r'<p id="drift-summary">(.*?)</p>', page, re.S).group(1)))
+    assert "undecided: 100 rows counted, at least 300 needed to decide drift" in " ".join(summary.split())
+    rows = feature_rows(page)
+    assert rows[0][0] == "x2" and float(rows[0][1]) >= 0.2  # the statistics are shown
+    assert {r[-1] for r in rows} == {"undecided"} and 'class="bar flagged"' not in page and ">drifted<" not in page

@@ -237,6 +237,36 @@ def test_alert_rules_added_approved_and_removed_by_admins_only_with_the_token(si
     alerts.remove_rule(str(home), command["id"])
 
 
+def test_alert_rules_on_drift_from_the_form_checked_as_the_cli_checks_them(site):
+    server, home, _ = site
+    admin = signed_in(server, "admin")
+    csrf = admin.csrf("/ui/alerts")
+    _, _, page = admin.get("/ui/alerts")
+    assert 'name="drift_above"' in page and 'name="score_drift_above"' in page
+    form = {"csrf": csrf, "detector": "cardio", "url": "https://hooks.example.com/drift"}
+    refused = [({"drift_above": "0"}, "drift_above is a PSI and must be > 0 (0.2: a significant shift), got 0.0"),
+               ({"score_drift_above": "-1"}, "score_drift_above must be >= 0"),
+               ({"drift_above": "lots"}, "drift above (PSI) must be a number, got 'lots'"),
+               ({"score_drift_above": "inf"}, "score drift above (PSI) must be a finite number"),
+               ({"drift_above": "0.2", "rate_above": "0.1"}, "a rule on drift (drift_above, score_drift_above) "
+                "takes no condition on anomalies")]
+    for fields, message in refused:
+        status, _, page = admin.post("/ui/alerts/add", dict(form, **fields))
+        assert status == 400 and message in error_text(page), (fields, error_text(page))
+        assert all(f'value="{v}"' in page for v in fields.values())  # the form again, as typed
+    assert alerts.list_rules(str(home)) == []
+    status, _, page = admin.post("/ui/alerts/add", dict(form, drift_above="0.25", score_drift_above="0.3"))
+    assert status == 201, error_text(page)
+    (rule,) = alerts.list_rules(str(home))
+    assert (rule["drift_above"], rule["score_drift_above"], rule["rate_above"]) == (0.25, 0.3, None)
+    _, _, page = signed_in(server, "viewer").get("/ui/alerts")
+    assert " ".join(cells(page, "rules")[0][3].split()) == "drift: a feature's PSI ≥ 0.25 or the score's PSI ≥ 0.3"
+    status, _, _ = admin.post("/ui/alerts/add", dict(form, csrf=csrf, score_drift_above="0.2"))
+    assert status == 201 and alerts.list_rules(str(home))[1]["score_drift_above"] == 0.2
+    for r in alerts.list_rules(str(home)):
+        alerts.remove_rule(str(home), r["id"])
+
+
 def test_the_outbox_shows_delivery_states_and_dead_letters(site, tmp_path):
     server, home, X = site
     sent = alerts.add_rule(str(home), "cardio-lof", "log", str(tmp_path / "alerts.jsonl"))

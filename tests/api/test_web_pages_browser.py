@@ -128,6 +128,9 @@ def test_alerts_rules_outbox_add_and_remove(browser, site):
     browser.find_element(By.ID, "rule-detector").send_keys("cardio-lof")
     browser.find_element(By.ID, "rule-url").send_keys("https://hooks.example.com/am")
     browser.find_element(By.ID, "score_above").send_keys("0.7")
+    for field, label in (("drift_above", "Drift above (PSI)"), ("score_drift_above", "Score drift above (PSI)")):
+        assert browser.find_element(By.ID, field).is_displayed()  # the rules on drift, beside the others
+        assert browser.find_element(By.CSS_SELECTOR, f'label[for="{field}"]').text == label
     browser.find_element(By.ID, "add").click()
     wait(browser, lambda d: d.find_elements(By.ID, "secret"))
     added = next(r for r in alerts.list_rules(str(home)) if r["detector"] == "cardio-lof")

@@ -59,6 +59,29 @@ def test_detect_then_drift_ranks_and_flags_the_moved_feature(tmp_path, files):
     assert offline["features"] == doc["features"]  # the same rows, live or offline, same model
 
 
+def test_a_window_too_small_decides_nothing_and_says_so(tmp_path, files):
+    service.train(tmp_path, "few", np.load(files / "train.npy"), "IsolationForest", PARAMS)
+    np.save(tmp_path / "few.npy", np.load(files / "moved.npy")[:120])
+    run("detect", "--detector", "few", "--data", tmp_path / "few.npy", "--no-save", home=tmp_path)
+    doc = json.loads(run("drift", "--detector", "few", "--json", home=tmp_path).stdout)
+    assert doc["drift"] is None and doc["min_rows"] == 300 and doc["rows"] == 120
+    assert doc["reason"] == "120 rows counted, at least 300 needed to decide drift"
+    assert doc["features"][0]["feature"] == "x3" and doc["features"][0]["psi"] >= 0.2  # statistics still there
+    assert {f["drift"] for f in doc["features"]} == {None} and doc["score"]["drift"] is None
+    table = run("drift", "--detector", "few", home=tmp_path).stdout.splitlines()
+    assert table[0] == ("detector few v1: undecided in 120 rows of the last 1 h: 120 rows counted, at least 300 "
+                        "needed to decide drift (--min-rows)")
+    assert all(line.split()[-1] == "undecided" for line in table[2:] if line.split()[0].startswith(("x", "(")))
+    decided = json.loads(run("drift", "--detector", "few", "--json", "--min-rows", "100", home=tmp_path).stdout)
+    assert decided["drift"] is True and decided["reason"] is None
+    assert decided["features"][0]["feature"] == "x3" and decided["features"][0]["drift"]
+    offline = json.loads(run("drift", "--detector", "few", "--data", tmp_path / "few.npy", "--json",
+                             home=tmp_path).stdout)
+    assert offline["drift"] is None and offline["reason"] == doc["reason"]
+    p = run("drift", "--detector", "few", "--min-rows", "0", home=tmp_path, check=False)
+    assert p.returncode == 1 and "min_rows must be a positive whole number of rows, got 0" in p.stderr
+
+
 def test_bad_input_gets_one_clear_line(tmp_path, files):
     service.train(tmp_path, "fresh", np.load(files / "train.npy"), "IsolationForest", PARAMS)
     p = run("drift", "--detector", "nope", home=tmp_path, check=False)

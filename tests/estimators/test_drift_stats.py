@@ -289,3 +289,49 @@ def test_bad_arguments_say_what_is_accepted():
         drift.reference_profile(np.array([[np.nan]]))
     with pytest.raises(InvalidInputError, match="rows of 1 features"):
         drift.count(p, np.zeros((2, 3)))
+
+
+def test_too_few_rows_give_the_statistics_and_decide_nothing():
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((10_000, 3))
+    profile = drift.reference_profile(X, scores=X[:, 0] ** 2, threshold=float(np.quantile(X[:, 0] ** 2, 0.9)))
+    Y = rng.standard_normal((250, 3))
+    Y[:, 1] += 2.0  # far: any number of rows shows it
+    few = drift.count(profile, Y[:199], Y[:199, 0] ** 2)
+    doc = drift.compare(profile, few, min_rows=200)
+    assert doc["drift"] is None and doc["min_rows"] == 200
+    assert doc["reason"] == "199 rows counted, at least 200 needed to decide drift"
+    assert all(f["drift"] is None for f in doc["features"]) and doc["score"]["drift"] is None
+    assert doc["features"][0]["feature"] == "x1" and doc["features"][0]["psi"] > 1  # the statistics are given
+    decided = drift.compare(profile, few, min_rows=199)
+    assert decided["drift"] is True and decided["reason"] is None
+    assert [f["feature"] for f in decided["features"] if f["drift"]] == ["x1"]
+    strip = ("drift", "reason", "min_rows")
+    assert [{k: v for k, v in f.items() if k != "drift"} for f in doc["features"]] == \
+        [{k: v for k, v in f.items() if k != "drift"} for f in decided["features"]]
+    assert {k: v for k, v in doc.items() if k not in strip + ("features", "score")} == \
+        {k: v for k, v in decided.items() if k not in strip + ("features", "score")}
+    assert drift.compare(profile, drift.count(profile, Y[:200]), min_rows=200)["drift"] is True  # 200: decided
+    sampled = drift.count(profile, Y, sample_above=100)
+    assert drift.compare(profile, sampled)["reason"] == "84 rows counted (of 250 served), at least 300 needed " \
+        "to decide drift"
+    assert drift.compare(profile, sampled)["min_rows"] == drift.MIN_ROWS == 300
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(InvalidInputError, match="min_rows must be a positive whole number"):
+            drift.compare(profile, few, min_rows=bad)
+
+
+def test_windows_of_min_rows_undrifted_rows_do_not_drift_by_noise(cardio_halves):
+    """Why 300 (see the module's docstring): undrifted windows of that many rows of cardio (21
+    features, a reference of 915 rows) pass PSI 0.2 nowhere, while windows of 50 rows do in
+    most draws."""
+    ref, live = cardio_halves
+    profile = drift.reference_profile(ref)
+    rng = np.random.default_rng(8)
+    at_min, at_50 = 0, 0
+    for _ in range(40):
+        window = live[rng.choice(len(live), drift.MIN_ROWS, replace=False)]
+        at_min += drift.compare(profile, drift.count(profile, window))["drift"]
+        at_50 += drift.compare(profile, drift.count(profile, live[rng.choice(len(live), 50, replace=False)]),
+                               min_rows=50)["drift"]
+    assert at_min == 0 and at_50 >= 30

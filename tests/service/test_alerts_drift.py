@@ -89,6 +89,28 @@ def test_batch_detections_check_score_drift_rules_and_deduplicate(data, receiver
     assert anomalies["id"] not in {m["rule_id"] for m in alerts.outbox(home)}
 
 
+def test_a_window_too_small_to_decide_fires_no_rule_and_keeps_its_gauges(data, tmp_path):
+    """Below ``settings.min_rows`` rows the report decides nothing, so no drift rule fires, and
+    the gauges still carry the statistics (not the decision) until the window fills."""
+    train, _, moved = data
+    home = tmp_path / "home"
+    service.train(home, "d", train, "IsolationForest", PARAMS)
+    rule = alerts.add_rule(home, "d", "log", str(tmp_path / "a.jsonl"), drift_above=0.2)
+    service.detect(home, "d", moved[:120], save=False)
+    doc = service_drift.report(home, "d")  # flushes: the rules are checked
+    assert doc["drift"] is None and doc["reason"] == "120 rows counted, at least 300 needed to decide drift"
+    assert doc["features"][0]["feature"] == "x7" and doc["features"][0]["psi"] >= 0.2
+    assert alerts.outbox(home) == []
+    feature = service_drift.gauges(home)[0]
+    series = {dict(zip(names, key))["stat"]: v for _, names, key, v in feature.samples()
+              if dict(zip(names, key))["feature"] == "x7"}
+    assert series["psi"] == pytest.approx(doc["features"][0]["psi"]) and "ks" in series
+    assert "drift" not in series  # the decision is not made, so not exported
+    service.detect(home, "d", moved[120:], save=False)
+    assert service_drift.report(home, "d")["drift"] is True
+    assert [m["rule_id"] for m in alerts.outbox(home)] == [rule["id"]]
+
+
 def test_rules_on_drift_are_checked_when_added(tmp_path):
     with pytest.raises(InvalidInputError, match="takes no condition on anomalies"):
         alerts.add_rule(tmp_path, "d", "log", str(tmp_path / "x"), drift_above=0.2, score_above=1.0)

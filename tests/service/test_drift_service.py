@@ -173,6 +173,7 @@ def test_the_daemon_answers_the_drift_op(tmp_path, halves, mode):
         with pynomaly.Client(d.sock) as c:
             doc = c.drift("moved")
             ks = c.drift("moved", window=600, method="ks", alpha=0.01)
+            undecided = c.drift("moved", min_rows=len(serve) + 1)
             with pytest.raises(PynomalyError, match="no rows of detector 'fresh' version 1") as e:
                 c.drift("fresh")
             assert e.value.code == "unavailable"
@@ -183,3 +184,6 @@ def test_the_daemon_answers_the_drift_op(tmp_path, halves, mode):
         assert d.stop() == 0
     assert doc == drift.report(home, "moved")
     assert ks["method"] == "ks" and ks["window_s"] == 600 and ks["features"][0]["feature"] == "x3"
+    assert undecided["drift"] is None and undecided["reason"] == \
+        f"{len(serve)} rows counted, at least {len(serve) + 1} needed to decide drift"
+    assert undecided["features"] == [dict(f, drift=None) for f in doc["features"]]

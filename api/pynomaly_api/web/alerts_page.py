@@ -88,12 +88,15 @@ def _optional_number(form, field: str, label: str, integer: bool = False):
 @page("manage")
 async def add(request, st: ServerState, p, form) -> Response:
     values = {k: (form.get(k) or "").strip() for k in ("detector", "url", "score_above", "rate_above", "count",
-                                                        "within")}
+                                                        "within", "drift_above", "score_drift_above")}
     try:
         kwargs = {"score_above": _optional_number(form, "score_above", "the score"),
                   "rate_above": _optional_number(form, "rate_above", "the anomaly rate"),
                   "count": _optional_number(form, "count", "the count", integer=True),
-                  "within": _optional_number(form, "within", "the window (seconds)")}
+                  "within": _optional_number(form, "within", "the window (seconds)"),
+                  # Rules on drift (issue 24), checked by alerts.add_rule as the CLI's --drift-above are.
+                  "drift_above": _optional_number(form, "drift_above", "drift above (PSI)"),
+                  "score_drift_above": _optional_number(form, "score_drift_above", "score drift above (PSI)")}
         if not values["detector"]:
             raise HTTPError(400, "name the detector whose detections the rule watches")
         rule = await audited(request, p, "alerts.add", values["detector"], lambda: st.run(

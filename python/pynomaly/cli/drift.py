@@ -34,6 +34,8 @@ def add_drift(sub):
                    help="decide by PSI >= --psi (default) or by the KS p-value < --alpha / tests (Bonferroni)")
     d.add_argument("--psi", type=float, default=0.2, dest="psi_threshold", help="PSI threshold (default 0.2)")
     d.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    d.add_argument("--min-rows", type=int, metavar="N",
+                   help="rows needed before drift is decided (default 300: fewer give the statistics, no decision)")
     d.add_argument("--set-reference", action="store_true",
                    help="make --data the version's reference instead (for versions stored before drift "
                         "monitoring, imported ones, or a reference of your choosing)")
@@ -53,7 +55,8 @@ def _cmd_drift(args, home, progress, out):
             out.write(f"reference of {r['detector']} v{r['version']} set from {r['rows']} rows, {r['features']} "
                       f"features ({r['bytes']} bytes{', with scores' if r['score'] else ''})\n")
         return
-    opts = dict(version=args.version, method=args.method, psi_threshold=args.psi_threshold, alpha=args.alpha)
+    opts = dict(version=args.version, method=args.method, psi_threshold=args.psi_threshold, alpha=args.alpha,
+                min_rows=args.min_rows)
     if args.data:
         doc = drift.compare_data(home, args.detector, args.data, columns=args.columns, **opts)
     else:
@@ -63,20 +66,27 @@ def _cmd_drift(args, home, progress, out):
         return
     out.write(_summary(doc) + "\n")
     rows = [(f["feature"], f"{f['psi']:.3f}", f"{f['ks']:.3f}", f"{f['p_value']:.3g}", f"{f['wasserstein']:.4g}",
-             "DRIFT" if f["drift"] else "-") for f in doc["features"]]
+             _decision(f["drift"])) for f in doc["features"]]
     s = doc["score"]
     if s is not None:
         rows.append(("(score)", f"{s['psi']:.3f}", f"{s['ks']:.3f}", f"{s['p_value']:.3g}", f"{s['wasserstein']:.4g}",
-                     "DRIFT" if s["drift"] else "-"))
+                     _decision(s["drift"])))
     out.write(table(rows, ("feature", "PSI", "KS", "p", "W1", "decision")) + "\n")
     if s is not None and s["expected_rate"] is not None:
         out.write(f"flagged {s['flagged']} of {s['scored']} ({100 * s['flagged_rate']:.1f}%; trained "
                   f"{100 * s['expected_rate']:.1f}%, p = {s['rate_p_value']:.3g})\n")
 
 
+def _decision(drift) -> str:
+    return "undecided" if drift is None else "DRIFT" if drift else "-"
+
+
 def _summary(doc: dict) -> str:
     where = f"the last {_duration(doc['window_s'])}" if doc["source"] == "live" else "the data"
     sampled = f", profiled on {100 * doc['sample_rate']:.0f}% of them" if doc["sample_rate"] < 1 else ""
+    if doc["drift"] is None:
+        return (f"detector {doc['detector']} v{doc['version']}: undecided in {doc['rows_seen']} rows of {where}"
+                f"{sampled}: {doc['reason']} (--min-rows)")
     verdict = "DRIFT" if doc["drift"] else "no drift"
     rule = f"PSI >= {doc['psi_threshold']:g}" if doc["method"] == "psi" else f"KS p < {doc['alpha']:g} / tests"
     return (f"detector {doc['detector']} v{doc['version']}: {verdict} ({rule}) in {doc['rows_seen']} rows of "

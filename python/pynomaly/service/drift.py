@@ -82,16 +82,21 @@ def parse_window(text) -> float:
     return float(m.group(1)) * _UNITS[m.group(2) or "s"]
 
 
-def _document(name: str, version: int, profile, counts, source: str, window, method, psi_threshold, alpha) -> dict:
-    doc = stats.compare(profile, counts, method=method, psi_threshold=psi_threshold, alpha=alpha)
+def _document(name: str, version: int, profile, counts, source: str, window, method, psi_threshold, alpha,
+              min_rows) -> dict:
+    min_rows = settings.min_rows if min_rows is None else min_rows
+    doc = stats.compare(profile, counts, method=method, psi_threshold=psi_threshold, alpha=alpha, min_rows=min_rows)
     return {"detector": name, "version": version, "source": source, "window_s": window, **doc}
 
 
 def report(home, name: str, *, version=None, window: Optional[float] = None, method: str = "psi",
-           psi_threshold: float = 0.2, alpha: float = 0.05, now: Optional[float] = None) -> dict:
+           psi_threshold: float = 0.2, alpha: float = 0.05, min_rows: Optional[int] = None,
+           now: Optional[float] = None) -> dict:
     """The drift document of ``name``'s live window (the last ``window`` seconds, default
-    ``settings.window_s``, to the bucket) against its reference. DetectorNotFoundError for an
-    unknown detector, DriftUnavailableError without a reference or rows in the window."""
+    ``settings.window_s``, to the bucket) against its reference; with fewer than ``min_rows``
+    rows counted (default ``settings.min_rows``) it decides nothing (its ``reason`` says so).
+    DetectorNotFoundError for an unknown detector, DriftUnavailableError without a reference or
+    rows in the window."""
     window = settings.window_s if window is None else float(window)
     if not window > 0:
         raise InvalidInputError(f"the window must be a positive number of seconds, got {window!r}")
@@ -101,13 +106,14 @@ def report(home, name: str, *, version=None, window: Optional[float] = None, met
     if counts.rows == 0:
         raise DriftUnavailableError(f"no rows of detector {name!r} version {v} were served in the last "
                                     f"{_shown(window)}: nothing to compare with its reference yet")
-    return _document(name, v, profile, counts, "live", window, method, psi_threshold, alpha)
+    return _document(name, v, profile, counts, "live", window, method, psi_threshold, alpha, min_rows)
 
 
 def compare_data(home, name: str, data, *, version=None, columns=None, method: str = "psi",
-                 psi_threshold: float = 0.2, alpha: float = 0.05) -> dict:
+                 psi_threshold: float = 0.2, alpha: float = 0.05, min_rows: Optional[int] = None) -> dict:
     """The drift document of the rows of ``data`` (a file or an array) against ``name``'s
-    reference, offline: every row counted, scored by that version."""
+    reference, offline: every row counted, scored by that version (``min_rows`` as
+    :func:`report`'s)."""
     from pynomaly.service.data import load_data
     from pynomaly.service.usecases import load_model
 
@@ -117,7 +123,7 @@ def compare_data(home, name: str, data, *, version=None, columns=None, method: s
         raise DriftUnavailableError("the data holds no rows: nothing to compare with the reference")
     _, model = load_model(home, name, v)
     counts = stats.count(profile, X, model.decision_function(X))
-    return _document(name, v, profile, counts, "data", None, method, psi_threshold, alpha)
+    return _document(name, v, profile, counts, "data", None, method, psi_threshold, alpha, min_rows)
 
 
 def _shown(seconds: float) -> str:
@@ -135,7 +141,8 @@ SCORE_STATS = ("psi", "ks", "p_value", "wasserstein", "flagged_rate", "rate_p_va
 def gauges(home, *, window: Optional[float] = None) -> list:
     """The drift of every detector of ``home`` whose latest version has a reference and rows in
     the window, as metrics for a face's ``/metrics``: ``pynomaly_feature_drift{detector,
-    feature,stat}`` (stat: psi, ks, p_value, wasserstein, drift as 0 or 1) and
+    feature,stat}`` (stat: psi, ks, p_value, wasserstein, drift as 0 or 1, absent while the
+    window has too few rows to decide) and
     ``pynomaly_score_drift{detector,stat}`` (the same, flagged_rate and rate_p_value). Series
     beyond the metrics' cap (:data:`pynomaly.service.metrics.MAX_SERIES`) go under "_other"."""
     from pynomaly.service import metrics
@@ -153,7 +160,8 @@ def gauges(home, *, window: Optional[float] = None) -> list:
             continue
         for f in doc["features"]:
             for stat in FEATURE_STATS:
-                feature.set(float(f[stat]), detector=name, feature=f["feature"], stat=stat)
+                if f[stat] is not None:
+                    feature.set(float(f[stat]), detector=name, feature=f["feature"], stat=stat)
         s = doc["score"]
         for stat in SCORE_STATS if s is not None else ():
             if s[stat] is not None:

@@ -1,6 +1,7 @@
 """Alert rules on drift (issue 24): a rule with ``drift_above`` P fires when a feature's PSI in
 the detector's live drift window reaches P, one with ``score_drift_above`` P when the score's
-does (rules are added, signed and delivered as every rule of :mod:`pynomaly.service.alerts`).
+does (rules are added, signed and delivered as every rule of :mod:`pynomaly.service.alerts`);
+neither fires while the window holds fewer than ``settings.min_rows`` rows (nothing is decided).
 
 :func:`check` runs whenever a process writes a detector's window counts to the home
 (:func:`pynomaly.service.drift_live.flush`: every few seconds while serving, before a report,
@@ -25,7 +26,10 @@ __all__ = ["check", "fired"]
 
 def fired(rule, doc: dict) -> list:
     """What of the drift document ``doc`` reaches ``rule``'s conditions: ``[(what, psi)]``,
-    features by name (most drifted first) and ``"score"``; empty when the rule does not fire."""
+    features by name (most drifted first) and ``"score"``; empty when the rule does not fire,
+    or when the window held too few rows to decide (the document's ``drift`` is None)."""
+    if doc["drift"] is None:
+        return []
     out = []
     if rule["drift_above"] is not None:
         out += [(f["feature"], f["psi"]) for f in doc["features"] if f["psi"] >= rule["drift_above"]]

@@ -42,6 +42,8 @@ class Settings:
     keep_s: float = 7 * 86400.0   # buckets older than this are forgotten when counts are added
     profile_ttl_s: float = 30.0   # how long a loaded reference is used before it is read again
     window_s: float = 3600.0      # the default window of a report
+    min_rows: int = stats.MIN_ROWS  # rows counted before a report (or an alert rule) decides drift
+    counting: bool = True         # False: observe() counts nothing in this process (a server's --no-drift)
 
 
 settings = Settings()
@@ -132,10 +134,12 @@ def observe(home, name: str, version: int, X, scores=None, *, now: Optional[floa
             served: Optional[int] = None) -> bool:
     """Count served rows ``X`` of ``name``'s ``version`` (and their ``scores``) in this
     process's live window; returns whether they were counted (False: the version has no
-    reference). Added to the home within ``settings.flush_s`` seconds (see the module's
+    reference, or counting is off). Added to the home within ``settings.flush_s`` seconds (see the module's
     docstring). ``served``: how many rows ``X`` stands for, when a caller sampled them
     (:class:`pynomaly.serving.observe.Observer`; the document's ``rows_seen``); ``X`` None:
     ``served`` rows that were not kept."""
+    if not settings.counting:
+        return False
     hk = home_key(home)
     profile = _profile_for(home, (hk, name, int(version)), name, int(version))
     if profile is None:
@@ -241,7 +245,9 @@ def _check_rules(home: str, written) -> None:
         if profile is None:
             return None
         counts = window_counts(home, name, version, profile, settings.window_s)
-        return {**stats.compare(profile, counts), "window_s": settings.window_s} if counts.rows else None
+        if not counts.rows:
+            return None
+        return {**stats.compare(profile, counts, min_rows=settings.min_rows), "window_s": settings.window_s}
 
     for name, version in written:
         try:

@@ -102,7 +102,7 @@ class Observer:
         (kept by reference until the next hand-over: the caller does not change them) and,
         copied, a few anomalous ones for an alert's why (explained by ``scorer``)."""
         name = version.name
-        if self.drift is not None and X is not None:
+        if self.drift is not None and X is not None:  # inline (as in sampled): every request passes here
             key = (name, version.version, X.dtype == np.float32)
             d = self.drift.get(key)
             if d is None:
@@ -148,6 +148,28 @@ class Observer:
                 idx = np.flatnonzero(flags)[:room]
                 kept = [(X[idx], scores[idx])]  # copies: the rows outlive the request
         self._flag(name, version.version, requests, n, k, top, rate, kept, scorer)
+
+    def drift_step(self, n: int) -> int:
+        """Every how many rows of a batch of ``n`` a path that keeps its own sample keeps one
+        (as :meth:`scored` samples); 0 when drift is not counted."""
+        return stats.sample_step(n, drift_live.settings.sample_above) if self.drift is not None else 0
+
+    def sampled(self, version, X, scores, served: int) -> None:
+        """Drift rows of a batch of ``served`` rows whose path kept only ``X`` (and their
+        ``scores``), an even sample as :meth:`scored` takes (a binary request scored while it
+        arrived, whose rows are gone once scored: api/pynomaly_api/oip.py). Counts for drift
+        only: the batch went through :meth:`scored` without its rows."""
+        if self.drift is None:
+            return
+        key = (version.name, version.version, X.dtype == np.float32)
+        d = self.drift.get(key)
+        if d is None:
+            d = self.drift[key] = [[], [], 0, 0]
+        d[3] += served
+        if d[2] < DRIFT_ROWS:
+            d[0].append(X)
+            d[1].append(scores)
+            d[2] += scores.shape[0]
 
     def add_sample(self, name: str, version, sample, served: int) -> None:
         """Rows a native path served for ``name``'s ``version``: ``served`` of them, and
