@@ -220,11 +220,17 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         return super().explain(X, method, output, background=background)
 
     def _explainer(self) -> "_core.ForestExplainer":
+        return self._explainer_and_scale()[0]
+
+    def _explainer_and_scale(self) -> tuple:
+        """The forest's native explainer and the factor from path-length values to log2_score
+        ones (-1 / c(psi)), built once per forest and cached: a served row pays neither."""
         cached = self.__dict__.get("_explainer_cache")
         if cached is None or cached[0] is not self._forest:
-            cached = (self._forest, _core.ForestExplainer(self._forest))
+            forest = self._forest
+            cached = (forest, _core.ForestExplainer(forest), -1.0 / _core.average_path_length(float(forest.psi)))
             object.__setattr__(self, "_explainer_cache", cached)
-        return cached[1]
+        return cached[1], cached[2]
 
     def _explain(self, X, method, output, background):
         if method == "permutation":
@@ -234,15 +240,13 @@ class IsolationForest(PickleAsBytes, BaseDetector):
             r, c = np.argwhere(~np.isfinite(X32))[0]
             raise InvalidInputError(f"X has {X[r, c]!r} at row {r}, column {c}, which is not a finite float32; "
                                     "impute or clip it first")
-        explainer = self._explainer()
+        explainer, scale = self._explainer_and_scale()
         n_jobs = 1 if self.n_jobs is None else resolve_n_jobs(self.n_jobs)
         values = (explainer.tree_shap if method == "tree_shap" else explainer.path)(X32, n_jobs)
-        base = np.full(X.shape[0], explainer.expected_value)
-        if output == "log2_score":
-            scale = -1.0 / _core.average_path_length(float(self._forest.psi))
-            values *= scale
-            base *= scale
-        return values, base
+        if output != "log2_score":
+            return values, np.full(X.shape[0], explainer.expected_value)
+        values *= scale
+        return values, np.full(X.shape[0], explainer.expected_value * scale)
 
     # -- parameters ------------------------------------------------------------------------
     def _resolve_max_samples(self, n: int) -> int:
