@@ -292,22 +292,28 @@ void ForestExplainer::shap_tree_rows(const Tree& t, const float* X, int64_t r0, 
         }
         const double* tab = table_.data() + l.table;
         const double* rr = slot_r_.data() + l.slot_off;
+        // Whole groups of eight rows in vectors, the rest one by one (the same bits): a single
+        // served row would otherwise pay for eight.
+        int64_t wide = 0;
 #ifdef PYNOMALY_EXPLAIN_X86
         if (avx512) {
-            table_leaf_avx512(tab, feat, rr, l.m, agree, n, acc, R);
-            continue;
+            wide = n - n % 8;
+            if (wide > 0) table_leaf_avx512(tab, feat, rr, l.m, agree, wide, acc, R);
         }
 #endif
         (void)avx512;
-        table_leaf_scalar(tab, feat, rr, l.m, agree, n, acc, R);
+        if (wide < n) table_leaf_scalar(tab, feat, rr, l.m, agree + wide, n - wide, acc + wide, R);
     }
 }
 
 void ForestExplainer::tree_shap(const float* X, int64_t rows, double* phi, int n_threads,
                                 const CancelCheck& cancel) const {
     // Rows per chunk: 32, fewer (a multiple of 8) where the trees are so large that the
-    // chunk's path masks (8 bytes per node and row) would pass 8 MiB.
-    int64_t R = kRowsPerChunk;
+    // chunk's path masks (8 bytes per node and row) would pass 8 MiB. Chunk boundaries do not
+    // change any row's result (rows are independent; vector and scalar leaves agree bit for bit).
+    // A call with fewer rows (a served request) gets a chunk of just those, rounded up to 8:
+    // its masks are cleared and its leaves' agreements computed for no stale rows.
+    int64_t R = std::min(kRowsPerChunk, std::max<int64_t>((rows + 7) / 8 * 8, 8));
     while (R > 8 && std::max<int64_t>(max_nodes_, 1) * R * 8 > (int64_t(8) << 20)) R -= 8;
     const int64_t chunks = (rows + R - 1) / R;
 #ifdef PYNOMALY_EXPLAIN_X86
