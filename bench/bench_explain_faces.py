@@ -112,7 +112,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in got.items()}
     for k, v in med.items():
         unit = "" if k.startswith("oip") else " req/s"
-        python = "(Python path)" in k
+        python = "(Python path)" in k and k != "daemon plain (Python path)"
         base = (med["oip p50 us plain"] if k.startswith("oip")
                 else med["daemon plain (Python path)" if python else "daemon plain (native path)"])
         extra = "" if k in ("daemon plain (native path)", "oip p50 us plain") else f"  ratio to plain {v / base:.2f}"
