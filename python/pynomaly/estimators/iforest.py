@@ -14,6 +14,7 @@ import numpy as np
 
 from pynomaly import _core
 from pynomaly._errors import InvalidInputError, NotFittedError
+from pynomaly.estimators import explain as _explain
 from pynomaly.estimators._validation import _FLOATS, resolve_n_jobs
 from pynomaly.estimators.base import BaseDetector, PickleAsBytes, check_memory
 
@@ -240,13 +241,28 @@ class IsolationForest(PickleAsBytes, BaseDetector):
             r, c = np.argwhere(~np.isfinite(X32))[0]
             raise InvalidInputError(f"X has {X[r, c]!r} at row {r}, column {c}, which is not a finite float32; "
                                     "impute or clip it first")
+        return self._native_attributions(X32, method, output)
+
+    def _native_attributions(self, X, method: str, output: str) -> tuple:
+        """``(values, base_values)`` of rows X by a native method ("tree_shap" or "path"); X is
+        converted to float32 by the binding as ``_explain`` converts it, finite values checked there."""
         explainer, scale = self._explainer_and_scale()
         n_jobs = 1 if self.n_jobs is None else resolve_n_jobs(self.n_jobs)
-        values = (explainer.tree_shap if method == "tree_shap" else explainer.path)(X32, n_jobs)
+        values = (explainer.tree_shap if method == "tree_shap" else explainer.path)(X, n_jobs)
         if output != "log2_score":
             return values, np.full(X.shape[0], explainer.expected_value)
         values *= scale
         return values, np.full(X.shape[0], explainer.expected_value * scale)
+
+    def _explain_checked_rows(self, X, method):
+        if method is None:
+            method = next(iter(self._explain_methods))
+        if method not in ("tree_shap", "path"):
+            return super()._explain_checked_rows(X, method)
+        values, base = self._native_attributions(X, method, "log2_score")
+        return _explain.Explanation(values=values, base_values=base,
+                                    feature_names=_explain.feature_names_of(self, X.shape[1]), output="log2_score",
+                                    method=method, data=np.asarray(X, dtype=np.float64))
 
     # -- parameters ------------------------------------------------------------------------
     def _resolve_max_samples(self, n: int) -> int:
