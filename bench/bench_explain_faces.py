@@ -3,9 +3,10 @@ single-row requests, side by side in one run, alternating rounds.
 
     python bench/bench_explain_faces.py [--requests 3000] [--rounds 3]
 
-- daemon: pynomaly.Client, one connection, one row per request: plain (the native path),
-  plain through the Python path (--no-fast-path daemon), and want=["attributions"] with
-  explain_method "path" and "tree_shap" (the Python path: PROTOCOL.md, "Attributions").
+- daemon: pynomaly.Client, one connection, one row per request: plain and
+  want=["attributions"] with explain_method "path" and "tree_shap", each on the native path
+  (the default daemon; forests' attributions are answered there since explain3) and on the
+  Python path (a --no-fast-path daemon); ratios to plain on the same path.
 - OIP: JSON infer of one row over a kept-alive connection, p50 latency: scores+labels against
   scores+labels+attributions ("path", "tree_shap").
 A 100-tree IsolationForest on cardio serves throughout.
@@ -91,6 +92,10 @@ def main() -> None:
         "daemon attributions path": lambda: daemon_rate(fast.sock, X, args.requests, want=want, explain_method="path"),
         "daemon attributions tree_shap": lambda: daemon_rate(fast.sock, X, args.requests, want=want,
                                                              explain_method="tree_shap"),
+        "daemon attributions path (Python path)": lambda: daemon_rate(slow.sock, X, args.requests, want=want,
+                                                                      explain_method="path"),
+        "daemon attributions tree_shap (Python path)": lambda: daemon_rate(slow.sock, X, args.requests, want=want,
+                                                                           explain_method="tree_shap"),
         "oip p50 us plain": lambda: oip_p50(port, token, X, args.requests // 3, ["scores", "labels"], None),
         "oip p50 us attributions path": lambda: oip_p50(port, token, X, args.requests // 3, want,
                                                         {"explain_method": "path"}),
@@ -107,11 +112,15 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in got.items()}
     for k, v in med.items():
         unit = "" if k.startswith("oip") else " req/s"
-        base = med["oip p50 us plain"] if k.startswith("oip") else med["daemon plain (native path)"]
-        extra = "" if k.startswith("daemon plain (native") or k == "oip p50 us plain" else f"  ratio to plain {v / base:.2f}"
-        if k.startswith("daemon attributions"):
-            extra += f"  (to the Python path {v / med['daemon plain (Python path)']:.2f})"
-        print(f"{k:36s} {v:10.0f}{unit}{extra}")
+        python = "(Python path)" in k and k != "daemon plain (Python path)"
+        base = (med["oip p50 us plain"] if k.startswith("oip")
+                else med["daemon plain (Python path)" if python else "daemon plain (native path)"])
+        extra = "" if k in ("daemon plain (native path)", "oip p50 us plain") else f"  ratio to plain {v / base:.2f}"
+        if k == "daemon plain (Python path)":
+            extra += " (of the native path's)"
+        elif k.startswith("daemon attributions"):
+            extra += " (the same path's plain)"
+        print(f"{k:44s} {v:10.0f}{unit}{extra}")
 
 
 if __name__ == "__main__":

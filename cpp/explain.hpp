@@ -63,6 +63,7 @@ private:
     void shap_tree_rows(const Tree& t, const float* X, int64_t r0, int64_t n, int64_t R, double* acc,
                         std::vector<uint64_t>& mask, bool avx512) const;
     void direct_leaf(const Leaf& l, uint64_t agree, double* phi, int64_t stride) const;
+    void path_one_row(const float* x, double* phi) const;
 
     int64_t d_ = 0;
     double expected_ = 0.0;

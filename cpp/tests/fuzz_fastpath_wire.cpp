@@ -22,8 +22,8 @@ void put_array(std::string& o, unsigned n) { o.push_back(static_cast<char>(0x90 
 // A valid Detect body with random id, name, version, want, dtype and rows.
 std::string valid_body(std::mt19937_64& rng) {
     std::string o;
-    const bool with_version = rng() % 2, with_want = rng() % 2;
-    put_map(o, 4 + with_version + with_want);
+    const bool with_version = rng() % 2, with_want = rng() % 2, with_method = rng() % 4 == 0;
+    put_map(o, 4 + with_version + with_want + with_method);
     put_key(o, "op");
     put_key(o, "detect");
     put_key(o, "id");
@@ -41,7 +41,14 @@ std::string valid_body(std::mt19937_64& rng) {
         put_key(o, "want");
         const unsigned n = static_cast<unsigned>(rng() % 3);
         put_array(o, n);
-        for (unsigned i = 0; i < n; ++i) put_key(o, rng() % 2 ? "scores" : "labels");
+        static const char* const wants[3] = {"scores", "labels", "attributions"};
+        for (unsigned i = 0; i < n; ++i) put_key(o, wants[rng() % 3]);
+    }
+    if (with_method) {
+        put_key(o, "explain_method");
+        static const char* const methods[3] = {"tree_shap", "path", "nope"};
+        if (rng() % 4 == 0) o.push_back('\xc0');
+        else put_key(o, methods[rng() % 3]);
     }
     put_key(o, "rows");
     put_map(o, 3);
@@ -119,7 +126,10 @@ int main(int argc, char** argv) {
         }
         (void)all_finite(q);  // reads every value: the sanitizer checks the bounds
         reply.clear();
-        put_reply(reply, q, std::string(reinterpret_cast<const char*>(q.name), q.name_len), 3, 0.5, scores.data());
+        std::vector<double> values(static_cast<size_t>(q.n * q.d));
+        const Explained e{values.data(), q.d, "path", "log2_score"};
+        put_reply(reply, q, std::string(reinterpret_cast<const char*>(q.name), q.name_len), 3, 0.5, scores.data(),
+                  q.attributions ? &e : nullptr);
         const uint64_t framed = (uint64_t(uint8_t(reply[0])) << 24) | (uint64_t(uint8_t(reply[1])) << 16) |
                                 (uint64_t(uint8_t(reply[2])) << 8) | uint8_t(reply[3]);
         if (framed + 4 != reply.size()) {

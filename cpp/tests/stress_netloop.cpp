@@ -36,15 +36,23 @@ void check(bool ok, const char* what) {
 
 constexpr int64_t kD = 5;
 
-std::string detect_frame(uint64_t id, const std::vector<double>& rows, int64_t n, bool fast_op) {
+// explain: 0 plain, else want: ["attributions"] with explain_method "tree_shap" (1) or "path" (2).
+std::string detect_frame(uint64_t id, const std::vector<double>& rows, int64_t n, bool fast_op, int explain = 0) {
     std::string o(4, '\0');
-    o.push_back(static_cast<char>(0x84));
+    o.push_back(static_cast<char>(0x84 + (explain ? 2 : 0)));
     put_key(o, "op");
     put_key(o, fast_op ? "detect" : "detekt");  // an unknown op: handed over
     put_key(o, "id");
     put_int(o, false, id);
     put_key(o, "detector");
     put_key(o, "m");
+    if (explain) {
+        put_key(o, "want");
+        o.push_back(static_cast<char>(0x91));
+        put_key(o, "attributions");
+        put_key(o, "explain_method");
+        put_key(o, explain == 1 ? "tree_shap" : "path");
+    }
     put_key(o, "rows");
     o.push_back(static_cast<char>(0x83));
     put_key(o, "dtype");
@@ -128,7 +136,10 @@ int main(int argc, char** argv) {
     const Forest forest = Forest::train(MatrixView{train.data(), 2000, kD, kD, 1, false}, ForestParams{20, 128, 0, 1}, 1,
                                         CancelCheck{});
     auto model = std::make_shared<netloop::Model>();
-    model->s = Served{&forest, kD, 0.55, "m", 3};
+    model->s = Served{&forest, kD, 0.55, "m", 3, std::make_shared<const LazyExplainer>(&forest)};
+    // What attribution replies must hold: the kernels called directly (fastpath_explain.hpp).
+    const ForestExplainer reference(forest);
+    const double scale = -1.0 / average_path_length(static_cast<double>(forest.nodes().psi));
 
     const std::string path = "/tmp/stress_netloop_" + std::to_string(getpid()) + ".sock";
     ::unlink(path.c_str());
@@ -208,7 +219,9 @@ int main(int argc, char** argv) {
                 for (double& v : rows) v = normal(rng) * 2;
                 const uint64_t id = static_cast<uint64_t>(c) * 100000 + static_cast<uint64_t>(i);
                 const bool op_ok = rng() % 6 != 0;
-                const std::string f = detect_frame(id, rows, n, op_ok);
+                // Some ask for attributions: the loop threads build the explainer once, together.
+                const int explain = rng() % 5 == 0 ? 1 + static_cast<int>(rng() % 2) : 0;
+                const std::string f = detect_frame(id, rows, n, op_ok, explain);
                 stream += f;
                 if (op_ok && n <= 64) {
                     std::vector<double> s(static_cast<size_t>(n));
@@ -216,8 +229,19 @@ int main(int argc, char** argv) {
                     Request q;
                     q.id = id;
                     q.n = n;
+                    std::vector<float> x32(rows.begin(), rows.end());
+                    std::vector<double> phi(static_cast<size_t>(n * kD));
+                    if (explain) {
+                        q.scores = q.labels = false;
+                        q.attributions = true;
+                        q.explain = explain == 1 ? kExplainTreeShap : kExplainPath;
+                        if (explain == 1) reference.tree_shap(x32.data(), n, phi.data(), 1, CancelCheck{});
+                        else reference.path(x32.data(), n, phi.data(), 1, CancelCheck{});
+                        for (double& v : phi) v *= scale;
+                    }
+                    const Explained e = explained_of(q, phi.data(), kD);
                     std::string r;
-                    put_reply(r, q, "m", 3, 0.55, s.data());
+                    put_reply(r, q, "m", 3, 0.55, s.data(), explain ? &e : nullptr);
                     expected[id] = r;
                 }
                 handed_ids[f.size() - 4] += 0;  // known lengths

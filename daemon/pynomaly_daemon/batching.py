@@ -10,7 +10,8 @@
   would overtake in the pool anyway.
 - A request asking for attributions (``want: ["attributions"]``) is scored alone on a path
   that keeps its rows, since an explanation needs them and not only their scores: inline for
-  one row of a native detector, else in the pool (the native paths hand such frames here).
+  one row of a native detector, else in the pool (the native paths answer an isolation
+  forest's themselves and hand every other such frame here).
 - A batch that fails (say one request holds a NaN) is rescored request by request, so one bad
   request does not fail its neighbours and the error names the right row.
 """

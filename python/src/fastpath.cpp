@@ -192,6 +192,7 @@ void register_fastpath(py::module_& m) {
                  s.threshold = threshold;
                  s.name = name;
                  s.version = version;
+                 s.explainer = std::make_shared<const LazyExplainer>(s.forest);
                  return sf;
              }),
              py::arg("forest"), py::arg("n_features"), py::arg("threshold"), py::arg("name"), py::arg("version"))

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "fastpath_explain.hpp"
 #include "fastpath_wire.hpp"
 #include "iforest.hpp"
 
@@ -25,12 +26,15 @@ struct Served {
     double threshold = 0;
     std::string name;  // UTF-8
     int64_t version = 0;
+    std::shared_ptr<const LazyExplainer> explainer;  // for requests asking for attributions
 };
 
 struct Batch {
     std::vector<Request> requests;
     std::vector<unsigned char> rows;  // the requests' rows, aligned and contiguous
     std::vector<double> scores;
+    std::vector<float> x32;    // a float64 request's rows as float32, for its attributions
+    std::vector<double> phi;   // attributions, at the rows of the requests that ask for them
     int64_t n_rows = 0;
     bool f32 = false;
 
@@ -200,9 +204,16 @@ inline bool score_batch(Batch& b, const Served& s, std::string& out) {
     } catch (const InvalidInput&) {
         return false;
     }
+    bool explain = false;
+    for (const Request& q : b.requests) explain |= q.attributions;
+    if (explain && (s.explainer == nullptr || !explain_requests(b.requests, b.n_rows, b.f32, rows, s.n_features, *s.explainer,
+                                                                b.x32, b.phi)))
+        return false;
     int64_t row = 0;
     for (const Request& q : b.requests) {
-        put_reply(out, q, s.name, s.version, s.threshold, b.scores.data() + row);
+        Explained e;
+        if (q.attributions) e = explained_of(q, b.phi.data() + row * s.n_features, s.n_features);
+        put_reply(out, q, s.name, s.version, s.threshold, b.scores.data() + row, q.attributions ? &e : nullptr);
         row += q.n;
     }
     return true;

@@ -115,6 +115,10 @@ inline bool equals(const uint8_t* s, uint32_t len, const char* lit) {
     return len == std::strlen(lit) && std::memcmp(s, lit, len) == 0;
 }
 
+// A request's explain_method as the native path knows them (an isolation forest's); any other
+// name is the Python path's to answer.
+constexpr uint8_t kExplainDefault = 0, kExplainTreeShap = 1, kExplainPath = 2;
+
 struct Request {
     bool id_neg = false;
     uint64_t id = 0;
@@ -124,6 +128,8 @@ struct Request {
     bool version_neg = false;
     uint64_t version = 0;
     bool scores = true, labels = true;  // `want` absent or nil: scores and labels
+    bool attributions = false;          // `want` names "attributions" (fastpath_explain.hpp)
+    uint8_t explain = kExplainDefault;  // `explain_method`, for a forest
     bool f32 = false;
     int64_t n = 0, d = 0;
     const uint8_t* data = nullptr;
@@ -169,12 +175,26 @@ inline bool parse_rows(Reader& r, Request& q, int64_t max_rows) {
     return true;
 }
 
+// explain_method: nil, or the name of a forest's method.
+inline bool parse_explain_method(Reader& r, Request& q) {
+    if (r.nil()) return true;
+    const uint8_t* s;
+    uint32_t sl;
+    if (!r.str(s, sl)) return false;
+    if (equals(s, sl, "tree_shap")) q.explain = kExplainTreeShap;
+    else if (equals(s, sl, "path")) q.explain = kExplainPath;
+    else return false;
+    return true;
+}
+
 // A whole frame body as a fast request: {"op": "detect", "id": int, "detector": str,
-// "version"?: nil|int, "want"?: nil|[("scores"|"labels")...], "rows": rows}, each key once.
+// "version"?: nil|int, "want"?: nil|[("scores"|"labels"|"attributions")...],
+// "explain_method"?: nil|"tree_shap"|"path", "rows": rows}, each key once; explain_method only
+// with attributions (else the Python path's error).
 inline bool parse_detect(const uint8_t* body, uint32_t len, Request& q, int64_t max_rows) {
     Reader r{body, body + len};
     uint32_t fields;
-    if (!r.map(fields) || fields > 6) return false;
+    if (!r.map(fields) || fields > 7) return false;
     unsigned seen = 0;
     for (uint32_t i = 0; i < fields; ++i) {
         const uint8_t* k;
@@ -187,6 +207,7 @@ inline bool parse_detect(const uint8_t* body, uint32_t len, Request& q, int64_t 
         else if (equals(k, kl, "version")) bit = 8;
         else if (equals(k, kl, "want")) bit = 16;
         else if (equals(k, kl, "rows")) bit = 32;
+        else if (equals(k, kl, "explain_method")) bit = 64;
         else return false;
         if (seen & bit) return false;
         seen |= bit;
@@ -221,6 +242,7 @@ inline bool parse_detect(const uint8_t* body, uint32_t len, Request& q, int64_t 
                         if (!r.str(s, sl)) return false;
                         if (equals(s, sl, "scores")) q.scores = true;
                         else if (equals(s, sl, "labels")) q.labels = true;
+                        else if (equals(s, sl, "attributions")) q.attributions = true;
                         else return false;  // probabilities, anomalies, or invalid: the Python path
                     }
                 }
@@ -228,8 +250,12 @@ inline bool parse_detect(const uint8_t* body, uint32_t len, Request& q, int64_t 
             case 32:
                 if (!parse_rows(r, q, max_rows)) return false;
                 break;
+            case 64:
+                if (!parse_explain_method(r, q)) return false;
+                break;
         }
     }
+    if (q.explain != kExplainDefault && !q.attributions) return false;
     return (seen & (1 | 2 | 4 | 32)) == (1 | 2 | 4 | 32) && r.p == r.end;  // nothing trailing
 }
 
@@ -296,13 +322,34 @@ inline bool all_finite(const Request& q) {
     return true;
 }
 
+// The attributions of a request's rows for its reply: values (n x d, row after row) and the
+// names of the method and output they came from.
+struct Explained {
+    const double* values = nullptr;
+    int64_t d = 0;
+    const char* method = nullptr;
+    const char* output = nullptr;
+};
+
+inline void put_explained(std::string& out, const Request& q, const Explained& e) {
+    const size_t bytes = static_cast<size_t>(8 * q.n * e.d);
+    put_key(out, "attributions");
+    put_bin_header(out, bytes);
+    out.append(reinterpret_cast<const char*>(e.values), bytes);
+    put_key(out, "explain_method");
+    put_key(out, e.method);
+    put_key(out, "explain_output");
+    put_key(out, e.output);
+}
+
 // One reply frame (4-byte big-endian length, then the map) for request q, whose scores are
-// scores[0 .. q.n): the fields of DetectReply in its order, absent arrays omitted.
+// scores[0 .. q.n): the fields of DetectReply in its order, absent arrays omitted; explained:
+// the attributions q asked for (else nullptr).
 inline void put_reply(std::string& out, const Request& q, const std::string& name, int64_t version,
-                      double threshold, const double* scores) {
+                      double threshold, const double* scores, const Explained* explained = nullptr) {
     const size_t frame_at = out.size();
     out.append(4, '\0');
-    const int n_fields = 6 + q.scores + q.labels;
+    const int n_fields = 6 + q.scores + q.labels + (explained != nullptr ? 3 : 0);
     out.push_back(static_cast<char>(0x80 | n_fields));
     put_key(out, "op");
     put_key(out, "detect");
@@ -329,6 +376,7 @@ inline void put_reply(std::string& out, const Request& q, const std::string& nam
         put_bin_header(out, static_cast<size_t>(q.n));
         for (int64_t i = 0; i < q.n; ++i) out.push_back(is_anomaly(scores[i], threshold) ? '\1' : '\0');
     }
+    if (explained != nullptr) put_explained(out, q, *explained);
     const uint64_t body = out.size() - frame_at - 4;
     for (int i = 0; i < 4; ++i) out[frame_at + i] = static_cast<char>((body >> (8 * (3 - i))) & 0xff);
 }

@@ -1,5 +1,6 @@
 """want: ["attributions"] through a real daemon (issue 22): the detector's own explanation, bit
-for bit, on the Python path (which the native paths hand such frames to), and clear errors."""
+for bit, on the native path (forests, test_daemon_attributions_native.py) and the Python path
+(every other detector, and what the native path does not know), and clear errors."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daemon(models, tmp_path_factory):
-    # Native loop and fast path on (the defaults): frames asking for attributions go to Python.
+    # Native loop and fast path on (the defaults): a forest's attributions are the native path's.
     d = DaemonProcess(tmp_path_factory.mktemp("sock"), models[0])
     yield d
     assert d.stop() == 0
@@ -55,9 +56,12 @@ def test_explain_method_is_the_requests(daemon, models):
     with pynomaly.Client(daemon.sock) as c:
         fast = c.stats().fast_path_requests
         r = c.detect("forest", X, want=["attributions"], explain_method="path")
-        assert c.stats().fast_path_requests == fast  # handed to the Python path
-        plain = c.detect("forest", X)  # still the native path's, without attributions
-        assert c.stats().fast_path_requests == fast + 1
+        assert c.stats().fast_path_requests == fast + 1  # a forest's: the native path answers it
+        knn = c.detect("knn", X, want=["attributions"])
+        assert c.stats().fast_path_requests == fast + 1  # any other detector's: the Python path
+        plain = c.detect("forest", X)  # the native path's, without attributions
+        assert c.stats().fast_path_requests == fast + 2
+    np.testing.assert_array_equal(knn.attributions, models[1]["knn"].explain(X).values)
     np.testing.assert_array_equal(r.attributions, model.explain(X, method="path").values)
     assert r.explain_method == "path" and r.scores is None
     assert plain.attributions is None and plain.explain_method is None

@@ -401,7 +401,7 @@ def test_loop_alone_under_sanitizers(tmp_path, sanitizers):
         ["g++", "-std=c++17", "-O1", "-g", f"-fsanitize={sanitizers}", "-fno-sanitize-recover=all", "-Wall", "-Wextra",
          "-Werror", "-Wno-maybe-uninitialized", "-ffp-contract=off", "-pthread", "-Icpp", "-Ipython/src",
          "cpp/tests/stress_netloop.cpp", "python/src/netloop.cpp", "cpp/common.cpp", "cpp/iforest.cpp",
-         "cpp/iforest_kernels.cpp", "-o", str(exe)],
+         "cpp/iforest_kernels.cpp", "cpp/explain.cpp", "-o", str(exe)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     if build.returncode != 0 and ("asan" in build.stderr or "tsan" in build.stderr or "ubsan" in build.stderr):

@@ -252,3 +252,16 @@ def test_very_large_trees_use_shorter_chunks_with_the_same_values():
                                atol=1e-10)
     direct = _core.ForestExplainer(forest, max_table_bits=0).tree_shap(rows)
     np.testing.assert_allclose(values, direct, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("method", ["tree_shap", "path"])
+def test_a_row_explained_alone_or_in_a_batch_gives_the_same_bits(method):
+    """A served request explains its few rows alone (a chunk sized to them, rows past the last
+    whole vector one by one): the same bits as in any batch."""
+    X, _ = load_dataset("cardio")
+    model = IsolationForest(n_estimators=30, random_state=0).fit(X)
+    rows = X[:45]
+    whole = model.explain(rows, method=method).values
+    for n in (1, 3, 8, 9, 17):
+        parts = [model.explain(rows[a:a + n], method=method).values for a in range(0, len(rows), n)]
+        np.testing.assert_array_equal(np.concatenate(parts), whole, err_msg=f"{n} rows per call")

@@ -34,6 +34,24 @@ def test_detect_fills_the_detectors_own_attributions(forest, data, method):
     np.testing.assert_array_equal(r.scores, forest.decision_function(X))
 
 
+@pytest.mark.parametrize("method", [None, "tree_shap", "path", "permutation"])
+@pytest.mark.parametrize("rows", [1, 5, 40])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_serving_entry_explains_as_the_library(forest, data, method, rows, dtype):
+    """Scorer.explain takes the forest's cheap entry for rows in hand (the kernel called on the
+    cached explainer, no second validation): the library's Explanation, bit for bit."""
+    X = data[100:100 + rows].astype(dtype)
+    if method == "permutation":  # not a native method: the library's own explain, with its error
+        with pytest.raises(InvalidInputError, match="background"):
+            Scorer.of(forest, "f").explain(X, method)
+        return
+    got, want = Scorer.of(forest, "f").explain(X, method), forest.explain(X, method=method)
+    np.testing.assert_array_equal(got.values, want.values)
+    np.testing.assert_array_equal(got.base_values, want.base_values)
+    np.testing.assert_array_equal(got.data, want.data)
+    assert (got.method, got.output, got.feature_names) == (want.method, want.output, want.feature_names)
+
+
 def test_knn_attributions(data):
     knn = pynomaly.KNN(n_neighbors=5).fit(data[:500])
     X = data[500:520]

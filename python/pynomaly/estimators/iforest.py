@@ -14,6 +14,7 @@ import numpy as np
 
 from pynomaly import _core
 from pynomaly._errors import InvalidInputError, NotFittedError
+from pynomaly.estimators import explain as _explain
 from pynomaly.estimators._validation import _FLOATS, resolve_n_jobs
 from pynomaly.estimators.base import BaseDetector, PickleAsBytes, check_memory
 
@@ -220,11 +221,17 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         return super().explain(X, method, output, background=background)
 
     def _explainer(self) -> "_core.ForestExplainer":
+        return self._explainer_and_scale()[0]
+
+    def _explainer_and_scale(self) -> tuple:
+        """The forest's native explainer and the factor from path-length values to log2_score
+        ones (-1 / c(psi)), built once per forest and cached: a served row pays neither."""
         cached = self.__dict__.get("_explainer_cache")
         if cached is None or cached[0] is not self._forest:
-            cached = (self._forest, _core.ForestExplainer(self._forest))
+            forest = self._forest
+            cached = (forest, _core.ForestExplainer(forest), -1.0 / _core.average_path_length(float(forest.psi)))
             object.__setattr__(self, "_explainer_cache", cached)
-        return cached[1]
+        return cached[1], cached[2]
 
     def _explain(self, X, method, output, background):
         if method == "permutation":
@@ -234,15 +241,28 @@ class IsolationForest(PickleAsBytes, BaseDetector):
             r, c = np.argwhere(~np.isfinite(X32))[0]
             raise InvalidInputError(f"X has {X[r, c]!r} at row {r}, column {c}, which is not a finite float32; "
                                     "impute or clip it first")
-        explainer = self._explainer()
+        return self._native_attributions(X32, method, output)
+
+    def _native_attributions(self, X, method: str, output: str) -> tuple:
+        """``(values, base_values)`` of rows X by a native method ("tree_shap" or "path"); X is
+        converted to float32 by the binding as ``_explain`` converts it, finite values checked there."""
+        explainer, scale = self._explainer_and_scale()
         n_jobs = 1 if self.n_jobs is None else resolve_n_jobs(self.n_jobs)
-        values = (explainer.tree_shap if method == "tree_shap" else explainer.path)(X32, n_jobs)
-        base = np.full(X.shape[0], explainer.expected_value)
-        if output == "log2_score":
-            scale = -1.0 / _core.average_path_length(float(self._forest.psi))
-            values *= scale
-            base *= scale
-        return values, base
+        values = (explainer.tree_shap if method == "tree_shap" else explainer.path)(X, n_jobs)
+        if output != "log2_score":
+            return values, np.full(X.shape[0], explainer.expected_value)
+        values *= scale
+        return values, np.full(X.shape[0], explainer.expected_value * scale)
+
+    def _explain_checked_rows(self, X, method):
+        if method is None:
+            method = next(iter(self._explain_methods))
+        if method not in ("tree_shap", "path"):
+            return super()._explain_checked_rows(X, method)
+        values, base = self._native_attributions(X, method, "log2_score")
+        return _explain.Explanation(values=values, base_values=base,
+                                    feature_names=_explain.feature_names_of(self, X.shape[1]), output="log2_score",
+                                    method=method, data=np.asarray(X, dtype=np.float64))
 
     # -- parameters ------------------------------------------------------------------------
     def _resolve_max_samples(self, n: int) -> int:

@@ -172,7 +172,8 @@ class Scorer:
         if method is not None and not isinstance(method, str):
             raise InvalidInputError(f"explain_method must be a method name (a string) or absent, got {method!r}")
         self._check_features(X)
-        explanation = explain(X, method=method)
+        checked = getattr(self.model, "_explain_checked_rows", None)  # a pynomaly detector's cheap entry
+        explanation = explain(X, method=method) if checked is None else checked(X, method)
         names = v.feature_names
         if names and len(names) == X.shape[1] and tuple(explanation.feature_names) != names:
             # the stored names (a CSV header) over generated ones
