@@ -118,6 +118,11 @@ inline bool equals(const uint8_t* s, uint32_t len, const char* lit) {
 // A request's explain_method as the native path knows them (an isolation forest's); any other
 // name is the Python path's to answer.
 constexpr uint8_t kExplainDefault = 0, kExplainTreeShap = 1, kExplainPath = 2;
+// The most rows of one request whose TreeSHAP (the forest's default method: a third of a
+// millisecond a row at 100 trees) the loop computes itself: more would stall every other
+// connection of its thread, so larger ones go to the host's worker threads. The path method
+// costs a few microseconds a row: up to the loop's row limits.
+constexpr int64_t kTreeShapLoopRows = 8;
 
 struct Request {
     bool id_neg = false;
@@ -190,7 +195,7 @@ inline bool parse_explain_method(Reader& r, Request& q) {
 // A whole frame body as a fast request: {"op": "detect", "id": int, "detector": str,
 // "version"?: nil|int, "want"?: nil|[("scores"|"labels"|"attributions")...],
 // "explain_method"?: nil|"tree_shap"|"path", "rows": rows}, each key once; explain_method only
-// with attributions (else the Python path's error).
+// with attributions (else the Python path's error); TreeSHAP for at most kTreeShapLoopRows rows.
 inline bool parse_detect(const uint8_t* body, uint32_t len, Request& q, int64_t max_rows) {
     Reader r{body, body + len};
     uint32_t fields;
@@ -256,6 +261,7 @@ inline bool parse_detect(const uint8_t* body, uint32_t len, Request& q, int64_t 
         }
     }
     if (q.explain != kExplainDefault && !q.attributions) return false;
+    if (q.attributions && q.explain != kExplainPath && q.n > kTreeShapLoopRows) return false;
     return (seen & (1 | 2 | 4 | 32)) == (1 | 2 | 4 | 32) && r.p == r.end;  // nothing trailing
 }
 

@@ -65,7 +65,7 @@ def expected_reply(model, e, f: bytes) -> bytes:
 def test_replies_equal_the_python_paths_bytes(model, hot, method, dtype):
     X = cardio()
     rng = np.random.default_rng(7)
-    sizes = [1, 3, 9, 1, 30, 2]
+    sizes = [1, 3, 8, 1, 6, 2] if method != "path" else [1, 3, 9, 1, 30, 2]  # TreeSHAP: <= 8 rows a request
     frames = []
     for i, n in enumerate(sizes):
         fields = {} if method is None else {"explain_method": method}
@@ -93,6 +93,15 @@ def test_what_the_native_path_does_not_answer_is_left_to_python(hot, fields):
     f = frame(body(rows=raw_rows(cardio()[:2]), **fields))
     pos, replies, entry, n_req, *_ = serve(f, hot)
     assert (pos, replies, n_req) == (0, None, 0)
+
+
+@pytest.mark.parametrize("method", [None, "tree_shap"])
+def test_treeshap_of_more_rows_than_the_loop_may_stall_for_is_left_to_python(model, hot, method):
+    fields = {} if method is None else {"explain_method": method}
+    few = frame(body(rows=raw_rows(cardio()[:8]), want=["attributions"], **fields))
+    many = frame(body(id=2, rows=raw_rows(cardio()[:9]), want=["attributions"], **fields))
+    pos, replies, entry, n_req, *_ = serve(few + many, hot)
+    assert (pos, n_req) == (len(few), 1) and replies == expected_reply(model, entry, few)
 
 
 def test_a_nil_explain_method_is_the_default(model, hot):
