@@ -6,12 +6,65 @@
 #include <cmath>
 #include <limits>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PYNOMALY_OIF_X86 1
+#endif
+
 namespace pynomaly {
 
 namespace {
 constexpr uint32_t kOifVersion = 1;
 constexpr int32_t kMaxDepth = 64;  // far above any depth limit a 2**40 window allows (20)
 constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// A leaf's box widened to take x in: lo = min(lo, x), hi = max(hi, x) per feature.
+void widen(double* lo, double* hi, const double* x, int64_t d) {
+    for (int64_t j = 0; j < d; ++j) {
+        lo[j] = std::min(lo[j], x[j]);
+        hi[j] = std::max(hi[j], x[j]);
+    }
+}
+
+// `count` draws of rng.uniform(), in order.
+void uniforms(SplitMix& rng, double* out, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) out[i] = rng.uniform();
+}
+
+#ifdef PYNOMALY_OIF_X86
+// The same, eight features at a time. min_pd(v, lo) is v where v < lo, else lo: std::min(lo, v).
+__attribute__((target("avx512f"))) void widen_avx512(double* lo, double* hi, const double* x, int64_t d) {
+    for (int64_t j = 0; j < d; j += 8) {
+        const __mmask8 m = d - j >= 8 ? 0xFF : static_cast<__mmask8>((1u << (d - j)) - 1);
+        const __m512d v = _mm512_maskz_loadu_pd(m, x + j);
+        _mm512_mask_storeu_pd(lo + j, m, _mm512_min_pd(v, _mm512_maskz_loadu_pd(m, lo + j)));
+        _mm512_mask_storeu_pd(hi + j, m, _mm512_max_pd(v, _mm512_maskz_loadu_pd(m, hi + j)));
+    }
+}
+
+// The same draws eight at a time: splitmix's state is a counter (draw k mixes state + k * gamma),
+// so eight consecutive draws are eight independent mixes, and the state advances by count * gamma.
+__attribute__((target("avx512f,avx512dq"))) void uniforms_avx512(SplitMix& rng, double* out, int64_t count) {
+    const uint64_t gamma = 0x9E3779B97F4A7C15ull;
+    using ll = long long;
+    __m512i s = _mm512_set_epi64(ll(rng.state + 8 * gamma), ll(rng.state + 7 * gamma), ll(rng.state + 6 * gamma),
+                                 ll(rng.state + 5 * gamma), ll(rng.state + 4 * gamma), ll(rng.state + 3 * gamma),
+                                 ll(rng.state + 2 * gamma), ll(rng.state + gamma));
+    const __m512i step = _mm512_set1_epi64(ll(gamma * 8)), c1 = _mm512_set1_epi64(ll(0xBF58476D1CE4E5B9ull)),
+                  c2 = _mm512_set1_epi64(ll(0x94D049BB133111EBull));
+    const __m512d scale = _mm512_set1_pd(1.0 / 9007199254740992.0);
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        __m512i z = _mm512_mullo_epi64(_mm512_xor_si512(s, _mm512_srli_epi64(s, 30)), c1);
+        z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), c2);
+        z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+        _mm512_storeu_pd(out + i, _mm512_mul_pd(_mm512_cvtepu64_pd(_mm512_srli_epi64(z, 11)), scale));
+        s = _mm512_add_epi64(s, step);
+    }
+    rng.state += gamma * static_cast<uint64_t>(i);
+    for (; i < count; ++i) out[i] = rng.uniform();
+}
+#endif
 }  // namespace
 
 void OnlineIsolationForest::check_params(const OifParams& p, int64_t n_features) {
@@ -171,19 +224,29 @@ double OnlineIsolationForest::learn_at_leaf(Tree& t, const double* x, int32_t no
     ++nd->count;
     double* lo = &t.lo[node * d_];
     double* hi = &t.hi[node * d_];
-    for (int64_t j = 0; j < d_; ++j) {
-        lo[j] = std::min(lo[j], x[j]);
-        hi[j] = std::max(hi[j], x[j]);
-    }
+#ifdef PYNOMALY_OIF_X86
+    if (avx512_)
+        widen_avx512(lo, hi, x, d_);
+    else
+#endif
+        widen(lo, hi, x, d_);
     if (static_cast<double>(nd->count) >= split_size(nd->depth) && nd->depth < depth_limit) {
         // As many points as the leaf counted, uniform in its box, grown into a subtree.
         const int64_t n = nd->count;
         const int32_t depth = nd->depth;
-        points_.resize(static_cast<size_t>(n * d_));  // kept between splits: no allocation per split
+        // Buffers kept between splits: no allocation per split.
+        points_.resize(static_cast<size_t>(n * d_));
         order_.resize(static_cast<size_t>(n));
+        draws_.resize(static_cast<size_t>(n * d_));
+#ifdef PYNOMALY_OIF_X86
+        if (avx512_)
+            uniforms_avx512(t.rng, draws_.data(), n * d_);
+        else
+#endif
+            uniforms(t.rng, draws_.data(), n * d_);
         for (int64_t i = 0; i < n; ++i) {
             order_[i] = i;
-            for (int64_t j = 0; j < d_; ++j) points_[j * n + i] = lo[j] + (hi[j] - lo[j]) * t.rng.uniform();
+            for (int64_t j = 0; j < d_; ++j) points_[j * n + i] = lo[j] + (hi[j] - lo[j]) * draws_[i * d_ + j];
         }
         t.free.push_back(node);
         const int32_t sub = build(t, n, 0, n, depth, depth_limit);
@@ -233,6 +296,12 @@ double OnlineIsolationForest::learn_row(const double* x) {
         const int m = std::min(kGroup, n_trees - g0);
         int32_t leaf[kGroup], parent[kGroup];
         descend_learning(&trees_[g0], m, x, leaf, parent);
+        // The leaves' boxes are widened next: fetch them all now, so their misses overlap.
+        for (int g = 0; g < m; ++g)
+            for (int64_t j = 0; j < std::min<int64_t>(d_, 64); j += 8) {
+                __builtin_prefetch(&trees_[g0 + g].lo[leaf[g] * d_ + j], 1);
+                __builtin_prefetch(&trees_[g0 + g].hi[leaf[g] * d_ + j], 1);
+            }
         for (int g = 0; g < m; ++g) depth_sum += learn_at_leaf(trees_[g0 + g], x, leaf[g], parent[g], depth_limit);
     }
     if (n_window_ < p_.window_size) {
@@ -273,10 +342,12 @@ void OnlineIsolationForest::score(const double* X, int64_t rows, double* out, in
 }
 
 void OnlineIsolationForest::learn(const double* X, int64_t rows) {
+    avx512_ = simd_includes(active_simd(), SimdTarget::avx512);
     for (int64_t i = 0; i < rows; ++i) learn_row(X + i * d_);
 }
 
 void OnlineIsolationForest::score_learn(const double* X, int64_t rows, double* out) {
+    avx512_ = simd_includes(active_simd(), SimdTarget::avx512);
     for (int64_t i = 0; i < rows; ++i) {
         if (n_window_ == 0) {  // the first record ever: scored 0, as score_row does
             out[i] = 0.0;
@@ -296,7 +367,8 @@ int64_t OnlineIsolationForest::n_nodes() const {
 
 int64_t OnlineIsolationForest::memory_bytes() const {
     int64_t b = static_cast<int64_t>(sizeof(*this) + (window_.capacity() + split_size_.capacity() +
-                                                      path_length_.capacity() + points_.capacity() + order_.capacity()) * sizeof(double));
+                                                      path_length_.capacity() + points_.capacity() + order_.capacity() +
+                                                      draws_.capacity()) * sizeof(double));
     for (const auto& t : trees_)
         b += static_cast<int64_t>(sizeof(Tree) + t.nodes.capacity() * sizeof(Node) +
                                   (t.lo.capacity() + t.hi.capacity()) * sizeof(double) +

@@ -95,6 +95,8 @@ class OnlineIsolationForest {
     std::vector<double> split_size_, path_length_;
     std::vector<double> points_;  // the points a splitting leaf samples (column-major), reused
     std::vector<int64_t> order_;  // their order as build partitions them
+    std::vector<double> draws_;   // the uniform draws they are made of, in the generator's order
+    bool avx512_ = false;         // the active SIMD target allows AVX-512 (read per learning call)
 };
 
 }  // namespace pynomaly
