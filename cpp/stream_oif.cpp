@@ -17,6 +17,9 @@ namespace {
 constexpr uint32_t kOifVersion = 1;
 constexpr int32_t kMaxDepth = 64;  // far above any depth limit a 2**40 window allows (20)
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// Split buffers up to this many values are kept for the next split (splits of a few hundred
+// points are the steady state); a larger one is freed after use.
+constexpr size_t kKeptPoints = size_t{1} << 13;
 
 // A leaf's box widened to take x in: lo = min(lo, x), hi = max(hi, x) per feature.
 void widen(double* lo, double* hi, const double* x, int64_t d) {
@@ -144,44 +147,43 @@ void OnlineIsolationForest::collapse(Tree& t, int32_t node) {
     t.nodes[node].kid[0] = t.nodes[node].kid[1] = -1;
 }
 
-// Grows an isolation subtree at `depth` on the sampled points order_[begin, end) (points_ is
-// column-major: feature j of point i at j * n + i). Only leaves need their box over every
-// feature; an inner node needs the range of its split feature alone (an inner node's box is
-// never read), so most of a split's work is one pass over each leaf's points. The points are
-// visited in the order the partition leaves them, so every min and max sees the same sequence.
-int32_t OnlineIsolationForest::build(Tree& t, int64_t n, int64_t begin, int64_t end, int32_t depth,
-                                     double depth_limit) {
+void OnlineIsolationForest::widen_box(double* lo, double* hi, const double* x) const {
+#ifdef PYNOMALY_OIF_X86
+    if (avx512_) return widen_avx512(lo, hi, x, d_);
+#endif
+    widen(lo, hi, x, d_);
+}
+
+// Grows an isolation subtree at `depth` on the sampled points order_[begin, end) of points_
+// (row-major, d per point). Only leaves need their box over every feature; an inner node needs
+// the range of its split feature alone (an inner node's box is never read), so most of a
+// split's work is one pass over each leaf's points. Partitioning indices, not rows, visits the
+// points in the order a partition of the rows would, so every min and max sees the same sequence.
+int32_t OnlineIsolationForest::build(Tree& t, int64_t begin, int64_t end, int32_t depth, double depth_limit) {
     const int32_t node = new_node(t);
     const int64_t count = end - begin;
     t.nodes[node].depth = depth;
     t.nodes[node].count = count;
     const int64_t* idx = order_.data();
     if (static_cast<double>(count) < split_size(depth) || depth >= depth_limit) {
-        for (int64_t j = 0; j < d_; ++j) {
-            const double* col = &points_[j * n];
-            double lo = t.lo[node * d_ + j], hi = t.hi[node * d_ + j];
-            for (int64_t i = begin; i < end; ++i) {
-                lo = std::min(lo, col[idx[i]]);
-                hi = std::max(hi, col[idx[i]]);
-            }
-            t.lo[node * d_ + j] = lo;
-            t.hi[node * d_ + j] = hi;
-        }
+        double* lo = &t.lo[node * d_];
+        double* hi = &t.hi[node * d_];
+        for (int64_t i = begin; i < end; ++i) widen_box(lo, hi, &points_[idx[i] * d_]);
         return node;
     }
     const int32_t f = static_cast<int32_t>(t.rng.below(static_cast<uint64_t>(d_)));
-    const double* col = &points_[f * n];
+    const double* col = &points_[f];
     double mn = kInf, mx = -kInf;
     for (int64_t i = begin; i < end; ++i) {
-        mn = std::min(mn, col[idx[i]]);
-        mx = std::max(mx, col[idx[i]]);
+        mn = std::min(mn, col[idx[i] * d_]);
+        mx = std::max(mx, col[idx[i] * d_]);
     }
     const double split = mn + (mx - mn) * t.rng.uniform();
     int64_t mid = begin;  // those below the split first
     for (int64_t i = begin; i < end; ++i)
-        if (col[order_[i]] < split) std::swap(order_[i], order_[mid++]);
-    const int32_t l = build(t, n, begin, mid, depth + 1, depth_limit);
-    const int32_t r = build(t, n, mid, end, depth + 1, depth_limit);
+        if (col[order_[i] * d_] < split) std::swap(order_[i], order_[mid++]);
+    const int32_t l = build(t, begin, mid, depth + 1, depth_limit);
+    const int32_t r = build(t, mid, end, depth + 1, depth_limit);
     Node& nd = t.nodes[node];
     nd.kid[0] = l;
     nd.kid[1] = r;
@@ -224,12 +226,7 @@ double OnlineIsolationForest::learn_at_leaf(Tree& t, const double* x, int32_t no
     ++nd->count;
     double* lo = &t.lo[node * d_];
     double* hi = &t.hi[node * d_];
-#ifdef PYNOMALY_OIF_X86
-    if (avx512_)
-        widen_avx512(lo, hi, x, d_);
-    else
-#endif
-        widen(lo, hi, x, d_);
+    widen_box(lo, hi, x);
     if (static_cast<double>(nd->count) >= split_size(nd->depth) && nd->depth < depth_limit) {
         // As many points as the leaf counted, uniform in its box, grown into a subtree.
         const int64_t n = nd->count;
@@ -237,19 +234,23 @@ double OnlineIsolationForest::learn_at_leaf(Tree& t, const double* x, int32_t no
         // Buffers kept between splits: no allocation per split.
         points_.resize(static_cast<size_t>(n * d_));
         order_.resize(static_cast<size_t>(n));
-        draws_.resize(static_cast<size_t>(n * d_));
 #ifdef PYNOMALY_OIF_X86
         if (avx512_)
-            uniforms_avx512(t.rng, draws_.data(), n * d_);
+            uniforms_avx512(t.rng, points_.data(), n * d_);
         else
 #endif
-            uniforms(t.rng, draws_.data(), n * d_);
-        for (int64_t i = 0; i < n; ++i) {
+            uniforms(t.rng, points_.data(), n * d_);
+        for (int64_t i = 0; i < n; ++i) {  // the draws in place become points: lo + (hi - lo) * u
             order_[i] = i;
-            for (int64_t j = 0; j < d_; ++j) points_[j * n + i] = lo[j] + (hi[j] - lo[j]) * draws_[i * d_ + j];
+            double* p = &points_[i * d_];
+            for (int64_t j = 0; j < d_; ++j) p[j] = lo[j] + (hi[j] - lo[j]) * p[j];
         }
         t.free.push_back(node);
-        const int32_t sub = build(t, n, 0, n, depth, depth_limit);
+        const int32_t sub = build(t, 0, n, depth, depth_limit);
+        if (points_.capacity() > kKeptPoints) {  // a rare large split (the depth limit rising): not held on to
+            std::vector<double>().swap(points_);
+            std::vector<int64_t>().swap(order_);
+        }
         if (parent < 0)
             t.root = sub;
         else
@@ -367,8 +368,8 @@ int64_t OnlineIsolationForest::n_nodes() const {
 
 int64_t OnlineIsolationForest::memory_bytes() const {
     int64_t b = static_cast<int64_t>(sizeof(*this) + (window_.capacity() + split_size_.capacity() +
-                                                      path_length_.capacity() + points_.capacity() + order_.capacity() +
-                                                      draws_.capacity()) * sizeof(double));
+                                                      path_length_.capacity() + points_.capacity() + order_.capacity()) *
+                                                         sizeof(double));
     for (const auto& t : trees_)
         b += static_cast<int64_t>(sizeof(Tree) + t.nodes.capacity() * sizeof(Node) +
                                   (t.lo.capacity() + t.hi.capacity()) * sizeof(double) +

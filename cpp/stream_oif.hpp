@@ -66,7 +66,8 @@ class OnlineIsolationForest {
     void descend_learning(Tree* trees, int m, const double* x, int32_t* leaf, int32_t* parent);
     double learn_at_leaf(Tree& t, const double* x, int32_t node, int32_t parent, double depth_limit);
     void forget(Tree* trees, int m, const double* x);
-    int32_t build(Tree& t, int64_t n, int64_t begin, int64_t end, int32_t depth, double depth_limit);
+    void widen_box(double* lo, double* hi, const double* x) const;  // lo = min(lo, x), hi = max(hi, x)
+    int32_t build(Tree& t, int64_t begin, int64_t end, int32_t depth, double depth_limit);
     int32_t new_node(Tree& t);
     void release_subtree(Tree& t, int32_t node);
     void collapse(Tree& t, int32_t node);
@@ -93,9 +94,8 @@ class OnlineIsolationForest {
     // split_size and path_length of counts up to the window, tabulated (the same values the
     // formulas give: a log and an ldexp per node visited cost more than the walk itself).
     std::vector<double> split_size_, path_length_;
-    std::vector<double> points_;  // the points a splitting leaf samples (column-major), reused
+    std::vector<double> points_;  // the points a splitting leaf samples (row-major), reused
     std::vector<int64_t> order_;  // their order as build partitions them
-    std::vector<double> draws_;   // the uniform draws they are made of, in the generator's order
     bool avx512_ = false;         // the active SIMD target allows AVX-512 (read per learning call)
 };
 
