@@ -149,6 +149,29 @@ def test_online_forest_agrees_with_a_plain_python_one(adaptive):
 
 
 @pytest.mark.parametrize("simd_target", SIMD_TARGETS, indirect=True)
+def test_half_space_trees_score_and_learn_the_same_bits_on_every_simd_target(simd_target):
+    """The AVX-512 walk (16 walks a vector, four records a walk) gives the portable walk's
+    scores and masses: tree counts that fill no vector, one, and more than one group of
+    vectors, through window swaps."""
+    from pynomaly import _core
+
+    X, _ = scaled("pendigits", 1500, seed=6)
+    for params in [dict(window_size=64), dict(n_trees=7, height=5, window_size=50),
+                   dict(n_trees=21, height=9, window_size=100)]:
+        ours = HalfSpaceTrees(seed=8, **params)
+        got = ours.score_learn_many(X)
+        _core.set_simd("baseline")
+        try:
+            portable = HalfSpaceTrees(seed=8, **params)
+            want = portable.score_learn_many(X)
+        finally:
+            _core.set_simd(simd_target)
+        assert np.unique(want).size > 100
+        np.testing.assert_array_equal(got, want)
+        assert ours.to_bytes() == portable.to_bytes()
+
+
+@pytest.mark.parametrize("simd_target", SIMD_TARGETS, indirect=True)
 def test_online_forest_learns_the_same_bits_on_every_simd_target(simd_target):
     """Widening a leaf's box and drawing a split's points eight lanes at a time (AVX-512) give
     the portable code's bits: the same scores and the same state, on widths that are and are
