@@ -263,19 +263,22 @@ double OnlineIsolationForest::learn_at_leaf(Tree& t, const double* x, int32_t no
 // down to its leaf, or down to the first node left with too few records for its split, which
 // collapses into a leaf.
 void OnlineIsolationForest::forget(Tree* trees, int m, const double* x) {
+    // Depths stay within the table: learning grows no deeper than the depth limit (<= 21 for
+    // any window), a snapshot's trees no deeper than kMaxDepth.
+    const double* split_size = split_size_.data();
     int32_t at[kGroup];
     bool walking[kGroup];
-    for (int g = 0; g < m; ++g) {
+    for (int g = 0; g < m; ++g) {  // called with a full window: every tree has a root
         at[g] = trees[g].root;
-        walking[g] = at[g] >= 0;
+        walking[g] = true;
     }
     for (bool moving = true; moving;) {
         moving = false;
         for (int g = 0; g < m; ++g) {
-            if (at[g] < 0) continue;  // an empty tree (only before the first record)
             Node& nd = trees[g].nodes[at[g]];
             nd.count -= walking[g];
-            const bool on = walking[g] && nd.kid[0] >= 0 && !(static_cast<double>(nd.count) < split_size(nd.depth));
+            // & of bools, not &&: no branch on the coin tosses of the walk
+            const bool on = walking[g] & (nd.kid[0] >= 0) & (static_cast<double>(nd.count) >= split_size[nd.depth]);
             const int32_t next = nd.kid[!(x[nd.feature] < nd.split)];
             at[g] = on ? next : at[g];
             walking[g] = on;
@@ -283,7 +286,7 @@ void OnlineIsolationForest::forget(Tree* trees, int m, const double* x) {
         }
     }
     for (int g = 0; g < m; ++g)
-        if (at[g] >= 0) collapse(trees[g], at[g]);  // a leaf stays as it is
+        if (trees[g].nodes[at[g]].kid[0] >= 0) collapse(trees[g], at[g]);  // stopped above its leaf
 }
 
 // Learns x in every tree, then forgets the record leaving the window; returns the sum over
@@ -297,12 +300,6 @@ double OnlineIsolationForest::learn_row(const double* x) {
         const int m = std::min(kGroup, n_trees - g0);
         int32_t leaf[kGroup], parent[kGroup];
         descend_learning(&trees_[g0], m, x, leaf, parent);
-        // The leaves' boxes are widened next: fetch them all now, so their misses overlap.
-        for (int g = 0; g < m; ++g)
-            for (int64_t j = 0; j < std::min<int64_t>(d_, 64); j += 8) {
-                __builtin_prefetch(&trees_[g0 + g].lo[leaf[g] * d_ + j], 1);
-                __builtin_prefetch(&trees_[g0 + g].hi[leaf[g] * d_ + j], 1);
-            }
         for (int g = 0; g < m; ++g) depth_sum += learn_at_leaf(trees_[g0 + g], x, leaf[g], parent[g], depth_limit);
     }
     if (n_window_ < p_.window_size) {
