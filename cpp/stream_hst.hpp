@@ -12,6 +12,10 @@
 
 #include "stream_common.hpp"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PYNOMALY_HST_X86 1
+#endif
+
 namespace pynomaly {
 
 // A node's count of records in a window: at most window_size (< 2**31). 32 bits halve the
@@ -65,6 +69,10 @@ class HalfSpaceTrees {
     void walk(const double* x, Mass* l_mass, double* out) const;
     template <int R>
     void walk_score(const double* x, Mass* l_mass, double* out) const;
+#ifdef PYNOMALY_HST_X86
+    template <bool Score>
+    void walk4_avx512(const double* x, double* out);  // score (if Score) and learn four records
+#endif
     void compile();
     double score_row(const double* x) const;
     int64_t score_learn_rows(const double* x, int64_t rows, double* out);  // records done
@@ -82,6 +90,7 @@ class HalfSpaceTrees {
     std::vector<Split> split_;  // n_trees x nodes, from feature_ and threshold_ (compile())
     double max_score_;
     bool exact_int_;
+    bool avx512_ = false;  // the active SIMD target allows AVX-512 (read per score_learn call)
 };
 
 }  // namespace pynomaly

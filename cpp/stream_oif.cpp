@@ -6,12 +6,68 @@
 #include <cmath>
 #include <limits>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PYNOMALY_OIF_X86 1
+#endif
+
 namespace pynomaly {
 
 namespace {
 constexpr uint32_t kOifVersion = 1;
 constexpr int32_t kMaxDepth = 64;  // far above any depth limit a 2**40 window allows (20)
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// Split buffers up to this many values are kept for the next split (splits of a few hundred
+// points are the steady state); a larger one is freed after use.
+constexpr size_t kKeptPoints = size_t{1} << 13;
+
+// A leaf's box widened to take x in: lo = min(lo, x), hi = max(hi, x) per feature.
+void widen(double* lo, double* hi, const double* x, int64_t d) {
+    for (int64_t j = 0; j < d; ++j) {
+        lo[j] = std::min(lo[j], x[j]);
+        hi[j] = std::max(hi[j], x[j]);
+    }
+}
+
+// `count` draws of rng.uniform(), in order.
+void uniforms(SplitMix& rng, double* out, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) out[i] = rng.uniform();
+}
+
+#ifdef PYNOMALY_OIF_X86
+// The same, eight features at a time. min_pd(v, lo) is v where v < lo, else lo: std::min(lo, v).
+__attribute__((target("avx512f"))) void widen_avx512(double* lo, double* hi, const double* x, int64_t d) {
+    for (int64_t j = 0; j < d; j += 8) {
+        const __mmask8 m = d - j >= 8 ? 0xFF : static_cast<__mmask8>((1u << (d - j)) - 1);
+        const __m512d v = _mm512_maskz_loadu_pd(m, x + j);
+        _mm512_mask_storeu_pd(lo + j, m, _mm512_min_pd(v, _mm512_maskz_loadu_pd(m, lo + j)));
+        _mm512_mask_storeu_pd(hi + j, m, _mm512_max_pd(v, _mm512_maskz_loadu_pd(m, hi + j)));
+    }
+}
+
+// The same draws eight at a time: splitmix's state is a counter (draw k mixes state + k * gamma),
+// so eight consecutive draws are eight independent mixes, and the state advances by count * gamma.
+__attribute__((target("avx512f,avx512dq"))) void uniforms_avx512(SplitMix& rng, double* out, int64_t count) {
+    const uint64_t gamma = 0x9E3779B97F4A7C15ull;
+    using ll = long long;
+    __m512i s = _mm512_set_epi64(ll(rng.state + 8 * gamma), ll(rng.state + 7 * gamma), ll(rng.state + 6 * gamma),
+                                 ll(rng.state + 5 * gamma), ll(rng.state + 4 * gamma), ll(rng.state + 3 * gamma),
+                                 ll(rng.state + 2 * gamma), ll(rng.state + gamma));
+    const __m512i step = _mm512_set1_epi64(ll(gamma * 8)), c1 = _mm512_set1_epi64(ll(0xBF58476D1CE4E5B9ull)),
+                  c2 = _mm512_set1_epi64(ll(0x94D049BB133111EBull));
+    const __m512d scale = _mm512_set1_pd(1.0 / 9007199254740992.0);
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        __m512i z = _mm512_mullo_epi64(_mm512_xor_si512(s, _mm512_srli_epi64(s, 30)), c1);
+        z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), c2);
+        z = _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+        _mm512_storeu_pd(out + i, _mm512_mul_pd(_mm512_cvtepu64_pd(_mm512_srli_epi64(z, 11)), scale));
+        s = _mm512_add_epi64(s, step);
+    }
+    rng.state += gamma * static_cast<uint64_t>(i);
+    for (; i < count; ++i) out[i] = rng.uniform();
+}
+#endif
 }  // namespace
 
 void OnlineIsolationForest::check_params(const OifParams& p, int64_t n_features) {
@@ -29,9 +85,14 @@ OnlineIsolationForest::OnlineIsolationForest(const OifParams& p, int64_t n_featu
     trees_.resize(p_.n_trees);
     SplitMix seeder{p_.seed};
     for (auto& t : trees_) t.rng.state = seeder.next();  // independent streams per tree
+    split_size_.resize(kMaxDepth + 2);
+    for (int32_t depth = 0; depth < kMaxDepth + 2; ++depth) split_size_[depth] = split_size_formula(depth);
+    // Leaf counts stay near the window; a count past the table (or below 0) takes the formula.
+    path_length_.resize(static_cast<size_t>(std::min<int64_t>(p_.window_size, int64_t{1} << 16) + 1));
+    for (size_t n = 0; n < path_length_.size(); ++n) path_length_[n] = path_length(static_cast<double>(n));
 }
 
-double OnlineIsolationForest::split_size(int32_t depth) const {
+double OnlineIsolationForest::split_size_formula(int32_t depth) const {
     return p_.adaptive ? std::ldexp(static_cast<double>(p_.max_leaf_samples), depth)
                        : static_cast<double>(p_.max_leaf_samples);
 }
@@ -59,15 +120,15 @@ int32_t OnlineIsolationForest::new_node(Tree& t) {
 }
 
 void OnlineIsolationForest::release_subtree(Tree& t, int32_t node) {
-    if (t.nodes[node].left >= 0) {
-        release_subtree(t, t.nodes[node].left);
-        release_subtree(t, t.nodes[node].right);
+    if (t.nodes[node].kid[0] >= 0) {
+        release_subtree(t, t.nodes[node].kid[0]);
+        release_subtree(t, t.nodes[node].kid[1]);
     }
     t.free.push_back(node);
 }
 
 void OnlineIsolationForest::box_from_children(Tree& t, int32_t node) {
-    const int64_t a = t.nodes[node].left * d_, b = t.nodes[node].right * d_, o = node * d_;
+    const int64_t a = t.nodes[node].kid[0] * d_, b = t.nodes[node].kid[1] * d_, o = node * d_;
     for (int64_t j = 0; j < d_; ++j) {
         t.lo[o + j] = std::min(t.lo[a + j], t.lo[b + j]);
         t.hi[o + j] = std::max(t.hi[a + j], t.hi[b + j]);
@@ -76,115 +137,187 @@ void OnlineIsolationForest::box_from_children(Tree& t, int32_t node) {
 
 // A node that has too few records for its split becomes a leaf whose box covers its subtree's.
 void OnlineIsolationForest::collapse(Tree& t, int32_t node) {
-    const int32_t l = t.nodes[node].left, r = t.nodes[node].right;
+    const int32_t l = t.nodes[node].kid[0], r = t.nodes[node].kid[1];
     if (l < 0) return;
     collapse(t, l);
     collapse(t, r);
     box_from_children(t, node);
     t.free.push_back(l);
     t.free.push_back(r);
-    t.nodes[node].left = t.nodes[node].right = -1;
+    t.nodes[node].kid[0] = t.nodes[node].kid[1] = -1;
 }
 
-// Grows an isolation subtree on points [begin, end) of pts (row-major, d per point) at `depth`.
-int32_t OnlineIsolationForest::build(Tree& t, std::vector<double>& pts, int64_t begin, int64_t end, int32_t depth,
-                                     double depth_limit) {
+void OnlineIsolationForest::widen_box(double* lo, double* hi, const double* x) const {
+#ifdef PYNOMALY_OIF_X86
+    if (avx512_) return widen_avx512(lo, hi, x, d_);
+#endif
+    widen(lo, hi, x, d_);
+}
+
+// Grows an isolation subtree at `depth` on the sampled points order_[begin, end) of points_
+// (row-major, d per point). Only leaves need their box over every feature; an inner node needs
+// the range of its split feature alone (an inner node's box is never read), so most of a
+// split's work is one pass over each leaf's points. Partitioning indices, not rows, visits the
+// points in the order a partition of the rows would, so every min and max sees the same sequence.
+int32_t OnlineIsolationForest::build(Tree& t, int64_t begin, int64_t end, int32_t depth, double depth_limit) {
     const int32_t node = new_node(t);
-    const int64_t n = end - begin;
+    const int64_t count = end - begin;
     t.nodes[node].depth = depth;
-    t.nodes[node].count = n;
-    for (int64_t i = begin; i < end; ++i)
-        for (int64_t j = 0; j < d_; ++j) {
-            const double v = pts[i * d_ + j];
-            t.lo[node * d_ + j] = std::min(t.lo[node * d_ + j], v);
-            t.hi[node * d_ + j] = std::max(t.hi[node * d_ + j], v);
-        }
-    if (static_cast<double>(n) < split_size(depth) || depth >= depth_limit) return node;
+    t.nodes[node].count = count;
+    const int64_t* idx = order_.data();
+    if (static_cast<double>(count) < split_size(depth) || depth >= depth_limit) {
+        double* lo = &t.lo[node * d_];
+        double* hi = &t.hi[node * d_];
+        for (int64_t i = begin; i < end; ++i) widen_box(lo, hi, &points_[idx[i] * d_]);
+        return node;
+    }
     const int32_t f = static_cast<int32_t>(t.rng.below(static_cast<uint64_t>(d_)));
-    const double mn = t.lo[node * d_ + f], mx = t.hi[node * d_ + f];
+    const double* col = &points_[f];
+    double mn = kInf, mx = -kInf;
+    for (int64_t i = begin; i < end; ++i) {
+        mn = std::min(mn, col[idx[i] * d_]);
+        mx = std::max(mx, col[idx[i] * d_]);
+    }
     const double split = mn + (mx - mn) * t.rng.uniform();
-    // Partition rows in place: those below the split first (a row is d contiguous values).
-    int64_t mid = begin;
+    int64_t mid = begin;  // those below the split first
     for (int64_t i = begin; i < end; ++i)
-        if (pts[i * d_ + f] < split) {
-            if (i != mid) std::swap_ranges(pts.begin() + i * d_, pts.begin() + (i + 1) * d_, pts.begin() + mid * d_);
-            ++mid;
-        }
-    const int32_t l = build(t, pts, begin, mid, depth + 1, depth_limit);
-    const int32_t r = build(t, pts, mid, end, depth + 1, depth_limit);
+        if (col[order_[i] * d_] < split) std::swap(order_[i], order_[mid++]);
+    const int32_t l = build(t, begin, mid, depth + 1, depth_limit);
+    const int32_t r = build(t, mid, end, depth + 1, depth_limit);
     Node& nd = t.nodes[node];
-    nd.left = l;
-    nd.right = r;
+    nd.kid[0] = l;
+    nd.kid[1] = r;
     nd.feature = f;
     nd.split = split;
     return node;
 }
 
-void OnlineIsolationForest::tree_learn(Tree& t, const double* x, double depth_limit) {
-    if (t.root < 0) t.root = new_node(t);
-    int32_t node = t.root, parent = -1;
-    for (;;) {
-        Node& nd = t.nodes[node];
-        ++nd.count;
-        if (nd.left < 0) {
-            for (int64_t j = 0; j < d_; ++j) {
-                t.lo[node * d_ + j] = std::min(t.lo[node * d_ + j], x[j]);
-                t.hi[node * d_ + j] = std::max(t.hi[node * d_ + j], x[j]);
-            }
-            if (static_cast<double>(nd.count) >= split_size(nd.depth) && nd.depth < depth_limit) {
-                // As many points as the leaf counted, uniform in its box, grown into a subtree.
-                const int64_t n = nd.count;
-                const int32_t depth = nd.depth;
-                std::vector<double> pts(static_cast<size_t>(n * d_));
-                for (int64_t i = 0; i < n; ++i)
-                    for (int64_t j = 0; j < d_; ++j) {
-                        const double a = t.lo[node * d_ + j], b = t.hi[node * d_ + j];
-                        pts[i * d_ + j] = a + (b - a) * t.rng.uniform();
-                    }
-                t.free.push_back(node);
-                const int32_t sub = build(t, pts, 0, n, depth, depth_limit);
-                if (parent < 0)
-                    t.root = sub;
-                else if (t.nodes[parent].left == node)
-                    t.nodes[parent].left = sub;
-                else
-                    t.nodes[parent].right = sub;
-            }
-            return;
+// Walks `m` trees side by side down to the leaf x falls in, counting x into every inner node on
+// the way. A walk is a chain of dependent loads (node, x[feature], child) that mispredicts
+// where its leaf is; in lockstep the trees' chains overlap and only the last step mispredicts.
+// A tree at its leaf stays there (its step adds 0 and picks the same node).
+void OnlineIsolationForest::descend_learning(Tree* trees, int m, const double* x, int32_t* leaf, int32_t* parent) {
+    for (int g = 0; g < m; ++g) {
+        if (trees[g].root < 0) trees[g].root = new_node(trees[g]);
+        leaf[g] = trees[g].root;
+        parent[g] = -1;
+    }
+    for (bool moving = true; moving;) {
+        moving = false;
+        for (int g = 0; g < m; ++g) {
+            Node& nd = trees[g].nodes[leaf[g]];
+            const bool inner = nd.kid[0] >= 0;
+            const int32_t next = nd.kid[!(x[nd.feature] < nd.split)];  // an index, not a branch
+            nd.count += inner;
+            parent[g] = inner ? leaf[g] : parent[g];
+            leaf[g] = inner ? next : leaf[g];
+            moving |= inner;
         }
-        parent = node;
-        node = x[nd.feature] < nd.split ? nd.left : nd.right;
     }
 }
 
-void OnlineIsolationForest::tree_unlearn(Tree& t, const double* x) {
-    if (t.root < 0) return;
-    int32_t node = t.root;
-    for (;;) {
-        Node& nd = t.nodes[node];
-        --nd.count;
-        if (nd.left < 0) return;
-        if (static_cast<double>(nd.count) < split_size(nd.depth)) {
-            collapse(t, node);
-            return;
+// x reached `node`, a leaf of t (under `parent`, -1 for the root): counts it, widens the leaf's
+// box, splits the leaf when it has counted enough. Returns what scoring x before learning it
+// adds for this tree (the leaf's depth + c(its count)): the path learned is the path scored,
+// so score-then-learn walks each tree once.
+double OnlineIsolationForest::learn_at_leaf(Tree& t, const double* x, int32_t node, int32_t parent, double depth_limit) {
+    Node* nd = &t.nodes[node];
+    const double scored = nd->depth + count_path_length(nd->count);
+    ++nd->count;
+    double* lo = &t.lo[node * d_];
+    double* hi = &t.hi[node * d_];
+    widen_box(lo, hi, x);
+    if (static_cast<double>(nd->count) >= split_size(nd->depth) && nd->depth < depth_limit) {
+        // As many points as the leaf counted, uniform in its box, grown into a subtree.
+        const int64_t n = nd->count;
+        const int32_t depth = nd->depth;
+        // Buffers kept between splits: no allocation per split.
+        points_.resize(static_cast<size_t>(n * d_));
+        order_.resize(static_cast<size_t>(n));
+#ifdef PYNOMALY_OIF_X86
+        if (avx512_)
+            uniforms_avx512(t.rng, points_.data(), n * d_);
+        else
+#endif
+            uniforms(t.rng, points_.data(), n * d_);
+        for (int64_t i = 0; i < n; ++i) {  // the draws in place become points: lo + (hi - lo) * u
+            order_[i] = i;
+            double* p = &points_[i * d_];
+            for (int64_t j = 0; j < d_; ++j) p[j] = lo[j] + (hi[j] - lo[j]) * p[j];
         }
-        node = x[nd.feature] < nd.split ? nd.left : nd.right;
+        t.free.push_back(node);
+        const int32_t sub = build(t, 0, n, depth, depth_limit);
+        if (points_.capacity() > kKeptPoints) {  // a rare large split (the depth limit rising): not held on to
+            std::vector<double>().swap(points_);
+            std::vector<int64_t>().swap(order_);
+        }
+        if (parent < 0)
+            t.root = sub;
+        else
+            t.nodes[parent].kid[t.nodes[parent].kid[0] == node ? 0 : 1] = sub;
     }
+    return scored;
 }
 
-void OnlineIsolationForest::learn_row(const double* x) {
+// Forgets x in `m` trees side by side (as descend_learning walks): uncounts it along its path
+// down to its leaf, or down to the first node left with too few records for its split, which
+// collapses into a leaf.
+void OnlineIsolationForest::forget(Tree* trees, int m, const double* x) {
+    // Depths stay within the table: learning grows no deeper than the depth limit (<= 21 for
+    // any window), a snapshot's trees no deeper than kMaxDepth.
+    const double* split_size = split_size_.data();
+    int32_t at[kGroup];
+    bool walking[kGroup];
+    for (int g = 0; g < m; ++g) {  // called with a full window: every tree has a root
+        at[g] = trees[g].root;
+        walking[g] = true;
+    }
+    for (bool moving = true; moving;) {
+        moving = false;
+        for (int g = 0; g < m; ++g) {
+            Node& nd = trees[g].nodes[at[g]];
+            nd.count -= walking[g];
+            // & of bools, not &&: no branch on the coin tosses of the walk
+            const bool on = walking[g] & (nd.kid[0] >= 0) & (static_cast<double>(nd.count) >= split_size[nd.depth]);
+            const int32_t next = nd.kid[!(x[nd.feature] < nd.split)];
+            at[g] = on ? next : at[g];
+            walking[g] = on;
+            moving |= on;
+        }
+    }
+    for (int g = 0; g < m; ++g)
+        if (trees[g].nodes[at[g]].kid[0] >= 0) collapse(trees[g], at[g]);  // stopped above its leaf
+}
+
+// Learns x in every tree, then forgets the record leaving the window; returns the sum over
+// trees, in tree order, of what scoring x before learning it adds (score_of turns it into x's
+// score when the window was not empty).
+double OnlineIsolationForest::learn_row(const double* x) {
     const double depth_limit = path_length(static_cast<double>(n_window_ + 1));
-    for (auto& t : trees_) tree_learn(t, x, depth_limit);
+    const int n_trees = p_.n_trees;
+    double depth_sum = 0.0;
+    for (int g0 = 0; g0 < n_trees; g0 += kGroup) {
+        const int m = std::min(kGroup, n_trees - g0);
+        int32_t leaf[kGroup], parent[kGroup];
+        descend_learning(&trees_[g0], m, x, leaf, parent);
+        for (int g = 0; g < m; ++g) depth_sum += learn_at_leaf(trees_[g0 + g], x, leaf[g], parent[g], depth_limit);
+    }
     if (n_window_ < p_.window_size) {
         window_.insert(window_.end(), x, x + d_);  // grows with the stream only until the window is full
         ++n_window_;
-        return;
+        return depth_sum;
     }
-    // The oldest record leaves the window: its slot takes the new one, then every tree forgets it.
-    std::vector<double> old(window_.begin() + head_ * d_, window_.begin() + (head_ + 1) * d_);
-    std::copy(x, x + d_, window_.begin() + head_ * d_);
+    // The oldest record leaves the window: every tree forgets it, then its slot takes the new one.
+    double* slot = &window_[head_ * d_];
+    for (int g0 = 0; g0 < n_trees; g0 += kGroup) forget(&trees_[g0], std::min(kGroup, n_trees - g0), slot);
+    std::copy(x, x + d_, slot);
     head_ = (head_ + 1) % p_.window_size;
-    for (auto& t : trees_) tree_unlearn(t, old.data());
+    return depth_sum;
+}
+
+double OnlineIsolationForest::score_of(double depth_sum, int64_t window_count) const {
+    const double mean = depth_sum / static_cast<double>(p_.n_trees);
+    return std::exp2(-mean / (count_path_length(window_count) + DBL_EPSILON));
 }
 
 double OnlineIsolationForest::score_row(const double* x) const {
@@ -192,15 +325,11 @@ double OnlineIsolationForest::score_row(const double* x) const {
     double sum = 0.0;
     for (const auto& t : trees_) {
         if (t.root < 0) continue;
-        int32_t node = t.root;
-        while (t.nodes[node].left >= 0) {
-            const Node& nd = t.nodes[node];
-            node = x[nd.feature] < nd.split ? nd.left : nd.right;
-        }
-        sum += t.nodes[node].depth + path_length(static_cast<double>(t.nodes[node].count));
+        const Node* nd = &t.nodes[t.root];
+        while (nd->kid[0] >= 0) nd = &t.nodes[nd->kid[!(x[nd->feature] < nd->split)]];
+        sum += nd->depth + count_path_length(nd->count);
     }
-    const double mean = sum / static_cast<double>(p_.n_trees);
-    return std::exp2(-mean / (path_length(static_cast<double>(n_window_)) + DBL_EPSILON));
+    return score_of(sum, n_window_);
 }
 
 void OnlineIsolationForest::score(const double* X, int64_t rows, double* out, int n_jobs) const {
@@ -211,13 +340,20 @@ void OnlineIsolationForest::score(const double* X, int64_t rows, double* out, in
 }
 
 void OnlineIsolationForest::learn(const double* X, int64_t rows) {
+    avx512_ = simd_includes(active_simd(), SimdTarget::avx512);
     for (int64_t i = 0; i < rows; ++i) learn_row(X + i * d_);
 }
 
 void OnlineIsolationForest::score_learn(const double* X, int64_t rows, double* out) {
+    avx512_ = simd_includes(active_simd(), SimdTarget::avx512);
     for (int64_t i = 0; i < rows; ++i) {
-        out[i] = score_row(X + i * d_);
-        learn_row(X + i * d_);
+        if (n_window_ == 0) {  // the first record ever: scored 0, as score_row does
+            out[i] = 0.0;
+            learn_row(X + i * d_);
+            continue;
+        }
+        const int64_t scored_against = n_window_;  // learning x adds it to the window
+        out[i] = score_of(learn_row(X + i * d_), scored_against);
     }
 }
 
@@ -228,7 +364,9 @@ int64_t OnlineIsolationForest::n_nodes() const {
 }
 
 int64_t OnlineIsolationForest::memory_bytes() const {
-    int64_t b = static_cast<int64_t>(sizeof(*this) + window_.capacity() * sizeof(double));
+    int64_t b = static_cast<int64_t>(sizeof(*this) + (window_.capacity() + split_size_.capacity() +
+                                                      path_length_.capacity() + points_.capacity() + order_.capacity()) *
+                                                         sizeof(double));
     for (const auto& t : trees_)
         b += static_cast<int64_t>(sizeof(Tree) + t.nodes.capacity() * sizeof(Node) +
                                   (t.lo.capacity() + t.hi.capacity()) * sizeof(double) +
@@ -239,16 +377,16 @@ int64_t OnlineIsolationForest::memory_bytes() const {
 // ---- snapshots: params, the window oldest first, then each tree's generator and nodes in pre-order.
 void OnlineIsolationForest::write_tree(ByteWriter& w, const Tree& t, int32_t node) const {
     const Node& nd = t.nodes[node];
-    w.put<uint8_t>(nd.left < 0 ? 1 : 0);
+    w.put<uint8_t>(nd.kid[0] < 0 ? 1 : 0);
     w.put<int64_t>(nd.count);
-    if (nd.left < 0) {
+    if (nd.kid[0] < 0) {
         for (int64_t j = 0; j < d_; ++j) w.put<double>(t.lo[node * d_ + j]);
         for (int64_t j = 0; j < d_; ++j) w.put<double>(t.hi[node * d_ + j]);
     } else {
         w.put<int32_t>(nd.feature);
         w.put<double>(nd.split);
-        write_tree(w, t, nd.left);
-        write_tree(w, t, nd.right);
+        write_tree(w, t, nd.kid[0]);
+        write_tree(w, t, nd.kid[1]);
     }
 }
 
@@ -308,8 +446,8 @@ int32_t OnlineIsolationForest::read_tree(ByteReader& r, Tree& t, int32_t depth) 
         Node& nd = t.nodes[node];
         nd.feature = f;
         nd.split = split;
-        nd.left = a;
-        nd.right = b;
+        nd.kid[0] = a;
+        nd.kid[1] = b;
     }
     return node;
 }

@@ -46,7 +46,7 @@ class OnlineIsolationForest {
 
   private:
     struct Node {
-        int32_t left = -1, right = -1;  // -1: a leaf
+        int32_t kid[2] = {-1, -1};  // below the split, at or above it; -1: a leaf
         int32_t feature = 0;
         int32_t depth = 0;
         int64_t count = 0;
@@ -61,16 +61,26 @@ class OnlineIsolationForest {
     };
 
     double score_row(const double* x) const;
-    void learn_row(const double* x);
-    void tree_learn(Tree& t, const double* x, double depth_limit);
-    void tree_unlearn(Tree& t, const double* x);
-    int32_t build(Tree& t, std::vector<double>& pts, int64_t begin, int64_t end, int32_t depth, double depth_limit);
+    double learn_row(const double* x);
+    static constexpr int kGroup = 8;  // trees walked side by side
+    void descend_learning(Tree* trees, int m, const double* x, int32_t* leaf, int32_t* parent);
+    double learn_at_leaf(Tree& t, const double* x, int32_t node, int32_t parent, double depth_limit);
+    void forget(Tree* trees, int m, const double* x);
+    void widen_box(double* lo, double* hi, const double* x) const;  // lo = min(lo, x), hi = max(hi, x)
+    int32_t build(Tree& t, int64_t begin, int64_t end, int32_t depth, double depth_limit);
     int32_t new_node(Tree& t);
     void release_subtree(Tree& t, int32_t node);
     void collapse(Tree& t, int32_t node);
     void box_from_children(Tree& t, int32_t node);
-    double split_size(int32_t depth) const;
+    double split_size(int32_t depth) const {
+        return depth < static_cast<int32_t>(split_size_.size()) ? split_size_[depth] : split_size_formula(depth);
+    }
+    double split_size_formula(int32_t depth) const;
     double path_length(double n) const;
+    double count_path_length(int64_t n) const {  // path_length of a count, from the table where it has one
+        return static_cast<uint64_t>(n) < path_length_.size() ? path_length_[n] : path_length(static_cast<double>(n));
+    }
+    double score_of(double depth_sum, int64_t window_count) const;
 
     void write_tree(ByteWriter& w, const Tree& t, int32_t node) const;
     int32_t read_tree(ByteReader& r, Tree& t, int32_t depth);
@@ -81,6 +91,12 @@ class OnlineIsolationForest {
     std::vector<double> window_;  // ring of window_size records
     int64_t head_ = 0;            // slot of the oldest record
     int64_t n_window_ = 0;
+    // split_size and path_length of counts up to the window, tabulated (the same values the
+    // formulas give: a log and an ldexp per node visited cost more than the walk itself).
+    std::vector<double> split_size_, path_length_;
+    std::vector<double> points_;  // the points a splitting leaf samples (row-major), reused
+    std::vector<int64_t> order_;  // their order as build partitions them
+    bool avx512_ = false;         // the active SIMD target allows AVX-512 (read per learning call)
 };
 
 }  // namespace pynomaly

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import dataset_params, load_dataset, roc_auc
+from conftest import SIMD_TARGETS, dataset_params, load_dataset, roc_auc
 from pynomaly import InvalidInputError, ModelFormatError
 from pynomaly.stream import HalfSpaceTrees, OnlineIsolationForest
 
@@ -146,6 +146,53 @@ def test_online_forest_agrees_with_a_plain_python_one(adaptive):
         ref.learn(x)
     np.testing.assert_allclose(ours.score_learn_many(X), expected, rtol=1e-13, atol=0)
     assert len(set(expected)) > 100
+
+
+@pytest.mark.parametrize("simd_target", SIMD_TARGETS, indirect=True)
+def test_half_space_trees_score_and_learn_the_same_bits_on_every_simd_target(simd_target):
+    """The AVX-512 walk (16 walks a vector, four records a walk) gives the portable walk's
+    scores and masses: tree counts that fill no vector, one, and more than one group of
+    vectors, through window swaps."""
+    from pynomaly import _core
+
+    X, _ = scaled("pendigits", 1500, seed=6)
+    for params in [dict(window_size=64), dict(n_trees=7, height=5, window_size=50),
+                   dict(n_trees=21, height=9, window_size=100)]:
+        ours = HalfSpaceTrees(seed=8, **params)
+        got = ours.score_learn_many(X)
+        _core.set_simd("baseline")
+        try:
+            portable = HalfSpaceTrees(seed=8, **params)
+            want = portable.score_learn_many(X)
+        finally:
+            _core.set_simd(simd_target)
+        assert np.unique(want).size > 100
+        np.testing.assert_array_equal(got, want)
+        assert ours.to_bytes() == portable.to_bytes()
+
+
+@pytest.mark.parametrize("simd_target", SIMD_TARGETS, indirect=True)
+def test_online_forest_learns_the_same_bits_on_every_simd_target(simd_target):
+    """Widening a leaf's box and drawing a split's points eight lanes at a time (AVX-512) give
+    the portable code's bits: the same scores and the same state, on widths that are and are
+    not multiples of eight, through splits, forgetting and collapses."""
+    from pynomaly import _core
+
+    X, _ = scaled("cardio", 1200, seed=4)
+    X[600:] = X[600:] * 0.5 + 0.5  # drift: the first half leaves the window, nodes collapse
+    for cols, params in [(21, {}), (8, dict(window_size=300, max_leaf_samples=3)),
+                         (3, dict(n_trees=11, window_size=100, max_leaf_samples=1, growth="fixed"))]:
+        part = np.ascontiguousarray(X[:, :cols])
+        ours = OnlineIsolationForest(seed=5, **params)
+        got = ours.score_learn_many(part)
+        _core.set_simd("baseline")
+        try:
+            portable = OnlineIsolationForest(seed=5, **params)
+            want = portable.score_learn_many(part)
+        finally:
+            _core.set_simd(simd_target)
+        np.testing.assert_array_equal(got, want)
+        assert ours.to_bytes() == portable.to_bytes()
 
 
 def test_online_forest_is_seeded():
