@@ -107,6 +107,9 @@ ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64
         expected_ += value[0] * inv_t;
 
         std::vector<int32_t> slot_of_feature;  // reused per path: distinct features, root first
+        const int32_t tree_slots = static_cast<int32_t>(slot_feature_.size());
+        std::vector<double> shares;  // path attribution, per slot of this tree's leaves
+        int32_t width = 0;           // most slots of a leaf of this tree
         for (int32_t i = 0; i < m_nodes; ++i) {
             if (depth[i] < 0) continue;
             const int32_t g = begin + i;
@@ -139,16 +142,15 @@ ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64
             const int m = static_cast<int>(slot_of_feature.size());
             if (m == 0) continue;  // a one-node tree: only the base
             Leaf leaf{i, m, static_cast<int32_t>(slot_feature_.size()), -1, N.leaf_value[g] * inv_t};
-            path_nodes_[g].left = leaf.slot_off;
-            path_nodes_[g].n_slots = m;
             // Every split separates at least one sample (counts are >= 1), so the sum is > 0.
             const double change = (value[i] - value[0]) * inv_t;
             for (int s = 0; s < m; ++s) {
                 slot_feature_.push_back(slot_of_feature[s]);
                 slot_z_.push_back(z[s]);
                 slot_r_.push_back((1.0 - z[s]) / z[s]);
-                slot_path_.push_back(imbalance_sum > 0.0 ? change * (imbalance[s] / imbalance_sum) : 0.0);
+                shares.push_back(imbalance_sum > 0.0 ? change * (imbalance[s] / imbalance_sum) : 0.0);
             }
+            width = std::max(width, m);
             const int64_t size = int64_t(1) << std::min(m, 62);
             if (m <= max_table_bits && static_cast<int64_t>(table_.size()) + size <= table_budget) {
                 leaf.table = static_cast<int64_t>(table_.size());
@@ -180,6 +182,15 @@ ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64
         }
         tree.internal_end = static_cast<int32_t>(internal_.size());
         tree.leaf_end = static_cast<int32_t>(leaves_.size());
+        for (int32_t li = tree.leaf_off; li < tree.leaf_end; ++li) {
+            const Leaf& l = leaves_[li];
+            PathNode& pn = path_nodes_[begin + l.node];
+            pn.left = static_cast<int32_t>(path_shares_.size());
+            pn.n_shares = width;
+            for (int s = 0; s < width; ++s)  // padding adds +0.0 to a sum that is never -0.0: no change
+                path_shares_.push_back(s < l.m ? PathShare{shares[l.slot_off - tree_slots + s], slot_feature_[l.slot_off + s]}
+                                               : PathShare{0.0, slot_feature_[l.slot_off]});
+        }
         trees_.push_back(tree);
     }
 }
@@ -342,8 +353,6 @@ void ForestExplainer::path(const float* X, int64_t rows, double* phi, int n_thre
         // of one (a walk is a chain of dependent loads; measured 2.5x). Each row adds its
         // leaves' shares in tree order, then slot order: no thread or batch changes a bit.
         constexpr int kLanes = 8;
-        const int32_t* slot_feature = slot_feature_.data();
-        const double* slot_path = slot_path_.data();
         for (int64_t g = r0; g < r0 + n; g += kLanes) {
             const int lanes = static_cast<int>(std::min<int64_t>(kLanes, r0 + n - g));
             for (const Tree& t : trees_) {
@@ -362,7 +371,8 @@ void ForestExplainer::path(const float* X, int64_t rows, double* phi, int n_thre
                 for (int k = 0; k < lanes; ++k) {
                     const PathNode& leaf = nodes[at[k]];
                     double* row = phi + (g + k) * d_;
-                    for (int32_t s = leaf.left; s < leaf.left + leaf.n_slots; ++s) row[slot_feature[s]] += slot_path[s];
+                    const PathShare* sh = path_shares_.data() + leaf.left;
+                    for (int32_t s = 0; s < leaf.n_shares; ++s) row[sh[s].feature] += sh[s].share;
                 }
             }
         }

@@ -81,16 +81,22 @@ private:
     std::vector<double> slot_r_;  // (1 - z) / z
     std::vector<double> table_;
     std::vector<double> wshap_;  // Shapley weights w(k, m) = k! (m - k - 1)! / m!, row m of 65
-    // For the path attribution: per leaf slot (as slot_feature_), that feature's share of the
-    // tree's change (V(leaf) - V(root)) / n_trees; and each node's test, or at a leaf the leaf's
-    // slots, in 16 bytes (a walk is a chain of dependent loads of these).
-    std::vector<double> slot_path_;
+    // For the path attribution: per leaf, each distinct feature on its path with its share of
+    // the tree's change (V(leaf) - V(root)) / n_trees, padded with zero shares to the most
+    // features of any leaf of the tree (a loop count the same for every row of a tree is one
+    // the branch predictor gets right); and each node's test, or at a leaf its shares, in 16 bytes
+    // (a walk is a chain of dependent loads of these).
+    struct PathShare {
+        double share;
+        int32_t feature;
+    };
+    std::vector<PathShare> path_shares_;
     struct PathNode {
         int32_t feature = -1;  // -1: a leaf (or an unreachable node)
         float threshold = 0.0f;
         int32_t left = 0;      // internal: local index of the left child (right is left + 1);
-                               // leaf: offset of its slots in slot_feature_ / slot_path_
-        int32_t n_slots = 0;   // leaf: distinct features on its path (0: a one-node tree)
+                               // leaf: offset of its shares in path_shares_
+        int32_t n_shares = 0;  // leaf: its tree's width (0: a one-node tree)
     };
     std::vector<PathNode> path_nodes_;
 };
