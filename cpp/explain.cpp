@@ -176,7 +176,7 @@ ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64
             const int32_t g = begin + i;
             PathNode& pn = path_nodes_[g];
             pn.feature = depth[i] < 0 ? -1 : N.feature[g];  // unreachable nodes are never entered
-            if (pn.feature < 0) continue;  // a leaf: its slots were set above
+            if (pn.feature < 0) continue;  // a leaf: its shares are set below
             pn.threshold = N.threshold[g];
             pn.left = N.left[g];
         }
