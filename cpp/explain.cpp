@@ -1,6 +1,6 @@
 // Isolation-forest attributions: recovering node counts from leaf values, the per-leaf form of
 // path-dependent TreeSHAP (tables of 2^m values or a per-row product-game formula), and the
-// path (Saabas) decomposition.
+// DIFFI-style path attribution.
 //
 // Why per leaf: a leaf l with value v whose path tests the distinct features U (m of them)
 // contributes to E[h] the game v * prod_{j in S} o_j * prod_{j not in S} z_j, where o_j = 1 when
@@ -50,7 +50,6 @@ int64_t recover_count(double r, int64_t psi) {
 ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64_t table_budget) {
     const ForestNodes& N = forest.nodes();
     d_ = N.n_features;
-    delta_.assign(N.feature.size(), 0.0);
     path_nodes_.assign(N.feature.size(), PathNode{});
     const int T = N.n_trees();
     const double inv_t = 1.0 / T;
@@ -108,24 +107,31 @@ ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64
         expected_ += value[0] * inv_t;
 
         std::vector<int32_t> slot_of_feature;  // reused per path: distinct features, root first
+        const int32_t tree_slots = static_cast<int32_t>(slot_feature_.size());
+        std::vector<double> shares;  // path attribution, per slot of this tree's leaves
+        int32_t width = 0;           // most slots of a leaf of this tree
         for (int32_t i = 0; i < m_nodes; ++i) {
             if (depth[i] < 0) continue;
             const int32_t g = begin + i;
-            if (i > 0) delta_[g] = (value[i] - value[parent[i]]) * inv_t;
             path.clear();
             for (int32_t a = i; a >= 0; a = parent[a]) path.push_back(a);
             std::reverse(path.begin(), path.end());  // root .. i
             slot_of_feature.clear();
-            std::vector<double> z;
+            std::vector<double> z, imbalance;  // per slot: TreeSHAP's z, DIFFI's summed weights
+            double imbalance_sum = 0.0;
             for (size_t p = 0; p + 1 < path.size(); ++p) {
                 const int32_t f = N.feature[begin + path[p]];
                 auto it = std::find(slot_of_feature.begin(), slot_of_feature.end(), f);
                 if (it == slot_of_feature.end()) {
                     slot_of_feature.push_back(f);
                     z.push_back(1.0);
+                    imbalance.push_back(0.0);
                     it = slot_of_feature.end() - 1;
                 }
-                z[it - slot_of_feature.begin()] *= count[path[p + 1]] / count[path[p]];
+                const double ratio = count[path[p + 1]] / count[path[p]];
+                z[it - slot_of_feature.begin()] *= ratio;
+                imbalance[it - slot_of_feature.begin()] += 1.0 - ratio;
+                imbalance_sum += 1.0 - ratio;
             }
             if (N.feature[g] >= 0) {
                 auto it = std::find(slot_of_feature.begin(), slot_of_feature.end(), N.feature[g]);
@@ -136,11 +142,15 @@ ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64
             const int m = static_cast<int>(slot_of_feature.size());
             if (m == 0) continue;  // a one-node tree: only the base
             Leaf leaf{i, m, static_cast<int32_t>(slot_feature_.size()), -1, N.leaf_value[g] * inv_t};
+            // Every split separates at least one sample (counts are >= 1), so the sum is > 0.
+            const double change = (value[i] - value[0]) * inv_t;
             for (int s = 0; s < m; ++s) {
                 slot_feature_.push_back(slot_of_feature[s]);
                 slot_z_.push_back(z[s]);
                 slot_r_.push_back((1.0 - z[s]) / z[s]);
+                shares.push_back(imbalance_sum > 0.0 ? change * (imbalance[s] / imbalance_sum) : 0.0);
             }
+            width = std::max(width, m);
             const int64_t size = int64_t(1) << std::min(m, 62);
             if (m <= max_table_bits && static_cast<int64_t>(table_.size()) + size <= table_budget) {
                 leaf.table = static_cast<int64_t>(table_.size());
@@ -166,14 +176,21 @@ ForestExplainer::ForestExplainer(const Forest& forest, int max_table_bits, int64
             const int32_t g = begin + i;
             PathNode& pn = path_nodes_[g];
             pn.feature = depth[i] < 0 ? -1 : N.feature[g];  // unreachable nodes are never entered
-            if (pn.feature < 0) continue;
+            if (pn.feature < 0) continue;  // a leaf: its shares are set below
             pn.threshold = N.threshold[g];
             pn.left = N.left[g];
-            pn.delta[0] = delta_[begin + N.left[g]];
-            pn.delta[1] = delta_[begin + N.left[g] + 1];
         }
         tree.internal_end = static_cast<int32_t>(internal_.size());
         tree.leaf_end = static_cast<int32_t>(leaves_.size());
+        for (int32_t li = tree.leaf_off; li < tree.leaf_end; ++li) {
+            const Leaf& l = leaves_[li];
+            PathNode& pn = path_nodes_[begin + l.node];
+            pn.left = static_cast<int32_t>(path_shares_.size());
+            pn.n_shares = width;
+            for (int s = 0; s < width; ++s)  // padding adds +0.0 to a sum that is never -0.0: no change
+                path_shares_.push_back(s < l.m ? PathShare{shares[l.slot_off - tree_slots + s], slot_feature_[l.slot_off + s]}
+                                               : PathShare{0.0, slot_feature_[l.slot_off]});
+        }
         trees_.push_back(tree);
     }
 }
@@ -333,40 +350,33 @@ void ForestExplainer::tree_shap(const float* X, int64_t rows, double* phi, int n
     });
 }
 
-// One row's path decomposition (phi zeroed), eight trees walked side by side: eight
-// independent chains of node loads where a lone row would have one, which is what a served
-// row's walk waits on when the trees are out of cache (measured 110 us for 100 trees). Each
-// tree's steps are kept and added in tree order afterwards: the additions of the row-lanes walk,
-// in its order, so the same bits.
+// One row's path attribution (phi zeroed), eight trees walked side by side: eight independent
+// chains of node loads where a lone row would have one, which is what a served row's walk waits
+// on when the trees are out of cache (measured 110 us for 100 trees). The leaves' shares are
+// added in tree order afterwards, then slot order: the additions of the row-lanes walk, in its
+// order, so the same bits.
 void ForestExplainer::path_one_row(const float* x, double* phi) const {
     constexpr int kTrees = 8;
-    struct Step {
-        int32_t feature;
-        double delta;
-    };
-    std::vector<Step> steps[kTrees];
     const int64_t n_trees = static_cast<int64_t>(trees_.size());
     for (int64_t t0 = 0; t0 < n_trees; t0 += kTrees) {
         const int k = static_cast<int>(std::min<int64_t>(kTrees, n_trees - t0));
         const PathNode* nodes[kTrees];
         int32_t at[kTrees] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int j = 0; j < k; ++j) {
-            nodes[j] = path_nodes_.data() + trees_[t0 + j].node_begin;
-            steps[j].clear();
-        }
+        for (int j = 0; j < k; ++j) nodes[j] = path_nodes_.data() + trees_[t0 + j].node_begin;
         for (bool moving = true; moving;) {
             moving = false;
             for (int j = 0; j < k; ++j) {
                 const PathNode& nd = nodes[j][at[j]];
                 if (nd.feature < 0) continue;
-                const int go = x[nd.feature] <= nd.threshold ? 0 : 1;
-                steps[j].push_back({nd.feature, nd.delta[go]});
-                at[j] = nd.left + go;
+                at[j] = nd.left + (x[nd.feature] <= nd.threshold ? 0 : 1);
                 moving = true;
             }
         }
-        for (int j = 0; j < k; ++j)
-            for (const Step& s : steps[j]) phi[s.feature] += s.delta;
+        for (int j = 0; j < k; ++j) {
+            const PathNode& leaf = nodes[j][at[j]];
+            const PathShare* sh = path_shares_.data() + leaf.left;
+            for (int32_t s = 0; s < leaf.n_shares; ++s) phi[sh[s].feature] += sh[s].share;
+        }
     }
 }
 
@@ -376,7 +386,8 @@ void ForestExplainer::path(const float* X, int64_t rows, double* phi, int n_thre
         const int64_t r0 = c * kRowsPerChunk, n = std::min(kRowsPerChunk, rows - r0);
         std::fill(phi + r0 * d_, phi + (r0 + n) * d_, 0.0);
         // Eight rows walk each tree together: eight independent chains of node loads instead
-        // of one (a walk is a chain of dependent loads; measured 2.5x).
+        // of one (a walk is a chain of dependent loads; measured 2.5x). Each row adds its
+        // leaves' shares in tree order, then slot order: no thread or batch changes a bit.
         constexpr int kLanes = 8;
         for (int64_t g = r0; g < r0 + n; g += kLanes) {
             const int lanes = static_cast<int>(std::min<int64_t>(kLanes, r0 + n - g));
@@ -393,11 +404,15 @@ void ForestExplainer::path(const float* X, int64_t rows, double* phi, int n_thre
                         const PathNode& nd = nodes[at[k]];
                         if (nd.feature < 0) continue;
                         const float* x = X + (g + k) * d_;
-                        const int go = x[nd.feature] <= nd.threshold ? 0 : 1;
-                        phi[(g + k) * d_ + nd.feature] += nd.delta[go];
-                        at[k] = nd.left + go;
+                        at[k] = nd.left + (x[nd.feature] <= nd.threshold ? 0 : 1);
                         moving = true;
                     }
+                }
+                for (int k = 0; k < lanes; ++k) {
+                    const PathNode& leaf = nodes[at[k]];
+                    double* row = phi + (g + k) * d_;
+                    const PathShare* sh = path_shares_.data() + leaf.left;
+                    for (int32_t s = 0; s < leaf.n_shares; ++s) row[sh[s].feature] += sh[s].share;
                 }
             }
         }

@@ -1,5 +1,5 @@
 // Attributions for isolation forests: exact path-dependent TreeSHAP (Lundberg et al. 2020,
-// what shap.TreeExplainer computes) and the path decomposition (Saabas), both of the mean path
+// what shap.TreeExplainer computes) and the DIFFI-style path attribution, both of the mean path
 // length E[h(x)]. Node sample counts, which both need, are recovered from the leaf values
 // (leaf value = depth + c(n), c strictly increasing), so any stored forest can be explained.
 #pragma once
@@ -32,6 +32,11 @@ public:
     // over trees of each tree's path length), so that sum_j phi[r, j] + expected_value() is
     // E[h(x_r)]. X must be float32, C-contiguous, finite. Independent of n_threads.
     void tree_shap(const float* X, int64_t rows, double* phi, int n_threads, const CancelCheck& cancel) const;
+    // The DIFFI-style path attribution: each tree's change V(leaf) - V(root) for the leaf x
+    // reaches, shared among the splits on x's path in proportion to 1 - n(child) / n(node) (how
+    // much of the node's sample the split separates from x), each share credited to the feature
+    // tested there. Shares per leaf are precomputed, so a row costs a walk per tree (as scoring)
+    // plus one add per distinct feature on the path.
     void path(const float* X, int64_t rows, double* phi, int n_threads, const CancelCheck& cancel) const;
 
     int64_t n_features() const { return d_; }
@@ -77,14 +82,22 @@ private:
     std::vector<double> slot_r_;  // (1 - z) / z
     std::vector<double> table_;
     std::vector<double> wshap_;  // Shapley weights w(k, m) = k! (m - k - 1)! / m!, row m of 65
-    // For the path decomposition: per global node, V(node) - V(parent) / n_trees (0 at roots),
-    // and each node's test with its children's deltas side by side (one line per step).
-    std::vector<double> delta_;
+    // For the path attribution: per leaf, each distinct feature on its path with its share of
+    // the tree's change (V(leaf) - V(root)) / n_trees, padded with zero shares to the most
+    // features of any leaf of the tree (a loop count the same for every row of a tree is one
+    // the branch predictor gets right); and each node's test, or at a leaf its shares, in 16 bytes
+    // (a walk is a chain of dependent loads of these).
+    struct PathShare {
+        double share;
+        int32_t feature;
+    };
+    std::vector<PathShare> path_shares_;
     struct PathNode {
         int32_t feature = -1;  // -1: a leaf (or an unreachable node)
         float threshold = 0.0f;
-        int32_t left = 0;  // local index; right is left + 1
-        double delta[2] = {0.0, 0.0};
+        int32_t left = 0;      // internal: local index of the left child (right is left + 1);
+                               // leaf: offset of its shares in path_shares_
+        int32_t n_shares = 0;  // leaf: its tree's width (0: a one-node tree)
     };
     std::vector<PathNode> path_nodes_;
 };

@@ -51,7 +51,7 @@ class ForestExplainer:
         """
     def path(self, X: numpy.ndarray, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.ndarray:
         """
-        Path (Saabas) decomposition of E[h(x)], (n, d) float64.
+        DIFFI-style path attribution of E[h(x)], (n, d) float64.
         """
     def tree_shap(self, X: numpy.ndarray, n_jobs: typing.SupportsInt | typing.SupportsIndex = 1) -> numpy.ndarray:
         """

@@ -76,7 +76,7 @@ void bind_explain(py::module_& m) {
         .def("path", [](const ForestExplainer& e, const FloatRows& X, int n_jobs) {
                  return explain_rows(e, X, n_jobs, false);
              }, py::arg("X"), py::arg("n_jobs") = 1,
-             "Path (Saabas) decomposition of E[h(x)], (n, d) float64.")
+             "DIFFI-style path attribution of E[h(x)], (n, d) float64.")
         .def_property_readonly("expected_value", &ForestExplainer::expected_value)
         .def_property_readonly("table_entries", &ForestExplainer::table_entries)
         .def_property_readonly("direct_leaves", &ForestExplainer::direct_leaves);

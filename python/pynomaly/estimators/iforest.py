@@ -201,16 +201,27 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         precomputed once per forest (cached on the detector, at most 64 MiB; deeper leaves are
         computed per row, never with more work than shap's O(leaves x depth^2)).
 
-        method="path": the path decomposition (Saabas 2014; DIFFI, Carletti et al. 2023, also
-        credits the splits on a row's paths): along each tree's path of x, the change in the
-        expected path length of the training rows at each node is credited to the feature that
-        node tests. Additive like TreeSHAP (values plus base equal E[h(x)]) at about the cost
-        of scoring. It agrees with TreeSHAP where a row is isolated by one feature's splits;
-        they disagree when features interact: a split credits only the feature tested there,
-        in the order of the path, so features tested near the leaf get the whole effect that
-        TreeSHAP shares among every feature that made reaching that leaf unlikely (TreeSHAP
-        also credits features whose tests x *passes*, with negative values). It is not
-        consistent in Lundberg's sense; use it for serving at line rate, TreeSHAP to audit.
+        method="path": DIFFI-style path attribution (after DIFFI, Carletti et al. 2023, which
+        weighs splits by the imbalance they induce): in each tree, the change of the expected
+        path length from the root to the leaf x reaches, V(leaf) - V(root), is shared among the
+        splits on x's path in proportion to 1 - n(child) / n(node), how much of the node's
+        training sample the split separates from x, each share credited to the feature tested
+        there. Additive like TreeSHAP, with the same base (values plus base equal E[h(x)]); the
+        shares are precomputed per leaf, so a row costs a walk per tree, as scoring, plus one
+        add per distinct feature on the path.
+
+        How it relates to TreeSHAP: both decompose the same E[h(x)] - E[h], tree by tree. For a
+        tree, TreeSHAP weighs every leaf by how likely each coalition of features is to reach
+        it, so it credits features tested anywhere in the tree, with negative values for those
+        whose tests x passes (they pull toward the ordinary); path looks at x's own path only:
+        features not tested there get nothing from that tree, and its shares all have the sign
+        of the tree's change. They agree on the top feature where one feature's splits isolate
+        x; they disagree where features interact (x is isolated by several features together,
+        or a feature is unusual but not tested on x's paths): path ranks by the sample each
+        feature's splits cut away, TreeSHAP by marginal contributions over coalitions. path is
+        not consistent in Lundberg's sense; use it for serving at line rate, TreeSHAP to audit.
+        (It replaced the Saabas decomposition, each split credited with the change of V it
+        caused, which was less faithful on satellite and landsat: bench/RESULTS.md, issue 22.)
 
         output="log2_score" (default): ``log2(decision_function(X))`` = -E[h(x)] / c(psi), so
         values are the path-length values times -1 / c(psi): still exact, positive toward
