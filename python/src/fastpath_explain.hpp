@@ -26,7 +26,8 @@ public:
         std::call_once(once_, [this] {
             try {
                 explainer_ = std::make_unique<ForestExplainer>(*forest_);
-                scale_ = -1.0 / average_path_length(static_cast<double>(forest_->nodes().psi));
+                const double c = average_path_length(static_cast<double>(forest_->nodes().psi));
+                scale_ = c > 0.0 ? -1.0 / c : 0.0;  // as IsolationForest._explainer_and_scale
             } catch (const std::exception&) {
                 explainer_.reset();
             }

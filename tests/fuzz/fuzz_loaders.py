@@ -82,10 +82,11 @@ def _exercise(model) -> None:
     if isinstance(model, IsolationForest):  # explanations read the node arrays their own way
         for method in ("tree_shap", "path"):
             try:
-                e = model.explain(X, method=method, output="path_length")
+                for output in ("path_length", "log2_score"):
+                    e = model.explain(X, method=method, output=output)
+                    assert e.values.shape == (3, d) and np.isfinite(e.values).all(), (method, output)
             except ModelFormatError:  # no tree, or leaf values that hide the node counts
                 break
-            assert e.values.shape == (3, d) and np.isfinite(e.values).all(), method
     if model.threshold_ is None:  # a forest written before its threshold was known: it scores only
         try:
             model.predict(X)

@@ -240,7 +240,9 @@ class IsolationForest(PickleAsBytes, BaseDetector):
         cached = self.__dict__.get("_explainer_cache")
         if cached is None or cached[0] is not self._forest:
             forest = self._forest
-            cached = (forest, _core.ForestExplainer(forest), -1.0 / _core.average_path_length(float(forest.psi)))
+            c = _core.average_path_length(float(forest.psi))
+            # c(psi) = 0 (psi <= 1): every row scores 1 (log2 0), so there is nothing to attribute
+            cached = (forest, _core.ForestExplainer(forest), -1.0 / c if c > 0 else 0.0)
             object.__setattr__(self, "_explainer_cache", cached)
         return cached[1], cached[2]
 
