@@ -33,7 +33,7 @@ from bench_iforest import DATASETS  # noqa: E402
 def work_per_row(arrays: dict, X: np.ndarray) -> dict:
     """The steps each algorithm takes for one row (summed over trees; |A| averaged over X)."""
     feature, left, threshold = arrays["feature"], arrays["left"], arrays["threshold"]
-    out = dict(internal=0, leaves=0, sum_m=0, sum_agree=0.0, unwind=0, extend=0, max_depth=0)
+    out = {"internal": 0, "leaves": 0, "sum_m": 0, "sum_agree": 0.0, "unwind": 0, "extend": 0, "max_depth": 0}
     for t in range(len(arrays["tree_offset"]) - 1):
         begin = arrays["tree_offset"][t]
         stack = [(0, 0, ())]
