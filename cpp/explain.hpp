@@ -65,8 +65,8 @@ private:
         uint64_t bit;  // 1 << (slot of this feature on the node's path)
     };
 
-    void shap_tree_rows(const Tree& t, const float* X, int64_t r0, int64_t n, int64_t R, double* acc,
-                        std::vector<uint64_t>& mask, bool avx512) const;
+    void shap_tree_rows(const Tree& t, const float* xt, int64_t n, int64_t R, double* acc,
+                        std::vector<uint64_t>& mask, bool avx512, bool avx2) const;
     void direct_leaf(const Leaf& l, uint64_t agree, double* phi, int64_t stride) const;
     void path_one_row(const float* x, double* phi) const;
 
