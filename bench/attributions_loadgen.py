@@ -5,11 +5,14 @@ the server's cost without the Python client's. Run from bench/: python attributi
 import sys
 import tempfile
 from pathlib import Path
+
 sys.path.insert(0, ".")
-import numpy as np, pynomaly
-from pynomaly import wire
-from bench_daemon import load_dataset, prepare, run_loadgen, _frame, _rows
+import numpy as np
+import pynomaly
 from ab_daemon import start
+from bench_daemon import _frame, _rows, load_dataset, prepare, run_loadgen
+from pynomaly import wire
+
 X, name = load_dataset("cardio")
 tmp = Path(tempfile.mkdtemp(prefix="attr-"))
 model = pynomaly.IsolationForest(n_estimators=100, random_state=0).fit(X)

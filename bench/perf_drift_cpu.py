@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import pynomaly
-
 from ab_daemon import start
 from bench_daemon import cpu_model, load_dataset, prepare, run_loadgen
 
@@ -38,7 +36,7 @@ def samples_per_thread(data: Path) -> list:
     return sorted((int(r[1]) for r in rows if len(r) >= 3 and r[1].isdigit()), reverse=True)
 
 
-def one(python, tmp, home, loadgen, frame, conns, seconds, extra) -> "tuple[float, float, float]":
+def one(python, tmp, home, loadgen, frame, conns, seconds, extra) -> tuple[float, float, float]:
     p, sock = start(python, tmp, None, "d", ["--home", str(home), *extra])
     try:
         run_loadgen(loadgen, sock, frame, conns, 1.0)  # warm: the model loaded, the loop threads started
