@@ -45,7 +45,10 @@ def big(tmp_path):
     return str(path)
 
 
-SLOW = {"n_estimators": 6000, "max_samples": 256, "random_state": 0}
+# Training that outlasts a few heartbeats (HEARTBEAT = 0.5 s: a cancel reaches the worker at the
+# next one) with room to spare on a loaded machine: 6,000 trees took 1.1 s, and a cancel once
+# arrived after training had ended (the job then rightly succeeded). About 3 s here.
+SLOW = {"n_estimators": 30000, "max_samples": 128, "random_state": 0}
 
 
 def start_worker(home, *extra, log=None):
