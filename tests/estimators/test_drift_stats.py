@@ -229,6 +229,33 @@ def test_counts_add_and_survive_their_bytes(cardio_halves):
         drift.Counts.from_bytes(a.to_bytes()[:-8], profile)
 
 
+@pytest.mark.parametrize("damage", ["empty feature", "bin moved across features", "score over rows",
+                                    "flagged over scored", "rows over seen", "negative tail", "nan tail"])
+def test_inconsistent_counts_are_refused(cardio_halves, damage):
+    """Counts come back from the home's bytes: what counting guarantees is checked there, so a
+    report never divides by a feature with no rows (the loaders' fuzzer found one)."""
+    ref, live = cardio_halves
+    profile = drift.reference_profile(ref, scores=ref[:, 0], threshold=1.0)
+    c = drift.count(profile, live, live[:, 0])
+    drift.Counts.from_bytes(c.to_bytes(), profile)  # as counted: fine
+    first = profile.features[0].edges.size + 1  # the second feature's first bin
+    if damage == "empty feature":
+        c.features[:first] = 0
+    elif damage == "bin moved across features":
+        c.features[0] += 1
+        c.features[first] -= 1 if c.features[first] else -1
+    elif damage == "score over rows":
+        c.score[0] += c.rows
+    elif damage == "flagged over scored":
+        c.flagged = c.scored + 1
+    elif damage == "rows over seen":
+        c.seen = c.rows - 1
+    else:
+        c.tails[0, 0] = -1.0 if damage == "negative tail" else np.nan
+    with pytest.raises(ModelFormatError, match="drift counts"):
+        drift.Counts.from_bytes(c.to_bytes(), profile)
+
+
 def test_large_batches_are_profiled_on_a_sample_that_the_document_names():
     rng = np.random.default_rng(6)
     profile = drift.reference_profile(rng.standard_normal((2_000, 2)))

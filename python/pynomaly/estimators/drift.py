@@ -322,6 +322,16 @@ class Counts:
         c.score[:] = ints[5 + nb:]
         c.tails[:] = floats[:c.tails.size].reshape(c.tails.shape)
         c.score_tails[:] = floats[c.tails.size:].reshape(c.score_tails.shape)
+        # What counting guarantees, so a report never divides by an empty feature: every counted
+        # row lies in one bin of each feature, scores were counted for at most those rows, the
+        # tails are distances, and flagged rows are scored ones.
+        starts = np.cumsum([0] + [h.edges.size + 1 for h in profile.features])[:-1]
+        sums = np.add.reduceat(c.features, starts) if nb else np.zeros(0, np.int64)
+        if (sums != c.rows).any() or c.score.sum() > c.rows or c.flagged > c.scored or c.rows > c.seen:
+            raise ModelFormatError("stored drift counts are inconsistent: each feature's bins must hold the rows "
+                                   "counted, the score's at most those, flagged rows at most the scored ones")
+        if not (np.isfinite(floats).all() and (floats >= 0).all()):
+            raise ModelFormatError("stored drift counts hold tails that are not finite, non-negative distances")
         return c
 
 
