@@ -1,5 +1,6 @@
 // libFuzzer harness of what the binding hands the core from a model file: a forest's node
-// arrays (Forest's constructor, then scoring with every SIMD target this CPU runs) and a
+// arrays (Forest's constructor, then scoring and both explainers with every SIMD target this
+// CPU runs) and a
 // neighbour model's training rows, k, metric and algorithm (knn_search). Built with
 // -fsanitize=fuzzer,address,undefined by tests/test_model_format_fuzz.py, which runs it over
 // tests/fuzz/corpus/native/ (seeds from tests/fuzz/make_corpus.py) for a bounded time. Anything
@@ -14,12 +15,15 @@
 //   knn:    u16 n (1 + v % 64), u8 d (1 + v % 8), i64 k, u8 metric (% 5, 4 = unknown),
 //           u8 algorithm (% 4, 3 = unknown), u8 flags (1 float32, 2 separate queries),
 //           u8 q (1 + v % 8), then the data rows (n x d) and the query rows (q x d)
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common.hpp"
+#include "explain.hpp"
 #include "iforest.hpp"
 #include "knn.hpp"
 
@@ -67,6 +71,22 @@ void fuzz_forest(Reader& r) {
         X.cols = d;
         X.row_stride = d;
         X.col_stride = 1;
+        // The explainer reads the same arrays its own way (node counts recovered from the leaf
+        // values); the binding hands it finite float32 rows only.
+        std::vector<float> x32(rows.size());
+        bool finite = true;
+        for (size_t i = 0; i < rows.size(); ++i) {
+            x32[i] = static_cast<float>(rows[i]);
+            finite = finite && std::isfinite(x32[i]);
+        }
+        std::unique_ptr<ForestExplainer> explainer;
+        if (finite) {
+            try {
+                explainer = std::make_unique<ForestExplainer>(forest);
+            } catch (const InvalidInput&) {  // leaf values that hide the counts
+            }
+        }
+        std::vector<double> phi(static_cast<size_t>(3 * d));
         for (int t = 0; t < kSimdTargets; ++t) {
             if (!simd_supported(static_cast<SimdTarget>(t))) continue;
             set_active_simd(static_cast<SimdTarget>(t));
@@ -75,6 +95,10 @@ void fuzz_forest(Reader& r) {
                 try {
                     forest.score(X, out.data(), 1, CancelCheck{});
                 } catch (const InvalidInput&) {  // non-finite rows
+                }
+                if (explainer) {
+                    explainer->tree_shap(x32.data(), n, phi.data(), 1, CancelCheck{});
+                    explainer->path(x32.data(), n, phi.data(), 1, CancelCheck{});
                 }
             }
         }

@@ -139,6 +139,7 @@ def test_python_loaders_survive_the_fuzzer(tmp_path):
 
 
 NATIVE_SOURCES = ["cpp/tests/fuzz_model_loaders.cpp", "cpp/common.cpp", "cpp/iforest.cpp", "cpp/iforest_kernels.cpp",
+                  "cpp/explain.cpp",
                   "cpp/knn.cpp", "cpp/knn_kernels.cpp"]
 
 
