@@ -68,6 +68,18 @@ def load_dataset(name: str):
         return d["X"], d["y"].astype(np.int64)
 
 
+def drift_halves(seed: int = 0, feature: int = 3, by: float = 1.0):
+    """cardio shuffled (its file lists the anomalies last) and halved, for drift tests: the half to
+    train on, the half to serve, and that half with ``feature`` moved by ``by`` (about one
+    standard deviation for most of cardio's features)."""
+    X, _ = load_dataset("cardio")
+    X = X[np.random.default_rng(seed).permutation(len(X))]
+    n = len(X) // 2
+    moved = X[n:].copy()
+    moved[:, feature] += by
+    return X[:n], X[n:], moved
+
+
 def blobs(n=2000, d=8, seed=0):
     """Gaussian rows with a few clear outliers (the first n // 50, shifted by 6)."""
     rng = np.random.default_rng(seed)

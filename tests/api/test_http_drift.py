@@ -14,19 +14,14 @@ import pytest
 from pynomaly import service
 
 from _http_helpers import ApiServer, infer_body, make_token
-from conftest import load_dataset
+from conftest import drift_halves
 
 PARAMS = {"n_estimators": 50, "random_state": 0}
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    X, _ = load_dataset("cardio")
-    X = X[np.random.default_rng(0).permutation(len(X))]
-    n = len(X) // 2
-    train, serve = X[:n], X[n:]
-    moved = serve.copy()
-    moved[:, 3] += 1.0
+    train, serve, moved = drift_halves()
     home = tmp_path_factory.mktemp("home")
     for name in ("moved", "same", "fresh", "inferred", "few", "streamed"):
         service.train(home, name, train, "IsolationForest", PARAMS)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from html import unescape
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the http extra is not installed (pip install '.[http]')")
@@ -20,7 +19,7 @@ from pynomaly.service import drift  # noqa: E402
 from _http_helpers import ApiServer  # noqa: E402
 from _web_helpers import WebClient, add_role_users, error_text, to_csv  # noqa: E402
 from _web_helpers import signed_in as _signed_in  # noqa: E402
-from conftest import load_dataset  # noqa: E402
+from conftest import drift_halves  # noqa: E402
 
 PASSWORD = "correct horse battery"
 PARAMS = {"n_estimators": 50, "random_state": 0}
@@ -28,14 +27,10 @@ PARAMS = {"n_estimators": 50, "random_state": 0}
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    X, _ = load_dataset("cardio")
-    X = X[np.random.default_rng(3).permutation(len(X))]
-    n = len(X) // 2
-    moved = X[n:].copy()
-    moved[:, 2] += 1.0
+    train, _, moved = drift_halves(seed=3, feature=2)
     home = tmp_path_factory.mktemp("drifthome")
     for name in ("moved", "idle", "few"):
-        service.train(home, name, X[:n], "IsolationForest", PARAMS)
+        service.train(home, name, train, "IsolationForest", PARAMS)
     service.export(home, "idle", home.parent / "idle.pnx")
     service.import_detector(home, home.parent / "idle.pnx", "imported")
     add_role_users(home, ("viewer", "operator"), PASSWORD)

@@ -12,7 +12,7 @@ import pytest
 
 from pynomaly import service
 
-from conftest import load_dataset
+from conftest import drift_halves
 from test_cli import run
 
 PARAMS = {"n_estimators": 50, "random_state": 0}
@@ -22,13 +22,9 @@ PARAMS = {"n_estimators": 50, "random_state": 0}
 def files(tmp_path_factory):
     """cardio shuffled and halved, as .npy files: the training half, the served half, and the
     served half with feature x3 moved by about one standard deviation."""
-    X, _ = load_dataset("cardio")
-    X = X[np.random.default_rng(0).permutation(len(X))]
-    n = len(X) // 2
+    train, serve, moved = drift_halves()
     d = tmp_path_factory.mktemp("data")
-    moved = X[n:].copy()
-    moved[:, 3] += 1.0
-    for name, rows in (("train", X[:n]), ("serve", X[n:]), ("moved", moved)):
+    for name, rows in (("train", train), ("serve", serve), ("moved", moved)):
         np.save(d / f"{name}.npy", rows)
     return d
 

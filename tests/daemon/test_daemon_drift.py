@@ -17,7 +17,7 @@ from pynomaly.service import drift as service_drift
 from pynomaly.serving.observe import DRIFT_ROWS, FAST_ROWS
 
 from _daemon_helpers import DaemonProcess
-from conftest import load_dataset
+from conftest import drift_halves
 
 PARAMS = {"n_estimators": 50, "random_state": 0}
 MODES = {"native-loop": (), "uvloop-fast-path": ("--no-native-loop",),
@@ -26,12 +26,7 @@ MODES = {"native-loop": (), "uvloop-fast-path": ("--no-native-loop",),
 
 @pytest.fixture(scope="module")
 def data():
-    X, _ = load_dataset("cardio")
-    X = X[np.random.default_rng(1).permutation(len(X))]
-    n = len(X) // 2
-    moved = X[n:].copy()
-    moved[:, 5] += 1.0
-    return X[:n], X[n:], moved
+    return drift_halves(seed=1, feature=5)
 
 
 def _serve(client, name, rows, dtype=np.float64):

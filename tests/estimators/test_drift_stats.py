@@ -12,7 +12,7 @@ from pynomaly import _core
 from pynomaly._errors import InvalidInputError, ModelFormatError
 from pynomaly.estimators import drift
 
-from conftest import load_dataset
+from conftest import drift_halves
 
 stats = pytest.importorskip("scipy.stats", reason="scipy is the oracle of the drift statistics")
 
@@ -31,10 +31,7 @@ def _numpy_psi(p, q, eps=drift.PSI_EPS):
 
 @pytest.fixture(scope="module")
 def cardio_halves():
-    X, _ = load_dataset("cardio")
-    X = X[np.random.default_rng(0).permutation(len(X))]
-    n = len(X) // 2
-    return X[:n], X[n:]
+    return drift_halves()[:2]
 
 
 def test_counts_equal_numpy_searchsorted_on_real_data_any_dtype_and_threads(cardio_halves):

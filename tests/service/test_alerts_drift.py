@@ -18,7 +18,7 @@ from pynomaly.service import alerts
 from pynomaly.service import drift as service_drift
 
 from _daemon_helpers import DaemonProcess, wait_until
-from conftest import load_dataset
+from conftest import drift_halves
 from test_alerts import Receiver, receiver_verifies
 
 PARAMS = {"n_estimators": 50, "random_state": 0}
@@ -33,12 +33,7 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def data():
-    X, _ = load_dataset("cardio")
-    X = X[np.random.default_rng(2).permutation(len(X))]
-    n = len(X) // 2
-    moved = X[n:].copy()
-    moved[:, 7] += 1.0
-    return X[:n], X[n:], moved
+    return drift_halves(seed=2, feature=7)
 
 
 def test_a_drift_alert_reaches_the_webhook_from_the_daemon(data, receiver, tmp_path):

@@ -13,7 +13,7 @@ from pynomaly.service import drift
 from pynomaly.store.crypto import FIELD_PREFIX
 
 from _homes import raw_sql
-from conftest import load_dataset
+from conftest import drift_halves
 
 PARAMS = {"n_estimators": 50, "random_state": 0}
 
@@ -21,10 +21,7 @@ PARAMS = {"n_estimators": 50, "random_state": 0}
 @pytest.fixture(scope="module")
 def halves():
     """cardio shuffled (its file lists the anomalies last), halved: train on the first half."""
-    X, _ = load_dataset("cardio")
-    X = X[np.random.default_rng(0).permutation(len(X))]
-    n = len(X) // 2
-    return X[:n], X[n:]
+    return drift_halves()[:2]
 
 
 def shifted(X, j=3, by=0.5):
