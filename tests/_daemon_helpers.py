@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import struct
@@ -146,3 +145,27 @@ def healthy(path: str) -> bool:
     """A fresh client is served: health answers and a detect equals in-process scoring."""
     with pynomaly.Client(path, timeout=10) as c:
         return c.health().status in ("ok", "draining")
+
+
+def expected_reply(model, e, req) -> bytes:
+    """The frame the Python path sends for detect request ``req`` (a ``wire.Detect``, or a frame
+    to decode) served by ``e`` (a Scorer's native entry): the library's scores, labels and
+    explanation in a DetectReply encoded by msgspec (what the native paths must send, byte for byte)."""
+    import msgspec
+
+    from pynomaly import wire
+
+    if isinstance(req, (bytes, bytearray)):
+        req = msgspec.msgpack.decode(bytes(req)[4:], type=wire.Request)
+    X = np.frombuffer(req.rows.data, "<f4" if req.rows.dtype == "f4" else "<f8").reshape(req.rows.shape)
+    s = model.decision_function(X)
+    want = ["scores", "labels"] if req.want is None else req.want
+    r = wire.DetectReply(req.id, e.name, e.version, len(X), e.threshold)
+    if "scores" in want:
+        r.scores = s.tobytes()
+    if "labels" in want:
+        r.labels = (s > e.threshold).astype(np.uint8).tobytes()
+    if "attributions" in want:
+        x = model.explain(X, method=req.explain_method)
+        r.attributions, r.explain_method, r.explain_output = x.values.tobytes(), x.method, x.output
+    return frame(msgspec.msgpack.encode(r))

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import pynomaly
-from pynomaly import _core, wire
+from pynomaly import _core
 from pynomaly.service import Scorer
 
-from _daemon_helpers import DaemonProcess, cardio, frame, raw_connect, raw_rows, read_frame, train
+from _daemon_helpers import DaemonProcess, cardio, expected_reply, frame, raw_connect, raw_rows, read_frame, train
 
 pynomaly_daemon = pytest.importorskip("pynomaly_daemon")
 from pynomaly_daemon import save_to_folder  # noqa: E402
@@ -40,24 +40,6 @@ def body(id=1, rows=None, **fields) -> dict:
 
 def serve(frames: bytes, hot):
     return _core.fast_detect(memoryview(bytearray(frames)), 0, len(frames), MAX_FRAME, MAX_ROWS, hot)
-
-
-def expected_reply(model, e, f: bytes) -> bytes:
-    """What the Python path sends for frame f: the library's scores and explanation in a
-    DetectReply encoded by msgspec."""
-    req = msgspec.msgpack.decode(f[4:], type=wire.Request)
-    X = np.frombuffer(req.rows.data, "<f4" if req.rows.dtype == "f4" else "<f8").reshape(req.rows.shape)
-    s = model.decision_function(X)
-    want = ["scores", "labels"] if req.want is None else req.want
-    r = wire.DetectReply(req.id, e.name, e.version, len(X), e.threshold)
-    if "scores" in want:
-        r.scores = s.tobytes()
-    if "labels" in want:
-        r.labels = (s > e.threshold).astype(np.uint8).tobytes()
-    if "attributions" in want:
-        x = model.explain(X, method=req.explain_method)
-        r.attributions, r.explain_method, r.explain_output = x.values.tobytes(), x.method, x.output
-    return frame(msgspec.msgpack.encode(r))
 
 
 @pytest.mark.parametrize("method", [None, "tree_shap", "path"])

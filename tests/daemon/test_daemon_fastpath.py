@@ -23,7 +23,8 @@ import pynomaly
 from pynomaly import _core, wire
 
 from conftest import REPO
-from _daemon_helpers import DaemonProcess, cardio, cardio_model_folder, frame, raw_connect, raw_rows, read_frame
+from _daemon_helpers import (DaemonProcess, cardio, cardio_model_folder, expected_reply, frame, raw_connect, raw_rows,
+                             read_frame)
 
 from pynomaly.service import Scorer
 
@@ -61,19 +62,6 @@ def body(op="detect", id=1, detector="cardio", rows=None, **fields) -> dict:
 def serve(frames: bytes, hot, max_rows=MAX_ROWS, start=0):
     buf = bytearray(b"\0" * start + frames)
     return _core.fast_detect(memoryview(buf), start, len(buf), MAX_FRAME, max_rows, hot)
-
-
-def expected_reply(model, e, req: wire.Detect) -> bytes:
-    """What the Python path sends for req: the same DetectReply, encoded by msgspec."""
-    X = np.frombuffer(req.rows.data, "<f4" if req.rows.dtype == "f4" else "<f8").reshape(req.rows.shape)
-    s = model.decision_function(X)
-    want = ["scores", "labels"] if req.want is None else req.want
-    r = wire.DetectReply(req.id, e.name, e.version, len(X), e.threshold)
-    if "scores" in want:
-        r.scores = s.tobytes()
-    if "labels" in want:
-        r.labels = (s > e.threshold).astype(np.uint8).tobytes()
-    return frame(msgspec.msgpack.encode(r))
 
 
 IDS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1]
