@@ -84,13 +84,14 @@ class Explanation:
         order = np.argsort(-self.anomalous_sign * self.values, axis=1, kind="stable")
         return order[:, :k]
 
-    def top(self, k: int) -> list:
-        """Per row, its ``k`` features pushing most toward anomalous, as a list of
-        ``(feature name, value of the feature, attribution)`` tuples; k in [1, d]."""
-        idx = self.top_indices(k)
+    def top(self, k: int, rows=None) -> list:
+        """Per row (or per row index in ``rows``), its ``k`` features pushing most toward
+        anomalous, as a list of ``(feature name, value of the feature, attribution)`` tuples;
+        k in [1, d]."""
+        idx = self.top_indices(k)  # k checked even when no row is asked for
         return [
-            [(self.feature_names[j], float(self.data[r, j]), float(self.values[r, j])) for j in row]
-            for r, row in enumerate(idx)
+            [(self.feature_names[j], float(self.data[r, j]), float(self.values[r, j])) for j in idx[r]]
+            for r in (range(len(idx)) if rows is None else rows)
         ]
 
 

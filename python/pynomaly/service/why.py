@@ -23,13 +23,7 @@ def top_features(explanation, k: int, rows=None) -> list:
     """Per row of ``explanation`` (or per row index in ``rows``), its ``k`` features pushing
     most toward anomalous as dicts ``{"feature", "value", "attribution"}`` (k from 1 to the
     number of features)."""
-    if rows is None:
-        return [[{"feature": f, "value": v, "attribution": a} for f, v, a in row] for row in explanation.top(k)]
-    rows = np.asarray(rows, dtype=np.int64)
-    order = explanation.top_indices(k)  # k checked even when no row is asked for
-    names, data, values = explanation.feature_names, explanation.data, explanation.values
-    return [[{"feature": names[j], "value": float(data[r, j]), "attribution": float(values[r, j])} for j in order[r]]
-            for r in rows]
+    return [[{"feature": f, "value": v, "attribution": a} for f, v, a in row] for row in explanation.top(k, rows)]
 
 
 def why_flagged(scorer, X, scores, rows=None, explanation=None) -> list:
